@@ -1,0 +1,129 @@
+"""Job configuration: conf/default.toml, a user's TOML file, then --set overrides.
+
+conf/default.toml is the schema: a key it does not define is an error, and every
+value must have the type of its default.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from cfspark.errors import ConfigError
+from cfspark.kernels.losses import LOSSES
+from cfspark.kernels.optimizers import OPTIMIZERS
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
+
+Config = dict[str, dict[str, Any]]
+
+
+def load_defaults() -> Config:
+    with open(DEFAULT_CONFIG, "rb") as f:
+        return tomllib.load(f)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'model.rank=20' → ('model', 'rank', 20). A value that is not TOML is a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set key must look like section.key, got {key.strip()!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts[0], parts[1], value
+
+
+def _merge(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
+    if section not in cfg or key not in cfg[section]:
+        raise ConfigError(f"unknown config key {section}.{key} (from {source}); see conf/default.toml")
+    default = cfg[section][key]
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(
+            f"config key {section}.{key} must be a {type(default).__name__}, got {value!r} (from {source})"
+        )
+    cfg[section][key] = value
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the file at path (if any), then each 'section.key=value' override."""
+    cfg = copy.deepcopy(load_defaults())
+    if path:
+        try:
+            with open(path, "rb") as f:
+                user = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        for section, values in user.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"config key {section} must be a [section] in {path}")
+            for key, value in values.items():
+                _merge(cfg, section, key, value, path)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        _merge(cfg, section, key, value, "--set")
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    ("input", "format"): ("csv", "parquet", "movielens"),
+    ("input", "id_type"): ("auto", "long", "string"),
+    ("input", "duplicates"): ("error", "mean"),
+    ("model", "loss"): ("mse",),
+    ("model", "optimizer"): OPTIMIZERS,
+}
+
+_BOUNDS = {
+    # key: (lowest allowed, whether the lowest is allowed itself)
+    ("model", "rank"): (1, True),
+    ("model", "reg"): (0.0, True),
+    ("model", "max_iter"): (1, True),
+    ("model", "learning_rate"): (0.0, False),
+    ("model", "inner_steps"): (1, True),
+    ("model", "num_user_blocks"): (1, True),
+    ("model", "num_item_blocks"): (1, True),
+    ("model", "init_scale"): (0.0, False),
+    ("output", "top_n"): (1, True),
+    ("checkpoint", "interval"): (0, True),
+    ("compare", "als_max_iter"): (1, True),
+    ("spark", "shuffle_partitions"): (1, True),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Refuse values that are the right type but make no sense."""
+    for (section, key), choices in _CHOICES.items():
+        value = cfg[section][key]
+        if value not in choices:
+            known = LOSSES if key == "loss" else choices
+            hint = " (bce is not available yet)" if key == "loss" and value in LOSSES else ""
+            raise ConfigError(f"{section}.{key} = {value!r} is not one of {', '.join(known)}{hint}")
+    for (section, key), (low, inclusive) in _BOUNDS.items():
+        value = cfg[section][key]
+        if value < low or (value == low and not inclusive):
+            op = ">=" if inclusive else ">"
+            raise ConfigError(f"{section}.{key} must be {op} {low}, got {value}")
+    frac = cfg["split"]["test_fraction"]
+    if not 0.0 <= frac < 1.0:
+        raise ConfigError(f"split.test_fraction must be in [0, 1), got {frac}")
+    grid = cfg["compare"]["als_reg_grid"]
+    if not grid or not all(isinstance(g, (int, float)) and g >= 0 for g in grid):
+        raise ConfigError(f"compare.als_reg_grid must be a non-empty list of numbers >= 0, got {grid}")
+    if not cfg["output"]["path"]:
+        raise ConfigError("output.path must not be empty")

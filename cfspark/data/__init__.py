@@ -1,0 +1,1 @@
+"""DataFrame-side preparation: reading, validation, split, item means, dense ids."""

@@ -1,0 +1,105 @@
+"""Check ratings once, in one aggregate pass, and settle the types of ids and ratings.
+
+Each problem is reported as one line: the column, how many rows, and an example row.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from cfspark.data.read import Columns
+from cfspark.errors import InputError
+
+# Canonical names used inside cfspark; tables out are renamed back to the user's own.
+USER, ITEM, RATING = "user", "item", "rating"
+
+_ID_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.StringType)
+_NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
+
+
+def _example(df: DataFrame, cond: Column) -> str:
+    row = df.filter(cond).limit(1).collect()
+    return str(row[0].asDict()) if row else "(none)"
+
+
+def _is_bad_double(c: Column) -> Column:
+    return F.isnan(c) | (F.abs(c) == F.lit(float("inf")))
+
+
+def validate_ratings(df: DataFrame, cols: Columns, *, id_type: str, duplicates: str) -> DataFrame:
+    """Return (user, item, rating: double) or raise InputError naming the first problem.
+
+    id_type: auto (strings that are all integers become long), long, string, or keep.
+    """
+    schema = {f.name: f.dataType for f in df.schema.fields}
+    for name in (cols.user, cols.item):
+        if not isinstance(schema[name], _ID_TYPES):
+            raise InputError(
+                f"column {name!r} has type {schema[name].simpleString()}; ids must be integers or strings"
+            )
+    if not isinstance(schema[cols.rating], (*_NUMERIC, T.StringType, T.BooleanType)):
+        raise InputError(f"column {cols.rating!r} has type {schema[cols.rating].simpleString()}; ratings must be numbers")
+
+    rating = F.col(cols.rating).try_cast("double")
+    checks: dict[str, tuple[Column, str]] = {
+        "null_user": (F.col(cols.user).isNull(), f"column {cols.user!r} has {{n}} null id(s)"),
+        "null_item": (F.col(cols.item).isNull(), f"column {cols.item!r} has {{n}} null id(s)"),
+        "null_rating": (F.col(cols.rating).isNull(), f"column {cols.rating!r} has {{n}} null rating(s)"),
+        "not_number": (
+            F.col(cols.rating).isNotNull() & rating.isNull(),
+            f"column {cols.rating!r} has {{n}} value(s) that are not numbers",
+        ),
+        "not_finite": (
+            rating.isNotNull() & _is_bad_double(rating),
+            f"column {cols.rating!r} has {{n}} NaN or infinite rating(s)",
+        ),
+    }
+    id_casts = {}
+    for name in (cols.user, cols.item):
+        if isinstance(schema[name], T.StringType) and id_type in ("auto", "long"):
+            bad_long = F.col(name).isNotNull() & F.trim(F.col(name)).try_cast("long").isNull()
+            id_casts[name] = bad_long
+            if id_type == "long":
+                checks[f"not_long_{name}"] = (bad_long, f"column {name!r} has {{n}} id(s) that are not integers")
+
+    counts = df.agg(
+        F.count(F.lit(1)).alias("rows"),
+        *[F.sum(cond.cast("long")).alias(key) for key, (cond, _) in checks.items()],
+        *[F.sum(cond.cast("long")).alias(f"cast_{name}") for name, cond in id_casts.items()],
+    ).first()
+    if counts["rows"] == 0:
+        raise InputError("the input has no ratings (0 rows)")
+    for key, (cond, message) in checks.items():
+        n = counts[key] or 0
+        if n:
+            raise InputError(f"{message.format(n=n)} out of {counts['rows']} rows, e.g. {_example(df, cond)}")
+
+    def typed_id(name: str) -> Column:
+        if id_type == "keep":
+            return F.col(name)
+        if isinstance(schema[name], T.StringType):
+            if id_type == "string" or (id_type == "auto" and (counts[f"cast_{name}"] or 0) > 0):
+                return F.col(name)
+            return F.trim(F.col(name)).cast("long")
+        return F.col(name).cast("string") if id_type == "string" else F.col(name).cast("long")
+
+    out = df.select(typed_id(cols.user).alias(USER), typed_id(cols.item).alias(ITEM), rating.alias(RATING))
+    return _check_duplicates(out, cols, duplicates)
+
+
+def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str) -> DataFrame:
+    if duplicates == "mean":
+        return df.groupBy(USER, ITEM).agg(F.avg(RATING).alias(RATING))
+    repeated = df.groupBy(USER, ITEM).count().filter(F.col("count") > 1)
+    first = repeated.orderBy(F.col("count").desc(), USER, ITEM).limit(1).collect()
+    if first:
+        n_pairs = repeated.count()
+        row = first[0]
+        raise InputError(
+            f"{n_pairs} (user, item) pair(s) appear more than once, e.g. "
+            f"{{{cols.user}: {row[USER]!r}, {cols.item}: {row[ITEM]!r}}} appears {row['count']} times "
+            f"(set input.duplicates = \"mean\" to average them)"
+        )
+    return df

@@ -1,0 +1,111 @@
+"""CollaborativeFilter: the estimator, with pyspark.ml-style parameter names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from cfspark.blocks.build import build_blocks
+from cfspark.data.normalise import item_means, normalise
+from cfspark.data.read import Columns
+from cfspark.data.validate import ITEM, RATING, USER, validate_ratings
+from cfspark.factors import factor_table
+from cfspark.model import CFModel
+from cfspark.train.checkpoint import Checkpointer
+from cfspark.train.messages import StepConfig
+from cfspark.train.trainer import train
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollaborativeFilter:
+    """Learns item features X, user weights W and user biases b by alternating
+    blockwise gradient steps on mean-normalised ratings.
+
+    Parameters
+    ----------
+    rank : number of latent features k.
+    maxIter : alternating iterations (a user half-step and an item half-step each).
+    regParam : λ, the L2 weight on W and X; J sums over ratings, so λ is not scaled by counts.
+    loss : "mse" for explicit ratings.
+    optimizer : "adam" (default) or "gd".
+    learningRate : optimiser step size.
+    innerSteps : optimiser steps per half-step with the other side held fixed.
+    numUserBlocks, numItemBlocks : how many blocks each side is split into.
+    seed : seed of the hashed initial factors.
+    initScale : standard deviation of the initial W and X.
+    checkpointDir : where factors are checkpointed ("" for no checkpoints).
+    checkpointInterval : iterations between checkpoints.
+    userCol, itemCol, ratingCol, predictionCol : column names.
+    """
+
+    rank: int = 10
+    maxIter: int = 30  # noqa: N815 (pyspark.ml naming)
+    regParam: float = 1.0  # noqa: N815
+    loss: str = "mse"
+    optimizer: str = "adam"
+    learningRate: float = 0.05  # noqa: N815
+    innerSteps: int = 5  # noqa: N815
+    numUserBlocks: int = 4  # noqa: N815
+    numItemBlocks: int = 4  # noqa: N815
+    seed: int = 7
+    initScale: float = 0.1  # noqa: N815
+    checkpointDir: str = ""  # noqa: N815
+    checkpointInterval: int = 10  # noqa: N815
+    userCol: str = "user"  # noqa: N815
+    itemCol: str = "item"  # noqa: N815
+    ratingCol: str = "rating"  # noqa: N815
+    predictionCol: str = "prediction"  # noqa: N815
+
+    @property
+    def columns(self) -> Columns:
+        return Columns(self.userCol, self.itemCol, self.ratingCol)
+
+    def step_config(self, side: str) -> StepConfig:
+        return StepConfig(side=side, rank=self.rank, loss=self.loss, reg=self.regParam, optimizer=self.optimizer,
+                          learning_rate=self.learningRate, inner_steps=self.innerSteps, init_scale=self.initScale)
+
+    def fit(self, dataset: DataFrame) -> CFModel:
+        """Validate (user, item, rating) rows, keeping id types as they are, and fit."""
+        ratings = validate_ratings(dataset.select(self.userCol, self.itemCol, self.ratingCol), self.columns,
+                                   id_type="keep", duplicates="error")
+        return self.fit_validated(ratings.cache())
+
+    def fingerprint(self, train_ratings: DataFrame) -> str:
+        """What a checkpoint must match to be resumed: the data and every param that shapes the model."""
+        data = train_ratings.agg(
+            F.count(F.lit(1)), F.sum(F.pmod(F.xxhash64(USER, ITEM, RATING), F.lit(2**31)))
+        ).first()
+        params = {k: v for k, v in asdict(self).items() if k not in ("maxIter", "checkpointDir", "checkpointInterval")}
+        text = json.dumps({"params": params, "rows": data[0], "checksum": data[1]}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def fit_validated(self, train_ratings: DataFrame) -> CFModel:
+        """Fit on already validated (user, item, rating) rows with cfspark's internal names."""
+        means = item_means(train_ratings).cache()
+        global_mean = float(train_ratings.agg(F.avg(RATING)).first()[0])
+        blocks = build_blocks(normalise(train_ratings, means), means, num_user_blocks=self.numUserBlocks,
+                              num_item_blocks=self.numItemBlocks, seed=self.seed)
+        checkpointer = None
+        if self.checkpointDir:
+            checkpointer = Checkpointer(train_ratings.sparkSession, self.checkpointDir, self.checkpointInterval,
+                                        self.fingerprint(train_ratings))
+        result = train(blocks, self.step_config("user"), self.step_config("item"), max_iter=self.maxIter,
+                       checkpointer=checkpointer)
+        user_factors = factor_table(result.user_state(), blocks.user_index, USER, self.rank, with_bias=True)
+        item_factors = factor_table(result.item_state(), blocks.item_index, ITEM, self.rank, with_bias=False)
+        return CFModel(
+            user_factors=user_factors.cache(),
+            item_factors=item_factors.cache(),
+            item_means=means,
+            global_mean=global_mean,
+            rank=self.rank,
+            columns=self.columns,
+            loss=self.loss,
+            prediction_col=self.predictionCol,
+            blocks=blocks,
+            result=result,
+        )

@@ -1,0 +1,52 @@
+"""Block state → flat factor tables under the user's own ids, and back-to-row predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from cfspark.blocks.codec import matrix
+from cfspark.data.index import BLOCK, LOCAL
+
+FEATURES, BIAS = "features", "bias"
+
+_ROWS_SCHEMA = "block int, local int, features array<double>, bias double"
+
+
+def _explode(rank: int):
+    """mapInArrow body: one state row (a block's params) → one row per entity."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for r in range(batch.num_rows):
+                params = matrix(batch, "params", r, rank + 1)
+                n = len(params)
+                flat = pa.array(np.ascontiguousarray(params[:, :rank]).ravel())
+                offsets = pa.array(np.arange(0, n * rank + 1, rank, dtype=np.int32))
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        pa.array(np.full(n, batch.column("dest")[r].as_py(), np.int32)),
+                        pa.array(np.arange(n, dtype=np.int32)),
+                        pa.ListArray.from_arrays(offsets, flat),
+                        pa.array(params[:, rank]),
+                    ],
+                    names=[BLOCK, LOCAL, FEATURES, BIAS],
+                )
+
+    return run
+
+
+def factor_table(state: DataFrame, index: DataFrame, id_col: str, rank: int, *, with_bias: bool) -> DataFrame:
+    """(id, features[, bias]) from a side's state rows and its (id, block, local) index."""
+    rows = state.select("dest", "params").mapInArrow(_explode(rank), _ROWS_SCHEMA)
+    cols = [id_col, FEATURES] + ([BIAS] if with_bias else [])
+    return rows.join(index.select(id_col, BLOCK, LOCAL), [BLOCK, LOCAL]).select(*cols)
+
+
+def dot(a: Column, b: Column) -> Column:
+    """Σ a_k·b_k of two array<double> columns, in Spark SQL."""
+    return F.aggregate(F.zip_with(a, b, lambda x, y: x * y), F.lit(0.0), lambda acc, v: acc + v)

@@ -1,0 +1,55 @@
+"""Top-N items per user for one (user block, item block) pair, and the merge across item blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+USER_CHUNK = 2048  # users scored at once, bounding the dense score matrix to USER_CHUNK × items
+
+
+def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of the n largest entries of each row, best first.
+
+    −inf marks an excluded entry; such entries sort last and callers drop them.
+    """
+    n = min(n, scores.shape[1])
+    if n == 0:
+        return np.empty((scores.shape[0], 0), np.int64), np.empty((scores.shape[0], 0))
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def score_pair(
+    users: np.ndarray, items: np.ndarray, item_offset: np.ndarray, excluded_rows: np.ndarray,
+    excluded_cols: np.ndarray, n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best n items of this item block for every user of this user block.
+
+    users = [W | b] and items = [X | 1], so users @ items.T is w·x + b; item_offset
+    (μ_i) is added and pairs rated in training are set to −inf.
+    """
+    best_idx = np.empty((len(users), min(n, len(items))), np.int64)
+    best_val = np.empty(best_idx.shape)
+    order = np.argsort(excluded_rows, kind="stable")
+    excluded_rows, excluded_cols = excluded_rows[order], excluded_cols[order]
+    for lo in range(0, len(users), USER_CHUNK):
+        hi = min(lo + USER_CHUNK, len(users))
+        scores = users[lo:hi] @ items.T + item_offset[None, :]
+        a, b = np.searchsorted(excluded_rows, [lo, hi])
+        scores[excluded_rows[a:b] - lo, excluded_cols[a:b]] = -np.inf
+        best_idx[lo:hi], best_val[lo:hi] = top_n(scores, n)
+    return best_idx, best_val
+
+
+def merge(candidates: list[tuple[int, np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge per-item-block winners [(item_block, idx, val)] into the overall top n.
+
+    Returns (item_block, item_local, score) arrays of shape (users × n), −inf padded.
+    """
+    blocks = np.concatenate([np.full(idx.shape, b, np.int64) for b, idx, _ in candidates], axis=1)
+    idx = np.concatenate([c[1] for c in candidates], axis=1)
+    val = np.concatenate([c[2] for c in candidates], axis=1)
+    pick, best = top_n(val, n)
+    return np.take_along_axis(blocks, pick, axis=1), np.take_along_axis(idx, pick, axis=1), best

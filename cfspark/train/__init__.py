@@ -1,0 +1,1 @@
+"""Distributed alternating training over user blocks and item blocks."""
