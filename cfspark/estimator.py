@@ -65,20 +65,27 @@ class CollaborativeFilter:
         return Columns(self.userCol, self.itemCol, self.ratingCol)
 
     def step_config(self, side: str) -> StepConfig:
-        return StepConfig(side=side, rank=self.rank, loss=self.loss, reg=self.regParam, optimizer=self.optimizer,
-                          learning_rate=self.learningRate, inner_steps=self.innerSteps, init_scale=self.initScale)
+        return StepConfig(
+            side=side,
+            rank=self.rank,
+            loss=self.loss,
+            reg=self.regParam,
+            optimizer=self.optimizer,
+            learning_rate=self.learningRate,
+            inner_steps=self.innerSteps,
+            init_scale=self.initScale,
+        )
 
     def fit(self, dataset: DataFrame) -> CFModel:
         """Validate (user, item, rating) rows, keeping id types as they are, and fit."""
-        ratings = validate_ratings(dataset.select(self.userCol, self.itemCol, self.ratingCol), self.columns,
-                                   id_type="keep", duplicates="error")
+        ratings = validate_ratings(
+            dataset.select(self.userCol, self.itemCol, self.ratingCol), self.columns, id_type="keep", duplicates="error"
+        )
         return self.fit_validated(ratings.cache())
 
     def fingerprint(self, train_ratings: DataFrame) -> str:
         """What a checkpoint must match to be resumed: the data and every param that shapes the model."""
-        data = train_ratings.agg(
-            F.count(F.lit(1)), F.sum(F.pmod(F.xxhash64(USER, ITEM, RATING), F.lit(2**31)))
-        ).first()
+        data = train_ratings.agg(F.count(F.lit(1)), F.sum(F.pmod(F.xxhash64(USER, ITEM, RATING), F.lit(2**31)))).first()
         params = {k: v for k, v in asdict(self).items() if k not in ("maxIter", "checkpointDir", "checkpointInterval")}
         text = json.dumps({"params": params, "rows": data[0], "checksum": data[1]}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -87,14 +94,21 @@ class CollaborativeFilter:
         """Fit on already validated (user, item, rating) rows with cfspark's internal names."""
         means = item_means(train_ratings).cache()
         global_mean = float(train_ratings.agg(F.avg(RATING)).first()[0])
-        blocks = build_blocks(normalise(train_ratings, means), means, num_user_blocks=self.numUserBlocks,
-                              num_item_blocks=self.numItemBlocks, seed=self.seed)
+        blocks = build_blocks(
+            normalise(train_ratings, means),
+            means,
+            num_user_blocks=self.numUserBlocks,
+            num_item_blocks=self.numItemBlocks,
+            seed=self.seed,
+        )
         checkpointer = None
         if self.checkpointDir:
-            checkpointer = Checkpointer(train_ratings.sparkSession, self.checkpointDir, self.checkpointInterval,
-                                        self.fingerprint(train_ratings))
-        result = train(blocks, self.step_config("user"), self.step_config("item"), max_iter=self.maxIter,
-                       checkpointer=checkpointer)
+            checkpointer = Checkpointer(
+                train_ratings.sparkSession, self.checkpointDir, self.checkpointInterval, self.fingerprint(train_ratings)
+            )
+        result = train(
+            blocks, self.step_config("user"), self.step_config("item"), max_iter=self.maxIter, checkpointer=checkpointer
+        )
         user_factors = factor_table(result.user_state(), blocks.user_index, USER, self.rank, with_bias=True)
         item_factors = factor_table(result.item_state(), blocks.item_index, ITEM, self.rank, with_bias=False)
         return CFModel(

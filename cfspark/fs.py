@@ -14,7 +14,7 @@ def is_local(path: str) -> bool:
 
 
 def local_path(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
+    return path[len("file://") :] if path.startswith("file://") else path
 
 
 def write_json(path: str, obj: dict) -> None:

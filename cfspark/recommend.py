@@ -34,8 +34,12 @@ def _item_means(item_index: DataFrame) -> DataFrame:
     def pack(table: pa.Table) -> pa.Table:
         means = np.empty(table.num_rows)
         means[table.column(LOCAL).to_numpy()] = table.column(ITEM_MEAN).to_numpy()
-        return pa.table({"ib": pa.array([table.column(BLOCK)[0].as_py()], pa.int32()),
-                         "means": pa.array([blob(means)], pa.binary())})
+        return pa.table(
+            {
+                "ib": pa.array([table.column(BLOCK)[0].as_py()], pa.int32()),
+                "means": pa.array([blob(means)], pa.binary()),
+            }
+        )
 
     return item_index.select(BLOCK, LOCAL, ITEM_MEAN).groupBy(BLOCK).applyInArrow(pack, "ib int, means binary")
 
@@ -62,14 +66,34 @@ def _score_pairs(rank: int, n: int):
                     ex_rows, ex_cols = rows[mask], cell(batch, "col_local", r, np.int32)[cols[mask]]
                 else:
                     ex_rows = ex_cols = np.empty(0, np.int64)
-                idx, val = score_pair(users, matrix(batch, "item_params", r, width),
-                                      cell(batch, "means", r, np.float64), ex_rows, ex_cols, n)
-                for key, value in (("ub", batch.column("ub")[r].as_py()), ("ib", ib), ("n_users", len(users)),
-                                   ("idx", blob(idx.astype(np.int32))), ("val", blob(val))):
+                idx, val = score_pair(
+                    users,
+                    matrix(batch, "item_params", r, width),
+                    cell(batch, "means", r, np.float64),
+                    ex_rows,
+                    ex_cols,
+                    n,
+                )
+                for key, value in (
+                    ("ub", batch.column("ub")[r].as_py()),
+                    ("ib", ib),
+                    ("n_users", len(users)),
+                    ("idx", blob(idx.astype(np.int32))),
+                    ("val", blob(val)),
+                ):
                     out[key].append(value)
-            yield pa.RecordBatch.from_pydict(out, schema=pa.schema(
-                [("ub", pa.int32()), ("ib", pa.int32()), ("n_users", pa.int32()), ("idx", pa.binary()),
-                 ("val", pa.binary())]))
+            yield pa.RecordBatch.from_pydict(
+                out,
+                schema=pa.schema(
+                    [
+                        ("ub", pa.int32()),
+                        ("ib", pa.int32()),
+                        ("n_users", pa.int32()),
+                        ("idx", pa.binary()),
+                        ("val", pa.binary()),
+                    ]
+                ),
+            )
 
     return run
 
@@ -86,30 +110,36 @@ def _merge_blocks(n: int):
         blocks, locals_, scores = merge(candidates, n)
         keep = np.isfinite(scores)
         users, ranks = np.nonzero(keep)
-        return pa.table({
-            "block": pa.array(np.full(len(users), table.column("ub")[0].as_py(), np.int32)),
-            "local": pa.array(users.astype(np.int32)),
-            "item_block": pa.array(blocks[keep].astype(np.int32)),
-            "item_local": pa.array(locals_[keep].astype(np.int32)),
-            "rank": pa.array((ranks + 1).astype(np.int32)),
-            "score": pa.array(scores[keep]),
-        })
+        return pa.table(
+            {
+                "block": pa.array(np.full(len(users), table.column("ub")[0].as_py(), np.int32)),
+                "local": pa.array(users.astype(np.int32)),
+                "item_block": pa.array(blocks[keep].astype(np.int32)),
+                "item_local": pa.array(locals_[keep].astype(np.int32)),
+                "rank": pa.array((ranks + 1).astype(np.int32)),
+                "score": pa.array(scores[keep]),
+            }
+        )
 
     return run
 
 
 def recommend_all(blocks: Blocks, result: TrainResult, *, rank: int, n: int) -> DataFrame:
     """(user, item, rank, score): the n best unrated items of every trained user."""
-    users = result.user_state().select(F.col("dest").alias("ub"), F.col("params").alias("user_params")).join(
-        blocks.users.select(F.col("block").alias("ub"), "row_ptr", "cols", "src", "src_ptr", "col_local"), "ub")
-    items = result.item_state().select(F.col("dest").alias("ib"), F.col("params").alias("item_params")).join(
-        _item_means(blocks.item_index), "ib")
+    users = (
+        result.user_state()
+        .select(F.col("dest").alias("ub"), F.col("params").alias("user_params"))
+        .join(blocks.users.select(F.col("block").alias("ub"), "row_ptr", "cols", "src", "src_ptr", "col_local"), "ub")
+    )
+    items = (
+        result.item_state()
+        .select(F.col("dest").alias("ib"), F.col("params").alias("item_params"))
+        .join(_item_means(blocks.item_index), "ib")
+    )
     pairs = users.crossJoin(items).mapInArrow(_score_pairs(rank, n), _PAIR_SCHEMA)
     rows = pairs.groupBy("ub").applyInArrow(_merge_blocks(n), _ROW_SCHEMA)
     user_ids = blocks.user_index.select(USER, BLOCK, LOCAL)
     item_ids = blocks.item_index.select(ITEM, F.col(BLOCK).alias("item_block"), F.col(LOCAL).alias("item_local"))
     return (
-        rows.join(user_ids, [BLOCK, LOCAL])
-        .join(item_ids, ["item_block", "item_local"])
-        .select(USER, ITEM, RANK, SCORE)
+        rows.join(user_ids, [BLOCK, LOCAL]).join(item_ids, ["item_block", "item_local"]).select(USER, ITEM, RANK, SCORE)
     )

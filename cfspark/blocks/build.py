@@ -46,8 +46,9 @@ def _pack(ratings: DataFrame, own: str, other: str, num_blocks: int) -> DataFram
     return packed.repartition(num_blocks, "block").cache()
 
 
-def build_blocks(normalised: DataFrame, means: DataFrame, *, num_user_blocks: int, num_item_blocks: int,
-                 seed: int) -> Blocks:
+def build_blocks(
+    normalised: DataFrame, means: DataFrame, *, num_user_blocks: int, num_item_blocks: int, seed: int
+) -> Blocks:
     """Index users and items, attach (block, local) to each rating and pack both sides."""
     user_index = index_entities(normalised.select(USER).distinct(), USER, num_blocks=num_user_blocks, seed=seed)
     item_index = index_entities(means, ITEM, num_blocks=num_item_blocks, seed=seed + 1)
@@ -65,4 +66,3 @@ def build_blocks(normalised: DataFrame, means: DataFrame, *, num_user_blocks: in
     items = _pack(ratings, "item", "user", num_item_blocks)
     users.count(), items.count()
     return Blocks(users, items, user_index, item_index, num_user_blocks, num_item_blocks)
-

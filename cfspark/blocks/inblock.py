@@ -71,6 +71,9 @@ def pack_arrays(
 def pack_block(table: pa.Table) -> pa.Table:
     """groupBy('block').applyInArrow body: one block's rating rows → one InBlock row."""
     arrays = pack_arrays(*(table.column(c).to_numpy() for c in PACK_INPUT[1:]))
-    row = {"block": pa.array([table.column("block")[0].as_py()], pa.int32()), "n": pa.array([arrays.pop("n")], pa.int32())}
+    row = {
+        "block": pa.array([table.column("block")[0].as_py()], pa.int32()),
+        "n": pa.array([arrays.pop("n")], pa.int32()),
+    }
     row.update({name: pa.array([blob(a)], pa.binary()) for name, a in arrays.items()})
     return pa.table(row)

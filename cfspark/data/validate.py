@@ -36,11 +36,11 @@ def validate_ratings(df: DataFrame, cols: Columns, *, id_type: str, duplicates: 
     schema = {f.name: f.dataType for f in df.schema.fields}
     for name in (cols.user, cols.item):
         if not isinstance(schema[name], _ID_TYPES):
-            raise InputError(
-                f"column {name!r} has type {schema[name].simpleString()}; ids must be integers or strings"
-            )
+            raise InputError(f"column {name!r} has type {schema[name].simpleString()}; ids must be integers or strings")
     if not isinstance(schema[cols.rating], (*_NUMERIC, T.StringType, T.BooleanType)):
-        raise InputError(f"column {cols.rating!r} has type {schema[cols.rating].simpleString()}; ratings must be numbers")
+        raise InputError(
+            f"column {cols.rating!r} has type {schema[cols.rating].simpleString()}; ratings must be numbers"
+        )
 
     rating = F.col(cols.rating).try_cast("double")
     checks: dict[str, tuple[Column, str]] = {
@@ -100,6 +100,6 @@ def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str) -> DataFram
         raise InputError(
             f"{n_pairs} (user, item) pair(s) appear more than once, e.g. "
             f"{{{cols.user}: {row[USER]!r}, {cols.item}: {row[ITEM]!r}}} appears {row['count']} times "
-            f"(set input.duplicates = \"mean\" to average them)"
+            f'(set input.duplicates = "mean" to average them)'
         )
     return df

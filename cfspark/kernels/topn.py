@@ -22,8 +22,12 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_pair(
-    users: np.ndarray, items: np.ndarray, item_offset: np.ndarray, excluded_rows: np.ndarray,
-    excluded_cols: np.ndarray, n: int,
+    users: np.ndarray,
+    items: np.ndarray,
+    item_offset: np.ndarray,
+    excluded_rows: np.ndarray,
+    excluded_cols: np.ndarray,
+    n: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best n items of this item block for every user of this user block.
 

@@ -32,7 +32,12 @@ class Checkpointer:
     """Writes and finds the latest checkpoint under one directory."""
 
     def __init__(self, spark: SparkSession, directory: str, interval: int, fingerprint: str):
-        self.spark, self.directory, self.interval, self.fingerprint = spark, directory.rstrip("/"), interval, fingerprint
+        self.spark, self.directory, self.interval, self.fingerprint = (
+            spark,
+            directory.rstrip("/"),
+            interval,
+            fingerprint,
+        )
 
     def due(self, iteration: int) -> bool:
         return self.interval > 0 and iteration % self.interval == 0

@@ -67,15 +67,38 @@ class StepConfig:
         return np.ones(self.width) if self.side == "user" else self.reg_mask
 
 
-def _rows(block: int, params: np.ndarray, state: AdamState | None, losses: tuple[float, float],
-          outbox: list[tuple[int, np.ndarray]]) -> list[dict]:
-    rows = [{
-        "dest": block, "src": STATE, "params": blob(params),
-        "m": blob(state.m if state else None), "v": blob(state.v if state else None),
-        "t": state.t if state else 0, "data_loss": losses[0], "reg_loss": losses[1],
-    }]
-    rows += [{"dest": int(d), "src": block, "params": blob(p), "m": None, "v": None, "t": 0,
-              "data_loss": 0.0, "reg_loss": 0.0} for d, p in outbox]
+def _rows(
+    block: int,
+    params: np.ndarray,
+    state: AdamState | None,
+    losses: tuple[float, float],
+    outbox: list[tuple[int, np.ndarray]],
+) -> list[dict]:
+    rows = [
+        {
+            "dest": block,
+            "src": STATE,
+            "params": blob(params),
+            "m": blob(state.m if state else None),
+            "v": blob(state.v if state else None),
+            "t": state.t if state else 0,
+            "data_loss": losses[0],
+            "reg_loss": losses[1],
+        }
+    ]
+    rows += [
+        {
+            "dest": int(d),
+            "src": block,
+            "params": blob(p),
+            "m": None,
+            "v": None,
+            "t": 0,
+            "data_loss": 0.0,
+            "reg_loss": 0.0,
+        }
+        for d, p in outbox
+    ]
     return rows
 
 
@@ -84,7 +107,7 @@ def _outbox(inblock: pa.Table | pa.RecordBatch, r: int, params: np.ndarray) -> l
     dest = cell(inblock, "out_dest", r, np.int32)
     ptr = cell(inblock, "out_ptr", r, np.int64)
     idx = cell(inblock, "out_idx", r, np.int32)
-    return [(dest[j], params[idx[ptr[j]:ptr[j + 1]]]) for j in range(len(dest))]
+    return [(dest[j], params[idx[ptr[j] : ptr[j + 1]]]) for j in range(len(dest))]
 
 
 def init_blocks(cfg: StepConfig, *, send: bool):
@@ -144,8 +167,13 @@ def step_blocks(cfg: StepConfig):
             reg_mask=cfg.reg_mask,
         )
         params, state = solve_block(
-            problem, params, state, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
-            inner_steps=cfg.inner_steps, train_mask=cfg.train_mask,
+            problem,
+            params,
+            state,
+            optimizer=cfg.optimizer,
+            learning_rate=cfg.learning_rate,
+            inner_steps=cfg.inner_steps,
+            train_mask=cfg.train_mask,
         )
         block = inblock.column("block")[0].as_py()
         keep = state if cfg.optimizer == "adam" else None

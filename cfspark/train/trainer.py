@@ -52,15 +52,17 @@ def settle(df: DataFrame) -> tuple[DataFrame, float, float]:
 
 def half_step(inblocks: DataFrame, own_out: DataFrame, other_out: DataFrame, cfg: StepConfig) -> DataFrame:
     incoming = own_out.filter(F.col("src") == STATE).unionByName(other_out.filter(F.col("src") >= 0))
-    return (
-        inblocks.groupBy("block")
-        .cogroup(incoming.groupBy("dest"))
-        .applyInArrow(step_blocks(cfg), OUT_SCHEMA)
-    )
+    return inblocks.groupBy("block").cogroup(incoming.groupBy("dest")).applyInArrow(step_blocks(cfg), OUT_SCHEMA)
 
 
-def train(blocks: Blocks, user_cfg: StepConfig, item_cfg: StepConfig, *, max_iter: int,
-          checkpointer: Checkpointer | None = None) -> TrainResult:
+def train(
+    blocks: Blocks,
+    user_cfg: StepConfig,
+    item_cfg: StepConfig,
+    *,
+    max_iter: int,
+    checkpointer: Checkpointer | None = None,
+) -> TrainResult:
     """Run (or resume) the alternating loop and return the final state tables."""
     resumed = checkpointer.load() if checkpointer else None
     if resumed and resumed.iteration <= max_iter:
@@ -76,8 +78,11 @@ def train(blocks: Blocks, user_cfg: StepConfig, item_cfg: StepConfig, *, max_ite
         user_out, _, user_reg = settle(half_step(blocks.users, user_out, item_out, user_cfg))
         item_out, item_data, item_reg = settle(half_step(blocks.items, item_out, user_out, item_cfg))
         # J after the iteration: data term with the new X and W, both L2 terms.
-        entry = {"iteration": iteration, "train_loss": item_data + item_reg + user_reg,
-                 "seconds": round(time.perf_counter() - began, 3)}
+        entry = {
+            "iteration": iteration,
+            "train_loss": item_data + item_reg + user_reg,
+            "seconds": round(time.perf_counter() - began, 3),
+        }
         history.append(entry)
         log.info("iteration %d: train loss %.6g (%.2f s)", iteration, entry["train_loss"], entry["seconds"])
         if checkpointer and checkpointer.due(iteration):
