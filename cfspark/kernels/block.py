@@ -27,7 +27,8 @@ class BlockProblem:
     """
 
     rows: np.ndarray  # int, own row of each rating, sorted ascending
-    starts: np.ndarray  # int64, first rating of each own row (every row has one)
+    rated: np.ndarray  # int, the own rows that have at least one rating
+    starts: np.ndarray  # int64, first rating of each rated row
     other_rows: np.ndarray  # float64 (nnz × p), O[cols]
     y: np.ndarray  # float64 (nnz,), target of each rating
     offset: np.ndarray | None  # float64 (nnz,) added to every score, or None
@@ -50,9 +51,11 @@ class BlockProblem:
     ) -> BlockProblem:
         counts = np.diff(row_ptr)
         rows = np.repeat(np.arange(len(counts)), counts)
+        rated = np.flatnonzero(counts)
         return cls(
             rows=rows,
-            starts=np.asarray(row_ptr[:-1], dtype=np.int64),
+            rated=rated,
+            starts=np.asarray(row_ptr[:-1], dtype=np.int64)[rated],
             other_rows=np.ascontiguousarray(other[cols]),
             y=y,
             offset=offset,
@@ -75,6 +78,7 @@ class BlockProblem:
     def loss_and_grad(self, params: np.ndarray) -> tuple[float, np.ndarray]:
         """J_block(P) = Σ loss(z, y) + λ/2 Σ‖P·mask‖², and dJ/dP."""
         per_rating, dz = pointwise(self.loss, self.scores(params), self.y)
-        grad = np.add.reduceat(dz[:, None] * self.other_rows, self.starts, axis=0)
-        grad += self.reg * self.reg_mask * params
+        grad = self.reg * self.reg_mask * params
+        if len(self.rated):
+            grad[self.rated] += np.add.reduceat(dz[:, None] * self.other_rows, self.starts, axis=0)
         return float(per_rating.sum()) + self.reg_loss(params), grad

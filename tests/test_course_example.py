@@ -1,0 +1,71 @@
+"""The course's 5 movies × 5 users example: exact item means, exact normalised ratings,
+and a user with no ratings (Eve) predicted at the item means."""
+
+from __future__ import annotations
+
+import pytest
+from chispa import assert_df_equality
+
+from cfspark import CollaborativeFilter
+from cfspark.data.normalise import item_means, normalise
+
+USERS = ["Alice", "Bob", "Carol", "Dave", "Eve"]
+TABLE = {  # movie: ratings by Alice, Bob, Carol, Dave, Eve (None = not rated)
+    "Love at last": [5, 5, 0, 0, None],
+    "Romance forever": [5, None, None, 0, None],
+    "Cute puppies of love": [None, 4, 0, None, None],
+    "Nonstop car chases": [0, 0, 5, 4, None],
+    "Swords vs. karate": [0, 0, 5, 0, None],
+}
+MEANS = {
+    "Love at last": 2.5,
+    "Romance forever": 2.5,
+    "Cute puppies of love": 2.0,
+    "Nonstop car chases": 2.25,
+    "Swords vs. karate": 1.25,
+}
+
+
+def course_rows():
+    return [
+        (user, movie, float(r))
+        for movie, rs in TABLE.items()
+        for user, r in zip(USERS, rs, strict=True)
+        if r is not None
+    ]
+
+
+@pytest.fixture(scope="module")
+def ratings(spark):
+    return spark.createDataFrame(course_rows(), "user string, item string, rating double")
+
+
+def test_item_means_are_exact(spark, ratings):
+    expected = spark.createDataFrame(list(MEANS.items()), "item string, item_mean double")
+    assert_df_equality(item_means(ratings), expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_normalised_ratings_are_exact(spark, ratings):
+    expected = spark.createDataFrame(
+        [(item, user, r, MEANS[item], r - MEANS[item]) for user, item, r in course_rows()],
+        "item string, user string, rating double, item_mean double, y double",
+    )
+    got = normalise(ratings, item_means(ratings))
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_column_order=True, ignore_nullable=True)
+    assert sorted(r.y for r in got.filter("user = 'Alice'").collect()) == [-2.25, -1.25, 2.5, 2.5]
+
+
+def test_eve_is_predicted_at_the_item_means(spark, ratings):
+    model = CollaborativeFilter(rank=3, maxIter=5, regParam=0.1, numUserBlocks=2, numItemBlocks=2).fit(ratings)
+    eve = spark.createDataFrame([("Eve", movie) for movie in TABLE], "user string, item string")
+    got = {r.item: r.prediction for r in model.transform(eve).collect()}
+    assert got == MEANS
+    assert got["Love at last"] == 2.5
+    # Everyone who rated gets a recommendation for each movie they did not rate, and no other.
+    recs = model.recommendForAllUsers(5).collect()
+    rated = {(u, m) for u, m, _ in course_rows()}
+    assert not {(r.user, r.item) for r in recs} & rated
+    assert sorted((r.user, r.item) for r in recs) == sorted(
+        (u, m) for u in USERS[:4] for m in TABLE if (u, m) not in rated
+    )
+    model.unpersist()

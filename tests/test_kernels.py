@@ -1,0 +1,162 @@
+"""The numpy kernels on their own: gradients, optimiser steps, initial factors, top-N."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cfspark.kernels.block import BlockProblem
+from cfspark.kernels.init import hashed_uniform, initial_params
+from cfspark.kernels.losses import pointwise
+from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
+from cfspark.kernels.solve import solve_block
+from cfspark.kernels.topn import merge, score_pair, top_n
+
+RANK = 3
+REG_MASK = np.r_[np.ones(RANK), 0.0]
+
+
+def _problem(rng, *, n=5, m=4, side="user", loss="mse", reg=0.7, scale=1.0):
+    """A random block: n own rows, m rows of the other side, every own row rated."""
+    pairs = sorted({(r, c) for r in range(n) for c in range(m) if rng.random() < 0.6} | {(r, r % m) for r in range(n)})
+    rows = np.array([p[0] for p in pairs])
+    cols = np.array([p[1] for p in pairs], dtype=np.int32)
+    row_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    other = rng.normal(scale=scale, size=(m, RANK + 1))
+    other[:, RANK] = 1.0 if side == "user" else other[:, RANK]  # users see [X | 1]; items see [W | b]
+    y = rng.integers(0, 2, len(rows)).astype(float) if loss == "bce" else rng.normal(size=len(rows))
+    problem = BlockProblem.build(row_ptr=row_ptr, cols=cols, other=other, y=y, loss=loss, reg=reg, reg_mask=REG_MASK)
+    params = rng.normal(scale=scale, size=(n, RANK + 1))
+    if side == "item":
+        params[:, RANK] = 1.0
+    return problem, params, rows, cols, other, y
+
+
+def _explicit_loss(params, rows, cols, other, y, reg, loss="mse"):
+    """J written out term by term, as in the design card, for one block."""
+    total = 0.0
+    for r, c, t in zip(rows, cols, y, strict=True):
+        z = params[r] @ other[c]
+        total += (
+            0.5 * (z - t) ** 2
+            if loss == "mse"
+            else -(t * np.log(1 / (1 + np.exp(-z))) + (1 - t) * np.log(1 - 1 / (1 + np.exp(-z))))
+        )
+    return total + 0.5 * reg * np.sum(params[:, :RANK] ** 2)
+
+
+def _finite_difference(f, params, h=1e-6):
+    grad = np.zeros_like(params)
+    for idx in np.ndindex(params.shape):
+        up, down = params.copy(), params.copy()
+        up[idx] += h
+        down[idx] -= h
+        grad[idx] = (f(up) - f(down)) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("side", ["user", "item"])
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_block_loss_matches_the_written_out_sum(side, loss):
+    problem, params, rows, cols, other, y = _problem(np.random.default_rng(1), side=side, loss=loss)
+    value, _ = problem.loss_and_grad(params)
+    assert value == pytest.approx(_explicit_loss(params, rows, cols, other, y, 0.7, loss), rel=1e-12)
+
+
+@pytest.mark.parametrize("side", ["user", "item"])
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_gradient_matches_finite_differences(side, loss):
+    # user side: columns 0..k-1 are W, column k is b; item side: columns 0..k-1 are X.
+    problem, params, *_ = _problem(np.random.default_rng(2), side=side, loss=loss)
+    _, grad = problem.loss_and_grad(params)
+    numeric = _finite_difference(lambda p: problem.loss_and_grad(p)[0], params)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+    if side == "user":
+        # b carries no L2 term: its gradient is the plain sum of the user's dloss/dz.
+        _, dz = pointwise(loss, problem.scores(params), problem.y)
+        np.testing.assert_allclose(grad[:, RANK], np.bincount(problem.rows, dz), atol=1e-12)
+
+
+def test_bce_stays_finite_and_exact_at_large_scores():
+    z = np.array([-50.0, 50.0, -50.0, 50.0, 700.0, -700.0])
+    y = np.array([1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    loss, dz = pointwise("bce", z, y)
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(dz))
+    np.testing.assert_allclose(loss, [50.0, 50.0, 0.0, 0.0, 700.0, 700.0], atol=1e-20, rtol=1e-12)
+    np.testing.assert_allclose(dz, [-1.0, 1.0, 0.0, 0.0, 1.0, -1.0], atol=1e-20)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "gd"])
+def test_one_step_lowers_the_block_loss(optimizer):
+    problem, params, *_ = _problem(np.random.default_rng(3), n=8, m=6)
+    before, grad = problem.loss_and_grad(params)
+    if optimizer == "adam":
+        after_params, state = adam_step(params, grad, AdamState.zeros_like(params), lr=0.01)
+        assert state.t == 1
+    else:
+        after_params = gd_step(params, grad, lr=0.01)
+    after, _ = problem.loss_and_grad(after_params)
+    assert after < before
+
+
+def test_solve_block_keeps_frozen_columns_and_converges():
+    problem, params, *_ = _problem(np.random.default_rng(4), n=6, m=5, side="item", reg=0.5)
+    mask = REG_MASK  # items keep their constant 1
+    solved, state = solve_block(
+        problem,
+        params,
+        AdamState.zeros_like(params),
+        optimizer="adam",
+        learning_rate=0.05,
+        inner_steps=800,
+        train_mask=mask,
+    )
+    np.testing.assert_array_equal(solved[:, RANK], 1.0)
+    assert state.t == 800
+    _, grad = problem.loss_and_grad(solved)
+    # At the optimum of the convex sub-problem the trainable gradient vanishes.
+    assert np.abs(grad * mask).max() < 1e-3
+
+
+def test_initial_factors_depend_only_on_key_and_seed():
+    keys = np.array([11, -5, 2**62, 11], dtype=np.int64)
+    a = initial_params(keys, 4, scale=0.1, side="user")
+    b = initial_params(keys[::-1].copy(), 4, scale=0.1, side="user")[::-1]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[0], a[3])
+    assert not np.allclose(a[0], a[1])
+    np.testing.assert_array_equal(a[:, 4], 0.0)
+    np.testing.assert_array_equal(initial_params(keys, 4, scale=0.1, side="item")[:, 4], 1.0)
+    draws = hashed_uniform(np.arange(20000, dtype=np.int64), 3)
+    assert draws.min() >= -1 and draws.max() < 1
+    assert abs(draws.mean()) < 0.02 and draws.std() == pytest.approx(1 / np.sqrt(3), rel=0.02)
+
+
+def test_top_n_orders_best_first_and_skips_excluded():
+    scores = np.array([[0.1, 0.9, -np.inf, 0.5], [3.0, 2.0, 1.0, 0.0]])
+    idx, val = top_n(scores, 3)
+    np.testing.assert_array_equal(idx, [[1, 3, 0], [0, 1, 2]])
+    np.testing.assert_array_equal(val, [[0.9, 0.5, 0.1], [3.0, 2.0, 1.0]])
+
+
+def test_score_pair_and_merge_equal_a_dense_ranking():
+    rng = np.random.default_rng(5)
+    users = rng.normal(size=(7, RANK + 1))
+    blocks = [rng.normal(size=(5, RANK + 1)), rng.normal(size=(4, RANK + 1))]
+    for x in blocks:
+        x[:, RANK] = 1.0
+    means = [rng.normal(size=5), rng.normal(size=4)]
+    rated = [(0, 0, 1), (0, 1, 2), (3, 0, 0), (6, 1, 3)]  # (user, item block, item local)
+    candidates = []
+    for b, (x, mu) in enumerate(zip(blocks, means, strict=True)):
+        ex = np.array([(u, i) for u, bb, i in rated if bb == b]).reshape(-1, 2)
+        idx, val = score_pair(users, x, mu, ex[:, 0], ex[:, 1], n=3)
+        candidates.append((b, idx, val))
+    got_block, got_local, got_score = merge(candidates, 3)
+
+    dense = np.hstack([users @ x.T + mu for x, mu in zip(blocks, means, strict=True)])
+    for u, b, i in rated:
+        dense[u, i + (5 if b else 0)] = -np.inf
+    expected = np.argsort(-dense, axis=1)[:, :3]
+    np.testing.assert_array_equal(got_block * 5 + got_local, expected)
+    np.testing.assert_allclose(got_score, np.take_along_axis(dense, expected, axis=1))

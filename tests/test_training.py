@@ -1,0 +1,123 @@
+"""Distributed training against a planted model and against Spark ALS; determinism;
+checkpoint resume; and a long run that would overflow without cut lineage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from planted import planted_ratings
+
+from cfspark import CollaborativeFilter
+from cfspark.compare import compare_als
+from cfspark.data.split import split_ratings
+from cfspark.evaluate import regression_metrics
+
+RANK = 3
+PARAMS = dict(rank=RANK, maxIter=30, regParam=1.0, seed=11)
+
+
+@pytest.fixture(scope="module")
+def planted_split(spark):
+    p = planted_ratings(n_users=400, n_items=300, rank=RANK, density=0.3, noise=0.5, seed=1)
+    df = spark.createDataFrame(p.rows(), "user long, item long, rating double")
+    train, test = split_ratings(df, test_fraction=0.2, seed=3)
+    yield p, train.cache(), test.cache()
+    train.unpersist(), test.unpersist()
+
+
+@pytest.fixture(scope="module")
+def fitted(planted_split):
+    _, train, _ = planted_split
+    model = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_validated(train)
+    yield model
+    model.unpersist()
+
+
+def _factors(model):
+    users = {r.user: (tuple(r.features), r.bias) for r in model.user_factors.collect()}
+    items = {r.item: tuple(r.features) for r in model.item_factors.collect()}
+    return users, items
+
+
+def test_planted_model_is_recovered_to_the_noise_floor(planted_split, fitted):
+    p, _, test = planted_split
+    rmse = regression_metrics(fitted.predict_canonical(test))["rmse"]
+    assert abs(rmse - p.noise) <= 0.1 * p.noise, rmse
+    losses = [h["train_loss"] for h in fitted.history]
+    assert len(losses) == 30 and losses[-1] < losses[0]
+
+
+def test_beats_spark_als_on_the_same_split(planted_split, fitted):
+    _, train, test = planted_split
+    ours = regression_metrics(fitted.predict_canonical(test))["rmse"]
+    als = compare_als(
+        train,
+        test,
+        fitted.blocks,
+        fitted.item_means,
+        fitted.global_mean,
+        rank=RANK,
+        reg_grid=[0.01, 0.05, 0.2],
+        max_iter=15,
+        seed=1,
+    )
+    assert len(als["grid"]) == 3 and als["test"]["count"] == test.count()
+    assert ours <= 1.02 * als["test"]["rmse"], (ours, als["test"])
+
+
+def test_same_seeds_give_identical_factors(planted_split, fitted):
+    _, train, _ = planted_split
+    again = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_validated(train)
+    assert _factors(again) == _factors(fitted)
+    again.unpersist()
+
+
+def test_block_counts_do_not_change_the_model(planted_split, fitted):
+    _, train, test = planted_split
+    other = CollaborativeFilter(numUserBlocks=1, numItemBlocks=4, **PARAMS).fit_validated(train)
+    a, b = (regression_metrics(m.predict_canonical(test))["rmse"] for m in (fitted, other))
+    assert abs(a - b) <= 0.01 * a
+    # Initial factors hash from ids and Adam is elementwise, so the factors agree up to summation order.
+    (ua, ia), (ub, ib) = _factors(fitted), _factors(other)
+    assert ua.keys() == ub.keys() and ia.keys() == ib.keys()
+    np.testing.assert_allclose([ua[k][0] for k in ua], [ub[k][0] for k in ua], atol=1e-6)
+    other.unpersist()
+
+
+@pytest.fixture(scope="module")
+def tiny(spark):
+    p = planted_ratings(n_users=30, n_items=20, rank=2, density=0.5, noise=0.1, seed=5)
+    return spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
+    params = dict(rank=2, regParam=0.5, numUserBlocks=2, numItemBlocks=2, checkpointInterval=2)
+    first = CollaborativeFilter(maxIter=4, checkpointDir=str(tmp_path / "ck"), **params).fit_validated(tiny)
+    assert (tmp_path / "ck" / "latest.json").is_file() and (tmp_path / "ck" / "iter-000004").is_dir()
+    resumed = CollaborativeFilter(maxIter=6, checkpointDir=str(tmp_path / "ck"), **params).fit_validated(tiny)
+    fresh = CollaborativeFilter(maxIter=6, checkpointDir=str(tmp_path / "other"), **params).fit_validated(tiny)
+    assert resumed.result.resumed_from == 4 and fresh.result.resumed_from == 0
+    assert [h["iteration"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
+    assert _factors(resumed) == _factors(fresh)
+    # A checkpoint made with other settings is not reused.
+    changed = CollaborativeFilter(maxIter=6, checkpointDir=str(tmp_path / "ck"), **{**params, "regParam": 0.6})
+    assert changed.fit_validated(tiny).result.resumed_from == 0
+    for m in (first, resumed, fresh):
+        m.unpersist()
+
+
+def test_one_hundred_iterations_complete_with_checkpointing(tiny, tmp_path):
+    model = CollaborativeFilter(
+        rank=2,
+        maxIter=100,
+        regParam=0.5,
+        innerSteps=1,
+        numUserBlocks=2,
+        numItemBlocks=2,
+        checkpointDir=str(tmp_path / "ck"),
+        checkpointInterval=10,
+    ).fit_validated(tiny)
+    losses = [h["train_loss"] for h in model.history]
+    assert len(losses) == 100 and losses[-1] < losses[0]
+    assert (tmp_path / "ck" / "iter-000100").is_dir()
+    model.unpersist()
