@@ -1,0 +1,95 @@
+"""Bad input and bad config: one clear line, exit code 2, and no output left behind.
+
+The job's main() runs in-process on the shared session (it calls getOrCreate);
+test_end_to_end.py checks the same through a real spark-submit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from tests_support import REPO
+
+spec = importlib.util.spec_from_file_location("train_job", os.path.join(REPO, "jobs", "train.py"))
+train_job = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_job)
+
+GOOD = "userId,movieId,rating\nu1,m1,4\nu1,m2,3\nu2,m1,5\nu2,m3,1\n"
+
+CASES = {
+    "missing_column": ("userId,film,rating\nu1,m1,4\n", "no column 'movieId'"),
+    "null_user": ("userId,movieId,rating\nu1,m1,4\n,m2,3\n", "column 'userId' has 1 null id(s) out of 2 rows"),
+    "null_item": ("userId,movieId,rating\nu1,m1,4\nu2,,3\n", "column 'movieId' has 1 null id(s)"),
+    "null_rating": ("userId,movieId,rating\nu1,m1,4\nu2,m2,\n", "column 'rating' has 1 null rating(s)"),
+    "not_number": ("userId,movieId,rating\nu1,m1,4\nu2,m2,great\nu3,m3,bad\n",
+                   "column 'rating' has 2 value(s) that are not numbers out of 3 rows, e.g. {'userId': 'u2'"),
+    "nan": ("userId,movieId,rating\nu1,m1,4\nu2,m2,NaN\n", "column 'rating' has 1 NaN or infinite rating(s)"),
+    "inf": ("userId,movieId,rating\nu1,m1,4\nu2,m2,Infinity\n", "column 'rating' has 1 NaN or infinite rating(s)"),
+    "empty": ("userId,movieId,rating\n", "the input has no ratings (0 rows)"),
+    "duplicates": ("userId,movieId,rating\nu1,m1,4\nu1,m1,5\nu2,m1,3\n",
+                   "1 (user, item) pair(s) appear more than once, e.g. {userId: 'u1', movieId: 'm1'} appears 2 times"),
+}
+
+CONFIG_CASES = {
+    "rank": (["--set", "model.rank=0"], "model.rank must be >= 1, got 0"),
+    "reg": (["--set", "model.reg=-0.5"], "model.reg must be >= 0.0, got -0.5"),
+    "unknown_key": (["--set", "model.rnak=5"], "unknown config key model.rnak"),
+    "unknown_loss": (["--set", "model.loss=hinge"], "model.loss = 'hinge' is not one of mse, bce"),
+    "wrong_type": (["--set", "model.rank=ten"], "config key model.rank must be a int, got 'ten'"),
+}
+
+
+def _run(capsys, tmp_path, *args):
+    out = tmp_path / "out"
+    code = train_job.main(["--set", f"output.path={out}", "--set", "spark.shuffle_partitions=4",
+                           "--set", "model.max_iter=2", *args])
+    return code, capsys.readouterr().err, out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_refused_with_one_clear_line(spark, capsys, tmp_path, case):
+    text, message = CASES[case]
+    data = tmp_path / "ratings.csv"
+    data.write_text(text)
+    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}")
+    assert code == 2
+    assert err.startswith("cfspark: error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["ratings.csv"]
+    assert data.read_text() == text  # the input is never touched
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_bad_config_is_refused(spark, capsys, tmp_path, case):
+    args, message = CONFIG_CASES[case]
+    code, err, out = _run(capsys, tmp_path, *args)
+    assert code == 2 and message in err, err
+    assert not out.exists()
+
+
+def test_missing_path_is_refused(spark, capsys, tmp_path):
+    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={tmp_path / 'nope.csv'}")
+    assert code == 2 and "does not exist" in err and str(tmp_path / "nope.csv") in err
+    assert not out.exists()
+
+
+def test_existing_output_is_never_overwritten(spark, capsys, tmp_path):
+    data = tmp_path / "ratings.csv"
+    data.write_text(GOOD)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}")
+    assert code == 2 and "already exists" in err
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
+    data = tmp_path / "ratings.csv"
+    data.write_text(GOOD + "u1,m1,2\n")
+    code, _, out = _run(capsys, tmp_path, "--set", f"input.path={data}", "--set", "input.duplicates=mean",
+                        "--set", "split.test_fraction=0.0", "--set", "checkpoint.interval=0")
+    assert code == 0
+    means = {r.movieId: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_means")).collect()}
+    assert means == {"m1": (3.0 + 5.0) / 2, "m2": 3.0, "m3": 1.0}
