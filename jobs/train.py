@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         help="override one key, e.g. --set model.rank=20 (repeatable)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    logging.getLogger("cfspark").setLevel(logging.INFO)
     try:
         cfg = load_config(args.config, args.overrides)
         # Executors run the same interpreter as this driver unless told otherwise.

@@ -1,0 +1,117 @@
+"""jobs/train.py through a real spark-submit, on a small CSV with string ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from planted import planted_ratings
+
+from cfspark.data.split import split_ratings
+from cfspark.data.validate import ITEM, USER
+from tests_support import REPO
+
+TOP_N = 5
+N_ITEMS = 30
+
+
+def spark_submit(*args: str) -> subprocess.CompletedProcess:
+    submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    return subprocess.run([submit, "--master", "local[2]", "--driver-memory", "1g",
+                           os.path.join(REPO, "jobs", "train.py"), *args],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    p = planted_ratings(n_users=40, n_items=N_ITEMS, rank=2, density=0.5, noise=0.3, seed=9)
+    lines = ["user;film;stars"] + [f"user-{u:03d};film-{i:03d};{r:.3f}" for u, i, r in p.rows()]
+    (tmp / "ratings.csv").write_text("\n".join(lines) + "\n")
+    out = tmp / "out"
+    proc = spark_submit(
+        "--config", os.path.join(REPO, "conf", "default.toml"),
+        "--set", f"input.path={tmp / 'ratings.csv'}", "--set", "input.delimiter=;",
+        "--set", "input.user_col=user", "--set", "input.item_col=film", "--set", "input.rating_col=stars",
+        "--set", f"output.path={out}", "--set", f"output.top_n={TOP_N}", "--set", "model.max_iter=10",
+        "--set", "model.rank=2", "--set", "model.num_user_blocks=2", "--set", "model.num_item_blocks=3",
+        "--set", "checkpoint.interval=4", "--set", "compare.als=true", "--set", "compare.als_reg_grid=[0.1]",
+    )
+    return tmp, out, proc
+
+
+def test_job_succeeds_and_prints_a_summary(run):
+    _, out, proc = run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test rmse" in proc.stdout and "Spark ALS" in proc.stdout and str(out) in proc.stdout
+    assert sorted(os.listdir(out)) == ["metrics.json", "model", "recommendations"]
+    assert not os.path.exists(f"{out}_checkpoints")  # removed after success
+    assert not [n for n in os.listdir(out.parent) if ".partial-" in n]
+
+
+def test_metrics_json_has_every_key(run):
+    _, out, _ = run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["loss"] == "mse"
+    for split in ("train", "test"):
+        assert m[split]["rmse"] > 0 and m[split]["mae"] > 0
+    assert [it["iteration"] for it in m["iterations"]] == list(range(1, 11))
+    assert all(it["train_loss"] > 0 and it["seconds"] > 0 for it in m["iterations"])
+    assert {"read_validate", "split", "fit", "evaluate", "recommend_write", "model_write", "als"} <= m["timings"].keys()
+    assert m["als"]["test"]["rmse"] > 0 and m["als"]["test"]["mae"] > 0 and m["als"]["fit_seconds"] > 0
+    assert m["als"]["params"] == {"rank": 2, "regParam": 0.1, "maxIter": 15, "seed": 7}
+    assert m["als"]["test"]["count"] == m["test"]["count"] == m["counts"]["test"]
+
+
+def test_recommendations_exclude_training_pairs_and_fill_top_n(spark, run):
+    tmp, out, _ = run
+    recs = spark.read.parquet(str(out / "recommendations"))
+    assert recs.columns == ["user", "film", "rank", "score"]
+    assert dict(recs.dtypes)["user"] == "string" and dict(recs.dtypes)["film"] == "string"
+    raw = spark.read.csv(str(tmp / "ratings.csv"), header=True, sep=";").selectExpr(
+        f"user as {USER}", f"film as {ITEM}", "cast(stars as double) as rating")
+    train, _ = split_ratings(raw, test_fraction=0.2, seed=42)
+    rated: dict[str, set] = {}
+    for r in train.collect():
+        rated.setdefault(r[USER], set()).add(r[ITEM])
+    got: dict[str, list] = {}
+    for r in recs.collect():
+        got.setdefault(r.user, []).append((r.rank, r.film, r.score))
+    assert got.keys() == rated.keys()
+    for user, rows in got.items():
+        rows.sort()
+        assert [rk for rk, _, _ in rows] == list(range(1, len(rows) + 1))
+        assert len(rows) == min(TOP_N, N_ITEMS - len(rated[user]))
+        assert not {film for _, film, _ in rows} & rated[user]
+        scores = [s for _, _, s in rows]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_model_tables_use_the_input_ids_and_reproduce_scores(spark, run):
+    _, out, _ = run
+    users = {r.user: r for r in spark.read.parquet(str(out / "model" / "user_factors")).collect()}
+    items = {r.film: r for r in spark.read.parquet(str(out / "model" / "item_factors")).collect()}
+    means = {r.film: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_means")).collect()}
+    meta = json.loads((out / "model" / "metadata.json").read_text())
+    assert meta["rank"] == 2 and meta["loss"] == "mse" and meta["config"]["model"]["num_item_blocks"] == 3
+    assert {"cfspark_version", "spark_version", "counts"} <= meta.keys()
+    assert all(u.startswith("user-") for u in users) and all(i.startswith("film-") for i in items)
+    assert len(next(iter(users.values())).features) == 2
+    top = spark.read.parquet(str(out / "recommendations")).filter("rank = 1").limit(3).collect()
+    for r in top:
+        expected = np.dot(users[r.user].features, items[r.film].features) + users[r.user].bias + means[r.film]
+        assert r.score == pytest.approx(expected, rel=1e-9)
+
+
+def test_bad_input_exits_non_zero_through_spark_submit(tmp_path):
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating\nu1,m1,4\nu1,m1,5\n")
+    proc = spark_submit("--set", f"input.path={tmp_path / 'ratings.csv'}", "--set", f"output.path={tmp_path / 'out'}")
+    assert proc.returncode == 2
+    # spark-submit's PythonRunner merges the driver's stderr into its own stdout.
+    assert "cfspark: error: 1 (user, item) pair(s) appear more than once" in proc.stdout + proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["ratings.csv"]
