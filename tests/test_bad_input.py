@@ -10,7 +10,6 @@ import importlib.util
 import os
 
 import pytest
-
 from tests_support import REPO
 
 spec = importlib.util.spec_from_file_location("train_job", os.path.join(REPO, "jobs", "train.py"))
@@ -24,13 +23,17 @@ CASES = {
     "null_user": ("userId,movieId,rating\nu1,m1,4\n,m2,3\n", "column 'userId' has 1 null id(s) out of 2 rows"),
     "null_item": ("userId,movieId,rating\nu1,m1,4\nu2,,3\n", "column 'movieId' has 1 null id(s)"),
     "null_rating": ("userId,movieId,rating\nu1,m1,4\nu2,m2,\n", "column 'rating' has 1 null rating(s)"),
-    "not_number": ("userId,movieId,rating\nu1,m1,4\nu2,m2,great\nu3,m3,bad\n",
-                   "column 'rating' has 2 value(s) that are not numbers out of 3 rows, e.g. {'userId': 'u2'"),
+    "not_number": (
+        "userId,movieId,rating\nu1,m1,4\nu2,m2,great\nu3,m3,bad\n",
+        "column 'rating' has 2 value(s) that are not numbers out of 3 rows, e.g. {'userId': 'u2'",
+    ),
     "nan": ("userId,movieId,rating\nu1,m1,4\nu2,m2,NaN\n", "column 'rating' has 1 NaN or infinite rating(s)"),
     "inf": ("userId,movieId,rating\nu1,m1,4\nu2,m2,Infinity\n", "column 'rating' has 1 NaN or infinite rating(s)"),
     "empty": ("userId,movieId,rating\n", "the input has no ratings (0 rows)"),
-    "duplicates": ("userId,movieId,rating\nu1,m1,4\nu1,m1,5\nu2,m1,3\n",
-                   "1 (user, item) pair(s) appear more than once, e.g. {userId: 'u1', movieId: 'm1'} appears 2 times"),
+    "duplicates": (
+        "userId,movieId,rating\nu1,m1,4\nu1,m1,5\nu2,m1,3\n",
+        "1 (user, item) pair(s) appear more than once, e.g. {userId: 'u1', movieId: 'm1'} appears 2 times",
+    ),
 }
 
 CONFIG_CASES = {
@@ -44,8 +47,9 @@ CONFIG_CASES = {
 
 def _run(capsys, tmp_path, *args):
     out = tmp_path / "out"
-    code = train_job.main(["--set", f"output.path={out}", "--set", "spark.shuffle_partitions=4",
-                           "--set", "model.max_iter=2", *args])
+    code = train_job.main(
+        ["--set", f"output.path={out}", "--set", "spark.shuffle_partitions=4", "--set", "model.max_iter=2", *args]
+    )
     return code, capsys.readouterr().err, out
 
 
@@ -88,8 +92,18 @@ def test_existing_output_is_never_overwritten(spark, capsys, tmp_path):
 def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
     data = tmp_path / "ratings.csv"
     data.write_text(GOOD + "u1,m1,2\n")
-    code, _, out = _run(capsys, tmp_path, "--set", f"input.path={data}", "--set", "input.duplicates=mean",
-                        "--set", "split.test_fraction=0.0", "--set", "checkpoint.interval=0")
+    code, _, out = _run(
+        capsys,
+        tmp_path,
+        "--set",
+        f"input.path={data}",
+        "--set",
+        "input.duplicates=mean",
+        "--set",
+        "split.test_fraction=0.0",
+        "--set",
+        "checkpoint.interval=0",
+    )
     assert code == 0
     means = {r.movieId: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_means")).collect()}
     assert means == {"m1": (3.0 + 5.0) / 2, "m2": 3.0, "m3": 1.0}

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 from planted import planted_ratings
+from tests_support import REPO
 
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import ITEM, USER
-from tests_support import REPO
 
 TOP_N = 5
 N_ITEMS = 30
@@ -22,9 +22,14 @@ N_ITEMS = 30
 def spark_submit(*args: str) -> subprocess.CompletedProcess:
     submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    return subprocess.run([submit, "--master", "local[2]", "--driver-memory", "1g",
-                           os.path.join(REPO, "jobs", "train.py"), *args],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    return subprocess.run(
+        [submit, "--master", "local[2]", "--driver-memory", "1g", os.path.join(REPO, "jobs", "train.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +40,36 @@ def run(tmp_path_factory):
     (tmp / "ratings.csv").write_text("\n".join(lines) + "\n")
     out = tmp / "out"
     proc = spark_submit(
-        "--config", os.path.join(REPO, "conf", "default.toml"),
-        "--set", f"input.path={tmp / 'ratings.csv'}", "--set", "input.delimiter=;",
-        "--set", "input.user_col=user", "--set", "input.item_col=film", "--set", "input.rating_col=stars",
-        "--set", f"output.path={out}", "--set", f"output.top_n={TOP_N}", "--set", "model.max_iter=10",
-        "--set", "model.rank=2", "--set", "model.num_user_blocks=2", "--set", "model.num_item_blocks=3",
-        "--set", "checkpoint.interval=4", "--set", "compare.als=true", "--set", "compare.als_reg_grid=[0.1]",
+        "--config",
+        os.path.join(REPO, "conf", "default.toml"),
+        "--set",
+        f"input.path={tmp / 'ratings.csv'}",
+        "--set",
+        "input.delimiter=;",
+        "--set",
+        "input.user_col=user",
+        "--set",
+        "input.item_col=film",
+        "--set",
+        "input.rating_col=stars",
+        "--set",
+        f"output.path={out}",
+        "--set",
+        f"output.top_n={TOP_N}",
+        "--set",
+        "model.max_iter=10",
+        "--set",
+        "model.rank=2",
+        "--set",
+        "model.num_user_blocks=2",
+        "--set",
+        "model.num_item_blocks=3",
+        "--set",
+        "checkpoint.interval=4",
+        "--set",
+        "compare.als=true",
+        "--set",
+        "compare.als_reg_grid=[0.1]",
     )
     return tmp, out, proc
 
@@ -74,7 +103,8 @@ def test_recommendations_exclude_training_pairs_and_fill_top_n(spark, run):
     assert recs.columns == ["user", "film", "rank", "score"]
     assert dict(recs.dtypes)["user"] == "string" and dict(recs.dtypes)["film"] == "string"
     raw = spark.read.csv(str(tmp / "ratings.csv"), header=True, sep=";").selectExpr(
-        f"user as {USER}", f"film as {ITEM}", "cast(stars as double) as rating")
+        f"user as {USER}", f"film as {ITEM}", "cast(stars as double) as rating"
+    )
     train, _ = split_ratings(raw, test_fraction=0.2, seed=42)
     rated: dict[str, set] = {}
     for r in train.collect():
