@@ -1,0 +1,61 @@
+"""conf/default.toml is the schema: overrides, types, ranges, and the estimator's defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from cfspark import CollaborativeFilter
+from cfspark.config import load_config, load_defaults, parse_override
+from cfspark.errors import ConfigError
+
+
+def test_overrides_are_parsed_as_toml_values():
+    assert parse_override("model.rank=20") == ("model", "rank", 20)
+    assert parse_override("input.delimiter=;") == ("input", "delimiter", ";")
+    assert parse_override("compare.als_reg_grid=[0.1, 0.3]") == ("compare", "als_reg_grid", [0.1, 0.3])
+    assert parse_override("input.header=false") == ("input", "header", False)
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('[model]\nrank = 4\nreg = 2\n[output]\npath = "results"\n')
+    cfg = load_config(str(path), ["model.rank=6"])
+    assert cfg["model"]["rank"] == 6 and cfg["model"]["reg"] == 2.0 and isinstance(cfg["model"]["reg"], float)
+    assert cfg["output"]["path"] == "results" and cfg["model"]["max_iter"] == load_defaults()["model"]["max_iter"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("split.test_fraction=1.0", "split.test_fraction must be in [0, 1)"),
+        ("model.learning_rate=0", "model.learning_rate must be > 0.0"),
+        ("model.optimizer=sgd", "model.optimizer = 'sgd' is not one of adam, gd"),
+        ("input.format=json", "input.format = 'json' is not one of csv, parquet, movielens"),
+        ("model.loss=bce", "(bce is not available yet)"),
+        ("nosection.key=1", "unknown config key nosection.key"),
+        ("input.header=1", "config key input.header must be a bool"),
+        ("compare.als_reg_grid=[]", "compare.als_reg_grid must be a non-empty list"),
+        ("modelrank=3", "--set key must look like section.key"),
+    ],
+)
+def test_invalid_values_are_refused(override, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_missing_config_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.toml"))
+
+
+def test_estimator_defaults_match_conf_default_toml():
+    model = load_defaults()["model"]
+    fields = {f.name: f.default for f in dataclasses.fields(CollaborativeFilter)}
+    pairs = {"rank": "rank", "maxIter": "max_iter", "regParam": "reg", "loss": "loss", "optimizer": "optimizer",
+             "learningRate": "learning_rate", "innerSteps": "inner_steps", "numUserBlocks": "num_user_blocks",
+             "numItemBlocks": "num_item_blocks", "seed": "seed", "initScale": "init_scale"}
+    assert {param: fields[param] for param in pairs} == {param: model[key] for param, key in pairs.items()}
+    assert fields["checkpointInterval"] == load_defaults()["checkpoint"]["interval"]
