@@ -43,8 +43,8 @@ class CollaborativeFilter:
     """
 
     rank: int = 10
-    maxIter: int = 30  # noqa: N815 (pyspark.ml naming)
-    regParam: float = 1.0  # noqa: N815
+    maxIter: int = 20  # noqa: N815 (pyspark.ml naming)
+    regParam: float = 10.0  # noqa: N815
     loss: str = "mse"
     optimizer: str = "adam"
     learningRate: float = 0.05  # noqa: N815

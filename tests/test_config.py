@@ -54,8 +54,18 @@ def test_missing_config_file_is_refused(tmp_path):
 def test_estimator_defaults_match_conf_default_toml():
     model = load_defaults()["model"]
     fields = {f.name: f.default for f in dataclasses.fields(CollaborativeFilter)}
-    pairs = {"rank": "rank", "maxIter": "max_iter", "regParam": "reg", "loss": "loss", "optimizer": "optimizer",
-             "learningRate": "learning_rate", "innerSteps": "inner_steps", "numUserBlocks": "num_user_blocks",
-             "numItemBlocks": "num_item_blocks", "seed": "seed", "initScale": "init_scale"}
+    pairs = {
+        "rank": "rank",
+        "maxIter": "max_iter",
+        "regParam": "reg",
+        "loss": "loss",
+        "optimizer": "optimizer",
+        "learningRate": "learning_rate",
+        "innerSteps": "inner_steps",
+        "numUserBlocks": "num_user_blocks",
+        "numItemBlocks": "num_item_blocks",
+        "seed": "seed",
+        "initScale": "init_scale",
+    }
     assert {param: fields[param] for param in pairs} == {param: model[key] for param, key in pairs.items()}
     assert fields["checkpointInterval"] == load_defaults()["checkpoint"]["interval"]
