@@ -1,22 +1,30 @@
-"""Spark ALS on the same split, scored on every test row exactly as cfspark is.
+"""Spark ALS on the same split, scored on every test row and ranked as cfspark is.
 
-ALS returns NaN for a test pair whose user or item it never saw; such a prediction
-is replaced by μ_i (item seen) or the global training mean, cfspark's own fallback.
+ALS returns NaN for a test pair whose user or item it never saw. Such a prediction
+gets cfspark's own fallback: μ_i or the global mean (mse), the item's positive rate
+or the global rate (bce). ALS's factors are ranked by cfspark's blockwise top-N,
+with the same training items excluded, so both sides face one ranking protocol.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.blocks.build import Blocks
-from cfspark.data.index import dense_id
+from cfspark.blocks.build import BASELINE, Blocks
+from cfspark.blocks.codec import blob
+from cfspark.data.index import BLOCK, LOCAL, dense_id
 from cfspark.data.normalise import ITEM_MEAN
+from cfspark.data.offsets import POSITIVE_RATE
 from cfspark.data.validate import ITEM, RATING, USER
-from cfspark.evaluate import regression_metrics
+from cfspark.evaluate import classification_metrics, ranking_metrics, regression_metrics
+from cfspark.recommend import RANK, recommend_all
 
 UNSEEN = -1  # an id ALS never trained on, so it predicts NaN for it
 
@@ -32,25 +40,70 @@ def _with_int_ids(df: DataFrame, blocks: Blocks) -> DataFrame:
     )
 
 
+def _als_state(factors: DataFrame, index: DataFrame, num_blocks: int, rank: int, side: str) -> DataFrame:
+    """ALS factors in cfspark's block state layout: (dest, params = [W | 0] or [X | 1]).
+
+    An entity ALS has no factors for (it was not in ALS's training data) gets zeros.
+    """
+    rows = index.select(BLOCK, LOCAL, dense_id(num_blocks).alias("id")).join(factors, "id", "left")
+
+    def pack(table: pa.Table) -> pa.Table:
+        params = np.zeros((table.num_rows, rank + 1))
+        params[:, rank] = 1.0 if side == "item" else 0.0
+        local = table.column(LOCAL).to_numpy()
+        features = table.column("features").combine_chunks()
+        valid = features.is_valid()
+        values = pc.list_flatten(features.filter(valid)).to_numpy(zero_copy_only=False)
+        params[local[valid.to_numpy(zero_copy_only=False)], :rank] = values.reshape(-1, rank)
+        return pa.table(
+            {
+                "dest": pa.array([table.column(BLOCK)[0].as_py()], pa.int32()),
+                "params": pa.array([blob(params)], pa.binary()),
+            }
+        )
+
+    return rows.select(BLOCK, LOCAL, "features").groupBy(BLOCK).applyInArrow(pack, "dest int, params binary")
+
+
+def _ranking(als_model, blocks: Blocks, rank: int, relevant: DataFrame, k: int) -> dict:
+    users = _als_state(als_model.userFactors, blocks.user_index, blocks.num_user_blocks, rank, "user")
+    items = _als_state(als_model.itemFactors, blocks.item_index, blocks.num_item_blocks, rank, "item")
+    zeros = blocks.item_index.select(BLOCK, LOCAL, F.lit(0.0).alias(BASELINE))
+    recs = recommend_all(blocks, users, items, rank=rank, n=k, baselines=zeros)
+    return ranking_metrics(recs.select(USER, ITEM, RANK), relevant, k=k)
+
+
+def _fit(als: ALS, data: DataFrame):
+    began = time.perf_counter()
+    model = als.fit(data)
+    return model, round(time.perf_counter() - began, 3)
+
+
 def compare_als(
     train: DataFrame,
     test: DataFrame,
     blocks: Blocks,
-    item_means: DataFrame,
-    global_mean: float,
+    item_stats: DataFrame,
     *,
+    loss: str,
     rank: int,
     reg_grid: list[float],
     max_iter: int,
     seed: int,
+    relevant: DataFrame,
+    k: int,
+    alpha_grid: list[float] = (),
+    clip_eps: float = 1e-6,
 ) -> dict:
-    """Fit ALS for each regParam in reg_grid and report the best on the test split."""
+    """mse: ALS over reg_grid, the best on test RMSE. bce: explicit ALS on the labels over
+    reg_grid, and implicit ALS on the positives over alpha_grid, each the best on test AUC."""
     train_ids = _with_int_ids(train, blocks).cache()
-    test_ids = _with_int_ids(test, blocks).join(item_means, ITEM, "left").cache()
-    fallback = F.coalesce(F.col(ITEM_MEAN), F.lit(global_mean))
-    runs = []
-    for reg in reg_grid:
-        als = ALS(
+    test_ids = _with_int_ids(test, blocks).join(item_stats, ITEM, "left").cache()
+    global_value = float(train.agg(F.avg(RATING)).first()[0])
+    fallback = F.coalesce(F.col(ITEM_MEAN if loss == "mse" else POSITIVE_RATE), F.lit(global_value))
+
+    def als(reg: float, **extra) -> ALS:
+        return ALS(
             rank=rank,
             maxIter=max_iter,
             regParam=float(reg),
@@ -59,19 +112,65 @@ def compare_als(
             ratingCol=RATING,
             coldStartStrategy="nan",
             seed=seed,
+            **extra,
         )
-        began = time.perf_counter()
-        model = als.fit(train_ids)
-        seconds = time.perf_counter() - began
-        scored = model.transform(test_ids).withColumn(
-            "prediction", F.when(F.isnan("prediction"), fallback).otherwise(F.col("prediction"))
-        )
-        runs.append({"regParam": float(reg), "test": regression_metrics(scored), "fit_seconds": round(seconds, 3)})
-    train_ids.unpersist(), test_ids.unpersist()
-    best = min(runs, key=lambda r: r["test"]["rmse"] if r["test"]["rmse"] is not None else float("inf"))
-    return {
-        "test": best["test"],
-        "fit_seconds": best["fit_seconds"],
+
+    def scored(model) -> DataFrame:
+        pred = model.transform(test_ids)
+        return pred.withColumn("prediction", F.when(F.isnan("prediction"), fallback).otherwise(F.col("prediction")))
+
+    def explicit_metrics(pred: DataFrame) -> dict:
+        if loss == "mse":
+            return regression_metrics(pred)
+        clipped = pred.withColumn("prediction", F.least(F.greatest("prediction", F.lit(clip_eps)), F.lit(1 - clip_eps)))
+        return {**classification_metrics(clipped), "clip_eps": clip_eps}
+
+    primary = "rmse" if loss == "mse" else "auc"
+    better = min if loss == "mse" else max
+    runs, models = [], {}
+    for reg in reg_grid:
+        model, seconds = _fit(als(reg), train_ids)
+        models[float(reg)] = (model, seconds)
+        runs.append({"regParam": float(reg), "test": explicit_metrics(scored(model)), "fit_seconds": seconds})
+    best = better(runs, key=lambda r: r["test"][primary] if r["test"][primary] is not None else float("nan"))
+    model, seconds = models[best["regParam"]]
+    explicit = {
+        "test": {**best["test"], **_ranking(model, blocks, rank, relevant, k)},
+        "fit_seconds": seconds,
         "params": {"rank": rank, "regParam": best["regParam"], "maxIter": max_iter, "seed": seed},
         "grid": runs,
     }
+    if loss == "mse":
+        train_ids.unpersist(), test_ids.unpersist()
+        return explicit
+
+    positives = train_ids.filter(F.col(RATING) == 1.0)
+    implicit_runs, implicit_models = [], {}
+    for alpha in alpha_grid:
+        model, seconds = _fit(als(best["regParam"], implicitPrefs=True, alpha=float(alpha)), positives)
+        implicit_models[float(alpha)] = (model, seconds)
+        implicit_runs.append(
+            {
+                "alpha": float(alpha),
+                "test": classification_metrics(scored(model), logloss=False),
+                "fit_seconds": seconds,
+            }
+        )
+    chosen = max(implicit_runs, key=lambda r: r["test"]["auc"] if r["test"]["auc"] is not None else float("nan"))
+    model, seconds = implicit_models[chosen["alpha"]]
+    implicit = {
+        "test": {**chosen["test"], **_ranking(model, blocks, rank, relevant, k)},
+        "fit_seconds": seconds,
+        "params": {
+            "rank": rank,
+            "regParam": best["regParam"],
+            "alpha": chosen["alpha"],
+            "maxIter": max_iter,
+            "implicitPrefs": True,
+            "seed": seed,
+        },
+        "grid": implicit_runs,
+        "note": "implicit ALS scores are preferences, not probabilities: no logloss",
+    }
+    train_ids.unpersist(), test_ids.unpersist()
+    return {"explicit": explicit, "implicit": implicit}

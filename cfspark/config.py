@@ -84,8 +84,10 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
 _CHOICES = {
     ("input", "format"): ("csv", "parquet", "movielens"),
     ("input", "id_type"): ("auto", "long", "string"),
-    ("input", "duplicates"): ("error", "mean"),
-    ("model", "loss"): ("mse",),
+    ("input", "duplicates"): ("error", "mean", "max"),
+    ("model", "loss"): LOSSES,
+    ("negatives", "sampling"): ("popularity", "uniform"),
+    ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,
 }
 
@@ -103,6 +105,9 @@ _BOUNDS = {
     ("checkpoint", "interval"): (0, True),
     ("compare", "als_max_iter"): (1, True),
     ("spark", "shuffle_partitions"): (1, True),
+    ("model", "offset_prior"): (0.0, False),
+    ("negatives", "per_positive"): (0, True),
+    ("compare", "als_clip_eps"): (0.0, False),
 }
 
 
@@ -111,9 +116,7 @@ def validate(cfg: Config) -> None:
     for (section, key), choices in _CHOICES.items():
         value = cfg[section][key]
         if value not in choices:
-            known = LOSSES if key == "loss" else choices
-            hint = " (bce is not available yet)" if key == "loss" and value in LOSSES else ""
-            raise ConfigError(f"{section}.{key} = {value!r} is not one of {', '.join(known)}{hint}")
+            raise ConfigError(f"{section}.{key} = {value!r} is not one of {', '.join(choices)}")
     for (section, key), (low, inclusive) in _BOUNDS.items():
         value = cfg[section][key]
         if value < low or (value == low and not inclusive):
@@ -122,8 +125,22 @@ def validate(cfg: Config) -> None:
     frac = cfg["split"]["test_fraction"]
     if not 0.0 <= frac < 1.0:
         raise ConfigError(f"split.test_fraction must be in [0, 1), got {frac}")
-    grid = cfg["compare"]["als_reg_grid"]
-    if not grid or not all(isinstance(g, (int, float)) and g >= 0 for g in grid):
-        raise ConfigError(f"compare.als_reg_grid must be a non-empty list of numbers >= 0, got {grid}")
+    for key in ("als_reg_grid", "als_alpha_grid"):
+        grid = cfg["compare"][key]
+        if not grid or not all(isinstance(g, (int, float)) and not isinstance(g, bool) and g >= 0 for g in grid):
+            raise ConfigError(f"compare.{key} must be a non-empty list of numbers >= 0, got {grid}")
+    binary = cfg["model"]["loss"] == "bce"
+    if not binary:
+        for section, key, why in [
+            ("input", "binarize_threshold", "turns ratings into labels"),
+            ("negatives", "per_positive", "samples 0-labels"),
+        ]:
+            value = cfg[section][key]
+            if value == value and value:  # set, and not nan
+                raise ConfigError(f'{section}.{key} {why}, which needs model.loss = "bce"')
+        if cfg["output"]["exclude"] == "positives":
+            raise ConfigError('output.exclude = "positives" needs model.loss = "bce"')
+    elif cfg["input"]["duplicates"] == "mean":
+        raise ConfigError('input.duplicates = "mean" would make fractional labels; use "max" or "error" with bce')
     if not cfg["output"]["path"]:
         raise ConfigError("output.path must not be empty")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.blocks.build import build_blocks
-from cfspark.data.normalise import item_means, normalise
+from cfspark.blocks.build import BASELINE, OFFSET, TARGET, build_blocks
+from cfspark.data.normalise import ITEM_MEAN, NORMALISED, item_means, normalise
+from cfspark.data.offsets import ITEM_OFFSET, global_rate, item_offsets
 from cfspark.data.read import Columns
 from cfspark.data.validate import ITEM, RATING, USER, validate_ratings
 from cfspark.factors import factor_table
@@ -30,7 +32,9 @@ class CollaborativeFilter:
     rank : number of latent features k.
     maxIter : alternating iterations (a user half-step and an item half-step each).
     regParam : λ, the L2 weight on W and X; J sums over ratings, so λ is not scaled by counts.
-    loss : "mse" for explicit ratings.
+    loss : "mse" for explicit ratings, "bce" for 0/1 labels.
+    itemOffset : bce only: add o_i, the logit of the item's smoothed positive rate, to every score.
+    offsetPrior : bce only: strength of the prior that smooths item positive rates.
     optimizer : "adam" (default) or "gd".
     learningRate : optimiser step size.
     innerSteps : optimiser steps per half-step with the other side held fixed.
@@ -52,7 +56,9 @@ class CollaborativeFilter:
     numUserBlocks: int = 4  # noqa: N815
     numItemBlocks: int = 4  # noqa: N815
     seed: int = 7
-    initScale: float = 0.1  # noqa: N815
+    initScale: float = 0.1
+    itemOffset: bool = True
+    offsetPrior: float = 2.0  # noqa: N815
     checkpointDir: str = ""  # noqa: N815
     checkpointInterval: int = 10  # noqa: N815
     userCol: str = "user"  # noqa: N815
@@ -79,7 +85,11 @@ class CollaborativeFilter:
     def fit(self, dataset: DataFrame) -> CFModel:
         """Validate (user, item, rating) rows, keeping id types as they are, and fit."""
         ratings = validate_ratings(
-            dataset.select(self.userCol, self.itemCol, self.ratingCol), self.columns, id_type="keep", duplicates="error"
+            dataset.select(self.userCol, self.itemCol, self.ratingCol),
+            self.columns,
+            id_type="keep",
+            duplicates="error",
+            labels=self.loss == "bce",
         )
         return self.fit_validated(ratings.cache())
 
@@ -90,16 +100,36 @@ class CollaborativeFilter:
         text = json.dumps({"params": params, "rows": data[0], "checksum": data[1]}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def prepare(self, train_ratings: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame, float]:
+        """What training fits, per loss: (targets, item_stats, baseline, global_baseline).
+
+        mse: y = y' = rating − μ_i with no offset; the baseline is μ_i.
+        bce: y = the label, with o_i added to each score; the baseline is o_i.
+        """
+        if self.loss == "mse":
+            stats = item_means(train_ratings).cache()
+            targets = normalise(train_ratings, stats).withColumn(OFFSET, F.lit(None).cast("double"))
+            glob = float(train_ratings.agg(F.avg(RATING)).first()[0])
+            return (
+                targets.withColumnRenamed(NORMALISED, TARGET),
+                stats,
+                stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE)),
+                glob,
+            )
+        rate = global_rate(train_ratings)
+        stats = item_offsets(train_ratings, prior=self.offsetPrior, rate=rate, enabled=self.itemOffset).cache()
+        offset = F.col(ITEM_OFFSET) if self.itemOffset else F.lit(None).cast("double")
+        targets = train_ratings.join(stats.select(ITEM, ITEM_OFFSET), ITEM).select(
+            USER, ITEM, F.col(RATING).alias(TARGET), offset.alias(OFFSET)
+        )
+        glob = math.log(rate / (1 - rate)) if self.itemOffset else 0.0
+        return targets, stats, stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE)), glob
+
     def fit_validated(self, train_ratings: DataFrame) -> CFModel:
         """Fit on already validated (user, item, rating) rows with cfspark's internal names."""
-        means = item_means(train_ratings).cache()
-        global_mean = float(train_ratings.agg(F.avg(RATING)).first()[0])
+        targets, stats, baseline, global_baseline = self.prepare(train_ratings)
         blocks = build_blocks(
-            normalise(train_ratings, means),
-            means,
-            num_user_blocks=self.numUserBlocks,
-            num_item_blocks=self.numItemBlocks,
-            seed=self.seed,
+            targets, baseline, num_user_blocks=self.numUserBlocks, num_item_blocks=self.numItemBlocks, seed=self.seed
         )
         checkpointer = None
         if self.checkpointDir:
@@ -114,8 +144,8 @@ class CollaborativeFilter:
         return CFModel(
             user_factors=user_factors.cache(),
             item_factors=item_factors.cache(),
-            item_means=means,
-            global_mean=global_mean,
+            item_stats=stats,
+            global_baseline=global_baseline,
             rank=self.rank,
             columns=self.columns,
             loss=self.loss,

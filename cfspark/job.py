@@ -8,6 +8,7 @@ existing result (local paths; other schemes are written in place).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -15,16 +16,18 @@ import uuid
 from contextlib import contextmanager
 
 import pyspark
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
-from cfspark.data.read import read_ratings
+from cfspark.data.negatives import add_negatives
+from cfspark.data.read import Columns, read_ratings
 from cfspark.data.split import split_ratings
-from cfspark.data.validate import ITEM, USER, validate_ratings
+from cfspark.data.validate import ITEM, RATING, USER, validate_ratings
 from cfspark.errors import ConfigError, InputError
 from cfspark.estimator import CollaborativeFilter
-from cfspark.evaluate import regression_metrics
+from cfspark.evaluate import classification_metrics, ranking_metrics, regression_metrics
 from cfspark.fs import is_local, local_path, write_json
 
 log = logging.getLogger("cfspark")
@@ -33,23 +36,12 @@ log = logging.getLogger("cfspark")
 def estimator_from_config(cfg: Config, columns) -> CollaborativeFilter:
     m, ck = cfg["model"], cfg["checkpoint"]
     return CollaborativeFilter(
-        rank=m["rank"],
-        maxIter=m["max_iter"],
-        regParam=m["reg"],
-        loss=m["loss"],
-        optimizer=m["optimizer"],
-        learningRate=m["learning_rate"],
-        innerSteps=m["inner_steps"],
-        numUserBlocks=m["num_user_blocks"],
-        numItemBlocks=m["num_item_blocks"],
-        seed=m["seed"],
-        initScale=m["init_scale"],
-        checkpointDir=checkpoint_dir(cfg) if ck["interval"] > 0 else "",
-        checkpointInterval=ck["interval"],
-        userCol=columns.user,
-        itemCol=columns.item,
-        ratingCol=columns.rating,
-    )
+        rank=m["rank"], maxIter=m["max_iter"], regParam=m["reg"], loss=m["loss"], optimizer=m["optimizer"],
+        learningRate=m["learning_rate"], innerSteps=m["inner_steps"], numUserBlocks=m["num_user_blocks"],
+        numItemBlocks=m["num_item_blocks"], seed=m["seed"], initScale=m["init_scale"], itemOffset=m["item_offset"],
+        offsetPrior=m["offset_prior"], checkpointDir=checkpoint_dir(cfg) if ck["interval"] > 0 else "",
+        checkpointInterval=ck["interval"], userCol=columns.user, itemCol=columns.item, ratingCol=columns.rating,
+    )  # fmt: skip
 
 
 def checkpoint_dir(cfg: Config) -> str:
@@ -102,16 +94,42 @@ def staged(path: str, overwrite: bool):
         os.replace(stage, final)
 
 
+def _load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:
+    """Read, validate, and for bce binarise and add sampled negatives."""
+    binary = cfg["model"]["loss"] == "bce"
+    threshold = cfg["input"]["binarize_threshold"]
+    raw, cols = read_ratings(spark, cfg["input"])
+    ratings = validate_ratings(
+        raw, cols, id_type=cfg["input"]["id_type"], duplicates=cfg["input"]["duplicates"], labels=binary,
+        binarize_threshold=None if math.isnan(threshold) else threshold,
+    )  # fmt: skip
+    neg = cfg["negatives"]
+    if binary and neg["per_positive"] > 0:
+        ratings = add_negatives(ratings, per_positive=neg["per_positive"], sampling=neg["sampling"], seed=neg["seed"])
+    return ratings.cache(), cols
+
+
+def _relevant(test: DataFrame, model, cfg: Config) -> DataFrame:
+    """Relevant test pairs of trained users: label 1 (bce) or rating >= relevance_threshold (mse)."""
+    threshold = 0.5 if cfg["model"]["loss"] == "bce" else cfg["eval"]["relevance_threshold"]
+    trained = model.blocks.user_index.select(USER)
+    return test.filter(F.col(RATING) >= threshold).select(USER, ITEM).join(trained, USER, "left_semi")
+
+
+def _pointwise(model, df: DataFrame) -> dict:
+    predictions = model.predict_canonical(df)
+    if model.loss == "mse":
+        return regression_metrics(predictions)
+    return classification_metrics(predictions)
+
+
 def run(spark: SparkSession, cfg: Config) -> dict:
     """Run the whole job; return the metrics written to metrics.json."""
     out_path, overwrite = cfg["output"]["path"], cfg["output"]["overwrite"]
     _check_output(out_path, overwrite)
     timer = Timer()
     with timer("read_validate"):
-        raw, cols = read_ratings(spark, cfg["input"])
-        ratings = validate_ratings(
-            raw, cols, id_type=cfg["input"]["id_type"], duplicates=cfg["input"]["duplicates"]
-        ).cache()
+        ratings, cols = _load_ratings(spark, cfg)
     with timer("split"):
         train, test = split_ratings(ratings, test_fraction=cfg["split"]["test_fraction"], seed=cfg["split"]["seed"])
         train, test = train.cache(), test.cache()
@@ -124,27 +142,25 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         model = estimator.fit_validated(train)
     counts["users"] = model.user_factors.count()
     counts["items"] = model.item_factors.count()
+    top_n, exclude = cfg["output"]["top_n"], cfg["output"]["exclude"]
+    recs = model.recommend_canonical(top_n, exclude=exclude).cache()
+    relevant = _relevant(test, model, cfg).cache()
     with timer("evaluate"):
         metrics = {
             "loss": cfg["model"]["loss"],
-            "train": regression_metrics(model.predict_canonical(train)),
-            "test": regression_metrics(model.predict_canonical(test)),
+            "train": _pointwise(model, train),
+            "test": {**_pointwise(model, test), **ranking_metrics(recs, relevant, k=top_n)},
             "iterations": model.history,
             "counts": counts,
         }
     if cfg["compare"]["als"]:
         with timer("als"):
+            c = cfg["compare"]
             metrics["als"] = compare_als(
-                train,
-                test,
-                model.blocks,
-                model.item_means,
-                model.global_mean,
-                rank=cfg["model"]["rank"],
-                reg_grid=cfg["compare"]["als_reg_grid"],
-                max_iter=cfg["compare"]["als_max_iter"],
-                seed=cfg["model"]["seed"],
-            )
+                train, test, model.blocks, model.item_stats, loss=model.loss, rank=cfg["model"]["rank"],
+                reg_grid=c["als_reg_grid"], max_iter=c["als_max_iter"], seed=cfg["model"]["seed"],
+                relevant=relevant, k=top_n, alpha_grid=c["als_alpha_grid"], clip_eps=c["als_clip_eps"],
+            )  # fmt: skip
 
     metadata = {
         "config": cfg,
@@ -155,10 +171,8 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     }
     with staged(out_path, overwrite) as stage:
         with timer("recommend_write"):
-            recs = model.recommend_canonical(cfg["output"]["top_n"])
-            recs.withColumnRenamed(USER, cols.user).withColumnRenamed(ITEM, cols.item).write.mode("overwrite").parquet(
-                f"{stage}/recommendations"
-            )
+            named = recs.withColumnRenamed(USER, cols.user).withColumnRenamed(ITEM, cols.item)
+            named.write.mode("overwrite").parquet(f"{stage}/recommendations")
         with timer("model_write"):
             model.save(f"{stage}/model", metadata)
         metrics["timings"] = timer.seconds
@@ -167,7 +181,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     if not cfg["checkpoint"]["keep"] and estimator.checkpointDir and is_local(estimator.checkpointDir):
         shutil.rmtree(local_path(estimator.checkpointDir), ignore_errors=True)
     model.unpersist()
-    for df in (ratings, train, test):
+    for df in (ratings, train, test, recs, relevant):
         df.unpersist()
     return metrics
 
@@ -175,16 +189,22 @@ def run(spark: SparkSession, cfg: Config) -> dict:
 def summary(metrics: dict, out_path: str) -> str:
     """A few lines for the console."""
     c, t = metrics["counts"], metrics["test"]
+    k = t.get("k")
+    ranking = f"P@{k} {_fmt(t.get('precision_at_k'))}  NDCG@{k} {_fmt(t.get('ndcg_at_k'))}"
+    pointwise = ("rmse", "mae") if metrics["loss"] == "mse" else ("logloss", "auc")
     lines = [
-        f"cfspark: {c['ratings']} ratings ({c['train']} train, {c['test']} test), {c['users']} users, "
+        f"cfspark ({metrics['loss']}): {c['ratings']} rows ({c['train']} train, {c['test']} test), {c['users']} users, "
         f"{c['items']} items, {len(metrics['iterations'])} iterations",
-        f"  train rmse {_fmt(metrics['train']['rmse'])}  test rmse {_fmt(t['rmse'])}  test mae {_fmt(t['mae'])}",
+        "  test " + "  ".join(f"{m} {_fmt(t[m])}" for m in pointwise) + "  " + ranking,
     ]
-    if "als" in metrics:
-        a = metrics["als"]
+    als = metrics.get("als", {})
+    for name, run in [("Spark ALS", als)] if "params" in als else [(f"Spark ALS {n}", r) for n, r in als.items()]:
+        a = run["test"]
         lines.append(
-            f"  Spark ALS (regParam {a['params']['regParam']}): test rmse {_fmt(a['test']['rmse'])}  "
-            f"test mae {_fmt(a['test']['mae'])}"
+            f"  {name}: test "
+            + "  ".join(f"{m} {_fmt(a.get(m))}" for m in pointwise)
+            + f"  P@{k} {_fmt(a.get('precision_at_k'))}  NDCG@{k} {_fmt(a.get('ndcg_at_k'))}"
+            + f"  (fit {run['fit_seconds']:.1f} s)"
         )
     lines.append(f"  fit {metrics['timings']['fit']:.1f} s; results in {out_path}")
     return "\n".join(lines)

@@ -6,19 +6,27 @@ import json
 import os
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
 from cfspark.data.normalise import ITEM_MEAN
+from cfspark.data.offsets import ITEM_OFFSET
 from cfspark.data.read import Columns
 from cfspark.data.validate import ITEM, USER
 from cfspark.factors import BIAS, FEATURES, dot
 from cfspark.fs import is_local, local_path, write_json
-from cfspark.recommend import RANK, SCORE, recommend_all
+from cfspark.recommend import recommend_all
 from cfspark.train.trainer import TrainResult
 
-TABLES = ("user_factors", "item_factors", "item_means")
+# Per loss: the item table's name on disk, its baseline column, and the link to a score.
+ITEM_TABLE = {"mse": "item_means", "bce": "item_offsets"}
+BASELINE_COL = {"mse": ITEM_MEAN, "bce": ITEM_OFFSET}
+LINK = {"mse": "identity", "bce": "sigmoid"}
+
+
+def apply_link(z: Column, loss: str) -> Column:
+    return F.lit(1.0) / (F.lit(1.0) + F.exp(-z)) if LINK[loss] == "sigmoid" else z
 
 
 @dataclass
@@ -26,14 +34,16 @@ class CFModel:
     """A fitted model. Tables use cfspark's internal names (user, item); the public
     accessors and everything written out use the caller's own column names.
 
-    Prediction is w_j·x_i + b_j + μ_i. A user unseen in training gets μ_i, an item
-    unseen in training gets the global training mean, so no prediction is NaN.
+    mse predicts w_j·x_i + b_j + μ_i; bce predicts P(y=1) = σ(w_j·x_i + b_j + o_i).
+    A user unseen in training gets the item term alone (μ_i, or σ(o_i), the item's
+    positive rate); an item unseen in training gets the global one (the global mean,
+    or the global positive rate). No prediction is NaN.
     """
 
     user_factors: DataFrame  # (user, features, bias)
     item_factors: DataFrame  # (item, features)
-    item_means: DataFrame  # (item, item_mean)
-    global_mean: float
+    item_stats: DataFrame  # mse: (item, item_mean); bce: (item, positives, labelled, positive_rate, item_offset)
+    global_baseline: float  # the global mean (mse), or logit of the global positive rate (bce)
     rank: int
     columns: Columns
     loss: str = "mse"
@@ -43,16 +53,17 @@ class CFModel:
 
     # -- public tables under the caller's column names ---------------------------------
     @property
-    def userFactors(self) -> DataFrame:  # noqa: N802 (pyspark.ml naming)
+    def userFactors(self) -> DataFrame:
         return self.user_factors.withColumnRenamed(USER, self.columns.user)
 
     @property
-    def itemFactors(self) -> DataFrame:  # noqa: N802
+    def itemFactors(self) -> DataFrame:
         return self.item_factors.withColumnRenamed(ITEM, self.columns.item)
 
     @property
-    def itemMeans(self) -> DataFrame:  # noqa: N802
-        return self.item_means.withColumnRenamed(ITEM, self.columns.item)
+    def itemStats(self) -> DataFrame:
+        """Item means (mse) or item offsets and positive rates (bce)."""
+        return self.item_stats.withColumnRenamed(ITEM, self.columns.item)
 
     @property
     def history(self) -> list[dict]:
@@ -63,11 +74,11 @@ class CFModel:
         """pairs with (user, item, ...) → the same rows plus the prediction column."""
         w = self.user_factors.select(USER, F.col(FEATURES).alias("_w"), F.col(BIAS).alias("_b"))
         x = self.item_factors.select(ITEM, F.col(FEATURES).alias("_x"))
-        mu = self.item_means.select(ITEM, F.col(ITEM_MEAN).alias("_mu"))
-        joined = pairs.join(w, USER, "left").join(x, ITEM, "left").join(mu, ITEM, "left")
+        base = self.item_stats.select(ITEM, F.col(BASELINE_COL[self.loss]).alias("_base"))
+        joined = pairs.join(w, USER, "left").join(x, ITEM, "left").join(base, ITEM, "left")
         interaction = F.coalesce(dot(F.col("_w"), F.col("_x")) + F.col("_b"), F.lit(0.0))
-        prediction = interaction + F.coalesce(F.col("_mu"), F.lit(self.global_mean))
-        return joined.withColumn(self.prediction_col, prediction).drop("_w", "_b", "_x", "_mu")
+        z = interaction + F.coalesce(F.col("_base"), F.lit(self.global_baseline))
+        return joined.withColumn(self.prediction_col, apply_link(z, self.loss)).drop("_w", "_b", "_x", "_base")
 
     def transform(self, dataset: DataFrame) -> DataFrame:
         """Add the prediction column to a DataFrame with the user and item columns."""
@@ -76,14 +87,26 @@ class CFModel:
         return out.withColumnRenamed(USER, self.columns.user).withColumnRenamed(ITEM, self.columns.item)
 
     # -- recommendation ------------------------------------------------------------------
-    def recommend_canonical(self, n: int) -> DataFrame:
+    def recommend_canonical(self, n: int, *, exclude: str = "labelled") -> DataFrame:
         if self.blocks is None or self.result is None:
             raise RuntimeError("recommendations need the training blocks: call this on a model returned by fit()")
-        return recommend_all(self.blocks, self.result, rank=self.rank, n=n)
+        return recommend_all(
+            self.blocks,
+            self.result.user_state(),
+            self.result.item_state(),
+            rank=self.rank,
+            n=n,
+            link=LINK[self.loss],
+            exclude=exclude,
+        )
 
-    def recommendForAllUsers(self, numItems: int) -> DataFrame:  # noqa: N802, N803
-        """Flat table (user, item, rank, score): each trained user's best unrated items."""
-        recs = self.recommend_canonical(numItems)
+    def recommendForAllUsers(self, numItems: int, *, exclude: str = "labelled") -> DataFrame:
+        """Flat table (user, item, rank, score): each trained user's best items.
+
+        exclude: which training items are left out: labelled (all, the default), positives
+        (bce: only label 1), or none. score is the predicted rating, or P(y=1) for bce.
+        """
+        recs = self.recommend_canonical(numItems, exclude=exclude)
         return recs.withColumnRenamed(USER, self.columns.user).withColumnRenamed(ITEM, self.columns.item)
 
     # -- persistence ---------------------------------------------------------------------
@@ -91,11 +114,11 @@ class CFModel:
         """Parquet tables under path/, plus metadata.json (local paths)."""
         self.userFactors.write.mode("overwrite").parquet(f"{path}/user_factors")
         self.itemFactors.write.mode("overwrite").parquet(f"{path}/item_factors")
-        self.itemMeans.write.mode("overwrite").parquet(f"{path}/item_means")
+        self.itemStats.write.mode("overwrite").parquet(f"{path}/{ITEM_TABLE[self.loss]}")
         meta = {
             "rank": self.rank,
             "loss": self.loss,
-            "global_mean": self.global_mean,
+            "global_baseline": self.global_baseline,
             "columns": {"user": self.columns.user, "item": self.columns.item, "rating": self.columns.rating},
             **(metadata or {}),
         }
@@ -111,8 +134,8 @@ class CFModel:
         return cls(
             user_factors=spark.read.parquet(f"{path}/user_factors").withColumnRenamed(cols.user, USER),
             item_factors=spark.read.parquet(f"{path}/item_factors").withColumnRenamed(cols.item, ITEM),
-            item_means=spark.read.parquet(f"{path}/item_means").withColumnRenamed(cols.item, ITEM),
-            global_mean=meta["global_mean"],
+            item_stats=spark.read.parquet(f"{path}/{ITEM_TABLE[meta['loss']]}").withColumnRenamed(cols.item, ITEM),
+            global_baseline=meta["global_baseline"],
             rank=meta["rank"],
             columns=cols,
             loss=meta["loss"],
@@ -120,13 +143,10 @@ class CFModel:
 
     def unpersist(self) -> None:
         """Drop every cached table this model holds."""
-        for df in (self.user_factors, self.item_factors, self.item_means):
+        for df in (self.user_factors, self.item_factors, self.item_stats):
             df.unpersist()
         if self.blocks:
             self.blocks.unpersist()
         if self.result:
             self.result.user_out.unpersist()
             self.result.item_out.unpersist()
-
-
-__all__ = ["CFModel", "RANK", "SCORE", "TABLES"]

@@ -14,13 +14,12 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.blocks.build import Blocks
+from cfspark.blocks.build import BASELINE, Blocks
 from cfspark.blocks.codec import blob, cell, matrix
 from cfspark.data.index import BLOCK, LOCAL
-from cfspark.data.normalise import ITEM_MEAN
 from cfspark.data.validate import ITEM, USER
+from cfspark.kernels.losses import sigmoid
 from cfspark.kernels.topn import merge, score_pair
-from cfspark.train.trainer import TrainResult
 
 RANK, SCORE = "rank", "score"
 
@@ -28,12 +27,12 @@ _PAIR_SCHEMA = "ub int, ib int, n_users int, idx binary, val binary"
 _ROW_SCHEMA = "block int, local int, item_block int, item_local int, rank int, score double"
 
 
-def _item_means(item_index: DataFrame) -> DataFrame:
-    """(ib, means): μ of each item block as one array ordered by local index."""
+def _item_baselines(item_index: DataFrame) -> DataFrame:
+    """(ib, means): the baseline (μ_i or o_i) of each item block as one array by local index."""
 
     def pack(table: pa.Table) -> pa.Table:
         means = np.empty(table.num_rows)
-        means[table.column(LOCAL).to_numpy()] = table.column(ITEM_MEAN).to_numpy()
+        means[table.column(LOCAL).to_numpy()] = table.column(BASELINE).to_numpy()
         return pa.table(
             {
                 "ib": pa.array([table.column(BLOCK)[0].as_py()], pa.int32()),
@@ -41,10 +40,10 @@ def _item_means(item_index: DataFrame) -> DataFrame:
             }
         )
 
-    return item_index.select(BLOCK, LOCAL, ITEM_MEAN).groupBy(BLOCK).applyInArrow(pack, "ib int, means binary")
+    return item_index.select(BLOCK, LOCAL, BASELINE).groupBy(BLOCK).applyInArrow(pack, "ib int, means binary")
 
 
-def _score_pairs(rank: int, n: int):
+def _score_pairs(rank: int, n: int, exclude: str):
     width = rank + 1
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -59,10 +58,12 @@ def _score_pairs(rank: int, n: int):
                 row_ptr = cell(batch, "row_ptr", r, np.int64)
                 cols = cell(batch, "cols", r, np.int32)
                 rows = np.repeat(np.arange(len(row_ptr) - 1), np.diff(row_ptr))
-                hit = np.flatnonzero(src == ib)
+                hit = np.flatnonzero(src == ib) if exclude != "none" else []
                 if len(hit):
                     lo, hi = src_ptr[hit[0]], src_ptr[hit[0] + 1]
                     mask = (cols >= lo) & (cols < hi)
+                    if exclude == "positives":
+                        mask &= cell(batch, "y", r, np.float64) > 0.5
                     ex_rows, ex_cols = rows[mask], cell(batch, "col_local", r, np.int32)[cols[mask]]
                 else:
                     ex_rows = ex_cols = np.empty(0, np.int64)
@@ -98,7 +99,7 @@ def _score_pairs(rank: int, n: int):
     return run
 
 
-def _merge_blocks(n: int):
+def _merge_blocks(n: int, link: str):
     def run(table: pa.Table) -> pa.Table:
         n_users = table.column("n_users")[0].as_py()
         order = np.argsort(table.column("ib").to_numpy(), kind="stable")
@@ -117,27 +118,37 @@ def _merge_blocks(n: int):
                 "item_block": pa.array(blocks[keep].astype(np.int32)),
                 "item_local": pa.array(locals_[keep].astype(np.int32)),
                 "rank": pa.array((ranks + 1).astype(np.int32)),
-                "score": pa.array(scores[keep]),
+                "score": pa.array(sigmoid(scores[keep]) if link == "sigmoid" else scores[keep]),
             }
         )
 
     return run
 
 
-def recommend_all(blocks: Blocks, result: TrainResult, *, rank: int, n: int) -> DataFrame:
-    """(user, item, rank, score): the n best unrated items of every trained user."""
-    users = (
-        result.user_state()
-        .select(F.col("dest").alias("ub"), F.col("params").alias("user_params"))
-        .join(blocks.users.select(F.col("block").alias("ub"), "row_ptr", "cols", "src", "src_ptr", "col_local"), "ub")
-    )
-    items = (
-        result.item_state()
-        .select(F.col("dest").alias("ib"), F.col("params").alias("item_params"))
-        .join(_item_means(blocks.item_index), "ib")
-    )
-    pairs = users.crossJoin(items).mapInArrow(_score_pairs(rank, n), _PAIR_SCHEMA)
-    rows = pairs.groupBy("ub").applyInArrow(_merge_blocks(n), _ROW_SCHEMA)
+def recommend_all(
+    blocks: Blocks,
+    user_state: DataFrame,
+    item_state: DataFrame,
+    *,
+    rank: int,
+    n: int,
+    link: str = "identity",
+    exclude: str = "labelled",
+    baselines: DataFrame | None = None,
+) -> DataFrame:
+    """(user, item, rank, score): the n best items of every trained user.
+
+    user_state and item_state hold (dest, params) rows, one per block: [W | b] and [X | 1].
+    The score is link(w·x + b + baseline_i). Training items are left out as exclude says:
+    labelled (all), positives (label 1 only) or none. baselines is a (block, local,
+    baseline) table of items; it defaults to the blocks' own (μ_i or o_i).
+    """
+    baselines = _item_baselines(blocks.item_index if baselines is None else baselines)
+    inblocks = blocks.users.select(F.col("block").alias("ub"), "row_ptr", "cols", "y", "src", "src_ptr", "col_local")
+    users = user_state.select(F.col("dest").alias("ub"), F.col("params").alias("user_params")).join(inblocks, "ub")
+    items = item_state.select(F.col("dest").alias("ib"), F.col("params").alias("item_params")).join(baselines, "ib")
+    pairs = users.crossJoin(items).mapInArrow(_score_pairs(rank, n, exclude), _PAIR_SCHEMA)
+    rows = pairs.groupBy("ub").applyInArrow(_merge_blocks(n, link), _ROW_SCHEMA)
     user_ids = blocks.user_index.select(USER, BLOCK, LOCAL)
     item_ids = blocks.item_index.select(ITEM, F.col(BLOCK).alias("item_block"), F.col(LOCAL).alias("item_local"))
     return (

@@ -33,7 +33,6 @@ def test_file_then_overrides(tmp_path):
         ("model.learning_rate=0", "model.learning_rate must be > 0.0"),
         ("model.optimizer=sgd", "model.optimizer = 'sgd' is not one of adam, gd"),
         ("input.format=json", "input.format = 'json' is not one of csv, parquet, movielens"),
-        ("model.loss=bce", "(bce is not available yet)"),
         ("nosection.key=1", "unknown config key nosection.key"),
         ("input.header=1", "config key input.header must be a bool"),
         ("compare.als_reg_grid=[]", "compare.als_reg_grid must be a non-empty list"),

@@ -4,6 +4,7 @@ An InBlock row holds, for one block of users (or items):
 - keys: the hash key of each local entity, from which its initial factors are drawn;
 - row_ptr, cols, y: its ratings sorted by local row (CSR), cols pointing into the
   matrix assembled from the other side's messages, so a half-step needs no lookups;
+- offset: a fixed term added to each rating's score (bce's o_i), or null;
 - src, src_ptr, col_local: which other-side blocks send vectors here, where each
   block's rows start in the assembled matrix, and which of their entities they are;
 - out_dest, out_ptr, out_idx: the OutBlock, which of its own rows each other-side
@@ -20,10 +21,10 @@ import pyarrow as pa
 
 from cfspark.blocks.codec import blob
 
-PACK_INPUT = ("block", "own", "other_block", "other", "y", "key")
+PACK_INPUT = ("block", "own", "other_block", "other", "y", "key", "offset")
 
 INBLOCK_SCHEMA = (
-    "block int, n int, keys binary, row_ptr binary, cols binary, y binary, "
+    "block int, n int, keys binary, row_ptr binary, cols binary, y binary, offset binary, "
     "src binary, src_ptr binary, col_local binary, out_dest binary, out_ptr binary, out_idx binary"
 )
 
@@ -35,11 +36,17 @@ def _groups(sorted_keys: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray
 
 
 def pack_arrays(
-    own: np.ndarray, other_block: np.ndarray, other: np.ndarray, y: np.ndarray, key: np.ndarray
+    own: np.ndarray,
+    other_block: np.ndarray,
+    other: np.ndarray,
+    y: np.ndarray,
+    key: np.ndarray,
+    offset: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The InBlock arrays for one block's ratings (pure numpy, any input order)."""
     order = np.lexsort((other, other_block, own))
     own, other_block, other, y, key = own[order], other_block[order], other[order], y[order], key[order]
+    offset = None if offset is None else offset[order].astype(np.float64)
     n = int(own[-1]) + 1
     counts = np.bincount(own, minlength=n)
     if np.any(counts == 0):
@@ -59,6 +66,7 @@ def pack_arrays(
         "row_ptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         "cols": cols.astype(np.int32),
         "y": y.astype(np.float64),
+        "offset": offset,
         "src": src,
         "src_ptr": src_ptr,
         "col_local": (shared % width).astype(np.int32),
@@ -70,7 +78,9 @@ def pack_arrays(
 
 def pack_block(table: pa.Table) -> pa.Table:
     """groupBy('block').applyInArrow body: one block's rating rows → one InBlock row."""
-    arrays = pack_arrays(*(table.column(c).to_numpy() for c in PACK_INPUT[1:]))
+    columns = [table.column(c) for c in PACK_INPUT[1:]]
+    offset = columns.pop()
+    arrays = pack_arrays(*(c.to_numpy() for c in columns), offset=None if offset.null_count else offset.to_numpy())
     row = {
         "block": pa.array([table.column("block")[0].as_py()], pa.int32()),
         "n": pa.array([arrays.pop("n")], pa.int32()),

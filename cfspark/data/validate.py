@@ -28,10 +28,31 @@ def _is_bad_double(c: Column) -> Column:
     return F.isnan(c) | (F.abs(c) == F.lit(float("inf")))
 
 
-def validate_ratings(df: DataFrame, cols: Columns, *, id_type: str, duplicates: str) -> DataFrame:
+def _label(c: Column, dtype: T.DataType) -> Column:
+    """0/1 labels from booleans, numbers 0 and 1, or the strings 0, 1, true, false; else null."""
+    if isinstance(dtype, T.BooleanType):
+        return c.cast("double")
+    if isinstance(dtype, T.StringType):
+        s = F.lower(F.trim(c))
+        return F.when(s.isin("1", "1.0", "true"), 1.0).when(s.isin("0", "0.0", "false"), 0.0)
+    d = c.cast("double")
+    return F.when(d == 1.0, 1.0).when(d == 0.0, 0.0)
+
+
+def validate_ratings(
+    df: DataFrame,
+    cols: Columns,
+    *,
+    id_type: str,
+    duplicates: str,
+    labels: bool = False,
+    binarize_threshold: float | None = None,
+) -> DataFrame:
     """Return (user, item, rating: double) or raise InputError naming the first problem.
 
     id_type: auto (strings that are all integers become long), long, string, or keep.
+    labels: the rating column must hold 0/1 labels (bce); with binarize_threshold, numeric
+    ratings become labels instead, rating >= threshold → 1.
     """
     schema = {f.name: f.dataType for f in df.schema.fields}
     for name in (cols.user, cols.item):
@@ -43,19 +64,35 @@ def validate_ratings(df: DataFrame, cols: Columns, *, id_type: str, duplicates: 
         )
 
     rating = F.col(cols.rating).try_cast("double")
+    binarize = labels and binarize_threshold is not None
+    if binarize and not isinstance(schema[cols.rating], (*_NUMERIC, T.StringType)):
+        raise InputError(
+            f"input.binarize_threshold needs numbers, but column {cols.rating!r} has type "
+            f"{schema[cols.rating].simpleString()}"
+        )
+    not_number = (
+        f"input.binarize_threshold needs numbers: column {cols.rating!r} has {{n}} value(s) that are not numbers"
+        if binarize
+        else f"column {cols.rating!r} has {{n}} value(s) that are not numbers"
+    )
     checks: dict[str, tuple[Column, str]] = {
         "null_user": (F.col(cols.user).isNull(), f"column {cols.user!r} has {{n}} null id(s)"),
         "null_item": (F.col(cols.item).isNull(), f"column {cols.item!r} has {{n}} null id(s)"),
         "null_rating": (F.col(cols.rating).isNull(), f"column {cols.rating!r} has {{n}} null rating(s)"),
-        "not_number": (
-            F.col(cols.rating).isNotNull() & rating.isNull(),
-            f"column {cols.rating!r} has {{n}} value(s) that are not numbers",
-        ),
-        "not_finite": (
+    }
+    if labels and not binarize:
+        label = _label(F.col(cols.rating), schema[cols.rating])
+        checks["not_label"] = (
+            F.col(cols.rating).isNotNull() & label.isNull(),
+            f"column {cols.rating!r} has {{n}} label(s) other than 0/1 or true/false",
+        )
+    else:
+        checks["not_number"] = (F.col(cols.rating).isNotNull() & rating.isNull(), not_number)
+        checks["not_finite"] = (
             rating.isNotNull() & _is_bad_double(rating),
             f"column {cols.rating!r} has {{n}} NaN or infinite rating(s)",
-        ),
-    }
+        )
+        label = (rating >= F.lit(binarize_threshold)).cast("double") if binarize else rating
     id_casts = {}
     for name in (cols.user, cols.item):
         if isinstance(schema[name], T.StringType) and id_type in ("auto", "long"):
@@ -74,7 +111,11 @@ def validate_ratings(df: DataFrame, cols: Columns, *, id_type: str, duplicates: 
     for key, (cond, message) in checks.items():
         n = counts[key] or 0
         if n:
-            raise InputError(f"{message.format(n=n)} out of {counts['rows']} rows, e.g. {_example(df, cond)}")
+            example = _example(df, cond)
+            if key == "not_label":
+                value = df.filter(cond).select(cols.rating).limit(1).collect()[0][0]
+                example = f"value {value!r} in {example}"
+            raise InputError(f"{message.format(n=n)} out of {counts['rows']} rows, e.g. {example}")
 
     def typed_id(name: str) -> Column:
         if id_type == "keep":
@@ -85,13 +126,14 @@ def validate_ratings(df: DataFrame, cols: Columns, *, id_type: str, duplicates: 
             return F.trim(F.col(name)).cast("long")
         return F.col(name).cast("string") if id_type == "string" else F.col(name).cast("long")
 
-    out = df.select(typed_id(cols.user).alias(USER), typed_id(cols.item).alias(ITEM), rating.alias(RATING))
+    out = df.select(typed_id(cols.user).alias(USER), typed_id(cols.item).alias(ITEM), label.alias(RATING))
     return _check_duplicates(out, cols, duplicates)
 
 
 def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str) -> DataFrame:
-    if duplicates == "mean":
-        return df.groupBy(USER, ITEM).agg(F.avg(RATING).alias(RATING))
+    if duplicates in ("mean", "max"):
+        combine = F.avg if duplicates == "mean" else F.max
+        return df.groupBy(USER, ITEM).agg(combine(RATING).alias(RATING))
     repeated = df.groupBy(USER, ITEM).count().filter(F.col("count") > 1)
     first = repeated.orderBy(F.col("count").desc(), USER, ITEM).limit(1).collect()
     if first:
@@ -100,6 +142,6 @@ def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str) -> DataFram
         raise InputError(
             f"{n_pairs} (user, item) pair(s) appear more than once, e.g. "
             f"{{{cols.user}: {row[USER]!r}, {cols.item}: {row[ITEM]!r}}} appears {row['count']} times "
-            f'(set input.duplicates = "mean" to average them)'
+            f'(set input.duplicates = "mean" or "max" to combine them)'
         )
     return df

@@ -162,6 +162,7 @@ def step_blocks(cfg: StepConfig):
             cols=cell(inblock, "cols", 0, np.int32),
             other=_assemble(inblock, incoming, cfg.width),
             y=cell(inblock, "y", 0, np.float64),
+            offset=cell(inblock, "offset", 0, np.float64),
             loss=cfg.loss,
             reg=cfg.reg,
             reg_mask=cfg.reg_mask,

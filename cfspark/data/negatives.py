@@ -1,0 +1,76 @@
+"""Sampled negatives for positive-only data: K unobserved items per positive, as 0-labels.
+
+For each user the draws are a pure function of (user, seed): a numpy generator seeded
+from a hash of the user id, so retries and partitioning cannot change them. Items are
+drawn without replacement, in proportion to their number of positives (popularity) or
+uniformly, and never from the items that user already has a label for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from cfspark.data.validate import ITEM, RATING, USER
+
+_USER_KEY = "_user_key"
+
+
+def draw_negatives(labelled: np.ndarray, n: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Up to n distinct item codes not in labelled, drawn with probability ∝ weights."""
+    available = len(weights) - len(labelled)
+    n = min(n, available)
+    if n <= 0:
+        return np.empty(0, np.int64)
+    w = weights.astype(np.float64).copy()
+    w[labelled] = 0.0
+    if w.sum() <= 0:  # only unweighted items are left: fall back to uniform over them
+        w = np.ones(len(weights))
+        w[labelled] = 0.0
+    if n * 4 >= available:  # small pool: exact draw without replacement
+        return np.sort(rng.choice(len(w), size=n, replace=False, p=w / w.sum()))
+    chosen: list[np.ndarray] = []
+    have = np.empty(0, np.int64)
+    cdf = np.cumsum(w)
+    while len(have) < n:  # rejection: excluded items have zero weight, so only repeats are dropped
+        draws = np.searchsorted(cdf, rng.random(2 * (n - len(have)) + 8) * cdf[-1], side="right")
+        chosen.append(draws)
+        have = np.unique(np.concatenate(chosen))
+    # Keep the first n distinct draws in draw order, so the sample is a prefix of one stream.
+    stream = np.concatenate(chosen)
+    _, first = np.unique(stream, return_index=True)
+    return np.sort(stream[np.sort(first)[:n]])
+
+
+def add_negatives(ratings: DataFrame, *, per_positive: int, sampling: str, seed: int) -> DataFrame:
+    """ratings (user, item, rating ∈ {0, 1}) plus sampled (user, item, 0.0) rows."""
+    popularity = ratings.groupBy(ITEM).agg(F.sum(RATING).alias("weight")).orderBy(ITEM)
+    items = popularity.collect()  # one row per item: the sampling distribution is needed whole
+    item_ids = [r[0] for r in items]
+    weights = np.array([r[1] for r in items], dtype=np.float64)
+    if sampling == "uniform":
+        weights = np.ones(len(items))
+    item_type = dict(ratings.dtypes)[ITEM]
+    user_type = dict(ratings.dtypes)[USER]
+    code_of = {item: code for code, item in enumerate(item_ids)}
+    id_array = pa.array(item_ids)
+
+    def sample(table: pa.Table) -> pa.Table:
+        user_key = table.column(_USER_KEY)[0].as_py()
+        labelled = np.array([code_of[i] for i in table.column(ITEM).to_pylist()], dtype=np.int64)
+        positives = int(np.sum(table.column(RATING).to_numpy() == 1.0))
+        rng = np.random.default_rng([seed, user_key & 0xFFFFFFFFFFFFFFFF])
+        codes = draw_negatives(labelled, per_positive * positives, weights, rng)
+        return pa.table(
+            {
+                USER: pa.array([table.column(USER)[0].as_py()] * len(codes), table.schema.field(USER).type),
+                ITEM: id_array.take(pa.array(codes, pa.int64())).cast(table.schema.field(ITEM).type),
+                RATING: pa.array(np.zeros(len(codes))),
+            }
+        )
+
+    keyed = ratings.withColumn(_USER_KEY, F.xxhash64(F.col(USER), F.lit(seed)))
+    negatives = keyed.groupBy(USER).applyInArrow(sample, f"{USER} {user_type}, {ITEM} {item_type}, {RATING} double")
+    return ratings.unionByName(negatives)
