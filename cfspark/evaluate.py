@@ -25,7 +25,7 @@ def regression_metrics(predictions: DataFrame, *, prediction_col: str = "predict
 def classification_metrics(predictions: DataFrame, *, prediction_col: str = "prediction", logloss: bool = True) -> dict:
     """{"logloss", "auc", "count"} for P(y=1) in prediction_col and 0/1 labels.
 
-    auc is areaUnderROC over all rows; it is None when the rows hold only one label.
+    auc is the exact areaUnderROC over all rows (no binning); None when only one label occurs.
     """
     p = F.least(F.greatest(F.col(prediction_col), F.lit(PROBABILITY_FLOOR)), F.lit(1 - PROBABILITY_FLOOR))
     y = F.col(RATING)
@@ -37,7 +37,7 @@ def classification_metrics(predictions: DataFrame, *, prediction_col: str = "pre
     auc = None
     if row["labels"] == 2:
         evaluator = BinaryClassificationEvaluator(
-            rawPredictionCol=prediction_col, labelCol=RATING, metricName="areaUnderROC"
+            rawPredictionCol=prediction_col, labelCol=RATING, metricName="areaUnderROC", numBins=0
         )
         auc = evaluator.evaluate(predictions.select(F.col(prediction_col).cast("double"), y.cast("double")))
     return {"logloss": row["logloss"] if logloss else None, "auc": auc, "count": row["count"]}

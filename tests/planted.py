@@ -40,3 +40,47 @@ def planted_ratings(
     users, items = np.nonzero(rng.random((n_users, n_items)) < density)
     signal = item_effect[items] + user_effect[users] + (u[users] * v[items]).sum(1)
     return Planted(users, items, signal + rng.normal(scale=noise, size=len(users)), noise)
+
+
+def planted_labels(
+    *,
+    n_users: int,
+    n_items: int,
+    rank: int,
+    density: float,
+    seed: int,
+    item_sd: float = 1.0,
+    user_sd: float = 0.5,
+    scale: float = 1.5,
+) -> tuple[Planted, np.ndarray]:
+    """0/1 labels drawn from P(y=1) = σ(m_i + c_j + scale·u_j·v_i) on a random set of shown pairs.
+
+    Returns the labels and the true probability of each shown pair.
+    """
+    rng = np.random.default_rng(seed)
+    u = rng.normal(scale=rank**-0.25, size=(n_users, rank))
+    v = rng.normal(scale=rank**-0.25, size=(n_items, rank))
+    item_effect = rng.normal(scale=item_sd, size=n_items) - 0.5
+    user_effect = rng.normal(scale=user_sd, size=n_users)
+    users, items = np.nonzero(rng.random((n_users, n_items)) < density)
+    z = item_effect[items] + user_effect[users] + scale * (u[users] * v[items]).sum(1)
+    p = 1.0 / (1.0 + np.exp(-z))
+    labels = (rng.random(len(p)) < p).astype(float)
+    return Planted(users, items, labels, 0.0), p
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum statistic (ties get average ranks)."""
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    pos = labels == 1
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -107,3 +107,32 @@ def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
     assert code == 0
     means = {r.movieId: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_means")).collect()}
     assert means == {"m1": (3.0 + 5.0) / 2, "m2": 3.0, "m3": 1.0}
+
+
+BCE_CASES = {
+    "not_a_label": (
+        "userId,movieId,rating\nu1,m1,1\nu2,m2,2\nu3,m3,2\n",
+        [],
+        "column 'rating' has 2 label(s) other than 0/1 or true/false out of 3 rows, e.g. value '2' in",
+    ),
+    "binarize_text": (
+        "userId,movieId,rating\nu1,m1,4\nu2,m2,good\n",
+        ["--set", "input.binarize_threshold=4"],
+        "input.binarize_threshold needs numbers: column 'rating' has 1 value(s) that are not numbers",
+    ),
+    "all_one_label": (
+        "userId,movieId,rating\nu1,m1,1\nu2,m2,1\n",
+        ["--set", "split.test_fraction=0.0"],
+        "all 2 training labels are 1; bce needs both 0 and 1 labels",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BCE_CASES))
+def test_bad_labels_are_refused(spark, capsys, tmp_path, case):
+    text, extra, message = BCE_CASES[case]
+    data = tmp_path / "labels.csv"
+    data.write_text(text)
+    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}", "--set", "model.loss=bce", *extra)
+    assert code == 2 and message in err, err
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["labels.csv"]

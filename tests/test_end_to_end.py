@@ -145,3 +145,46 @@ def test_bad_input_exits_non_zero_through_spark_submit(tmp_path):
     # spark-submit's PythonRunner merges the driver's stderr into its own stdout.
     assert "cfspark: error: 1 (user, item) pair(s) appear more than once" in proc.stdout + proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["ratings.csv"]
+
+
+def test_bce_job_on_the_course_binary_table(spark, tmp_path):
+    from test_bce import course_labels
+
+    rows = course_labels()
+    (tmp_path / "labels.csv").write_text("who,movie,engaged\n" + "".join(f"{u},{m},{v}\n" for u, m, v in rows))
+    df = spark.createDataFrame(
+        [(u, m, 1.0 if v in ("1", "true") else 0.0) for u, m, v in rows], "user string, item string, rating double"
+    )
+    # The first split seed whose test part holds both labels, so AUC is defined.
+    seed = next(
+        s
+        for s in range(100)
+        if {r.rating for r in split_ratings(df, test_fraction=0.3, seed=s)[1].collect()} == {0.0, 1.0}
+    )
+    out = tmp_path / "out"
+    proc = spark_submit(
+        "--set", f"input.path={tmp_path / 'labels.csv'}", "--set", "input.user_col=who",
+        "--set", "input.item_col=movie", "--set", "input.rating_col=engaged", "--set", "model.loss=bce",
+        "--set", "model.rank=2",
+        "--set", "model.reg=0.5", "--set", "model.max_iter=5", "--set", "split.test_fraction=0.3",
+        "--set", f"split.seed={seed}", "--set", f"output.path={out}", "--set", "output.top_n=3",
+        "--set", "checkpoint.interval=0", "--set", "compare.als=true", "--set", "compare.als_reg_grid=[0.1]",
+        "--set", "compare.als_alpha_grid=[1.0, 10.0]",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    recs = spark.read.parquet(str(out / "recommendations")).collect()
+    train, _ = split_ratings(df, test_fraction=0.3, seed=seed)
+    labelled = {(r.user, r.item) for r in train.collect()}
+    assert recs and all(0.0 < r.score < 1.0 for r in recs)
+    assert not {(r.who, r.movie) for r in recs} & labelled
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["loss"] == "bce"
+    pointwise = {"logloss", "auc"}
+    ranking = {"precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"}
+    assert pointwise <= m["train"].keys() and pointwise | ranking <= m["test"].keys()
+    assert 0.0 <= m["test"]["auc"] <= 1.0 and m["test"]["logloss"] > 0 and m["test"]["k"] == 3
+    assert pointwise | ranking <= m["als"]["explicit"]["test"].keys() and m["als"]["explicit"]["test"]["clip_eps"] > 0
+    assert {"auc"} | ranking <= m["als"]["implicit"]["test"].keys()
+    assert m["als"]["implicit"]["test"]["logloss"] is None and m["als"]["implicit"]["params"]["alpha"] in (1.0, 10.0)
+    offsets = spark.read.parquet(str(out / "model" / "item_offsets"))
+    assert offsets.columns == ["movie", "positives", "labelled", "positive_rate", "item_offset"]

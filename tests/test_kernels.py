@@ -160,3 +160,15 @@ def test_score_pair_and_merge_equal_a_dense_ranking():
     expected = np.argsort(-dense, axis=1)[:, :3]
     np.testing.assert_array_equal(got_block * 5 + got_local, expected)
     np.testing.assert_allclose(got_score, np.take_along_axis(dense, expected, axis=1))
+
+
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_bce_gradient_at_large_scores_matches_finite_differences(side):
+    # An offset puts every score near ±50, where a naive log(σ(z)) would hit log(0).
+    problem, params, *_ = _problem(np.random.default_rng(6), side=side, loss="bce", scale=0.3)
+    offset = np.where(problem.y == 1.0, -50.0, 50.0)  # every label is wrong by |z| ≈ 50
+    problem = BlockProblem(**{**problem.__dict__, "offset": offset})
+    value, grad = problem.loss_and_grad(params)
+    assert np.isfinite(value) and value > 50 * len(offset) * 0.9
+    numeric = _finite_difference(lambda p: problem.loss_and_grad(p)[0], params, h=1e-5)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-5)

@@ -51,8 +51,19 @@ def test_beats_spark_als_on_the_same_split(planted_split, fitted):
     _, train, test = planted_split
     ours = regression_metrics(fitted.predict_canonical(test))["rmse"]
     relevant = test.filter("rating >= 3.5").select("user", "item")
-    als = compare_als(train, test, fitted.blocks, fitted.item_stats, loss="mse", rank=RANK,
-                      reg_grid=[0.01, 0.05, 0.2], max_iter=15, seed=1, relevant=relevant, k=10)
+    als = compare_als(
+        train,
+        test,
+        fitted.blocks,
+        fitted.item_stats,
+        loss="mse",
+        rank=RANK,
+        reg_grid=[0.01, 0.05, 0.2],
+        max_iter=15,
+        seed=1,
+        relevant=relevant,
+        k=10,
+    )
     assert len(als["grid"]) == 3 and als["test"]["count"] == test.count()
     assert ours <= 1.02 * als["test"]["rmse"], (ours, als["test"])
 
