@@ -87,6 +87,7 @@ _CHOICES = {
     ("input", "duplicates"): ("error", "mean", "max"),
     ("model", "loss"): LOSSES,
     ("negatives", "sampling"): ("popularity", "uniform"),
+    ("negatives", "scope"): ("all", "train"),
     ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,
 }

@@ -95,18 +95,29 @@ def staged(path: str, overwrite: bool):
 
 
 def _load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:
-    """Read, validate, and for bce binarise and add sampled negatives."""
-    binary = cfg["model"]["loss"] == "bce"
+    """Read and validate; for bce, binarise first."""
     threshold = cfg["input"]["binarize_threshold"]
     raw, cols = read_ratings(spark, cfg["input"])
     ratings = validate_ratings(
-        raw, cols, id_type=cfg["input"]["id_type"], duplicates=cfg["input"]["duplicates"], labels=binary,
-        binarize_threshold=None if math.isnan(threshold) else threshold,
+        raw, cols, id_type=cfg["input"]["id_type"], duplicates=cfg["input"]["duplicates"],
+        labels=cfg["model"]["loss"] == "bce", binarize_threshold=None if math.isnan(threshold) else threshold,
     )  # fmt: skip
-    neg = cfg["negatives"]
-    if binary and neg["per_positive"] > 0:
-        ratings = add_negatives(ratings, per_positive=neg["per_positive"], sampling=neg["sampling"], seed=neg["seed"])
     return ratings.cache(), cols
+
+
+def _split(ratings: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
+    """The hashed split, with sampled negatives added before it (scope all) or to train only."""
+    neg, split = cfg["negatives"], cfg["split"]
+    negatives = None
+    if cfg["model"]["loss"] == "bce" and neg["per_positive"] > 0:
+        negatives = add_negatives(ratings, per_positive=neg["per_positive"], sampling=neg["sampling"],
+                                  seed=neg["seed"], only_new=True)  # fmt: skip
+        if neg["scope"] == "all":
+            ratings, negatives = ratings.unionByName(negatives), None
+    train, test = split_ratings(ratings, test_fraction=split["test_fraction"], seed=split["seed"])
+    if negatives is not None:
+        train = train.unionByName(negatives)
+    return train.cache(), test.cache()
 
 
 def _relevant(test: DataFrame, model, cfg: Config) -> DataFrame:
@@ -131,8 +142,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     with timer("read_validate"):
         ratings, cols = _load_ratings(spark, cfg)
     with timer("split"):
-        train, test = split_ratings(ratings, test_fraction=cfg["split"]["test_fraction"], seed=cfg["split"]["seed"])
-        train, test = train.cache(), test.cache()
+        train, test = _split(ratings, cfg)
         counts = {"ratings": ratings.count(), "train": train.count(), "test": test.count()}
     if counts["train"] == 0:
         raise InputError(f"the split left no training ratings out of {counts['ratings']}; lower split.test_fraction")

@@ -8,6 +8,7 @@ import pytest
 from cfspark.kernels.block import BlockProblem
 from cfspark.kernels.init import hashed_uniform, initial_params
 from cfspark.kernels.losses import pointwise
+from cfspark.kernels.newton import newton_step
 from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
 from cfspark.kernels.solve import solve_block
 from cfspark.kernels.topn import merge, score_pair, top_n
@@ -172,3 +173,30 @@ def test_bce_gradient_at_large_scores_matches_finite_differences(side):
     assert np.isfinite(value) and value > 50 * len(offset) * 0.9
     numeric = _finite_difference(lambda p: problem.loss_and_grad(p)[0], params, h=1e-5)
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_one_newton_step_lands_on_the_ridge_solution(side):
+    problem, params, rows, cols, other, y = _problem(np.random.default_rng(7), n=6, m=5, side=side, reg=0.8)
+    mask = np.ones(RANK + 1) if side == "user" else REG_MASK
+    stepped = newton_step(problem, params, mask)
+    free = np.flatnonzero(mask)
+    for r in range(len(params)):
+        sel = rows == r
+        a = other[cols[sel]][:, free]
+        target = y[sel] - other[cols[sel]][:, ~mask.astype(bool)] @ params[r, ~mask.astype(bool)]
+        ridge = np.linalg.solve(a.T @ a + 0.8 * np.diag(REG_MASK[free]), a.T @ target)
+        np.testing.assert_allclose(stepped[r, free], ridge, rtol=1e-9, atol=1e-10)
+    np.testing.assert_array_equal(stepped[:, ~mask.astype(bool)], params[:, ~mask.astype(bool)])
+    _, grad = problem.loss_and_grad(stepped)
+    assert np.abs(grad * mask).max() < 1e-9
+
+
+def test_newton_irls_lowers_the_bce_loss_monotonically():
+    problem, params, *_ = _problem(np.random.default_rng(8), n=8, m=6, loss="bce", reg=0.3, scale=3.0)
+    losses = [problem.loss_and_grad(params)[0]]
+    for _ in range(15):
+        params = newton_step(problem, params, np.ones(RANK + 1))
+        losses.append(problem.loss_and_grad(params)[0])
+    assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:], strict=False))
+    assert losses[-1] < losses[0] and np.abs(problem.loss_and_grad(params)[1]).max() < 1e-6

@@ -124,3 +124,11 @@ def test_one_hundred_iterations_complete_with_checkpointing(tiny, tmp_path):
     assert len(losses) == 100 and losses[-1] < losses[0]
     assert (tmp_path / "ck" / "iter-000100").is_dir()
     model.unpersist()
+
+
+def test_newton_reaches_adams_accuracy_in_fewer_iterations(planted_split, fitted):
+    _, train, test = planted_split
+    newton = CollaborativeFilter(**{**PARAMS, "maxIter": 8}, optimizer="newton", innerSteps=1).fit_validated(train)
+    a, b = (regression_metrics(m.predict_canonical(test))["rmse"] for m in (fitted, newton))
+    assert len(newton.history) == 8 and b <= 1.01 * a, (a, b)
+    newton.unpersist()

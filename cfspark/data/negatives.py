@@ -44,8 +44,11 @@ def draw_negatives(labelled: np.ndarray, n: int, weights: np.ndarray, rng: np.ra
     return np.sort(stream[np.sort(first)[:n]])
 
 
-def add_negatives(ratings: DataFrame, *, per_positive: int, sampling: str, seed: int) -> DataFrame:
-    """ratings (user, item, rating ∈ {0, 1}) plus sampled (user, item, 0.0) rows."""
+def add_negatives(
+    ratings: DataFrame, *, per_positive: int, sampling: str, seed: int, only_new: bool = False
+) -> DataFrame:
+    """ratings (user, item, rating ∈ {0, 1}) plus sampled (user, item, 0.0) rows;
+    with only_new, the sampled rows alone."""
     popularity = ratings.groupBy(ITEM).agg(F.sum(RATING).alias("weight")).orderBy(ITEM)
     items = popularity.collect()  # one row per item: the sampling distribution is needed whole
     item_ids = [r[0] for r in items]
@@ -73,4 +76,4 @@ def add_negatives(ratings: DataFrame, *, per_positive: int, sampling: str, seed:
 
     keyed = ratings.withColumn(_USER_KEY, F.xxhash64(F.col(USER), F.lit(seed)))
     negatives = keyed.groupBy(USER).applyInArrow(sample, f"{USER} {user_type}, {ITEM} {item_type}, {RATING} double")
-    return ratings.unionByName(negatives)
+    return negatives if only_new else ratings.unionByName(negatives)

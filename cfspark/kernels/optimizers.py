@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OPTIMIZERS = ("adam", "gd")
+OPTIMIZERS = ("adam", "gd", "newton")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cfspark.kernels.block import BlockProblem
+from cfspark.kernels.newton import newton_step
 from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
 
 
@@ -18,8 +19,14 @@ def solve_block(
     inner_steps: int,
     train_mask: np.ndarray,
 ) -> tuple[np.ndarray, AdamState]:
-    """Take inner_steps steps; columns where train_mask is 0 never move."""
+    """Take inner_steps steps; columns where train_mask is 0 never move.
+
+    newton ignores learning_rate: its step is the row's own Newton step.
+    """
     for _ in range(inner_steps):
+        if optimizer == "newton":
+            params = newton_step(problem, params, train_mask)
+            continue
         _, grad = problem.loss_and_grad(params)
         grad *= train_mask
         if optimizer == "adam":
