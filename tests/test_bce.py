@@ -118,6 +118,11 @@ def test_draw_negatives_avoids_labelled_items_and_is_seeded():
     assert not {i for i in a.tolist() if weights[i] == 0}  # zero-popularity items are never drawn
     small = draw_negatives(np.arange(195), 10, np.ones(200), np.random.default_rng(0))
     np.testing.assert_array_equal(small, [195, 196, 197, 198, 199])  # capped at what is left
+    # More requested than items with weight: all of those, then unweighted ones uniformly.
+    sparse = np.zeros(50)
+    sparse[[3, 7, 9]] = 1.0
+    topped = draw_negatives(np.array([7]), 6, sparse, np.random.default_rng(1))
+    assert len(topped) == 6 and {3, 9} <= set(topped.tolist()) and 7 not in topped
 
 
 def test_add_negatives_gives_the_requested_count_and_no_positive(spark):

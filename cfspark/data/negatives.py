@@ -19,17 +19,19 @@ _USER_KEY = "_user_key"
 
 
 def draw_negatives(labelled: np.ndarray, n: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Up to n distinct item codes not in labelled, drawn with probability ∝ weights."""
-    available = len(weights) - len(labelled)
-    n = min(n, available)
-    if n <= 0:
-        return np.empty(0, np.int64)
+    """Up to n distinct item codes not in labelled, drawn with probability ∝ weights.
+
+    When fewer than n unlabelled items have weight, all of them are taken and the rest
+    are drawn uniformly from the unlabelled items without weight.
+    """
     w = weights.astype(np.float64).copy()
     w[labelled] = 0.0
-    if w.sum() <= 0:  # only unweighted items are left: fall back to uniform over them
-        w = np.ones(len(weights))
-        w[labelled] = 0.0
-    if n * 4 >= available:  # small pool: exact draw without replacement
+    weighted = np.flatnonzero(w > 0)
+    if n >= len(weighted):
+        unweighted = np.setdiff1d(np.flatnonzero(w == 0), labelled)
+        extra = rng.choice(unweighted, size=min(n - len(weighted), len(unweighted)), replace=False)
+        return np.sort(np.concatenate([weighted, extra]).astype(np.int64))
+    if n * 4 >= len(weighted):  # small pool: exact draw without replacement
         return np.sort(rng.choice(len(w), size=n, replace=False, p=w / w.sum()))
     chosen: list[np.ndarray] = []
     have = np.empty(0, np.int64)
