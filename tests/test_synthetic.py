@@ -1,0 +1,60 @@
+"""The synthetic generator: deterministic, exact counts, no repeated pairs, the planted model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cfspark.synthetic import SyntheticSpec, generate
+
+SPEC = SyntheticSpec(users=300, items=120, ratings=6000, rank=3, noise=0.5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def generated(spark):
+    ratings, users, items = generate(spark, SPEC)
+    return ratings.toPandas(), users.toPandas(), items.toPandas()
+
+
+def test_counts_and_no_repeated_pairs(generated):
+    ratings, users, items = generated
+    assert len(ratings) == SPEC.ratings
+    assert not ratings.duplicated(["user", "item"]).any()
+    assert ratings.user.between(0, SPEC.users - 1).all() and ratings.item.between(0, SPEC.items - 1).all()
+    assert len(users) == SPEC.users and len(items) == SPEC.items
+    assert len(users.factors.iloc[0]) == SPEC.rank
+
+
+def test_same_seed_same_data_whatever_the_partitioning(spark, generated):
+    spark.conf.set("spark.sql.shuffle.partitions", "7")
+    try:
+        again = generate(spark, SPEC)[0].toPandas()
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", "4")
+    key = ["user", "item"]
+    a, b = generated[0].sort_values(key).reset_index(drop=True), again.sort_values(key).reset_index(drop=True)
+    assert a.equals(b)
+    other = generate(spark, SyntheticSpec(**{**SPEC.__dict__, "seed": 4}))[0].toPandas()
+    assert not other.sort_values(key).reset_index(drop=True)[key].equals(a[key])
+
+
+def test_ratings_follow_the_planted_model(generated):
+    ratings, users, items = generated
+    u = np.stack(users.set_index("user").loc[ratings.user].factors.to_numpy())
+    v = np.stack(items.set_index("item").loc[ratings.item].factors.to_numpy())
+    signal = (
+        items.set_index("item").loc[ratings.item].effect.to_numpy()
+        + users.set_index("user").loc[ratings.user].effect.to_numpy()
+        + (u * v).sum(1)
+    )
+    residual = ratings.rating.to_numpy() - signal
+    assert abs(residual.mean()) < 0.03 and residual.std() == pytest.approx(SPEC.noise, rel=0.05)
+    # Popularity skew: the most popular tenth of items holds far more than a tenth of ratings.
+    counts = ratings.item.value_counts()
+    assert counts.nlargest(SPEC.items // 10).sum() > 0.2 * SPEC.ratings  # uniform would give 0.1
+
+
+def test_binary_labels_are_zero_or_one(spark):
+    labels = generate(spark, SyntheticSpec(users=100, items=50, ratings=1000, rank=2, binary=True, seed=1))[0]
+    values = {r.rating for r in labels.select("rating").distinct().collect()}
+    assert values == {0.0, 1.0}
