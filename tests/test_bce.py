@@ -123,6 +123,7 @@ def test_draw_negatives_avoids_labelled_items_and_is_seeded():
     sparse[[3, 7, 9]] = 1.0
     topped = draw_negatives(np.array([7]), 6, sparse, np.random.default_rng(1))
     assert len(topped) == 6 and {3, 9} <= set(topped.tolist()) and 7 not in topped
+    assert len(draw_negatives(np.array([1]), 0, weights, np.random.default_rng(2))) == 0  # a user with no positives
 
 
 def test_add_negatives_gives_the_requested_count_and_no_positive(spark):

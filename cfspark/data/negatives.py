@@ -24,6 +24,8 @@ def draw_negatives(labelled: np.ndarray, n: int, weights: np.ndarray, rng: np.ra
     When fewer than n unlabelled items have weight, all of them are taken and the rest
     are drawn uniformly from the unlabelled items without weight.
     """
+    if n <= 0:
+        return np.empty(0, np.int64)
     w = weights.astype(np.float64).copy()
     w[labelled] = 0.0
     weighted = np.flatnonzero(w > 0)
