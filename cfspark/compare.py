@@ -90,13 +90,16 @@ def compare_als(
     reg_grid: list[float],
     max_iter: int,
     seed: int,
-    relevant: DataFrame,
+    relevant: DataFrame | None,
     k: int,
     alpha_grid: list[float] = (),
     clip_eps: float = 1e-6,
+    time_recommend: bool = False,
 ) -> dict:
     """mse: ALS over reg_grid, the best on test RMSE. bce: explicit ALS on the labels over
-    reg_grid, and implicit ALS on the positives over alpha_grid, each the best on test AUC."""
+    reg_grid, and implicit ALS on the positives over alpha_grid, each the best on test AUC.
+    relevant None skips the ranking metrics; time_recommend times ALS's own
+    recommendForAllUsers(k) for the best explicit model (which does not exclude anything)."""
     train_ids = _with_int_ids(train, blocks).cache()
     test_ids = _with_int_ids(test, blocks).join(item_stats, ITEM, "left").cache()
     global_value = float(train.agg(F.avg(RATING)).first()[0])
@@ -135,11 +138,15 @@ def compare_als(
     best = better(runs, key=lambda r: r["test"][primary] if r["test"][primary] is not None else float("nan"))
     model, seconds = models[best["regParam"]]
     explicit = {
-        "test": {**best["test"], **_ranking(model, blocks, rank, relevant, k)},
+        "test": {**best["test"], **(_ranking(model, blocks, rank, relevant, k) if relevant is not None else {})},
         "fit_seconds": seconds,
         "params": {"rank": rank, "regParam": best["regParam"], "maxIter": max_iter, "seed": seed},
         "grid": runs,
     }
+    if time_recommend:
+        began = time.perf_counter()
+        model.recommendForAllUsers(k).count()
+        explicit["recommend_all_seconds"] = round(time.perf_counter() - began, 3)
     if loss == "mse":
         train_ids.unpersist(), test_ids.unpersist()
         return explicit
@@ -159,7 +166,7 @@ def compare_als(
     chosen = max(implicit_runs, key=lambda r: r["test"]["auc"] if r["test"]["auc"] is not None else float("nan"))
     model, seconds = implicit_models[chosen["alpha"]]
     implicit = {
-        "test": {**chosen["test"], **_ranking(model, blocks, rank, relevant, k)},
+        "test": {**chosen["test"], **(_ranking(model, blocks, rank, relevant, k) if relevant is not None else {})},
         "fit_seconds": seconds,
         "params": {
             "rank": rank,

@@ -1,0 +1,152 @@
+"""cfspark against Spark ALS in one session on one split: accuracy, ranking, time, memory.
+
+Both sides are measured in the same run, so the ratios hold on a noisy shared machine.
+Time-to-accuracy curves come from refitting each side with growing iteration counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import time
+
+from pyspark.sql import SparkSession
+
+from cfspark.compare import compare_als
+from cfspark.config import Config
+from cfspark.evaluate import ranking_metrics
+from cfspark.job import _load_ratings, _pointwise, _relevant, _split, estimator_from_config
+
+PRIMARY = {"mse": "rmse", "bce": "auc"}
+
+
+def _tree_peak_rss(root: int) -> dict:
+    """Peak resident memory (VmHWM, MiB) of root's JVM children and the Python workers under them."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/comm") as f:
+                names[int(entry)] = f.read().strip()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+
+    def hwm(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    jvms = [p for p in children.get(root, []) if names.get(p) == "java"]
+    workers, stack = [], [c for j in jvms for c in children.get(j, [])]
+    while stack:
+        pid = stack.pop()
+        workers.append(pid)
+        stack.extend(children.get(pid, []))
+    return {
+        "driver_python_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "jvm_mib": round(max((hwm(p) for p in jvms), default=0.0), 1),
+        "python_workers_mib": round(sum(hwm(p) for p in workers), 1),
+        "python_workers": len(workers),
+        "note": "local mode: the JVM is driver and executor; worker peaks are summed over live workers",
+    }
+
+
+def _timed(fn):
+    began = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - began, 3)
+
+
+def run_benchmark(spark: SparkSession, cfg: Config, *, curve_iters: list[int], als_curve_iters: list[int]) -> dict:
+    """Fit both sides on the same split and return the benchmark record."""
+    loss, k = cfg["model"]["loss"], cfg["output"]["top_n"]
+    ratings, cols = _load_ratings(spark, cfg)
+    train, test = _split(ratings, cfg)
+    counts = {"ratings": ratings.count(), "train": train.count(), "test": test.count()}
+    estimator = dataclasses.replace(estimator_from_config(cfg, cols), checkpointDir="")
+
+    model, fit_seconds = _timed(lambda: estimator.fit_validated(train))
+    recs = model.recommend_canonical(k).cache()
+    recommend_seconds = _timed(recs.count)[1]  # fills the cache: the whole top-N computation
+    relevant = _relevant(test, model, cfg).cache()
+    ours = {
+        "test": {**_pointwise(model, test), **ranking_metrics(recs, relevant, k=k)},
+        "fit_seconds": fit_seconds,
+        "recommend_all_seconds": recommend_seconds,
+        "iterations": model.history,
+        "params": {
+            f: getattr(estimator, f)
+            for f in ("rank", "maxIter", "regParam", "optimizer", "innerSteps", "numUserBlocks", "numItemBlocks")
+        },
+    }
+    c = cfg["compare"]
+    als = compare_als(
+        train, test, model.blocks, model.item_stats, loss=loss, rank=cfg["model"]["rank"], reg_grid=c["als_reg_grid"],
+        max_iter=c["als_max_iter"], seed=cfg["model"]["seed"], relevant=relevant, k=k,
+        alpha_grid=c["als_alpha_grid"], clip_eps=c["als_clip_eps"], time_recommend=True,
+    )  # fmt: skip
+    metric = PRIMARY[loss]
+    curve = []
+    for iters in curve_iters:
+        short, seconds = _timed(lambda n=iters: dataclasses.replace(estimator, maxIter=n).fit_validated(train))
+        curve.append({"iterations": iters, "fit_seconds": seconds, metric: _pointwise(short, test)[metric]})
+        short.unpersist()
+    best = als if loss == "mse" else als["explicit"]
+    als_curve = []
+    for iters in als_curve_iters:
+        point = compare_als(
+            train, test, model.blocks, model.item_stats, loss=loss, rank=cfg["model"]["rank"],
+            reg_grid=[best["params"]["regParam"]], max_iter=iters, seed=cfg["model"]["seed"], relevant=None, k=k,
+        )  # fmt: skip
+        point = point if loss == "mse" else point["explicit"]
+        als_curve.append({"iterations": iters, "fit_seconds": point["fit_seconds"], metric: point["test"][metric]})
+    model.unpersist()
+    for df in (ratings, train, test, recs, relevant):
+        df.unpersist()
+    return {
+        "loss": loss,
+        "counts": counts,
+        "cfspark": {**ours, "curve": curve},
+        "als": {**als, "curve": als_curve},
+        "memory": _tree_peak_rss(os.getpid()),
+        "spark_version": spark.version,
+    }
+
+
+def ratio_table(record: dict) -> str:
+    """The Markdown table of one benchmark record: cfspark beside ALS, and their ratio."""
+    loss, c = record["loss"], record["cfspark"]
+    als = record["als"] if loss == "mse" else record["als"]["explicit"]
+    rows = (
+        [("rmse", "test RMSE"), ("mae", "test MAE")]
+        if loss == "mse"
+        else [("logloss", "test logloss"), ("auc", "test AUC")]
+    )
+    rows += [("precision_at_k", "P@10"), ("ndcg_at_k", "NDCG@10"), ("map_at_k", "MAP@10")]
+    lines = ["| metric | cfspark | Spark ALS | cfspark / ALS |", "| --- | --- | --- | --- |"]
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    for key, label in rows:
+        a, b = c["test"].get(key), als["test"].get(key)
+        ratio = "n/a" if a is None or not b else f"{a / b:.3f}"
+        lines.append(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio} |")
+    for key, label, als_key in [
+        ("fit_seconds", "fit seconds", "fit_seconds"),
+        ("recommend_all_seconds", "top-10 for all users, seconds", "recommend_all_seconds"),
+    ]:
+        a, b = c[key], als.get(als_key)
+        lines.append(f"| {label} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    return "\n".join(lines)

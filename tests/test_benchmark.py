@@ -1,0 +1,41 @@
+"""The benchmark's code path at reduced size: about 200k synthetic ratings, one split,
+cfspark and Spark ALS side by side."""
+
+from __future__ import annotations
+
+import pytest
+
+from cfspark.benchmark import ratio_table, run_benchmark
+from cfspark.config import load_config
+from cfspark.synthetic import SyntheticSpec, write_synthetic
+
+BENCH_SETTINGS = ["model.optimizer=newton", "model.inner_steps=1", "model.max_iter=10", "model.reg=10"]
+
+
+@pytest.fixture(scope="module")
+def record(spark, tmp_path_factory):
+    data = tmp_path_factory.mktemp("synth")
+    write_synthetic(spark, SyntheticSpec(users=10_000, items=2_000, ratings=200_000, rank=10, seed=0), str(data))
+    cfg = load_config(None, [
+        f"input.path={data / 'ratings'}", "input.format=parquet", "input.user_col=user", "input.item_col=item",
+        "compare.als_reg_grid=[0.1, 0.2, 0.4]", *BENCH_SETTINGS,
+    ])  # fmt: skip
+    return run_benchmark(spark, cfg, curve_iters=[3], als_curve_iters=[3])
+
+
+def test_cfspark_matches_als_accuracy_on_the_same_split(record):
+    ours, als = record["cfspark"]["test"], record["als"]["test"]
+    assert record["counts"]["ratings"] == 200_000
+    assert ours["count"] == als["count"] == record["counts"]["test"]
+    assert ours["rmse"] <= 1.02 * als["rmse"], (ours["rmse"], als["rmse"])
+
+
+def test_record_has_timings_ranking_memory_and_curves(record):
+    c, a = record["cfspark"], record["als"]
+    for side in (c, a):
+        assert side["fit_seconds"] > 0 and side["recommend_all_seconds"] > 0
+        assert {"precision_at_k", "ndcg_at_k", "map_at_k"} <= side["test"].keys()
+        assert [p["iterations"] for p in side["curve"]] == [3] and side["curve"][0]["rmse"] > 0
+    assert record["memory"]["jvm_mib"] > 100 and record["memory"]["driver_python_mib"] > 10
+    table = ratio_table(record)
+    assert "| test RMSE |" in table and "| top-10 for all users, seconds |" in table
