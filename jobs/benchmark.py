@@ -8,44 +8,31 @@ writes benchmark.json, benchmark.md and, if matplotlib is installed, benchmark.p
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cfspark.config import load_config  # noqa: E402
+from cfspark.cli import config_parser, job_config, job_session  # noqa: E402
 from cfspark.errors import CfsparkError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML file whose keys override conf/default.toml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser = config_parser(__doc__)
     parser.add_argument("--curve", default="2,5,10", help="cfspark iteration counts for the time-to-accuracy curve")
     parser.add_argument("--als-curve", default="2,5,10", help="ALS iteration counts for the curve")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        from pyspark.sql import SparkSession
-
+        cfg = job_config(args)
         from cfspark.benchmark import ratio_table, run_benchmark
         from cfspark.plot import plot_curves
 
-        spark = (
-            SparkSession.builder.appName("cfspark-benchmark")
-            .config("spark.sql.shuffle.partitions", str(cfg["spark"]["shuffle_partitions"]))
-            .config("spark.log.level", "WARN")
-            .getOrCreate()
-        )
         record = run_benchmark(
-            spark,
-            cfg,
+            job_session("cfspark-benchmark", cfg), cfg,
             curve_iters=[int(x) for x in args.curve.split(",") if x],
             als_curve_iters=[int(x) for x in args.als_curve.split(",") if x],
-        )
+        )  # fmt: skip
         out = cfg["output"]["path"]
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "benchmark.json"), "w") as f:

@@ -13,6 +13,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from cfspark.cli import job_session  # noqa: E402
 from cfspark.synthetic import SyntheticSpec, write_synthetic  # noqa: E402
 
 
@@ -29,10 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     output = args.pop("output")
     spec = SyntheticSpec(**args)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.builder.appName("cfspark-generate").config("spark.log.level", "WARN").getOrCreate()
+    spark = job_session("cfspark-generate")
     began = time.perf_counter()
     try:
         write_synthetic(spark, spec, output)

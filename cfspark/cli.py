@@ -1,0 +1,34 @@
+"""What the spark-submit entry points share: the --config/--set parser and the session."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cfspark.config import Config, load_config
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with --config and repeatable --set KEY=VALUE."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="TOML file whose keys override conf/default.toml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. --set model.rank=20 (repeatable)")  # fmt: skip
+    return parser
+
+
+def job_config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def job_session(app_name: str, cfg: Config | None = None):
+    """The job's SparkSession (getOrCreate: spark-submit's master and confs apply)."""
+    # Executors run the same interpreter as this driver unless told otherwise.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name).config("spark.log.level", "WARN")
+    if cfg is not None:
+        builder = builder.config("spark.sql.shuffle.partitions", str(cfg["spark"]["shuffle_partitions"]))
+    return builder.getOrCreate()
