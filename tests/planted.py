@@ -33,13 +33,18 @@ def planted_ratings(
 ) -> Planted:
     """u, v ~ N(0, rank^-1/2) entrywise (so u·v has unit variance), ε ~ N(0, noise²)."""
     rng = np.random.default_rng(seed)
+    users, items, signal = _signal(rng, n_users, n_items, rank, density, base, item_sd, user_sd, 1.0)
+    return Planted(users, items, signal + rng.normal(scale=noise, size=len(users)), noise)
+
+
+def _signal(rng, n_users, n_items, rank, density, base, item_sd, user_sd, scale):
+    """Shown pairs and m_i + c_j + scale·u_j·v_i for each, drawn from rng in a fixed order."""
     u = rng.normal(scale=rank**-0.25, size=(n_users, rank))
     v = rng.normal(scale=rank**-0.25, size=(n_items, rank))
     item_effect = base + rng.normal(scale=item_sd, size=n_items)
     user_effect = rng.normal(scale=user_sd, size=n_users)
     users, items = np.nonzero(rng.random((n_users, n_items)) < density)
-    signal = item_effect[items] + user_effect[users] + (u[users] * v[items]).sum(1)
-    return Planted(users, items, signal + rng.normal(scale=noise, size=len(users)), noise)
+    return users, items, item_effect[items] + user_effect[users] + scale * (u[users] * v[items]).sum(1)
 
 
 def planted_labels(
@@ -58,12 +63,7 @@ def planted_labels(
     Returns the labels and the true probability of each shown pair.
     """
     rng = np.random.default_rng(seed)
-    u = rng.normal(scale=rank**-0.25, size=(n_users, rank))
-    v = rng.normal(scale=rank**-0.25, size=(n_items, rank))
-    item_effect = rng.normal(scale=item_sd, size=n_items) - 0.5
-    user_effect = rng.normal(scale=user_sd, size=n_users)
-    users, items = np.nonzero(rng.random((n_users, n_items)) < density)
-    z = item_effect[items] + user_effect[users] + scale * (u[users] * v[items]).sum(1)
+    users, items, z = _signal(rng, n_users, n_items, rank, density, -0.5, item_sd, user_sd, scale)
     p = 1.0 / (1.0 + np.exp(-z))
     labels = (rng.random(len(p)) < p).astype(float)
     return Planted(users, items, labels, 0.0), p
