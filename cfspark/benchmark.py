@@ -22,7 +22,10 @@ PRIMARY = {"mse": "rmse", "bce": "auc"}
 
 
 def _tree_peak_rss(root: int) -> dict:
-    """Peak resident memory (VmHWM, MiB) of root's JVM children and the Python workers under them."""
+    """Peak resident memory (VmHWM, MiB) of the JVM and of the Python workers under it.
+
+    From pyspark the JVM is a child of this process; under spark-submit it is the parent.
+    """
     children: dict[int, list[int]] = {}
     names: dict[int, str] = {}
     for entry in os.listdir("/proc"):
@@ -48,7 +51,9 @@ def _tree_peak_rss(root: int) -> dict:
         return 0.0
 
     jvms = [p for p in children.get(root, []) if names.get(p) == "java"]
-    workers, stack = [], [c for j in jvms for c in children.get(j, [])]
+    if not jvms and names.get(os.getppid()) == "java":
+        jvms = [os.getppid()]
+    workers, stack = [], [c for j in jvms for c in children.get(j, []) if c != root]
     while stack:
         pid = stack.pop()
         workers.append(pid)
