@@ -15,8 +15,9 @@ from pyspark.sql import SparkSession
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
-from cfspark.evaluate import ranking_metrics
-from cfspark.job import _load_ratings, _pointwise, _relevant, _split, estimator_from_config
+from cfspark.data.prepare import load_ratings, split_for_training
+from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
+from cfspark.job import estimator_from_config
 
 PRIMARY = {"mse": "rmse", "bce": "auc"}
 
@@ -76,17 +77,19 @@ def _timed(fn):
 def run_benchmark(spark: SparkSession, cfg: Config, *, curve_iters: list[int], als_curve_iters: list[int]) -> dict:
     """Fit both sides on the same split and return the benchmark record."""
     loss, k = cfg["model"]["loss"], cfg["output"]["top_n"]
-    ratings, cols = _load_ratings(spark, cfg)
-    train, test = _split(ratings, cfg)
+    ratings, cols = load_ratings(spark, cfg)
+    train, test = split_for_training(ratings, cfg)
     counts = {"ratings": ratings.count(), "train": train.count(), "test": test.count()}
     estimator = dataclasses.replace(estimator_from_config(cfg, cols), checkpointDir="")
 
     model, fit_seconds = _timed(lambda: estimator.fit_validated(train))
     recs = model.recommend_canonical(k).cache()
     recommend_seconds = _timed(recs.count)[1]  # fills the cache: the whole top-N computation
-    relevant = _relevant(test, model, cfg).cache()
+    relevant = relevant_pairs(
+        test, model.blocks.user_index, loss=model.loss, threshold=cfg["eval"]["relevance_threshold"]
+    ).cache()
     ours = {
-        "test": {**_pointwise(model, test), **ranking_metrics(recs, relevant, k=k)},
+        "test": {**pointwise_metrics(model, test), **ranking_metrics(recs, relevant, k=k)},
         "fit_seconds": fit_seconds,
         "recommend_all_seconds": recommend_seconds,
         "iterations": model.history,
@@ -105,7 +108,7 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, curve_iters: list[int], a
     curve = []
     for iters in curve_iters:
         short, seconds = _timed(lambda n=iters: dataclasses.replace(estimator, maxIter=n).fit_validated(train))
-        curve.append({"iterations": iters, "fit_seconds": seconds, metric: _pointwise(short, test)[metric]})
+        curve.append({"iterations": iters, "fit_seconds": seconds, metric: pointwise_metrics(short, test)[metric]})
         short.unpersist()
     best = als if loss == "mse" else als["explicit"]
     als_curve = []

@@ -35,8 +35,8 @@ class CollaborativeFilter:
     loss : "mse" for explicit ratings, "bce" for 0/1 labels.
     itemOffset : bce only: add o_i, the logit of the item's smoothed positive rate, to every score.
     offsetPrior : bce only: strength of the prior that smooths item positive rates.
-    optimizer : "adam" (default) or "gd".
-    learningRate : optimiser step size.
+    optimizer : "adam" (default), "gd", or "newton" (per-row exact ridge step for mse, IRLS for bce).
+    learningRate : optimiser step size (not used by newton).
     innerSteps : optimiser steps per half-step with the other side held fixed.
     numUserBlocks, numItemBlocks : how many blocks each side is split into.
     seed : seed of the hashed initial factors.

@@ -85,3 +85,16 @@ def ranking_metrics(recommendations: DataFrame, relevant: DataFrame, *, k: int) 
         "k": k,
         "users": row["users"],
     }
+
+
+def pointwise_metrics(model, df: DataFrame) -> dict:
+    """The model's pointwise test metrics on df: rmse/mae (mse) or logloss/auc (bce)."""
+    predictions = model.predict_canonical(df)
+    return regression_metrics(predictions) if model.loss == "mse" else classification_metrics(predictions)
+
+
+def relevant_pairs(test: DataFrame, trained_users: DataFrame, *, loss: str, threshold: float) -> DataFrame:
+    """(user, item) test pairs that count as relevant, for users with training data:
+    label 1 (bce) or rating >= threshold (mse)."""
+    cut = 0.5 if loss == "bce" else threshold
+    return test.filter(F.col(RATING) >= cut).select(USER, ITEM).join(trained_users.select(USER), USER, "left_semi")

@@ -8,7 +8,6 @@ existing result (local paths; other schemes are written in place).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import time
@@ -16,18 +15,15 @@ import uuid
 from contextlib import contextmanager
 
 import pyspark
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
-from cfspark.data.negatives import add_negatives
-from cfspark.data.read import Columns, read_ratings
-from cfspark.data.split import split_ratings
-from cfspark.data.validate import ITEM, RATING, USER, validate_ratings
+from cfspark.data.prepare import load_ratings, split_for_training
+from cfspark.data.validate import ITEM, USER
 from cfspark.errors import ConfigError, InputError
 from cfspark.estimator import CollaborativeFilter
-from cfspark.evaluate import classification_metrics, ranking_metrics, regression_metrics
+from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.fs import is_local, local_path, write_json
 
 log = logging.getLogger("cfspark")
@@ -94,55 +90,15 @@ def staged(path: str, overwrite: bool):
         os.replace(stage, final)
 
 
-def _load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:
-    """Read and validate; for bce, binarise first."""
-    threshold = cfg["input"]["binarize_threshold"]
-    raw, cols = read_ratings(spark, cfg["input"])
-    ratings = validate_ratings(
-        raw, cols, id_type=cfg["input"]["id_type"], duplicates=cfg["input"]["duplicates"],
-        labels=cfg["model"]["loss"] == "bce", binarize_threshold=None if math.isnan(threshold) else threshold,
-    )  # fmt: skip
-    return ratings.cache(), cols
-
-
-def _split(ratings: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
-    """The hashed split, with sampled negatives added before it (scope all) or to train only."""
-    neg, split = cfg["negatives"], cfg["split"]
-    negatives = None
-    if cfg["model"]["loss"] == "bce" and neg["per_positive"] > 0:
-        negatives = add_negatives(ratings, per_positive=neg["per_positive"], sampling=neg["sampling"],
-                                  seed=neg["seed"], only_new=True)  # fmt: skip
-        if neg["scope"] == "all":
-            ratings, negatives = ratings.unionByName(negatives), None
-    train, test = split_ratings(ratings, test_fraction=split["test_fraction"], seed=split["seed"])
-    if negatives is not None:
-        train = train.unionByName(negatives)
-    return train.cache(), test.cache()
-
-
-def _relevant(test: DataFrame, model, cfg: Config) -> DataFrame:
-    """Relevant test pairs of trained users: label 1 (bce) or rating >= relevance_threshold (mse)."""
-    threshold = 0.5 if cfg["model"]["loss"] == "bce" else cfg["eval"]["relevance_threshold"]
-    trained = model.blocks.user_index.select(USER)
-    return test.filter(F.col(RATING) >= threshold).select(USER, ITEM).join(trained, USER, "left_semi")
-
-
-def _pointwise(model, df: DataFrame) -> dict:
-    predictions = model.predict_canonical(df)
-    if model.loss == "mse":
-        return regression_metrics(predictions)
-    return classification_metrics(predictions)
-
-
 def run(spark: SparkSession, cfg: Config) -> dict:
     """Run the whole job; return the metrics written to metrics.json."""
     out_path, overwrite = cfg["output"]["path"], cfg["output"]["overwrite"]
     _check_output(out_path, overwrite)
     timer = Timer()
     with timer("read_validate"):
-        ratings, cols = _load_ratings(spark, cfg)
+        ratings, cols = load_ratings(spark, cfg)
     with timer("split"):
-        train, test = _split(ratings, cfg)
+        train, test = split_for_training(ratings, cfg)
         counts = {"ratings": ratings.count(), "train": train.count(), "test": test.count()}
     if counts["train"] == 0:
         raise InputError(f"the split left no training ratings out of {counts['ratings']}; lower split.test_fraction")
@@ -154,12 +110,14 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     counts["items"] = model.item_factors.count()
     top_n, exclude = cfg["output"]["top_n"], cfg["output"]["exclude"]
     recs = model.recommend_canonical(top_n, exclude=exclude).cache()
-    relevant = _relevant(test, model, cfg).cache()
+    relevant = relevant_pairs(
+        test, model.blocks.user_index, loss=model.loss, threshold=cfg["eval"]["relevance_threshold"]
+    ).cache()
     with timer("evaluate"):
         metrics = {
             "loss": cfg["model"]["loss"],
-            "train": _pointwise(model, train),
-            "test": {**_pointwise(model, test), **ranking_metrics(recs, relevant, k=top_n)},
+            "train": pointwise_metrics(model, train),
+            "test": {**pointwise_metrics(model, test), **ranking_metrics(recs, relevant, k=top_n)},
             "iterations": model.history,
             "counts": counts,
         }
