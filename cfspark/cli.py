@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from cfspark.config import Config, load_config
+from cfspark.errors import CfsparkError
 
 
 def config_parser(description: str) -> argparse.ArgumentParser:
@@ -32,3 +34,12 @@ def job_session(app_name: str, cfg: Config | None = None):
     if cfg is not None:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg["spark"]["shuffle_partitions"]))
     return builder.getOrCreate()
+
+
+def exit_code(body: Callable[[], int]) -> int:
+    """Run a job's body; a CfsparkError becomes one 'cfspark: error: …' line and exit code 2."""
+    try:
+        return body()
+    except CfsparkError as e:
+        print(f"cfspark: error: {e}", file=sys.stderr)
+        return 2

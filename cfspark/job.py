@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 from cfspark.compare import compare_als
 from cfspark.config import Config
 from cfspark.data.prepare import load_ratings, split_for_training
+from cfspark.data.read import Columns
 from cfspark.data.validate import ITEM, USER
 from cfspark.errors import ConfigError, InputError
 from cfspark.estimator import CollaborativeFilter
@@ -29,7 +30,7 @@ from cfspark.fs import is_local, local_path, write_json
 log = logging.getLogger("cfspark")
 
 
-def estimator_from_config(cfg: Config, columns) -> CollaborativeFilter:
+def estimator_from_config(cfg: Config, columns: Columns) -> CollaborativeFilter:
     m, ck = cfg["model"], cfg["checkpoint"]
     return CollaborativeFilter(
         rank=m["rank"], maxIter=m["max_iter"], regParam=m["reg"], loss=m["loss"], optimizer=m["optimizer"],

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from cfspark.errors import ConfigError
+from cfspark.fs import is_local, local_path, write_json
+
 _UNIT = 2**53
 
 
@@ -64,7 +67,7 @@ def _skewed(n: int, skew: float, *cols: Column) -> Column:
 def generate(spark: SparkSession, spec: SyntheticSpec) -> tuple[DataFrame, DataFrame, DataFrame]:
     """(ratings, planted users, planted items): ratings has exactly spec.ratings distinct pairs."""
     if spec.ratings > spec.users * spec.items:
-        raise ValueError(f"{spec.ratings} ratings do not fit in {spec.users} × {spec.items} distinct pairs")
+        raise ConfigError(f"{spec.ratings} ratings do not fit in {spec.users} × {spec.items} distinct pairs")
     users = _factors(spark, spec.users, "user", spec, spec.user_sd, 0.0)
     items = _factors(spark, spec.items, "item", spec, spec.item_sd, spec.base)
     seed = F.lit(spec.seed)
@@ -92,8 +95,6 @@ def generate(spark: SparkSession, spec: SyntheticSpec) -> tuple[DataFrame, DataF
 
 def write_synthetic(spark: SparkSession, spec: SyntheticSpec, path: str) -> dict:
     """Write ratings/, planted_users/, planted_items/ and spec.json under path."""
-    from cfspark.fs import is_local, local_path, write_json
-
     ratings, users, items = generate(spark, spec)
     ratings.write.mode("overwrite").parquet(f"{path}/ratings")
     users.write.mode("overwrite").parquet(f"{path}/planted_users")

@@ -14,8 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cfspark.cli import config_parser, job_config, job_session  # noqa: E402
-from cfspark.errors import CfsparkError  # noqa: E402
+from cfspark.cli import config_parser, exit_code, job_config, job_session  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve", default="2,5,10", help="cfspark iteration counts for the time-to-accuracy curve")
     parser.add_argument("--als-curve", default="2,5,10", help="ALS iteration counts for the curve")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         cfg = job_config(args)
         from cfspark.benchmark import ratio_table, run_benchmark
         from cfspark.plot import plot_curves
@@ -43,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_curves(record, os.path.join(out, "benchmark.png"))
         print(table)
         return 0
-    except CfsparkError as e:
-        print(f"cfspark: error: {e}", file=sys.stderr)
-        return 2
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

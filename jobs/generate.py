@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cfspark.cli import job_session  # noqa: E402
+from cfspark.cli import exit_code, job_session  # noqa: E402
 from cfspark.synthetic import SyntheticSpec, write_synthetic  # noqa: E402
 
 
@@ -30,15 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     output = args.pop("output")
     spec = SyntheticSpec(**args)
-    spark = job_session("cfspark-generate")
-    began = time.perf_counter()
-    try:
-        write_synthetic(spark, spec, output)
-    except ValueError as e:
-        print(f"cfspark: error: {e}", file=sys.stderr)
-        return 2
-    print(f"cfspark: wrote {spec.ratings} synthetic ratings to {output} in {time.perf_counter() - began:.1f} s")
-    return 0
+
+    def body() -> int:
+        began = time.perf_counter()
+        write_synthetic(job_session("cfspark-generate"), spec, output)
+        print(f"cfspark: wrote {spec.ratings} synthetic ratings to {output} in {time.perf_counter() - began:.1f} s")
+        return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

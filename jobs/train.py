@@ -11,24 +11,23 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cfspark.cli import config_parser, job_config, job_session  # noqa: E402
-from cfspark.errors import CfsparkError  # noqa: E402
+from cfspark.cli import config_parser, exit_code, job_config, job_session  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     args = config_parser(__doc__).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     logging.getLogger("cfspark").setLevel(logging.INFO)
-    try:
+
+    def body() -> int:
         cfg = job_config(args)
         from cfspark.job import run, summary
 
         metrics = run(job_session("cfspark-train", cfg), cfg)
         print(summary(metrics, cfg["output"]["path"]))
         return 0
-    except CfsparkError as e:
-        print(f"cfspark: error: {e}", file=sys.stderr)
-        return 2
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

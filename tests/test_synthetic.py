@@ -58,3 +58,10 @@ def test_binary_labels_are_zero_or_one(spark):
     labels = generate(spark, SyntheticSpec(users=100, items=50, ratings=1000, rank=2, binary=True, seed=1))[0]
     values = {r.rating for r in labels.select("rating").distinct().collect()}
     assert values == {0.0, 1.0}
+
+
+def test_too_many_ratings_for_the_pairs_is_refused(spark):
+    from cfspark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="1001 ratings do not fit in 100 × 10 distinct pairs"):
+        generate(spark, SyntheticSpec(users=100, items=10, ratings=1001))
