@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -18,6 +19,12 @@ def config_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set model.rank=20 (repeatable)")  # fmt: skip
     return parser
+
+
+def job_logging() -> None:
+    """Spark's own log stays at WARN; cfspark logs each iteration's loss and seconds."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    logging.getLogger("cfspark").setLevel(logging.INFO)
 
 
 def job_config(args: argparse.Namespace) -> Config:

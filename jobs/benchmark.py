@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cfspark.cli import config_parser, exit_code, job_config, job_session  # noqa: E402
+from cfspark.cli import config_parser, exit_code, job_config, job_logging, job_session  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve", default="2,5,10", help="cfspark iteration counts for the time-to-accuracy curve")
     parser.add_argument("--als-curve", default="2,5,10", help="ALS iteration counts for the curve")
     args = parser.parse_args(argv)
+    job_logging()
 
     def body() -> int:
         cfg = job_config(args)

@@ -5,19 +5,17 @@ spark-submit jobs/train.py [--config conf/default.toml] [--set section.key=value
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cfspark.cli import config_parser, exit_code, job_config, job_session  # noqa: E402
+from cfspark.cli import config_parser, exit_code, job_config, job_logging, job_session  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     args = config_parser(__doc__).parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    logging.getLogger("cfspark").setLevel(logging.INFO)
+    job_logging()
 
     def body() -> int:
         cfg = job_config(args)
