@@ -29,11 +29,14 @@ def _hessians(problem: BlockProblem, weights: np.ndarray, n: int, p: int) -> np.
     """Σ_r w · o oᵀ per own row, built a chunk of ratings at a time."""
     hess = np.zeros((n, p, p))
     o = problem.other_rows
+    counts = np.bincount(problem.rows, minlength=n)
+    # A chunk ends on a row boundary, so it may overrun RATINGS_PER_CHUNK by up to one row.
+    buffer = np.empty((RATINGS_PER_CHUNK + int(counts.max(initial=0)), p, p))  # reused: see BlockProblem
     lo = 0
     while lo < len(o):
         hi = min(lo + RATINGS_PER_CHUNK, len(o))
         hi = int(np.searchsorted(problem.rows, problem.rows[hi - 1], side="right"))  # whole rows only
-        outer = (weights[lo:hi, None, None] * o[lo:hi, :, None]) * o[lo:hi, None, :]
+        outer = np.multiply((weights[lo:hi, None] * o[lo:hi])[:, :, None], o[lo:hi, None, :], out=buffer[: hi - lo])
         rows = problem.rows[lo:hi]
         first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
         hess[rows[first]] += np.add.reduceat(outer, first, axis=0)
