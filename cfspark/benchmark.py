@@ -94,8 +94,9 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, curve_iters: list[int], a
         "recommend_all_seconds": recommend_seconds,
         "iterations": model.history,
         "params": {
-            f: getattr(estimator, f)
-            for f in ("rank", "maxIter", "regParam", "optimizer", "innerSteps", "numUserBlocks", "numItemBlocks")
+            **{f: getattr(estimator, f) for f in ("rank", "maxIter", "regParam", "optimizer", "innerSteps")},
+            "numUserBlocks": model.blocks.num_user_blocks,
+            "numItemBlocks": model.blocks.num_item_blocks,
         },
     }
     c = cfg["compare"]

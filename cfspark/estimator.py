@@ -21,6 +21,14 @@ from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import StepConfig
 from cfspark.train.trainer import train
 
+RATINGS_PER_BLOCK = 3_000_000  # about 1 GB of numpy working set per block at rank 10
+MIN_BLOCKS, MAX_BLOCKS = 4, 64
+
+
+def blocks_for(num_ratings: int) -> int:
+    """The default block count per side for this many training ratings."""
+    return min(MAX_BLOCKS, max(MIN_BLOCKS, math.ceil(num_ratings / RATINGS_PER_BLOCK)))
+
 
 @dataclass(frozen=True, kw_only=True)
 class CollaborativeFilter:
@@ -38,7 +46,8 @@ class CollaborativeFilter:
     optimizer : "adam" (default), "gd", or "newton" (per-row exact ridge step for mse, IRLS for bce).
     learningRate : optimiser step size (not used by newton).
     innerSteps : optimiser steps per half-step with the other side held fixed.
-    numUserBlocks, numItemBlocks : how many blocks each side is split into.
+    numUserBlocks, numItemBlocks : how many blocks each side is split into; 0 derives them
+        from the number of training ratings (see blocks_for).
     seed : seed of the hashed initial factors.
     initScale : standard deviation of the initial W and X.
     checkpointDir : where factors are checkpointed ("" for no checkpoints).
@@ -53,8 +62,8 @@ class CollaborativeFilter:
     optimizer: str = "adam"
     learningRate: float = 0.05  # noqa: N815
     innerSteps: int = 5  # noqa: N815
-    numUserBlocks: int = 4  # noqa: N815
-    numItemBlocks: int = 4  # noqa: N815
+    numUserBlocks: int = 0  # noqa: N815
+    numItemBlocks: int = 0  # noqa: N815
     seed: int = 7
     initScale: float = 0.1
     itemOffset: bool = True
@@ -128,9 +137,11 @@ class CollaborativeFilter:
     def fit_validated(self, train_ratings: DataFrame) -> CFModel:
         """Fit on already validated (user, item, rating) rows with cfspark's internal names."""
         targets, stats, baseline, global_baseline = self.prepare(train_ratings)
+        auto = blocks_for(train_ratings.count()) if 0 in (self.numUserBlocks, self.numItemBlocks) else 0
         blocks = build_blocks(
-            targets, baseline, num_user_blocks=self.numUserBlocks, num_item_blocks=self.numItemBlocks, seed=self.seed
-        )
+            targets, baseline, num_user_blocks=self.numUserBlocks or auto, num_item_blocks=self.numItemBlocks or auto,
+            seed=self.seed,
+        )  # fmt: skip
         checkpointer = None
         if self.checkpointDir:
             checkpointer = Checkpointer(

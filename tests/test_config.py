@@ -68,3 +68,10 @@ def test_estimator_defaults_match_conf_default_toml():
     }
     assert {param: fields[param] for param in pairs} == {param: model[key] for param, key in pairs.items()}
     assert fields["checkpointInterval"] == load_defaults()["checkpoint"]["interval"]
+
+
+def test_block_counts_follow_the_data_size():
+    from cfspark.estimator import blocks_for
+
+    assert [blocks_for(n) for n in (0, 1_000, 12_000_000, 12_000_001, 22_080_000, 10**9)] == [4, 4, 4, 5, 8, 64]
+    assert load_defaults()["model"]["num_user_blocks"] == 0  # 0 = derived from the data
