@@ -56,24 +56,24 @@ class CollaborativeFilter:
     """
 
     rank: int = 10
-    maxIter: int = 20  # noqa: N815 (pyspark.ml naming)
-    regParam: float = 10.0  # noqa: N815
+    maxIter: int = 20  # pyspark.ml naming
+    regParam: float = 10.0
     loss: str = "mse"
     optimizer: str = "adam"
-    learningRate: float = 0.05  # noqa: N815
-    innerSteps: int = 5  # noqa: N815
-    numUserBlocks: int = 0  # noqa: N815
-    numItemBlocks: int = 0  # noqa: N815
+    learningRate: float = 0.05
+    innerSteps: int = 5
+    numUserBlocks: int = 0
+    numItemBlocks: int = 0
     seed: int = 7
     initScale: float = 0.1
     itemOffset: bool = True
-    offsetPrior: float = 2.0  # noqa: N815
-    checkpointDir: str = ""  # noqa: N815
-    checkpointInterval: int = 10  # noqa: N815
-    userCol: str = "user"  # noqa: N815
-    itemCol: str = "item"  # noqa: N815
-    ratingCol: str = "rating"  # noqa: N815
-    predictionCol: str = "prediction"  # noqa: N815
+    offsetPrior: float = 2.0
+    checkpointDir: str = ""
+    checkpointInterval: int = 10
+    userCol: str = "user"
+    itemCol: str = "item"
+    ratingCol: str = "rating"
+    predictionCol: str = "prediction"
 
     @property
     def columns(self) -> Columns:
