@@ -102,82 +102,86 @@ def compare_als(
     recommendForAllUsers(k) for the best explicit model (which does not exclude anything)."""
     train_ids = _with_int_ids(train, blocks).cache()
     test_ids = _with_int_ids(test, blocks).join(item_stats, ITEM, "left").cache()
-    global_value = float(train.agg(F.avg(RATING)).first()[0])
-    fallback = F.coalesce(F.col(ITEM_MEAN if loss == "mse" else POSITIVE_RATE), F.lit(global_value))
+    try:
+        global_value = float(train.agg(F.avg(RATING)).first()[0])
+        fallback = F.coalesce(F.col(ITEM_MEAN if loss == "mse" else POSITIVE_RATE), F.lit(global_value))
 
-    def als(reg: float, **extra) -> ALS:
-        return ALS(
-            rank=rank,
-            maxIter=max_iter,
-            regParam=float(reg),
-            userCol="_u",
-            itemCol="_i",
-            ratingCol=RATING,
-            coldStartStrategy="nan",
-            seed=seed,
-            **extra,
-        )
+        def als(reg: float, **extra) -> ALS:
+            return ALS(
+                rank=rank,
+                maxIter=max_iter,
+                regParam=float(reg),
+                userCol="_u",
+                itemCol="_i",
+                ratingCol=RATING,
+                coldStartStrategy="nan",
+                seed=seed,
+                **extra,
+            )
 
-    def scored(model) -> DataFrame:
-        pred = model.transform(test_ids)
-        return pred.withColumn("prediction", F.when(F.isnan("prediction"), fallback).otherwise(F.col("prediction")))
+        def scored(model) -> DataFrame:
+            pred = model.transform(test_ids)
+            return pred.withColumn("prediction", F.when(F.isnan("prediction"), fallback).otherwise(F.col("prediction")))
 
-    def explicit_metrics(pred: DataFrame) -> dict:
+        def explicit_metrics(pred: DataFrame) -> dict:
+            if loss == "mse":
+                return regression_metrics(pred)
+            clipped = pred.withColumn(
+                "prediction", F.least(F.greatest("prediction", F.lit(clip_eps)), F.lit(1 - clip_eps))
+            )
+            return {**classification_metrics(clipped), "clip_eps": clip_eps}
+
+        primary = "rmse" if loss == "mse" else "auc"
+        better = min if loss == "mse" else max
+        runs, models = [], {}
+        for reg in reg_grid:
+            model, seconds = _fit(als(reg), train_ids)
+            models[float(reg)] = (model, seconds)
+            runs.append({"regParam": float(reg), "test": explicit_metrics(scored(model)), "fit_seconds": seconds})
+        worst = float("inf") if loss == "mse" else float("-inf")  # a run with no metric is never chosen
+        best = better(runs, key=lambda r: r["test"][primary] if r["test"][primary] is not None else worst)
+        model, seconds = models[best["regParam"]]
+        explicit = {
+            "test": {**best["test"], **(_ranking(model, blocks, rank, relevant, k) if relevant is not None else {})},
+            "fit_seconds": seconds,
+            "params": {"rank": rank, "regParam": best["regParam"], "maxIter": max_iter, "seed": seed},
+            "grid": runs,
+        }
+        if time_recommend:
+            began = time.perf_counter()
+            model.recommendForAllUsers(k).count()
+            explicit["recommend_all_seconds"] = round(time.perf_counter() - began, 3)
         if loss == "mse":
-            return regression_metrics(pred)
-        clipped = pred.withColumn("prediction", F.least(F.greatest("prediction", F.lit(clip_eps)), F.lit(1 - clip_eps)))
-        return {**classification_metrics(clipped), "clip_eps": clip_eps}
+            return explicit
 
-    primary = "rmse" if loss == "mse" else "auc"
-    better = min if loss == "mse" else max
-    runs, models = [], {}
-    for reg in reg_grid:
-        model, seconds = _fit(als(reg), train_ids)
-        models[float(reg)] = (model, seconds)
-        runs.append({"regParam": float(reg), "test": explicit_metrics(scored(model)), "fit_seconds": seconds})
-    best = better(runs, key=lambda r: r["test"][primary] if r["test"][primary] is not None else float("nan"))
-    model, seconds = models[best["regParam"]]
-    explicit = {
-        "test": {**best["test"], **(_ranking(model, blocks, rank, relevant, k) if relevant is not None else {})},
-        "fit_seconds": seconds,
-        "params": {"rank": rank, "regParam": best["regParam"], "maxIter": max_iter, "seed": seed},
-        "grid": runs,
-    }
-    if time_recommend:
-        began = time.perf_counter()
-        model.recommendForAllUsers(k).count()
-        explicit["recommend_all_seconds"] = round(time.perf_counter() - began, 3)
-    if loss == "mse":
+        positives = train_ids.filter(F.col(RATING) == 1.0)
+        implicit_runs, implicit_models = [], {}
+        for alpha in alpha_grid:
+            model, seconds = _fit(als(best["regParam"], implicitPrefs=True, alpha=float(alpha)), positives)
+            implicit_models[float(alpha)] = (model, seconds)
+            implicit_runs.append(
+                {
+                    "alpha": float(alpha),
+                    "test": classification_metrics(scored(model), logloss=False),
+                    "fit_seconds": seconds,
+                }
+            )
+        chosen = max(implicit_runs, key=lambda r: r["test"]["auc"] if r["test"]["auc"] is not None else float("-inf"))
+        model, seconds = implicit_models[chosen["alpha"]]
+        implicit = {
+            "test": {**chosen["test"], **(_ranking(model, blocks, rank, relevant, k) if relevant is not None else {})},
+            "fit_seconds": seconds,
+            "params": {
+                "rank": rank,
+                "regParam": best["regParam"],
+                "alpha": chosen["alpha"],
+                "maxIter": max_iter,
+                "implicitPrefs": True,
+                "seed": seed,
+            },
+            "grid": implicit_runs,
+            "note": "implicit ALS scores are preferences, not probabilities: no logloss",
+        }
+        return {"explicit": explicit, "implicit": implicit}
+    finally:
         train_ids.unpersist(), test_ids.unpersist()
-        return explicit
-
-    positives = train_ids.filter(F.col(RATING) == 1.0)
-    implicit_runs, implicit_models = [], {}
-    for alpha in alpha_grid:
-        model, seconds = _fit(als(best["regParam"], implicitPrefs=True, alpha=float(alpha)), positives)
-        implicit_models[float(alpha)] = (model, seconds)
-        implicit_runs.append(
-            {
-                "alpha": float(alpha),
-                "test": classification_metrics(scored(model), logloss=False),
-                "fit_seconds": seconds,
-            }
-        )
-    chosen = max(implicit_runs, key=lambda r: r["test"]["auc"] if r["test"]["auc"] is not None else float("nan"))
-    model, seconds = implicit_models[chosen["alpha"]]
-    implicit = {
-        "test": {**chosen["test"], **(_ranking(model, blocks, rank, relevant, k) if relevant is not None else {})},
-        "fit_seconds": seconds,
-        "params": {
-            "rank": rank,
-            "regParam": best["regParam"],
-            "alpha": chosen["alpha"],
-            "maxIter": max_iter,
-            "implicitPrefs": True,
-            "seed": seed,
-        },
-        "grid": implicit_runs,
-        "note": "implicit ALS scores are preferences, not probabilities: no logloss",
-    }
-    train_ids.unpersist(), test_ids.unpersist()
-    return {"explicit": explicit, "implicit": implicit}
