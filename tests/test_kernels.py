@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -168,7 +170,7 @@ def test_bce_gradient_at_large_scores_matches_finite_differences(side):
     # An offset puts every score near ±50, where a naive log(σ(z)) would hit log(0).
     problem, params, *_ = _problem(np.random.default_rng(6), side=side, loss="bce", scale=0.3)
     offset = np.where(problem.y == 1.0, -50.0, 50.0)  # every label is wrong by |z| ≈ 50
-    problem = BlockProblem(**{**problem.__dict__, "offset": offset})
+    problem = dataclasses.replace(problem, offset=offset)
     value, grad = problem.loss_and_grad(params)
     assert np.isfinite(value) and value > 50 * len(offset) * 0.9
     numeric = _finite_difference(lambda p: problem.loss_and_grad(p)[0], params, h=1e-5)
