@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from pyspark.sql import DataFrame
@@ -19,7 +21,7 @@ from cfspark.factors import factor_table
 from cfspark.model import CFModel
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import StepConfig
-from cfspark.train.trainer import train
+from cfspark.train.trainer import TrainResult, train
 
 RATINGS_PER_BLOCK = 3_000_000  # about 1 GB of numpy working set per block at rank 10
 MIN_BLOCKS, MAX_BLOCKS = 4, 64
@@ -134,8 +136,15 @@ class CollaborativeFilter:
         glob = math.log(rate / (1 - rate)) if self.itemOffset else 0.0
         return targets, stats, stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE)), glob
 
-    def fit_validated(self, train_ratings: DataFrame) -> CFModel:
-        """Fit on already validated (user, item, rating) rows with cfspark's internal names."""
+    def fit_validated(
+        self, train_ratings: DataFrame, *, on_iteration: Callable[[CFModel], dict] | None = None
+    ) -> CFModel:
+        """Fit on already validated (user, item, rating) rows with cfspark's internal names.
+
+        on_iteration, if given, is called with the model as it stands after each iteration
+        and returns extra fields for that iteration's history entry; its time is not counted.
+        """
+        began = time.perf_counter()
         targets, stats, baseline, global_baseline = self.prepare(train_ratings)
         auto = blocks_for(train_ratings.count()) if 0 in (self.numUserBlocks, self.numItemBlocks) else 0
         blocks = build_blocks(
@@ -147,20 +156,26 @@ class CollaborativeFilter:
             checkpointer = Checkpointer(
                 train_ratings.sparkSession, self.checkpointDir, self.checkpointInterval, self.fingerprint(train_ratings)
             )
+
+        def model(result: TrainResult, *, cache: bool) -> CFModel:
+            user_factors = factor_table(result.user_state(), blocks.user_index, USER, self.rank, with_bias=True)
+            item_factors = factor_table(result.item_state(), blocks.item_index, ITEM, self.rank, with_bias=False)
+            return CFModel(
+                user_factors=user_factors.cache() if cache else user_factors,
+                item_factors=item_factors.cache() if cache else item_factors,
+                item_stats=stats,
+                global_baseline=global_baseline,
+                rank=self.rank,
+                columns=self.columns,
+                loss=self.loss,
+                prediction_col=self.predictionCol,
+                blocks=blocks,
+                result=result,
+            )
+
+        watch = (lambda live: on_iteration(model(live, cache=False))) if on_iteration else None
         result = train(
-            blocks, self.step_config("user"), self.step_config("item"), max_iter=self.maxIter, checkpointer=checkpointer
-        )
-        user_factors = factor_table(result.user_state(), blocks.user_index, USER, self.rank, with_bias=True)
-        item_factors = factor_table(result.item_state(), blocks.item_index, ITEM, self.rank, with_bias=False)
-        return CFModel(
-            user_factors=user_factors.cache(),
-            item_factors=item_factors.cache(),
-            item_stats=stats,
-            global_baseline=global_baseline,
-            rank=self.rank,
-            columns=self.columns,
-            loss=self.loss,
-            prediction_col=self.predictionCol,
-            blocks=blocks,
-            result=result,
-        )
+            blocks, self.step_config("user"), self.step_config("item"), max_iter=self.maxIter,
+            checkpointer=checkpointer, on_iteration=watch, began=began,
+        )  # fmt: skip
+        return model(result, cache=True)

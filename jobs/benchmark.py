@@ -19,8 +19,7 @@ from cfspark.cli import config_parser, exit_code, job_config, job_logging, job_s
 
 def main(argv: list[str] | None = None) -> int:
     parser = config_parser(__doc__)
-    parser.add_argument("--curve", default="2,5,10", help="cfspark iteration counts for the time-to-accuracy curve")
-    parser.add_argument("--als-curve", default="2,5,10", help="ALS iteration counts for the curve")
+    parser.add_argument("--als-curve", default="2,5,10", help="ALS iteration counts for its time-to-accuracy curve")
     args = parser.parse_args(argv)
     job_logging()
 
@@ -31,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
 
         record = run_benchmark(
             job_session("cfspark-benchmark", cfg), cfg,
-            curve_iters=[int(x) for x in args.curve.split(",") if x],
             als_curve_iters=[int(x) for x in args.als_curve.split(",") if x],
         )  # fmt: skip
         out = cfg["output"]["path"]

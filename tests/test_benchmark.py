@@ -20,7 +20,7 @@ def record(spark, tmp_path_factory):
         f"input.path={data / 'ratings'}", "input.format=parquet", "input.user_col=user", "input.item_col=item",
         "compare.als_reg_grid=[0.1, 0.2, 0.4]", *BENCH_SETTINGS,
     ])  # fmt: skip
-    return run_benchmark(spark, cfg, curve_iters=[3], als_curve_iters=[3])
+    return run_benchmark(spark, cfg, als_curve_iters=[3])
 
 
 def test_cfspark_matches_als_accuracy_on_the_same_split(record):
@@ -35,7 +35,13 @@ def test_record_has_timings_ranking_memory_and_curves(record):
     for side in (c, a):
         assert side["fit_seconds"] > 0 and side["recommend_all_seconds"] > 0
         assert {"precision_at_k", "ndcg_at_k", "map_at_k"} <= side["test"].keys()
-        assert [p["iterations"] for p in side["curve"]] == [3] and side["curve"][0]["rmse"] > 0
+    assert [p["iterations"] for p in a["curve"]] == [3] and a["curve"][0]["rmse"] > 0
+    # cfspark's curve is its own fit, measured after every iteration off the clock.
+    assert [p["iterations"] for p in c["curve"]] == list(range(1, 11))
+    times = [p["fit_seconds"] for p in c["curve"]]
+    assert times == sorted(times) and times[-1] <= c["fit_seconds"]
+    assert c["curve"][-1]["rmse"] == pytest.approx(c["test"]["rmse"], rel=1e-9)
+    assert c["curve"][0]["rmse"] > c["curve"][-1]["rmse"]
     assert record["memory"]["jvm_mib"] > 100 and record["memory"]["driver_python_mib"] > 10
     table = ratio_table(record)
     assert "| test RMSE |" in table and "| top-10 for all users, seconds |" in table

@@ -1,7 +1,8 @@
 """Arrow bodies of the half-steps: decode a block, run the numpy kernels, emit rows.
 
 Every half-step outputs one table with two kinds of rows, told apart by src:
-- src = −1: the block's own state (params, Adam moments, step count, losses), for dest = itself;
+- src = −1: the block's own state (params, Adam moments, step count, losses, and the
+  seconds its task spent in numpy kernels and in Arrow decoding/encoding), for dest = itself;
 - src ≥ 0: a message, the rows of params that block dest needs, sent by block src.
 So the next half-step of the other side reads its messages and its own state from
 two such tables, and one shuffle (by dest) delivers both.
@@ -9,6 +10,7 @@ two such tables, and one shuffle (by dest) delivers both.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,7 +25,10 @@ from cfspark.kernels.solve import solve_block
 
 STATE = -1
 
-OUT_SCHEMA = "dest int, src int, params binary, m binary, v binary, t long, data_loss double, reg_loss double"
+OUT_SCHEMA = (
+    "dest int, src int, params binary, m binary, v binary, t long, data_loss double, reg_loss double,"
+    " kernel_seconds double, codec_seconds double"
+)
 
 _ARROW_SCHEMA = pa.schema(
     [
@@ -35,6 +40,8 @@ _ARROW_SCHEMA = pa.schema(
         ("t", pa.int64()),
         ("data_loss", pa.float64()),
         ("reg_loss", pa.float64()),
+        ("kernel_seconds", pa.float64()),
+        ("codec_seconds", pa.float64()),
     ]
 )
 
@@ -73,6 +80,7 @@ def _rows(
     state: AdamState | None,
     losses: tuple[float, float],
     outbox: list[tuple[int, np.ndarray]],
+    seconds: tuple[float, float] = (0.0, 0.0),
 ) -> list[dict]:
     rows = [
         {
@@ -84,6 +92,8 @@ def _rows(
             "t": state.t if state else 0,
             "data_loss": losses[0],
             "reg_loss": losses[1],
+            "kernel_seconds": seconds[0],
+            "codec_seconds": seconds[1],
         }
     ]
     rows += [
@@ -96,6 +106,8 @@ def _rows(
             "t": 0,
             "data_loss": 0.0,
             "reg_loss": 0.0,
+            "kernel_seconds": 0.0,
+            "codec_seconds": 0.0,
         }
         for d, p in outbox
     ]
@@ -147,6 +159,7 @@ def step_blocks(cfg: StepConfig):
     """cogroup(InBlock, state + messages).applyInArrow body: one half-step of one block."""
 
     def run(inblock: pa.Table, incoming: pa.Table) -> pa.Table:
+        began = time.perf_counter()
         if inblock.num_rows == 0:
             raise RuntimeError("messages reached a block that has no ratings")
         src = incoming.column("src").to_numpy()
@@ -157,12 +170,16 @@ def step_blocks(cfg: StepConfig):
         t = incoming.column("t")[int(state_row)].as_py()
         state = AdamState(m, v, t) if m is not None else AdamState.zeros_like(params)
 
+        row_ptr, cols = cell(inblock, "row_ptr", 0, np.int64), cell(inblock, "cols", 0, np.int32)
+        y, offset = cell(inblock, "y", 0, np.float64), cell(inblock, "offset", 0, np.float64)
+        other = _assemble(inblock, incoming, cfg.width)
+        decoded = time.perf_counter()
         problem = BlockProblem.build(
-            row_ptr=cell(inblock, "row_ptr", 0, np.int64),
-            cols=cell(inblock, "cols", 0, np.int32),
-            other=_assemble(inblock, incoming, cfg.width),
-            y=cell(inblock, "y", 0, np.float64),
-            offset=cell(inblock, "offset", 0, np.float64),
+            row_ptr=row_ptr,
+            cols=cols,
+            other=other,
+            y=y,
+            offset=offset,
             loss=cfg.loss,
             reg=cfg.reg,
             reg_mask=cfg.reg_mask,
@@ -179,7 +196,10 @@ def step_blocks(cfg: StepConfig):
         block = inblock.column("block")[0].as_py()
         keep = state if cfg.optimizer == "adam" else None
         losses = (problem.data_loss(params), problem.reg_loss(params))
-        rows = _rows(block, params, keep, losses, _outbox(inblock, 0, params))
-        return pa.Table.from_pylist(rows, schema=_ARROW_SCHEMA)
+        solved = time.perf_counter()
+        outbox = _outbox(inblock, 0, params)
+        # The encoding of the table itself is not timed: it is what the timings ride in.
+        seconds = (solved - decoded, decoded - began + time.perf_counter() - solved)
+        return pa.Table.from_pylist(_rows(block, params, keep, losses, outbox, seconds), schema=_ARROW_SCHEMA)
 
     return run
