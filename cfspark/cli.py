@@ -31,8 +31,12 @@ def job_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
-def job_session(app_name: str, cfg: Config | None = None):
-    """The job's SparkSession (getOrCreate: spark-submit's master and confs apply)."""
+def job_session(app_name: str, cfg: Config | None = None, *, rdd_checkpoint_dir: str | None = None):
+    """The job's SparkSession (getOrCreate: spark-submit's master and confs apply).
+
+    rdd_checkpoint_dir is for Spark ALS, which cuts its RDD lineage only when one is set;
+    cfspark itself never needs it.
+    """
     # Executors run the same interpreter as this driver unless told otherwise.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
@@ -40,6 +44,8 @@ def job_session(app_name: str, cfg: Config | None = None):
     builder = SparkSession.builder.appName(app_name).config("spark.log.level", "WARN")
     if cfg is not None:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg["spark"]["shuffle_partitions"]))
+    if rdd_checkpoint_dir:
+        builder = builder.config("spark.checkpoint.dir", rdd_checkpoint_dir)
     return builder.getOrCreate()
 
 
