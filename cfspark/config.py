@@ -101,6 +101,7 @@ _BOUNDS = {
     ("model", "inner_steps"): (1, True),
     ("model", "num_user_blocks"): (0, True),
     ("model", "num_item_blocks"): (0, True),
+    ("model", "max_block_ratings"): (1, True),
     ("model", "init_scale"): (0.0, False),
     ("output", "top_n"): (1, True),
     ("checkpoint", "interval"): (0, True),

@@ -13,12 +13,13 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import BASELINE, OFFSET, TARGET, build_blocks
-from cfspark.data.normalise import ITEM_MEAN, NORMALISED, item_means, normalise
+from cfspark.data.normalise import ITEM_MEAN, ITEM_RATINGS, NORMALISED, item_means, normalise
 from cfspark.data.offsets import ITEM_OFFSET, global_rate, item_offsets
 from cfspark.data.read import Columns
 from cfspark.data.validate import ITEM, RATING, USER, validate_ratings
 from cfspark.factors import factor_table
 from cfspark.model import CFModel
+from cfspark.profile import phase
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import StepConfig
 from cfspark.train.trainer import TrainResult, train
@@ -50,6 +51,7 @@ class CollaborativeFilter:
     innerSteps : optimiser steps per half-step with the other side held fixed.
     numUserBlocks, numItemBlocks : how many blocks each side is split into; 0 derives them
         from the number of training ratings (see blocks_for).
+    maxBlockRatings : a side gets more blocks when one of its blocks would hold more ratings.
     seed : seed of the hashed initial factors.
     initScale : standard deviation of the initial W and X.
     checkpointDir : where factors are checkpointed ("" for no checkpoints).
@@ -66,6 +68,7 @@ class CollaborativeFilter:
     innerSteps: int = 5
     numUserBlocks: int = 0
     numItemBlocks: int = 0
+    maxBlockRatings: int = 10_000_000
     seed: int = 7
     initScale: float = 0.1
     itemOffset: bool = True
@@ -114,6 +117,8 @@ class CollaborativeFilter:
     def prepare(self, train_ratings: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame, float]:
         """What training fits, per loss: (targets, item_stats, baseline, global_baseline).
 
+        baseline is (item, baseline, ratings): the per-item term and the item's rating count.
+
         mse: y = y' = rating − μ_i with no offset; the baseline is μ_i.
         bce: y = the label, with o_i added to each score; the baseline is o_i.
         """
@@ -124,7 +129,7 @@ class CollaborativeFilter:
             return (
                 targets.withColumnRenamed(NORMALISED, TARGET),
                 stats,
-                stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE)),
+                stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE), ITEM_RATINGS),
                 glob,
             )
         rate = global_rate(train_ratings)
@@ -134,7 +139,8 @@ class CollaborativeFilter:
             USER, ITEM, F.col(RATING).alias(TARGET), offset.alias(OFFSET)
         )
         glob = math.log(rate / (1 - rate)) if self.itemOffset else 0.0
-        return targets, stats, stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE)), glob
+        baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col("labelled").alias(ITEM_RATINGS))
+        return targets, stats, baseline, glob
 
     def fit_validated(
         self, train_ratings: DataFrame, *, on_iteration: Callable[[CFModel], dict] | None = None
@@ -145,17 +151,18 @@ class CollaborativeFilter:
         and returns extra fields for that iteration's history entry; its time is not counted.
         """
         began = time.perf_counter()
-        targets, stats, baseline, global_baseline = self.prepare(train_ratings)
-        auto = blocks_for(train_ratings.count()) if 0 in (self.numUserBlocks, self.numItemBlocks) else 0
+        spark = train_ratings.sparkSession
+        with phase(spark, "prepare"):
+            targets, stats, baseline, global_baseline = self.prepare(train_ratings)
+            auto = blocks_for(train_ratings.count()) if 0 in (self.numUserBlocks, self.numItemBlocks) else 0
+            checkpointer = None
+            if self.checkpointDir:
+                fingerprint = self.fingerprint(train_ratings)
+                checkpointer = Checkpointer(spark, self.checkpointDir, self.checkpointInterval, fingerprint)
         blocks = build_blocks(
             targets, baseline, num_user_blocks=self.numUserBlocks or auto, num_item_blocks=self.numItemBlocks or auto,
-            seed=self.seed,
+            seed=self.seed, max_block_ratings=self.maxBlockRatings,
         )  # fmt: skip
-        checkpointer = None
-        if self.checkpointDir:
-            checkpointer = Checkpointer(
-                train_ratings.sparkSession, self.checkpointDir, self.checkpointInterval, self.fingerprint(train_ratings)
-            )
 
         def model(result: TrainResult, *, cache: bool) -> CFModel:
             user_factors = factor_table(result.user_state(), blocks.user_index, USER, self.rank, with_bias=True)

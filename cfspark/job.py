@@ -35,7 +35,8 @@ def estimator_from_config(cfg: Config, columns: Columns) -> CollaborativeFilter:
     return CollaborativeFilter(
         rank=m["rank"], maxIter=m["max_iter"], regParam=m["reg"], loss=m["loss"], optimizer=m["optimizer"],
         learningRate=m["learning_rate"], innerSteps=m["inner_steps"], numUserBlocks=m["num_user_blocks"],
-        numItemBlocks=m["num_item_blocks"], seed=m["seed"], initScale=m["init_scale"], itemOffset=m["item_offset"],
+        numItemBlocks=m["num_item_blocks"], maxBlockRatings=m["max_block_ratings"], seed=m["seed"],
+        initScale=m["init_scale"], itemOffset=m["item_offset"],
         offsetPrior=m["offset_prior"], checkpointDir=checkpoint_dir(cfg) if ck["interval"] > 0 else "",
         checkpointInterval=ck["interval"], userCol=columns.user, itemCol=columns.item, ratingCol=columns.rating,
     )  # fmt: skip

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
 
-from cfspark.blocks.inblock import pack_arrays
+from cfspark.blocks.codec import cell
+from cfspark.blocks.inblock import _sort_order, chunk_ratings, pack_arrays, pack_chunks
 
 
 def test_messages_assembled_in_src_order_reproduce_every_rating():
@@ -73,3 +77,38 @@ def test_messages_assembled_in_src_order_reproduce_every_rating():
         assert got == sorted(
             zip((100 * ib + pairs[sel, 3]).tolist(), (1000 * pairs[sel, 0] + pairs[sel, 1]).tolist(), strict=True)
         )
+
+
+@pytest.mark.parametrize("high", [50, 2**40])
+def test_sort_order_equals_lexsort(high):
+    # Narrow keys are packed into one int64 and argsorted; wide ones fall back to lexsort.
+    rng = np.random.default_rng(int(np.log2(high)))
+    keys = [rng.integers(0, h, 5_000) for h in (high, 7, high)]
+    np.testing.assert_array_equal(_sort_order(*keys), np.lexsort(keys[::-1]))
+
+
+def test_chunked_packing_equals_packing_all_rows_at_once():
+    # Two partitions chunk their rows per block; merging a block's chunks packs it as a whole would.
+    rng = np.random.default_rng(3)
+    i = rng.permutation(400)
+    rows = {
+        "block": (i % 3).astype(np.int32),
+        "own": ((i // 3) % 20).astype(np.int32),  # every block holds all of 0..19: dense locals
+        "other_block": rng.integers(0, 2, 400).astype(np.int32),
+        "other": rng.integers(0, 15, 400).astype(np.int32),
+        "y": rng.normal(size=400),
+    }
+    rows["key"] = rows["own"].astype(np.int64) * 1000 + rows["block"]
+    batch = pa.RecordBatch.from_pydict({**rows, "offset": pa.nulls(400, pa.float64())})
+    assert list(chunk_ratings(iter([]))) == []
+    chunks = pa.Table.from_batches([*chunk_ratings(iter([batch.slice(0, 150)])), *chunk_ratings(iter([batch[150:]]))])
+    for b in range(3):
+        mine = chunks.filter(pc.equal(chunks["block"], b))
+        assert mine.num_rows == 2
+        packed = pack_chunks(mine)
+        sel = rows["block"] == b
+        direct = pack_arrays(*(rows[c][sel] for c in ("own", "other_block", "other", "y", "key")))
+        assert packed.column("n")[0].as_py() == direct.pop("n") == 20
+        assert packed.column("offset")[0].as_py() is None and direct.pop("offset") is None
+        for name, expected in direct.items():
+            np.testing.assert_array_equal(cell(packed, name, 0, expected.dtype), expected, err_msg=name)

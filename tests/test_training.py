@@ -132,3 +132,21 @@ def test_newton_reaches_adams_accuracy_in_fewer_iterations(planted_split, fitted
     a, b = (regression_metrics(m.predict_canonical(test))["rmse"] for m in (fitted, newton))
     assert len(newton.history) == 8 and b <= 1.01 * a, (a, b)
     newton.unpersist()
+
+
+def test_a_block_over_max_block_ratings_is_split_and_the_model_is_unchanged(tiny):
+    params = dict(rank=2, maxIter=5, regParam=0.5, optimizer="newton", innerSteps=1, numUserBlocks=1, numItemBlocks=1)
+    whole = CollaborativeFilter(**params).fit_validated(tiny)
+    split = CollaborativeFilter(maxBlockRatings=60, **params).fit_validated(tiny)
+    ratings = tiny.count()
+    assert (whole.blocks.num_user_blocks, whole.blocks.num_item_blocks) == (1, 1)
+    assert split.blocks.num_user_blocks >= ratings / 60 and split.blocks.num_item_blocks >= ratings / 60
+    for inblocks, count in ((split.blocks.users, split.blocks.num_user_blocks), (split.blocks.items, None)):
+        loads = [int(np.frombuffer(r.row_ptr, dtype=np.int64)[-1]) for r in inblocks.select("row_ptr").collect()]
+        assert sum(loads) == ratings and max(loads) <= 60
+        assert count is None or len(loads) <= count
+    (ua, ia), (ub, ib) = _factors(whole), _factors(split)
+    assert ua.keys() == ub.keys() and ia.keys() == ib.keys()
+    np.testing.assert_allclose([ua[k][0] for k in ua], [ub[k][0] for k in ua], atol=1e-9)
+    np.testing.assert_allclose([ia[k] for k in ia], [ib[k] for k in ia], atol=1e-9)
+    whole.unpersist(), split.unpersist()

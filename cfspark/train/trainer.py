@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
+from cfspark.profile import phase
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, STATE, StepConfig, init_blocks, step_blocks
 
@@ -91,20 +92,25 @@ def train(
     """
     began = time.perf_counter() if began is None else began
     paused = 0.0
-    resumed = checkpointer.load() if checkpointer else None
-    if resumed and resumed.iteration <= max_iter:
-        user_out, item_out, history, start = resumed.user_out, resumed.item_out, resumed.history, resumed.iteration
-        log.info("resuming from the checkpoint at iteration %d", start)
-    else:
-        user_out, _ = settle(blocks.users.mapInArrow(init_blocks(user_cfg, send=False), OUT_SCHEMA))
-        item_out, _ = settle(blocks.items.mapInArrow(init_blocks(item_cfg, send=True), OUT_SCHEMA))
-        history, start = [], 0
+    spark = blocks.users.sparkSession
+    with phase(spark, "init"):
+        resumed = checkpointer.load() if checkpointer else None
+        if resumed and resumed.iteration <= max_iter:
+            user_out, item_out, history, start = resumed.user_out, resumed.item_out, resumed.history, resumed.iteration
+            log.info("resuming from the checkpoint at iteration %d", start)
+        else:
+            user_out, _ = settle(blocks.users.mapInArrow(init_blocks(user_cfg, send=False), OUT_SCHEMA))
+            item_out, _ = settle(blocks.items.mapInArrow(init_blocks(item_cfg, send=True), OUT_SCHEMA))
+            history, start = [], 0
     setup = time.perf_counter() - began
 
     for iteration in range(start + 1, max_iter + 1):
         step_began = time.perf_counter()
-        user_out, users = settle(half_step(blocks.users, user_out, item_out, user_cfg))
-        item_out, items = settle(half_step(blocks.items, item_out, user_out, item_cfg))
+        with phase(spark, "user-steps"):
+            user_out, users = settle(half_step(blocks.users, user_out, item_out, user_cfg))
+        half_way = time.perf_counter()
+        with phase(spark, "item-steps"):
+            item_out, items = settle(half_step(blocks.items, item_out, user_out, item_cfg))
         # J after the iteration: data term with the new X and W, both L2 terms.
         entry = {
             "iteration": iteration,
@@ -114,6 +120,11 @@ def train(
             "kernel_seconds": round(users.kernel_seconds + items.kernel_seconds, 3),
             "codec_seconds": round(users.codec_seconds + items.codec_seconds, 3),
             "message_mb": round(users.message_mb + items.message_mb, 3),
+            "user_seconds": round(half_way - step_began, 3),
+            "user_kernel_seconds": round(users.kernel_seconds, 3),
+            "user_codec_seconds": round(users.codec_seconds, 3),
+            "item_kernel_seconds": round(items.kernel_seconds, 3),
+            "item_codec_seconds": round(items.codec_seconds, 3),
         }
         history.append(entry)
         log.info("iteration %d: train loss %.6g (%.2f s)", iteration, entry["train_loss"], entry["seconds"])

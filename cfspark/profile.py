@@ -1,0 +1,174 @@
+"""Where a fit's time goes, per phase: JVM task time, shuffle, GC, and Python kernels.
+
+The trainer tags its Spark jobs by phase (SparkSession.addTag, which works over Spark
+Connect too). Afterwards, Spark's monitoring REST API on the driver's UI gives every
+stage's task metrics, and the jobs' tags say which phase a stage belongs to. The
+Python side (numpy kernels, Arrow cells decoded and encoded) is timed inside the tasks
+and comes from the fit's history.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyspark.sql import SparkSession
+
+TAG_PREFIX = "cfspark-"
+PHASES = ("prepare", "index", "pack", "init", "user-steps", "item-steps")
+SETUP = PHASES[:4]
+
+
+@contextmanager
+def phase(spark: SparkSession, name: str) -> Iterator[None]:
+    """Tag every Spark job started inside the block with the phase's name."""
+    tag = TAG_PREFIX + name
+    spark.addTag(tag)
+    try:
+        yield
+    finally:
+        spark.removeTag(tag)
+
+
+def _get(url: str) -> list | dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def ui_api(spark: SparkSession, ports: range = range(4040, 4060)) -> str | None:
+    """The REST API root of this application's UI, or None when the UI is off."""
+    if spark.conf.get("spark.ui.enabled", "true") == "false":
+        return None
+    app_id = spark.conf.get("spark.app.id")
+    for port in ports:
+        root = f"http://localhost:{port}/api/v1/applications/{app_id}"
+        try:
+            _get(f"{root}/environment")
+            return root
+        except OSError:
+            continue
+    return None
+
+
+def _phase_of(tags: list[str]) -> str | None:
+    # Classic Spark prefixes a session's tags with the session's id.
+    for name in PHASES:
+        if any(t.endswith(TAG_PREFIX + name) for t in tags):
+            return name
+    return None
+
+
+def last_job(api_root: str) -> int:
+    return max((job["jobId"] for job in _get(f"{api_root}/jobs")), default=-1)
+
+
+def stage_breakdown(api_root: str, *, after_job: int = -1) -> dict[str, dict]:
+    """Summed task metrics of the completed stages of each tagged phase (seconds, MiB),
+    over the jobs numbered after after_job."""
+    stage_phase = {}
+    for job in _get(f"{api_root}/jobs"):
+        name = _phase_of(job.get("jobTags", [])) if job["jobId"] > after_job else None
+        if name:
+            stage_phase.update({s: name for s in job["stageIds"]})
+    totals = {
+        name: {
+            "stages": 0,
+            "tasks": 0,
+            "task_seconds": 0.0,
+            "cpu_seconds": 0.0,
+            "gc_seconds": 0.0,
+            "deserialize_seconds": 0.0,
+            "shuffle_read_mib": 0.0,
+            "shuffle_write_mib": 0.0,
+            "shuffle_fetch_wait_seconds": 0.0,
+            "shuffle_write_seconds": 0.0,
+        }
+        for name in PHASES
+    }
+    for stage in _get(f"{api_root}/stages?status=complete"):
+        name = stage_phase.get(stage["stageId"])
+        if name is None:
+            continue
+        t = totals[name]
+        t["stages"] += 1
+        t["tasks"] += stage["numCompleteTasks"]
+        t["task_seconds"] += stage["executorRunTime"] / 1e3
+        t["cpu_seconds"] += stage["executorCpuTime"] / 1e9
+        t["gc_seconds"] += stage["jvmGcTime"] / 1e3
+        t["deserialize_seconds"] += stage["executorDeserializeTime"] / 1e3
+        t["shuffle_read_mib"] += stage["shuffleReadBytes"] / 2**20
+        t["shuffle_write_mib"] += stage["shuffleWriteBytes"] / 2**20
+        t["shuffle_fetch_wait_seconds"] += stage["shuffleFetchWaitTime"] / 1e3
+        t["shuffle_write_seconds"] += stage["shuffleWriteTime"] / 1e9
+    return {name: {k: round(v, 3) for k, v in t.items()} for name, t in totals.items()}
+
+
+def profile_table(breakdown: dict[str, dict], history: list[dict], wall: dict[str, float]) -> str:
+    """Markdown: per phase, wall seconds, task seconds and what the tasks spent them on."""
+    python = {
+        "user-steps": sum(h.get("user_kernel_seconds", 0.0) for h in history),
+        "item-steps": sum(h.get("item_kernel_seconds", 0.0) for h in history),
+    }
+    codec = {
+        "user-steps": sum(h.get("user_codec_seconds", 0.0) for h in history),
+        "item-steps": sum(h.get("item_codec_seconds", 0.0) for h in history),
+    }
+    lines = [
+        "| phase | wall s | task s | numpy kernels s | Arrow cells ↔ numpy s | JVM and Arrow transfer s"
+        " | of which GC s | shuffle read MiB | shuffle write MiB | fetch wait s | shuffle write s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in PHASES:
+        b = breakdown[name]
+        k, c = python.get(name, 0.0), codec.get(name, 0.0)
+        rest = b["task_seconds"] - k - c
+        seconds = f"{wall[name]:.1f}" if name in wall else ("(setup)" if name in SETUP else "")
+        lines.append(
+            f"| {name} | {seconds} | {b['task_seconds']:.1f} | {k:.1f} | {c:.1f} | {rest:.1f}"
+            f" | {b['gc_seconds']:.1f} | {b['shuffle_read_mib']:.0f} | {b['shuffle_write_mib']:.0f}"
+            f" | {b['shuffle_fetch_wait_seconds']:.1f} | {b['shuffle_write_seconds']:.1f} |"
+        )
+    lines.append(f"\nSetup, all four phases: {wall['setup']:.1f} s wall.")
+    return "\n".join(lines)
+
+
+def profile_fit(spark: SparkSession, cfg: dict) -> dict:
+    """Fit once on the configured split and return where the time went, per phase."""
+    import dataclasses
+    import time
+
+    from cfspark.data.prepare import load_ratings, split_for_training
+    from cfspark.job import estimator_from_config
+
+    api = ui_api(spark)
+    if api is None:
+        raise RuntimeError("the profile reads Spark's monitoring API: run with spark.ui.enabled=true")
+    ratings, cols = load_ratings(spark, cfg)
+    train, _ = split_for_training(ratings, cfg)
+    n = train.count()
+    estimator = dataclasses.replace(estimator_from_config(cfg, cols), checkpointDir="")
+    # Untimed: starts the Python workers and compiles the JVM's hot paths, as a long job would have.
+    warm_up = train.sample(fraction=min(1.0, 50_000 / max(1, n)), seed=1).cache()
+    dataclasses.replace(estimator, maxIter=2).fit_validated(warm_up).unpersist()
+    warm_up.unpersist()
+    after_job = last_job(api)
+    began = time.perf_counter()
+    model = estimator.fit_validated(train)
+    fit_seconds = time.perf_counter() - began
+    history, result = model.history, model.result
+    wall = {
+        "setup": result.setup_seconds,
+        "user-steps": sum(h["user_seconds"] for h in history),
+        "item-steps": sum(h["seconds"] - h["user_seconds"] for h in history),
+    }
+    breakdown = stage_breakdown(api, after_job=after_job)
+    return {
+        "fit_seconds": round(fit_seconds, 3),
+        "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
+        "stages": breakdown,
+        "iterations": history,
+        "table": profile_table(breakdown, history, wall),
+        "params": {"numUserBlocks": model.blocks.num_user_blocks, "numItemBlocks": model.blocks.num_item_blocks},
+    }
