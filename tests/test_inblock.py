@@ -88,27 +88,31 @@ def test_sort_order_equals_lexsort(high):
 
 
 def test_chunked_packing_equals_packing_all_rows_at_once():
-    # Two partitions chunk their rows per block; merging a block's chunks packs it as a whole would.
+    # Two partitions cut both sides' chunks; merging a block's chunks packs it as a whole would.
     rng = np.random.default_rng(3)
     i = rng.permutation(400)
-    rows = {
-        "block": (i % 3).astype(np.int32),
-        "own": ((i // 3) % 20).astype(np.int32),  # every block holds all of 0..19: dense locals
-        "other_block": rng.integers(0, 2, 400).astype(np.int32),
-        "other": rng.integers(0, 15, 400).astype(np.int32),
+    rows = {  # every block of either side holds all its locals, as the index guarantees
+        "user_block": (i % 3).astype(np.int32),
+        "user_local": ((i // 3) % 20).astype(np.int32),
+        "item_block": (i % 2).astype(np.int32),
+        "item_local": ((i // 2) % 15).astype(np.int32),
         "y": rng.normal(size=400),
     }
-    rows["key"] = rows["own"].astype(np.int64) * 1000 + rows["block"]
+    rows["user_key"] = rows["user_local"] * 1000 + rows["user_block"].astype(np.int64)
+    rows["item_key"] = rows["item_local"] * 1000 + rows["item_block"].astype(np.int64)
     batch = pa.RecordBatch.from_pydict({**rows, "offset": pa.nulls(400, pa.float64())})
     assert list(chunk_ratings(iter([]))) == []
     chunks = pa.Table.from_batches([*chunk_ratings(iter([batch.slice(0, 150)])), *chunk_ratings(iter([batch[150:]]))])
-    for b in range(3):
-        mine = chunks.filter(pc.equal(chunks["block"], b))
-        assert mine.num_rows == 2
-        packed = pack_chunks(mine)
-        sel = rows["block"] == b
-        direct = pack_arrays(*(rows[c][sel] for c in ("own", "other_block", "other", "y", "key")))
-        assert packed.column("n")[0].as_py() == direct.pop("n") == 20
-        assert packed.column("offset")[0].as_py() is None and direct.pop("offset") is None
-        for name, expected in direct.items():
-            np.testing.assert_array_equal(cell(packed, name, 0, expected.dtype), expected, err_msg=name)
+    for side, own, other, blocks, n in ((0, "user", "item", 3, 20), (1, "item", "user", 2, 15)):
+        for b in range(blocks):
+            mine = chunks.filter(pc.and_(pc.equal(chunks["side"], side), pc.equal(chunks["block"], b)))
+            assert mine.num_rows == 2  # one chunk from each partition
+            packed = pack_chunks(mine)
+            sel = rows[f"{own}_block"] == b
+            direct = pack_arrays(
+                *(rows[c][sel] for c in (f"{own}_local", f"{other}_block", f"{other}_local", "y", f"{own}_key"))
+            )
+            assert packed.column("n")[0].as_py() == direct.pop("n") == n
+            assert packed.column("offset")[0].as_py() is None and direct.pop("offset") is None
+            for name, expected in direct.items():
+                np.testing.assert_array_equal(cell(packed, name, 0, expected.dtype), expected, err_msg=name)

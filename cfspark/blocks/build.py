@@ -10,6 +10,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -44,18 +45,8 @@ class Blocks:
             df.unpersist()
 
 
-def _pack(ratings: DataFrame, own: str, other: str, num_blocks: int) -> DataFrame:
-    rows = ratings.select(
-        F.col(f"{own}_block").alias("block"),
-        F.col(f"{own}_local").alias("own"),
-        F.col(f"{other}_block").alias("other_block"),
-        F.col(f"{other}_local").alias("other"),
-        F.col(TARGET).alias("y"),
-        F.col(f"{own}_key").alias("key"),
-        F.col(OFFSET).alias("offset"),
-    )
-    chunks = rows.mapInArrow(chunk_ratings, CHUNK_SCHEMA)
-    packed = chunks.groupBy("block").applyInArrow(pack_chunks, INBLOCK_SCHEMA)
+def _pack(chunks: DataFrame, side: int, num_blocks: int) -> DataFrame:
+    packed = chunks.filter(F.col("side") == side).groupBy("block").applyInArrow(pack_chunks, INBLOCK_SCHEMA)
     return packed.repartition(num_blocks, "block").cache()
 
 
@@ -116,14 +107,18 @@ def build_blocks(
     def prefixed(index: DataFrame, id_col: str, prefix: str) -> DataFrame:
         return index.select(id_col, *[F.col(c).alias(f"{prefix}_{c}") for c in (BLOCK, LOCAL, KEY)])
 
-    # Each pack recomputes the joins: caching the joined ratings measured slower at 27M.
     ratings = (
         targets.select(USER, ITEM, TARGET, OFFSET)
         .join(prefixed(user_index, USER, "user"), USER)
         .join(prefixed(item_index, ITEM, "item"), ITEM)
+        .drop(USER, ITEM)
     )
     with phase(spark, "pack"):
-        users = _pack(ratings, "user", "item", num_user_blocks)
-        items = _pack(ratings, "item", "user", num_item_blocks)
+        # One pass cuts both sides' chunks: a few binary cells per partition and block, kept
+        # until both sides are packed so that the joins and the Arrow transfer run once.
+        chunks = ratings.mapInArrow(chunk_ratings, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+        users = _pack(chunks, 0, num_user_blocks)
+        items = _pack(chunks, 1, num_item_blocks)
         users.count(), items.count()
+        chunks.unpersist()
     return Blocks(users, items, user_index, item_index, num_user_blocks, num_item_blocks)

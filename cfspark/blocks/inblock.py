@@ -89,40 +89,54 @@ def pack_arrays(
     }
 
 
-# One partition's ratings for one block, as binary cells (key and key_own: one per own entity).
+# One partition's ratings for one block of one side (0 = users, 1 = items), as binary
+# cells; key_own and key hold one key per own entity, not one per rating.
 CHUNK_SCHEMA = (
-    "block int, own binary, other_block binary, other binary, y binary, offset binary, key_own binary, key binary"
+    "side int, block int, own binary, other_block binary, other binary, y binary, offset binary,"
+    " key_own binary, key binary"
 )
+SIDES = ("user", "item")
 _CHUNK_DTYPES = {"own": np.int32, "other_block": np.int32, "other": np.int32, "y": np.float64, "offset": np.float64}
-_CHUNK_ARROW = pa.schema([("block", pa.int32())] + [(name, pa.binary()) for name in (*_CHUNK_DTYPES, "key_own", "key")])
+_CHUNK_ARROW = pa.schema(
+    [("side", pa.int32()), ("block", pa.int32())] + [(n, pa.binary()) for n in (*_CHUNK_DTYPES, "key_own", "key")]
+)
 
 
 def chunk_ratings(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: a partition's rating rows → one row of binary cells per block.
+    """mapInArrow body: a partition's ratings (user_block, user_local, user_key, the same
+    for items, y, offset) → one row of binary cells per block of each side.
 
-    Shuffling a few large cells per partition costs the JVM far less than shuffling and
-    sorting every rating as a row of its own, which is what grouping the rows would do.
+    Both sides are cut from one pass, so the ratings cross from the JVM to Arrow once.
+    Shuffling a few large cells per partition then costs the JVM far less than shuffling
+    and sorting every rating as a row of its own, which is what grouping the rows would do.
     """
     batches = [b for b in batches if b.num_rows]
     if not batches:  # an empty partition
         return
     table = pa.Table.from_batches(batches)
-    block = table.column("block").to_numpy()
-    order = np.argsort(block, kind="stable")
-    blocks, starts = np.unique(block[order], return_index=True)
-    ends = np.append(starts[1:], len(order))
     offset = table.column("offset")
-    columns = {
-        name: table.column(name).to_numpy()[order].astype(dtype, copy=False)
-        for name, dtype in _CHUNK_DTYPES.items()
-        if name != "offset" or offset.null_count == 0
-    }
-    key = table.column("key").to_numpy()[order]
+    shared = {"y": table.column("y").to_numpy().astype(np.float64, copy=False)}
+    if offset.null_count == 0:
+        shared["offset"] = offset.to_numpy().astype(np.float64, copy=False)
     rows = []
-    for b, lo, hi in zip(blocks, starts, ends, strict=True):  # over blocks, never over ratings
-        own_entities, first = np.unique(columns["own"][lo:hi], return_index=True)
-        row = {name: blob(columns[name][lo:hi]) if name in columns else None for name in _CHUNK_DTYPES}
-        rows.append({"block": int(b), **row, "key_own": blob(own_entities), "key": blob(key[lo:hi][first])})
+    for side, (own, other) in enumerate((SIDES, SIDES[::-1])):
+        block = table.column(f"{own}_block").to_numpy()
+        order = np.argsort(block, kind="stable")
+        blocks, starts = np.unique(block[order], return_index=True)
+        ends = np.append(starts[1:], len(order))
+        columns = {
+            "own": table.column(f"{own}_local").to_numpy()[order].astype(np.int32, copy=False),
+            "other_block": table.column(f"{other}_block").to_numpy()[order].astype(np.int32, copy=False),
+            "other": table.column(f"{other}_local").to_numpy()[order].astype(np.int32, copy=False),
+            **{name: values[order] for name, values in shared.items()},
+        }
+        key = table.column(f"{own}_key").to_numpy()[order]
+        for b, lo, hi in zip(blocks, starts, ends, strict=True):  # over blocks, never over ratings
+            own_entities, first = np.unique(columns["own"][lo:hi], return_index=True)
+            cells = {name: blob(columns[name][lo:hi]) if name in columns else None for name in _CHUNK_DTYPES}
+            rows.append(
+                {"side": side, "block": int(b), **cells, "key_own": blob(own_entities), "key": blob(key[lo:hi][first])}
+            )
     yield pa.RecordBatch.from_pylist(rows, schema=_CHUNK_ARROW)
 
 
