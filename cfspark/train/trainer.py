@@ -60,12 +60,14 @@ class HalfStep:
 def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
     """Materialise df with a fresh plan; return it and what its tasks reported."""
     df = df.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
+    # One row per block and message, summed here: a collect is one stage, where an
+    # aggregate would add a shuffle and a second stage to every half-step.
     state = F.col("src") == STATE
-    row = df.agg(
-        *(F.sum(F.when(state, F.col(c))) for c in ("data_loss", "reg_loss", "kernel_seconds", "codec_seconds")),
-        F.sum(F.when(~state, F.length("params"))) / 2**20,
-    ).first()
-    return df, HalfStep(*(float(x or 0.0) for x in row))
+    fields = ("data_loss", "reg_loss", "kernel_seconds", "codec_seconds")
+    rows = df.select(*(F.when(state, F.col(c)).alias(c) for c in fields), F.length("params").alias("bytes")).collect()
+    sums = [sum(r[c] or 0.0 for r in rows) for c in fields]
+    message_bytes = sum(r["bytes"] or 0 for r in rows if r["data_loss"] is None)
+    return df, HalfStep(*sums, message_mb=message_bytes / 2**20)
 
 
 def half_step(inblocks: DataFrame, own_out: DataFrame, other_out: DataFrame, cfg: StepConfig) -> DataFrame:
