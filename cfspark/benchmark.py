@@ -13,7 +13,7 @@ import os
 import resource
 import time
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
@@ -77,14 +77,19 @@ def _timed(fn):
     return out, round(time.perf_counter() - began, 3)
 
 
-def _warm_up(estimator, train, cfg: Config, *, fraction: float) -> None:
+def warm_up_sample(train: DataFrame, train_count: int) -> DataFrame:
+    """About WARM_UP_RATINGS rows of train, cached, for untimed warm-up fits."""
+    return train.sample(fraction=min(1.0, WARM_UP_RATINGS / max(1, train_count)), seed=1).cache()
+
+
+def _warm_up(estimator, train: DataFrame, train_count: int, cfg: Config) -> None:
     """Two short untimed fits and recommendations of each side on a sample of train.
 
     Whichever side ran first would otherwise also pay for JIT compilation of the JVM's
     code paths and for starting Python workers and importing numpy, so both timed fits
     start warm instead.
     """
-    sample = train.sample(fraction=fraction, seed=1).cache()
+    sample = warm_up_sample(train, train_count)
     model = dataclasses.replace(estimator, maxIter=2).fit_validated(sample)
     model.recommend_canonical(cfg["output"]["top_n"]).count()
     compare_als(
@@ -103,7 +108,7 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, als_curve_iters: list[int
     train, test = split_for_training(ratings, cfg)
     counts = {"ratings": ratings.count(), "train": train.count(), "test": test.count()}
     estimator = dataclasses.replace(estimator_from_config(cfg, cols), checkpointDir="")
-    _warm_up(estimator, train, cfg, fraction=min(1.0, WARM_UP_RATINGS / max(1, counts["train"])))
+    _warm_up(estimator, train, counts["train"], cfg)
 
     metric = PRIMARY[loss]
     off_clock = []

@@ -24,7 +24,7 @@ from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import StepConfig
 from cfspark.train.trainer import TrainResult, train
 
-RATINGS_PER_BLOCK = 3_000_000  # about 1 GB of numpy working set per block at rank 10
+RATINGS_PER_BLOCK = 3_000_000  # about 100 MB of block arrays per task, and enough tasks to keep cores busy
 MIN_BLOCKS, MAX_BLOCKS = 4, 64
 
 

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
+from cfspark.errors import CfsparkError
+
 TAG_PREFIX = "cfspark-"
 PHASES = ("prepare", "index", "pack", "init", "user-steps", "item-steps")
 SETUP = PHASES[:4]
@@ -139,18 +141,19 @@ def profile_fit(spark: SparkSession, cfg: dict) -> dict:
     import dataclasses
     import time
 
+    from cfspark.benchmark import warm_up_sample
     from cfspark.data.prepare import load_ratings, split_for_training
     from cfspark.job import estimator_from_config
 
     api = ui_api(spark)
     if api is None:
-        raise RuntimeError("the profile reads Spark's monitoring API: run with spark.ui.enabled=true")
+        raise CfsparkError("the profile reads Spark's monitoring API: run with spark.ui.enabled=true")
     ratings, cols = load_ratings(spark, cfg)
     train, _ = split_for_training(ratings, cfg)
     n = train.count()
     estimator = dataclasses.replace(estimator_from_config(cfg, cols), checkpointDir="")
     # Untimed: starts the Python workers and compiles the JVM's hot paths, as a long job would have.
-    warm_up = train.sample(fraction=min(1.0, 50_000 / max(1, n)), seed=1).cache()
+    warm_up = warm_up_sample(train, n)
     dataclasses.replace(estimator, maxIter=2).fit_validated(warm_up).unpersist()
     warm_up.unpersist()
     after_job = last_job(api)

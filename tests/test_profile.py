@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cfspark import profile
+from cfspark.errors import CfsparkError
 from cfspark.profile import phase, profile_table, stage_breakdown
 
 
@@ -66,5 +67,5 @@ def test_stage_metrics_are_summed_per_phase_from_tagged_jobs(monkeypatch):
 
 def test_profile_needs_the_ui(spark):
     assert profile.ui_api(spark) is None  # the test session runs with the UI off
-    with pytest.raises(RuntimeError, match="spark.ui.enabled"):
+    with pytest.raises(CfsparkError, match="spark.ui.enabled"):
         profile.profile_fit(spark, {})

@@ -35,8 +35,8 @@ class Blocks:
 
     users: DataFrame  # user InBlocks, one row per user block
     items: DataFrame  # item InBlocks, one row per item block
-    user_index: DataFrame  # (user, block, local, key)
-    item_index: DataFrame  # (item, block, local, key, baseline)
+    user_index: DataFrame  # (user, ratings, block, local, key)
+    item_index: DataFrame  # (item, baseline, ratings, block, local, key)
     num_user_blocks: int
     num_item_blocks: int
 
@@ -72,7 +72,7 @@ def _fitted_index(
         if heaviest > max_block_ratings:
             log.warning("one %s has %d ratings, over max_block_ratings = %d", id_col, heaviest, max_block_ratings)
         if load <= max(max_block_ratings, heaviest) or num_blocks >= MAX_BLOCKS:
-            return index.drop(RATINGS), num_blocks
+            return index, num_blocks
         index.unpersist()
         split = min(MAX_BLOCKS, num_blocks * math.ceil(load / max_block_ratings))
         log.warning("a %s block would hold %d ratings: splitting %d blocks into %d", id_col, load, num_blocks, split)
