@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 
 from cfspark.config import Config, load_config
@@ -31,10 +34,12 @@ def job_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
-def job_session(app_name: str, cfg: Config | None = None, *, rdd_checkpoint_dir: str | None = None):
+def job_session(app_name: str, cfg: Config | None = None, *, als: bool = False):
     """The job's SparkSession (getOrCreate: spark-submit's master and confs apply).
 
-    rdd_checkpoint_dir is for Spark ALS, which cuts its RDD lineage only when one is set;
+    als: the job will fit Spark ALS, which cuts its RDD lineage every 10 iterations only
+    when an RDD checkpoint dir is set; without one, a 15-iteration fit has overflowed the
+    JVM stack. The session then gets a temporary dir, removed when the job exits.
     cfspark itself never needs it.
     """
     # Executors run the same interpreter as this driver unless told otherwise.
@@ -44,8 +49,10 @@ def job_session(app_name: str, cfg: Config | None = None, *, rdd_checkpoint_dir:
     builder = SparkSession.builder.appName(app_name).config("spark.log.level", "WARN")
     if cfg is not None:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg["spark"]["shuffle_partitions"]))
-    if rdd_checkpoint_dir:
-        builder = builder.config("spark.checkpoint.dir", rdd_checkpoint_dir)
+    if als:
+        rdd_checkpoints = tempfile.mkdtemp(prefix="cfspark-als-checkpoints-")
+        atexit.register(shutil.rmtree, rdd_checkpoints, ignore_errors=True)
+        builder = builder.config("spark.checkpoint.dir", rdd_checkpoints)
     return builder.getOrCreate()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -30,11 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         from cfspark.plot import plot_curves
 
         out = cfg["output"]["path"]
-        # ALS checkpoints its factors every 10 iterations only with an RDD checkpoint dir;
-        # without one, its 15-iteration lineage has overflowed the JVM stack.
-        with tempfile.TemporaryDirectory(prefix="als-checkpoints-") as als_checkpoints:
-            spark = job_session("cfspark-benchmark", cfg, rdd_checkpoint_dir=als_checkpoints)
-            record = run_benchmark(spark, cfg, als_curve_iters=[int(x) for x in args.als_curve.split(",") if x])
+        spark = job_session("cfspark-benchmark", cfg, als=True)
+        record = run_benchmark(spark, cfg, als_curve_iters=[int(x) for x in args.als_curve.split(",") if x])
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "benchmark.json"), "w") as f:
             json.dump({**record, "config": cfg}, f, indent=2, default=str)

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = job_config(args)
         from cfspark.job import run, summary
 
-        metrics = run(job_session("cfspark-train", cfg), cfg)
+        metrics = run(job_session("cfspark-train", cfg, als=cfg["compare"]["als"]), cfg)
         print(summary(metrics, cfg["output"]["path"]))
         return 0
 

@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
@@ -21,6 +21,9 @@ def spark():
         .config("spark.default.parallelism", "2")
         .config("spark.log.level", "ERROR")
         .config("spark.driver.memory", "2g")
+        # Spark ALS cuts its lineage only with an RDD checkpoint dir; without one, its
+        # long fits have overflowed the JVM stack while serialising tasks.
+        .config("spark.checkpoint.dir", str(tmp_path_factory.mktemp("rdd-checkpoints")))
         .getOrCreate()
     )
     yield session
