@@ -31,7 +31,11 @@ def _moments(problem: BlockProblem, params: np.ndarray, free: np.ndarray) -> tup
         o, z = problem.gather(chunk, params_t)
         o = o[free]
         _, dz = pointwise(problem.loss, z, problem.y[chunk.lo : chunk.hi])
-        weighted = o if problem.loss == "mse" else o * (sigmoid(z) * (1.0 - sigmoid(z)))
+        if problem.loss == "mse":
+            weighted = o
+        else:
+            p1 = sigmoid(z)  # P(y = 1): the IRLS weight is p1·(1 − p1)
+            weighted = o * (p1 * (1.0 - p1))
         out = buffer[:, : chunk.hi - chunk.lo]
         at = 0
         for a in range(f):  # over feature pairs, never over rows

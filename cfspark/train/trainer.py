@@ -62,11 +62,11 @@ def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
     df = df.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
     # One row per block and message, summed here: a collect is one stage, where an
     # aggregate would add a shuffle and a second stage to every half-step.
-    state = F.col("src") == STATE
     fields = ("data_loss", "reg_loss", "kernel_seconds", "codec_seconds")
-    rows = df.select(*(F.when(state, F.col(c)).alias(c) for c in fields), F.length("params").alias("bytes")).collect()
-    sums = [sum(r[c] or 0.0 for r in rows) for c in fields]
-    message_bytes = sum(r["bytes"] or 0 for r in rows if r["data_loss"] is None)
+    rows = df.select("src", *fields, F.length("params").alias("bytes")).collect()
+    states = [r for r in rows if r["src"] == STATE]
+    sums = [sum(r[c] for r in states) for c in fields]
+    message_bytes = sum(r["bytes"] for r in rows if r["src"] != STATE)
     return df, HalfStep(*sums, message_mb=message_bytes / 2**20)
 
 
