@@ -21,7 +21,7 @@ from cfspark.factors import factor_table
 from cfspark.model import CFModel
 from cfspark.profile import phase
 from cfspark.train.checkpoint import Checkpointer
-from cfspark.train.messages import StepConfig
+from cfspark.train.messages import OUT_SCHEMA, StepConfig
 from cfspark.train.trainer import TrainResult, train
 
 RATINGS_PER_BLOCK = 3_000_000  # about 100 MB of block arrays per task, and enough tasks to keep cores busy
@@ -111,7 +111,10 @@ class CollaborativeFilter:
         """What a checkpoint must match to be resumed: the data and every param that shapes the model."""
         data = train_ratings.agg(F.count(F.lit(1)), F.sum(F.pmod(F.xxhash64(USER, ITEM, RATING), F.lit(2**31)))).first()
         params = {k: v for k, v in asdict(self).items() if k not in ("maxIter", "checkpointDir", "checkpointInterval")}
-        text = json.dumps({"params": params, "rows": data[0], "checksum": data[1]}, sort_keys=True)
+        # The state schema too: a checkpoint written by a cfspark with other state columns is not resumed.
+        text = json.dumps(
+            {"params": params, "rows": data[0], "checksum": data[1], "state_schema": OUT_SCHEMA}, sort_keys=True
+        )
         return hashlib.sha256(text.encode()).hexdigest()
 
     def prepare(self, train_ratings: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame, float]:
