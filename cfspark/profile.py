@@ -62,6 +62,19 @@ def _phase_of(tags: list[str]) -> str | None:
     return None
 
 
+# Our name for a summed stage metric: (the REST API's field, its units per second or MiB).
+_STAGE_METRICS = {
+    "task_seconds": ("executorRunTime", 1e3),
+    "cpu_seconds": ("executorCpuTime", 1e9),
+    "gc_seconds": ("jvmGcTime", 1e3),
+    "deserialize_seconds": ("executorDeserializeTime", 1e3),
+    "shuffle_read_mib": ("shuffleReadBytes", 2**20),
+    "shuffle_write_mib": ("shuffleWriteBytes", 2**20),
+    "shuffle_fetch_wait_seconds": ("shuffleFetchWaitTime", 1e3),
+    "shuffle_write_seconds": ("shuffleWriteTime", 1e9),
+}
+
+
 def last_job(api_root: str) -> int:
     return max((job["jobId"] for job in _get(f"{api_root}/jobs")), default=-1)
 
@@ -74,21 +87,7 @@ def stage_breakdown(api_root: str, *, after_job: int = -1) -> dict[str, dict]:
         name = _phase_of(job.get("jobTags", [])) if job["jobId"] > after_job else None
         if name:
             stage_phase.update({s: name for s in job["stageIds"]})
-    totals = {
-        name: {
-            "stages": 0,
-            "tasks": 0,
-            "task_seconds": 0.0,
-            "cpu_seconds": 0.0,
-            "gc_seconds": 0.0,
-            "deserialize_seconds": 0.0,
-            "shuffle_read_mib": 0.0,
-            "shuffle_write_mib": 0.0,
-            "shuffle_fetch_wait_seconds": 0.0,
-            "shuffle_write_seconds": 0.0,
-        }
-        for name in PHASES
-    }
+    totals = {name: {"stages": 0, "tasks": 0, **dict.fromkeys(_STAGE_METRICS, 0.0)} for name in PHASES}
     for stage in _get(f"{api_root}/stages?status=complete"):
         name = stage_phase.get(stage["stageId"])
         if name is None:
@@ -96,14 +95,8 @@ def stage_breakdown(api_root: str, *, after_job: int = -1) -> dict[str, dict]:
         t = totals[name]
         t["stages"] += 1
         t["tasks"] += stage["numCompleteTasks"]
-        t["task_seconds"] += stage["executorRunTime"] / 1e3
-        t["cpu_seconds"] += stage["executorCpuTime"] / 1e9
-        t["gc_seconds"] += stage["jvmGcTime"] / 1e3
-        t["deserialize_seconds"] += stage["executorDeserializeTime"] / 1e3
-        t["shuffle_read_mib"] += stage["shuffleReadBytes"] / 2**20
-        t["shuffle_write_mib"] += stage["shuffleWriteBytes"] / 2**20
-        t["shuffle_fetch_wait_seconds"] += stage["shuffleFetchWaitTime"] / 1e3
-        t["shuffle_write_seconds"] += stage["shuffleWriteTime"] / 1e9
+        for key, (field, per_unit) in _STAGE_METRICS.items():
+            t[key] += stage[field] / per_unit
     return {name: {k: round(v, 3) for k, v in t.items()} for name, t in totals.items()}
 
 
