@@ -9,6 +9,7 @@ import pytest
 
 from cfspark.kernels.block import BlockProblem
 from cfspark.kernels.init import hashed_uniform, initial_params
+from cfspark.kernels.layout import bias_col, bias_mask, const_col, factor_mask, train_mask
 from cfspark.kernels.losses import pointwise
 from cfspark.kernels.newton import newton_step
 from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
@@ -129,7 +130,8 @@ def test_initial_factors_depend_only_on_key_and_seed():
     np.testing.assert_array_equal(a[0], a[3])
     assert not np.allclose(a[0], a[1])
     np.testing.assert_array_equal(a[:, 4], 0.0)
-    np.testing.assert_array_equal(initial_params(keys, 4, scale=0.1, side="item")[:, 4], 1.0)
+    np.testing.assert_array_equal(a[:, 5], 1.0)  # users [W | b | 1]
+    np.testing.assert_array_equal(initial_params(keys, 4, scale=0.1, side="item")[:, 4:], [[1.0, 0.0]] * 4)
     draws = hashed_uniform(np.arange(20000, dtype=np.int64), 3)
     assert draws.min() >= -1 and draws.max() < 1
     assert abs(draws.mean()) < 0.02 and draws.std() == pytest.approx(1 / np.sqrt(3), rel=0.02)
@@ -202,3 +204,55 @@ def test_newton_irls_lowers_the_bce_loss_monotonically():
         losses.append(problem.loss_and_grad(params)[0])
     assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:], strict=False))
     assert losses[-1] < losses[0] and np.abs(problem.loss_and_grad(params)[1]).max() < 1e-6
+
+
+@pytest.mark.parametrize("count_scaled", [True, False])
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_newton_step_with_count_scaled_reg_and_bias_prior_is_the_weighted_ridge_solution(side, count_scaled):
+    """The layout the trainer uses (users [W | b | 1], items [X | 1 | c]) with the item bias on:
+    one step solves each row's ridge with λ·n_r (count form) or λ (sum form) on the factors
+    and the unscaled λ_b on the bias, in closed form."""
+    rng = np.random.default_rng(9)
+    n, m, reg, bias_reg = 7, 6, 0.3, 4.0
+    pairs = sorted({(r, c) for r in range(n) for c in range(m) if rng.random() < 0.7} | {(r, r % m) for r in range(n)})
+    rows, cols = (np.array(v) for v in zip(*pairs, strict=True))
+    row_ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    other_side = "item" if side == "user" else "user"
+    other = initial_params(np.arange(m, dtype=np.int64), RANK, scale=1.0, side=other_side)
+    other[:, bias_col(RANK, other_side)] = rng.normal(size=m)  # the other side's bias is live too
+    y = rng.normal(size=len(rows))
+    problem = BlockProblem.build(
+        row_ptr=row_ptr, cols=cols, other=other, y=y, loss="mse", reg=reg, reg_mask=factor_mask(RANK),
+        bias_reg=bias_reg, bias_mask=bias_mask(RANK, side), count_scaled=count_scaled,
+    )  # fmt: skip
+    params = initial_params(np.arange(n, dtype=np.int64) + 100, RANK, scale=1.0, side=side)
+    mask = train_mask(RANK, side, learn_bias=True)
+    stepped = newton_step(problem, params, mask)
+    free, fixed = np.flatnonzero(mask), np.flatnonzero(mask == 0)
+    assert list(free) == [*range(RANK), bias_col(RANK, side)] and list(fixed) == [const_col(RANK, side)]
+    for r in range(n):
+        sel = rows == r
+        a = other[cols[sel]][:, free]
+        target = y[sel] - other[cols[sel]][:, fixed] @ params[r, fixed]
+        lam = reg * (sel.sum() if count_scaled else 1.0)
+        penalty = np.diag(np.r_[np.full(RANK, lam), bias_reg])
+        ridge = np.linalg.solve(a.T @ a + penalty, a.T @ target)
+        np.testing.assert_allclose(stepped[r, free], ridge, rtol=1e-8, atol=1e-9)  # the step adds 1e-10 to H's diagonal
+    np.testing.assert_array_equal(stepped[:, fixed], 1.0)
+    # The penalty in the loss is the one the step minimised: the gradient vanishes.
+    _, grad = problem.loss_and_grad(stepped)
+    assert np.abs(grad * mask).max() < 1e-9
+
+
+def test_count_scaled_penalty_gradient_matches_finite_differences():
+    problem, params, *_ = _problem(np.random.default_rng(10), loss="bce")
+    counts = np.diff(np.searchsorted(problem.rows, np.arange(len(params) + 1)))
+    scaled = BlockProblem.build(
+        row_ptr=np.r_[0, np.cumsum(counts)], cols=problem.cols, other=problem.other_t.T, y=problem.y, loss="bce",
+        reg=0.7, reg_mask=REG_MASK, bias_reg=2.0, bias_mask=np.r_[np.zeros(RANK), 1.0], count_scaled=True,
+    )  # fmt: skip
+    value, grad = scaled.loss_and_grad(params)
+    expected_reg = 0.5 * (0.7 * counts @ np.sum(params[:, :RANK] ** 2, axis=1) + 2.0 * np.sum(params[:, RANK] ** 2))
+    assert value - scaled.data_loss(params) == pytest.approx(expected_reg, rel=1e-12)
+    numeric = _finite_difference(lambda p: scaled.loss_and_grad(p)[0], params)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)

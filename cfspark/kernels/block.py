@@ -4,9 +4,16 @@ A block owns parameters P (n × p) for n users (or items). Every rating r of the
 block pairs own row rows[r] with row cols[r] of O, the other side's vectors as they
 arrived in this half-step, so the score is z_r = P[rows[r]] · O[cols[r]] + offset_r.
 
-Users store P = [W | b] and items store P = [X | 1]: one dot product then gives
-w·x + b from either side, and the same kernel serves both half-steps. reg_mask
-says which columns carry the L2 penalty (never b, never the constant 1).
+Users store P = [W | b | 1] and items store P = [X | 1 | c]: one dot product then gives
+w·x + b + c from either side, and the same kernel serves both half-steps.
+
+The L2 penalty is ½ Σ_r Σ_col weight[r, col]·P[r, col]², with
+  weight = λ·reg_mask (· n_r, the row's rating count, when count_scaled) + λ_b·bias_mask.
+Count scaling is ALS-WR's (and Spark ALS's regParam): with the data term summed over a
+row's n_r ratings, a penalty that grows with n_r keeps the best λ the same whether an
+entity has 10 ratings or 10,000, so one default transfers across data sizes. The biases'
+λ_b is never scaled: against ½Σe², a bias then solves b = Σe / (n_r + λ_b), so λ_b is a
+prior count of pseudo-ratings that shrinks entities with few ratings the most.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class BlockProblem:
     reg: float
     reg_mask: np.ndarray  # float64 (p,), 1 where λ applies
     chunks: tuple[Chunk, ...]
+    weights: np.ndarray  # the L2 weight of each entry of P: (p,) or, count-scaled, (n × p)
 
     @classmethod
     def build(
@@ -67,9 +75,17 @@ class BlockProblem:
         reg: float,
         reg_mask: np.ndarray,
         offset: np.ndarray | None = None,
+        bias_reg: float = 0.0,
+        bias_mask: np.ndarray | None = None,
+        count_scaled: bool = False,
     ) -> BlockProblem:
         counts = np.diff(row_ptr)
         rows = np.repeat(np.arange(len(counts)), counts)
+        weights = reg * np.asarray(reg_mask, dtype=np.float64)
+        if count_scaled:
+            weights = counts.astype(np.float64)[:, None] * weights[None, :]
+        if bias_mask is not None and bias_reg:
+            weights = weights + bias_reg * np.asarray(bias_mask, dtype=np.float64)
         return cls(
             rows=rows,
             cols=np.asarray(cols),
@@ -80,6 +96,7 @@ class BlockProblem:
             reg=reg,
             reg_mask=reg_mask,
             chunks=tuple(_chunks(rows)),
+            weights=weights,
         )
 
     def gather(self, chunk: Chunk, params_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +114,11 @@ class BlockProblem:
         return np.concatenate([self.gather(chunk, params_t)[1] for chunk in self.chunks] or [np.empty(0)])
 
     def reg_loss(self, params: np.ndarray) -> float:
-        return 0.5 * self.reg * float(np.sum(params * params * self.reg_mask))
+        return float(np.sum(self.row_reg_loss(params)))
+
+    def row_reg_loss(self, params: np.ndarray) -> np.ndarray:
+        """½ Σ_col weight·P² of each row (n,)."""
+        return 0.5 * np.sum(params * params * self.weights, axis=-1)
 
     def row_data_loss(self, params: np.ndarray) -> np.ndarray:
         """Σ loss(z, y) over each own row's ratings (n,), zero for rows without ratings."""
@@ -123,7 +144,7 @@ class BlockProblem:
             data += float(per_rating.sum())
             o *= dz
             add_segments(grad_t, chunk, o)
-        return data + self.reg_loss(params), grad_t.T + self.reg * self.reg_mask * params
+        return data + self.reg_loss(params), grad_t.T + self.weights * params
 
 
 def add_segments(out: np.ndarray, chunk: Chunk, values: np.ndarray) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cfspark.kernels.layout import const_col, width
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -29,9 +31,8 @@ def hashed_uniform(keys: np.ndarray, width: int) -> np.ndarray:
 
 
 def initial_params(keys: np.ndarray, rank: int, *, scale: float, side: str) -> np.ndarray:
-    """Starting P for a block: users [W | b=0], items [X | 1], with std(W), std(X) = scale."""
-    n = len(keys)
-    params = np.empty((n, rank + 1), dtype=np.float64)
+    """Starting P for a block: users [W | b=0 | 1], items [X | 1 | c=0], with std(W), std(X) = scale."""
+    params = np.zeros((len(keys), width(rank)), dtype=np.float64)
     params[:, :rank] = hashed_uniform(keys, rank) * (scale * np.sqrt(3.0))
-    params[:, rank] = 0.0 if side == "user" else 1.0
+    params[:, const_col(rank, side)] = 1.0
     return params

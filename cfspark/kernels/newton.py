@@ -1,7 +1,7 @@
 """A second-order step per own row: exact for the quadratic MSE sub-problem, IRLS for BCE.
 
 With the other side fixed, each row's sub-problem is independent and has only p = k + 1
-parameters, so its Hessian H_r = Σ w · o oᵀ + λ·diag(mask) is a small p × p matrix. One
+parameters, so its Hessian H_r = Σ w · o oᵀ + diag(L2 weights of row r) is a small p × p matrix. One
 Newton step on the MSE sub-problem lands on the ridge solution exactly (ALS's update);
 for BCE the weights are σ'(z) and rows whose loss would rise take a halved step.
 """
@@ -54,8 +54,9 @@ def newton_step(problem: BlockProblem, params: np.ndarray, train_mask: np.ndarra
     n = len(params)
     free = np.flatnonzero(train_mask)
     hess, data_grad = _moments(problem, params, free)
-    reg = problem.reg * problem.reg_mask[free]
-    hess += np.diag(reg + 1e-10)[None, :, :]
+    reg = np.broadcast_to(problem.weights, params.shape)[:, free]
+    diagonal = np.arange(len(free))
+    hess[:, diagonal, diagonal] += reg + 1e-10
     grad = data_grad + reg * params[:, free]
     step = np.zeros_like(params)
     step[:, free] = np.linalg.solve(hess, grad[..., None])[..., 0]
@@ -74,4 +75,4 @@ def newton_step(problem: BlockProblem, params: np.ndarray, train_mask: np.ndarra
 
 
 def _row_losses(problem: BlockProblem, params: np.ndarray) -> np.ndarray:
-    return problem.row_data_loss(params) + 0.5 * problem.reg * np.sum(params * params * problem.reg_mask, axis=1)
+    return problem.row_data_loss(params) + problem.row_reg_loss(params)
