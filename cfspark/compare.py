@@ -24,6 +24,7 @@ from cfspark.data.normalise import ITEM_MEAN
 from cfspark.data.offsets import POSITIVE_RATE
 from cfspark.data.validate import ITEM, RATING, USER
 from cfspark.evaluate import classification_metrics, ranking_metrics, regression_metrics
+from cfspark.kernels.layout import const_col, width
 from cfspark.recommend import RANK, recommend_all
 
 UNSEEN = -1  # an id ALS never trained on, so it predicts NaN for it
@@ -41,15 +42,15 @@ def _with_int_ids(df: DataFrame, blocks: Blocks) -> DataFrame:
 
 
 def _als_state(factors: DataFrame, index: DataFrame, num_blocks: int, rank: int, side: str) -> DataFrame:
-    """ALS factors in cfspark's block state layout: (dest, params = [W | 0] or [X | 1]).
+    """ALS factors in cfspark's block state layout: (dest, params = [W | 0 | 1] or [X | 1 | 0]).
 
     An entity ALS has no factors for (it was not in ALS's training data) gets zeros.
     """
     rows = index.select(BLOCK, LOCAL, dense_id(num_blocks).alias("id")).join(factors, "id", "left")
 
     def pack(table: pa.Table) -> pa.Table:
-        params = np.zeros((table.num_rows, rank + 1))
-        params[:, rank] = 1.0 if side == "item" else 0.0
+        params = np.zeros((table.num_rows, width(rank)))
+        params[:, const_col(rank, side)] = 1.0
         local = table.column(LOCAL).to_numpy()
         features = table.column("features").combine_chunks()
         valid = features.is_valid()

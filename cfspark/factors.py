@@ -11,19 +11,21 @@ from pyspark.sql import functions as F
 
 from cfspark.blocks.codec import matrix
 from cfspark.data.index import BLOCK, LOCAL
+from cfspark.kernels.layout import bias_col, width
 
 FEATURES, BIAS = "features", "bias"
 
 _ROWS_SCHEMA = "block int, local int, features array<double>, bias double"
 
 
-def _explode(rank: int):
+def _explode(rank: int, side: str):
     """mapInArrow body: one state row (a block's params) → one row per entity."""
+    bias = bias_col(rank, side)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for r in range(batch.num_rows):
-                params = matrix(batch, "params", r, rank + 1)
+                params = matrix(batch, "params", r, width(rank))
                 n = len(params)
                 flat = pa.array(np.ascontiguousarray(params[:, :rank]).ravel())
                 offsets = pa.array(np.arange(0, n * rank + 1, rank, dtype=np.int32))
@@ -32,7 +34,7 @@ def _explode(rank: int):
                         pa.array(np.full(n, batch.column("dest")[r].as_py(), np.int32)),
                         pa.array(np.arange(n, dtype=np.int32)),
                         pa.ListArray.from_arrays(offsets, flat),
-                        pa.array(params[:, rank]),
+                        pa.array(params[:, bias]),
                     ],
                     names=[BLOCK, LOCAL, FEATURES, BIAS],
                 )
@@ -40,11 +42,13 @@ def _explode(rank: int):
     return run
 
 
-def factor_table(state: DataFrame, index: DataFrame, id_col: str, rank: int, *, with_bias: bool) -> DataFrame:
-    """(id, features[, bias]) from a side's state rows and its (id, block, local) index."""
-    rows = state.select("dest", "params").mapInArrow(_explode(rank), _ROWS_SCHEMA)
-    cols = [id_col, FEATURES] + ([BIAS] if with_bias else [])
-    return rows.join(index.select(id_col, BLOCK, LOCAL), [BLOCK, LOCAL]).select(*cols)
+def factor_table(state: DataFrame, index: DataFrame, id_col: str, rank: int, *, side: str) -> DataFrame:
+    """(id, features, bias) from a side's state rows and its (id, block, local) index.
+
+    bias is b for users and c for items (0 where the item bias is off).
+    """
+    rows = state.select("dest", "params").mapInArrow(_explode(rank, side), _ROWS_SCHEMA)
+    return rows.join(index.select(id_col, BLOCK, LOCAL), [BLOCK, LOCAL]).select(id_col, FEATURES, BIAS)
 
 
 def dot(a: Column, b: Column) -> Column:

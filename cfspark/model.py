@@ -34,14 +34,14 @@ class CFModel:
     """A fitted model. Tables use cfspark's internal names (user, item); the public
     accessors and everything written out use the caller's own column names.
 
-    mse predicts w_j·x_i + b_j + μ_i; bce predicts P(y=1) = σ(w_j·x_i + b_j + o_i).
-    A user unseen in training gets the item term alone (μ_i, or σ(o_i), the item's
-    positive rate); an item unseen in training gets the global one (the global mean,
-    or the global positive rate). No prediction is NaN.
+    mse predicts w_j·x_i + b_j + c_i + μ_i; bce predicts P(y=1) = σ(w_j·x_i + b_j + c_i + o_i),
+    where c_i is the learned item bias (0 when it is off). A user unseen in training gets
+    the item term alone (μ_i + c_i, or σ(o_i + c_i)); an item unseen in training gets the
+    global one (the global mean, or the global positive rate). No prediction is NaN.
     """
 
-    user_factors: DataFrame  # (user, features, bias)
-    item_factors: DataFrame  # (item, features)
+    user_factors: DataFrame  # (user, features, bias): b
+    item_factors: DataFrame  # (item, features, bias): c
     item_stats: DataFrame  # mse: (item, item_mean); bce: (item, positives, labelled, positive_rate, item_offset)
     global_baseline: float  # the global mean (mse), or logit of the global positive rate (bce)
     rank: int
@@ -50,6 +50,8 @@ class CFModel:
     prediction_col: str = "prediction"
     blocks: Blocks | None = None  # present after fit: needed to exclude training items
     result: TrainResult | None = None
+    reg_param: float | None = None  # the λ the factors were fitted with (chosen, under "auto")
+    reg_path: list[dict] | None = None  # regParam = "auto": each λ tried and its validation score
 
     # -- public tables under the caller's column names ---------------------------------
     @property
@@ -73,12 +75,13 @@ class CFModel:
     def predict_canonical(self, pairs: DataFrame) -> DataFrame:
         """pairs with (user, item, ...) → the same rows plus the prediction column."""
         w = self.user_factors.select(USER, F.col(FEATURES).alias("_w"), F.col(BIAS).alias("_b"))
-        x = self.item_factors.select(ITEM, F.col(FEATURES).alias("_x"))
+        x = self.item_factors.select(ITEM, F.col(FEATURES).alias("_x"), F.col(BIAS).alias("_c"))
         base = self.item_stats.select(ITEM, F.col(BASELINE_COL[self.loss]).alias("_base"))
         joined = pairs.join(w, USER, "left").join(x, ITEM, "left").join(base, ITEM, "left")
         interaction = F.coalesce(dot(F.col("_w"), F.col("_x")) + F.col("_b"), F.lit(0.0))
-        z = interaction + F.coalesce(F.col("_base"), F.lit(self.global_baseline))
-        return joined.withColumn(self.prediction_col, apply_link(z, self.loss)).drop("_w", "_b", "_x", "_base")
+        item_term = F.coalesce(F.col("_c"), F.lit(0.0)) + F.coalesce(F.col("_base"), F.lit(self.global_baseline))
+        z = interaction + item_term
+        return joined.withColumn(self.prediction_col, apply_link(z, self.loss)).drop("_w", "_b", "_x", "_c", "_base")
 
     def transform(self, dataset: DataFrame) -> DataFrame:
         """Add the prediction column to a DataFrame with the user and item columns."""

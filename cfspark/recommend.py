@@ -18,6 +18,7 @@ from cfspark.blocks.build import BASELINE, Blocks
 from cfspark.blocks.codec import blob, cell, matrix
 from cfspark.data.index import BLOCK, LOCAL
 from cfspark.data.validate import ITEM, USER
+from cfspark.kernels.layout import width as layout_width
 from cfspark.kernels.losses import sigmoid
 from cfspark.kernels.topn import merge, score_pair
 
@@ -44,7 +45,7 @@ def _item_baselines(item_index: DataFrame) -> DataFrame:
 
 
 def _score_pairs(rank: int, n: int, exclude: str):
-    width = rank + 1
+    width = layout_width(rank)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -138,8 +139,8 @@ def recommend_all(
 ) -> DataFrame:
     """(user, item, rank, score): the n best items of every trained user.
 
-    user_state and item_state hold (dest, params) rows, one per block: [W | b] and [X | 1].
-    The score is link(w·x + b + baseline_i). Training items are left out as exclude says:
+    user_state and item_state hold (dest, params) rows, one per block: [W | b | 1] and
+    [X | 1 | c]. The score is link(w·x + b + c + baseline_i). Training items are left out as exclude says:
     labelled (all), positives (label 1 only) or none. baselines is a (block, local,
     baseline) table of items; it defaults to the blocks' own (μ_i or o_i).
     """

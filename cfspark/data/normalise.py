@@ -1,4 +1,13 @@
-"""Mean normalisation: μ_i over the training ratings, and y' = y − μ_i."""
+"""Mean normalisation: μ_i over the training ratings, and y' = y − μ_i.
+
+An item with three ratings has a noisy mean, and a fixed μ_i passes that noise into every
+prediction for it. With a prior of m pseudo-ratings at the global mean g,
+
+    μ_i = (Σ_j y_ij + m·g) / (n_i + m),
+
+which is the posterior mean under a normal prior: items with many ratings keep their own
+mean, items with few move towards g. m = 0 gives the course's plain mean.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +21,14 @@ ITEM_RATINGS = "ratings"  # the item's number of training ratings
 NORMALISED = "y"
 
 
-def item_means(train: DataFrame) -> DataFrame:
-    """(item, item_mean, ratings), one row per item seen in training."""
-    return train.groupBy(ITEM).agg(F.avg(RATING).alias(ITEM_MEAN), F.count(F.lit(1)).alias(ITEM_RATINGS))
+def item_means(train: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0) -> DataFrame:
+    """(item, item_mean, ratings), one row per item seen in training; the mean is shrunk
+    towards global_mean by prior pseudo-ratings."""
+    count = F.count(F.lit(1))
+    shrunk = (F.sum(RATING) + F.lit(prior * global_mean)) / (count + F.lit(prior))
+    return train.groupBy(ITEM).agg(
+        (F.avg(RATING) if prior == 0 else shrunk).alias(ITEM_MEAN), count.alias(ITEM_RATINGS)
+    )
 
 
 def normalise(train: DataFrame, means: DataFrame) -> DataFrame:

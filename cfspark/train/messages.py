@@ -20,6 +20,7 @@ import pyarrow as pa
 from cfspark.blocks.codec import blob, cell, matrix
 from cfspark.kernels.block import BlockProblem
 from cfspark.kernels.init import initial_params
+from cfspark.kernels.layout import bias_mask, factor_mask, train_mask, width
 from cfspark.kernels.optimizers import AdamState
 from cfspark.kernels.solve import solve_block
 
@@ -58,20 +59,23 @@ class StepConfig:
     learning_rate: float
     inner_steps: int
     init_scale: float
+    count_scaled: bool = False  # λ·n_r per row (ALS-WR) rather than λ (the course's sum form)
+    bias_reg: float = 0.0  # λ_b on this side's bias, never count-scaled
+    learn_bias: bool = True  # users always learn b; items learn c only with the item bias on
 
     @property
     def width(self) -> int:
-        return self.rank + 1
+        return width(self.rank)
 
     @property
     def reg_mask(self) -> np.ndarray:
-        # λ applies to W and X, never to the bias b nor to the items' constant 1.
-        return np.r_[np.ones(self.rank), 0.0]
+        # λ applies to W and X, never to a bias nor to the constant 1.
+        return factor_mask(self.rank)
 
     @property
     def train_mask(self) -> np.ndarray:
-        # Users learn [W | b]; items learn X and keep their last column at exactly 1.
-        return np.ones(self.width) if self.side == "user" else self.reg_mask
+        # The constant 1 never moves, nor does an item bias that is switched off.
+        return train_mask(self.rank, self.side, learn_bias=self.learn_bias)
 
 
 def _rows(
@@ -183,6 +187,9 @@ def step_blocks(cfg: StepConfig):
             loss=cfg.loss,
             reg=cfg.reg,
             reg_mask=cfg.reg_mask,
+            bias_reg=cfg.bias_reg,
+            bias_mask=bias_mask(cfg.rank, cfg.side),
+            count_scaled=cfg.count_scaled,
         )
         params, state = solve_block(
             problem,
