@@ -40,11 +40,17 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
+# Words a numeric key accepts besides numbers.
+_WORDS = {("model", "reg"): ("auto",)}
+
+
 def _merge(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
     if section not in cfg or key not in cfg[section]:
         raise ConfigError(f"unknown config key {section}.{key} (from {source}); see conf/default.toml")
     default = cfg[section][key]
-    if isinstance(default, bool) or isinstance(value, bool):
+    if value in _WORDS.get((section, key), ()):
+        ok = True
+    elif isinstance(default, bool) or isinstance(value, bool):
         ok = isinstance(value, bool) and isinstance(default, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float))
@@ -90,12 +96,16 @@ _CHOICES = {
     ("negatives", "scope"): ("all", "train"),
     ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,
+    ("model", "reg_scaling"): ("count", "sum"),
 }
 
 _BOUNDS = {
     # key: (lowest allowed, whether the lowest is allowed itself)
     ("model", "rank"): (1, True),
     ("model", "reg"): (0.0, True),
+    ("model", "bias_reg"): (0.0, True),
+    ("model", "mean_prior"): (0.0, True),
+    ("model", "tol"): (0.0, True),
     ("model", "max_iter"): (1, True),
     ("model", "learning_rate"): (0.0, False),
     ("model", "inner_steps"): (1, True),
@@ -121,6 +131,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{section}.{key} = {value!r} is not one of {', '.join(choices)}")
     for (section, key), (low, inclusive) in _BOUNDS.items():
         value = cfg[section][key]
+        if value in _WORDS.get((section, key), ()):
+            continue
         if value < low or (value == low and not inclusive):
             op = ">=" if inclusive else ">"
             raise ConfigError(f"{section}.{key} must be {op} {low}, got {value}")

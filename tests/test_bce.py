@@ -16,6 +16,7 @@ from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.read import Columns
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import validate_ratings
+from cfspark.estimator import COURSE_PARAMS
 from cfspark.evaluate import classification_metrics, ranking_metrics
 
 USERS = ["Alice", "Bob", "Carol", "Dave"]
@@ -69,8 +70,9 @@ def test_course_offsets_table_is_exact(spark, labels):
 
 
 def test_user_without_labels_gets_item_positive_rates(spark, labels):
+    # The course's model: no item bias, so a user without labels gets σ(o_i) exactly.
     model = CollaborativeFilter(
-        rank=2, maxIter=5, regParam=0.5, loss="bce", numUserBlocks=2, numItemBlocks=2
+        rank=2, maxIter=5, regParam=0.5, loss="bce", numUserBlocks=2, numItemBlocks=2, **COURSE_PARAMS
     ).fit_validated(labels)
     rates = {r.item: r.positive_rate for r in model.item_stats.collect()}
     eve = spark.createDataFrame([("Eve", m) for m in TABLE], "user string, item string")
@@ -96,9 +98,9 @@ def test_planted_logistic_model_reaches_the_true_auc(spark):
     rows = [(u, i, y, q) for (u, i, y), q in zip(p.rows(), prob.tolist(), strict=True)]
     df = spark.createDataFrame(rows, "user long, item long, rating double, truth double")
     train, test = split_ratings(df, test_fraction=0.2, seed=3)
-    model = CollaborativeFilter(
-        rank=2, maxIter=25, regParam=8.0, loss="bce", numUserBlocks=2, numItemBlocks=2
-    ).fit_validated(train.drop("truth").cache())
+    model = CollaborativeFilter(rank=2, loss="bce", numUserBlocks=2, numItemBlocks=2).fit_validated(
+        train.drop("truth").cache()
+    )
     scored = model.predict_canonical(test).toPandas()
     true_auc = auc(scored.rating.to_numpy(), scored.truth.to_numpy())
     ours = classification_metrics(model.predict_canonical(test.drop("truth")))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
+from tests_support import REPO
 
 from cfspark import CollaborativeFilter
 from cfspark.config import load_config, load_defaults, parse_override
@@ -57,6 +59,11 @@ def test_estimator_defaults_match_conf_default_toml():
         "rank": "rank",
         "maxIter": "max_iter",
         "regParam": "reg",
+        "regScaling": "reg_scaling",
+        "biasReg": "bias_reg",
+        "itemBias": "item_bias",
+        "meanPrior": "mean_prior",
+        "tol": "tol",
         "loss": "loss",
         "optimizer": "optimizer",
         "learningRate": "learning_rate",
@@ -73,5 +80,15 @@ def test_estimator_defaults_match_conf_default_toml():
 def test_block_counts_follow_the_data_size():
     from cfspark.estimator import blocks_for
 
-    assert [blocks_for(n) for n in (0, 1_000, 12_000_000, 12_000_001, 22_080_000, 10**9)] == [4, 4, 4, 5, 8, 64]
+    assert [blocks_for(n) for n in (0, 1_000, 6_000_000, 6_000_001, 22_080_000, 10**9)] == [2, 2, 2, 3, 8, 64]
     assert load_defaults()["model"]["num_user_blocks"] == 0  # 0 = derived from the data
+
+
+def test_conf_course_toml_is_the_course_model():
+    from cfspark.data.read import Columns
+    from cfspark.estimator import COURSE_PARAMS
+    from cfspark.job import estimator_from_config
+
+    course = estimator_from_config(load_config(os.path.join(REPO, "conf", "course.toml")), Columns("u", "i", "r"))
+    assert {k: getattr(course, k) for k in COURSE_PARAMS} == COURSE_PARAMS
+    assert course.regParam == 10.0 and course.learningRate == 0.05

@@ -8,6 +8,7 @@ from chispa import assert_df_equality
 
 from cfspark import CollaborativeFilter
 from cfspark.data.normalise import item_means, normalise
+from cfspark.estimator import COURSE_PARAMS
 
 USERS = ["Alice", "Bob", "Carol", "Dave", "Eve"]
 TABLE = {  # movie: ratings by Alice, Bob, Carol, Dave, Eve (None = not rated)
@@ -60,8 +61,25 @@ def test_normalised_ratings_are_exact(spark, ratings):
     assert sorted(r.y for r in got.filter("user = 'Alice'").collect()) == [-2.25, -1.25, 2.5, 2.5]
 
 
+def test_shrunk_means_equal_the_hand_computed_values(spark, ratings):
+    # 33 over 16 ratings: g = 33/16. With m = 2 pseudo-ratings at g, Love at last
+    # (10 over 4 ratings) gets (10 + 2·33/16) / (4 + 2) = 113/48.
+    sums = {"Love at last": 10, "Romance forever": 5, "Cute puppies of love": 4, "Nonstop car chases": 9}
+    sums["Swords vs. karate"] = 5
+    counts = {m: sum(r is not None for r in rs) for m, rs in TABLE.items()}
+    g = 33 / 16
+    assert sum(sums.values()) == 33 and sum(counts.values()) == 16
+    got = {r.item: r.item_mean for r in item_means(ratings, prior=2.0, global_mean=g).collect()}
+    assert got["Love at last"] == pytest.approx(113 / 48, rel=1e-12)
+    assert got == pytest.approx({m: (sums[m] + 2 * g) / (counts[m] + 2) for m in TABLE}, rel=1e-12)
+    # A prior of 0 is the course's plain mean, and the fit's own global mean is the same g.
+    assert {r.item: r.item_mean for r in item_means(ratings, prior=0.0, global_mean=g).collect()} == MEANS
+
+
 def test_eve_is_predicted_at_the_item_means(spark, ratings):
-    model = CollaborativeFilter(rank=3, maxIter=5, regParam=0.1, numUserBlocks=2, numItemBlocks=2).fit(ratings)
+    # The course's model: plain item means, no item bias, sum-form λ, Adam.
+    course = CollaborativeFilter(rank=3, maxIter=5, regParam=0.1, numUserBlocks=2, numItemBlocks=2, **COURSE_PARAMS)
+    model = course.fit(ratings)
     eve = spark.createDataFrame([("Eve", movie) for movie in TABLE], "user string, item string")
     got = {r.item: r.prediction for r in model.transform(eve).collect()}
     assert got == MEANS
@@ -73,4 +91,16 @@ def test_eve_is_predicted_at_the_item_means(spark, ratings):
     assert sorted((r.user, r.item) for r in recs) == sorted(
         (u, m) for u in USERS[:4] for m in TABLE if (u, m) not in rated
     )
+    model.unpersist()
+
+
+def test_with_the_defaults_eve_gets_each_items_shrunk_mean_plus_its_learned_bias(spark, ratings):
+    model = CollaborativeFilter(rank=3, numUserBlocks=2, numItemBlocks=2).fit(ratings)
+    eve = spark.createDataFrame([("Eve", movie) for movie in TABLE], "user string, item string")
+    got = {r.item: r.prediction for r in model.transform(eve).collect()}
+    mean = {r.item: r.item_mean for r in model.item_stats.collect()}
+    bias = {r.item: r.bias for r in model.item_factors.collect()}
+    assert got == pytest.approx({m: mean[m] + bias[m] for m in TABLE}, rel=1e-12)
+    assert mean["Love at last"] == pytest.approx((10 + 20 * 33 / 16) / (4 + 20), rel=1e-12)  # mean_prior = 20
+    assert any(abs(b) > 1e-6 for b in bias.values())
     model.unpersist()

@@ -38,6 +38,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     resumed_from: int = 0
     setup_seconds: float = 0.0  # before the first iteration: blocks built and factors initialised
+    stop_reason: str = ""  # why the loop ended: converged under tol, or max_iter reached
 
     def user_state(self) -> DataFrame:
         return self.user_out.filter(F.col("src") == STATE)
@@ -59,7 +60,11 @@ class HalfStep:
 
 def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
     """Materialise df with a fresh plan; return it and what its tasks reported."""
-    df = df.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
+    # Not eager: the collect below is the one job that computes the half-step, and Spark
+    # stores the checkpointed partitions as that job computes them. An eager checkpoint
+    # followed by the collect ran two jobs per half-step, and on small data a job's fixed
+    # cost is most of a half-step.
+    df = df.localCheckpoint(eager=False, storageLevel=StorageLevel.MEMORY_AND_DISK)
     # One row per block and message, summed here: a collect is one stage, where an
     # aggregate would add a shuffle and a second stage to every half-step.
     fields = ("data_loss", "reg_loss", "kernel_seconds", "codec_seconds")
@@ -84,6 +89,8 @@ def train(
     checkpointer: Checkpointer | None = None,
     on_iteration: Callable[[TrainResult], dict] | None = None,
     began: float | None = None,
+    tol: float = 0.0,
+    start_from: tuple[DataFrame, DataFrame] | None = None,
 ) -> TrainResult:
     """Run (or resume) the alternating loop and return the final state tables.
 
@@ -91,13 +98,23 @@ def train(
     fields for that iteration's history entry (a benchmark's test metric, say). Its own
     time is left out of the clock: history's "elapsed" counts training only, from
     `began` (a time.perf_counter() value; default: when train was called).
+
+    tol > 0 ends the loop once an iteration changes the training loss J by less than tol
+    times its previous value; max_iter stays the ceiling. Why it stopped is in the last
+    history entry ("stop") and in the result's stop_reason.
+
+    start_from, a (user_out, item_out) pair of an earlier train() on the same blocks, is a
+    warm start: the loop continues from those factors (with these configs) instead of the
+    hashed initial ones.
     """
     began = time.perf_counter() if began is None else began
     paused = 0.0
     spark = blocks.users.sparkSession
     with phase(spark, "init"):
         resumed = checkpointer.load() if checkpointer else None
-        if resumed and resumed.iteration <= max_iter:
+        if start_from is not None:
+            (user_out, item_out), history, start = start_from, [], 0
+        elif resumed and resumed.iteration <= max_iter:
             user_out, item_out, history, start = resumed.user_out, resumed.item_out, resumed.history, resumed.iteration
             log.info("resuming from the checkpoint at iteration %d", start)
         else:
@@ -106,6 +123,7 @@ def train(
             history, start = [], 0
     setup = time.perf_counter() - began
 
+    stop_reason = f"reached max_iter = {max_iter}"
     for iteration in range(start + 1, max_iter + 1):
         step_began = time.perf_counter()
         with phase(spark, "user-steps"):
@@ -129,7 +147,15 @@ def train(
             "item_codec_seconds": round(items.codec_seconds, 3),
         }
         history.append(entry)
-        log.info("iteration %d: train loss %.6g (%.2f s)", iteration, entry["train_loss"], entry["seconds"])
+        log.info(
+            "iteration %d/%d: train loss %.6g (%.2f s)", iteration, max_iter, entry["train_loss"], entry["seconds"]
+        )
+        change = relative_change(history)
+        converged = tol > 0 and change is not None and change < tol
+        if converged:
+            stop_reason = f"converged: the training loss changed by {change:.3g} of its value, under tol = {tol:g}"
+        if converged or iteration == max_iter:
+            entry["stop"] = stop_reason
         if checkpointer and checkpointer.due(iteration):
             saved = checkpointer.save(iteration, user_out, item_out, history)
             user_out, item_out = saved.user_out, saved.item_out
@@ -137,4 +163,17 @@ def train(
             watch = time.perf_counter()
             entry.update(on_iteration(TrainResult(user_out, item_out, history, start, setup)))
             paused += time.perf_counter() - watch
-    return TrainResult(user_out, item_out, history, resumed_from=start, setup_seconds=round(setup, 3))
+        if converged:
+            break
+    log.info("training stopped after %d iterations: %s", len(history), stop_reason)
+    return TrainResult(
+        user_out, item_out, history, resumed_from=start, setup_seconds=round(setup, 3), stop_reason=stop_reason
+    )
+
+
+def relative_change(history: list[dict]) -> float | None:
+    """|J_prev − J| / |J_prev| over the last two iterations, or None before there are two."""
+    if len(history) < 2:
+        return None
+    before, after = history[-2]["train_loss"], history[-1]["train_loss"]
+    return abs(before - after) / max(abs(before), 1e-300)

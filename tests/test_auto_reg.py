@@ -1,0 +1,68 @@
+"""regParam = "auto": λ chosen on a validation fold carved out of the training split.
+
+The test split must never reach the choice. The proof: poison every test rating and run
+the job again; the chosen λ, and every validation score on the path, stay exactly the same.
+"""
+
+from __future__ import annotations
+
+import pytest
+from planted import planted_ratings
+
+from cfspark.config import load_config
+from cfspark.data.split import split_ratings
+from cfspark.estimator import REG_PATH
+from cfspark.job import run
+
+SPLIT_SEED = 42
+
+
+def _write(path, rows):
+    path.write_text("user,item,rating\n" + "".join(f"{u},{i},{r:.6f}\n" for u, i, r in rows))
+
+
+def _job(spark, csv, out):
+    cfg = load_config(
+        None,
+        [f"input.path={csv}", "input.user_col=user", "input.item_col=item", f"output.path={out}",
+         "model.reg=auto", "model.rank=3", "checkpoint.interval=0", f"split.seed={SPLIT_SEED}"],
+    )  # fmt: skip
+    return run(spark, cfg)
+
+
+@pytest.fixture(scope="module")
+def runs(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("auto")
+    p = planted_ratings(n_users=200, n_items=150, rank=3, density=0.3, noise=0.5, seed=21)
+    rows = p.rows()
+    _write(tmp / "clean.csv", rows)
+    df = spark.createDataFrame(rows, "user long, item long, rating double")
+    _, test = split_ratings(df, test_fraction=0.2, seed=SPLIT_SEED)
+    in_test = {(r.user, r.item) for r in test.collect()}
+    poisoned = [(u, i, (10.0 - 3 * r if (u, i) in in_test else r)) for u, i, r in rows]
+    _write(tmp / "poisoned.csv", poisoned)
+    return (
+        p,
+        len(in_test),
+        _job(spark, tmp / "clean.csv", tmp / "clean"),
+        _job(spark, tmp / "poisoned.csv", tmp / "bad"),
+    )
+
+
+def test_auto_reg_walks_the_path_and_reaches_the_noise_floor(runs):
+    p, _, clean, _ = runs
+    path = clean["model"]["reg_path"]
+    assert [step["reg"] for step in path] == list(REG_PATH)
+    assert clean["model"]["reg"] == min(path, key=lambda step: step["rmse"])["reg"]
+    assert abs(clean["test"]["rmse"] - p.noise) <= 0.1 * p.noise, clean["test"]["rmse"]
+
+
+def test_auto_reg_never_reads_the_test_split(runs):
+    _, test_rows, clean, poisoned = runs
+    assert clean["counts"]["test"] == poisoned["counts"]["test"] == test_rows
+    # The poison reached the test split...
+    assert poisoned["test"]["rmse"] > 3 * clean["test"]["rmse"]
+    # ...and nothing the choice saw changed.
+    assert poisoned["model"]["reg_path"] == clean["model"]["reg_path"]
+    assert poisoned["model"]["reg"] == clean["model"]["reg"]
+    assert poisoned["train"]["rmse"] == pytest.approx(clean["train"]["rmse"], rel=1e-12)
