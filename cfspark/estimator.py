@@ -30,8 +30,9 @@ from cfspark.train.trainer import TrainResult, train
 AUTO = "auto"
 # Automatic λ: the path walked from strong to weak regularisation, each λ warm-started from
 # the last, for at most PATH_ITER iterations, scored on a hashed VALIDATION_FRACTION of the
-# training ratings. Count-scaled λ keeps this one path right for every data size.
-REG_PATH = (0.3, 0.15, 0.08, 0.04, 0.02)
+# training ratings, until the validation score gets worse. Count-scaled λ keeps this one
+# path right for every data size.
+REG_PATH = (0.3, 0.15, 0.08, 0.04, 0.02, 0.01, 0.005)
 PATH_ITER = 4
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a test split on the split seed
@@ -245,8 +246,9 @@ class CollaborativeFilter:
 
         A hashed VALIDATION_FRACTION of train_ratings is held out; the rest is blocked once,
         and REG_PATH is walked from strong to weak λ, each warm-started from the last, so the
-        whole path costs about one fit. The λ with the best validation RMSE (mse) or logloss
-        (bce) wins. Only train_ratings is read: a test split never reaches this.
+        whole path costs about one fit. The walk stops at the first λ that validates worse than
+        the one before it, and the best λ so far wins, on validation RMSE (mse) or logloss
+        (bce). Only train_ratings is read: a test split never reaches this.
         """
         spark = train_ratings.sparkSession
         fit_part, held = split_ratings(
@@ -273,9 +275,15 @@ class CollaborativeFilter:
             score = pointwise_metrics(step.model_from(result, blocks, stats, global_baseline, cache=False), held)
             path.append({"reg": reg, metric: score[metric], "iterations": len(result.history)})
             log.info("automatic λ: reg %g gives validation %s %.6g", reg, metric, score[metric])
+            if len(path) > 1 and _worse(path[-1][metric], path[-2][metric]):
+                break
         best = min(path, key=lambda p: math.inf if p[metric] is None else p[metric])
         log.info("automatic λ: chose reg = %g", best["reg"])
         for df in (fit_part, held, stats, result.user_out, result.item_out):
             df.unpersist()
         blocks.unpersist()
         return best["reg"], path
+
+
+def _worse(score: float | None, before: float | None) -> bool:
+    return score is None or (before is not None and score > before)

@@ -252,7 +252,8 @@ def test_count_scaled_penalty_gradient_matches_finite_differences():
         reg=0.7, reg_mask=REG_MASK, bias_reg=2.0, bias_mask=np.r_[np.zeros(RANK), 1.0], count_scaled=True,
     )  # fmt: skip
     value, grad = scaled.loss_and_grad(params)
-    expected_reg = 0.5 * (0.7 * counts @ np.sum(params[:, :RANK] ** 2, axis=1) + 2.0 * np.sum(params[:, RANK] ** 2))
+    # BCE's curvature per rating is at most 1/4, and count-scaled weights are in that unit.
+    expected_reg = 0.125 * (0.7 * counts @ np.sum(params[:, :RANK] ** 2, axis=1) + 2.0 * np.sum(params[:, RANK] ** 2))
     assert value - scaled.data_loss(params) == pytest.approx(expected_reg, rel=1e-12)
     numeric = _finite_difference(lambda p: scaled.loss_and_grad(p)[0], params)
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)

@@ -8,12 +8,15 @@ Users store P = [W | b | 1] and items store P = [X | 1 | c]: one dot product the
 w·x + b + c from either side, and the same kernel serves both half-steps.
 
 The L2 penalty is ½ Σ_r Σ_col weight[r, col]·P[r, col]², with
-  weight = λ·reg_mask (· n_r, the row's rating count, when count_scaled) + λ_b·bias_mask.
+  weight = λ·reg_mask + λ_b·bias_mask, or, when count_scaled,
+  weight = (λ·n_r·reg_mask + λ_b·bias_mask)·CURVATURE[loss], n_r being the row's rating count.
 Count scaling is ALS-WR's (and Spark ALS's regParam): with the data term summed over a
 row's n_r ratings, a penalty that grows with n_r keeps the best λ the same whether an
 entity has 10 ratings or 10,000, so one default transfers across data sizes. The biases'
 λ_b is never scaled: against ½Σe², a bias then solves b = Σe / (n_r + λ_b), so λ_b is a
-prior count of pseudo-ratings that shrinks entities with few ratings the most.
+prior count of pseudo-ratings that shrinks entities with few ratings the most. CURVATURE
+puts both in units of the loss's own curvature per rating: a BCE rating weighs at most 1/4
+of an MSE one in the Hessian, so the same λ must weigh 1/4 as much to mean the same prior.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cfspark.kernels.losses import pointwise
+from cfspark.kernels.losses import CURVATURE, pointwise
 
 # Ratings per pass of the chunk loop. A chunk's (p × CHUNK) gathers and products stay in
 # the CPU cache; gathering all ratings' vectors at once instead writes hundreds of MB and
@@ -86,6 +89,8 @@ class BlockProblem:
             weights = counts.astype(np.float64)[:, None] * weights[None, :]
         if bias_mask is not None and bias_reg:
             weights = weights + bias_reg * np.asarray(bias_mask, dtype=np.float64)
+        if count_scaled:
+            weights = weights * CURVATURE[loss]
         return cls(
             rows=rows,
             cols=np.asarray(cols),
