@@ -22,7 +22,7 @@ from cfspark.config import Config
 from cfspark.data.prepare import load_ratings, split_for_training
 from cfspark.data.read import Columns
 from cfspark.data.validate import ITEM, USER
-from cfspark.errors import ConfigError, InputError
+from cfspark.errors import CfsparkError, ConfigError, InputError, OutputError, TrainingError
 from cfspark.estimator import CollaborativeFilter
 from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.fs import is_local, local_path, write_json
@@ -57,6 +57,19 @@ class Timer:
         began = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - began, 3)
+
+
+@contextmanager
+def failure_is(cls: type[CfsparkError], what: str):
+    """An unexpected error in this section becomes cls (its exit code), traceback logged."""
+    try:
+        yield
+    except CfsparkError:
+        raise
+    except Exception as e:
+        log.exception("%s failed", what)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise cls(f"{what} failed: {type(e).__name__}: {first}") from e
 
 
 def _check_output(path: str, overwrite: bool) -> None:
@@ -106,7 +119,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         raise InputError(f"the split left no training ratings out of {counts['ratings']}; lower split.test_fraction")
 
     estimator = estimator_from_config(cfg, cols)
-    with timer("fit"):
+    with timer("fit"), failure_is(TrainingError, "training"):
         model = estimator.fit_validated(train)
     counts["users"] = model.user_factors.count()
     counts["items"] = model.item_factors.count()
@@ -115,7 +128,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     relevant = relevant_pairs(
         test, model.blocks.user_index, loss=model.loss, threshold=cfg["eval"]["relevance_threshold"]
     ).cache()
-    with timer("evaluate"):
+    with timer("evaluate"), failure_is(TrainingError, "evaluation"):
         metrics = {
             "loss": cfg["model"]["loss"],
             "train": pointwise_metrics(model, train),
@@ -124,7 +137,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
             "counts": counts,
         }
     if cfg["compare"]["als"]:
-        with timer("als"):
+        with timer("als"), failure_is(TrainingError, "the ALS comparison"):
             c = cfg["compare"]
             metrics["als"] = compare_als(
                 train, test, model.blocks, model.item_stats, loss=model.loss, rank=cfg["model"]["rank"],
@@ -139,7 +152,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         "spark_version": spark.version,
         "pyspark_version": pyspark.__version__,
     }
-    with staged(out_path, overwrite) as stage:
+    with failure_is(OutputError, "writing the results"), staged(out_path, overwrite) as stage:
         with timer("recommend_write"):
             named = recs.withColumnRenamed(USER, cols.user).withColumnRenamed(ITEM, cols.item)
             named.write.mode("overwrite").parquet(f"{stage}/recommendations")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import time
 
 import pytest
 from tests_support import REPO
@@ -59,7 +61,7 @@ def test_bad_input_is_refused_with_one_clear_line(spark, capsys, tmp_path, case)
     data = tmp_path / "ratings.csv"
     data.write_text(text)
     code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}")
-    assert code == 2
+    assert code == 3
     assert err.startswith("cfspark: error: ") and message in err and err.count("\n") == 1, err
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["ratings.csv"]
     assert data.read_text() == text  # the input is never touched
@@ -75,7 +77,7 @@ def test_bad_config_is_refused(spark, capsys, tmp_path, case):
 
 def test_missing_path_is_refused(spark, capsys, tmp_path):
     code, err, out = _run(capsys, tmp_path, "--set", f"input.path={tmp_path / 'nope.csv'}")
-    assert code == 2 and "does not exist" in err and str(tmp_path / "nope.csv") in err
+    assert code == 3 and "does not exist" in err and str(tmp_path / "nope.csv") in err
     assert not out.exists()
 
 
@@ -134,5 +136,59 @@ def test_bad_labels_are_refused(spark, capsys, tmp_path, case):
     data = tmp_path / "labels.csv"
     data.write_text(text)
     code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}", "--set", "model.loss=bce", *extra)
-    assert code == 2 and message in err, err
+    assert code == 3 and message in err, err
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["labels.csv"]
+
+
+def test_a_diverging_fit_stops_with_the_training_failure_code(spark, capsys, tmp_path):
+    data = tmp_path / "ratings.csv"
+    data.write_text(GOOD)
+    code, err, out = _run(
+        capsys, tmp_path, "--set", f"input.path={data}", "--set", "model.optimizer=gd",
+        "--set", "model.learning_rate=1e100", "--set", "split.test_fraction=0.0",
+    )  # fmt: skip
+    assert code == 4 and "cfspark: error: the training loss is " in err and "at iteration " in err, err
+    assert sorted(os.listdir(tmp_path)) == ["ratings.csv"]  # no output, no checkpoints
+
+
+def test_a_failed_write_has_its_own_code_and_keeps_the_old_output(spark, capsys, tmp_path, monkeypatch):
+    from cfspark.model import CFModel
+
+    data = tmp_path / "ratings.csv"
+    data.write_text(GOOD)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("previous result")
+
+    def fail(self, path, metadata=None):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(CFModel, "save", fail)
+    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}", "--set", "output.overwrite=true",
+                          "--set", "checkpoint.interval=0")  # fmt: skip
+    assert code == 5 and "cfspark: error: writing the results failed: OSError: disk full" in err, err
+    assert (out / "keep.txt").read_text() == "previous result"
+    assert sorted(os.listdir(tmp_path)) == ["out", "ratings.csv"]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_give_the_interrupted_codes(capsys, signum, code):
+    from cfspark.cli import exit_code
+
+    def body() -> int:
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises well before this ends
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert exit_code(body) == code
+    assert "cfspark: error: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the job's handler is removed again
+
+
+def test_each_error_class_has_its_own_exit_code():
+    from cfspark import errors
+    from cfspark.cli import code_for
+
+    classes = [errors.ConfigError, errors.InputError, errors.TrainingError, errors.OutputError, errors.BusyError]
+    codes = [code_for(cls("x")) for cls in classes]
+    assert codes == [2, 3, 4, 5, 6]

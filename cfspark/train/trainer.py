@@ -13,6 +13,7 @@ which a stopped run resumes.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
+from cfspark.errors import TrainingError
 from cfspark.profile import phase
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, STATE, StepConfig, init_blocks, step_blocks
@@ -130,6 +132,9 @@ def train(
         }
         history.append(entry)
         log.info("iteration %d: train loss %.6g (%.2f s)", iteration, entry["train_loss"], entry["seconds"])
+        if not math.isfinite(entry["train_loss"]):  # diverged: stop before checkpointing it
+            raise TrainingError(f"the training loss is {entry['train_loss']} at iteration {iteration}; "
+                                "lower model.learning_rate or raise model.reg")  # fmt: skip
         if checkpointer and checkpointer.due(iteration):
             saved = checkpointer.save(iteration, user_out, item_out, history)
             user_out, item_out = saved.user_out, saved.item_out
