@@ -7,6 +7,7 @@ test_end_to_end.py checks the same through a real spark-submit.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import time
@@ -109,6 +110,24 @@ def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
     assert code == 0
     means = {r.movieId: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_means")).collect()}
     assert means == {"m1": (3.0 + 5.0) / 2, "m2": 3.0, "m3": 1.0}
+    # Strict JSON: input.binarize_threshold = nan (off) is written as null, not a bare NaN.
+    meta = strict_json(out / "model" / "metadata.json")
+    assert meta["config"]["input"]["binarize_threshold"] is None
+    assert strict_json(out / "metrics.json")["train"]["count"] == 4
+
+
+def strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{path} holds {name}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_json_files_are_strict(tmp_path):
+    from cfspark.fs import write_json
+
+    write_json(str(tmp_path / "m.json"), {"auc": float("nan"), "grid": [1.0, float("inf")], "n": {"x": -float("inf")}})
+    assert strict_json(tmp_path / "m.json") == {"auc": None, "grid": [1.0, None], "n": {"x": None}}
 
 
 BCE_CASES = {
