@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-from cfspark.config import Config, load_config
+from cfspark.config import Config, describe_keys, load_config
 from cfspark.errors import (
     BusyError,
     CfsparkError,
@@ -26,7 +26,9 @@ from cfspark.errors import (
 
 def config_parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with --config and repeatable --set KEY=VALUE."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, epilog=describe_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="TOML file whose keys override conf/default.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set model.rank=20 (repeatable)")  # fmt: skip

@@ -42,7 +42,10 @@ CASES = {
 CONFIG_CASES = {
     "rank": (["--set", "model.rank=0"], "model.rank must be >= 1, got 0"),
     "reg": (["--set", "model.reg=-0.5"], "model.reg must be >= 0.0, got -0.5"),
-    "unknown_key": (["--set", "model.rnak=5"], "unknown config key model.rnak"),
+    "unknown_key": (["--set", "model.rnak=5"], "unknown config key model.rnak (from --set); did you mean model.rank?"),
+    "reg_nan": (["--set", "model.reg=nan"], "model.reg must be finite, got nan"),
+    "grid_inf": (["--set", "compare.als_reg_grid=[0.1, inf]"], "compare.als_reg_grid must be finite, got [0.1, inf]"),
+    "run_date": (["--set", "output.run_date=2026-02-30"], "output.run_date must be a date YYYY-MM-DD"),
     "unknown_loss": (["--set", "model.loss=hinge"], "model.loss = 'hinge' is not one of mse, bce"),
     "wrong_type": (["--set", "model.rank=ten"], "config key model.rank must be a int, got 'ten'"),
 }
@@ -72,8 +75,19 @@ def test_bad_input_is_refused_with_one_clear_line(spark, capsys, tmp_path, case)
 def test_bad_config_is_refused(spark, capsys, tmp_path, case):
     args, message = CONFIG_CASES[case]
     code, err, out = _run(capsys, tmp_path, *args)
-    assert code == 2 and message in err, err
+    assert code == 2 and message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_help_lists_every_key_with_its_default(capsys):
+    from cfspark.config import load_defaults
+
+    with pytest.raises(SystemExit) as stop:
+        train_job.main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert "  model.rank = 10\n" in text and "  input.binarize_threshold = nan\n" in text
+    assert all(f"  {s}.{k} = " in text for s, values in load_defaults().items() for k in values)
 
 
 def test_missing_path_is_refused(spark, capsys, tmp_path):
