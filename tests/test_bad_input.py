@@ -32,6 +32,10 @@ CASES = {
     ),
     "nan": ("userId,movieId,rating\nu1,m1,4\nu2,m2,NaN\n", "column 'rating' has 1 NaN or infinite rating(s)"),
     "inf": ("userId,movieId,rating\nu1,m1,4\nu2,m2,Infinity\n", "column 'rating' has 1 NaN or infinite rating(s)"),
+    "overflow": (
+        "userId,movieId,rating\nu1,m1,1e308\nu2,m1,1e308\nu3,m2,4\n",
+        "column 'rating' has 2 rating(s) above 1e+100 in magnitude out of 3 rows, e.g. {'userId': 'u1'",
+    ),
     "empty": ("userId,movieId,rating\n", "the input has no ratings (0 rows)"),
     "duplicates": (
         "userId,movieId,rating\nu1,m1,4\nu1,m1,5\nu2,m1,3\n",
