@@ -20,12 +20,13 @@ from pyspark.sql import SparkSession
 from cfspark.compare import compare_als
 from cfspark.config import Config
 from cfspark.data.prepare import load_ratings, split_for_training
-from cfspark.data.read import Columns
+from cfspark.data.read import Columns, default_ratings_path
 from cfspark.data.validate import ITEM, USER
 from cfspark.errors import CfsparkError, ConfigError, InputError, OutputError, TrainingError
 from cfspark.estimator import CollaborativeFilter
 from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.fs import is_local, local_path, write_json
+from cfspark.guard import RunLock, check_disjoint, check_writable, remove_stale_staging
 
 log = logging.getLogger("cfspark")
 
@@ -105,8 +106,32 @@ def staged(path: str, overwrite: bool):
         os.replace(stage, final)
 
 
+def check_paths(cfg: Config) -> None:
+    """Before anything is read: the paths the job replaces or deletes (output.path, the
+    checkpoint dir) must not be, hold or sit in the input or each other, and must be writable."""
+    out = cfg["output"]["path"]
+    inp = cfg["input"]["path"] or default_ratings_path()
+    check_disjoint("output.path", out, "input.path", inp)
+    check_writable("output.path", out)
+    if cfg["checkpoint"]["interval"] > 0:
+        ck = checkpoint_dir(cfg)
+        check_disjoint("checkpoint.dir", ck, "input.path", inp)
+        check_disjoint("checkpoint.dir", ck, "output.path", out)
+        check_writable("checkpoint.dir", ck)
+
+
 def run(spark: SparkSession, cfg: Config) -> dict:
-    """Run the whole job; return the metrics written to metrics.json."""
+    """Run the whole job, holding output.path's lock; return the metrics written to metrics.json."""
+    check_paths(cfg)
+    locked = [("output.path", cfg["output"]["path"])]
+    if cfg["checkpoint"]["dir"] and cfg["checkpoint"]["interval"] > 0:
+        locked.append(("checkpoint.dir", cfg["checkpoint"]["dir"]))
+    with RunLock(locked):
+        remove_stale_staging(cfg["output"]["path"])
+        return _run_locked(spark, cfg)
+
+
+def _run_locked(spark: SparkSession, cfg: Config) -> dict:
     out_path, overwrite = cfg["output"]["path"], cfg["output"]["overwrite"]
     _check_output(out_path, overwrite)
     timer = Timer()
