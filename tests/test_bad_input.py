@@ -73,6 +73,35 @@ def setup_output_in_use(tmp, spark, stack):
     return []
 
 
+def setup_csv_as_parquet(tmp, spark, stack):
+    (tmp / "ratings.csv").write_text(GOOD)
+    return ["--set", "input.format=parquet"]
+
+
+def setup_parquet_ids_disagree(tmp, spark, stack):
+    """A folder of two Parquet files: userId is a string in one and a long in the other."""
+    (tmp / "ratings.csv").write_text(GOOD)  # the default input.path, unused here
+    for name, rows, schema in [
+        ("a", [("u1", 1, 4.0)], "userId string, movieId long, rating double"),
+        ("b", [(2, 2, 3.0)], "userId long, movieId long, rating double"),
+    ]:
+        spark.createDataFrame(rows, schema).coalesce(1).write.parquet(str(tmp / "events" / name))
+        (part,) = (tmp / "events" / name).glob("part-*.parquet")
+        part.rename(tmp / "events" / f"{name}.parquet")
+    for name in ("a", "b"):
+        for leftover in (tmp / "events" / name).iterdir():
+            leftover.unlink()
+        (tmp / "events" / name).rmdir()
+    return ["--set", "input.format=parquet", "--set", f"input.path={tmp / 'events'}"]
+
+
+def setup_parquet_double_ids(tmp, spark, stack):
+    spark.createDataFrame([(1.5, 1, 4.0)], "userId double, movieId long, rating double").write.parquet(
+        str(tmp / "events")
+    )
+    return ["--set", "input.format=parquet", "--set", f"input.path={tmp / 'events'}"]
+
+
 BCE = ("--set", "model.loss=bce")
 H = "userId,movieId,rating\n"
 
@@ -98,6 +127,11 @@ MATRIX = {
     "duplicates": (
         ratings(H + "u1,m1,4\nu1,m1,5\nu2,m1,3\n"), INPUT,
         "1 (user, item) pair(s) appear more than once, e.g. {userId: 'u1', movieId: 'm1'} appears 2 times",
+    ),
+    "parquet_is_csv": (setup_csv_as_parquet, INPUT, "ratings.csv as parquet: "),
+    "parquet_ids_disagree": (setup_parquet_ids_disagree, INPUT, "events as parquet: "),
+    "parquet_double_ids": (
+        setup_parquet_double_ids, INPUT, "column 'userId' has type double; ids must be integers or strings",
     ),
     "bce_not_a_label": (
         args(*BCE, text=H + "u1,m1,1\nu2,m2,2\nu3,m3,2\n"), INPUT,
