@@ -15,7 +15,8 @@ import uuid
 from contextlib import contextmanager
 
 import pyspark
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
@@ -106,6 +107,58 @@ def staged(path: str, overwrite: bool):
         os.replace(stage, final)
 
 
+RUN_DATE = "run_date"  # the partition column of scheduled runs (output.run_date)
+
+
+def _check_partitioned_output(path: str) -> None:
+    if is_local(path) and os.path.isfile(os.path.join(local_path(path), "metrics.json")):
+        raise ConfigError(
+            f"output.path {path} holds the results of a run without output.run_date; "
+            "date partitions need an output.path of their own"
+        )
+
+
+def write_recommendations(recs: DataFrame, path: str, run_date: str) -> None:
+    """The recommendations table; with run_date, only that date's partition is replaced."""
+    if not run_date:
+        recs.write.mode("overwrite").parquet(path)
+        return
+    dated = recs.withColumn(RUN_DATE, F.lit(run_date))
+    dated.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(RUN_DATE).parquet(path)
+
+
+@contextmanager
+def staged_partition(path: str, part: str):
+    """Yield a folder to write one date's tables into (<table>/run_date=<date>/); on success
+    each replaces the same partition under path, leaving every other date as it was.
+
+    Other schemes are written in place, where Spark's dynamic partition overwrite
+    replaces the date's recommendations.
+    """
+    if not is_local(path):
+        yield path
+        return
+    final = os.path.abspath(local_path(path))
+    stage = f"{final}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    aside = f"{final}.old-{uuid.uuid4().hex[:8]}"
+    for table in sorted(os.listdir(stage)):  # metrics, model, recommendations: each complete by now
+        new, old = os.path.join(stage, table) + part, os.path.join(final, table) + part
+        if not os.path.isdir(new):
+            continue
+        os.makedirs(os.path.dirname(old), exist_ok=True)
+        if os.path.exists(old):
+            os.makedirs(os.path.join(aside, table))
+            os.replace(old, os.path.join(aside, table) + part)
+        os.replace(new, old)
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def check_paths(cfg: Config) -> None:
     """Before anything is read: the paths the job replaces or deletes (output.path, the
     checkpoint dir) must not be, hold or sit in the input or each other, and must be writable."""
@@ -133,7 +186,10 @@ def run(spark: SparkSession, cfg: Config) -> dict:
 
 def _run_locked(spark: SparkSession, cfg: Config) -> dict:
     out_path, overwrite = cfg["output"]["path"], cfg["output"]["overwrite"]
-    _check_output(out_path, overwrite)
+    if cfg["output"]["run_date"]:
+        _check_partitioned_output(out_path)
+    else:
+        _check_output(out_path, overwrite)
     timer = Timer()
     with timer("read_validate"):
         ratings, cols = load_ratings(spark, cfg)
@@ -177,15 +233,20 @@ def _run_locked(spark: SparkSession, cfg: Config) -> dict:
         "spark_version": spark.version,
         "pyspark_version": pyspark.__version__,
     }
-    with failure_is(OutputError, "writing the results"), staged(out_path, overwrite) as stage:
+    run_date = cfg["output"]["run_date"]
+    part = f"/{RUN_DATE}={run_date}" if run_date else ""
+    staging = staged_partition(out_path, part) if run_date else staged(out_path, overwrite)
+    with failure_is(OutputError, "writing the results"), staging as stage:
         with timer("recommend_write"):
             named = recs.withColumnRenamed(USER, cols.user).withColumnRenamed(ITEM, cols.item)
-            named.write.mode("overwrite").parquet(f"{stage}/recommendations")
+            write_recommendations(named, f"{stage}/recommendations", run_date)
         with timer("model_write"):
-            model.save(f"{stage}/model", metadata)
+            model.save(f"{stage}/model{part}", metadata)
         metrics["timings"] = timer.seconds
         if is_local(stage):
-            write_json(os.path.join(local_path(stage), "metrics.json"), metrics)
+            folder = os.path.join(local_path(stage), f"metrics{part}") if run_date else local_path(stage)
+            os.makedirs(folder, exist_ok=True)
+            write_json(os.path.join(folder, "metrics.json"), {**metrics, **({RUN_DATE: run_date} if run_date else {})})
     if not cfg["checkpoint"]["keep"] and estimator.checkpointDir and is_local(estimator.checkpointDir):
         shutil.rmtree(local_path(estimator.checkpointDir), ignore_errors=True)
     model.unpersist()
