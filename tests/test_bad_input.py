@@ -102,6 +102,15 @@ def setup_parquet_double_ids(tmp, spark, stack):
     return ["--set", "input.format=parquet", "--set", f"input.path={tmp / 'events'}"]
 
 
+def setup_checkpoints_in_use(tmp, spark, stack):
+    """Another run, on another output.path, holds the same explicit checkpoint.dir."""
+    from cfspark.guard import RunLock
+
+    (tmp / "ratings.csv").write_text(GOOD)
+    stack.enter_context(RunLock([("checkpoint.dir", str(tmp / "ck"))]))
+    return ["--set", f"checkpoint.dir={tmp / 'ck'}"]
+
+
 BCE = ("--set", "model.loss=bce")
 H = "userId,movieId,rating\n"
 
@@ -172,6 +181,7 @@ MATRIX = {
     ),
     "output_under_a_file": (setup_output_under_a_file, OUTPUT, "notes.txt is a file, not a folder"),
     "output_in_use": (setup_output_in_use, BUSY, "output.path {tmp}/out is in use by another run (pid "),
+    "checkpoints_in_use": (setup_checkpoints_in_use, BUSY, "checkpoint.dir {tmp}/ck is in use by another run (pid "),
 }  # fmt: skip
 
 
