@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from cfspark.compare import compare_als
 from cfspark.config import Config
 from cfspark.data.prepare import load_ratings, split_for_training
-from cfspark.data.read import Columns, default_ratings_path
+from cfspark.data.read import Columns, default_ratings_path, spark_message
 from cfspark.data.validate import ITEM, USER
 from cfspark.errors import CfsparkError, ConfigError, InputError, OutputError, TrainingError
 from cfspark.estimator import CollaborativeFilter
@@ -70,8 +70,7 @@ def failure_is(cls: type[CfsparkError], what: str):
         raise
     except Exception as e:
         log.exception("%s failed", what)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise cls(f"{what} failed: {type(e).__name__}: {first}") from e
+        raise cls(f"{what} failed: {type(e).__name__}: {spark_message(e)}") from e
 
 
 def _check_output(path: str, overwrite: bool) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from cfspark.data.read import spark_message
 from cfspark.fs import finite_json, is_local, local_path
 
 log = logging.getLogger("cfspark")
@@ -105,8 +106,7 @@ class Checkpointer:
             for df in (resumed.user_out, resumed.item_out):  # decode every column of every row once
                 df.agg(F.sum(F.hash(*df.columns))).collect()
         except Exception as e:
-            first = (str(e).strip().splitlines() or [""])[0]
-            return self._skip(f"the checkpoint at iteration {iteration} in {path} cannot be read ({first})")
+            return self._skip(f"the checkpoint at iteration {iteration} in {path} cannot be read ({spark_message(e)})")
         return resumed
 
     def _skip(self, why: str) -> None:
