@@ -91,3 +91,23 @@ def test_a_skipped_checkpoint_is_replaced_by_the_next_save(spark, saved):
     ck.save(4, df, df, [])
     assert set(os.listdir(root)) == {"iter-000004", MARKER}  # the damaged one is dropped
     assert ck.load().iteration == 4
+
+
+def test_a_fit_over_a_damaged_checkpoint_trains_afresh(spark, tmp_path, caplog):
+    from cfspark import CollaborativeFilter
+
+    rows = [(u, i, float((u * 3 + i) % 5 + 1)) for u in range(6) for i in range(5) if (u + i) % 3]
+    ratings = spark.createDataFrame(rows, "user long, item long, rating double")
+
+    def fit(iterations: int):
+        return CollaborativeFilter(
+            rank=2, maxIter=iterations, numUserBlocks=2, numItemBlocks=2, checkpointDir=str(tmp_path / "ck"),
+            checkpointInterval=1,
+        ).fit_validated(ratings)  # fmt: skip
+
+    fit(2)
+    truncate_a_part(tmp_path / "ck")
+    with caplog.at_level(logging.WARNING, logger="cfspark"):
+        model = fit(3)
+    assert model.result.resumed_from == 0 and [h["iteration"] for h in model.history] == [1, 2, 3]
+    assert any("training starts afresh" in r.getMessage() for r in caplog.records)
