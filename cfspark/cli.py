@@ -7,17 +7,28 @@ import atexit
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
 
-from cfspark.config import Config, load_config
-from cfspark.errors import CfsparkError
+from cfspark.config import Config, describe_keys, load_config
+from cfspark.errors import (
+    BusyError,
+    CfsparkError,
+    ConfigError,
+    InputError,
+    Interrupted,
+    OutputError,
+    TrainingError,
+)
 
 
 def config_parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with --config and repeatable --set KEY=VALUE."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, epilog=describe_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="TOML file whose keys override conf/default.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set model.rank=20 (repeatable)")  # fmt: skip
@@ -56,10 +67,51 @@ def job_session(app_name: str, cfg: Config | None = None, *, als: bool = False):
     return builder.getOrCreate()
 
 
+# One exit code per way a job can stop (README, "Running as a scheduled job").
+# 1 is left to Python itself: an unexpected error, with its traceback.
+EXIT_CODES: dict[type[CfsparkError], int] = {
+    ConfigError: 2,
+    InputError: 3,
+    TrainingError: 4,
+    OutputError: 5,
+    BusyError: 6,
+}
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal number, as a shell reports it
+
+
+def code_for(error: CfsparkError) -> int:
+    """The exit code of the most specific class error belongs to."""
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def exit_code(body: Callable[[], int]) -> int:
-    """Run a job's body; a CfsparkError becomes one 'cfspark: error: …' line and exit code 2."""
+    """Run a job's body; a CfsparkError becomes one 'cfspark: error: …' line on stderr and
+    its class's exit code; SIGINT and SIGTERM become 130 and 143, after staging is cleaned up."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if _main_thread() else None
     try:
         return body()
     except CfsparkError as e:
         print(f"cfspark: error: {e}", file=sys.stderr)
-        return 2
+        return code_for(e)
+    except KeyboardInterrupt:
+        print("cfspark: error: interrupted (SIGINT)", file=sys.stderr)
+        return EXIT_SIGINT
+    except Interrupted as e:
+        print(f"cfspark: error: interrupted (signal {e.signum})", file=sys.stderr)
+        return 128 + e.signum if e.signum != signal.SIGTERM else EXIT_SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

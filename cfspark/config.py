@@ -7,6 +7,10 @@ value must have the type of its default.
 from __future__ import annotations
 
 import copy
+import datetime
+import difflib
+import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -46,8 +50,10 @@ _WORDS = {("model", "reg"): ("auto",)}
 
 def _merge(cfg: Config, section: str, key: str, value: Any, source: str) -> None:
     if section not in cfg or key not in cfg[section]:
-        raise ConfigError(f"unknown config key {section}.{key} (from {source}); see conf/default.toml")
+        raise ConfigError(f"unknown config key {section}.{key} (from {source}){_suggestion(cfg, section, key)}")
     default = cfg[section][key]
+    if isinstance(default, str) and type(value) is datetime.date:  # TOML reads 2026-11-28 as a date
+        value = value.isoformat()
     if value in _WORDS.get((section, key), ()):
         ok = True
     elif isinstance(default, bool) or isinstance(value, bool):
@@ -123,8 +129,55 @@ _BOUNDS = {
 }
 
 
+def _suggestion(cfg: Config, section: str, key: str) -> str:
+    """'; did you mean model.rank?' for the nearest known key, else a pointer to the defaults."""
+    known = [f"{s}.{k}" for s, values in cfg.items() for k in values]
+    close = difflib.get_close_matches(f"{section}.{key}", known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else "; see conf/default.toml (or --help) for the keys"
+
+
+def describe_keys() -> str:
+    """Every key with its default, for --help."""
+    lines = ["config keys (defaults from conf/default.toml, where each is explained):"]
+    for section, values in load_defaults().items():
+        for key, value in values.items():
+            shown = "nan" if isinstance(value, float) and math.isnan(value) else repr(value)
+            lines.append(f"  {section}.{key} = {shown}")
+    return "\n".join(lines)
+
+
+# Keys where nan is a value with a meaning (off); every other float must be finite.
+_NAN_MEANS_OFF = {("input", "binarize_threshold")}
+
+
+def _check_finite(cfg: Config) -> None:
+    for section, values in cfg.items():
+        for key, value in values.items():
+            numbers = value if isinstance(value, list) else [value]
+            for v in numbers:
+                if not isinstance(v, float) or math.isfinite(v):
+                    continue
+                if math.isnan(v) and (section, key) in _NAN_MEANS_OFF:
+                    continue
+                raise ConfigError(f"{section}.{key} must be finite, got {value}")
+
+
+def _check_run_date(cfg: Config) -> None:
+    run_date = cfg["output"]["run_date"]
+    if not run_date:
+        return
+    try:
+        ok = bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_date)) and datetime.date.fromisoformat(run_date)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"output.run_date must be a date YYYY-MM-DD (or empty: no partitions), got {run_date!r}")
+
+
 def validate(cfg: Config) -> None:
     """Refuse values that are the right type but make no sense."""
+    _check_finite(cfg)
+    _check_run_date(cfg)
     for (section, key), choices in _CHOICES.items():
         value = cfg[section][key]
         if value not in choices:

@@ -1,4 +1,4 @@
-"""The two ways a job can be refused before it writes anything."""
+"""Why a job stopped. Each class has its own exit code (cfspark.cli.EXIT_CODES)."""
 
 
 class CfsparkError(Exception):
@@ -11,3 +11,23 @@ class ConfigError(CfsparkError):
 
 class InputError(CfsparkError):
     """The input data is unusable: missing, malformed or inconsistent."""
+
+
+class TrainingError(CfsparkError):
+    """Training failed: a non-finite loss, or a failure while the model was being fitted."""
+
+
+class OutputError(CfsparkError):
+    """The results cannot be written: an unwritable output path, or a failure while writing."""
+
+
+class BusyError(OutputError):
+    """Another live run holds output.path (or its checkpoint dir); retry once it has finished."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM (or another signal) arrived; a BaseException, so staging cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum

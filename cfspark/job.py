@@ -15,17 +15,19 @@ import uuid
 from contextlib import contextmanager
 
 import pyspark
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
 from cfspark.data.prepare import load_ratings, split_for_training
-from cfspark.data.read import Columns
+from cfspark.data.read import Columns, default_ratings_path, spark_message
 from cfspark.data.validate import ITEM, USER
-from cfspark.errors import ConfigError, InputError
+from cfspark.errors import CfsparkError, ConfigError, InputError, OutputError, TrainingError
 from cfspark.estimator import CollaborativeFilter
 from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.fs import is_local, local_path, write_json
+from cfspark.guard import RunLock, check_disjoint, check_writable, remove_stale_staging
 
 log = logging.getLogger("cfspark")
 
@@ -61,6 +63,18 @@ class Timer:
         self.seconds[name] = round(time.perf_counter() - began, 3)
 
 
+@contextmanager
+def failure_is(cls: type[CfsparkError], what: str):
+    """An unexpected error in this section becomes cls (its exit code), traceback logged."""
+    try:
+        yield
+    except CfsparkError:
+        raise
+    except Exception as e:
+        log.exception("%s failed", what)
+        raise cls(f"{what} failed: {type(e).__name__}: {spark_message(e)}") from e
+
+
 def _check_output(path: str, overwrite: bool) -> None:
     if is_local(path):
         p = local_path(path)
@@ -94,10 +108,89 @@ def staged(path: str, overwrite: bool):
         os.replace(stage, final)
 
 
+RUN_DATE = "run_date"  # the partition column of scheduled runs (output.run_date)
+
+
+def _check_partitioned_output(path: str) -> None:
+    if is_local(path) and os.path.isfile(os.path.join(local_path(path), "metrics.json")):
+        raise ConfigError(
+            f"output.path {path} holds the results of a run without output.run_date; "
+            "date partitions need an output.path of their own"
+        )
+
+
+def write_recommendations(recs: DataFrame, path: str, run_date: str) -> None:
+    """The recommendations table; with run_date, only that date's partition is replaced."""
+    if not run_date:
+        recs.write.mode("overwrite").parquet(path)
+        return
+    dated = recs.withColumn(RUN_DATE, F.lit(run_date))
+    dated.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(RUN_DATE).parquet(path)
+
+
+@contextmanager
+def staged_partition(path: str, part: str):
+    """Yield a folder to write one date's tables into (<table>/run_date=<date>/); on success
+    each replaces the same partition under path, leaving every other date as it was.
+
+    Other schemes are written in place, where Spark's dynamic partition overwrite
+    replaces the date's recommendations.
+    """
+    if not is_local(path):
+        yield path
+        return
+    final = os.path.abspath(local_path(path))
+    stage = f"{final}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    aside = f"{final}.old-{uuid.uuid4().hex[:8]}"
+    for table in sorted(os.listdir(stage)):  # metrics, model, recommendations: each complete by now
+        new, old = os.path.join(stage, table) + part, os.path.join(final, table) + part
+        if not os.path.isdir(new):
+            continue
+        os.makedirs(os.path.dirname(old), exist_ok=True)
+        if os.path.exists(old):
+            os.makedirs(os.path.join(aside, table))
+            os.replace(old, os.path.join(aside, table) + part)
+        os.replace(new, old)
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def check_paths(cfg: Config) -> None:
+    """Before anything is read: the paths the job replaces or deletes (output.path, the
+    checkpoint dir) must not be, hold or sit in the input or each other, and must be writable."""
+    out = cfg["output"]["path"]
+    inp = cfg["input"]["path"] or default_ratings_path()
+    check_disjoint("output.path", out, "input.path", inp)
+    check_writable("output.path", out)
+    if cfg["checkpoint"]["interval"] > 0:
+        ck = checkpoint_dir(cfg)
+        check_disjoint("checkpoint.dir", ck, "input.path", inp)
+        check_disjoint("checkpoint.dir", ck, "output.path", out)
+        check_writable("checkpoint.dir", ck)
+
+
 def run(spark: SparkSession, cfg: Config) -> dict:
-    """Run the whole job; return the metrics written to metrics.json."""
+    """Run the whole job, holding output.path's lock; return the metrics written to metrics.json."""
+    check_paths(cfg)
+    locked = [("output.path", cfg["output"]["path"])]
+    if cfg["checkpoint"]["dir"] and cfg["checkpoint"]["interval"] > 0:
+        locked.append(("checkpoint.dir", cfg["checkpoint"]["dir"]))
+    with RunLock(locked):
+        remove_stale_staging(cfg["output"]["path"])
+        return _run_locked(spark, cfg)
+
+
+def _run_locked(spark: SparkSession, cfg: Config) -> dict:
     out_path, overwrite = cfg["output"]["path"], cfg["output"]["overwrite"]
-    _check_output(out_path, overwrite)
+    if cfg["output"]["run_date"]:
+        _check_partitioned_output(out_path)
+    else:
+        _check_output(out_path, overwrite)
     timer = Timer()
     with timer("read_validate"):
         ratings, cols = load_ratings(spark, cfg)
@@ -108,7 +201,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         raise InputError(f"the split left no training ratings out of {counts['ratings']}; lower split.test_fraction")
 
     estimator = estimator_from_config(cfg, cols)
-    with timer("fit"):
+    with timer("fit"), failure_is(TrainingError, "training"):
         model = estimator.fit_validated(train)
     counts["users"] = model.user_factors.count()
     counts["items"] = model.item_factors.count()
@@ -117,7 +210,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     relevant = relevant_pairs(
         test, model.blocks.user_index, loss=model.loss, threshold=cfg["eval"]["relevance_threshold"]
     ).cache()
-    with timer("evaluate"):
+    with timer("evaluate"), failure_is(TrainingError, "evaluation"):
         metrics = {
             "loss": cfg["model"]["loss"],
             "train": pointwise_metrics(model, train),
@@ -127,7 +220,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
             "model": fitted_summary(model),
         }
     if cfg["compare"]["als"]:
-        with timer("als"):
+        with timer("als"), failure_is(TrainingError, "the ALS comparison"):
             c = cfg["compare"]
             metrics["als"] = compare_als(
                 train, test, model.blocks, model.item_stats, loss=model.loss, rank=cfg["model"]["rank"],
@@ -143,15 +236,20 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         "spark_version": spark.version,
         "pyspark_version": pyspark.__version__,
     }
-    with staged(out_path, overwrite) as stage:
+    run_date = cfg["output"]["run_date"]
+    part = f"/{RUN_DATE}={run_date}" if run_date else ""
+    staging = staged_partition(out_path, part) if run_date else staged(out_path, overwrite)
+    with failure_is(OutputError, "writing the results"), staging as stage:
         with timer("recommend_write"):
             named = recs.withColumnRenamed(USER, cols.user).withColumnRenamed(ITEM, cols.item)
-            named.write.mode("overwrite").parquet(f"{stage}/recommendations")
+            write_recommendations(named, f"{stage}/recommendations", run_date)
         with timer("model_write"):
-            model.save(f"{stage}/model", metadata)
+            model.save(f"{stage}/model{part}", metadata)
         metrics["timings"] = timer.seconds
         if is_local(stage):
-            write_json(os.path.join(local_path(stage), "metrics.json"), metrics)
+            folder = os.path.join(local_path(stage), f"metrics{part}") if run_date else local_path(stage)
+            os.makedirs(folder, exist_ok=True)
+            write_json(os.path.join(folder, "metrics.json"), {**metrics, **({RUN_DATE: run_date} if run_date else {})})
     if not cfg["checkpoint"]["keep"] and estimator.checkpointDir and is_local(estimator.checkpointDir):
         shutil.rmtree(local_path(estimator.checkpointDir), ignore_errors=True)
     model.unpersist()

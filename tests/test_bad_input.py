@@ -1,4 +1,5 @@
-"""Bad input and bad config: one clear line, exit code 2, and no output left behind.
+"""The bad-input matrix: every way the README says a run is refused, each with its one
+clear line on stderr, its exit code, no output and nothing of the user's touched.
 
 The job's main() runs in-process on the shared session (it calls getOrCreate);
 test_end_to_end.py checks the same through a real spark-submit.
@@ -6,8 +7,12 @@ test_end_to_end.py checks the same through a real spark-submit.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
+import signal
+import time
 
 import pytest
 from tests_support import REPO
@@ -17,32 +22,167 @@ train_job = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_job)
 
 GOOD = "userId,movieId,rating\nu1,m1,4\nu1,m2,3\nu2,m1,5\nu2,m3,1\n"
+CONFIG, INPUT, OUTPUT, BUSY = 2, 3, 5, 6  # exit codes (README: Running as a scheduled job)
 
-CASES = {
-    "missing_column": ("userId,film,rating\nu1,m1,4\n", "no column 'movieId'"),
-    "null_user": ("userId,movieId,rating\nu1,m1,4\n,m2,3\n", "column 'userId' has 1 null id(s) out of 2 rows"),
-    "null_item": ("userId,movieId,rating\nu1,m1,4\nu2,,3\n", "column 'movieId' has 1 null id(s)"),
-    "null_rating": ("userId,movieId,rating\nu1,m1,4\nu2,m2,\n", "column 'rating' has 1 null rating(s)"),
+
+def ratings(text: str):
+    """A setup that writes ratings.csv, the default input.path."""
+    return args(text=text)
+
+
+def args(*extra: str, text: str = GOOD):
+    """A setup that writes ratings.csv and adds these arguments ({tmp} is the test folder)."""
+
+    def setup(tmp, spark, stack):
+        (tmp / "ratings.csv").write_text(text)
+        return [a.replace("{tmp}", str(tmp)) for a in extra]
+
+    return setup
+
+
+def setup_existing_output(tmp, spark, stack):
+    (tmp / "ratings.csv").write_text(GOOD)
+    (tmp / "out").mkdir()
+    (tmp / "out" / "keep.txt").write_text("precious")
+    return []
+
+
+def output_at(where: str):
+    """The input is the folder data/ holding ratings.csv; output.path is where, with overwrite on."""
+
+    def setup(tmp, spark, stack):
+        (tmp / "data").mkdir()
+        (tmp / "data" / "ratings.csv").write_text(GOOD)
+        return ["--set", f"input.path={tmp / 'data'}", "--set", "output.overwrite=true",
+                "--set", f"output.path={where.replace('{tmp}', str(tmp))}"]  # fmt: skip
+
+    return setup
+
+
+def setup_output_under_a_file(tmp, spark, stack):
+    (tmp / "ratings.csv").write_text(GOOD)
+    (tmp / "notes.txt").write_text("a file, not a folder")
+    return ["--set", f"output.path={tmp / 'notes.txt' / 'out'}"]
+
+
+def setup_output_in_use(tmp, spark, stack):
+    from cfspark.guard import RunLock
+
+    (tmp / "ratings.csv").write_text(GOOD)
+    stack.enter_context(RunLock([("output.path", str(tmp / "out"))]))  # another live run holds it
+    return []
+
+
+def setup_csv_as_parquet(tmp, spark, stack):
+    (tmp / "ratings.csv").write_text(GOOD)
+    return ["--set", "input.format=parquet"]
+
+
+def setup_parquet_ids_disagree(tmp, spark, stack):
+    """A folder of two Parquet files: userId is a string in one and a long in the other."""
+    (tmp / "ratings.csv").write_text(GOOD)  # the default input.path, unused here
+    for name, rows, schema in [
+        ("a", [("u1", 1, 4.0)], "userId string, movieId long, rating double"),
+        ("b", [(2, 2, 3.0)], "userId long, movieId long, rating double"),
+    ]:
+        spark.createDataFrame(rows, schema).coalesce(1).write.parquet(str(tmp / "events" / name))
+        (part,) = (tmp / "events" / name).glob("part-*.parquet")
+        part.rename(tmp / "events" / f"{name}.parquet")
+    for name in ("a", "b"):
+        for leftover in (tmp / "events" / name).iterdir():
+            leftover.unlink()
+        (tmp / "events" / name).rmdir()
+    return ["--set", "input.format=parquet", "--set", f"input.path={tmp / 'events'}"]
+
+
+def setup_parquet_double_ids(tmp, spark, stack):
+    spark.createDataFrame([(1.5, 1, 4.0)], "userId double, movieId long, rating double").write.parquet(
+        str(tmp / "events")
+    )
+    return ["--set", "input.format=parquet", "--set", f"input.path={tmp / 'events'}"]
+
+
+def setup_checkpoints_in_use(tmp, spark, stack):
+    """Another run, on another output.path, holds the same explicit checkpoint.dir."""
+    from cfspark.guard import RunLock
+
+    (tmp / "ratings.csv").write_text(GOOD)
+    stack.enter_context(RunLock([("checkpoint.dir", str(tmp / "ck"))]))
+    return ["--set", f"checkpoint.dir={tmp / 'ck'}"]
+
+
+BCE = ("--set", "model.loss=bce")
+H = "userId,movieId,rating\n"
+
+# name: (setup, exit code, what the one line must say)
+MATRIX = {
+    # Bad input (README: What is refused)
+    "missing_path": (args("--set", "input.path={tmp}/nope.csv"), INPUT, "input.path {tmp}/nope.csv does not exist"),
+    "missing_column": (ratings("userId,film,rating\nu1,m1,4\n"), INPUT, "no column 'movieId'"),
+    "null_user": (ratings(H + "u1,m1,4\n,m2,3\n"), INPUT, "column 'userId' has 1 null id(s) out of 2 rows"),
+    "null_item": (ratings(H + "u1,m1,4\nu2,,3\n"), INPUT, "column 'movieId' has 1 null id(s)"),
+    "null_rating": (ratings(H + "u1,m1,4\nu2,m2,\n"), INPUT, "column 'rating' has 1 null rating(s)"),
     "not_number": (
-        "userId,movieId,rating\nu1,m1,4\nu2,m2,great\nu3,m3,bad\n",
+        ratings(H + "u1,m1,4\nu2,m2,great\nu3,m3,bad\n"), INPUT,
         "column 'rating' has 2 value(s) that are not numbers out of 3 rows, e.g. {'userId': 'u2'",
     ),
-    "nan": ("userId,movieId,rating\nu1,m1,4\nu2,m2,NaN\n", "column 'rating' has 1 NaN or infinite rating(s)"),
-    "inf": ("userId,movieId,rating\nu1,m1,4\nu2,m2,Infinity\n", "column 'rating' has 1 NaN or infinite rating(s)"),
-    "empty": ("userId,movieId,rating\n", "the input has no ratings (0 rows)"),
+    "nan": (ratings(H + "u1,m1,4\nu2,m2,NaN\n"), INPUT, "column 'rating' has 1 NaN or infinite rating(s)"),
+    "inf": (ratings(H + "u1,m1,4\nu2,m2,Infinity\n"), INPUT, "column 'rating' has 1 NaN or infinite rating(s)"),
+    "overflow": (
+        ratings(H + "u1,m1,1e308\nu2,m1,1e308\nu3,m2,4\n"), INPUT,
+        "column 'rating' has 2 rating(s) above 1e+100 in magnitude out of 3 rows, e.g. {'userId': 'u1'",
+    ),
+    "empty": (ratings(H + ""), INPUT, "the input has no ratings (0 rows)"),
     "duplicates": (
-        "userId,movieId,rating\nu1,m1,4\nu1,m1,5\nu2,m1,3\n",
+        ratings(H + "u1,m1,4\nu1,m1,5\nu2,m1,3\n"), INPUT,
         "1 (user, item) pair(s) appear more than once, e.g. {userId: 'u1', movieId: 'm1'} appears 2 times",
     ),
-}
-
-CONFIG_CASES = {
-    "rank": (["--set", "model.rank=0"], "model.rank must be >= 1, got 0"),
-    "reg": (["--set", "model.reg=-0.5"], "model.reg must be >= 0.0, got -0.5"),
-    "unknown_key": (["--set", "model.rnak=5"], "unknown config key model.rnak"),
-    "unknown_loss": (["--set", "model.loss=hinge"], "model.loss = 'hinge' is not one of mse, bce"),
-    "wrong_type": (["--set", "model.rank=ten"], "config key model.rank must be a int, got 'ten'"),
-}
+    "parquet_is_csv": (setup_csv_as_parquet, INPUT, "ratings.csv as parquet: "),
+    "parquet_ids_disagree": (setup_parquet_ids_disagree, INPUT, "events as parquet: "),
+    "parquet_double_ids": (
+        setup_parquet_double_ids, INPUT, "column 'userId' has type double; ids must be integers or strings",
+    ),
+    "bce_not_a_label": (
+        args(*BCE, text=H + "u1,m1,1\nu2,m2,2\nu3,m3,2\n"), INPUT,
+        "column 'rating' has 2 label(s) other than 0/1 or true/false out of 3 rows, e.g. value '2' in",
+    ),
+    "bce_binarize_text": (
+        args(*BCE, "--set", "input.binarize_threshold=4", text=H + "u1,m1,4\nu2,m2,good\n"),
+        INPUT, "input.binarize_threshold needs numbers: column 'rating' has 1 value(s) that are not numbers",
+    ),
+    "bce_all_one_label": (
+        args(*BCE, "--set", "split.test_fraction=0.0", text=H + "u1,m1,1\nu2,m2,1\n"),
+        INPUT, "all 2 training labels are 1; bce needs both 0 and 1 labels",
+    ),
+    # Bad config
+    "rank": (args("--set", "model.rank=0"), CONFIG, "model.rank must be >= 1, got 0"),
+    "reg": (args("--set", "model.reg=-0.5"), CONFIG, "model.reg must be >= 0.0, got -0.5"),
+    "unknown_key": (
+        args("--set", "model.rnak=5"), CONFIG, "unknown config key model.rnak (from --set); did you mean model.rank?",
+    ),
+    "unknown_loss": (args("--set", "model.loss=hinge"), CONFIG, "model.loss = 'hinge' is not one of mse, bce"),
+    "wrong_type": (args("--set", "model.rank=ten"), CONFIG, "config key model.rank must be a int, got 'ten'"),
+    "reg_nan": (args("--set", "model.reg=nan"), CONFIG, "model.reg must be finite, got nan"),
+    "grid_inf": (
+        args("--set", "compare.als_reg_grid=[0.1, inf]"), CONFIG, "compare.als_reg_grid must be finite, got [0.1, inf]",
+    ),
+    "run_date": (args("--set", "output.run_date=2026-02-30"), CONFIG, "output.run_date must be a date YYYY-MM-DD"),
+    # Paths: checked before anything is read, so nothing of the user's is replaced
+    "output_exists": (setup_existing_output, CONFIG, "already exists; choose another or set output.overwrite = true"),
+    "output_is_input_folder": (output_at("{tmp}/data"), CONFIG, "output.path {tmp}/data is input.path {tmp}/data"),
+    "output_above_input": (output_at("{tmp}"), CONFIG, "output.path {tmp} is a folder above input.path {tmp}/data"),
+    "output_is_input_file": (
+        args("--set", "output.path={tmp}/ratings.csv", "--set", "output.overwrite=true"), CONFIG,
+        "output.path {tmp}/ratings.csv is input.path {tmp}/ratings.csv; writing there would destroy it",
+    ),
+    "output_inside_input": (output_at("{tmp}/data/out"), CONFIG, "output.path {tmp}/data/out is inside input.path"),
+    "checkpoints_above_input": (
+        args("--set", "checkpoint.dir={tmp}"), CONFIG, "checkpoint.dir {tmp} is a folder above input.path",
+    ),
+    "output_under_a_file": (setup_output_under_a_file, OUTPUT, "notes.txt is a file, not a folder"),
+    "output_in_use": (setup_output_in_use, BUSY, "output.path {tmp}/out is in use by another run (pid "),
+    "checkpoints_in_use": (setup_checkpoints_in_use, BUSY, "checkpoint.dir {tmp}/ck is in use by another run (pid "),
+}  # fmt: skip
 
 
 def _run(capsys, tmp_path, *args):
@@ -53,45 +193,51 @@ def _run(capsys, tmp_path, *args):
     return code, capsys.readouterr().err, out
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_refused_with_one_clear_line(spark, capsys, tmp_path, case):
-    text, message = CASES[case]
-    data = tmp_path / "ratings.csv"
-    data.write_text(text)
-    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}")
-    assert code == 2
-    assert err.startswith("cfspark: error: ") and message in err and err.count("\n") == 1, err
-    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["ratings.csv"]
-    assert data.read_text() == text  # the input is never touched
+def _snapshot(folder) -> dict[str, bytes | None]:
+    """Every file and folder under folder, with the files' contents."""
+    found: dict[str, bytes | None] = {}
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            found[os.path.relpath(os.path.join(root, d), folder)] = None
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                found[os.path.relpath(os.path.join(root, f), folder)] = fh.read()
+    return found
 
 
-@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
-def test_bad_config_is_refused(spark, capsys, tmp_path, case):
-    args, message = CONFIG_CASES[case]
-    code, err, out = _run(capsys, tmp_path, *args)
-    assert code == 2 and message in err, err
-    assert not out.exists()
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_refused_with_one_clear_line_and_nothing_touched(spark, capsys, tmp_path, case):
+    setup, expected_code, message = MATRIX[case]
+    with contextlib.ExitStack() as stack:
+        extra = setup(tmp_path, spark, stack)
+        before = _snapshot(tmp_path)
+        code, err, _ = _run(capsys, tmp_path, "--set", f"input.path={tmp_path / 'ratings.csv'}", *extra)
+        after = _snapshot(tmp_path)
+    assert code == expected_code, err
+    assert err.startswith("cfspark: error: ") and err.count("\n") == 1, err
+    assert message.replace("{tmp}", str(tmp_path)) in err, err
+    assert after == before  # no output, staging, lock or checkpoint left; the input as it was
 
 
-def test_missing_path_is_refused(spark, capsys, tmp_path):
-    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={tmp_path / 'nope.csv'}")
-    assert code == 2 and "does not exist" in err and str(tmp_path / "nope.csv") in err
-    assert not out.exists()
+def test_help_lists_every_key_with_its_default(capsys):
+    from cfspark.config import load_defaults
 
-
-def test_existing_output_is_never_overwritten(spark, capsys, tmp_path):
-    data = tmp_path / "ratings.csv"
-    data.write_text(GOOD)
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("precious")
-    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}")
-    assert code == 2 and "already exists" in err
-    assert (out / "keep.txt").read_text() == "precious"
+    with pytest.raises(SystemExit) as stop:
+        train_job.main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert "  model.rank = 10\n" in text and "  input.binarize_threshold = nan\n" in text
+    assert all(f"  {s}.{k} = " in text for s, values in load_defaults().items() for k in values)
 
 
 def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
+    """Also: what a run killed while writing left behind (its lock, its staging folders)
+    is cleared by the next run on the same output.path."""
     data = tmp_path / "ratings.csv"
     data.write_text(GOOD + "u1,m1,2\n")
+    (tmp_path / "out.partial-dead0001" / "recommendations").mkdir(parents=True)
+    (tmp_path / "out.old-dead0002").mkdir()
+    (tmp_path / "out.lock").write_text('{"pid": 999999, "host": "gone", "started": "2026-01-01T00:00:00"}')
     code, _, out = _run(
         capsys,
         tmp_path,
@@ -105,34 +251,78 @@ def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
         "checkpoint.interval=0",
     )
     assert code == 0
+    assert sorted(os.listdir(tmp_path)) == ["out", "ratings.csv"]  # stale lock and staging removed
     means = {r.movieId: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_means")).collect()}
     assert means == {"m1": (3.0 + 5.0) / 2, "m2": 3.0, "m3": 1.0}
+    # Strict JSON: input.binarize_threshold = nan (off) is written as null, not a bare NaN.
+    meta = strict_json(out / "model" / "metadata.json")
+    assert meta["config"]["input"]["binarize_threshold"] is None
+    assert strict_json(out / "metrics.json")["train"]["count"] == 4
 
 
-BCE_CASES = {
-    "not_a_label": (
-        "userId,movieId,rating\nu1,m1,1\nu2,m2,2\nu3,m3,2\n",
-        [],
-        "column 'rating' has 2 label(s) other than 0/1 or true/false out of 3 rows, e.g. value '2' in",
-    ),
-    "binarize_text": (
-        "userId,movieId,rating\nu1,m1,4\nu2,m2,good\n",
-        ["--set", "input.binarize_threshold=4"],
-        "input.binarize_threshold needs numbers: column 'rating' has 1 value(s) that are not numbers",
-    ),
-    "all_one_label": (
-        "userId,movieId,rating\nu1,m1,1\nu2,m2,1\n",
-        ["--set", "split.test_fraction=0.0"],
-        "all 2 training labels are 1; bce needs both 0 and 1 labels",
-    ),
-}
+def strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{path} holds {name}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
-@pytest.mark.parametrize("case", sorted(BCE_CASES))
-def test_bad_labels_are_refused(spark, capsys, tmp_path, case):
-    text, extra, message = BCE_CASES[case]
-    data = tmp_path / "labels.csv"
-    data.write_text(text)
-    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}", "--set", "model.loss=bce", *extra)
-    assert code == 2 and message in err, err
-    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["labels.csv"]
+def test_json_files_are_strict(tmp_path):
+    from cfspark.fs import write_json
+
+    write_json(str(tmp_path / "m.json"), {"auc": float("nan"), "grid": [1.0, float("inf")], "n": {"x": -float("inf")}})
+    assert strict_json(tmp_path / "m.json") == {"auc": None, "grid": [1.0, None], "n": {"x": None}}
+
+
+def test_a_diverging_fit_stops_with_the_training_failure_code(spark, capsys, tmp_path):
+    data = tmp_path / "ratings.csv"
+    data.write_text(GOOD)
+    code, err, out = _run(
+        capsys, tmp_path, "--set", f"input.path={data}", "--set", "model.optimizer=gd",
+        "--set", "model.learning_rate=1e100", "--set", "split.test_fraction=0.0",
+    )  # fmt: skip
+    assert code == 4 and "cfspark: error: the training loss is " in err and "at iteration " in err, err
+    assert sorted(os.listdir(tmp_path)) == ["ratings.csv"]  # no output, no checkpoints
+
+
+def test_a_failed_write_has_its_own_code_and_keeps_the_old_output(spark, capsys, tmp_path, monkeypatch):
+    from cfspark.model import CFModel
+
+    data = tmp_path / "ratings.csv"
+    data.write_text(GOOD)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("previous result")
+
+    def fail(self, path, metadata=None):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(CFModel, "save", fail)
+    code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}", "--set", "output.overwrite=true",
+                          "--set", "checkpoint.interval=0")  # fmt: skip
+    assert code == 5 and "cfspark: error: writing the results failed: OSError: disk full" in err, err
+    assert (out / "keep.txt").read_text() == "previous result"
+    assert sorted(os.listdir(tmp_path)) == ["out", "ratings.csv"]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_give_the_interrupted_codes(capsys, signum, code):
+    from cfspark.cli import exit_code
+
+    def body() -> int:
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises well before this ends
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert exit_code(body) == code
+    assert "cfspark: error: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the job's handler is removed again
+
+
+def test_each_error_class_has_its_own_exit_code():
+    from cfspark import errors
+    from cfspark.cli import code_for
+
+    classes = [errors.ConfigError, errors.InputError, errors.TrainingError, errors.OutputError, errors.BusyError]
+    codes = [code_for(cls("x")) for cls in classes]
+    assert codes == [2, 3, 4, 5, 6]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -51,7 +51,9 @@ def default_ratings_path() -> str:
 
 def _load(spark: SparkSession, path: str, fmt: str, header: bool, delimiter: str) -> DataFrame:
     if fmt == "parquet":
-        return spark.read.parquet(path)
+        # mergeSchema reads every file's footer now: a file that is not Parquet, or files that
+        # disagree on a column's type, are found here as bad input, not as a task failure later.
+        return spark.read.option("mergeSchema", "true").parquet(path)
     if fmt == "csv":
         return spark.read.csv(path, header=header, sep=delimiter, inferSchema=False)
     lines = spark.read.text(path)
@@ -72,8 +74,8 @@ def read_ratings(spark: SparkSession, input_cfg: dict) -> tuple[DataFrame, Colum
     try:
         df = _load(spark, path, fmt, input_cfg["header"], input_cfg["delimiter"])
         names = df.columns
-    except AnalysisException as e:
-        raise InputError(f"cannot read input.path {path} as {fmt}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # AnalysisException, or what Spark raises for unreadable files (py4j's, Connect's)
+        raise InputError(f"cannot read input.path {path} as {fmt}: {spark_message(e)}") from None
     positional = fmt == "movielens" or (fmt == "csv" and not input_cfg["header"])
     if positional:
         if len(names) < 3:
@@ -91,3 +93,16 @@ def read_ratings(spark: SparkSession, input_cfg: dict) -> tuple[DataFrame, Colum
             f"(set input.user_col, input.item_col, input.rating_col)"
         )
     return df.select(cols.user, cols.item, cols.rating), cols
+
+
+def spark_message(e: Exception) -> str:
+    """Spark's message on one line: without py4j's preamble, Java class names or the JVM stack."""
+    kept = []
+    for line in str(e).splitlines():
+        line = line.strip().removeprefix(": ")
+        if line.startswith("An error occurred while calling") or not line:
+            continue
+        if line.startswith(("at ", "Caused by:", "JVM stacktrace:")):
+            break
+        kept.append(re.sub(r"^([\w$]+\.)+[\w$]*(Exception|Error): ", "", line))
+    return " ".join(kept)[:600] or type(e).__name__

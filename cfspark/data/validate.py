@@ -16,6 +16,10 @@ from cfspark.errors import InputError
 USER, ITEM, RATING = "user", "item", "rating"
 
 _ID_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.StringType)
+# The largest |rating| accepted. Squares of ratings, and sums of up to 1e100 of them (item
+# means, losses), then stay finite in float64 (max about 1.8e308); any real rating is far below it.
+MAX_ABS_RATING = 1e100
+
 _NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
 
 
@@ -92,6 +96,11 @@ def validate_ratings(
             rating.isNotNull() & _is_bad_double(rating),
             f"column {cols.rating!r} has {{n}} NaN or infinite rating(s)",
         )
+        if not binarize:
+            checks["too_large"] = (
+                rating.isNotNull() & ~_is_bad_double(rating) & (F.abs(rating) > F.lit(MAX_ABS_RATING)),
+                f"column {cols.rating!r} has {{n}} rating(s) above {MAX_ABS_RATING:g} in magnitude",
+            )
         label = (rating >= F.lit(binarize_threshold)).cast("double") if binarize else rating
     id_casts = {}
     for name in (cols.user, cols.item):

@@ -9,13 +9,18 @@ a run whose fingerprint differs starts afresh and never reuses stale factors.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from cfspark.fs import is_local, local_path
+from cfspark.data.read import spark_message
+from cfspark.fs import finite_json, is_local, local_path
+
+log = logging.getLogger("cfspark")
 
 MARKER = "latest.json"
 
@@ -46,14 +51,18 @@ class Checkpointer:
         return os.path.join(local_path(self.directory), MARKER)
 
     def save(self, iteration: int, user_out: DataFrame, item_out: DataFrame, history: list[dict]) -> Resumed:
-        path = f"{self.directory}/iter-{iteration:06d}"
+        name = f"iter-{iteration:06d}"
+        path = f"{self.directory}/{name}"
         user_out.write.mode("overwrite").parquet(f"{path}/users")
         item_out.write.mode("overwrite").parquet(f"{path}/items")
         if is_local(self.directory):
-            marker = {"iteration": iteration, "fingerprint": self.fingerprint, "path": path, "history": history}
+            # path relative to the checkpoint dir, so a rerun from another working directory finds it;
+            # files: every file's size, so a truncated or missing file is caught before it is read.
+            marker = {"iteration": iteration, "fingerprint": self.fingerprint, "path": name,
+                      "files": _sizes(local_path(path)), "history": finite_json(history)}  # fmt: skip
             tmp = self._marker() + ".tmp"
             with open(tmp, "w") as f:
-                json.dump(marker, f)
+                json.dump(marker, f, allow_nan=False)
             os.replace(tmp, self._marker())
             self._drop_older(iteration)
         return self._read(iteration, path, history)
@@ -70,15 +79,65 @@ class Checkpointer:
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
     def load(self) -> Resumed | None:
-        """The latest checkpoint of this fingerprint, or None."""
+        """The latest checkpoint of this fingerprint, or None.
+
+        A checkpoint that cannot be used (latest.json unreadable, its folder or a file gone
+        or truncated, a table that does not decode) is skipped with a warning: the run then
+        starts afresh and its own checkpoints replace it. It is never half loaded.
+        """
         if not is_local(self.directory) or not os.path.isfile(self._marker()):
             return None
-        with open(self._marker()) as f:
-            marker = json.load(f)
-        if marker.get("fingerprint") != self.fingerprint:
+        try:
+            with open(self._marker()) as f:
+                marker = json.load(f)
+            fingerprint, iteration, history = marker["fingerprint"], int(marker["iteration"]), marker["history"]
+            path = marker["path"]
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            return self._skip(f"{self._marker()} cannot be read ({type(e).__name__}: {e})")
+        if fingerprint != self.fingerprint:
             return None
-        return self._read(marker["iteration"], marker["path"], marker["history"])
+        if "://" not in path and not os.path.isabs(path):
+            path = f"{self.directory}/{path}"
+        problem = _missing_or_truncated(local_path(path), marker.get("files"))
+        if problem:
+            return self._skip(f"the checkpoint at iteration {iteration} in {path}: {problem}")
+        try:
+            resumed = self._read(iteration, path, history)
+            for df in (resumed.user_out, resumed.item_out):  # decode every column of every row once
+                df.agg(F.sum(F.hash(*df.columns))).collect()
+        except Exception as e:
+            return self._skip(f"the checkpoint at iteration {iteration} in {path} cannot be read ({spark_message(e)})")
+        return resumed
+
+    def _skip(self, why: str) -> None:
+        log.warning("ignoring %s; training starts afresh", why)
+        return None
 
     def remove(self) -> None:
         if is_local(self.directory):
             shutil.rmtree(local_path(self.directory), ignore_errors=True)
+
+
+def _sizes(folder: str) -> dict[str, int]:
+    """Every file under folder (relative path → bytes)."""
+    sizes = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            full = os.path.join(root, name)
+            sizes[os.path.relpath(full, folder)] = os.path.getsize(full)
+    return sizes
+
+
+def _missing_or_truncated(folder: str, expected: dict[str, int] | None) -> str:
+    """What is wrong with the files of a checkpoint folder, or "" if nothing is."""
+    if not os.path.isdir(folder):
+        return "its folder is missing"
+    if expected is None:  # a marker from before file sizes were recorded: the read check decides
+        return ""
+    found = _sizes(folder)
+    for name, size in sorted(expected.items()):
+        if name not in found:
+            return f"{name} is missing"
+        if found[name] != size:
+            return f"{name} has {found[name]} bytes, {size} were written"
+    return ""

@@ -13,6 +13,7 @@ which a stopped run resumes.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
+from cfspark.errors import TrainingError
 from cfspark.profile import phase
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, STATE, StepConfig, init_blocks, step_blocks
@@ -150,6 +152,9 @@ def train(
         log.info(
             "iteration %d/%d: train loss %.6g (%.2f s)", iteration, max_iter, entry["train_loss"], entry["seconds"]
         )
+        if not math.isfinite(entry["train_loss"]):  # diverged: stop before checkpointing it
+            raise TrainingError(f"the training loss is {entry['train_loss']} at iteration {iteration}; "
+                                "lower model.learning_rate or raise model.reg")  # fmt: skip
         change = relative_change(history)
         converged = tol > 0 and change is not None and change < tol
         if converged:

@@ -1,0 +1,59 @@
+"""Run locks across processes, and the path checks (no Spark needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cfspark.errors import BusyError, ConfigError, OutputError
+from cfspark.guard import RunLock, check_disjoint, check_writable
+
+HOLD = """
+import sys, time
+from cfspark.guard import RunLock
+with RunLock([("output.path", sys.argv[1])]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_lock_held_by_another_live_process_is_refused_then_taken_once_it_dies(tmp_path):
+    out = str(tmp_path / "out")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, out], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        info = json.loads((tmp_path / "out.lock").read_text())
+        assert info["pid"] == holder.pid
+        with pytest.raises(BusyError, match=f"output.path {out} is in use by another run \\(pid {holder.pid} on "):
+            RunLock([("output.path", out)]).__enter__()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the lock file stays behind
+        holder.wait()
+    assert (tmp_path / "out.lock").exists()
+    with RunLock([("output.path", out)]):  # stale: nobody holds it any more
+        assert json.loads((tmp_path / "out.lock").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / "out.lock").exists()
+
+
+def test_locks_are_released_and_folders_made_for_them_removed(tmp_path):
+    with RunLock([("output.path", str(tmp_path / "a" / "b" / "out"))]):
+        assert (tmp_path / "a" / "b" / "out.lock").is_file()
+    assert os.listdir(tmp_path) == []
+
+
+def test_path_checks(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "file").write_text("x")
+    check_disjoint("output.path", str(tmp_path / "out"), "input.path", str(tmp_path / "data"))  # siblings: fine
+    check_disjoint("output.path", str(tmp_path / "data2"), "input.path", str(tmp_path / "data"))  # a prefix only
+    with pytest.raises(ConfigError, match="is a folder above"):
+        check_disjoint("output.path", str(tmp_path), "input.path", str(tmp_path / "data" / "r.csv"))
+    with pytest.raises(ConfigError, match="is input.path"):  # the same folder, spelt differently
+        check_disjoint("output.path", str(tmp_path / "data" / ".." / "data"), "input.path", str(tmp_path / "data"))
+    check_writable("output.path", str(tmp_path / "new" / "deeper" / "out"))
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_writable("output.path", str(tmp_path / "file" / "out"))

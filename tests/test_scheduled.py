@@ -1,0 +1,63 @@
+"""Scheduled runs (output.run_date): date partitions of recommendations, metrics and model;
+rerunning a date replaces that date only, idempotently."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from test_bad_input import GOOD, strict_json, train_job
+
+MORE = GOOD + "u3,m1,2\nu3,m2,5\nu4,m3,4\nu4,m2,2\n"  # 4 users, 3 items
+
+
+def _run(tmp_path, run_date: str, reg: float = 10.0) -> int:
+    return train_job.main([
+        "--set", f"input.path={tmp_path / 'ratings.csv'}", "--set", f"output.path={tmp_path / 'daily'}",
+        "--set", f"output.run_date={run_date}", "--set", f"model.reg={reg}", "--set", "split.test_fraction=0.0",
+        "--set", "model.max_iter=2", "--set", "spark.shuffle_partitions=2", "--set", "checkpoint.interval=0",
+    ])  # fmt: skip
+
+
+def _recs(spark, tmp_path, day: str) -> list[tuple]:
+    table = spark.read.parquet(str(tmp_path / "daily" / "recommendations"))
+    rows = table.filter(f"run_date = '{day}'").select("userId", "movieId", "rank", "score").collect()
+    return sorted(tuple(r) for r in rows)
+
+
+def _files(folder) -> dict[str, bytes]:
+    found = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                found[os.path.relpath(os.path.join(root, f), folder)] = fh.read()
+    return found
+
+
+def test_rerunning_a_date_replaces_that_date_only(spark, tmp_path):
+    (tmp_path / "ratings.csv").write_text(MORE)
+    assert _run(tmp_path, "2026-11-01") == 0
+    assert _run(tmp_path, "2026-11-02") == 0
+    daily = tmp_path / "daily"
+    assert sorted(os.listdir(daily)) == ["metrics", "model", "recommendations"]
+    for table in ("metrics", "model"):
+        assert sorted(os.listdir(daily / table)) == ["run_date=2026-11-01", "run_date=2026-11-02"]
+    second_day = _files(daily / "recommendations" / "run_date=2026-11-02")
+    first = _recs(spark, tmp_path, "2026-11-01")
+    assert len(first) == 4 and first == _recs(spark, tmp_path, "2026-11-02")  # 3 items, 2 rated by each user
+
+    # A rerun of the first date with another λ replaces it whole: none of the old rows is left.
+    assert _run(tmp_path, "2026-11-01", reg=0.5) == 0
+    assert _files(daily / "recommendations" / "run_date=2026-11-02") == second_day  # the other date untouched
+    replaced = _recs(spark, tmp_path, "2026-11-01")
+    assert len(replaced) == 4 and not set(replaced) & set(first)  # new scores, no duplicates
+    metrics = strict_json(daily / "metrics" / "run_date=2026-11-01" / "metrics.json")
+    assert metrics["run_date"] == "2026-11-01" and metrics["counts"]["ratings"] == 8
+    meta = json.loads((daily / "model" / "run_date=2026-11-01" / "metadata.json").read_text())
+    assert meta["config"]["model"]["reg"] == 0.5
+
+    # Idempotent: the same date and settings again give the same rows, no duplicates, no leftovers.
+    assert _run(tmp_path, "2026-11-01", reg=0.5) == 0
+    assert _recs(spark, tmp_path, "2026-11-01") == replaced
+    assert spark.read.parquet(str(daily / "recommendations")).count() == 4 + 4
+    assert sorted(os.listdir(tmp_path)) == ["daily", "ratings.csv"]  # no staging, no lock
