@@ -65,7 +65,8 @@ def checkpoint_level(spark) -> StorageLevel:
         master = spark.conf.get("spark.master", "local")
     except Exception:  # a Connect server that hides it: replicate, which is safe everywhere
         master = ""
-    return StorageLevel.MEMORY_AND_DISK if master.startswith("local") else StorageLevel.MEMORY_AND_DISK_2
+    one_store = master == "local" or master.startswith("local[")  # not local-cluster[...]
+    return StorageLevel.MEMORY_AND_DISK if one_store else StorageLevel.MEMORY_AND_DISK_2
 
 
 def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
