@@ -57,6 +57,8 @@ def job_session(app_name: str, cfg: Config | None = None, *, als: bool = False):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    if cfg is not None and cfg["spark"]["remote"]:
+        return remote_session(cfg)
     builder = SparkSession.builder.appName(app_name).config("spark.log.level", "WARN")
     if cfg is not None:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg["spark"]["shuffle_partitions"]))
@@ -65,6 +67,16 @@ def job_session(app_name: str, cfg: Config | None = None, *, als: bool = False):
         atexit.register(shutil.rmtree, rdd_checkpoints, ignore_errors=True)
         builder = builder.config("spark.checkpoint.dir", rdd_checkpoints)
     return builder.getOrCreate()
+
+
+def remote_session(cfg: Config):
+    """A Spark Connect session to spark.remote (sc://host:port). The server owns the static
+    confs (master, memory, spark.checkpoint.dir); the job sets only its runtime ones."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.remote(cfg["spark"]["remote"]).getOrCreate()
+    spark.conf.set("spark.sql.shuffle.partitions", str(cfg["spark"]["shuffle_partitions"]))
+    return spark
 
 
 # One exit code per way a job can stop (README, "Running as a scheduled job").

@@ -1,6 +1,7 @@
 """spark-submit entry point: train cfspark and write recommendations, model and metrics.
 
 spark-submit jobs/train.py [--config conf/default.toml] [--set section.key=value ...]
+python jobs/train.py --remote sc://host:15002 [...]   (through Spark Connect)
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from cfspark.cli import config_parser, exit_code, job_config, job_logging, job_s
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = config_parser(__doc__).parse_args(argv)
+    parser = config_parser(__doc__)
+    parser.add_argument("--remote", metavar="sc://HOST:PORT", help="run through Spark Connect (same as spark.remote)")
+    args = parser.parse_args(argv)
+    if args.remote:
+        args.overrides.append(f"spark.remote={args.remote}")
     job_logging()
 
     def body() -> int:

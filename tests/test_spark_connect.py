@@ -105,3 +105,44 @@ def test_fit_over_connect_equals_fit_in_classic_spark(spark, connect_server):
     assert remote["factors"] == factors
     assert remote["recs"] == recs and len(recs) == 3 * 40
     classic.unpersist()
+
+
+JOB = ["model.rank=2", "model.max_iter=3", "model.num_user_blocks=2", "model.num_item_blocks=2",
+       "checkpoint.interval=2", "checkpoint.keep=true", "spark.shuffle_partitions=4", "output.top_n=3"]  # fmt: skip
+
+
+def test_train_job_runs_whole_through_connect(spark, connect_server, tmp_path):
+    """jobs/train.py --remote: read, validate, train, checkpoint, recommend and write, all
+    through the Connect session; the outputs equal a classic session's run of the same config."""
+    from cfspark.config import load_config
+    from cfspark.job import run as run_job
+
+    rows = planted_ratings(n_users=40, n_items=30, rank=2, density=0.4, noise=0.2, seed=2).rows()
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating\n" + "".join(f"{u},{i},{r}\n" for u, i, r in rows))
+    sets = [f"input.path={tmp_path / 'ratings.csv'}", *JOB]
+    remote_out, classic_out = tmp_path / "remote", tmp_path / "classic"
+    job = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "train.py")
+    args = [a for s in [*sets, f"output.path={remote_out}"] for a in ("--set", s)]
+    # A plain python process (no spark-submit, no JVM of its own), started from an empty dir.
+    (tmp_path / "cwd").mkdir()
+    proc = subprocess.run([sys.executable, job, "--remote", connect_server, *args], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path / "cwd")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"results in {remote_out}" in proc.stdout
+    assert sorted(os.listdir(remote_out)) == ["metrics.json", "model", "recommendations"]
+    marker = json.loads((tmp_path / "remote_checkpoints" / "latest.json").read_text())
+    assert marker["iteration"] == 2 and os.path.isdir(marker["path"] + "/users")
+    assert not [n for n in os.listdir(tmp_path) if ".partial-" in n]
+
+    run_job(spark, load_config(None, [*sets, f"output.path={classic_out}"]))
+    remote, classic = (json.loads((o / "metrics.json").read_text()) for o in (remote_out, classic_out))
+    assert remote["counts"] == classic["counts"]
+    for split in ("train", "test"):
+        for key, value in classic[split].items():
+            assert remote[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+    recs = [
+        sorted(map(tuple, spark.read.parquet(str(o / "recommendations")).collect())) for o in (remote_out, classic_out)
+    ]
+    assert [r[:3] for r in recs[0]] == [r[:3] for r in recs[1]] and len(recs[0]) == 3 * 40
+    meta = json.loads((remote_out / "model" / "metadata.json").read_text())
+    assert meta["config"]["spark"]["remote"] == connect_server

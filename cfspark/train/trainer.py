@@ -5,9 +5,11 @@ union of the block's own state and the other side's messages (one shuffle, by de
 
 Each half-step's output depends on both previous outputs, so its plan would double
 in size every iteration. localCheckpoint materialises it on the executors and
-restarts the plan from there. Local checkpoints do not survive a lost executor, so
-every checkpoint interval the two live tables are also written to storage, from
-which a stopped run resumes.
+restarts the plan from there. A local checkpoint lives in executors' block stores and
+has no lineage to recompute it from, so on a cluster it is kept on two executors
+(MEMORY_AND_DISK_2): one lost executor then costs only a task retry. Every checkpoint
+interval the two live tables are also written to storage, from which a stopped run
+resumes.
 """
 
 from __future__ import annotations
@@ -60,13 +62,23 @@ class HalfStep:
     message_mb: float  # factor vectors sent to the other side's blocks
 
 
+def checkpoint_level(spark) -> StorageLevel:
+    """Replicated on a cluster, where an executor can be lost alone; local mode has one block store."""
+    try:
+        master = spark.conf.get("spark.master", "local")
+    except Exception:  # a Connect server that hides it: replicate, which is safe everywhere
+        master = ""
+    one_store = master == "local" or master.startswith("local[")  # not local-cluster[...]
+    return StorageLevel.MEMORY_AND_DISK if one_store else StorageLevel.MEMORY_AND_DISK_2
+
+
 def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
     """Materialise df with a fresh plan; return it and what its tasks reported."""
     # Not eager: the collect below is the one job that computes the half-step, and Spark
     # stores the checkpointed partitions as that job computes them. An eager checkpoint
     # followed by the collect ran two jobs per half-step, and on small data a job's fixed
     # cost is most of a half-step.
-    df = df.localCheckpoint(eager=False, storageLevel=StorageLevel.MEMORY_AND_DISK)
+    df = df.localCheckpoint(eager=False, storageLevel=checkpoint_level(df.sparkSession))
     # One row per block and message, summed here: a collect is one stage, where an
     # aggregate would add a shuffle and a second stage to every half-step.
     fields = ("data_loss", "reg_loss", "kernel_seconds", "codec_seconds")
