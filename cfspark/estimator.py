@@ -32,7 +32,10 @@ AUTO = "auto"
 # the last, for at most PATH_ITER iterations, scored on a hashed VALIDATION_FRACTION of the
 # training ratings, until the validation score gets worse. Count-scaled λ keeps this one
 # path right for every data size.
-REG_PATH = (0.3, 0.15, 0.08, 0.04, 0.02, 0.01, 0.005)
+REG_PATH = (0.5, 0.25, 0.12, 0.06, 0.03, 0.015, 0.008)
+# The walk stops once validation is worse than the best so far by more than this fraction:
+# under strong λ the factors vanish and the score is flat, which must not end the walk.
+PATH_SLACK = 1e-3
 PATH_ITER = 4
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a test split on the split seed
@@ -198,18 +201,14 @@ class CollaborativeFilter:
             model.reg_path = path
             return model
         began = time.perf_counter()
-        spark = train_ratings.sparkSession
-        with phase(spark, "prepare"):
-            targets, stats, baseline, global_baseline = self.prepare(train_ratings)
-            auto = blocks_for(train_ratings.count()) if 0 in (self.numUserBlocks, self.numItemBlocks) else 0
-            checkpointer = None
-            if self.checkpointDir:
-                fingerprint = self.fingerprint(train_ratings)
-                checkpointer = Checkpointer(spark, self.checkpointDir, self.checkpointInterval, fingerprint)
-        blocks = build_blocks(
-            targets, baseline, num_user_blocks=self.numUserBlocks or auto, num_item_blocks=self.numItemBlocks or auto,
-            seed=self.seed, max_block_ratings=self.maxBlockRatings,
-        )  # fmt: skip
+        checkpointer = None
+        if self.checkpointDir:
+            with phase(train_ratings.sparkSession, "prepare"):
+                checkpointer = Checkpointer(
+                    train_ratings.sparkSession, self.checkpointDir, self.checkpointInterval,
+                    self.fingerprint(train_ratings),
+                )  # fmt: skip
+        blocks, stats, global_baseline = self.setup(train_ratings)
 
         def model(result: TrainResult, *, cache: bool) -> CFModel:
             return self.model_from(result, blocks, stats, global_baseline, cache=cache)
@@ -220,6 +219,17 @@ class CollaborativeFilter:
             checkpointer=checkpointer, on_iteration=watch, began=began, tol=self.tol,
         )  # fmt: skip
         return model(result, cache=True)
+
+    def setup(self, train_ratings: DataFrame) -> tuple[Blocks, DataFrame, float]:
+        """What training reads, built once: the blocks, the item table and the global baseline."""
+        with phase(train_ratings.sparkSession, "prepare"):
+            targets, stats, baseline, global_baseline = self.prepare(train_ratings)
+            auto = blocks_for(train_ratings.count()) if 0 in (self.numUserBlocks, self.numItemBlocks) else 0
+        blocks = build_blocks(
+            targets, baseline, num_user_blocks=self.numUserBlocks or auto, num_item_blocks=self.numItemBlocks or auto,
+            seed=self.seed, max_block_ratings=self.maxBlockRatings,
+        )  # fmt: skip
+        return blocks, stats, global_baseline
 
     def model_from(
         self, result: TrainResult, blocks: Blocks, stats: DataFrame, global_baseline: float, *, cache: bool
@@ -247,35 +257,30 @@ class CollaborativeFilter:
         A hashed VALIDATION_FRACTION of train_ratings is held out; the rest is blocked once,
         and REG_PATH is walked from strong to weak λ, each warm-started from the last, so the
         whole path costs about one fit. The walk stops at the first λ that validates worse than
-        the one before it, and the best λ so far wins, on validation RMSE (mse) or logloss
+        the best so far (by more than PATH_SLACK), and the best λ wins, on validation RMSE (mse) or logloss
         (bce). Only train_ratings is read: a test split never reaches this.
         """
-        spark = train_ratings.sparkSession
         fit_part, held = split_ratings(
             train_ratings, test_fraction=VALIDATION_FRACTION, seed=self.seed + VALIDATION_SEED
         )
         fit_part, held = fit_part.cache(), held.cache()
         metric = "rmse" if self.loss == "mse" else "logloss"
         path: list[dict] = []
-        with phase(spark, "prepare"):
-            targets, stats, baseline, global_baseline = self.prepare(fit_part)
-            auto = blocks_for(fit_part.count()) if 0 in (self.numUserBlocks, self.numItemBlocks) else 0
-        blocks = build_blocks(
-            targets, baseline, num_user_blocks=self.numUserBlocks or auto, num_item_blocks=self.numItemBlocks or auto,
-            seed=self.seed, max_block_ratings=self.maxBlockRatings,
-        )  # fmt: skip
+        blocks, stats, global_baseline = self.setup(fit_part)
         result = None
         for reg in REG_PATH:
             step = replace(self, regParam=reg)
-            start = (result.user_out, result.item_out) if result else None
+            before = result
             result = train(
                 blocks, step.step_config("user"), step.step_config("item"), max_iter=PATH_ITER, tol=self.tol,
-                start_from=start,
+                start_from=(before.user_out, before.item_out) if before else None,
             )  # fmt: skip
+            if before:  # the warm start has been read: its checkpointed tables can go
+                before.user_out.unpersist(), before.item_out.unpersist()
             score = pointwise_metrics(step.model_from(result, blocks, stats, global_baseline, cache=False), held)
             path.append({"reg": reg, metric: score[metric], "iterations": len(result.history)})
             log.info("automatic λ: reg %g gives validation %s %.6g", reg, metric, score[metric])
-            if len(path) > 1 and _worse(path[-1][metric], path[-2][metric]):
+            if _worse(path[-1][metric], min((p[metric] for p in path if p[metric] is not None), default=math.inf)):
                 break
         best = min(path, key=lambda p: math.inf if p[metric] is None else p[metric])
         log.info("automatic λ: chose reg = %g", best["reg"])
@@ -285,5 +290,5 @@ class CollaborativeFilter:
         return best["reg"], path
 
 
-def _worse(score: float | None, before: float | None) -> bool:
-    return score is None or (before is not None and score > before)
+def _worse(score: float | None, best: float) -> bool:
+    return score is None or score > best * (1 + PATH_SLACK)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import pytest
 from planted import planted_ratings
 
+from cfspark import CollaborativeFilter
 from cfspark.config import load_config
 from cfspark.data.split import split_ratings
-from cfspark.estimator import REG_PATH
+from cfspark.estimator import PATH_SLACK, REG_PATH
+from cfspark.evaluate import regression_metrics
 from cfspark.job import run
 
 SPLIT_SEED = 42
@@ -34,30 +36,37 @@ def _job(spark, csv, out):
 def runs(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auto")
     p = planted_ratings(n_users=200, n_items=150, rank=3, density=0.3, noise=0.5, seed=21)
-    rows = p.rows()
+    rows = [(u, i, round(r, 6)) for u, i, r in p.rows()]  # as the csv holds them
     _write(tmp / "clean.csv", rows)
     df = spark.createDataFrame(rows, "user long, item long, rating double")
-    _, test = split_ratings(df, test_fraction=0.2, seed=SPLIT_SEED)
+    train, test = split_ratings(df, test_fraction=0.2, seed=SPLIT_SEED)
     in_test = {(r.user, r.item) for r in test.collect()}
+    fixed = CollaborativeFilter(rank=3, regParam=0.1).fit_validated(train)  # the default λ, on the job's split
+    fixed_rmse = regression_metrics(fixed.predict_canonical(test))["rmse"]
+    fixed.unpersist()
     poisoned = [(u, i, (10.0 - 3 * r if (u, i) in in_test else r)) for u, i, r in rows]
     _write(tmp / "poisoned.csv", poisoned)
     return (
-        p,
+        fixed_rmse,
         len(in_test),
         _job(spark, tmp / "clean.csv", tmp / "clean"),
         _job(spark, tmp / "poisoned.csv", tmp / "bad"),
     )
 
 
-def test_auto_reg_walks_the_path_and_reaches_the_noise_floor(runs):
-    p, _, clean, _ = runs
+def test_auto_reg_walks_the_path_and_adapts_to_low_noise_data(runs):
+    fixed_rmse, _, clean, _ = runs
     path = clean["model"]["reg_path"]
-    # The walk goes from strong to weak λ and stops once validation gets worse.
+    # The walk goes from strong to weak λ and stops once validation gets worse than the best.
     assert [step["reg"] for step in path] == list(REG_PATH[: len(path)])
     best = min(path, key=lambda step: step["rmse"])
     assert clean["model"]["reg"] == best["reg"]
-    assert len(path) == len(REG_PATH) or path[-1]["rmse"] > path[-2]["rmse"]
-    assert abs(clean["test"]["rmse"] - p.noise) <= 0.1 * p.noise, clean["test"]["rmse"]
+    assert len(path) == len(REG_PATH) or path[-1]["rmse"] > best["rmse"] * (1 + PATH_SLACK)
+    assert all(step["rmse"] <= best["rmse"] * (1 + PATH_SLACK) for step in path[:-1])
+    # Rank-3 data with σ = 0.5 wants less shrinkage than real ratings: the path finds it, and
+    # the test RMSE beats the default λ's on the same split.
+    assert clean["model"]["reg"] < 0.1
+    assert clean["test"]["rmse"] < fixed_rmse, (clean["test"]["rmse"], fixed_rmse)
 
 
 def test_auto_reg_never_reads_the_test_split(runs):
