@@ -62,7 +62,9 @@ def test_auto_reg_walks_the_path_and_adapts_to_low_noise_data(runs):
     best = min(path, key=lambda step: step["rmse"])
     assert clean["model"]["reg"] == best["reg"]
     assert len(path) == len(REG_PATH) or path[-1]["rmse"] > best["rmse"] * (1 + PATH_SLACK)
-    assert all(step["rmse"] <= best["rmse"] * (1 + PATH_SLACK) for step in path[:-1])
+    # No earlier step was worse than the best before it, or the walk would have stopped there.
+    for i in range(1, len(path) - 1):
+        assert path[i]["rmse"] <= min(step["rmse"] for step in path[:i]) * (1 + PATH_SLACK)
     # Rank-3 data with σ = 0.5 wants less shrinkage than real ratings: the path finds it, and
     # the test RMSE beats the default λ's on the same split.
     assert clean["model"]["reg"] < 0.1

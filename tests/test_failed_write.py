@@ -10,6 +10,7 @@ from planted import planted_ratings
 from pyspark.sql import DataFrameWriter
 
 from cfspark.config import load_config
+from cfspark.errors import OutputError
 from cfspark.job import run as run_job
 
 
@@ -36,7 +37,8 @@ def test_a_failed_write_keeps_the_previous_output_and_leaves_no_staging(spark, t
                              "model.rank=2", "model.max_iter=1", "model.num_user_blocks=2", "model.num_item_blocks=2",
                              "checkpoint.interval=0", "spark.shuffle_partitions=2"])  # fmt: skip
     _fail_model_tables(monkeypatch)
-    with pytest.raises(OSError, match=r"injected: cannot write .*/out\.partial-\w+/model/item_factors"):
+    # The job turns it into its write-failure class (exit code 5), keeping Spark's message.
+    with pytest.raises(OutputError, match=r"injected: cannot write .*/out\.partial-\w+/model/item_factors"):
         run_job(spark, cfg)
     assert sorted(os.listdir(tmp_path)) == ["out", "ratings.csv"]  # no out.partial-*, no out.old-*
     assert sorted(os.listdir(out)) == ["metrics.json", "recommendations"]
