@@ -83,18 +83,25 @@ def _check_output(path: str, overwrite: bool) -> None:
 
 
 @contextmanager
-def staged(path: str, overwrite: bool):
-    """Yield a folder to write into; on success it becomes path, on failure it is removed."""
-    if not is_local(path):
-        yield path
-        return
-    final = os.path.abspath(local_path(path))
+def _stage_beside(final: str):
+    """A fresh <final>.partial-XXXXXXXX folder to write into, removed if the body fails."""
     stage = f"{final}.partial-{uuid.uuid4().hex[:8]}"
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+@contextmanager
+def staged(path: str, overwrite: bool):
+    """Yield a folder to write into; on success it becomes path, on failure it is removed."""
+    if not is_local(path):
+        yield path
+        return
+    final = os.path.abspath(local_path(path))
+    with _stage_beside(final) as stage:
+        yield stage
     if os.path.exists(final):
         if not overwrite:
             shutil.rmtree(stage, ignore_errors=True)
@@ -140,12 +147,8 @@ def staged_partition(path: str, part: str):
         yield path
         return
     final = os.path.abspath(local_path(path))
-    stage = f"{final}.partial-{uuid.uuid4().hex[:8]}"
-    try:
+    with _stage_beside(final) as stage:
         yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     aside = f"{final}.old-{uuid.uuid4().hex[:8]}"
     for table in sorted(os.listdir(stage)):  # metrics, model, recommendations: each complete by now
         new, old = os.path.join(stage, table) + part, os.path.join(final, table) + part
