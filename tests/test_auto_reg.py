@@ -16,6 +16,8 @@ from cfspark.estimator import PATH_SLACK, REG_PATH
 from cfspark.evaluate import regression_metrics
 from cfspark.job import run
 
+pytestmark = pytest.mark.slow
+
 SPLIT_SEED = 42
 
 

@@ -9,6 +9,8 @@ from cfspark.benchmark import ratio_table, run_benchmark
 from cfspark.config import load_config
 from cfspark.synthetic import SyntheticSpec, write_synthetic
 
+pytestmark = pytest.mark.slow
+
 BENCH_SETTINGS: list[str] = []  # cfspark at its defaults
 
 

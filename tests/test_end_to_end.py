@@ -15,6 +15,8 @@ from tests_support import REPO
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import ITEM, USER
 
+pytestmark = pytest.mark.slow
+
 TOP_N = 5
 N_ITEMS = 30
 
@@ -78,6 +80,9 @@ def test_job_succeeds_and_prints_a_summary(run):
     _, out, proc = run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test rmse" in proc.stdout and "Spark ALS" in proc.stdout and str(out) in proc.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    winner = "cfspark wins" if m["test"]["rmse"] <= m["als"]["test"]["rmse"] else "Spark ALS wins"
+    assert f"{winner} on test RMSE: {m['test']['rmse']:.4f} against {m['als']['test']['rmse']:.4f}" in proc.stdout
     assert sorted(os.listdir(out)) == ["metrics.json", "model", "recommendations"]
     assert not os.path.exists(f"{out}_checkpoints")  # removed after success
     assert not [n for n in os.listdir(out.parent) if ".partial-" in n]
