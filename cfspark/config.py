@@ -64,9 +64,8 @@ def _merge(cfg: Config, section: str, key: str, value: Any, source: str) -> None
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ConfigError(
-            f"config key {section}.{key} must be a {type(default).__name__}, got {value!r} (from {source})"
-        )
+        kind = " or ".join([type(default).__name__, *(repr(w) for w in _WORDS.get((section, key), ()))])
+        raise ConfigError(f"config key {section}.{key} must be a {kind}, got {value!r} (from {source})")
     cfg[section][key] = value
 
 

@@ -163,6 +163,7 @@ MATRIX = {
     "unknown_loss": (args("--set", "model.loss=hinge"), CONFIG, "model.loss = 'hinge' is not one of mse, bce"),
     "wrong_type": (args("--set", "model.rank=ten"), CONFIG, "config key model.rank must be a int, got 'ten'"),
     "reg_nan": (args("--set", "model.reg=nan"), CONFIG, "model.reg must be finite, got nan"),
+    "reg_word": (args("--set", "model.reg=fast"), CONFIG, "config key model.reg must be a float or 'auto', got 'fast'"),
     "grid_inf": (
         args("--set", "compare.als_reg_grid=[0.1, inf]"), CONFIG, "compare.als_reg_grid must be finite, got [0.1, inf]",
     ),
