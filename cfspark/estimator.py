@@ -22,7 +22,7 @@ from cfspark.data.validate import ITEM, RATING, USER, validate_ratings
 from cfspark.evaluate import pointwise_metrics
 from cfspark.factors import factor_table
 from cfspark.model import CFModel
-from cfspark.profile import phase
+from cfspark.phases import phase
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, StepConfig
 from cfspark.train.trainer import TrainResult, train

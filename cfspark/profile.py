@@ -11,27 +11,11 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
 from cfspark.errors import CfsparkError
-
-TAG_PREFIX = "cfspark-"
-PHASES = ("prepare", "index", "pack", "init", "user-steps", "item-steps")
-SETUP = PHASES[:4]
-
-
-@contextmanager
-def phase(spark: SparkSession, name: str) -> Iterator[None]:
-    """Tag every Spark job started inside the block with the phase's name."""
-    tag = TAG_PREFIX + name
-    spark.addTag(tag)
-    try:
-        yield
-    finally:
-        spark.removeTag(tag)
+from cfspark.phases import PHASES, SETUP, TAG_PREFIX
 
 
 def _get(url: str) -> list | dict:

@@ -6,7 +6,8 @@ import pytest
 
 from cfspark import profile
 from cfspark.errors import CfsparkError
-from cfspark.profile import phase, profile_table, stage_breakdown
+from cfspark.phases import phase
+from cfspark.profile import profile_table, stage_breakdown
 
 
 def test_phase_tags_jobs_only_inside_the_block(spark):

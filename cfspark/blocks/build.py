@@ -18,7 +18,7 @@ from cfspark.blocks.inblock import CHUNK_SCHEMA, INBLOCK_SCHEMA, chunk_ratings, 
 from cfspark.data.index import BLOCK, KEY, LOCAL, index_entities
 from cfspark.data.normalise import ITEM_RATINGS
 from cfspark.data.validate import ITEM, USER
-from cfspark.profile import phase
+from cfspark.phases import phase
 
 TARGET = "y"  # what a rating's score is fitted to: y' (mse) or the label (bce)
 OFFSET = "offset"  # a fixed term added to the rating's score: o_i (bce) or null

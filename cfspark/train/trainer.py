@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
 from cfspark.errors import TrainingError
-from cfspark.profile import phase
+from cfspark.phases import phase
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, STATE, StepConfig, init_blocks, step_blocks
 
