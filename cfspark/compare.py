@@ -17,15 +17,13 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.blocks.build import BASELINE, Blocks
+from cfspark.blocks.build import Blocks
 from cfspark.blocks.codec import blob
-from cfspark.data.index import BLOCK, LOCAL, dense_id
-from cfspark.data.normalise import ITEM_MEAN
-from cfspark.data.offsets import POSITIVE_RATE
-from cfspark.data.validate import ITEM, RATING, USER
+from cfspark.data.index import dense_id
 from cfspark.evaluate import classification_metrics, ranking_metrics, regression_metrics
 from cfspark.kernels.layout import const_col, width
-from cfspark.recommend import RANK, recommend_all
+from cfspark.recommend import recommend_all
+from cfspark.schema import BASELINE, BLOCK, ITEM, ITEM_MEAN, LOCAL, POSITIVE_RATE, RANK, RATING, USER
 
 UNSEEN = -1  # an id ALS never trained on, so it predicts NaN for it
 

@@ -13,16 +13,29 @@ from dataclasses import asdict, dataclass, replace
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.blocks.build import BASELINE, OFFSET, TARGET, Blocks, build_blocks
-from cfspark.data.normalise import ITEM_MEAN, ITEM_RATINGS, NORMALISED, item_means, normalise
-from cfspark.data.offsets import ITEM_OFFSET, global_rate, item_offsets
+from cfspark.blocks.build import Blocks, build_blocks
+from cfspark.data.normalise import item_means, normalise
+from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.read import Columns
 from cfspark.data.split import split_ratings
-from cfspark.data.validate import ITEM, RATING, USER, validate_ratings
+from cfspark.data.validate import validate_ratings
 from cfspark.evaluate import pointwise_metrics
 from cfspark.factors import factor_table
 from cfspark.model import CFModel
 from cfspark.phases import phase
+from cfspark.schema import (
+    BASELINE,
+    ITEM,
+    ITEM_MEAN,
+    ITEM_OFFSET,
+    ITEM_RATINGS,
+    LABELLED,
+    NORMALISED,
+    OFFSET,
+    RATING,
+    TARGET,
+    USER,
+)
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, StepConfig
 from cfspark.train.trainer import TrainResult, train
@@ -184,7 +197,7 @@ class CollaborativeFilter:
             USER, ITEM, F.col(RATING).alias(TARGET), offset.alias(OFFSET)
         )
         glob = math.log(rate / (1 - rate)) if self.itemOffset else 0.0
-        baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col("labelled").alias(ITEM_RATINGS))
+        baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col(LABELLED).alias(ITEM_RATINGS))
         return targets, stats, baseline, glob
 
     def fit_validated(

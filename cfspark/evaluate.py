@@ -8,7 +8,7 @@ from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from cfspark.data.validate import ITEM, RATING, USER
+from cfspark.schema import ITEM, RATING, USER
 
 PROBABILITY_FLOOR = 1e-15  # logloss clips p into [floor, 1 − floor]
 

@@ -10,10 +10,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.codec import matrix
-from cfspark.data.index import BLOCK, LOCAL
 from cfspark.kernels.layout import bias_col, width
-
-FEATURES, BIAS = "features", "bias"
+from cfspark.schema import BIAS, BLOCK, FEATURES, LOCAL
 
 _ROWS_SCHEMA = "block int, local int, features array<double>, bias double"
 

@@ -22,12 +22,12 @@ from cfspark.compare import compare_als
 from cfspark.config import Config
 from cfspark.data.prepare import load_ratings, split_for_training
 from cfspark.data.read import Columns, default_ratings_path, spark_message
-from cfspark.data.validate import ITEM, USER
 from cfspark.errors import CfsparkError, ConfigError, InputError, OutputError, TrainingError
 from cfspark.estimator import CollaborativeFilter
 from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.fs import is_local, local_path, write_json
 from cfspark.guard import RunLock, check_disjoint, check_writable, remove_stale_staging
+from cfspark.schema import ITEM, RUN_DATE, USER
 
 log = logging.getLogger("cfspark")
 
@@ -113,9 +113,6 @@ def staged(path: str, overwrite: bool):
     else:
         os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
         os.replace(stage, final)
-
-
-RUN_DATE = "run_date"  # the partition column of scheduled runs (output.run_date)
 
 
 def _check_partitioned_output(path: str) -> None:

@@ -10,13 +10,11 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
-from cfspark.data.normalise import ITEM_MEAN
-from cfspark.data.offsets import ITEM_OFFSET
 from cfspark.data.read import Columns
-from cfspark.data.validate import ITEM, USER
-from cfspark.factors import BIAS, FEATURES, dot
+from cfspark.factors import dot
 from cfspark.fs import is_local, local_path, write_json
 from cfspark.recommend import recommend_all
+from cfspark.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_OFFSET, USER
 from cfspark.train.trainer import TrainResult
 
 # Per loss: the item table's name on disk, its baseline column, and the link to a score.

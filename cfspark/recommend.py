@@ -14,15 +14,12 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.blocks.build import BASELINE, Blocks
+from cfspark.blocks.build import Blocks
 from cfspark.blocks.codec import blob, cell, matrix
-from cfspark.data.index import BLOCK, LOCAL
-from cfspark.data.validate import ITEM, USER
 from cfspark.kernels.layout import width as layout_width
 from cfspark.kernels.losses import sigmoid
 from cfspark.kernels.topn import merge, score_pair
-
-RANK, SCORE = "rank", "score"
+from cfspark.schema import BASELINE, BLOCK, ITEM, LOCAL, RANK, SCORE, USER
 
 _PAIR_SCHEMA = "ub int, ib int, n_users int, idx binary, val binary"
 _ROW_SCHEMA = "block int, local int, item_block int, item_local int, rank int, score double"

@@ -13,7 +13,7 @@ from planted import planted_ratings
 from tests_support import REPO
 
 from cfspark.data.split import split_ratings
-from cfspark.data.validate import ITEM, USER
+from cfspark.schema import ITEM, USER
 
 pytestmark = pytest.mark.slow
 

@@ -15,15 +15,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.inblock import CHUNK_SCHEMA, INBLOCK_SCHEMA, chunk_ratings, pack_chunks
-from cfspark.data.index import BLOCK, KEY, LOCAL, index_entities
-from cfspark.data.normalise import ITEM_RATINGS
-from cfspark.data.validate import ITEM, USER
+from cfspark.data.index import index_entities
 from cfspark.phases import phase
+from cfspark.schema import BLOCK, ITEM, KEY, LOCAL, OFFSET, RATINGS, TARGET, USER
 
-TARGET = "y"  # what a rating's score is fitted to: y' (mse) or the label (bce)
-OFFSET = "offset"  # a fixed term added to the rating's score: o_i (bce) or null
-BASELINE = "baseline"  # per item: μ_i (mse) or o_i (bce), added back at prediction
-RATINGS = ITEM_RATINGS  # per entity: its number of training ratings, which sizes the blocks
 MAX_BLOCKS = 4096  # splitting stops here, whatever the loads
 
 log = logging.getLogger("cfspark")

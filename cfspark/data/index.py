@@ -9,7 +9,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-BLOCK, LOCAL, KEY = "block", "local", "key"
+from cfspark.schema import BLOCK, KEY, LOCAL
 
 
 def index_entities(entities: DataFrame, id_col: str, *, num_blocks: int, seed: int) -> DataFrame:

@@ -13,7 +13,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.data.validate import ITEM, RATING, USER
+from cfspark.schema import ITEM, RATING, USER
 
 _USER_KEY = "_user_key"
 

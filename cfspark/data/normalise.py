@@ -14,11 +14,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.data.validate import ITEM, RATING
-
-ITEM_MEAN = "item_mean"
-ITEM_RATINGS = "ratings"  # the item's number of training ratings
-NORMALISED = "y"
+from cfspark.schema import ITEM, ITEM_MEAN, ITEM_RATINGS, NORMALISED, RATING
 
 
 def item_means(train: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0) -> DataFrame:

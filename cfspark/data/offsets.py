@@ -9,11 +9,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.data.validate import ITEM, RATING
 from cfspark.errors import InputError
-
-ITEM_OFFSET = "item_offset"
-POSITIVE_RATE = "positive_rate"
+from cfspark.schema import ITEM, ITEM_OFFSET, LABELLED, POSITIVE_RATE, POSITIVES, RATING
 
 
 def global_rate(train: DataFrame) -> float:
@@ -39,8 +36,8 @@ def item_offsets(train: DataFrame, *, prior: float, rate: float, enabled: bool =
     global rate p, so an item with one label is not pushed to 0 or 1. With enabled=False the
     offsets are all 0: the plain σ(w·x + b) of the course.
     """
-    counts = train.groupBy(ITEM).agg(F.sum(RATING).cast("long").alias("positives"), F.count(F.lit(1)).alias("labelled"))
-    smoothed = (F.col("positives") + F.lit(prior * rate)) / (F.col("labelled") + F.lit(prior))
+    counts = train.groupBy(ITEM).agg(F.sum(RATING).cast("long").alias(POSITIVES), F.count(F.lit(1)).alias(LABELLED))
+    smoothed = (F.col(POSITIVES) + F.lit(prior * rate)) / (F.col(LABELLED) + F.lit(prior))
     table = counts.withColumn(POSITIVE_RATE, smoothed)
     offset = logit(F.col(POSITIVE_RATE)) if enabled else F.lit(0.0)
     return table.withColumn(ITEM_OFFSET, offset)

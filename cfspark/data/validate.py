@@ -11,9 +11,9 @@ from pyspark.sql import types as T
 
 from cfspark.data.read import Columns
 from cfspark.errors import InputError
+from cfspark.schema import ITEM, RATING, USER
 
 # Canonical names used inside cfspark; tables out are renamed back to the user's own.
-USER, ITEM, RATING = "user", "item", "rating"
 
 _ID_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.StringType)
 # The largest |rating| accepted. Squares of ratings, and sums of up to 1e100 of them (item

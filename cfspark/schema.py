@@ -1,0 +1,39 @@
+"""Every column name cfspark's tables use, declared once.
+
+Inside cfspark, ratings always carry the internal names below; a caller's own column
+names (userCol, itemCol, ratingCol) are mapped onto them on the way in and back on the
+way out, so no other module needs to know what the caller called them.
+"""
+
+from __future__ import annotations
+
+# Ratings, inside cfspark: (user, item, rating). For bce, rating holds the 0/1 label.
+USER, ITEM, RATING = "user", "item", "rating"
+
+# Item baselines (mse): μ_i, shrunk towards the global mean, and the item's training ratings.
+ITEM_MEAN = "item_mean"
+ITEM_RATINGS = "ratings"
+NORMALISED = "y"  # rating − μ_i
+
+# Item baselines (bce): counts, the smoothed positive rate, and its logit o_i.
+POSITIVES, LABELLED = "positives", "labelled"
+POSITIVE_RATE = "positive_rate"
+ITEM_OFFSET = "item_offset"
+
+# What training fits: a rating's target and the fixed term added to its score.
+TARGET = "y"  # y' (mse) or the label (bce)
+OFFSET = "offset"  # o_i (bce) or null
+BASELINE = "baseline"  # per item: μ_i (mse) or o_i (bce), added back at prediction
+RATINGS = ITEM_RATINGS  # per entity: its number of training ratings, which sizes the blocks
+
+# Blocks: an entity's block, its row inside the block, and its hashed key (init, split).
+BLOCK, LOCAL, KEY = "block", "local", "key"
+
+# Factor tables: (id, features, bias), bias being b (users) or c (items).
+FEATURES, BIAS = "features", "bias"
+
+# Recommendations: (user, item, rank, score), rank 1 being the best.
+RANK, SCORE = "rank", "score"
+
+# Scheduled runs: the partition column of output.run_date.
+RUN_DATE = "run_date"
