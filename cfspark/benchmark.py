@@ -8,7 +8,6 @@ growing iteration counts.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import resource
 import time
@@ -90,10 +89,10 @@ def _warm_up(estimator, train: DataFrame, train_count: int, cfg: Config) -> None
     start warm instead.
     """
     sample = warm_up_sample(train, train_count)
-    model = dataclasses.replace(estimator, maxIter=2).fit_validated(sample)
+    model = estimator.copy({estimator.maxIter: 2}).fit_validated(sample)
     model.recommend_canonical(cfg["output"]["top_n"]).count()
     compare_als(
-        sample, sample, model.blocks, model.item_stats, loss=model.loss, rank=estimator.rank,
+        sample, sample, model.item_stats, loss=model.getLoss(), rank=estimator.getRank(),
         reg_grid=cfg["compare"]["als_reg_grid"][:1], max_iter=2, seed=cfg["model"]["seed"], relevant=None,
         k=cfg["output"]["top_n"], alpha_grid=cfg["compare"]["als_alpha_grid"][:1], time_recommend=True,
     )  # fmt: skip
@@ -107,7 +106,7 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, als_curve_iters: list[int
     ratings, cols = load_ratings(spark, cfg)
     train, test = split_for_training(ratings, cfg)
     counts = {"ratings": ratings.count(), "train": train.count(), "test": test.count()}
-    estimator = dataclasses.replace(estimator_from_config(cfg, cols), checkpointDir="")
+    estimator = estimator_from_config(cfg, cols).setCheckpointDir("")
     _warm_up(estimator, train, counts["train"], cfg)
 
     metric = PRIMARY[loss]
@@ -124,7 +123,7 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, als_curve_iters: list[int
     recs = model.recommend_canonical(k).cache()
     recommend_seconds = _timed(recs.count)[1]  # fills the cache: the whole top-N computation
     relevant = relevant_pairs(
-        test, model.blocks.user_index, loss=model.loss, threshold=cfg["eval"]["relevance_threshold"]
+        test, model.user_factors, loss=model.getLoss(), threshold=cfg["eval"]["relevance_threshold"]
     ).cache()
     ours = {
         "test": {**pointwise_metrics(model, test), **ranking_metrics(recs, relevant, k=k)},
@@ -132,14 +131,14 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, als_curve_iters: list[int
         "recommend_all_seconds": recommend_seconds,
         "iterations": model.history,
         "params": {
-            **{f: getattr(estimator, f) for f in ("rank", "maxIter", "regParam", "optimizer", "innerSteps")},
-            "numUserBlocks": model.blocks.num_user_blocks,
-            "numItemBlocks": model.blocks.num_item_blocks,
+            **{f: estimator.getOrDefault(f) for f in ("rank", "maxIter", "regParam", "optimizer", "innerSteps")},
+            "numUserBlocks": model.summary["num_user_blocks"],
+            "numItemBlocks": model.summary["num_item_blocks"],
         },
     }
     c = cfg["compare"]
     als = compare_als(
-        train, test, model.blocks, model.item_stats, loss=loss, rank=cfg["model"]["rank"], reg_grid=c["als_reg_grid"],
+        train, test, model.item_stats, loss=loss, rank=cfg["model"]["rank"], reg_grid=c["als_reg_grid"],
         max_iter=c["als_max_iter"], seed=cfg["model"]["seed"], relevant=relevant, k=k,
         alpha_grid=c["als_alpha_grid"], clip_eps=c["als_clip_eps"], time_recommend=True,
     )  # fmt: skip
@@ -148,7 +147,7 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, als_curve_iters: list[int
     als_curve = []
     for iters in als_curve_iters:
         point = compare_als(
-            train, test, model.blocks, model.item_stats, loss=loss, rank=cfg["model"]["rank"],
+            train, test, model.item_stats, loss=loss, rank=cfg["model"]["rank"],
             reg_grid=[best["params"]["regParam"]], max_iter=iters, seed=cfg["model"]["seed"], relevant=None, k=k,
         )  # fmt: skip
         point = point if loss == "mse" else point["explicit"]

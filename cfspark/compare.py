@@ -2,73 +2,52 @@
 
 ALS returns NaN for a test pair whose user or item it never saw. Such a prediction
 gets cfspark's own fallback: μ_i or the global mean (mse), the item's positive rate
-or the global rate (bce). ALS's factors are ranked by cfspark's blockwise top-N,
-with the same training items excluded, so both sides face one ranking protocol.
+or the global rate (bce). ALS's factors are ranked by cfspark's public top-N over factor
+tables (cfspark.recommend.top_n), with the same training items excluded, so both sides
+face one ranking protocol.
 """
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.ml.recommendation import ALS
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from cfspark.blocks.build import Blocks
-from cfspark.blocks.codec import blob
-from cfspark.data.index import dense_id
 from cfspark.evaluate import classification_metrics, ranking_metrics, regression_metrics
-from cfspark.kernels.layout import const_col, width
-from cfspark.recommend import recommend_all
-from cfspark.schema import BASELINE, BLOCK, ITEM, ITEM_MEAN, LOCAL, POSITIVE_RATE, RANK, RATING, USER
+from cfspark.recommend import top_n
+from cfspark.schema import ITEM, ITEM_MEAN, POSITIVE_RATE, RANK, RATING, USER
 
 UNSEEN = -1  # an id ALS never trained on, so it predicts NaN for it
+_U, _I = "_u", "_i"  # ALS's integer ids
 
 
-def _with_int_ids(df: DataFrame, blocks: Blocks) -> DataFrame:
-    users = blocks.user_index.select(USER, dense_id(blocks.num_user_blocks).alias("_u"))
-    items = blocks.item_index.select(ITEM, dense_id(blocks.num_item_blocks).alias("_i"))
+def _int_ids(train: DataFrame, id_col: str, alias: str) -> DataFrame:
+    """(id_col, alias): a dense int for every id of train, as ALS needs integer ids."""
     return (
-        df.join(users, USER, "left")
-        .join(items, ITEM, "left")
-        .withColumn("_u", F.coalesce("_u", F.lit(UNSEEN)))
-        .withColumn("_i", F.coalesce("_i", F.lit(UNSEEN)))
+        train.select(id_col).distinct().select(id_col, (F.row_number().over(Window.orderBy(id_col)) - 1).alias(alias))
     )
 
 
-def _als_state(factors: DataFrame, index: DataFrame, num_blocks: int, rank: int, side: str) -> DataFrame:
-    """ALS factors in cfspark's block state layout: (dest, params = [W | 0 | 1] or [X | 1 | 0]).
-
-    An entity ALS has no factors for (it was not in ALS's training data) gets zeros.
-    """
-    rows = index.select(BLOCK, LOCAL, dense_id(num_blocks).alias("id")).join(factors, "id", "left")
-
-    def pack(table: pa.Table) -> pa.Table:
-        params = np.zeros((table.num_rows, width(rank)))
-        params[:, const_col(rank, side)] = 1.0
-        local = table.column(LOCAL).to_numpy()
-        features = table.column("features").combine_chunks()
-        valid = features.is_valid()
-        values = pc.list_flatten(features.filter(valid)).to_numpy(zero_copy_only=False)
-        params[local[valid.to_numpy(zero_copy_only=False)], :rank] = values.reshape(-1, rank)
-        return pa.table(
-            {
-                "dest": pa.array([table.column(BLOCK)[0].as_py()], pa.int32()),
-                "params": pa.array([blob(params)], pa.binary()),
-            }
-        )
-
-    return rows.select(BLOCK, LOCAL, "features").groupBy(BLOCK).applyInArrow(pack, "dest int, params binary")
+def _with_int_ids(df: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
+    return (
+        df.join(users, USER, "left")
+        .join(items, ITEM, "left")
+        .withColumn(_U, F.coalesce(_U, F.lit(UNSEEN)))
+        .withColumn(_I, F.coalesce(_I, F.lit(UNSEEN)))
+    )
 
 
-def _ranking(als_model, blocks: Blocks, rank: int, relevant: DataFrame, k: int) -> dict:
-    users = _als_state(als_model.userFactors, blocks.user_index, blocks.num_user_blocks, rank, "user")
-    items = _als_state(als_model.itemFactors, blocks.item_index, blocks.num_item_blocks, rank, "item")
-    zeros = blocks.item_index.select(BLOCK, LOCAL, F.lit(0.0).alias(BASELINE))
-    recs = recommend_all(blocks, users, items, rank=rank, n=k, baselines=zeros)
+def _ranking(als_model, users: DataFrame, items: DataFrame, train: DataFrame, relevant: DataFrame, k: int) -> dict:
+    """ALS's factors ranked by cfspark's own top-N, training pairs excluded: ALS's score is u·v."""
+    vec = F.col("features").cast("array<double>")
+    user_vecs = als_model.userFactors.join(users, F.col("id") == F.col(_U)).select(USER, vec.alias("_v"))
+    item_vecs = als_model.itemFactors.join(items, F.col("id") == F.col(_I)).select(ITEM, vec.alias("_v"))
+    recs = top_n(
+        user_vecs, item_vecs, n=k, query_col=USER, candidate_col=ITEM, query_vec=F.col("_v"),
+        candidate_vec=F.col("_v"), exclude=train.select(USER, ITEM),
+    )  # fmt: skip
     return ranking_metrics(recs.select(USER, ITEM, RANK), relevant, k=k)
 
 
@@ -81,7 +60,6 @@ def _fit(als: ALS, data: DataFrame):
 def compare_als(
     train: DataFrame,
     test: DataFrame,
-    blocks: Blocks,
     item_stats: DataFrame,
     *,
     loss: str,
@@ -99,19 +77,23 @@ def compare_als(
     reg_grid, and implicit ALS on the positives over alpha_grid, each the best on test AUC.
     relevant None skips the ranking metrics; time_recommend times ALS's own
     recommendForAllUsers(k) for the best explicit model (which does not exclude anything)."""
-    train_ids = _with_int_ids(train, blocks).cache()
-    test_ids = _with_int_ids(test, blocks).join(item_stats, ITEM, "left").cache()
+    users, items = _int_ids(train, USER, _U).cache(), _int_ids(train, ITEM, _I).cache()
+    train_ids = _with_int_ids(train, users, items).cache()
+    test_ids = _with_int_ids(test, users, items).join(item_stats, ITEM, "left").cache()
     try:
         global_value = float(train.agg(F.avg(RATING)).first()[0])
         fallback = F.coalesce(F.col(ITEM_MEAN if loss == "mse" else POSITIVE_RATE), F.lit(global_value))
+
+        def ranked(model) -> dict:
+            return _ranking(model, users, items, train, relevant, k) if relevant is not None else {}
 
         def als(reg: float, **extra) -> ALS:
             return ALS(
                 rank=rank,
                 maxIter=max_iter,
                 regParam=float(reg),
-                userCol="_u",
-                itemCol="_i",
+                userCol=_U,
+                itemCol=_I,
                 ratingCol=RATING,
                 coldStartStrategy="nan",
                 seed=seed,
@@ -141,7 +123,10 @@ def compare_als(
         best = better(runs, key=lambda r: r["test"][primary] if r["test"][primary] is not None else worst)
         model, seconds = models[best["regParam"]]
         explicit = {
-            "test": {**best["test"], **(_ranking(model, blocks, rank, relevant, k) if relevant is not None else {})},
+            "test": {
+                **best["test"],
+                **ranked(model),
+            },
             "fit_seconds": seconds,
             "params": {"rank": rank, "regParam": best["regParam"], "maxIter": max_iter, "seed": seed},
             "grid": runs,
@@ -168,7 +153,10 @@ def compare_als(
         chosen = max(implicit_runs, key=lambda r: r["test"]["auc"] if r["test"]["auc"] is not None else float("-inf"))
         model, seconds = implicit_models[chosen["alpha"]]
         implicit = {
-            "test": {**chosen["test"], **(_ranking(model, blocks, rank, relevant, k) if relevant is not None else {})},
+            "test": {
+                **chosen["test"],
+                **ranked(model),
+            },
             "fit_seconds": seconds,
             "params": {
                 "rank": rank,
@@ -183,4 +171,5 @@ def compare_als(
         }
         return {"explicit": explicit, "implicit": implicit}
     finally:
-        train_ids.unpersist(), test_ids.unpersist()
+        for df in (users, items, train_ids, test_ids):
+            df.unpersist()

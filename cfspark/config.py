@@ -102,6 +102,7 @@ _CHOICES = {
     ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,
     ("model", "reg_scaling"): ("count", "sum"),
+    ("model", "cold_start"): ("mean", "nan", "drop"),
 }
 
 _BOUNDS = {

@@ -1,4 +1,4 @@
-"""CollaborativeFilter: the estimator, with pyspark.ml-style parameter names."""
+"""CollaborativeFilter: the estimator, a pyspark.ml Estimator over cfspark's blockwise trainer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from typing import Any
 
+from pyspark import keyword_only
+from pyspark.ml import Estimator
+from pyspark.ml.param import Param, Params
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -22,6 +26,7 @@ from cfspark.data.validate import validate_ratings
 from cfspark.evaluate import pointwise_metrics
 from cfspark.factors import factor_table
 from cfspark.model import CFModel
+from cfspark.params import AUTO, COURSE_PARAMS, CFParams
 from cfspark.phases import phase
 from cfspark.schema import (
     BASELINE,
@@ -38,9 +43,9 @@ from cfspark.schema import (
 )
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, StepConfig
-from cfspark.train.trainer import TrainResult, train
+from cfspark.train.trainer import TrainResult, checkpoint_level, train
+from cfspark.train.warm import warm_start
 
-AUTO = "auto"
 # Automatic λ: the path walked from strong to weak regularisation, each λ warm-started from
 # the last, for at most PATH_ITER iterations, scored on a hashed VALIDATION_FRACTION of the
 # training ratings, until the validation score gets worse. Count-scaled λ keeps this one
@@ -54,11 +59,8 @@ VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a test split on the split seed
 log = logging.getLogger("cfspark")
 
-# The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain
-# item mean, a free user bias, no item bias, Adam. λ itself is the caller's to choose.
-COURSE_PARAMS = dict(
-    regScaling="sum", biasReg=0.0, itemBias=False, meanPrior=0.0, tol=0.0, optimizer="adam", innerSteps=5
-)
+__all__ = ["AUTO", "COURSE_PARAMS", "CollaborativeFilter", "blocks_for"]
+
 
 RATINGS_PER_BLOCK = 3_000_000  # about 100 MB of block arrays per task, and enough tasks to keep cores busy
 MIN_BLOCKS, MAX_BLOCKS = 2, 64
@@ -69,103 +71,113 @@ def blocks_for(num_ratings: int) -> int:
     return min(MAX_BLOCKS, max(MIN_BLOCKS, math.ceil(num_ratings / RATINGS_PER_BLOCK)))
 
 
-@dataclass(frozen=True, kw_only=True)
-class CollaborativeFilter:
-    """Learns item features X, user weights W and user biases b by alternating
-    blockwise gradient steps on mean-normalised ratings.
+def _model_or_path(value: Any) -> Any:
+    if isinstance(value, str) or value.__class__.__name__ == "CFModel":
+        return value
+    raise TypeError(f"must be a fitted CFModel or the path of a saved one, got {type(value).__name__}")
 
-    Parameters
-    ----------
-    rank : number of latent features k.
-    maxIter : alternating iterations (a user half-step and an item half-step each).
-    regParam : λ, the L2 weight on W and X, or "auto": chosen on a validation fold carved out of
-        the ratings fit() sees (never a test split), walking REG_PATH with warm starts.
-    regScaling : "count" (the default: each row's λ is multiplied by its rating count, as in
-        ALS-WR and Spark ALS, so one λ serves every data size) or "sum" (the course's λ/2‖·‖²).
-    biasReg : λ_b, the L2 weight on the biases b and c, never count-scaled: a prior count of
-        pseudo-ratings that shrinks the biases of users and items with few ratings.
-    itemBias : learn an item bias c_i on top of the fixed item term (μ_i or o_i).
-    meanPrior : mse only: μ_i is shrunk towards the global mean by this many pseudo-ratings
-        (0 gives the course's plain item mean).
-    tol : stop once the training loss changes by less than this fraction in an iteration
-        (0 runs all maxIter iterations).
-    loss : "mse" for explicit ratings, "bce" for 0/1 labels.
-    itemOffset : bce only: add o_i, the logit of the item's smoothed positive rate, to every score.
-    offsetPrior : bce only: strength of the prior that smooths item positive rates.
-    optimizer : "adam" (default), "gd", or "newton" (per-row exact ridge step for mse, IRLS for bce).
-    learningRate : optimiser step size (not used by newton).
-    innerSteps : optimiser steps per half-step with the other side held fixed.
-    numUserBlocks, numItemBlocks : how many blocks each side is split into; 0 derives them
-        from the number of training ratings (see blocks_for).
-    maxBlockRatings : a side gets more blocks when one of its blocks would hold more ratings.
-    seed : seed of the hashed initial factors.
-    initScale : standard deviation of the initial W and X.
-    checkpointDir : where factors are checkpointed ("" for no checkpoints).
-    checkpointInterval : iterations between checkpoints.
-    userCol, itemCol, ratingCol, predictionCol : column names.
+
+class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultParamsReadable):
+    """Learns item features X, user weights W and biases by alternating blockwise steps.
+
+    A pyspark.ml Estimator: its Params (explainParams() lists them, with their defaults)
+    follow ALS's names where the meanings match, and fit() returns a CFModel.
+
+    >>> from cfspark import CollaborativeFilter
+    >>> ratings = spark.createDataFrame(
+    ...     [(u, i, float(1 + (u * i) % 5)) for u in range(30) for i in range(12) if (u + i) % 3],
+    ...     ["user", "item", "rating"])
+    >>> cf = CollaborativeFilter(rank=4, maxIter=5)
+    >>> cf.getRegParam(), cf.getOptimizer()
+    (0.1, 'newton')
+    >>> model = cf.fit(ratings)
+    >>> recs = model.recommendForAllUsers(3)
+    >>> recs.columns
+    ['user', 'item', 'rank', 'score']
+    >>> recs.filter("user = 0").count()
+    3
+    >>> seen = ratings.filter("user = 0").select("item")
+    >>> recs.filter("user = 0").join(seen, "item").count()  # items rated in training are left out
+    0
+    >>> model.transform(ratings.filter("user = 0 and item = 1")).select("prediction").first()[0] > 0
+    True
     """
 
-    rank: int = 10
-    maxIter: int = 20  # pyspark.ml naming
-    regParam: float | str = 0.1
-    regScaling: str = "count"
-    biasReg: float = 5.0
-    itemBias: bool = True
-    meanPrior: float = 20.0
-    tol: float = 0.002
-    loss: str = "mse"
-    optimizer: str = "newton"
-    learningRate: float = 0.05
-    innerSteps: int = 1
-    numUserBlocks: int = 0
-    numItemBlocks: int = 0
-    maxBlockRatings: int = 10_000_000
-    seed: int = 7
-    initScale: float = 0.1
-    itemOffset: bool = True
-    offsetPrior: float = 2.0
-    checkpointDir: str = ""
-    checkpointInterval: int = 10
-    userCol: str = "user"
-    itemCol: str = "item"
-    ratingCol: str = "rating"
-    predictionCol: str = "prediction"
+    initialModel = Param(
+        Params._dummy(),
+        "initialModel",
+        "warm start: a fitted CFModel, or the path of a saved one, whose factors the fit starts from",
+        typeConverter=_model_or_path,
+    )
+
+    @keyword_only
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.setParams(**kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs: Any) -> CollaborativeFilter:
+        """Set any of the Params by name; an unknown name is refused."""
+        unknown = sorted(set(kwargs) - {p.name for p in self.params})
+        if unknown:
+            raise TypeError(f"CollaborativeFilter has no Param {', '.join(unknown)}; see explainParams()")
+        return self._set(**kwargs)
+
+    def setInitialModel(self, value: Any) -> CollaborativeFilter:
+        return self._set(initialModel=value)
+
+    def getInitialModel(self) -> Any:
+        return self.getOrDefault(self.initialModel) if self.isDefined(self.initialModel) else None
+
+    def write(self):
+        if isinstance(self.getInitialModel(), CFModel):
+            raise ValueError("initialModel is a model object, which cannot be saved: save it and set its path instead")
+        return super().write()
 
     @property
     def columns(self) -> Columns:
-        return Columns(self.userCol, self.itemCol, self.ratingCol)
+        return Columns(self.getUserCol(), self.getItemCol(), self.getRatingCol())
 
-    def step_config(self, side: str) -> StepConfig:
+    def _with(self, **values: Any) -> CollaborativeFilter:
+        """A copy with these Params set."""
+        return self.copy({self.getParam(k): v for k, v in values.items()})
+
+    def step_config(self, side: str, reg: float | None = None) -> StepConfig:
         return StepConfig(
             side=side,
-            rank=self.rank,
-            loss=self.loss,
-            reg=self.regParam,
-            optimizer=self.optimizer,
-            learning_rate=self.learningRate,
-            inner_steps=self.innerSteps,
-            init_scale=self.initScale,
-            count_scaled=self.regScaling == "count",
-            bias_reg=self.biasReg,
-            learn_bias=side == "user" or self.itemBias,
+            rank=self.getRank(),
+            loss=self.getLoss(),
+            reg=self.getRegParam() if reg is None else reg,
+            optimizer=self.getOptimizer(),
+            learning_rate=self.getLearningRate(),
+            inner_steps=self.getInnerSteps(),
+            init_scale=self.getInitScale(),
+            count_scaled=self.getRegScaling() == "count",
+            bias_reg=self.getBiasReg(),
+            learn_bias=side == "user" or self.getItemBias(),
         )
 
-    def fit(self, dataset: DataFrame) -> CFModel:
-        """Validate (user, item, rating) rows, keeping id types as they are, and fit."""
+    def _fit(self, dataset: DataFrame) -> CFModel:
+        """Validate (userCol, itemCol, ratingCol) rows, keeping id types as they are, and fit."""
+        for name in (self.getUserCol(), self.getItemCol(), self.getRatingCol()):
+            if name not in dataset.columns:
+                raise ValueError(f"the input has no column {name!r} (columns: {', '.join(dataset.columns)})")
         ratings = validate_ratings(
-            dataset.select(self.userCol, self.itemCol, self.ratingCol),
+            dataset.select(self.getUserCol(), self.getItemCol(), self.getRatingCol()),
             self.columns,
             id_type="keep",
             duplicates="error",
-            labels=self.loss == "bce",
+            labels=self.getLoss() == "bce",
         )
         return self.fit_validated(ratings.cache())
 
     def fingerprint(self, train_ratings: DataFrame) -> str:
         """What a checkpoint must match to be resumed: the data and every param that shapes the model."""
         data = train_ratings.agg(F.count(F.lit(1)), F.sum(F.pmod(F.xxhash64(USER, ITEM, RATING), F.lit(2**31)))).first()
-        unshaping = ("maxIter", "tol", "checkpointDir", "checkpointInterval")
-        params = {k: v for k, v in asdict(self).items() if k not in unshaping}
+        unshaping = ("maxIter", "tol", "checkpointDir", "checkpointInterval", "predictionCol", "coldStartStrategy")
+        params = {k: v for k, v in self._shared_params().items() if k not in unshaping}
+        start = self.getInitialModel()
+        params["initialModel"] = start if isinstance(start, str) or start is None else start.uid
         # The state schema too: a checkpoint written by a cfspark with other state columns is not resumed.
         text = json.dumps(
             {"params": params, "rows": data[0], "checksum": data[1], "state_schema": OUT_SCHEMA}, sort_keys=True
@@ -180,9 +192,9 @@ class CollaborativeFilter:
         mse: y = y' = rating − μ_i with no offset; the baseline is μ_i, shrunk by meanPrior.
         bce: y = the label, with o_i added to each score; the baseline is o_i.
         """
-        if self.loss == "mse":
+        if self.getLoss() == "mse":
             glob = float(train_ratings.agg(F.avg(RATING)).first()[0])
-            stats = item_means(train_ratings, prior=self.meanPrior, global_mean=glob).cache()
+            stats = item_means(train_ratings, prior=self.getMeanPrior(), global_mean=glob).cache()
             targets = normalise(train_ratings, stats).withColumn(OFFSET, F.lit(None).cast("double"))
             return (
                 targets.withColumnRenamed(NORMALISED, TARGET),
@@ -191,12 +203,13 @@ class CollaborativeFilter:
                 glob,
             )
         rate = global_rate(train_ratings)
-        stats = item_offsets(train_ratings, prior=self.offsetPrior, rate=rate, enabled=self.itemOffset).cache()
-        offset = F.col(ITEM_OFFSET) if self.itemOffset else F.lit(None).cast("double")
+        with_offset = self.getItemOffset()
+        stats = item_offsets(train_ratings, prior=self.getOffsetPrior(), rate=rate, enabled=with_offset).cache()
+        offset = F.col(ITEM_OFFSET) if with_offset else F.lit(None).cast("double")
         targets = train_ratings.join(stats.select(ITEM, ITEM_OFFSET), ITEM).select(
             USER, ITEM, F.col(RATING).alias(TARGET), offset.alias(OFFSET)
         )
-        glob = math.log(rate / (1 - rate)) if self.itemOffset else 0.0
+        glob = math.log(rate / (1 - rate)) if with_offset else 0.0
         baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col(LABELLED).alias(ITEM_RATINGS))
         return targets, stats, baseline, glob
 
@@ -208,61 +221,101 @@ class CollaborativeFilter:
         on_iteration, if given, is called with the model as it stands after each iteration
         and returns extra fields for that iteration's history entry; its time is not counted.
         """
-        if self.regParam == AUTO:
+        if self.getRegParam() == AUTO:
             reg, path = self.choose_reg(train_ratings)
-            model = replace(self, regParam=reg).fit_validated(train_ratings, on_iteration=on_iteration)
-            model.reg_path = path
+            model = self._with(regParam=reg).fit_validated(train_ratings, on_iteration=on_iteration)
+            model.summary["reg_path"] = path
             return model
         began = time.perf_counter()
         checkpointer = None
-        if self.checkpointDir:
+        if self.getCheckpointDir():
             with phase(train_ratings.sparkSession, "prepare"):
                 checkpointer = Checkpointer(
-                    train_ratings.sparkSession, self.checkpointDir, self.checkpointInterval,
+                    train_ratings.sparkSession, self.getCheckpointDir(), self.getCheckpointInterval(),
                     self.fingerprint(train_ratings),
                 )  # fmt: skip
         blocks, stats, global_baseline = self.setup(train_ratings)
+        user_cfg, item_cfg = self.step_config("user"), self.step_config("item")
+        start = self._warm_start(blocks, user_cfg, item_cfg)
 
-        def model(result: TrainResult, *, cache: bool) -> CFModel:
-            return self.model_from(result, blocks, stats, global_baseline, cache=cache)
+        def model(result: TrainResult, *, final: bool) -> CFModel:
+            return self.model_from(result, blocks, stats, global_baseline, train_ratings, final=final)
 
-        watch = (lambda live: on_iteration(model(live, cache=False))) if on_iteration else None
+        watch = (lambda live: on_iteration(model(live, final=False))) if on_iteration else None
         result = train(
-            blocks, self.step_config("user"), self.step_config("item"), max_iter=self.maxIter,
-            checkpointer=checkpointer, on_iteration=watch, began=began, tol=self.tol,
+            blocks, user_cfg, item_cfg, max_iter=self.getMaxIter(), checkpointer=checkpointer,
+            on_iteration=watch, began=began, tol=self.getTol(), start_from=start,
         )  # fmt: skip
-        return model(result, cache=True)
+        fitted = model(result, final=True)
+        blocks.unpersist()
+        for df in (result.user_out, result.item_out):
+            df.unpersist()
+        return fitted
+
+    def _warm_start(self, blocks: Blocks, user_cfg: StepConfig, item_cfg: StepConfig):
+        start = self.getInitialModel()
+        if start is None:
+            return None
+        earlier = CFModel.load(start) if isinstance(start, str) else start
+        if earlier.getRank() != self.getRank():
+            raise ValueError(f"initialModel has rank {earlier.getRank()}, but this fit's rank is {self.getRank()}")
+        with phase(blocks.users.sparkSession, "init"):
+            return warm_start(blocks, earlier.user_factors, earlier.item_factors, user_cfg, item_cfg)
 
     def setup(self, train_ratings: DataFrame) -> tuple[Blocks, DataFrame, float]:
         """What training reads, built once: the blocks, the item table and the global baseline."""
-        with phase(train_ratings.sparkSession, "prepare"):
+        spark = train_ratings.sparkSession
+        with phase(spark, "prepare"):
             targets, stats, baseline, global_baseline = self.prepare(train_ratings)
-            auto = blocks_for(train_ratings.count()) if 0 in (self.numUserBlocks, self.numItemBlocks) else 0
+            users, items = self.getNumUserBlocks(), self.getNumItemBlocks()
+            auto = blocks_for(train_ratings.count()) if 0 in (users, items) else 0
         blocks = build_blocks(
-            targets, baseline, num_user_blocks=self.numUserBlocks or auto, num_item_blocks=self.numItemBlocks or auto,
-            seed=self.seed, max_block_ratings=self.maxBlockRatings,
+            targets, baseline, num_user_blocks=users or auto, num_item_blocks=items or auto,
+            seed=self.getSeed(), max_block_ratings=self.getMaxBlockRatings(),
         )  # fmt: skip
         return blocks, stats, global_baseline
 
     def model_from(
-        self, result: TrainResult, blocks: Blocks, stats: DataFrame, global_baseline: float, *, cache: bool
+        self,
+        result: TrainResult,
+        blocks: Blocks,
+        stats: DataFrame,
+        global_baseline: float,
+        train_ratings: DataFrame | None,
+        *,
+        final: bool,
     ) -> CFModel:
-        """The model that a train() result stands for."""
-        user_factors = factor_table(result.user_state(), blocks.user_index, USER, self.rank, side="user")
-        item_factors = factor_table(result.item_state(), blocks.item_index, ITEM, self.rank, side="item")
-        return CFModel(
-            user_factors=user_factors.cache() if cache else user_factors,
-            item_factors=item_factors.cache() if cache else item_factors,
+        """The model that a train() result stands for.
+
+        final: the factor tables are materialised in Spark's block store (localCheckpoint), so
+        the model never reads the fit's blocks, state or checkpoint files again: a later fit
+        into the same checkpointDir, or deleting it, leaves this model as it is.
+        """
+        rank = self.getRank()
+        user_factors = factor_table(result.user_state(), blocks.user_index, USER, rank, side="user")
+        item_factors = factor_table(result.item_state(), blocks.item_index, ITEM, rank, side="item")
+        if final:
+            level = checkpoint_level(blocks.users.sparkSession)
+            user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
+            item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
+        summary = {
+            "reg": self.getRegParam(),
+            "history": result.history,
+            "stop_reason": result.stop_reason,
+            "setup_seconds": result.setup_seconds,
+            "resumed_from": result.resumed_from,
+            "num_user_blocks": blocks.num_user_blocks,
+            "num_item_blocks": blocks.num_item_blocks,
+        }
+        model = CFModel(
+            user_factors=user_factors,
+            item_factors=item_factors,
             item_stats=stats,
             global_baseline=global_baseline,
-            rank=self.rank,
-            columns=self.columns,
-            loss=self.loss,
-            prediction_col=self.predictionCol,
-            blocks=blocks,
-            result=result,
-            reg_param=self.regParam,
+            training_pairs=train_ratings.select(USER, ITEM, RATING) if train_ratings is not None else None,
+            summary=summary,
         )
+        return self._copyValues(model)
 
     def choose_reg(self, train_ratings: DataFrame) -> tuple[float, list[dict]]:
         """λ for regParam = "auto", and the path that chose it: [{reg, metric, iterations}].
@@ -274,23 +327,23 @@ class CollaborativeFilter:
         (bce). Only train_ratings is read: a test split never reaches this.
         """
         fit_part, held = split_ratings(
-            train_ratings, test_fraction=VALIDATION_FRACTION, seed=self.seed + VALIDATION_SEED
+            train_ratings, test_fraction=VALIDATION_FRACTION, seed=self.getSeed() + VALIDATION_SEED
         )
         fit_part, held = fit_part.cache(), held.cache()
-        metric = "rmse" if self.loss == "mse" else "logloss"
+        metric = "rmse" if self.getLoss() == "mse" else "logloss"
         path: list[dict] = []
         blocks, stats, global_baseline = self.setup(fit_part)
         result = None
         for reg in REG_PATH:
-            step = replace(self, regParam=reg)
             before = result
             result = train(
-                blocks, step.step_config("user"), step.step_config("item"), max_iter=PATH_ITER, tol=self.tol,
-                start_from=(before.user_out, before.item_out) if before else None,
+                blocks, self.step_config("user", reg), self.step_config("item", reg), max_iter=PATH_ITER,
+                tol=self.getTol(), start_from=(before.user_out, before.item_out) if before else None,
             )  # fmt: skip
             if before:  # the warm start has been read: its checkpointed tables can go
                 before.user_out.unpersist(), before.item_out.unpersist()
-            score = pointwise_metrics(step.model_from(result, blocks, stats, global_baseline, cache=False), held)
+            step = self._with(regParam=reg).model_from(result, blocks, stats, global_baseline, None, final=False)
+            score = pointwise_metrics(step, held)
             path.append({"reg": reg, metric: score[metric], "iterations": len(result.history)})
             log.info("automatic λ: reg %g gives validation %s %.6g", reg, metric, score[metric])
             if _worse(path[-1][metric], min((p[metric] for p in path if p[metric] is not None), default=math.inf)):

@@ -90,7 +90,7 @@ def ranking_metrics(recommendations: DataFrame, relevant: DataFrame, *, k: int) 
 def pointwise_metrics(model, df: DataFrame) -> dict:
     """The model's pointwise test metrics on df: rmse/mae (mse) or logloss/auc (bce)."""
     predictions = model.predict_canonical(df)
-    return regression_metrics(predictions) if model.loss == "mse" else classification_metrics(predictions)
+    return regression_metrics(predictions) if model.getLoss() == "mse" else classification_metrics(predictions)
 
 
 def relevant_pairs(test: DataFrame, trained_users: DataFrame, *, loss: str, threshold: float) -> DataFrame:

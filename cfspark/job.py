@@ -27,23 +27,28 @@ from cfspark.estimator import CollaborativeFilter
 from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.fs import is_local, local_path, write_json
 from cfspark.guard import RunLock, check_disjoint, check_writable, remove_stale_staging
-from cfspark.schema import ITEM, RUN_DATE, USER
+from cfspark.model import TRAINING
+from cfspark.params import CONFIG_PARAMS
+from cfspark.schema import ITEM, RATING, RUN_DATE, USER
 
 log = logging.getLogger("cfspark")
 
 
 def estimator_from_config(cfg: Config, columns: Columns) -> CollaborativeFilter:
-    m, ck = cfg["model"], cfg["checkpoint"]
-    return CollaborativeFilter(
-        rank=m["rank"], maxIter=m["max_iter"], regParam=m["reg"], regScaling=m["reg_scaling"],
-        biasReg=m["bias_reg"], itemBias=m["item_bias"], meanPrior=m["mean_prior"], tol=m["tol"],
-        loss=m["loss"], optimizer=m["optimizer"],
-        learningRate=m["learning_rate"], innerSteps=m["inner_steps"], numUserBlocks=m["num_user_blocks"],
-        numItemBlocks=m["num_item_blocks"], maxBlockRatings=m["max_block_ratings"], seed=m["seed"],
-        initScale=m["init_scale"], itemOffset=m["item_offset"],
-        offsetPrior=m["offset_prior"], checkpointDir=checkpoint_dir(cfg) if ck["interval"] > 0 else "",
-        checkpointInterval=ck["interval"], userCol=columns.user, itemCol=columns.item, ratingCol=columns.rating,
-    )  # fmt: skip
+    """The job's [model] and [checkpoint] keys as the estimator's Params (CONFIG_PARAMS maps them)."""
+    values = {param: cfg[section][key] for (section, key), param in CONFIG_PARAMS.items()}
+    if cfg["checkpoint"]["interval"] > 0:
+        values["checkpointDir"] = checkpoint_dir(cfg)
+    else:
+        del values["checkpointInterval"]  # 0 turns checkpoints off: no checkpointDir
+    if cfg["model"]["warm_start"]:
+        values["initialModel"] = cfg["model"]["warm_start"]
+    return CollaborativeFilter(userCol=columns.user, itemCol=columns.item, ratingCol=columns.rating, **values)
+
+
+def exclusions(train: DataFrame, exclude: str) -> DataFrame | str | None:
+    """output.exclude as recommendations take it: every training pair, the positives only, or none."""
+    return {"labelled": TRAINING, "positives": train.filter(F.col(RATING) == 1.0), "none": None}[exclude]
 
 
 def checkpoint_dir(cfg: Config) -> str:
@@ -205,10 +210,10 @@ def _run_locked(spark: SparkSession, cfg: Config) -> dict:
         model = estimator.fit_validated(train)
     counts["users"] = model.user_factors.count()
     counts["items"] = model.item_factors.count()
-    top_n, exclude = cfg["output"]["top_n"], cfg["output"]["exclude"]
-    recs = model.recommend_canonical(top_n, exclude=exclude).cache()
+    top_n = cfg["output"]["top_n"]
+    recs = model.recommend_canonical(top_n, exclude=exclusions(train, cfg["output"]["exclude"])).cache()
     relevant = relevant_pairs(
-        test, model.blocks.user_index, loss=model.loss, threshold=cfg["eval"]["relevance_threshold"]
+        test, model.user_factors, loss=model.getLoss(), threshold=cfg["eval"]["relevance_threshold"]
     ).cache()
     with timer("evaluate"), failure_is(TrainingError, "evaluation"):
         metrics = {
@@ -223,7 +228,7 @@ def _run_locked(spark: SparkSession, cfg: Config) -> dict:
         with timer("als"), failure_is(TrainingError, "the ALS comparison"):
             c = cfg["compare"]
             metrics["als"] = compare_als(
-                train, test, model.blocks, model.item_stats, loss=model.loss, rank=cfg["model"]["rank"],
+                train, test, model.item_stats, loss=model.getLoss(), rank=cfg["model"]["rank"],
                 reg_grid=c["als_reg_grid"], max_iter=c["als_max_iter"], seed=cfg["model"]["seed"],
                 relevant=relevant, k=top_n, alpha_grid=c["als_alpha_grid"], clip_eps=c["als_clip_eps"],
             )  # fmt: skip
@@ -244,14 +249,15 @@ def _run_locked(spark: SparkSession, cfg: Config) -> dict:
             named = recs.withColumnRenamed(USER, cols.user).withColumnRenamed(ITEM, cols.item)
             write_recommendations(named, f"{stage}/recommendations", run_date)
         with timer("model_write"):
-            model.save(f"{stage}/model{part}", metadata)
+            model.write().metadata(metadata).save(f"{stage}/model{part}")
         metrics["timings"] = timer.seconds
         if is_local(stage):
             folder = os.path.join(local_path(stage), f"metrics{part}") if run_date else local_path(stage)
             os.makedirs(folder, exist_ok=True)
             write_json(os.path.join(folder, "metrics.json"), {**metrics, **({RUN_DATE: run_date} if run_date else {})})
-    if not cfg["checkpoint"]["keep"] and estimator.checkpointDir and is_local(estimator.checkpointDir):
-        shutil.rmtree(local_path(estimator.checkpointDir), ignore_errors=True)
+    ckpt = estimator.getCheckpointDir()
+    if not cfg["checkpoint"]["keep"] and ckpt and is_local(ckpt):
+        shutil.rmtree(local_path(ckpt), ignore_errors=True)
     model.unpersist()
     for df in (ratings, train, test, recs, relevant):
         df.unpersist()
@@ -260,7 +266,7 @@ def _run_locked(spark: SparkSession, cfg: Config) -> dict:
 
 def fitted_summary(model) -> dict:
     """What the fit decided by itself: λ (and, for reg = "auto", the path that chose it) and why it stopped."""
-    return {"reg": model.reg_param, "reg_path": model.reg_path, "stop_reason": model.result.stop_reason}
+    return {k: model.summary.get(k) for k in ("reg", "reg_path", "stop_reason")}
 
 
 def summary(metrics: dict, out_path: str) -> str:

@@ -1,153 +1,284 @@
-"""CFModel: the learned tables, prediction, recommendation, save and load."""
+"""CFModel: a fitted model that stands alone.
+
+It holds the factor tables, the item baselines, its Params and a summary of the fit,
+and (by default) the training pairs it excludes from recommendations. It holds no
+training blocks and no training state, so it predicts and recommends the same after
+save and load, in another session, or after the fit's checkpoints are gone.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
+import logging
+from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.ml import Model
+from pyspark.ml.util import MLReadable, MLWritable
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.blocks.build import Blocks
 from cfspark.data.read import Columns
-from cfspark.factors import dot
-from cfspark.fs import is_local, local_path, write_json
-from cfspark.recommend import recommend_all
-from cfspark.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_OFFSET, USER
-from cfspark.train.trainer import TrainResult
+from cfspark.data.validate import validate_ratings
+from cfspark.model_io import CFModelReader, CFModelWriter
+from cfspark.params import CFParams
+from cfspark.recommend import nested, top_n
+from cfspark.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_OFFSET, RATING, USER
+from cfspark.train.foldin import fold_in
 
-# Per loss: the item table's name on disk, its baseline column, and the link to a score.
-ITEM_TABLE = {"mse": "item_means", "bce": "item_offsets"}
-BASELINE_COL = {"mse": ITEM_MEAN, "bce": ITEM_OFFSET}
+log = logging.getLogger("cfspark")
+
+BASELINE_COL = {"mse": ITEM_MEAN, "bce": ITEM_OFFSET}  # the item term of each loss's item table
 LINK = {"mse": "identity", "bce": "sigmoid"}
+TRAINING = "training"  # exclude=TRAINING: the pairs the model was fitted on (the default)
 
 
 def apply_link(z: Column, loss: str) -> Column:
     return F.lit(1.0) / (F.lit(1.0) + F.exp(-z)) if LINK[loss] == "sigmoid" else z
 
 
-@dataclass
-class CFModel:
-    """A fitted model. Tables use cfspark's internal names (user, item); the public
-    accessors and everything written out use the caller's own column names.
+def dot(a: Column, b: Column) -> Column:
+    """Σ a_k·b_k of two array<double> columns, in Spark SQL."""
+    return F.aggregate(F.zip_with(a, b, lambda x, y: x * y), F.lit(0.0), lambda acc, v: acc + v)
+
+
+class CFModel(Model, CFParams, MLWritable, MLReadable):
+    """A fitted collaborative filter (see CollaborativeFilter for the Params).
 
     mse predicts w_j·x_i + b_j + c_i + μ_i; bce predicts P(y=1) = σ(w_j·x_i + b_j + c_i + o_i),
-    where c_i is the learned item bias (0 when it is off). A user unseen in training gets
-    the item term alone (μ_i + c_i, or σ(o_i + c_i)); an item unseen in training gets the
-    global one (the global mean, or the global positive rate). No prediction is NaN.
+    where c_i is the learned item bias (0 when it is off). With coldStartStrategy "mean"
+    (the default), a user unseen in training gets the item term alone (μ_i + c_i, or
+    σ(o_i + c_i)) and an item unseen in training the global one, so no prediction is NaN;
+    "nan" gives NaN there, and "drop" drops those rows, as ALS does.
+
+    Tables inside use cfspark's names (user, item); the public accessors, predictions and
+    recommendations use the caller's userCol and itemCol.
     """
 
-    user_factors: DataFrame  # (user, features, bias): b
-    item_factors: DataFrame  # (item, features, bias): c
-    item_stats: DataFrame  # mse: (item, item_mean); bce: (item, positives, labelled, positive_rate, item_offset)
-    global_baseline: float  # the global mean (mse), or logit of the global positive rate (bce)
-    rank: int
-    columns: Columns
-    loss: str = "mse"
-    prediction_col: str = "prediction"
-    blocks: Blocks | None = None  # present after fit: needed to exclude training items
-    result: TrainResult | None = None
-    reg_param: float | None = None  # the λ the factors were fitted with (chosen, under "auto")
-    reg_path: list[dict] | None = None  # regParam = "auto": each λ tried and its validation score
+    def __init__(
+        self,
+        user_factors: DataFrame | None = None,
+        item_factors: DataFrame | None = None,
+        item_stats: DataFrame | None = None,
+        global_baseline: float = 0.0,
+        training_pairs: DataFrame | None = None,
+        summary: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.user_factors = user_factors  # (user, features, bias): w_j and b_j
+        self.item_factors = item_factors  # (item, features, bias): x_i and c_i
+        self.item_stats = item_stats  # mse: (item, item_mean, ratings); bce: (item, …, item_offset)
+        self.global_baseline = global_baseline  # the global mean (mse), or logit of the global rate (bce)
+        self.training_pairs = training_pairs  # (user, item, rating): excluded from recommendations by default
+        self.summary: dict[str, Any] = summary or {}  # history, reg, reg_path, stop_reason
+        self.run_metadata: dict[str, Any] = {}  # what a job saved beside the model (config, counts, versions)
 
     # -- public tables under the caller's column names ---------------------------------
     @property
     def userFactors(self) -> DataFrame:
-        return self.user_factors.withColumnRenamed(USER, self.columns.user)
+        """(userCol, features, bias): each trained user's w_j and b_j."""
+        return self.user_factors.withColumnRenamed(USER, self.getUserCol())
 
     @property
     def itemFactors(self) -> DataFrame:
-        return self.item_factors.withColumnRenamed(ITEM, self.columns.item)
+        """(itemCol, features, bias): each trained item's x_i and c_i."""
+        return self.item_factors.withColumnRenamed(ITEM, self.getItemCol())
 
     @property
     def itemStats(self) -> DataFrame:
-        """Item means (mse) or item offsets and positive rates (bce)."""
-        return self.item_stats.withColumnRenamed(ITEM, self.columns.item)
+        """Item baselines: μ_i and the rating count (mse), or counts, positive rate and o_i (bce)."""
+        return self.item_stats.withColumnRenamed(ITEM, self.getItemCol())
 
     @property
     def history(self) -> list[dict]:
-        return self.result.history if self.result else []
+        """One entry per training iteration: the training loss, seconds, and more."""
+        return self.summary.get("history", [])
 
     # -- prediction ----------------------------------------------------------------------
-    def predict_canonical(self, pairs: DataFrame) -> DataFrame:
+    def predict_canonical(self, pairs: DataFrame, *, cold_start: str = "mean") -> DataFrame:
         """pairs with (user, item, ...) → the same rows plus the prediction column."""
         w = self.user_factors.select(USER, F.col(FEATURES).alias("_w"), F.col(BIAS).alias("_b"))
         x = self.item_factors.select(ITEM, F.col(FEATURES).alias("_x"), F.col(BIAS).alias("_c"))
-        base = self.item_stats.select(ITEM, F.col(BASELINE_COL[self.loss]).alias("_base"))
+        base = self.item_stats.select(ITEM, F.col(BASELINE_COL[self.getLoss()]).alias("_base"))
         joined = pairs.join(w, USER, "left").join(x, ITEM, "left").join(base, ITEM, "left")
         interaction = F.coalesce(dot(F.col("_w"), F.col("_x")) + F.col("_b"), F.lit(0.0))
         item_term = F.coalesce(F.col("_c"), F.lit(0.0)) + F.coalesce(F.col("_base"), F.lit(self.global_baseline))
-        z = interaction + item_term
-        return joined.withColumn(self.prediction_col, apply_link(z, self.loss)).drop("_w", "_b", "_x", "_c", "_base")
+        prediction = apply_link(interaction + item_term, self.getLoss())
+        known = F.col("_w").isNotNull() & F.col("_x").isNotNull()
+        if cold_start == "nan":
+            prediction = F.when(known, prediction).otherwise(F.lit(float("nan")))
+        elif cold_start == "drop":
+            joined = joined.filter(known)
+        out = joined.withColumn(self.getPredictionCol(), prediction)
+        return out.drop("_w", "_b", "_x", "_c", "_base")
 
-    def transform(self, dataset: DataFrame) -> DataFrame:
+    def _transform(self, dataset: DataFrame) -> DataFrame:
         """Add the prediction column to a DataFrame with the user and item columns."""
-        canonical = dataset.withColumnRenamed(self.columns.user, USER).withColumnRenamed(self.columns.item, ITEM)
-        out = self.predict_canonical(canonical)
-        return out.withColumnRenamed(USER, self.columns.user).withColumnRenamed(ITEM, self.columns.item)
+        out = self.predict_canonical(self._canonical(dataset), cold_start=self.getColdStartStrategy())
+        return self._named(out)
+
+    def _canonical(self, df: DataFrame) -> DataFrame:
+        # The caller's columns named user/item (a caller's own "user" column is left alone).
+        user, item = self.getUserCol(), self.getItemCol()
+        for theirs, ours in ((user, USER), (item, ITEM)):
+            if theirs != ours:
+                if ours in df.columns:
+                    raise ValueError(f"the input has a column {ours!r} besides {theirs!r}; rename one of them")
+                df = df.withColumnRenamed(theirs, ours)
+        return df
+
+    def _named(self, df: DataFrame) -> DataFrame:
+        return df.withColumnRenamed(USER, self.getUserCol()).withColumnRenamed(ITEM, self.getItemCol())
 
     # -- recommendation ------------------------------------------------------------------
-    def recommend_canonical(self, n: int, *, exclude: str = "labelled") -> DataFrame:
-        if self.blocks is None or self.result is None:
-            raise RuntimeError("recommendations need the training blocks: call this on a model returned by fit()")
-        return recommend_all(
-            self.blocks,
-            self.result.user_state(),
-            self.result.item_state(),
-            rank=self.rank,
-            n=n,
-            link=LINK[self.loss],
-            exclude=exclude,
+    def _vectors(self) -> tuple[DataFrame, DataFrame]:
+        """(users with [w | b | 1], items with [x | 1 | c + baseline]): their dot product is the score."""
+        users = self.user_factors.select(USER, F.concat(F.col(FEATURES), F.array(F.col(BIAS), F.lit(1.0))).alias("_v"))
+        base = self.item_stats.select(ITEM, F.col(BASELINE_COL[self.getLoss()]).alias("_base"))
+        items = self.item_factors.join(base, ITEM, "left").select(
+            ITEM,
+            F.concat(
+                F.col(FEATURES),
+                F.array(F.lit(1.0), F.col(BIAS) + F.coalesce(F.col("_base"), F.lit(self.global_baseline))),
+            ).alias("_v"),
         )
+        return users, items
 
-    def recommendForAllUsers(self, numItems: int, *, exclude: str = "labelled") -> DataFrame:
-        """Flat table (user, item, rank, score): each trained user's best items.
+    def _exclusions(self, exclude: Any) -> DataFrame | None:
+        if exclude is None:
+            return None
+        if isinstance(exclude, str):
+            if exclude != TRAINING:
+                raise ValueError(f'exclude must be a DataFrame, None or "{TRAINING}", got {exclude!r}')
+            if self.training_pairs is None:
+                log.warning("this model has no training pairs to exclude; recommending every item")
+                return None
+            return self.training_pairs.select(USER, ITEM)
+        return self._canonical(exclude).select(USER, ITEM)
 
-        exclude: which training items are left out: labelled (all, the default), positives
-        (bce: only label 1), or none. score is the predicted rating, or P(y=1) for bce.
+    def recommend_canonical(
+        self, n: int, *, users: DataFrame | None = None, exclude: Any = TRAINING, by_item: bool = False
+    ) -> DataFrame:
+        """(user, item, rank, score) under cfspark's names: each user's n best items, or
+        (by_item) each item's n best users. users/items narrows the queries to a subset."""
+        user_vecs, item_vecs = self._vectors()
+        pairs = self._exclusions(exclude)
+        if by_item:
+            queries, candidates, q, c = item_vecs, user_vecs, ITEM, USER
+        else:
+            queries, candidates, q, c = user_vecs, item_vecs, USER, ITEM
+        if users is not None:
+            queries = queries.join(users.select(q).distinct(), q, "left_semi")
+        recs = top_n(
+            queries, candidates, n=n, query_col=q, candidate_col=c, query_vec=F.col("_v"),
+            candidate_vec=F.col("_v"), exclude=pairs, link=LINK[self.getLoss()],
+        )  # fmt: skip
+        return recs.select(USER, ITEM, "rank", "score")
+
+    def _public(self, recs: DataFrame, flat: bool, by_item: bool) -> DataFrame:
+        named = self._named(recs)
+        if flat:
+            return named
+        q, c = (self.getItemCol(), self.getUserCol()) if by_item else (self.getUserCol(), self.getItemCol())
+        return nested(named, q, c)
+
+    def recommendForAllUsers(self, numItems: int, exclude: Any = TRAINING, flat: bool = True) -> DataFrame:
+        """Each trained user's numItems best items: a flat (user, item, rank, score) table,
+        or with flat=False ALS's (user, recommendations: array<struct<item, score>>).
+
+        exclude: "training" (the default: the pairs this model was fitted on, remembered
+        through save and load), a DataFrame of (userCol, itemCol) pairs, or None. score is
+        the predicted rating (mse) or P(y=1) (bce).
         """
-        recs = self.recommend_canonical(numItems, exclude=exclude)
-        return recs.withColumnRenamed(USER, self.columns.user).withColumnRenamed(ITEM, self.columns.item)
+        return self._public(self.recommend_canonical(numItems, exclude=exclude), flat, by_item=False)
+
+    def recommendForUserSubset(
+        self, dataset: DataFrame, numItems: int, exclude: Any = TRAINING, flat: bool = True
+    ) -> DataFrame:
+        """recommendForAllUsers for the users in dataset's userCol (users without factors get none)."""
+        users = self._canonical(dataset.select(self.getUserCol()))
+        return self._public(self.recommend_canonical(numItems, users=users, exclude=exclude), flat, by_item=False)
+
+    def recommendForAllItems(self, numUsers: int, exclude: Any = TRAINING, flat: bool = True) -> DataFrame:
+        """Each trained item's numUsers best users, scored as recommendForAllUsers scores them."""
+        return self._public(self.recommend_canonical(numUsers, exclude=exclude, by_item=True), flat, by_item=True)
+
+    def recommendForItemSubset(
+        self, dataset: DataFrame, numUsers: int, exclude: Any = TRAINING, flat: bool = True
+    ) -> DataFrame:
+        """recommendForAllItems for the items in dataset's itemCol."""
+        items = self._canonical(dataset.select(self.getItemCol()))
+        recs = self.recommend_canonical(numUsers, users=items, exclude=exclude, by_item=True)
+        return self._public(recs, flat, by_item=True)
+
+    # -- fold-in -------------------------------------------------------------------------
+    def foldIn(self, dataset: DataFrame) -> CFModel:
+        """A model that also knows the users of dataset (userCol, itemCol, ratingCol) whom
+        this one has no factors for: each new user's w and b are solved against the fixed
+        item factors, by the training kernel (one exact ridge step for mse, IRLS for bce).
+
+        Users this model already knows keep their factors, and their rows in dataset are
+        ignored; ratings of items it does not know carry no information about w and are
+        ignored too. The new model excludes the new users' rated items as well.
+        """
+        cols = Columns(self.getUserCol(), self.getItemCol(), self.getRatingCol())
+        ratings = validate_ratings(
+            dataset.select(self.getUserCol(), self.getItemCol(), self.getRatingCol()),
+            cols,
+            id_type="keep",
+            duplicates="error",
+            labels=self.getLoss() == "bce",
+        )
+        new = ratings.join(self.user_factors.select(USER), USER, "left_anti")
+        known = ratings.select(USER).distinct().count() - new.select(USER).distinct().count()
+        if known:
+            log.info("fold-in: %d users already have factors and keep them", known)
+        solved = fold_in(new, self.item_factors, self._item_baseline(), self._fold_in_config())
+        model = self._copy_with(
+            user_factors=self.user_factors.unionByName(solved).localCheckpoint(),
+            training_pairs=(
+                self.training_pairs.unionByName(new.select(USER, ITEM, RATING))
+                if self.training_pairs is not None
+                else new.select(USER, ITEM, RATING)
+            ),
+        )
+        return model
+
+    def _item_baseline(self) -> DataFrame:
+        return self.item_stats.select(ITEM, F.col(BASELINE_COL[self.getLoss()]).alias("baseline"))
+
+    def _fold_in_config(self) -> dict:
+        reg = self.summary.get("reg", self.getRegParam())
+        return {
+            "rank": self.getRank(),
+            "loss": self.getLoss(),
+            "reg": float(reg),
+            "count_scaled": self.getRegScaling() == "count",
+            "bias_reg": self.getBiasReg(),
+            "global_baseline": self.global_baseline,
+        }
+
+    def _copy_with(self, **tables: Any) -> CFModel:
+        fields = dict(
+            user_factors=self.user_factors,
+            item_factors=self.item_factors,
+            item_stats=self.item_stats,
+            global_baseline=self.global_baseline,
+            training_pairs=self.training_pairs,
+            summary=dict(self.summary),
+        )
+        fields.update(tables)
+        model = CFModel(**fields)
+        return self._copyValues(model)
 
     # -- persistence ---------------------------------------------------------------------
-    def save(self, path: str, metadata: dict | None = None) -> None:
-        """Parquet tables under path/, plus metadata.json (local paths)."""
-        self.userFactors.write.mode("overwrite").parquet(f"{path}/user_factors")
-        self.itemFactors.write.mode("overwrite").parquet(f"{path}/item_factors")
-        self.itemStats.write.mode("overwrite").parquet(f"{path}/{ITEM_TABLE[self.loss]}")
-        meta = {
-            "rank": self.rank,
-            "loss": self.loss,
-            "global_baseline": self.global_baseline,
-            "columns": {"user": self.columns.user, "item": self.columns.item, "rating": self.columns.rating},
-            **(metadata or {}),
-        }
-        if is_local(path):
-            write_json(os.path.join(local_path(path), "metadata.json"), meta)
+    def write(self) -> CFModelWriter:
+        return CFModelWriter(self)
 
     @classmethod
-    def load(cls, spark: SparkSession, path: str) -> CFModel:
-        """Tables and metadata written by save(); prediction works, recommendation needs fit()."""
-        with open(os.path.join(local_path(path), "metadata.json")) as f:
-            meta = json.load(f)
-        cols = Columns(**meta["columns"])
-        return cls(
-            user_factors=spark.read.parquet(f"{path}/user_factors").withColumnRenamed(cols.user, USER),
-            item_factors=spark.read.parquet(f"{path}/item_factors").withColumnRenamed(cols.item, ITEM),
-            item_stats=spark.read.parquet(f"{path}/{ITEM_TABLE[meta['loss']]}").withColumnRenamed(cols.item, ITEM),
-            global_baseline=meta["global_baseline"],
-            rank=meta["rank"],
-            columns=cols,
-            loss=meta["loss"],
-        )
+    def read(cls) -> CFModelReader:
+        return CFModelReader(cls)
 
     def unpersist(self) -> None:
         """Drop every cached table this model holds."""
-        for df in (self.user_factors, self.item_factors, self.item_stats):
-            df.unpersist()
-        if self.blocks:
-            self.blocks.unpersist()
-        if self.result:
-            self.result.user_out.unpersist()
-            self.result.item_out.unpersist()
+        for df in (self.user_factors, self.item_factors, self.item_stats, self.training_pairs):
+            if df is not None:
+                df.unpersist()

@@ -113,9 +113,11 @@ def profile_table(breakdown: dict[str, dict], history: list[dict], wall: dict[st
     return "\n".join(lines)
 
 
+_BLOCK_COUNTS = (("numUserBlocks", "num_user_blocks"), ("numItemBlocks", "num_item_blocks"))
+
+
 def profile_fit(spark: SparkSession, cfg: dict) -> dict:
     """Fit once on the configured split and return where the time went, per phase."""
-    import dataclasses
     import time
 
     from cfspark.benchmark import warm_up_sample
@@ -128,18 +130,18 @@ def profile_fit(spark: SparkSession, cfg: dict) -> dict:
     ratings, cols = load_ratings(spark, cfg)
     train, _ = split_for_training(ratings, cfg)
     n = train.count()
-    estimator = dataclasses.replace(estimator_from_config(cfg, cols), checkpointDir="")
+    estimator = estimator_from_config(cfg, cols).setCheckpointDir("")
     # Untimed: starts the Python workers and compiles the JVM's hot paths, as a long job would have.
     warm_up = warm_up_sample(train, n)
-    dataclasses.replace(estimator, maxIter=2).fit_validated(warm_up).unpersist()
+    estimator.copy({estimator.maxIter: 2}).fit_validated(warm_up).unpersist()
     warm_up.unpersist()
     after_job = last_job(api)
     began = time.perf_counter()
     model = estimator.fit_validated(train)
     fit_seconds = time.perf_counter() - began
-    history, result = model.history, model.result
+    history = model.history
     wall = {
-        "setup": result.setup_seconds,
+        "setup": model.summary["setup_seconds"],
         "user-steps": sum(h["user_seconds"] for h in history),
         "item-steps": sum(h["seconds"] - h["user_seconds"] for h in history),
     }
@@ -150,5 +152,8 @@ def profile_fit(spark: SparkSession, cfg: dict) -> dict:
         "stages": breakdown,
         "iterations": history,
         "table": profile_table(breakdown, history, wall),
-        "params": {"numUserBlocks": model.blocks.num_user_blocks, "numItemBlocks": model.blocks.num_item_blocks},
+        "params": {
+            "numUserBlocks": model.summary["num_user_blocks"],
+            "numItemBlocks": model.summary["num_item_blocks"],
+        },
     }

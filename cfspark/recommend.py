@@ -1,154 +1,236 @@
-"""Top-N for every user, blockwise, never collecting factors to the driver.
+"""Top-N from two factor tables, blockwise, never collecting factors to the driver.
 
-Every (user block, item block) pair is one task: a matrix product scores the pair,
-items the user rated in training are set to −inf, and the best N per user are kept.
-A second pass merges each user block's candidates across item blocks.
+Either side can be the queries: users asking for items, or items asking for users.
+Each side's rows are vectors laid out so that one dot product is the whole score:
+for users → items, a user is [w | b | 1] and an item is [x | 1 | c + baseline], so
+q · v = w·x + b + c + baseline; for items → users the roles swap; ALS's factors
+(compare.py) go in as they are, since ALS's score is u·v.
+
+Worked example, 5 users and 3 items in 2 query blocks and 1 candidate block:
+
+    query blocks (hash of the id):   qb 0: users a, d      qb 1: users b, c, e
+    candidate block:                 cb 0: items x, y, z
+    exclude (seen in training):      (a, x), (c, z)  →  cell (qb 0, cb 0): [a], [x];
+                                                        cell (qb 1, cb 0): [c], [z]
+
+Every (query block, candidate block) pair is one task: a matrix product scores the
+pair, the cell's excluded pairs are set to −inf, and the best n per query are kept.
+With more than one candidate block, a second pass merges each query block's winners.
+A block carries its ids as an array column, so ids of any type come back as they went
+in, and no join to an index table is needed on the way out.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from cfspark.blocks.build import Blocks
-from cfspark.blocks.codec import blob, cell, matrix
-from cfspark.kernels.layout import width as layout_width
+from cfspark.blocks.codec import blob, matrix
 from cfspark.kernels.losses import sigmoid
-from cfspark.kernels.topn import merge, score_pair
-from cfspark.schema import BASELINE, BLOCK, ITEM, LOCAL, RANK, SCORE, USER
+from cfspark.kernels.topn import score_pair, top_within_groups
+from cfspark.schema import RANK, SCORE
 
-_PAIR_SCHEMA = "ub int, ib int, n_users int, idx binary, val binary"
-_ROW_SCHEMA = "block int, local int, item_block int, item_local int, rank int, score double"
+QUERIES_PER_BLOCK = 20_000  # a task scores this many queries against a candidate block
+CANDIDATES_PER_BLOCK = 1_000_000  # ~100 MB of float64 vectors at rank 10: one block serves most catalogues
+_SALT = 0x5EED  # block hashes differ from the training blocks' (the two never meet)
+
+_Q, _C = "_query", "_candidate"
 
 
-def _item_baselines(item_index: DataFrame) -> DataFrame:
-    """(ib, means): the baseline (μ_i or o_i) of each item block as one array by local index."""
+def _block_of(col: str, num_blocks: int) -> Column:
+    return F.pmod(F.xxhash64(F.col(col), F.lit(_SALT)), F.lit(num_blocks)).cast("int")
 
-    def pack(table: pa.Table) -> pa.Table:
-        means = np.empty(table.num_rows)
-        means[table.column(LOCAL).to_numpy()] = table.column(BASELINE).to_numpy()
+
+def _pack_vectors(id_type: T.DataType, prefix: str):
+    """(block, id, vec) rows of one block → one row: (block, ids sorted, n, vecs as one blob)."""
+
+    def run(table: pa.Table) -> pa.Table:
+        table = table.sort_by("id")
+        values = pc.list_flatten(table.column("vec")).to_numpy(zero_copy_only=False)
+        width = len(values) // max(1, table.num_rows)
+        ids = pa.ListArray.from_arrays(pa.array([0, table.num_rows], pa.int32()), table.column("id").combine_chunks())
         return pa.table(
             {
-                "ib": pa.array([table.column(BLOCK)[0].as_py()], pa.int32()),
-                "means": pa.array([blob(means)], pa.binary()),
+                f"{prefix}b": pa.array([table.column("block")[0].as_py()], pa.int32()),
+                f"{prefix}_ids": ids,
+                f"{prefix}_width": pa.array([width], pa.int32()),
+                f"{prefix}_vecs": pa.array([blob(values.reshape(-1, width))], pa.binary()),
             }
         )
 
-    return item_index.select(BLOCK, LOCAL, BASELINE).groupBy(BLOCK).applyInArrow(pack, "ib int, means binary")
+    schema = T.StructType(
+        [
+            T.StructField(f"{prefix}b", T.IntegerType()),
+            T.StructField(f"{prefix}_ids", T.ArrayType(id_type)),
+            T.StructField(f"{prefix}_width", T.IntegerType()),
+            T.StructField(f"{prefix}_vecs", T.BinaryType()),
+        ]
+    )
+    return run, schema
 
 
-def _score_pairs(rank: int, n: int, exclude: str):
-    width = layout_width(rank)
+def _blocks(vectors: DataFrame, id_col: str, vec: Column, num_blocks: int, prefix: str) -> DataFrame:
+    rows = vectors.select(_block_of(id_col, num_blocks).alias("block"), F.col(id_col).alias("id"), vec.alias("vec"))
+    run, schema = _pack_vectors(vectors.schema[id_col].dataType, prefix)
+    return rows.groupBy("block").applyInArrow(run, schema)
+
+
+def _pack_pairs(q_type: T.DataType, c_type: T.DataType):
+    def run(table: pa.Table) -> pa.Table:
+        def as_list(col: str) -> pa.Array:
+            values = table.column(col).combine_chunks()
+            return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
+
+        return pa.table(
+            {
+                "qb": pa.array([table.column("qb")[0].as_py()], pa.int32()),
+                "cb": pa.array([table.column("cb")[0].as_py()], pa.int32()),
+                "ex_q": as_list("q"),
+                "ex_c": as_list("c"),
+            }
+        )
+
+    schema = T.StructType(
+        [
+            T.StructField("qb", T.IntegerType()),
+            T.StructField("cb", T.IntegerType()),
+            T.StructField("ex_q", T.ArrayType(q_type)),
+            T.StructField("ex_c", T.ArrayType(c_type)),
+        ]
+    )
+    return run, schema
+
+
+def _score_cells(n: int, link: str, q_type: T.DataType, c_type: T.DataType, exclusions: bool):
+    """mapInArrow body: each (query block, candidate block) row → its best n per query."""
+    out_schema = pa.schema(
+        [
+            ("qb", pa.int32()),
+            ("q_local", pa.int32()),
+            ("q_id", _arrow_type(q_type)),
+            ("c_id", _arrow_type(c_type)),
+            ("rank", pa.int32()),
+            ("score", pa.float64()),
+        ]
+    )
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            out = {"ub": [], "ib": [], "n_users": [], "idx": [], "val": []}
             for r in range(batch.num_rows):
-                ib = batch.column("ib")[r].as_py()
-                users = matrix(batch, "user_params", r, width)
-                # Ratings of this user block whose item lies in item block ib are excluded.
-                src = cell(batch, "src", r, np.int32)
-                src_ptr = cell(batch, "src_ptr", r, np.int64)
-                row_ptr = cell(batch, "row_ptr", r, np.int64)
-                cols = cell(batch, "cols", r, np.int32)
-                rows = np.repeat(np.arange(len(row_ptr) - 1), np.diff(row_ptr))
-                hit = np.flatnonzero(src == ib) if exclude != "none" else []
-                if len(hit):
-                    lo, hi = src_ptr[hit[0]], src_ptr[hit[0] + 1]
-                    mask = (cols >= lo) & (cols < hi)
-                    if exclude == "positives":
-                        mask &= cell(batch, "y", r, np.float64) > 0.5
-                    ex_rows, ex_cols = rows[mask], cell(batch, "col_local", r, np.int32)[cols[mask]]
-                else:
-                    ex_rows = ex_cols = np.empty(0, np.int64)
-                idx, val = score_pair(
-                    users,
-                    matrix(batch, "item_params", r, width),
-                    cell(batch, "means", r, np.float64),
-                    ex_rows,
-                    ex_cols,
-                    n,
-                )
-                for key, value in (
-                    ("ub", batch.column("ub")[r].as_py()),
-                    ("ib", ib),
-                    ("n_users", len(users)),
-                    ("idx", blob(idx.astype(np.int32))),
-                    ("val", blob(val)),
-                ):
-                    out[key].append(value)
-            yield pa.RecordBatch.from_pydict(
-                out,
-                schema=pa.schema(
+                q_ids = batch.column("q_ids")[r].values
+                c_ids = batch.column("c_ids")[r].values
+                queries = matrix(batch, "q_vecs", r, batch.column("q_width")[r].as_py())
+                candidates = matrix(batch, "c_vecs", r, batch.column("c_width")[r].as_py())
+                ex_rows = ex_cols = np.empty(0, np.int64)
+                if exclusions and batch.column("ex_q")[r].is_valid:
+                    rows = pc.index_in(batch.column("ex_q")[r].values, value_set=q_ids)
+                    cols = pc.index_in(batch.column("ex_c")[r].values, value_set=c_ids)
+                    known = pc.and_(rows.is_valid(), cols.is_valid())
+                    ex_rows = rows.filter(known).to_numpy().astype(np.int64)
+                    ex_cols = cols.filter(known).to_numpy().astype(np.int64)
+                idx, val = score_pair(queries, candidates, ex_rows, ex_cols, n)
+                keep = np.isfinite(val)
+                q_local, ranks = np.nonzero(keep)
+                picked = idx[keep]
+                scores = val[keep]
+                yield pa.RecordBatch.from_arrays(
                     [
-                        ("ub", pa.int32()),
-                        ("ib", pa.int32()),
-                        ("n_users", pa.int32()),
-                        ("idx", pa.binary()),
-                        ("val", pa.binary()),
-                    ]
-                ),
-            )
+                        pa.array(np.full(len(q_local), batch.column("qb")[r].as_py(), np.int32)),
+                        pa.array(q_local.astype(np.int32)),
+                        q_ids.take(pa.array(q_local)),
+                        c_ids.take(pa.array(picked)),
+                        pa.array((ranks + 1).astype(np.int32)),
+                        pa.array(sigmoid(scores) if link == "sigmoid" else scores),
+                    ],
+                    schema=out_schema,
+                )
 
-    return run
-
-
-def _merge_blocks(n: int, link: str):
-    def run(table: pa.Table) -> pa.Table:
-        n_users = table.column("n_users")[0].as_py()
-        order = np.argsort(table.column("ib").to_numpy(), kind="stable")
-        candidates = []
-        for r in order.tolist():
-            idx = cell(table, "idx", r, np.int32).reshape(n_users, -1)
-            val = cell(table, "val", r, np.float64).reshape(n_users, -1)
-            candidates.append((table.column("ib")[r].as_py(), idx, val))
-        blocks, locals_, scores = merge(candidates, n)
-        keep = np.isfinite(scores)
-        users, ranks = np.nonzero(keep)
-        return pa.table(
-            {
-                "block": pa.array(np.full(len(users), table.column("ub")[0].as_py(), np.int32)),
-                "local": pa.array(users.astype(np.int32)),
-                "item_block": pa.array(blocks[keep].astype(np.int32)),
-                "item_local": pa.array(locals_[keep].astype(np.int32)),
-                "rank": pa.array((ranks + 1).astype(np.int32)),
-                "score": pa.array(sigmoid(scores[keep]) if link == "sigmoid" else scores[keep]),
-            }
-        )
-
-    return run
-
-
-def recommend_all(
-    blocks: Blocks,
-    user_state: DataFrame,
-    item_state: DataFrame,
-    *,
-    rank: int,
-    n: int,
-    link: str = "identity",
-    exclude: str = "labelled",
-    baselines: DataFrame | None = None,
-) -> DataFrame:
-    """(user, item, rank, score): the n best items of every trained user.
-
-    user_state and item_state hold (dest, params) rows, one per block: [W | b | 1] and
-    [X | 1 | c]. The score is link(w·x + b + c + baseline_i). Training items are left out as exclude says:
-    labelled (all), positives (label 1 only) or none. baselines is a (block, local,
-    baseline) table of items; it defaults to the blocks' own (μ_i or o_i).
-    """
-    baselines = _item_baselines(blocks.item_index if baselines is None else baselines)
-    inblocks = blocks.users.select(F.col("block").alias("ub"), "row_ptr", "cols", "y", "src", "src_ptr", "col_local")
-    users = user_state.select(F.col("dest").alias("ub"), F.col("params").alias("user_params")).join(inblocks, "ub")
-    items = item_state.select(F.col("dest").alias("ib"), F.col("params").alias("item_params")).join(baselines, "ib")
-    pairs = users.crossJoin(items).mapInArrow(_score_pairs(rank, n, exclude), _PAIR_SCHEMA)
-    rows = pairs.groupBy("ub").applyInArrow(_merge_blocks(n, link), _ROW_SCHEMA)
-    user_ids = blocks.user_index.select(USER, BLOCK, LOCAL)
-    item_ids = blocks.item_index.select(ITEM, F.col(BLOCK).alias("item_block"), F.col(LOCAL).alias("item_local"))
-    return (
-        rows.join(user_ids, [BLOCK, LOCAL]).join(item_ids, ["item_block", "item_local"]).select(USER, ITEM, RANK, SCORE)
+    spark_schema = T.StructType(
+        [
+            T.StructField("qb", T.IntegerType()),
+            T.StructField("q_local", T.IntegerType()),
+            T.StructField("q_id", q_type),
+            T.StructField("c_id", c_type),
+            T.StructField("rank", T.IntegerType()),
+            T.StructField("score", T.DoubleType()),
+        ]
     )
+    return run, spark_schema
+
+
+def _merge(n: int):
+    """groupBy(qb) body: every candidate block's winners of a query block → the best n per query."""
+
+    def run(table: pa.Table) -> pa.Table:
+        q_local = table.column("q_local").to_numpy()
+        keep, ranks = top_within_groups(q_local, table.column("score").to_numpy(), n)
+        return table.take(pa.array(keep)).set_column(4, "rank", pa.array(ranks.astype(np.int32)))
+
+    return run
+
+
+def _arrow_type(t: T.DataType) -> pa.DataType:
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    return to_arrow_type(t)
+
+
+def top_n(
+    queries: DataFrame,
+    candidates: DataFrame,
+    *,
+    n: int,
+    query_col: str,
+    candidate_col: str,
+    query_vec: Column,
+    candidate_vec: Column,
+    exclude: DataFrame | None = None,
+    link: str = "identity",
+) -> DataFrame:
+    """(query_col, candidate_col, rank, score): the n best candidates of every query.
+
+    queries and candidates are factor tables; query_vec and candidate_vec are array<double>
+    columns over them whose dot product is the score (before link: identity or sigmoid).
+    exclude holds (query_col, candidate_col) pairs never to recommend, e.g. the training
+    pairs. Ties keep the lower candidate position; rank 1 is the best.
+    """
+    num_q = max(1, math.ceil(queries.count() / QUERIES_PER_BLOCK))
+    num_c = max(1, math.ceil(candidates.count() / CANDIDATES_PER_BLOCK))
+    q_type, c_type = queries.schema[query_col].dataType, candidates.schema[candidate_col].dataType
+    q_blocks = _blocks(queries, query_col, query_vec, num_q, "q")
+    c_blocks = _blocks(candidates, candidate_col, candidate_vec, num_c, "c")
+    cells = q_blocks.crossJoin(c_blocks)
+    if exclude is not None:
+        pairs = exclude.select(
+            _block_of(query_col, num_q).alias("qb"),
+            _block_of(candidate_col, num_c).alias("cb"),
+            F.col(query_col).alias("q"),
+            F.col(candidate_col).alias("c"),
+        )
+        run, schema = _pack_pairs(q_type, c_type)
+        cells = cells.join(pairs.groupBy("qb", "cb").applyInArrow(run, schema), ["qb", "cb"], "left")
+    score, schema = _score_cells(n, link, q_type, c_type, exclude is not None)
+    winners = cells.mapInArrow(score, schema)
+    if num_c > 1:
+        winners = winners.groupBy("qb").applyInArrow(_merge(n), winners.schema)
+    return winners.select(F.col("q_id").alias(query_col), F.col("c_id").alias(candidate_col), F.col(RANK), F.col(SCORE))
+
+
+def nested(flat: DataFrame, query_col: str, candidate_col: str) -> DataFrame:
+    """ALS's shape: (query_col, recommendations: array<struct<candidate_col, score>>), best first."""
+    ranked = F.array_sort(F.collect_list(F.struct(F.col(RANK), F.col(candidate_col), F.col(SCORE))))
+    return flat.groupBy(query_col).agg(
+        F.transform(ranked, lambda s: F.struct(s[candidate_col].alias(candidate_col), s[SCORE].alias(SCORE))).alias(
+            "recommendations"
+        )
+    )
+
+
+__all__ = ["nested", "top_n"]

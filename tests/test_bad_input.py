@@ -255,19 +255,24 @@ def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
     )
     assert code == 0
     assert sorted(os.listdir(tmp_path)) == ["out", "ratings.csv"]  # stale lock and staging removed
-    means = {r.movieId: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_means")).collect()}
+    means = {r.movieId: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_stats")).collect()}
     assert means == {"m1": (3.0 + 5.0) / 2, "m2": 3.0, "m3": 1.0}
     # Strict JSON: input.binarize_threshold = nan (off) is written as null, not a bare NaN.
-    meta = strict_json(out / "model" / "metadata.json")
-    assert meta["config"]["input"]["binarize_threshold"] is None
+    (text,) = [r.value for r in spark.read.text(str(out / "model" / "metadata")).collect()]
+    meta = strict_json_text(text, "the model's metadata")
+    assert meta["cfspark"]["config"]["input"]["binarize_threshold"] is None
     assert strict_json(out / "metrics.json")["train"]["count"] == 4
 
 
 def strict_json(path):
-    def refuse(name):
-        raise ValueError(f"{path} holds {name}, which is not JSON")
+    return strict_json_text(path.read_text(), path)
 
-    return json.loads(path.read_text(), parse_constant=refuse)
+
+def strict_json_text(text, where):
+    def refuse(name):
+        raise ValueError(f"{where} holds {name}, which is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_json_files_are_strict(tmp_path):
@@ -289,17 +294,17 @@ def test_a_diverging_fit_stops_with_the_training_failure_code(spark, capsys, tmp
 
 
 def test_a_failed_write_has_its_own_code_and_keeps_the_old_output(spark, capsys, tmp_path, monkeypatch):
-    from cfspark.model import CFModel
+    from cfspark.model_io import CFModelWriter
 
     data = tmp_path / "ratings.csv"
     data.write_text(GOOD)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("previous result")
 
-    def fail(self, path, metadata=None):
+    def fail(self, path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(CFModel, "save", fail)
+    monkeypatch.setattr(CFModelWriter, "saveImpl", fail)
     code, err, out = _run(capsys, tmp_path, "--set", f"input.path={data}", "--set", "output.overwrite=true",
                           "--set", "checkpoint.interval=0")  # fmt: skip
     assert code == 5 and "cfspark: error: writing the results failed: OSError: disk full" in err, err

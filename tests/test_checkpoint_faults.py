@@ -109,5 +109,5 @@ def test_a_fit_over_a_damaged_checkpoint_trains_afresh(spark, tmp_path, caplog):
     truncate_a_part(tmp_path / "ck")
     with caplog.at_level(logging.WARNING, logger="cfspark"):
         model = fit(3)
-    assert model.result.resumed_from == 0 and [h["iteration"] for h in model.history] == [1, 2, 3]
+    assert model.summary["resumed_from"] == 0 and [h["iteration"] for h in model.history] == [1, 2, 3]
     assert any("training starts afresh" in r.getMessage() for r in caplog.records)

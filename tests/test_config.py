@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
@@ -11,6 +10,7 @@ from tests_support import REPO
 from cfspark import CollaborativeFilter
 from cfspark.config import load_config, load_defaults, parse_override
 from cfspark.errors import ConfigError
+from cfspark.params import CONFIG_PARAMS
 
 
 def test_overrides_are_parsed_as_toml_values():
@@ -52,29 +52,15 @@ def test_missing_config_file_is_refused(tmp_path):
         load_config(str(tmp_path / "nope.toml"))
 
 
-def test_estimator_defaults_match_conf_default_toml():
-    model = load_defaults()["model"]
-    fields = {f.name: f.default for f in dataclasses.fields(CollaborativeFilter)}
-    pairs = {
-        "rank": "rank",
-        "maxIter": "max_iter",
-        "regParam": "reg",
-        "regScaling": "reg_scaling",
-        "biasReg": "bias_reg",
-        "itemBias": "item_bias",
-        "meanPrior": "mean_prior",
-        "tol": "tol",
-        "loss": "loss",
-        "optimizer": "optimizer",
-        "learningRate": "learning_rate",
-        "innerSteps": "inner_steps",
-        "numUserBlocks": "num_user_blocks",
-        "numItemBlocks": "num_item_blocks",
-        "seed": "seed",
-        "initScale": "init_scale",
-    }
-    assert {param: fields[param] for param in pairs} == {param: model[key] for param, key in pairs.items()}
-    assert fields["checkpointInterval"] == load_defaults()["checkpoint"]["interval"]
+def test_estimator_defaults_match_conf_default_toml_key_by_key():
+    """The Params hold the defaults; conf/default.toml must say the same for every key it maps."""
+    defaults = load_defaults()
+    estimator = CollaborativeFilter()
+    for (section, key), param in CONFIG_PARAMS.items():
+        assert defaults[section][key] == estimator.getOrDefault(param), f"{section}.{key} against {param}"
+    # Every [model] key is a Param, except the warm start's path, which the job turns into initialModel.
+    assert set(defaults["model"]) - {key for (section, key) in CONFIG_PARAMS if section == "model"} == {"warm_start"}
+    assert defaults["model"]["warm_start"] == "" and not estimator.isDefined(estimator.initialModel)
 
 
 def test_block_counts_follow_the_data_size():
@@ -90,5 +76,5 @@ def test_conf_course_toml_is_the_course_model():
     from cfspark.job import estimator_from_config
 
     course = estimator_from_config(load_config(os.path.join(REPO, "conf", "course.toml")), Columns("u", "i", "r"))
-    assert {k: getattr(course, k) for k in COURSE_PARAMS} == COURSE_PARAMS
-    assert course.regParam == 10.0 and course.learningRate == 0.05
+    assert {k: course.getOrDefault(k) for k in COURSE_PARAMS} == COURSE_PARAMS
+    assert course.getRegParam() == 10.0 and course.getLearningRate() == 0.05

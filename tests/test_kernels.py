@@ -14,7 +14,7 @@ from cfspark.kernels.losses import pointwise
 from cfspark.kernels.newton import newton_step
 from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
 from cfspark.kernels.solve import solve_block
-from cfspark.kernels.topn import merge, score_pair, top_n
+from cfspark.kernels.topn import merge, score_pair, top_n, top_within_groups
 
 RANK = 3
 REG_MASK = np.r_[np.ones(RANK), 0.0]
@@ -146,25 +146,31 @@ def test_top_n_orders_best_first_and_skips_excluded():
 
 def test_score_pair_and_merge_equal_a_dense_ranking():
     rng = np.random.default_rng(5)
-    users = rng.normal(size=(7, RANK + 1))
-    blocks = [rng.normal(size=(5, RANK + 1)), rng.normal(size=(4, RANK + 1))]
-    for x in blocks:
-        x[:, RANK] = 1.0
-    means = [rng.normal(size=5), rng.normal(size=4)]
+    users = rng.normal(size=(7, RANK + 2))
+    blocks = [rng.normal(size=(5, RANK + 2)), rng.normal(size=(4, RANK + 2))]
     rated = [(0, 0, 1), (0, 1, 2), (3, 0, 0), (6, 1, 3)]  # (user, item block, item local)
     candidates = []
-    for b, (x, mu) in enumerate(zip(blocks, means, strict=True)):
+    for b, x in enumerate(blocks):
         ex = np.array([(u, i) for u, bb, i in rated if bb == b]).reshape(-1, 2)
-        idx, val = score_pair(users, x, mu, ex[:, 0], ex[:, 1], n=3)
+        idx, val = score_pair(users, x, ex[:, 0], ex[:, 1], n=3)
         candidates.append((b, idx, val))
     got_block, got_local, got_score = merge(candidates, 3)
 
-    dense = np.hstack([users @ x.T + mu for x, mu in zip(blocks, means, strict=True)])
+    dense = np.hstack([users @ x.T for x in blocks])
     for u, b, i in rated:
         dense[u, i + (5 if b else 0)] = -np.inf
     expected = np.argsort(-dense, axis=1)[:, :3]
     np.testing.assert_array_equal(got_block * 5 + got_local, expected)
     np.testing.assert_allclose(got_score, np.take_along_axis(dense, expected, axis=1))
+
+
+def test_top_within_groups_ranks_each_group_and_keeps_ties_in_order():
+    groups = np.array([2, 0, 2, 0, 2, 1, 0])
+    scores = np.array([0.5, 3.0, 0.9, 1.0, 0.5, -1.0, 2.0])
+    keep, ranks = top_within_groups(groups, scores, 2)
+    # group 0: positions 1 (3.0), 6 (2.0); group 1: position 5; group 2: 2 (0.9), then the tie 0 before 4
+    np.testing.assert_array_equal(keep, [1, 6, 5, 2, 0])
+    np.testing.assert_array_equal(ranks, [1, 2, 1, 1, 2])
 
 
 @pytest.mark.parametrize("side", ["user", "item"])

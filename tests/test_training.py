@@ -56,7 +56,6 @@ def test_beats_spark_als_on_the_same_split(planted_split, fitted):
     als = compare_als(
         train,
         test,
-        fitted.blocks,
         fitted.item_stats,
         loss="mse",
         rank=RANK,
@@ -101,12 +100,12 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
     assert (tmp_path / "ck" / "latest.json").is_file() and (tmp_path / "ck" / "iter-000004").is_dir()
     resumed = CollaborativeFilter(maxIter=6, checkpointDir=str(tmp_path / "ck"), **params).fit_validated(tiny)
     fresh = CollaborativeFilter(maxIter=6, checkpointDir=str(tmp_path / "other"), **params).fit_validated(tiny)
-    assert resumed.result.resumed_from == 4 and fresh.result.resumed_from == 0
+    assert resumed.summary["resumed_from"] == 4 and fresh.summary["resumed_from"] == 0
     assert [h["iteration"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
     assert _factors(resumed) == _factors(fresh)
     # A checkpoint made with other settings is not reused.
     changed = CollaborativeFilter(maxIter=6, checkpointDir=str(tmp_path / "ck"), **{**params, "regParam": 0.6})
-    assert changed.fit_validated(tiny).result.resumed_from == 0
+    assert changed.fit_validated(tiny).summary["resumed_from"] == 0
     for m in (first, resumed, fresh):
         m.unpersist()
 
@@ -148,8 +147,8 @@ def test_tol_stops_a_converged_fit_early_and_says_why(planted_split, fitted):
     assert [h["train_loss"] for h in history] == pytest.approx(full[:stopped], rel=1e-9)
     change = abs(full[stopped - 2] - full[stopped - 1]) / full[stopped - 2]
     assert change < 1e-3 < abs(full[stopped - 3] - full[stopped - 2]) / full[stopped - 3]
-    assert history[-1]["stop"] == model.result.stop_reason and model.result.stop_reason.startswith("converged")
-    assert "stop" not in history[-2] and fitted.result.stop_reason == "reached max_iter = 30"
+    assert history[-1]["stop"] == model.summary["stop_reason"] and model.summary["stop_reason"].startswith("converged")
+    assert "stop" not in history[-2] and fitted.summary["stop_reason"] == "reached max_iter = 30"
     model.unpersist()
 
 
@@ -163,7 +162,7 @@ def test_without_item_effects_the_defaults_match_als(spark):
     model = CollaborativeFilter(rank=RANK, seed=11).fit_validated(train)
     ours = regression_metrics(model.predict_canonical(test))["rmse"]
     als = compare_als(
-        train, test, model.blocks, model.item_stats, loss="mse", rank=RANK, reg_grid=[0.02, 0.05, 0.1, 0.2],
+        train, test, model.item_stats, loss="mse", rank=RANK, reg_grid=[0.02, 0.05, 0.1, 0.2],
         max_iter=15, seed=1, relevant=None, k=10,
     )  # fmt: skip
     assert ours <= 1.01 * als["test"]["rmse"], (ours, als["test"]["rmse"])
@@ -175,9 +174,10 @@ def test_a_block_over_max_block_ratings_is_split_and_the_model_is_unchanged(tiny
     whole = CollaborativeFilter(**params).fit_validated(tiny)
     split = CollaborativeFilter(maxBlockRatings=60, **params).fit_validated(tiny)
     ratings = tiny.count()
-    assert (whole.blocks.num_user_blocks, whole.blocks.num_item_blocks) == (1, 1)
-    assert split.blocks.num_user_blocks >= ratings / 60 and split.blocks.num_item_blocks >= ratings / 60
-    for inblocks, count in ((split.blocks.users, split.blocks.num_user_blocks), (split.blocks.items, None)):
+    assert (whole.summary["num_user_blocks"], whole.summary["num_item_blocks"]) == (1, 1)
+    assert split.summary["num_user_blocks"] >= ratings / 60 and split.summary["num_item_blocks"] >= ratings / 60
+    blocks, stats, _ = CollaborativeFilter(maxBlockRatings=60, **params).setup(tiny)
+    for inblocks, count in ((blocks.users, split.summary["num_user_blocks"]), (blocks.items, None)):
         loads = [int(np.frombuffer(r.row_ptr, dtype=np.int64)[-1]) for r in inblocks.select("row_ptr").collect()]
         assert sum(loads) == ratings and max(loads) <= 60
         assert count is None or len(loads) <= count
@@ -185,4 +185,4 @@ def test_a_block_over_max_block_ratings_is_split_and_the_model_is_unchanged(tiny
     assert ua.keys() == ub.keys() and ia.keys() == ib.keys()
     np.testing.assert_allclose([ua[k][0] for k in ua], [ub[k][0] for k in ua], atol=1e-9)
     np.testing.assert_allclose([ia[k] for k in ia], [ib[k] for k in ia], atol=1e-9)
-    whole.unpersist(), split.unpersist()
+    whole.unpersist(), split.unpersist(), blocks.unpersist(), stats.unpersist()

@@ -23,8 +23,3 @@ def index_entities(entities: DataFrame, id_col: str, *, num_blocks: int, seed: i
     with_block = entities.withColumn(BLOCK, block)
     local = F.row_number().over(Window.partitionBy(BLOCK).orderBy(id_col)) - 1
     return with_block.withColumn(LOCAL, local.cast("int")).withColumn(KEY, F.xxhash64(F.col(id_col), F.lit(seed)))
-
-
-def dense_id(num_blocks: int) -> F.Column:
-    """A single int per entity, unique within a side: local · num_blocks + block."""
-    return (F.col(LOCAL) * F.lit(num_blocks) + F.col(BLOCK)).cast("int")

@@ -22,29 +22,42 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_pair(
-    users: np.ndarray,
-    items: np.ndarray,
-    item_offset: np.ndarray,
+    queries: np.ndarray,
+    candidates: np.ndarray,
     excluded_rows: np.ndarray,
     excluded_cols: np.ndarray,
     n: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best n items of this item block for every user of this user block.
+    """Best n candidates of this block for every query: the rows of queries @ candidates.T,
+    with the (excluded_rows[j], excluded_cols[j]) entries set to −inf first.
 
-    users = [W | b] and items = [X | 1], so users @ items.T is w·x + b; item_offset
-    (μ_i) is added and pairs rated in training are set to −inf.
+    The vectors carry every term of the score (recommend.py lays them out), so one
+    product is the whole score. Scored USER_CHUNK queries at a time.
     """
-    best_idx = np.empty((len(users), min(n, len(items))), np.int64)
+    best_idx = np.empty((len(queries), min(n, len(candidates))), np.int64)
     best_val = np.empty(best_idx.shape)
     order = np.argsort(excluded_rows, kind="stable")
     excluded_rows, excluded_cols = excluded_rows[order], excluded_cols[order]
-    for lo in range(0, len(users), USER_CHUNK):
-        hi = min(lo + USER_CHUNK, len(users))
-        scores = users[lo:hi] @ items.T + item_offset[None, :]
+    for lo in range(0, len(queries), USER_CHUNK):
+        hi = min(lo + USER_CHUNK, len(queries))
+        scores = queries[lo:hi] @ candidates.T
         a, b = np.searchsorted(excluded_rows, [lo, hi])
         scores[excluded_rows[a:b] - lo, excluded_cols[a:b]] = -np.inf
         best_idx[lo:hi], best_val[lo:hi] = top_n(scores, n)
     return best_idx, best_val
+
+
+def top_within_groups(groups: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the n best scores of each group, and their ranks (1 = best).
+
+    Ties keep the earlier position, so merging blocks in order gives what one block would.
+    """
+    order = np.lexsort((np.arange(len(scores)), -scores, groups))
+    sorted_groups = groups[order]
+    first = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
+    ranks = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)])) + 1
+    keep = ranks <= n
+    return order[keep], ranks[keep]
 
 
 def merge(candidates: list[tuple[int, np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

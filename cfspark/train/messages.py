@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cfspark.blocks.codec import blob, cell, matrix
 from cfspark.kernels.block import BlockProblem
 from cfspark.kernels.init import initial_params
-from cfspark.kernels.layout import bias_mask, factor_mask, train_mask, width
+from cfspark.kernels.layout import bias_col, bias_mask, factor_mask, train_mask, width
 from cfspark.kernels.optimizers import AdamState
 from cfspark.kernels.solve import solve_block
 
@@ -208,5 +209,31 @@ def step_blocks(cfg: StepConfig):
         # The encoding of the table itself is not timed: it is what the timings ride in.
         seconds = (solved - decoded, decoded - began + time.perf_counter() - solved)
         return pa.Table.from_pylist(_rows(block, params, keep, losses, outbox, seconds), schema=_ARROW_SCHEMA)
+
+    return run
+
+
+def warm_blocks(cfg: StepConfig, *, send: bool):
+    """cogroup(InBlock, earlier factors).applyInArrow body: a warm start's state rows.
+
+    Rows with earlier factors (block, local, features, bias) start from them; the rest
+    start from their hashed initial values, as in a cold start. With send, the block's
+    messages to the other side go out too, as init_blocks sends them.
+    """
+    bias = bias_col(cfg.rank, cfg.side)
+
+    def run(inblock: pa.Table, earlier: pa.Table) -> pa.Table:
+        if inblock.num_rows == 0:  # earlier factors of a block with no ratings now: nothing to start
+            return pa.Table.from_pylist([], schema=_ARROW_SCHEMA)
+        block = inblock.column("block")[0].as_py()
+        params = initial_params(cell(inblock, "keys", 0, np.int64), cfg.rank, scale=cfg.init_scale, side=cfg.side)
+        if earlier.num_rows:
+            local = earlier.column("local").to_numpy()
+            values = pc.list_flatten(earlier.column("features")).to_numpy(zero_copy_only=False)
+            params[local, : cfg.rank] = values.reshape(-1, cfg.rank)
+            if cfg.learn_bias:
+                params[local, bias] = earlier.column("bias").to_numpy(zero_copy_only=False)
+        outbox = _outbox(inblock, 0, params) if send else []
+        return pa.Table.from_pylist(_rows(block, params, None, (0.0, 0.0), outbox), schema=_ARROW_SCHEMA)
 
     return run

@@ -1,0 +1,32 @@
+"""Warm start: the first state tables of a fit, taken from an earlier model's factors.
+
+Users and items the earlier model knows start from its w, b, x and c; new ones start
+from their hashed initial values, as in a cold start; those that have disappeared
+from the data are not in the blocks, so they are dropped.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+
+from cfspark.blocks.build import Blocks
+from cfspark.schema import BIAS, BLOCK, FEATURES, ITEM, LOCAL, USER
+from cfspark.train.messages import OUT_SCHEMA, StepConfig, warm_blocks
+from cfspark.train.trainer import settle
+
+
+def _side(inblocks: DataFrame, index: DataFrame, factors: DataFrame, id_col: str, cfg: StepConfig, send: bool):
+    earlier = index.select(id_col, BLOCK, LOCAL).join(factors.select(id_col, FEATURES, BIAS), id_col)
+    rows = earlier.select(BLOCK, LOCAL, FEATURES, BIAS)
+    started = inblocks.groupBy(BLOCK).cogroup(rows.groupBy(BLOCK)).applyInArrow(warm_blocks(cfg, send=send), OUT_SCHEMA)
+    return settle(started)[0]
+
+
+def warm_start(
+    blocks: Blocks, user_factors: DataFrame, item_factors: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig
+) -> tuple[DataFrame, DataFrame]:
+    """(user_out, item_out) to pass as train(start_from=...): the users' state, and the
+    items' state with their messages to the user blocks."""
+    user_out = _side(blocks.users, blocks.user_index, user_factors, USER, user_cfg, send=False)
+    item_out = _side(blocks.items, blocks.item_index, item_factors, ITEM, item_cfg, send=True)
+    return user_out, item_out
