@@ -1,0 +1,291 @@
+"""cfspark as a pyspark.ml citizen: Params, Pipeline, tuning, persistence, and a model that stands alone."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+from planted import planted_labels, planted_ratings
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.evaluation import BinaryClassificationEvaluator, RegressionEvaluator
+from pyspark.ml.feature import SQLTransformer
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
+from pyspark.sql import functions as F
+
+from cfspark import CFModel, CollaborativeFilter
+from cfspark.data.split import split_ratings
+from cfspark.evaluate import regression_metrics
+
+RANK = 3
+
+
+@pytest.fixture(scope="module")
+def planted(spark):
+    p = planted_ratings(n_users=120, n_items=60, rank=RANK, density=0.3, noise=0.3, seed=21)
+    df = spark.createDataFrame(p.rows(), "user long, item long, rating double")
+    train, test = (t.cache() for t in split_ratings(df, test_fraction=0.2, seed=5))
+    yield train, test
+    train.unpersist(), test.unpersist()
+
+
+@pytest.fixture(scope="module")
+def fitted(planted):
+    train, _ = planted
+    # Named columns other than cfspark's own, to show they are kept everywhere.
+    data = train.toDF("who", "what", "stars")
+    model = CollaborativeFilter(rank=RANK, userCol="who", itemCol="what", ratingCol="stars").fit(data)
+    yield model, data
+    model.unpersist()
+
+
+def _rows(df, *cols):
+    return sorted(tuple(r[c] for c in cols) for r in df.collect())
+
+
+# -- Params --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"loss": "hinge"}, "loss"),
+        ({"rank": 0}, "rank"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"regParam": -1.0}, "regParam"),
+        ({"regParam": "often"}, "regParam"),
+        ({"coldStartStrategy": "zero"}, "coldStartStrategy"),
+        ({"itemBias": "yes"}, "itemBias"),
+        ({"maxIter": 0}, "maxIter"),
+    ],
+)
+def test_bad_params_are_refused_in_the_driver_with_their_name(kwargs, name):
+    with pytest.raises((TypeError, ValueError), match=f'param "{name}"'):
+        CollaborativeFilter(**kwargs)
+    with pytest.raises((TypeError, ValueError), match=f'param "{name}"'):
+        CollaborativeFilter().setParams(**kwargs)
+    with pytest.raises(TypeError, match="no Param rnak"):
+        CollaborativeFilter(rnak=3)
+
+
+def test_params_behave_as_in_pyspark_ml():
+    cf = CollaborativeFilter(rank=4)
+    assert cf.getRank() == 4 and cf.getMaxIter() == 20 and cf.getRegParam() == 0.1
+    assert cf.setRegParam("auto").getRegParam() == "auto" and cf.setRegParam(0.3).getRegParam() == 0.3
+    copy = cf.copy({cf.rank: 7})
+    assert copy.getRank() == 7 and cf.getRank() == 4 and copy.uid == cf.uid
+    assert "coldStartStrategy: unseen user or item at prediction" in cf.explainParams()
+    assert {p.name for p in cf.params} >= {"rank", "maxIter", "regParam", "seed", "checkpointInterval", "userCol"}
+
+
+# -- Pipeline and tuning ---------------------------------------------------------------
+
+
+def test_a_pipeline_with_string_ids_fits_transforms_and_round_trips(spark, planted, tmp_path):
+    train, test = planted
+    to_strings = SQLTransformer(
+        statement="SELECT concat('u', CAST(user AS STRING)) AS user, concat('i', CAST(item AS STRING)) AS item, "
+        "rating FROM __THIS__"
+    )
+    pipeline = Pipeline(stages=[to_strings, CollaborativeFilter(rank=RANK, maxIter=8)])
+    model = pipeline.fit(train)
+    scored = model.transform(test)
+    assert dict(scored.dtypes)["user"] == "string" and scored.count() == test.count()
+    assert scored.filter(F.isnan("prediction") | F.col("prediction").isNull()).count() == 0
+
+    pipeline.write().overwrite().save(str(tmp_path / "pipeline"))
+    again = Pipeline.load(str(tmp_path / "pipeline"))
+    assert again.getStages()[1].getMaxIter() == 8
+
+    model.write().overwrite().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    assert isinstance(loaded.stages[1], CFModel)
+    assert _rows(loaded.transform(test), "user", "item", "prediction") == _rows(scored, "user", "item", "prediction")
+
+
+def test_cross_validation_and_train_validation_split_select_a_model(spark, planted):
+    train, _ = planted
+    cf = CollaborativeFilter(maxIter=5)
+    grid = ParamGridBuilder().addGrid(cf.regParam, [0.05, 5.0]).addGrid(cf.rank, [1, RANK]).build()
+    evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating")
+    cv = CrossValidator(estimator=cf, estimatorParamMaps=grid, evaluator=evaluator, numFolds=2, seed=3).fit(train)
+    assert len(cv.avgMetrics) == 4 and all(math.isfinite(m) for m in cv.avgMetrics)
+    assert len(set(cv.avgMetrics)) == 4  # each point of the grid fits a different model
+    best = grid[int(np.argmin(cv.avgMetrics))]
+    chosen = cv.bestModel
+    assert (chosen.getRegParam(), chosen.getRank()) == (best[cf.regParam], best[cf.rank])
+    # The best model is refitted on all of train: the same model as fitting those Params directly.
+    direct = cf.copy(best).fit(train)
+    assert _rows(chosen.transform(train), "user", "item", "prediction") == _rows(
+        direct.transform(train), "user", "item", "prediction"
+    )
+    # Random folds leave users and items unseen: "mean" still predicts every row.
+    folds = train.randomSplit([0.5, 0.5], seed=9)
+    model = cf.fit(folds[0])
+    assert model.transform(folds[1]).filter(F.isnan("prediction")).count() == 0
+    tvs = TrainValidationSplit(estimator=cf, estimatorParamMaps=grid, evaluator=evaluator, trainRatio=0.7, seed=3)
+    tvs_model = tvs.fit(train)
+    picked = grid[int(np.argmin(tvs_model.validationMetrics))]
+    assert tvs_model.bestModel.getRank() == picked[cf.rank] and tvs_model.bestModel.getRegParam() == picked[cf.regParam]
+
+
+def test_binary_labels_tune_with_the_binary_evaluator(spark):
+    p, _ = planted_labels(n_users=120, n_items=60, rank=2, density=0.5, seed=8)
+    labels = spark.createDataFrame(p.rows(), "user long, item long, rating double")
+    cf = CollaborativeFilter(loss="bce", maxIter=4, rank=2)
+    grid = ParamGridBuilder().addGrid(cf.regParam, [0.05, 20.0]).build()
+    evaluator = BinaryClassificationEvaluator(rawPredictionCol="prediction", labelCol="rating")
+    cv = CrossValidator(estimator=cf, estimatorParamMaps=grid, evaluator=evaluator, numFolds=2, seed=1).fit(labels)
+    # AUC: the planted preferences are learnable, and λ = 20 per label (in logistic curvature) smothers them.
+    assert cv.avgMetrics[0] > cv.avgMetrics[1] > 0.5 and cv.bestModel.getRegParam() == 0.05
+
+
+# -- Cold start, recommendations ------------------------------------------------------------
+
+
+def test_cold_start_strategies(spark, fitted):
+    model, _ = fitted
+    pairs = spark.createDataFrame([(1, 1), (10**9, 1), (1, 10**9)], "who long, what long")
+    mean = {(r.who, r.what): r.prediction for r in model.transform(pairs).collect()}
+    assert all(math.isfinite(v) for v in mean.values())
+    nan = {
+        (r.who, r.what): r.prediction for r in model.copy({model.coldStartStrategy: "nan"}).transform(pairs).collect()
+    }
+    assert nan[(1, 1)] == mean[(1, 1)] and math.isnan(nan[(10**9, 1)]) and math.isnan(nan[(1, 10**9)])
+    dropped = model.copy({model.coldStartStrategy: "drop"}).transform(pairs)
+    assert _rows(dropped, "who", "what") == [(1, 1)]
+
+
+def test_recommendations_equal_a_dense_ranking(spark, fitted):
+    model, data = fitted
+    users = {r.who: (np.array(r.features), r.bias) for r in model.userFactors.collect()}
+    base = {r.what: r.item_mean for r in model.itemStats.collect()}
+    items = {r.what: (np.array(r.features), r.bias + base[r.what]) for r in model.itemFactors.collect()}
+    seen = {(r.who, r.what) for r in data.collect()}
+    recs = model.recommendForAllUsers(4).collect()
+    got = {}
+    for r in recs:
+        got.setdefault(r.who, []).append((r.rank, r.what, r.score))
+    assert got.keys() == users.keys()
+    for u, (w, b) in users.items():
+        scores = {i: float(w @ x + b + c) for i, (x, c) in items.items() if (u, i) not in seen}
+        best = sorted(scores, key=lambda i: -scores[i])[:4]
+        ranked = sorted(got[u])
+        assert [i for _, i, _ in ranked] == best
+        np.testing.assert_allclose([s for *_, s in ranked], [scores[i] for i in best], rtol=1e-9)
+    # Items ask for users the same way, with the same scores.
+    by_item = model.recommendForAllItems(2).collect()
+    for r in by_item:
+        w, b = users[r.who]
+        x, c = items[r.what]
+        assert (r.who, r.what) not in seen and r.score == pytest.approx(float(w @ x + b + c), rel=1e-9)
+    assert {r.what for r in by_item} == set(items)
+
+
+def test_subsets_and_the_nested_shape(spark, fitted):
+    model, _ = fitted
+    everyone = model.recommendForAllUsers(3)
+    some = spark.createDataFrame([(1,), (7,), (10**9,)], "who long")
+    subset = model.recommendForUserSubset(some, 3)
+    assert _rows(subset, "who", "what", "rank", "score") == _rows(
+        everyone.filter(F.col("who").isin(1, 7)), "who", "what", "rank", "score"
+    )
+    nested = model.recommendForAllUsers(3, flat=False)
+    assert nested.schema.simpleString() == "struct<who:bigint,recommendations:array<struct<what:bigint,score:double>>>"
+    one = nested.filter("who = 7").first().recommendations
+    assert [(s.what, s.score) for s in one] == [
+        (r.what, r.score) for r in sorted(everyone.filter("who = 7").collect(), key=lambda r: r["rank"])
+    ]
+    items = model.recommendForItemSubset(spark.createDataFrame([(2,)], "what long"), 5)
+    assert _rows(items, "what", "who", "rank") == _rows(
+        model.recommendForAllItems(5).filter("what = 2"), "what", "who", "rank"
+    )
+    everything = model.recommendForAllUsers(3, exclude=None).filter("who = 7").collect()
+    assert len(everything) == 3 and max(r.score for r in everything) >= max(s.score for s in one)
+
+
+# -- Persistence -----------------------------------------------------------------------------
+
+
+def test_save_and_load_give_identical_predictions_and_recommendations(spark, fitted, planted, tmp_path):
+    model, _ = fitted
+    _, test = planted
+    path = str(tmp_path / "model")
+    model.write().overwrite().save(path)
+    loaded = CFModel.load(path)
+    assert loaded.uid == model.uid and loaded.getUserCol() == "who" and loaded.getRank() == RANK
+    assert loaded.summary["stop_reason"] == model.summary["stop_reason"]
+    test = test.toDF("who", "what", "stars")
+    assert _rows(loaded.transform(test), "who", "what", "prediction") == _rows(
+        model.transform(test), "who", "what", "prediction"
+    )
+    assert _rows(loaded.recommendForAllUsers(5), "who", "what", "rank", "score") == _rows(
+        model.recommendForAllUsers(5), "who", "what", "rank", "score"
+    )
+    with pytest.raises(Exception, match="already exists"):
+        model.write().save(path)
+
+
+def test_the_model_does_not_read_its_fits_checkpoints(spark, planted, tmp_path):
+    train, test = planted
+    ckpt = str(tmp_path / "ckpt")
+    first = CollaborativeFilter(rank=RANK, maxIter=4, checkpointDir=ckpt, checkpointInterval=2).fit(train)
+    before = _rows(first.transform(test), "user", "item", "prediction")
+    second = CollaborativeFilter(rank=2, maxIter=4, seed=99, checkpointDir=ckpt, checkpointInterval=2).fit(train)
+    assert _rows(first.transform(test), "user", "item", "prediction") == before
+    shutil.rmtree(ckpt)
+    assert _rows(first.transform(test), "user", "item", "prediction") == before
+    assert first.recommendForAllUsers(2).count() == 2 * train.select("user").distinct().count()
+    first.unpersist(), second.unpersist()
+
+
+# -- Fold-in and warm start ------------------------------------------------------------------
+
+
+def test_a_folded_in_user_predicts_as_well_as_a_trained_one(spark):
+    p = planted_ratings(n_users=300, n_items=80, rank=RANK, density=0.4, noise=0.3, seed=33)
+    df = spark.createDataFrame(p.rows(), "user long, item long, rating double")
+    train, test = (t.cache() for t in split_ratings(df, test_fraction=0.2, seed=2))
+    held = F.col("user") % 10 == 0  # a tenth of the users, absent from the first fit
+    cf = CollaborativeFilter(rank=RANK, maxIter=15, tol=0.0)
+    everyone = cf.fit(train)
+    without = cf.fit(train.filter(~held))
+    folded = without.foldIn(train.filter(held))
+    their_test = test.filter(held)
+    trained = regression_metrics(everyone.predict_canonical(their_test))["rmse"]
+    got = regression_metrics(folded.predict_canonical(their_test))["rmse"]
+    cold = regression_metrics(without.predict_canonical(their_test))["rmse"]
+    assert got <= 1.05 * trained and got < 0.8 * cold, (got, trained, cold)
+    # The folded-in users get recommendations, without the items they rated.
+    recs = folded.recommendForUserSubset(train.filter(held), 3)
+    assert recs.select("user").distinct().count() == train.filter(held).select("user").distinct().count()
+    assert recs.join(train, ["user", "item"]).count() == 0
+    for m in (everyone, without, folded):
+        m.unpersist()
+    train.unpersist(), test.unpersist()
+
+
+def test_a_warm_start_reaches_the_cold_fit_in_a_third_of_the_iterations(spark, tmp_path):
+    p = planted_ratings(n_users=400, n_items=120, rank=RANK, density=0.3, noise=0.3, seed=44)
+    df = spark.createDataFrame(p.rows(), "user long, item long, rating double")
+    train, test = (t.cache() for t in split_ratings(df, test_fraction=0.2, seed=4))
+    yesterday, today = (t.cache() for t in split_ratings(train, test_fraction=0.05, seed=6))  # 5 % arrive
+    cold_iters = 15
+    converged = CollaborativeFilter(rank=RANK, maxIter=cold_iters, tol=0.0).fit(yesterday)
+    converged.write().save(str(tmp_path / "yesterday"))
+    cold = CollaborativeFilter(rank=RANK, maxIter=cold_iters, tol=0.0).fit(train)
+    warm = CollaborativeFilter(rank=RANK, maxIter=cold_iters // 3, tol=0.0, initialModel=str(tmp_path / "yesterday"))
+    warm = warm.fit(train)
+    cold_rmse = regression_metrics(cold.predict_canonical(test))["rmse"]
+    warm_rmse = regression_metrics(warm.predict_canonical(test))["rmse"]
+    assert len(warm.history) == cold_iters // 3 and warm_rmse <= 1.01 * cold_rmse, (warm_rmse, cold_rmse)
+    # Without the warm start, the same few iterations fall short of that.
+    short = CollaborativeFilter(rank=RANK, maxIter=cold_iters // 3, tol=0.0).fit(train)
+    assert regression_metrics(short.predict_canonical(test))["rmse"] > warm_rmse
+    # A warm start's first loss is already near the end of the cold fit's.
+    assert warm.history[0]["train_loss"] < cold.history[1]["train_loss"]
+    for m in (converged, cold, warm, short):
+        m.unpersist()
+    for t in (train, test, yesterday, today):
+        t.unpersist()
