@@ -20,13 +20,13 @@ from pyspark.sql import functions as F
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
-from cfspark.data.prepare import load_ratings, split_for_training
 from cfspark.data.read import Columns, default_ratings_path, spark_message
 from cfspark.errors import CfsparkError, ConfigError, InputError, OutputError, TrainingError
 from cfspark.estimator import CollaborativeFilter
 from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.fs import is_local, local_path, write_json
 from cfspark.guard import RunLock, check_disjoint, check_writable, remove_stale_staging
+from cfspark.run import load_ratings, split_for_training
 from cfspark.schema import ITEM, RUN_DATE, USER
 
 log = logging.getLogger("cfspark")
