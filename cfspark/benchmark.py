@@ -16,9 +16,9 @@ from pyspark.sql import DataFrame, SparkSession
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
-from cfspark.data.prepare import load_ratings, split_for_training
 from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.job import estimator_from_config
+from cfspark.run import load_ratings, split_for_training
 
 PRIMARY = {"mse": "rmse", "bce": "auc"}
 WARM_UP_RATINGS = 50_000  # the untimed warm-up fits' sample size

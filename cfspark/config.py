@@ -1,7 +1,9 @@
-"""Job configuration: conf/default.toml, a user's TOML file, then --set overrides.
+"""Job configuration: the defaults, a user's TOML file, then --set overrides.
 
-conf/default.toml is the schema: a key it does not define is an error, and every
-value must have the type of its default.
+The defaults are cfspark/default.toml, package data read through importlib.resources, so
+they load from a source tree, an installed wheel and the --py-files zip alike;
+conf/default.toml in the repository is a symlink to it. That file is the schema: a key it
+does not define is an error, and every value must have the type of its default.
 """
 
 from __future__ import annotations
@@ -12,20 +14,20 @@ import difflib
 import math
 import re
 import tomllib
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 from cfspark.errors import ConfigError
 from cfspark.kernels.losses import LOSSES
 from cfspark.kernels.optimizers import OPTIMIZERS
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
+DEFAULT_CONFIG = "default.toml"  # a resource of the cfspark package
 
 Config = dict[str, dict[str, Any]]
 
 
 def load_defaults() -> Config:
-    with open(DEFAULT_CONFIG, "rb") as f:
+    with resources.files("cfspark").joinpath(DEFAULT_CONFIG).open("rb") as f:
         return tomllib.load(f)
 
 

@@ -20,7 +20,6 @@ from pyspark.sql import functions as F
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
-from cfspark.data.prepare import load_ratings, split_for_training
 from cfspark.data.read import Columns, default_ratings_path, spark_message
 from cfspark.errors import CfsparkError, ConfigError, InputError, OutputError, TrainingError
 from cfspark.estimator import CollaborativeFilter
@@ -29,6 +28,7 @@ from cfspark.fs import is_local, local_path, write_json
 from cfspark.guard import RunLock, check_disjoint, check_writable, remove_stale_staging
 from cfspark.model import TRAINING
 from cfspark.params import CONFIG_PARAMS
+from cfspark.run import load_ratings, split_for_training
 from cfspark.schema import ITEM, RATING, RUN_DATE, USER
 
 log = logging.getLogger("cfspark")

@@ -121,8 +121,8 @@ def profile_fit(spark: SparkSession, cfg: dict) -> dict:
     import time
 
     from cfspark.benchmark import warm_up_sample
-    from cfspark.data.prepare import load_ratings, split_for_training
     from cfspark.job import estimator_from_config
+    from cfspark.run import load_ratings, split_for_training
 
     api = ui_api(spark)
     if api is None:

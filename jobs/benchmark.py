@@ -2,47 +2,14 @@
 
     spark-submit jobs/benchmark.py --set input.path=... --set output.path=bench/ [--set key=value ...]
 
-Takes the same --config/--set keys as jobs/train.py (input, split, model, compare), and
-writes benchmark.json, benchmark.md and, if matplotlib is installed, benchmark.png.
+The job is cfspark.apps.benchmark.main; the console script cfspark-benchmark runs the same.
+cfspark must be importable by the driver: installed in its Python (pip install -e .
+or the wheel), or shipped with --py-files as the zip that scripts/package.sh builds.
 """
 
-from __future__ import annotations
-
-import json
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from cfspark.cli import config_parser, exit_code, job_config, job_logging, job_session  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = config_parser(__doc__)
-    parser.add_argument("--als-curve", default="2,5,10", help="ALS iteration counts for its time-to-accuracy curve")
-    args = parser.parse_args(argv)
-    job_logging()
-
-    def body() -> int:
-        cfg = job_config(args)
-        from cfspark.benchmark import ratio_table, run_benchmark
-        from cfspark.plot import plot_curves
-
-        out = cfg["output"]["path"]
-        spark = job_session("cfspark-benchmark", cfg, als=True)
-        record = run_benchmark(spark, cfg, als_curve_iters=[int(x) for x in args.als_curve.split(",") if x])
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "benchmark.json"), "w") as f:
-            json.dump({**record, "config": cfg}, f, indent=2, default=str)
-        table = ratio_table(record)
-        with open(os.path.join(out, "benchmark.md"), "w") as f:
-            f.write(table + "\n")
-        plot_curves(record, os.path.join(out, "benchmark.png"))
-        print(table)
-        return 0
-
-    return exit_code(body)
-
+from cfspark.apps.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

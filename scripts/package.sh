@@ -3,9 +3,10 @@
 #
 #   scripts/package.sh [OUT_DIR]      (default: dist/; prints the zip's path)
 #
-# The zip holds cfspark/ only (no tests, no jobs, no caches); executors put it on their
-# sys.path. Its dependencies (numpy, pandas, pyarrow) come from the executors' Python:
-# PYSPARK_PYTHON, or a packed venv shipped with --archives (see README, Running on a cluster).
+# The zip holds cfspark/ only: its modules and its default.toml (no tests, no jobs, no
+# caches); executors put it on their sys.path. Its dependencies (numpy, pandas, pyarrow)
+# come from the executors' Python: PYSPARK_PYTHON, or a packed venv shipped with
+# --archives (see README, Running on a cluster).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,7 +25,7 @@ with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
     for root, dirs, files in os.walk(os.path.join(repo, "cfspark")):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files):
-            if name.endswith(".py"):
+            if name.endswith((".py", ".toml")):
                 path = os.path.join(root, name)
                 z.write(path, os.path.relpath(path, repo))
 os.replace(tmp, target)

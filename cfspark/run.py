@@ -1,4 +1,8 @@
-"""From the job config to the training and test tables: read, validate, sample, split."""
+"""A run of the job's config: read → split (→ fit → evaluate → write, in cfspark.job for now).
+
+The data layer takes plain arguments; this module is where the job's config is turned into
+them, so that nothing below the applications reads the config.
+"""
 
 from __future__ import annotations
 
