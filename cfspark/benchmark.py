@@ -16,12 +16,10 @@ from pyspark.sql import DataFrame, SparkSession
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
-from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
-from cfspark.job import estimator_from_config
-from cfspark.run import load_ratings, split_for_training
+from cfspark.evaluate import pointwise_metrics
+from cfspark.run import Run, warm_up_sample
 
 PRIMARY = {"mse": "rmse", "bce": "auc"}
-WARM_UP_RATINGS = 50_000  # the untimed warm-up fits' sample size
 
 
 def _tree_peak_rss(root: int) -> dict:
@@ -76,11 +74,6 @@ def _timed(fn):
     return out, round(time.perf_counter() - began, 3)
 
 
-def warm_up_sample(train: DataFrame, train_count: int) -> DataFrame:
-    """About WARM_UP_RATINGS rows of train, cached, for untimed warm-up fits."""
-    return train.sample(fraction=min(1.0, WARM_UP_RATINGS / max(1, train_count)), seed=1).cache()
-
-
 def _warm_up(estimator, train: DataFrame, train_count: int, cfg: Config) -> None:
     """Two short untimed fits and recommendations of each side on a sample of train.
 
@@ -102,67 +95,54 @@ def _warm_up(estimator, train: DataFrame, train_count: int, cfg: Config) -> None
 
 def run_benchmark(spark: SparkSession, cfg: Config, *, als_curve_iters: list[int]) -> dict:
     """Fit both sides on the same split and return the benchmark record."""
-    loss, k = cfg["model"]["loss"], cfg["output"]["top_n"]
-    ratings, cols = load_ratings(spark, cfg)
-    train, test = split_for_training(ratings, cfg)
-    counts = {"ratings": ratings.count(), "train": train.count(), "test": test.count()}
-    estimator = estimator_from_config(cfg, cols).setCheckpointDir("")
-    _warm_up(estimator, train, counts["train"], cfg)
+    loss = cfg["model"]["loss"]
+    with Run(spark, cfg) as run:
+        run.read()
+        train, test = run.split()
+        estimator = run.estimator().setCheckpointDir("")
+        _warm_up(estimator, train, run.counts["train"], cfg)
 
-    metric = PRIMARY[loss]
-    off_clock = []
+        metric = PRIMARY[loss]
+        off_clock = []
 
-    def measure(live) -> dict:
-        began = time.perf_counter()
-        value = pointwise_metrics(live, test)[metric]
-        off_clock.append(time.perf_counter() - began)
-        return {metric: value}
+        def measure(live) -> dict:
+            began = time.perf_counter()
+            value = pointwise_metrics(live, test)[metric]
+            off_clock.append(time.perf_counter() - began)
+            return {metric: value}
 
-    model, wall = _timed(lambda: estimator.fit_validated(train, on_iteration=measure))
-    fit_seconds = round(wall - sum(off_clock), 3)
-    recs = model.recommend_canonical(k).cache()
-    recommend_seconds = _timed(recs.count)[1]  # fills the cache: the whole top-N computation
-    relevant = relevant_pairs(
-        test, model.user_factors, loss=model.getLoss(), threshold=cfg["eval"]["relevance_threshold"]
-    ).cache()
-    ours = {
-        "test": {**pointwise_metrics(model, test), **ranking_metrics(recs, relevant, k=k)},
-        "fit_seconds": fit_seconds,
-        "recommend_all_seconds": recommend_seconds,
-        "iterations": model.history,
-        "params": {
-            **{f: estimator.getOrDefault(f) for f in ("rank", "maxIter", "regParam", "optimizer", "innerSteps")},
-            "numUserBlocks": model.summary["num_user_blocks"],
-            "numItemBlocks": model.summary["num_item_blocks"],
-        },
-    }
-    c = cfg["compare"]
-    als = compare_als(
-        train, test, model.item_stats, loss=loss, rank=cfg["model"]["rank"], reg_grid=c["als_reg_grid"],
-        max_iter=c["als_max_iter"], seed=cfg["model"]["seed"], relevant=relevant, k=k,
-        alpha_grid=c["als_alpha_grid"], clip_eps=c["als_clip_eps"], time_recommend=True,
-    )  # fmt: skip
-    curve = [{"iterations": h["iteration"], "fit_seconds": h["elapsed"], metric: h[metric]} for h in model.history]
-    best = als if loss == "mse" else als["explicit"]
-    als_curve = []
-    for iters in als_curve_iters:
-        point = compare_als(
-            train, test, model.item_stats, loss=loss, rank=cfg["model"]["rank"],
-            reg_grid=[best["params"]["regParam"]], max_iter=iters, seed=cfg["model"]["seed"], relevant=None, k=k,
-        )  # fmt: skip
-        point = point if loss == "mse" else point["explicit"]
-        als_curve.append({"iterations": iters, "fit_seconds": point["fit_seconds"], metric: point["test"][metric]})
-    model.unpersist()
-    for df in (ratings, train, test, recs, relevant):
-        df.unpersist()
-    return {
-        "loss": loss,
-        "counts": counts,
-        "cfspark": {**ours, "curve": curve},
-        "als": {**als, "curve": als_curve},
-        "memory": _tree_peak_rss(os.getpid()),
-        "spark_version": spark.version,
-    }
+        model, wall = _timed(lambda: run.fit(estimator, on_iteration=measure))
+        fit_seconds = round(wall - sum(off_clock), 3)
+        recs = run.recommend(model)
+        recommend_seconds = _timed(recs.count)[1]  # fills the cache: the whole top-N computation
+        relevant = run.relevant(model)
+        ours = {
+            "test": run.evaluate(model, recs, relevant)["test"],
+            "fit_seconds": fit_seconds,
+            "recommend_all_seconds": recommend_seconds,
+            "iterations": model.history,
+            "params": {
+                **{f: estimator.getOrDefault(f) for f in ("rank", "maxIter", "regParam", "optimizer", "innerSteps")},
+                "numUserBlocks": model.summary["num_user_blocks"],
+                "numItemBlocks": model.summary["num_item_blocks"],
+            },
+        }
+        als = run.compare(model, relevant, time_recommend=True)
+        curve = [{"iterations": h["iteration"], "fit_seconds": h["elapsed"], metric: h[metric]} for h in model.history]
+        best = als if loss == "mse" else als["explicit"]
+        als_curve = []
+        for iters in als_curve_iters:
+            point = run.compare(model, None, reg_grid=[best["params"]["regParam"]], max_iter=iters, alpha_grid=())
+            point = point if loss == "mse" else point["explicit"]
+            als_curve.append({"iterations": iters, "fit_seconds": point["fit_seconds"], metric: point["test"][metric]})
+        return {
+            "loss": loss,
+            "counts": {k: run.counts[k] for k in ("ratings", "train", "test")},
+            "cfspark": {**ours, "curve": curve},
+            "als": {**als, "curve": als_curve},
+            "memory": _tree_peak_rss(os.getpid()),
+            "spark_version": spark.version,
+        }
 
 
 def ratio_table(record: dict) -> str:

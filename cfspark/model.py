@@ -51,6 +51,22 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
 
     Tables inside use cfspark's names (user, item); the public accessors, predictions and
     recommendations use the caller's userCol and itemCol.
+
+    >>> import tempfile
+    >>> from cfspark import CFModel, CollaborativeFilter
+    >>> ratings = spark.createDataFrame(
+    ...     [(u, i, float(1 + (u + 2 * i) % 5)) for u in range(20) for i in range(8) if (u * i) % 4],
+    ...     ["user", "item", "rating"])
+    >>> model = CollaborativeFilter(rank=3, maxIter=3).fit(ratings)
+    >>> path = tempfile.mkdtemp() + "/model"
+    >>> model.write().save(path)
+    >>> loaded = CFModel.load(path)
+    >>> sorted(loaded.recommendForAllUsers(2).collect()) == sorted(model.recommendForAllUsers(2).collect())
+    True
+    >>> newcomer = spark.createDataFrame([(100, 1, 5.0), (100, 2, 1.0)], ["user", "item", "rating"])
+    >>> [r.item for r in loaded.foldIn(newcomer).recommendForUserSubset(newcomer, 8).collect()
+    ...  if r.item in (1, 2)]  # what the newcomer rated is never recommended back
+    []
     """
 
     def __init__(

@@ -10,12 +10,14 @@ and comes from the fit's history.
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 from pyspark.sql import SparkSession
 
 from cfspark.errors import CfsparkError
 from cfspark.phases import PHASES, SETUP, TAG_PREFIX
+from cfspark.run import Run, warm_up_sample
 
 
 def _get(url: str) -> list | dict:
@@ -118,42 +120,33 @@ _BLOCK_COUNTS = (("numUserBlocks", "num_user_blocks"), ("numItemBlocks", "num_it
 
 def profile_fit(spark: SparkSession, cfg: dict) -> dict:
     """Fit once on the configured split and return where the time went, per phase."""
-    import time
-
-    from cfspark.benchmark import warm_up_sample
-    from cfspark.job import estimator_from_config
-    from cfspark.run import load_ratings, split_for_training
-
     api = ui_api(spark)
     if api is None:
         raise CfsparkError("the profile reads Spark's monitoring API: run with spark.ui.enabled=true")
-    ratings, cols = load_ratings(spark, cfg)
-    train, _ = split_for_training(ratings, cfg)
-    n = train.count()
-    estimator = estimator_from_config(cfg, cols).setCheckpointDir("")
-    # Untimed: starts the Python workers and compiles the JVM's hot paths, as a long job would have.
-    warm_up = warm_up_sample(train, n)
-    estimator.copy({estimator.maxIter: 2}).fit_validated(warm_up).unpersist()
-    warm_up.unpersist()
-    after_job = last_job(api)
-    began = time.perf_counter()
-    model = estimator.fit_validated(train)
-    fit_seconds = time.perf_counter() - began
-    history = model.history
-    wall = {
-        "setup": model.summary["setup_seconds"],
-        "user-steps": sum(h["user_seconds"] for h in history),
-        "item-steps": sum(h["seconds"] - h["user_seconds"] for h in history),
-    }
-    breakdown = stage_breakdown(api, after_job=after_job)
-    return {
-        "fit_seconds": round(fit_seconds, 3),
-        "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
-        "stages": breakdown,
-        "iterations": history,
-        "table": profile_table(breakdown, history, wall),
-        "params": {
-            "numUserBlocks": model.summary["num_user_blocks"],
-            "numItemBlocks": model.summary["num_item_blocks"],
-        },
-    }
+    with Run(spark, cfg) as run:
+        run.read()
+        train, _ = run.split()
+        estimator = run.estimator().setCheckpointDir("")
+        # Untimed: starts the Python workers and compiles the JVM's hot paths, as a long job would have.
+        warm_up = warm_up_sample(train, run.counts["train"])
+        estimator.copy({estimator.maxIter: 2}).fit_validated(warm_up).unpersist()
+        warm_up.unpersist()
+        after_job = last_job(api)
+        began = time.perf_counter()
+        model = run.fit(estimator)
+        fit_seconds = time.perf_counter() - began
+        history = model.history
+        wall = {
+            "setup": model.summary["setup_seconds"],
+            "user-steps": sum(h["user_seconds"] for h in history),
+            "item-steps": sum(h["seconds"] - h["user_seconds"] for h in history),
+        }
+        breakdown = stage_breakdown(api, after_job=after_job)
+        return {
+            "fit_seconds": round(fit_seconds, 3),
+            "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
+            "stages": breakdown,
+            "iterations": history,
+            "table": profile_table(breakdown, history, wall),
+            "params": {name: model.summary[key] for name, key in _BLOCK_COUNTS},
+        }

@@ -73,7 +73,7 @@ def test_block_counts_follow_the_data_size():
 def test_conf_course_toml_is_the_course_model():
     from cfspark.data.read import Columns
     from cfspark.estimator import COURSE_PARAMS
-    from cfspark.job import estimator_from_config
+    from cfspark.run import estimator_from_config
 
     course = estimator_from_config(load_config(os.path.join(REPO, "conf", "course.toml")), Columns("u", "i", "r"))
     assert {k: course.getOrDefault(k) for k in COURSE_PARAMS} == COURSE_PARAMS

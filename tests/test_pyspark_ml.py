@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 
@@ -289,3 +290,15 @@ def test_a_warm_start_reaches_the_cold_fit_in_a_third_of_the_iterations(spark, t
         m.unpersist()
     for t in (train, test, yesterday, today):
         t.unpersist()
+
+
+def test_a_fit_logs_its_progress_to_the_cfspark_logger(planted, caplog):
+    train, _ = planted
+    with caplog.at_level(logging.INFO, logger="cfspark"):
+        CollaborativeFilter(rank=RANK, maxIter=3, tol=0.0).fit(train).unpersist()
+    lines = [r.getMessage() for r in caplog.records if r.name == "cfspark"]
+    for name in ("prepare", "index", "pack", "init"):
+        assert any(line.startswith(f"setup: {name} took ") for line in lines), lines
+    steps = [line for line in lines if line.startswith("iteration ")]
+    assert [line.split(":")[0] for line in steps] == ["iteration 1/3", "iteration 2/3", "iteration 3/3"]
+    assert steps[-1].endswith("at most 0 s left)") and "train loss" in steps[0]

@@ -11,11 +11,11 @@ from test_bad_input import GOOD, strict_json, train_job
 MORE = GOOD + "u3,m1,2\nu3,m2,5\nu4,m3,4\nu4,m2,2\n"  # 4 users, 3 items
 
 
-def _run(tmp_path, run_date: str, reg: float = 10.0) -> int:
+def _run(tmp_path, run_date: str, reg: float = 10.0, *extra: str) -> int:
     return train_job.main([
         "--set", f"input.path={tmp_path / 'ratings.csv'}", "--set", f"output.path={tmp_path / 'daily'}",
         "--set", f"output.run_date={run_date}", "--set", f"model.reg={reg}", "--set", "split.test_fraction=0.0",
-        "--set", "model.max_iter=2", "--set", "spark.shuffle_partitions=2", "--set", "checkpoint.interval=0",
+        "--set", "model.max_iter=2", "--set", "spark.shuffle_partitions=2", "--set", "checkpoint.interval=0", *extra,
     ])  # fmt: skip
 
 
@@ -53,11 +53,26 @@ def test_rerunning_a_date_replaces_that_date_only(spark, tmp_path):
     assert len(replaced) == 4 and not set(replaced) & set(first)  # new scores, no duplicates
     metrics = strict_json(daily / "metrics" / "run_date=2026-11-01" / "metrics.json")
     assert metrics["run_date"] == "2026-11-01" and metrics["counts"]["ratings"] == 8
-    meta = json.loads((daily / "model" / "run_date=2026-11-01" / "metadata.json").read_text())
-    assert meta["config"]["model"]["reg"] == 0.5
+    (text,) = [r.value for r in spark.read.text(str(daily / "model" / "run_date=2026-11-01" / "metadata")).collect()]
+    assert json.loads(text)["cfspark"]["config"]["model"]["reg"] == 0.5
 
     # Idempotent: the same date and settings again give the same rows, no duplicates, no leftovers.
     assert _run(tmp_path, "2026-11-01", reg=0.5) == 0
     assert _recs(spark, tmp_path, "2026-11-01") == replaced
     assert spark.read.parquet(str(daily / "recommendations")).count() == 4 + 4
     assert sorted(os.listdir(tmp_path)) == ["daily", "ratings.csv"]  # no staging, no lock
+
+
+def test_a_daily_run_starts_warm_from_yesterdays_model(spark, tmp_path):
+    """model.warm_start: today's fit starts from yesterday's factors. On the same data, each
+    Newton half-step minimises J exactly over its side, so the warm run's first loss cannot
+    be above where yesterday's fit ended, while a cold start begins far above it."""
+    (tmp_path / "ratings.csv").write_text(MORE)
+    assert _run(tmp_path, "2026-11-01", 0.5) == 0
+    yesterday = tmp_path / "daily" / "model" / "run_date=2026-11-01"
+    assert _run(tmp_path, "2026-11-02", 0.5, "--set", f"model.warm_start={yesterday}") == 0
+    cold, warm = (
+        strict_json(tmp_path / "daily" / "metrics" / f"run_date={d}" / "metrics.json")["iterations"]
+        for d in ("2026-11-01", "2026-11-02")
+    )
+    assert warm[0]["train_loss"] <= cold[-1]["train_loss"] * (1 + 1e-9) < cold[0]["train_loss"]

@@ -15,7 +15,7 @@ import time
 import pytest
 from planted import planted_ratings
 
-from cfspark import CollaborativeFilter
+from cfspark import CFModel, CollaborativeFilter
 from cfspark.data.read import pyspark_home
 
 pytest.importorskip("grpc", reason="Spark Connect client packages are not installed")
@@ -107,6 +107,16 @@ def test_fit_over_connect_equals_fit_in_classic_spark(spark, connect_server):
     classic.unpersist()
 
 
+LOAD = """
+import json
+from pyspark.sql import SparkSession
+from cfspark import CFModel
+spark = SparkSession.builder.remote({url!r}).getOrCreate()
+model = CFModel.load({path!r})
+print(json.dumps(sorted(list(r) for r in model.recommendForAllUsers(3).collect())))
+"""
+
+
 JOB = ["model.rank=2", "model.max_iter=3", "model.tol=0", "model.num_user_blocks=2", "model.num_item_blocks=2",
        "checkpoint.interval=2", "checkpoint.keep=true", "spark.shuffle_partitions=4", "output.top_n=3"]  # fmt: skip
 
@@ -145,5 +155,17 @@ def test_train_job_runs_whole_through_connect(spark, connect_server, tmp_path):
         sorted(map(tuple, spark.read.parquet(str(o / "recommendations")).collect())) for o in (remote_out, classic_out)
     ]
     assert [r[:3] for r in recs[0]] == [r[:3] for r in recs[1]] and len(recs[0]) == 3 * 40
-    meta = json.loads((remote_out / "model" / "metadata.json").read_text())
-    assert meta["config"]["spark"]["remote"] == connect_server
+    (text,) = [r.value for r in spark.read.text(str(remote_out / "model" / "metadata")).collect()]
+    assert json.loads(text)["cfspark"]["config"]["spark"]["remote"] == connect_server
+
+    # The job's model loads in a fresh session, through Connect, and recommends as a classic
+    # session's load of it does, excluding the training pairs it was saved with.
+    code = LOAD.format(url=connect_server, path=str(classic_out / "model"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    over_connect = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded = CFModel.load(str(classic_out / "model"))
+    assert over_connect == sorted(list(r) for r in loaded.recommendForAllUsers(3).collect())
+    trained = {(r.user, r.item) for r in loaded.training_pairs.collect()}
+    assert len(trained) == classic["counts"]["train"]
+    assert len(over_connect) == 3 * 40 and not {(u, i) for u, i, *_ in over_connect} & trained

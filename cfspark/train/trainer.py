@@ -161,9 +161,12 @@ def train(
             "item_codec_seconds": round(items.codec_seconds, 3),
         }
         history.append(entry)
+        done = iteration - start
+        left = (max_iter - iteration) * (time.perf_counter() - began - paused - setup) / done
         log.info(
-            "iteration %d/%d: train loss %.6g (%.2f s)", iteration, max_iter, entry["train_loss"], entry["seconds"]
-        )
+            "iteration %d/%d: train loss %.6g (%.2f s; at most %.0f s left)",
+            iteration, max_iter, entry["train_loss"], entry["seconds"], left,
+        )  # fmt: skip
         if not math.isfinite(entry["train_loss"]):  # diverged: stop before checkpointing it
             raise TrainingError(f"the training loss is {entry['train_loss']} at iteration {iteration}; "
                                 "lower model.learning_rate or raise model.reg")  # fmt: skip
