@@ -50,7 +50,7 @@ class CFModelWriter(MLWriter):
 
     def saveImpl(self, path: str) -> None:
         model, spark = self.instance, self.sparkSession
-        mode = "overwrite" if self.shouldOverwrite else "errorifexists"
+        mode = "overwrite" if self.shouldOverwrite else "error"
         tables = {
             "user_factors": model.userFactors,
             "item_factors": model.itemFactors,

@@ -12,6 +12,7 @@ import pytest
 from planted import planted_ratings
 from tests_support import REPO
 
+from cfspark import CFModel
 from cfspark.data.split import split_ratings
 from cfspark.schema import ITEM, USER
 
@@ -133,10 +134,16 @@ def test_model_tables_use_the_input_ids_and_reproduce_scores(spark, run):
     _, out, _ = run
     users = {r.user: r for r in spark.read.parquet(str(out / "model" / "user_factors")).collect()}
     items = {r.film: r for r in spark.read.parquet(str(out / "model" / "item_factors")).collect()}
-    means = {r.film: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_means")).collect()}
-    meta = json.loads((out / "model" / "metadata.json").read_text())
-    assert meta["rank"] == 2 and meta["loss"] == "mse" and meta["config"]["model"]["num_item_blocks"] == 3
-    assert {"cfspark_version", "spark_version", "counts"} <= meta.keys()
+    means = {r.film: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_stats")).collect()}
+    (text,) = [r.value for r in spark.read.text(str(out / "model" / "metadata")).collect()]
+    meta = json.loads(text)
+    assert meta["paramMap"]["rank"] == 2 and meta["paramMap"]["loss"] == "mse"
+    assert meta["cfspark"]["config"]["model"]["num_item_blocks"] == 3
+    assert {"cfspark_version", "spark_version", "counts"} <= meta["cfspark"].keys()
+    # The job's model loads, and recommends what the job wrote.
+    model = CFModel.load(str(out / "model"))
+    written = spark.read.parquet(str(out / "recommendations"))
+    assert sorted(model.recommendForAllUsers(TOP_N).collect()) == sorted(written.collect())
     assert all(u.startswith("user-") for u in users) and all(i.startswith("film-") for i in items)
     assert len(next(iter(users.values())).features) == 2
     top = spark.read.parquet(str(out / "recommendations")).filter("rank = 1").limit(3).collect()
@@ -196,5 +203,5 @@ def test_bce_job_on_the_course_binary_table(spark, tmp_path):
     assert pointwise | ranking <= m["als"]["explicit"]["test"].keys() and m["als"]["explicit"]["test"]["clip_eps"] > 0
     assert {"auc"} | ranking <= m["als"]["implicit"]["test"].keys()
     assert m["als"]["implicit"]["test"]["logloss"] is None and m["als"]["implicit"]["params"]["alpha"] in (1.0, 10.0)
-    offsets = spark.read.parquet(str(out / "model" / "item_offsets"))
+    offsets = spark.read.parquet(str(out / "model" / "item_stats"))
     assert offsets.columns == ["movie", "positives", "labelled", "positive_rate", "item_offset"]
