@@ -129,7 +129,7 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
     def _transform(self, dataset: DataFrame) -> DataFrame:
         """Add the prediction column to a DataFrame with the user and item columns."""
         out = self.predict_canonical(self._canonical(dataset), cold_start=self.getColdStartStrategy())
-        return self._named(out)
+        return self._named(out).select(*dataset.columns, self.getPredictionCol())
 
     def _canonical(self, df: DataFrame) -> DataFrame:
         # The caller's columns named user/item (a caller's own "user" column is left alone).
@@ -171,18 +171,18 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
         return self._canonical(exclude).select(USER, ITEM)
 
     def recommend_canonical(
-        self, n: int, *, users: DataFrame | None = None, exclude: Any = TRAINING, by_item: bool = False
+        self, n: int, *, subset: DataFrame | None = None, exclude: Any = TRAINING, by_item: bool = False
     ) -> DataFrame:
         """(user, item, rank, score) under cfspark's names: each user's n best items, or
-        (by_item) each item's n best users. users/items narrows the queries to a subset."""
+        (by_item) each item's n best users. subset, a table of user (or item) ids, narrows the queries."""
         user_vecs, item_vecs = self._vectors()
         pairs = self._exclusions(exclude)
         if by_item:
             queries, candidates, q, c = item_vecs, user_vecs, ITEM, USER
         else:
             queries, candidates, q, c = user_vecs, item_vecs, USER, ITEM
-        if users is not None:
-            queries = queries.join(users.select(q).distinct(), q, "left_semi")
+        if subset is not None:
+            queries = queries.join(subset.select(q).distinct(), q, "left_semi")
         recs = top_n(
             queries, candidates, n=n, query_col=q, candidate_col=c, query_vec=F.col("_v"),
             candidate_vec=F.col("_v"), exclude=pairs, link=LINK[self.getLoss()],
@@ -211,7 +211,7 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
     ) -> DataFrame:
         """recommendForAllUsers for the users in dataset's userCol (users without factors get none)."""
         users = self._canonical(dataset.select(self.getUserCol()))
-        return self._public(self.recommend_canonical(numItems, users=users, exclude=exclude), flat, by_item=False)
+        return self._public(self.recommend_canonical(numItems, subset=users, exclude=exclude), flat, by_item=False)
 
     def recommendForAllItems(self, numUsers: int, exclude: Any = TRAINING, flat: bool = True) -> DataFrame:
         """Each trained item's numUsers best users, scored as recommendForAllUsers scores them."""
@@ -222,7 +222,7 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
     ) -> DataFrame:
         """recommendForAllItems for the items in dataset's itemCol."""
         items = self._canonical(dataset.select(self.getItemCol()))
-        recs = self.recommend_canonical(numUsers, users=items, exclude=exclude, by_item=True)
+        recs = self.recommend_canonical(numUsers, subset=items, exclude=exclude, by_item=True)
         return self._public(recs, flat, by_item=True)
 
     # -- fold-in -------------------------------------------------------------------------

@@ -107,10 +107,12 @@ def test_a_pipeline_with_string_ids_fits_transforms_and_round_trips(spark, plant
 
 def test_cross_validation_and_train_validation_split_select_a_model(spark, planted):
     train, _ = planted
-    cf = CollaborativeFilter(maxIter=5)
+    cf = CollaborativeFilter(maxIter=3)
     grid = ParamGridBuilder().addGrid(cf.regParam, [0.05, 5.0]).addGrid(cf.rank, [1, RANK]).build()
     evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating")
     cv = CrossValidator(estimator=cf, estimatorParamMaps=grid, evaluator=evaluator, numFolds=2, seed=3).fit(train)
+    # Random folds leave users and items out of a fold's training part; with coldStartStrategy
+    # "mean" every validation row is still predicted, so no fold's RMSE is NaN.
     assert len(cv.avgMetrics) == 4 and all(math.isfinite(m) for m in cv.avgMetrics)
     assert len(set(cv.avgMetrics)) == 4  # each point of the grid fits a different model
     best = grid[int(np.argmin(cv.avgMetrics))]
@@ -121,20 +123,18 @@ def test_cross_validation_and_train_validation_split_select_a_model(spark, plant
     assert _rows(chosen.transform(train), "user", "item", "prediction") == _rows(
         direct.transform(train), "user", "item", "prediction"
     )
-    # Random folds leave users and items unseen: "mean" still predicts every row.
-    folds = train.randomSplit([0.5, 0.5], seed=9)
-    model = cf.fit(folds[0])
-    assert model.transform(folds[1]).filter(F.isnan("prediction")).count() == 0
-    tvs = TrainValidationSplit(estimator=cf, estimatorParamMaps=grid, evaluator=evaluator, trainRatio=0.7, seed=3)
+    tvs_grid = ParamGridBuilder().addGrid(cf.regParam, [0.05, 5.0]).build()
+    tvs = TrainValidationSplit(estimator=cf, estimatorParamMaps=tvs_grid, evaluator=evaluator, trainRatio=0.7, seed=3)
     tvs_model = tvs.fit(train)
-    picked = grid[int(np.argmin(tvs_model.validationMetrics))]
-    assert tvs_model.bestModel.getRank() == picked[cf.rank] and tvs_model.bestModel.getRegParam() == picked[cf.regParam]
+    picked = tvs_grid[int(np.argmin(tvs_model.validationMetrics))]
+    assert all(math.isfinite(m) for m in tvs_model.validationMetrics)
+    assert tvs_model.bestModel.getRegParam() == picked[cf.regParam]
 
 
 def test_binary_labels_tune_with_the_binary_evaluator(spark):
     p, _ = planted_labels(n_users=120, n_items=60, rank=2, density=0.5, seed=8)
     labels = spark.createDataFrame(p.rows(), "user long, item long, rating double")
-    cf = CollaborativeFilter(loss="bce", maxIter=4, rank=2)
+    cf = CollaborativeFilter(loss="bce", maxIter=3, rank=2)
     grid = ParamGridBuilder().addGrid(cf.regParam, [0.05, 20.0]).build()
     evaluator = BinaryClassificationEvaluator(rawPredictionCol="prediction", labelCol="rating")
     cv = CrossValidator(estimator=cf, estimatorParamMaps=grid, evaluator=evaluator, numFolds=2, seed=1).fit(labels)
@@ -245,11 +245,11 @@ def test_the_model_does_not_read_its_fits_checkpoints(spark, planted, tmp_path):
 
 
 def test_a_folded_in_user_predicts_as_well_as_a_trained_one(spark):
-    p = planted_ratings(n_users=300, n_items=80, rank=RANK, density=0.4, noise=0.3, seed=33)
+    p = planted_ratings(n_users=200, n_items=80, rank=RANK, density=0.4, noise=0.3, seed=33)
     df = spark.createDataFrame(p.rows(), "user long, item long, rating double")
     train, test = (t.cache() for t in split_ratings(df, test_fraction=0.2, seed=2))
     held = F.col("user") % 10 == 0  # a tenth of the users, absent from the first fit
-    cf = CollaborativeFilter(rank=RANK, maxIter=15, tol=0.0)
+    cf = CollaborativeFilter(rank=RANK, maxIter=10, tol=0.0)
     everyone = cf.fit(train)
     without = cf.fit(train.filter(~held))
     folded = without.foldIn(train.filter(held))
@@ -268,11 +268,11 @@ def test_a_folded_in_user_predicts_as_well_as_a_trained_one(spark):
 
 
 def test_a_warm_start_reaches_the_cold_fit_in_a_third_of_the_iterations(spark, tmp_path):
-    p = planted_ratings(n_users=400, n_items=120, rank=RANK, density=0.3, noise=0.3, seed=44)
+    p = planted_ratings(n_users=300, n_items=100, rank=RANK, density=0.3, noise=0.3, seed=44)
     df = spark.createDataFrame(p.rows(), "user long, item long, rating double")
     train, test = (t.cache() for t in split_ratings(df, test_fraction=0.2, seed=4))
     yesterday, today = (t.cache() for t in split_ratings(train, test_fraction=0.05, seed=6))  # 5 % arrive
-    cold_iters = 15
+    cold_iters = 12
     converged = CollaborativeFilter(rank=RANK, maxIter=cold_iters, tol=0.0).fit(yesterday)
     converged.write().save(str(tmp_path / "yesterday"))
     cold = CollaborativeFilter(rank=RANK, maxIter=cold_iters, tol=0.0).fit(train)
