@@ -299,6 +299,8 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
             item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
         summary = {
+            "num_users": user_factors.count() if final else None,
+            "num_items": item_factors.count() if final else None,
             "reg": self.getRegParam(),
             "history": result.history,
             "stop_reason": result.stop_reason,

@@ -181,11 +181,15 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
             queries, candidates, q, c = item_vecs, user_vecs, ITEM, USER
         else:
             queries, candidates, q, c = user_vecs, item_vecs, USER, ITEM
+        sizes = None  # known from the fit for a whole side (a subset is at most that many)
+        known = (self.summary.get("num_users"), self.summary.get("num_items"))
+        if None not in known:
+            sizes = known[::-1] if by_item else known
         if subset is not None:
             queries = queries.join(subset.select(q).distinct(), q, "left_semi")
         recs = top_n(
             queries, candidates, n=n, query_col=q, candidate_col=c, query_vec=F.col("_v"),
-            candidate_vec=F.col("_v"), exclude=pairs, link=LINK[self.getLoss()],
+            candidate_vec=F.col("_v"), exclude=pairs, link=LINK[self.getLoss()], sizes=sizes,
         )  # fmt: skip
         return recs.select(USER, ITEM, "rank", "score")
 
@@ -248,14 +252,17 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
         if known:
             log.info("fold-in: %d users already have factors and keep them", known)
         solved = fold_in(new, self.item_factors, self._item_baseline(), self._fold_in_config())
+        user_factors = self.user_factors.unionByName(solved).localCheckpoint()
         model = self._copy_with(
-            user_factors=self.user_factors.unionByName(solved).localCheckpoint(),
+            user_factors=user_factors,
             training_pairs=(
                 self.training_pairs.unionByName(new.select(USER, ITEM, RATING))
                 if self.training_pairs is not None
                 else new.select(USER, ITEM, RATING)
             ),
         )
+        if model.summary.get("num_users") is not None:
+            model.summary["num_users"] = user_factors.count()
         return model
 
     def _item_baseline(self) -> DataFrame:

@@ -193,16 +193,19 @@ def top_n(
     candidate_vec: Column,
     exclude: DataFrame | None = None,
     link: str = "identity",
+    sizes: tuple[int, int] | None = None,
 ) -> DataFrame:
     """(query_col, candidate_col, rank, score): the n best candidates of every query.
 
     queries and candidates are factor tables; query_vec and candidate_vec are array<double>
     columns over them whose dot product is the score (before link: identity or sigmoid).
     exclude holds (query_col, candidate_col) pairs never to recommend, e.g. the training
-    pairs. Ties keep the lower candidate position; rank 1 is the best.
+    pairs. Ties keep the lower candidate position; rank 1 is the best. sizes, the number of
+    queries and of candidates if the caller knows them, saves counting them (two Spark jobs).
     """
-    num_q = max(1, math.ceil(queries.count() / QUERIES_PER_BLOCK))
-    num_c = max(1, math.ceil(candidates.count() / CANDIDATES_PER_BLOCK))
+    n_q, n_c = sizes if sizes else (queries.count(), candidates.count())
+    num_q = max(1, math.ceil(n_q / QUERIES_PER_BLOCK))
+    num_c = max(1, math.ceil(n_c / CANDIDATES_PER_BLOCK))
     q_type, c_type = queries.schema[query_col].dataType, candidates.schema[candidate_col].dataType
     q_blocks = _blocks(queries, query_col, query_vec, num_q, "q")
     c_blocks = _blocks(candidates, candidate_col, candidate_vec, num_c, "c")

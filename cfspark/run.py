@@ -180,7 +180,7 @@ class Run:
         estimator = estimator or self.estimator()
         with self.timer("fit"), failure_is(TrainingError, "training"):
             model = self.hold(estimator.fit_validated(self.train, on_iteration=on_iteration))
-        self.counts.update(users=model.user_factors.count(), items=model.item_factors.count())
+        self.counts.update(users=model.summary["num_users"], items=model.summary["num_items"])
         return model
 
     def recommend(self, model: CFModel) -> DataFrame:
