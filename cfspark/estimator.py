@@ -72,7 +72,7 @@ def blocks_for(num_ratings: int) -> int:
 
 
 def _model_or_path(value: Any) -> Any:
-    if isinstance(value, str) or value.__class__.__name__ == "CFModel":
+    if isinstance(value, (str, CFModel)):
         return value
     raise TypeError(f"must be a fitted CFModel or the path of a saved one, got {type(value).__name__}")
 
@@ -228,7 +228,7 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             return model
         began = time.perf_counter()
         checkpointer = None
-        if self.getCheckpointDir():
+        if self.getCheckpointDir() and self.getCheckpointInterval() > 0:
             with phase(train_ratings.sparkSession, "prepare"):
                 checkpointer = Checkpointer(
                     train_ratings.sparkSession, self.getCheckpointDir(), self.getCheckpointInterval(),
@@ -253,14 +253,15 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
         return fitted
 
     def _warm_start(self, blocks: Blocks, user_cfg: StepConfig, item_cfg: StepConfig):
+        """initialModel's factors as train()'s start_from: a function, so that a resumable
+        checkpoint of this fit wins and the warm start is then never built."""
         start = self.getInitialModel()
         if start is None:
             return None
         earlier = CFModel.load(start) if isinstance(start, str) else start
         if earlier.getRank() != self.getRank():
             raise ValueError(f"initialModel has rank {earlier.getRank()}, but this fit's rank is {self.getRank()}")
-        with phase(blocks.users.sparkSession, "init"):
-            return warm_start(blocks, earlier.user_factors, earlier.item_factors, user_cfg, item_cfg)
+        return lambda: warm_start(blocks, earlier.user_factors, earlier.item_factors, user_cfg, item_cfg)
 
     def setup(self, train_ratings: DataFrame) -> tuple[Blocks, DataFrame, float]:
         """What training reads, built once: the blocks, the item table and the global baseline."""
@@ -299,8 +300,6 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
             item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
         summary = {
-            "num_users": user_factors.count() if final else None,
-            "num_items": item_factors.count() if final else None,
             "reg": self.getRegParam(),
             "history": result.history,
             "stop_reason": result.stop_reason,
@@ -314,7 +313,7 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             item_factors=item_factors,
             item_stats=stats,
             global_baseline=global_baseline,
-            training_pairs=train_ratings.select(USER, ITEM, RATING) if train_ratings is not None else None,
+            training_pairs=_pairs(train_ratings),
             summary=summary,
         )
         return self._copyValues(model)
@@ -356,6 +355,14 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             df.unpersist()
         blocks.unpersist()
         return best["reg"], path
+
+
+def _pairs(train_ratings: DataFrame | None) -> DataFrame | None:
+    """The training pairs a model keeps: the (cached) ratings themselves when they are just
+    (user, item, rating), so that model.unpersist() releases the cache fit() made."""
+    if train_ratings is None or train_ratings.columns == [USER, ITEM, RATING]:
+        return train_ratings
+    return train_ratings.select(USER, ITEM, RATING)
 
 
 def _worse(score: float | None, best: float) -> bool:

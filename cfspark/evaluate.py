@@ -90,7 +90,10 @@ def ranking_metrics(recommendations: DataFrame, relevant: DataFrame, *, k: int) 
 def pointwise_metrics(model, df: DataFrame) -> dict:
     """The model's pointwise test metrics on df: rmse/mae (mse) or logloss/auc (bce)."""
     predictions = model.predict_canonical(df)
-    return regression_metrics(predictions) if model.getLoss() == "mse" else classification_metrics(predictions)
+    col = model.getPredictionCol()
+    if model.getLoss() == "mse":
+        return regression_metrics(predictions, prediction_col=col)
+    return classification_metrics(predictions, prediction_col=col)
 
 
 def relevant_pairs(test: DataFrame, trained_users: DataFrame, *, loss: str, threshold: float) -> DataFrame:

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import Column, DataFrame
-from pyspark.sql import functions as F
+from pyspark.sql import DataFrame
 
 from cfspark.blocks.codec import matrix
 from cfspark.kernels.layout import bias_col, width
@@ -47,8 +46,3 @@ def factor_table(state: DataFrame, index: DataFrame, id_col: str, rank: int, *, 
     """
     rows = state.select("dest", "params").mapInArrow(_explode(rank, side), _ROWS_SCHEMA)
     return rows.join(index.select(id_col, BLOCK, LOCAL), [BLOCK, LOCAL]).select(id_col, FEATURES, BIAS)
-
-
-def dot(a: Column, b: Column) -> Column:
-    """Σ a_k·b_k of two array<double> columns, in Spark SQL."""
-    return F.aggregate(F.zip_with(a, b, lambda x, y: x * y), F.lit(0.0), lambda acc, v: acc + v)

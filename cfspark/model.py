@@ -86,6 +86,7 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
         self.training_pairs = training_pairs  # (user, item, rating): excluded from recommendations by default
         self.summary: dict[str, Any] = summary or {}  # history, reg, reg_path, stop_reason
         self.run_metadata: dict[str, Any] = {}  # what a job saved beside the model (config, counts, versions)
+        self._borrowed: set[str] = set()  # tables shared with the model this one was derived from
 
     # -- public tables under the caller's column names ---------------------------------
     @property
@@ -168,23 +169,25 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
                 log.warning("this model has no training pairs to exclude; recommending every item")
                 return None
             return self.training_pairs.select(USER, ITEM)
-        return self._canonical(exclude).select(USER, ITEM)
+        return exclude.select(USER, ITEM)
+
+    def _theirs(self, exclude: Any) -> Any:
+        """A caller's exclude DataFrame under cfspark's names (a word or None as it is)."""
+        return self._canonical(exclude) if isinstance(exclude, DataFrame) else exclude
 
     def recommend_canonical(
         self, n: int, *, subset: DataFrame | None = None, exclude: Any = TRAINING, by_item: bool = False
     ) -> DataFrame:
         """(user, item, rank, score) under cfspark's names: each user's n best items, or
-        (by_item) each item's n best users. subset, a table of user (or item) ids, narrows the queries."""
+        (by_item) each item's n best users. subset, a table of user (or item) ids, narrows the
+        queries. exclude: "training", None, or a DataFrame of (user, item) under cfspark's names."""
         user_vecs, item_vecs = self._vectors()
         pairs = self._exclusions(exclude)
         if by_item:
             queries, candidates, q, c = item_vecs, user_vecs, ITEM, USER
         else:
             queries, candidates, q, c = user_vecs, item_vecs, USER, ITEM
-        sizes = None  # known from the fit for a whole side (a subset is at most that many)
-        known = (self.summary.get("num_users"), self.summary.get("num_items"))
-        if None not in known:
-            sizes = known[::-1] if by_item else known
+        sizes = self._sizes()[::-1] if by_item else self._sizes()  # a subset is at most that many
         if subset is not None:
             queries = queries.join(subset.select(q).distinct(), q, "left_semi")
         recs = top_n(
@@ -192,6 +195,13 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
             candidate_vec=F.col("_v"), exclude=pairs, link=LINK[self.getLoss()], sizes=sizes,
         )  # fmt: skip
         return recs.select(USER, ITEM, "rank", "score")
+
+    def _sizes(self) -> tuple[int, int]:
+        """(users, items) with factors: counted once, on the first recommendation, and kept in the summary."""
+        if self.summary.get("num_users") is None or self.summary.get("num_items") is None:
+            self.summary["num_users"] = self.user_factors.count()
+            self.summary["num_items"] = self.item_factors.count()
+        return self.summary["num_users"], self.summary["num_items"]
 
     def _public(self, recs: DataFrame, flat: bool, by_item: bool) -> DataFrame:
         named = self._named(recs)
@@ -208,25 +218,29 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
         through save and load), a DataFrame of (userCol, itemCol) pairs, or None. score is
         the predicted rating (mse) or P(y=1) (bce).
         """
-        return self._public(self.recommend_canonical(numItems, exclude=exclude), flat, by_item=False)
+        return self._public(self.recommend_canonical(numItems, exclude=self._theirs(exclude)), flat, by_item=False)
 
     def recommendForUserSubset(
         self, dataset: DataFrame, numItems: int, exclude: Any = TRAINING, flat: bool = True
     ) -> DataFrame:
         """recommendForAllUsers for the users in dataset's userCol (users without factors get none)."""
         users = self._canonical(dataset.select(self.getUserCol()))
-        return self._public(self.recommend_canonical(numItems, subset=users, exclude=exclude), flat, by_item=False)
+        return self._public(
+            self.recommend_canonical(numItems, subset=users, exclude=self._theirs(exclude)), flat, by_item=False
+        )
 
     def recommendForAllItems(self, numUsers: int, exclude: Any = TRAINING, flat: bool = True) -> DataFrame:
         """Each trained item's numUsers best users, scored as recommendForAllUsers scores them."""
-        return self._public(self.recommend_canonical(numUsers, exclude=exclude, by_item=True), flat, by_item=True)
+        return self._public(
+            self.recommend_canonical(numUsers, exclude=self._theirs(exclude), by_item=True), flat, by_item=True
+        )
 
     def recommendForItemSubset(
         self, dataset: DataFrame, numUsers: int, exclude: Any = TRAINING, flat: bool = True
     ) -> DataFrame:
         """recommendForAllItems for the items in dataset's itemCol."""
         items = self._canonical(dataset.select(self.getItemCol()))
-        recs = self.recommend_canonical(numUsers, subset=items, exclude=exclude, by_item=True)
+        recs = self.recommend_canonical(numUsers, subset=items, exclude=self._theirs(exclude), by_item=True)
         return self._public(recs, flat, by_item=True)
 
     # -- fold-in -------------------------------------------------------------------------
@@ -247,7 +261,7 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
             duplicates="error",
             labels=self.getLoss() == "bce",
         )
-        new = ratings.join(self.user_factors.select(USER), USER, "left_anti")
+        new = ratings.join(self.user_factors.select(USER), USER, "left_anti").cache()
         known = ratings.select(USER).distinct().count() - new.select(USER).distinct().count()
         if known:
             log.info("fold-in: %d users already have factors and keep them", known)
@@ -261,8 +275,8 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
                 else new.select(USER, ITEM, RATING)
             ),
         )
-        if model.summary.get("num_users") is not None:
-            model.summary["num_users"] = user_factors.count()
+        model.summary.pop("num_users", None)  # more users now: counted again when needed
+        new.unpersist()  # the new factors are checkpointed; the pairs below recompute from dataset
         return model
 
     def _item_baseline(self) -> DataFrame:
@@ -290,6 +304,8 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
         )
         fields.update(tables)
         model = CFModel(**fields)
+        model._borrowed = {name for name in ("user_factors", "item_factors", "item_stats", "training_pairs")
+                           if name not in tables}  # fmt: skip
         return self._copyValues(model)
 
     # -- persistence ---------------------------------------------------------------------
@@ -302,6 +318,7 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
 
     def unpersist(self) -> None:
         """Drop every cached table this model holds."""
-        for df in (self.user_factors, self.item_factors, self.item_stats, self.training_pairs):
-            if df is not None:
+        for name in ("user_factors", "item_factors", "item_stats", "training_pairs"):
+            df = getattr(self, name)
+            if df is not None and name not in self._borrowed:
                 df.unpersist()

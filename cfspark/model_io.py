@@ -26,7 +26,7 @@ from cfspark.fs import finite_json
 from cfspark.schema import ITEM, RATING, USER
 
 FORMAT_VERSION = 1
-_OWN_FIELDS = ("format_version", "global_baseline", "tables", "summary")
+_OWN_FIELDS = ("format_version", "global_baseline", "tables", "summary")  # the rest is the job's run record
 
 
 class CFModelWriter(MLWriter):
@@ -113,7 +113,5 @@ class CFModelReader(MLReader):
         model.training_pairs = table("training_pairs")
         model.global_baseline = ours["global_baseline"]
         model.summary = ours.get("summary", {})
-        model.run_metadata = {
-            k: v for k, v in ours.items() if k not in ("format_version", "global_baseline", "tables", "summary")
-        }
+        model.run_metadata = {k: v for k, v in ours.items() if k not in _OWN_FIELDS}
         return model

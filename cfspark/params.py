@@ -63,6 +63,13 @@ def _flag(value: Any) -> bool:
     return value
 
 
+def _interval(value: Any) -> int:
+    value = _number(-1, integer=True)(value)
+    if value == 0:
+        raise TypeError("must be >= 1, or -1 for no checkpoints, got 0")
+    return value
+
+
 def _param(name: str, doc: str, converter: Callable[[Any], Any]) -> Param:
     return Param(Params._dummy(), name, doc, typeConverter=converter)
 
@@ -73,7 +80,9 @@ class CFParams(HasMaxIter, HasRegParam, HasTol, HasSeed, HasCheckpointInterval, 
     maxIter = _param("maxIter", "alternating iterations, a user and an item half-step each", _number(1, integer=True))
     tol = _param("tol", "stop once an iteration changes the training loss by less than this fraction", _number(0.0))
     checkpointInterval = _param(
-        "checkpointInterval", "iterations between checkpoints, when checkpointDir is set", _number(1, integer=True)
+        "checkpointInterval",
+        "iterations between checkpoints, when checkpointDir is set; -1 turns them off, as in ALS",
+        _interval,
     )
     rank = _param("rank", "number of latent features k (ALS's rank)", _number(1, integer=True))
     regParam = _param(

@@ -212,11 +212,10 @@ def top_n(
     cells = q_blocks.crossJoin(c_blocks)
     if exclude is not None:
         pairs = exclude.select(
-            _block_of(query_col, num_q).alias("qb"),
-            _block_of(candidate_col, num_c).alias("cb"),
-            F.col(query_col).alias("q"),
-            F.col(candidate_col).alias("c"),
-        )
+            # Cast first: the same id must hash into the same block as in the factor tables.
+            F.col(query_col).cast(q_type).alias("q"),
+            F.col(candidate_col).cast(c_type).alias("c"),
+        ).select(_block_of("q", num_q).alias("qb"), _block_of("c", num_c).alias("cb"), "q", "c")
         run, schema = _pack_pairs(q_type, c_type)
         cells = cells.join(pairs.groupBy("qb", "cb").applyInArrow(run, schema), ["qb", "cb"], "left")
     score, schema = _score_cells(n, link, q_type, c_type, exclude is not None)

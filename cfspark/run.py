@@ -180,7 +180,8 @@ class Run:
         estimator = estimator or self.estimator()
         with self.timer("fit"), failure_is(TrainingError, "training"):
             model = self.hold(estimator.fit_validated(self.train, on_iteration=on_iteration))
-        self.counts.update(users=model.summary["num_users"], items=model.summary["num_items"])
+        users, items = model._sizes()
+        self.counts.update(users=users, items=items)
         return model
 
     def recommend(self, model: CFModel) -> DataFrame:
@@ -234,7 +235,9 @@ class Run:
                 named = recs.withColumnRenamed(USER, cols.user).withColumnRenamed(ITEM, cols.item)
                 write_recommendations(named, f"{stage}/recommendations", run_date)
             with self.timer("model_write"):
-                model.write().metadata(metadata).save(f"{stage}/model{part}")
+                writer = model.write().metadata(metadata)
+                # Local: a fresh staging folder. Elsewhere tables are written in place, over the last run's.
+                (writer if is_local(stage) else writer.overwrite()).save(f"{stage}/model{part}")
             metrics["timings"] = self.timer.seconds
             if is_local(stage):
                 folder = os.path.join(local_path(stage), f"metrics{part}") if run_date else local_path(stage)

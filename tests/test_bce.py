@@ -159,3 +159,22 @@ def test_ranking_metrics_match_hand_computed_values(spark):
     ndcg_a = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
     assert got["ndcg_at_k"] == pytest.approx((ndcg_a + 1 + 0) / 3)
     assert got["map_at_k"] == pytest.approx(((1 / 2) / 2 + 1 + 0) / 3)
+
+
+def test_the_job_excludes_only_positives_when_asked(spark, tmp_path):
+    """output.exclude = "positives" with the job's default column names (userId, movieId)."""
+    from cfspark.config import load_config
+    from cfspark.job import run
+
+    rows = course_labels()
+    (tmp_path / "labels.csv").write_text("userId,movieId,rating\n" + "".join(f"{u},{m},{v}\n" for u, m, v in rows))
+    cfg = load_config(None, [
+        f"input.path={tmp_path / 'labels.csv'}", f"output.path={tmp_path / 'out'}", "model.loss=bce",
+        "model.rank=2", "model.max_iter=3", "split.test_fraction=0.0", "checkpoint.interval=0",
+        "output.exclude=positives", "output.top_n=5",
+    ])  # fmt: skip
+    run(spark, cfg)
+    recs = {(r.userId, r.movieId) for r in spark.read.parquet(str(tmp_path / "out" / "recommendations")).collect()}
+    positives = {(u, m) for u, m, v in rows if as_label(v) == 1.0}
+    negatives = {(u, m) for u, m, v in rows if as_label(v) == 0.0}
+    assert recs and not recs & positives and recs & negatives

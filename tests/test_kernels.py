@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
 import pytest
 
+from cfspark.kernels import topn
 from cfspark.kernels.block import BlockProblem
 from cfspark.kernels.init import hashed_uniform, initial_params
 from cfspark.kernels.layout import bias_col, bias_mask, const_col, factor_mask, train_mask
@@ -14,7 +16,7 @@ from cfspark.kernels.losses import pointwise
 from cfspark.kernels.newton import newton_step
 from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
 from cfspark.kernels.solve import solve_block
-from cfspark.kernels.topn import merge, score_pair, top_n, top_within_groups
+from cfspark.kernels.topn import score_pair, top_n, top_within_groups
 
 RANK = 3
 REG_MASK = np.r_[np.ones(RANK), 0.0]
@@ -144,24 +146,30 @@ def test_top_n_orders_best_first_and_skips_excluded():
     np.testing.assert_array_equal(val, [[0.9, 0.5, 0.1], [3.0, 2.0, 1.0]])
 
 
-def test_score_pair_and_merge_equal_a_dense_ranking():
+@contextlib.contextmanager
+def _chunk_of(size):
+    before, topn.USER_CHUNK = topn.USER_CHUNK, size
+    try:
+        yield
+    finally:
+        topn.USER_CHUNK = before
+
+
+def test_score_pair_equals_a_dense_ranking_with_exclusions():
     rng = np.random.default_rng(5)
     users = rng.normal(size=(7, RANK + 2))
-    blocks = [rng.normal(size=(5, RANK + 2)), rng.normal(size=(4, RANK + 2))]
-    rated = [(0, 0, 1), (0, 1, 2), (3, 0, 0), (6, 1, 3)]  # (user, item block, item local)
-    candidates = []
-    for b, x in enumerate(blocks):
-        ex = np.array([(u, i) for u, bb, i in rated if bb == b]).reshape(-1, 2)
-        idx, val = score_pair(users, x, ex[:, 0], ex[:, 1], n=3)
-        candidates.append((b, idx, val))
-    got_block, got_local, got_score = merge(candidates, 3)
-
-    dense = np.hstack([users @ x.T for x in blocks])
-    for u, b, i in rated:
-        dense[u, i + (5 if b else 0)] = -np.inf
-    expected = np.argsort(-dense, axis=1)[:, :3]
-    np.testing.assert_array_equal(got_block * 5 + got_local, expected)
-    np.testing.assert_allclose(got_score, np.take_along_axis(dense, expected, axis=1))
+    items = rng.normal(size=(9, RANK + 2))
+    rated = np.array([(0, 1), (0, 2), (3, 0), (6, 8)])  # (user, item) pairs excluded
+    idx, val = score_pair(users, items, rated[:, 0], rated[:, 1], n=3)
+    dense = users @ items.T
+    dense[rated[:, 0], rated[:, 1]] = -np.inf
+    expected = np.argsort(-dense, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_allclose(val, np.take_along_axis(dense, expected, axis=1))
+    # Queries in more than one chunk give the same answer.
+    with _chunk_of(3):
+        chunked = score_pair(users, items, rated[:, 0], rated[:, 1], n=3)
+    np.testing.assert_array_equal(chunked[0], idx)
 
 
 def test_top_within_groups_ranks_each_group_and_keeps_ties_in_order():

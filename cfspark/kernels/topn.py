@@ -58,15 +58,3 @@ def top_within_groups(groups: np.ndarray, scores: np.ndarray, n: int) -> tuple[n
     ranks = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)])) + 1
     keep = ranks <= n
     return order[keep], ranks[keep]
-
-
-def merge(candidates: list[tuple[int, np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Merge per-item-block winners [(item_block, idx, val)] into the overall top n.
-
-    Returns (item_block, item_local, score) arrays of shape (users × n), −inf padded.
-    """
-    blocks = np.concatenate([np.full(idx.shape, b, np.int64) for b, idx, _ in candidates], axis=1)
-    idx = np.concatenate([c[1] for c in candidates], axis=1)
-    val = np.concatenate([c[2] for c in candidates], axis=1)
-    pick, best = top_n(val, n)
-    return np.take_along_axis(blocks, pick, axis=1), np.take_along_axis(idx, pick, axis=1), best

@@ -104,7 +104,7 @@ def train(
     on_iteration: Callable[[TrainResult], dict] | None = None,
     began: float | None = None,
     tol: float = 0.0,
-    start_from: tuple[DataFrame, DataFrame] | None = None,
+    start_from: tuple[DataFrame, DataFrame] | Callable[[], tuple[DataFrame, DataFrame]] | None = None,
 ) -> TrainResult:
     """Run (or resume) the alternating loop and return the final state tables.
 
@@ -119,18 +119,19 @@ def train(
 
     start_from, a (user_out, item_out) pair of an earlier train() on the same blocks, is a
     warm start: the loop continues from those factors (with these configs) instead of the
-    hashed initial ones.
+    hashed initial ones. It may be a function that builds the pair, called only when no
+    checkpoint of this fit is found to resume from.
     """
     began = time.perf_counter() if began is None else began
     paused = 0.0
     spark = blocks.users.sparkSession
     with phase(spark, "init"):
         resumed = checkpointer.load() if checkpointer else None
-        if start_from is not None:
-            (user_out, item_out), history, start = start_from, [], 0
-        elif resumed and resumed.iteration <= max_iter:
+        if resumed and resumed.iteration <= max_iter:  # a stopped run resumes, warm-started or not
             user_out, item_out, history, start = resumed.user_out, resumed.item_out, resumed.history, resumed.iteration
             log.info("resuming from the checkpoint at iteration %d", start)
+        elif start_from is not None:
+            (user_out, item_out), history, start = (start_from() if callable(start_from) else start_from), [], 0
         else:
             user_out, _ = settle(blocks.users.mapInArrow(init_blocks(user_cfg, send=False), OUT_SCHEMA))
             item_out, _ = settle(blocks.items.mapInArrow(init_blocks(item_cfg, send=True), OUT_SCHEMA))
