@@ -20,6 +20,7 @@ from typing import Any
 from cfspark.errors import ConfigError
 from cfspark.kernels.losses import LOSSES
 from cfspark.kernels.optimizers import OPTIMIZERS
+from cfspark.params import COLD_START, REG_SCALINGS
 
 DEFAULT_CONFIG = "default.toml"  # a resource of the cfspark package
 
@@ -103,8 +104,8 @@ _CHOICES = {
     ("negatives", "scope"): ("all", "train"),
     ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,
-    ("model", "reg_scaling"): ("count", "sum"),
-    ("model", "cold_start"): ("mean", "nan", "drop"),
+    ("model", "reg_scaling"): REG_SCALINGS,
+    ("model", "cold_start"): COLD_START,
 }
 
 _BOUNDS = {

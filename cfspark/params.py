@@ -29,6 +29,7 @@ from cfspark.kernels.optimizers import OPTIMIZERS
 
 AUTO = "auto"  # regParam = "auto": λ chosen on a validation fold of the training ratings
 COLD_START = ("mean", "nan", "drop")
+REG_SCALINGS = ("count", "sum")
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:
@@ -93,7 +94,7 @@ class CFParams(HasMaxIter, HasRegParam, HasTol, HasSeed, HasCheckpointInterval, 
     regScaling = _param(
         "regScaling",
         "count: each row's λ is scaled by its rating count (ALS-WR, as Spark ALS); sum: the course's λ/2‖·‖²",
-        _one_of("count", "sum"),
+        _one_of(*REG_SCALINGS),
     )
     biasReg = _param("biasReg", "λ_b, the L2 weight on the biases b and c, never count-scaled", _number(0.0))
     itemBias = _param("itemBias", "learn an item bias c_i on top of the item baseline", _flag)
