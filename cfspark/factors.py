@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 
-from cfspark.blocks.codec import matrix
+from cfspark.blocks.codec import list_rows, matrix
 from cfspark.kernels.layout import bias_col, width
 from cfspark.schema import BIAS, BLOCK, FEATURES, LOCAL
 
@@ -24,13 +24,11 @@ def _explode(rank: int, side: str):
             for r in range(batch.num_rows):
                 params = matrix(batch, "params", r, width(rank))
                 n = len(params)
-                flat = pa.array(np.ascontiguousarray(params[:, :rank]).ravel())
-                offsets = pa.array(np.arange(0, n * rank + 1, rank, dtype=np.int32))
                 yield pa.RecordBatch.from_arrays(
                     [
                         pa.array(np.full(n, batch.column("dest")[r].as_py(), np.int32)),
                         pa.array(np.arange(n, dtype=np.int32)),
-                        pa.ListArray.from_arrays(offsets, flat),
+                        list_rows(params[:, :rank]),
                         pa.array(params[:, bias]),
                     ],
                     names=[BLOCK, LOCAL, FEATURES, BIAS],

@@ -126,12 +126,8 @@ class CFParams(HasMaxIter, HasRegParam, HasTol, HasSeed, HasCheckpointInterval, 
         self._setDefault(**_DEFAULTS)
 
     def _shared_params(self) -> dict[str, Any]:
-        """Every CFParams value (set or default) by name, for copying between estimator and model."""
-        return {p.name: self.getOrDefault(p) for p in CFParams._names_params(self)}
-
-    @staticmethod
-    def _names_params(instance: Params) -> list[Param]:
-        return [instance.getParam(name) for name in _DEFAULTS]
+        """Every CFParams value (set or default) by name: what a checkpoint's fingerprint holds."""
+        return {name: self.getOrDefault(name) for name in _DEFAULTS}
 
 
 # The defaults, in the one place they are written. The course's model is COURSE_PARAMS.

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from cfspark.blocks.codec import blob, matrix
 from cfspark.kernels.losses import sigmoid
@@ -48,6 +49,12 @@ def _block_of(col: str, num_blocks: int) -> Column:
     return F.pmod(F.xxhash64(F.col(col), F.lit(_SALT)), F.lit(num_blocks)).cast("int")
 
 
+def _one_row(column: pa.ChunkedArray) -> pa.ListArray:
+    """A whole column as the single list of a one-row table."""
+    values = column.combine_chunks()
+    return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
+
+
 def _pack_vectors(id_type: T.DataType, prefix: str):
     """(block, id, vec) rows of one block → one row: (block, ids sorted, n, vecs as one blob)."""
 
@@ -55,7 +62,7 @@ def _pack_vectors(id_type: T.DataType, prefix: str):
         table = table.sort_by("id")
         values = pc.list_flatten(table.column("vec")).to_numpy(zero_copy_only=False)
         width = len(values) // max(1, table.num_rows)
-        ids = pa.ListArray.from_arrays(pa.array([0, table.num_rows], pa.int32()), table.column("id").combine_chunks())
+        ids = _one_row(table.column("id"))
         return pa.table(
             {
                 f"{prefix}b": pa.array([table.column("block")[0].as_py()], pa.int32()),
@@ -84,16 +91,12 @@ def _blocks(vectors: DataFrame, id_col: str, vec: Column, num_blocks: int, prefi
 
 def _pack_pairs(q_type: T.DataType, c_type: T.DataType):
     def run(table: pa.Table) -> pa.Table:
-        def as_list(col: str) -> pa.Array:
-            values = table.column(col).combine_chunks()
-            return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
-
         return pa.table(
             {
                 "qb": pa.array([table.column("qb")[0].as_py()], pa.int32()),
                 "cb": pa.array([table.column("cb")[0].as_py()], pa.int32()),
-                "ex_q": as_list("q"),
-                "ex_c": as_list("c"),
+                "ex_q": _one_row(table.column("q")),
+                "ex_c": _one_row(table.column("c")),
             }
         )
 
@@ -110,16 +113,17 @@ def _pack_pairs(q_type: T.DataType, c_type: T.DataType):
 
 def _score_cells(n: int, link: str, q_type: T.DataType, c_type: T.DataType, exclusions: bool):
     """mapInArrow body: each (query block, candidate block) row → its best n per query."""
-    out_schema = pa.schema(
+    spark_schema = T.StructType(
         [
-            ("qb", pa.int32()),
-            ("q_local", pa.int32()),
-            ("q_id", _arrow_type(q_type)),
-            ("c_id", _arrow_type(c_type)),
-            ("rank", pa.int32()),
-            ("score", pa.float64()),
+            T.StructField("qb", T.IntegerType()),
+            T.StructField("q_local", T.IntegerType()),
+            T.StructField("q_id", q_type),
+            T.StructField("c_id", c_type),
+            T.StructField("rank", T.IntegerType()),
+            T.StructField("score", T.DoubleType()),
         ]
     )
+    out_schema = to_arrow_schema(spark_schema)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -152,16 +156,6 @@ def _score_cells(n: int, link: str, q_type: T.DataType, c_type: T.DataType, excl
                     schema=out_schema,
                 )
 
-    spark_schema = T.StructType(
-        [
-            T.StructField("qb", T.IntegerType()),
-            T.StructField("q_local", T.IntegerType()),
-            T.StructField("q_id", q_type),
-            T.StructField("c_id", c_type),
-            T.StructField("rank", T.IntegerType()),
-            T.StructField("score", T.DoubleType()),
-        ]
-    )
     return run, spark_schema
 
 
@@ -174,12 +168,6 @@ def _merge(n: int):
         return table.take(pa.array(keep)).set_column(4, "rank", pa.array(ranks.astype(np.int32)))
 
     return run
-
-
-def _arrow_type(t: T.DataType) -> pa.DataType:
-    from pyspark.sql.pandas.types import to_arrow_type
-
-    return to_arrow_type(t)
 
 
 def top_n(

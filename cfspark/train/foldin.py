@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from cfspark.blocks.codec import list_matrix, list_rows
 from cfspark.kernels.foldin import fold_in_rows
 from cfspark.kernels.layout import width
 from cfspark.schema import BASELINE, BIAS, FEATURES, ITEM, RATING, USER
@@ -31,18 +32,16 @@ def _solve(cfg: dict):
         change = pc.not_equal(users[1:], users[:-1]).to_numpy(zero_copy_only=False)
         starts = np.r_[0, np.flatnonzero(change) + 1]
         row_ptr = np.r_[starts, table.num_rows].astype(np.int64)
-        vec = pc.list_flatten(table.column("_v")).to_numpy(zero_copy_only=False).reshape(-1, width(rank))
+        vec = list_matrix(table.column("_v"), width(rank))
         offset = table.column("_offset").to_numpy(zero_copy_only=False) if cfg["loss"] == "bce" else None
         params = fold_in_rows(
             row_ptr, vec, table.column("_y").to_numpy(zero_copy_only=False), offset, rank=rank, loss=cfg["loss"],
             reg=cfg["reg"], bias_reg=cfg["bias_reg"], count_scaled=cfg["count_scaled"],
         )  # fmt: skip
-        flat = pa.array(np.ascontiguousarray(params[:, :rank]).ravel())
-        offsets = pa.array(np.arange(0, len(params) * rank + 1, rank, dtype=np.int32))
         return pa.table(
             {
                 USER: users.take(pa.array(starts)),
-                FEATURES: pa.ListArray.from_arrays(offsets, flat),
+                FEATURES: list_rows(params[:, :rank]),
                 BIAS: pa.array(params[:, rank]),
             }
         )

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from cfspark.blocks.codec import blob, cell, matrix
+from cfspark.blocks.codec import blob, cell, list_matrix, matrix
 from cfspark.kernels.block import BlockProblem
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col, bias_mask, factor_mask, train_mask, width
@@ -229,8 +228,7 @@ def warm_blocks(cfg: StepConfig, *, send: bool):
         params = initial_params(cell(inblock, "keys", 0, np.int64), cfg.rank, scale=cfg.init_scale, side=cfg.side)
         if earlier.num_rows:
             local = earlier.column("local").to_numpy()
-            values = pc.list_flatten(earlier.column("features")).to_numpy(zero_copy_only=False)
-            params[local, : cfg.rank] = values.reshape(-1, cfg.rank)
+            params[local, : cfg.rank] = list_matrix(earlier.column("features"), cfg.rank)
             if cfg.learn_bias:
                 params[local, bias] = earlier.column("bias").to_numpy(zero_copy_only=False)
         outbox = _outbox(inblock, 0, params) if send else []
