@@ -125,10 +125,16 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, als_curve_iters: list[int
                 **{f: estimator.getOrDefault(f) for f in ("rank", "maxIter", "regParam", "optimizer", "innerSteps")},
                 "numUserBlocks": model.summary["num_user_blocks"],
                 "numItemBlocks": model.summary["num_item_blocks"],
+                "oneTask": bool(model.summary.get("one_task")),
             },
         }
         als = run.compare(model, relevant, time_recommend=True)
-        curve = [{"iterations": h["iteration"], "fit_seconds": h["elapsed"], metric: h[metric]} for h in model.history]
+        # A one-task fit has no model between iterations: its curve is its last point.
+        curve = [
+            {"iterations": h["iteration"], "fit_seconds": h["elapsed"], metric: h[metric]}
+            for h in model.history
+            if metric in h
+        ]
         best = als if loss == "mse" else als["explicit"]
         als_curve = []
         for iters in als_curve_iters:

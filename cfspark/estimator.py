@@ -23,6 +23,7 @@ from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.read import Columns
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import validate_ratings
+from cfspark.errors import TrainingError
 from cfspark.evaluate import pointwise_metrics
 from cfspark.factors import factor_table
 from cfspark.model import CFModel
@@ -43,6 +44,7 @@ from cfspark.schema import (
 )
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, StepConfig
+from cfspark.train.one_task import ONE_TASK_RATINGS, fit_one_task
 from cfspark.train.trainer import TrainResult, checkpoint_level, train
 from cfspark.train.warm import warm_start
 
@@ -227,6 +229,10 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             model.summary["reg_path"] = path
             return model
         began = time.perf_counter()
+        auto = 0 in (self.getNumUserBlocks(), self.getNumItemBlocks())
+        num_ratings = train_ratings.count() if auto else None
+        if self.one_task(num_ratings):
+            return self._fit_one_task(train_ratings, began, on_iteration)
         checkpointer = None
         if self.getCheckpointDir() and self.getCheckpointInterval() > 0:
             with phase(train_ratings.sparkSession, "prepare"):
@@ -234,7 +240,7 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
                     train_ratings.sparkSession, self.getCheckpointDir(), self.getCheckpointInterval(),
                     self.fingerprint(train_ratings),
                 )  # fmt: skip
-        blocks, stats, global_baseline = self.setup(train_ratings)
+        blocks, stats, global_baseline = self.setup(train_ratings, num_ratings=num_ratings)
         user_cfg, item_cfg = self.step_config("user"), self.step_config("item")
         start = self._warm_start(blocks, user_cfg, item_cfg)
 
@@ -252,6 +258,52 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             df.unpersist()
         return fitted
 
+    def one_task(self, num_ratings: int | None) -> bool:
+        """Whether a fit of num_ratings training ratings runs whole inside one task
+        (train/one_task.py): both block counts left to the data (0), at most ONE_TASK_RATINGS
+        ratings (nor more than maxBlockRatings), and no warm start."""
+        if self.getNumUserBlocks() or self.getNumItemBlocks() or self.getInitialModel() is not None:
+            return False
+        return num_ratings is not None and num_ratings <= min(ONE_TASK_RATINGS, self.getMaxBlockRatings())
+
+    def _fit_one_task(
+        self, train_ratings: DataFrame, began: float, on_iteration: Callable[[CFModel], dict] | None
+    ) -> CFModel:
+        """The whole fit in one task. Checkpoints are not written (nothing to resume in a
+        fit this small), and on_iteration sees only the final model, in the last history entry."""
+        spark = train_ratings.sparkSession
+        with phase(spark, "prepare"):
+            targets, stats, _, global_baseline = self.prepare(train_ratings)
+        with phase(spark, "one-task"):
+            user_factors, item_factors, history, stop_reason = fit_one_task(
+                targets, self.step_config("user"), self.step_config("item"),
+                max_iter=self.getMaxIter(), tol=self.getTol(), seed=self.getSeed(),
+            )  # fmt: skip
+        if not math.isfinite(history[-1]["train_loss"]):
+            raise TrainingError(f"the training loss is {history[-1]['train_loss']} at iteration "
+                                f"{len(history)}; lower model.learning_rate or raise model.reg")  # fmt: skip
+        # The task timed its iterations; the rest of the wall time until now was setup.
+        total = time.perf_counter() - began
+        setup = total - history[-1]["elapsed"]
+        for entry in history:
+            entry["elapsed"] = round(entry["elapsed"] + setup, 3)
+        log.info("one-task fit: %d iterations in %.2f s of %.2f s; %s", len(history),
+                 history[-1]["elapsed"] - setup, total, stop_reason)  # fmt: skip
+        summary = {
+            "reg": self.getRegParam(),
+            "history": history,
+            "stop_reason": stop_reason,
+            "setup_seconds": round(setup, 3),
+            "resumed_from": 0,
+            "num_user_blocks": 1,
+            "num_item_blocks": 1,
+            "one_task": True,
+        }
+        fitted = self._model(user_factors, item_factors, stats, global_baseline, train_ratings, summary)
+        if on_iteration:
+            history[-1].update(on_iteration(fitted))
+        return fitted
+
     def _warm_start(self, blocks: Blocks, user_cfg: StepConfig, item_cfg: StepConfig):
         """initialModel's factors as train()'s start_from: a function, so that a resumable
         checkpoint of this fit wins and the warm start is then never built."""
@@ -263,13 +315,17 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             raise ValueError(f"initialModel has rank {earlier.getRank()}, but this fit's rank is {self.getRank()}")
         return lambda: warm_start(blocks, earlier.user_factors, earlier.item_factors, user_cfg, item_cfg)
 
-    def setup(self, train_ratings: DataFrame) -> tuple[Blocks, DataFrame, float]:
-        """What training reads, built once: the blocks, the item table and the global baseline."""
+    def setup(self, train_ratings: DataFrame, *, num_ratings: int | None = None) -> tuple[Blocks, DataFrame, float]:
+        """What training reads, built once: the blocks, the item table and the global baseline.
+
+        num_ratings, the training ratings' count if already known, sizes blocks left to the data."""
         spark = train_ratings.sparkSession
         with phase(spark, "prepare"):
             targets, stats, baseline, global_baseline = self.prepare(train_ratings)
             users, items = self.getNumUserBlocks(), self.getNumItemBlocks()
-            auto = blocks_for(train_ratings.count()) if 0 in (users, items) else 0
+            if 0 in (users, items) and num_ratings is None:
+                num_ratings = train_ratings.count()
+            auto = blocks_for(num_ratings) if 0 in (users, items) else 0
         blocks = build_blocks(
             targets, baseline, num_user_blocks=users or auto, num_item_blocks=items or auto,
             seed=self.getSeed(), max_block_ratings=self.getMaxBlockRatings(),
@@ -308,6 +364,17 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             "num_user_blocks": blocks.num_user_blocks,
             "num_item_blocks": blocks.num_item_blocks,
         }
+        return self._model(user_factors, item_factors, stats, global_baseline, train_ratings, summary)
+
+    def _model(
+        self,
+        user_factors: DataFrame,
+        item_factors: DataFrame,
+        stats: DataFrame,
+        global_baseline: float,
+        train_ratings: DataFrame | None,
+        summary: dict,
+    ) -> CFModel:
         model = CFModel(
             user_factors=user_factors,
             item_factors=item_factors,

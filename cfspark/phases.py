@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pyspark.sql import SparkSession
 
 TAG_PREFIX = "cfspark-"
-PHASES = ("prepare", "index", "pack", "init", "user-steps", "item-steps")
+PHASES = ("prepare", "index", "pack", "init", "user-steps", "item-steps", "one-task")
 SETUP = PHASES[:4]
 log = logging.getLogger("cfspark")
 

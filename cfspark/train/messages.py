@@ -159,6 +159,48 @@ def _assemble(inblock: pa.Table, incoming: pa.Table, width: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, width))
 
 
+def solve_rows(
+    cfg: StepConfig,
+    row_ptr: np.ndarray,
+    cols: np.ndarray,
+    y: np.ndarray,
+    offset: np.ndarray | None,
+    other: np.ndarray,
+    params: np.ndarray,
+    state: AdamState | None,
+) -> tuple[np.ndarray, AdamState | None, tuple[float, float]]:
+    """One half-step of one block in numpy: the rows' new params, the optimiser state to
+    keep (Adam's; None otherwise) and the (data, L2) losses at the new params.
+
+    row_ptr/cols/y/offset are the block's ratings as CSR; other is the other side's params
+    in the order cols index. The distributed half-step and the one-task fit both call this.
+    """
+    problem = BlockProblem.build(
+        row_ptr=row_ptr,
+        cols=cols,
+        other=other,
+        y=y,
+        offset=offset,
+        loss=cfg.loss,
+        reg=cfg.reg,
+        reg_mask=cfg.reg_mask,
+        bias_reg=cfg.bias_reg,
+        bias_mask=bias_mask(cfg.rank, cfg.side),
+        count_scaled=cfg.count_scaled,
+    )
+    params, state = solve_block(
+        problem,
+        params,
+        state if state is not None else AdamState.zeros_like(params),
+        optimizer=cfg.optimizer,
+        learning_rate=cfg.learning_rate,
+        inner_steps=cfg.inner_steps,
+        train_mask=cfg.train_mask,
+    )
+    keep = state if cfg.optimizer == "adam" else None
+    return params, keep, (problem.data_loss(params), problem.reg_loss(params))
+
+
 def step_blocks(cfg: StepConfig):
     """cogroup(InBlock, state + messages).applyInArrow body: one half-step of one block."""
 
@@ -172,37 +214,14 @@ def step_blocks(cfg: StepConfig):
         m = matrix(incoming, "m", int(state_row), cfg.width)
         v = matrix(incoming, "v", int(state_row), cfg.width)
         t = incoming.column("t")[int(state_row)].as_py()
-        state = AdamState(m, v, t) if m is not None else AdamState.zeros_like(params)
+        state = AdamState(m, v, t) if m is not None else None
 
         row_ptr, cols = cell(inblock, "row_ptr", 0, np.int64), cell(inblock, "cols", 0, np.int32)
         y, offset = cell(inblock, "y", 0, np.float64), cell(inblock, "offset", 0, np.float64)
         other = _assemble(inblock, incoming, cfg.width)
         decoded = time.perf_counter()
-        problem = BlockProblem.build(
-            row_ptr=row_ptr,
-            cols=cols,
-            other=other,
-            y=y,
-            offset=offset,
-            loss=cfg.loss,
-            reg=cfg.reg,
-            reg_mask=cfg.reg_mask,
-            bias_reg=cfg.bias_reg,
-            bias_mask=bias_mask(cfg.rank, cfg.side),
-            count_scaled=cfg.count_scaled,
-        )
-        params, state = solve_block(
-            problem,
-            params,
-            state,
-            optimizer=cfg.optimizer,
-            learning_rate=cfg.learning_rate,
-            inner_steps=cfg.inner_steps,
-            train_mask=cfg.train_mask,
-        )
+        params, keep, losses = solve_rows(cfg, row_ptr, cols, y, offset, other, params, state)
         block = inblock.column("block")[0].as_py()
-        keep = state if cfg.optimizer == "adam" else None
-        losses = (problem.data_loss(params), problem.reg_loss(params))
         solved = time.perf_counter()
         outbox = _outbox(inblock, 0, params)
         # The encoding of the table itself is not timed: it is what the timings ride in.

@@ -1,0 +1,192 @@
+"""Small data: the whole alternating loop inside one Spark task.
+
+When the training ratings fit in one block per side, a half-step's numpy work is a few
+milliseconds, and the distributed loop's cost is Spark's own: a job per half-step
+(0.25 s or more each on this 2-core machine, whatever the data size), plus setup's
+index, pack and init jobs, 3.4 s on the built-in 1,501 ratings. So below
+ONE_TASK_RATINGS the estimator sends the ratings to one task instead. The task indexes
+both sides itself (Arrow's dictionary encoding, so ids of any type), builds both sides'
+CSR arrays once, runs the same half-step kernel (messages.solve_rows) max_iter times,
+and emits both factor tables and the loss history: one Spark job for the whole fit.
+
+It is the same model as the distributed fit with one block per side: the same hashed
+initial factors (xxhash64 of the id with the same seeds), the same kernel, the same J
+and the same stopping rule; only the order of float sums differs
+(tests/test_one_task.py). What it gives up is what a fit of a few seconds does not
+need: per-iteration checkpoints to resume from (a failed task is retried whole).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from cfspark.blocks.codec import list_rows
+from cfspark.kernels.init import initial_params
+from cfspark.kernels.layout import bias_col
+from cfspark.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER
+from cfspark.train.messages import StepConfig, solve_rows
+from cfspark.train.trainer import checkpoint_level, relative_change
+
+# At most this many training ratings go to one task. Measured on ml-latest-small's
+# 100,836 and synthetic 1M ratings (README, "Scale and speed").
+ONE_TASK_RATINGS = 1_000_000
+
+PART = "part"  # 0: a user's factors, 1: an item's, 2: the fit's record (history, stop reason)
+USERS, ITEMS, RECORD = 0, 1, 2
+USER_KEY, ITEM_KEY = "user_key", "item_key"
+RECORD_COL = "record"
+
+
+def _csr(own: np.ndarray, other: np.ndarray, n: int, *values: np.ndarray | None):
+    """(row_ptr, cols, *values) of one side's ratings, rows in local order."""
+    order = np.argsort(own, kind="stable")
+    row_ptr = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=n))]).astype(np.int64)
+    return (row_ptr, other[order].astype(np.int32), *(None if v is None else v[order] for v in values))
+
+
+def fit_arrays(
+    user_local: np.ndarray,
+    item_local: np.ndarray,
+    y: np.ndarray,
+    offset: np.ndarray | None,
+    user_keys: np.ndarray,
+    item_keys: np.ndarray,
+    user_cfg: StepConfig,
+    item_cfg: StepConfig,
+    *,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray, list[dict], str]:
+    """The alternating loop on dense local ids: (user params, item params, history, stop reason).
+
+    user_local/item_local index user_keys/item_keys, the init keys; every user and item
+    has at least one rating. The history has the trainer's fields, with task seconds.
+    """
+    n_users, n_items = len(user_keys), len(item_keys)
+    by_user = _csr(user_local, item_local, n_users, y, offset)
+    by_item = _csr(item_local, user_local, n_items, y, offset)
+    users = initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user")
+    items = initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item")
+    user_state = item_state = None
+    history: list[dict] = []
+    stop_reason = f"reached max_iter = {max_iter}"
+    began = time.perf_counter()
+    for iteration in range(1, max_iter + 1):
+        step_began = time.perf_counter()
+        users, user_state, (_, user_reg) = solve_rows(user_cfg, *by_user[:3], by_user[3], items, users, user_state)
+        half_way = time.perf_counter()
+        items, item_state, (data, item_reg) = solve_rows(item_cfg, *by_item[:3], by_item[3], users, items, item_state)
+        now = time.perf_counter()
+        entry = {
+            "iteration": iteration,
+            "train_loss": data + item_reg + user_reg,
+            "seconds": round(now - step_began, 3),
+            "elapsed": round(now - began, 3),
+            "kernel_seconds": round(now - step_began, 3),
+            "codec_seconds": 0.0,
+            "message_mb": 0.0,
+            "user_seconds": round(half_way - step_began, 3),
+            "user_kernel_seconds": round(half_way - step_began, 3),
+            "user_codec_seconds": 0.0,
+            "item_kernel_seconds": round(now - half_way, 3),
+            "item_codec_seconds": 0.0,
+        }
+        history.append(entry)
+        if not np.isfinite(entry["train_loss"]):
+            stop_reason = f"diverged: the training loss is {entry['train_loss']} at iteration {iteration}"
+            break
+        change = relative_change(history)
+        if tol > 0 and change is not None and change < tol:
+            stop_reason = f"converged: the training loss changed by {change:.3g} of its value, under tol = {tol:g}"
+            break
+    history[-1]["stop"] = stop_reason
+    return users, items, history, stop_reason
+
+
+def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: float):
+    """mapInArrow body over the one partition that holds every training rating."""
+    rank = user_cfg.rank
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        table = pa.Table.from_batches(batches)
+        users = table.column(USER).combine_chunks().dictionary_encode()
+        items = table.column(ITEM).combine_chunks().dictionary_encode()
+        user_local = users.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        item_local = items.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        user_keys = np.empty(len(users.dictionary), np.int64)
+        user_keys[user_local] = table.column(USER_KEY).to_numpy()
+        item_keys = np.empty(len(items.dictionary), np.int64)
+        item_keys[item_local] = table.column(ITEM_KEY).to_numpy()
+        offset = table.column(OFFSET)
+        W, X, history, stop = fit_arrays(
+            user_local, item_local, table.column(TARGET).to_numpy().astype(np.float64),
+            None if offset.null_count else offset.to_numpy().astype(np.float64),
+            user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol,
+        )  # fmt: skip
+        n_u, n_i = len(W), len(X)
+        # One table, three kinds of rows (PART): the id columns keep the Arrow types they arrived in.
+        user_type, item_type = users.dictionary.type, items.dictionary.type
+        record = json.dumps({"history": history, "stop": stop})
+        columns = {
+            PART: pa.array(np.r_[np.full(n_u, USERS), np.full(n_i, ITEMS), [RECORD]].astype(np.int32)),
+            USER: pa.concat_arrays([users.dictionary, pa.nulls(n_i + 1, user_type)]),
+            ITEM: pa.concat_arrays([pa.nulls(n_u, item_type), items.dictionary, pa.nulls(1, item_type)]),
+            FEATURES: pa.concat_arrays(
+                [list_rows(W[:, :rank]), list_rows(X[:, :rank]), pa.nulls(1, pa.list_(pa.float64()))]
+            ),
+            BIAS: pa.array(np.r_[W[:, bias_col(rank, "user")], X[:, bias_col(rank, "item")], [np.nan]]),
+            RECORD_COL: pa.array([None] * (n_u + n_i) + [record], pa.string()),
+        }
+        yield pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+
+    return run
+
+
+def fit_one_task(
+    targets: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, *, max_iter: int, tol: float, seed: int
+) -> tuple[DataFrame, DataFrame, list[dict], str]:
+    """(user_factors, item_factors, history, stop_reason) from targets (user, item, y, offset).
+
+    The factor tables are (id, features, bias) under the input's id types, materialised
+    in Spark's block store (localCheckpoint), as a distributed fit's final tables are.
+    """
+    ids = {f.name: f.dataType for f in targets.schema.fields}
+    out_schema = T.StructType(
+        [
+            T.StructField(PART, T.IntegerType()),
+            T.StructField(USER, ids[USER]),
+            T.StructField(ITEM, ids[ITEM]),
+            T.StructField(FEATURES, T.ArrayType(T.DoubleType())),
+            T.StructField(BIAS, T.DoubleType()),
+            T.StructField(RECORD_COL, T.StringType()),
+        ]
+    )
+    rows = targets.select(
+        USER, ITEM, TARGET, OFFSET,
+        F.xxhash64(F.col(USER), F.lit(seed)).alias(USER_KEY),  # the distributed fit's init keys
+        F.xxhash64(F.col(ITEM), F.lit(seed + 1)).alias(ITEM_KEY),
+    ).coalesce(1)  # fmt: skip
+    level = checkpoint_level(targets.sparkSession)
+    fitted = rows.mapInArrow(_fit_body(user_cfg, item_cfg, max_iter, tol), out_schema)
+    out = fitted.localCheckpoint(eager=False, storageLevel=level)
+    found = out.filter(F.col(PART) == RECORD).select(RECORD_COL).collect()  # the one job that fits
+    if not found:
+        raise ValueError("there are no training ratings to fit")
+    record = json.loads(found[0][RECORD_COL])
+    user_factors = out.filter(F.col(PART) == USERS).select(USER, FEATURES, BIAS)
+    item_factors = out.filter(F.col(PART) == ITEMS).select(ITEM, FEATURES, BIAS)
+    user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
+    item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
+    out.unpersist()
+    return user_factors, item_factors, record["history"], record["stop"]

@@ -1,0 +1,97 @@
+"""Small data fits in one task (train/one_task.py): the same model as the distributed fit.
+
+The one-task fit indexes ids densely inside its task (Arrow's dictionary encoding); the
+distributed fit hashes them into blocks. Both start from the same hashed factors and run
+the same kernel, so the factors of every id agree to float rounding, for integer and
+string ids, for ratings and labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from planted import planted_labels, planted_ratings
+
+from cfspark import CollaborativeFilter
+from cfspark.train import one_task
+
+PARAMS = dict(rank=3, maxIter=6, tol=0.0, seed=5, regParam=0.05)
+
+
+def _factors(model, id_col):
+    return {r[id_col]: np.r_[r.features, r.bias] for r in getattr(model, f"{id_col}_factors").collect()}
+
+
+def _assert_same(a, b, tol=1e-8):
+    for id_col in ("user", "item"):
+        fa, fb = _factors(a, id_col), _factors(b, id_col)
+        assert fa.keys() == fb.keys()
+        for key in fa:
+            np.testing.assert_allclose(fa[key], fb[key], rtol=tol, atol=tol, err_msg=f"{id_col} {key!r}")
+
+
+@pytest.fixture(scope="module")
+def planted(spark):
+    p = planted_ratings(n_users=120, n_items=80, rank=3, density=0.25, noise=0.5, seed=2)
+    ints = spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
+    strings = spark.createDataFrame(
+        [(f"u{u}", f"item-{i}", r) for u, i, r in p.rows()], "user string, item string, rating double"
+    ).cache()
+    yield ints, strings
+    ints.unpersist(), strings.unpersist()
+
+
+@pytest.mark.parametrize("ids", ["bigint", "string"])
+def test_one_task_fit_equals_the_distributed_fits(planted, ids):
+    ratings = planted[0] if ids == "bigint" else planted[1]
+    small = CollaborativeFilter(**PARAMS).fit_validated(ratings)
+    assert small.summary["one_task"] and len(small.history) == PARAMS["maxIter"]
+    for blocks in ((1, 1), (3, 2)):
+        spread = CollaborativeFilter(numUserBlocks=blocks[0], numItemBlocks=blocks[1], **PARAMS).fit_validated(ratings)
+        assert "one_task" not in spread.summary
+        _assert_same(small, spread)
+        # The same J at every iteration: the loop and its loss are the trainer's.
+        np.testing.assert_allclose(
+            [h["train_loss"] for h in small.history], [h["train_loss"] for h in spread.history], rtol=1e-10
+        )
+        spread.unpersist()
+    assert dict(small.user_factors.dtypes)["user"] == ids  # ids keep their type
+    small.unpersist()
+
+
+def test_one_task_bce_and_the_stopping_rule_match(spark):
+    p, _ = planted_labels(n_users=100, n_items=60, rank=2, density=0.3, seed=4)
+    labels = spark.createDataFrame(p.rows(), "user int, item int, rating double").cache()
+    params = dict(PARAMS, loss="bce", maxIter=30, tol=0.01)
+    seen: dict[str, int] = {"small": 0, "spread": 0}
+
+    def watch(name):
+        def see(model):
+            seen[name] += 1
+            return {"seen": seen[name]}
+
+        return see
+
+    small = CollaborativeFilter(**params).fit_validated(labels, on_iteration=watch("small"))
+    spread = CollaborativeFilter(numUserBlocks=2, numItemBlocks=2, **params).fit_validated(
+        labels, on_iteration=watch("spread")
+    )
+    assert small.summary["one_task"]
+    # on_iteration sees every iteration of a distributed fit, and a one-task fit's last only.
+    assert [h["seen"] for h in spread.history] == list(range(1, len(spread.history) + 1))
+    assert seen["small"] == 1 and small.history[-1]["seen"] == 1
+    assert len(small.history) == len(spread.history) < 30  # tol stopped both at the same iteration
+    assert small.summary["stop_reason"] == spread.summary["stop_reason"]
+    _assert_same(small, spread, tol=1e-7)
+    for model in (small, spread):
+        model.unpersist()
+    labels.unpersist()
+
+
+def test_the_one_task_limit_and_explicit_blocks_choose_the_path():
+    limit = one_task.ONE_TASK_RATINGS
+    cf = CollaborativeFilter(**PARAMS)
+    assert cf.one_task(limit) and not cf.one_task(limit + 1)  # more ratings than the limit: blocks
+    assert not cf.copy({cf.numUserBlocks: 1}).one_task(10)  # a block count set by hand: blocks
+    assert not cf.copy({cf.maxBlockRatings: 5}).one_task(10)
+    assert not cf.copy({cf.initialModel: "/some/model"}).one_task(10)  # a warm start: blocks
