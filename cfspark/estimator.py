@@ -275,10 +275,11 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
         with phase(spark, "prepare"):
             targets, stats, _, global_baseline = self.prepare(train_ratings)
         with phase(spark, "one-task"):
-            user_factors, item_factors, history, stop_reason = fit_one_task(
+            user_factors, item_factors, record = fit_one_task(
                 targets, self.step_config("user"), self.step_config("item"),
                 max_iter=self.getMaxIter(), tol=self.getTol(), seed=self.getSeed(),
             )  # fmt: skip
+        history, stop_reason = record["history"], record["stop"]
         if not math.isfinite(history[-1]["train_loss"]):
             raise TrainingError(f"the training loss is {history[-1]['train_loss']} at iteration "
                                 f"{len(history)}; lower model.learning_rate or raise model.reg")  # fmt: skip
@@ -287,8 +288,11 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
         setup = total - history[-1]["elapsed"]
         for entry in history:
             entry["elapsed"] = round(entry["elapsed"] + setup, 3)
-        log.info("one-task fit: %d iterations in %.2f s of %.2f s; %s", len(history),
-                 history[-1]["elapsed"] - setup, total, stop_reason)  # fmt: skip
+        for entry in history:  # the task's progress, told once it is back
+            log.info("iteration %d/%d: train loss %.6g (%.2f s, in one task)",
+                     entry["iteration"], self.getMaxIter(), entry["train_loss"], entry["seconds"])  # fmt: skip
+        log.info("training stopped after %d iterations: %s", len(history), stop_reason)
+        log.info("one-task fit: %.2f s of iterations, %.2f s in all", history[-1]["elapsed"] - setup, total)
         summary = {
             "reg": self.getRegParam(),
             "history": history,
@@ -297,6 +301,8 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             "resumed_from": 0,
             "num_user_blocks": 1,
             "num_item_blocks": 1,
+            "num_users": record["users"],  # what top-N would otherwise count
+            "num_items": record["items"],
             "one_task": True,
         }
         fitted = self._model(user_factors, item_factors, stats, global_baseline, train_ratings, summary)

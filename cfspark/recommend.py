@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from cfspark.blocks.codec import blob, matrix
+from cfspark.blocks.codec import blob, list_matrix, matrix
 from cfspark.kernels.losses import sigmoid
 from cfspark.kernels.topn import score_pair, top_within_groups
 from cfspark.schema import RANK, SCORE
@@ -42,7 +42,7 @@ QUERIES_PER_BLOCK = 20_000  # a task scores this many queries against a candidat
 CANDIDATES_PER_BLOCK = 1_000_000  # ~100 MB of float64 vectors at rank 10: one block serves most catalogues
 _SALT = 0x5EED  # block hashes differ from the training blocks' (the two never meet)
 
-_Q, _C = "_query", "_candidate"
+_KIND = "_kind"  # one cell's union: 0 a query, 1 a candidate, 2 an excluded pair
 
 
 def _block_of(col: str, num_blocks: int) -> Column:
@@ -111,6 +111,40 @@ def _pack_pairs(q_type: T.DataType, c_type: T.DataType):
     return run, schema
 
 
+def _score(
+    q_ids: pa.Array,
+    c_ids: pa.Array,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    excluded: tuple[pa.Array, pa.Array] | None,
+    n: int,
+    link: str,
+) -> tuple[np.ndarray, pa.Array, pa.Array, pa.Array, pa.Array]:
+    """One cell's best n per query: (query positions, query ids, candidate ids, ranks, scores).
+
+    excluded, (query ids, candidate ids) of pairs never to recommend, is matched to the
+    cell's positions with Arrow's index_in; pairs outside the cell are ignored.
+    """
+    ex_rows = ex_cols = np.empty(0, np.int64)
+    if excluded is not None:
+        rows = pc.index_in(excluded[0], value_set=q_ids)
+        cols = pc.index_in(excluded[1], value_set=c_ids)
+        known = pc.and_(rows.is_valid(), cols.is_valid())
+        ex_rows = rows.filter(known).to_numpy().astype(np.int64)
+        ex_cols = cols.filter(known).to_numpy().astype(np.int64)
+    idx, val = score_pair(queries, candidates, ex_rows, ex_cols, n)
+    keep = np.isfinite(val)
+    q_local, ranks = np.nonzero(keep)
+    scores = val[keep]
+    return (
+        q_local,
+        q_ids.take(pa.array(q_local)),
+        c_ids.take(pa.array(idx[keep])),
+        pa.array((ranks + 1).astype(np.int32)),
+        pa.array(sigmoid(scores) if link == "sigmoid" else scores),
+    )
+
+
 def _score_cells(n: int, link: str, q_type: T.DataType, c_type: T.DataType, exclusions: bool):
     """mapInArrow body: each (query block, candidate block) row → its best n per query."""
     spark_schema = T.StructType(
@@ -128,33 +162,19 @@ def _score_cells(n: int, link: str, q_type: T.DataType, c_type: T.DataType, excl
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for r in range(batch.num_rows):
-                q_ids = batch.column("q_ids")[r].values
-                c_ids = batch.column("c_ids")[r].values
-                queries = matrix(batch, "q_vecs", r, batch.column("q_width")[r].as_py())
-                candidates = matrix(batch, "c_vecs", r, batch.column("c_width")[r].as_py())
-                ex_rows = ex_cols = np.empty(0, np.int64)
-                if exclusions and batch.column("ex_q")[r].is_valid:
-                    rows = pc.index_in(batch.column("ex_q")[r].values, value_set=q_ids)
-                    cols = pc.index_in(batch.column("ex_c")[r].values, value_set=c_ids)
-                    known = pc.and_(rows.is_valid(), cols.is_valid())
-                    ex_rows = rows.filter(known).to_numpy().astype(np.int64)
-                    ex_cols = cols.filter(known).to_numpy().astype(np.int64)
-                idx, val = score_pair(queries, candidates, ex_rows, ex_cols, n)
-                keep = np.isfinite(val)
-                q_local, ranks = np.nonzero(keep)
-                picked = idx[keep]
-                scores = val[keep]
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        pa.array(np.full(len(q_local), batch.column("qb")[r].as_py(), np.int32)),
-                        pa.array(q_local.astype(np.int32)),
-                        q_ids.take(pa.array(q_local)),
-                        c_ids.take(pa.array(picked)),
-                        pa.array((ranks + 1).astype(np.int32)),
-                        pa.array(sigmoid(scores) if link == "sigmoid" else scores),
-                    ],
-                    schema=out_schema,
+                excluded = exclusions and batch.column("ex_q")[r].is_valid
+                q_local, q_ids, c_ids, ranks, scores = _score(
+                    batch.column("q_ids")[r].values,
+                    batch.column("c_ids")[r].values,
+                    matrix(batch, "q_vecs", r, batch.column("q_width")[r].as_py()),
+                    matrix(batch, "c_vecs", r, batch.column("c_width")[r].as_py()),
+                    (batch.column("ex_q")[r].values, batch.column("ex_c")[r].values) if excluded else None,
+                    n,
+                    link,
                 )
+                qb = pa.array(np.full(len(q_local), batch.column("qb")[r].as_py(), np.int32))
+                columns = [qb, pa.array(q_local.astype(np.int32)), q_ids, c_ids, ranks, scores]
+                yield pa.RecordBatch.from_arrays(columns, schema=out_schema)
 
     return run, spark_schema
 
@@ -168,6 +188,65 @@ def _merge(n: int):
         return table.take(pa.array(keep)).set_column(4, "rank", pa.array(ranks.astype(np.int32)))
 
     return run
+
+
+def _one_cell(
+    queries: DataFrame,
+    candidates: DataFrame,
+    *,
+    n: int,
+    query_col: str,
+    candidate_col: str,
+    query_vec: Column,
+    candidate_vec: Column,
+    exclude: DataFrame | None,
+    link: str,
+) -> DataFrame:
+    """top_n when one block holds each side: the queries, the candidates and the excluded
+    pairs go to one task as one union (no shuffle), which scores them as the one cell."""
+    q_type, c_type = queries.schema[query_col].dataType, candidates.schema[candidate_col].dataType
+    no_q, no_c, no_vec = F.lit(None).cast(q_type), F.lit(None).cast(c_type), F.lit(None).cast("array<double>")
+
+    def part(kind: int, q: Column, c: Column, vec: Column) -> list[Column]:
+        return [F.lit(kind).alias(_KIND), q.alias("q"), c.alias("c"), vec.alias("vec")]
+
+    rows = queries.select(part(0, F.col(query_col), no_c, query_vec)).unionByName(
+        candidates.select(part(1, no_q, F.col(candidate_col), candidate_vec))
+    )
+    if exclude is not None:
+        pairs = exclude.select(part(2, F.col(query_col).cast(q_type), F.col(candidate_col).cast(c_type), no_vec))
+        rows = rows.unionByName(pairs)
+    schema = T.StructType(
+        [
+            T.StructField(query_col, q_type),
+            T.StructField(candidate_col, c_type),
+            T.StructField(RANK, T.IntegerType()),
+            T.StructField(SCORE, T.DoubleType()),
+        ]
+    )
+    out_schema = to_arrow_schema(schema)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        table = pa.Table.from_batches(batches)
+        kind = table.column(_KIND)
+        # Sorted by id, as a block is, so that ties break the same way as over many cells.
+        q = table.filter(pc.equal(kind, 0)).sort_by("q")
+        c = table.filter(pc.equal(kind, 1)).sort_by("c")
+        ex = table.filter(pc.equal(kind, 2))
+        if not (q.num_rows and c.num_rows):
+            return
+        width = len(q.column("vec")[0])
+        excluded = (ex.column("q").combine_chunks(), ex.column("c").combine_chunks()) if ex.num_rows else None
+        _, q_ids, c_ids, ranks, scores = _score(
+            q.column("q").combine_chunks(), c.column("c").combine_chunks(),
+            list_matrix(q.column("vec"), width), list_matrix(c.column("vec"), width), excluded, n, link,
+        )  # fmt: skip
+        yield pa.RecordBatch.from_arrays([q_ids, c_ids, ranks, scores], schema=out_schema)
+
+    return rows.coalesce(1).mapInArrow(run, schema)
 
 
 def top_n(
@@ -194,6 +273,11 @@ def top_n(
     n_q, n_c = sizes if sizes else (queries.count(), candidates.count())
     num_q = max(1, math.ceil(n_q / QUERIES_PER_BLOCK))
     num_c = max(1, math.ceil(n_c / CANDIDATES_PER_BLOCK))
+    if num_q == num_c == 1:
+        return _one_cell(
+            queries, candidates, n=n, query_col=query_col, candidate_col=candidate_col,
+            query_vec=query_vec, candidate_vec=candidate_vec, exclude=exclude, link=link,
+        )  # fmt: skip
     q_type, c_type = queries.schema[query_col].dataType, candidates.schema[candidate_col].dataType
     q_blocks = _blocks(queries, query_col, query_vec, num_q, "q")
     c_blocks = _blocks(candidates, candidate_col, candidate_vec, num_c, "c")

@@ -15,7 +15,7 @@ from pyspark.ml.feature import SQLTransformer
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import functions as F
 
-from cfspark import CFModel, CollaborativeFilter
+from cfspark import CFModel, CollaborativeFilter, recommend
 from cfspark.data.split import split_ratings
 from cfspark.evaluate import regression_metrics
 
@@ -180,6 +180,18 @@ def test_recommendations_equal_a_dense_ranking(spark, fitted):
     assert {r.what for r in by_item} == set(items)
 
 
+def test_many_cells_rank_as_one_cell_does(fitted, monkeypatch):
+    """Small factor tables are scored in one task; large ones in (query block × candidate
+    block) cells merged per query block. Tiny blocks force the second path here."""
+    model, _ = fitted
+    one_cell = _rows(model.recommendForAllUsers(4), "who", "what", "rank", "score")
+    monkeypatch.setattr(recommend, "QUERIES_PER_BLOCK", 7)
+    monkeypatch.setattr(recommend, "CANDIDATES_PER_BLOCK", 5)
+    cells = _rows(model.recommendForAllUsers(4), "who", "what", "rank", "score")
+    assert [r[:3] for r in cells] == [r[:3] for r in one_cell]
+    np.testing.assert_allclose([r[3] for r in cells], [r[3] for r in one_cell], rtol=1e-12)
+
+
 def test_subsets_and_the_nested_shape(spark, fitted):
     model, _ = fitted
     everyone = model.recommendForAllUsers(3)
@@ -232,9 +244,11 @@ def test_save_and_load_give_identical_predictions_and_recommendations(spark, fit
 def test_the_model_does_not_read_its_fits_checkpoints(spark, planted, tmp_path):
     train, test = planted
     ckpt = str(tmp_path / "ckpt")
-    first = CollaborativeFilter(rank=RANK, maxIter=4, checkpointDir=ckpt, checkpointInterval=2).fit(train)
+    # Blocks set by hand: a fit this small would otherwise run in one task, which writes no checkpoints.
+    blocks = dict(numUserBlocks=2, numItemBlocks=2, checkpointDir=ckpt, checkpointInterval=2)
+    first = CollaborativeFilter(rank=RANK, maxIter=4, **blocks).fit(train)
     before = _rows(first.transform(test), "user", "item", "prediction")
-    second = CollaborativeFilter(rank=2, maxIter=4, seed=99, checkpointDir=ckpt, checkpointInterval=2).fit(train)
+    second = CollaborativeFilter(rank=2, maxIter=4, seed=99, **blocks).fit(train)
     assert _rows(first.transform(test), "user", "item", "prediction") == before
     shutil.rmtree(ckpt)
     assert _rows(first.transform(test), "user", "item", "prediction") == before
@@ -295,14 +309,19 @@ def test_a_warm_start_reaches_the_cold_fit_in_a_third_of_the_iterations(spark, t
 
 def test_a_fit_logs_its_progress_to_the_cfspark_logger(planted, caplog):
     train, _ = planted
-    with caplog.at_level(logging.INFO, logger="cfspark"):
-        CollaborativeFilter(rank=RANK, maxIter=3, tol=0.0).fit(train).unpersist()
-    lines = [r.getMessage() for r in caplog.records if r.name == "cfspark"]
-    for name in ("prepare", "index", "pack", "init"):
-        assert any(line.startswith(f"setup: {name} took ") for line in lines), lines
-    steps = [line for line in lines if line.startswith("iteration ")]
-    assert [line.split(":")[0] for line in steps] == ["iteration 1/3", "iteration 2/3", "iteration 3/3"]
-    assert steps[-1].endswith("at most 0 s left)") and "train loss" in steps[0]
+    for blocks, phases, last in (
+        (dict(numUserBlocks=2, numItemBlocks=2), ("prepare", "index", "pack", "init"), "at most 0 s left)"),
+        ({}, ("prepare",), "in one task)"),  # a fit this small runs in one task, and says so when it is back
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cfspark"):
+            CollaborativeFilter(rank=RANK, maxIter=3, tol=0.0, **blocks).fit(train).unpersist()
+        lines = [r.getMessage() for r in caplog.records if r.name == "cfspark"]
+        for name in phases:
+            assert any(line.startswith(f"setup: {name} took ") for line in lines), lines
+        steps = [line for line in lines if line.startswith("iteration ")]
+        assert [line.split(":")[0] for line in steps] == ["iteration 1/3", "iteration 2/3", "iteration 3/3"]
+        assert steps[-1].endswith(last) and "train loss" in steps[0]
 
 
 def test_automatic_lambda_with_a_prediction_column_of_its_own(spark, planted):

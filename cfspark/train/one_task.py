@@ -137,7 +137,7 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
         n_u, n_i = len(W), len(X)
         # One table, three kinds of rows (PART): the id columns keep the Arrow types they arrived in.
         user_type, item_type = users.dictionary.type, items.dictionary.type
-        record = json.dumps({"history": history, "stop": stop})
+        record = json.dumps({"history": history, "stop": stop, "users": n_u, "items": n_i})
         columns = {
             PART: pa.array(np.r_[np.full(n_u, USERS), np.full(n_i, ITEMS), [RECORD]].astype(np.int32)),
             USER: pa.concat_arrays([users.dictionary, pa.nulls(n_i + 1, user_type)]),
@@ -155,8 +155,9 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
 
 def fit_one_task(
     targets: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, *, max_iter: int, tol: float, seed: int
-) -> tuple[DataFrame, DataFrame, list[dict], str]:
-    """(user_factors, item_factors, history, stop_reason) from targets (user, item, y, offset).
+) -> tuple[DataFrame, DataFrame, dict]:
+    """(user_factors, item_factors, record) from targets (user, item, y, offset); the record
+    holds the loss history, the stop reason and the numbers of users and items.
 
     The factor tables are (id, features, bias) under the input's id types, materialised
     in Spark's block store (localCheckpoint), as a distributed fit's final tables are.
@@ -189,4 +190,4 @@ def fit_one_task(
     user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
     item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
     out.unpersist()
-    return user_factors, item_factors, record["history"], record["stop"]
+    return user_factors, item_factors, record
