@@ -172,6 +172,36 @@ def test_score_pair_equals_a_dense_ranking_with_exclusions():
     np.testing.assert_array_equal(chunked[0], idx)
 
 
+def _dense_best(users, items, rated, n):
+    dense = users @ items.T
+    dense[rated[:, 0], rated[:, 1]] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(len(items)), dense.shape), -dense), axis=1)[:, :n]
+    return order, np.take_along_axis(dense, order, axis=1)
+
+
+def test_score_pair_screens_in_float32_but_answers_in_float64():
+    """Large enough for the grouped screen: ties, near-ties below float32's precision,
+    a row excluded all but three items, and a zero query (every score tied at 0)."""
+    rng = np.random.default_rng(8)
+    m = 4 * 10 * topn.GROUP + 37
+    users = rng.normal(size=(50, RANK + 2))
+    items = rng.normal(size=(m, RANK + 2))
+    items[100] = items[7]  # exact ties: the lower position must win
+    items[200] = items[9] * (1 + 1e-12)  # closer than float32 can tell
+    users[3] = 0.0
+    rated = [(u, i) for u in range(50) for i in rng.choice(m, 40, replace=False)]
+    rated += [(5, i) for i in range(m) if i not in (1, 2, 3)]
+    rated = np.array(sorted(set(rated)))
+    idx, val = score_pair(users, items, rated[:, 0], rated[:, 1], n=10)
+    expected_idx, expected_val = _dense_best(users, items, rated, 10)
+    finite = np.isfinite(expected_val)
+    np.testing.assert_array_equal(np.isfinite(val), finite)
+    np.testing.assert_array_equal(idx[finite], expected_idx[finite])
+    np.testing.assert_allclose(val[finite], expected_val[finite], rtol=1e-12, atol=1e-12)
+    assert finite[5].sum() == 3  # what is left of the row, then −inf
+    np.testing.assert_array_equal(idx[3], expected_idx[3])  # all tied: positions in order
+
+
 def test_top_within_groups_ranks_each_group_and_keeps_ties_in_order():
     groups = np.array([2, 0, 2, 0, 2, 1, 0])
     scores = np.array([0.5, 3.0, 0.9, 1.0, 0.5, -1.0, 2.0])
