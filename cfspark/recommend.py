@@ -18,6 +18,11 @@ pair, the cell's excluded pairs are set to −inf, and the best n per query are 
 With more than one candidate block, a second pass merges each query block's winners.
 A block carries its ids as an array column, so ids of any type come back as they went
 in, and no join to an index table is needed on the way out.
+
+Most catalogues fit in one candidate block, and then the cells are not built: each query
+block's queries, a copy of every candidate and the block's excluded pairs meet in one
+task, one cogroup by query block, instead of the cells' packing, cross join and
+exclusion join.
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ QUERIES_PER_BLOCK = 20_000  # a task scores this many queries against a candidat
 CANDIDATES_PER_BLOCK = 1_000_000  # ~100 MB of float64 vectors at rank 10: one block serves most catalogues
 _SALT = 0x5EED  # block hashes differ from the training blocks' (the two never meet)
 
-_KIND = "_kind"  # one cell's union: 0 a query, 1 a candidate, 2 an excluded pair
+# With one candidate block, every query block gets its own copy of the candidates, up to
+# this many rows in all; past it, (query block × candidate block) cells are joined.
+REPLICATED_CANDIDATES = 20_000_000
+_IS_QUERY = "_is_query"  # in a query block's union of queries and candidates
 
 
 def _block_of(col: str, num_blocks: int) -> Column:
@@ -190,10 +198,11 @@ def _merge(n: int):
     return run
 
 
-def _one_cell(
+def _by_query_block(
     queries: DataFrame,
     candidates: DataFrame,
     *,
+    num_q: int,
     n: int,
     query_col: str,
     candidate_col: str,
@@ -202,20 +211,27 @@ def _one_cell(
     exclude: DataFrame | None,
     link: str,
 ) -> DataFrame:
-    """top_n when one block holds each side: the queries, the candidates and the excluded
-    pairs go to one task as one union (no shuffle), which scores them as the one cell."""
+    """top_n when one block holds every candidate: each query block's queries and a copy of
+    every candidate (one union), cogrouped with the block's excluded pairs, meet in one task.
+
+    The pairs travel apart from the vectors: as rows of the union, each would carry a null
+    array<double>, which made moving 1M pairs into Python take 7 s instead of 1 s.
+    """
     q_type, c_type = queries.schema[query_col].dataType, candidates.schema[candidate_col].dataType
-    no_q, no_c, no_vec = F.lit(None).cast(q_type), F.lit(None).cast(c_type), F.lit(None).cast("array<double>")
-
-    def part(kind: int, q: Column, c: Column, vec: Column) -> list[Column]:
-        return [F.lit(kind).alias(_KIND), q.alias("q"), c.alias("c"), vec.alias("vec")]
-
-    rows = queries.select(part(0, F.col(query_col), no_c, query_vec)).unionByName(
-        candidates.select(part(1, no_q, F.col(candidate_col), candidate_vec))
-    )
-    if exclude is not None:
-        pairs = exclude.select(part(2, F.col(query_col).cast(q_type), F.col(candidate_col).cast(c_type), no_vec))
-        rows = rows.unionByName(pairs)
+    every_block = F.explode(F.array(*[F.lit(b) for b in range(num_q)]))  # candidates go to every query block
+    vectors = queries.select(
+        F.lit(True).alias(_IS_QUERY), _block_of(query_col, num_q).alias("qb"), F.col(query_col).alias("q"),
+        F.lit(None).cast(c_type).alias("c"), query_vec.alias("vec"),
+    ).unionByName(candidates.select(
+        F.lit(False).alias(_IS_QUERY), every_block.alias("qb"), F.lit(None).cast(q_type).alias("q"),
+        F.col(candidate_col).alias("c"), candidate_vec.alias("vec"),
+    ))  # fmt: skip
+    if exclude is None:
+        pairs = vectors.sparkSession.createDataFrame([], T.StructType([T.StructField("qb", T.IntegerType())]))
+    else:
+        q = F.col(query_col).cast(q_type)  # cast first: the same id must hash into the same block
+        pairs = exclude.select(q.alias("q"), F.col(candidate_col).cast(c_type).alias("c"))
+        pairs = pairs.select(_block_of("q", num_q).alias("qb"), "q", "c")
     schema = T.StructType(
         [
             T.StructField(query_col, q_type),
@@ -226,27 +242,22 @@ def _one_cell(
     )
     out_schema = to_arrow_schema(schema)
 
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        batches = [b for b in batches if b.num_rows]
-        if not batches:
-            return
-        table = pa.Table.from_batches(batches)
-        kind = table.column(_KIND)
-        # Sorted by id, as a block is, so that ties break the same way as over many cells.
-        q = table.filter(pc.equal(kind, 0)).sort_by("q")
-        c = table.filter(pc.equal(kind, 1)).sort_by("c")
-        ex = table.filter(pc.equal(kind, 2))
+    def score(table: pa.Table, ex: pa.Table) -> pa.Table:
+        is_query = table.column(_IS_QUERY)
+        # Sorted by id, as a cell's blocks are, so that ties break the same way either way.
+        q = table.filter(is_query).sort_by("q")
+        c = table.filter(pc.invert(is_query)).sort_by("c")
         if not (q.num_rows and c.num_rows):
-            return
+            return out_schema.empty_table()
         width = len(q.column("vec")[0])
         excluded = (ex.column("q").combine_chunks(), ex.column("c").combine_chunks()) if ex.num_rows else None
         _, q_ids, c_ids, ranks, scores = _score(
             q.column("q").combine_chunks(), c.column("c").combine_chunks(),
             list_matrix(q.column("vec"), width), list_matrix(c.column("vec"), width), excluded, n, link,
         )  # fmt: skip
-        yield pa.RecordBatch.from_arrays([q_ids, c_ids, ranks, scores], schema=out_schema)
+        return pa.Table.from_arrays([q_ids, c_ids, ranks, scores], schema=out_schema)
 
-    return rows.coalesce(1).mapInArrow(run, schema)
+    return vectors.groupBy("qb").cogroup(pairs.groupBy("qb")).applyInArrow(score, schema)
 
 
 def top_n(
@@ -273,9 +284,9 @@ def top_n(
     n_q, n_c = sizes if sizes else (queries.count(), candidates.count())
     num_q = max(1, math.ceil(n_q / QUERIES_PER_BLOCK))
     num_c = max(1, math.ceil(n_c / CANDIDATES_PER_BLOCK))
-    if num_q == num_c == 1:
-        return _one_cell(
-            queries, candidates, n=n, query_col=query_col, candidate_col=candidate_col,
+    if num_c == 1 and num_q * n_c <= REPLICATED_CANDIDATES:
+        return _by_query_block(
+            queries, candidates, num_q=num_q, n=n, query_col=query_col, candidate_col=candidate_col,
             query_vec=query_vec, candidate_vec=candidate_vec, exclude=exclude, link=link,
         )  # fmt: skip
     q_type, c_type = queries.schema[query_col].dataType, candidates.schema[candidate_col].dataType

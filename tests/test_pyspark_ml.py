@@ -180,16 +180,19 @@ def test_recommendations_equal_a_dense_ranking(spark, fitted):
     assert {r.what for r in by_item} == set(items)
 
 
-def test_many_cells_rank_as_one_cell_does(fitted, monkeypatch):
-    """Small factor tables are scored in one task; large ones in (query block × candidate
-    block) cells merged per query block. Tiny blocks force the second path here."""
+def test_every_top_n_path_ranks_alike(fitted, monkeypatch):
+    """Small factor tables are scored in one task; with more queries, one task per query
+    block; with more candidates too, (query block × candidate block) cells merged per
+    query block. Tiny blocks force the other two paths here."""
     model, _ = fitted
-    one_cell = _rows(model.recommendForAllUsers(4), "who", "what", "rank", "score")
+    one_task = _rows(model.recommendForAllUsers(4), "who", "what", "rank", "score")
     monkeypatch.setattr(recommend, "QUERIES_PER_BLOCK", 7)
+    per_block = _rows(model.recommendForAllUsers(4), "who", "what", "rank", "score")
     monkeypatch.setattr(recommend, "CANDIDATES_PER_BLOCK", 5)
     cells = _rows(model.recommendForAllUsers(4), "who", "what", "rank", "score")
-    assert [r[:3] for r in cells] == [r[:3] for r in one_cell]
-    np.testing.assert_allclose([r[3] for r in cells], [r[3] for r in one_cell], rtol=1e-12)
+    for other in (per_block, cells):
+        assert [r[:3] for r in other] == [r[:3] for r in one_task]
+        np.testing.assert_allclose([r[3] for r in other], [r[3] for r in one_task], rtol=1e-12)
 
 
 def test_subsets_and_the_nested_shape(spark, fitted):
