@@ -1,4 +1,5 @@
-"""The numpy kernels on their own: gradients, optimiser steps, initial factors, top-N."""
+"""The numpy kernels on their own: gradients, optimiser steps, initial factors, top-N, and the
+half-step body (messages.step_blocks) that runs them, without Spark."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import contextlib
 import dataclasses
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from cfspark.blocks.codec import blob, matrix
+from cfspark.blocks.inblock import pack_arrays
 from cfspark.kernels import topn
 from cfspark.kernels.block import TILE, BlockProblem, padded_length
 from cfspark.kernels.init import hashed_uniform, initial_params
@@ -17,6 +21,7 @@ from cfspark.kernels.newton import _moments, newton_step
 from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
 from cfspark.kernels.solve import solve_block
 from cfspark.kernels.topn import score_pair, top_n, top_within_groups
+from cfspark.train import messages
 
 RANK = 3
 REG_MASK = np.r_[np.ones(RANK), 0.0]
@@ -416,3 +421,35 @@ def test_float32_training_matches_float64_on_a_planted_model(loss):
     # The factors agree to about 1e-6.
     np.testing.assert_allclose(single[0], double[0], atol=1e-4)
     np.testing.assert_allclose(single[1], double[1], atol=1e-4)
+
+
+def test_a_float32_half_step_body_sends_float64_params_close_to_float64s():
+    """messages.step_blocks, Spark-free: StepConfig.float32 reaches the kernels, and the state and
+    messages it emits are float64 blobs either way."""
+    (train, _), n_users, n_items = _planted_split(np.random.default_rng(13), "mse")
+    users, items, y = train
+    packed = pack_arrays(users, np.zeros_like(items), items, y, users.astype(np.int64), offset=np.full(len(y), 3.0))
+    inblock = pa.table(
+        {"block": pa.array([0], pa.int32()), "n": pa.array([packed.pop("n")], pa.int32())}
+        | {name: pa.array([blob(a)], pa.binary()) for name, a in packed.items()}
+    )
+    w = initial_params(np.arange(n_users, dtype=np.int64), 4, scale=0.1, side="user")
+    x = initial_params(np.arange(n_items, dtype=np.int64), 4, scale=0.1, side="item")
+    state = messages._rows(0, w, None, (0.0, 0.0), [])
+    sent = messages._rows(0, x, None, (0.0, 0.0), [(0, x[packed["col_local"]])])[1:]  # item block 0's message
+    incoming = pa.Table.from_pylist(state + sent, schema=messages._ARROW_SCHEMA)
+    out = {}
+    for single in (False, True):
+        cfg = messages.StepConfig(
+            side="user", rank=4, loss="mse", reg=0.05, optimizer="newton", learning_rate=0.0, inner_steps=1,
+            init_scale=0.1, count_scaled=True, bias_reg=5.0, float32=single,
+        )  # fmt: skip
+        table = messages.step_blocks(cfg)(inblock, incoming)
+        src = table.column("src").to_pylist()
+        assert src == [messages.STATE, 0]
+        assert len(table.column("params")[0].as_py()) == n_users * 6 * 8  # float64 blob, as before
+        out[single] = matrix(table, "params", 0, 6), table.column("data_loss")[0].as_py()
+    (p64, loss64), (p32, loss32) = out[False], out[True]
+    assert not np.array_equal(p32, p64)  # the float32 path ran
+    np.testing.assert_allclose(p32, p64, atol=1e-5)
+    assert loss32 == pytest.approx(loss64, rel=1e-6)
