@@ -13,7 +13,7 @@ import pytest
 from cfspark.blocks.codec import blob, matrix
 from cfspark.blocks.inblock import pack_arrays
 from cfspark.kernels import topn
-from cfspark.kernels.block import TILE, BlockProblem, padded_length
+from cfspark.kernels.block import TILE, BlockProblem, Tiling, padded_length
 from cfspark.kernels.init import hashed_uniform, initial_params
 from cfspark.kernels.layout import bias_col, bias_mask, const_col, factor_mask, train_mask
 from cfspark.kernels.losses import pointwise
@@ -323,10 +323,43 @@ def _heavy_block(rng, loss, dtype=np.float64):
 @pytest.mark.parametrize("loss", ["mse", "bce"])
 def test_heavy_row_gram_by_matmul_equals_the_row_by_row_sums(loss):
     problem, other, params, mask = _heavy_block(np.random.default_rng(11), loss)
-    assert max(t.count * t.length for t in problem.tiling.tiles) <= TILE
-    # 50,000 ratings make 13 runs of at most TILE (12 full), 4097 make 2; a row of 4096 is still light.
-    runs = sorted(t.length for t in problem.tiling.tiles if t.piece)
-    assert runs == sorted([TILE] * 12 + [50_000 - 12 * TILE, TILE, 1])
+    _check_tiled_moments(problem, other, params, mask)
+    tiles = problem.tiling.tiles
+    assert max(t.count * t.length for t in tiles) <= TILE
+    # 50,000 ratings make 13 runs of 3847 (11 of padding), 4097 make 2 of 2049; a row of 4096 is still light.
+    runs = {int(problem.tiling.order[t.slot]): (t.length, 0) for t in tiles if t.piece}
+    for t in tiles:
+        if t.piece:
+            row = int(problem.tiling.order[t.slot])
+            runs[row] = (t.length, runs[row][1] + t.count)
+    assert runs == {0: (3847, 13), 44: (2049, 2)}
+    # The float32 path sums the same products from float32 vectors, tile by tile into float64.
+    # Errors measured about 1e-7 of each row's largest sum, the heavy row's included.
+    free = np.flatnonzero(mask)
+    single, *_ = _heavy_block(np.random.default_rng(11), loss, np.float32)
+    exact = _moments(problem, params, free)
+    scale = np.abs(exact).max(axis=(1, 2), keepdims=True)
+    assert np.all(np.abs(_moments(single, params, free) - exact) <= 2e-6 * scale)
+
+
+def test_runs_of_a_heavy_row_share_tiles_and_still_add_up():
+    """Short runs (as for a large rank), several to a tile: rows over 1000 ratings, in runs of 1000."""
+    problem, other, params, mask = _heavy_block(np.random.default_rng(14), "bce")
+    row_ptr = np.r_[0, np.cumsum(np.bincount(problem.rows, minlength=len(params)))]
+    problem = dataclasses.replace(problem, tiling=Tiling.of(row_ptr, run=1000))
+    assert max(t.count for t in problem.tiling.tiles if t.piece) == 4  # 4 runs of 1000 to a tile of 4096
+    _check_tiled_moments(problem, other, params, mask)
+    value, grad = problem.loss_and_grad(params)
+    z = np.einsum("ij,ij->i", params[problem.rows], other[problem.cols]) + problem.offset
+    np.testing.assert_allclose(problem.scores(params), z, rtol=1e-12, atol=1e-12)
+    per, dz = pointwise("bce", z, problem.y)
+    np.testing.assert_allclose(problem.row_data_loss(params), np.bincount(problem.rows, per, len(params)), rtol=1e-12)
+    assert value == pytest.approx(per.sum() + problem.reg_loss(params), rel=1e-12)
+    expected = np.stack([np.bincount(problem.rows, dz * other[problem.cols, j], len(params)) for j in range(RANK + 2)])
+    np.testing.assert_allclose(grad - problem.weights * params, expected.T, rtol=1e-10, atol=1e-9)
+
+
+def _check_tiled_moments(problem, other, params, mask):
     free = np.flatnonzero(mask)
     hess, grad = _explicit_moments(problem, other, params, free)
     moments = np.empty((len(params), len(free), len(free) + 1))
@@ -334,19 +367,13 @@ def test_heavy_row_gram_by_matmul_equals_the_row_by_row_sums(loss):
     np.testing.assert_allclose(moments[..., :-1], hess, rtol=1e-10, atol=1e-9)
     np.testing.assert_allclose(moments[..., -1], grad, rtol=1e-10, atol=1e-9)
     assert np.trace(hess[0]) > 1e3  # the heavy row's sums are 50,000 ratings deep
-    if loss == "mse":
+    if problem.loss == "mse":
         reg = problem.weights[:, free]
         expected = params.copy()
         rhs = grad + reg * params[:, free]
         expected[:, free] -= np.linalg.solve(hess + reg[:, :, None] * np.eye(len(free)) + 1e-10 * np.eye(len(free)),
                                              rhs[..., None])[..., 0]  # fmt: skip
         np.testing.assert_allclose(newton_step(problem, params, mask), expected, rtol=1e-9, atol=1e-11)
-    # The float32 path sums the same products from float32 vectors, tile by tile into float64.
-    # Errors measured about 1e-7 of each row's largest sum, the heavy row's included.
-    single, *_ = _heavy_block(np.random.default_rng(11), loss, np.float32)
-    exact = _moments(problem, params, free)
-    scale = np.abs(exact).max(axis=(1, 2), keepdims=True)
-    assert np.all(np.abs(_moments(single, params, free) - exact) <= 2e-6 * scale)
 
 
 def _planted_split(rng, loss, n_users=5000, n_items=150, rank=4):

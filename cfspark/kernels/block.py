@@ -33,22 +33,28 @@ import numpy as np
 from cfspark.kernels.losses import CURVATURE, per_rating, pointwise
 
 # Ratings per tile, padding included. A tile's gathered vectors and the products made from
-# them stay in the CPU's cache. Rows of more ratings than TILE ("heavy" rows: an item that
-# thousands rated) are cut into runs of TILE ratings, each run's Gram one matrix product.
-# Measured on 3 M ratings with p = 12 (lognormal counts, 20 rows of 5k-50k): a newton_step
-# takes the same time (within 5 %) for tiles of 2k to 16k ratings, 10 % more at 1k, and 15 %
-# more when rows above 256 ratings already go unpadded, one tile each.
+# them stay in the CPU's cache. Measured on 3 M ratings with p = 12 (lognormal counts, 20
+# rows of 5k-50k): a newton_step takes the same time (within 5 %) for tiles of 2k to 16k
+# ratings, 10 % more at 1k, and 15 % more when rows above 256 ratings go one run per tile.
 TILE = 4096
+
+# The largest (p+1)²·length of one row's run in one matrix product, f·(f+1)·length multiply-
+# adds with f ≤ p free columns: runs of at most 4096 ratings for rank 10, 1890 for rank 20. OpenBLAS (as
+# numpy ships it) multiplies products up to about 10^6 multiply-adds in its small-matrix
+# kernel, on one thread; above, its general kernel measured 1.5-2.5x slower on one thread,
+# and 3-10x slower on two threads of a busy machine, where Spark's tasks already use every
+# core (Spark sets OMP_NUM_THREADS, which OpenBLAS follows, to the executor's cores).
+SMALL_GEMM = 1_000_000
 
 
 @dataclass(frozen=True)
 class Tile:
-    """count own rows of length ratings each, at positions lo .. lo + count·length of the tiling.
+    """count runs of length ratings each, at positions lo .. lo + count·length of the tiling.
 
-    A light row (at most TILE ratings) is padded up to its tile's length with ratings of the
-    zero vector, and sits in exactly one tile. A heavy row is cut into unpadded runs of TILE
-    ratings (piece), one tile each, whose sums add up. The tile's rows are
-    order[slot : slot + count] of its Tiling.
+    A light row is padded up to its tile's length with ratings of the zero vector, and is
+    one run of exactly one tile, whose rows are order[slot : slot + count] of the Tiling.
+    A heavy row (longer than the tiling's run) is cut into runs of equal length, padded by
+    less than one rating per run; its tiles (piece) hold only its runs, order[slot]'s.
     """
 
     lo: int
@@ -71,36 +77,50 @@ class Tiling:
     tiles: tuple[Tile, ...]
 
     @classmethod
-    def of(cls, row_ptr: np.ndarray, *, tile: int = TILE) -> Tiling:
+    def of(cls, row_ptr: np.ndarray, *, tile: int = TILE, run: int = TILE) -> Tiling:
+        """Tiles of at most tile positions (or one run), whose runs are at most run long."""
         counts = np.diff(row_ptr)
         nnz = int(row_ptr[-1]) if len(row_ptr) else 0
-        light = np.flatnonzero((counts > 0) & (counts <= tile))
-        lengths = padded_length(counts[light])
-        by_length = np.argsort(lengths, kind="stable")  # then by row
-        light, lengths = light[by_length], lengths[by_length]
-        starts = np.cumsum(lengths) - lengths
-        within = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
-        first = np.repeat(row_ptr[light], lengths)
-        index = [np.where(within < np.repeat(counts[light], lengths), first + within, nnz)]
+        padded = padded_length(counts)
+        light = np.flatnonzero((counts > 0) & (padded <= run))
+        heavy = np.flatnonzero(padded > run)
+        runs = -(-counts[heavy] // run)
+        lengths = np.r_[padded[light], -(-counts[heavy] // runs)]
+        per_row = np.r_[np.ones(len(light), np.int64), runs]  # runs of each row
+        by_length = np.argsort(lengths[: len(light)], kind="stable")  # then by row
+        rows = np.r_[light[by_length], heavy]
+        lengths = np.r_[lengths[by_length], lengths[len(light) :]]
+        sizes = per_row * lengths
+        starts = np.cumsum(sizes) - sizes
+        within = np.arange(int(sizes.sum())) - np.repeat(starts, sizes)  # position within the row
+        index = np.where(within < np.repeat(counts[rows], sizes), np.repeat(row_ptr[rows], sizes) + within, nnz)
         tiles = []
-        bounds = np.flatnonzero(np.r_[True, lengths[1:] != lengths[:-1], True]) if len(light) else []
-        for a, b in zip(bounds[:-1], bounds[1:], strict=False):
-            length = int(lengths[a])
+        if len(light):  # a run of light rows of one length: tiles of per rows
+            bounds = np.flatnonzero(np.r_[True, lengths[1 : len(light)] != lengths[: len(light) - 1], True])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                length = int(lengths[a])
+                per = max(1, tile // length)
+                tiles += [Tile(int(starts[s]), min(per, b - s), length, s, False) for s in range(a, b, per)]
+        for slot in range(len(light), len(rows)):
+            length, count = int(lengths[slot]), int(per_row[slot])
             per = max(1, tile // length)
-            tiles += [Tile(int(starts[s]), min(per, b - s), length, s, False) for s in range(a, b, per)]
-        heavy = np.flatnonzero(counts > tile)
-        at = len(index[0])
-        for slot, r in enumerate(heavy, start=len(light)):
-            for lo in range(int(row_ptr[r]), int(row_ptr[r + 1]), tile):
-                hi = min(lo + tile, int(row_ptr[r + 1]))
-                tiles.append(Tile(at, 1, hi - lo, slot, True))
-                index.append(np.arange(lo, hi))
-                at += hi - lo
-        order = np.concatenate([light, heavy, np.flatnonzero(counts == 0)])
-        return cls(np.concatenate(index).astype(np.intp), order.astype(np.intp), tuple(tiles))
+            for first in range(0, count, per):
+                tiles.append(Tile(int(starts[slot]) + first * length, min(per, count - first), length, slot, True))
+        order = np.r_[rows, np.flatnonzero(counts == 0)]
+        return cls(index.astype(np.intp), order.astype(np.intp), tuple(tiles))
 
     def owners(self, tile: Tile) -> np.ndarray:
+        """The own row of each run of the tile (count,)."""
+        if tile.piece:
+            return np.full(tile.count, self.order[tile.slot])
         return self.order[tile.slot : tile.slot + tile.count]
+
+    def add(self, out: np.ndarray, tile: Tile, values: np.ndarray) -> None:
+        """out[row] += values[run] for each run of the tile; a heavy row's runs add up."""
+        if tile.piece:
+            out[self.order[tile.slot]] += values.sum(axis=0)
+        else:
+            out[self.order[tile.slot : tile.slot + tile.count]] += values
 
 
 def padded_length(counts: np.ndarray) -> np.ndarray:
@@ -178,7 +198,7 @@ class BlockProblem:
             loss=loss,
             reg=reg,
             reg_mask=reg_mask,
-            tiling=Tiling.of(np.asarray(row_ptr)),
+            tiling=Tiling.of(np.asarray(row_ptr), run=max(1, min(TILE, SMALL_GEMM // padded.shape[1] ** 2))),
             weights=weights,
         )
 
@@ -261,7 +281,7 @@ class BlockProblem:
             values = per_rating(self.loss, z, self.tiled("y", tile))
             if self.loss != "mse":  # padding scores 0 against 0: no MSE, but a BCE of log 2
                 values *= self.tiled("valid", tile)
-            out[self.tiling.owners(tile)] += values.sum(axis=1)
+            self.tiling.add(out, tile, values.sum(axis=1))
         return out
 
     def data_loss(self, params: np.ndarray) -> float:
@@ -274,8 +294,8 @@ class BlockProblem:
         data = 0.0
         for tile in self.tiling.tiles:
             o, z = self.gather(tile, ext)
-            per_rating, dz = pointwise(self.loss, z, self.tiled("y", tile))
+            values, dz = pointwise(self.loss, z, self.tiled("y", tile))
             valid = self.tiled("valid", tile)
-            data += float(np.sum(per_rating * valid))
-            grad[self.tiling.owners(tile)] += np.matmul((dz * valid)[:, None, :], o)[:, 0, :]
+            data += float(np.sum(values * valid))
+            self.tiling.add(grad, tile, np.matmul((dz * valid)[:, None, :], o)[:, 0, :])
         return data + self.reg_loss(params), grad[:, :-1] + self.weights * params

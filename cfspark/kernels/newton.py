@@ -41,8 +41,8 @@ def _moments(problem: BlockProblem, params: np.ndarray, free: np.ndarray) -> np.
             weighted = o[..., : f + 1] * (p1 * (1.0 - p1))[..., None]
             weighted[..., f] = p1 - y
         o_t = o[..., :f].transpose(0, 2, 1)
-        if tile.piece:  # one run of a heavy row
-            sums[tile.slot] += np.matmul(o_t, weighted)[0]
+        if tile.piece:  # runs of one heavy row
+            sums[tile.slot] += np.matmul(o_t, weighted).sum(axis=0)
         else:
             np.matmul(o_t, weighted, out=sums[tile.slot : tile.slot + tile.count])
     return sums
