@@ -11,18 +11,21 @@ from __future__ import annotations
 import numpy as np
 
 from cfspark.kernels.block import BlockProblem
-from cfspark.kernels.losses import sigmoid
+from cfspark.kernels.losses import per_rating, sigmoid
 
 MAX_HALVINGS = 8
 
 
-def _moments(problem: BlockProblem, params: np.ndarray, free: np.ndarray) -> np.ndarray:
+def _moments(
+    problem: BlockProblem, params: np.ndarray, free: np.ndarray, row_losses: np.ndarray | None = None
+) -> np.ndarray:
     """Per own row, in the tiling's order: [H | g] (n × f × (f+1)), the Gauss-Newton Hessian
     Σ w·o oᵀ and the data gradient Σ (dloss/dz)·o over the f free columns.
 
     The gathered rows are [O_free | slot | O_fixed]. Tile by tile, dloss/dz goes into the slot,
     so that one batched matrix product O_freeᵀ [w·O_free | dloss/dz] gives every row's
     Hessian and gradient at once, in the problem's working dtype; the sums are float64.
+    With row_losses (n,), each row's data loss at params is added to it from the same scores.
     """
     n, p = params.shape
     f = len(free)
@@ -33,6 +36,8 @@ def _moments(problem: BlockProblem, params: np.ndarray, free: np.ndarray) -> np.
     for tile in problem.tiling.tiles:
         o, z = problem.gather(tile, ext, other)
         y = problem.tiled("y", tile)
+        if row_losses is not None:
+            problem.tiling.add(row_losses, tile, (per_rating(problem.loss, z, y) * problem.tiled("valid", tile)).sum(1))
         if problem.loss == "mse":
             o[..., f] = z - y
             weighted = o[..., : f + 1]
@@ -53,7 +58,10 @@ def newton_step(problem: BlockProblem, params: np.ndarray, train_mask: np.ndarra
     n = len(params)
     free = np.flatnonzero(train_mask)
     order = problem.tiling.order
-    moments = _moments(problem, params, free)
+    # IRLS compares each row's loss before and after its step, in float64: the float64 problem
+    # has the loss before from the step's own scores, the float32 one computes it apart.
+    before = np.zeros(n) if problem.loss != "mse" and problem.other.dtype == np.float64 else None
+    moments = _moments(problem, params, free, before)
     reg = np.broadcast_to(problem.weights, params.shape)[order][:, free]
     hess = moments[..., :-1]
     diagonal = np.arange(len(free))
@@ -63,7 +71,8 @@ def newton_step(problem: BlockProblem, params: np.ndarray, train_mask: np.ndarra
     step[order[:, None], free] = np.linalg.solve(hess, grad[..., None])[..., 0]
     if problem.loss == "mse":
         return params - step  # the sub-problem is quadratic: this is its exact minimiser
-    before = _row_losses(problem, params)
+    before = problem.row_data_loss(params) if before is None else before
+    before += problem.row_reg_loss(params)
     scale = np.ones(n)
     for _ in range(MAX_HALVINGS):
         candidate = params - scale[:, None] * step
