@@ -139,9 +139,10 @@ class BlockProblem:
     other holds [O | 0] with a row of zeros below, ((m+1) × (p+1)), in the working dtype:
     padding gathers the zero row, and the zero column leaves the scores alone while the
     Newton step writes dloss/dz into it, so one matrix product gives Hessian and gradient.
-    float32 halves the bytes every gather moves and doubles what BLAS does per second; the
-    sums over ratings are added up across tiles in float64, and every loss and score is
-    computed in float64 from the (float32-rounded) vectors.
+    float32 halves the bytes each gather moves and speeds up the products (a Newton step
+    measured 10 % faster at rank 10, 25 % at rank 20, on 3 M ratings); a row's products are
+    summed in float32 within one run (at most TILE ratings) and in float64 across runs, and
+    every loss and score is computed in float64 from the (float32-rounded) vectors.
     """
 
     rows: np.ndarray  # int, own row of each rating, sorted ascending

@@ -47,7 +47,7 @@ def _moments(
             weighted[..., f] = p1 - y
         o_t = o[..., :f].transpose(0, 2, 1)
         if tile.piece:  # runs of one heavy row
-            sums[tile.slot] += np.matmul(o_t, weighted).sum(axis=0)
+            sums[tile.slot] += np.matmul(o_t, weighted).sum(axis=0, dtype=np.float64)
         else:
             np.matmul(o_t, weighted, out=sums[tile.slot : tile.slot + tile.count])
     return sums
