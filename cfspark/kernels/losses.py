@@ -17,6 +17,16 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def per_rating(loss: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The loss of each rating alone: pointwise's first half, without the derivative."""
+    if loss == "mse":
+        e = z - y
+        return 0.5 * e * e
+    if loss == "bce":
+        return np.logaddexp(0.0, z) - y * z
+    raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+
+
 def pointwise(loss: str, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return (loss per rating, dloss/dz) for scores z and targets y.
 
@@ -27,6 +37,4 @@ def pointwise(loss: str, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
     if loss == "mse":
         e = z - y
         return 0.5 * e * e, e
-    if loss == "bce":
-        return np.logaddexp(0.0, z) - y * z, sigmoid(z) - y
-    raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    return per_rating(loss, z, y), sigmoid(z) - y

@@ -10,59 +10,69 @@ from __future__ import annotations
 
 import numpy as np
 
-from cfspark.kernels.block import CHUNK, BlockProblem, add_segments
-from cfspark.kernels.losses import pointwise, sigmoid
+from cfspark.kernels.block import BlockProblem
+from cfspark.kernels.losses import per_rating, sigmoid
 
 MAX_HALVINGS = 8
 
 
-def _moments(problem: BlockProblem, params: np.ndarray, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per own row: the Gauss-Newton Hessian Σ w·o oᵀ and the data gradient Σ (dloss/dz)·o,
-    both over the free columns. Only the upper triangle of each Hessian is summed: it is
-    symmetric, and the pair products are the costliest pass of the step.
+def _moments(
+    problem: BlockProblem, params: np.ndarray, free: np.ndarray, row_losses: np.ndarray | None = None
+) -> np.ndarray:
+    """Per own row, in the tiling's order: [H | g] (n × f × (f+1)), the Gauss-Newton Hessian
+    Σ w·o oᵀ and the data gradient Σ (dloss/dz)·o over the f free columns.
+
+    The gathered rows are [O_free | slot | O_fixed]. Tile by tile, dloss/dz goes into the slot,
+    so that one batched matrix product O_freeᵀ [w·O_free | dloss/dz] gives every row's
+    Hessian and gradient at once, in the problem's working dtype; the sums are float64.
+    With row_losses (n,), each row's data loss at params is added to it from the same scores.
     """
-    n, f = len(params), len(free)
-    upper_i, upper_j = np.triu_indices(f)
-    pairs = len(upper_i)
-    sums = np.zeros((pairs + f, n))
-    buffer = np.empty((pairs + f, CHUNK))  # reused by every chunk
-    params_t = np.ascontiguousarray(params.T)
-    for chunk in problem.chunks:
-        o, z = problem.gather(chunk, params_t)
-        o = o[free]
-        _, dz = pointwise(problem.loss, z, problem.y[chunk.lo : chunk.hi])
+    n, p = params.shape
+    f = len(free)
+    columns = np.r_[free, p, np.setdiff1d(np.arange(p), free)]
+    other = np.ascontiguousarray(problem.other[:, columns])
+    ext = np.ascontiguousarray(problem.extended(params, problem.other.dtype)[:, columns])
+    sums = np.zeros((n, f, f + 1))
+    for tile in problem.tiling.tiles:
+        o, z = problem.gather(tile, ext, other)
+        y = problem.tiled("y", tile)
+        if row_losses is not None:
+            problem.tiling.add(row_losses, tile, (per_rating(problem.loss, z, y) * problem.tiled("valid", tile)).sum(1))
         if problem.loss == "mse":
-            weighted = o
+            o[..., f] = z - y
+            weighted = o[..., : f + 1]
         else:
             p1 = sigmoid(z)  # P(y = 1): the IRLS weight is p1·(1 − p1)
-            weighted = o * (p1 * (1.0 - p1))
-        out = buffer[:, : chunk.hi - chunk.lo]
-        at = 0
-        for a in range(f):  # over feature pairs, never over rows
-            np.multiply(weighted[a], o[a:], out=out[at : at + f - a])
-            at += f - a
-        np.multiply(o, dz, out=out[pairs:])
-        add_segments(sums, chunk, out)
-    hess = np.zeros((n, f, f))
-    hess[:, upper_i, upper_j] = sums[:pairs].T
-    hess[:, upper_j, upper_i] = sums[:pairs].T
-    return hess, sums[pairs:].T
+            weighted = o[..., : f + 1] * (p1 * (1.0 - p1))[..., None]
+            weighted[..., f] = p1 - y
+        o_t = o[..., :f].transpose(0, 2, 1)
+        if tile.piece:  # runs of one heavy row
+            sums[tile.slot] += np.matmul(o_t, weighted).sum(axis=0, dtype=np.float64)
+        else:
+            np.matmul(o_t, weighted, out=sums[tile.slot : tile.slot + tile.count])
+    return sums
 
 
 def newton_step(problem: BlockProblem, params: np.ndarray, train_mask: np.ndarray) -> np.ndarray:
     """One Newton step for every own row; columns where train_mask is 0 do not move."""
     n = len(params)
     free = np.flatnonzero(train_mask)
-    hess, data_grad = _moments(problem, params, free)
-    reg = np.broadcast_to(problem.weights, params.shape)[:, free]
+    order = problem.tiling.order
+    # IRLS compares each row's loss before and after its step, in float64: the float64 problem
+    # has the loss before from the step's own scores, the float32 one computes it apart.
+    before = np.zeros(n) if problem.loss != "mse" and problem.other.dtype == np.float64 else None
+    moments = _moments(problem, params, free, before)
+    reg = np.broadcast_to(problem.weights, params.shape)[order][:, free]
+    hess = moments[..., :-1]
     diagonal = np.arange(len(free))
     hess[:, diagonal, diagonal] += reg + 1e-10
-    grad = data_grad + reg * params[:, free]
+    grad = moments[..., -1] + reg * params[order][:, free]
     step = np.zeros_like(params)
-    step[:, free] = np.linalg.solve(hess, grad[..., None])[..., 0]
+    step[order[:, None], free] = np.linalg.solve(hess, grad[..., None])[..., 0]
     if problem.loss == "mse":
         return params - step  # the sub-problem is quadratic: this is its exact minimiser
-    before = _row_losses(problem, params)
+    before = problem.row_data_loss(params) if before is None else before
+    before += problem.row_reg_loss(params)
     scale = np.ones(n)
     for _ in range(MAX_HALVINGS):
         candidate = params - scale[:, None] * step

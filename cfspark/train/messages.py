@@ -62,6 +62,9 @@ class StepConfig:
     count_scaled: bool = False  # λ·n_r per row (ALS-WR) rather than λ (the course's sum form)
     bias_reg: float = 0.0  # λ_b on this side's bias, never count-scaled
     learn_bias: bool = True  # users always learn b; items learn c only with the item bias on
+    # Gather the other side's vectors and sum the Newton step's products in float32 (the sums
+    # across tiles, the solve, the losses and the params sent on stay float64).
+    float32: bool = False
 
     @property
     def width(self) -> int:
@@ -187,6 +190,7 @@ def solve_rows(
         bias_reg=cfg.bias_reg,
         bias_mask=bias_mask(cfg.rank, cfg.side),
         count_scaled=cfg.count_scaled,
+        dtype=np.float32 if cfg.float32 else np.float64,
     )
     params, state = solve_block(
         problem,
