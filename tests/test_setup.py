@@ -53,21 +53,20 @@ def test_block_counts_do_not_change_the_model(spark, planted, ids):
 
 def test_string_ids_that_share_a_hash_are_refused(spark, monkeypatch):
     names = spark.createDataFrame([(f"user-{j}",) for j in range(20)], "user string")
-    count = F.count(F.lit(1))
-    check_distinct(entity_counts(names, "user", count), "user")  # 64 bits: 20 ids, 20 values
+    check_distinct(entity_counts(names, "user"), "user")  # 64 bits: 20 ids, 20 values
     monkeypatch.setattr(placement, "ID_BITS", 3)  # 8 values for 20 ids: some must share one
-    counts = entity_counts(names, "user", count)
+    counts = entity_counts(names, "user")
     assert counts.count() <= 8 and counts.agg(F.sum("ratings")).first()[0] == 20
     with pytest.raises(InputError, match=r"shared by more than one user id, e\.g\. 'user-\d+' and another id"):
         check_distinct(counts, "user")
     numbers = spark.createDataFrame([(j,) for j in range(20)], "user long")
-    check_distinct(entity_counts(numbers, "user", count), "user")  # integers are their own values
-    # A fit stops in setup, before any training.
+    check_distinct(entity_counts(numbers, "user"), "user")  # integers are their own values
+    # A distributed fit stops in setup, before any training (a one-task fit orders no ids by hash).
     ratings = spark.createDataFrame(
         [(f"user-{j}", "item", 1.0 + j % 3) for j in range(20)], "user string, item string, rating double"
     )
     with pytest.raises(InputError, match="shared by more than one user id"):
-        CollaborativeFilter(rank=2, maxIter=1).fit_validated(ratings)
+        CollaborativeFilter(rank=2, maxIter=1, numUserBlocks=2, numItemBlocks=1).fit_validated(ratings)
 
 
 def test_item_blocks_are_balanced_by_load_where_hashing_is_not(spark):

@@ -109,25 +109,31 @@ def build_blocks(
     num_item_blocks: int,
     seed: int,
     max_block_ratings: int = 10_000_000,
+    num_ratings: int | None = None,
 ) -> Blocks:
     """Place users and items in blocks and pack both sides, with no join of ratings to ids.
 
     targets: (user, item, y, offset); baseline: (item, baseline, ratings), one row per trained item.
     Either side gets more blocks than asked for if a block would exceed max_block_ratings.
+    num_ratings, the number of targets if known, saves counting them.
     Initial factors are drawn from xxhash64(id, seed) (users) and xxhash64(id, seed + 1)
     (items), so the model does not depend on the number of blocks.
     """
     spark = targets.sparkSession
     dtypes = {USER: targets.schema[USER].dataType, ITEM: targets.schema[ITEM].dataType}
     with phase(spark, "index"):
-        per_user = entity_counts(targets, USER, F.count(F.lit(1)))
-        per_item = entity_counts(baseline, ITEM, F.sum(RATINGS))
+        if num_ratings is None:
+            num_ratings = int(baseline.agg(F.sum(RATINGS)).first()[0])
+        per_user = entity_counts(targets, USER)
+        per_item = entity_counts(baseline, ITEM, RATINGS)
         # String ids need their (value, id) table again for the index: keep it.
         per_user, per_item = (
             t.cache() if hashed_ids(dtypes[c]) else t for t, c in ((per_user, USER), (per_item, ITEM))
         )
         users_at, items_at = place_sides(
-            [(per_user, USER, num_user_blocks), (per_item, ITEM, num_item_blocks)], max_block_ratings=max_block_ratings
+            [(per_user, USER, num_user_blocks), (per_item, ITEM, num_item_blocks)],
+            total=num_ratings,
+            max_block_ratings=max_block_ratings,
         )
 
     def side(id_col: str, entities: DataFrame, placement: Placement) -> Side:
@@ -153,6 +159,6 @@ def build_blocks(
         chunks = ratings.mapInArrow(chunk, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
         users = _pack(chunks, 0, users_at.num_blocks)
         items = _pack(chunks, 1, items_at.num_blocks)
-        users.count(), items.count()
+        users.select(BLOCK).unionByName(items.select(BLOCK)).count()  # one job caches both
         chunks.unpersist()
     return Blocks(users, items, user_side, item_side)

@@ -3,9 +3,10 @@
 Most entities are hashed, block = pmod(murmur3(id), n), as Spark ALS hashes them. Under
 popularity skew a few entities hold a large share of the ratings, and hashing them can
 leave one block, and so one task of every half-step, far heavier than the rest. So the
-heaviest entities (each above HEAVY_SHARE of a mean block's load, at most HEAVY_PER_BLOCK
-per block and MAX_HEAVY in all) are taken to the driver and placed greedily, largest first into the least
-loaded block, on top of the hashed load of everything else. A rating then finds its
+heaviest entities (each above HEAVY_SHARE of a mean block's load, and above 1 / MAX_HEAVY
+of all ratings, so there are at most MAX_HEAVY of them) are taken to the driver and placed
+greedily, largest first into the least loaded block, on top of the hashed load of
+everything else. A rating then finds its
 block from its own id alone: the hash, unless its entity is one of the few placed ones.
 
 Inside a block, entities are ordered by one 64-bit value per id: the id itself for
@@ -30,9 +31,8 @@ from cfspark.schema import RATINGS
 
 MAX_BLOCKS = 4096  # splitting stops here, whatever the loads
 # An entity is placed rather than hashed when it holds more than this share of a mean
-# block's load; at most HEAVY_PER_BLOCK per block are placed, the heaviest first.
+# block's load, and more than 1 / MAX_HEAVY of all ratings.
 HEAVY_SHARE = 0.01
-HEAVY_PER_BLOCK = 64
 MAX_HEAVY = 8192
 ID_HASH_SEED = 0x5EED  # string ids are ordered by xxhash64(id, ID_HASH_SEED)
 ID_BITS = 64  # the width of that hash; narrowed only by tests, to force collisions
@@ -60,21 +60,23 @@ def hashed_block(col: Column, num_blocks: int) -> Column:
     return F.pmod(F.hash(col), F.lit(num_blocks)).cast("int")
 
 
-def entity_counts(table: DataFrame, id_col: str, ratings: Column) -> DataFrame:
-    """(id_col, value, ratings, collided): one row per value, summing `ratings` over table's rows.
+def entity_counts(table: DataFrame, id_col: str, ratings: str | None = None) -> DataFrame:
+    """(id_col, value, ratings, collided): one row per value, with its number of ratings.
 
-    For hashed ids, id_col is the smallest id with that value and collided says that
-    another id shares it. Integer ids are their own values and never collide.
+    table holds one row per rating, or (ratings given) one row per id with its count in
+    that column. For hashed ids, id_col is the smallest id with that value and collided
+    says that another id shares it. Integer ids are their own values and never collide.
     """
     dtype = table.schema[id_col].dataType
     value = id_value(F.col(id_col), dtype)
+    count = F.count(F.lit(1)) if ratings is None else F.sum(ratings)
     if not hashed_ids(dtype):
-        counts = table.groupBy(id_col).agg(ratings.alias(RATINGS))
-        return counts.select(id_col, value.alias(VALUE), RATINGS, F.lit(False).alias(COLLIDED))
+        counts = table.groupBy(id_col).agg(count.alias(RATINGS)) if ratings is None else table
+        return counts.select(id_col, value.alias(VALUE), F.col(RATINGS).cast("long"), F.lit(False).alias(COLLIDED))
     counts = table.groupBy(value.alias(VALUE)).agg(
-        F.min(id_col).alias(id_col), ratings.alias(RATINGS), (F.min(id_col) != F.max(id_col)).alias(COLLIDED)
+        F.min(id_col).alias(id_col), count.alias(RATINGS), (F.min(id_col) != F.max(id_col)).alias(COLLIDED)
     )
-    return counts.select(id_col, VALUE, RATINGS, COLLIDED)
+    return counts.select(id_col, VALUE, F.col(RATINGS).cast("long"), COLLIDED)
 
 
 def check_distinct(entities: DataFrame, id_col: str, collided: int | None = None) -> None:
@@ -108,8 +110,9 @@ class Placement:
         return self.heavy, self.heavy_blocks
 
 
-def _heavy_cap(num_blocks: int) -> int:
-    return min(MAX_HEAVY, HEAVY_PER_BLOCK * num_blocks)
+def heavy_threshold(total: int, num_blocks: int) -> float:
+    """The ratings above which an entity is placed by load rather than hashed."""
+    return max(HEAVY_SHARE * total / num_blocks, total / MAX_HEAVY)
 
 
 def route_blocks(values: np.ndarray, blocks: np.ndarray, route: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -126,17 +129,15 @@ def route_blocks(values: np.ndarray, blocks: np.ndarray, route: tuple[np.ndarray
     return routed
 
 
-def place(per_block: dict[int, int], top: list[tuple[int, int, int]], num_blocks: int, heaviest: int) -> Placement:
+def place(per_block: dict[int, int], heavy: list[tuple[int, int, int]], num_blocks: int, heaviest: int) -> Placement:
     """Greedy placement of the heaviest entities on top of the hashed load of the rest.
 
-    per_block: hashed block → ratings of all its entities; top: (value, ratings, hashed
-    block) of the heaviest entities, heaviest first. Kept only if it lowers the heaviest block.
+    per_block: hashed block → ratings of all its entities; heavy: (value, ratings, hashed
+    block) of the entities to place, heaviest first. Kept only if it lowers the heaviest block.
     """
     hashed = np.zeros(num_blocks, dtype=np.int64)
     for b, load in per_block.items():
         hashed[b] = load
-    mean = hashed.sum() / num_blocks
-    heavy = [t for t in top if t[1] > HEAVY_SHARE * mean][: _heavy_cap(num_blocks)]
     loads = hashed.copy()
     for _, ratings, b in heavy:
         loads[b] -= ratings
@@ -152,16 +153,16 @@ def place(per_block: dict[int, int], top: list[tuple[int, int, int]], num_blocks
     return Placement(num_blocks, values[order], chosen[order], loads, hashed, heaviest)
 
 
-def _summary(entities: DataFrame, id_col: str, num_blocks: int, side: int) -> DataFrame:
-    """Rows the driver places one side from: per hashed block (kind 0) its load, entity
-    count, heaviest entity and collided values; and (kind 1) the heaviest entities."""
+def _summary(entities: DataFrame, id_col: str, num_blocks: int, side: int, total: int) -> DataFrame:
+    """Rows the driver places one side from: per hashed block (kind 0) its load, heaviest
+    entity and collided values; and (kind 1) every entity over heavy_threshold."""
     block = hashed_block(F.col(id_col), num_blocks)
     per_block = entities.groupBy(block.alias("block")).agg(
         F.sum(RATINGS).alias("load"),
         F.max(RATINGS).alias("heaviest"),
         F.sum(F.col(COLLIDED).cast("long")).alias("collided"),
     )
-    top = entities.orderBy(F.col(RATINGS).desc(), VALUE).limit(_heavy_cap(num_blocks))
+    top = entities.filter(F.col(RATINGS) > F.lit(heavy_threshold(total, num_blocks)))
     return per_block.select(
         F.lit(side).alias("side"), F.lit(0).alias("kind"), "block", F.lit(None).cast("long").alias(VALUE),
         F.col("load").cast("long").alias("load"), F.col("heaviest").cast("long").alias("heaviest"),
@@ -175,8 +176,9 @@ def _summary(entities: DataFrame, id_col: str, num_blocks: int, side: int) -> Da
     )  # fmt: skip
 
 
-def place_sides(sides: list[tuple[DataFrame, str, int]], *, max_block_ratings: int) -> list[Placement]:
-    """Place each side's entities (entity_counts tables, with an asked-for block count).
+def place_sides(sides: list[tuple[DataFrame, str, int]], *, total: int, max_block_ratings: int) -> list[Placement]:
+    """Place each side's entities (entity_counts tables, with an asked-for block count),
+    total being the number of ratings.
 
     One Spark job reads what all sides need. A side whose heaviest block would hold more
     than max_block_ratings ratings gets more blocks (its count times ⌈load / limit⌉) and
@@ -186,7 +188,7 @@ def place_sides(sides: list[tuple[DataFrame, str, int]], *, max_block_ratings: i
     placements: dict[int, Placement] = {}
     pending = {s: n for s, (_, _, n) in enumerate(sides)}
     while pending:
-        queries = [_summary(sides[s][0], sides[s][1], n, s) for s, n in pending.items()]
+        queries = [_summary(sides[s][0], sides[s][1], n, s, total) for s, n in pending.items()]
         union = queries[0]
         for q in queries[1:]:
             union = union.unionByName(q)
