@@ -154,26 +154,17 @@ def place(per_block: dict[int, int], heavy: list[tuple[int, int, int]], num_bloc
 
 
 def _summary(entities: DataFrame, id_col: str, num_blocks: int, side: int, total: int) -> DataFrame:
-    """Rows the driver places one side from: per hashed block (kind 0) its load, heaviest
-    entity and collided values; and (kind 1) every entity over heavy_threshold."""
-    block = hashed_block(F.col(id_col), num_blocks)
-    per_block = entities.groupBy(block.alias("block")).agg(
-        F.sum(RATINGS).alias("load"),
-        F.max(RATINGS).alias("heaviest"),
+    """One row per hashed block, all the driver places one side from: the block's load, its
+    heaviest entity, its collided values, and (value, ratings) of its entities over
+    heavy_threshold. One aggregate, so the entity table is computed once."""
+    heavy = F.when(F.col(RATINGS) > F.lit(heavy_threshold(total, num_blocks)), F.struct(VALUE, RATINGS))
+    return entities.groupBy(hashed_block(F.col(id_col), num_blocks).alias("block")).agg(
+        F.lit(side).alias("side"),
+        F.sum(RATINGS).cast("long").alias("load"),
+        F.max(RATINGS).cast("long").alias("heaviest"),
         F.sum(F.col(COLLIDED).cast("long")).alias("collided"),
+        F.collect_list(heavy).alias("heavy"),  # nulls, the light entities, are left out
     )
-    top = entities.filter(F.col(RATINGS) > F.lit(heavy_threshold(total, num_blocks)))
-    return per_block.select(
-        F.lit(side).alias("side"), F.lit(0).alias("kind"), "block", F.lit(None).cast("long").alias(VALUE),
-        F.col("load").cast("long").alias("load"), F.col("heaviest").cast("long").alias("heaviest"),
-        F.col("collided").cast("long").alias("collided"),
-    ).unionByName(
-        top.select(
-            F.lit(side).alias("side"), F.lit(1).alias("kind"), block.alias("block"), VALUE,
-            F.col(RATINGS).cast("long").alias("load"), F.lit(None).cast("long").alias("heaviest"),
-            F.lit(None).cast("long").alias("collided"),
-        )
-    )  # fmt: skip
 
 
 def place_sides(sides: list[tuple[DataFrame, str, int]], *, total: int, max_block_ratings: int) -> list[Placement]:
@@ -195,12 +186,11 @@ def place_sides(sides: list[tuple[DataFrame, str, int]], *, total: int, max_bloc
         rows = union.collect()
         for s, n in list(pending.items()):
             entities, id_col, _ = sides[s]
-            mine = [r for r in rows if r["side"] == s]
-            blocks = [r for r in mine if r["kind"] == 0]
+            blocks = [r for r in rows if r["side"] == s]
             check_distinct(entities, id_col, sum(r["collided"] for r in blocks))
             heaviest = max((r["heaviest"] for r in blocks), default=0)
             top = sorted(
-                ((r[VALUE], r["load"], r["block"]) for r in mine if r["kind"] == 1), key=lambda t: (-t[1], t[0])
+                ((h[VALUE], h[RATINGS], r["block"]) for r in blocks for h in r["heavy"]), key=lambda t: (-t[1], t[0])
             )
             placement = place({r["block"]: r["load"] for r in blocks}, top, n, heaviest)
             load = int(placement.loads.max(initial=0))
