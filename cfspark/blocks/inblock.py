@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cfspark.blocks.codec import blob, cell
 from cfspark.blocks.placement import route_blocks
@@ -37,6 +38,18 @@ def _groups(sorted_keys: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray
     """Distinct values of a sorted array and the offsets where each run starts (plus end)."""
     values, starts = np.unique(sorted_keys, return_index=True)
     return values.astype(np.int32), np.append(starts, total).astype(np.int64)
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values ascending, each value's int32 index into them), as np.unique with
+    return_inverse gives them, but by Arrow's hash table and a sort of the distinct values
+    alone: measured 3 to 12 times faster on a block's ids, which repeat."""
+    encoded = pc.dictionary_encode(pa.array(values))
+    found = encoded.dictionary.to_numpy(zero_copy_only=False)
+    order = np.argsort(found)
+    rank = np.empty(len(found), dtype=np.int32)
+    rank[order] = np.arange(len(found), dtype=np.int32)
+    return found[order], rank[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def _sort_order(*keys: np.ndarray) -> np.ndarray:
@@ -65,10 +78,10 @@ def pack_arrays(
     Per rating: its own entity's value, the other entity's block and value, the target, the
     own entity's key and the offset. A value belongs to one block on each side.
     """
-    ids, own = np.unique(own_ids, return_inverse=True)
+    ids, own = _distinct(np.asarray(own_ids, dtype=np.int64))
     keys = np.empty(len(ids), dtype=np.int64)
     keys[own] = key
-    others, other = np.unique(other_ids, return_inverse=True)
+    others, other = _distinct(np.asarray(other_ids, dtype=np.int64))
     blocks = np.empty(len(others), dtype=np.int32)
     blocks[other] = other_block
     return _pack(own, other, ids, keys, others, blocks, y, offset)
@@ -99,7 +112,7 @@ def _pack(
     col_of[by_block] = np.arange(len(others), dtype=np.int32)
     src, src_ptr = _groups(other_blocks[by_block], len(others))
 
-    needed = np.unique(other_blocks[other].astype(np.int64) * n + own)
+    needed = _distinct(other_blocks[other].astype(np.int64) * n + own)[0]
     out_dest, out_ptr = _groups(needed // n, len(needed))
     return {
         "n": n,
@@ -169,18 +182,22 @@ def chunk_ratings(
         other_blocks, key = blocks[other][order], table.column(f"{own}_key").to_numpy()[order]
         cut = {name: v[order] for name, v in shared.items()}
         for lo, hi in zip(starts, ends, strict=True):  # over blocks, never over ratings
-            ids, first, own_idx = np.unique(own_values[lo:hi], return_index=True, return_inverse=True)
-            others, other_first, other_idx = np.unique(other_values[lo:hi], return_index=True, return_inverse=True)
+            ids, own_idx = _distinct(own_values[lo:hi])
+            others, other_idx = _distinct(other_values[lo:hi])
+            own_keys = np.empty(len(ids), dtype=np.int64)
+            own_keys[own_idx] = key[lo:hi]
+            where = np.empty(len(others), dtype=np.int32)
+            where[other_idx] = other_blocks[lo:hi]
             rows.append(
                 {
                     "side": side,
                     "block": int(by_block[lo]),
                     "ids": blob(ids),
-                    "key": blob(key[lo:hi][first].astype(np.int64, copy=False)),
-                    "own": blob(own_idx.astype(np.int32)),
+                    "key": blob(own_keys),
+                    "own": blob(own_idx),
                     "other_ids": blob(others),
-                    "other_block": blob(other_blocks[lo:hi][other_first]),
-                    "other": blob(other_idx.astype(np.int32)),
+                    "other_block": blob(where),
+                    "other": blob(other_idx),
                     **{name: blob(cut[name][lo:hi]) if name in cut else None for name in ("y", "offset")},
                 }
             )
@@ -196,7 +213,7 @@ def _merged(table: pa.Table, values: str, index: str, per_value: str, dtype) -> 
         parts.append(part)
         indices.append(cell(table, index, r, np.int32).astype(np.int64) + base)
         base += len(part)
-    merged, where = np.unique(np.concatenate(parts), return_inverse=True)
+    merged, where = _distinct(np.concatenate(parts))
     column = np.empty(len(merged), dtype=dtype)
     column[where] = np.concatenate([cell(table, per_value, r, dtype) for r in range(table.num_rows)])
     return merged, where[np.concatenate(indices)], column
