@@ -13,6 +13,8 @@ from cfspark import CollaborativeFilter
 from cfspark.blocks import placement
 from cfspark.blocks.placement import check_distinct, entity_counts
 from cfspark.errors import InputError
+from cfspark.train.messages import OUT_SCHEMA, init_blocks
+from cfspark.train.trainer import half_step
 
 PARAMS = dict(rank=3, maxIter=5, tol=0.0, seed=7, regParam=0.05)
 
@@ -86,3 +88,21 @@ def test_item_blocks_are_balanced_by_load_where_hashing_is_not(spark):
         hashed.get(b, 0) for b in range(4)
     ]
     blocks.unpersist(), stats.unpersist(), df.unpersist()
+
+
+def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
+    # The InBlocks are cached hash-partitioned by block, so a half-step's cogroup shuffles
+    # only the messages: no exchange between the cached InBlocks and the cogroup.
+    df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
+    cf = CollaborativeFilter(rank=2, numUserBlocks=3, numItemBlocks=2)
+    blocks, stats, _ = cf.setup(df)
+    user_cfg, item_cfg = cf.step_config("user"), cf.step_config("item")
+    users = blocks.users.mapInArrow(init_blocks(user_cfg, send=False), OUT_SCHEMA)
+    items = blocks.items.mapInArrow(init_blocks(item_cfg, send=True), OUT_SCHEMA)
+    capsys.readouterr()
+    half_step(blocks.users, users, items, user_cfg).explain()
+    lines = capsys.readouterr().out.splitlines()
+    cogroup = next(j for j, line in enumerate(lines) if "FlatMapCoGroupsInArrow" in line)
+    scan = next(j for j, line in enumerate(lines) if "InMemoryTableScan" in line and "row_ptr" in line)
+    assert cogroup < scan and not any("Exchange" in line for line in lines[cogroup:scan]), "\n".join(lines[: scan + 1])
+    blocks.unpersist(), stats.unpersist()
