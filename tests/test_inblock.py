@@ -9,7 +9,8 @@ import pyarrow.compute as pc
 import pytest
 
 from cfspark.blocks.codec import cell
-from cfspark.blocks.inblock import _sort_order, chunk_ratings, index_rows, pack_arrays, pack_chunks
+from cfspark.blocks.hashing import hashed_blocks, xxhash64
+from cfspark.blocks.inblock import ChunkSide, _sort_order, chunk_ratings, index_rows, pack_arrays, pack_chunks
 
 
 def _entities(rng, n: int, blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +138,8 @@ def test_placed_entities_are_routed_to_their_block_on_both_sides():
         (np.array([heavy_user], np.int64), np.array([(rows["user_block"][0] + 1) % 3], np.int32)),
         (np.array([heavy_item], np.int64), np.array([(rows["item_block"][0] + 1) % 2], np.int32)),
     )
-    chunks = pa.Table.from_batches(list(chunk_ratings(iter([batch]), routes=routes)))
+    sides = tuple(ChunkSide(heavy=values, heavy_blocks=blocks) for values, blocks in routes)
+    chunks = pa.Table.from_batches(list(chunk_ratings(iter([batch]), sides=sides)))
     for side, value, route in ((0, heavy_user, routes[0]), (1, heavy_item, routes[1])):
         holders = [
             int(chunks["block"][r].as_py())
@@ -164,3 +166,24 @@ def test_index_rows_give_each_entity_its_block_and_local():
         {"value": 10**15, "block": 2, "local": 2},
         {"value": 7, "block": 0, "local": 0},
     ]
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_integer_ids_are_hashed_in_the_task_as_their_columns_would_give_them(wide):
+    # Integer ids need no block or key columns: the task computes Spark's hash and xxhash64.
+    rows = _ratings(np.random.default_rng(5), 300)
+    if not wide:
+        rows["user_id"] //= 10**4  # 32-bit ids
+        rows["item_id"] //= 10**4
+    given = dict(rows)
+    for side, n, seed in (("user", 3, 11), ("item", 2, 12)):
+        given[f"{side}_block"] = hashed_blocks(rows[f"{side}_id"], n, wide=wide)
+        given[f"{side}_key"] = xxhash64(rows[f"{side}_id"], seed, wide=wide)
+    with_columns = pa.RecordBatch.from_pydict({**given, "offset": pa.nulls(300, pa.float64())})
+    ids_only = pa.RecordBatch.from_pydict(
+        {c: rows[c] for c in ("user_id", "item_id", "y")} | {"offset": pa.nulls(300, pa.float64())}
+    )
+    hashed = (ChunkSide(3, 11, wide), ChunkSide(2, 12, wide))
+    a = pa.Table.from_batches(list(chunk_ratings(iter([with_columns]))))
+    b = pa.Table.from_batches(list(chunk_ratings(iter([ids_only]), sides=hashed)))
+    assert a.equals(b) and a.num_rows == 5

@@ -20,7 +20,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cfspark.blocks.inblock import CHUNK_SCHEMA, INBLOCK_SCHEMA, INDEX_SCHEMA, chunk_ratings, index_rows, pack_chunks
+from cfspark.blocks.inblock import (
+    CHUNK_SCHEMA,
+    INBLOCK_SCHEMA,
+    INDEX_SCHEMA,
+    ChunkSide,
+    chunk_ratings,
+    index_rows,
+    pack_chunks,
+)
 from cfspark.blocks.placement import (
     MAX_BLOCKS,
     VALUE,
@@ -141,18 +149,20 @@ def build_blocks(
 
     user_side, item_side = side(USER, per_user, users_at), side(ITEM, per_item, items_at)
 
-    def columns(id_col: str, placement: Placement, key_seed: int) -> list:
-        raw = F.col(id_col)
-        return [
-            hashed_block(raw, placement.num_blocks).alias(f"{id_col}_block"),
-            id_value(raw, dtypes[id_col]).alias(f"{id_col}_id"),
-            F.xxhash64(raw, F.lit(key_seed)).alias(f"{id_col}_key"),
-        ]
+    def columns(id_col: str, placement: Placement, key_seed: int) -> tuple[list, ChunkSide]:
+        """The columns one side's ratings carry to the packing tasks, and how those find blocks and keys."""
+        raw, dtype = F.col(id_col), dtypes[id_col]
+        value = id_value(raw, dtype).alias(f"{id_col}_id")
+        wide = None if hashed_ids(dtype) else isinstance(dtype, T.LongType)
+        side = ChunkSide(placement.num_blocks, key_seed, wide, placement.heavy, placement.heavy_blocks)
+        if wide is not None:  # integers: the tasks hash them, and fewer columns cross to Arrow
+            return [value], side
+        block = hashed_block(raw, placement.num_blocks).alias(f"{id_col}_block")
+        return [value, block, F.xxhash64(raw, F.lit(key_seed)).alias(f"{id_col}_key")], side
 
-    ratings = targets.select(
-        *columns(USER, users_at, seed), *columns(ITEM, items_at, seed + 1), F.col(TARGET), F.col(OFFSET)
-    )
-    chunk = functools.partial(chunk_ratings, routes=(users_at.route, items_at.route))
+    (user_cols, user_rule), (item_cols, item_rule) = columns(USER, users_at, seed), columns(ITEM, items_at, seed + 1)
+    ratings = targets.select(*user_cols, *item_cols, F.col(TARGET), F.col(OFFSET))
+    chunk = functools.partial(chunk_ratings, sides=(user_rule, item_rule))
     with phase(spark, "pack"):
         # One pass cuts both sides' chunks: a few binary cells per partition and block, kept
         # until both sides are packed so that the Arrow transfer of the ratings runs once.

@@ -20,12 +20,14 @@ exchanged per step, and neither side needs the other's local indices.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cfspark.blocks.codec import blob, cell
+from cfspark.blocks.hashing import hashed_blocks, xxhash64
 from cfspark.blocks.placement import route_blocks
 
 INBLOCK_SCHEMA = (
@@ -143,20 +145,42 @@ _CHUNK_ARROW = pa.schema(
     [("side", pa.int32()), ("block", pa.int32())]
     + [(n, pa.binary()) for n in ("ids", "key", "own", "other_ids", "other_block", "other", "y", "offset")]
 )
-NO_ROUTES = ((np.empty(0, np.int64), np.empty(0, np.int32)),) * 2
+
+
+@dataclass(frozen=True)
+class ChunkSide:
+    """How a packing task finds one side's block and initial-factor key for each rating.
+
+    wide None: the ratings carry them as columns ({side}_block, the hashed block, and
+    {side}_key); False or True: the ids are integers (32- or 64-bit), hashed here as Spark
+    would, pmod(hash(id), num_blocks) and xxhash64(id, key_seed). Either way the placed
+    entities (heavy, ascending, and their heavy_blocks) go to their own blocks.
+    """
+
+    num_blocks: int = 0
+    key_seed: int = 0
+    wide: bool | None = None
+    heavy: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    heavy_blocks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+
+    def blocks(self, table: pa.Table, side: str, values: np.ndarray) -> np.ndarray:
+        if self.wide is None:
+            hashed = table.column(f"{side}_block").to_numpy().astype(np.int32, copy=False)
+        else:
+            hashed = hashed_blocks(values, self.num_blocks, wide=self.wide)
+        return route_blocks(values, hashed, (self.heavy, self.heavy_blocks))
 
 
 def chunk_ratings(
-    batches: Iterator[pa.RecordBatch], routes: tuple[tuple[np.ndarray, np.ndarray], ...] = NO_ROUTES
+    batches: Iterator[pa.RecordBatch], sides: tuple[ChunkSide, ChunkSide] = (ChunkSide(), ChunkSide())
 ) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: a partition's ratings (user_block, user_id, user_key, the same for
-    items, y, offset) → one row of binary cells per block of each side.
+    """mapInArrow body: a partition's ratings (user_id, item_id, y, offset, and the
+    {side}_block and {side}_key columns sides ask for) → one row of binary cells per block
+    of each side.
 
-    *_block is the hashed block; routes (one per side: placed values ascending, their
-    blocks) override it for the entities placed by load. *_id is the 64-bit value an
-    entity is ordered by. Both sides are cut from one pass, so the ratings cross from the
-    JVM to Arrow once, and shuffling a few large cells per partition costs the JVM far
-    less than shuffling and sorting every rating as a row of its own.
+    *_id is the 64-bit value an entity is ordered by. Both sides are cut from one pass, so
+    the ratings cross from the JVM to Arrow once, and shuffling a few large cells per
+    partition costs the JVM far less than shuffling and sorting every rating as a row of its own.
     """
     batches = [b for b in batches if b.num_rows]
     if not batches:  # an empty partition
@@ -167,25 +191,27 @@ def chunk_ratings(
     if offset.null_count == 0:
         shared["offset"] = offset.to_numpy().astype(np.float64, copy=False)
     values = {s: table.column(f"{s}_id").to_numpy().astype(np.int64, copy=False) for s in SIDES}
-    blocks = {
-        s: route_blocks(values[s], table.column(f"{s}_block").to_numpy().astype(np.int32, copy=False), route)
-        for s, route in zip(SIDES, routes, strict=True)
-    }
+    blocks = {s: rule.blocks(table, s, values[s]) for s, rule in zip(SIDES, sides, strict=True)}
     rows = []
     for side, (own, other) in enumerate((SIDES, SIDES[::-1])):
+        rule = sides[side]
         # Block numbers fit in 16 bits, which numpy's stable sort takes by radix.
         order = np.argsort(blocks[own].astype(np.int16), kind="stable")
         by_block = blocks[own][order]
         starts = np.flatnonzero(np.diff(by_block, prepend=-1))
         ends = np.append(starts[1:], len(order))
         own_values, other_values = values[own][order], values[other][order]
-        other_blocks, key = blocks[other][order], table.column(f"{own}_key").to_numpy()[order]
+        other_blocks = blocks[other][order]
+        key = table.column(f"{own}_key").to_numpy()[order] if rule.wide is None else None
         cut = {name: v[order] for name, v in shared.items()}
         for lo, hi in zip(starts, ends, strict=True):  # over blocks, never over ratings
             ids, own_idx = _distinct(own_values[lo:hi])
             others, other_idx = _distinct(other_values[lo:hi])
-            own_keys = np.empty(len(ids), dtype=np.int64)
-            own_keys[own_idx] = key[lo:hi]
+            if key is None:  # hashed once per entity, not per rating
+                own_keys = xxhash64(ids, rule.key_seed, wide=rule.wide)
+            else:
+                own_keys = np.empty(len(ids), dtype=np.int64)
+                own_keys[own_idx] = key[lo:hi]
             where = np.empty(len(others), dtype=np.int32)
             where[other_idx] = other_blocks[lo:hi]
             rows.append(

@@ -105,10 +105,6 @@ class Placement:
     hashed_loads: np.ndarray  # int64: ratings per block had every entity been hashed
     heaviest: int  # the most ratings of any one entity
 
-    @property
-    def route(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.heavy, self.heavy_blocks
-
 
 def heavy_threshold(total: int, num_blocks: int) -> float:
     """The ratings above which an entity is placed by load rather than hashed."""
