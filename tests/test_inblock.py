@@ -69,22 +69,15 @@ def test_messages_assembled_in_src_order_reproduce_every_rating():
             assert got == sorted(zip(own[ru[sel]].tolist(), other[ri[sel]].tolist(), y[sel].tolist(), strict=True))
 
 
-def test_each_rows_ratings_come_in_the_other_sides_value_order_whatever_the_blocks():
-    # So a row's sums run in one order for every block count: the model depends on blocks only
-    # through the chunked kernels' partial sums.
+def test_each_rows_ratings_come_in_column_order():
+    # A row's gathers then walk the assembled matrix forwards.
     rng = np.random.default_rng(1)
     own, other = rng.integers(0, 5, 200), rng.integers(-(10**12), 10**12, 200)
-    y = rng.normal(size=200)
-    seen = []
     for blocks in (1, 2, 7):
-        packed = pack_arrays(own, (np.abs(other) % blocks).astype(np.int32), other, y, own * 2)
-        per_rating = packed["col_ids"][packed["cols"]]
+        packed = pack_arrays(own, (np.abs(other) % blocks).astype(np.int32), other, rng.normal(size=200), own * 2)
         for r in range(packed["n"]):
             lo, hi = packed["row_ptr"][r : r + 2]
-            assert np.all(np.diff(per_rating[lo:hi]) > 0)
-        seen.append(packed["y"])
-    np.testing.assert_array_equal(seen[0], seen[1])
-    np.testing.assert_array_equal(seen[0], seen[2])
+            assert np.all(np.diff(packed["cols"][lo:hi]) > 0)
 
 
 @pytest.mark.parametrize("high", [50, 2**40])

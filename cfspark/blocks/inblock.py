@@ -102,17 +102,19 @@ def _pack(
     """pack_arrays on dense indices: own[r] into ids (ascending, with keys), other[r] into
     others (ascending, in other_blocks), one per rating."""
     n = len(ids)
-    # Each row's ratings in the other side's value order, which no block count changes.
-    order = _sort_order(own, other)
-    own, other, y = own[order], other[order], y[order]
-    offset = None if offset is None else offset[order].astype(np.float64)
-    counts = np.bincount(own, minlength=n)
-
     # The assembled matrix: the other side's entities as their blocks send them, by block, then value.
     by_block = np.argsort(other_blocks, kind="stable")
     col_of = np.empty(len(others), dtype=np.int32)
     col_of[by_block] = np.arange(len(others), dtype=np.int32)
     src, src_ptr = _groups(other_blocks[by_block], len(others))
+    cols = col_of[other]
+
+    # Each row's ratings in column order, so a row's gathers walk the assembled matrix forwards
+    # (in the other side's value order instead, the half-steps' kernels measured 1.6 × slower).
+    order = _sort_order(own, cols)
+    own, cols, other, y = own[order], cols[order], other[order], y[order]
+    offset = None if offset is None else offset[order].astype(np.float64)
+    counts = np.bincount(own, minlength=n)
 
     needed = _distinct(other_blocks[other].astype(np.int64) * n + own)[0]
     out_dest, out_ptr = _groups(needed // n, len(needed))
@@ -121,7 +123,7 @@ def _pack(
         "ids": ids.astype(np.int64),
         "keys": keys,
         "row_ptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        "cols": col_of[other],
+        "cols": cols,
         "y": y.astype(np.float64),
         "offset": offset,
         "src": src,
