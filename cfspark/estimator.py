@@ -334,7 +334,7 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             auto = blocks_for(num_ratings) if 0 in (users, items) else 0
         blocks = build_blocks(
             targets, baseline, num_user_blocks=users or auto, num_item_blocks=items or auto,
-            seed=self.getSeed(), max_block_ratings=self.getMaxBlockRatings(),
+            seed=self.getSeed(), max_block_ratings=self.getMaxBlockRatings(), num_ratings=num_ratings,
         )  # fmt: skip
         return blocks, stats, global_baseline
 

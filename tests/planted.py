@@ -30,9 +30,17 @@ def planted_ratings(
     base: float = 3.0,
     item_sd: float = 0.5,
     user_sd: float = 0.3,
+    popularity_sd: float = 0.0,
 ) -> Planted:
-    """u, v ~ N(0, rank^-1/2) entrywise (so u·v has unit variance), ε ~ N(0, noise²)."""
+    """u, v ~ N(0, rank^-1/2) entrywise (so u·v has unit variance), ε ~ N(0, noise²).
+
+    popularity_sd > 0 skews item popularity: item i is shown with probability density·w_i
+    (at most 1), w lognormal with that σ and mean 1, drawn from a stream of its own.
+    """
     rng = np.random.default_rng(seed)
+    if popularity_sd > 0:
+        w = np.exp(popularity_sd * np.random.default_rng([seed, 1]).normal(size=n_items))
+        density = np.minimum(1.0, density * w / w.mean())[None, :]
     users, items, signal = _signal(rng, n_users, n_items, rank, density, base, item_sd, user_sd, 1.0)
     return Planted(users, items, signal + rng.normal(scale=noise, size=len(users)), noise)
 

@@ -1,4 +1,5 @@
-"""InBlock packing in numpy: the OutBlock of one side lines up with the cols of the other."""
+"""InBlock packing in numpy: the OutBlock of one side lines up with the cols of the other,
+though neither side knows the other's local indices, only the 64-bit values of its ids."""
 
 from __future__ import annotations
 
@@ -8,75 +9,75 @@ import pyarrow.compute as pc
 import pytest
 
 from cfspark.blocks.codec import cell
-from cfspark.blocks.inblock import _sort_order, chunk_ratings, pack_arrays, pack_chunks
+from cfspark.blocks.hashing import hashed_blocks, xxhash64
+from cfspark.blocks.inblock import ChunkSide, _sort_order, chunk_ratings, index_rows, pack_arrays, pack_chunks
+
+
+def _entities(rng, n: int, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """n distinct int64 values spread over the whole range (negative ones too), and a block each."""
+    values = rng.choice(np.arange(-(2**40), 2**40, 2**27), size=n, replace=False) + rng.integers(0, 2**20, n)
+    values[:2] = [np.iinfo(np.int64).min, np.iinfo(np.int64).max]
+    return values.astype(np.int64), rng.integers(0, blocks, n).astype(np.int32)
 
 
 def test_messages_assembled_in_src_order_reproduce_every_rating():
     rng = np.random.default_rng(0)
     n_ub, n_ib = 3, 2
-    users_per_block, items_per_block = [4, 3, 5], [6, 4]
-    pairs = set()
-    for ub, nu in enumerate(users_per_block):
-        for u in range(nu):
-            for ib, ni in enumerate(items_per_block):
-                for i in range(ni):
-                    if rng.random() < 0.4 or (i == u % ni and ib == u % n_ib) or (u == i % nu and ub == i % n_ub):
-                        pairs.add((ub, u, ib, i))
-    pairs = np.array(sorted(pairs))
-    y = rng.normal(size=len(pairs))
-    rng.shuffle(order := np.arange(len(pairs)))  # packing must not depend on input order
-    pairs, y = pairs[order], y[order]
+    users, user_block = _entities(rng, 12, n_ub)
+    items, item_block = _entities(rng, 10, n_ib)
+    pairs = {(u, i) for u in range(12) for i in range(10) if rng.random() < 0.4}
+    pairs |= {(u, u % 10) for u in range(12)} | {(i, i) for i in range(10)}  # nobody without a rating
+    u, i = np.array(sorted(pairs)).T
+    rng.shuffle(order := np.arange(len(u)))  # packing must not depend on input order
+    u, i = u[order], i[order]
+    y = rng.normal(size=len(u))
+    user_key, item_key = users * 7 + 1, items * 3 - 2
 
-    user_blocks = {}
+    user_blocks, item_blocks = {}, {}
     for ub in range(n_ub):
-        sel = pairs[:, 0] == ub
-        user_blocks[ub] = pack_arrays(pairs[sel, 1], pairs[sel, 2], pairs[sel, 3], y[sel], pairs[sel, 1] * 10 + ub)
-    item_blocks = {}
+        sel = user_block[u] == ub
+        user_blocks[ub] = pack_arrays(users[u[sel]], item_block[i[sel]], items[i[sel]], y[sel], user_key[u[sel]])
     for ib in range(n_ib):
-        sel = pairs[:, 2] == ib
-        item_blocks[ib] = pack_arrays(pairs[sel, 3], pairs[sel, 0], pairs[sel, 1], y[sel], pairs[sel, 3])
+        sel = item_block[i] == ib
+        item_blocks[ib] = pack_arrays(items[i[sel]], user_block[u[sel]], users[u[sel]], y[sel], item_key[i[sel]])
 
-    # Give every entity a distinct "vector" (its global id) and route vectors from items to users.
-    item_vec = {ib: np.array([100 * ib + i for i in range(n)], float) for ib, n in enumerate(items_per_block)}
-    user_vec = {ub: np.array([1000 * ub + u for u in range(n)], float) for ub, n in enumerate(users_per_block)}
-    for ub, blk in user_blocks.items():
-        msgs = {}
-        for ib, ob in item_blocks.items():
-            hit = np.flatnonzero(ob["out_dest"] == ub)
-            if len(hit):
-                j = hit[0]
-                msgs[ib] = item_vec[ib][ob["out_idx"][ob["out_ptr"][j] : ob["out_ptr"][j + 1]]]
-        np.testing.assert_array_equal(blk["src"], sorted(msgs))
-        assembled = np.concatenate([msgs[s] for s in blk["src"]])
-        np.testing.assert_array_equal(np.diff(blk["src_ptr"]), [len(msgs[s]) for s in blk["src"]])
-        rows = np.repeat(np.arange(blk["n"]), np.diff(blk["row_ptr"]))
-        got = sorted(zip((1000 * ub + rows).tolist(), assembled[blk["cols"]].tolist(), blk["y"].tolist(), strict=True))
-        sel = pairs[:, 0] == ub
-        want = sorted(
-            zip(
-                (1000 * ub + pairs[sel, 1]).tolist(),
-                (100 * pairs[sel, 2] + pairs[sel, 3]).tolist(),
-                y[sel].tolist(),
-                strict=True,
-            )
-        )
-        assert got == want
-        # col_local names the item behind each assembled row.
-        np.testing.assert_array_equal(assembled % 100, blk["col_local"])
-        np.testing.assert_array_equal(blk["keys"], np.arange(blk["n"]) * 10 + ub)
-    for ib, blk in item_blocks.items():
-        msgs = []
-        for ub in blk["src"]:
-            ob = user_blocks[ub]
-            j = np.flatnonzero(ob["out_dest"] == ib)[0]
-            msgs.append(user_vec[ub][ob["out_idx"][ob["out_ptr"][j] : ob["out_ptr"][j + 1]]])
-        assembled = np.concatenate(msgs)
-        rows = np.repeat(np.arange(blk["n"]), np.diff(blk["row_ptr"]))
-        got = sorted(zip((100 * ib + rows).tolist(), assembled[blk["cols"]].tolist(), strict=True))
-        sel = pairs[:, 2] == ib
-        assert got == sorted(
-            zip((100 * ib + pairs[sel, 3]).tolist(), (1000 * pairs[sel, 0] + pairs[sel, 1]).tolist(), strict=True)
-        )
+    # Each entity's "vector" is its position in users / items; a block holds its own in local order.
+    for own_blocks, other_blocks, own, other, own_block, ru, ri, key in (
+        (user_blocks, item_blocks, users, items, user_block, u, i, user_key),
+        (item_blocks, user_blocks, items, users, item_block, i, u, item_key),
+    ):
+        for b, blk in own_blocks.items():
+            mine = np.flatnonzero(own_block == b)
+            np.testing.assert_array_equal(blk["ids"], np.sort(own[mine]))  # local = rank of the value
+            own_position = {int(v): j for j, v in enumerate(own)}
+            np.testing.assert_array_equal(blk["keys"], [key[own_position[int(v)]] for v in blk["ids"]])
+            position = {int(v): j for j, v in enumerate(other)}
+            msgs = {}
+            for s, ob in other_blocks.items():
+                hit = np.flatnonzero(ob["out_dest"] == b)
+                if len(hit):
+                    j = hit[0]
+                    sent = ob["ids"][ob["out_idx"][ob["out_ptr"][j] : ob["out_ptr"][j + 1]]]
+                    msgs[s] = np.array([position[int(v)] for v in sent])
+            np.testing.assert_array_equal(blk["src"], sorted(msgs))
+            np.testing.assert_array_equal(np.diff(blk["src_ptr"]), [len(msgs[s]) for s in blk["src"]])
+            assembled = np.concatenate([msgs[s] for s in blk["src"]])
+            np.testing.assert_array_equal(other[assembled], blk["col_ids"])  # col_ids names each assembled row
+            rows = np.repeat(blk["ids"], np.diff(blk["row_ptr"]))
+            got = sorted(zip(rows.tolist(), other[assembled[blk["cols"]]].tolist(), blk["y"].tolist(), strict=True))
+            sel = own_block[ru] == b
+            assert got == sorted(zip(own[ru[sel]].tolist(), other[ri[sel]].tolist(), y[sel].tolist(), strict=True))
+
+
+def test_each_rows_ratings_come_in_column_order():
+    # A row's gathers then walk the assembled matrix forwards.
+    rng = np.random.default_rng(1)
+    own, other = rng.integers(0, 5, 200), rng.integers(-(10**12), 10**12, 200)
+    for blocks in (1, 2, 7):
+        packed = pack_arrays(own, (np.abs(other) % blocks).astype(np.int32), other, rng.normal(size=200), own * 2)
+        for r in range(packed["n"]):
+            lo, hi = packed["row_ptr"][r : r + 2]
+            assert np.all(np.diff(packed["cols"][lo:hi]) > 0)
 
 
 @pytest.mark.parametrize("high", [50, 2**40])
@@ -87,32 +88,95 @@ def test_sort_order_equals_lexsort(high):
     np.testing.assert_array_equal(_sort_order(*keys), np.lexsort(keys[::-1]))
 
 
+def _ratings(rng, n: int) -> dict[str, np.ndarray]:
+    i = rng.permutation(n)
+    user, item = (i % 60) * 1_000_003 - 7, (i // 7 % 25) * 10**12
+    return {
+        "user_block": (user % 3).astype(np.int32),
+        "user_id": user.astype(np.int64),
+        "user_key": user * 11 + 1,
+        "item_block": (item // 10**12 % 2).astype(np.int32),
+        "item_id": item.astype(np.int64),
+        "item_key": item + 5,
+        "y": rng.normal(size=n),
+    }
+
+
 def test_chunked_packing_equals_packing_all_rows_at_once():
     # Two partitions cut both sides' chunks; merging a block's chunks packs it as a whole would.
-    rng = np.random.default_rng(3)
-    i = rng.permutation(400)
-    rows = {  # every block of either side holds all its locals, as the index guarantees
-        "user_block": (i % 3).astype(np.int32),
-        "user_local": ((i // 3) % 20).astype(np.int32),
-        "item_block": (i % 2).astype(np.int32),
-        "item_local": ((i // 2) % 15).astype(np.int32),
-        "y": rng.normal(size=400),
-    }
-    rows["user_key"] = rows["user_local"] * 1000 + rows["user_block"].astype(np.int64)
-    rows["item_key"] = rows["item_local"] * 1000 + rows["item_block"].astype(np.int64)
+    rows = _ratings(np.random.default_rng(3), 400)
     batch = pa.RecordBatch.from_pydict({**rows, "offset": pa.nulls(400, pa.float64())})
     assert list(chunk_ratings(iter([]))) == []
     chunks = pa.Table.from_batches([*chunk_ratings(iter([batch.slice(0, 150)])), *chunk_ratings(iter([batch[150:]]))])
-    for side, own, other, blocks, n in ((0, "user", "item", 3, 20), (1, "item", "user", 2, 15)):
+    for side, own, other, blocks in ((0, "user", "item", 3), (1, "item", "user", 2)):
         for b in range(blocks):
             mine = chunks.filter(pc.and_(pc.equal(chunks["side"], side), pc.equal(chunks["block"], b)))
             assert mine.num_rows == 2  # one chunk from each partition
             packed = pack_chunks(mine)
             sel = rows[f"{own}_block"] == b
             direct = pack_arrays(
-                *(rows[c][sel] for c in (f"{own}_local", f"{other}_block", f"{other}_local", "y", f"{own}_key"))
+                *(rows[c][sel] for c in (f"{own}_id", f"{other}_block", f"{other}_id", "y", f"{own}_key"))
             )
-            assert packed.column("n")[0].as_py() == direct.pop("n") == n
+            assert packed.column("n")[0].as_py() == direct.pop("n") == len(np.unique(rows[f"{own}_id"][sel]))
             assert packed.column("offset")[0].as_py() is None and direct.pop("offset") is None
             for name, expected in direct.items():
                 np.testing.assert_array_equal(cell(packed, name, 0, expected.dtype), expected, err_msg=name)
+
+
+def test_placed_entities_are_routed_to_their_block_on_both_sides():
+    rows = _ratings(np.random.default_rng(4), 300)
+    batch = pa.RecordBatch.from_pydict({**rows, "offset": pa.array(np.linspace(-1, 1, 300))})
+    heavy_user, heavy_item = np.int64(rows["user_id"][0]), np.int64(rows["item_id"][0])
+    routes = (
+        (np.array([heavy_user], np.int64), np.array([(rows["user_block"][0] + 1) % 3], np.int32)),
+        (np.array([heavy_item], np.int64), np.array([(rows["item_block"][0] + 1) % 2], np.int32)),
+    )
+    sides = tuple(ChunkSide(heavy=values, heavy_blocks=blocks) for values, blocks in routes)
+    chunks = pa.Table.from_batches(list(chunk_ratings(iter([batch]), sides=sides)))
+    for side, value, route in ((0, heavy_user, routes[0]), (1, heavy_item, routes[1])):
+        holders = [
+            int(chunks["block"][r].as_py())
+            for r in range(chunks.num_rows)
+            if chunks["side"][r].as_py() == side and value in cell(chunks, "ids", r, np.int64)
+        ]
+        assert holders == [int(route[1][0])]  # all its ratings, in the placed block only
+        # The other side sees it in that block too, so the messages line up.
+        for r in range(chunks.num_rows):
+            if chunks["side"][r].as_py() != side:
+                others, where = cell(chunks, "other_ids", r, np.int64), cell(chunks, "other_block", r, np.int32)
+                assert np.all(where[others == value] == route[1][0])
+    total = sum(len(cell(chunks, "y", r, np.float64)) for r in range(chunks.num_rows))
+    assert total == 2 * 300
+
+
+def test_index_rows_give_each_entity_its_block_and_local():
+    ids = [np.array([-5, 3, 10**15], np.int64), np.array([7], np.int64)]
+    batch = pa.RecordBatch.from_pydict({"block": pa.array([2, 0], pa.int32()), "ids": [a.tobytes() for a in ids]})
+    out = pa.Table.from_batches(list(index_rows(iter([batch]))))
+    assert out.to_pylist() == [
+        {"value": -5, "block": 2, "local": 0},
+        {"value": 3, "block": 2, "local": 1},
+        {"value": 10**15, "block": 2, "local": 2},
+        {"value": 7, "block": 0, "local": 0},
+    ]
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_integer_ids_are_hashed_in_the_task_as_their_columns_would_give_them(wide):
+    # Integer ids need no block or key columns: the task computes Spark's hash and xxhash64.
+    rows = _ratings(np.random.default_rng(5), 300)
+    if not wide:
+        rows["user_id"] //= 10**4  # 32-bit ids
+        rows["item_id"] //= 10**4
+    given = dict(rows)
+    for side, n, seed in (("user", 3, 11), ("item", 2, 12)):
+        given[f"{side}_block"] = hashed_blocks(rows[f"{side}_id"], n, wide=wide)
+        given[f"{side}_key"] = xxhash64(rows[f"{side}_id"], seed, wide=wide)
+    with_columns = pa.RecordBatch.from_pydict({**given, "offset": pa.nulls(300, pa.float64())})
+    ids_only = pa.RecordBatch.from_pydict(
+        {c: rows[c] for c in ("user_id", "item_id", "y")} | {"offset": pa.nulls(300, pa.float64())}
+    )
+    hashed = (ChunkSide(3, 11, wide), ChunkSide(2, 12, wide))
+    a = pa.Table.from_batches(list(chunk_ratings(iter([with_columns]))))
+    b = pa.Table.from_batches(list(chunk_ratings(iter([ids_only]), sides=hashed)))
+    assert a.equals(b) and a.num_rows == 5

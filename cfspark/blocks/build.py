@@ -1,4 +1,9 @@
-"""Setup, once per fit: index ids, then shuffle the ratings into user and item blocks.
+"""Setup, once per fit: place users and items in blocks, then shuffle the ratings into them.
+
+As Spark ALS's makeBlocks does, no rating is ever joined to an id index: a rating's block
+on each side comes from its own ids (placement.py), and each block finds its entities'
+local indices itself, while it is packed (inblock.py). The (id, block, local) tables that
+factor tables and warm starts need are read back from the packed blocks, when asked for.
 
 The InBlocks are cached hash-partitioned by block, so that every later half-step
 cogroups against them in place: only factor messages move, never ratings.
@@ -6,22 +11,57 @@ cogroups against them in place: only factor messages move, never ratings.
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from cfspark.blocks.inblock import CHUNK_SCHEMA, INBLOCK_SCHEMA, chunk_ratings, pack_chunks
-from cfspark.data.index import index_entities
+from cfspark.blocks.inblock import (
+    CHUNK_SCHEMA,
+    INBLOCK_SCHEMA,
+    INDEX_SCHEMA,
+    ChunkSide,
+    chunk_ratings,
+    index_rows,
+    pack_chunks,
+)
+from cfspark.blocks.placement import (
+    MAX_BLOCKS,
+    VALUE,
+    Placement,
+    entity_counts,
+    hashed_block,
+    hashed_ids,
+    id_value,
+    place_sides,
+)
 from cfspark.phases import phase
-from cfspark.schema import BLOCK, ITEM, KEY, LOCAL, OFFSET, RATINGS, TARGET, USER
+from cfspark.schema import BLOCK, ITEM, LOCAL, OFFSET, RATINGS, TARGET, USER
 
-MAX_BLOCKS = 4096  # splitting stops here, whatever the loads
+__all__ = ["MAX_BLOCKS", "Blocks", "build_blocks"]
 
 log = logging.getLogger("cfspark")
+
+
+@dataclass
+class Side:
+    """How one side's ids map to the values its blocks order them by."""
+
+    id_col: str
+    dtype: T.DataType
+    entities: DataFrame | None  # entity_counts' table, cached, for hashed (string) ids; None for integers
+    placement: Placement
+
+    def index(self, inblocks: DataFrame) -> DataFrame:
+        """(id_col, block, local) of every entity, read from the packed InBlocks."""
+        rows = inblocks.select(BLOCK, "ids").mapInArrow(index_rows, INDEX_SCHEMA)
+        if self.entities is None:
+            return rows.select(F.col(VALUE).cast(self.dtype).alias(self.id_col), BLOCK, LOCAL)
+        return rows.join(self.entities.select(VALUE, self.id_col), VALUE).select(self.id_col, BLOCK, LOCAL)
 
 
 @dataclass
@@ -30,48 +70,43 @@ class Blocks:
 
     users: DataFrame  # user InBlocks, one row per user block
     items: DataFrame  # item InBlocks, one row per item block
-    user_index: DataFrame  # (user, ratings, block, local, key)
-    item_index: DataFrame  # (item, baseline, ratings, block, local, key)
-    num_user_blocks: int
-    num_item_blocks: int
+    user_side: Side
+    item_side: Side
+    _indexes: dict[str, DataFrame] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_user_blocks(self) -> int:
+        return self.user_side.placement.num_blocks
+
+    @property
+    def num_item_blocks(self) -> int:
+        return self.item_side.placement.num_blocks
+
+    @property
+    def user_index(self) -> DataFrame:
+        """(user, block, local), built on first use and cached."""
+        return self._index("user", self.user_side, self.users)
+
+    @property
+    def item_index(self) -> DataFrame:
+        """(item, block, local), built on first use and cached."""
+        return self._index("item", self.item_side, self.items)
+
+    def _index(self, name: str, side: Side, inblocks: DataFrame) -> DataFrame:
+        if name not in self._indexes:
+            self._indexes[name] = side.index(inblocks).cache()
+        return self._indexes[name]
 
     def unpersist(self) -> None:
-        for df in (self.users, self.items, self.user_index, self.item_index):
+        counts = [s.entities for s in (self.user_side, self.item_side) if s.entities is not None]
+        for df in (self.users, self.items, *self._indexes.values(), *counts):
             df.unpersist()
+        self._indexes.clear()
 
 
 def _pack(chunks: DataFrame, side: int, num_blocks: int) -> DataFrame:
     packed = chunks.filter(F.col("side") == side).groupBy("block").applyInArrow(pack_chunks, INBLOCK_SCHEMA)
     return packed.repartition(num_blocks, "block").cache()
-
-
-def _fitted_index(
-    entities: DataFrame, id_col: str, *, num_blocks: int, seed: int, max_block_ratings: int
-) -> tuple[DataFrame, int]:
-    """Index entities (id_col, ratings, ...) into num_blocks blocks, or into more blocks
-    if one would hold more than max_block_ratings ratings.
-
-    A block is one task's input and one Arrow cell per array, so a block too large
-    for a worker's memory is split up front rather than left to fail. One entity's
-    ratings always share a block, so no block can get below the heaviest entity.
-    """
-    while True:
-        index = index_entities(entities, id_col, num_blocks=num_blocks, seed=seed).cache()
-        load, heaviest = (
-            index.groupBy(BLOCK)
-            .agg(F.sum(RATINGS).alias("load"), F.max(RATINGS).alias("heaviest"))
-            .agg(F.max("load"), F.max("heaviest"))
-            .first()
-        )
-        load, heaviest = int(load or 0), int(heaviest or 0)
-        if heaviest > max_block_ratings:
-            log.warning("one %s has %d ratings, over max_block_ratings = %d", id_col, heaviest, max_block_ratings)
-        if load <= max(max_block_ratings, heaviest) or num_blocks >= MAX_BLOCKS:
-            return index, num_blocks
-        index.unpersist()
-        split = min(MAX_BLOCKS, num_blocks * math.ceil(load / max_block_ratings))
-        log.warning("a %s block would hold %d ratings: splitting %d blocks into %d", id_col, load, num_blocks, split)
-        num_blocks = split
 
 
 def build_blocks(
@@ -82,38 +117,58 @@ def build_blocks(
     num_item_blocks: int,
     seed: int,
     max_block_ratings: int = 10_000_000,
+    num_ratings: int | None = None,
 ) -> Blocks:
-    """Index users and items, attach (block, local) to each rating and pack both sides.
+    """Place users and items in blocks and pack both sides, with no join of ratings to ids.
 
     targets: (user, item, y, offset); baseline: (item, baseline, ratings), one row per trained item.
     Either side gets more blocks than asked for if a block would exceed max_block_ratings.
+    num_ratings, the number of targets if known, saves counting them.
+    Initial factors are drawn from xxhash64(id, seed) (users) and xxhash64(id, seed + 1)
+    (items), so the model does not depend on the number of blocks.
     """
     spark = targets.sparkSession
-    per_user = targets.groupBy(USER).agg(F.count(F.lit(1)).alias(RATINGS))
-    per_item = baseline
+    dtypes = {USER: targets.schema[USER].dataType, ITEM: targets.schema[ITEM].dataType}
     with phase(spark, "index"):
-        user_index, num_user_blocks = _fitted_index(
-            per_user, USER, num_blocks=num_user_blocks, seed=seed, max_block_ratings=max_block_ratings
+        if num_ratings is None:
+            num_ratings = int(baseline.agg(F.sum(RATINGS)).first()[0])
+        per_user = entity_counts(targets, USER)
+        per_item = entity_counts(baseline, ITEM, RATINGS)
+        # String ids need their (value, id) table again for the index: keep it.
+        per_user, per_item = (
+            t.cache() if hashed_ids(dtypes[c]) else t for t, c in ((per_user, USER), (per_item, ITEM))
         )
-        item_index, num_item_blocks = _fitted_index(
-            per_item, ITEM, num_blocks=num_item_blocks, seed=seed + 1, max_block_ratings=max_block_ratings
+        users_at, items_at = place_sides(
+            [(per_user, USER, num_user_blocks), (per_item, ITEM, num_item_blocks)],
+            total=num_ratings,
+            max_block_ratings=max_block_ratings,
         )
 
-    def prefixed(index: DataFrame, id_col: str, prefix: str) -> DataFrame:
-        return index.select(id_col, *[F.col(c).alias(f"{prefix}_{c}") for c in (BLOCK, LOCAL, KEY)])
+    def side(id_col: str, entities: DataFrame, placement: Placement) -> Side:
+        return Side(id_col, dtypes[id_col], entities if hashed_ids(dtypes[id_col]) else None, placement)
 
-    ratings = (
-        targets.select(USER, ITEM, TARGET, OFFSET)
-        .join(prefixed(user_index, USER, "user"), USER)
-        .join(prefixed(item_index, ITEM, "item"), ITEM)
-        .drop(USER, ITEM)
-    )
+    user_side, item_side = side(USER, per_user, users_at), side(ITEM, per_item, items_at)
+
+    def columns(id_col: str, placement: Placement, key_seed: int) -> tuple[list, ChunkSide]:
+        """The columns one side's ratings carry to the packing tasks, and how those find blocks and keys."""
+        raw, dtype = F.col(id_col), dtypes[id_col]
+        value = id_value(raw, dtype).alias(f"{id_col}_id")
+        wide = None if hashed_ids(dtype) else isinstance(dtype, T.LongType)
+        side = ChunkSide(placement.num_blocks, key_seed, wide, placement.heavy, placement.heavy_blocks)
+        if wide is not None:  # integers: the tasks hash them, and fewer columns cross to Arrow
+            return [value], side
+        block = hashed_block(raw, placement.num_blocks).alias(f"{id_col}_block")
+        return [value, block, F.xxhash64(raw, F.lit(key_seed)).alias(f"{id_col}_key")], side
+
+    (user_cols, user_rule), (item_cols, item_rule) = columns(USER, users_at, seed), columns(ITEM, items_at, seed + 1)
+    ratings = targets.select(*user_cols, *item_cols, F.col(TARGET), F.col(OFFSET))
+    chunk = functools.partial(chunk_ratings, sides=(user_rule, item_rule))
     with phase(spark, "pack"):
         # One pass cuts both sides' chunks: a few binary cells per partition and block, kept
-        # until both sides are packed so that the joins and the Arrow transfer run once.
-        chunks = ratings.mapInArrow(chunk_ratings, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
-        users = _pack(chunks, 0, num_user_blocks)
-        items = _pack(chunks, 1, num_item_blocks)
-        users.count(), items.count()
+        # until both sides are packed so that the Arrow transfer of the ratings runs once.
+        chunks = ratings.mapInArrow(chunk, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+        users = _pack(chunks, 0, users_at.num_blocks)
+        items = _pack(chunks, 1, items_at.num_blocks)
+        users.select(BLOCK).unionByName(items.select(BLOCK)).count()  # one job caches both
         chunks.unpersist()
-    return Blocks(users, items, user_index, item_index, num_user_blocks, num_item_blocks)
+    return Blocks(users, items, user_side, item_side)

@@ -1,0 +1,108 @@
+"""Setup without index joins: the model does not depend on the block counts, for integer and
+string ids; string ids that share a hash are refused; blocks are balanced by rating load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from planted import planted_ratings
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from cfspark import CollaborativeFilter
+from cfspark.blocks import placement
+from cfspark.blocks.placement import check_distinct, entity_counts
+from cfspark.errors import InputError
+from cfspark.train.messages import OUT_SCHEMA, init_blocks
+from cfspark.train.trainer import half_step
+
+PARAMS = dict(rank=3, maxIter=5, tol=0.0, seed=7, regParam=0.05)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_ratings(n_users=150, n_items=80, rank=3, density=0.25, noise=0.5, seed=2)  # about 3,000 ratings
+
+
+def _factors(df) -> dict:
+    id_col = df.columns[0]
+    return {r[id_col]: np.array([*r.features, r.bias]) for r in df.collect()}
+
+
+@pytest.mark.parametrize("ids", ["integer", "string"])
+def test_block_counts_do_not_change_the_model(spark, planted, ids):
+    if ids == "string":
+        rows = [(f"user-{u}", f"{i:03d}", r) for u, i, r in planted.rows()]
+        schema, types = "user string, item string, rating double", (T.StringType(), T.StringType())
+    else:
+        rows = planted.rows()
+        schema, types = "user int, item long, rating double", (T.IntegerType(), T.LongType())
+    df = spark.createDataFrame(rows, schema).cache()
+    one = CollaborativeFilter(numUserBlocks=1, numItemBlocks=1, **PARAMS).fit_validated(df)
+    many = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_validated(df)
+    assert (many.summary["num_user_blocks"], many.summary["num_item_blocks"]) == (3, 2)
+    for side, dtype in zip(("user", "item"), types, strict=True):
+        a, b = (_factors(getattr(m, f"{side}_factors")) for m in (one, many))
+        assert getattr(many, f"{side}_factors").schema[side].dataType == dtype  # the ids come back as they went in
+        assert a.keys() == b.keys() == {r[0] for r in df.select(side).distinct().collect()}
+        keys = sorted(a)
+        np.testing.assert_allclose([b[k] for k in keys], [a[k] for k in keys], rtol=1e-8, atol=1e-12)
+        assert np.abs([a[k] for k in keys]).max() > 0.1  # factors that moved, not zeros
+    for m in (one, many):
+        m.unpersist()
+    df.unpersist()
+
+
+def test_string_ids_that_share_a_hash_are_refused(spark, monkeypatch):
+    names = spark.createDataFrame([(f"user-{j}",) for j in range(20)], "user string")
+    check_distinct(entity_counts(names, "user"), "user")  # 64 bits: 20 ids, 20 values
+    monkeypatch.setattr(placement, "ID_BITS", 3)  # 8 values for 20 ids: some must share one
+    counts = entity_counts(names, "user")
+    assert counts.count() <= 8 and counts.agg(F.sum("ratings")).first()[0] == 20
+    with pytest.raises(InputError, match=r"shared by more than one user id, e\.g\. 'user-\d+' and another id"):
+        check_distinct(counts, "user")
+    numbers = spark.createDataFrame([(j,) for j in range(20)], "user long")
+    check_distinct(entity_counts(numbers, "user"), "user")  # integers are their own values
+    # A distributed fit stops in setup, before any training (a one-task fit orders no ids by hash).
+    ratings = spark.createDataFrame(
+        [(f"user-{j}", "item", 1.0 + j % 3) for j in range(20)], "user string, item string, rating double"
+    )
+    with pytest.raises(InputError, match="shared by more than one user id"):
+        CollaborativeFilter(rank=2, maxIter=1, numUserBlocks=2, numItemBlocks=1).fit_validated(ratings)
+
+
+def test_item_blocks_are_balanced_by_load_where_hashing_is_not(spark):
+    p = planted_ratings(n_users=400, n_items=300, rank=2, density=0.03, noise=0.5, seed=1, popularity_sd=1.5)
+    df = spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
+    mean = df.count() / 4
+    heaviest = np.unique(p.items, return_counts=True)[1].max()
+    hashed = dict(df.groupBy(F.pmod(F.hash("item"), F.lit(4))).count().collect())
+    assert heaviest <= 0.5 * mean  # no single item stops a balance within 1.5 × the mean...
+    assert max(hashed.values()) > 1.5 * mean  # ...but hashing alone does not reach it
+    blocks, stats, _ = CollaborativeFilter(rank=2, numUserBlocks=2, numItemBlocks=4).setup(df)
+    loads = {r.block: int(np.frombuffer(r.row_ptr, dtype=np.int64)[-1]) for r in blocks.items.collect()}
+    assert sorted(loads) == [0, 1, 2, 3] and sum(loads.values()) == df.count()
+    assert max(loads.values()) <= 1.5 * mean, (loads, mean)
+    placed = blocks.item_side.placement
+    assert list(placed.loads) == [loads[b] for b in range(4)] and list(placed.hashed_loads) == [
+        hashed.get(b, 0) for b in range(4)
+    ]
+    blocks.unpersist(), stats.unpersist(), df.unpersist()
+
+
+def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
+    # The InBlocks are cached hash-partitioned by block, so a half-step's cogroup shuffles
+    # only the messages: no exchange between the cached InBlocks and the cogroup.
+    df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
+    cf = CollaborativeFilter(rank=2, numUserBlocks=3, numItemBlocks=2)
+    blocks, stats, _ = cf.setup(df)
+    user_cfg, item_cfg = cf.step_config("user"), cf.step_config("item")
+    users = blocks.users.mapInArrow(init_blocks(user_cfg, send=False), OUT_SCHEMA)
+    items = blocks.items.mapInArrow(init_blocks(item_cfg, send=True), OUT_SCHEMA)
+    capsys.readouterr()
+    half_step(blocks.users, users, items, user_cfg).explain()
+    lines = capsys.readouterr().out.splitlines()
+    cogroup = next(j for j, line in enumerate(lines) if "FlatMapCoGroupsInArrow" in line)
+    scan = next(j for j, line in enumerate(lines) if "InMemoryTableScan" in line and "row_ptr" in line)
+    assert cogroup < scan and not any("Exchange" in line for line in lines[cogroup:scan]), "\n".join(lines[: scan + 1])
+    blocks.unpersist(), stats.unpersist()
