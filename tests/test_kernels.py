@@ -493,7 +493,7 @@ def test_a_float32_half_step_body_sends_float64_params_close_to_float64s():
     w = initial_params(np.arange(n_users, dtype=np.int64), 4, scale=0.1, side="user")
     x = initial_params(np.arange(n_items, dtype=np.int64), 4, scale=0.1, side="item")
     state = messages._rows(0, w, None, (0.0, 0.0), [])
-    sent = messages._rows(0, x, None, (0.0, 0.0), [(0, x[packed["col_local"]])])[1:]  # item block 0's message
+    sent = messages._rows(0, x, None, (0.0, 0.0), [(0, x[np.unique(items)])])[1:]  # block 0: its items, by id
     incoming = pa.Table.from_pylist(state + sent, schema=messages._ARROW_SCHEMA)
     out = {}
     for single in (False, True):
