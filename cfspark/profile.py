@@ -74,6 +74,7 @@ def stage_breakdown(api_root: str, *, after_job: int = -1) -> dict[str, dict]:
         if name:
             stage_phase.update({s: name for s in job["stageIds"]})
     totals = {name: {"stages": 0, "tasks": 0, **dict.fromkeys(_STAGE_METRICS, 0.0)} for name in PHASES}
+    spreads: dict[str, list[float | None]] = {}
     for stage in _get(f"{api_root}/stages?status=complete"):
         name = stage_phase.get(stage["stageId"])
         if name is None:
@@ -83,7 +84,33 @@ def stage_breakdown(api_root: str, *, after_job: int = -1) -> dict[str, dict]:
         t["tasks"] += stage["numCompleteTasks"]
         for key, (field, per_unit) in _STAGE_METRICS.items():
             t[key] += stage[field] / per_unit
-    return {name: {k: round(v, 3) for k, v in t.items()} for name, t in totals.items()}
+        if name in SPREAD_PHASES and stage["numCompleteTasks"] > 1:
+            spreads.setdefault(name, []).append(_task_spread(api_root, stage))
+    out = {name: {k: round(v, 3) for k, v in t.items()} for name, t in totals.items()}
+    for name, values in spreads.items():
+        values = sorted(v for v in values if v is not None)
+        if values:
+            out[name]["task_spread_median"] = round(values[len(values) // 2], 2)  # the upper median
+            out[name]["task_spread_worst"] = round(values[-1], 2)
+    return out
+
+
+# Phases whose tasks are blocks: there, a slow task is a heavy block (skew) that every
+# half-step waits for, so the profile reports how far the slowest task is from the median.
+SPREAD_PHASES = ("user-steps", "item-steps")
+
+
+def _task_spread(api_root: str, stage: dict) -> float | None:
+    """The stage's slowest task time over its median task time (1.0 = even)."""
+    url = f"{api_root}/stages/{stage['stageId']}/{stage.get('attemptId', 0)}/taskSummary?quantiles=0.5,1.0"
+    median, slowest = _get(url)["executorRunTime"]
+    return slowest / median if median > 0 else None
+
+
+def _spread(b: dict) -> str:
+    if "task_spread_median" not in b:
+        return ""
+    return f"{b['task_spread_median']:.2f} ×, {b['task_spread_worst']:.2f} ×"
 
 
 def profile_table(breakdown: dict[str, dict], history: list[dict], wall: dict[str, float]) -> str:
@@ -100,8 +127,9 @@ def profile_table(breakdown: dict[str, dict], history: list[dict], wall: dict[st
     }
     lines = [
         "| phase | wall s | task s | numpy kernels s | Arrow cells ↔ numpy s | JVM and Arrow transfer s"
-        " | of which GC s | shuffle read MiB | shuffle write MiB | fetch wait s | shuffle write s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        " | of which GC s | shuffle read MiB | shuffle write MiB | fetch wait s | shuffle write s"
+        " | slowest / median task (median stage, worst stage) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in PHASES:
         b = breakdown[name]
@@ -111,7 +139,7 @@ def profile_table(breakdown: dict[str, dict], history: list[dict], wall: dict[st
         lines.append(
             f"| {name} | {seconds} | {b['task_seconds']:.1f} | {k:.1f} | {c:.1f} | {rest:.1f}"
             f" | {b['gc_seconds']:.1f} | {b['shuffle_read_mib']:.0f} | {b['shuffle_write_mib']:.0f}"
-            f" | {b['shuffle_fetch_wait_seconds']:.1f} | {b['shuffle_write_seconds']:.1f} |"
+            f" | {b['shuffle_fetch_wait_seconds']:.1f} | {b['shuffle_write_seconds']:.1f} | {_spread(b)} |"
         )
     lines.append(f"\nSetup, all four phases: {wall['setup']:.1f} s wall.")
     return "\n".join(lines)

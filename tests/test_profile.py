@@ -41,6 +41,9 @@ def test_stage_metrics_are_summed_per_phase_from_tagged_jobs(monkeypatch):
         ],
         "/stages?status=complete": [_stage(0, 9000, 0), _stage(1, 1500, 2**20), _stage(2, 500, 3 * 2**20)]
         + [_stage(3, 4000, 2**21), _stage(4, 7000, 0)],
+        # Task times (median, slowest) of the user-steps stages: one heavy block in stage 1.
+        "/stages/1/0/taskSummary?quantiles=0.5,1.0": {"executorRunTime": [500.0, 1000.0]},
+        "/stages/2/0/taskSummary?quantiles=0.5,1.0": {"executorRunTime": [250.0, 250.0]},
     }
     monkeypatch.setattr(profile, "_get", lambda url: replies[url[len("api") :]])
     got = stage_breakdown("api", after_job=0)
@@ -55,6 +58,8 @@ def test_stage_metrics_are_summed_per_phase_from_tagged_jobs(monkeypatch):
         "shuffle_write_mib": 2.0,
         "shuffle_fetch_wait_seconds": 0.0,
         "shuffle_write_seconds": 0.004,
+        "task_spread_median": 2.0,  # of the two stages' 2.0 × and 1.0 ×, the upper median
+        "task_spread_worst": 2.0,
     }
     assert got["pack"]["task_seconds"] == 4.0 and got["pack"]["shuffle_read_mib"] == 2.0
     assert all(got[p]["stages"] == 0 for p in ("prepare", "index", "init", "item-steps"))
@@ -62,7 +67,7 @@ def test_stage_metrics_are_summed_per_phase_from_tagged_jobs(monkeypatch):
     history = [{"user_kernel_seconds": 0.75, "user_codec_seconds": 0.25, "item_kernel_seconds": 0.0}]
     table = profile_table(got, history, {"setup": 3.0, "user-steps": 1.5, "item-steps": 0.0})
     # user-steps: 2.0 task s = 0.75 numpy + 0.25 Arrow cells + 1.0 JVM and transfer.
-    assert "| user-steps | 1.5 | 2.0 | 0.8 | 0.2 | 1.0 | 0.0 | 4 | 2 | 0.0 | 0.0 |" in table
+    assert "| user-steps | 1.5 | 2.0 | 0.8 | 0.2 | 1.0 | 0.0 | 4 | 2 | 0.0 | 0.0 | 2.00 ×, 2.00 × |" in table
     assert "| pack | (setup) | 4.0 | 0.0 | 0.0 | 4.0 |" in table
 
 
