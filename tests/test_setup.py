@@ -106,3 +106,23 @@ def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
     scan = next(j for j, line in enumerate(lines) if "InMemoryTableScan" in line and "row_ptr" in line)
     assert cogroup < scan and not any("Exchange" in line for line in lines[cogroup:scan]), "\n".join(lines[: scan + 1])
     blocks.unpersist(), stats.unpersist()
+
+
+def test_a_warm_start_finds_string_ids_in_other_blocks(spark, planted):
+    # Three iterations, then one more warm-started with other block counts, equal four cold
+    # ones: every earlier factor reached its id through the index read back from the blocks.
+    rows = [(f"user-{u}", f"{i:03d}", r) for u, i, r in planted.rows()]
+    df = spark.createDataFrame(rows, "user string, item string, rating double").cache()
+    params = {**PARAMS, "optimizer": "newton"}
+    first = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **{**params, "maxIter": 3}).fit_validated(df)
+    warm = CollaborativeFilter(numUserBlocks=2, numItemBlocks=3, **{**params, "maxIter": 1}, initialModel=first)
+    warm = warm.fit_validated(df)
+    cold = CollaborativeFilter(numUserBlocks=1, numItemBlocks=1, **{**params, "maxIter": 4}).fit_validated(df)
+    for side in ("user", "item"):
+        a, b = (_factors(getattr(m, f"{side}_factors")) for m in (cold, warm))
+        keys = sorted(a)
+        assert keys == sorted(b)
+        np.testing.assert_allclose([b[k] for k in keys], [a[k] for k in keys], rtol=1e-8, atol=1e-12)
+    for m in (first, warm, cold):
+        m.unpersist()
+    df.unpersist()

@@ -6,8 +6,8 @@ leave one block, and so one task of every half-step, far heavier than the rest. 
 heaviest entities (each above HEAVY_SHARE of a mean block's load, and above 1 / MAX_HEAVY
 of all ratings, so there are at most MAX_HEAVY of them) are taken to the driver and placed
 greedily, largest first into the least loaded block, on top of the hashed load of
-everything else. A rating then finds its
-block from its own id alone: the hash, unless its entity is one of the few placed ones.
+everything else. A rating then finds its block from its own id alone: the hash, unless
+its entity is one of the few placed ones.
 
 Inside a block, entities are ordered by one 64-bit value per id: the id itself for
 integer ids, a hash of it for strings. Both sides order by the same value, which is what
@@ -31,8 +31,11 @@ from cfspark.schema import RATINGS
 
 MAX_BLOCKS = 4096  # splitting stops here, whatever the loads
 # An entity is placed rather than hashed when it holds more than this share of a mean
-# block's load, and more than 1 / MAX_HEAVY of all ratings.
-HEAVY_SHARE = 0.01
+# block's load, and more than 1 / MAX_HEAVY of all ratings. The more load is placed, the
+# less the hashed rest weighs on the block that takes the heaviest entity: on 1M ratings
+# with item skew 3, 16 item blocks, a share of 0.01 left the heaviest block at 1.23 × the
+# mean load (hashing alone: 1.58 ×), 0.001 at 1.00 ×.
+HEAVY_SHARE = 0.001
 MAX_HEAVY = 8192
 ID_HASH_SEED = 0x5EED  # string ids are ordered by xxhash64(id, ID_HASH_SEED)
 ID_BITS = 64  # the width of that hash; narrowed only by tests, to force collisions
