@@ -101,10 +101,24 @@ SPREAD_PHASES = ("user-steps", "item-steps")
 
 
 def _task_spread(api_root: str, stage: dict) -> float | None:
-    """The stage's slowest task time over its median task time (1.0 = even)."""
-    url = f"{api_root}/stages/{stage['stageId']}/{stage.get('attemptId', 0)}/taskSummary?quantiles=0.5,1.0"
-    median, slowest = _get(url)["executorRunTime"]
-    return slowest / median if median > 0 else None
+    """The stage's slowest task time over its median task time (1.0 = even), over the
+    tasks that read records: a shuffle into more partitions than blocks leaves empty ones,
+    whose near-zero times would make any stage look skewed."""
+    tasks = _get(f"{api_root}/stages/{stage['stageId']}/{stage.get('attemptId', 0)}/taskList?length=100000")
+    times = sorted(
+        t["taskMetrics"]["executorRunTime"]
+        for t in tasks
+        if t.get("taskMetrics") and _records_read(t["taskMetrics"]) > 0
+    )
+    if len(times) < 2 or times[(len(times) - 1) // 2] <= 0:
+        return None
+    return times[-1] / times[(len(times) - 1) // 2]  # the lower median
+
+
+def _records_read(metrics: dict) -> int:
+    return metrics.get("inputMetrics", {}).get("recordsRead", 0) + metrics.get("shuffleReadMetrics", {}).get(
+        "recordsRead", 0
+    )
 
 
 def _spread(b: dict) -> str:

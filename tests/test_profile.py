@@ -31,6 +31,10 @@ def _stage(stage_id, run_ms, read_bytes):
     }
 
 
+def _task(run_ms, records):
+    return {"taskMetrics": {"executorRunTime": run_ms, "shuffleReadMetrics": {"recordsRead": records}}}
+
+
 def test_stage_metrics_are_summed_per_phase_from_tagged_jobs(monkeypatch):
     replies = {
         "/jobs": [
@@ -41,9 +45,10 @@ def test_stage_metrics_are_summed_per_phase_from_tagged_jobs(monkeypatch):
         ],
         "/stages?status=complete": [_stage(0, 9000, 0), _stage(1, 1500, 2**20), _stage(2, 500, 3 * 2**20)]
         + [_stage(3, 4000, 2**21), _stage(4, 7000, 0)],
-        # Task times (median, slowest) of the user-steps stages: one heavy block in stage 1.
-        "/stages/1/0/taskSummary?quantiles=0.5,1.0": {"executorRunTime": [500.0, 1000.0]},
-        "/stages/2/0/taskSummary?quantiles=0.5,1.0": {"executorRunTime": [250.0, 250.0]},
+        # The user-steps stages' tasks: in stage 1 one block is twice as heavy as the other, and
+        # an empty partition (no records read) is left out; stage 2 is even.
+        "/stages/1/0/taskList?length=100000": [_task(500, 10), _task(1000, 10), _task(1, 0)],
+        "/stages/2/0/taskList?length=100000": [_task(250, 5), _task(250, 5)],
     }
     monkeypatch.setattr(profile, "_get", lambda url: replies[url[len("api") :]])
     got = stage_breakdown("api", after_job=0)
