@@ -68,13 +68,14 @@ def last_job(api_root: str) -> int:
 def stage_breakdown(api_root: str, *, after_job: int = -1) -> dict[str, dict]:
     """Summed task metrics of the completed stages of each tagged phase (seconds, MiB),
     over the jobs numbered after after_job."""
-    stage_phase = {}
+    stage_phase, stage_job = {}, {}
     for job in _get(f"{api_root}/jobs"):
         name = _phase_of(job.get("jobTags", [])) if job["jobId"] > after_job else None
         if name:
             stage_phase.update({s: name for s in job["stageIds"]})
+            stage_job.update({s: job["jobId"] for s in job["stageIds"]})
     totals = {name: {"stages": 0, "tasks": 0, **dict.fromkeys(_STAGE_METRICS, 0.0)} for name in PHASES}
-    spreads: dict[str, list[float | None]] = {}
+    heaviest: dict[int, dict] = {}  # per job of a half-step phase: its stage with the most task time
     for stage in _get(f"{api_root}/stages?status=complete"):
         name = stage_phase.get(stage["stageId"])
         if name is None:
@@ -84,8 +85,12 @@ def stage_breakdown(api_root: str, *, after_job: int = -1) -> dict[str, dict]:
         t["tasks"] += stage["numCompleteTasks"]
         for key, (field, per_unit) in _STAGE_METRICS.items():
             t[key] += stage[field] / per_unit
-        if name in SPREAD_PHASES and stage["numCompleteTasks"] > 1:
-            spreads.setdefault(name, []).append(_task_spread(api_root, stage))
+        job = stage_job[stage["stageId"]]
+        if name in SPREAD_PHASES and stage["executorRunTime"] > heaviest.get(job, {}).get("executorRunTime", -1):
+            heaviest[job] = stage
+    spreads: dict[str, list[float | None]] = {}
+    for stage in heaviest.values():  # a half-step's cogroup stage, where the blocks' numpy runs
+        spreads.setdefault(stage_phase[stage["stageId"]], []).append(_task_spread(api_root, stage))
     out = {name: {k: round(v, 3) for k, v in t.items()} for name, t in totals.items()}
     for name, values in spreads.items():
         values = sorted(v for v in values if v is not None)
