@@ -10,7 +10,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark import CollaborativeFilter
-from cfspark.blocks import placement
+from cfspark.blocks import partitioning, placement
+from cfspark.blocks.hashing import murmur3
 from cfspark.blocks.placement import check_distinct, entity_counts
 from cfspark.errors import InputError
 from cfspark.train.messages import OUT_SCHEMA, init_blocks
@@ -100,7 +101,7 @@ def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
     users = blocks.users.mapInArrow(init_blocks(user_cfg, send=False), OUT_SCHEMA)
     items = blocks.items.mapInArrow(init_blocks(item_cfg, send=True), OUT_SCHEMA)
     capsys.readouterr()
-    half_step(blocks.users, users, items, user_cfg).explain()
+    half_step(blocks.users, users, items, user_cfg, blocks.num_user_blocks).explain()
     lines = capsys.readouterr().out.splitlines()
     cogroup = next(j for j, line in enumerate(lines) if "FlatMapCoGroupsInArrow" in line)
     scan = next(j for j, line in enumerate(lines) if "InMemoryTableScan" in line and "row_ptr" in line)
@@ -126,3 +127,24 @@ def test_a_warm_start_finds_string_ids_in_other_blocks(spark, planted):
     for m in (first, warm, cold):
         m.unpersist()
     df.unpersist()
+
+
+def test_each_block_has_a_partition_of_its_own(spark, planted):
+    """Keyed by the block number, Spark's hash partitioning put both of 2 blocks in one
+    partition (one task did both half-steps); keyed by partition_key, block b is partition b."""
+    for n in (2, 3, 8, 64):
+        keys = partitioning.partition_keys(n)
+        assert sorted(np.mod(murmur3(np.array(keys, np.int32), wide=False).astype(np.int64), n)) == list(range(n))
+    n = 8
+    rows = spark.range(n).select(F.col("id").cast("int").alias("block"))
+    placed = rows.withColumn(partitioning.PART, partitioning.partition_key(F.col("block"), n))
+    got = placed.repartition(n, partitioning.PART).select("block", F.spark_partition_id().alias("p")).collect()
+    assert sorted((r.block, r.p) for r in got) == [(b, b) for b in range(n)]
+    naive = rows.repartition(n, "block").select(F.spark_partition_id().alias("p")).distinct().count()
+    assert naive < n  # what keying by the block number did
+    df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
+    blocks, stats, _ = CollaborativeFilter(rank=2, numUserBlocks=2, numItemBlocks=3).setup(df)
+    for inblocks in (blocks.users, blocks.items):
+        where = inblocks.select(F.col("block"), F.spark_partition_id().alias("p")).collect()
+        assert all(r.block == r.p for r in where) and len({r.p for r in where}) == len(where)
+    blocks.unpersist(), stats.unpersist()

@@ -29,6 +29,7 @@ from cfspark.blocks.inblock import (
     index_rows,
     pack_chunks,
 )
+from cfspark.blocks.partitioning import PART, partition_key
 from cfspark.blocks.placement import (
     MAX_BLOCKS,
     VALUE,
@@ -106,7 +107,9 @@ class Blocks:
 
 def _pack(chunks: DataFrame, side: int, num_blocks: int) -> DataFrame:
     packed = chunks.filter(F.col("side") == side).groupBy("block").applyInArrow(pack_chunks, INBLOCK_SCHEMA)
-    return packed.repartition(num_blocks, "block").cache()
+    # Block b in partition b (partitioning.py): the half-steps cogroup by the same key.
+    keyed = packed.withColumn(PART, partition_key(F.col(BLOCK), num_blocks))
+    return keyed.repartition(num_blocks, PART).cache()
 
 
 def build_blocks(

@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
+from cfspark.blocks.partitioning import PART, partition_key
 from cfspark.errors import TrainingError
 from cfspark.phases import phase
 from cfspark.train.checkpoint import Checkpointer
@@ -89,9 +90,13 @@ def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
     return df, HalfStep(*sums, message_mb=message_bytes / 2**20)
 
 
-def half_step(inblocks: DataFrame, own_out: DataFrame, other_out: DataFrame, cfg: StepConfig) -> DataFrame:
+def half_step(
+    inblocks: DataFrame, own_out: DataFrame, other_out: DataFrame, cfg: StepConfig, num_blocks: int
+) -> DataFrame:
     incoming = own_out.filter(F.col("src") == STATE).unionByName(other_out.filter(F.col("src") >= 0))
-    return inblocks.groupBy("block").cogroup(incoming.groupBy("dest")).applyInArrow(step_blocks(cfg), OUT_SCHEMA)
+    # Grouped by the blocks' partition keys, as the InBlocks are partitioned: they stay in place.
+    incoming = incoming.withColumn(PART, partition_key(F.col("dest"), num_blocks))
+    return inblocks.groupBy(PART).cogroup(incoming.groupBy(PART)).applyInArrow(step_blocks(cfg), OUT_SCHEMA)
 
 
 def train(
@@ -142,10 +147,10 @@ def train(
     for iteration in range(start + 1, max_iter + 1):
         step_began = time.perf_counter()
         with phase(spark, "user-steps"):
-            user_out, users = settle(half_step(blocks.users, user_out, item_out, user_cfg))
+            user_out, users = settle(half_step(blocks.users, user_out, item_out, user_cfg, blocks.num_user_blocks))
         half_way = time.perf_counter()
         with phase(spark, "item-steps"):
-            item_out, items = settle(half_step(blocks.items, item_out, user_out, item_cfg))
+            item_out, items = settle(half_step(blocks.items, item_out, user_out, item_cfg, blocks.num_item_blocks))
         # J after the iteration: data term with the new X and W, both L2 terms.
         entry = {
             "iteration": iteration,

@@ -8,17 +8,27 @@ from the data are not in the blocks, so they are dropped.
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
+from cfspark.blocks.partitioning import PART, partition_key
 from cfspark.schema import BIAS, BLOCK, FEATURES, ITEM, LOCAL, USER
 from cfspark.train.messages import OUT_SCHEMA, StepConfig, warm_blocks
 from cfspark.train.trainer import settle
 
 
-def _side(inblocks: DataFrame, index: DataFrame, factors: DataFrame, id_col: str, cfg: StepConfig, send: bool):
+def _side(
+    inblocks: DataFrame,
+    num_blocks: int,
+    index: DataFrame,
+    factors: DataFrame,
+    id_col: str,
+    cfg: StepConfig,
+    send: bool,
+):
     earlier = index.select(id_col, BLOCK, LOCAL).join(factors.select(id_col, FEATURES, BIAS), id_col)
-    rows = earlier.select(BLOCK, LOCAL, FEATURES, BIAS)
-    started = inblocks.groupBy(BLOCK).cogroup(rows.groupBy(BLOCK)).applyInArrow(warm_blocks(cfg, send=send), OUT_SCHEMA)
+    rows = earlier.select(BLOCK, LOCAL, FEATURES, BIAS, partition_key(F.col(BLOCK), num_blocks).alias(PART))
+    started = inblocks.groupBy(PART).cogroup(rows.groupBy(PART)).applyInArrow(warm_blocks(cfg, send=send), OUT_SCHEMA)
     return settle(started)[0]
 
 
@@ -27,6 +37,6 @@ def warm_start(
 ) -> tuple[DataFrame, DataFrame]:
     """(user_out, item_out) to pass as train(start_from=...): the users' state, and the
     items' state with their messages to the user blocks."""
-    user_out = _side(blocks.users, blocks.user_index, user_factors, USER, user_cfg, send=False)
-    item_out = _side(blocks.items, blocks.item_index, item_factors, ITEM, item_cfg, send=True)
+    user_out = _side(blocks.users, blocks.num_user_blocks, blocks.user_index, user_factors, USER, user_cfg, send=False)
+    item_out = _side(blocks.items, blocks.num_item_blocks, blocks.item_index, item_factors, ITEM, item_cfg, send=True)
     return user_out, item_out
