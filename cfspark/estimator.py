@@ -23,7 +23,6 @@ from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.read import Columns
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import validate_ratings
-from cfspark.errors import TrainingError
 from cfspark.evaluate import pointwise_metrics
 from cfspark.factors import factor_table
 from cfspark.model import CFModel
@@ -45,7 +44,7 @@ from cfspark.schema import (
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, StepConfig
 from cfspark.train.one_task import ONE_TASK_RATINGS, fit_one_task
-from cfspark.train.trainer import TrainResult, checkpoint_level, train
+from cfspark.train.trainer import TrainResult, checkpoint_level, diverged, train
 from cfspark.train.warm import warm_start
 
 # Automatic λ: the path walked from strong to weak regularisation, each λ warm-started from
@@ -281,14 +280,12 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
             )  # fmt: skip
         history, stop_reason = record["history"], record["stop"]
         if not math.isfinite(history[-1]["train_loss"]):
-            raise TrainingError(f"the training loss is {history[-1]['train_loss']} at iteration "
-                                f"{len(history)}; lower model.learning_rate or raise model.reg")  # fmt: skip
+            raise diverged(history[-1]["train_loss"], len(history))
         # The task timed its iterations; the rest of the wall time until now was setup.
         total = time.perf_counter() - began
         setup = total - history[-1]["elapsed"]
-        for entry in history:
-            entry["elapsed"] = round(entry["elapsed"] + setup, 3)
         for entry in history:  # the task's progress, told once it is back
+            entry["elapsed"] = round(entry["elapsed"] + setup, 3)
             log.info("iteration %d/%d: train loss %.6g (%.2f s, in one task)",
                      entry["iteration"], self.getMaxIter(), entry["train_loss"], entry["seconds"])  # fmt: skip
         log.info("training stopped after %d iterations: %s", len(history), stop_reason)

@@ -39,7 +39,7 @@ from cfspark.train.trainer import checkpoint_level, relative_change
 # 100,836 and synthetic 1M ratings (README, "Scale and speed").
 ONE_TASK_RATINGS = 1_000_000
 
-PART = "part"  # 0: a user's factors, 1: an item's, 2: the fit's record (history, stop reason)
+KIND = "kind"  # of an output row: 0 a user's factors, 1 an item's, 2 the fit's record
 USERS, ITEMS, RECORD = 0, 1, 2
 USER_KEY, ITEM_KEY = "user_key", "item_key"
 RECORD_COL = "record"
@@ -81,9 +81,9 @@ def fit_arrays(
     began = time.perf_counter()
     for iteration in range(1, max_iter + 1):
         step_began = time.perf_counter()
-        users, user_state, (_, user_reg) = solve_rows(user_cfg, *by_user[:3], by_user[3], items, users, user_state)
+        users, user_state, (_, user_reg) = solve_rows(user_cfg, *by_user, items, users, user_state)
         half_way = time.perf_counter()
-        items, item_state, (data, item_reg) = solve_rows(item_cfg, *by_item[:3], by_item[3], users, items, item_state)
+        items, item_state, (data, item_reg) = solve_rows(item_cfg, *by_item, users, items, item_state)
         now = time.perf_counter()
         entry = {
             "iteration": iteration,
@@ -135,11 +135,11 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
             user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol,
         )  # fmt: skip
         n_u, n_i = len(W), len(X)
-        # One table, three kinds of rows (PART): the id columns keep the Arrow types they arrived in.
+        # One table, three kinds of rows (KIND): the id columns keep the Arrow types they arrived in.
         user_type, item_type = users.dictionary.type, items.dictionary.type
         record = json.dumps({"history": history, "stop": stop, "users": n_u, "items": n_i})
         columns = {
-            PART: pa.array(np.r_[np.full(n_u, USERS), np.full(n_i, ITEMS), [RECORD]].astype(np.int32)),
+            KIND: pa.array(np.r_[np.full(n_u, USERS), np.full(n_i, ITEMS), [RECORD]].astype(np.int32)),
             USER: pa.concat_arrays([users.dictionary, pa.nulls(n_i + 1, user_type)]),
             ITEM: pa.concat_arrays([pa.nulls(n_u, item_type), items.dictionary, pa.nulls(1, item_type)]),
             FEATURES: pa.concat_arrays(
@@ -165,7 +165,7 @@ def fit_one_task(
     ids = {f.name: f.dataType for f in targets.schema.fields}
     out_schema = T.StructType(
         [
-            T.StructField(PART, T.IntegerType()),
+            T.StructField(KIND, T.IntegerType()),
             T.StructField(USER, ids[USER]),
             T.StructField(ITEM, ids[ITEM]),
             T.StructField(FEATURES, T.ArrayType(T.DoubleType())),
@@ -181,12 +181,12 @@ def fit_one_task(
     level = checkpoint_level(targets.sparkSession)
     fitted = rows.mapInArrow(_fit_body(user_cfg, item_cfg, max_iter, tol), out_schema)
     out = fitted.localCheckpoint(eager=False, storageLevel=level)
-    found = out.filter(F.col(PART) == RECORD).select(RECORD_COL).collect()  # the one job that fits
+    found = out.filter(F.col(KIND) == RECORD).select(RECORD_COL).collect()  # the one job that fits
     if not found:
         raise ValueError("there are no training ratings to fit")
     record = json.loads(found[0][RECORD_COL])
-    user_factors = out.filter(F.col(PART) == USERS).select(USER, FEATURES, BIAS)
-    item_factors = out.filter(F.col(PART) == ITEMS).select(ITEM, FEATURES, BIAS)
+    user_factors = out.filter(F.col(KIND) == USERS).select(USER, FEATURES, BIAS)
+    item_factors = out.filter(F.col(KIND) == ITEMS).select(ITEM, FEATURES, BIAS)
     user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
     item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
     out.unpersist()

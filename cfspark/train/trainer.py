@@ -174,8 +174,7 @@ def train(
             iteration, max_iter, entry["train_loss"], entry["seconds"], left,
         )  # fmt: skip
         if not math.isfinite(entry["train_loss"]):  # diverged: stop before checkpointing it
-            raise TrainingError(f"the training loss is {entry['train_loss']} at iteration {iteration}; "
-                                "lower model.learning_rate or raise model.reg")  # fmt: skip
+            raise diverged(entry["train_loss"], iteration)
         change = relative_change(history)
         converged = tol > 0 and change is not None and change < tol
         if converged:
@@ -194,6 +193,13 @@ def train(
     log.info("training stopped after %d iterations: %s", len(history), stop_reason)
     return TrainResult(
         user_out, item_out, history, resumed_from=start, setup_seconds=round(setup, 3), stop_reason=stop_reason
+    )
+
+
+def diverged(train_loss: float, iteration: int) -> TrainingError:
+    """The error for a fit whose training loss stopped being finite."""
+    return TrainingError(
+        f"the training loss is {train_loss} at iteration {iteration}; lower model.learning_rate or raise model.reg"
     )
 
 
