@@ -208,12 +208,13 @@ def _by_query_block(
     candidate_col: str,
     query_vec: Column,
     candidate_vec: Column,
-    exclude: DataFrame | None,
+    pairs: DataFrame | None,
     link: str,
 ) -> DataFrame:
     """top_n when one block holds every candidate: each query block's queries, a copy of
     every candidate and the block's excluded pairs meet in one task, as one union grouped
-    by query block (one shuffle), or with one query block, coalesced (no shuffle).
+    by query block (one shuffle), or with one query block, coalesced (no shuffle). pairs
+    holds the (q, c) ids to exclude, already cast to the factor tables' id types.
 
     An excluded pair's row carries an empty vector, not a null one: moving 1M rows with a
     null array<double> column from the JVM into Arrow took 10.5 s, with an empty one 0.6 s.
@@ -229,9 +230,7 @@ def _by_query_block(
     rows = queries.select(part(0, _block_of(query_col, num_q), F.col(query_col), no_c, query_vec)).unionByName(
         candidates.select(part(1, every_block, no_q, F.col(candidate_col), candidate_vec))
     )
-    if exclude is not None:
-        q = F.col(query_col).cast(q_type)  # cast first: the same id must hash into the same block
-        pairs = exclude.select(q.alias("q"), F.col(candidate_col).cast(c_type).alias("c"))
+    if pairs is not None:
         rows = rows.unionByName(pairs.select(part(2, _block_of("q", num_q), F.col("q"), F.col("c"), no_vec)))
     schema = T.StructType(
         [
@@ -294,21 +293,22 @@ def top_n(
     n_q, n_c = sizes if sizes else (queries.count(), candidates.count())
     num_q = max(1, math.ceil(n_q / QUERIES_PER_BLOCK))
     num_c = max(1, math.ceil(n_c / CANDIDATES_PER_BLOCK))
+    q_type, c_type = queries.schema[query_col].dataType, candidates.schema[candidate_col].dataType
+    pairs = None
+    if exclude is not None:  # cast first: the same id must hash into the same block as in the factor tables
+        pairs = exclude.select(
+            F.col(query_col).cast(q_type).alias("q"), F.col(candidate_col).cast(c_type).alias("c")
+        )
     if num_c == 1 and num_q * n_c <= REPLICATED_CANDIDATES:
         return _by_query_block(
             queries, candidates, num_q=num_q, n=n, query_col=query_col, candidate_col=candidate_col,
-            query_vec=query_vec, candidate_vec=candidate_vec, exclude=exclude, link=link,
+            query_vec=query_vec, candidate_vec=candidate_vec, pairs=pairs, link=link,
         )  # fmt: skip
-    q_type, c_type = queries.schema[query_col].dataType, candidates.schema[candidate_col].dataType
     q_blocks = _blocks(queries, query_col, query_vec, num_q, "q")
     c_blocks = _blocks(candidates, candidate_col, candidate_vec, num_c, "c")
     cells = q_blocks.crossJoin(c_blocks)
-    if exclude is not None:
-        pairs = exclude.select(
-            # Cast first: the same id must hash into the same block as in the factor tables.
-            F.col(query_col).cast(q_type).alias("q"),
-            F.col(candidate_col).cast(c_type).alias("c"),
-        ).select(_block_of("q", num_q).alias("qb"), _block_of("c", num_c).alias("cb"), "q", "c")
+    if pairs is not None:
+        pairs = pairs.select(_block_of("q", num_q).alias("qb"), _block_of("c", num_c).alias("cb"), "q", "c")
         run, schema = _pack_pairs(q_type, c_type)
         cells = cells.join(pairs.groupBy("qb", "cb").applyInArrow(run, schema), ["qb", "cb"], "left")
     score, schema = _score_cells(n, link, q_type, c_type, exclude is not None)

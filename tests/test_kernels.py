@@ -20,7 +20,7 @@ from cfspark.kernels.losses import pointwise
 from cfspark.kernels.newton import _moments, newton_step
 from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
 from cfspark.kernels.solve import solve_block
-from cfspark.kernels.topn import score_pair, top_n, top_within_groups
+from cfspark.kernels.topn import score_pair, top_within_groups
 from cfspark.train import messages
 
 RANK = 3
@@ -142,13 +142,6 @@ def test_initial_factors_depend_only_on_key_and_seed():
     draws = hashed_uniform(np.arange(20000, dtype=np.int64), 3)
     assert draws.min() >= -1 and draws.max() < 1
     assert abs(draws.mean()) < 0.02 and draws.std() == pytest.approx(1 / np.sqrt(3), rel=0.02)
-
-
-def test_top_n_orders_best_first_and_skips_excluded():
-    scores = np.array([[0.1, 0.9, -np.inf, 0.5], [3.0, 2.0, 1.0, 0.0]])
-    idx, val = top_n(scores, 3)
-    np.testing.assert_array_equal(idx, [[1, 3, 0], [0, 1, 2]])
-    np.testing.assert_array_equal(val, [[0.9, 0.5, 0.1], [3.0, 2.0, 1.0]])
 
 
 @contextlib.contextmanager

@@ -7,20 +7,6 @@ import numpy as np
 USER_CHUNK = 2048  # users scored at once, bounding the dense score matrix to USER_CHUNK × items
 
 
-def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and values of the n largest entries of each row, best first.
-
-    −inf marks an excluded entry; such entries sort last and callers drop them.
-    """
-    n = min(n, scores.shape[1])
-    if n == 0:
-        return np.empty((scores.shape[0], 0), np.int64), np.empty((scores.shape[0], 0))
-    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    vals = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
-
-
 # Candidates per group when screening: a row's best n lie in groups whose maximum reaches
 # the n-th largest group maximum, so one pass of group maxima prunes most of the row.
 GROUP = 64
