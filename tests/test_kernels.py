@@ -503,3 +503,56 @@ def test_a_float32_half_step_body_sends_float64_params_close_to_float64s():
     assert not np.array_equal(p32, p64)  # the float32 path ran
     np.testing.assert_allclose(p32, p64, atol=1e-5)
     assert loss32 == pytest.approx(loss64, rel=1e-6)
+
+
+def _weighted(problem: BlockProblem, weight: np.ndarray, **extra) -> BlockProblem:
+    """problem again, with a weight per rating."""
+    counts = np.bincount(problem.rows, minlength=int(problem.rows.max()) + 1)
+    return BlockProblem.build(
+        row_ptr=np.r_[0, np.cumsum(counts)], cols=problem.cols, other=problem.other_t.T, y=problem.y,
+        loss=problem.loss, reg=0.7, reg_mask=REG_MASK, rating_weight=weight, **extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+@pytest.mark.parametrize("count_scaled", [False, True])
+def test_weighted_ratings_loss_and_gradient_match_the_sum_and_finite_differences(loss, count_scaled):
+    """Σ a_r·loss(z_r, y_r) + penalty, with sampled-negative-like weights (0.25) among 1s and counts (3)."""
+    problem, params, rows, cols, other, y = _problem(np.random.default_rng(21), n=6, m=5, loss=loss)
+    weight = np.random.default_rng(22).choice([0.25, 1.0, 3.0], size=len(y))
+    weighted = _weighted(problem, weight, count_scaled=count_scaled)
+    value, grad = weighted.loss_and_grad(params)
+    z = np.einsum("rk,rk->r", params[rows], other[cols])
+    data = np.sum(weight * pointwise(loss, z, y)[0])
+    amount = np.bincount(rows, weight)  # count scaling counts a row's weights, not its ratings
+    lam = 0.7 * (amount * (0.25 if loss == "bce" else 1.0) if count_scaled else np.ones(len(params)))
+    assert value == pytest.approx(data + 0.5 * np.sum(lam * np.sum(params[:, :RANK] ** 2, axis=1)), rel=1e-12)
+    numeric = _finite_difference(lambda p: weighted.loss_and_grad(p)[0], params)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+
+
+def test_a_weight_of_two_is_the_rating_twice_in_the_newton_step():
+    """IRLS with a_r = 2 takes the step of the same block with that rating written twice."""
+    problem, params, rows, cols, other, y = _problem(np.random.default_rng(23), n=5, m=4, loss="bce", scale=0.5)
+    weight = np.ones(len(y))
+    weight[::3] = 2.0
+    twice = np.sort(np.r_[np.arange(len(y)), np.flatnonzero(weight == 2.0)])
+    doubled = BlockProblem.build(
+        row_ptr=np.r_[0, np.cumsum(np.bincount(rows[twice], minlength=5))], cols=cols[twice], other=other,
+        y=y[twice], loss="bce", reg=0.7, reg_mask=REG_MASK,
+    )  # fmt: skip
+    mask = np.ones(RANK + 1)
+    np.testing.assert_allclose(
+        newton_step(_weighted(problem, weight), params, mask), newton_step(doubled, params, mask), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_weighted_mse_newton_step_is_the_weighted_ridge_solution():
+    problem, params, rows, cols, other, y = _problem(np.random.default_rng(24), n=6, m=5)
+    weight = np.random.default_rng(25).uniform(0.1, 3.0, size=len(y))
+    stepped = newton_step(_weighted(problem, weight), params, np.ones(RANK + 1))
+    for r in range(len(params)):
+        sel = rows == r
+        a, w = other[cols[sel]], weight[sel]
+        ridge = np.linalg.solve(a.T @ (w[:, None] * a) + 0.7 * np.diag(REG_MASK), a.T @ (w * y[sel]))
+        np.testing.assert_allclose(stepped[r], ridge, rtol=1e-8, atol=1e-9)

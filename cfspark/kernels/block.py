@@ -7,9 +7,15 @@ arrived in this half-step, so the score is z_r = P[rows[r]] · O[cols[r]] + offs
 Users store P = [W | b | 1] and items store P = [X | 1 | c]: one dot product then gives
 w·x + b + c from either side, and the same kernel serves both half-steps.
 
+A rating may carry a weight a_r ≥ 0 (1 when none is given): the data term is
+Σ_r a_r·loss(z_r, y_r), so its gradient is a_r·dloss/dz and its Hessian a_r·d²loss/dz². A
+sampled negative with a_r < 1 then counts as a fraction of an observed label, and a count
+of plays as several (estimator.py maps counts and negatives to weights).
+
 The L2 penalty is ½ Σ_r Σ_col weight[r, col]·P[r, col]², with
   weight = λ·reg_mask + λ_b·bias_mask, or, when count_scaled,
-  weight = (λ·n_r·reg_mask + λ_b·bias_mask)·CURVATURE[loss], n_r being the row's rating count.
+  weight = (λ·n_r·reg_mask + λ_b·bias_mask)·CURVATURE[loss], n_r being the row's rating count
+  (the sum of its ratings' weights, when they have weights: the amount of data the row has).
 Count scaling is ALS-WR's (and Spark ALS's regParam): with the data term summed over a
 row's n_r ratings, a penalty that grows with n_r keeps the best λ the same whether an
 entity has 10 ratings or 10,000, so one default transfers across data sizes. The biases'
@@ -155,6 +161,7 @@ class BlockProblem:
     reg_mask: np.ndarray  # float64 (p,), 1 where λ applies
     tiling: Tiling
     weights: np.ndarray  # the L2 weight of each entry of P: (p,) or, count-scaled, (n × p)
+    rating_weight: np.ndarray | None = None  # float64 (nnz,), a_r of each rating, or None for all 1
 
     @classmethod
     def build(
@@ -172,9 +179,11 @@ class BlockProblem:
         bias_mask: np.ndarray | None = None,
         count_scaled: bool = False,
         dtype: type | np.dtype = np.float64,
+        rating_weight: np.ndarray | None = None,
     ) -> BlockProblem:
         """dtype (float64 or float32) is the working precision of the gathers and of the
-        Newton step's per-tile products; params and their solve stay float64."""
+        Newton step's per-tile products; params and their solve stay float64.
+        rating_weight (nnz,), each rating's weight a_r, or None when every a_r is 1."""
         dtype = np.dtype(dtype)
         if dtype not in (np.float64, np.float32):
             raise ValueError(f"dtype must be float64 or float32, not {dtype}")
@@ -182,7 +191,8 @@ class BlockProblem:
         rows = np.repeat(np.arange(len(counts)), counts)
         weights = reg * np.asarray(reg_mask, dtype=np.float64)
         if count_scaled:
-            weights = counts.astype(np.float64)[:, None] * weights[None, :]
+            amount = counts if rating_weight is None else np.bincount(rows, rating_weight, minlength=len(counts))
+            weights = amount.astype(np.float64)[:, None] * weights[None, :]
         if bias_mask is not None and bias_reg:
             weights = weights + bias_reg * np.asarray(bias_mask, dtype=np.float64)
         if count_scaled:
@@ -201,6 +211,7 @@ class BlockProblem:
             reg_mask=reg_mask,
             tiling=Tiling.of(np.asarray(row_ptr), run=max(1, min(TILE, SMALL_GEMM // padded.shape[1] ** 2))),
             weights=weights,
+            rating_weight=None if rating_weight is None else np.asarray(rating_weight, dtype=np.float64),
         )
 
     @property
@@ -210,7 +221,8 @@ class BlockProblem:
 
     @cached_property
     def _tiled(self) -> dict[str, np.ndarray | None]:
-        """cols, y and offset in tile order; padding gets row m of other (zeros), 0 and 0."""
+        """cols, y, offset and rating weight in tile order; padding gets row m of other (zeros),
+        0, 0 and weight 0."""
         index, nnz = self.tiling.index, len(self.y)
         clipped, pads = np.minimum(index, max(nnz - 1, 0)), np.flatnonzero(index == nnz)
 
@@ -223,6 +235,7 @@ class BlockProblem:
             "cols": tiled(self.cols, len(self.other) - 1, np.intp),
             "y": tiled(self.y, 0.0, np.float64),
             "offset": None if self.offset is None else tiled(self.offset, 0.0, np.float64),
+            "weight": None if self.rating_weight is None else tiled(self.rating_weight, 0.0, np.float64),
         }
 
     @cached_property
@@ -231,9 +244,16 @@ class BlockProblem:
         return (self.tiling.index < len(self.y)).astype(np.float64)
 
     def tiled(self, name: str, tile: Tile) -> np.ndarray | None:
-        """y, offset or valid (1.0 for a rating, 0.0 for padding) of one tile (count × length)."""
+        """y, offset, weight or valid (1.0 for a rating, 0.0 for padding) of one tile
+        (count × length). weight is None when the ratings carry no weights."""
         values = self._valid if name == "valid" else self._tiled[name]
         return None if values is None else values[tile.lo : tile.hi].reshape(tile.count, tile.length)
+
+    def amount(self, tile: Tile) -> np.ndarray:
+        """What each position of the tile counts for in the data term: its rating's weight,
+        or 1.0 for a rating and 0.0 for padding when the ratings carry no weights."""
+        weight = self.tiled("weight", tile)
+        return self.tiled("valid", tile) if weight is None else weight
 
     def extended(self, params: np.ndarray, dtype: np.dtype | type = np.float64) -> np.ndarray:
         """[P | 0] (n × (p+1)): params against the gathered [O | slot]."""
@@ -280,8 +300,8 @@ class BlockProblem:
         for tile in self.tiling.tiles:
             _, z = self.gather(tile, ext)
             values = per_rating(self.loss, z, self.tiled("y", tile))
-            if self.loss != "mse":  # padding scores 0 against 0: no MSE, but a BCE of log 2
-                values *= self.tiled("valid", tile)
+            if self.loss != "mse" or self.rating_weight is not None:
+                values *= self.amount(tile)  # padding scores 0 against 0: no MSE, but a BCE of log 2
             self.tiling.add(out, tile, values.sum(axis=1))
         return out
 
@@ -289,14 +309,14 @@ class BlockProblem:
         return float(self.row_data_loss(params).sum())
 
     def loss_and_grad(self, params: np.ndarray) -> tuple[float, np.ndarray]:
-        """J_block(P) = Σ loss(z, y) + λ/2 Σ‖P·mask‖², and dJ/dP."""
+        """J_block(P) = Σ a·loss(z, y) + λ/2 Σ‖P·mask‖², and dJ/dP."""
         ext = self.extended(params)
         grad = np.zeros_like(ext)
         data = 0.0
         for tile in self.tiling.tiles:
             o, z = self.gather(tile, ext)
             values, dz = pointwise(self.loss, z, self.tiled("y", tile))
-            valid = self.tiled("valid", tile)
-            data += float(np.sum(values * valid))
-            self.tiling.add(grad, tile, np.matmul((dz * valid)[:, None, :], o)[:, 0, :])
+            amount = self.amount(tile)
+            data += float(np.sum(values * amount))
+            self.tiling.add(grad, tile, np.matmul((dz * amount)[:, None, :], o)[:, 0, :])
         return data + self.reg_loss(params), grad[:, :-1] + self.weights * params

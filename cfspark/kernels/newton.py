@@ -1,7 +1,8 @@
 """A second-order step per own row: exact for the quadratic MSE sub-problem, IRLS for BCE.
 
 With the other side fixed, each row's sub-problem is independent and has only p = k + 1
-parameters, so its Hessian H_r = Σ w · o oᵀ + diag(L2 weights of row r) is a small p × p matrix. One
+parameters, so its Hessian H_r = Σ a·w · o oᵀ + diag(L2 weights of row r) is a small p × p matrix
+(a, the rating's weight, 1 unless given). One
 Newton step on the MSE sub-problem lands on the ridge solution exactly (ALS's update);
 for BCE the weights are σ'(z) and rows whose loss would rise take a halved step.
 """
@@ -20,7 +21,8 @@ def _moments(
     problem: BlockProblem, params: np.ndarray, free: np.ndarray, row_losses: np.ndarray | None = None
 ) -> np.ndarray:
     """Per own row, in the tiling's order: [H | g] (n × f × (f+1)), the Gauss-Newton Hessian
-    Σ w·o oᵀ and the data gradient Σ (dloss/dz)·o over the f free columns.
+    Σ a·w·o oᵀ and the data gradient Σ a·(dloss/dz)·o over the f free columns (a, each
+    rating's weight; w, the loss's curvature: 1 for MSE, p(1 − p) for BCE).
 
     The gathered rows are [O_free | slot | O_fixed]. Tile by tile, dloss/dz goes into the slot,
     so that one batched matrix product O_freeᵀ [w·O_free | dloss/dz] gives every row's
@@ -35,16 +37,17 @@ def _moments(
     sums = np.zeros((n, f, f + 1))
     for tile in problem.tiling.tiles:
         o, z = problem.gather(tile, ext, other)
-        y = problem.tiled("y", tile)
+        y, a = problem.tiled("y", tile), problem.tiled("weight", tile)
         if row_losses is not None:
-            problem.tiling.add(row_losses, tile, (per_rating(problem.loss, z, y) * problem.tiled("valid", tile)).sum(1))
+            problem.tiling.add(row_losses, tile, (per_rating(problem.loss, z, y) * problem.amount(tile)).sum(1))
         if problem.loss == "mse":
             o[..., f] = z - y
-            weighted = o[..., : f + 1]
+            weighted = o[..., : f + 1] if a is None else o[..., : f + 1] * a[..., None]
         else:
             p1 = sigmoid(z)  # P(y = 1): the IRLS weight is p1·(1 − p1)
-            weighted = o[..., : f + 1] * (p1 * (1.0 - p1))[..., None]
-            weighted[..., f] = p1 - y
+            curvature = p1 * (1.0 - p1) if a is None else a * p1 * (1.0 - p1)
+            weighted = o[..., : f + 1] * curvature[..., None]
+            weighted[..., f] = p1 - y if a is None else a * (p1 - y)
         o_t = o[..., :f].transpose(0, 2, 1)
         if tile.piece:  # runs of one heavy row
             sums[tile.slot] += np.matmul(o_t, weighted).sum(axis=0, dtype=np.float64)
