@@ -40,6 +40,7 @@ from cfspark.schema import (
     RATING,
     TARGET,
     USER,
+    WEIGHT,
 )
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.messages import OUT_SCHEMA, StepConfig
@@ -192,13 +193,18 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
 
         mse: y = y' = rating − μ_i with no offset; the baseline is μ_i, shrunk by meanPrior.
         bce: y = the label, with o_i added to each score; the baseline is o_i.
+        targets' weight is train_ratings' own weight column (each rating's a_r), or null (1).
         """
+        weight = F.col(WEIGHT) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
         if self.getLoss() == "mse":
             glob = float(train_ratings.agg(F.avg(RATING)).first()[0])
             stats = item_means(train_ratings, prior=self.getMeanPrior(), global_mean=glob).cache()
-            targets = normalise(train_ratings, stats).withColumn(OFFSET, F.lit(None).cast("double"))
+            no_offset = F.lit(None).cast("double").alias(OFFSET)
+            targets = normalise(train_ratings, stats).select(
+                USER, ITEM, F.col(NORMALISED).alias(TARGET), no_offset, weight.alias(WEIGHT)
+            )
             return (
-                targets.withColumnRenamed(NORMALISED, TARGET),
+                targets,
                 stats,
                 stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE), ITEM_RATINGS),
                 glob,
@@ -208,7 +214,7 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
         stats = item_offsets(train_ratings, prior=self.getOffsetPrior(), rate=rate, enabled=with_offset).cache()
         offset = F.col(ITEM_OFFSET) if with_offset else F.lit(None).cast("double")
         targets = train_ratings.join(stats.select(ITEM, ITEM_OFFSET), ITEM).select(
-            USER, ITEM, F.col(RATING).alias(TARGET), offset.alias(OFFSET)
+            USER, ITEM, F.col(RATING).alias(TARGET), offset.alias(OFFSET), weight.alias(WEIGHT)
         )
         glob = math.log(rate / (1 - rate)) if with_offset else 0.0
         baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col(LABELLED).alias(ITEM_RATINGS))

@@ -296,9 +296,7 @@ def top_n(
     q_type, c_type = queries.schema[query_col].dataType, candidates.schema[candidate_col].dataType
     pairs = None
     if exclude is not None:  # cast first: the same id must hash into the same block as in the factor tables
-        pairs = exclude.select(
-            F.col(query_col).cast(q_type).alias("q"), F.col(candidate_col).cast(c_type).alias("c")
-        )
+        pairs = exclude.select(F.col(query_col).cast(q_type).alias("q"), F.col(candidate_col).cast(c_type).alias("c"))
     if num_c == 1 and num_q * n_c <= REPLICATED_CANDIDATES:
         return _by_query_block(
             queries, candidates, num_q=num_q, n=n, query_col=query_col, candidate_col=candidate_col,

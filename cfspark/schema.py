@@ -23,6 +23,7 @@ ITEM_OFFSET = "item_offset"
 # What training fits: a rating's target and the fixed term added to its score.
 TARGET = "y"  # y' (mse) or the label (bce)
 OFFSET = "offset"  # o_i (bce) or null
+WEIGHT = "weight"  # a_r, the rating's weight in the loss (a count's, a sampled negative's), or null for 1
 BASELINE = "baseline"  # per item: μ_i (mse) or o_i (bce), added back at prediction
 RATINGS = ITEM_RATINGS  # per entity: its number of training ratings, which sizes the blocks
 

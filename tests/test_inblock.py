@@ -104,8 +104,10 @@ def _ratings(rng, n: int) -> dict[str, np.ndarray]:
 
 def test_chunked_packing_equals_packing_all_rows_at_once():
     # Two partitions cut both sides' chunks; merging a block's chunks packs it as a whole would.
+    # The ratings carry weights and no offsets: the weights are packed, the offsets stay null.
     rows = _ratings(np.random.default_rng(3), 400)
-    batch = pa.RecordBatch.from_pydict({**rows, "offset": pa.nulls(400, pa.float64())})
+    weight = np.random.default_rng(30).uniform(0.1, 3.0, 400)
+    batch = pa.RecordBatch.from_pydict({**rows, "offset": pa.nulls(400, pa.float64()), "weight": weight})
     assert list(chunk_ratings(iter([]))) == []
     chunks = pa.Table.from_batches([*chunk_ratings(iter([batch.slice(0, 150)])), *chunk_ratings(iter([batch[150:]]))])
     for side, own, other, blocks in ((0, "user", "item", 3), (1, "item", "user", 2)):
@@ -115,7 +117,8 @@ def test_chunked_packing_equals_packing_all_rows_at_once():
             packed = pack_chunks(mine)
             sel = rows[f"{own}_block"] == b
             direct = pack_arrays(
-                *(rows[c][sel] for c in (f"{own}_id", f"{other}_block", f"{other}_id", "y", f"{own}_key"))
+                *(rows[c][sel] for c in (f"{own}_id", f"{other}_block", f"{other}_id", "y", f"{own}_key")),
+                weight=weight[sel],
             )
             assert packed.column("n")[0].as_py() == direct.pop("n") == len(np.unique(rows[f"{own}_id"][sel]))
             assert packed.column("offset")[0].as_py() is None and direct.pop("offset") is None

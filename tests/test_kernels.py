@@ -542,9 +542,8 @@ def test_a_weight_of_two_is_the_rating_twice_in_the_newton_step():
         y=y[twice], loss="bce", reg=0.7, reg_mask=REG_MASK,
     )  # fmt: skip
     mask = np.ones(RANK + 1)
-    np.testing.assert_allclose(
-        newton_step(_weighted(problem, weight), params, mask), newton_step(doubled, params, mask), rtol=1e-10, atol=1e-12
-    )
+    stepped = newton_step(_weighted(problem, weight), params, mask)
+    np.testing.assert_allclose(stepped, newton_step(doubled, params, mask), rtol=1e-10, atol=1e-12)
 
 
 def test_weighted_mse_newton_step_is_the_weighted_ridge_solution():

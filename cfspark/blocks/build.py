@@ -41,7 +41,7 @@ from cfspark.blocks.placement import (
     place_sides,
 )
 from cfspark.phases import phase
-from cfspark.schema import BLOCK, ITEM, LOCAL, OFFSET, RATINGS, TARGET, USER
+from cfspark.schema import BLOCK, ITEM, LOCAL, OFFSET, RATINGS, TARGET, USER, WEIGHT
 
 __all__ = ["MAX_BLOCKS", "Blocks", "build_blocks"]
 
@@ -124,7 +124,7 @@ def build_blocks(
 ) -> Blocks:
     """Place users and items in blocks and pack both sides, with no join of ratings to ids.
 
-    targets: (user, item, y, offset); baseline: (item, baseline, ratings), one row per trained item.
+    targets: (user, item, y, offset, weight); baseline: (item, baseline, ratings), one row per trained item.
     Either side gets more blocks than asked for if a block would exceed max_block_ratings.
     num_ratings, the number of targets if known, saves counting them.
     Initial factors are drawn from xxhash64(id, seed) (users) and xxhash64(id, seed + 1)
@@ -164,7 +164,7 @@ def build_blocks(
         return [value, block, F.xxhash64(raw, F.lit(key_seed)).alias(f"{id_col}_key")], side
 
     (user_cols, user_rule), (item_cols, item_rule) = columns(USER, users_at, seed), columns(ITEM, items_at, seed + 1)
-    ratings = targets.select(*user_cols, *item_cols, F.col(TARGET), F.col(OFFSET))
+    ratings = targets.select(*user_cols, *item_cols, F.col(TARGET), F.col(OFFSET), F.col(WEIGHT))
     chunk = functools.partial(chunk_ratings, sides=(user_rule, item_rule))
     with phase(spark, "pack"):
         # One pass cuts both sides' chunks: a few binary cells per partition and block, kept

@@ -7,6 +7,7 @@ An InBlock row holds, for one block of users (or items):
 - row_ptr, cols, y: its ratings sorted by local row (CSR), cols pointing into the
   matrix assembled from the other side's messages, so a half-step needs no lookups;
 - offset: a fixed term added to each rating's score (bce's o_i), or null;
+- weight: each rating's weight in the loss (a sampled negative's, a count's), or null for 1;
 - src, src_ptr, col_ids: which other-side blocks send vectors here, where each
   block's rows start in the assembled matrix, and which of their entities (by value) they are;
 - out_dest, out_ptr, out_idx: the OutBlock, which of its own rows each other-side
@@ -30,8 +31,11 @@ from cfspark.blocks.codec import blob, cell
 from cfspark.blocks.hashing import hashed_blocks, xxhash64
 from cfspark.blocks.placement import route_blocks
 
+# Optional per-rating columns, each carried only when every rating has a value.
+EXTRAS = ("offset", "weight")
+
 INBLOCK_SCHEMA = (
-    "block int, n int, ids binary, keys binary, row_ptr binary, cols binary, y binary, offset binary, "
+    "block int, n int, ids binary, keys binary, row_ptr binary, cols binary, y binary, offset binary, weight binary, "
     "src binary, src_ptr binary, col_ids binary, out_dest binary, out_ptr binary, out_idx binary"
 )
 
@@ -74,11 +78,12 @@ def pack_arrays(
     y: np.ndarray,
     key: np.ndarray,
     offset: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The InBlock arrays for one block's ratings (pure numpy, any input order).
 
     Per rating: its own entity's value, the other entity's block and value, the target, the
-    own entity's key and the offset. A value belongs to one block on each side.
+    own entity's key, the offset and the weight. A value belongs to one block on each side.
     """
     ids, own = _distinct(np.asarray(own_ids, dtype=np.int64))
     keys = np.empty(len(ids), dtype=np.int64)
@@ -86,7 +91,7 @@ def pack_arrays(
     others, other = _distinct(np.asarray(other_ids, dtype=np.int64))
     blocks = np.empty(len(others), dtype=np.int32)
     blocks[other] = other_block
-    return _pack(own, other, ids, keys, others, blocks, y, offset)
+    return _pack(own, other, ids, keys, others, blocks, y, {"offset": offset, "weight": weight})
 
 
 def _pack(
@@ -97,10 +102,11 @@ def _pack(
     others: np.ndarray,
     other_blocks: np.ndarray,
     y: np.ndarray,
-    offset: np.ndarray | None,
+    extras: dict[str, np.ndarray | None],
 ) -> dict[str, np.ndarray]:
     """pack_arrays on dense indices: own[r] into ids (ascending, with keys), other[r] into
-    others (ascending, in other_blocks), one per rating."""
+    others (ascending, in other_blocks), one per rating; extras, the optional per-rating
+    columns (EXTRAS), each an array or None."""
     n = len(ids)
     # The assembled matrix: the other side's entities as their blocks send them, by block, then value.
     by_block = np.argsort(other_blocks, kind="stable")
@@ -115,7 +121,7 @@ def _pack(
     # 3-7 % slower offline; a profile that seemed to show 1.6 × was load on the machine.)
     order = _sort_order(own, cols)
     own, cols, other, y = own[order], cols[order], other[order], y[order]
-    offset = None if offset is None else offset[order].astype(np.float64)
+    extras = {name: None if v is None else v[order].astype(np.float64) for name, v in extras.items()}
     counts = np.bincount(own, minlength=n)
 
     needed = _distinct(other_blocks[other].astype(np.int64) * n + own)[0]
@@ -127,7 +133,7 @@ def _pack(
         "row_ptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         "cols": cols,
         "y": y.astype(np.float64),
-        "offset": offset,
+        **{name: extras.get(name) for name in EXTRAS},
         "src": src,
         "src_ptr": src_ptr,
         "col_ids": others[by_block].astype(np.int64),
@@ -139,15 +145,15 @@ def _pack(
 
 # One partition's ratings for one block of one side (0 = users, 1 = items), as binary cells:
 # ids and key per own entity (ascending ids), other_ids and other_block per other entity
-# (ascending), and per rating its own and other entity's index into those, y and offset.
+# (ascending), and per rating its own and other entity's index into those, y, offset and weight.
 CHUNK_SCHEMA = (
     "side int, block int, ids binary, key binary, own binary, other_ids binary, other_block binary,"
-    " other binary, y binary, offset binary"
+    " other binary, y binary, offset binary, weight binary"
 )
 SIDES = ("user", "item")
 _CHUNK_ARROW = pa.schema(
     [("side", pa.int32()), ("block", pa.int32())]
-    + [(n, pa.binary()) for n in ("ids", "key", "own", "other_ids", "other_block", "other", "y", "offset")]
+    + [(n, pa.binary()) for n in ("ids", "key", "own", "other_ids", "other_block", "other", "y", *EXTRAS)]
 )
 
 
@@ -178,7 +184,7 @@ class ChunkSide:
 def chunk_ratings(
     batches: Iterator[pa.RecordBatch], sides: tuple[ChunkSide, ChunkSide] = (ChunkSide(), ChunkSide())
 ) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: a partition's ratings (user_id, item_id, y, offset, and the
+    """mapInArrow body: a partition's ratings (user_id, item_id, y, offset, weight, and the
     {side}_block and {side}_key columns sides ask for) → one row of binary cells per block
     of each side.
 
@@ -190,10 +196,10 @@ def chunk_ratings(
     if not batches:  # an empty partition
         return
     table = pa.Table.from_batches(batches)
-    offset = table.column("offset")
     shared = {"y": table.column("y").to_numpy().astype(np.float64, copy=False)}
-    if offset.null_count == 0:
-        shared["offset"] = offset.to_numpy().astype(np.float64, copy=False)
+    for name in EXTRAS:  # a column of nulls (no offsets, or no weights) is not carried
+        if name in table.column_names and table.column(name).null_count == 0:
+            shared[name] = table.column(name).to_numpy().astype(np.float64, copy=False)
     values = {s: table.column(f"{s}_id").to_numpy().astype(np.int64, copy=False) for s in SIDES}
     blocks = {s: rule.blocks(table, s, values[s]) for s, rule in zip(SIDES, sides, strict=True)}
     rows = []
@@ -228,7 +234,7 @@ def chunk_ratings(
                     "other_ids": blob(others),
                     "other_block": blob(where),
                     "other": blob(other_idx),
-                    **{name: blob(cut[name][lo:hi]) if name in cut else None for name in ("y", "offset")},
+                    **{name: blob(cut[name][lo:hi]) if name in cut else None for name in ("y", *EXTRAS)},
                 }
             )
     yield pa.RecordBatch.from_pylist(rows, schema=_CHUNK_ARROW)
@@ -257,8 +263,8 @@ def pack_chunks(table: pa.Table) -> pa.Table:
 
     ids, own, keys = _merged(table, "ids", "own", "key", np.int64)
     others, other, other_blocks = _merged(table, "other_ids", "other", "other_block", np.int32)
-    has_offset = table.column("offset").null_count == 0
-    arrays = _pack(own, other, ids, keys, others, other_blocks, joined("y"), joined("offset") if has_offset else None)
+    extras = {name: joined(name) if table.column(name).null_count == 0 else None for name in EXTRAS}
+    arrays = _pack(own, other, ids, keys, others, other_blocks, joined("y"), extras)
     row = {
         "block": pa.array([table.column("block")[0].as_py()], pa.int32()),
         "n": pa.array([arrays.pop("n")], pa.int32()),

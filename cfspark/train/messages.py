@@ -168,6 +168,7 @@ def solve_rows(
     cols: np.ndarray,
     y: np.ndarray,
     offset: np.ndarray | None,
+    weight: np.ndarray | None,
     other: np.ndarray,
     params: np.ndarray,
     state: AdamState | None,
@@ -175,7 +176,7 @@ def solve_rows(
     """One half-step of one block in numpy: the rows' new params, the optimiser state to
     keep (Adam's; None otherwise) and the (data, L2) losses at the new params.
 
-    row_ptr/cols/y/offset are the block's ratings as CSR; other is the other side's params
+    row_ptr/cols/y/offset/weight are the block's ratings as CSR; other is the other side's params
     in the order cols index. The distributed half-step and the one-task fit both call this.
     """
     problem = BlockProblem.build(
@@ -191,6 +192,7 @@ def solve_rows(
         bias_mask=bias_mask(cfg.rank, cfg.side),
         count_scaled=cfg.count_scaled,
         dtype=np.float32 if cfg.float32 else np.float64,
+        rating_weight=weight,
     )
     params, state = solve_block(
         problem,
@@ -222,9 +224,10 @@ def step_blocks(cfg: StepConfig):
 
         row_ptr, cols = cell(inblock, "row_ptr", 0, np.int64), cell(inblock, "cols", 0, np.int32)
         y, offset = cell(inblock, "y", 0, np.float64), cell(inblock, "offset", 0, np.float64)
+        weight = cell(inblock, "weight", 0, np.float64)
         other = _assemble(inblock, incoming, cfg.width)
         decoded = time.perf_counter()
-        params, keep, losses = solve_rows(cfg, row_ptr, cols, y, offset, other, params, state)
+        params, keep, losses = solve_rows(cfg, row_ptr, cols, y, offset, weight, other, params, state)
         block = inblock.column("block")[0].as_py()
         solved = time.perf_counter()
         outbox = _outbox(inblock, 0, params)

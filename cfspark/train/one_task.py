@@ -31,7 +31,7 @@ from pyspark.sql import types as T
 from cfspark.blocks.codec import list_rows
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
-from cfspark.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER
+from cfspark.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER, WEIGHT
 from cfspark.train.messages import StepConfig, solve_rows
 from cfspark.train.trainer import checkpoint_level, relative_change
 
@@ -57,6 +57,7 @@ def fit_arrays(
     item_local: np.ndarray,
     y: np.ndarray,
     offset: np.ndarray | None,
+    weight: np.ndarray | None,
     user_keys: np.ndarray,
     item_keys: np.ndarray,
     user_cfg: StepConfig,
@@ -71,8 +72,8 @@ def fit_arrays(
     has at least one rating. The history has the trainer's fields, with task seconds.
     """
     n_users, n_items = len(user_keys), len(item_keys)
-    by_user = _csr(user_local, item_local, n_users, y, offset)
-    by_item = _csr(item_local, user_local, n_items, y, offset)
+    by_user = _csr(user_local, item_local, n_users, y, offset, weight)
+    by_item = _csr(item_local, user_local, n_items, y, offset, weight)
     users = initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user")
     items = initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item")
     user_state = item_state = None
@@ -128,10 +129,11 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
         user_keys[user_local] = table.column(USER_KEY).to_numpy()
         item_keys = np.empty(len(items.dictionary), np.int64)
         item_keys[item_local] = table.column(ITEM_KEY).to_numpy()
-        offset = table.column(OFFSET)
+        offset, weight = (table.column(name) for name in (OFFSET, WEIGHT))
         W, X, history, stop = fit_arrays(
             user_local, item_local, table.column(TARGET).to_numpy().astype(np.float64),
             None if offset.null_count else offset.to_numpy().astype(np.float64),
+            None if weight.null_count else weight.to_numpy().astype(np.float64),
             user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol,
         )  # fmt: skip
         n_u, n_i = len(W), len(X)
@@ -156,7 +158,7 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
 def fit_one_task(
     targets: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, *, max_iter: int, tol: float, seed: int
 ) -> tuple[DataFrame, DataFrame, dict]:
-    """(user_factors, item_factors, record) from targets (user, item, y, offset); the record
+    """(user_factors, item_factors, record) from targets (user, item, y, offset, weight); the record
     holds the loss history, the stop reason and the numbers of users and items.
 
     The factor tables are (id, features, bias) under the input's id types, materialised
@@ -174,7 +176,7 @@ def fit_one_task(
         ]
     )
     rows = targets.select(
-        USER, ITEM, TARGET, OFFSET,
+        USER, ITEM, TARGET, OFFSET, WEIGHT,
         F.xxhash64(F.col(USER), F.lit(seed)).alias(USER_KEY),  # the distributed fit's init keys
         F.xxhash64(F.col(ITEM), F.lit(seed + 1)).alias(ITEM_KEY),
     ).coalesce(1)  # fmt: skip
