@@ -74,7 +74,8 @@ def compare_als(
     time_recommend: bool = False,
 ) -> dict:
     """mse: ALS over reg_grid, the best on test RMSE. bce: explicit ALS on the labels over
-    reg_grid, and implicit ALS on the positives over alpha_grid, each the best on test AUC.
+    reg_grid, the best on test AUC, and implicit ALS on the positives over reg_grid × alpha_grid,
+    the best on test NDCG@k (on test AUC when relevant is None).
     relevant None skips the ranking metrics; time_recommend times ALS's own
     recommendForAllUsers(k) for the best explicit model (which does not exclude anything)."""
     users, items = _int_ids(train, USER, _U).cache(), _int_ids(train, ITEM, _I).cache()
@@ -140,27 +141,29 @@ def compare_als(
 
         positives = train_ids.filter(F.col(RATING) == 1.0)
         implicit_runs, implicit_models = [], {}
-        for alpha in alpha_grid:
-            model, seconds = _fit(als(best["regParam"], implicitPrefs=True, alpha=float(alpha)), positives)
-            implicit_models[float(alpha)] = (model, seconds)
-            implicit_runs.append(
-                {
-                    "alpha": float(alpha),
-                    "test": classification_metrics(scored(model), logloss=False),
-                    "fit_seconds": seconds,
-                }
-            )
-        chosen = max(implicit_runs, key=lambda r: r["test"]["auc"] if r["test"]["auc"] is not None else float("-inf"))
-        model, seconds = implicit_models[chosen["alpha"]]
+        ranking = "ndcg_at_k" if relevant is not None else "auc"
+        for reg in reg_grid:
+            for alpha in alpha_grid:
+                model, seconds = _fit(als(reg, implicitPrefs=True, alpha=float(alpha)), positives)
+                implicit_models[(float(reg), float(alpha))] = (model, seconds)
+                implicit_runs.append(
+                    {
+                        "regParam": float(reg),
+                        "alpha": float(alpha),
+                        "test": {**classification_metrics(scored(model), logloss=False), **ranked(model)},
+                        "fit_seconds": seconds,
+                    }
+                )
+        chosen = max(
+            implicit_runs, key=lambda r: r["test"][ranking] if r["test"][ranking] is not None else float("-inf")
+        )
+        model, seconds = implicit_models[(chosen["regParam"], chosen["alpha"])]
         implicit = {
-            "test": {
-                **chosen["test"],
-                **ranked(model),
-            },
+            "test": chosen["test"],
             "fit_seconds": seconds,
             "params": {
                 "rank": rank,
-                "regParam": best["regParam"],
+                "regParam": chosen["regParam"],
                 "alpha": chosen["alpha"],
                 "maxIter": max_iter,
                 "implicitPrefs": True,

@@ -128,6 +128,10 @@ _BOUNDS = {
     ("spark", "shuffle_partitions"): (1, True),
     ("model", "offset_prior"): (0.0, False),
     ("negatives", "per_positive"): (0, True),
+    ("negatives", "per_labelled"): (1, True),
+    ("negatives", "weight"): (0.0, False),
+    ("model", "exposure_reg"): (0.0, True),
+    ("input", "weight_alpha"): (0.0, True),
     ("compare", "als_clip_eps"): (0.0, False),
 }
 
@@ -212,5 +216,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError('output.exclude = "positives" needs model.loss = "bce"')
     elif cfg["input"]["duplicates"] == "mean":
         raise ConfigError('input.duplicates = "mean" would make fractional labels; use "max" or "error" with bce')
+    elif cfg["model"]["exposure"] and cfg["negatives"]["per_positive"]:
+        raise ConfigError(
+            "negatives.per_positive samples 0-labels for the plain bce model, but model.exposure samples its own "
+            "(negatives.per_labelled): set model.exposure = false, or negatives.per_positive = 0"
+        )
     if not cfg["output"]["path"]:
         raise ConfigError("output.path must not be empty")

@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks, build_blocks
+from cfspark.data.exposure import confidence, exposure_labels
 from cfspark.data.normalise import item_means, normalise
 from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.read import Columns
@@ -37,6 +38,7 @@ from cfspark.schema import (
     LABELLED,
     NORMALISED,
     OFFSET,
+    P_EXPOSED,
     RATING,
     TARGET,
     USER,
@@ -138,7 +140,7 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
 
     @property
     def columns(self) -> Columns:
-        return Columns(self.getUserCol(), self.getItemCol(), self.getRatingCol())
+        return Columns(self.getUserCol(), self.getItemCol(), self.getRatingCol(), self.getWeightCol())
 
     def _with(self, **values: Any) -> CollaborativeFilter:
         """A copy with these Params set."""
@@ -160,22 +162,26 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
         )
 
     def _fit(self, dataset: DataFrame) -> CFModel:
-        """Validate (userCol, itemCol, ratingCol) rows, keeping id types as they are, and fit."""
-        for name in (self.getUserCol(), self.getItemCol(), self.getRatingCol()):
+        """Validate (userCol, itemCol, ratingCol[, weightCol]) rows, keeping id types as they
+        are, and fit; a weightCol count c becomes the row's weight 1 + alpha·c."""
+        for name in self.columns.names:
             if name not in dataset.columns:
                 raise ValueError(f"the input has no column {name!r} (columns: {', '.join(dataset.columns)})")
         ratings = validate_ratings(
-            dataset.select(self.getUserCol(), self.getItemCol(), self.getRatingCol()),
+            dataset.select(*self.columns.names),
             self.columns,
             id_type="keep",
             duplicates="error",
             labels=self.getLoss() == "bce",
         )
+        if self.getWeightCol():
+            ratings = ratings.withColumn(WEIGHT, confidence(F.col(WEIGHT), self.getAlpha()))
         return self.fit_validated(ratings.cache())
 
     def fingerprint(self, train_ratings: DataFrame) -> str:
         """What a checkpoint must match to be resumed: the data and every param that shapes the model."""
-        data = train_ratings.agg(F.count(F.lit(1)), F.sum(F.pmod(F.xxhash64(USER, ITEM, RATING), F.lit(2**31)))).first()
+        hashed = [USER, ITEM, RATING, *([WEIGHT] if WEIGHT in train_ratings.columns else [])]
+        data = train_ratings.agg(F.count(F.lit(1)), F.sum(F.pmod(F.xxhash64(*hashed), F.lit(2**31)))).first()
         unshaping = ("maxIter", "tol", "checkpointDir", "checkpointInterval", "predictionCol", "coldStartStrategy")
         params = {k: v for k, v in self._shared_params().items() if k not in unshaping}
         start = self.getInitialModel()
@@ -228,6 +234,8 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
         on_iteration, if given, is called with the model as it stands after each iteration
         and returns extra fields for that iteration's history entry; its time is not counted.
         """
+        if self.getLoss() == "bce" and self.getExposure():
+            return self._fit_with_exposure(train_ratings, on_iteration)
         if self.getRegParam() == AUTO:
             reg, path = self.choose_reg(train_ratings)
             model = self._with(regParam=reg).fit_validated(train_ratings, on_iteration=on_iteration)
@@ -262,6 +270,40 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
         for df in (result.user_out, result.item_out):
             df.unpersist()
         return fitted
+
+    def _fit_with_exposure(self, train_ratings: DataFrame, on_iteration: Callable[[CFModel], dict] | None) -> CFModel:
+        """bce with exposure: two fits through the same engine, the preference model on the
+        labelled pairs (P(like | shown)) and the exposure model on labelled-or-not pairs
+        (data/exposure.py: P(exposed)); the model ranks by their product.
+
+        Labels that are all 1 (positive-only data) have no preference to learn: the model is
+        then the exposure model alone, and its predictions are P(exposed) (summary positive_only).
+        """
+        plain = self._with(exposure=False)
+        earlier = self.getInitialModel()
+        earlier = CFModel.load(earlier) if isinstance(earlier, str) else earlier
+        exposure_fit = plain._with(regParam=self.getExposureRegParam(), predictionCol=P_EXPOSED)
+        exposure_fit.clear(exposure_fit.initialModel)
+        if earlier is not None and earlier.exposure_model is not None:
+            exposure_fit.setInitialModel(earlier.exposure_model)
+        if self.getCheckpointDir():  # each fit resumes from its own checkpoints
+            exposure_fit = exposure_fit._with(checkpointDir=self.getCheckpointDir().rstrip("/") + "_exposure")
+        positive_only = train_ratings.filter(F.col(RATING) != 1.0).limit(1).count() == 0
+        exposed = exposure_labels(
+            train_ratings, per_labelled=self.getExposureNegatives(), sampling=self.getNegativeSampling(),
+            weight=self.getNegativeWeight(), seed=self.getSeed(),
+        ).cache()  # fmt: skip
+        exposure = exposure_fit.fit_validated(exposed, on_iteration=on_iteration if positive_only else None)
+        exposure.training_pairs = None  # its sampled zeros are not pairs to exclude from recommendations
+        exposed.unpersist()
+        if positive_only:
+            exposure.summary["positive_only"] = True
+            exposure.training_pairs = _pairs(train_ratings)
+            return self._copyValues(exposure)
+        preference = plain.fit_validated(train_ratings, on_iteration=on_iteration)
+        preference.exposure_model = exposure
+        preference.summary["exposure"] = {k: exposure.summary.get(k) for k in ("reg", "history", "stop_reason")}
+        return preference._set(exposure=True)
 
     def one_task(self, num_ratings: int | None) -> bool:
         """Whether a fit of num_ratings training ratings runs whole inside one task

@@ -87,10 +87,11 @@ def ranking_metrics(recommendations: DataFrame, relevant: DataFrame, *, k: int) 
     }
 
 
-def pointwise_metrics(model, df: DataFrame) -> dict:
-    """The model's pointwise test metrics on df: rmse/mae (mse) or logloss/auc (bce)."""
+def pointwise_metrics(model, df: DataFrame, *, prediction_col: str | None = None) -> dict:
+    """The model's pointwise test metrics on df: rmse/mae (mse) or logloss/auc (bce), of its
+    prediction column or of prediction_col among the columns its predictions carry."""
     predictions = model.predict_canonical(df)
-    col = model.getPredictionCol()
+    col = prediction_col or model.getPredictionCol()
     if model.getLoss() == "mse":
         return regression_metrics(predictions, prediction_col=col)
     return classification_metrics(predictions, prediction_col=col)

@@ -21,7 +21,7 @@ from cfspark.data.validate import validate_ratings
 from cfspark.model_io import CFModelReader, CFModelWriter
 from cfspark.params import CFParams
 from cfspark.recommend import nested, top_n
-from cfspark.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_OFFSET, RATING, USER
+from cfspark.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_OFFSET, P_EXPOSED, P_LIKE, RANK, RATING, SCORE, USER
 from cfspark.train.foldin import fold_in
 
 log = logging.getLogger("cfspark")
@@ -86,6 +86,9 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
         self.training_pairs = training_pairs  # (user, item, rating): excluded from recommendations by default
         self.summary: dict[str, Any] = summary or {}  # history, reg, reg_path, stop_reason
         self.run_metadata: dict[str, Any] = {}  # what a job saved beside the model (config, counts, versions)
+        # bce with exposure: the exposure model (its predictions are P(exposed)); this model's own
+        # factors are then the preference model's, P(like | shown). None otherwise.
+        self.exposure_model: CFModel | None = None
         self._borrowed: set[str] = set()  # tables shared with the model this one was derived from
 
     # -- public tables under the caller's column names ---------------------------------
@@ -124,13 +127,18 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
             prediction = F.when(known, prediction).otherwise(F.lit(float("nan")))
         elif cold_start == "drop":
             joined = joined.filter(known)
-        out = joined.withColumn(self.getPredictionCol(), prediction)
-        return out.drop("_w", "_b", "_x", "_c", "_base")
+        out = joined.withColumn(self.getPredictionCol(), prediction).drop("_w", "_b", "_x", "_c", "_base")
+        if self.exposure_model is not None:  # P(exposed) beside P(like | shown), and their product, the score
+            out = self.exposure_model.predict_canonical(out, cold_start="mean")
+            out = out.withColumn(SCORE, F.col(self.getPredictionCol()) * F.col(self.exposure_model.getPredictionCol()))
+        return out
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        """Add the prediction column to a DataFrame with the user and item columns."""
+        """Add the prediction column to a DataFrame with the user and item columns; an
+        exposure-aware model's prediction is P(like | shown), and it adds p_exposed and score."""
         out = self.predict_canonical(self._canonical(dataset), cold_start=self.getColdStartStrategy())
-        return self._named(out).select(*dataset.columns, self.getPredictionCol())
+        extra = [P_EXPOSED, SCORE] if self.exposure_model is not None else []
+        return self._named(out).select(*dataset.columns, self.getPredictionCol(), *extra)
 
     def _canonical(self, df: DataFrame) -> DataFrame:
         # The caller's columns named user/item (a caller's own "user" column is left alone).
@@ -147,6 +155,21 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
 
     # -- recommendation ------------------------------------------------------------------
     def _vectors(self) -> tuple[DataFrame, DataFrame]:
+        """(users, items) with _v: their dot product is the score's logit. With an exposure
+        model, each _v is this model's vector followed by the exposure model's, two logits
+        that top-N's "sigmoid_product" link turns into σ(first)·σ(second)."""
+        users, items = self._own_vectors()
+        if self.exposure_model is None:
+            return users, items
+        exposed_users, exposed_items = self.exposure_model._own_vectors()
+
+        def both(mine: DataFrame, theirs: DataFrame, key: str) -> DataFrame:
+            joined = mine.join(theirs.withColumnRenamed("_v", "_e"), key)
+            return joined.select(key, F.concat(F.col("_v"), F.col("_e")).alias("_v"))
+
+        return both(users, exposed_users, USER), both(items, exposed_items, ITEM)
+
+    def _own_vectors(self) -> tuple[DataFrame, DataFrame]:
         """(users with [w | b | 1], items with [x | 1 | c + baseline]): their dot product is the score."""
         users = self.user_factors.select(USER, F.concat(F.col(FEATURES), F.array(F.col(BIAS), F.lit(1.0))).alias("_v"))
         base = self.item_stats.select(ITEM, F.col(BASELINE_COL[self.getLoss()]).alias("_base"))
@@ -192,9 +215,28 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
             queries = queries.join(subset.select(q).distinct(), q, "left_semi")
         recs = top_n(
             queries, candidates, n=n, query_col=q, candidate_col=c, query_vec=F.col("_v"),
-            candidate_vec=F.col("_v"), exclude=pairs, link=LINK[self.getLoss()], sizes=sizes,
+            candidate_vec=F.col("_v"), exclude=pairs, link=self._link(), sizes=sizes,
         )  # fmt: skip
-        return recs.select(USER, ITEM, "rank", "score")
+        return self._with_probabilities(recs.select(USER, ITEM, RANK, SCORE))
+
+    def _link(self) -> str:
+        return "sigmoid_product" if self.exposure_model is not None else LINK[self.getLoss()]
+
+    def _with_probabilities(self, recs: DataFrame) -> DataFrame:
+        """bce: recommendations gain p_like, P(like | shown), and p_exposed, P(exposed), each
+        null where the model has no such part (mse: neither column)."""
+        if self.getLoss() != "bce":
+            return recs
+        missing = F.lit(None).cast("double")
+        if self.exposure_model is None:
+            positive_only = self.summary.get("positive_only", False)
+            like, exposed = (missing, F.col(SCORE)) if positive_only else (F.col(SCORE), missing)
+            return recs.select(USER, ITEM, RANK, SCORE, like.alias(P_LIKE), exposed.alias(P_EXPOSED))
+        parts = self.predict_canonical(recs.select(USER, ITEM, RANK, F.col(SCORE).alias("_score")))
+        return parts.select(
+            USER, ITEM, RANK, F.col("_score").alias(SCORE), F.col(self.getPredictionCol()).alias(P_LIKE),
+            F.col(self.exposure_model.getPredictionCol()).alias(P_EXPOSED),
+        )  # fmt: skip
 
     def _sizes(self) -> tuple[int, int]:
         """(users, items) with factors: counted once, on the first recommendation, and kept in the summary."""
@@ -253,6 +295,10 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
         ignored; ratings of items it does not know carry no information about w and are
         ignored too. The new model excludes the new users' rated items as well.
         """
+        if self.exposure_model is not None or self.summary.get("positive_only"):
+            raise ValueError(
+                "foldIn does not fold users into an exposure model yet; fit with exposure=False to fold in"
+            )
         cols = Columns(self.getUserCol(), self.getItemCol(), self.getRatingCol())
         ratings = validate_ratings(
             dataset.select(self.getUserCol(), self.getItemCol(), self.getRatingCol()),
@@ -317,7 +363,9 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
         return CFModelReader(cls)
 
     def unpersist(self) -> None:
-        """Drop every cached table this model holds."""
+        """Drop every cached table this model holds (its exposure model's too)."""
+        if self.exposure_model is not None:
+            self.exposure_model.unpersist()
         for name in ("user_factors", "item_factors", "item_stats", "training_pairs"):
             df = getattr(self, name)
             if df is not None and name not in self._borrowed:

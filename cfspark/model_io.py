@@ -6,6 +6,7 @@
     <path>/item_factors/     (itemCol, features, bias)
     <path>/item_stats/       μ_i (mse) or the item positive rates and offsets (bce)
     <path>/training_pairs/   (userCol, itemCol, ratingCol): what recommendations exclude by default
+    <path>/exposure/         bce with exposure: the exposure model, saved the same way (no training pairs)
 
 Nothing goes through the driver's local file system, so the same code saves to a local
 path, HDFS or S3, and over Spark Connect. The metadata is pyspark.ml's own layout, so a
@@ -26,7 +27,7 @@ from cfspark.fs import finite_json
 from cfspark.schema import ITEM, RATING, USER
 
 FORMAT_VERSION = 1
-_OWN_FIELDS = ("format_version", "global_baseline", "tables", "summary")  # the rest is the job's run record
+_OWN_FIELDS = ("format_version", "global_baseline", "tables", "summary", "exposure")  # the rest is the job's run record
 
 
 class CFModelWriter(MLWriter):
@@ -62,12 +63,16 @@ class CFModelWriter(MLWriter):
         for name, df in tables.items():
             if df is not None:
                 df.write.mode(mode).parquet(f"{path}/{name}")
+        if model.exposure_model is not None:  # before the metadata row: a half-saved model is never loadable
+            writer = CFModelWriter(model.exposure_model).session(spark)
+            (writer.overwrite() if self.shouldOverwrite else writer).saveImpl(f"{path}/exposure")
         extra = finite_json(
             {
                 "cfspark": {
                     "format_version": FORMAT_VERSION,
                     "global_baseline": model.global_baseline,
                     "tables": [name for name, df in tables.items() if df is not None],
+                    "exposure": model.exposure_model is not None,
                     "summary": model.summary,
                     **self.extra,
                 }
@@ -114,4 +119,6 @@ class CFModelReader(MLReader):
         model.global_baseline = ours["global_baseline"]
         model.summary = ours.get("summary", {})
         model.run_metadata = {k: v for k, v in ours.items() if k not in _OWN_FIELDS}
+        if ours.get("exposure"):
+            model.exposure_model = CFModelReader(self.cls).session(spark).load(f"{path}/exposure")
         return model

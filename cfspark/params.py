@@ -30,6 +30,7 @@ from cfspark.kernels.optimizers import OPTIMIZERS
 AUTO = "auto"  # regParam = "auto": λ chosen on a validation fold of the training ratings
 COLD_START = ("mean", "nan", "drop")
 REG_SCALINGS = ("count", "sum")
+SAMPLINGS = ("popularity", "uniform")
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:
@@ -120,6 +121,31 @@ class CFParams(HasMaxIter, HasRegParam, HasTol, HasSeed, HasCheckpointInterval, 
         "unseen user or item at prediction: mean (the item or global baseline), nan, or drop the row",
         _one_of(*COLD_START),
     )
+    weightCol = _param(
+        "weightCol",
+        'column of counts or confidences c > 0: a row weighs 1 + alpha·c; "" for none',
+        TypeConverters.toString,
+    )
+    alpha = _param("alpha", "weightCol's scale, as implicit ALS's alpha: a row weighs 1 + alpha·c", _number(0.0))
+    exposure = _param(
+        "exposure", "bce: also learn P(exposed) from labelled-or-not pairs; rank by P(exposed)·P(like | shown)", _flag
+    )
+    exposureRegParam = _param("exposureRegParam", "exposure: λ of the exposure model, scaled as regParam", _number(0.0))
+    exposureNegatives = _param(
+        "exposureNegatives",
+        "exposure: unlabelled items sampled per labelled pair, as not exposed",
+        _number(1, integer=True),
+    )
+    negativeWeight = _param(
+        "negativeWeight",
+        "a sampled negative's weight in the loss, against 1 for an observed label",
+        _number(0.0, inclusive=False),
+    )
+    negativeSampling = _param(
+        "negativeSampling",
+        "exposure: negatives drawn by popularity (number of labels) or uniformly",
+        _one_of(*SAMPLINGS),
+    )
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -158,6 +184,13 @@ _DEFAULTS: dict[str, Any] = dict(
     ratingCol="rating",
     predictionCol="prediction",
     coldStartStrategy="mean",
+    weightCol="",
+    alpha=1.0,
+    exposure=True,
+    exposureRegParam=0.03,
+    exposureNegatives=32,
+    negativeWeight=0.5,
+    negativeSampling="popularity",
 )
 
 # The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain
@@ -188,6 +221,13 @@ CONFIG_PARAMS: dict[tuple[str, str], str] = {
     ("model", "item_offset"): "itemOffset",
     ("model", "offset_prior"): "offsetPrior",
     ("model", "cold_start"): "coldStartStrategy",
+    ("model", "exposure"): "exposure",
+    ("model", "exposure_reg"): "exposureRegParam",
+    ("negatives", "per_labelled"): "exposureNegatives",
+    ("negatives", "weight"): "negativeWeight",
+    ("negatives", "sampling"): "negativeSampling",
+    ("input", "weight_col"): "weightCol",
+    ("input", "weight_alpha"): "alpha",
     ("checkpoint", "interval"): "checkpointInterval",
 }
 

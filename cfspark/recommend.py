@@ -40,7 +40,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from cfspark.blocks.codec import blob, list_matrix, matrix
 from cfspark.kernels.losses import sigmoid
-from cfspark.kernels.topn import score_pair, top_within_groups
+from cfspark.kernels.topn import score_pair, score_pair_product, top_within_groups
 from cfspark.schema import RANK, SCORE
 
 QUERIES_PER_BLOCK = 20_000  # a task scores this many queries against a candidate block
@@ -140,10 +140,11 @@ def _score(
         known = pc.and_(rows.is_valid(), cols.is_valid())
         ex_rows = rows.filter(known).to_numpy().astype(np.int64)
         ex_cols = cols.filter(known).to_numpy().astype(np.int64)
-    idx, val = score_pair(queries, candidates, ex_rows, ex_cols, n)
+    product = link == "sigmoid_product"
+    idx, val = (score_pair_product if product else score_pair)(queries, candidates, ex_rows, ex_cols, n)
     keep = np.isfinite(val)
     q_local, ranks = np.nonzero(keep)
-    scores = val[keep]
+    scores = np.exp(val[keep]) if product else val[keep]
     return (
         q_local,
         q_ids.take(pa.array(q_local)),
@@ -285,7 +286,8 @@ def top_n(
     """(query_col, candidate_col, rank, score): the n best candidates of every query.
 
     queries and candidates are factor tables; query_vec and candidate_vec are array<double>
-    columns over them whose dot product is the score (before link: identity or sigmoid).
+    columns over them whose dot product is the score (before link: identity or sigmoid), or
+    (link sigmoid_product) two models' vectors side by side, scored σ(first)·σ(second).
     exclude holds (query_col, candidate_col) pairs never to recommend, e.g. the training
     pairs. Ties keep the lower candidate position; rank 1 is the best. sizes, the number of
     queries and of candidates if the caller knows them, saves counting them (two Spark jobs).

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
+from cfspark.data.exposure import confidence, row_weight
 from cfspark.data.negatives import add_negatives
 from cfspark.data.read import Columns, read_ratings, spark_message
 from cfspark.data.split import split_ratings
@@ -33,7 +34,7 @@ from cfspark.fs import is_local, local_path, write_json
 from cfspark.model import TRAINING, CFModel
 from cfspark.output import checkpoint_dir, staged, staged_partition, write_recommendations
 from cfspark.params import CONFIG_PARAMS
-from cfspark.schema import ITEM, RATING, RUN_DATE, USER
+from cfspark.schema import ITEM, RATING, RUN_DATE, SCORE, USER, WEIGHT
 
 log = logging.getLogger("cfspark")
 
@@ -86,23 +87,29 @@ def fitted_summary(model) -> dict:
 
 
 def load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:
-    """Read and validate (for bce, labels or binarised ratings); cached."""
+    """Read and validate (for bce, labels or binarised ratings); cached. With input.weight_col,
+    each row's count c becomes its weight 1 + input.weight_alpha·c."""
     threshold = cfg["input"]["binarize_threshold"]
     raw, cols = read_ratings(spark, cfg["input"])
     ratings = validate_ratings(
         raw, cols, id_type=cfg["input"]["id_type"], duplicates=cfg["input"]["duplicates"],
         labels=cfg["model"]["loss"] == "bce", binarize_threshold=None if math.isnan(threshold) else threshold,
     )  # fmt: skip
+    if cols.weight:
+        ratings = ratings.withColumn(WEIGHT, confidence(F.col(WEIGHT), cfg["input"]["weight_alpha"]))
     return ratings.cache(), cols
 
 
 def split_for_training(ratings: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
-    """The hashed split, with sampled negatives added before it (scope all) or to train only."""
+    """The hashed split, with sampled negatives (of weight negatives.weight) added before it
+    (scope all) or to train only."""
     neg, split = cfg["negatives"], cfg["split"]
     negatives = None
     if cfg["model"]["loss"] == "bce" and neg["per_positive"] > 0:
-        negatives = add_negatives(ratings, per_positive=neg["per_positive"], sampling=neg["sampling"],
-                                  seed=neg["seed"], only_new=True)  # fmt: skip
+        negatives = add_negatives(ratings.select(USER, ITEM, RATING), per_positive=neg["per_positive"],
+                                  sampling=neg["sampling"], seed=neg["seed"], only_new=True)  # fmt: skip
+        negatives = negatives.withColumn(WEIGHT, F.lit(float(neg["weight"])))
+        ratings = ratings.withColumn(WEIGHT, row_weight(ratings))
         if neg["scope"] == "all":
             ratings, negatives = ratings.unionByName(negatives), None
     train, test = split_ratings(ratings, test_fraction=split["test_fraction"], seed=split["seed"])
@@ -195,11 +202,16 @@ class Run:
         return self.hold(pairs.cache())
 
     def evaluate(self, model: CFModel, recs: DataFrame, relevant: DataFrame) -> dict:
+        """Pointwise metrics of the model's predictions (for bce with exposure, P(like | shown)
+        on the labelled pairs) and ranking metrics of its recommendations (ranked by score)."""
         with self.timer("evaluate"), failure_is(TrainingError, "evaluation"):
+            test = pointwise_metrics(model, self.test)
+            if model.exposure_model is not None:  # the ranking score's own AUC on the labelled pairs, for comparison
+                test["score_auc"] = pointwise_metrics(model, self.test, prediction_col=SCORE)["auc"]
             return {
                 "loss": model.getLoss(),
                 "train": pointwise_metrics(model, self.train),
-                "test": {**pointwise_metrics(model, self.test), **ranking_metrics(recs, relevant, k=self.k)},
+                "test": {**test, **ranking_metrics(recs, relevant, k=self.k)},
                 "iterations": model.history,
                 "counts": self.counts,
                 "model": fitted_summary(model),

@@ -33,8 +33,10 @@ BLOCK, LOCAL, KEY = "block", "local", "key"
 # Factor tables: (id, features, bias), bias being b (users) or c (items).
 FEATURES, BIAS = "features", "bias"
 
-# Recommendations: (user, item, rank, score), rank 1 being the best.
+# Recommendations: (user, item, rank, score), rank 1 being the best; for bce also p_like,
+# P(like | shown), and p_exposed, P(exposed), where the model has them (null where not).
 RANK, SCORE = "rank", "score"
+P_LIKE, P_EXPOSED = "p_like", "p_exposed"
 
 # Scheduled runs: the partition column of output.run_date.
 RUN_DATE = "run_date"

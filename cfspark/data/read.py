@@ -23,6 +23,12 @@ class Columns:
     user: str
     item: str
     rating: str
+    weight: str = ""  # a count or confidence per row (input.weight_col); "" for none
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The columns read: user, item, rating and, when set, weight."""
+        return (self.user, self.item, self.rating, *((self.weight,) if self.weight else ()))
 
 
 def pyspark_home() -> Path:
@@ -65,7 +71,7 @@ def _load(spark: SparkSession, path: str, fmt: str, header: bool, delimiter: str
 
 def read_ratings(spark: SparkSession, input_cfg: dict) -> tuple[DataFrame, Columns]:
     """Return the raw ratings with the user's column names, before any validation."""
-    cols = Columns(input_cfg["user_col"], input_cfg["item_col"], input_cfg["rating_col"])
+    cols = Columns(input_cfg["user_col"], input_cfg["item_col"], input_cfg["rating_col"], input_cfg["weight_col"])
     path, fmt = input_cfg["path"], input_cfg["format"]
     if not path:
         path, fmt = default_ratings_path(), "movielens"
@@ -86,13 +92,15 @@ def read_ratings(spark: SparkSession, input_cfg: dict) -> tuple[DataFrame, Colum
         df = df.select(
             F.col(names[0]).alias(cols.user), F.col(names[1]).alias(cols.item), F.col(names[2]).alias(cols.rating)
         )
-    missing = [c for c in (cols.user, cols.item, cols.rating) if c not in df.columns]
+    if positional and cols.weight:
+        raise InputError(f"input.weight_col needs named columns, but {fmt} input {path} has none (use a header)")
+    missing = [c for c in cols.names if c not in df.columns]
     if missing:
         raise InputError(
             f"input {path} has no column {', '.join(map(repr, missing))}; its columns are {df.columns} "
-            f"(set input.user_col, input.item_col, input.rating_col)"
+            f"(set input.user_col, input.item_col, input.rating_col, input.weight_col)"
         )
-    return df.select(cols.user, cols.item, cols.rating), cols
+    return df.select(*cols.names), cols
 
 
 def spark_message(e: Exception) -> str:

@@ -11,7 +11,7 @@ from pyspark.sql import types as T
 
 from cfspark.data.read import Columns
 from cfspark.errors import InputError
-from cfspark.schema import ITEM, RATING, USER
+from cfspark.schema import ITEM, RATING, USER, WEIGHT
 
 # Canonical names used inside cfspark; tables out are renamed back to the user's own.
 
@@ -52,11 +52,13 @@ def validate_ratings(
     labels: bool = False,
     binarize_threshold: float | None = None,
 ) -> DataFrame:
-    """Return (user, item, rating: double) or raise InputError naming the first problem.
+    """Return (user, item, rating: double[, weight: double]) or raise InputError naming the first problem.
 
     id_type: auto (strings that are all integers become long), long, string, or keep.
     labels: the rating column must hold 0/1 labels (bce); with binarize_threshold, numeric
     ratings become labels instead, rating >= threshold → 1.
+    cols.weight, if set, names a count or confidence per row: a finite number > 0 (a row
+    with a count of 0 did not happen, and is refused rather than guessed at).
     """
     schema = {f.name: f.dataType for f in df.schema.fields}
     for name in (cols.user, cols.item):
@@ -67,6 +69,11 @@ def validate_ratings(
             f"column {cols.rating!r} has type {schema[cols.rating].simpleString()}; ratings must be numbers"
         )
 
+    if cols.weight and not isinstance(schema[cols.weight], (*_NUMERIC, T.StringType)):
+        raise InputError(
+            f"column {cols.weight!r} (input.weight_col) has type {schema[cols.weight].simpleString()}; "
+            "weights must be numbers"
+        )
     rating = F.col(cols.rating).try_cast("double")
     binarize = labels and binarize_threshold is not None
     if binarize and not isinstance(schema[cols.rating], (*_NUMERIC, T.StringType)):
@@ -102,6 +109,18 @@ def validate_ratings(
                 f"column {cols.rating!r} has {{n}} rating(s) above {MAX_ABS_RATING:g} in magnitude",
             )
         label = (rating >= F.lit(binarize_threshold)).cast("double") if binarize else rating
+    weight = F.col(cols.weight).try_cast("double") if cols.weight else None
+    if weight is not None:
+        w = cols.weight
+        checks["null_weight"] = (F.col(w).isNull(), f"column {w!r} (input.weight_col) has {{n}} null weight(s)")
+        checks["weight_not_number"] = (
+            F.col(w).isNotNull() & (weight.isNull() | _is_bad_double(weight)),
+            f"column {w!r} (input.weight_col) has {{n}} value(s) that are not finite numbers",
+        )
+        checks["weight_not_positive"] = (
+            weight.isNotNull() & ~_is_bad_double(weight) & (weight <= 0),
+            f"column {w!r} (input.weight_col) has {{n}} count(s) of zero or below; every row's count must be > 0",
+        )
     id_casts = {}
     for name in (cols.user, cols.item):
         if isinstance(schema[name], T.StringType) and id_type in ("auto", "long"):
@@ -135,14 +154,16 @@ def validate_ratings(
             return F.trim(F.col(name)).cast("long")
         return F.col(name).cast("string") if id_type == "string" else F.col(name).cast("long")
 
-    out = df.select(typed_id(cols.user).alias(USER), typed_id(cols.item).alias(ITEM), label.alias(RATING))
+    weights = [weight.alias(WEIGHT)] if weight is not None else []
+    out = df.select(typed_id(cols.user).alias(USER), typed_id(cols.item).alias(ITEM), label.alias(RATING), *weights)
     return _check_duplicates(out, cols, duplicates)
 
 
 def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str) -> DataFrame:
     if duplicates in ("mean", "max"):
         combine = F.avg if duplicates == "mean" else F.max
-        return df.groupBy(USER, ITEM).agg(combine(RATING).alias(RATING))
+        counts = [F.sum(WEIGHT).alias(WEIGHT)] if WEIGHT in df.columns else []  # repeated rows' counts add up
+        return df.groupBy(USER, ITEM).agg(combine(RATING).alias(RATING), *counts)
     repeated = df.groupBy(USER, ITEM).count().filter(F.col("count") > 1)
     first = repeated.orderBy(F.col("count").desc(), USER, ITEM).limit(1).collect()
     if first:

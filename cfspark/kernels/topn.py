@@ -54,12 +54,51 @@ def score_pair(
         shut = np.isneginf(scores[rows, cols])  # excluded, or rows with fewer than n left
         exact = np.einsum("ij,ij->i", queries[lo + rows], candidates[cols])
         exact[shut] = -np.inf
-        pick = np.lexsort((cols, -exact, rows))  # per row: best first, then lower position
-        rows, cols, exact = rows[pick], cols[pick], exact[pick]
-        first = np.searchsorted(rows, np.arange(hi - lo))
-        take = first[:, None] + np.arange(n)[None, :]  # every row has at least n survivors
-        best_idx[lo:hi], best_val[lo:hi] = cols[take], exact[take]
+        best_idx[lo:hi], best_val[lo:hi] = _best(rows, cols, exact, hi - lo, n)
     return best_idx, best_val
+
+
+def score_pair_product(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    excluded_rows: np.ndarray,
+    excluded_cols: np.ndarray,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """score_pair for two models at once: each vector is [first model's | second model's],
+    of equal widths, and a pair scores log σ(q₁·c₁) + log σ(q₂·c₂), the log of the product of
+    the two probabilities (P(like | shown)·P(exposed)). Computed in float64 throughout (a
+    float32 screen would need the error bound carried through both σs); same order and ties.
+    """
+    n = min(n, len(candidates))
+    best_idx = np.zeros((len(queries), n), np.int64)
+    best_val = np.full(best_idx.shape, -np.inf)
+    if n == 0 or len(queries) == 0:
+        return best_idx, best_val
+    half = queries.shape[1] // 2
+    order = np.argsort(excluded_rows, kind="stable")
+    excluded_rows, excluded_cols = excluded_rows[order], excluded_cols[order]
+    for lo in range(0, len(queries), USER_CHUNK):
+        hi = min(lo + USER_CHUNK, len(queries))
+        first = queries[lo:hi, :half] @ candidates[:, :half].T
+        second = queries[lo:hi, half:] @ candidates[:, half:].T
+        scores = -np.logaddexp(0.0, -first)
+        scores -= np.logaddexp(0.0, -second)  # log σ(z) = −log(1 + e^−z), never overflowing
+        a, b = np.searchsorted(excluded_rows, [lo, hi])
+        scores[excluded_rows[a:b] - lo, excluded_cols[a:b]] = -np.inf
+        rows, cols = _screen(scores, n, np.zeros(hi - lo))
+        best_idx[lo:hi], best_val[lo:hi] = _best(rows, cols, scores[rows, cols], hi - lo, n)
+    return best_idx, best_val
+
+
+def _best(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, count: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each of count rows' n best (col, value) among its survivors (row-major, at least n per
+    row): best first, ties to the lower position."""
+    pick = np.lexsort((cols, -values, rows))
+    rows, cols, values = rows[pick], cols[pick], values[pick]
+    first = np.searchsorted(rows, np.arange(count))
+    take = first[:, None] + np.arange(n)[None, :]
+    return cols[take], values[take]
 
 
 def _screen(scores: np.ndarray, n: int, margin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
