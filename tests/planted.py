@@ -92,3 +92,22 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     pos = labels == 1
     n_pos, n_neg = pos.sum(), (~pos).sum()
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def planted_exposure(
+    *, n_users: int, n_items: int, rank: int, shown: float, seed: int, scale: float = 2.0
+) -> tuple[Planted, np.ndarray]:
+    """Labels behind a known exposure process: a pair is shown with P(exposed) =
+    σ(e_i + scale·a_u·b_i + shift), lognormal-popular items and a taste of its own, with shift set
+    so that about `shown` of all pairs are shown; a shown pair's label is 1 with P(like | shown) =
+    σ(c_i + scale·u_j·v_i), independent of why it was shown. Returns the shown pairs' labels and
+    every pair's P(like | shown) (n_users × n_items), the truth a model should recover."""
+    rng = np.random.default_rng(seed)
+    a, b = (rng.normal(scale=rank**-0.25, size=(n, rank)) for n in (n_users, n_items))
+    u, v = (rng.normal(scale=rank**-0.25, size=(n, rank)) for n in (n_users, n_items))
+    exposure = rng.normal(scale=1.0, size=n_items)[None, :] + scale * a @ b.T
+    exposure += np.log(shown / (1 - shown)) - np.median(exposure)
+    like = 1.0 / (1.0 + np.exp(-(rng.normal(scale=0.5, size=n_items)[None, :] + scale * u @ v.T)))
+    users, items = np.nonzero(rng.random((n_users, n_items)) < 1.0 / (1.0 + np.exp(-exposure)))
+    labels = (rng.random(len(users)) < like[users, items]).astype(float)
+    return Planted(users, items, labels, 0.0), like
