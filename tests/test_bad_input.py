@@ -151,7 +151,8 @@ MATRIX = {
         INPUT, "input.binarize_threshold needs numbers: column 'rating' has 1 value(s) that are not numbers",
     ),
     "bce_all_one_label": (
-        args(*BCE, "--set", "split.test_fraction=0.0", text=H + "u1,m1,1\nu2,m2,1\n"),
+        # the plain model only: with model.exposure (the default) labels all 1 fit the exposure model alone
+        args(*BCE, "--set", "split.test_fraction=0.0", "--set", "model.exposure=false", text=H + "u1,m1,1\nu2,m2,1\n"),
         INPUT, "all 2 training labels are 1; bce needs both 0 and 1 labels",
     ),
     # Bad config
