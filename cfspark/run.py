@@ -258,7 +258,8 @@ class Run:
                 write_json(os.path.join(folder, "metrics.json"), {**metrics, **dated})
         ckpt = checkpoint_dir(cfg) if cfg["checkpoint"]["interval"] > 0 else ""
         if not cfg["checkpoint"]["keep"] and ckpt and is_local(ckpt):
-            shutil.rmtree(local_path(ckpt), ignore_errors=True)
+            for folder in (ckpt, ckpt.rstrip("/") + "_exposure"):  # the exposure model's, beside (estimator.py)
+                shutil.rmtree(local_path(folder), ignore_errors=True)
 
 
 def _version() -> str:

@@ -194,7 +194,12 @@ def test_bce_job_on_the_course_binary_table(spark, tmp_path):
     labelled = {(r.user, r.item) for r in train.collect()}
     assert recs and all(0.0 < r.score < 1.0 for r in recs)
     assert not {(r.who, r.movie) for r in recs} & labelled
+    # The exposure model (the bce default): the score is P(exposed)·P(like | shown), both given.
+    assert list(recs[0].asDict()) == ["who", "movie", "rank", "score", "p_like", "p_exposed"]
+    assert all(r.score == pytest.approx(r.p_like * r.p_exposed, rel=1e-9) for r in recs)
+    assert (out / "model" / "exposure" / "metadata").is_dir()
     m = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= m["test"]["score_auc"] <= 1.0
     assert m["loss"] == "bce"
     pointwise = {"logloss", "auc"}
     ranking = {"precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"}

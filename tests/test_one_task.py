@@ -60,8 +60,11 @@ def test_one_task_fit_equals_the_distributed_fits(planted, ids):
 
 
 def test_one_task_bce_and_the_stopping_rule_match(spark):
+    """With the exposure model (the bce default) and a weight per label: both models agree."""
     p, _ = planted_labels(n_users=100, n_items=60, rank=2, density=0.3, seed=4)
-    labels = spark.createDataFrame(p.rows(), "user int, item int, rating double").cache()
+    weights = np.random.default_rng(6).uniform(0.5, 3.0, len(p.users)).tolist()
+    rows = [(*row, w) for row, w in zip(p.rows(), weights, strict=True)]
+    labels = spark.createDataFrame(rows, "user int, item int, rating double, weight double").cache()
     params = dict(PARAMS, loss="bce", maxIter=30, tol=0.01)
     seen: dict[str, int] = {"small": 0, "spread": 0}
 
@@ -83,6 +86,7 @@ def test_one_task_bce_and_the_stopping_rule_match(spark):
     assert len(small.history) == len(spread.history) < 30  # tol stopped both at the same iteration
     assert small.summary["stop_reason"] == spread.summary["stop_reason"]
     _assert_same(small, spread, tol=1e-7)
+    _assert_same(small.exposure_model, spread.exposure_model, tol=1e-7)
     for model in (small, spread):
         model.unpersist()
     labels.unpersist()
