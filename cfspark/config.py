@@ -20,7 +20,7 @@ from typing import Any
 from cfspark.errors import ConfigError
 from cfspark.kernels.losses import LOSSES
 from cfspark.kernels.optimizers import OPTIMIZERS
-from cfspark.params import COLD_START, REG_SCALINGS
+from cfspark.params import COLD_START, REG_SCALINGS, SAMPLINGS
 
 DEFAULT_CONFIG = "default.toml"  # a resource of the cfspark package
 
@@ -100,7 +100,7 @@ _CHOICES = {
     ("input", "id_type"): ("auto", "long", "string"),
     ("input", "duplicates"): ("error", "mean", "max"),
     ("model", "loss"): LOSSES,
-    ("negatives", "sampling"): ("popularity", "uniform"),
+    ("negatives", "sampling"): SAMPLINGS,
     ("negatives", "scope"): ("all", "train"),
     ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,

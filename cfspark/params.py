@@ -30,7 +30,7 @@ from cfspark.kernels.optimizers import OPTIMIZERS
 AUTO = "auto"  # regParam = "auto": λ chosen on a validation fold of the training ratings
 COLD_START = ("mean", "nan", "drop")
 REG_SCALINGS = ("count", "sum")
-SAMPLINGS = ("popularity", "uniform")
+SAMPLINGS = ("sqrt", "popularity", "uniform")
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:
@@ -143,7 +143,7 @@ class CFParams(HasMaxIter, HasRegParam, HasTol, HasSeed, HasCheckpointInterval, 
     )
     negativeSampling = _param(
         "negativeSampling",
-        "exposure: negatives drawn by popularity (number of labels) or uniformly",
+        "sampled negatives drawn ∝ √(number of labels) (sqrt), ∝ it (popularity), or uniformly",
         _one_of(*SAMPLINGS),
     )
 
@@ -190,7 +190,7 @@ _DEFAULTS: dict[str, Any] = dict(
     exposureRegParam=0.01,
     exposureNegatives=32,
     negativeWeight=0.5,
-    negativeSampling="popularity",
+    negativeSampling="sqrt",
 )
 
 # The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from cfspark import CFModel, CollaborativeFilter
 from cfspark.data.exposure import confidence, exposure_labels
-from cfspark.data.negatives import add_negatives
+from cfspark.data.negatives import add_negatives, sampling_weights
 from cfspark.data.read import Columns
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import validate_ratings
@@ -128,3 +128,10 @@ def test_exposure_aware_model_predicts_recommends_and_saves(spark, planted, tmp_
     assert (again[ITEM].to_numpy() == recs[ITEM].to_numpy()).all()
     with pytest.raises(ValueError, match="foldIn does not fold users into an exposure model"):
         loaded.foldIn(train.limit(1))
+
+
+def test_sampling_weights_are_the_counts_their_square_roots_or_equal():
+    counts = np.array([0.0, 1.0, 4.0, 100.0])
+    np.testing.assert_array_equal(sampling_weights(counts, "popularity"), [0.0, 1.0, 4.0, 100.0])
+    np.testing.assert_array_equal(sampling_weights(counts, "sqrt"), [0.0, 1.0, 2.0, 10.0])
+    np.testing.assert_array_equal(sampling_weights(counts, "uniform"), [1.0, 1.0, 1.0, 1.0])

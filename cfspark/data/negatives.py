@@ -2,8 +2,9 @@
 
 For each user the draws are a pure function of (user, seed): a numpy generator seeded
 from a hash of the user id, so retries and partitioning cannot change them. Items are
-drawn without replacement, in proportion to their number of positives (popularity) or
-uniformly, and never from the items that user already has a label for.
+drawn without replacement, never from the items that user already has a label for, in
+proportion to their number of positives (popularity), to its square root (sqrt), or
+uniformly (sampling_weights).
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def draw_negatives(labelled: np.ndarray, n: int, weights: np.ndarray, rng: np.ra
     return np.sort(stream[np.sort(first)[:n]])
 
 
+def sampling_weights(positives: np.ndarray, sampling: str) -> np.ndarray:
+    """Each item's relative chance of being drawn, from its number of positives: the count
+    itself (popularity), its square root (sqrt: popular items drawn more, not in proportion),
+    or 1 (uniform)."""
+    if sampling == "popularity":
+        return positives.astype(np.float64)
+    if sampling == "sqrt":
+        return np.sqrt(positives.astype(np.float64))
+    if sampling == "uniform":
+        return np.ones(len(positives))
+    raise ValueError(f"unknown sampling {sampling!r}; expected popularity, sqrt or uniform")
+
+
 def add_negatives(
     ratings: DataFrame, *, per_positive: int, sampling: str, seed: int, only_new: bool = False
 ) -> DataFrame:
@@ -57,8 +71,7 @@ def add_negatives(
     items = popularity.collect()  # one row per item: the sampling distribution is needed whole
     item_ids = [r[0] for r in items]
     weights = np.array([r[1] for r in items], dtype=np.float64)
-    if sampling == "uniform":
-        weights = np.ones(len(items))
+    weights = sampling_weights(weights, sampling)
     item_type = dict(ratings.dtypes)[ITEM]
     user_type = dict(ratings.dtypes)[USER]
     code_of = {item: code for code, item in enumerate(item_ids)}
