@@ -18,12 +18,13 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks, build_blocks
-from cfspark.data.exposure import confidence, exposure_labels
+from cfspark.data.exposure import exposure_labels
 from cfspark.data.normalise import item_means, normalise
 from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.read import Columns
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import validate_ratings
+from cfspark.data.weights import confidence, row_weight
 from cfspark.evaluate import pointwise_metrics
 from cfspark.factors import factor_table
 from cfspark.model import CFModel
@@ -201,9 +202,10 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
         bce: y = the label, with o_i added to each score; the baseline is o_i.
         targets' weight is train_ratings' own weight column (each rating's a_r), or null (1).
         """
-        weight = F.col(WEIGHT) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
+        weight = row_weight(train_ratings) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
         if self.getLoss() == "mse":
-            glob = float(train_ratings.agg(F.avg(RATING)).first()[0])
+            a = row_weight(train_ratings)
+            glob = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
             stats = item_means(train_ratings, prior=self.getMeanPrior(), global_mean=glob).cache()
             no_offset = F.lit(None).cast("double").alias(OFFSET)
             targets = normalise(train_ratings, stats).select(
@@ -215,7 +217,7 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
                 stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE), ITEM_RATINGS),
                 glob,
             )
-        rate = global_rate(train_ratings)
+        rate = global_rate(train_ratings)  # weighted, as the loss is
         with_offset = self.getItemOffset()
         stats = item_offsets(train_ratings, prior=self.getOffsetPrior(), rate=rate, enabled=with_offset).cache()
         offset = F.col(ITEM_OFFSET) if with_offset else F.lit(None).cast("double")
@@ -284,10 +286,11 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
         earlier = CFModel.load(earlier) if isinstance(earlier, str) else earlier
         exposure_fit = plain._with(regParam=self.getExposureRegParam(), predictionCol=P_EXPOSED)
         exposure_fit.clear(exposure_fit.initialModel)
-        if earlier is not None and earlier.exposure_model is not None:
-            exposure_fit.setInitialModel(earlier.exposure_model)
-        if self.getCheckpointDir():  # each fit resumes from its own checkpoints
-            exposure_fit = exposure_fit._with(checkpointDir=self.getCheckpointDir().rstrip("/") + "_exposure")
+        if earlier is not None and (earlier.exposure_model is not None or earlier.summary.get("positive_only")):
+            # a positive-only model is an exposure model itself
+            exposure_fit.setInitialModel(earlier.exposure_model or earlier)
+        if self.getCheckpointDir():  # each fit resumes from its own checkpoints (the trainer's are iter-*)
+            exposure_fit = exposure_fit._with(checkpointDir=self.getCheckpointDir().rstrip("/") + "/exposure")
         positive_only = train_ratings.filter(F.col(RATING) != 1.0).limit(1).count() == 0
         exposed = exposure_labels(
             train_ratings, per_labelled=self.getExposureNegatives(), sampling=self.getNegativeSampling(),
@@ -478,7 +481,7 @@ class CollaborativeFilter(Estimator, CFParams, DefaultParamsWritable, DefaultPar
 def _pairs(train_ratings: DataFrame | None) -> DataFrame | None:
     """The training pairs a model keeps: the (cached) ratings themselves when they are just
     (user, item, rating), so that model.unpersist() releases the cache fit() made."""
-    if train_ratings is None or train_ratings.columns == [USER, ITEM, RATING]:
+    if train_ratings is None or train_ratings.columns in ([USER, ITEM, RATING], [USER, ITEM, RATING, WEIGHT]):
         return train_ratings
     return train_ratings.select(USER, ITEM, RATING)
 

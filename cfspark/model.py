@@ -258,7 +258,8 @@ class CFModel(Model, CFParams, MLWritable, MLReadable):
 
         exclude: "training" (the default: the pairs this model was fitted on, remembered
         through save and load), a DataFrame of (userCol, itemCol) pairs, or None. score is
-        the predicted rating (mse) or P(y=1) (bce).
+        the predicted rating (mse) or, for bce, P(exposed)·P(like | shown) (P(y=1) without an
+        exposure model); bce adds p_like and p_exposed (null where the model has no such part).
         """
         return self._public(self.recommend_canonical(numItems, exclude=self._theirs(exclude)), flat, by_item=False)
 

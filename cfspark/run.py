@@ -22,11 +22,11 @@ from pyspark.sql import functions as F
 
 from cfspark.compare import compare_als
 from cfspark.config import Config
-from cfspark.data.exposure import confidence, row_weight
 from cfspark.data.negatives import add_negatives
 from cfspark.data.read import Columns, read_ratings, spark_message
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import validate_ratings
+from cfspark.data.weights import confidence, row_weight
 from cfspark.errors import CfsparkError, InputError, OutputError, TrainingError
 from cfspark.estimator import CollaborativeFilter
 from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
@@ -258,8 +258,7 @@ class Run:
                 write_json(os.path.join(folder, "metrics.json"), {**metrics, **dated})
         ckpt = checkpoint_dir(cfg) if cfg["checkpoint"]["interval"] > 0 else ""
         if not cfg["checkpoint"]["keep"] and ckpt and is_local(ckpt):
-            for folder in (ckpt, ckpt.rstrip("/") + "_exposure"):  # the exposure model's, beside (estimator.py)
-                shutil.rmtree(local_path(folder), ignore_errors=True)
+            shutil.rmtree(local_path(ckpt), ignore_errors=True)  # with the exposure model's, inside
 
 
 def _version() -> str:

@@ -9,28 +9,20 @@ without a label mostly was not. So the exposure model is a second bce factorisat
     (user, item, 0, w)       for K·n_u items drawn per user u with n_u labelled pairs,
 
 drawn without replacement from the items u has no label for (data/negatives.py), in
-proportion to their number of labels (popularity) or uniformly, with the weight w =
+proportion to the square root of their number of labels (sqrt), to the number itself
+(popularity) or uniformly, with the weight w =
 negativeWeight. w < 1 lets K be large, so that many unlabelled items are seen, without
 the sampled zeros outweighing what was observed (measured in the README).
 """
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.data.negatives import add_negatives
+from cfspark.data.weights import row_weight
 from cfspark.schema import ITEM, RATING, USER, WEIGHT
-
-
-def confidence(count: Column, alpha: float) -> Column:
-    """A row's weight from its count or confidence c: 1 + α·c, implicit ALS's confidence."""
-    return F.lit(1.0) + F.lit(float(alpha)) * count.cast("double")
-
-
-def row_weight(ratings: DataFrame) -> Column:
-    """The weight column of ratings, 1.0 where it has none."""
-    return F.coalesce(F.col(WEIGHT), F.lit(1.0)) if WEIGHT in ratings.columns else F.lit(1.0)
 
 
 def exposure_labels(labelled: DataFrame, *, per_labelled: int, sampling: str, weight: float, seed: int) -> DataFrame:

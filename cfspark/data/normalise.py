@@ -14,17 +14,18 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.data.weights import row_weight
 from cfspark.schema import ITEM, ITEM_MEAN, ITEM_RATINGS, NORMALISED, RATING
 
 
 def item_means(train: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0) -> DataFrame:
     """(item, item_mean, ratings), one row per item seen in training; the mean is shrunk
-    towards global_mean by prior pseudo-ratings."""
+    towards global_mean by prior pseudo-ratings. With a weight column, the mean is weighted
+    as the loss is (Σ a·y and Σ a in place of Σ y and n); ratings stays the count."""
     count = F.count(F.lit(1))
-    shrunk = (F.sum(RATING) + F.lit(prior * global_mean)) / (count + F.lit(prior))
-    return train.groupBy(ITEM).agg(
-        (F.avg(RATING) if prior == 0 else shrunk).alias(ITEM_MEAN), count.alias(ITEM_RATINGS)
-    )
+    a = row_weight(train)
+    shrunk = (F.sum(a * F.col(RATING)) + F.lit(prior * global_mean)) / (F.sum(a) + F.lit(prior))
+    return train.groupBy(ITEM).agg(shrunk.alias(ITEM_MEAN), count.alias(ITEM_RATINGS))
 
 
 def normalise(train: DataFrame, means: DataFrame) -> DataFrame:

@@ -9,18 +9,20 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.data.weights import row_weight
 from cfspark.errors import InputError
 from cfspark.schema import ITEM, ITEM_OFFSET, LABELLED, POSITIVE_RATE, POSITIVES, RATING
 
 
 def global_rate(train: DataFrame) -> float:
-    """p, the share of positive labels; refuses labels that are all one value."""
-    row = train.agg(F.avg(RATING), F.count(F.lit(1))).first()
-    p = float(row[0])
+    """p, the (weighted) share of positive labels; refuses labels that are all one value."""
+    a = row_weight(train)
+    row = train.agg(F.sum(a * F.col(RATING)) / F.sum(a), F.count(F.lit(1)), F.min(RATING), F.max(RATING)).first()
+    p = float(row[0]) if row[2] != row[3] else row[2]  # one label value: exactly 0 or 1
     if not 0.0 < p < 1.0:
         raise InputError(
             f"all {row[1]} training labels are {int(p)}; bce needs both 0 and 1 labels "
-            "(for positive-only data set negatives.per_positive)"
+            "(positive-only data: model.exposure = true fits the exposure model alone)"
         )
     return p
 
@@ -33,11 +35,18 @@ def item_offsets(train: DataFrame, *, prior: float, rate: float, enabled: bool =
     """(item, positives, labelled, positive_rate, item_offset) over the training labels.
 
     positive_rate = (positives + prior·p) / (labelled + prior), a Beta prior centred on the
-    global rate p, so an item with one label is not pushed to 0 or 1. With enabled=False the
-    offsets are all 0: the plain σ(w·x + b) of the course.
+    global rate p, so an item with one label is not pushed to 0 or 1; with a weight column,
+    positives and labelled in the rate are weighted sums, as the loss is (the counts in the
+    table stay counts). With enabled=False the offsets are all 0: the plain σ(w·x + b) of the course.
     """
-    counts = train.groupBy(ITEM).agg(F.sum(RATING).cast("long").alias(POSITIVES), F.count(F.lit(1)).alias(LABELLED))
-    smoothed = (F.col(POSITIVES) + F.lit(prior * rate)) / (F.col(LABELLED) + F.lit(prior))
-    table = counts.withColumn(POSITIVE_RATE, smoothed)
+    a = row_weight(train)
+    counts = train.groupBy(ITEM).agg(
+        F.sum(RATING).cast("long").alias(POSITIVES),
+        F.count(F.lit(1)).alias(LABELLED),
+        F.sum(a * F.col(RATING)).alias("_positive_weight"),
+        F.sum(a).alias("_weight"),
+    )
+    smoothed = (F.col("_positive_weight") + F.lit(prior * rate)) / (F.col("_weight") + F.lit(prior))
+    table = counts.withColumn(POSITIVE_RATE, smoothed).drop("_positive_weight", "_weight")
     offset = logit(F.col(POSITIVE_RATE)) if enabled else F.lit(0.0)
     return table.withColumn(ITEM_OFFSET, offset)
