@@ -70,9 +70,9 @@ def test_course_offsets_table_is_exact(spark, labels):
 
 
 def test_user_without_labels_gets_item_positive_rates(spark, labels):
-    # The course's model: no item bias, so a user without labels gets σ(o_i) exactly.
+    # The course's model (the plain bce model): no item bias, so a user without labels gets σ(o_i) exactly.
     model = CollaborativeFilter(
-        rank=2, maxIter=5, regParam=0.5, loss="bce", numUserBlocks=2, numItemBlocks=2, **COURSE_PARAMS
+        rank=2, maxIter=5, regParam=0.5, loss="bce", numUserBlocks=2, numItemBlocks=2, exposure=False, **COURSE_PARAMS
     ).fit_validated(labels)
     rates = {r.item: r.positive_rate for r in model.item_stats.collect()}
     eve = spark.createDataFrame([("Eve", m) for m in TABLE], "user string, item string")
@@ -100,7 +100,7 @@ def test_planted_logistic_model_reaches_the_true_auc(spark):
     train, test = split_ratings(df, test_fraction=0.2, seed=3)
     # λ as before the factor prior was tripled (FACTOR_PRIOR): on this dense rank-2 set (250 labels
     # per user) the default prior costs 0.026 AUC against the truth (README, Binary labels).
-    cf = CollaborativeFilter(rank=2, loss="bce", numUserBlocks=2, numItemBlocks=2, regParam=0.1 / 3)
+    cf = CollaborativeFilter(rank=2, loss="bce", numUserBlocks=2, numItemBlocks=2, regParam=0.1 / 3, exposure=False)
     model = cf.fit_validated(train.drop("truth").cache())
     scored = model.predict_canonical(test).toPandas()
     true_auc = auc(scored.rating.to_numpy(), scored.truth.to_numpy())
