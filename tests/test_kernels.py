@@ -170,6 +170,24 @@ def test_score_pair_equals_a_dense_ranking_with_exclusions():
     np.testing.assert_array_equal(chunked[0], idx)
 
 
+def test_score_pair_product_ranks_by_the_product_of_two_sigmoids():
+    """Two models side by side: the best n by σ(q₁·c₁)·σ(q₂·c₂), exclusions and ties as score_pair's."""
+    rng = np.random.default_rng(6)
+    users, items = rng.normal(size=(7, 2 * (RANK + 2))), rng.normal(size=(12, 2 * (RANK + 2)))
+    items[5] = items[2]  # a tie: the lower position wins
+    rated = np.array([(0, 1), (0, 2), (3, 0), (6, 11)])
+    w = RANK + 2
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    product = sig(users[:, :w] @ items[:, :w].T) * sig(users[:, w:] @ items[:, w:].T)
+    product[rated[:, 0], rated[:, 1]] = 0.0
+    expected = np.lexsort((np.broadcast_to(np.arange(12), product.shape), -product), axis=1)[:, :4]
+    for chunk in (2048, 3):
+        with _chunk_of(chunk):
+            idx, val = topn.score_pair_product(users, items, rated[:, 0], rated[:, 1], n=4)
+        np.testing.assert_array_equal(idx, expected)
+        np.testing.assert_allclose(np.exp(val), np.take_along_axis(product, expected, axis=1), rtol=1e-12)
+
+
 def _dense_best(users, items, rated, n):
     dense = users @ items.T
     dense[rated[:, 0], rated[:, 1]] = -np.inf

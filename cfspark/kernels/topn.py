@@ -33,29 +33,22 @@ def score_pair(
     worst-case error of the row's n-th best survives, and the survivors (a few more than n
     per row) are scored again in float64. So the answer is the float64 one, exactly.
     """
-    n = min(n, len(candidates))
-    best_idx = np.zeros((len(queries), n), np.int64)
-    best_val = np.full(best_idx.shape, -np.inf)
-    if n == 0 or len(queries) == 0:
-        return best_idx, best_val
-    order = np.argsort(excluded_rows, kind="stable")
-    excluded_rows, excluded_cols = excluded_rows[order], excluded_cols[order]
     q32, c32 = queries.astype(np.float32), candidates.astype(np.float32)
     # Bound on |float32 score − exact score| per query row: k·u·‖q‖·max‖c‖, with room to spare.
-    c_norm = float(np.sqrt((candidates * candidates).sum(axis=1)).max())
+    c_norm = float(np.sqrt((candidates * candidates).sum(axis=1)).max()) if len(candidates) else 0.0
     q_norm = np.sqrt((queries * queries).sum(axis=1))
     error = _SAFETY * queries.shape[1] * _U32 * q_norm * c_norm
-    for lo in range(0, len(queries), USER_CHUNK):
-        hi = min(lo + USER_CHUNK, len(queries))
+
+    def chunk(lo: int, hi: int, ex_rows: np.ndarray, ex_cols: np.ndarray, n: int):
         scores = q32[lo:hi] @ c32.T
-        a, b = np.searchsorted(excluded_rows, [lo, hi])
-        scores[excluded_rows[a:b] - lo, excluded_cols[a:b]] = -np.inf
+        scores[ex_rows, ex_cols] = -np.inf
         rows, cols = _screen(scores, n, 2 * error[lo:hi])
         shut = np.isneginf(scores[rows, cols])  # excluded, or rows with fewer than n left
         exact = np.einsum("ij,ij->i", queries[lo + rows], candidates[cols])
         exact[shut] = -np.inf
-        best_idx[lo:hi], best_val[lo:hi] = _best(rows, cols, exact, hi - lo, n)
-    return best_idx, best_val
+        return _best(rows, cols, exact, hi - lo, n)
+
+    return _by_chunks(len(queries), len(candidates), excluded_rows, excluded_cols, n, chunk)
 
 
 def score_pair_product(
@@ -70,24 +63,34 @@ def score_pair_product(
     the two probabilities (P(like | shown)·P(exposed)). Computed in float64 throughout (a
     float32 screen would need the error bound carried through both σs); same order and ties.
     """
-    n = min(n, len(candidates))
-    best_idx = np.zeros((len(queries), n), np.int64)
-    best_val = np.full(best_idx.shape, -np.inf)
-    if n == 0 or len(queries) == 0:
-        return best_idx, best_val
     half = queries.shape[1] // 2
+
+    def chunk(lo: int, hi: int, ex_rows: np.ndarray, ex_cols: np.ndarray, n: int):
+        scores = -np.logaddexp(0.0, -(queries[lo:hi, :half] @ candidates[:, :half].T))
+        scores -= np.logaddexp(0.0, -(queries[lo:hi, half:] @ candidates[:, half:].T))  # log σ, never overflowing
+        scores[ex_rows, ex_cols] = -np.inf
+        rows, cols = _screen(scores, n, np.zeros(hi - lo))
+        return _best(rows, cols, scores[rows, cols], hi - lo, n)
+
+    return _by_chunks(len(queries), len(candidates), excluded_rows, excluded_cols, n, chunk)
+
+
+def _by_chunks(
+    n_queries: int, n_candidates: int, excluded_rows: np.ndarray, excluded_cols: np.ndarray, n: int, chunk
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run chunk(lo, hi, excluded rows − lo, excluded cols, n) → (best cols, values) over
+    USER_CHUNK queries at a time, with each chunk's excluded pairs; −inf pads short rows."""
+    n = min(n, n_candidates)
+    best_idx = np.zeros((n_queries, n), np.int64)
+    best_val = np.full(best_idx.shape, -np.inf)
+    if n == 0 or n_queries == 0:
+        return best_idx, best_val
     order = np.argsort(excluded_rows, kind="stable")
     excluded_rows, excluded_cols = excluded_rows[order], excluded_cols[order]
-    for lo in range(0, len(queries), USER_CHUNK):
-        hi = min(lo + USER_CHUNK, len(queries))
-        first = queries[lo:hi, :half] @ candidates[:, :half].T
-        second = queries[lo:hi, half:] @ candidates[:, half:].T
-        scores = -np.logaddexp(0.0, -first)
-        scores -= np.logaddexp(0.0, -second)  # log σ(z) = −log(1 + e^−z), never overflowing
+    for lo in range(0, n_queries, USER_CHUNK):
+        hi = min(lo + USER_CHUNK, n_queries)
         a, b = np.searchsorted(excluded_rows, [lo, hi])
-        scores[excluded_rows[a:b] - lo, excluded_cols[a:b]] = -np.inf
-        rows, cols = _screen(scores, n, np.zeros(hi - lo))
-        best_idx[lo:hi], best_val[lo:hi] = _best(rows, cols, scores[rows, cols], hi - lo, n)
+        best_idx[lo:hi], best_val[lo:hi] = chunk(lo, hi, excluded_rows[a:b] - lo, excluded_cols[a:b], n)
     return best_idx, best_val
 
 
