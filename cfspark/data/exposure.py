@@ -10,9 +10,9 @@ without a label mostly was not. So the exposure model is a second bce factorisat
 
 drawn without replacement from the items u has no label for (data/negatives.py), in
 proportion to the square root of their number of labels (sqrt), to the number itself
-(popularity) or uniformly, with the weight w =
-negativeWeight. w < 1 lets K be large, so that many unlabelled items are seen, without
-the sampled zeros outweighing what was observed (measured in the README).
+(popularity) or uniformly, with the weight w = negativeWeight. w < 1 lets K be large, so
+that many unlabelled items are seen, without the sampled zeros outweighing what was
+observed (measured in the README).
 """
 
 from __future__ import annotations

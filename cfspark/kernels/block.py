@@ -10,7 +10,7 @@ w·x + b + c from either side, and the same kernel serves both half-steps.
 A rating may carry a weight a_r ≥ 0 (1 when none is given): the data term is
 Σ_r a_r·loss(z_r, y_r), so its gradient is a_r·dloss/dz and its Hessian a_r·d²loss/dz². A
 sampled negative with a_r < 1 then counts as a fraction of an observed label, and a count
-of plays as several (estimator.py maps counts and negatives to weights).
+of plays as several (data/weights.py and data/exposure.py give ratings their weights).
 
 The L2 penalty is ½ Σ_r Σ_col weight[r, col]·P[r, col]², with
   weight = λ·reg_mask + λ_b·bias_mask, or, when count_scaled,
