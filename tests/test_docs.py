@@ -9,9 +9,11 @@
   --config file and --set keys load through the config loader (a relative --config must be
   a file of the repository; an absolute one is a deployment's own and is not read).
 - .ci/run runs exactly the README's test command.
-- Every relative link resolves, anchors included, and every docs page is linked from the
-  README.
+- Every relative link resolves, anchors included; every docs page is linked from the
+  README; every file named in backticks exists.
 - The config-key ↔ Param table and the layer table are the code's.
+
+Only the python blocks touch Spark; everything else reads files and parses arguments.
 """
 
 from __future__ import annotations
@@ -359,3 +361,30 @@ def test_the_config_key_to_param_table_is_the_jobs_mapping():
     })  # fmt: skip
     documented = dict(table_after(ROOT / "docs" / "configuration.md", "## Config keys and Params"))
     assert documented == expected
+
+
+def test_the_layer_table_is_the_packages_folders_and_layers():
+    from test_layering import LAYERS
+
+    documented = {
+        folder.strip("/"): int(layer)
+        for layer, folder, _ in table_after(ROOT / "docs" / "architecture.md", "## Layers")
+    }
+    assert documented == {folder: layer for layer, folders in enumerate(LAYERS) for folder in folders}
+    packages = {p.parent.name for p in (ROOT / "cfspark").glob("*/__init__.py")}
+    assert set(documented) == packages
+
+
+FILE_NAMED = re.compile(r"`([\w./-]+\.(?:py|toml|sh))`")
+SOURCE_FOLDERS = ("cfspark", "conf", "jobs", "scripts", "tests")
+
+
+@pytest.mark.parametrize("path", LINKED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_file_named_in_backticks_exists(path):
+    """`jobs/train.py` from the repository, `kernels/newton.py` from the package, `default.toml` anywhere."""
+    for name in FILE_NAMED.findall(prose_of(path)):
+        if "/" in name:
+            assert (ROOT / name).exists() or (ROOT / "cfspark" / name).exists(), f"{path.name}: no file {name}"
+        else:
+            found = (ROOT / name).exists() or any(any((ROOT / d).rglob(name)) for d in SOURCE_FOLDERS)
+            assert found, f"{path.name}: no file {name}"
