@@ -6,7 +6,7 @@
 # The zip holds cfspark/ only: its modules and its default.toml (no tests, no jobs, no
 # caches); executors put it on their sys.path. Its dependencies (numpy, pandas, pyarrow)
 # come from the executors' Python: PYSPARK_PYTHON, or a packed venv shipped with
-# --archives (see README, Running on a cluster).
+# --archives (see docs/operations.md, Running on a cluster).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
