@@ -25,8 +25,6 @@ class ExposureAwareModel(CFModel):
     recommendations rank by score and carry both parts (p_like, p_exposed).
     """
 
-    exposure_model: CFModel
-
     def earlier(self) -> Earlier:
         return dataclasses.replace(super().earlier(), exposure=self.exposure_model.earlier())
 

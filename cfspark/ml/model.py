@@ -70,6 +70,9 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
     []
     """
 
+    # The exposure part, P(exposed): an ExposureAwareModel's (exposure_model.py); None here.
+    exposure_model: CFModel | None = None
+
     def __init__(
         self,
         user_factors: DataFrame | None = None,
