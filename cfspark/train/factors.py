@@ -1,4 +1,4 @@
-"""Block state → flat factor tables under the user's own ids, and back-to-row predictions."""
+"""Block state → flat factor tables (id, features, bias) under the caller's own ids."""
 
 from __future__ import annotations
 
