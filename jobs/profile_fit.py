@@ -2,14 +2,14 @@
 
     spark-submit jobs/profile_fit.py --set input.path=... --set output.path=prof/ [--set key=value ...]
 
-The job is cfspark.apps.profile_fit.main; the console script cfspark-profile runs the same.
+The job is cfspark.bench.profile.main; the console script cfspark-profile runs the same.
 cfspark must be importable by the driver: installed in its Python (pip install -e .
 or the wheel), or shipped with --py-files as the zip that scripts/package.sh builds.
 """
 
 import sys
 
-from cfspark.apps.profile_fit import main
+from cfspark.bench.profile import main
 
 if __name__ == "__main__":
     sys.exit(main())

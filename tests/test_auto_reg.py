@@ -10,11 +10,11 @@ import pytest
 from planted import planted_ratings
 
 from cfspark import CollaborativeFilter
-from cfspark.config import load_config
+from cfspark.app.config import load_config
+from cfspark.app.train import run_job
+from cfspark.data.metrics import regression_metrics
 from cfspark.data.split import split_ratings
-from cfspark.estimator import PATH_SLACK, REG_PATH
-from cfspark.evaluate import regression_metrics
-from cfspark.job import run
+from cfspark.fit.reg_search import PATH_SLACK, REG_PATH
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def _job(spark, csv, out):
         [f"input.path={csv}", "input.user_col=user", "input.item_col=item", f"output.path={out}",
          "model.reg=auto", "model.rank=3", "checkpoint.interval=0", f"split.seed={SPLIT_SEED}"],
     )  # fmt: skip
-    return run(spark, cfg)
+    return run_job(spark, cfg)
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def setup_output_under_a_file(tmp, spark, stack):
 
 
 def setup_output_in_use(tmp, spark, stack):
-    from cfspark.guard import RunLock
+    from cfspark.app.guard import RunLock
 
     (tmp / "ratings.csv").write_text(GOOD)
     stack.enter_context(RunLock([("output.path", str(tmp / "out"))]))  # another live run holds it
@@ -104,7 +104,7 @@ def setup_parquet_double_ids(tmp, spark, stack):
 
 def setup_checkpoints_in_use(tmp, spark, stack):
     """Another run, on another output.path, holds the same explicit checkpoint.dir."""
-    from cfspark.guard import RunLock
+    from cfspark.app.guard import RunLock
 
     (tmp / "ratings.csv").write_text(GOOD)
     stack.enter_context(RunLock([("checkpoint.dir", str(tmp / "ck"))]))
@@ -222,7 +222,7 @@ def test_refused_with_one_clear_line_and_nothing_touched(spark, capsys, tmp_path
 
 
 def test_help_lists_every_key_with_its_default(capsys):
-    from cfspark.config import load_defaults
+    from cfspark.app.config import load_defaults
 
     with pytest.raises(SystemExit) as stop:
         train_job.main(["--help"])
@@ -277,7 +277,7 @@ def strict_json_text(text, where):
 
 
 def test_json_files_are_strict(tmp_path):
-    from cfspark.fs import write_json
+    from cfspark.core.fs import write_json
 
     write_json(str(tmp_path / "m.json"), {"auc": float("nan"), "grid": [1.0, float("inf")], "n": {"x": -float("inf")}})
     assert strict_json(tmp_path / "m.json") == {"auc": None, "grid": [1.0, None], "n": {"x": None}}
@@ -295,7 +295,7 @@ def test_a_diverging_fit_stops_with_the_training_failure_code(spark, capsys, tmp
 
 
 def test_a_failed_write_has_its_own_code_and_keeps_the_old_output(spark, capsys, tmp_path, monkeypatch):
-    from cfspark.model_io import CFModelWriter
+    from cfspark.ml.model_io import CFModelWriter
 
     data = tmp_path / "ratings.csv"
     data.write_text(GOOD)
@@ -315,7 +315,7 @@ def test_a_failed_write_has_its_own_code_and_keeps_the_old_output(spark, capsys,
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_give_the_interrupted_codes(capsys, signum, code):
-    from cfspark.cli import exit_code
+    from cfspark.app.cli import exit_code
 
     def body() -> int:
         os.kill(os.getpid(), signum)
@@ -329,8 +329,8 @@ def test_signals_give_the_interrupted_codes(capsys, signum, code):
 
 
 def test_each_error_class_has_its_own_exit_code():
-    from cfspark import errors
-    from cfspark.cli import code_for
+    from cfspark.app.cli import code_for
+    from cfspark.core import errors
 
     classes = [errors.ConfigError, errors.InputError, errors.TrainingError, errors.OutputError, errors.BusyError]
     codes = [code_for(cls("x")) for cls in classes]

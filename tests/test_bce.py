@@ -10,14 +10,13 @@ import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from planted import auc, planted_labels
 
-from cfspark import CollaborativeFilter
+from cfspark import COURSE_PARAMS, CollaborativeFilter
+from cfspark.data.metrics import classification_metrics, ranking_metrics
 from cfspark.data.negatives import add_negatives, draw_negatives
 from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.read import Columns
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import validate_ratings
-from cfspark.estimator import COURSE_PARAMS
-from cfspark.evaluate import classification_metrics, ranking_metrics
 
 USERS = ["Alice", "Bob", "Carol", "Dave"]
 # The course's binary version of the movie table: 1 = engaged, 0 = shown, not engaged, None = not shown.
@@ -164,8 +163,8 @@ def test_ranking_metrics_match_hand_computed_values(spark):
 
 def test_the_job_excludes_only_positives_when_asked(spark, tmp_path):
     """output.exclude = "positives" with the job's default column names (userId, movieId)."""
-    from cfspark.config import load_config
-    from cfspark.job import run
+    from cfspark.app.config import load_config
+    from cfspark.app.train import run_job
 
     rows = course_labels()
     (tmp_path / "labels.csv").write_text("userId,movieId,rating\n" + "".join(f"{u},{m},{v}\n" for u, m, v in rows))
@@ -174,7 +173,7 @@ def test_the_job_excludes_only_positives_when_asked(spark, tmp_path):
         "model.rank=2", "model.max_iter=3", "split.test_fraction=0.0", "checkpoint.interval=0",
         "output.exclude=positives", "output.top_n=5",
     ])  # fmt: skip
-    run(spark, cfg)
+    run_job(spark, cfg)
     recs = {(r.userId, r.movieId) for r in spark.read.parquet(str(tmp_path / "out" / "recommendations")).collect()}
     positives = {(u, m) for u, m, v in rows if as_label(v) == 1.0}
     negatives = {(u, m) for u, m, v in rows if as_label(v) == 0.0}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from cfspark.benchmark import ratio_table, run_benchmark
-from cfspark.config import load_config
-from cfspark.synthetic import SyntheticSpec, write_synthetic
+from cfspark.app.config import load_config
+from cfspark.bench.benchmark import ratio_table, run_benchmark
+from cfspark.data.synthetic import SyntheticSpec, write_synthetic
 
 pytestmark = pytest.mark.slow
 

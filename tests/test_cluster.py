@@ -24,8 +24,8 @@ import pytest
 from planted import planted_ratings
 from tests_support import REPO
 
-from cfspark.config import load_config
-from cfspark.job import run as run_job
+from cfspark.app.config import load_config
+from cfspark.app.train import run_job
 
 pytestmark = pytest.mark.cluster
 

@@ -8,9 +8,8 @@ import pytest
 from tests_support import REPO
 
 from cfspark import CollaborativeFilter
-from cfspark.config import load_config, load_defaults, parse_override
-from cfspark.errors import ConfigError
-from cfspark.params import CONFIG_PARAMS
+from cfspark.app.config import CONFIG_PARAMS, load_config, load_defaults, parse_override
+from cfspark.core.errors import ConfigError
 
 
 def test_overrides_are_parsed_as_toml_values():
@@ -64,16 +63,16 @@ def test_estimator_defaults_match_conf_default_toml_key_by_key():
 
 
 def test_block_counts_follow_the_data_size():
-    from cfspark.estimator import blocks_for
+    from cfspark.fit.blockwise import blocks_for
 
     assert [blocks_for(n) for n in (0, 1_000, 6_000_000, 6_000_001, 22_080_000, 10**9)] == [2, 2, 2, 3, 8, 64]
     assert load_defaults()["model"]["num_user_blocks"] == 0  # 0 = derived from the data
 
 
 def test_conf_course_toml_is_the_course_model():
+    from cfspark import COURSE_PARAMS
+    from cfspark.app.run import estimator_from_config
     from cfspark.data.read import Columns
-    from cfspark.estimator import COURSE_PARAMS
-    from cfspark.run import estimator_from_config
 
     course = estimator_from_config(load_config(os.path.join(REPO, "conf", "course.toml")), Columns("u", "i", "r"))
     assert {k: course.getOrDefault(k) for k in COURSE_PARAMS} == COURSE_PARAMS

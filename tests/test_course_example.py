@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 from chispa import assert_df_equality
 
-from cfspark import CollaborativeFilter
+from cfspark import COURSE_PARAMS, CollaborativeFilter
 from cfspark.data.normalise import item_means, normalise
-from cfspark.estimator import COURSE_PARAMS
 
 USERS = ["Alice", "Bob", "Carol", "Dave", "Eve"]
 TABLE = {  # movie: ratings by Alice, Bob, Carol, Dave, Eve (None = not rated)

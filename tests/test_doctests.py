@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["cfspark.estimator", "cfspark.model"]
+MODULES = ["cfspark.ml.estimator", "cfspark.ml.model"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -13,8 +13,8 @@ from planted import planted_ratings
 from tests_support import REPO
 
 from cfspark import CFModel
+from cfspark.core.schema import ITEM, USER
 from cfspark.data.split import split_ratings
-from cfspark.schema import ITEM, USER
 
 pytestmark = pytest.mark.slow
 

@@ -10,15 +10,15 @@ from planted import planted_exposure
 from pyspark.sql import functions as F
 
 from cfspark import CFModel, CollaborativeFilter
+from cfspark.core.errors import InputError
+from cfspark.core.schema import ITEM, P_EXPOSED, P_LIKE, RATING, SCORE, USER, WEIGHT
 from cfspark.data.exposure import exposure_labels
+from cfspark.data.metrics import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.data.negatives import add_negatives, sampling_weights
 from cfspark.data.read import Columns
 from cfspark.data.split import split_ratings
 from cfspark.data.validate import validate_ratings
 from cfspark.data.weights import confidence
-from cfspark.errors import InputError
-from cfspark.evaluate import pointwise_metrics, ranking_metrics, relevant_pairs
-from cfspark.schema import ITEM, P_EXPOSED, P_LIKE, RATING, SCORE, USER, WEIGHT
 
 K = 10
 

@@ -9,9 +9,9 @@ import pytest
 from planted import planted_ratings
 from pyspark.sql import DataFrameWriter
 
-from cfspark.config import load_config
-from cfspark.errors import OutputError
-from cfspark.job import run as run_job
+from cfspark.app.config import load_config
+from cfspark.app.train import run_job
+from cfspark.core.errors import OutputError
 
 
 def _fail_model_tables(monkeypatch):

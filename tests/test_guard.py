@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from cfspark.errors import BusyError, ConfigError, OutputError
-from cfspark.guard import RunLock, check_disjoint, check_writable
+from cfspark.app.guard import RunLock, check_disjoint, check_writable
+from cfspark.core.errors import BusyError, ConfigError, OutputError
 
 HOLD = """
 import sys, time
-from cfspark.guard import RunLock
+from cfspark.app.guard import RunLock
 with RunLock([("output.path", sys.argv[1])]):
     print("held", flush=True)
     time.sleep(60)

@@ -1,5 +1,5 @@
 """The numpy kernels on their own: gradients, optimiser steps, initial factors, top-N, and the
-half-step body (messages.step_blocks) that runs them, without Spark."""
+half-step body (arrow_bodies.step_blocks) that runs them, without Spark."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from cfspark.kernels.newton import _moments, newton_step
 from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
 from cfspark.kernels.solve import solve_block
 from cfspark.kernels.topn import score_pair, top_within_groups
-from cfspark.train import messages
+from cfspark.train import arrow_bodies
+from cfspark.train.step import StepConfig
 
 RANK = 3
 REG_MASK = np.r_[np.ones(RANK), 0.0]
@@ -183,7 +184,7 @@ def test_score_pair_product_ranks_by_the_product_of_two_sigmoids():
     expected = np.lexsort((np.broadcast_to(np.arange(12), product.shape), -product), axis=1)[:, :4]
     for chunk in (2048, 3):
         with _chunk_of(chunk):
-            idx, val = topn.score_pair_product(users, items, rated[:, 0], rated[:, 1], n=4)
+            idx, val = topn.score_pair(users, items, rated[:, 0], rated[:, 1], n=4, product=True)
         np.testing.assert_array_equal(idx, expected)
         np.testing.assert_allclose(np.exp(val), np.take_along_axis(product, expected, axis=1), rtol=1e-12)
 
@@ -494,7 +495,7 @@ def test_float32_training_matches_float64_on_a_planted_model(loss):
 
 
 def test_a_float32_half_step_body_sends_float64_params_close_to_float64s():
-    """messages.step_blocks, Spark-free: StepConfig.float32 reaches the kernels, and the state and
+    """arrow_bodies.step_blocks, Spark-free: StepConfig.float32 reaches the kernels, and the state and
     messages it emits are float64 blobs either way."""
     (train, _), n_users, n_items = _planted_split(np.random.default_rng(13), "mse")
     users, items, y = train
@@ -505,18 +506,18 @@ def test_a_float32_half_step_body_sends_float64_params_close_to_float64s():
     )
     w = initial_params(np.arange(n_users, dtype=np.int64), 4, scale=0.1, side="user")
     x = initial_params(np.arange(n_items, dtype=np.int64), 4, scale=0.1, side="item")
-    state = messages._rows(0, w, None, (0.0, 0.0), [])
-    sent = messages._rows(0, x, None, (0.0, 0.0), [(0, x[np.unique(items)])])[1:]  # block 0: its items, by id
-    incoming = pa.Table.from_pylist(state + sent, schema=messages._ARROW_SCHEMA)
+    state = arrow_bodies._rows(0, w, None, (0.0, 0.0), [])
+    sent = arrow_bodies._rows(0, x, None, (0.0, 0.0), [(0, x[np.unique(items)])])[1:]  # block 0: its items, by id
+    incoming = pa.Table.from_pylist(state + sent, schema=arrow_bodies._ARROW_SCHEMA)
     out = {}
     for single in (False, True):
-        cfg = messages.StepConfig(
+        cfg = StepConfig(
             side="user", rank=4, loss="mse", reg=0.05, optimizer="newton", learning_rate=0.0, inner_steps=1,
             init_scale=0.1, count_scaled=True, bias_reg=5.0, float32=single,
         )  # fmt: skip
-        table = messages.step_blocks(cfg)(inblock, incoming)
+        table = arrow_bodies.step_blocks(cfg)(inblock, incoming)
         src = table.column("src").to_pylist()
-        assert src == [messages.STATE, 0]
+        assert src == [arrow_bodies.STATE, 0]
         assert len(table.column("params")[0].as_py()) == n_users * 6 * 8  # float64 blob, as before
         out[single] = matrix(table, "params", 0, 6), table.column("data_loss")[0].as_py()
     (p64, loss64), (p32, loss32) = out[False], out[True]

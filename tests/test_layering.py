@@ -1,45 +1,43 @@
-"""The package's layers: a module imports only from its own layer or the layers below.
+"""The package's layers are its folders: a module imports only from its own layer or the layers below.
 
 Every module of cfspark is read with ast (no import runs), and every import in it counts:
 at the top, inside a function, `import x` and `from x import y`, absolute or relative.
-README, Architecture, draws the same table.
+A module outside the layer folders fails; the Architecture page draws the same table.
 """
 
 from __future__ import annotations
 
 import ast
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from tests_support import REPO
 
-# Low to high. "x.*" is the package x and everything in it; a plain name is that module.
-LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("cfspark.kernels.*", "cfspark.errors", "cfspark.phases", "cfspark.schema", "cfspark.fs"),
-    1: ("cfspark.blocks.*", "cfspark.data.*", "cfspark.synthetic"),
-    2: ("cfspark.train.*", "cfspark.factors"),
-    3: ("cfspark.params", "cfspark.estimator", "cfspark.model", "cfspark.model_io", "cfspark.recommend",
-        "cfspark.evaluate"),
-    4: ("cfspark.job", "cfspark.run", "cfspark.benchmark", "cfspark.profile", "cfspark.compare", "cfspark.config",
-        "cfspark.cli", "cfspark.guard", "cfspark.plot", "cfspark.output", "cfspark.apps.*",
-        "cfspark"),  # cfspark/__init__.py, the public face: it re-exports the estimator and the model
-}  # fmt: skip
+# The layers, low to high: each is one or more folders of the package, and a module's folder
+# is its layer. The package's own __init__ (the public face) sits in the top layer.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("core", "kernels"),  # leaves: schema, errors, fs, phases; pure numpy kernels
+    ("data", "blocks"),  # ratings as DataFrames; setup into blocks
+    ("train",),  # the distributed engine
+    ("fit",),  # the fit paths
+    ("ml",),  # the pyspark.ml face
+    ("app", "bench"),  # the job; benchmark and profile
+)
 
-NAMES = {0: "leaves", 1: "data and blocks", 2: "training", 3: "estimator and model", 4: "applications"}
-
-# Modules that must not import these at all, whatever the layer (the kernels are pure numpy).
-FORBIDDEN: dict[str, tuple[str, ...]] = {"cfspark.kernels.*": ("pyspark",)}
+# Folders whose modules must not import these at all, whatever the layer (the kernels are pure numpy).
+FORBIDDEN: dict[str, tuple[str, ...]] = {"kernels": ("pyspark",)}
 
 
-def matches(module: str, pattern: str) -> bool:
-    if pattern.endswith(".*"):
-        return module == pattern[:-2] or fnmatchcase(module, pattern)
-    return module == pattern
-
-
-def layer_of(module: str, layers: dict[int, tuple[str, ...]]) -> int | None:
-    found = [layer for layer, patterns in layers.items() if any(matches(module, p) for p in patterns)]
+def layer_of(module: str, package: str, layers: tuple[tuple[str, ...], ...]) -> int | None:
+    """The layer of a module of package: its folder's, the top one for the package itself, else None."""
+    if module == package:
+        return len(layers) - 1
+    folder = module[len(package) + 1 :].split(".")[0] if module.startswith(package + ".") else None
+    found = [layer for layer, folders in enumerate(layers) if folder in folders]
     return found[0] if len(found) == 1 else None
+
+
+def _name(layer: int, layers: tuple[tuple[str, ...], ...]) -> str:
+    return ", ".join(layers[layer])
 
 
 def modules_of(root: Path, package: str) -> dict[str, Path]:
@@ -77,29 +75,31 @@ def imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, int]
     return found
 
 
-def violations(root: Path, package: str, layers: dict[int, tuple[str, ...]], forbidden=None) -> list[str]:
-    """Every import that goes up a layer, every module without a layer, every forbidden import."""
+def violations(root: Path, package: str, layers: tuple[tuple[str, ...], ...], forbidden=None) -> list[str]:
+    """Every import that goes up a layer, every module outside the layer folders, every forbidden import."""
     modules = modules_of(root, package)
     problems = []
     for module, path in modules.items():
-        mine = layer_of(module, layers)
+        mine = layer_of(module, package, layers)
         if mine is None:
-            problems.append(f"{module} ({path}) has no layer (or more than one): add it to LAYERS")
+            problems.append(f"{module} ({path}) has no layer: move it into a layer folder, or add its folder to LAYERS")
             continue
         for imported, line in imports_of(module, path, set(modules)):
             where = f"{path.relative_to(root.parent)}:{line}"
-            for pattern, banned in (forbidden or {}).items():
-                if matches(module, pattern) and imported.split(".")[0] in banned:
-                    problems.append(f"{where}: {module} imports {imported}, which no {pattern} module may import")
+            for folder, banned in (forbidden or {}).items():
+                if module.startswith(f"{package}.{folder}.") and imported.split(".")[0] in banned:
+                    problems.append(
+                        f"{where}: {module} imports {imported}, which no {package}.{folder}.* module may import"
+                    )
             if imported != package and not imported.startswith(package + "."):
                 continue
-            theirs = layer_of(imported, layers)
+            theirs = layer_of(imported, package, layers)
             if theirs is None:
                 problems.append(f"{where}: {module} imports {imported}, which has no layer")
             elif theirs > mine:
                 problems.append(
-                    f"{where}: {module} (layer {mine}, {NAMES.get(mine, '')}) imports {imported} "
-                    f"(layer {theirs}, {NAMES.get(theirs, '')}), a higher layer"
+                    f"{where}: {module} (layer {mine}, {_name(mine, layers)}) imports {imported} "
+                    f"(layer {theirs}, {_name(theirs, layers)}), a higher layer"
                 )
     return problems
 
@@ -109,22 +109,30 @@ def test_every_import_in_cfspark_goes_down_the_layers():
     assert not problems, "\n".join(problems)
 
 
+def test_every_folder_of_cfspark_is_a_layer():
+    """The tree shows the layers: no module at the package's top, no folder outside LAYERS."""
+    root = Path(REPO, "cfspark")
+    entries = {p.name for p in root.iterdir() if p.name != "__pycache__"}
+    assert entries == {"__init__.py", *(folder for layer in LAYERS for folder in layer)}, entries
+
+
 def test_the_checker_sees_the_package_it_checks():
     """Guards the test itself: it walks real modules and finds real imports."""
     root = Path(REPO, "cfspark")
     modules = modules_of(root, "cfspark")
-    expected = {"cfspark", "cfspark.kernels.losses", "cfspark.data.read", "cfspark.apps.train", "cfspark.job"}
+    expected = {"cfspark", "cfspark.kernels.losses", "cfspark.data.read", "cfspark.app.train", "cfspark.app.run"}
     assert expected <= modules.keys()
-    imported = {m for m, _ in imports_of("cfspark.run", modules["cfspark.run"], set(modules))}
-    assert {"cfspark.estimator", "cfspark.config", "cfspark"} <= imported  # `from cfspark import __version__`, local
+    imported = {m for m, _ in imports_of("cfspark.app.run", modules["cfspark.app.run"], set(modules))}
+    assert {"cfspark.ml.estimator", "cfspark.app.config", "cfspark"} <= imported  # `from cfspark import __version__`
 
 
-FAKE_LAYERS = {0: ("fake.low", "fake.sub.*"), 1: ("fake.high", "fake")}
+FAKE_LAYERS = (("low", "sub"), ("high",))
 
 
 def _fake_package(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "fake"
-    for name, text in {"__init__.py": "", "sub/__init__.py": "", **files}.items():
+    folders = {f"{folder}/__init__.py": "" for layer in FAKE_LAYERS for folder in layer}
+    for name, text in {"__init__.py": "", **folders, **files}.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     return root
@@ -132,9 +140,9 @@ def _fake_package(tmp_path: Path, files: dict[str, str]) -> Path:
 
 def test_checker_passes_downward_imports(tmp_path):
     root = _fake_package(tmp_path, {
-        "low.py": "from fake.sub import leaf\nfrom .sub.leaf import f\n",
-        "high.py": "import fake.low\nfrom fake import low\nimport numpy\n",
-        "sub/leaf.py": "from . import other\nfrom ..low import g\n",
+        "low/a.py": "from fake.sub import leaf\nfrom ..sub.leaf import f\n",
+        "high/h.py": "import fake.low.a\nfrom fake.low import a\nimport numpy\n",
+        "sub/leaf.py": "from . import other\nfrom ..low.a import g\n",
         "sub/other.py": "",
     })  # fmt: skip
     assert violations(root, "fake", FAKE_LAYERS) == []
@@ -142,15 +150,16 @@ def test_checker_passes_downward_imports(tmp_path):
 
 def test_checker_catches_upward_top_level_local_relative_and_unplaced(tmp_path):
     root = _fake_package(tmp_path, {
-        "low.py": "import fake.high\n\n\ndef f():\n    from fake.high import g\n    from .high import h\n",
-        "high.py": "",
+        "low/a.py": "import fake.high.h\n\n\ndef f():\n    from fake.high.h import g\n    from ..high import h\n",
+        "high/h.py": "",
         "sub/leaf.py": "def f():\n    from fake import __version__\n",
         "stray.py": "",
     })  # fmt: skip
     problems = violations(root, "fake", FAKE_LAYERS)
-    assert any(p.startswith("fake/low.py:1: fake.low (layer 0") and "imports fake.high (layer 1" in p for p in problems)
-    assert any(p.startswith("fake/low.py:5: ") for p in problems)  # function-local
-    assert any(p.startswith("fake/low.py:6: ") for p in problems)  # relative, function-local
+    assert any(p.startswith("fake/low/a.py:1: fake.low.a (layer 0") and "imports fake.high.h (layer 1" in p
+               for p in problems)  # fmt: skip
+    assert any(p.startswith("fake/low/a.py:5: ") for p in problems)  # function-local
+    assert any(p.startswith("fake/low/a.py:6: ") for p in problems)  # relative, function-local
     assert any(p.startswith("fake/sub/leaf.py:2: fake.sub.leaf (layer 0") and "imports fake (layer 1" in p
                for p in problems)  # fmt: skip
     assert any(p.startswith("fake.stray ") and "has no layer" in p for p in problems)
@@ -158,9 +167,9 @@ def test_checker_catches_upward_top_level_local_relative_and_unplaced(tmp_path):
 
 
 def test_checker_catches_a_forbidden_import_anywhere_in_a_module(tmp_path):
-    root = _fake_package(tmp_path, {"low.py": "import numpy\n", "high.py": "",
+    root = _fake_package(tmp_path, {"low/a.py": "import numpy\n", "high/h.py": "",
                                     "sub/leaf.py": "def f():\n    from pyspark.sql import functions\n"})  # fmt: skip
-    problems = violations(root, "fake", FAKE_LAYERS, {"fake.sub.*": ("pyspark",)})
+    problems = violations(root, "fake", FAKE_LAYERS, {"sub": ("pyspark",)})
     assert problems == [
         "fake/sub/leaf.py:2: fake.sub.leaf imports pyspark.sql, which no fake.sub.* module may import"
     ], problems

@@ -13,6 +13,7 @@ import pytest
 from planted import planted_labels, planted_ratings
 
 from cfspark import CollaborativeFilter
+from cfspark.fit.one_task import runs_in_one_task
 from cfspark.train import one_task
 
 PARAMS = dict(rank=3, maxIter=6, tol=0.0, seed=5, regParam=0.05)
@@ -95,7 +96,8 @@ def test_one_task_bce_and_the_stopping_rule_match(spark):
 def test_the_one_task_limit_and_explicit_blocks_choose_the_path():
     limit = one_task.ONE_TASK_RATINGS
     cf = CollaborativeFilter(**PARAMS)
-    assert cf.one_task(limit) and not cf.one_task(limit + 1)  # more ratings than the limit: blocks
-    assert not cf.copy({cf.numUserBlocks: 1}).one_task(10)  # a block count set by hand: blocks
-    assert not cf.copy({cf.maxBlockRatings: 5}).one_task(10)
-    assert not cf.copy({cf.initialModel: "/some/model"}).one_task(10)  # a warm start: blocks
+    settings = cf.fit_settings()
+    assert runs_in_one_task(settings, limit) and not runs_in_one_task(settings, limit + 1)  # over the limit: blocks
+    assert not runs_in_one_task(cf.copy({cf.numUserBlocks: 1}).fit_settings(), 10)  # a block count set by hand
+    assert not runs_in_one_task(cf.copy({cf.maxBlockRatings: 5}).fit_settings(), 10)
+    assert not runs_in_one_task(cf.copy({cf.initialModel: "/some/model"}).fit_settings(), 10)  # a warm start

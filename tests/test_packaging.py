@@ -1,6 +1,6 @@
 """Packaging, without Spark: the defaults travel inside the package (source tree, wheel,
 --py-files zip), conf/default.toml is that same file, not a copy, and every console
-script and jobs/*.py wrapper runs one main() of cfspark.apps."""
+script and jobs/*.py wrapper runs one main() of cfspark.app or cfspark.bench."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from tests_support import REPO
 
-import cfspark.config
-from cfspark.config import load_defaults
+import cfspark.app.config
+from cfspark.app.config import load_defaults
 
-PACKAGED = Path(REPO, "cfspark", "default.toml")
+PACKAGED = Path(REPO, "cfspark", "app", "default.toml")
 
 
 def test_defaults_are_read_through_importlib_resources(monkeypatch, tmp_path):
@@ -32,9 +32,9 @@ def test_defaults_are_read_through_importlib_resources(monkeypatch, tmp_path):
         asked.append(package)
         return tmp_path
 
-    monkeypatch.setattr(cfspark.config.resources, "files", files)
+    monkeypatch.setattr(cfspark.app.config.resources, "files", files)
     assert load_defaults() == {"model": {"rank": 99}}
-    assert asked == ["cfspark"]
+    assert asked == ["cfspark.app"]
 
 
 def test_conf_default_toml_is_the_packaged_file_not_a_copy():
@@ -50,11 +50,11 @@ def _pyproject() -> dict:
 
 
 def test_pyproject_ships_the_defaults_as_package_data():
-    assert "default.toml" in _pyproject()["tool"]["setuptools"]["package-data"]["cfspark"]
+    assert "default.toml" in _pyproject()["tool"]["setuptools"]["package-data"]["cfspark.app"]
 
 
 def test_package_zip_holds_the_defaults_and_loads_them_by_zipimport(tmp_path):
-    """scripts/package.sh's zip, alone on sys.path: cfspark.config is imported from it and
+    """scripts/package.sh's zip, alone on sys.path: cfspark.app.config is imported from it and
     reads its defaults from it (there is no file path to open inside a zip)."""
     env = {**os.environ, "CFSPARK_PYTHON": sys.executable}
     proc = subprocess.run([os.path.join(REPO, "scripts", "package.sh"), str(tmp_path / "dist")], capture_output=True,
@@ -62,15 +62,15 @@ def test_package_zip_holds_the_defaults_and_loads_them_by_zipimport(tmp_path):
     assert proc.returncode == 0, proc.stderr
     zip_path = proc.stdout.strip()
     with zipfile.ZipFile(zip_path) as z:
-        assert z.read("cfspark/default.toml") == PACKAGED.read_bytes()
-    probe = "import cfspark.config as c; print(c.__file__); print(c.load_defaults()['model']['rank'])"
+        assert z.read("cfspark/app/default.toml") == PACKAGED.read_bytes()
+    probe = "import cfspark.app.config as c; print(c.__file__); print(c.load_defaults()['model']['rank'])"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     (tmp_path / "cwd").mkdir()
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                           env={**env, "PYTHONPATH": zip_path}, cwd=tmp_path / "cwd")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     where, rank = proc.stdout.split()
-    assert where == os.path.join(zip_path, "cfspark", "config.py")
+    assert where == os.path.join(zip_path, "cfspark", "app", "config.py")
     assert int(rank) == load_defaults()["model"]["rank"]
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cfspark import profile
-from cfspark.errors import CfsparkError
-from cfspark.phases import phase
-from cfspark.profile import profile_table, stage_breakdown
+from cfspark.bench import profile
+from cfspark.bench.profile import profile_table, stage_breakdown
+from cfspark.core.errors import CfsparkError
+from cfspark.core.phases import phase
 
 
 def test_phase_tags_jobs_only_inside_the_block(spark):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import math
+import pydoc
 import shutil
 
 import numpy as np
@@ -15,9 +18,12 @@ from pyspark.ml.feature import SQLTransformer
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import functions as F
 
-from cfspark import CFModel, CollaborativeFilter, recommend
+from cfspark import CFModel, CollaborativeFilter
+from cfspark.app.config import CONFIG_PARAMS, load_defaults
+from cfspark.data.metrics import regression_metrics
 from cfspark.data.split import split_ratings
-from cfspark.evaluate import regression_metrics
+from cfspark.ml import recommend
+from cfspark.ml.params import DEFAULTS
 
 RANK = 3
 
@@ -78,6 +84,27 @@ def test_params_behave_as_in_pyspark_ml():
     assert copy.getRank() == 7 and cf.getRank() == 4 and copy.uid == cf.uid
     assert "coldStartStrategy: unseen user or item at prediction" in cf.explainParams()
     assert {p.name for p in cf.params} >= {"rank", "maxIter", "regParam", "seed", "checkpointInterval", "userCol"}
+
+
+def test_the_signature_lists_every_param_with_the_one_default():
+    """help(CollaborativeFilter) shows every Param and its default: the signature's defaults
+    are DEFAULTS, which app/default.toml mirrors key by key."""
+    signature = inspect.signature(CollaborativeFilter.__init__).parameters
+    assert {p.name for p in CollaborativeFilter().params} == set(signature) - {"self"}
+    assert {name: signature[name].default for name in DEFAULTS} == DEFAULTS
+    assert inspect.signature(CollaborativeFilter.setParams).parameters == signature
+    toml = load_defaults()
+    for (section, key), param in CONFIG_PARAMS.items():
+        assert toml[section][key] == signature[param].default, f"{section}.{key} against {param}"
+    text = pydoc.render_doc(CollaborativeFilter)
+    assert all(f"{name}: " in text for name in DEFAULTS)
+
+
+def test_the_model_has_its_own_params_and_the_estimator_the_rest(fitted):
+    model, _ = fitted
+    assert model.rank == RANK and model.getRank() == RANK and isinstance(model.rank, int)
+    assert not hasattr(model, "setLearningRate") and not model.hasParam("maxIter") and model.hasParam("regParam")
+    assert hasattr(model, "setPredictionCol") and hasattr(CollaborativeFilter, "setLearningRate")
 
 
 # -- Pipeline and tuning ---------------------------------------------------------------
@@ -223,6 +250,32 @@ def test_subsets_and_the_nested_shape(spark, fitted):
 
 
 # -- Persistence -----------------------------------------------------------------------------
+
+
+def test_a_model_saved_in_the_layout_before_the_ml_folder_loads(spark, fitted, planted, tmp_path):
+    """Models saved before the layout change name their class cfspark.model.CFModel and hold
+    every estimator Param: CFModel.load and a Pipeline's reader (which imports the class by
+    that name) both load them, passing over the Params a model no longer has."""
+    model, _ = fitted
+    path = str(tmp_path / "model")
+    model.write().save(path)
+    (text,) = [r.value for r in spark.read.text(f"{path}/metadata").collect()]
+    meta = json.loads(text)
+    meta["class"] = "cfspark.model.CFModel"
+    meta["paramMap"].update(learningRate=0.5, exposure=False)
+    meta["defaultParamMap"].update(maxIter=20, rank=meta["paramMap"].pop("rank"))
+    spark.createDataFrame([(json.dumps(meta),)], "value string").coalesce(1).write.mode("overwrite").text(
+        f"{path}/metadata"
+    )
+    from pyspark.ml.util import DefaultParamsReader
+
+    for loaded in (CFModel.load(path), DefaultParamsReader.loadParamsInstance(path, spark)):
+        assert type(loaded) is CFModel and loaded.rank == RANK and loaded.getUserCol() == "who"
+        _, test = planted
+        test = test.toDF("who", "what", "stars")
+        assert _rows(loaded.transform(test), "who", "what", "prediction") == _rows(
+            model.transform(test), "who", "what", "prediction"
+        )
 
 
 def test_save_and_load_give_identical_predictions_and_recommendations(spark, fitted, planted, tmp_path):

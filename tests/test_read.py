@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cfspark.config import load_defaults
+from cfspark.app.config import load_defaults
 from cfspark.data.read import default_ratings_path, read_ratings
 from cfspark.data.validate import validate_ratings
 

@@ -13,8 +13,9 @@ from cfspark import CollaborativeFilter
 from cfspark.blocks import partitioning, placement
 from cfspark.blocks.hashing import murmur3
 from cfspark.blocks.placement import check_distinct, entity_counts
-from cfspark.errors import InputError
-from cfspark.train.messages import OUT_SCHEMA, init_blocks
+from cfspark.core.errors import InputError
+from cfspark.fit.blockwise import setup
+from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
 from cfspark.train.trainer import half_step
 
 PARAMS = dict(rank=3, maxIter=5, tol=0.0, seed=7, regParam=0.05)
@@ -80,7 +81,7 @@ def test_item_blocks_are_balanced_by_load_where_hashing_is_not(spark):
     hashed = dict(df.groupBy(F.pmod(F.hash("item"), F.lit(4))).count().collect())
     assert heaviest <= 0.5 * mean  # no single item stops a balance within 1.5 × the mean...
     assert max(hashed.values()) > 1.5 * mean  # ...but hashing alone does not reach it
-    blocks, stats, _ = CollaborativeFilter(rank=2, numUserBlocks=2, numItemBlocks=4).setup(df)
+    blocks, stats, _ = setup(CollaborativeFilter(rank=2, numUserBlocks=2, numItemBlocks=4).fit_settings(), df)
     loads = {r.block: int(np.frombuffer(r.row_ptr, dtype=np.int64)[-1]) for r in blocks.items.collect()}
     assert sorted(loads) == [0, 1, 2, 3] and sum(loads.values()) == df.count()
     assert max(loads.values()) <= 1.5 * mean, (loads, mean)
@@ -96,8 +97,9 @@ def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
     # only the messages: no exchange between the cached InBlocks and the cogroup.
     df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
     cf = CollaborativeFilter(rank=2, numUserBlocks=3, numItemBlocks=2)
-    blocks, stats, _ = cf.setup(df)
-    user_cfg, item_cfg = cf.step_config("user"), cf.step_config("item")
+    settings = cf.fit_settings()
+    blocks, stats, _ = setup(settings, df)
+    user_cfg, item_cfg = settings.step_config("user"), settings.step_config("item")
     users = blocks.users.mapInArrow(init_blocks(user_cfg, send=False), OUT_SCHEMA)
     items = blocks.items.mapInArrow(init_blocks(item_cfg, send=True), OUT_SCHEMA)
     capsys.readouterr()
@@ -143,7 +145,7 @@ def test_each_block_has_a_partition_of_its_own(spark, planted):
     naive = rows.repartition(n, "block").select(F.spark_partition_id().alias("p")).distinct().count()
     assert naive < n  # what keying by the block number did
     df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
-    blocks, stats, _ = CollaborativeFilter(rank=2, numUserBlocks=2, numItemBlocks=3).setup(df)
+    blocks, stats, _ = setup(CollaborativeFilter(rank=2, numUserBlocks=2, numItemBlocks=3).fit_settings(), df)
     for inblocks in (blocks.users, blocks.items):
         where = inblocks.select(F.col("block"), F.spark_partition_id().alias("p")).collect()
         assert all(r.block == r.p for r in where) and len({r.p for r in where}) == len(where)

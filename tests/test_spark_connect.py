@@ -124,8 +124,8 @@ JOB = ["model.rank=2", "model.max_iter=3", "model.tol=0", "model.num_user_blocks
 def test_train_job_runs_whole_through_connect(spark, connect_server, tmp_path):
     """jobs/train.py --remote: read, validate, train, checkpoint, recommend and write, all
     through the Connect session; the outputs equal a classic session's run of the same config."""
-    from cfspark.config import load_config
-    from cfspark.job import run as run_job
+    from cfspark.app.config import load_config
+    from cfspark.app.train import run_job
 
     rows = planted_ratings(n_users=40, n_items=30, rank=2, density=0.4, noise=0.2, seed=2).rows()
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating\n" + "".join(f"{u},{i},{r}\n" for u, i, r in rows))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cfspark.synthetic import SyntheticSpec, generate
+from cfspark.data.synthetic import SyntheticSpec, generate
 
 SPEC = SyntheticSpec(users=300, items=120, ratings=6000, rank=3, noise=0.5, seed=3)
 
@@ -61,7 +61,7 @@ def test_binary_labels_are_zero_or_one(spark):
 
 
 def test_too_many_ratings_for_the_pairs_is_refused(spark):
-    from cfspark.errors import ConfigError
+    from cfspark.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="1001 ratings do not fit in 100 × 10 distinct pairs"):
         generate(spark, SyntheticSpec(users=100, items=10, ratings=1001))

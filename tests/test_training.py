@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from planted import planted_ratings
 
-from cfspark import CollaborativeFilter
-from cfspark.compare import compare_als
+from cfspark import COURSE_PARAMS, CollaborativeFilter
+from cfspark.bench.compare import compare_als
+from cfspark.data.metrics import regression_metrics
 from cfspark.data.split import split_ratings
-from cfspark.estimator import COURSE_PARAMS
-from cfspark.evaluate import regression_metrics
+from cfspark.fit.blockwise import setup
 
 RANK = 3
 # The defaults for exactly 30 iterations, with a count-scaled λ for this low-noise rank-3 data.
@@ -176,7 +176,7 @@ def test_a_block_over_max_block_ratings_is_split_and_the_model_is_unchanged(tiny
     ratings = tiny.count()
     assert (whole.summary["num_user_blocks"], whole.summary["num_item_blocks"]) == (1, 1)
     assert split.summary["num_user_blocks"] >= ratings / 60 and split.summary["num_item_blocks"] >= ratings / 60
-    blocks, stats, _ = CollaborativeFilter(maxBlockRatings=60, **params).setup(tiny)
+    blocks, stats, _ = setup(CollaborativeFilter(maxBlockRatings=60, **params).fit_settings(), tiny)
     for inblocks, count in ((blocks.users, split.summary["num_user_blocks"]), (blocks.items, None)):
         loads = [int(np.frombuffer(r.row_ptr, dtype=np.int64)[-1]) for r in inblocks.select("row_ptr").collect()]
         assert sum(loads) == ratings and max(loads) <= 60

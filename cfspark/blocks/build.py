@@ -31,7 +31,6 @@ from cfspark.blocks.inblock import (
 )
 from cfspark.blocks.partitioning import PART, partition_key
 from cfspark.blocks.placement import (
-    MAX_BLOCKS,
     VALUE,
     Placement,
     entity_counts,
@@ -40,10 +39,10 @@ from cfspark.blocks.placement import (
     id_value,
     place_sides,
 )
-from cfspark.phases import phase
-from cfspark.schema import BLOCK, ITEM, LOCAL, OFFSET, RATINGS, TARGET, USER, WEIGHT
+from cfspark.core.phases import phase
+from cfspark.core.schema import BLOCK, ITEM, LOCAL, OFFSET, RATINGS, TARGET, USER, WEIGHT
 
-__all__ = ["MAX_BLOCKS", "Blocks", "build_blocks"]
+__all__ = ["Blocks", "build_blocks"]
 
 log = logging.getLogger("cfspark")
 

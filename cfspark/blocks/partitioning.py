@@ -2,10 +2,10 @@
 
 The cached InBlocks, and every half-step's cogroup against them, are hash-partitioned:
 Spark sends a row to partition pmod(murmur3(key), n). Keyed by the block number itself,
-blocks 0..n−1 collide: with 2 blocks both land in one partition, so one task did both
-blocks' half-steps while the other core idled; with 8 blocks, 3 shared one partition and 3
-partitions were empty. ALS avoids this with a partitioner of its own, which the DataFrame
-API does not offer. Instead, each block gets a key, the smallest integer that Spark's hash
+blocks 0..n−1 collide: 2 blocks land in one partition, so one task does both blocks'
+half-steps while the other core idles; of 8 blocks, 3 share one partition and 3 partitions
+stay empty. ALS avoids this with a partitioner of its own, which the DataFrame API does not
+offer. Instead, each block gets a key, the smallest integer that Spark's hash
 sends to that block's partition, found once with the same hash in numpy (blocks/hashing.py,
 checked against Spark's). Rows are then partitioned and cogrouped by that key.
 """

@@ -26,15 +26,15 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cfspark.errors import InputError
-from cfspark.schema import RATINGS
+from cfspark.core.errors import InputError
+from cfspark.core.schema import RATINGS
 
-MAX_BLOCKS = 4096  # splitting stops here, whatever the loads
+MAX_SPLIT_BLOCKS = 4096  # splitting a side for maxBlockRatings stops here, whatever the loads
 # An entity is placed rather than hashed when it holds more than this share of a mean
 # block's load, and more than 1 / MAX_HEAVY of all ratings. The more load is placed, the
-# less the hashed rest weighs on the block that takes the heaviest entity: on 1M ratings
-# with item skew 3, 16 item blocks, a share of 0.01 left the heaviest block at 1.23 × the
-# mean load (hashing alone: 1.58 ×), 0.001 at 1.00 ×.
+# less the hashed rest weighs on the block that takes the heaviest entity (measured on 1M
+# ratings with item skew 3 in 16 item blocks: a share of 0.01 leaves the heaviest block at
+# 1.23 × the mean load, 0.001 at 1.00 ×, hashing alone at 1.58 ×).
 HEAVY_SHARE = 0.001
 MAX_HEAVY = 8192
 ID_HASH_SEED = 0x5EED  # string ids are ordered by xxhash64(id, ID_HASH_SEED)
@@ -195,12 +195,12 @@ def place_sides(sides: list[tuple[DataFrame, str, int]], *, total: int, max_bloc
             load = int(placement.loads.max(initial=0))
             if heaviest > max_block_ratings:
                 log.warning("one %s has %d ratings, over max_block_ratings = %d", id_col, heaviest, max_block_ratings)
-            if load <= max(max_block_ratings, heaviest) or n >= MAX_BLOCKS:
+            if load <= max(max_block_ratings, heaviest) or n >= MAX_SPLIT_BLOCKS:
                 placements[s] = placement
                 del pending[s]
                 _log_balance(id_col, placement)
                 continue
-            split = min(MAX_BLOCKS, n * math.ceil(load / max_block_ratings))
+            split = min(MAX_SPLIT_BLOCKS, n * math.ceil(load / max_block_ratings))
             log.warning("a %s block would hold %d ratings: splitting %d blocks into %d", id_col, load, n, split)
             pending[s] = split
     return [placements[s] for s in range(len(sides))]

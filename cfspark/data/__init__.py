@@ -1,1 +1,2 @@
-"""DataFrame-side preparation: reading, validation, split, item means, dense ids."""
+"""Layer 1, ratings as DataFrames: read, validate, split, item baselines (means, offsets),
+weights, sampled negatives and exposure labels, synthetic data, and the metrics over them."""

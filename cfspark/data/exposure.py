@@ -12,7 +12,7 @@ drawn without replacement from the items u has no label for (data/negatives.py),
 proportion to the square root of their number of labels (sqrt), to the number itself
 (popularity) or uniformly, with the weight w = negativeWeight. w < 1 lets K be large, so
 that many unlabelled items are seen, without the sampled zeros outweighing what was
-observed (measured in the README).
+observed (measured: docs, binary labels).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.data.negatives import add_negatives
 from cfspark.data.weights import row_weight
-from cfspark.schema import ITEM, RATING, USER, WEIGHT
 
 
 def exposure_labels(labelled: DataFrame, *, per_labelled: int, sampling: str, weight: float, seed: int) -> DataFrame:

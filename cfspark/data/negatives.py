@@ -14,7 +14,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.schema import ITEM, RATING, USER
+from cfspark.core.schema import ITEM, RATING, USER
 
 _USER_KEY = "_user_key"
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.core.schema import ITEM, ITEM_MEAN, ITEM_RATINGS, NORMALISED, RATING
 from cfspark.data.weights import row_weight
-from cfspark.schema import ITEM, ITEM_MEAN, ITEM_RATINGS, NORMALISED, RATING
 
 
 def item_means(train: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0) -> DataFrame:

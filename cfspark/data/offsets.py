@@ -9,9 +9,9 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.core.errors import InputError
+from cfspark.core.schema import ITEM, ITEM_OFFSET, LABELLED, POSITIVE_RATE, POSITIVES, RATING
 from cfspark.data.weights import row_weight
-from cfspark.errors import InputError
-from cfspark.schema import ITEM, ITEM_OFFSET, LABELLED, POSITIVE_RATE, POSITIVES, RATING
 
 
 def global_rate(train: DataFrame) -> float:

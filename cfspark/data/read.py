@@ -11,7 +11,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cfspark.errors import InputError
+from cfspark.core.errors import InputError
 
 SAMPLE_RATINGS = Path("data", "mllib", "als", "sample_movielens_ratings.txt")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.schema import ITEM, USER
+from cfspark.core.schema import ITEM, USER
 
 _UNIT = 2**53
 

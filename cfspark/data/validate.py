@@ -9,9 +9,9 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from cfspark.core.errors import InputError
+from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.data.read import Columns
-from cfspark.errors import InputError
-from cfspark.schema import ITEM, RATING, USER, WEIGHT
 
 # Canonical names used inside cfspark; tables out are renamed back to the user's own.
 
@@ -175,3 +175,13 @@ def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str) -> DataFram
             f'(set input.duplicates = "mean" or "max" to combine them)'
         )
     return df
+
+
+def validate_given(df: DataFrame, cols: Columns, *, labels: bool) -> DataFrame:
+    """The library's way in (a fit, a fold-in): cols' columns of df, validated with their ids
+    kept as they are and a repeated (user, item) pair refused. The job reads its own input
+    with the id type and duplicates rule its config chooses."""
+    for name in cols.names:
+        if name not in df.columns:
+            raise ValueError(f"the input has no column {name!r} (columns: {', '.join(df.columns)})")
+    return validate_ratings(df.select(*cols.names), cols, id_type="keep", duplicates="error", labels=labels)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.schema import WEIGHT
+from cfspark.core.schema import WEIGHT
 
 
 def confidence(count: Column, alpha: float) -> Column:

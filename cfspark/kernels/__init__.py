@@ -1,4 +1,5 @@
-"""Pure numpy kernels: losses, block gradients, optimiser steps, top-N.
+"""Layer 0, pure numpy kernels: losses, block problems, Newton and optimiser steps, fold-in, top-N.
 
-Nothing here imports Spark, so every function can be tested on small arrays.
+Nothing here imports Spark (tests/test_layering.py refuses it), so every function can be
+tested on small arrays.
 """

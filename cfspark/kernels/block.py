@@ -28,6 +28,9 @@ FACTOR_PRIOR then makes the factors' prior 3 × stronger for BCE, as measured (l
 Every pass over the ratings goes tile by tile (see Tile): a tile's ratings are gathered as
 a (rows × length × (p+1)) array, so that the per-row sums of the Newton step are batched
 matrix products (BLAS) rather than one numpy call per feature pair.
+
+One module of about 320 lines: the block problem, its tiling and its losses are one data
+structure, which every optimiser step (newton.py, optimizers.py) reads.
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ TILE = 4096
 # The largest (p+1)²·length of one row's run in one matrix product, f·(f+1)·length multiply-
 # adds with f ≤ p free columns: runs of at most 4096 ratings for rank 10, 1890 for rank 20. OpenBLAS (as
 # numpy ships it) multiplies products up to about 10^6 multiply-adds in its small-matrix
-# kernel, on one thread; above, its general kernel measured 1.5-2.5x slower on one thread,
-# and 3-10x slower on two threads of a busy machine, where Spark's tasks already use every
-# core (Spark sets OMP_NUM_THREADS, which OpenBLAS follows, to the executor's cores).
+# kernel, on one thread; above, its general kernel is slower (measured: 1.5-2.5x on one
+# thread, 3-10x on two threads whose cores Spark's other tasks are using; Spark sets
+# OMP_NUM_THREADS, which OpenBLAS follows, to the executor's cores).
 SMALL_GEMM = 1_000_000
 
 

@@ -13,8 +13,8 @@ CURVATURE = {"mse": 1.0, "bce": 0.25}
 
 # The count-scaled factor prior (λ on W and X, not the biases' λ_b) is also multiplied by this.
 # A 0/1 label tells less about a rank-k interaction than its curvature bound says: at 1, the
-# default λ = 0.1 overfit binary labels, and 3 did better on both data sets measured (test AUC,
-# MovieLens latest-small binarised at 4: 0.734 at 1, 0.782 at 3; synthetic binary 300k:
+# default λ = 0.1 overfits binary labels, and 3 does better on both data sets measured (test
+# AUC, MovieLens latest-small binarised at 4: 0.734 at 1, 0.782 at 3; synthetic binary 300k:
 # 0.564 at 1, 0.596 at 3), without a per-data-set λ.
 FACTOR_PRIOR = {"mse": 1.0, "bce": 3.0}
 

@@ -12,7 +12,7 @@ USER_CHUNK = 2048  # users scored at once, bounding the dense score matrix to US
 GROUP = 64
 # float32's unit roundoff, and the factor the screening margin allows over the worst-case
 # error of a float32 dot product (at most k·u·‖q‖‖c‖ for k terms).
-_U32 = float(np.finfo(np.float32).eps) / 2
+F32_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
 _SAFETY = 4.0
 
 
@@ -22,14 +22,24 @@ def score_pair(
     excluded_rows: np.ndarray,
     excluded_cols: np.ndarray,
     n: int,
+    *,
+    product: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best n candidates of this block for every query: the rows of queries @ candidates.T,
     with the (excluded_rows[j], excluded_cols[j]) entries set to −inf first. Best first;
     ties go to the lower candidate position; −inf pads rows with fewer than n candidates.
 
     The vectors carry every term of the score (recommend.py lays them out), so one product
-    is the whole score. It is computed in float32, six times faster than float64 here
-    (2,048 × 10,000, k = 12), and only screens: every candidate within twice float32's
+    is the whole score. product: each vector is two models' side by side, scored as the
+    log of the product of their two probabilities (_product_chunk).
+    """
+    chunk = (_product_chunk if product else _screened_chunk)(queries, candidates)
+    return _by_chunks(len(queries), len(candidates), excluded_rows, excluded_cols, n, chunk)
+
+
+def _screened_chunk(queries: np.ndarray, candidates: np.ndarray):
+    """The scores of one model, computed in float32, six times faster than float64 here
+    (2,048 × 10,000, k = 12), as a screen only: every candidate within twice float32's
     worst-case error of the row's n-th best survives, and the survivors (a few more than n
     per row) are scored again in float64. So the answer is the float64 one, exactly.
     """
@@ -37,7 +47,7 @@ def score_pair(
     # Bound on |float32 score − exact score| per query row: k·u·‖q‖·max‖c‖, with room to spare.
     c_norm = float(np.sqrt((candidates * candidates).sum(axis=1)).max()) if len(candidates) else 0.0
     q_norm = np.sqrt((queries * queries).sum(axis=1))
-    error = _SAFETY * queries.shape[1] * _U32 * q_norm * c_norm
+    error = _SAFETY * queries.shape[1] * F32_ROUNDOFF * q_norm * c_norm
 
     def chunk(lo: int, hi: int, ex_rows: np.ndarray, ex_cols: np.ndarray, n: int):
         scores = q32[lo:hi] @ c32.T
@@ -48,18 +58,12 @@ def score_pair(
         exact[shut] = -np.inf
         return _best(rows, cols, exact, hi - lo, n)
 
-    return _by_chunks(len(queries), len(candidates), excluded_rows, excluded_cols, n, chunk)
+    return chunk
 
 
-def score_pair_product(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    excluded_rows: np.ndarray,
-    excluded_cols: np.ndarray,
-    n: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """score_pair for two models at once: each vector is [first model's | second model's],
-    of equal widths, and a pair scores log σ(q₁·c₁) + log σ(q₂·c₂), the log of the product of
+def _product_chunk(queries: np.ndarray, candidates: np.ndarray):
+    """The scores of two models at once: each vector is [first model's | second model's], of
+    equal widths, and a pair scores log σ(q₁·c₁) + log σ(q₂·c₂), the log of the product of
     the two probabilities (P(like | shown)·P(exposed)). Computed in float64 throughout (a
     float32 screen would need the error bound carried through both σs); same order and ties.
     """
@@ -72,7 +76,7 @@ def score_pair_product(
         rows, cols = _screen(scores, n, np.zeros(hi - lo))
         return _best(rows, cols, scores[rows, cols], hi - lo, n)
 
-    return _by_chunks(len(queries), len(candidates), excluded_rows, excluded_cols, n, chunk)
+    return chunk
 
 
 def _by_chunks(

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from cfspark.core.fs import finite_json, is_local, local_path
 from cfspark.data.read import spark_message
-from cfspark.fs import finite_json, is_local, local_path
 
 log = logging.getLogger("cfspark")
 
@@ -59,7 +59,7 @@ class Checkpointer:
             # path relative to the checkpoint dir, so a rerun from another working directory finds it;
             # files: every file's size, so a truncated or missing file is caught before it is read.
             marker = {"iteration": iteration, "fingerprint": self.fingerprint, "path": name,
-                      "files": _sizes(local_path(path)), "history": finite_json(history)}  # fmt: skip
+                      "files": _file_sizes(local_path(path)), "history": finite_json(history)}  # fmt: skip
             tmp = self._marker() + ".tmp"
             with open(tmp, "w") as f:
                 json.dump(marker, f, allow_nan=False)
@@ -118,7 +118,7 @@ class Checkpointer:
             shutil.rmtree(local_path(self.directory), ignore_errors=True)
 
 
-def _sizes(folder: str) -> dict[str, int]:
+def _file_sizes(folder: str) -> dict[str, int]:
     """Every file under folder (relative path → bytes)."""
     sizes = {}
     for root, _, files in os.walk(folder):
@@ -132,9 +132,9 @@ def _missing_or_truncated(folder: str, expected: dict[str, int] | None) -> str:
     """What is wrong with the files of a checkpoint folder, or "" if nothing is."""
     if not os.path.isdir(folder):
         return "its folder is missing"
-    if expected is None:  # a marker from before file sizes were recorded: the read check decides
+    if expected is None:  # a marker without file sizes: the read check alone decides
         return ""
-    found = _sizes(folder)
+    found = _file_sizes(folder)
     for name, size in sorted(expected.items()):
         if name not in found:
             return f"{name} is missing"

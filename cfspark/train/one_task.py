@@ -1,13 +1,12 @@
 """Small data: the whole alternating loop inside one Spark task.
 
 When the training ratings fit in one block per side, a half-step's numpy work is a few
-milliseconds, and the distributed loop's cost is Spark's own: a job per half-step
-(0.25 s or more each on this 2-core machine, whatever the data size), plus setup's
-index, pack and init jobs, 3.4 s on the built-in 1,501 ratings. So below
-ONE_TASK_RATINGS the estimator sends the ratings to one task instead. The task indexes
-both sides itself (Arrow's dictionary encoding, so ids of any type), builds both sides'
-CSR arrays once, runs the same half-step kernel (messages.solve_rows) max_iter times,
-and emits both factor tables and the loss history: one Spark job for the whole fit.
+milliseconds, and the distributed loop's cost is Spark's own: a job per half-step (a
+fixed cost of a quarter of a second or more, whatever the data size), plus setup's index,
+pack and init jobs. So below ONE_TASK_RATINGS a fit sends the ratings to one task instead.
+The task indexes both sides itself (Arrow's dictionary encoding, so ids of any type),
+builds both sides' CSR arrays once, runs the same half-step (step.solve_rows) max_iter
+times, and emits both factor tables and the loss history: one Spark job for the whole fit.
 
 It is the same model as the distributed fit with one block per side: the same hashed
 initial factors (xxhash64 of the id with the same seeds), the same kernel, the same J
@@ -29,17 +28,16 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.blocks.codec import list_rows
+from cfspark.core.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER, WEIGHT
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
-from cfspark.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER, WEIGHT
-from cfspark.train.messages import StepConfig, solve_rows
-from cfspark.train.trainer import checkpoint_level, relative_change
+from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
+from cfspark.train.step import StepConfig, solve_rows
+from cfspark.train.trainer import checkpoint_level
 
-# At most this many training ratings go to one task. Measured on ml-latest-small's
-# 100,836 and synthetic 1M ratings (README, "Scale and speed"), and at 2M, where one task
-# still took about half the blockwise fit's time on 2 cores: 24.4 s against 43.9 s (mse,
-# synthetic, 18 iterations each), and 8.7 s against 17.3 s (the 1.93M-pair exposure fit of
-# ml-latest-small binarised, 10 iterations each).
+# At most this many training ratings go to one task. At 2M ratings one task still takes
+# about half the blockwise fit's time on 2 cores (measured: 24.4 s against 43.9 s, mse,
+# synthetic, 18 iterations each; 8.7 s against 17.3 s, a 1.93M-pair exposure fit, 10 each).
 ONE_TASK_RATINGS = 2_500_000
 
 KIND = "kind"  # of an output row: 0 a user's factors, 1 an item's, 2 the fit's record
@@ -81,7 +79,7 @@ def fit_arrays(
     items = initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item")
     user_state = item_state = None
     history: list[dict] = []
-    stop_reason = f"reached max_iter = {max_iter}"
+    stop_reason = reached_max_iter(max_iter)
     began = time.perf_counter()
     for iteration in range(1, max_iter + 1):
         step_began = time.perf_counter()
@@ -89,27 +87,18 @@ def fit_arrays(
         half_way = time.perf_counter()
         items, item_state, (data, item_reg) = solve_rows(item_cfg, *by_item, users, items, item_state)
         now = time.perf_counter()
-        entry = {
-            "iteration": iteration,
-            "train_loss": data + item_reg + user_reg,
-            "seconds": round(now - step_began, 3),
-            "elapsed": round(now - began, 3),
-            "kernel_seconds": round(now - step_began, 3),
-            "codec_seconds": 0.0,
-            "message_mb": 0.0,
-            "user_seconds": round(half_way - step_began, 3),
-            "user_kernel_seconds": round(half_way - step_began, 3),
-            "user_codec_seconds": 0.0,
-            "item_kernel_seconds": round(now - half_way, 3),
-            "item_codec_seconds": 0.0,
-        }
+        user_step, item_step = HalfStep(0.0, user_reg, half_way - step_began), HalfStep(data, item_reg, now - half_way)
+        entry = history_entry(
+            iteration, user_step, item_step, seconds=now - step_began, elapsed=now - began,
+            user_seconds=half_way - step_began,
+        )  # fmt: skip
         history.append(entry)
         if not np.isfinite(entry["train_loss"]):
             stop_reason = f"diverged: the training loss is {entry['train_loss']} at iteration {iteration}"
             break
-        change = relative_change(history)
-        if tol > 0 and change is not None and change < tol:
-            stop_reason = f"converged: the training loss changed by {change:.3g} of its value, under tol = {tol:g}"
+        reason = converged(history, tol)
+        if reason:
+            stop_reason = reason
             break
     history[-1]["stop"] = stop_reason
     return users, items, history, stop_reason

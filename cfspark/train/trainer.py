@@ -26,10 +26,11 @@ from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
 from cfspark.blocks.partitioning import PART, partition_key
-from cfspark.errors import TrainingError
-from cfspark.phases import phase
+from cfspark.core.phases import phase
+from cfspark.train.arrow_bodies import OUT_SCHEMA, STATE, init_blocks, step_blocks
 from cfspark.train.checkpoint import Checkpointer
-from cfspark.train.messages import OUT_SCHEMA, STATE, StepConfig, init_blocks, step_blocks
+from cfspark.train.history import HalfStep, converged, diverged, history_entry, reached_max_iter
+from cfspark.train.step import StepConfig
 
 log = logging.getLogger("cfspark")
 
@@ -52,17 +53,6 @@ class TrainResult:
         return self.item_out.filter(F.col("src") == STATE)
 
 
-@dataclass(frozen=True)
-class HalfStep:
-    """What one half-step's tasks report, summed over blocks (seconds are task seconds)."""
-
-    data_loss: float
-    reg_loss: float
-    kernel_seconds: float  # numpy: building the block problem, optimiser steps, losses
-    codec_seconds: float  # Arrow cells to numpy and back, messages assembled and split
-    message_mb: float  # factor vectors sent to the other side's blocks
-
-
 def checkpoint_level(spark) -> StorageLevel:
     """Replicated on a cluster, where an executor can be lost alone; local mode has one block store."""
     try:
@@ -77,8 +67,8 @@ def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
     """Materialise df with a fresh plan; return it and what its tasks reported."""
     # Not eager: the collect below is the one job that computes the half-step, and Spark
     # stores the checkpointed partitions as that job computes them. An eager checkpoint
-    # followed by the collect ran two jobs per half-step, and on small data a job's fixed
-    # cost is most of a half-step.
+    # would add a second job to every half-step, and on small data a job's fixed cost is
+    # most of a half-step.
     df = df.localCheckpoint(eager=False, storageLevel=checkpoint_level(df.sparkSession))
     # One row per block and message, summed here: a collect is one stage, where an
     # aggregate would add a shuffle and a second stage to every half-step.
@@ -143,7 +133,7 @@ def train(
             history, start = [], 0
     setup = time.perf_counter() - began
 
-    stop_reason = f"reached max_iter = {max_iter}"
+    stop_reason = reached_max_iter(max_iter)
     for iteration in range(start + 1, max_iter + 1):
         step_began = time.perf_counter()
         with phase(spark, "user-steps"):
@@ -151,21 +141,11 @@ def train(
         half_way = time.perf_counter()
         with phase(spark, "item-steps"):
             item_out, items = settle(half_step(blocks.items, item_out, user_out, item_cfg, blocks.num_item_blocks))
-        # J after the iteration: data term with the new X and W, both L2 terms.
-        entry = {
-            "iteration": iteration,
-            "train_loss": items.data_loss + items.reg_loss + users.reg_loss,
-            "seconds": round(time.perf_counter() - step_began, 3),
-            "elapsed": round(time.perf_counter() - began - paused, 3),
-            "kernel_seconds": round(users.kernel_seconds + items.kernel_seconds, 3),
-            "codec_seconds": round(users.codec_seconds + items.codec_seconds, 3),
-            "message_mb": round(users.message_mb + items.message_mb, 3),
-            "user_seconds": round(half_way - step_began, 3),
-            "user_kernel_seconds": round(users.kernel_seconds, 3),
-            "user_codec_seconds": round(users.codec_seconds, 3),
-            "item_kernel_seconds": round(items.kernel_seconds, 3),
-            "item_codec_seconds": round(items.codec_seconds, 3),
-        }
+        now = time.perf_counter()
+        entry = history_entry(
+            iteration, users, items, seconds=now - step_began, elapsed=now - began - paused,
+            user_seconds=half_way - step_began,
+        )  # fmt: skip
         history.append(entry)
         done = iteration - start
         left = (max_iter - iteration) * (time.perf_counter() - began - paused - setup) / done
@@ -175,11 +155,10 @@ def train(
         )  # fmt: skip
         if not math.isfinite(entry["train_loss"]):  # diverged: stop before checkpointing it
             raise diverged(entry["train_loss"], iteration)
-        change = relative_change(history)
-        converged = tol > 0 and change is not None and change < tol
-        if converged:
-            stop_reason = f"converged: the training loss changed by {change:.3g} of its value, under tol = {tol:g}"
-        if converged or iteration == max_iter:
+        reason = converged(history, tol)
+        if reason:
+            stop_reason = reason
+        if reason or iteration == max_iter:
             entry["stop"] = stop_reason
         if checkpointer and checkpointer.due(iteration):
             saved = checkpointer.save(iteration, user_out, item_out, history)
@@ -188,24 +167,9 @@ def train(
             watch = time.perf_counter()
             entry.update(on_iteration(TrainResult(user_out, item_out, history, start, setup)))
             paused += time.perf_counter() - watch
-        if converged:
+        if reason:
             break
     log.info("training stopped after %d iterations: %s", len(history), stop_reason)
     return TrainResult(
         user_out, item_out, history, resumed_from=start, setup_seconds=round(setup, 3), stop_reason=stop_reason
     )
-
-
-def diverged(train_loss: float, iteration: int) -> TrainingError:
-    """The error for a fit whose training loss stopped being finite."""
-    return TrainingError(
-        f"the training loss is {train_loss} at iteration {iteration}; lower model.learning_rate or raise model.reg"
-    )
-
-
-def relative_change(history: list[dict]) -> float | None:
-    """|J_prev − J| / |J_prev| over the last two iterations, or None before there are two."""
-    if len(history) < 2:
-        return None
-    before, after = history[-2]["train_loss"], history[-1]["train_loss"]
-    return abs(before - after) / max(abs(before), 1e-300)

@@ -12,8 +12,9 @@ from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
 from cfspark.blocks.partitioning import PART, partition_key
-from cfspark.schema import BIAS, BLOCK, FEATURES, ITEM, LOCAL, USER
-from cfspark.train.messages import OUT_SCHEMA, StepConfig, warm_blocks
+from cfspark.core.schema import BIAS, BLOCK, FEATURES, ITEM, LOCAL, USER
+from cfspark.train.arrow_bodies import OUT_SCHEMA, warm_blocks
+from cfspark.train.step import StepConfig
 from cfspark.train.trainer import settle
 
 

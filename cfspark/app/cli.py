@@ -1,0 +1,129 @@
+"""What the spark-submit entry points share: the --config/--set parser and the session."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+
+from cfspark.app.config import Config, describe_keys, load_config
+from cfspark.core.errors import (
+    BusyError,
+    CfsparkError,
+    ConfigError,
+    InputError,
+    Interrupted,
+    OutputError,
+    TrainingError,
+)
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with --config and repeatable --set KEY=VALUE."""
+    parser = argparse.ArgumentParser(
+        description=description, epilog=describe_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="TOML file whose keys override conf/default.toml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. --set model.rank=20 (repeatable)")  # fmt: skip
+    return parser
+
+
+def job_logging() -> None:
+    """Spark's own log stays at WARN; cfspark logs each iteration's loss and seconds."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    logging.getLogger("cfspark").setLevel(logging.INFO)
+
+
+def job_config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def job_session(app_name: str, cfg: Config | None = None, *, als: bool = False):
+    """The job's SparkSession (getOrCreate: spark-submit's master and confs apply).
+
+    als: the job will fit Spark ALS, which cuts its RDD lineage every 10 iterations only
+    when an RDD checkpoint dir is set; without one, a fit of 15 iterations or more can
+    overflow the JVM stack. The session then gets a temporary dir, removed when the job exits.
+    cfspark itself never needs it.
+    """
+    # Executors run the same interpreter as this driver unless told otherwise.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    if cfg is not None and cfg["spark"]["remote"]:
+        return remote_session(cfg)
+    builder = SparkSession.builder.appName(app_name).config("spark.log.level", "WARN")
+    if cfg is not None:
+        builder = builder.config("spark.sql.shuffle.partitions", str(cfg["spark"]["shuffle_partitions"]))
+    if als:
+        rdd_checkpoints = tempfile.mkdtemp(prefix="cfspark-als-checkpoints-")
+        atexit.register(shutil.rmtree, rdd_checkpoints, ignore_errors=True)
+        builder = builder.config("spark.checkpoint.dir", rdd_checkpoints)
+    return builder.getOrCreate()
+
+
+def remote_session(cfg: Config):
+    """A Spark Connect session to spark.remote (sc://host:port). The server owns the static
+    confs (master, memory, spark.checkpoint.dir); the job sets only its runtime ones."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.remote(cfg["spark"]["remote"]).getOrCreate()
+    spark.conf.set("spark.sql.shuffle.partitions", str(cfg["spark"]["shuffle_partitions"]))
+    return spark
+
+
+# One exit code per way a job can stop (docs, Operations).
+# 1 is left to Python itself: an unexpected error, with its traceback.
+EXIT_CODES: dict[type[CfsparkError], int] = {
+    ConfigError: 2,
+    InputError: 3,
+    TrainingError: 4,
+    OutputError: 5,
+    BusyError: 6,
+}
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal number, as a shell reports it
+
+
+def code_for(error: CfsparkError) -> int:
+    """The exit code of the most specific class error belongs to."""
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def exit_code(body: Callable[[], int]) -> int:
+    """Run a job's body; a CfsparkError becomes one 'cfspark: error: …' line on stderr and
+    its class's exit code; SIGINT and SIGTERM become 130 and 143, after staging is cleaned up."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if _main_thread() else None
+    try:
+        return body()
+    except CfsparkError as e:
+        print(f"cfspark: error: {e}", file=sys.stderr)
+        return code_for(e)
+    except KeyboardInterrupt:
+        print("cfspark: error: interrupted (SIGINT)", file=sys.stderr)
+        return EXIT_SIGINT
+    except Interrupted as e:
+        print(f"cfspark: error: interrupted (signal {e.signum})", file=sys.stderr)
+        return 128 + e.signum if e.signum != signal.SIGTERM else EXIT_SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

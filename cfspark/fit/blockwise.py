@@ -1,0 +1,134 @@
+"""The blockwise fit: ratings packed into user and item blocks once, then the distributed
+alternating loop (train/trainer.py), with checkpoints to resume from and a warm start."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from cfspark.blocks.build import Blocks, build_blocks
+from cfspark.core.phases import phase
+from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
+from cfspark.fit.record import FitRecord, fit_summary, training_pairs
+from cfspark.fit.settings import FitSettings
+from cfspark.fit.targets import prepare
+from cfspark.fit.warm import warm_start_from
+from cfspark.train.arrow_bodies import OUT_SCHEMA
+from cfspark.train.checkpoint import Checkpointer
+from cfspark.train.factors import factor_table
+from cfspark.train.trainer import TrainResult, checkpoint_level, train
+
+RATINGS_PER_BLOCK = 3_000_000  # about 100 MB of block arrays per task, and enough tasks to keep cores busy
+# The block counts a fit chooses by itself span these; maxBlockRatings may split further,
+# up to blocks/placement.py's MAX_SPLIT_BLOCKS.
+MIN_AUTO_BLOCKS, MAX_AUTO_BLOCKS = 2, 64
+# Params that do not change what a fit computes, left out of a checkpoint's fingerprint.
+UNSHAPING = ("maxIter", "tol", "checkpointDir", "checkpointInterval", "predictionCol", "coldStartStrategy")
+
+
+def blocks_for(num_ratings: int) -> int:
+    """The default block count per side for this many training ratings."""
+    return min(MAX_AUTO_BLOCKS, max(MIN_AUTO_BLOCKS, math.ceil(num_ratings / RATINGS_PER_BLOCK)))
+
+
+def fingerprint(settings: FitSettings, train_ratings: DataFrame) -> str:
+    """What a checkpoint must match to be resumed: the data and every Param that shapes the model."""
+    hashed = [USER, ITEM, RATING, *([WEIGHT] if WEIGHT in train_ratings.columns else [])]
+    data = train_ratings.agg(F.count(F.lit(1)), F.sum(F.pmod(F.xxhash64(*hashed), F.lit(2**31)))).first()
+    params = {k: v for k, v in settings.params().items() if k not in UNSHAPING}
+    # The state schema too: a checkpoint written by a cfspark with other state columns is not resumed.
+    text = json.dumps({"params": params, "rows": data[0], "checksum": data[1], "state_schema": OUT_SCHEMA},
+                      sort_keys=True)  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def setup(
+    settings: FitSettings, train_ratings: DataFrame, *, num_ratings: int | None = None
+) -> tuple[Blocks, DataFrame, float]:
+    """What training reads, built once: the blocks, the item table and the global baseline.
+
+    num_ratings, the training ratings' count if already known, sizes blocks left to the data."""
+    spark = train_ratings.sparkSession
+    with phase(spark, "prepare"):
+        prepared = prepare(settings, train_ratings)
+        users, items = settings.numUserBlocks, settings.numItemBlocks
+        if 0 in (users, items) and num_ratings is None:
+            num_ratings = train_ratings.count()
+        auto = blocks_for(num_ratings) if 0 in (users, items) else 0
+    blocks = build_blocks(
+        prepared.targets, prepared.baseline, num_user_blocks=users or auto, num_item_blocks=items or auto,
+        seed=settings.seed, max_block_ratings=settings.maxBlockRatings, num_ratings=num_ratings,
+    )  # fmt: skip
+    return blocks, prepared.item_stats, prepared.global_baseline
+
+
+def record_of(
+    settings: FitSettings,
+    result: TrainResult,
+    blocks: Blocks,
+    stats: DataFrame,
+    global_baseline: float,
+    train_ratings: DataFrame | None,
+    *,
+    final: bool,
+) -> FitRecord:
+    """The record that a train() result stands for.
+
+    final: the factor tables are materialised in Spark's block store (localCheckpoint), so
+    the model never reads the fit's blocks, state or checkpoint files again: a later fit
+    into the same checkpointDir, or deleting it, leaves this model as it is.
+    """
+    rank = settings.rank
+    user_factors = factor_table(result.user_state(), blocks.user_index, USER, rank, side="user")
+    item_factors = factor_table(result.item_state(), blocks.item_index, ITEM, rank, side="item")
+    if final:
+        level = checkpoint_level(blocks.users.sparkSession)
+        user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
+        item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
+    summary = fit_summary(
+        settings.regParam, result.history, result.stop_reason, setup_seconds=result.setup_seconds,
+        resumed_from=result.resumed_from, num_user_blocks=blocks.num_user_blocks,
+        num_item_blocks=blocks.num_item_blocks,
+    )  # fmt: skip
+    return FitRecord(user_factors, item_factors, stats, global_baseline, training_pairs(train_ratings), summary,
+                     params=dict(settings.carried), rank=rank)  # fmt: skip
+
+
+def fit_blockwise(
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    *,
+    began: float,
+    num_ratings: int | None,
+    on_iteration: Callable[[FitRecord], dict] | None = None,
+) -> FitRecord:
+    """The distributed fit, checkpointed every checkpointInterval iterations when checkpointDir is set."""
+    checkpointer = None
+    if settings.checkpointDir and settings.checkpointInterval > 0:
+        with phase(train_ratings.sparkSession, "prepare"):
+            checkpointer = Checkpointer(
+                train_ratings.sparkSession, settings.checkpointDir, settings.checkpointInterval,
+                fingerprint(settings, train_ratings),
+            )  # fmt: skip
+    blocks, stats, global_baseline = setup(settings, train_ratings, num_ratings=num_ratings)
+    user_cfg, item_cfg = settings.step_config("user"), settings.step_config("item")
+    start = warm_start_from(settings, blocks, user_cfg, item_cfg)
+
+    def record(result: TrainResult, *, final: bool) -> FitRecord:
+        return record_of(settings, result, blocks, stats, global_baseline, train_ratings, final=final)
+
+    watch = (lambda live: on_iteration(record(live, final=False))) if on_iteration else None
+    result = train(
+        blocks, user_cfg, item_cfg, max_iter=settings.maxIter, checkpointer=checkpointer,
+        on_iteration=watch, began=began, tol=settings.tol, start_from=start,
+    )  # fmt: skip
+    fitted = record(result, final=True)
+    blocks.unpersist()
+    for df in (result.user_out, result.item_out):
+        df.unpersist()
+    return fitted

@@ -1,0 +1,59 @@
+"""bce with exposure: two fits through the same engine. The preference model learns
+P(like | shown) on the labelled pairs; the exposure part learns P(exposed) on labelled-or-not
+pairs (data/exposure.py); the model ranks by their product.
+
+Labels that are all 1 (positive-only data) have no preference to learn: the record is then
+the exposure part alone, whose predictions are P(exposed) (summary positive_only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from cfspark.core.schema import P_EXPOSED, RATING
+from cfspark.data.exposure import exposure_labels
+from cfspark.fit.record import FitRecord, training_pairs
+from cfspark.fit.settings import FitSettings, InitialModel
+
+Fit = Callable[[FitSettings, DataFrame, Callable[[FitRecord], dict] | None], FitRecord]
+
+
+def exposure_settings(settings: FitSettings) -> FitSettings:
+    """The exposure part's fit: its own λ and prediction column, warm-started from the
+    earlier model's exposure part (if it has one), checkpointed in a folder of its own."""
+    part = settings.replace(exposure=False, initialModel=None)
+    part = part.carry(regParam=settings.exposureRegParam, predictionCol=P_EXPOSED)
+    earlier = settings.initialModel.load() if settings.initialModel is not None else None
+    if earlier is not None and earlier.exposure is not None:
+        start = earlier.exposure
+        part = part.replace(initialModel=InitialModel(start.uid, lambda: start))
+    if settings.checkpointDir:  # each fit resumes from its own checkpoints (the trainer's are iter-*)
+        part = part.replace(checkpointDir=settings.checkpointDir.rstrip("/") + "/exposure")
+    return part
+
+
+def fit_with_exposure(
+    settings: FitSettings, train_ratings: DataFrame, on_iteration: Callable[[FitRecord], dict] | None, *, fit: Fit
+) -> FitRecord:
+    """The preference record with its exposure part (record.exposure), or the exposure part
+    alone for positive-only labels; fit is the fit of one plain model (fit/paths.py)."""
+    part = exposure_settings(settings)
+    positive_only = train_ratings.filter(F.col(RATING) != 1.0).limit(1).count() == 0
+    exposed = exposure_labels(
+        train_ratings, per_labelled=settings.exposureNegatives, sampling=settings.negativeSampling,
+        weight=settings.negativeWeight, seed=settings.seed,
+    ).cache()  # fmt: skip
+    exposure = fit(part, exposed, on_iteration if positive_only else None)
+    exposure.training_pairs = None  # its sampled zeros are not pairs to exclude from recommendations
+    exposed.unpersist()
+    if positive_only:
+        exposure.summary["positive_only"] = True
+        exposure.training_pairs = training_pairs(train_ratings)
+        return exposure
+    preference = fit(settings.replace(exposure=False), train_ratings, on_iteration)
+    preference.exposure = exposure
+    preference.summary["exposure"] = {k: exposure.summary.get(k) for k in ("reg", "history", "stop_reason")}
+    return preference

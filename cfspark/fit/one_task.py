@@ -1,0 +1,75 @@
+"""The one-task fit: a fit small enough runs whole inside one Spark task (train/one_task.py).
+
+Checkpoints are not written (nothing to resume in a fit this small), and on_iteration sees
+only the final record, in the last history entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame
+
+from cfspark.core.phases import phase
+from cfspark.fit.record import FitRecord, fit_summary, training_pairs
+from cfspark.fit.settings import FitSettings
+from cfspark.fit.targets import prepare
+from cfspark.train.history import diverged
+from cfspark.train.one_task import ONE_TASK_RATINGS, fit_one_task
+
+log = logging.getLogger("cfspark")
+
+
+def runs_in_one_task(settings: FitSettings, num_ratings: int | None) -> bool:
+    """Whether a fit of num_ratings training ratings runs in one task: both block counts
+    left to the data (0), at most ONE_TASK_RATINGS ratings (nor more than maxBlockRatings),
+    and no warm start."""
+    if settings.numUserBlocks or settings.numItemBlocks or settings.initialModel is not None:
+        return False
+    return num_ratings is not None and num_ratings <= min(ONE_TASK_RATINGS, settings.maxBlockRatings)
+
+
+def fit_in_one_task(
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    *,
+    began: float,
+    on_iteration: Callable[[FitRecord], dict] | None = None,
+) -> FitRecord:
+    """The whole fit in one task; began is when the fit started, so setup is counted."""
+    spark = train_ratings.sparkSession
+    with phase(spark, "prepare"):
+        prepared = prepare(settings, train_ratings)
+    with phase(spark, "one-task"):
+        user_factors, item_factors, record = fit_one_task(
+            prepared.targets, settings.step_config("user"), settings.step_config("item"),
+            max_iter=settings.maxIter, tol=settings.tol, seed=settings.seed,
+        )  # fmt: skip
+    history, stop_reason = record["history"], record["stop"]
+    if not math.isfinite(history[-1]["train_loss"]):
+        raise diverged(history[-1]["train_loss"], len(history))
+    # The task timed its iterations; the rest of the wall time until now was setup.
+    total = time.perf_counter() - began
+    setup = total - history[-1]["elapsed"]
+    for entry in history:  # the task's progress, told once it is back
+        entry["elapsed"] = round(entry["elapsed"] + setup, 3)
+        log.info("iteration %d/%d: train loss %.6g (%.2f s, in one task)",
+                 entry["iteration"], settings.maxIter, entry["train_loss"], entry["seconds"])  # fmt: skip
+    log.info("training stopped after %d iterations: %s", len(history), stop_reason)
+    log.info("one-task fit: %.2f s of iterations, %.2f s in all", history[-1]["elapsed"] - setup, total)
+    summary = fit_summary(
+        settings.regParam, history, stop_reason, setup_seconds=round(setup, 3), resumed_from=0,
+        num_user_blocks=1, num_item_blocks=1,
+        num_users=record["users"], num_items=record["items"],  # what top-N would otherwise count
+        one_task=True,
+    )  # fmt: skip
+    fitted = FitRecord(
+        user_factors, item_factors, prepared.item_stats, prepared.global_baseline, training_pairs(train_ratings),
+        summary, params=dict(settings.carried), rank=settings.rank,
+    )  # fmt: skip
+    if on_iteration:
+        history[-1].update(on_iteration(fitted))
+    return fitted

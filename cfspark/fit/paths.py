@@ -1,0 +1,38 @@
+"""Which path a fit takes, in this order: bce with exposure (two fits), regParam = "auto"
+(the λ search, then a fit with its choice), one task (small data), or blockwise."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame
+
+from cfspark.fit.blockwise import fit_blockwise
+from cfspark.fit.exposure import fit_with_exposure
+from cfspark.fit.one_task import fit_in_one_task, runs_in_one_task
+from cfspark.fit.record import FitRecord
+from cfspark.fit.reg_search import choose_reg
+from cfspark.fit.settings import AUTO, FitSettings
+
+
+def fit_ratings(
+    settings: FitSettings, train_ratings: DataFrame, on_iteration: Callable[[FitRecord], dict] | None = None
+) -> FitRecord:
+    """Fit validated (user, item, rating[, weight]) rows with cfspark's internal names.
+
+    on_iteration, if given, is called with the record as it stands after each iteration and
+    returns extra fields for that iteration's history entry; its time is not counted.
+    """
+    if settings.loss == "bce" and settings.exposure:
+        return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
+    if settings.regParam == AUTO:
+        reg, path = choose_reg(settings, train_ratings)
+        record = fit_ratings(settings.carry(regParam=reg), train_ratings, on_iteration)
+        record.summary["reg_path"] = path
+        return record
+    began = time.perf_counter()
+    num_ratings = train_ratings.count() if 0 in (settings.numUserBlocks, settings.numItemBlocks) else None
+    if runs_in_one_task(settings, num_ratings):
+        return fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration)
+    return fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings, on_iteration=on_iteration)

@@ -1,0 +1,64 @@
+"""What training fits, per loss: the targets, the item baselines and the global baseline.
+
+mse: y = y' = rating − μ_i with no offset; the baseline is μ_i, shrunk by meanPrior.
+bce: y = the label, with o_i added to each score; the baseline is o_i.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from cfspark.core.schema import (
+    BASELINE,
+    ITEM,
+    ITEM_MEAN,
+    ITEM_OFFSET,
+    ITEM_RATINGS,
+    LABELLED,
+    NORMALISED,
+    OFFSET,
+    RATING,
+    TARGET,
+    USER,
+    WEIGHT,
+)
+from cfspark.data.normalise import item_means, normalise
+from cfspark.data.offsets import global_rate, item_offsets
+from cfspark.data.weights import row_weight
+from cfspark.fit.settings import FitSettings
+
+
+@dataclass(frozen=True)
+class Targets:
+    targets: DataFrame  # (user, item, y, offset, weight): weight is the rating's a_r, or null (1)
+    item_stats: DataFrame  # the model's item table: μ_i and counts (mse), or rates and o_i (bce); cached
+    baseline: DataFrame  # (item, baseline, ratings): the per-item term and the item's rating count
+    global_baseline: float  # for items without one: the global mean (mse), or the global rate's logit (bce)
+
+
+def prepare(settings: FitSettings, train_ratings: DataFrame) -> Targets:
+    """The targets and baselines of train_ratings (user, item, rating[, weight]) for settings' loss."""
+    weight = row_weight(train_ratings) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
+    if settings.loss == "mse":
+        a = row_weight(train_ratings)
+        glob = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
+        stats = item_means(train_ratings, prior=settings.meanPrior, global_mean=glob).cache()
+        no_offset = F.lit(None).cast("double").alias(OFFSET)
+        targets = normalise(train_ratings, stats).select(
+            USER, ITEM, F.col(NORMALISED).alias(TARGET), no_offset, weight.alias(WEIGHT)
+        )
+        return Targets(targets, stats, stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE), ITEM_RATINGS), glob)
+    rate = global_rate(train_ratings)  # weighted, as the loss is
+    with_offset = settings.itemOffset
+    stats = item_offsets(train_ratings, prior=settings.offsetPrior, rate=rate, enabled=with_offset).cache()
+    offset = F.col(ITEM_OFFSET) if with_offset else F.lit(None).cast("double")
+    targets = train_ratings.join(stats.select(ITEM, ITEM_OFFSET), ITEM).select(
+        USER, ITEM, F.col(RATING).alias(TARGET), offset.alias(OFFSET), weight.alias(WEIGHT)
+    )
+    glob = math.log(rate / (1 - rate)) if with_offset else 0.0
+    baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col(LABELLED).alias(ITEM_RATINGS))
+    return Targets(targets, stats, baseline, glob)

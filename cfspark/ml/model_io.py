@@ -1,0 +1,147 @@
+"""CFModel on disk: Parquet tables and a metadata row, all written and read through Spark.
+
+    <path>/metadata/         one JSON text row: class, uid, Params (pyspark.ml's layout), and
+                             cfspark's own fields (global baseline, fit summary, run metadata)
+    <path>/user_factors/     (userCol, features, bias)
+    <path>/item_factors/     (itemCol, features, bias)
+    <path>/item_stats/       μ_i (mse) or the item positive rates and offsets (bce)
+    <path>/training_pairs/   (userCol, itemCol, ratingCol): what recommendations exclude by default
+    <path>/exposure/         bce with exposure: the exposure model, saved the same way (no training pairs)
+
+The metadata row holds the model's Params and its rank (in paramMap, where ALS's rank
+would be). The reader sets the Params the model has and passes over any other, so models
+saved with more Params (every estimator Param, before the model's own were split off) load.
+
+Nothing goes through the driver's local file system, so the same code saves to a local
+path, HDFS or S3, and over Spark Connect. The metadata is pyspark.ml's own layout, so a
+Pipeline holding a CFModel saves and loads it as one of its stages. The metadata row is
+written last: a save that fails half-way leaves no loadable model behind.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyspark.ml.util import DefaultParamsWriter, MLReader, MLWriter
+from pyspark.sql import DataFrame
+from pyspark.sql.utils import is_remote
+
+from cfspark.core.fs import finite_json
+from cfspark.core.schema import ITEM, RATING, USER
+
+FORMAT_VERSION = 1
+_OWN_FIELDS = ("format_version", "global_baseline", "tables", "summary", "exposure")  # the rest is the job's run record
+
+
+class CFModelWriter(MLWriter):
+    """model.write().overwrite().save(path); .metadata(dict) adds fields (the job's run record).
+
+    parts, {"exposure": model} for an exposure-aware model, are saved the same way in a
+    folder of their own below path."""
+
+    def __init__(self, instance, parts: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.instance = instance
+        self.parts = parts or {}
+        self.extra: dict[str, Any] = {}
+
+    def metadata(self, extra: dict[str, Any]) -> CFModelWriter:
+        self.extra = dict(extra)
+        return self
+
+    def save(self, path: str) -> None:
+        # pyspark's overwrite deletes the path through the JVM, which Spark Connect has no
+        # handle on; there, each table is overwritten in place instead.
+        if self.shouldOverwrite and not is_remote():
+            self._handleOverwrite(path)
+        self.saveImpl(path)
+
+    def saveImpl(self, path: str) -> None:
+        model, spark = self.instance, self.sparkSession
+        mode = "overwrite" if self.shouldOverwrite else "error"
+        tables = {
+            "user_factors": model.userFactors,
+            "item_factors": model.itemFactors,
+            "item_stats": model.itemStats,
+            "training_pairs": None if model.training_pairs is None else model._named(model.training_pairs),
+        }
+        if model.training_pairs is not None:
+            tables["training_pairs"] = tables["training_pairs"].withColumnRenamed(RATING, model.getRatingCol())
+        for name, df in tables.items():
+            if df is not None:
+                df.write.mode(mode).parquet(f"{path}/{name}")
+        for name, part in self.parts.items():  # before the metadata row: a half-saved model is never loadable
+            writer = part.write().session(spark)
+            (writer.overwrite() if self.shouldOverwrite else writer).saveImpl(f"{path}/{name}")
+        extra = finite_json(
+            {
+                "cfspark": {
+                    "format_version": FORMAT_VERSION,
+                    "global_baseline": model.global_baseline,
+                    "tables": [name for name, df in tables.items() if df is not None],
+                    "exposure": "exposure" in self.parts,
+                    "summary": model.summary,
+                    **self.extra,
+                }
+            }
+        )
+        params = {**{p.name: v for p, v in model._paramMap.items()}, "rank": model.rank}
+        text = DefaultParamsWriter._get_metadata_to_save(model, spark, extraMetadata=extra, paramMap=params)
+        spark.createDataFrame([(text,)], "value string").coalesce(1).write.mode(mode).text(f"{path}/metadata")
+
+
+def read_metadata(spark, path: str) -> dict:
+    """The metadata row of a saved model, parsed: pyspark.ml's fields and cfspark's own."""
+    rows = spark.read.text(f"{path}/metadata").collect()
+    if len(rows) != 1:
+        raise ValueError(f"{path}/metadata holds {len(rows)} rows, expected 1: not a saved CFModel")
+    return json.loads(rows[0][0])
+
+
+def _set_params(model, meta: dict) -> None:
+    """The saved Params that the model has, set as they were saved (set, or default)."""
+    for name, value in meta["paramMap"].items():
+        if model.hasParam(name):
+            model.set(model.getParam(name), value)
+    for name, value in meta["defaultParamMap"].items():
+        if model.hasParam(name):
+            model._setDefault(**{name: value})
+
+
+class CFModelReader(MLReader):
+    """Loads a plain model, or an exposure-aware one when the metadata says it has that part."""
+
+    def __init__(self, *, plain: type, exposure_aware: type) -> None:
+        super().__init__()
+        self.plain, self.exposure_aware = plain, exposure_aware
+
+    def load(self, path: str):
+        spark = self.sparkSession
+        meta = read_metadata(spark, path)
+        ours = meta.get("cfspark")
+        if ours is None or ours.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path} is not a CFModel saved by this cfspark (format {FORMAT_VERSION})")
+        model = (self.exposure_aware if ours.get("exposure") else self.plain)()
+        model._resetUid(meta["uid"])
+        _set_params(model, meta)
+        model._rank = meta["paramMap"].get("rank", meta["defaultParamMap"].get("rank"))
+        user, item = model.getUserCol(), model.getItemCol()
+
+        def table(name: str) -> DataFrame | None:
+            if name not in ours["tables"]:
+                return None
+            df = spark.read.parquet(f"{path}/{name}").withColumnRenamed(user, USER).withColumnRenamed(item, ITEM)
+            return df.withColumnRenamed(model.getRatingCol(), RATING) if name == "training_pairs" else df
+
+        model.user_factors = table("user_factors")
+        model.item_factors = table("item_factors")
+        model.item_stats = table("item_stats")
+        model.training_pairs = table("training_pairs")
+        model.global_baseline = ours["global_baseline"]
+        model.summary = ours.get("summary", {})
+        model.run_metadata = {k: v for k, v in ours.items() if k not in _OWN_FIELDS}
+        if ours.get("exposure"):
+            part = CFModelReader(plain=self.plain, exposure_aware=self.exposure_aware)
+            model.exposure_model = part.session(spark).load(f"{path}/exposure")
+        return model

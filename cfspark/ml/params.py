@@ -1,0 +1,322 @@
+"""The Params of CFModel, and of CollaborativeFilter, which extends them, as pyspark.ml
+splits ALS's (_ALSModelParams, _ALSParams); each Param's one default is in DEFAULTS.
+
+DEFAULTS is where every model default is written: CollaborativeFilter's signature reads
+it, and the job's shipped defaults (app/default.toml) mirror it, key by key (tests check
+both). The job maps its keys onto Params through app/config.py's CONFIG_PARAMS.
+
+A bad value is refused when it is set, in the driver, with the Param's name: pyspark
+wraps a converter's TypeError into 'Invalid param value given for param "loss". …'.
+
+About 320 lines, as pyspark.ml writes Params: each Param declared, its getter written out.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+from pyspark import keyword_only
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import (
+    HasCheckpointInterval,
+    HasMaxIter,
+    HasPredictionCol,
+    HasRegParam,
+    HasSeed,
+    HasTol,
+)
+
+from cfspark.fit.settings import AUTO
+from cfspark.kernels.losses import LOSSES
+from cfspark.kernels.optimizers import OPTIMIZERS
+
+COLD_START = ("mean", "nan", "drop")
+REG_SCALINGS = ("count", "sum")
+SAMPLINGS = ("sqrt", "popularity", "uniform")
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise TypeError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _number(low: float, *, inclusive: bool = True, integer: bool = False, words: tuple[str, ...] = ()):
+    """A converter to int or float that refuses values below low (or at it, if not inclusive)."""
+    base = TypeConverters.toInt if integer else TypeConverters.toFloat
+
+    def convert(value: Any) -> Any:
+        if value in words:
+            return value
+        if isinstance(value, bool):
+            raise TypeError(f"must be a number, got {value!r}")
+        value = base(value)
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise TypeError(f"must be {'>=' if inclusive else '>'} {low:g}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"must be True or False, got {value!r}")
+    return value
+
+
+def _interval(value: Any) -> int:
+    value = _number(-1, integer=True)(value)
+    if value == 0:
+        raise TypeError("must be >= 1, or -1 for no checkpoints, got 0")
+    return value
+
+
+def _param(name: str, doc: str, converter: Callable[[Any], Any]) -> Param:
+    return Param(Params._dummy(), name, doc, typeConverter=converter)
+
+
+def keyword_params(method: Callable | None = None, *, like: Callable | None = None) -> Callable:
+    """pyspark's keyword_only (the call's own keywords in self._input_kwargs), refusing an
+    unknown name as a Param the class does not have, in the Params' own words.
+
+    like: take the keywords, and the signature help() shows, from that method (setParams
+    from __init__, so every Param and its default is listed once).
+    """
+    if method is None:
+        return functools.partial(keyword_params, like=like)
+    signature = inspect.signature(like or method)
+    names = set(signature.parameters) - {"self"}
+    inner = keyword_only(method)
+
+    @functools.wraps(method)
+    def call(self, **kwargs: Any) -> Any:
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no Param {', '.join(unknown)}; see explainParams()")
+        return inner(self, **kwargs)
+
+    if like is not None:
+        call.__signature__ = signature.replace(return_annotation=inspect.signature(method).return_annotation)
+    return call
+
+
+# The defaults, in the one place they are written. The course's model is COURSE_PARAMS.
+DEFAULTS: dict[str, Any] = dict(
+    rank=10,
+    maxIter=20,
+    regParam=0.1,
+    regScaling="count",
+    biasReg=5.0,
+    itemBias=True,
+    meanPrior=20.0,
+    tol=0.002,
+    loss="mse",
+    optimizer="newton",
+    learningRate=0.05,
+    innerSteps=1,
+    numUserBlocks=0,
+    numItemBlocks=0,
+    maxBlockRatings=10_000_000,
+    seed=7,
+    initScale=0.1,
+    itemOffset=True,
+    offsetPrior=2.0,
+    checkpointDir="",
+    checkpointInterval=10,
+    userCol="user",
+    itemCol="item",
+    ratingCol="rating",
+    predictionCol="prediction",
+    coldStartStrategy="mean",
+    weightCol="",
+    alpha=1.0,
+    exposure=True,
+    exposureRegParam=0.01,
+    exposureNegatives=32,
+    negativeWeight=0.5,
+    negativeSampling="sqrt",
+)
+
+# The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain
+# item mean, a free user bias, no item bias, Adam. λ itself is the caller's to choose.
+COURSE_PARAMS = dict(
+    regScaling="sum", biasReg=0.0, itemBias=False, meanPrior=0.0, tol=0.0, optimizer="adam", innerSteps=5
+)
+
+# The Params a fitted model holds: prediction, recommendation and fold-in read these.
+MODEL_PARAMS = ("userCol", "itemCol", "ratingCol", "predictionCol", "coldStartStrategy", "loss", "regParam",
+                "regScaling", "biasReg")  # fmt: skip
+
+
+class _CFModelParams(HasPredictionCol, HasRegParam):
+    """Params of CFModel: the columns it reads and writes, and what prediction and fold-in
+    need. CollaborativeFilter's Params extend these."""
+
+    userCol = _param("userCol", "column of user ids, of any type", TypeConverters.toString)
+    itemCol = _param("itemCol", "column of item ids, of any type", TypeConverters.toString)
+    ratingCol = _param("ratingCol", "column of ratings (mse) or 0/1 labels (bce)", TypeConverters.toString)
+    coldStartStrategy = _param(
+        "coldStartStrategy",
+        "unseen user or item at prediction: mean (the item or global baseline), nan, or drop the row",
+        _one_of(*COLD_START),
+    )
+    loss = _param("loss", "mse for explicit ratings, bce for 0/1 labels", _one_of(*LOSSES))
+    regParam = _param(
+        "regParam",
+        'λ, the L2 weight on W and X, or "auto" to choose it on a validation fold of the training ratings',
+        _number(0.0, words=(AUTO,)),
+    )
+    regScaling = _param(
+        "regScaling",
+        "count: each row's λ is scaled by its rating count (ALS-WR, as Spark ALS); sum: the course's λ/2‖·‖²",
+        _one_of(*REG_SCALINGS),
+    )
+    biasReg = _param("biasReg", "λ_b, the L2 weight on the biases b and c, never count-scaled", _number(0.0))
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(**{name: DEFAULTS[name] for name in MODEL_PARAMS})
+
+    def getUserCol(self) -> str:
+        return self.getOrDefault(self.userCol)
+
+    def getItemCol(self) -> str:
+        return self.getOrDefault(self.itemCol)
+
+    def getRatingCol(self) -> str:
+        return self.getOrDefault(self.ratingCol)
+
+    def getColdStartStrategy(self) -> str:
+        return self.getOrDefault(self.coldStartStrategy)
+
+    def getLoss(self) -> str:
+        return self.getOrDefault(self.loss)
+
+    def getRegScaling(self) -> str:
+        return self.getOrDefault(self.regScaling)
+
+    def getBiasReg(self) -> float:
+        return self.getOrDefault(self.biasReg)
+
+
+class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterval):
+    """Params of CollaborativeFilter: the model's, and what shapes the fit."""
+
+    rank = _param("rank", "number of latent features k (ALS's rank)", _number(1, integer=True))
+    maxIter = _param("maxIter", "alternating iterations, a user and an item half-step each", _number(1, integer=True))
+    tol = _param("tol", "stop once an iteration changes the training loss by less than this fraction", _number(0.0))
+    checkpointInterval = _param(
+        "checkpointInterval",
+        "iterations between checkpoints, when checkpointDir is set; -1 turns them off, as in ALS",
+        _interval,
+    )
+    itemBias = _param("itemBias", "learn an item bias c_i on top of the item baseline", _flag)
+    meanPrior = _param("meanPrior", "mse: pseudo-ratings shrinking μ_i towards the global mean", _number(0.0))
+    optimizer = _param("optimizer", "newton (exact ridge or IRLS step per row), adam or gd", _one_of(*OPTIMIZERS))
+    learningRate = _param("learningRate", "adam and gd: the step size", _number(0.0, inclusive=False))
+    innerSteps = _param("innerSteps", "optimiser steps per half-step, the other side fixed", _number(1, integer=True))
+    numUserBlocks = _param("numUserBlocks", "user blocks; 0 sizes them from the rating count", _number(0, integer=True))
+    numItemBlocks = _param("numItemBlocks", "item blocks; 0 sizes them from the rating count", _number(0, integer=True))
+    maxBlockRatings = _param(
+        "maxBlockRatings", "a side gets more blocks when one would hold more ratings", _number(1, integer=True)
+    )
+    initScale = _param("initScale", "standard deviation of the initial W and X", _number(0.0, inclusive=False))
+    itemOffset = _param("itemOffset", "bce: add o_i, the logit of the item's smoothed positive rate", _flag)
+    offsetPrior = _param("offsetPrior", "bce: pseudo-labels smoothing item rates", _number(0.0, inclusive=False))
+    checkpointDir = _param("checkpointDir", 'where factors are checkpointed; "" for none', TypeConverters.toString)
+    weightCol = _param(
+        "weightCol",
+        'column of counts or confidences c > 0: a row weighs 1 + alpha·c; "" for none',
+        TypeConverters.toString,
+    )
+    alpha = _param("alpha", "weightCol's scale, as implicit ALS's alpha: a row weighs 1 + alpha·c", _number(0.0))
+    exposure = _param(
+        "exposure", "bce: also learn P(exposed) from labelled-or-not pairs; rank by P(exposed)·P(like | shown)", _flag
+    )
+    exposureRegParam = _param("exposureRegParam", "exposure: λ of the exposure model, scaled as regParam", _number(0.0))
+    exposureNegatives = _param(
+        "exposureNegatives",
+        "exposure: unlabelled items sampled per labelled pair, as not exposed",
+        _number(1, integer=True),
+    )
+    negativeWeight = _param(
+        "negativeWeight",
+        "a sampled negative's weight in the loss, against 1 for an observed label",
+        _number(0.0, inclusive=False),
+    )
+    negativeSampling = _param(
+        "negativeSampling",
+        "sampled negatives drawn ∝ √(number of labels) (sqrt), ∝ it (popularity), or uniformly",
+        _one_of(*SAMPLINGS),
+    )
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._setDefault(**{name: value for name, value in DEFAULTS.items() if name not in MODEL_PARAMS})
+
+    def getRank(self) -> int:
+        return self.getOrDefault(self.rank)
+
+    def getItemBias(self) -> bool:
+        return self.getOrDefault(self.itemBias)
+
+    def getMeanPrior(self) -> float:
+        return self.getOrDefault(self.meanPrior)
+
+    def getOptimizer(self) -> str:
+        return self.getOrDefault(self.optimizer)
+
+    def getLearningRate(self) -> float:
+        return self.getOrDefault(self.learningRate)
+
+    def getInnerSteps(self) -> int:
+        return self.getOrDefault(self.innerSteps)
+
+    def getNumUserBlocks(self) -> int:
+        return self.getOrDefault(self.numUserBlocks)
+
+    def getNumItemBlocks(self) -> int:
+        return self.getOrDefault(self.numItemBlocks)
+
+    def getMaxBlockRatings(self) -> int:
+        return self.getOrDefault(self.maxBlockRatings)
+
+    def getInitScale(self) -> float:
+        return self.getOrDefault(self.initScale)
+
+    def getItemOffset(self) -> bool:
+        return self.getOrDefault(self.itemOffset)
+
+    def getOffsetPrior(self) -> float:
+        return self.getOrDefault(self.offsetPrior)
+
+    def getCheckpointDir(self) -> str:
+        return self.getOrDefault(self.checkpointDir)
+
+    def getWeightCol(self) -> str:
+        return self.getOrDefault(self.weightCol)
+
+    def getAlpha(self) -> float:
+        return self.getOrDefault(self.alpha)
+
+    def getExposure(self) -> bool:
+        return self.getOrDefault(self.exposure)
+
+    def getExposureRegParam(self) -> float:
+        return self.getOrDefault(self.exposureRegParam)
+
+    def getExposureNegatives(self) -> int:
+        return self.getOrDefault(self.exposureNegatives)
+
+    def getNegativeWeight(self) -> float:
+        return self.getOrDefault(self.negativeWeight)
+
+    def getNegativeSampling(self) -> str:
+        return self.getOrDefault(self.negativeSampling)

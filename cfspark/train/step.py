@@ -1,0 +1,95 @@
+"""One half-step of one block in numpy: what it needs to know (StepConfig) and the step itself.
+
+The distributed half-step (arrow_bodies.py) and the one-task fit (one_task.py) both call
+solve_rows, so the two paths share every line of the maths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cfspark.kernels.block import BlockProblem
+from cfspark.kernels.layout import bias_mask, factor_mask, train_mask, width
+from cfspark.kernels.optimizers import AdamState
+from cfspark.kernels.solve import solve_block
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What a half-step kernel needs to know; shipped to executors with the closure."""
+
+    side: str  # "user" or "item": which side's params this half-step updates
+    rank: int
+    loss: str
+    reg: float
+    optimizer: str = "newton"  # the exact ridge (mse) or IRLS (bce) step, which needs no step size
+    learning_rate: float = 0.0  # adam and gd only
+    inner_steps: int = 1
+    init_scale: float = 0.0  # the initial factors' spread; a fold-in starts from none
+    count_scaled: bool = False  # λ·n_r per row (ALS-WR) rather than λ (the course's sum form)
+    bias_reg: float = 0.0  # λ_b on this side's bias, never count-scaled
+    learn_bias: bool = True  # users always learn b; items learn c only with the item bias on
+    # Gather the other side's vectors and sum the Newton step's products in float32 (the sums
+    # across tiles, the solve, the losses and the params sent on stay float64).
+    float32: bool = False
+
+    @property
+    def width(self) -> int:
+        return width(self.rank)
+
+    @property
+    def reg_mask(self) -> np.ndarray:
+        # λ applies to W and X, never to a bias nor to the constant 1.
+        return factor_mask(self.rank)
+
+    @property
+    def train_mask(self) -> np.ndarray:
+        # The constant 1 never moves, nor does an item bias that is switched off.
+        return train_mask(self.rank, self.side, learn_bias=self.learn_bias)
+
+
+def solve_rows(
+    cfg: StepConfig,
+    row_ptr: np.ndarray,
+    cols: np.ndarray,
+    y: np.ndarray,
+    offset: np.ndarray | None,
+    weight: np.ndarray | None,
+    other: np.ndarray,
+    params: np.ndarray,
+    state: AdamState | None,
+) -> tuple[np.ndarray, AdamState | None, tuple[float, float]]:
+    """One half-step of one block in numpy: the rows' new params, the optimiser state to
+    keep (Adam's; None otherwise) and the (data, L2) losses at the new params.
+
+    row_ptr/cols/y/offset/weight are the block's ratings as CSR; other is the other side's params
+    in the order cols index.
+    """
+    problem = BlockProblem.build(
+        row_ptr=row_ptr,
+        cols=cols,
+        other=other,
+        y=y,
+        offset=offset,
+        loss=cfg.loss,
+        reg=cfg.reg,
+        reg_mask=cfg.reg_mask,
+        bias_reg=cfg.bias_reg,
+        bias_mask=bias_mask(cfg.rank, cfg.side),
+        count_scaled=cfg.count_scaled,
+        dtype=np.float32 if cfg.float32 else np.float64,
+        rating_weight=weight,
+    )
+    params, state = solve_block(
+        problem,
+        params,
+        state if state is not None else AdamState.zeros_like(params),
+        optimizer=cfg.optimizer,
+        learning_rate=cfg.learning_rate,
+        inner_steps=cfg.inner_steps,
+        train_mask=cfg.train_mask,
+    )
+    keep = state if cfg.optimizer == "adam" else None
+    return params, keep, (problem.data_loss(params), problem.reg_loss(params))
