@@ -1,4 +1,4 @@
-"""The bad-input matrix: every way the README says a run is refused, each with its one
+"""The bad-input matrix: every way docs/operations.md says a run is refused, each with its one
 clear line on stderr, its exit code, no output and nothing of the user's touched.
 
 The job's main() runs in-process on the shared session (it calls getOrCreate);
@@ -22,7 +22,7 @@ train_job = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_job)
 
 GOOD = "userId,movieId,rating\nu1,m1,4\nu1,m2,3\nu2,m1,5\nu2,m3,1\n"
-CONFIG, INPUT, OUTPUT, BUSY = 2, 3, 5, 6  # exit codes (README: Running as a scheduled job)
+CONFIG, INPUT, OUTPUT, BUSY = 2, 3, 5, 6  # exit codes (docs/operations.md, Exit codes)
 
 
 def ratings(text: str):
@@ -116,7 +116,7 @@ H = "userId,movieId,rating\n"
 
 # name: (setup, exit code, what the one line must say)
 MATRIX = {
-    # Bad input (README: What is refused)
+    # Bad input (docs/operations.md, What is refused)
     "missing_path": (args("--set", "input.path={tmp}/nope.csv"), INPUT, "input.path {tmp}/nope.csv does not exist"),
     "missing_column": (ratings("userId,film,rating\nu1,m1,4\n"), INPUT, "no column 'movieId'"),
     "null_user": (ratings(H + "u1,m1,4\n,m2,3\n"), INPUT, "column 'userId' has 1 null id(s) out of 2 rows"),

@@ -98,7 +98,7 @@ def test_planted_logistic_model_reaches_the_true_auc(spark):
     df = spark.createDataFrame(rows, "user long, item long, rating double, truth double")
     train, test = split_ratings(df, test_fraction=0.2, seed=3)
     # λ as before the factor prior was tripled (FACTOR_PRIOR): on this dense rank-2 set (250 labels
-    # per user) the default prior costs 0.026 AUC against the truth (README, Binary labels).
+    # per user) the default prior costs 0.026 AUC against the truth (docs/binary-labels.md).
     cf = CollaborativeFilter(rank=2, loss="bce", numUserBlocks=2, numItemBlocks=2, regParam=0.1 / 3, exposure=False)
     model = cf.fit_validated(train.drop("truth").cache())
     scored = model.predict_canonical(test).toPandas()

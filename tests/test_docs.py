@@ -32,6 +32,9 @@ from pathlib import Path
 import pytest
 from tests_support import REPO
 
+from cfspark.app.config import CONFIG_PARAMS, load_config
+from cfspark.core.errors import ConfigError
+
 ROOT = Path(REPO)
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINKED = [*DOCS, ROOT / "CHANGELOG.md"]
@@ -184,21 +187,6 @@ def parser_of(main) -> argparse.ArgumentParser:
     raise AssertionError(f"{main.__module__}.main() did not parse its arguments")
 
 
-def first_module(*names: str):
-    for name in names:
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-    raise AssertionError(f"none of {names}")
-
-
-def config_loader():
-    """The job's config loader and the error it raises for a bad key or value."""
-    module = first_module("cfspark.app.config", "cfspark.config")
-    return module.load_config, module.ConfigError
-
-
 def check_job_arguments(where: str, main, args: list[str]) -> None:
     parser = parser_of(main)
     try:
@@ -214,10 +202,9 @@ def check_job_arguments(where: str, main, args: list[str]) -> None:
     elif config:
         config = None  # a deployment's own file
     remote = [f"spark.remote={parsed.remote}"] if getattr(parsed, "remote", None) else []
-    load_config, config_error = config_loader()
     try:
         load_config(config, [*parsed.overrides, *remote])
-    except config_error as e:
+    except ConfigError as e:
         pytest.fail(f"{where}: {e}")
 
 
@@ -351,8 +338,7 @@ def table_after(path: Path, heading: str) -> list[list[str]]:
 
 
 def test_the_config_key_to_param_table_is_the_jobs_mapping():
-    params = first_module("cfspark.ml.params", "cfspark.params")
-    expected = {f"{section}.{key}": param for (section, key), param in params.CONFIG_PARAMS.items()}
+    expected = {f"{section}.{key}": param for (section, key), param in CONFIG_PARAMS.items()}
     # The rest of what the job's estimator_from_config passes: the columns, the checkpoint
     # folder and the warm start.
     expected.update({

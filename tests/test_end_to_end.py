@@ -158,7 +158,7 @@ def test_model_tables_use_the_input_ids_and_reproduce_scores(spark, run):
 def test_bad_input_exits_non_zero_through_spark_submit(tmp_path):
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating\nu1,m1,4\nu1,m1,5\n")
     proc = spark_submit("--set", f"input.path={tmp_path / 'ratings.csv'}", "--set", f"output.path={tmp_path / 'out'}")
-    assert proc.returncode == 3  # bad input (README: exit codes)
+    assert proc.returncode == 3  # bad input (docs/operations.md, Exit codes)
     # spark-submit's PythonRunner merges the driver's stderr into its own stdout.
     assert "cfspark: error: 1 (user, item) pair(s) appear more than once" in proc.stdout + proc.stderr
     assert sorted(os.listdir(tmp_path)) == ["ratings.csv"]

@@ -2,7 +2,7 @@
 
 Every module of cfspark is read with ast (no import runs), and every import in it counts:
 at the top, inside a function, `import x` and `from x import y`, absolute or relative.
-A module outside the layer folders fails; the Architecture page draws the same table.
+A module outside the layer folders fails; docs/architecture.md draws the same table (tests/test_docs.py checks it).
 """
 
 from __future__ import annotations
