@@ -582,3 +582,84 @@ def test_each_error_class_has_its_own_exit_code():
     classes = [errors.ConfigError, errors.InputError, errors.TrainingError, errors.OutputError, errors.BusyError]
     codes = [code_for(cls("x")) for cls in classes]
     assert codes == [2, 3, 4, 5, 6]
+
+
+# -- Input and model checks below the job ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ids", "kept_as"),
+    [
+        (["1", "7", "-3", "9223372036854775807"], "long"),
+        (["007", "7", "8"], "string"),  # "007" is not 7's spelling: two users, not one
+        (["+7", "8"], "string"),
+        ([" 7", "8"], "string"),
+        (["7", "8 "], "string"),
+        (["-0", "1"], "string"),
+    ],
+)
+def test_auto_ids_are_integers_only_when_every_id_round_trips(spark, ids, kept_as):
+    from cfspark.data.read import Columns
+    from cfspark.data.validate import validate_ratings
+
+    df = spark.createDataFrame([(u, f"i{n}", 1.0) for n, u in enumerate(ids)], "u string, i string, r double")
+    out = validate_ratings(df, Columns("u", "i", "r"), id_type="auto", duplicates="error")
+    got = sorted(r.user for r in out.select("user").collect())
+    assert dict(out.dtypes)["user"] == ("bigint" if kept_as == "long" else "string")
+    assert got == sorted(int(u) for u in ids) if kept_as == "long" else got == sorted(ids)
+
+
+def test_a_python_workers_cause_is_the_line_kept():
+    from cfspark.data.read import spark_message
+
+    text = (
+        "An error occurred while calling o123.collectToPython.\n"
+        ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 3.0 failed\n"
+        "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
+        '  File "/x/worker.py", line 1247, in main\n'
+        "    process()\n"
+        '  File "/x/cfspark/kernels/block.py", line 80, in grams\n'
+        "    out = np.empty((n, k, k))\n"
+        "numpy.core._exceptions._ArrayMemoryError: Unable to allocate 4.37 TiB for an array with shape "
+        "(60, 100000, 100000) and data type float64\n"
+        "\n"
+        "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:572)\n"
+    )
+    assert spark_message(Exception(text)) == (
+        "_ArrayMemoryError: Unable to allocate 4.37 TiB for an array with shape (60, 100000, 100000) "
+        "and data type float64"
+    )
+    assert spark_message(Exception("[PATH_NOT_FOUND] Path does not exist: file:/x.")) == (
+        "[PATH_NOT_FOUND] Path does not exist: file:/x."
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("input.delimiter= ", " "),
+        ("input.delimiter=\t", "\t"),
+        ("model.loss= bce ", "bce"),
+        ('input.delimiter=" "', " "),
+    ],
+)
+def test_a_value_of_spaces_is_kept(text, value):
+    from cfspark.app.config import load_config, parse_override
+
+    assert parse_override(text)[2] == value
+    section, key, _ = parse_override(text)
+    assert load_config(None, [text])[section][key] == value
+
+
+def test_a_saved_model_records_its_tables(spark):
+    """The metadata's inventory is what is on disk: each table's rows and part files."""
+    from cfspark.ml.model_io import read_metadata
+
+    path = saved_model(spark)
+    parts = read_metadata(spark, path)["cfspark"]["parts"]
+    assert sorted(parts) == ["item_factors", "item_stats", "training_pairs", "user_factors"]
+    pairs = sum(1 for u in range(6) for i in range(5) if (u + i) % 3)  # saved_model's ratings
+    rows = {"user_factors": 6, "item_factors": 5, "item_stats": 5, "training_pairs": pairs}
+    assert {name: saved["rows"] for name, saved in parts.items()} == rows
+    for name, saved in parts.items():
+        assert saved["files"] == sorted(f for f in os.listdir(os.path.join(path, name)) if f.startswith("part-"))
