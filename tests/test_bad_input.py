@@ -663,3 +663,54 @@ def test_a_saved_model_records_its_tables(spark):
     assert {name: saved["rows"] for name, saved in parts.items()} == rows
     for name, saved in parts.items():
         assert saved["files"] == sorted(f for f in os.listdir(os.path.join(path, name)) if f.startswith("part-"))
+
+
+def test_a_signal_wins_over_the_errors_it_causes_on_the_way_out(capsys):
+    """A py4j call cut off by SIGTERM fails again in the clean-up: still one line and 143."""
+    from cfspark.app.cli import exit_code
+
+    def body() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            raise RuntimeError("Error while sending or receiving (py4j, cut off)")
+        return 0
+
+    assert exit_code(body) == 143
+    assert capsys.readouterr().err == "cfspark: error: interrupted (signal 15)\n"
+
+    def ctrl_c() -> int:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("cut off")
+
+    assert exit_code(ctrl_c) == 130
+    assert capsys.readouterr().err == "cfspark: error: interrupted (SIGINT)\n"
+
+
+@pytest.mark.parametrize("error", ["input", "other"])
+def test_spark_stopped_under_the_job_is_one_line(capsys, monkeypatch, error):
+    """A SIGTERM to the JVM stops Spark, and the job's current call fails with whatever it was
+    doing (here as the read, or a raw py4j error): the line says Spark stopped, with 143."""
+    from cfspark.app import cli
+    from cfspark.core.errors import InputError
+
+    monkeypatch.setattr(cli, "spark_stopped", lambda: True)
+
+    def body() -> int:
+        if error == "input":
+            raise InputError('cannot read input.path x as csv: Cannot invoke "DAGScheduler.cleanupQueryJobs(long)"')
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    assert cli.exit_code(body) == 143
+    err = capsys.readouterr().err
+    assert err == (
+        "cfspark: error: Spark stopped under the job (its JVM was terminated, e.g. by SIGTERM, or died); "
+        "nothing was written\n"
+    )
+    monkeypatch.setattr(cli, "spark_stopped", lambda: False)
+    if error == "other":
+        with pytest.raises(ConnectionRefusedError):  # not Spark's: Python's own traceback, exit 1
+            cli.exit_code(body)
