@@ -66,7 +66,8 @@ def load_defaults() -> Config:
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """'model.rank=20' → ('model', 'rank', 20). A value that is not TOML is a string."""
+    """'model.rank=20' → ('model', 'rank', 20). A value that is not TOML is a string, stripped
+    of surrounding spaces unless it is nothing but spaces ('input.delimiter= ' is one space)."""
     if "=" not in text:
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
     key, raw = text.split("=", 1)
@@ -76,7 +77,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        value = raw.strip() or raw
     return parts[0], parts[1], value
 
 
@@ -254,5 +255,7 @@ def validate(cfg: Config) -> None:
             "negatives.per_positive samples 0-labels for the plain bce model, but model.exposure samples its own "
             "(negatives.per_labelled): set model.exposure = false, or negatives.per_positive = 0"
         )
+    if cfg["input"]["format"] == "csv" and not cfg["input"]["delimiter"]:
+        raise ConfigError('input.delimiter must not be empty (a space is --set "input.delimiter= ")')
     if not cfg["output"]["path"]:
         raise ConfigError("output.path must not be empty")
