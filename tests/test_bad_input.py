@@ -379,7 +379,8 @@ MATRIX = {
     "parquet_is_csv": (setup_csv_as_parquet, INPUT, "ratings.csv as parquet: "),
     "parquet_ids_disagree": (setup_parquet_ids_disagree, INPUT, "events as parquet: "),
     "parquet_double_ids": (
-        setup_parquet_double_ids, INPUT, "column 'userId' has type double; ids must be integers or strings",
+        setup_parquet_double_ids, INPUT,
+        "column 'userId' has 1 id(s) that are not whole numbers out of 1 rows, e.g. {'userId': 1.5, 'movieId': 1",
     ),
     "bce_not_a_label": (
         args(*BCE, text=H + "u1,m1,1\nu2,m2,2\nu3,m3,2\n"), INPUT,

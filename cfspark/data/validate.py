@@ -16,6 +16,10 @@ from cfspark.data.read import Columns
 # Canonical names used inside cfspark; tables out are renamed back to the user's own.
 
 _ID_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.StringType)
+# Whole-number doubles, floats and decimals are integer ids too: StringIndexer writes
+# doubles, and so does every ALS tutorial's pipeline. A fractional one is refused.
+_NUMBER_ID_TYPES = (T.FloatType, T.DoubleType, T.DecimalType)
+_LONG_LIMIT = 2.0**63  # a whole number of this magnitude or more has no long
 # The largest |rating| accepted. Squares of ratings, and sums of up to 1e100 of them (item
 # means, losses), then stay finite in float64 (max about 1.8e308); any real rating is far below it.
 MAX_ABS_RATING = 1e100
@@ -33,6 +37,15 @@ def _example(df: DataFrame, cond: Column) -> str:
 
 def _is_bad_double(c: Column) -> Column:
     return F.isnan(c) | (F.abs(c) == F.lit(float("inf")))
+
+
+def _not_whole(c: Column, dtype: T.DataType) -> Column:
+    """A double, float or decimal id that is not a whole number a long can hold."""
+    d = c.cast("double")
+    bad = F.isnan(d) | (F.abs(d) >= F.lit(_LONG_LIMIT)) | (d != F.floor(d))
+    if isinstance(dtype, T.DecimalType):
+        bad = (F.abs(d) >= F.lit(_LONG_LIMIT)) | (c != F.floor(c))
+    return c.isNotNull() & bad
 
 
 def _label(c: Column, dtype: T.DataType) -> Column:
@@ -67,8 +80,11 @@ def validate_ratings(
     """
     schema = {f.name: f.dataType for f in df.schema.fields}
     for name in (cols.user, cols.item):
-        if not isinstance(schema[name], _ID_TYPES):
-            raise InputError(f"column {name!r} has type {schema[name].simpleString()}; ids must be integers or strings")
+        if not isinstance(schema[name], (*_ID_TYPES, *_NUMBER_ID_TYPES)):
+            raise InputError(
+                f"column {name!r} has type {schema[name].simpleString()}; ids must be integers, strings "
+                "or whole-number doubles"
+            )
     if not isinstance(schema[cols.rating], (*_NUMERIC, T.StringType, T.BooleanType)):
         raise InputError(
             f"column {cols.rating!r} has type {schema[cols.rating].simpleString()}; ratings must be numbers"
@@ -131,6 +147,17 @@ def validate_ratings(
             f"column {w!r} (input.weight_col) has {{n}} weight(s) above {MAX_WEIGHT:g}, out of the range "
             "the loss's sums can hold",
         )
+    hints: dict[str, str] = {}
+    for name in (cols.user, cols.item):
+        if isinstance(schema[name], _NUMBER_ID_TYPES):
+            checks[f"not_whole_{name}"] = (
+                _not_whole(F.col(name), schema[name]),
+                f"column {name!r} has {{n}} id(s) that are not whole numbers",
+            )
+            hints[f"not_whole_{name}"] = (
+                f"; ids must be integers or strings: cast the column, e.g. F.col({name!r}).cast('string'), "
+                "or round it first if the fractions are noise"
+            )
     id_casts = {}
     for name in (cols.user, cols.item):
         if isinstance(schema[name], T.StringType) and id_type == "auto":
@@ -166,9 +193,11 @@ def validate_ratings(
             if key == "not_label":
                 value = df.filter(cond).select(cols.rating).limit(1).collect()[0][0]
                 example = f"value {value!r} in {example}"
-            raise InputError(f"{message.format(n=n)} out of {counts['rows']} rows, e.g. {example}")
+            raise InputError(f"{message.format(n=n)} out of {counts['rows']} rows, e.g. {example}{hints.get(key, '')}")
 
     def typed_id(name: str) -> Column:
+        if isinstance(schema[name], _NUMBER_ID_TYPES):  # whole numbers, checked above
+            return F.col(name).cast("long").cast("string" if id_type == "string" else "long")
         if id_type == "keep":
             return F.col(name)
         if isinstance(schema[name], T.StringType):
