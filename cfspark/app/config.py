@@ -19,9 +19,10 @@ from importlib import resources
 from typing import Any
 
 from cfspark.core.errors import ConfigError
+from cfspark.data.weights import WEIGHT_MAPPINGS
 from cfspark.kernels.losses import LOSSES
 from cfspark.kernels.optimizers import OPTIMIZERS
-from cfspark.ml.params import COLD_START, REG_SCALINGS, SAMPLINGS
+from cfspark.ml.params import COLD_START, IMPLICIT_MODELS, REG_SCALINGS, SAMPLINGS
 
 DEFAULTS_PACKAGE, DEFAULT_CONFIG = "cfspark.app", "default.toml"  # a resource of this package
 
@@ -56,6 +57,9 @@ CONFIG_PARAMS: dict[tuple[str, str], str] = {
     ("negatives", "sampling"): "negativeSampling",
     ("input", "weight_col"): "weightCol",
     ("input", "weight_alpha"): "alpha",
+    ("input", "weight_mapping"): "weightMapping",
+    ("input", "weight_epsilon"): "weightEpsilon",
+    ("model", "implicit"): "implicit",
     ("checkpoint", "interval"): "checkpointInterval",
 }
 
@@ -135,6 +139,8 @@ _CHOICES = {
     ("input", "duplicates"): ("error", "mean", "max"),
     ("model", "loss"): LOSSES,
     ("negatives", "sampling"): SAMPLINGS,
+    ("input", "weight_mapping"): WEIGHT_MAPPINGS,
+    ("model", "implicit"): IMPLICIT_MODELS,
     ("negatives", "scope"): ("all", "train"),
     ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,
@@ -166,6 +172,7 @@ _BOUNDS = {
     ("negatives", "weight"): (0.0, False),
     ("model", "exposure_reg"): (0.0, True),
     ("input", "weight_alpha"): (0.0, True),
+    ("input", "weight_epsilon"): (0.0, False),
     ("compare", "als_clip_eps"): (0.0, False),
 }
 

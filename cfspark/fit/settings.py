@@ -71,11 +71,14 @@ class FitSettings:
     coldStartStrategy: str
     weightCol: str
     alpha: float
+    weightMapping: str
+    weightEpsilon: float
     exposure: bool
     exposureRegParam: float
     exposureNegatives: int
     negativeWeight: float
     negativeSampling: str
+    implicit: str
     initialModel: InitialModel | None = None
     carried: dict[str, Any] = field(default_factory=dict)  # Params this fit set, which its model carries as set
 

@@ -100,11 +100,14 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         coldStartStrategy: str = DEFAULTS["coldStartStrategy"],
         weightCol: str = DEFAULTS["weightCol"],
         alpha: float = DEFAULTS["alpha"],
+        weightMapping: str = DEFAULTS["weightMapping"],
+        weightEpsilon: float = DEFAULTS["weightEpsilon"],
         exposure: bool = DEFAULTS["exposure"],
         exposureRegParam: float = DEFAULTS["exposureRegParam"],
         exposureNegatives: int = DEFAULTS["exposureNegatives"],
         negativeWeight: float = DEFAULTS["negativeWeight"],
         negativeSampling: str = DEFAULTS["negativeSampling"],
+        implicit: str = DEFAULTS["implicit"],
         initialModel: Any = None,
     ) -> None:
         super().__init__()
@@ -199,6 +202,15 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
     def setAlpha(self, value: float) -> CollaborativeFilter:
         return self._set(alpha=value)
 
+    def setWeightMapping(self, value: str) -> CollaborativeFilter:
+        return self._set(weightMapping=value)
+
+    def setWeightEpsilon(self, value: float) -> CollaborativeFilter:
+        return self._set(weightEpsilon=value)
+
+    def setImplicit(self, value: str) -> CollaborativeFilter:
+        return self._set(implicit=value)
+
     def setExposure(self, value: bool) -> CollaborativeFilter:
         return self._set(exposure=value)
 
@@ -240,10 +252,12 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
 
     def _fit(self, dataset: DataFrame) -> CFModel:
         """Validate (userCol, itemCol, ratingCol[, weightCol]) rows, keeping id types as they
-        are, and fit; a weightCol count c becomes the row's weight 1 + alpha·c."""
+        are, and fit; a weightCol count c becomes the row's weight (data/weights.py)."""
         ratings = validate_given(dataset, self.columns, labels=self.getLoss() == "bce")
         if self.getWeightCol():
-            ratings = ratings.withColumn(WEIGHT, confidence(F.col(WEIGHT), self.getAlpha()))
+            ratings = ratings.withColumn(
+                WEIGHT, confidence(F.col(WEIGHT), self.getAlpha(), self.getWeightMapping(), self.getWeightEpsilon())
+            )
         return self.fit_validated(ratings.cache())
 
     def fit_validated(

@@ -30,6 +30,7 @@ from pyspark.ml.param.shared import (
     HasTol,
 )
 
+from cfspark.data.weights import WEIGHT_MAPPINGS
 from cfspark.fit.settings import AUTO
 from cfspark.kernels.losses import LOSSES
 from cfspark.kernels.optimizers import OPTIMIZERS
@@ -37,6 +38,7 @@ from cfspark.kernels.optimizers import OPTIMIZERS
 COLD_START = ("mean", "nan", "drop")
 REG_SCALINGS = ("count", "sum")
 SAMPLINGS = ("sqrt", "popularity", "uniform")
+IMPLICIT_MODELS = ("all", "sampled")
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:
@@ -137,11 +139,14 @@ DEFAULTS: dict[str, Any] = dict(
     coldStartStrategy="mean",
     weightCol="",
     alpha=1.0,
+    weightMapping="log",
+    weightEpsilon=1.0,
     exposure=True,
     exposureRegParam=0.01,
     exposureNegatives=32,
     negativeWeight=0.5,
     negativeSampling="sqrt",
+    implicit="sampled",
 )
 
 # The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain
@@ -236,7 +241,16 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
         'column of counts or confidences c > 0: a row weighs 1 + alpha·c; "" for none',
         TypeConverters.toString,
     )
-    alpha = _param("alpha", "weightCol's scale, as implicit ALS's alpha: a row weighs 1 + alpha·c", _number(0.0))
+    alpha = _param(
+        "alpha", "weightCol's scale: a row weighs 1 + alpha·log(1 + c/weightEpsilon), or 1 + alpha·c", _number(0.0)
+    )
+    weightMapping = _param(
+        "weightMapping", "a count's weight: log, 1 + alpha·log(1 + c/weightEpsilon), or linear, 1 + alpha·c",
+        _one_of(*WEIGHT_MAPPINGS),
+    )  # fmt: skip
+    weightEpsilon = _param(
+        "weightEpsilon", "log weightMapping: the count ε in log(1 + c/ε)", _number(0.0, inclusive=False)
+    )
     exposure = _param(
         "exposure", "bce: also learn P(exposed) from labelled-or-not pairs; rank by P(exposed)·P(like | shown)", _flag
     )
@@ -255,6 +269,12 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
         "negativeSampling",
         "sampled negatives drawn ∝ √(number of labels) (sqrt), ∝ it (popularity), or uniformly",
         _one_of(*SAMPLINGS),
+    )
+
+    implicit = _param(
+        "implicit",
+        "bce, positive-only labels: all (every unlabelled item a weighted 0) or sampled (the exposure model)",
+        _one_of(*IMPLICIT_MODELS),
     )
 
     def __init__(self, *args: Any) -> None:
@@ -305,6 +325,15 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
 
     def getAlpha(self) -> float:
         return self.getOrDefault(self.alpha)
+
+    def getWeightMapping(self) -> str:
+        return self.getOrDefault(self.weightMapping)
+
+    def getWeightEpsilon(self) -> float:
+        return self.getOrDefault(self.weightEpsilon)
+
+    def getImplicit(self) -> str:
+        return self.getOrDefault(self.implicit)
 
     def getExposure(self) -> bool:
         return self.getOrDefault(self.exposure)
