@@ -21,7 +21,7 @@ from typing import Any
 from cfspark.core.errors import ConfigError
 from cfspark.kernels.losses import LOSSES
 from cfspark.kernels.optimizers import OPTIMIZERS
-from cfspark.ml.params import COLD_START, REG_SCALINGS, SAMPLINGS
+from cfspark.ml.params import COLD_START, REG_SCALINGS, REG_UNITS, SAMPLINGS
 
 DEFAULTS_PACKAGE, DEFAULT_CONFIG = "cfspark.app", "default.toml"  # a resource of this package
 
@@ -33,6 +33,7 @@ CONFIG_PARAMS: dict[tuple[str, str], str] = {
     ("model", "max_iter"): "maxIter",
     ("model", "reg"): "regParam",
     ("model", "reg_scaling"): "regScaling",
+    ("model", "reg_units"): "regUnits",
     ("model", "bias_reg"): "biasReg",
     ("model", "item_bias"): "itemBias",
     ("model", "mean_prior"): "meanPrior",
@@ -138,6 +139,7 @@ _CHOICES = {
     ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,
     ("model", "reg_scaling"): REG_SCALINGS,
+    ("model", "reg_units"): REG_UNITS,
     ("model", "cold_start"): COLD_START,
 }
 
