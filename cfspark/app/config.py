@@ -22,7 +22,7 @@ from cfspark.core.errors import ConfigError
 from cfspark.data.weights import WEIGHT_MAPPINGS
 from cfspark.kernels.losses import LOSSES
 from cfspark.kernels.optimizers import OPTIMIZERS
-from cfspark.ml.params import COLD_START, IMPLICIT_MODELS, REG_SCALINGS, SAMPLINGS
+from cfspark.ml.params import COLD_START, IMPLICIT_MODELS, REG_SCALINGS, REG_UNITS, SAMPLINGS
 
 DEFAULTS_PACKAGE, DEFAULT_CONFIG = "cfspark.app", "default.toml"  # a resource of this package
 
@@ -34,6 +34,7 @@ CONFIG_PARAMS: dict[tuple[str, str], str] = {
     ("model", "max_iter"): "maxIter",
     ("model", "reg"): "regParam",
     ("model", "reg_scaling"): "regScaling",
+    ("model", "reg_units"): "regUnits",
     ("model", "bias_reg"): "biasReg",
     ("model", "item_bias"): "itemBias",
     ("model", "mean_prior"): "meanPrior",
@@ -145,6 +146,7 @@ _CHOICES = {
     ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,
     ("model", "reg_scaling"): REG_SCALINGS,
+    ("model", "reg_units"): REG_UNITS,
     ("model", "cold_start"): COLD_START,
 }
 

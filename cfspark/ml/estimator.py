@@ -76,6 +76,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         maxIter: int = DEFAULTS["maxIter"],
         regParam: float | str = DEFAULTS["regParam"],
         regScaling: str = DEFAULTS["regScaling"],
+        regUnits: str = DEFAULTS["regUnits"],
         biasReg: float = DEFAULTS["biasReg"],
         itemBias: bool = DEFAULTS["itemBias"],
         meanPrior: float = DEFAULTS["meanPrior"],
@@ -129,6 +130,9 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
 
     def setRegScaling(self, value: str) -> CollaborativeFilter:
         return self._set(regScaling=value)
+
+    def setRegUnits(self, value: str) -> CollaborativeFilter:
+        return self._set(regUnits=value)
 
     def setBiasReg(self, value: float) -> CollaborativeFilter:
         return self._set(biasReg=value)

@@ -37,6 +37,7 @@ from cfspark.kernels.optimizers import OPTIMIZERS
 
 COLD_START = ("mean", "nan", "drop")
 REG_SCALINGS = ("count", "sum")
+REG_UNITS = ("spread", "als")
 SAMPLINGS = ("sqrt", "popularity", "uniform")
 IMPLICIT_MODELS = ("all", "sampled")
 
@@ -115,6 +116,7 @@ DEFAULTS: dict[str, Any] = dict(
     maxIter=20,
     regParam=0.1,
     regScaling="count",
+    regUnits="spread",
     biasReg=5.0,
     itemBias=True,
     meanPrior=20.0,
@@ -152,8 +154,9 @@ DEFAULTS: dict[str, Any] = dict(
 # The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain
 # item mean, a free user bias, no item bias, Adam. λ itself is the caller's to choose.
 COURSE_PARAMS = dict(
-    regScaling="sum", biasReg=0.0, itemBias=False, meanPrior=0.0, tol=0.0, optimizer="adam", innerSteps=5
-)
+    regScaling="sum", regUnits="als", biasReg=0.0, itemBias=False, meanPrior=0.0, tol=0.0, optimizer="adam",
+    innerSteps=5,
+)  # fmt: skip
 
 # The Params a fitted model holds: prediction, recommendation and fold-in read these.
 MODEL_PARAMS = ("userCol", "itemCol", "ratingCol", "predictionCol", "coldStartStrategy", "loss", "regParam",
@@ -215,6 +218,12 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     """Params of CollaborativeFilter: the model's, and what shapes the fit."""
 
     rank = _param("rank", "number of latent features k (ALS's rank)", _number(1, integer=True))
+    regUnits = _param(
+        "regUnits",
+        "mse: spread (regParam × the spread s of the normalised training ratings, so scaling the ratings "
+        "scales the model) or als (Spark ALS's regParam); the fitted model's regParam is in als units",
+        _one_of(*REG_UNITS),
+    )
     maxIter = _param("maxIter", "alternating iterations, a user and an item half-step each", _number(1, integer=True))
     tol = _param("tol", "stop once an iteration changes the training loss by less than this fraction", _number(0.0))
     checkpointInterval = _param(
@@ -280,6 +289,9 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._setDefault(**{name: value for name, value in DEFAULTS.items() if name not in MODEL_PARAMS})
+
+    def getRegUnits(self) -> str:
+        return self.getOrDefault(self.regUnits)
 
     def getRank(self) -> int:
         return self.getOrDefault(self.rank)
