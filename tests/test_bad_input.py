@@ -715,3 +715,11 @@ def test_spark_stopped_under_the_job_is_one_line(capsys, monkeypatch, error):
     if error == "other":
         with pytest.raises(ConnectionRefusedError):  # not Spark's: Python's own traceback, exit 1
             cli.exit_code(body)
+
+
+def test_spark_stopped_is_false_while_the_session_runs(spark):
+    """The probe asks the live session through the DataFrame API: a running Spark is not 'stopped'."""
+    from cfspark.app.cli import spark_stopped
+
+    assert spark.range(1).count() == 1
+    assert spark_stopped() is False

@@ -124,18 +124,20 @@ def _cut_off_by_sigint(e: BaseException) -> bool:
 
 
 def spark_stopped() -> bool:
-    """Whether the job's local Spark has stopped under it: its JVM shut down (a SIGTERM sent
-    to the JVM, or the JVM died), so each Spark call fails with whatever it was doing.
-    False without a local SparkContext (nothing started yet, or Spark Connect)."""
-    from pyspark import SparkContext
+    """Whether the job's Spark has stopped under it: its JVM shut down (a SIGTERM sent to the
+    JVM, or the JVM died), so each Spark call fails with whatever it was doing. Asked through
+    the DataFrame API (one row), so it holds over Spark Connect too; False when no session
+    was started."""
+    from pyspark.sql import SparkSession
 
-    sc = SparkContext._active_spark_context
-    if sc is None:
-        return False
     try:
-        return bool(sc._jsc.sc().isStopped())
-    except Exception:  # py4j cannot reach the JVM: it is gone
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            return False
+        spark.range(1).collect()
+    except Exception:  # the session cannot run a one-row query: its JVM is gone
         return True
+    return False
 
 
 def _stopped() -> int:
