@@ -233,12 +233,20 @@ def test_help_lists_every_key_with_its_default(capsys):
 
 
 def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
-    """Also: what a run killed while writing left behind (its lock, its staging folders)
-    is cleared by the next run on the same output.path."""
+    """Also: what a run killed while writing left behind (its lock, its staging folders, each
+    marked as a dead run's) is cleared by the next run on the same output.path; a folder of
+    the user's with a staging-like name is not."""
+    import socket
+
     data = tmp_path / "ratings.csv"
     data.write_text(GOOD + "u1,m1,2\n")
+    dead = json.dumps({"run": "gone", "pid": 999999, "host": socket.gethostname(), "started": "2026-01-01"})
     (tmp_path / "out.partial-dead0001" / "recommendations").mkdir(parents=True)
+    (tmp_path / "out.partial-dead0001" / "_cfspark").write_text(dead)
     (tmp_path / "out.old-dead0002").mkdir()
+    (tmp_path / "out.old-dead0002" / "_cfspark").write_text(dead)
+    (tmp_path / "out.old-2024-backup").mkdir()
+    (tmp_path / "out.old-2024-backup" / "precious.txt").write_text("the user's")
     (tmp_path / "out.lock").write_text('{"pid": 999999, "host": "gone", "started": "2026-01-01T00:00:00"}')
     code, _, out = _run(
         capsys,
@@ -255,7 +263,8 @@ def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
         "model.mean_prior=0",  # the plain item means, so the averaged duplicate shows as it is
     )
     assert code == 0
-    assert sorted(os.listdir(tmp_path)) == ["out", "ratings.csv"]  # stale lock and staging removed
+    assert sorted(os.listdir(tmp_path)) == ["out", "out.old-2024-backup", "ratings.csv"]  # stale ones removed
+    assert (tmp_path / "out.old-2024-backup" / "precious.txt").read_text() == "the user's"
     means = {r.movieId: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_stats")).collect()}
     assert means == {"m1": (3.0 + 5.0) / 2, "m2": 3.0, "m3": 1.0}
     # Strict JSON: input.binarize_threshold = nan (off) is written as null, not a bare NaN.
@@ -301,6 +310,7 @@ def test_a_failed_write_has_its_own_code_and_keeps_the_old_output(spark, capsys,
     data.write_text(GOOD)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("previous result")
+    (tmp_path / "out" / "_cfspark").write_text("")  # an earlier output of cfspark's, adopted
 
     def fail(self, path):
         raise OSError("disk full")
