@@ -133,27 +133,28 @@ def test_staging_siblings_are_removed_only_when_a_dead_run_made_them(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted([*left, "out.partial-this-run"])
 
 
-@pytest.mark.parametrize(("explicit", "keep"), list(itertools.product([False, True], [False, True])))
-def test_checkpoints_in_a_users_folder_go_to_a_subfolder_of_their_own(spark, tmp_path, explicit, keep):
+@pytest.mark.parametrize("explicit", [False, True])
+def test_checkpoints_in_a_users_folder_go_to_a_subfolder_of_their_own(spark, tmp_path, explicit):
     from cfspark.train.arrow_bodies import OUT_SCHEMA
     from cfspark.train.checkpoint import Checkpointer
 
     folder = tmp_path / ("ck" if explicit else "out_checkpoints")
     folder.mkdir()
     before = plant(folder)
-    keys = {"checkpoint__keep": str(keep).lower(), "checkpoint__interval": 1}
-    cfg = cfg_of(tmp_path, **keys, **({"checkpoint__dir": str(folder)} if explicit else {}))
     df = spark.createDataFrame([(0, -1, b"p", b"m", b"v", 1, 1.0, 0.0, 0.0, 0.0)], OUT_SCHEMA)
     ck = Checkpointer(spark, str(folder), 1, "fp")
     assert ck.directory == str(folder / "cfspark-checkpoints") == checkpoint_folder(str(folder))
     for iteration in (1, 2):  # the second save drops the first's iter-*: its own only
         ck.save(iteration, df, df, [])
     assert ck.load().iteration == 2
-    remove_checkpoints(cfg)
-    assert (folder / "cfspark-checkpoints").exists() == keep
-    assert {k: v for k, v in snapshot(folder).items() if not k.startswith("cfspark-checkpoints/")} == before
+    for keep in (True, False):  # after a successful run: kept, then removed
+        keys = {"checkpoint__keep": str(keep).lower(), "checkpoint__interval": 1}
+        remove_checkpoints(cfg_of(tmp_path, **keys, **({"checkpoint__dir": str(folder)} if explicit else {})))
+        assert (folder / "cfspark-checkpoints").exists() == keep
+        assert {k: v for k, v in snapshot(folder).items() if not k.startswith("cfspark-checkpoints/")} == before
 
 
+@pytest.mark.slow
 def test_a_job_pointed_at_the_users_folders_leaves_them_byte_for_byte(spark, capsys, tmp_path):
     """One real run with every path beside or inside the user's folders: a checkpoint dir of
     theirs, staging-named siblings, and a model saved over one of their folders by the library."""
