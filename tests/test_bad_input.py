@@ -114,6 +114,45 @@ def setup_checkpoints_in_use(tmp, spark, stack):
     return ["--set", f"checkpoint.dir={tmp / 'ck'}"]
 
 
+def setup_user_folder(*extra: str, files: dict[str, str] | None = None):
+    """ratings.csv, and user files (relative path → text; a path ending in _cfspark is
+    cfspark's marker) under the test folder; then these arguments."""
+
+    def setup(tmp, spark, stack):
+        (tmp / "ratings.csv").write_text(GOOD)
+        for name, text in (files or {"out/keep.txt": "precious"}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
+        return [a.replace("{tmp}", str(tmp)) for a in extra]
+
+    return setup
+
+
+def setup_input_glob(tmp, spark, stack):
+    (tmp / "glob1").mkdir()
+    (tmp / "glob1" / "ratings.csv").write_text(GOOD)
+    return ["--set", f"input.path=file://{tmp}/glob*", "--set", f"output.path={tmp}/glob1",
+            "--set", "output.overwrite=true"]  # fmt: skip
+
+
+def setup_output_symlink_to_input(tmp, spark, stack):
+    extra = output_at("{tmp}/link")(tmp, spark, stack)
+    (tmp / "link").symlink_to(tmp / "data", target_is_directory=True)
+    return extra
+
+
+def setup_default_checkpoints_of_a_live_run(tmp, spark, stack):
+    """Run A on output.path a holds its default checkpoint folder a_checkpoints; run B names it."""
+    from cfspark.app.guard import RunLock
+
+    (tmp / "ratings.csv").write_text(GOOD)
+    stack.enter_context(RunLock([("output.path", str(tmp / "a")), ("checkpoint.dir", str(tmp / "a_checkpoints"))]))
+    return ["--set", f"checkpoint.dir={tmp / 'a_checkpoints'}"]
+
+
+DAY = "out/recommendations/run_date=2026-01-01"
+DATED = {"out/_cfspark": "", "out/recommendations/_cfspark": "", f"{DAY}/_cfspark": "", f"{DAY}/p": "x"}
+NOT_OURS = "exists and was not made by cfspark (it holds no _cfspark file)"
 BCE = ("--set", "model.loss=bce")
 H = "userId,movieId,rating\n"
 
@@ -427,6 +466,45 @@ MATRIX = {
     **INPUT_CASES,
     **WARM_START_CASES,
     **LIBRARY_CASES,
+    # Ownership: only folders that cfspark made (they hold its _cfspark marker) are replaced
+    "overwrite_a_users_folder": (
+        setup_user_folder("--set", "output.overwrite=true"), CONFIG, f"output.path {{tmp}}/out {NOT_OURS}",
+    ),
+    "output_glob": (args("--set", "output.path={tmp}/out*"), CONFIG, "output.path {tmp}/out* holds a glob character"),
+    "checkpoints_glob": (
+        args("--set", "checkpoint.dir={tmp}/ck{1,2}"), CONFIG, "checkpoint.dir {tmp}/ck{1,2} holds a glob character",
+    ),
+    "input_glob_matches_output": (
+        setup_input_glob, CONFIG,
+        "output.path {tmp}/glob1 is input.path file://{tmp}/glob* (which matches {tmp}/glob1)",
+    ),
+    "output_symlink_to_input": (
+        setup_output_symlink_to_input, CONFIG, "output.path {tmp}/link is input.path {tmp}/data",
+    ),
+    "output_file_uri_is_input": (output_at("file://{tmp}/data"), CONFIG, "output.path file://{tmp}/data is input.path"),
+    "undated_over_dated": (
+        setup_user_folder("--set", "output.overwrite=true", files=DATED), CONFIG,
+        "output.path {tmp}/out holds date partitions (run_date=…) and this run has no output.run_date",
+    ),
+    "dated_into_a_users_folder": (
+        setup_user_folder("--set", "output.run_date=2026-01-01"), CONFIG, f"output.path {{tmp}}/out {NOT_OURS}",
+    ),
+    "dated_over_a_users_partition": (
+        setup_user_folder("--set", "output.run_date=2026-01-01", files={
+            **DATED, "out/model/run_date=2026-01-01/mine.txt": "precious"}), CONFIG,
+        f"output.path {{tmp}}/out/model/run_date=2026-01-01 {NOT_OURS}",
+    ),
+    "checkpoint_subfolder_a_users": (
+        setup_user_folder("--set", "checkpoint.dir={tmp}/ck", files={"ck/cfspark-checkpoints/mine.txt": "x"}), CONFIG,
+        f"checkpoint.dir {{tmp}}/ck/cfspark-checkpoints {NOT_OURS}",
+    ),
+    "default_checkpoints_of_a_live_run": (
+        setup_default_checkpoints_of_a_live_run, BUSY, "checkpoint.dir {tmp}/a_checkpoints is in use by another run",
+    ),
+    "output_unreachable": (
+        args("--set", "output.path=hdfs://nonexistent.invalid:8020/out", "--set", "checkpoint.interval=0"), OUTPUT,
+        "output.path hdfs://nonexistent.invalid:8020/out cannot be reached: unknown host",
+    ),
 }  # fmt: skip
 
 
@@ -481,12 +559,20 @@ def test_help_lists_every_key_with_its_default(capsys):
 
 
 def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
-    """Also: what a run killed while writing left behind (its lock, its staging folders)
-    is cleared by the next run on the same output.path."""
+    """Also: what a run killed while writing left behind (its lock, its staging folders, each
+    marked as a dead run's) is cleared by the next run on the same output.path; a folder of
+    the user's with a staging-like name is not."""
+    import socket
+
     data = tmp_path / "ratings.csv"
     data.write_text(GOOD + "u1,m1,2\n")
+    dead = json.dumps({"run": "gone", "pid": 999999, "host": socket.gethostname(), "started": "2026-01-01"})
     (tmp_path / "out.partial-dead0001" / "recommendations").mkdir(parents=True)
+    (tmp_path / "out.partial-dead0001" / "_cfspark").write_text(dead)
     (tmp_path / "out.old-dead0002").mkdir()
+    (tmp_path / "out.old-dead0002" / "_cfspark").write_text(dead)
+    (tmp_path / "out.old-2024-backup").mkdir()
+    (tmp_path / "out.old-2024-backup" / "precious.txt").write_text("the user's")
     (tmp_path / "out.lock").write_text('{"pid": 999999, "host": "gone", "started": "2026-01-01T00:00:00"}')
     code, _, out = _run(
         capsys,
@@ -503,7 +589,8 @@ def test_duplicates_can_be_averaged(spark, capsys, tmp_path):
         "model.mean_prior=0",  # the plain item means, so the averaged duplicate shows as it is
     )
     assert code == 0
-    assert sorted(os.listdir(tmp_path)) == ["out", "ratings.csv"]  # stale lock and staging removed
+    assert sorted(os.listdir(tmp_path)) == ["out", "out.old-2024-backup", "ratings.csv"]  # stale ones removed
+    assert (tmp_path / "out.old-2024-backup" / "precious.txt").read_text() == "the user's"
     means = {r.movieId: r.item_mean for r in spark.read.parquet(str(out / "model" / "item_stats")).collect()}
     assert means == {"m1": (3.0 + 5.0) / 2, "m2": 3.0, "m3": 1.0}
     # Strict JSON: input.binarize_threshold = nan (off) is written as null, not a bare NaN.
@@ -549,6 +636,7 @@ def test_a_failed_write_has_its_own_code_and_keeps_the_old_output(spark, capsys,
     data.write_text(GOOD)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("previous result")
+    (tmp_path / "out" / "_cfspark").write_text("")  # an earlier output of cfspark's, adopted
 
     def fail(self, path):
         raise OSError("disk full")

@@ -89,7 +89,7 @@ def test_a_skipped_checkpoint_is_replaced_by_the_next_save(spark, saved):
     truncate_a_part(root)
     df = spark.createDataFrame(ROWS, OUT_SCHEMA)
     ck.save(4, df, df, [])
-    assert set(os.listdir(root)) == {"iter-000004", MARKER}  # the damaged one is dropped
+    assert set(os.listdir(root)) == {"iter-000004", MARKER, "_cfspark"}  # the damaged one is dropped
     assert ck.load().iteration == 4
 
 

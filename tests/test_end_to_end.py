@@ -84,7 +84,7 @@ def test_job_succeeds_and_prints_a_summary(run):
     m = json.loads((out / "metrics.json").read_text())
     winner = "cfspark wins" if m["test"]["rmse"] <= m["als"]["test"]["rmse"] else "Spark ALS wins"
     assert f"{winner} on test RMSE: {m['test']['rmse']:.4f} against {m['als']['test']['rmse']:.4f}" in proc.stdout
-    assert sorted(os.listdir(out)) == ["metrics.json", "model", "recommendations"]
+    assert sorted(os.listdir(out)) == ["_cfspark", "metrics.json", "model", "recommendations"]  # with its marker
     assert not os.path.exists(f"{out}_checkpoints")  # removed after success
     assert not [n for n in os.listdir(out.parent) if ".partial-" in n]
 

@@ -33,6 +33,7 @@ def test_a_failed_write_keeps_the_previous_output_and_leaves_no_staging(spark, t
     (out / "recommendations").mkdir(parents=True)
     (out / "recommendations" / "part-0.parquet").write_bytes(b"the previous good run")
     (out / "metrics.json").write_text('{"previous": true}\n')
+    (out / "_cfspark").write_text("")  # the marker of an earlier cfspark output
     cfg = load_config(None, [f"input.path={tmp_path / 'ratings.csv'}", f"output.path={out}", "output.overwrite=true",
                              "model.rank=2", "model.max_iter=1", "model.num_user_blocks=2", "model.num_item_blocks=2",
                              "checkpoint.interval=0", "spark.shuffle_partitions=2"])  # fmt: skip
@@ -41,6 +42,6 @@ def test_a_failed_write_keeps_the_previous_output_and_leaves_no_staging(spark, t
     with pytest.raises(OutputError, match=r"injected: cannot write .*/out\.partial-\w+/model/item_factors"):
         run_job(spark, cfg)
     assert sorted(os.listdir(tmp_path)) == ["out", "ratings.csv"]  # no out.partial-*, no out.old-*
-    assert sorted(os.listdir(out)) == ["metrics.json", "recommendations"]
+    assert sorted(os.listdir(out)) == ["_cfspark", "metrics.json", "recommendations"]
     assert (out / "metrics.json").read_text() == '{"previous": true}\n'
     assert (out / "recommendations" / "part-0.parquet").read_bytes() == b"the previous good run"

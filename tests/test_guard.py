@@ -57,3 +57,24 @@ def test_path_checks(tmp_path):
     check_writable("output.path", str(tmp_path / "new" / "deeper" / "out"))
     with pytest.raises(OutputError, match="is a file, not a folder"):
         check_writable("output.path", str(tmp_path / "file" / "out"))
+
+
+def test_paths_are_compared_as_spark_reads_them(tmp_path):
+    from cfspark.core.fs import expand, local_path, normalise
+
+    for spelling in (f"file://{tmp_path}", f"file:{tmp_path}", f"file://localhost{tmp_path}", f"{tmp_path}/a/.."):
+        assert local_path(spelling) in (str(tmp_path), f"{tmp_path}/a/..") and normalise(spelling) == str(tmp_path)
+    assert normalise("HDFS://NameNode:8020/a//b/../c/") == "hdfs://namenode:8020/a/c"
+    for name in ("glob1", "glob2", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "other")
+    assert expand(f"file://{tmp_path}/glob*") == [str(tmp_path / "glob1"), str(tmp_path / "glob2")]
+    assert expand(f"{tmp_path}/{{glob2,link}}") == [str(tmp_path / "glob2"), str(tmp_path / "other")]  # Hadoop's braces
+    assert expand(f"{tmp_path}/none*") == []
+    assert expand("hdfs://nn/data/day=*/part-*") == ["hdfs://nn/data"]  # unlisted: the folder above the glob
+    with pytest.raises(ConfigError, match=r"\(which matches .*/other\)"):
+        check_disjoint("output.path", str(tmp_path / "link"), "input.path", f"{tmp_path}/{{glob1,other}}")
+    with pytest.raises(ConfigError, match="is inside input.path"):
+        check_disjoint("output.path", "hdfs://NN/data/out", "input.path", "hdfs://nn/data/*.csv")
+    check_disjoint("output.path", "hdfs://nn/out", "input.path", "hdfs://nn/data/*.csv")
+    check_disjoint("output.path", str(tmp_path / "data"), "input.path", "hdfs://nn/" + str(tmp_path / "data"))

@@ -39,9 +39,10 @@ def test_rerunning_a_date_replaces_that_date_only(spark, tmp_path):
     assert _run(tmp_path, "2026-11-01") == 0
     assert _run(tmp_path, "2026-11-02") == 0
     daily = tmp_path / "daily"
-    assert sorted(os.listdir(daily)) == ["metrics", "model", "recommendations"]
+    assert sorted(os.listdir(daily)) == ["_cfspark", "metrics", "model", "recommendations"]  # cfspark's marker
     for table in ("metrics", "model"):
-        assert sorted(os.listdir(daily / table)) == ["run_date=2026-11-01", "run_date=2026-11-02"]
+        assert sorted(os.listdir(daily / table)) == ["_cfspark", "run_date=2026-11-01", "run_date=2026-11-02"]
+        assert all((daily / table / f"run_date=2026-11-0{d}" / "_cfspark").is_file() for d in (1, 2))
     second_day = _files(daily / "recommendations" / "run_date=2026-11-02")
     first = _recs(spark, tmp_path, "2026-11-01")
     assert len(first) == 4 and first == _recs(spark, tmp_path, "2026-11-02")  # 3 items, 2 rated by each user

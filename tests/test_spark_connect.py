@@ -139,7 +139,7 @@ def test_train_job_runs_whole_through_connect(spark, connect_server, tmp_path):
                           timeout=600, cwd=tmp_path / "cwd")  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"results in {remote_out}" in proc.stdout
-    assert sorted(os.listdir(remote_out)) == ["metrics.json", "model", "recommendations"]
+    assert sorted(os.listdir(remote_out)) == ["_cfspark", "metrics.json", "model", "recommendations"]
     marker = json.loads((tmp_path / "remote_checkpoints" / "latest.json").read_text())
     # latest.json names its folder relative to the checkpoint dir (a rerun from elsewhere still finds it).
     assert marker["iteration"] == 2 and (tmp_path / "remote_checkpoints" / marker["path"] / "users").is_dir()

@@ -1,14 +1,16 @@
 """What the job checks and holds before it reads any data, so that a run cannot destroy
 its input, find an unwritable output late, or mix its results with another run's.
 
-- check_paths: output.path and the checkpoint dir are neither the input nor above or
-  inside it (and not each other), and their folders can be written.
+- check_disjoint, refuse_glob, check_writable: output.path and the checkpoint dir name one
+  place each, are neither the input (globs expanded, symlinks and schemes resolved) nor
+  above or inside it (and not each other), and their folders can be written.
 - RunLock: one run at a time per output.path (and per explicit checkpoint.dir). The lock
   is `<path>.lock` beside it, created with O_EXCL and held with flock, so the kernel frees
   it when the process dies; it names the holder's pid, host and start time. A lock file
   that no live process holds is stale and taken over.
 - remove_stale_staging: `<output.path>.partial-*` and `.old-*` folders left by runs that
-  died while writing; only the lock holder may remove them.
+  died while writing, recognised by their marker (cfspark.core.ownership); only the lock
+  holder may remove them.
 
 All of this is for local (or mounted) paths, where the driver writes itself; other
 schemes are skipped, as staging is (see cfspark.core.fs).
@@ -27,30 +29,35 @@ import socket
 import time
 
 from cfspark.core.errors import BusyError, ConfigError, OutputError
-from cfspark.core.fs import is_local, local_path
+from cfspark.core.fs import GLOB_CHARS, expand, has_glob, is_local, local_path, normalise, within
+from cfspark.core.ownership import is_dead, read_marker
+from cfspark.data.read import spark_message
 
 log = logging.getLogger("cfspark")
 
 
-def _real(path: str) -> str:
-    return os.path.realpath(os.path.abspath(local_path(path)))
-
-
-def _within(inner: str, outer: str) -> bool:
-    """inner is outer or lies below it (both real paths)."""
-    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+def refuse_glob(kind: str, path: str) -> None:
+    """A path the job writes or deletes must name one place: Spark would expand a glob in it."""
+    if has_glob(path):
+        chars = "".join(sorted(GLOB_CHARS))
+        raise ConfigError(f"{kind} {path} holds a glob character (one of {chars}); name one folder")
 
 
 def check_disjoint(kind: str, path: str, other_kind: str, other: str) -> None:
-    """Refuse path (which the job replaces or deletes) if it is, holds or sits inside other."""
-    if not (is_local(path) and is_local(other) and path and other):
+    """Refuse path (which the job replaces or deletes) if it is, holds or sits inside other.
+
+    Both are compared as Spark sees them: schemes and symlinks resolved, and other's glob
+    expanded to every path it matches."""
+    if not (path and other):
         return
-    a, b = _real(path), _real(other)
-    if _within(b, a):
-        where = "is" if a == b else "is a folder above"
-        raise ConfigError(f"{kind} {path} {where} {other_kind} {other}; writing there would destroy it")
-    if _within(a, b):
-        raise ConfigError(f"{kind} {path} is inside {other_kind} {other}; choose a path outside it")
+    a = normalise(path)
+    for b in expand(other):
+        matching = f" (which matches {b})" if has_glob(other) else ""
+        if within(b, a):
+            where = "is" if a == b else "is a folder above"
+            raise ConfigError(f"{kind} {path} {where} {other_kind} {other}{matching}; writing there would destroy it")
+        if within(a, b):
+            raise ConfigError(f"{kind} {path} is inside {other_kind} {other}{matching}; choose a path outside it")
 
 
 def check_writable(kind: str, path: str) -> None:
@@ -98,7 +105,7 @@ class RunLock:
         self.release()
 
     def _acquire(self, kind: str, path: str) -> tuple[str, int]:
-        lock = os.path.abspath(local_path(path)).rstrip(os.sep) + ".lock"
+        lock = normalise(path).rstrip(os.sep) + ".lock"  # one lock per place, however it is spelt
         parent = os.path.dirname(lock)
         missing = parent
         while not os.path.exists(missing):
@@ -149,12 +156,39 @@ class RunLock:
 
 
 def remove_stale_staging(path: str) -> list[str]:
-    """Remove `<path>.partial-*` and `<path>.old-*` left by dead runs; call with path's lock held."""
+    """Remove `<path>.partial-*` and `<path>.old-*` that a dead run left; call with path's lock held.
+
+    Only folders that carry cfspark's marker, naming a run that is over, are removed; a
+    sibling the user made under such a name is left as it is (cfspark.core.ownership)."""
     if not is_local(path):
         return []
-    final = os.path.abspath(local_path(path)).rstrip(os.sep)
-    stale = sorted(glob.glob(glob.escape(final) + ".partial-*") + glob.glob(glob.escape(final) + ".old-*"))
-    for folder in stale:
-        log.warning("removing %s, left behind by a run that died while writing", folder)
-        shutil.rmtree(folder, ignore_errors=True)
+    final = normalise(path).rstrip(os.sep)
+    found = sorted(glob.glob(glob.escape(final) + ".partial-*") + glob.glob(glob.escape(final) + ".old-*"))
+    stale = []
+    for folder in found:
+        info = None if os.path.islink(folder) or not os.path.isdir(folder) else read_marker(folder)
+        if info is None:
+            log.warning("leaving %s in place: it holds no cfspark marker, so cfspark did not make it", folder)
+        elif is_dead(info):
+            log.warning("removing %s, left behind by a run that died while writing", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            stale.append(folder)
     return stale
+
+
+def check_reachable(spark, kind: str, path: str) -> None:
+    """A path on another scheme (hdfs://, s3a://) must answer before any data is read: a child
+    that cannot exist is looked up, and only "not found" means the file system is there."""
+    if is_local(path):
+        return
+    probe = f"{path.rstrip('/')}/_cfspark-probe-{os.getpid()}-{time.time_ns()}"
+    try:
+        _ = spark.read.format("binaryFile").load(probe).schema  # resolving the path asks the file system
+    except Exception as e:
+        if "PATH_NOT_FOUND" in str(getattr(e, "getCondition", lambda: None)()) or "Path does not exist" in str(e):
+            return
+        why = spark_message(e)
+        if "UnknownHostException" in str(e):
+            why = f"unknown host ({why})"
+        raise OutputError(f"{kind} {path} cannot be reached: {why}") from None
+    raise OutputError(f"{kind} {path} cannot be checked: {probe} was found, which cfspark never writes")

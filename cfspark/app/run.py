@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -21,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cfspark.app.config import CONFIG_PARAMS, Config
-from cfspark.app.output import checkpoint_dir, staged, staged_partition, write_recommendations
+from cfspark.app.output import checkpoint_dir, remove_checkpoints, staged, staged_partition, write_recommendations
 from cfspark.bench.compare import compare_als
 from cfspark.core.errors import CfsparkError, InputError, OutputError, TrainingError
 from cfspark.core.fs import is_local, local_path, write_json
@@ -259,9 +258,7 @@ class Run:
                 os.makedirs(folder, exist_ok=True)
                 dated = {RUN_DATE: run_date} if run_date else {}
                 write_json(os.path.join(folder, "metrics.json"), {**metrics, **dated})
-        ckpt = checkpoint_dir(cfg) if cfg["checkpoint"]["interval"] > 0 else ""
-        if not cfg["checkpoint"]["keep"] and ckpt and is_local(ckpt):
-            shutil.rmtree(local_path(ckpt), ignore_errors=True)  # with the exposure model's, inside
+        remove_checkpoints(cfg)  # with the exposure model's, inside; only a folder cfspark made
 
 
 def _version() -> str:

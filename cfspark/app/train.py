@@ -16,9 +16,10 @@ from pyspark.sql import SparkSession
 from cfspark.app.checks import check_sizes, check_warm_start
 from cfspark.app.cli import config_parser, exit_code, job_config, job_logging, job_session
 from cfspark.app.config import Config
-from cfspark.app.guard import RunLock, remove_stale_staging
-from cfspark.app.output import check_output, check_paths
+from cfspark.app.guard import RunLock, check_reachable, remove_stale_staging
+from cfspark.app.output import check_output, check_paths, checkpoint_base
 from cfspark.app.run import Run
+from cfspark.core.ownership import job_run
 
 log = logging.getLogger("cfspark")
 
@@ -45,9 +46,11 @@ def run_job(spark: SparkSession, cfg: Config) -> dict:
     check_paths(cfg)
     check_warm_start(spark, cfg)
     locked = [("output.path", cfg["output"]["path"])]
-    if cfg["checkpoint"]["dir"] and cfg["checkpoint"]["interval"] > 0:
-        locked.append(("checkpoint.dir", cfg["checkpoint"]["dir"]))
-    with RunLock(locked):
+    if cfg["checkpoint"]["interval"] > 0:  # the default folder too: another run may name it explicitly
+        locked.append(("checkpoint.dir", checkpoint_base(cfg)))
+    for kind, path in locked:
+        check_reachable(spark, kind, path)
+    with job_run(), RunLock(locked):
         remove_stale_staging(cfg["output"]["path"])
         return _run_locked(spark, cfg)
 

@@ -1,4 +1,5 @@
-"""The few file-system operations the driver does itself (JSON files, staging, cleanup).
+"""The few file-system operations the driver does itself (JSON files, staging, cleanup),
+and paths spelt one way (normalise, expand) so that two spellings of one place compare equal.
 
 Spark writes all tables. The driver only touches local (or mounted) paths; for other
 schemes these helpers say so and the callers skip what they cannot do.
@@ -6,16 +7,82 @@ schemes these helpers say so and the callers skip what they cannot do.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
+import os
+import posixpath
+import re
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(?=/)")
+# Hadoop's glob characters: a path holding one names every path it matches.
+GLOB_CHARS = frozenset("*?[]{}")
+
+
+def scheme(path: str) -> str:
+    """The path's scheme, lower case ("" for a plain path)."""
+    m = _SCHEME.match(path)
+    return m.group(1).lower() if m else ""
 
 
 def is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
+    return scheme(path) in ("", "file")
 
 
 def local_path(path: str) -> str:
-    return path[len("file://") :] if path.startswith("file://") else path
+    """A file: URI (file:/x, file:///x, file://localhost/x) as the plain path it names."""
+    if scheme(path) != "file":
+        return path
+    rest = path[len("file:") :]
+    if rest.startswith("//"):
+        rest = rest[2:]
+        host, _, tail = rest.partition("/")
+        rest = "/" + tail if host in ("", "localhost") else "//" + rest
+    return rest
+
+
+def has_glob(path: str) -> bool:
+    return any(c in GLOB_CHARS for c in path)
+
+
+def normalise(path: str) -> str:
+    """One spelling per location: a local path absolute with its symlinks resolved; another
+    scheme's URI with its scheme and host in lower case and its path normalised."""
+    if is_local(path):
+        return os.path.realpath(os.path.abspath(local_path(path)))
+    m = re.match(r"^([^:]+)://([^/]*)(.*)$", path)
+    if not m:  # scheme:/path, no authority
+        s = scheme(path)
+        return f"{s}:{posixpath.normpath(path[len(s) + 1 :])}"
+    s, host, rest = m.group(1).lower(), m.group(2).lower(), m.group(3) or "/"
+    return f"{s}://{host}{posixpath.normpath(rest)}"
+
+
+def _braces(pattern: str) -> list[str]:
+    """{a,b} alternatives expanded (Hadoop globs have them; Python's glob does not)."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    return [x for alt in m.group(1).split(",") for x in _braces(head + alt + tail)]
+
+
+def expand(path: str) -> list[str]:
+    """What a path names, normalised: a local glob's matches (none if nothing matches), or the
+    path itself. A glob on another scheme cannot be listed here: it stands for the folder
+    above its first glob character, which holds everything it can match."""
+    if not has_glob(path):
+        return [normalise(path)]
+    if is_local(path):
+        found = {m for p in _braces(local_path(path)) for m in glob.glob(os.path.abspath(p))}
+        return sorted(normalise(m) for m in found)
+    first = min(path.index(c) for c in GLOB_CHARS if c in path)
+    return [normalise(path[:first].rsplit("/", 1)[0] or "/")]
+
+
+def within(inner: str, outer: str) -> bool:
+    """inner is outer or lies below it (both normalised)."""
+    return inner == outer or inner.startswith(outer.rstrip("/" + os.sep) + "/")
 
 
 def finite_json(obj):

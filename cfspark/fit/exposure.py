@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.core.ownership import checkpoint_folder
 from cfspark.core.schema import P_EXPOSED, RATING
 from cfspark.data.exposure import exposure_labels
 from cfspark.fit.record import FitRecord, training_pairs
@@ -31,7 +32,8 @@ def exposure_settings(settings: FitSettings) -> FitSettings:
         start = earlier.exposure
         part = part.replace(initialModel=InitialModel(start.uid, lambda: start))
     if settings.checkpointDir:  # each fit resumes from its own checkpoints (the trainer's are iter-*)
-        part = part.replace(checkpointDir=settings.checkpointDir.rstrip("/") + "/exposure")
+        # Inside the folder the preference fit checkpoints to (a subfolder of cfspark's own in a user's folder).
+        part = part.replace(checkpointDir=checkpoint_folder(settings.checkpointDir.rstrip("/")) + "/exposure")
     return part
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pyspark.errors import AnalysisException
 from pyspark.ml.util import DefaultParamsWriter, MLReader, MLWriter
 from pyspark.sql import DataFrame
 from pyspark.sql.utils import is_remote
@@ -59,6 +60,9 @@ class CFModelWriter(MLWriter):
         # handle on; there, each table is overwritten in place instead.
         if self.shouldOverwrite and not is_remote():
             self._handleOverwrite(path)
+        elif not self.shouldOverwrite and _holds_files(self.sparkSession, path):
+            # As pyspark.ml's writers do: never write a model's tables beside files already there.
+            raise FileExistsError(f"{path} already exists; to replace it, use write().overwrite().save(path)")
         self.saveImpl(path)
 
     def saveImpl(self, path: str) -> None:
@@ -131,6 +135,18 @@ def _checked_table(spark, path: str, name: str, saved: dict[str, Any] | None) ->
     if rows != saved["rows"]:
         raise ValueError(f"the saved model {path} is damaged: {name} holds {rows} rows, but {saved['rows']} were saved")
     return df
+
+
+def _holds_files(spark, path: str) -> bool:
+    """Whether path is a file or a folder with a file anywhere below it, asked through Spark
+    (any file system, Spark Connect too): a missing path is "not found" when it is resolved."""
+    try:
+        found = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(path)
+        return bool(found.select("path").limit(1).collect())
+    except AnalysisException as e:
+        if "PATH_NOT_FOUND" in str(e.getCondition()) or "Path does not exist" in str(e):
+            return False
+        raise
 
 
 def read_metadata(spark, path: str) -> dict:

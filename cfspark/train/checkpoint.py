@@ -3,7 +3,9 @@
 A checkpoint is the two half-step output tables (state and messages) written as
 Parquet, plus latest.json written last, so a checkpoint without it never counts.
 The fingerprint ties a checkpoint to the data and the config that shape the model;
-a run whose fingerprint differs starts afresh and never reuses stale factors.
+a run whose fingerprint differs starts afresh and never reuses stale factors. The folder
+carries cfspark's marker (cfspark.core.ownership): an existing folder without it is the
+user's, and checkpoints then go to a subfolder of cfspark's own inside it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cfspark.core.fs import finite_json, is_local, local_path
+from cfspark.core.ownership import checkpoint_folder, make_owned, remove_owned
 from cfspark.data.read import spark_message
 
 log = logging.getLogger("cfspark")
@@ -37,9 +40,10 @@ class Checkpointer:
     """Writes and finds the latest checkpoint under one directory."""
 
     def __init__(self, spark: SparkSession, directory: str, interval: int, fingerprint: str):
+        # An existing folder that cfspark did not make is used through a subfolder of its own.
         self.spark, self.directory, self.interval, self.fingerprint = (
             spark,
-            directory.rstrip("/"),
+            checkpoint_folder(directory.rstrip("/")),
             interval,
             fingerprint,
         )
@@ -53,6 +57,8 @@ class Checkpointer:
     def save(self, iteration: int, user_out: DataFrame, item_out: DataFrame, history: list[dict]) -> Resumed:
         name = f"iter-{iteration:06d}"
         path = f"{self.directory}/{name}"
+        if is_local(self.directory):
+            make_owned(local_path(self.directory))  # the marker first: a folder cfspark made
         user_out.write.mode("overwrite").parquet(f"{path}/users")
         item_out.write.mode("overwrite").parquet(f"{path}/items")
         if is_local(self.directory):
@@ -115,7 +121,7 @@ class Checkpointer:
 
     def remove(self) -> None:
         if is_local(self.directory):
-            shutil.rmtree(local_path(self.directory), ignore_errors=True)
+            remove_owned(local_path(self.directory), "checkpoints no longer needed")
 
 
 def _file_sizes(folder: str) -> dict[str, int]:
