@@ -274,6 +274,12 @@ INPUT_CASES = {
         args(*WEIGHTED, *BCE, text=W + "u1,m1,1,1e300\nu1,m2,0,2\nu2,m1,1,1\nu2,m2,0,1\n"), INPUT,
         "column 'count' (input.weight_col) has 1 weight(s) above 1e+100",
     ),
+    "weight_range_bce": (
+        args(*WEIGHTED, *BCE, "--set", "model.exposure=false", "--set", "split.test_fraction=0.0",
+             text=W + "u1,m1,1,1e100\nu1,m2,0,1\nu2,m1,1,1e100\nu2,m2,0,1\n"), INPUT,
+        "the 4 training labels hold both 0 and 1, but their weighted share of 1s is 1 in float64: the rows' "
+        "weights range from 2 to 1e+100, too wide a range for bce",
+    ),
     "weight_zero": (
         args(*WEIGHTED, text=W + "u1,m1,4,0\nu1,m2,3,2\n"), INPUT, "has 1 count(s) of zero or below",
     ),
