@@ -16,9 +16,12 @@ import shutil
 import signal
 import tempfile
 import time
+from unittest import mock
 
 import pytest
 from tests_support import REPO
+
+from cfspark.core.errors import InputError
 
 spec = importlib.util.spec_from_file_location("train_job", os.path.join(REPO, "jobs", "train.py"))
 train_job = importlib.util.module_from_spec(spec)
@@ -26,6 +29,7 @@ spec.loader.exec_module(train_job)
 
 GOOD = "userId,movieId,rating\nu1,m1,4\nu1,m2,3\nu2,m1,5\nu2,m3,1\n"
 CONFIG, INPUT, OUTPUT, BUSY = 2, 3, 5, 6  # exit codes (docs/operations.md, Exit codes)
+SIGINT, SIGTERM = 130, 143
 
 
 def ratings(text: str):
@@ -268,6 +272,47 @@ def setup_many_ids(tmp, spark, stack):
     return ["--set", "model.rank=3000", "--set", "spark.shuffle_partitions=1"]
 
 
+def interrupted(signum: int):
+    """A job body cut off by signum half-way through a Spark call, whose clean-up then fails too."""
+
+    def setup(tmp, spark, stack):
+        from cfspark.app.cli import exit_code
+
+        def body() -> int:
+            try:
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signum)
+                time.sleep(5)  # the handler raises well before this ends
+            finally:
+                raise RuntimeError("Error while sending or receiving (a py4j call cut off)")
+
+        return lambda: exit_code(body)
+
+    return setup
+
+
+def spark_stopped_under(error: Exception):
+    """A job whose JVM was terminated: its current call fails with error."""
+
+    def setup(tmp, spark, stack):
+        from cfspark.app import cli
+
+        def body() -> int:
+            raise error
+
+        def run() -> int:
+            with mock.patch.object(cli, "spark_stopped", lambda: True):
+                return cli.exit_code(body)
+
+        return run
+
+    return setup
+
+
+STOPPED = "Spark stopped under the job (its JVM was terminated, e.g. by SIGTERM, or died); nothing was written"
+
+
 def setup_config_file(text: str):
     def setup(tmp, spark, stack):
         (tmp / "ratings.csv").write_text(GOOD)
@@ -312,6 +357,12 @@ INPUT_CASES = {
     "weight_huge_bce": (
         args(*WEIGHTED, *BCE, text=W + "u1,m1,1,1e300\nu1,m2,0,2\nu2,m1,1,1\nu2,m2,0,1\n"), INPUT,
         "column 'count' (input.weight_col) has 1 weight(s) above 1e+100",
+    ),
+    "weight_range_bce": (
+        args(*WEIGHTED, *BCE, "--set", "model.exposure=false", "--set", "split.test_fraction=0.0",
+             text=W + "u1,m1,1,1e100\nu1,m2,0,1\nu2,m1,1,1e100\nu2,m2,0,1\n"), INPUT,
+        "the 4 training labels hold both 0 and 1, but their weighted share of 1s is 1 in float64: the rows' "
+        "weights range from 2 to 1e+100, too wide a range for bce",
     ),
     "weight_zero": (
         args(*WEIGHTED, text=W + "u1,m1,4,0\nu1,m2,3,2\n"), INPUT, "has 1 count(s) of zero or below",
@@ -364,6 +415,13 @@ WARM_START_CASES = {
     "top_n_zero": (args("--set", "output.top_n=0"), CONFIG, "output.top_n must be >= 1, got 0"),
     "test_fraction_one": (args("--set", "split.test_fraction=1.0"), CONFIG, "split.test_fraction must be in [0, 1)"),
     "format_unknown": (args("--set", "input.format=json"), CONFIG, "input.format = 'json' is not one of"),
+    "sigterm_cuts_a_spark_call": (interrupted(signal.SIGTERM), SIGTERM, "cfspark: error: interrupted (signal 15)\n"),
+    "sigint_cuts_a_spark_call": (interrupted(signal.SIGINT), SIGINT, "cfspark: error: interrupted (SIGINT)\n"),
+    "jvm_terminated_in_the_read": (
+        spark_stopped_under(InputError('cannot read input.path x as csv: Cannot invoke "DAGScheduler.cleanup"')),
+        SIGTERM, STOPPED,
+    ),
+    "jvm_terminated_in_a_call": (spark_stopped_under(ConnectionRefusedError(111, "refused")), SIGTERM, STOPPED),
     "binarize_with_mse": (
         args("--set", "input.binarize_threshold=3"), CONFIG, "input.binarize_threshold turns ratings into labels",
     ),
@@ -538,6 +596,8 @@ def test_refused_with_one_clear_line_and_nothing_touched(spark, capsys, tmp_path
             with pytest.raises(ValueError) as raised:
                 extra()
             code, err = RAISES, f"cfspark: error: {raised.value}\n"
+        elif callable(extra):  # a job's body, run as main runs it
+            code, err = extra(), capsys.readouterr().err
         else:
             code, err, _ = _run(capsys, tmp_path, "--set", f"input.path={tmp_path / 'ratings.csv'}", *extra)
         after = _snapshot(tmp_path)
@@ -754,55 +814,17 @@ def test_a_saved_model_records_its_tables(spark):
         assert saved["files"] == sorted(f for f in os.listdir(os.path.join(path, name)) if f.startswith("part-"))
 
 
-def test_a_signal_wins_over_the_errors_it_causes_on_the_way_out(capsys):
-    """A py4j call cut off by SIGTERM fails again in the clean-up: still one line and 143."""
-    from cfspark.app.cli import exit_code
-
-    def body() -> int:
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
-        finally:
-            raise RuntimeError("Error while sending or receiving (py4j, cut off)")
-        return 0
-
-    assert exit_code(body) == 143
-    assert capsys.readouterr().err == "cfspark: error: interrupted (signal 15)\n"
-
-    def ctrl_c() -> int:
-        try:
-            raise KeyboardInterrupt
-        finally:
-            raise RuntimeError("cut off")
-
-    assert exit_code(ctrl_c) == 130
-    assert capsys.readouterr().err == "cfspark: error: interrupted (SIGINT)\n"
-
-
-@pytest.mark.parametrize("error", ["input", "other"])
-def test_spark_stopped_under_the_job_is_one_line(capsys, monkeypatch, error):
-    """A SIGTERM to the JVM stops Spark, and the job's current call fails with whatever it was
-    doing (here as the read, or a raw py4j error): the line says Spark stopped, with 143."""
+def test_an_error_not_spark_s_keeps_its_traceback(monkeypatch):
+    """Only a stopped Spark turns an unexpected error into the one line; anything else is a bug (exit 1)."""
     from cfspark.app import cli
-    from cfspark.core.errors import InputError
 
-    monkeypatch.setattr(cli, "spark_stopped", lambda: True)
+    monkeypatch.setattr(cli, "spark_stopped", lambda: False)
 
     def body() -> int:
-        if error == "input":
-            raise InputError('cannot read input.path x as csv: Cannot invoke "DAGScheduler.cleanupQueryJobs(long)"')
         raise ConnectionRefusedError(111, "Connection refused")
 
-    assert cli.exit_code(body) == 143
-    err = capsys.readouterr().err
-    assert err == (
-        "cfspark: error: Spark stopped under the job (its JVM was terminated, e.g. by SIGTERM, or died); "
-        "nothing was written\n"
-    )
-    monkeypatch.setattr(cli, "spark_stopped", lambda: False)
-    if error == "other":
-        with pytest.raises(ConnectionRefusedError):  # not Spark's: Python's own traceback, exit 1
-            cli.exit_code(body)
+    with pytest.raises(ConnectionRefusedError):
+        cli.exit_code(body)
 
 
 def test_spark_stopped_is_false_while_the_session_runs(spark):

@@ -47,11 +47,14 @@ def check_sizes(spark: SparkSession, cfg: Config, ratings: DataFrame) -> None:
     """model.rank and output.top_n against the data: a rank above min(#users, #items) adds
     nothing the data can fit, and a top_n above #items asks for more items than there are.
     Each is refused once it is also above its shipped default, so the defaults run on any
-    data. A rank whose factors and Gram matrices would not fit in a task's memory is refused too."""
-    counts = ratings.agg(F.count_distinct(USER).alias("users"), F.count_distinct(ITEM).alias("items")).first()
-    users, items = counts["users"], counts["items"]
+    data. A rank whose Gram matrices would not fit in a task's memory is refused too. At or
+    below the defaults nothing is counted (no Spark job)."""
     defaults = load_defaults()
     rank, top_n = cfg["model"]["rank"], cfg["output"]["top_n"]
+    if rank <= defaults["model"]["rank"] and top_n <= defaults["output"]["top_n"]:
+        return
+    counts = ratings.agg(F.count_distinct(USER).alias("users"), F.count_distinct(ITEM).alias("items")).first()
+    users, items = counts["users"], counts["items"]
     if rank > min(users, items) and rank > defaults["model"]["rank"]:
         raise ConfigError(
             f"model.rank = {rank} is above the data's {users} users and {items} items: a rank above "
@@ -62,15 +65,15 @@ def check_sizes(spark: SparkSession, cfg: Config, ratings: DataFrame) -> None:
     need, budget = fit_bytes(rank, users, items), task_memory(spark)
     if need > budget:
         raise ConfigError(
-            f"model.rank = {rank} needs about {_size(need)} per task for {users} users and {items} items "
-            f"(factors and Gram matrices), more than the {_size(budget)} a task may use: lower model.rank"
+            f"model.rank = {rank} needs about {_size(need)} per task for the Gram matrices of {users} users and "
+            f"{items} items, more than the {_size(budget)} a task may use: lower model.rank"
         )
 
 
 def fit_bytes(rank: int, users: int, items: int) -> int:
-    """A fit's peak memory in one task, roughly: every factor vector, and a tile's Gram
-    matrices (up to TILE rows at once, rank × rank float64 each)."""
-    return 8 * rank * (users + items) + 8 * rank * rank * min(TILE, max(users, items))
+    """What one task of a fit allocates at once whatever the blocks: a tile's Gram matrices,
+    one per row of up to TILE rows, rank × rank float64 each (kernels/block.py)."""
+    return 8 * rank * rank * min(TILE, max(users, items))
 
 
 def task_memory(spark: SparkSession) -> int:

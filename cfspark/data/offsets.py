@@ -17,8 +17,16 @@ from cfspark.data.weights import row_weight
 def global_rate(train: DataFrame) -> float:
     """p, the (weighted) share of positive labels; refuses labels that are all one value."""
     a = row_weight(train)
-    row = train.agg(F.sum(a * F.col(RATING)) / F.sum(a), F.count(F.lit(1)), F.min(RATING), F.max(RATING)).first()
+    row = train.agg(
+        F.sum(a * F.col(RATING)) / F.sum(a), F.count(F.lit(1)), F.min(RATING), F.max(RATING), F.min(a), F.max(a)
+    ).first()
     p = float(row[0]) if row[2] != row[3] else row[2]  # one label value: exactly 0 or 1
+    if row[2] != row[3] and not 0.0 < p < 1.0:  # both labels, but one side's weights swamp the other's
+        raise InputError(
+            f"the {row[1]} training labels hold both 0 and 1, but their weighted share of 1s is {p:g} in float64: "
+            f"the rows' weights range from {row[4]:g} to {row[5]:g}, too wide a range for bce "
+            "(input.weight_col, input.weight_alpha): cap or rescale the weights"
+        )
     if not 0.0 < p < 1.0:
         raise InputError(
             f"all {row[1]} training labels are {int(p)}; bce needs both 0 and 1 labels "
