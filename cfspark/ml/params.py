@@ -37,6 +37,11 @@ from cfspark.kernels.optimizers import OPTIMIZERS
 COLD_START = ("mean", "nan", "drop")
 REG_SCALINGS = ("count", "sum")
 SAMPLINGS = ("sqrt", "popularity", "uniform")
+OUTPUT_STYLES = ("cfspark", "als")
+DUPLICATES = ("error", "mean", "max", "last", "sum")
+# Spark's StorageLevel names, which ALS's storage-level Params take.
+STORAGE_LEVELS = ("NONE", "DISK_ONLY", "DISK_ONLY_2", "DISK_ONLY_3", "MEMORY_ONLY", "MEMORY_ONLY_2",
+                  "MEMORY_AND_DISK", "MEMORY_AND_DISK_2", "OFF_HEAP", "MEMORY_AND_DISK_DESER")  # fmt: skip
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:
@@ -68,6 +73,15 @@ def _number(low: float, *, inclusive: bool = True, integer: bool = False, words:
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"must be True or False, got {value!r}")
+    return value
+
+
+def _not_nonnegative(value: Any) -> bool:
+    if _flag(value):
+        raise TypeError(
+            "cfspark has no non-negative factors: its predictions add biases and item baselines to w·x, so "
+            "non-negative w and x would not make the parts non-negative; see docs/migrating-from-als.md"
+        )
     return value
 
 
@@ -142,7 +156,19 @@ DEFAULTS: dict[str, Any] = dict(
     exposureNegatives=32,
     negativeWeight=0.5,
     negativeSampling="sqrt",
+    outputStyle="cfspark",
+    blockSize=4096,
+    implicitPrefs=False,
+    nonnegative=False,
+    duplicates="error",
+    intermediateStorageLevel="MEMORY_AND_DISK",
+    finalStorageLevel="MEMORY_AND_DISK",
 )
+
+# The Params the estimator settles itself, before the fit paths (FitSettings) see the ratings:
+# implicitPrefs and duplicates shape the rows, the rest shape output or are ALS's no-ops.
+NOT_FIT_PARAMS = ("outputStyle", "blockSize", "implicitPrefs", "nonnegative", "duplicates",
+                  "intermediateStorageLevel", "finalStorageLevel")  # fmt: skip
 
 # The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain
 # item mean, a free user bias, no item bias, Adam. λ itself is the caller's to choose.
@@ -152,7 +178,7 @@ COURSE_PARAMS = dict(
 
 # The Params a fitted model holds: prediction, recommendation and fold-in read these.
 MODEL_PARAMS = ("userCol", "itemCol", "ratingCol", "predictionCol", "coldStartStrategy", "loss", "regParam",
-                "regScaling", "biasReg")  # fmt: skip
+                "regScaling", "biasReg", "outputStyle", "blockSize")  # fmt: skip
 
 
 class _CFModelParams(HasPredictionCol, HasRegParam):
@@ -179,6 +205,14 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
         _one_of(*REG_SCALINGS),
     )
     biasReg = _param("biasReg", "λ_b, the L2 weight on the biases b and c, never count-scaled", _number(0.0))
+    outputStyle = _param(
+        "outputStyle",
+        "cfspark: flat recommendations without training items, no NaN; als: ALS's tables, nesting, cold start",
+        _one_of(*OUTPUT_STYLES),
+    )
+    blockSize = _param(
+        "blockSize", "accepted for ALS's sake, unused: cfspark's top-N sizes its own blocks", _number(1, integer=True)
+    )
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -204,6 +238,21 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
 
     def getBiasReg(self) -> float:
         return self.getOrDefault(self.biasReg)
+
+    def getOutputStyle(self) -> str:
+        return self.getOrDefault(self.outputStyle)
+
+    def getBlockSize(self) -> int:
+        return self.getOrDefault(self.blockSize)
+
+    def als_style(self) -> bool:
+        return self.getOutputStyle() == "als"
+
+    def cold_start(self) -> str:
+        """coldStartStrategy as set, or else the style's: ALS's "nan", or cfspark's "mean"."""
+        if self.isSet(self.coldStartStrategy) or not self.als_style():
+            return self.getColdStartStrategy()
+        return "nan"
 
 
 class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterval):
@@ -256,6 +305,27 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
         "sampled negatives drawn ∝ √(number of labels) (sqrt), ∝ it (popularity), or uniformly",
         _one_of(*SAMPLINGS),
     )
+
+    implicitPrefs = _param(
+        "implicitPrefs",
+        "ALS's implicit feedback, mapped: ratingCol holds counts, fitted as bce positive-only labels weighing "
+        "1 + alpha·count (rows with a count <= 0 dropped)",
+        _flag,
+    )
+    nonnegative = _param("nonnegative", "ALS's non-negative factors: not supported, so only False", _not_nonnegative)
+    duplicates = _param(
+        "duplicates",
+        "a repeated (user, item) pair: error, or combine its ratings by mean, max, last (in input order) or sum",
+        _one_of(*DUPLICATES),
+    )
+    intermediateStorageLevel = _param(
+        "intermediateStorageLevel", "accepted for ALS's sake, unused: cfspark caches its own blocks",
+        _one_of(*STORAGE_LEVELS),
+    )  # fmt: skip
+    finalStorageLevel = _param(
+        "finalStorageLevel", "accepted for ALS's sake, unused: a model's factor tables are checkpointed",
+        _one_of(*STORAGE_LEVELS),
+    )  # fmt: skip
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -320,3 +390,18 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
 
     def getNegativeSampling(self) -> str:
         return self.getOrDefault(self.negativeSampling)
+
+    def getImplicitPrefs(self) -> bool:
+        return self.getOrDefault(self.implicitPrefs)
+
+    def getNonnegative(self) -> bool:
+        return self.getOrDefault(self.nonnegative)
+
+    def getDuplicates(self) -> str:
+        return self.getOrDefault(self.duplicates)
+
+    def getIntermediateStorageLevel(self) -> str:
+        return self.getOrDefault(self.intermediateStorageLevel)
+
+    def getFinalStorageLevel(self) -> str:
+        return self.getOrDefault(self.finalStorageLevel)
