@@ -236,3 +236,42 @@ def test_als_params_are_accepted_mapped_or_refused(spark):
         CollaborativeFilter(intermediateStorageLevel="foo")
     with pytest.raises((TypeError, ValueError), match="no non-negative factors"):
         CollaborativeFilter(nonnegative=True)
+
+
+# -- duplicates and implicitPrefs ------------------------------------------------------------------------
+
+REPEATED = [(1, 1, 2.0), (1, 1, 4.0), (2, 1, 5.0), (1, 1, 3.0), (2, 2, 1.0)]
+
+
+@pytest.mark.parametrize(("rule", "value"), [("mean", 3.0), ("max", 4.0), ("sum", 9.0), ("last", 3.0)])
+def test_duplicates_combine_repeated_pairs_as_the_param_says(spark, rule, value):
+    df = spark.createDataFrame(REPEATED, "user long, item long, rating double").coalesce(1)
+    got = {(r.user, r.item): r.rating for r in validate_given(df, COLUMNS, labels=False, duplicates=rule).collect()}
+    assert got == {(1, 1): value, (2, 1): 5.0, (2, 2): 1.0}
+
+
+def test_repeated_pairs_are_refused_naming_the_duplicates_param(spark):
+    df = spark.createDataFrame(REPEATED, "user long, item long, rating double")
+    with pytest.raises(InputError, match=r"1 \(user, item\) pair\(s\) appear more than once, .* appears 3 times"):
+        CollaborativeFilter().fit(df)
+    with pytest.raises(InputError, match='set the duplicates Param to combine them: "mean", "last" or "sum"'):
+        CollaborativeFilter().fit(df)
+    with pytest.raises((TypeError, ValueError), match='param "duplicates"'):
+        CollaborativeFilter(duplicates="first")
+    with pytest.raises(ValueError, match="labels other than 0/1"):
+        CollaborativeFilter(loss="bce", duplicates="sum").fit(df)
+
+
+def test_implicit_prefs_is_the_positive_only_model_on_counts(spark):
+    counts = [(u, i, float(1 + (u + i) % 4)) for u in range(16) for i in range(8) if (u * i + u) % 3 == 0]
+    df = spark.createDataFrame(counts + [(1, 50, 0.0), (2, 50, -2.0)], "user long, item long, rating double")
+    common = dict(rank=2, maxIter=2, alpha=3.0, seed=4)
+    implicit = CollaborativeFilter(implicitPrefs=True, **common).fit(df)
+    schema = "user long, item long, rating double, n double"
+    mapped = spark.createDataFrame([(u, i, 1.0, c) for u, i, c in counts], schema)
+    explicit = CollaborativeFilter(loss="bce", weightCol="n", **common).fit(mapped)
+    assert implicit.getLoss() == "bce" and implicit.summary.get("positive_only")
+    assert implicit.training_pairs.count() == len(counts)  # counts <= 0 are dropped, as unobserved
+    got = sorted((r.user, r.item, r.rank, r.score) for r in implicit.recommendForAllUsers(3).collect())
+    assert got == sorted((r.user, r.item, r.rank, r.score) for r in explicit.recommendForAllUsers(3).collect())
+    assert all(0.0 <= s <= 1.0 for *_, s in got)
