@@ -275,3 +275,13 @@ def test_implicit_prefs_is_the_positive_only_model_on_counts(spark):
     got = sorted((r.user, r.item, r.rank, r.score) for r in implicit.recommendForAllUsers(3).collect())
     assert got == sorted((r.user, r.item, r.rank, r.score) for r in explicit.recommendForAllUsers(3).collect())
     assert all(0.0 <= s <= 1.0 for *_, s in got)
+
+
+def test_the_jobs_duplicates_key_maps_onto_the_param():
+    from cfspark.app.config import load_defaults
+    from cfspark.app.run import estimator_from_config
+
+    cfg = load_defaults()
+    cfg["input"]["duplicates"] = "last"
+    estimator = estimator_from_config(cfg, Columns("u", "i", "r"))
+    assert estimator.getDuplicates() == "last" and estimator.getUserCol() == "u"
