@@ -48,6 +48,7 @@ def test_a_fractional_id_is_refused_naming_the_column_count_example_and_a_cast(s
     assert "cast(" in message
 
 
+@pytest.mark.slow
 def test_the_string_indexer_pipeline_fits_saves_loads_and_recommends(spark, tmp_path):
     rows = [(f"u{u}", f"m{i}", r) for u, i, r in _ratings()]
     df = spark.createDataFrame(rows, "userId string, movieId string, rating double")
@@ -150,6 +151,7 @@ True
 """
 
 
+@pytest.mark.slow
 def test_pyspark_als_doctest_lines_pass_with_the_import_changed(spark, tmp_path):
     globs = {"spark": spark, "temp_path": str(tmp_path)}
     parser, runner = doctest.DocTestParser(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
@@ -262,6 +264,7 @@ def test_repeated_pairs_are_refused_naming_the_duplicates_param(spark):
         CollaborativeFilter(loss="bce", duplicates="sum").fit(df)
 
 
+@pytest.mark.slow
 def test_implicit_prefs_is_the_positive_only_model_on_counts(spark):
     counts = [(u, i, float(1 + (u + i) % 4)) for u in range(16) for i in range(8) if (u * i + u) % 3 == 0]
     df = spark.createDataFrame(counts + [(1, 50, 0.0), (2, 50, -2.0)], "user long, item long, rating double")

@@ -324,7 +324,10 @@ def top_n(
 def nested(flat: DataFrame, query_col: str, candidate_col: str, score_name: str = SCORE) -> DataFrame:
     """ALS's shape: (query_col, recommendations: array<struct<candidate_col, score_name>>), best first."""
     ranked = F.array_sort(F.collect_list(F.struct(F.col(RANK), F.col(candidate_col), F.col(SCORE))))
-    entry = lambda s: F.struct(s[candidate_col].alias(candidate_col), s[SCORE].alias(score_name))  # noqa: E731
+
+    def entry(s: Column) -> Column:
+        return F.struct(s[candidate_col].alias(candidate_col), s[SCORE].alias(score_name))
+
     return flat.groupBy(query_col).agg(F.transform(ranked, entry).alias("recommendations"))
 
 
