@@ -7,11 +7,14 @@ test_end_to_end.py checks the same through a real spark-submit.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 
 import pytest
@@ -114,6 +117,242 @@ def setup_checkpoints_in_use(tmp, spark, stack):
 BCE = ("--set", "model.loss=bce")
 H = "userId,movieId,rating\n"
 
+
+# -- Input and model cases (ids, formats, weights, warm starts, sizes, saved models) --------------
+
+RAISES = "ValueError"  # a library case: the setup returns a call that must raise ValueError with the line
+
+
+def setup_mixed_folder(fmt: str):
+    """A folder holding a csv file and a Parquet file, read as fmt."""
+
+    def setup(tmp, spark, stack):
+        (tmp / "events").mkdir()
+        (tmp / "events" / "a.csv").write_text(GOOD)
+        spark.createDataFrame([("u9", "m9", 2.0)], "userId string, movieId string, rating double").coalesce(
+            1
+        ).write.parquet(str(tmp / "p"))
+        (part,) = (tmp / "p").glob("part-*.parquet")
+        part.rename(tmp / "events" / "b.parquet")
+        shutil.rmtree(tmp / "p")
+        return ["--set", f"input.format={fmt}", "--set", f"input.path={tmp / 'events'}"]
+
+    return setup
+
+
+_SAVED: dict[str, str] = {}
+
+
+def saved_model(spark) -> str:
+    """A small mse model of rank 2, fitted and saved once for the module (copied before use)."""
+    if "path" not in _SAVED:
+        from cfspark import CollaborativeFilter
+
+        folder = tempfile.mkdtemp(prefix="cfspark-bad-input-model-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        data = spark.createDataFrame(
+            [(u, i, float((u * 3 + i) % 5 + 1)) for u in range(6) for i in range(5) if (u + i) % 3],
+            "user long, item long, rating double",
+        )
+        est = CollaborativeFilter(rank=2, maxIter=2, userCol="user", itemCol="item", checkpointInterval=-1)
+        est.fit(data).write().save(f"{folder}/model")
+        _SAVED["path"] = f"{folder}/model"
+    return _SAVED["path"]
+
+
+def _one_part(model, table: str):
+    return sorted((model / table).glob("part-*.parquet"))[0]
+
+
+def _missing_part(model):
+    _one_part(model, "item_stats").unlink()
+
+
+def _truncated_part(model):
+    part = _one_part(model, "user_factors")
+    part.write_bytes(part.read_bytes()[:40])
+
+
+def _junk_metadata(model):
+    for f in (model / "metadata").iterdir():
+        f.unlink()
+    (model / "metadata" / "part-00000").write_text("not json\n")
+
+
+def model_at(damage=None):
+    """The saved model, copied to {tmp}/model and damaged; returns the copy's path."""
+
+    def place(tmp, spark):
+        shutil.copytree(saved_model(spark), tmp / "model")
+        for crc in (tmp / "model").rglob(".*.crc"):  # Spark's checksums would name the damage first
+            crc.unlink()
+        if damage:
+            damage(tmp / "model")
+        return tmp / "model"
+
+    return place
+
+
+def warm_start(place, *extra: str):
+    def setup(tmp, spark, stack):
+        (tmp / "ratings.csv").write_text(GOOD)
+        return ["--set", f"model.warm_start={place(tmp, spark)}", *extra]
+
+    return setup
+
+
+def load(place):
+    def setup(tmp, spark, stack):
+        from cfspark import CFModel
+
+        path = str(place(tmp, spark))
+        return lambda: CFModel.load(path)
+
+    return setup
+
+
+def recommend(call):
+    """call(model, spark) on the saved model, loaded."""
+
+    def setup(tmp, spark, stack):
+        from cfspark import CFModel
+
+        model = CFModel.load(saved_model(spark))
+        return lambda: call(model, spark)
+
+    return setup
+
+
+def setup_many_ids(tmp, spark, stack):
+    """3,000 users and 3,000 items, one rating each: rank 3,000 passes the data's bound, not memory's."""
+    (tmp / "ratings.csv").write_text(H + "".join(f"u{i},m{i},{i % 5 + 1}\n" for i in range(3000)))
+    return ["--set", "model.rank=3000", "--set", "spark.shuffle_partitions=1"]
+
+
+def setup_config_file(text: str):
+    def setup(tmp, spark, stack):
+        (tmp / "ratings.csv").write_text(GOOD)
+        (tmp / "job.toml").write_text(text)
+        return ["--config", str(tmp / "job.toml")]
+
+    return setup
+
+
+W = "userId,movieId,rating,count\n"
+WEIGHTED = ("--set", "input.weight_col=count")
+MOVIELENS = ("--set", "input.format=movielens")
+
+INPUT_CASES = {
+    "movielens_tab_separated": (
+        args(*MOVIELENS, text="1\t10\t4\n2\t11\t3\n"), INPUT,
+        "is not in the movielens format (user::item::rating...): 2 of 2 line(s) have fewer than 3 '::'-separated "
+        "fields, e.g. '1\\t10\\t4'",
+    ),
+    "movielens_comma_separated": (
+        args(*MOVIELENS, text="1::10::4\n2,11,3\n"), INPUT, "1 of 2 line(s) have fewer than 3 '::'-separated fields",
+    ),
+    "csv_folder_with_parquet": (setup_mixed_folder("csv"), INPUT, "mixes Parquet files (1, e.g. b.parquet) with other "
+                                "files (1, e.g. a.csv); read as csv"),
+    "parquet_folder_with_csv": (setup_mixed_folder("parquet"), INPUT, "mixes Parquet files (1, e.g. b.parquet)"),
+    "delimiter_space_kept": (
+        args("--set", "input.delimiter= ", text="userId film rating\nu1 m1 4\n"), INPUT,
+        "no column 'movieId'; its columns are ['userId', 'film', 'rating']",
+    ),
+    "delimiter_empty": (args("--set", 'input.delimiter=""'), CONFIG, "input.delimiter must not be empty"),
+    "id_not_integer_for_long": (
+        args("--set", "input.id_type=long"), INPUT, "column 'userId' has 4 id(s) that are not integers out of 4 rows",
+    ),
+    "id_beyond_long": (
+        args("--set", "input.id_type=long", text=H + "1,10,4\n99999999999999999999,11,3\n"), INPUT,
+        "column 'userId' has 1 integer id(s) out of range for long",
+    ),
+    "weight_huge_mse": (
+        args(*WEIGHTED, text=W + "u1,m1,4,1e308\nu1,m2,3,2\nu2,m1,5,1\n"), INPUT,
+        "column 'count' (input.weight_col) has 1 weight(s) above 1e+100, out of the range the loss's sums can hold",
+    ),
+    "weight_huge_bce": (
+        args(*WEIGHTED, *BCE, text=W + "u1,m1,1,1e300\nu1,m2,0,2\nu2,m1,1,1\nu2,m2,0,1\n"), INPUT,
+        "column 'count' (input.weight_col) has 1 weight(s) above 1e+100",
+    ),
+    "weight_zero": (
+        args(*WEIGHTED, text=W + "u1,m1,4,0\nu1,m2,3,2\n"), INPUT, "has 1 count(s) of zero or below",
+    ),
+    "weight_text": (
+        args(*WEIGHTED, text=W + "u1,m1,4,many\nu1,m2,3,2\n"), INPUT, "has 1 value(s) that are not finite numbers",
+    ),
+    "weight_positional": (
+        args(*WEIGHTED, "--set", "input.header=false", text="u1,m1,4,1\n"), INPUT,
+        "input.weight_col needs named columns",
+    ),
+    "movielens_rating_text": (
+        args(*MOVIELENS, text="u1::m1::high\n"), INPUT, "1 value(s) that are not numbers",
+    ),
+}  # fmt: skip
+
+WARM_START_CASES = {
+    "warm_start_missing": (
+        warm_start(lambda tmp, spark: tmp / "nope"), CONFIG, "model.warm_start {tmp}/nope cannot be loaded: ",
+    ),
+    "warm_start_not_a_model": (
+        warm_start(model_at(_junk_metadata)), CONFIG, "model.warm_start {tmp}/model cannot be loaded: ",
+    ),
+    "warm_start_rank": (
+        warm_start(model_at()), CONFIG, "model.warm_start {tmp}/model has rank 2, but model.rank is 10",
+    ),
+    "warm_start_loss": (
+        warm_start(model_at(), "--set", "model.rank=2", *BCE), CONFIG,
+        "model.warm_start {tmp}/model was fitted with model.loss = 'mse', but model.loss is 'bce'",
+    ),
+    "warm_start_missing_part": (
+        warm_start(model_at(_missing_part), "--set", "model.rank=2"), CONFIG,
+        "cannot be loaded: the saved model {tmp}/model is incomplete: item_stats lacks 1 of its",
+    ),
+    "warm_start_truncated_part": (
+        warm_start(model_at(_truncated_part), "--set", "model.rank=2"), CONFIG,
+        "cannot be loaded: the saved model {tmp}/model is damaged: user_factors cannot be read: ",
+    ),
+    "rank_above_data": (
+        args("--set", "model.rank=100000"), CONFIG,
+        "model.rank = 100000 is above the data's 2 users and 3 items: a rank above min(#users, #items) = 2",
+    ),
+    "rank_beyond_memory": (setup_many_ids, CONFIG, "model.rank = 3000 needs about "),
+    "top_n_above_items": (
+        args("--set", "output.top_n=1000000000"), CONFIG, "output.top_n = 1000000000 is above the data's 3 items",
+    ),
+    "config_file_missing": (args("--config", "{tmp}/nope.toml"), CONFIG, "config file not found: {tmp}/nope.toml"),
+    "config_file_not_toml": (setup_config_file("[model\nrank = 3\n"), CONFIG, "job.toml is not valid TOML"),
+    "config_key_not_in_a_section": (setup_config_file("rank = 3\n"), CONFIG, "config key rank must be a [section]"),
+    "top_n_zero": (args("--set", "output.top_n=0"), CONFIG, "output.top_n must be >= 1, got 0"),
+    "test_fraction_one": (args("--set", "split.test_fraction=1.0"), CONFIG, "split.test_fraction must be in [0, 1)"),
+    "format_unknown": (args("--set", "input.format=json"), CONFIG, "input.format = 'json' is not one of"),
+    "binarize_with_mse": (
+        args("--set", "input.binarize_threshold=3"), CONFIG, "input.binarize_threshold turns ratings into labels",
+    ),
+}  # fmt: skip
+
+LIBRARY_CASES = {
+    "load_missing_part": (load(model_at(_missing_part)), RAISES, "is incomplete: item_stats lacks 1 of its"),
+    "load_truncated_part": (load(model_at(_truncated_part)), RAISES, "is damaged: user_factors cannot be read: "),
+    "load_missing_path": (load(lambda tmp, spark: tmp / "nope"), RAISES, "{tmp}/nope holds no saved CFModel: "),
+    "recommend_negative": (
+        recommend(lambda m, spark: m.recommendForAllUsers(-3)), RAISES,
+        "numItems must be an integer >= 1 (how many to recommend), got -3",
+    ),
+    "recommend_items_zero": (
+        recommend(lambda m, spark: m.recommendForAllItems(0)), RAISES, "numUsers must be an integer >= 1",
+    ),
+    "recommend_subset_fraction": (
+        recommend(lambda m, spark: m.recommendForUserSubset(m.userFactors, 2.5)), RAISES,
+        "numItems must be an integer >= 1 (how many to recommend), got 2.5",
+    ),
+    "recommend_item_subset_bool": (
+        recommend(lambda m, spark: m.recommendForItemSubset(m.itemFactors, True)), RAISES,
+        "numUsers must be an integer >= 1 (how many to recommend), got True",
+    ),
+}  # fmt: skip
+
+# -- End of the input and model cases ----------------------------------------------------------------
+
 # name: (setup, exit code, what the one line must say)
 MATRIX = {
     # Bad input (docs/operations.md, What is refused)
@@ -185,6 +424,9 @@ MATRIX = {
     "output_under_a_file": (setup_output_under_a_file, OUTPUT, "notes.txt is a file, not a folder"),
     "output_in_use": (setup_output_in_use, BUSY, "output.path {tmp}/out is in use by another run (pid "),
     "checkpoints_in_use": (setup_checkpoints_in_use, BUSY, "checkpoint.dir {tmp}/ck is in use by another run (pid "),
+    **INPUT_CASES,
+    **WARM_START_CASES,
+    **LIBRARY_CASES,
 }  # fmt: skip
 
 
@@ -214,7 +456,12 @@ def test_refused_with_one_clear_line_and_nothing_touched(spark, capsys, tmp_path
     with contextlib.ExitStack() as stack:
         extra = setup(tmp_path, spark, stack)
         before = _snapshot(tmp_path)
-        code, err, _ = _run(capsys, tmp_path, "--set", f"input.path={tmp_path / 'ratings.csv'}", *extra)
+        if expected_code == RAISES:
+            with pytest.raises(ValueError) as raised:
+                extra()
+            code, err = RAISES, f"cfspark: error: {raised.value}\n"
+        else:
+            code, err, _ = _run(capsys, tmp_path, "--set", f"input.path={tmp_path / 'ratings.csv'}", *extra)
         after = _snapshot(tmp_path)
     assert code == expected_code, err
     assert err.startswith("cfspark: error: ") and err.count("\n") == 1, err
@@ -336,3 +583,143 @@ def test_each_error_class_has_its_own_exit_code():
     classes = [errors.ConfigError, errors.InputError, errors.TrainingError, errors.OutputError, errors.BusyError]
     codes = [code_for(cls("x")) for cls in classes]
     assert codes == [2, 3, 4, 5, 6]
+
+
+# -- Input and model checks below the job ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ids", "kept_as"),
+    [
+        (["1", "7", "-3", "9223372036854775807"], "long"),
+        (["007", "7", "8"], "string"),  # "007" is not 7's spelling: two users, not one
+        (["+7", "8"], "string"),
+        ([" 7", "8"], "string"),
+        (["7", "8 "], "string"),
+        (["-0", "1"], "string"),
+    ],
+)
+def test_auto_ids_are_integers_only_when_every_id_round_trips(spark, ids, kept_as):
+    from cfspark.data.read import Columns
+    from cfspark.data.validate import validate_ratings
+
+    df = spark.createDataFrame([(u, f"i{n}", 1.0) for n, u in enumerate(ids)], "u string, i string, r double")
+    out = validate_ratings(df, Columns("u", "i", "r"), id_type="auto", duplicates="error")
+    got = sorted(r.user for r in out.select("user").collect())
+    assert dict(out.dtypes)["user"] == ("bigint" if kept_as == "long" else "string")
+    assert got == sorted(int(u) for u in ids) if kept_as == "long" else got == sorted(ids)
+
+
+def test_a_python_workers_cause_is_the_line_kept():
+    from cfspark.data.read import spark_message
+
+    text = (
+        "An error occurred while calling o123.collectToPython.\n"
+        ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 3.0 failed\n"
+        "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
+        '  File "/x/worker.py", line 1247, in main\n'
+        "    process()\n"
+        '  File "/x/cfspark/kernels/block.py", line 80, in grams\n'
+        "    out = np.empty((n, k, k))\n"
+        "numpy.core._exceptions._ArrayMemoryError: Unable to allocate 4.37 TiB for an array with shape "
+        "(60, 100000, 100000) and data type float64\n"
+        "\n"
+        "\tat org.apache.spark.api.python.BasePythonRunner.handlePythonException(PythonRunner.scala:572)\n"
+    )
+    assert spark_message(Exception(text)) == (
+        "_ArrayMemoryError: Unable to allocate 4.37 TiB for an array with shape (60, 100000, 100000) "
+        "and data type float64"
+    )
+    assert spark_message(Exception("[PATH_NOT_FOUND] Path does not exist: file:/x.")) == (
+        "[PATH_NOT_FOUND] Path does not exist: file:/x."
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("input.delimiter= ", " "),
+        ("input.delimiter=\t", "\t"),
+        ("model.loss= bce ", "bce"),
+        ('input.delimiter=" "', " "),
+    ],
+)
+def test_a_value_of_spaces_is_kept(text, value):
+    from cfspark.app.config import load_config, parse_override
+
+    assert parse_override(text)[2] == value
+    section, key, _ = parse_override(text)
+    assert load_config(None, [text])[section][key] == value
+
+
+def test_a_saved_model_records_its_tables(spark):
+    """The metadata's inventory is what is on disk: each table's rows and part files."""
+    from cfspark.ml.model_io import read_metadata
+
+    path = saved_model(spark)
+    parts = read_metadata(spark, path)["cfspark"]["parts"]
+    assert sorted(parts) == ["item_factors", "item_stats", "training_pairs", "user_factors"]
+    pairs = sum(1 for u in range(6) for i in range(5) if (u + i) % 3)  # saved_model's ratings
+    rows = {"user_factors": 6, "item_factors": 5, "item_stats": 5, "training_pairs": pairs}
+    assert {name: saved["rows"] for name, saved in parts.items()} == rows
+    for name, saved in parts.items():
+        assert saved["files"] == sorted(f for f in os.listdir(os.path.join(path, name)) if f.startswith("part-"))
+
+
+def test_a_signal_wins_over_the_errors_it_causes_on_the_way_out(capsys):
+    """A py4j call cut off by SIGTERM fails again in the clean-up: still one line and 143."""
+    from cfspark.app.cli import exit_code
+
+    def body() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            raise RuntimeError("Error while sending or receiving (py4j, cut off)")
+        return 0
+
+    assert exit_code(body) == 143
+    assert capsys.readouterr().err == "cfspark: error: interrupted (signal 15)\n"
+
+    def ctrl_c() -> int:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("cut off")
+
+    assert exit_code(ctrl_c) == 130
+    assert capsys.readouterr().err == "cfspark: error: interrupted (SIGINT)\n"
+
+
+@pytest.mark.parametrize("error", ["input", "other"])
+def test_spark_stopped_under_the_job_is_one_line(capsys, monkeypatch, error):
+    """A SIGTERM to the JVM stops Spark, and the job's current call fails with whatever it was
+    doing (here as the read, or a raw py4j error): the line says Spark stopped, with 143."""
+    from cfspark.app import cli
+    from cfspark.core.errors import InputError
+
+    monkeypatch.setattr(cli, "spark_stopped", lambda: True)
+
+    def body() -> int:
+        if error == "input":
+            raise InputError('cannot read input.path x as csv: Cannot invoke "DAGScheduler.cleanupQueryJobs(long)"')
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    assert cli.exit_code(body) == 143
+    err = capsys.readouterr().err
+    assert err == (
+        "cfspark: error: Spark stopped under the job (its JVM was terminated, e.g. by SIGTERM, or died); "
+        "nothing was written\n"
+    )
+    monkeypatch.setattr(cli, "spark_stopped", lambda: False)
+    if error == "other":
+        with pytest.raises(ConnectionRefusedError):  # not Spark's: Python's own traceback, exit 1
+            cli.exit_code(body)
+
+
+def test_spark_stopped_is_false_while_the_session_runs(spark):
+    """The probe asks the live session through the DataFrame API: a running Spark is not 'stopped'."""
+    from cfspark.app.cli import spark_stopped
+
+    assert spark.range(1).count() == 1
+    assert spark_stopped() is False

@@ -76,7 +76,7 @@ def test_a_count_weighs_one_plus_alpha_times_it_and_a_zero_count_is_refused(spar
     cols = Columns("u", "i", "clicked", "plays")
     rows = spark.createDataFrame([(1, 10, 1, 1), (1, 11, 1, 2), (2, 10, 1, 4)], ["u", "i", "clicked", "plays"])
     valid = validate_ratings(rows, cols, id_type="long", duplicates="error", labels=True)
-    weighted = valid.withColumn(WEIGHT, confidence(F.col(WEIGHT), 0.5))
+    weighted = valid.withColumn(WEIGHT, confidence(F.col(WEIGHT), 0.5, "linear"))
     expected = spark.createDataFrame(
         [(1, 10, 1.0, 1.5), (1, 11, 1.0, 2.0), (2, 10, 1.0, 3.0)],
         f"{USER} long, {ITEM} long, {RATING} double, {WEIGHT} double",

@@ -65,3 +65,24 @@ def test_too_many_ratings_for_the_pairs_is_refused(spark):
 
     with pytest.raises(ConfigError, match="1001 ratings do not fit in 100 × 10 distinct pairs"):
         generate(spark, SyntheticSpec(users=100, items=10, ratings=1001))
+
+
+def test_lognormal_popularity_follows_its_closed_form(spark):
+    """The top fraction p of indices holds Φ(σ + Φ⁻¹(p)) of the draws, and Φ is erf's."""
+    from statistics import NormalDist
+
+    from pyspark.sql import functions as F
+
+    from cfspark.data.synthetic import _lognormal, _phi
+
+    xs = [-3.0, -1.2, -0.1, 0.0, 0.4, 2.5]
+    got = spark.createDataFrame([(x,) for x in xs], "x double").select(_phi(F.col("x"))).collect()
+    assert [r[0] for r in got] == pytest.approx([NormalDist().cdf(x) for x in xs], abs=2e-7)
+
+    n, sigma, draws = 1000, 1.5, 200_000
+    index = spark.range(draws).select(_lognormal(n, sigma, F.col("id"), F.lit(5), F.lit("i")).alias("i"))
+    counts = np.bincount(index.toPandas().i.to_numpy(), minlength=n)
+    assert len(counts) == n and counts[0] > counts[n // 10] > counts[n // 2] > counts[-1]
+    for p in (0.01, 0.1, 0.5):
+        share = counts[: int(p * n)].sum() / draws
+        assert share == pytest.approx(NormalDist().cdf(sigma + NormalDist().inv_cdf(p)), abs=0.01)

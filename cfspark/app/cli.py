@@ -99,25 +99,81 @@ def code_for(error: CfsparkError) -> int:
     return 1
 
 
+_signals: list[int] = []  # the signals received while a job's body runs
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
+    _signals.append(signum)
     raise Interrupted(signum)
+
+
+def _interrupted(signum: int) -> int:
+    name = "SIGINT" if signum == signal.SIGINT else f"signal {signum}"
+    print(f"cfspark: error: interrupted ({name})", file=sys.stderr)
+    return EXIT_SIGINT if signum == signal.SIGINT else 128 + signum
+
+
+def _cut_off_by_sigint(e: BaseException) -> bool:
+    """Whether e was raised while a Ctrl-C (KeyboardInterrupt) was being handled."""
+    seen = e.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
+
+
+def spark_stopped() -> bool:
+    """Whether the job's Spark has stopped under it: its JVM shut down (a SIGTERM sent to the
+    JVM, or the JVM died), so each Spark call fails with whatever it was doing. Asked through
+    the DataFrame API (one row), so it holds over Spark Connect too; False when no session
+    was started."""
+    from pyspark.sql import SparkSession
+
+    try:
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            return False
+        spark.range(1).collect()
+    except Exception:  # the session cannot run a one-row query: its JVM is gone
+        return True
+    return False
+
+
+def _stopped() -> int:
+    print("cfspark: error: Spark stopped under the job (its JVM was terminated, e.g. by SIGTERM, or died); "
+          "nothing was written", file=sys.stderr)  # fmt: skip
+    return EXIT_SIGTERM
 
 
 def exit_code(body: Callable[[], int]) -> int:
     """Run a job's body; a CfsparkError becomes one 'cfspark: error: …' line on stderr and
-    its class's exit code; SIGINT and SIGTERM become 130 and 143, after staging is cleaned up."""
+    its class's exit code; SIGINT and SIGTERM become 130 and 143, after staging is cleaned up.
+
+    A signal wins over the errors it causes on the way out (a py4j call cut off half-way
+    fails again in the clean-up), and a Spark stopped under the job (its JVM terminated)
+    wins over the error its last call reports: either is one line and 143 (130 for SIGINT)."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupted) if _main_thread() else None
+    _signals.clear()
     try:
         return body()
     except CfsparkError as e:
+        if _signals:
+            return _interrupted(_signals[0])
+        if spark_stopped():
+            return _stopped()
         print(f"cfspark: error: {e}", file=sys.stderr)
         return code_for(e)
     except KeyboardInterrupt:
-        print("cfspark: error: interrupted (SIGINT)", file=sys.stderr)
-        return EXIT_SIGINT
+        return _interrupted(signal.SIGINT)
     except Interrupted as e:
-        print(f"cfspark: error: interrupted (signal {e.signum})", file=sys.stderr)
-        return 128 + e.signum if e.signum != signal.SIGTERM else EXIT_SIGTERM
+        return _interrupted(e.signum)
+    except Exception as e:
+        if _signals or _cut_off_by_sigint(e):
+            return _interrupted(_signals[0] if _signals else signal.SIGINT)
+        if spark_stopped():
+            return _stopped()
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -19,9 +19,10 @@ from importlib import resources
 from typing import Any
 
 from cfspark.core.errors import ConfigError
+from cfspark.data.weights import WEIGHT_MAPPINGS
 from cfspark.kernels.losses import LOSSES
 from cfspark.kernels.optimizers import OPTIMIZERS
-from cfspark.ml.params import COLD_START, REG_SCALINGS, SAMPLINGS
+from cfspark.ml.params import COLD_START, IMPLICIT_MODELS, REG_SCALINGS, REG_UNITS, SAMPLINGS
 
 DEFAULTS_PACKAGE, DEFAULT_CONFIG = "cfspark.app", "default.toml"  # a resource of this package
 
@@ -33,6 +34,7 @@ CONFIG_PARAMS: dict[tuple[str, str], str] = {
     ("model", "max_iter"): "maxIter",
     ("model", "reg"): "regParam",
     ("model", "reg_scaling"): "regScaling",
+    ("model", "reg_units"): "regUnits",
     ("model", "bias_reg"): "biasReg",
     ("model", "item_bias"): "itemBias",
     ("model", "mean_prior"): "meanPrior",
@@ -57,6 +59,9 @@ CONFIG_PARAMS: dict[tuple[str, str], str] = {
     ("input", "weight_col"): "weightCol",
     ("input", "weight_alpha"): "alpha",
     ("input", "duplicates"): "duplicates",
+    ("input", "weight_mapping"): "weightMapping",
+    ("input", "weight_epsilon"): "weightEpsilon",
+    ("model", "implicit"): "implicit",
     ("checkpoint", "interval"): "checkpointInterval",
 }
 
@@ -67,7 +72,8 @@ def load_defaults() -> Config:
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """'model.rank=20' → ('model', 'rank', 20). A value that is not TOML is a string."""
+    """'model.rank=20' → ('model', 'rank', 20). A value that is not TOML is a string, stripped
+    of surrounding spaces unless it is nothing but spaces ('input.delimiter= ' is one space)."""
     if "=" not in text:
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
     key, raw = text.split("=", 1)
@@ -77,7 +83,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        value = raw.strip() or raw
     return parts[0], parts[1], value
 
 
@@ -135,10 +141,13 @@ _CHOICES = {
     ("input", "duplicates"): ("error", "mean", "max", "last", "sum"),
     ("model", "loss"): LOSSES,
     ("negatives", "sampling"): SAMPLINGS,
+    ("input", "weight_mapping"): WEIGHT_MAPPINGS,
+    ("model", "implicit"): IMPLICIT_MODELS,
     ("negatives", "scope"): ("all", "train"),
     ("output", "exclude"): ("labelled", "positives", "none"),
     ("model", "optimizer"): OPTIMIZERS,
     ("model", "reg_scaling"): REG_SCALINGS,
+    ("model", "reg_units"): REG_UNITS,
     ("model", "cold_start"): COLD_START,
 }
 
@@ -167,6 +176,7 @@ _BOUNDS = {
     ("negatives", "weight"): (0.0, False),
     ("model", "exposure_reg"): (0.0, True),
     ("input", "weight_alpha"): (0.0, True),
+    ("input", "weight_epsilon"): (0.0, False),
     ("compare", "als_clip_eps"): (0.0, False),
 }
 
@@ -259,5 +269,7 @@ def validate(cfg: Config) -> None:
             "negatives.per_positive samples 0-labels for the plain bce model, but model.exposure samples its own "
             "(negatives.per_labelled): set model.exposure = false, or negatives.per_positive = 0"
         )
+    if cfg["input"]["format"] == "csv" and not cfg["input"]["delimiter"]:
+        raise ConfigError('input.delimiter must not be empty (a space is --set "input.delimiter= ")')
     if not cfg["output"]["path"]:
         raise ConfigError("output.path must not be empty")

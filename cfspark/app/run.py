@@ -88,7 +88,7 @@ def fitted_summary(model) -> dict:
 
 def load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:
     """Read and validate (for bce, labels or binarised ratings); cached. With input.weight_col,
-    each row's count c becomes its weight 1 + input.weight_alpha·c."""
+    each row's count c becomes its weight by input.weight_mapping (data/weights.py)."""
     threshold = cfg["input"]["binarize_threshold"]
     raw, cols = read_ratings(spark, cfg["input"])
     ratings = validate_ratings(
@@ -96,7 +96,10 @@ def load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:
         labels=cfg["model"]["loss"] == "bce", binarize_threshold=None if math.isnan(threshold) else threshold,
     )  # fmt: skip
     if cols.weight:
-        ratings = ratings.withColumn(WEIGHT, confidence(F.col(WEIGHT), cfg["input"]["weight_alpha"]))
+        ratings = ratings.withColumn(
+            WEIGHT,
+            confidence(F.col(WEIGHT), *(cfg["input"][k] for k in ("weight_alpha", "weight_mapping", "weight_epsilon"))),
+        )
     return ratings.cache(), cols
 
 

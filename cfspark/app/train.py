@@ -13,6 +13,7 @@ import logging
 
 from pyspark.sql import SparkSession
 
+from cfspark.app.checks import check_sizes, check_warm_start
 from cfspark.app.cli import config_parser, exit_code, job_config, job_logging, job_session
 from cfspark.app.config import Config
 from cfspark.app.guard import RunLock, remove_stale_staging
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_job(spark: SparkSession, cfg: Config) -> dict:
     """Run the whole job, holding output.path's lock; return the metrics written to metrics.json."""
     check_paths(cfg)
+    check_warm_start(spark, cfg)
     locked = [("output.path", cfg["output"]["path"])]
     if cfg["checkpoint"]["dir"] and cfg["checkpoint"]["interval"] > 0:
         locked.append(("checkpoint.dir", cfg["checkpoint"]["dir"]))
@@ -53,7 +55,7 @@ def run_job(spark: SparkSession, cfg: Config) -> dict:
 def _run_locked(spark: SparkSession, cfg: Config) -> dict:
     check_output(cfg)
     with Run(spark, cfg) as run:
-        run.read()
+        check_sizes(spark, cfg, run.read())
         run.split()
         model = run.fit()
         recs, relevant = run.recommend(model), run.relevant(model)

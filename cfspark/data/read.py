@@ -62,11 +62,51 @@ def _load(spark: SparkSession, path: str, fmt: str, header: bool, delimiter: str
         return spark.read.option("mergeSchema", "true").parquet(path)
     if fmt == "csv":
         return spark.read.csv(path, header=header, sep=delimiter, inferSchema=False)
-    lines = spark.read.text(path)
+    lines = spark.read.text(path).filter(F.trim("value") != "")
     parts = F.split(F.col("value"), "::")
-    return lines.filter(F.trim("value") != "").select(
-        parts[0].alias("_c0"), parts[1].alias("_c1"), parts[2].alias("_c2")
-    )
+    short = lines.filter(F.size(parts) < 3)
+    first = short.limit(1).collect()
+    if first:
+        raise InputError(
+            f"input {path} is not in the movielens format (user::item::rating...): {short.count()} of "
+            f"{lines.count()} line(s) have fewer than 3 '::'-separated fields, e.g. {first[0][0]!r} "
+            '(for a tab or comma separated file, set input.format = "csv" and input.delimiter)'
+        )
+    return lines.select(parts[0].alias("_c0"), parts[1].alias("_c1"), parts[2].alias("_c2"))
+
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def _data_files(folder: str) -> list[str]:
+    """The files Spark reads in a local folder: every file below it, except hidden ones
+    (names starting with "." or "_", such as _SUCCESS and .crc files)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        found += [os.path.join(root, f) for f in sorted(files) if not f.startswith((".", "_"))]
+    return found
+
+
+def _is_parquet(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == _PARQUET_MAGIC
+
+
+def check_one_format(path: str, fmt: str) -> None:
+    """A local input folder must hold files of one kind: Parquet files read as text (or text
+    read as Parquet) give garbage rows or a Parquet reader's error, not a message."""
+    if "://" in path or not os.path.isdir(path):
+        return
+    files = _data_files(path)
+    parquet = [f for f in files if _is_parquet(f)]
+    other = [f for f in files if f not in set(parquet)]
+    if parquet and other:
+        names = [os.path.relpath(f, path) for f in (parquet[0], other[0])]
+        raise InputError(
+            f"input.path {path} mixes Parquet files ({len(parquet)}, e.g. {names[0]}) with other files "
+            f"({len(other)}, e.g. {names[1]}); read as {fmt}, one kind would be misread: keep one format per folder"
+        )
 
 
 def read_ratings(spark: SparkSession, input_cfg: dict) -> tuple[DataFrame, Columns]:
@@ -77,6 +117,7 @@ def read_ratings(spark: SparkSession, input_cfg: dict) -> tuple[DataFrame, Colum
         path, fmt = default_ratings_path(), "movielens"
     if "://" not in path and not os.path.exists(path):
         raise InputError(f"input.path {path} does not exist")
+    check_one_format(path, fmt)
     try:
         df = _load(spark, path, fmt, input_cfg["header"], input_cfg["delimiter"])
         names = df.columns
@@ -105,8 +146,12 @@ def read_ratings(spark: SparkSession, input_cfg: dict) -> tuple[DataFrame, Colum
 
 def spark_message(e: Exception) -> str:
     """Spark's message on one line: without py4j's preamble, Java class names or the JVM stack."""
+    text = str(e)
+    cause = python_cause(text)
+    if cause:
+        return cause
     kept = []
-    for line in str(e).splitlines():
+    for line in text.splitlines():
         line = line.strip().removeprefix(": ")
         if line.startswith("An error occurred while calling") or not line:
             continue
@@ -114,3 +159,19 @@ def spark_message(e: Exception) -> str:
             break
         kept.append(re.sub(r"^([\w$]+\.)+[\w$]*(Exception|Error): ", "", line))
     return " ".join(kept)[:600] or type(e).__name__
+
+
+def python_cause(text: str) -> str:
+    """The exception line that ends a Python worker's traceback inside a Spark error, e.g.
+    "MemoryError: Unable to allocate 4.37 TiB for an array ...", or "" when there is none."""
+    lines = text.splitlines()
+    try:
+        start = max(i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line)
+    except ValueError:
+        return ""
+    for line in lines[start + 1 :]:
+        if line.startswith(("\tat ", "JVM stacktrace:")) or line.strip().startswith("at org."):
+            break
+        if line and not line[0].isspace() and not line.startswith("Traceback"):
+            return re.sub(r"^([\w$]+\.)+(?=[\w$]+: )", "", line.strip())[:600]
+    return ""

@@ -3,7 +3,9 @@
 Every random value is a hash of (id, seed, purpose), never a driver-side array, so
 the data is the same however it is partitioned and scales to tens of millions of
 rows. y = m_i + c_j + u_j·v_i + ε (explicit), or y ~ Bernoulli(σ(m_i + c_j + u_j·v_i))
-(binary). Users and items are drawn with a power-law popularity skew.
+(binary). Users and items are drawn with a power-law popularity skew, or with
+lognormal popularity (each entity's expected share of ratings ∝ exp(σ·z), z standard
+normal), which is closer to real catalogues' long tails at σ ≥ 1.5.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class SyntheticSpec:
     noise: float = 0.7
     user_skew: float = 0.5
     item_skew: float = 1.0
+    # σ > 0: lognormal popularity with this σ instead of the power-law skew above.
+    user_sigma: float = 0.0
+    item_sigma: float = 0.0
     binary: bool = False
     seed: int = 0
     base: float = 3.5
@@ -64,6 +69,29 @@ def _skewed(n: int, skew: float, *cols: Column) -> Column:
     return F.least(F.floor(F.pow(uniform(*cols), F.lit(1.0 + skew)) * n), F.lit(n - 1)).cast("long")
 
 
+def _phi(x: Column) -> Column:
+    """The standard normal CDF, by Abramowitz and Stegun 7.1.26 (error below 1.5e-7)."""
+    z = F.abs(x) / math.sqrt(2.0)
+    t = F.lit(1.0) / (F.lit(1.0) + F.lit(0.3275911) * z)
+    poly = F.lit(0.0)
+    for a in (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly = (poly + F.lit(a)) * t
+    erf = F.lit(1.0) - poly * F.exp(-z * z)
+    return F.when(x >= 0, (F.lit(1.0) + erf) / 2).otherwise((F.lit(1.0) - erf) / 2)
+
+
+def _lognormal(n: int, sigma: float, *cols: Column) -> Column:
+    """An index in [0, n) drawn with lognormal popularity: index i, the (i + ½)/n upper
+    quantile of z, weighs exp(σ·z). The top fraction p of indices holds Φ(σ + Φ⁻¹(p)) of
+    the draws, so a draw is index ⌊n·Φ(g − σ)⌋ with g = Φ⁻¹(u), u ~ U(0, 1): a standard
+    normal, here a hashed one."""
+    return F.least(F.floor(_phi(normal(*cols) - F.lit(sigma)) * n), F.lit(n - 1)).cast("long")
+
+
+def _draw(n: int, skew: float, sigma: float, *cols: Column) -> Column:
+    return _lognormal(n, sigma, *cols) if sigma > 0 else _skewed(n, skew, *cols)
+
+
 def generate(spark: SparkSession, spec: SyntheticSpec) -> tuple[DataFrame, DataFrame, DataFrame]:
     """(ratings, planted users, planted items): ratings has exactly spec.ratings distinct pairs."""
     if spec.ratings > spec.users * spec.items:
@@ -73,8 +101,8 @@ def generate(spark: SparkSession, spec: SyntheticSpec) -> tuple[DataFrame, DataF
     seed = F.lit(spec.seed)
     # Draw more pairs than needed, drop repeats, and keep the pairs with the smallest hash.
     draws = spark.range(int(spec.ratings * 1.3) + 1000).select(
-        _skewed(spec.users, spec.user_skew, F.col("id"), seed, F.lit("u")).alias("user"),
-        _skewed(spec.items, spec.item_skew, F.col("id"), seed, F.lit("i")).alias("item"),
+        _draw(spec.users, spec.user_skew, spec.user_sigma, F.col("id"), seed, F.lit("u")).alias("user"),
+        _draw(spec.items, spec.item_skew, spec.item_sigma, F.col("id"), seed, F.lit("i")).alias("item"),
     )
     pairs = draws.dropDuplicates(["user", "item"])
     pairs = pairs.withColumn("_h", F.xxhash64("user", "item", seed)).orderBy("_h", "user", "item").limit(spec.ratings)

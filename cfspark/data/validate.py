@@ -23,6 +23,9 @@ _LONG_LIMIT = 2.0**63  # a whole number of this magnitude or more has no long
 # The largest |rating| accepted. Squares of ratings, and sums of up to 1e100 of them (item
 # means, losses), then stay finite in float64 (max about 1.8e308); any real rating is far below it.
 MAX_ABS_RATING = 1e100
+# The largest weight (input.weight_col) accepted, for the same reason: a weight multiplies a
+# rating's squared error, Gram and gradient, and the sums of those must stay finite.
+MAX_WEIGHT = 1e100
 
 _NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
 
@@ -68,7 +71,9 @@ def validate_ratings(
 ) -> DataFrame:
     """Return (user, item, rating: double[, weight: double]) or raise InputError naming the first problem.
 
-    id_type: auto (strings that are all integers become long), long, string, or keep.
+    id_type: auto (string ids become long when every id is an integer written as Spark
+    writes it back: no leading zeros, no "+", no spaces, so "007" and "7" stay two ids), long,
+    string, or keep.
     labels: the rating column must hold 0/1 labels (bce); with binarize_threshold, numeric
     ratings become labels instead, rating >= threshold → 1.
     cols.weight, if set, names a count or confidence per row: a finite number > 0 (a row
@@ -138,6 +143,11 @@ def validate_ratings(
             weight.isNotNull() & ~_is_bad_double(weight) & (weight <= 0),
             f"column {w!r} (input.weight_col) has {{n}} count(s) of zero or below; every row's count must be > 0",
         )
+        checks["weight_too_large"] = (
+            weight.isNotNull() & ~_is_bad_double(weight) & (weight > F.lit(MAX_WEIGHT)),
+            f"column {w!r} (input.weight_col) has {{n}} weight(s) above {MAX_WEIGHT:g}, out of the range "
+            "the loss's sums can hold",
+        )
     hints: dict[str, str] = {}
     for name in (cols.user, cols.item):
         if isinstance(schema[name], _NUMBER_ID_TYPES):
@@ -151,11 +161,24 @@ def validate_ratings(
             )
     id_casts = {}
     for name in (cols.user, cols.item):
-        if isinstance(schema[name], T.StringType) and id_type in ("auto", "long"):
-            bad_long = F.col(name).isNotNull() & F.trim(F.col(name)).try_cast("long").isNull()
-            id_casts[name] = bad_long
-            if id_type == "long":
-                checks[f"not_long_{name}"] = (bad_long, f"column {name!r} has {{n}} id(s) that are not integers")
+        if isinstance(schema[name], T.StringType) and id_type == "auto":
+            # An id is an integer only if its text is the integer's own spelling: "007", "+7"
+            # and " 7" are not 7, so one of them keeps every id a string.
+            id_casts[name] = F.col(name).isNotNull() & ~F.col(name).try_cast("long").cast("string").eqNullSafe(
+                F.col(name)
+            )
+        if isinstance(schema[name], T.StringType) and id_type == "long":
+            text = F.trim(F.col(name))
+            integer = text.rlike(r"^[+-]?[0-9]+$")
+            checks[f"not_long_{name}"] = (
+                F.col(name).isNotNull() & ~integer,
+                f"column {name!r} has {{n}} id(s) that are not integers",
+            )
+            checks[f"beyond_long_{name}"] = (
+                F.col(name).isNotNull() & integer & text.try_cast("long").isNull(),
+                f"column {name!r} has {{n}} integer id(s) out of range for long (beyond ±9223372036854775807; "
+                'use input.id_type = "string")',
+            )
 
     counts = df.agg(
         F.count(F.lit(1)).alias("rows"),

@@ -14,6 +14,7 @@ from cfspark.fit.one_task import fit_in_one_task, runs_in_one_task
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import choose_reg
 from cfspark.fit.settings import AUTO, FitSettings
+from cfspark.fit.targets import target_spread
 
 
 def fit_ratings(
@@ -26,13 +27,24 @@ def fit_ratings(
     """
     if settings.loss == "bce" and settings.exposure:
         return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
+    spread = None
+    if settings.regUnits == "spread":
+        spread = target_spread(settings, train_ratings)
+        if settings.regParam != AUTO:
+            settings = settings.in_als_units(spread)
     if settings.regParam == AUTO:
-        reg, path = choose_reg(settings, train_ratings)
-        record = fit_ratings(settings.carry(regParam=reg), train_ratings, on_iteration)
+        reg, path = choose_reg(settings, train_ratings, spread or 1.0)  # reg in regUnits
+        chosen = settings.carry(regParam=reg)
+        record = fit_ratings(chosen.in_als_units(spread) if spread else chosen, train_ratings, on_iteration)
         record.summary["reg_path"] = path
         return record
     began = time.perf_counter()
     num_ratings = train_ratings.count() if 0 in (settings.numUserBlocks, settings.numItemBlocks) else None
     if runs_in_one_task(settings, num_ratings):
-        return fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration)
-    return fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings, on_iteration=on_iteration)
+        record = fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration)
+    else:
+        record = fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings,
+                               on_iteration=on_iteration)  # fmt: skip
+    if spread is not None:
+        record.summary["spread"] = spread
+    return record

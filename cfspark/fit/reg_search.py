@@ -32,7 +32,7 @@ VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a te
 log = logging.getLogger("cfspark")
 
 
-def choose_reg(settings: FitSettings, train_ratings: DataFrame) -> tuple[float, list[dict]]:
+def choose_reg(settings: FitSettings, train_ratings: DataFrame, spread: float = 1.0) -> tuple[float, list[dict]]:
     """λ, and the path that chose it: [{reg, metric, iterations}]. The walk stops at the first
     λ that validates worse than the best so far (by more than PATH_SLACK), and the best λ
     wins, on validation RMSE (mse) or logloss (bce)."""
@@ -46,8 +46,9 @@ def choose_reg(settings: FitSettings, train_ratings: DataFrame) -> tuple[float, 
     result = None
     for reg in REG_PATH:
         before = result
+        at = settings.replace(regParam=reg).in_als_units(spread)
         result = train(
-            blocks, settings.step_config("user", reg), settings.step_config("item", reg), max_iter=PATH_ITER,
+            blocks, at.step_config("user"), at.step_config("item"), max_iter=PATH_ITER,
             tol=settings.tol, start_from=(before.user_out, before.item_out) if before else None,
         )  # fmt: skip
         if before:  # the warm start has been read: its checkpointed tables can go

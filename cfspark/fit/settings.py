@@ -47,6 +47,7 @@ class FitSettings:
     maxIter: int
     regParam: float | str
     regScaling: str
+    regUnits: str
     biasReg: float
     itemBias: bool
     meanPrior: float
@@ -71,11 +72,14 @@ class FitSettings:
     coldStartStrategy: str
     weightCol: str
     alpha: float
+    weightMapping: str
+    weightEpsilon: float
     exposure: bool
     exposureRegParam: float
     exposureNegatives: int
     negativeWeight: float
     negativeSampling: str
+    implicit: str
     initialModel: InitialModel | None = None
     carried: dict[str, Any] = field(default_factory=dict)  # Params this fit set, which its model carries as set
 
@@ -91,6 +95,16 @@ class FitSettings:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "carried"}
         values["initialModel"] = self.initialModel.name if self.initialModel else None
         return values
+
+    def in_als_units(self, spread: float) -> FitSettings:
+        """These settings with a numeric regParam in Spark ALS's units for targets of spread s:
+        under regUnits = "spread", λ = regParam·s (carried onto the model, which keeps λ in
+        als units) and the initial factors' spread initScale·√s, so that targets × a give
+        factors × √a and biases × a; under "als", as they are."""
+        if self.regUnits != "spread":
+            return self
+        scaled = self.carry(regParam=self.regParam * spread)
+        return scaled.replace(regUnits="als", initScale=self.initScale * spread**0.5)
 
     def step_config(self, side: str, reg: float | None = None) -> StepConfig:
         """The half-step of one side, with λ = reg if given (the λ search's), else regParam."""

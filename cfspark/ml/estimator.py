@@ -12,7 +12,7 @@ from typing import Any
 from pyspark.ml import Estimator
 from pyspark.ml.param import Param, Params
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
@@ -76,6 +76,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         maxIter: int = DEFAULTS["maxIter"],
         regParam: float | str = DEFAULTS["regParam"],
         regScaling: str = DEFAULTS["regScaling"],
+        regUnits: str = DEFAULTS["regUnits"],
         biasReg: float = DEFAULTS["biasReg"],
         itemBias: bool = DEFAULTS["itemBias"],
         meanPrior: float = DEFAULTS["meanPrior"],
@@ -100,6 +101,8 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         coldStartStrategy: str = DEFAULTS["coldStartStrategy"],
         weightCol: str = DEFAULTS["weightCol"],
         alpha: float = DEFAULTS["alpha"],
+        weightMapping: str = DEFAULTS["weightMapping"],
+        weightEpsilon: float = DEFAULTS["weightEpsilon"],
         exposure: bool = DEFAULTS["exposure"],
         exposureRegParam: float = DEFAULTS["exposureRegParam"],
         exposureNegatives: int = DEFAULTS["exposureNegatives"],
@@ -112,6 +115,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         duplicates: str = DEFAULTS["duplicates"],
         intermediateStorageLevel: str = DEFAULTS["intermediateStorageLevel"],
         finalStorageLevel: str = DEFAULTS["finalStorageLevel"],
+        implicit: str = DEFAULTS["implicit"],
         initialModel: Any = None,
     ) -> None:
         super().__init__()
@@ -133,6 +137,9 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
 
     def setRegScaling(self, value: str) -> CollaborativeFilter:
         return self._set(regScaling=value)
+
+    def setRegUnits(self, value: str) -> CollaborativeFilter:
+        return self._set(regUnits=value)
 
     def setBiasReg(self, value: float) -> CollaborativeFilter:
         return self._set(biasReg=value)
@@ -206,6 +213,15 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
     def setAlpha(self, value: float) -> CollaborativeFilter:
         return self._set(alpha=value)
 
+    def setWeightMapping(self, value: str) -> CollaborativeFilter:
+        return self._set(weightMapping=value)
+
+    def setWeightEpsilon(self, value: float) -> CollaborativeFilter:
+        return self._set(weightEpsilon=value)
+
+    def setImplicit(self, value: str) -> CollaborativeFilter:
+        return self._set(implicit=value)
+
     def setExposure(self, value: bool) -> CollaborativeFilter:
         return self._set(exposure=value)
 
@@ -275,27 +291,31 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
 
     def _fit(self, dataset: DataFrame) -> CFModel:
         """Validate (userCol, itemCol, ratingCol[, weightCol]) rows, keeping id types as they
-        are, and fit; a weightCol count c becomes the row's weight 1 + alpha·c.
+        are, and fit; a weightCol count c becomes the row's weight (data/weights.py).
 
-        implicitPrefs: ratingCol holds counts c, as in implicit ALS; a row with c > 0 becomes
-        a positive label weighing 1 + alpha·c, and a row with c <= 0 is dropped (the
-        positive-only model treats every pair it does not see as unlabelled)."""
-        implicit, duplicates = self.getImplicitPrefs(), self.getDuplicates()
-        labels = self.getLoss() == "bce" and not implicit
+        implicitPrefs: ratingCol holds counts c, as in implicit ALS, and acts as weightCol: a
+        row with c > 0 becomes a positive label weighing as its count says (weightMapping,
+        alpha), and a row with c <= 0 is dropped (the positive-only model treats every pair it
+        does not see as unlabelled)."""
+        prefs, duplicates = self.getImplicitPrefs(), self.getDuplicates()
+        labels = self.getLoss() == "bce" and not prefs
         if labels and duplicates in ("mean", "sum"):
             raise ValueError(
                 f'duplicates = "{duplicates}" would make labels other than 0/1; use "max", "last" or "error"'
             )
-        if implicit and self.getWeightCol():
+        if prefs and self.getWeightCol():
             raise ValueError("implicitPrefs takes its counts from ratingCol; leave weightCol unset")
         ratings = validate_given(dataset, self.columns, labels=labels, duplicates=duplicates)
-        if implicit:
+        if prefs:
             ratings = ratings.filter(F.col(RATING) > 0).select(
-                USER, ITEM, F.lit(1.0).alias(RATING), confidence(F.col(RATING), self.getAlpha()).alias(WEIGHT)
+                USER, ITEM, F.lit(1.0).alias(RATING), self._confidence(F.col(RATING)).alias(WEIGHT)
             )
         elif self.getWeightCol():
-            ratings = ratings.withColumn(WEIGHT, confidence(F.col(WEIGHT), self.getAlpha()))
+            ratings = ratings.withColumn(WEIGHT, self._confidence(F.col(WEIGHT)))
         return self.fit_validated(ratings.cache())
+
+    def _confidence(self, count: Column) -> Column:
+        return confidence(count, self.getAlpha(), self.getWeightMapping(), self.getWeightEpsilon())
 
     def fit_validated(
         self, train_ratings: DataFrame, *, on_iteration: Callable[[CFModel], dict] | None = None

@@ -30,7 +30,7 @@ from cfspark.fit.record import FitRecord
 from cfspark.fit.settings import Earlier
 from cfspark.ml.model_io import CFModelReader, CFModelWriter
 from cfspark.ml.params import _CFModelParams
-from cfspark.ml.recommend import nested, top_n
+from cfspark.ml.recommend import check_count, nested, top_n
 from cfspark.ml.similar import most_similar
 from cfspark.train.foldin import fold_in
 from cfspark.train.step import StepConfig
@@ -283,12 +283,14 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         The defaults follow outputStyle: "cfspark" excludes the training pairs and is flat;
         "als" excludes nothing and nests as ALS does, the score named rating.
         """
+        numItems = check_count(numItems, "numItems")
         return self._public(self.recommend_canonical(numItems, exclude=self._theirs(exclude)), flat, by_item=False)
 
     def recommendForUserSubset(
         self, dataset: DataFrame, numItems: int, exclude: Any = BY_STYLE, flat: bool | None = None
     ) -> DataFrame:
         """recommendForAllUsers for the users in dataset's userCol (users without factors get none)."""
+        numItems = check_count(numItems, "numItems")
         users = self._canonical(dataset.select(self.getUserCol()))
         return self._public(
             self.recommend_canonical(numItems, subset=users, exclude=self._theirs(exclude)), flat, by_item=False
@@ -296,6 +298,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
 
     def recommendForAllItems(self, numUsers: int, exclude: Any = BY_STYLE, flat: bool | None = None) -> DataFrame:
         """Each trained item's numUsers best users, scored as recommendForAllUsers scores them."""
+        numUsers = check_count(numUsers, "numUsers")
         return self._public(
             self.recommend_canonical(numUsers, exclude=self._theirs(exclude), by_item=True), flat, by_item=True
         )
@@ -304,6 +307,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         self, dataset: DataFrame, numUsers: int, exclude: Any = BY_STYLE, flat: bool | None = None
     ) -> DataFrame:
         """recommendForAllItems for the items in dataset's itemCol."""
+        numUsers = check_count(numUsers, "numUsers")
         items = self._canonical(dataset.select(self.getItemCol()))
         recs = self.recommend_canonical(numUsers, subset=items, exclude=self._theirs(exclude), by_item=True)
         return self._public(recs, flat, by_item=True)

@@ -15,7 +15,9 @@ saved with more Params (every estimator Param, before the model's own were split
 Nothing goes through the driver's local file system, so the same code saves to a local
 path, HDFS or S3, and over Spark Connect. The metadata is pyspark.ml's own layout, so a
 Pipeline holding a CFModel saves and loads it as one of its stages. The metadata row is
-written last: a save that fails half-way leaves no loadable model behind.
+written last: a save that fails half-way leaves no loadable model behind. It also holds each
+table's row count and part files, which the reader checks, so a model with a part file
+missing, truncated or replaced is refused with one line rather than loaded with rows lost.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from pyspark.sql.utils import is_remote
 
 from cfspark.core.fs import finite_json
 from cfspark.core.schema import ITEM, RATING, USER
+from cfspark.data.read import spark_message
 
 FORMAT_VERSION = 1
-_OWN_FIELDS = ("format_version", "global_baseline", "tables", "summary", "exposure")  # the rest is the job's run record
+# cfspark's own metadata fields; the rest is the job's run record
+_OWN_FIELDS = ("format_version", "global_baseline", "tables", "parts", "summary", "exposure")
 
 
 class CFModelWriter(MLWriter):
@@ -68,9 +72,11 @@ class CFModelWriter(MLWriter):
         }
         if model.training_pairs is not None:
             tables["training_pairs"] = tables["training_pairs"].withColumnRenamed(RATING, model.getRatingCol())
+        parts = {}
         for name, df in tables.items():
             if df is not None:
                 df.write.mode(mode).parquet(f"{path}/{name}")
+                parts[name] = _inventory(spark.read.parquet(f"{path}/{name}"))
         for name, part in self.parts.items():  # before the metadata row: a half-saved model is never loadable
             writer = part.write().session(spark)
             (writer.overwrite() if self.shouldOverwrite else writer).saveImpl(f"{path}/{name}")
@@ -80,6 +86,7 @@ class CFModelWriter(MLWriter):
                     "format_version": FORMAT_VERSION,
                     "global_baseline": model.global_baseline,
                     "tables": [name for name, df in tables.items() if df is not None],
+                    "parts": parts,
                     "exposure": "exposure" in self.parts,
                     "summary": model.summary,
                     **self.extra,
@@ -91,9 +98,47 @@ class CFModelWriter(MLWriter):
         spark.createDataFrame([(text,)], "value string").coalesce(1).write.mode(mode).text(f"{path}/metadata")
 
 
+def _file_names(df: DataFrame) -> list[str]:
+    """The names of the files a table read from a folder is made of (no job runs)."""
+    return sorted(f.rstrip("/").rsplit("/", 1)[-1] for f in df.inputFiles())
+
+
+def _inventory(df: DataFrame) -> dict[str, Any]:
+    """What the metadata records of a written table: its row count and its files."""
+    return {"rows": df.count(), "files": _file_names(df)}
+
+
+def _checked_table(spark, path: str, name: str, saved: dict[str, Any] | None) -> DataFrame:
+    """path/name as written, or a one-line ValueError: a part file missing, unreadable, or
+    rows that differ from the count saved in the metadata. (Models saved without an
+    inventory are read as they are.)"""
+    where = f"{path}/{name}"
+    try:
+        df = spark.read.parquet(where)
+        if saved is None:
+            return df
+        missing = sorted(set(saved["files"]) - set(_file_names(df)))
+        if missing:
+            raise ValueError(
+                f"the saved model {path} is incomplete: {name} lacks {len(missing)} of its "
+                f"{len(saved['files'])} part files, e.g. {missing[0]}"
+            )
+        rows = df.count()
+    except ValueError:
+        raise
+    except Exception as e:  # Spark's errors for a missing folder or a damaged Parquet file
+        raise ValueError(f"the saved model {path} is damaged: {name} cannot be read: {spark_message(e)}") from None
+    if rows != saved["rows"]:
+        raise ValueError(f"the saved model {path} is damaged: {name} holds {rows} rows, but {saved['rows']} were saved")
+    return df
+
+
 def read_metadata(spark, path: str) -> dict:
     """The metadata row of a saved model, parsed: pyspark.ml's fields and cfspark's own."""
-    rows = spark.read.text(f"{path}/metadata").collect()
+    try:
+        rows = spark.read.text(f"{path}/metadata").collect()
+    except Exception as e:  # no such folder, or one Spark cannot list
+        raise ValueError(f"{path} holds no saved CFModel: {spark_message(e)}") from None
     if len(rows) != 1:
         raise ValueError(f"{path}/metadata holds {len(rows)} rows, expected 1: not a saved CFModel")
     return json.loads(rows[0][0])
@@ -131,7 +176,8 @@ class CFModelReader(MLReader):
         def table(name: str) -> DataFrame | None:
             if name not in ours["tables"]:
                 return None
-            df = spark.read.parquet(f"{path}/{name}").withColumnRenamed(user, USER).withColumnRenamed(item, ITEM)
+            df = _checked_table(spark, path, name, ours.get("parts", {}).get(name))
+            df = df.withColumnRenamed(user, USER).withColumnRenamed(item, ITEM)
             return df.withColumnRenamed(model.getRatingCol(), RATING) if name == "training_pairs" else df
 
         model.user_factors = table("user_factors")

@@ -30,18 +30,21 @@ from pyspark.ml.param.shared import (
     HasTol,
 )
 
+from cfspark.data.weights import WEIGHT_MAPPINGS
 from cfspark.fit.settings import AUTO
 from cfspark.kernels.losses import LOSSES
 from cfspark.kernels.optimizers import OPTIMIZERS
 
 COLD_START = ("mean", "nan", "drop")
 REG_SCALINGS = ("count", "sum")
+REG_UNITS = ("spread", "als")
 SAMPLINGS = ("sqrt", "popularity", "uniform")
 OUTPUT_STYLES = ("cfspark", "als")
 DUPLICATES = ("error", "mean", "max", "last", "sum")
 # Spark's StorageLevel names, which ALS's storage-level Params take.
 STORAGE_LEVELS = ("NONE", "DISK_ONLY", "DISK_ONLY_2", "DISK_ONLY_3", "MEMORY_ONLY", "MEMORY_ONLY_2",
                   "MEMORY_AND_DISK", "MEMORY_AND_DISK_2", "OFF_HEAP", "MEMORY_AND_DISK_DESER")  # fmt: skip
+IMPLICIT_MODELS = ("all", "sampled")
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:
@@ -127,6 +130,7 @@ DEFAULTS: dict[str, Any] = dict(
     maxIter=20,
     regParam=0.1,
     regScaling="count",
+    regUnits="spread",
     biasReg=5.0,
     itemBias=True,
     meanPrior=20.0,
@@ -151,6 +155,8 @@ DEFAULTS: dict[str, Any] = dict(
     coldStartStrategy="mean",
     weightCol="",
     alpha=1.0,
+    weightMapping="log",
+    weightEpsilon=1.0,
     exposure=True,
     exposureRegParam=0.01,
     exposureNegatives=32,
@@ -163,6 +169,7 @@ DEFAULTS: dict[str, Any] = dict(
     duplicates="error",
     intermediateStorageLevel="MEMORY_AND_DISK",
     finalStorageLevel="MEMORY_AND_DISK",
+    implicit="sampled",
 )
 
 # The Params the estimator settles itself, before the fit paths (FitSettings) see the ratings:
@@ -173,8 +180,9 @@ NOT_FIT_PARAMS = ("outputStyle", "blockSize", "implicitPrefs", "nonnegative", "d
 # The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain
 # item mean, a free user bias, no item bias, Adam. λ itself is the caller's to choose.
 COURSE_PARAMS = dict(
-    regScaling="sum", biasReg=0.0, itemBias=False, meanPrior=0.0, tol=0.0, optimizer="adam", innerSteps=5
-)
+    regScaling="sum", regUnits="als", biasReg=0.0, itemBias=False, meanPrior=0.0, tol=0.0, optimizer="adam",
+    innerSteps=5,
+)  # fmt: skip
 
 # The Params a fitted model holds: prediction, recommendation and fold-in read these.
 MODEL_PARAMS = ("userCol", "itemCol", "ratingCol", "predictionCol", "coldStartStrategy", "loss", "regParam",
@@ -259,6 +267,12 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     """Params of CollaborativeFilter: the model's, and what shapes the fit."""
 
     rank = _param("rank", "number of latent features k (ALS's rank)", _number(1, integer=True))
+    regUnits = _param(
+        "regUnits",
+        "mse: spread (regParam × the spread s of the normalised training ratings, so scaling the ratings "
+        "scales the model) or als (Spark ALS's regParam); the fitted model's regParam is in als units",
+        _one_of(*REG_UNITS),
+    )
     maxIter = _param("maxIter", "alternating iterations, a user and an item half-step each", _number(1, integer=True))
     tol = _param("tol", "stop once an iteration changes the training loss by less than this fraction", _number(0.0))
     checkpointInterval = _param(
@@ -285,7 +299,16 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
         'column of counts or confidences c > 0: a row weighs 1 + alpha·c; "" for none',
         TypeConverters.toString,
     )
-    alpha = _param("alpha", "weightCol's scale, as implicit ALS's alpha: a row weighs 1 + alpha·c", _number(0.0))
+    alpha = _param(
+        "alpha", "weightCol's scale: a row weighs 1 + alpha·log(1 + c/weightEpsilon), or 1 + alpha·c", _number(0.0)
+    )
+    weightMapping = _param(
+        "weightMapping", "a count's weight: log, 1 + alpha·log(1 + c/weightEpsilon), or linear, 1 + alpha·c",
+        _one_of(*WEIGHT_MAPPINGS),
+    )  # fmt: skip
+    weightEpsilon = _param(
+        "weightEpsilon", "log weightMapping: the count ε in log(1 + c/ε)", _number(0.0, inclusive=False)
+    )
     exposure = _param(
         "exposure", "bce: also learn P(exposed) from labelled-or-not pairs; rank by P(exposed)·P(like | shown)", _flag
     )
@@ -308,8 +331,8 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
 
     implicitPrefs = _param(
         "implicitPrefs",
-        "ALS's implicit feedback, mapped: ratingCol holds counts, fitted as bce positive-only labels weighing "
-        "1 + alpha·count (rows with a count <= 0 dropped)",
+        "ALS's implicit feedback, mapped: ratingCol holds counts and acts as weightCol, fitted as bce "
+        "positive-only labels (rows with a count <= 0 dropped)",
         _flag,
     )
     nonnegative = _param("nonnegative", "ALS's non-negative factors: not supported, so only False", _not_nonnegative)
@@ -326,10 +349,18 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
         "finalStorageLevel", "accepted for ALS's sake, unused: a model's factor tables are checkpointed",
         _one_of(*STORAGE_LEVELS),
     )  # fmt: skip
+    implicit = _param(
+        "implicit",
+        "bce, positive-only labels: all (every unlabelled item a weighted 0) or sampled (the exposure model)",
+        _one_of(*IMPLICIT_MODELS),
+    )
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._setDefault(**{name: value for name, value in DEFAULTS.items() if name not in MODEL_PARAMS})
+
+    def getRegUnits(self) -> str:
+        return self.getOrDefault(self.regUnits)
 
     def getRank(self) -> int:
         return self.getOrDefault(self.rank)
@@ -375,6 +406,15 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
 
     def getAlpha(self) -> float:
         return self.getOrDefault(self.alpha)
+
+    def getWeightMapping(self) -> str:
+        return self.getOrDefault(self.weightMapping)
+
+    def getWeightEpsilon(self) -> float:
+        return self.getOrDefault(self.weightEpsilon)
+
+    def getImplicit(self) -> str:
+        return self.getOrDefault(self.implicit)
 
     def getExposure(self) -> bool:
         return self.getOrDefault(self.exposure)

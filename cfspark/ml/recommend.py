@@ -30,6 +30,7 @@ One module of about 330 lines: both paths share the scoring and packing helpers 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 
 import numpy as np
@@ -273,6 +274,13 @@ def _by_query_block(
     return rows.coalesce(1).mapInArrow(one_task, schema)
 
 
+def check_count(value: object, name: str) -> int:
+    """value as a number of recommendations (an integer >= 1), or a one-line ValueError naming name."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (how many to recommend), got {value!r}")
+    return int(value)
+
+
 def top_n(
     queries: DataFrame,
     candidates: DataFrame,
@@ -295,6 +303,7 @@ def top_n(
     pairs. Ties keep the lower candidate position; rank 1 is the best. sizes, the number of
     queries and of candidates if the caller knows them, saves counting them (two Spark jobs).
     """
+    n = check_count(n, "n")
     n_q, n_c = sizes if sizes else (queries.count(), candidates.count())
     num_q = max(1, math.ceil(n_q / QUERIES_PER_BLOCK))
     num_c = max(1, math.ceil(n_c / CANDIDATES_PER_BLOCK))
@@ -331,4 +340,4 @@ def nested(flat: DataFrame, query_col: str, candidate_col: str, score_name: str 
     return flat.groupBy(query_col).agg(F.transform(ranked, entry).alias("recommendations"))
 
 
-__all__ = ["nested", "top_n"]
+__all__ = ["check_count", "nested", "top_n"]

@@ -1,0 +1,101 @@
+"""A search for the λ that minimises a validation score, in log λ, that cannot run off its end.
+
+It evaluates a start grid, widens past whichever end is best (a factor `step` at a time)
+until the best point has a worse neighbour on both sides, then narrows that bracket by
+golden-section steps in log λ until it is at most `tol` wide (in log λ). A hard range
+[low, high] bounds every call: an end of it that is best ends the widening there.
+
+The scorer is called in the order the search needs the points, so a caller can warm-start
+each fit from the previous one. A score that is None or NaN counts as worse than any number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+GOLDEN = (3.0 - math.sqrt(5.0)) / 2.0  # 0.382: the golden section's smaller part
+
+
+@dataclass
+class Bracketed:
+    """The chosen λ and how it was found: every (λ, score) in the order evaluated."""
+
+    reg: float
+    score: float
+    path: list[tuple[float, float]] = field(default_factory=list)
+    widened: str = ""  # "", "down", "up" or "down,up": past which end of the start grid it went
+    at_limit: bool = False  # the best λ is an end of the hard range: the optimum may lie beyond
+
+
+def _value(score: float | None) -> float:
+    return math.inf if score is None or not math.isfinite(score) else float(score)
+
+
+def bracket_search(
+    score: Callable[[float], float | None],
+    *,
+    start: Sequence[float],
+    step: float = 3.0,
+    tol: float = math.log(1.25),
+    low: float = 1e-4,
+    high: float = 1e2,
+    max_calls: int = 30,
+) -> Bracketed:
+    """Minimise score(λ) over λ in [low, high]: widen until bracketed, then golden-section to tol.
+
+    start is evaluated in the order given (strong to weak λ suits warm starts); step > 1 is
+    the widening factor; tol is the final bracket's width in log λ; max_calls caps the calls.
+    """
+    if step <= 1.0 or not 0 < low < high or tol <= 0:
+        raise ValueError(f"bracket_search needs step > 1, 0 < low < high and tol > 0, got {step}, {low}, {high}, {tol}")
+    points: dict[float, float] = {}  # log λ → score
+    order: list[tuple[float, float]] = []
+
+    def call(reg: float) -> float:
+        reg = min(high, max(low, reg))
+        key = math.log(reg)
+        if key not in points:
+            points[key] = _value(score(reg))
+            order.append((reg, points[key]))
+        return points[key]
+
+    for reg in start:
+        call(reg)
+    widened: list[str] = []
+    at_limit = False
+    while len(order) < max_calls:
+        keys = sorted(points)
+        best = min(keys, key=lambda k: (points[k], k))
+        if keys.index(best) == 0 and best > math.log(low) + 1e-12:
+            call(math.exp(best) / step)
+            widened += [] if "down" in widened else ["down"]
+        elif keys.index(best) == len(keys) - 1 and best < math.log(high) - 1e-12:
+            call(math.exp(best) * step)
+            widened += [] if "up" in widened else ["up"]
+        else:
+            at_limit = keys.index(best) in (0, len(keys) - 1)
+            break
+    if not at_limit:
+        _refine(points, call, tol=tol, calls_left=lambda: len(order) < max_calls)
+    best = min(points, key=lambda k: (points[k], k))
+    return Bracketed(math.exp(best), points[best], order, ",".join(widened), at_limit)
+
+
+def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: float, calls_left) -> None:
+    """Golden-section steps on the bracket around the best point until it is at most tol wide."""
+    while calls_left():
+        keys = sorted(points)
+        i = min(range(len(keys)), key=lambda j: (points[keys[j]], keys[j]))
+        if i in (0, len(keys) - 1):
+            return
+        a, b, c = keys[i - 1], keys[i], keys[i + 1]
+        if c - a <= tol:
+            return
+        # Probe the larger side of the best point, a golden fraction of the way in.
+        trial = b + GOLDEN * (c - b) if c - b >= b - a else b - GOLDEN * (b - a)
+        before = len(points)
+        call(math.exp(trial))
+        if len(points) == before:  # the bracket is narrower than float resolution
+            return

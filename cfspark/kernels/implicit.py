@@ -1,0 +1,111 @@
+"""The all-items half-step for positive-only data: every unobserved item a weighted 0.
+
+Implicit ALS's model (Hu, Koren and Volinsky, "Collaborative Filtering for Implicit Feedback
+Datasets", ICDM 2008) in cfspark's parameter layout: for every own row r (a user, say) and
+every item i of the other side, the score is z_ri = P_r · O_i (P = [W | b | 1] against
+O = [X | 1 | c], so biases included), and the data term is
+
+    ½ Σ_r Σ_i c_ri (z_ri − y_ri)²,   y_ri = 1, c_ri = confidence if (r, i) is observed, else y = 0, c = 1.
+
+Summing over every item would cost rows × items. As implicit ALS does, it splits into a sum
+over all items with weight 1 and target 0, which is the same p × p Gramian G = Σ_i O_i O_iᵀ
+for every row (computed once per half-step), and per-row corrections over the observed
+items only:
+
+    H_r = G_FF + Σ_obs (c − 1) O_F O_Fᵀ + diag(λ_r)
+    g_r = G_F· P_r + Σ_obs ((c − 1) z − c) O_F + λ_r ∘ P_r
+
+(F the free columns; the constant 1 never moves). The sub-problem is quadratic, so one
+Newton step from any P lands on its minimiser. The corrections are batched matrix products
+over the same tiles as every other step (kernels/block.py): the tile's "y" holds c and its
+rating weight holds c − 1, so padding (weight 0, target 0) adds nothing.
+
+The penalty is count-scaled as Spark ALS's implicit mode scales it: λ·n_r, n_r being the
+row's number of observed items, so that regParam means what it means there; biases get λ_b.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cfspark.kernels.block import BlockProblem
+
+
+def gram(other: np.ndarray) -> np.ndarray:
+    """Σ_i O_i O_iᵀ (p × p) over every row of the other side, in float64."""
+    o = np.asarray(other, dtype=np.float64)
+    return o.T @ o
+
+
+def implicit_problem(row_ptr: np.ndarray, cols: np.ndarray, confidence: np.ndarray, other: np.ndarray) -> BlockProblem:
+    """The block's observed pairs as tiles: y = c and rating weight c − 1 (see the module)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    p = other.shape[1]
+    return BlockProblem.build(
+        row_ptr=row_ptr, cols=cols, other=other, y=confidence, loss="mse", reg=0.0, reg_mask=np.zeros(p),
+        rating_weight=confidence - 1.0,
+    )  # fmt: skip
+
+
+def reg_weights(
+    row_ptr: np.ndarray, reg_mask: np.ndarray, bias_mask: np.ndarray, *, reg: float, bias_reg: float, count_scaled: bool
+) -> np.ndarray:
+    """The L2 weight of each entry of P (n × p): λ·n_r (or λ) on the factors, λ_b on the bias."""
+    counts = np.diff(np.asarray(row_ptr)).astype(np.float64)
+    scale = counts if count_scaled else np.ones_like(counts)
+    return (reg * scale)[:, None] * np.asarray(reg_mask)[None, :] + bias_reg * np.asarray(bias_mask)[None, :]
+
+
+def corrections(problem: BlockProblem, params: np.ndarray) -> np.ndarray:
+    """Per own row [Σ_obs (c − 1) O Oᵀ | Σ_obs ((c − 1) z − c) O] (n × p × (p + 1)), over all p columns."""
+    n, p = params.shape
+    ext = problem.extended(params)
+    sums = np.zeros((n, p, p + 1))
+    for tile in problem.tiling.tiles:
+        o, z = problem.gather(tile, ext)
+        c, a = problem.tiled("y", tile), problem.tiled("weight", tile)
+        weighted = o * a[..., None]
+        weighted[..., p] = a * z - c
+        products = np.matmul(o[..., :p].transpose(0, 2, 1), weighted)
+        if tile.piece:
+            sums[problem.tiling.order[tile.slot]] += products.sum(axis=0)
+        else:
+            sums[problem.tiling.owners(tile)] = products
+    return sums
+
+
+def data_loss(problem: BlockProblem, g: np.ndarray, params: np.ndarray) -> float:
+    """½ Σ_r Σ_i c_ri (z_ri − y_ri)² over every row and every item of the other side."""
+    everything = 0.5 * float(np.sum((params @ g) * params))  # every pair as a 0 of weight 1
+    z = problem.scores(params)
+    c = problem.y
+    return everything + 0.5 * float(np.sum(c * (z - 1.0) ** 2 - z * z))
+
+
+def implicit_step(
+    row_ptr: np.ndarray,
+    cols: np.ndarray,
+    confidence: np.ndarray,
+    other: np.ndarray,
+    params: np.ndarray,
+    train_mask: np.ndarray,
+    weights: np.ndarray,
+) -> tuple[np.ndarray, float, float]:
+    """The rows' exact minimisers over every item of other, and the (data, L2) losses there.
+
+    row_ptr/cols/confidence are the block's observed pairs as CSR, cols indexing other (m × p),
+    the other side's params, all of its rows; weights (n × p) the L2 weight of each entry of P.
+    """
+    params = np.asarray(params, dtype=np.float64)
+    problem = implicit_problem(row_ptr, cols, confidence, other)
+    g = gram(other)
+    free = np.flatnonzero(train_mask)
+    sums = corrections(problem, params)
+    reg = np.broadcast_to(weights, params.shape)[:, free]
+    hess = g[np.ix_(free, free)][None, :, :] + sums[:, free][:, :, free]
+    diagonal = np.arange(len(free))
+    hess[:, diagonal, diagonal] += reg + 1e-10
+    grad = params @ g[free].T + sums[:, free, -1] + reg * params[:, free]
+    new = params.copy()
+    new[:, free] -= np.linalg.solve(hess, grad[..., None])[..., 0]
+    return new, data_loss(problem, g, new), 0.5 * float(np.sum(new * new * weights))

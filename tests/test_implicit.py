@@ -1,0 +1,78 @@
+"""The all-items positive-only half-step (kernels/implicit.py) against a brute-force dense solve."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cfspark.kernels.implicit import implicit_step, reg_weights
+from cfspark.kernels.layout import bias_mask, const_col, factor_mask, train_mask, width
+
+
+def _block(n: int, m: int, rank: int, density: float, seed: int, heavy: bool = False):
+    """A random block: CSR of observed pairs with confidences, the other side's params, own params."""
+    rng = np.random.default_rng(seed)
+    observed = rng.random((n, m)) < density
+    if heavy:
+        observed[0] = rng.random(m) < 0.95  # one row longer than a tile's run: cut into pieces
+    observed[np.arange(n), rng.integers(0, m, n)] = True  # every row has a pair
+    confidence = np.where(observed, 1.0 + rng.gamma(0.5, 8.0, (n, m)), 0.0)
+    rows, cols = np.nonzero(observed)
+    row_ptr = np.r_[0, np.cumsum(observed.sum(axis=1))].astype(np.int64)
+    other = rng.normal(0, 0.5, (m, width(rank)))
+    other[:, const_col(rank, "item")] = 1.0  # the items' constant column
+    params = rng.normal(0, 0.5, (n, width(rank)))
+    params[:, const_col(rank, "user")] = 1.0
+    return observed, confidence, row_ptr, cols, confidence[rows, cols], other, params
+
+
+def _brute_force(observed, confidence, other, params, free, weights):
+    """Each row's weighted ridge over every item, unobserved ones as 0 of weight 1, solved densely."""
+    fixed = np.setdiff1d(np.arange(other.shape[1]), free)
+    out = params.copy()
+    for r in range(len(params)):
+        c = np.where(observed[r], confidence[r], 1.0)
+        y = observed[r].astype(np.float64)
+        o_free = other[:, free]
+        target = y - other[:, fixed] @ params[r, fixed]
+        a = o_free.T @ (c[:, None] * o_free) + np.diag(weights[r, free])
+        out[r, free] = np.linalg.solve(a, o_free.T @ (c * target))
+    return out
+
+
+def _dense_loss(observed, confidence, other, params, weights):
+    z = params @ other.T
+    c = np.where(observed, confidence, 1.0)
+    return 0.5 * float(np.sum(c * (z - observed) ** 2)), 0.5 * float(np.sum(weights * params**2))
+
+
+@pytest.mark.parametrize(("n", "m", "rank", "heavy"), [(7, 40, 3, False), (12, 25, 5, False), (3, 4500, 2, True)])
+@pytest.mark.parametrize("count_scaled", [False, True])
+def test_all_items_step_equals_the_dense_solve(n, m, rank, heavy, count_scaled):
+    observed, confidence, row_ptr, cols, conf, other, params = _block(n, m, rank, 0.2, seed=n + m, heavy=heavy)
+    weights = reg_weights(
+        row_ptr, factor_mask(rank), bias_mask(rank, "user"), reg=0.3, bias_reg=0.7, count_scaled=count_scaled
+    )
+    mask = train_mask(rank, "user", learn_bias=True)
+    new, data, reg = implicit_step(row_ptr, cols, conf, other, params, mask, weights)
+    expected = _brute_force(observed, confidence, other, params, np.flatnonzero(mask), weights)
+    np.testing.assert_allclose(new, expected, rtol=0, atol=1e-9)
+    assert np.all(new[:, const_col(rank, "user")] == 1.0)  # the constant never moves
+    dense_data, dense_reg = _dense_loss(observed, confidence, other, new, weights)
+    assert data == pytest.approx(dense_data, rel=1e-10)
+    assert reg == pytest.approx(dense_reg, rel=1e-10)
+
+
+def test_the_step_minimises_the_loss_over_every_item():
+    observed, confidence, row_ptr, cols, conf, other, params = _block(6, 30, 3, 0.3, seed=3)
+    weights = reg_weights(row_ptr, factor_mask(3), bias_mask(3, "user"), reg=0.1, bias_reg=1.0, count_scaled=True)
+    mask = train_mask(3, "user", learn_bias=True)
+    new, _, _ = implicit_step(row_ptr, cols, conf, other, params, mask, weights)
+    best = sum(_dense_loss(observed, confidence, other, new, weights))
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # any move of the free columns raises J
+        moved = new + 1e-3 * rng.normal(size=new.shape) * mask
+        assert sum(_dense_loss(observed, confidence, other, moved, weights)) > best
+    with_item_bias_off = train_mask(3, "user", learn_bias=False)
+    fixed_bias, _, _ = implicit_step(row_ptr, cols, conf, other, params, with_item_bias_off, weights)
+    np.testing.assert_array_equal(fixed_bias[:, 3], params[:, 3])
