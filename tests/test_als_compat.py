@@ -3,6 +3,10 @@ attributes, and its Params and output shapes under outputStyle="als"."""
 
 from __future__ import annotations
 
+import doctest
+import math
+
+import numpy as np
 import pytest
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import StringIndexer
@@ -17,7 +21,7 @@ COLUMNS = Columns("user", "item", "rating")
 
 
 def _ratings(n_users: int = 24, n_items: int = 10) -> list[tuple[int, int, float]]:
-    return [(u, i, float(1 + (u * 3 + i * 5) % 5)) for u in range(n_users) for i in range(n_items) if (u + 2 * i) % 3]
+    return [(u, i, float(1 + (u * 3 + i * 7) % 5)) for u in range(n_users) for i in range(n_items) if (u + 2 * i) % 3]
 
 
 # -- ids ---------------------------------------------------------------------------------
@@ -44,6 +48,7 @@ def test_a_fractional_id_is_refused_naming_the_column_count_example_and_a_cast(s
     assert "cast(" in message
 
 
+@pytest.mark.slow
 def test_the_string_indexer_pipeline_fits_saves_loads_and_recommends(spark, tmp_path):
     rows = [(f"u{u}", f"m{i}", r) for u, i, r in _ratings()]
     df = spark.createDataFrame(rows, "userId string, movieId string, rating double")
@@ -69,3 +74,217 @@ def test_the_string_indexer_pipeline_fits_saves_loads_and_recommends(spark, tmp_
     assert sorted(r.prediction for r in loaded.transform(df).collect()) == sorted(
         r.prediction for r in scored.collect()
     )
+
+
+# -- pyspark's ALS doctest, its lines under outputStyle="als" with the import changed --------------------
+
+# Written from the behaviour pyspark.ml.recommendation.ALS's doctest checks: the values it
+# prints are ALS's own fit, so the lines below check what they show (shapes, names, order,
+# what is recommended and to whom), not the numbers.
+ALS_DOCTEST = """
+>>> from cfspark import CFModel as ALSModel
+>>> from cfspark import CollaborativeFilter as ALS
+>>> df = spark.createDataFrame(
+...     [(0, 0, 4.0), (0, 1, 2.0), (1, 1, 3.0), (1, 2, 4.0), (2, 1, 1.0), (2, 2, 5.0)],
+...     ["user", "item", "rating"])
+>>> als = ALS(rank=10, seed=0, outputStyle="als")
+>>> als.setMaxIter(5)
+CollaborativeFilter...
+>>> als.getMaxIter()
+5
+>>> als.setRegParam(0.1)
+CollaborativeFilter...
+>>> als.getRegParam()
+0.1
+>>> als.clear(als.regParam)
+>>> model = als.fit(df)
+>>> model.getBlockSize()
+4096
+>>> model.getUserCol()
+'user'
+>>> model.setUserCol("user")
+CFModel...
+>>> model.getItemCol()
+'item'
+>>> model.setPredictionCol("newPrediction")
+CFModel...
+>>> model.rank
+10
+>>> model.userFactors.orderBy("id").collect()
+[Row(id=0, features=[...]), Row(id=1, features=[...]), Row(id=2, features=[...])]
+>>> test = spark.createDataFrame([(0, 2), (1, 0), (2, 0)], ["user", "item"])
+>>> predictions = sorted(model.transform(test).collect(), key=lambda r: r[0])
+>>> [(p.user, p.item, isinstance(p.newPrediction, float)) for p in predictions]
+[(0, 2, True), (1, 0, True), (2, 0, True)]
+>>> user_recs = model.recommendForAllUsers(3)
+>>> row = user_recs.where(user_recs.user == 0).select("recommendations.item", "recommendations.rating").first()
+>>> sorted(row.item), row.rating == sorted(row.rating, reverse=True)
+([0, 1, 2], True)
+>>> item_recs = model.recommendForAllItems(3)
+>>> row = item_recs.where(item_recs.item == 2).select("recommendations.user", "recommendations.rating").first()
+>>> sorted(row.user), row.rating == sorted(row.rating, reverse=True)
+([0, 1, 2], True)
+>>> user_subset = df.where(df.user == 2)
+>>> user_subset_recs = model.recommendForUserSubset(user_subset, 3)
+>>> user_subset_recs.count(), sorted(user_subset_recs.select("recommendations.item").first()[0])
+(1, [0, 1, 2])
+>>> item_subset = df.where(df.item == 0)
+>>> item_subset_recs = model.recommendForItemSubset(item_subset, 3)
+>>> item_subset_recs.count(), sorted(item_subset_recs.select("recommendations.user").first()[0])
+(1, [0, 1, 2])
+>>> als_path = temp_path + "/als"
+>>> als.save(als_path)
+>>> als2 = ALS.load(als_path)
+>>> als2.getMaxIter(), als2.getOutputStyle()
+(5, 'als')
+>>> model_path = temp_path + "/als_model"
+>>> model.save(model_path)
+>>> model2 = ALSModel.load(model_path)
+>>> model.rank == model2.rank
+True
+>>> sorted(model.userFactors.collect()) == sorted(model2.userFactors.collect())
+True
+>>> sorted(model.itemFactors.collect()) == sorted(model2.itemFactors.collect())
+True
+>>> sorted(model.transform(test).collect()) == sorted(model2.transform(test).collect())
+True
+"""
+
+
+@pytest.mark.slow
+def test_pyspark_als_doctest_lines_pass_with_the_import_changed(spark, tmp_path):
+    globs = {"spark": spark, "temp_path": str(tmp_path)}
+    parser, runner = doctest.DocTestParser(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    runner.run(parser.get_doctest(ALS_DOCTEST, globs, "als_doctest", __file__, 0))
+    failed, attempted = runner.summarize(verbose=False)
+    assert attempted > 30 and failed == 0
+
+
+# -- assertions adapted from Spark's ALS tests, under outputStyle="als" ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def als_style(spark):
+    ratings = spark.createDataFrame(_ratings(12, 6), "user int, item int, rating float").cache()
+    model = CollaborativeFilter(rank=3, maxIter=4, seed=2, outputStyle="als").fit(ratings)
+    yield model, ratings
+    model.unpersist(), ratings.unpersist()
+
+
+def test_als_factor_tables_are_id_and_features_whose_dot_product_is_the_prediction(spark, als_style):
+    model, ratings = als_style
+    assert model.userFactors.columns == ["id", "features"] and model.itemFactors.columns == ["id", "features"]
+    users = {r.id: np.array(r.features) for r in model.userFactors.collect()}
+    items = {r.id: np.array(r.features) for r in model.itemFactors.collect()}
+    assert {len(v) for v in users.values()} == {model.rank + 2}
+    everything = spark.createDataFrame([(u, i) for u in users for i in items], "user int, item int")
+    for r in model.transform(everything).collect():
+        assert r.prediction == pytest.approx(float(users[r.user] @ items[r.item]), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 6, 9])  # fewer, as many and more than the items
+def test_als_recommendations_are_the_top_k_predictions_nested_as_als_nests_them(spark, als_style, k):
+    model, ratings = als_style
+    recs = model.recommendForAllUsers(k)
+    assert recs.schema.simpleString() == ("struct<user:int,recommendations:array<struct<item:int,rating:double>>>")
+    n_users, n_items = ratings.select("user").distinct().count(), ratings.select("item").distinct().count()
+    assert recs.count() == n_users
+    pairs = spark.createDataFrame([(u, i) for u in range(n_users) for i in range(n_items)], "user int, item int")
+    predicted = {(r.user, r.item): r.prediction for r in model.transform(pairs).collect()}
+    for r in recs.collect():
+        got = [(e.item, e.rating) for e in r.recommendations]
+        # Training items are not excluded, as in ALS: the best of every item, each scored as predicted.
+        best = sorted((-p, i) for (u, i), p in predicted.items() if u == r.user)[: min(k, n_items)]
+        np.testing.assert_allclose([s for _, s in got], [-s for s, _ in best], rtol=1e-9)
+        np.testing.assert_allclose([s for _, s in got], [predicted[(r.user, i)] for i, _ in got], rtol=1e-9)
+        assert len({i for i, _ in got}) == len(got)
+    by_item = model.recommendForAllItems(k)
+    assert by_item.columns == ["item", "recommendations"] and by_item.count() == n_items
+    assert by_item.schema["recommendations"].dataType.elementType.names == ["user", "rating"]
+
+
+def test_als_user_subset_recommends_once_per_user_and_nothing_for_none(spark, als_style):
+    model, _ = als_style
+    subset = spark.createDataFrame([(1,), (1,), (3,), (99,)], "user int")
+    got = model.recommendForUserSubset(subset, 2)
+    assert sorted(r.user for r in got.collect()) == [1, 3]
+    assert sorted(got.collect()) == sorted(model.recommendForAllUsers(2).where("user in (1, 3)").collect())
+    assert model.recommendForUserSubset(subset.limit(0), 2).count() == 0
+
+
+def test_als_cold_start_is_nan_by_default_and_drop_drops(spark, als_style):
+    model, _ = als_style
+    pairs = spark.createDataFrame([(0, 0), (0, 99), (99, 0), (1, 2)], "user int, item int")
+    got = {(r.user, r.item): r.prediction for r in model.transform(pairs).collect()}
+    assert math.isnan(got[(0, 99)]) and math.isnan(got[(99, 0)])
+    assert not math.isnan(got[(0, 0)]) and not math.isnan(got[(1, 2)])
+    dropped = model.copy({model.coldStartStrategy: "drop"}).transform(pairs)
+    assert sorted((r.user, r.item) for r in dropped.collect()) == [(0, 0), (1, 2)]
+    with pytest.raises((TypeError, ValueError), match='param "coldStartStrategy"'):
+        model.setColdStartStrategy("zero")
+    flat = model.copy({model.outputStyle: "cfspark"})
+    assert {r.prediction == r.prediction for r in flat.transform(pairs).collect()} == {True}  # "mean": no NaN
+
+
+def test_als_params_are_accepted_mapped_or_refused(spark):
+    als = CollaborativeFilter(
+        rank=3, numUserBlocks=2, numItemBlocks=2, implicitPrefs=False, alpha=1.0, nonnegative=False,
+        checkpointInterval=10, intermediateStorageLevel="MEMORY_ONLY", finalStorageLevel="MEMORY_AND_DISK",
+        coldStartStrategy="drop", blockSize=1024,
+    )  # fmt: skip
+    assert als.getIntermediateStorageLevel() == "MEMORY_ONLY" and als.getBlockSize() == 1024
+    assert als.setNumBlocks(5).getNumUserBlocks() == 5 and als.getNumItemBlocks() == 5
+    with pytest.raises((TypeError, ValueError), match='param "intermediateStorageLevel"'):
+        CollaborativeFilter(intermediateStorageLevel="foo")
+    with pytest.raises((TypeError, ValueError), match="no non-negative factors"):
+        CollaborativeFilter(nonnegative=True)
+
+
+# -- duplicates and implicitPrefs ------------------------------------------------------------------------
+
+REPEATED = [(1, 1, 2.0), (1, 1, 4.0), (2, 1, 5.0), (1, 1, 3.0), (2, 2, 1.0)]
+
+
+@pytest.mark.parametrize(("rule", "value"), [("mean", 3.0), ("max", 4.0), ("sum", 9.0), ("last", 3.0)])
+def test_duplicates_combine_repeated_pairs_as_the_param_says(spark, rule, value):
+    df = spark.createDataFrame(REPEATED, "user long, item long, rating double").coalesce(1)
+    got = {(r.user, r.item): r.rating for r in validate_given(df, COLUMNS, labels=False, duplicates=rule).collect()}
+    assert got == {(1, 1): value, (2, 1): 5.0, (2, 2): 1.0}
+
+
+def test_repeated_pairs_are_refused_naming_the_duplicates_param(spark):
+    df = spark.createDataFrame(REPEATED, "user long, item long, rating double")
+    with pytest.raises(InputError, match=r"1 \(user, item\) pair\(s\) appear more than once, .* appears 3 times"):
+        CollaborativeFilter().fit(df)
+    with pytest.raises(InputError, match='set the duplicates Param to combine them: "mean", "last" or "sum"'):
+        CollaborativeFilter().fit(df)
+    with pytest.raises((TypeError, ValueError), match='param "duplicates"'):
+        CollaborativeFilter(duplicates="first")
+    with pytest.raises(ValueError, match="labels other than 0/1"):
+        CollaborativeFilter(loss="bce", duplicates="sum").fit(df)
+
+
+@pytest.mark.slow
+def test_implicit_prefs_is_the_positive_only_model_on_counts(spark):
+    counts = [(u, i, float(1 + (u + i) % 4)) for u in range(16) for i in range(8) if (u * i + u) % 3 == 0]
+    df = spark.createDataFrame(counts + [(1, 50, 0.0), (2, 50, -2.0)], "user long, item long, rating double")
+    common = dict(rank=2, maxIter=2, alpha=3.0, seed=4)
+    implicit = CollaborativeFilter(implicitPrefs=True, **common).fit(df)
+    schema = "user long, item long, rating double, n double"
+    mapped = spark.createDataFrame([(u, i, 1.0, c) for u, i, c in counts], schema)
+    explicit = CollaborativeFilter(loss="bce", weightCol="n", **common).fit(mapped)
+    assert implicit.getLoss() == "bce" and implicit.summary.get("positive_only")
+    assert implicit.training_pairs.count() == len(counts)  # counts <= 0 are dropped, as unobserved
+    got = sorted((r.user, r.item, r.rank, r.score) for r in implicit.recommendForAllUsers(3).collect())
+    assert got == sorted((r.user, r.item, r.rank, r.score) for r in explicit.recommendForAllUsers(3).collect())
+    assert all(0.0 <= s <= 1.0 for *_, s in got)
+
+
+def test_the_jobs_duplicates_key_maps_onto_the_param():
+    from cfspark.app.config import load_defaults
+    from cfspark.app.run import estimator_from_config
+
+    cfg = load_defaults()
+    cfg["input"]["duplicates"] = "last"
+    estimator = estimator_from_config(cfg, Columns("u", "i", "r"))
+    assert estimator.getDuplicates() == "last" and estimator.getUserCol() == "u"

@@ -60,6 +60,8 @@ def run(tmp_path_factory):
         "--set",
         f"output.top_n={TOP_N}",
         "--set",
+        "output.similar_items=2",
+        "--set",
         "model.max_iter=10",
         "--set",
         "model.rank=2",
@@ -84,7 +86,7 @@ def test_job_succeeds_and_prints_a_summary(run):
     m = json.loads((out / "metrics.json").read_text())
     winner = "cfspark wins" if m["test"]["rmse"] <= m["als"]["test"]["rmse"] else "Spark ALS wins"
     assert f"{winner} on test RMSE: {m['test']['rmse']:.4f} against {m['als']['test']['rmse']:.4f}" in proc.stdout
-    assert sorted(os.listdir(out)) == ["_cfspark", "metrics.json", "model", "recommendations"]  # with its marker
+    assert sorted(os.listdir(out)) == ["_cfspark", "metrics.json", "model", "recommendations", "similar_items"]
     assert not os.path.exists(f"{out}_checkpoints")  # removed after success
     assert not [n for n in os.listdir(out.parent) if ".partial-" in n]
 
@@ -103,6 +105,14 @@ def test_metrics_json_has_every_key(run):
     assert m["als"]["test"]["rmse"] > 0 and m["als"]["test"]["mae"] > 0 and m["als"]["fit_seconds"] > 0
     assert m["als"]["params"] == {"rank": 2, "regParam": 0.1, "maxIter": 15, "seed": 7}
     assert m["als"]["test"]["count"] == m["test"]["count"] == m["counts"]["test"]
+
+
+def test_similar_items_are_the_saved_models_cosine_ranking(spark, run):
+    _, out, _ = run
+    written = spark.read.parquet(str(out / "similar_items"))
+    assert written.columns == ["film", "similar", "rank", "score"]
+    expected = CFModel.load(str(out / "model")).allSimilarItems(2)
+    assert written.count() > 0 and sorted(written.collect()) == sorted(expected.collect())
 
 
 def test_recommendations_exclude_training_pairs_and_fill_top_n(spark, run):

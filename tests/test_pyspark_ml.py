@@ -145,6 +145,7 @@ def test_cross_validation_and_train_validation_split_select_a_model(spark, plant
     best = grid[int(np.argmin(cv.avgMetrics))]
     chosen = cv.bestModel
     assert (chosen.getRegParam(), chosen.getRank()) == (best[cf.regParam], best[cf.rank])
+    assert chosen.rank == best[cf.rank] and isinstance(chosen.rank, int)  # ALSModel's attribute, an int
     assert chosen.summary["history"] and len(chosen.history) <= 3  # refitted with those Params on all of train
     tvs_grid = ParamGridBuilder().addGrid(cf.regParam, [0.05, 5.0]).build()
     tvs = TrainValidationSplit(estimator=cf, estimatorParamMaps=tvs_grid, evaluator=evaluator, trainRatio=0.7, seed=3)

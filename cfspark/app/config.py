@@ -58,6 +58,7 @@ CONFIG_PARAMS: dict[tuple[str, str], str] = {
     ("negatives", "sampling"): "negativeSampling",
     ("input", "weight_col"): "weightCol",
     ("input", "weight_alpha"): "alpha",
+    ("input", "duplicates"): "duplicates",
     ("input", "weight_mapping"): "weightMapping",
     ("input", "weight_epsilon"): "weightEpsilon",
     ("model", "implicit"): "implicit",
@@ -137,7 +138,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
 _CHOICES = {
     ("input", "format"): ("csv", "parquet", "movielens"),
     ("input", "id_type"): ("auto", "long", "string"),
-    ("input", "duplicates"): ("error", "mean", "max"),
+    ("input", "duplicates"): ("error", "mean", "max", "last", "sum"),
     ("model", "loss"): LOSSES,
     ("negatives", "sampling"): SAMPLINGS,
     ("input", "weight_mapping"): WEIGHT_MAPPINGS,
@@ -165,6 +166,7 @@ _BOUNDS = {
     ("model", "max_block_ratings"): (1, True),
     ("model", "init_scale"): (0.0, False),
     ("output", "top_n"): (1, True),
+    ("output", "similar_items"): (0, True),
     ("checkpoint", "interval"): (0, True),
     ("compare", "als_max_iter"): (1, True),
     ("spark", "shuffle_partitions"): (1, True),
@@ -257,8 +259,11 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f'{section}.{key} {why}, which needs model.loss = "bce"')
         if cfg["output"]["exclude"] == "positives":
             raise ConfigError('output.exclude = "positives" needs model.loss = "bce"')
-    elif cfg["input"]["duplicates"] == "mean":
-        raise ConfigError('input.duplicates = "mean" would make fractional labels; use "max" or "error" with bce')
+    elif cfg["input"]["duplicates"] in ("mean", "sum"):
+        raise ConfigError(
+            f'input.duplicates = "{cfg["input"]["duplicates"]}" would make labels other than 0/1; '
+            'use "max", "last" or "error" with bce'
+        )
     elif cfg["model"]["exposure"] and cfg["negatives"]["per_positive"]:
         raise ConfigError(
             "negatives.per_positive samples 0-labels for the plain bce model, but model.exposure samples its own "

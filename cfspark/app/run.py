@@ -248,6 +248,10 @@ class Run:
             with self.timer("recommend_write"):
                 named = recs.withColumnRenamed(USER, cols.user).withColumnRenamed(ITEM, cols.item)
                 write_recommendations(named, f"{stage}/recommendations", run_date)
+            if cfg["output"]["similar_items"]:
+                with self.timer("similar_write"):
+                    similar = model.allSimilarItems(cfg["output"]["similar_items"])
+                    write_recommendations(similar, f"{stage}/similar_items", run_date)
             with self.timer("model_write"):
                 writer = model.write().metadata(metadata)
                 # Local: a fresh staging folder. Elsewhere tables are written in place, over the last run's.

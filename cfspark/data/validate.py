@@ -67,6 +67,7 @@ def validate_ratings(
     duplicates: str,
     labels: bool = False,
     binarize_threshold: float | None = None,
+    setting: str = "input.duplicates",
 ) -> DataFrame:
     """Return (user, item, rating: double[, weight: double]) or raise InputError naming the first problem.
 
@@ -208,14 +209,24 @@ def validate_ratings(
 
     weights = [weight.alias(WEIGHT)] if weight is not None else []
     out = df.select(typed_id(cols.user).alias(USER), typed_id(cols.item).alias(ITEM), label.alias(RATING), *weights)
-    return _check_duplicates(out, cols, duplicates)
+    return _check_duplicates(out, cols, duplicates, setting)
 
 
-def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str) -> DataFrame:
-    if duplicates in ("mean", "max"):
-        combine = F.avg if duplicates == "mean" else F.max
-        counts = [F.sum(WEIGHT).alias(WEIGHT)] if WEIGHT in df.columns else []  # repeated rows' counts add up
+_ORDER = "_order"  # the input's row order, which duplicates = "last" keeps to
+
+
+def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str, setting: str = "input.duplicates") -> DataFrame:
+    """Combine repeated (user, item) rows: mean, max or sum of their ratings, or the last
+    row's in the input's order; or refuse them (error), naming setting, the key or Param
+    that chooses. Repeated rows' counts (weight) add up, except under last."""
+    counts = [F.sum(WEIGHT).alias(WEIGHT)] if WEIGHT in df.columns else []
+    if duplicates in ("mean", "max", "sum"):
+        combine = {"mean": F.avg, "max": F.max, "sum": F.sum}[duplicates]
         return df.groupBy(USER, ITEM).agg(combine(RATING).alias(RATING), *counts)
+    if duplicates == "last":
+        last = F.max_by(F.struct(*[c for c in df.columns if c not in (USER, ITEM)]), F.col(_ORDER))
+        ordered = df.withColumn(_ORDER, F.monotonically_increasing_id())
+        return ordered.groupBy(USER, ITEM).agg(last.alias("_last")).select(USER, ITEM, "_last.*")
     repeated = df.groupBy(USER, ITEM).count().filter(F.col("count") > 1)
     first = repeated.orderBy(F.col("count").desc(), USER, ITEM).limit(1).collect()
     if first:
@@ -224,16 +235,24 @@ def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str) -> DataFram
         raise InputError(
             f"{n_pairs} (user, item) pair(s) appear more than once, e.g. "
             f"{{{cols.user}: {row[USER]!r}, {cols.item}: {row[ITEM]!r}}} appears {row['count']} times "
-            f'(set input.duplicates = "mean" or "max" to combine them)'
+            f"(set {setting} to combine them: {_COMBINE[setting]})"
         )
     return df
 
 
-def validate_given(df: DataFrame, cols: Columns, *, labels: bool) -> DataFrame:
+# How each setting combines repeated pairs, as its error message lists them.
+_COMBINE = {"input.duplicates": '"mean", "max", "last" or "sum"', "the duplicates Param": '"mean", "last" or "sum"'}
+
+
+def validate_given(df: DataFrame, cols: Columns, *, labels: bool, duplicates: str = "error") -> DataFrame:
     """The library's way in (a fit, a fold-in): cols' columns of df, validated with their ids
-    kept as they are and a repeated (user, item) pair refused. The job reads its own input
-    with the id type and duplicates rule its config chooses."""
+    kept as they are (whole-number doubles become longs) and repeated (user, item) pairs
+    refused or combined as the estimator's duplicates Param says. The job reads its own
+    input with the id type and duplicates rule its config chooses."""
     for name in cols.names:
         if name not in df.columns:
             raise ValueError(f"the input has no column {name!r} (columns: {', '.join(df.columns)})")
-    return validate_ratings(df.select(*cols.names), cols, id_type="keep", duplicates="error", labels=labels)
+    return validate_ratings(
+        df.select(*cols.names), cols, id_type="keep", duplicates=duplicates, labels=labels,
+        setting="the duplicates Param",
+    )  # fmt: skip

@@ -12,10 +12,10 @@ from typing import Any
 from pyspark.ml import Estimator
 from pyspark.ml.param import Param, Params
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.core.schema import WEIGHT
+from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.data.read import Columns
 from cfspark.data.validate import validate_given
 from cfspark.data.weights import confidence
@@ -24,7 +24,7 @@ from cfspark.fit.record import FitRecord
 from cfspark.fit.settings import FitSettings, InitialModel
 from cfspark.ml.exposure_model import ExposureAwareModel
 from cfspark.ml.model import CFModel
-from cfspark.ml.params import DEFAULTS, _CFParams, keyword_params
+from cfspark.ml.params import DEFAULTS, NOT_FIT_PARAMS, _CFParams, keyword_params
 
 __all__ = ["CollaborativeFilter"]
 
@@ -108,6 +108,13 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         exposureNegatives: int = DEFAULTS["exposureNegatives"],
         negativeWeight: float = DEFAULTS["negativeWeight"],
         negativeSampling: str = DEFAULTS["negativeSampling"],
+        outputStyle: str = DEFAULTS["outputStyle"],
+        blockSize: int = DEFAULTS["blockSize"],
+        implicitPrefs: bool = DEFAULTS["implicitPrefs"],
+        nonnegative: bool = DEFAULTS["nonnegative"],
+        duplicates: str = DEFAULTS["duplicates"],
+        intermediateStorageLevel: str = DEFAULTS["intermediateStorageLevel"],
+        finalStorageLevel: str = DEFAULTS["finalStorageLevel"],
         implicit: str = DEFAULTS["implicit"],
         initialModel: Any = None,
     ) -> None:
@@ -230,6 +237,31 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
     def setNegativeSampling(self, value: str) -> CollaborativeFilter:
         return self._set(negativeSampling=value)
 
+    def setOutputStyle(self, value: str) -> CollaborativeFilter:
+        return self._set(outputStyle=value)
+
+    def setBlockSize(self, value: int) -> CollaborativeFilter:
+        return self._set(blockSize=value)
+
+    def setImplicitPrefs(self, value: bool) -> CollaborativeFilter:
+        return self._set(implicitPrefs=value)
+
+    def setNonnegative(self, value: bool) -> CollaborativeFilter:
+        return self._set(nonnegative=value)
+
+    def setDuplicates(self, value: str) -> CollaborativeFilter:
+        return self._set(duplicates=value)
+
+    def setIntermediateStorageLevel(self, value: str) -> CollaborativeFilter:
+        return self._set(intermediateStorageLevel=value)
+
+    def setFinalStorageLevel(self, value: str) -> CollaborativeFilter:
+        return self._set(finalStorageLevel=value)
+
+    def setNumBlocks(self, value: int) -> CollaborativeFilter:
+        """numUserBlocks and numItemBlocks at once, as ALS's setNumBlocks."""
+        return self._set(numUserBlocks=value, numItemBlocks=value)
+
     def setInitialModel(self, value: Any) -> CollaborativeFilter:
         return self._set(initialModel=value)
 
@@ -252,17 +284,38 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         if start is not None:
             name = start if isinstance(start, str) else start.uid
             initial = InitialModel(name, lambda: (CFModel.load(start) if isinstance(start, str) else start).earlier())
-        return FitSettings(**{name: self.getOrDefault(name) for name in DEFAULTS}, initialModel=initial)
+        settings = {name: self.getOrDefault(name) for name in DEFAULTS if name not in NOT_FIT_PARAMS}
+        fit = FitSettings(**settings, initialModel=initial)
+        # implicitPrefs is a mapping onto bce positive-only labels weighted by counts; the model carries it.
+        return fit.carry(loss="bce") if self.getImplicitPrefs() else fit
 
     def _fit(self, dataset: DataFrame) -> CFModel:
         """Validate (userCol, itemCol, ratingCol[, weightCol]) rows, keeping id types as they
-        are, and fit; a weightCol count c becomes the row's weight (data/weights.py)."""
-        ratings = validate_given(dataset, self.columns, labels=self.getLoss() == "bce")
-        if self.getWeightCol():
-            ratings = ratings.withColumn(
-                WEIGHT, confidence(F.col(WEIGHT), self.getAlpha(), self.getWeightMapping(), self.getWeightEpsilon())
+        are, and fit; a weightCol count c becomes the row's weight (data/weights.py).
+
+        implicitPrefs: ratingCol holds counts c, as in implicit ALS, and acts as weightCol: a
+        row with c > 0 becomes a positive label weighing as its count says (weightMapping,
+        alpha), and a row with c <= 0 is dropped (the positive-only model treats every pair it
+        does not see as unlabelled)."""
+        prefs, duplicates = self.getImplicitPrefs(), self.getDuplicates()
+        labels = self.getLoss() == "bce" and not prefs
+        if labels and duplicates in ("mean", "sum"):
+            raise ValueError(
+                f'duplicates = "{duplicates}" would make labels other than 0/1; use "max", "last" or "error"'
             )
+        if prefs and self.getWeightCol():
+            raise ValueError("implicitPrefs takes its counts from ratingCol; leave weightCol unset")
+        ratings = validate_given(dataset, self.columns, labels=labels, duplicates=duplicates)
+        if prefs:
+            ratings = ratings.filter(F.col(RATING) > 0).select(
+                USER, ITEM, F.lit(1.0).alias(RATING), self._confidence(F.col(RATING)).alias(WEIGHT)
+            )
+        elif self.getWeightCol():
+            ratings = ratings.withColumn(WEIGHT, self._confidence(F.col(WEIGHT)))
         return self.fit_validated(ratings.cache())
+
+    def _confidence(self, count: Column) -> Column:
+        return confidence(count, self.getAlpha(), self.getWeightMapping(), self.getWeightEpsilon())
 
     def fit_validated(
         self, train_ratings: DataFrame, *, on_iteration: Callable[[CFModel], dict] | None = None

@@ -31,12 +31,15 @@ from cfspark.fit.settings import Earlier
 from cfspark.ml.model_io import CFModelReader, CFModelWriter
 from cfspark.ml.params import _CFModelParams
 from cfspark.ml.recommend import check_count, nested, top_n
+from cfspark.ml.similar import most_similar
 from cfspark.train.foldin import fold_in
 from cfspark.train.step import StepConfig
 
 log = logging.getLogger("cfspark")
 
-TRAINING = "training"  # exclude=TRAINING: the pairs the model was fitted on (the default)
+TRAINING = "training"  # exclude=TRAINING: the pairs the model was fitted on (cfspark's default)
+BY_STYLE = "default"  # exclude's default: TRAINING under outputStyle "cfspark", nothing under "als", as ALS
+ALS_ID, ALS_RATING = "id", "rating"  # ALS's names: the factor tables' id, a recommendation's score
 NO_FOLD_IN = "foldIn does not fold users into an exposure model yet; fit with exposure=False to fold in"
 
 
@@ -123,16 +126,33 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
     def setColdStartStrategy(self, value: str) -> CFModel:
         return self._set(coldStartStrategy=value)
 
+    def setOutputStyle(self, value: str) -> CFModel:
+        return self._set(outputStyle=value)
+
+    def setBlockSize(self, value: int) -> CFModel:
+        return self._set(blockSize=value)
+
     # -- public tables under the caller's column names ---------------------------------
     @property
     def userFactors(self) -> DataFrame:
-        """(userCol, features, bias): each trained user's w_j and b_j."""
+        """(userCol, features, bias): each trained user's w_j and b_j. With outputStyle "als",
+        ALS's (id, features), the biases folded in: features is [w_j, b_j, 1], so that its dot
+        product with an item's features is the prediction (mse), or its logit (bce)."""
+        if self.als_style():
+            return self._als_factors(CFModel._vectors(self)[0], USER)
         return self.user_factors.withColumnRenamed(USER, self.getUserCol())
 
     @property
     def itemFactors(self) -> DataFrame:
-        """(itemCol, features, bias): each trained item's x_i and c_i."""
+        """(itemCol, features, bias): each trained item's x_i and c_i. With outputStyle "als",
+        ALS's (id, features): features is [x_i, 1, c_i + μ_i] (bce: o_i in place of μ_i)."""
+        if self.als_style():
+            return self._als_factors(CFModel._vectors(self)[1], ITEM)
         return self.item_factors.withColumnRenamed(ITEM, self.getItemCol())
+
+    @staticmethod
+    def _als_factors(vectors: DataFrame, key: str) -> DataFrame:
+        return vectors.select(F.col(key).alias(ALS_ID), F.col("_v").alias(FEATURES))
 
     @property
     def itemStats(self) -> DataFrame:
@@ -151,7 +171,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         """Add the prediction column to a DataFrame with the user and item columns."""
-        out = self.predict_canonical(self._canonical(dataset), cold_start=self.getColdStartStrategy())
+        out = self.predict_canonical(self._canonical(dataset), cold_start=self.cold_start())
         return self._named(out).select(*dataset.columns, self.getPredictionCol(), *self._extra_columns())
 
     def _extra_columns(self) -> list[str]:
@@ -197,7 +217,10 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         return exclude.select(USER, ITEM)
 
     def _theirs(self, exclude: Any) -> Any:
-        """A caller's exclude DataFrame under cfspark's names (a word or None as it is)."""
+        """A caller's exclude DataFrame under cfspark's names (a word or None as it is; the
+        style's default resolved: the training pairs, or none under ALS's style)."""
+        if isinstance(exclude, str) and exclude == BY_STYLE:
+            return None if self.als_style() else TRAINING
         return self._canonical(exclude) if isinstance(exclude, DataFrame) else exclude
 
     def recommend_canonical(
@@ -241,27 +264,30 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
             self.summary["num_items"] = self.item_factors.count()
         return self.summary["num_users"], self.summary["num_items"]
 
-    def _public(self, recs: DataFrame, flat: bool, by_item: bool) -> DataFrame:
+    def _public(self, recs: DataFrame, flat: bool | None, by_item: bool) -> DataFrame:
         named = self._named(recs)
-        if flat:
+        if flat or (flat is None and not self.als_style()):
             return named
         q, c = (self.getItemCol(), self.getUserCol()) if by_item else (self.getUserCol(), self.getItemCol())
-        return nested(named, q, c)
+        return nested(named, q, c, ALS_RATING if self.als_style() else SCORE)
 
-    def recommendForAllUsers(self, numItems: int, exclude: Any = TRAINING, flat: bool = True) -> DataFrame:
+    def recommendForAllUsers(self, numItems: int, exclude: Any = BY_STYLE, flat: bool | None = None) -> DataFrame:
         """Each trained user's numItems best items: a flat (user, item, rank, score) table,
-        or with flat=False ALS's (user, recommendations: array<struct<item, score>>).
+        or nested, (user, recommendations: array<struct<item, score>>).
 
-        exclude: "training" (the default: the pairs this model was fitted on, remembered
-        through save and load), a DataFrame of (userCol, itemCol) pairs, or None. score is
-        the predicted rating (mse) or, for bce, P(exposed)·P(like | shown) (P(y=1) without an
-        exposure model); bce adds p_like and p_exposed (null where the model has no such part).
+        exclude: "training" (the pairs this model was fitted on, remembered through save and
+        load), a DataFrame of (userCol, itemCol) pairs, or None. score is the predicted rating
+        (mse) or, for bce, P(exposed)·P(like | shown) (P(y=1) without an exposure model); bce
+        adds p_like and p_exposed (null where the model has no such part).
+
+        The defaults follow outputStyle: "cfspark" excludes the training pairs and is flat;
+        "als" excludes nothing and nests as ALS does, the score named rating.
         """
         numItems = check_count(numItems, "numItems")
         return self._public(self.recommend_canonical(numItems, exclude=self._theirs(exclude)), flat, by_item=False)
 
     def recommendForUserSubset(
-        self, dataset: DataFrame, numItems: int, exclude: Any = TRAINING, flat: bool = True
+        self, dataset: DataFrame, numItems: int, exclude: Any = BY_STYLE, flat: bool | None = None
     ) -> DataFrame:
         """recommendForAllUsers for the users in dataset's userCol (users without factors get none)."""
         numItems = check_count(numItems, "numItems")
@@ -270,7 +296,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
             self.recommend_canonical(numItems, subset=users, exclude=self._theirs(exclude)), flat, by_item=False
         )
 
-    def recommendForAllItems(self, numUsers: int, exclude: Any = TRAINING, flat: bool = True) -> DataFrame:
+    def recommendForAllItems(self, numUsers: int, exclude: Any = BY_STYLE, flat: bool | None = None) -> DataFrame:
         """Each trained item's numUsers best users, scored as recommendForAllUsers scores them."""
         numUsers = check_count(numUsers, "numUsers")
         return self._public(
@@ -278,13 +304,39 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         )
 
     def recommendForItemSubset(
-        self, dataset: DataFrame, numUsers: int, exclude: Any = TRAINING, flat: bool = True
+        self, dataset: DataFrame, numUsers: int, exclude: Any = BY_STYLE, flat: bool | None = None
     ) -> DataFrame:
         """recommendForAllItems for the items in dataset's itemCol."""
         numUsers = check_count(numUsers, "numUsers")
         items = self._canonical(dataset.select(self.getItemCol()))
         recs = self.recommend_canonical(numUsers, subset=items, exclude=self._theirs(exclude), by_item=True)
         return self._public(recs, flat, by_item=True)
+
+    # -- similar items and users ---------------------------------------------------------
+    def _similar(self, by_item: bool, k: int, subset: DataFrame | None) -> DataFrame:
+        factors, key = (self.item_factors, ITEM) if by_item else (self.user_factors, USER)
+        theirs = self.getItemCol() if by_item else self.getUserCol()
+        queries = None if subset is None else self._canonical(subset.select(theirs))
+        size = self.trained_counts()[1 if by_item else 0]
+        return self._named(most_similar(factors, key, k, queries=queries, size=size))
+
+    def similarItems(self, dataset: DataFrame, k: int) -> DataFrame:
+        """(itemCol, similar, rank, score): the k items most similar to each item in dataset's
+        itemCol, by the cosine of their factors x (biases left out), the item itself excluded
+        and ties going to the lower id. Items without factors get none."""
+        return self._similar(True, k, dataset)
+
+    def similarUsers(self, dataset: DataFrame, k: int) -> DataFrame:
+        """(userCol, similar, rank, score): similarItems for the users in dataset's userCol, by their w."""
+        return self._similar(False, k, dataset)
+
+    def allSimilarItems(self, k: int) -> DataFrame:
+        """similarItems for every item with factors, as recommendForAllItems is for every item."""
+        return self._similar(True, k, None)
+
+    def allSimilarUsers(self, k: int) -> DataFrame:
+        """similarUsers for every user with factors."""
+        return self._similar(False, k, None)
 
     # -- fold-in -------------------------------------------------------------------------
     def foldIn(self, dataset: DataFrame) -> CFModel:

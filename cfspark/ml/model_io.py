@@ -69,8 +69,8 @@ class CFModelWriter(MLWriter):
         model, spark = self.instance, self.sparkSession
         mode = "overwrite" if self.shouldOverwrite else "error"
         tables = {
-            "user_factors": model.userFactors,
-            "item_factors": model.itemFactors,
+            "user_factors": model._named(model.user_factors),  # cfspark's tables, whatever outputStyle shows
+            "item_factors": model._named(model.item_factors),
             "item_stats": model.itemStats,
             "training_pairs": None if model.training_pairs is None else model._named(model.training_pairs),
         }

@@ -39,6 +39,11 @@ COLD_START = ("mean", "nan", "drop")
 REG_SCALINGS = ("count", "sum")
 REG_UNITS = ("spread", "als")
 SAMPLINGS = ("sqrt", "popularity", "uniform")
+OUTPUT_STYLES = ("cfspark", "als")
+DUPLICATES = ("error", "mean", "max", "last", "sum")
+# Spark's StorageLevel names, which ALS's storage-level Params take.
+STORAGE_LEVELS = ("NONE", "DISK_ONLY", "DISK_ONLY_2", "DISK_ONLY_3", "MEMORY_ONLY", "MEMORY_ONLY_2",
+                  "MEMORY_AND_DISK", "MEMORY_AND_DISK_2", "OFF_HEAP", "MEMORY_AND_DISK_DESER")  # fmt: skip
 IMPLICIT_MODELS = ("all", "sampled")
 
 
@@ -71,6 +76,15 @@ def _number(low: float, *, inclusive: bool = True, integer: bool = False, words:
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"must be True or False, got {value!r}")
+    return value
+
+
+def _not_nonnegative(value: Any) -> bool:
+    if _flag(value):
+        raise TypeError(
+            "cfspark has no non-negative factors: its predictions add biases and item baselines to w·x, so "
+            "non-negative w and x would not make the parts non-negative; see docs/migrating-from-als.md"
+        )
     return value
 
 
@@ -148,8 +162,20 @@ DEFAULTS: dict[str, Any] = dict(
     exposureNegatives=32,
     negativeWeight=0.5,
     negativeSampling="sqrt",
+    outputStyle="cfspark",
+    blockSize=4096,
+    implicitPrefs=False,
+    nonnegative=False,
+    duplicates="error",
+    intermediateStorageLevel="MEMORY_AND_DISK",
+    finalStorageLevel="MEMORY_AND_DISK",
     implicit="sampled",
 )
+
+# The Params the estimator settles itself, before the fit paths (FitSettings) see the ratings:
+# implicitPrefs and duplicates shape the rows, the rest shape output or are ALS's no-ops.
+NOT_FIT_PARAMS = ("outputStyle", "blockSize", "implicitPrefs", "nonnegative", "duplicates",
+                  "intermediateStorageLevel", "finalStorageLevel")  # fmt: skip
 
 # The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain
 # item mean, a free user bias, no item bias, Adam. λ itself is the caller's to choose.
@@ -160,7 +186,7 @@ COURSE_PARAMS = dict(
 
 # The Params a fitted model holds: prediction, recommendation and fold-in read these.
 MODEL_PARAMS = ("userCol", "itemCol", "ratingCol", "predictionCol", "coldStartStrategy", "loss", "regParam",
-                "regScaling", "biasReg")  # fmt: skip
+                "regScaling", "biasReg", "outputStyle", "blockSize")  # fmt: skip
 
 
 class _CFModelParams(HasPredictionCol, HasRegParam):
@@ -187,6 +213,14 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
         _one_of(*REG_SCALINGS),
     )
     biasReg = _param("biasReg", "λ_b, the L2 weight on the biases b and c, never count-scaled", _number(0.0))
+    outputStyle = _param(
+        "outputStyle",
+        "cfspark: flat recommendations without training items, no NaN; als: ALS's tables, nesting, cold start",
+        _one_of(*OUTPUT_STYLES),
+    )
+    blockSize = _param(
+        "blockSize", "accepted for ALS's sake, unused: cfspark's top-N sizes its own blocks", _number(1, integer=True)
+    )
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -212,6 +246,21 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
 
     def getBiasReg(self) -> float:
         return self.getOrDefault(self.biasReg)
+
+    def getOutputStyle(self) -> str:
+        return self.getOrDefault(self.outputStyle)
+
+    def getBlockSize(self) -> int:
+        return self.getOrDefault(self.blockSize)
+
+    def als_style(self) -> bool:
+        return self.getOutputStyle() == "als"
+
+    def cold_start(self) -> str:
+        """coldStartStrategy as set, or else the style's: ALS's "nan", or cfspark's "mean"."""
+        if self.isSet(self.coldStartStrategy) or not self.als_style():
+            return self.getColdStartStrategy()
+        return "nan"
 
 
 class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterval):
@@ -280,6 +329,26 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
         _one_of(*SAMPLINGS),
     )
 
+    implicitPrefs = _param(
+        "implicitPrefs",
+        "ALS's implicit feedback, mapped: ratingCol holds counts and acts as weightCol, fitted as bce "
+        "positive-only labels (rows with a count <= 0 dropped)",
+        _flag,
+    )
+    nonnegative = _param("nonnegative", "ALS's non-negative factors: not supported, so only False", _not_nonnegative)
+    duplicates = _param(
+        "duplicates",
+        "a repeated (user, item) pair: error, or combine its ratings by mean, max, last (in input order) or sum",
+        _one_of(*DUPLICATES),
+    )
+    intermediateStorageLevel = _param(
+        "intermediateStorageLevel", "accepted for ALS's sake, unused: cfspark caches its own blocks",
+        _one_of(*STORAGE_LEVELS),
+    )  # fmt: skip
+    finalStorageLevel = _param(
+        "finalStorageLevel", "accepted for ALS's sake, unused: a model's factor tables are checkpointed",
+        _one_of(*STORAGE_LEVELS),
+    )  # fmt: skip
     implicit = _param(
         "implicit",
         "bce, positive-only labels: all (every unlabelled item a weighted 0) or sampled (the exposure model)",
@@ -361,3 +430,18 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
 
     def getNegativeSampling(self) -> str:
         return self.getOrDefault(self.negativeSampling)
+
+    def getImplicitPrefs(self) -> bool:
+        return self.getOrDefault(self.implicitPrefs)
+
+    def getNonnegative(self) -> bool:
+        return self.getOrDefault(self.nonnegative)
+
+    def getDuplicates(self) -> str:
+        return self.getOrDefault(self.duplicates)
+
+    def getIntermediateStorageLevel(self) -> str:
+        return self.getOrDefault(self.intermediateStorageLevel)
+
+    def getFinalStorageLevel(self) -> str:
+        return self.getOrDefault(self.finalStorageLevel)

@@ -330,14 +330,14 @@ def top_n(
     return winners.select(F.col("q_id").alias(query_col), F.col("c_id").alias(candidate_col), F.col(RANK), F.col(SCORE))
 
 
-def nested(flat: DataFrame, query_col: str, candidate_col: str) -> DataFrame:
-    """ALS's shape: (query_col, recommendations: array<struct<candidate_col, score>>), best first."""
+def nested(flat: DataFrame, query_col: str, candidate_col: str, score_name: str = SCORE) -> DataFrame:
+    """ALS's shape: (query_col, recommendations: array<struct<candidate_col, score_name>>), best first."""
     ranked = F.array_sort(F.collect_list(F.struct(F.col(RANK), F.col(candidate_col), F.col(SCORE))))
-    return flat.groupBy(query_col).agg(
-        F.transform(ranked, lambda s: F.struct(s[candidate_col].alias(candidate_col), s[SCORE].alias(SCORE))).alias(
-            "recommendations"
-        )
-    )
+
+    def entry(s: Column) -> Column:
+        return F.struct(s[candidate_col].alias(candidate_col), s[SCORE].alias(score_name))
+
+    return flat.groupBy(query_col).agg(F.transform(ranked, entry).alias("recommendations"))
 
 
 __all__ = ["check_count", "nested", "top_n"]
