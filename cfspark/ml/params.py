@@ -146,7 +146,7 @@ DEFAULTS: dict[str, Any] = dict(
     exposureNegatives=32,
     negativeWeight=0.5,
     negativeSampling="sqrt",
-    implicit="sampled",
+    implicit="all",
 )
 
 # The course's model (conf/course.toml holds the same for the job): sum-form λ, the plain
