@@ -5,7 +5,10 @@ pair without a count is a count of 1), and every other (user, item) pair a 0 of 
 implicit ALS's model, fitted by kernels/implicit.py's exact half-steps. The kernel can learn
 the user and item biases too, but they stay 0 here, as in implicit ALS: learnt, they cost
 2 % of NDCG@10 on MovieLens latest-small as counts and did not help on generated play counts.
-The record stands where the sampled exposure model's would (fit/exposure.py): its scores are
+The record stands where the sampled exposure model's would (fit/exposure.py), and its λ is
+that model's, exposureRegParam (count-scaled by each row's positives, as Spark ALS's implicit
+mode scales regParam): on MovieLens latest-small as counts NDCG@10 rose from 0.287 at λ = 0.1
+to 0.298 at 0.01, and on generated play counts fell from 0.0839 to 0.0829. Its scores are
 σ(w·x + b + c), an order over items (monotone in the fitted preference), not a probability.
 
 The Gramian trick needs every item's vector in each user half-step, and every user's in each
@@ -28,17 +31,15 @@ from cfspark.core.phases import phase
 from cfspark.core.schema import ITEM, OFFSET, P_EXPOSED, RATING, TARGET, USER, WEIGHT
 from cfspark.data.offsets import item_offsets
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
-from cfspark.fit.settings import AUTO, FitSettings
+from cfspark.fit.settings import FitSettings
 from cfspark.train.history import diverged
 from cfspark.train.one_task import fit_one_task
 
 log = logging.getLogger("cfspark")
 
-DEFAULT_REG = 0.1  # λ when regParam is "auto": the all-items model has no λ search yet
-
 # J here is dominated by the sum over every unlabelled pair, which settles within a few
-# iterations while the ranking still improves: at tol = 0.002 a fit stopped after 8
-# iterations at NDCG@10 0.275 on MovieLens latest-small as counts, 0.283 after 20. So this
+# iterations while the ranking still improves: at tol = 0.002 a fit stopped after 9
+# iterations at NDCG@10 0.283 on MovieLens latest-small as counts, 0.289 after 20. So this
 # model stops when J changes by less than tol·TOL_SCALE (0.287 after 13).
 TOL_SCALE = 0.1
 
@@ -56,7 +57,7 @@ def fit_all_items(
     """The all-items record for positive-only train_ratings (user, item, rating = 1[, weight])."""
     began = time.perf_counter()
     spark = train_ratings.sparkSession
-    reg = DEFAULT_REG if settings.regParam == AUTO else float(settings.regParam)
+    reg = settings.exposureRegParam
     part = settings.replace(exposure=False, initialModel=None).carry(regParam=reg, predictionCol=P_EXPOSED)
     if WEIGHT in train_ratings.columns:
         confidence = F.coalesce(F.col(WEIGHT), F.lit(single_count_weight(settings)))

@@ -254,7 +254,11 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     exposure = _param(
         "exposure", "bce: also learn P(exposed) from labelled-or-not pairs; rank by P(exposed)·P(like | shown)", _flag
     )
-    exposureRegParam = _param("exposureRegParam", "exposure: λ of the exposure model, scaled as regParam", _number(0.0))
+    exposureRegParam = _param(
+        "exposureRegParam",
+        "exposure: λ of the exposure model (and of the all-items model), scaled as regParam",
+        _number(0.0),
+    )
     exposureNegatives = _param(
         "exposureNegatives",
         "exposure: unlabelled items sampled per labelled pair, as not exposed",
