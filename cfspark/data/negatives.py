@@ -94,3 +94,58 @@ def add_negatives(
     keyed = ratings.withColumn(_USER_KEY, F.xxhash64(F.col(USER), F.lit(seed)))
     negatives = keyed.groupBy(USER).applyInArrow(sample, f"{USER} {user_type}, {ITEM} {item_type}, {RATING} double")
     return negatives if only_new else ratings.unionByName(negatives)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 whose outputs pass as independent uniforms."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hashed_uniforms(seed: int, iteration: int, user_keys: np.ndarray, draw: np.ndarray) -> np.ndarray:
+    """U[0, 1) for each (user key, draw index), a pure function of (seed, iteration, user, draw)."""
+    with np.errstate(over="ignore"):
+        state = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(iteration))
+        x = _mix(state ^ _mix(np.asarray(user_keys).astype(np.uint64) + _GOLDEN))
+        x = _mix(x + np.asarray(draw).astype(np.uint64) * _GOLDEN)
+    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def fresh_negatives(
+    row_ptr: np.ndarray,
+    labelled: np.ndarray,
+    user_keys: np.ndarray,
+    counts: np.ndarray,
+    weights: np.ndarray,
+    *,
+    seed: int,
+    iteration: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row_ptr, items) of one iteration's sampled negatives for a block of users, in CSR.
+
+    Row r of the block has labelled items labelled[row_ptr[r]:row_ptr[r+1]] (codes into
+    weights, the block's own item list) and the init/hash key user_keys[r]; it draws counts[r]
+    items with probability ∝ weights, each draw a hashed uniform of (seed, iteration, user
+    key, draw index), so a user's draws do not depend on the block it sits in, and another
+    iteration draws afresh. Draws that hit a labelled item of the user, or repeat one, are
+    dropped: a row gets at most counts[r] distinct items, never one it has a label for.
+    Vectorised over the whole block: no loop over rows.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n_items = len(weights)
+    rows = np.repeat(np.arange(len(counts)), counts)
+    draw = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
+    u = hashed_uniforms(seed, iteration, np.asarray(user_keys)[rows], draw)
+    items = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n_items - 1)
+    keys = rows * n_items + items
+    labelled_rows = np.repeat(np.arange(len(row_ptr) - 1), np.diff(row_ptr))
+    taken = np.sort(labelled_rows * n_items + np.asarray(labelled, dtype=np.int64))
+    keys = np.unique(keys[~np.isin(keys, taken, assume_unique=False)])  # sorted by row, then item
+    out_rows, out_items = keys // n_items, keys % n_items
+    ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=len(counts)))].astype(np.int64)
+    return ptr, out_items.astype(np.int64)

@@ -3,11 +3,14 @@ P(like | shown) on the labelled pairs; the exposure part learns P(exposed) on la
 pairs (data/exposure.py); the model ranks by their product.
 
 Labels that are all 1 (positive-only data) have no preference to learn: the record is then
-the exposure part alone, whose predictions are P(exposed) (summary positive_only).
+one model of the positives against the unlabelled pairs (summary positive_only), by default
+the all-items model (model.implicit = "all", fit/implicit.py) where it runs in one task, else
+the exposure part alone on sampled unlabelled pairs, whose predictions are P(exposed).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from pyspark.sql import DataFrame
@@ -16,8 +19,12 @@ from pyspark.sql import functions as F
 from cfspark.core.ownership import checkpoint_folder
 from cfspark.core.schema import P_EXPOSED, RATING
 from cfspark.data.exposure import exposure_labels
+from cfspark.fit.implicit import fit_all_items
+from cfspark.fit.one_task import runs_in_one_task
 from cfspark.fit.record import FitRecord, training_pairs
 from cfspark.fit.settings import FitSettings, InitialModel
+
+log = logging.getLogger("cfspark")
 
 Fit = Callable[[FitSettings, DataFrame, Callable[[FitRecord], dict] | None], FitRecord]
 
@@ -44,6 +51,10 @@ def fit_with_exposure(
     alone for positive-only labels; fit is the fit of one plain model (fit/paths.py)."""
     part = exposure_settings(settings)
     positive_only = train_ratings.filter(F.col(RATING) != 1.0).limit(1).count() == 0
+    if positive_only and settings.implicit == "all":
+        if runs_in_one_task(settings, train_ratings.count()):
+            return fit_all_items(settings, train_ratings, on_iteration)
+        log.warning("model.implicit = all runs in one task only (see docs/binary-labels.md): fitting the sampled model")
     exposed = exposure_labels(
         train_ratings, per_labelled=settings.exposureNegatives, sampling=settings.negativeSampling,
         weight=settings.negativeWeight, seed=settings.seed,

@@ -109,3 +109,24 @@ def implicit_step(
     new = params.copy()
     new[:, free] -= np.linalg.solve(hess, grad[..., None])[..., 0]
     return new, data_loss(problem, g, new), 0.5 * float(np.sum(new * new * weights))
+
+
+def all_items_rows(
+    row_ptr: np.ndarray,
+    cols: np.ndarray,
+    confidence: np.ndarray | None,
+    other: np.ndarray,
+    params: np.ndarray,
+    *,
+    train_mask: np.ndarray,
+    reg_mask: np.ndarray,
+    bias_mask: np.ndarray,
+    reg: float,
+    bias_reg: float,
+    count_scaled: bool,
+) -> tuple[np.ndarray, float, float]:
+    """implicit_step with the penalty built from λ and λ_b (reg_weights); confidence None is 1 for every pair."""
+    if confidence is None:
+        confidence = np.ones(len(cols))
+    weights = reg_weights(row_ptr, reg_mask, bias_mask, reg=reg, bias_reg=bias_reg, count_scaled=count_scaled)
+    return implicit_step(row_ptr, cols, confidence, other, params, train_mask, weights)

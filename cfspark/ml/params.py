@@ -169,7 +169,7 @@ DEFAULTS: dict[str, Any] = dict(
     duplicates="error",
     intermediateStorageLevel="MEMORY_AND_DISK",
     finalStorageLevel="MEMORY_AND_DISK",
-    implicit="sampled",
+    implicit="all",
 )
 
 # The Params the estimator settles itself, before the fit paths (FitSettings) see the ratings:
@@ -312,7 +312,11 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     exposure = _param(
         "exposure", "bce: also learn P(exposed) from labelled-or-not pairs; rank by P(exposed)·P(like | shown)", _flag
     )
-    exposureRegParam = _param("exposureRegParam", "exposure: λ of the exposure model, scaled as regParam", _number(0.0))
+    exposureRegParam = _param(
+        "exposureRegParam",
+        "exposure: λ of the exposure model (and of the all-items model), scaled as regParam",
+        _number(0.0),
+    )
     exposureNegatives = _param(
         "exposureNegatives",
         "exposure: unlabelled items sampled per labelled pair, as not exposed",

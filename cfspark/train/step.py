@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cfspark.kernels.block import BlockProblem
+from cfspark.kernels.implicit import all_items_rows
 from cfspark.kernels.layout import bias_mask, factor_mask, train_mask, width
 from cfspark.kernels.optimizers import AdamState
 from cfspark.kernels.solve import solve_block
@@ -34,6 +35,9 @@ class StepConfig:
     # Gather the other side's vectors and sum the Newton step's products in float32 (the sums
     # across tiles, the solve, the losses and the params sent on stay float64).
     float32: bool = False
+    # Positive-only: every row of other is a 0 of weight 1 beside the observed pairs, whose weight
+    # is their confidence (kernels/implicit.py); other must then hold every entity of its side.
+    all_items: bool = False
 
     @property
     def width(self) -> int:
@@ -67,6 +71,12 @@ def solve_rows(
     row_ptr/cols/y/offset/weight are the block's ratings as CSR; other is the other side's params
     in the order cols index.
     """
+    if cfg.all_items:
+        params, data, l2 = all_items_rows(
+            row_ptr, cols, weight, other, params, train_mask=cfg.train_mask, reg_mask=cfg.reg_mask,
+            bias_mask=bias_mask(cfg.rank, cfg.side), reg=cfg.reg, bias_reg=cfg.bias_reg, count_scaled=cfg.count_scaled,
+        )  # fmt: skip
+        return params, None, (data, l2)
     problem = BlockProblem.build(
         row_ptr=row_ptr,
         cols=cols,

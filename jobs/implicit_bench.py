@@ -1,0 +1,13 @@
+"""spark-submit entry point: positive-only counts, the all-items and sampled models against implicit ALS.
+
+    spark-submit jobs/implicit_bench.py [ratings.csv] [out.json]
+
+The job is cfspark.bench.implicit.main (docs/binary-labels.md#which-positive-only-model).
+"""
+
+import sys
+
+from cfspark.bench.implicit import main
+
+if __name__ == "__main__":
+    sys.exit(main())
