@@ -4,6 +4,8 @@ DataFrame, and the cache released when a fit ends."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from planted import planted_ratings
@@ -12,8 +14,8 @@ from cfspark import CollaborativeFilter
 from cfspark.blocks import cache
 from cfspark.blocks.cache import CacheKey, release_workers
 
-PARAMS = dict(rank=3, maxIter=5, tol=0.0, seed=11, regParam=0.05, numUserBlocks=3, numItemBlocks=2)
-HALF_STEP_TASKS = (3 + 2) * 5  # one per block of each side and iteration
+PARAMS = dict(rank=3, maxIter=3, tol=0.0, seed=11, regParam=0.05, numUserBlocks=3, numItemBlocks=2)
+HALF_STEP_TASKS = (3 + 2) * 3  # one per block of each side and iteration
 
 
 def _arrays(n: int) -> cache.Arrays:
@@ -41,40 +43,42 @@ def test_a_worker_keeps_copies_of_one_blocks_key_within_its_budget():
 
 
 @pytest.fixture(scope="module")
-def ratings(spark):
+def fits(spark):
+    """Three fits in one session: with the cache, with every task missing it, and with it again.
+    Each gives its factors, its blocks that missed, and what every worker held after it."""
     p = planted_ratings(n_users=200, n_items=120, rank=3, density=0.2, noise=0.5, seed=2)
-    df = spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
-    yield df
-    df.unpersist()
-
-
-def _fit(ratings, monkeypatch, mode: str) -> tuple[dict, dict, int]:
-    monkeypatch.setenv("CFSPARK_BLOCK_CACHE", mode)
-    model = CollaborativeFilter(**PARAMS).fit_validated(ratings)
-    users = {r.user: [*r.features, r.bias] for r in model.user_factors.collect()}
-    items = {r.item: [*r.features, r.bias] for r in model.item_factors.collect()}
-    misses = sum(h["cache_misses"] for h in model.history)
-    model.unpersist()
-    return users, items, misses
-
-
-def test_a_cold_cache_for_every_task_gives_the_warm_caches_factors(ratings, monkeypatch):
-    warm_users, warm_items, warm_misses = _fit(ratings, monkeypatch, "on")
-    cold_users, cold_items, cold_misses = _fit(ratings, monkeypatch, "cold")
-    off_users, off_items, off_misses = _fit(ratings, monkeypatch, "off")
-    assert cold_misses == HALF_STEP_TASKS  # every block of every half-step fell back
-    assert warm_misses < HALF_STEP_TASKS and off_misses == 0  # found blocks: the workers kept them
-    for warm, *others in ((warm_users, cold_users, off_users), (warm_items, cold_items, off_items)):
-        ids = sorted(warm)
-        assert len(ids) > 100 and all(sorted(o) == ids for o in others)
-        expected = np.array([warm[i] for i in ids])
-        for other in others:
-            np.testing.assert_allclose(np.array([other[i] for i in ids]), expected, rtol=0, atol=1e-9)
-
-
-def test_the_workers_hold_no_blocks_after_a_fit_not_even_after_a_second_one(spark, ratings, monkeypatch):
-    for _ in range(2):
-        _fit(ratings, monkeypatch, "on")
+    ratings = spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
+    out = {}
+    for name, mode in (("warm", "on"), ("cold", "cold"), ("again", "on")):
+        os.environ["CFSPARK_BLOCK_CACHE"] = mode
+        try:
+            model = CollaborativeFilter(**PARAMS).fit_validated(ratings)
+        finally:
+            del os.environ["CFSPARK_BLOCK_CACHE"]
+        users = {r.user: [*r.features, r.bias] for r in model.user_factors.collect()}
+        items = {r.item: [*r.features, r.bias] for r in model.item_factors.collect()}
+        misses = sum(h["cache_misses"] for h in model.history)
+        model.unpersist()
         held = release_workers(spark, "no-such-blocks", tasks=8)  # drops nothing, reports each worker
+        out[name] = (users, items), misses, held
+    ratings.unpersist()
+    return out
+
+
+@pytest.mark.slow
+def test_a_cold_cache_for_every_task_gives_the_warm_caches_factors(fits):
+    (warm, warm_misses, _), (cold, cold_misses, _) = fits["warm"], fits["cold"]
+    assert cold_misses == HALF_STEP_TASKS  # every block of every half-step fell back to its InBlock
+    assert warm_misses < HALF_STEP_TASKS  # the workers kept blocks, and found them
+    for w, c in zip(warm, cold, strict=True):
+        ids = sorted(w)
+        assert len(ids) > 100 and sorted(c) == ids
+        np.testing.assert_allclose([c[i] for i in ids], [w[i] for i in ids], rtol=0, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_the_workers_hold_no_blocks_after_a_fit_not_even_after_a_second_one(fits):
+    assert fits["again"][0] == fits["warm"][0]  # a second fit in the session, from a fresh cache
+    for _, _, held in fits.values():
         assert len({r.pid for r in held}) >= 1
         assert [(r.entries, r.bytes) for r in held] == [(0, 0)] * len(held)
