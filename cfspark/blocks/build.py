@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
@@ -20,6 +21,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from cfspark.blocks.cache import release_workers
 from cfspark.blocks.inblock import (
     CHUNK_SCHEMA,
     INBLOCK_SCHEMA,
@@ -73,6 +75,8 @@ class Blocks:
     user_side: Side
     item_side: Side
     _indexes: dict[str, DataFrame] = field(default_factory=dict, repr=False)
+    # Names these blocks in the Python workers' caches of decoded InBlocks (blocks/cache.py).
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def num_user_blocks(self) -> int:
@@ -102,6 +106,8 @@ class Blocks:
         for df in (self.users, self.items, *self._indexes.values(), *counts):
             df.unpersist()
         self._indexes.clear()
+        tasks = max(8, 2 * (self.num_user_blocks + self.num_item_blocks))
+        release_workers(self.users.sparkSession, self.key, tasks=tasks)
 
 
 def _pack(chunks: DataFrame, side: int, num_blocks: int) -> DataFrame:

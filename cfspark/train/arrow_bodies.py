@@ -6,6 +6,12 @@ Every half-step outputs one table with two kinds of rows, told apart by src:
 - src ≥ 0: a message, the rows of params that block dest needs, sent by block src.
 So the next half-step of the other side reads its messages and its own state from
 two such tables, and one shuffle (by dest) delivers both.
+
+A half-step body either reads the block's InBlock from the cogroup (step_blocks) or finds
+it decoded in its Python worker (step_cached, blocks/cache.py). When it does not, it
+emits a single src = MISS row for the block, and the trainer runs that block again
+through step_blocks: the same function on the same arrays, so the factors do not depend
+on which worker held what.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
+from cfspark.blocks import cache
+from cfspark.blocks.cache import Arrays, CacheKey
 from cfspark.blocks.codec import blob, cell, list_matrix, matrix
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
@@ -23,6 +31,7 @@ from cfspark.kernels.optimizers import AdamState
 from cfspark.train.step import StepConfig, solve_rows
 
 STATE = -1
+MISS = -2  # a block whose worker does not hold its InBlock: nothing computed, rerun from the DataFrame
 
 OUT_SCHEMA = (
     "dest int, src int, params binary, m binary, v binary, t long, data_loss double, reg_loss double,"
@@ -85,16 +94,17 @@ def _rows(
     return rows
 
 
-def _outbox(inblock: pa.Table | pa.RecordBatch, r: int, params: np.ndarray) -> list[tuple[int, np.ndarray]]:
+def _outbox(arrays: Arrays, params: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """The OutBlock: for each block of the other side, the rows of params it needs."""
-    dest = cell(inblock, "out_dest", r, np.int32)
-    ptr = cell(inblock, "out_ptr", r, np.int64)
-    idx = cell(inblock, "out_idx", r, np.int32)
+    dest, ptr, idx = arrays["out_dest"], arrays["out_ptr"], arrays["out_idx"]
     return [(dest[j], params[idx[ptr[j] : ptr[j + 1]]]) for j in range(len(dest))]
 
 
-def init_blocks(cfg: StepConfig, *, send: bool):
-    """mapInArrow body over InBlocks: initial state rows, plus messages when send is True."""
+def init_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
+    """mapInArrow body over InBlocks: initial state rows, plus messages when send is True.
+
+    With a key, the worker keeps each block it decodes for the half-steps (blocks/cache.py).
+    """
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -102,20 +112,23 @@ def init_blocks(cfg: StepConfig, *, send: bool):
             for r in range(batch.num_rows):
                 block = batch.column("block")[r].as_py()
                 params = initial_params(cell(batch, "keys", r, np.int64), cfg.rank, scale=cfg.init_scale, side=cfg.side)
-                outbox = _outbox(batch, r, params) if send else []
+                arrays = cache.decode(batch, r)
+                if key is not None:
+                    cache.keep(key, block, arrays)
+                outbox = _outbox(arrays, params) if send else []
                 rows += _rows(block, params, None, (0.0, 0.0), outbox)
             yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
 
     return run
 
 
-def _assemble(inblock: pa.Table, incoming: pa.Table, width: int) -> np.ndarray:
+def _assemble(arrays: Arrays, incoming: pa.Table, width: int) -> np.ndarray:
     """Stack the messages in src order into the matrix the InBlock's cols index."""
     src = incoming.column("src").to_numpy()
     order = np.argsort(src, kind="stable")
     order = order[src[order] >= 0]
-    expected = cell(inblock, "src", 0, np.int32)
-    sizes = np.diff(cell(inblock, "src_ptr", 0, np.int64))
+    expected = arrays["src"]
+    sizes = np.diff(arrays["src_ptr"])
     got = src[order]
     if not np.array_equal(got, expected):
         raise RuntimeError(f"block expected messages from {expected.tolist()}, got {got.tolist()}")
@@ -126,33 +139,59 @@ def _assemble(inblock: pa.Table, incoming: pa.Table, width: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, width))
 
 
-def step_blocks(cfg: StepConfig):
-    """cogroup(InBlock, state + messages).applyInArrow body: one half-step of one block."""
+def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began: float) -> pa.Table:
+    """One half-step of one block from its InBlock arrays and its incoming rows."""
+    src = incoming.column("src").to_numpy()
+    (state_row,) = np.flatnonzero(src == STATE)
+    params = matrix(incoming, "params", int(state_row), cfg.width).copy()
+    m = matrix(incoming, "m", int(state_row), cfg.width)
+    v = matrix(incoming, "v", int(state_row), cfg.width)
+    t = incoming.column("t")[int(state_row)].as_py()
+    state = AdamState(m, v, t) if m is not None else None
+    other = _assemble(arrays, incoming, cfg.width)
+    decoded = time.perf_counter()
+    params, kept, losses = solve_rows(
+        cfg, arrays["row_ptr"], arrays["cols"], arrays["y"], arrays["offset"], arrays["weight"], other, params, state
+    )
+    solved = time.perf_counter()
+    outbox = _outbox(arrays, params)
+    # The encoding of the table itself is not timed: it is what the timings ride in.
+    seconds = (solved - decoded, decoded - began + time.perf_counter() - solved)
+    return pa.Table.from_pylist(_rows(block, params, kept, losses, outbox, seconds), schema=_ARROW_SCHEMA)
+
+
+def step_blocks(cfg: StepConfig, key: CacheKey | None = None):
+    """cogroup(InBlock, state + messages).applyInArrow body: one half-step of one block.
+
+    With a key, the worker keeps the decoded block for later half-steps (blocks/cache.py).
+    """
 
     def run(inblock: pa.Table, incoming: pa.Table) -> pa.Table:
         began = time.perf_counter()
         if inblock.num_rows == 0:
             raise RuntimeError("messages reached a block that has no ratings")
-        src = incoming.column("src").to_numpy()
-        (state_row,) = np.flatnonzero(src == STATE)
-        params = matrix(incoming, "params", int(state_row), cfg.width).copy()
-        m = matrix(incoming, "m", int(state_row), cfg.width)
-        v = matrix(incoming, "v", int(state_row), cfg.width)
-        t = incoming.column("t")[int(state_row)].as_py()
-        state = AdamState(m, v, t) if m is not None else None
-
-        row_ptr, cols = cell(inblock, "row_ptr", 0, np.int64), cell(inblock, "cols", 0, np.int32)
-        y, offset = cell(inblock, "y", 0, np.float64), cell(inblock, "offset", 0, np.float64)
-        weight = cell(inblock, "weight", 0, np.float64)
-        other = _assemble(inblock, incoming, cfg.width)
-        decoded = time.perf_counter()
-        params, keep, losses = solve_rows(cfg, row_ptr, cols, y, offset, weight, other, params, state)
         block = inblock.column("block")[0].as_py()
-        solved = time.perf_counter()
-        outbox = _outbox(inblock, 0, params)
-        # The encoding of the table itself is not timed: it is what the timings ride in.
-        seconds = (solved - decoded, decoded - began + time.perf_counter() - solved)
-        return pa.Table.from_pylist(_rows(block, params, keep, losses, outbox, seconds), schema=_ARROW_SCHEMA)
+        arrays = cache.decode(inblock)
+        if key is not None:
+            cache.keep(key, block, arrays)
+        return _step(cfg, block, arrays, incoming, began)
+
+    return run
+
+
+def step_cached(cfg: StepConfig, key: CacheKey):
+    """groupBy(part).applyInArrow body over state + messages alone: one half-step of a block
+    whose InBlock this worker holds, or a single MISS row for a block it does not."""
+
+    def run(incoming: pa.Table) -> pa.Table:
+        began = time.perf_counter()
+        block = int(incoming.column("dest")[0].as_py())
+        arrays = cache.lookup(key, block)
+        if arrays is None:
+            miss = _rows(block, np.empty((0, cfg.width)), None, (0.0, 0.0), [])
+            miss[0]["src"] = MISS
+            return pa.Table.from_pylist(miss, schema=_ARROW_SCHEMA)
+        return _step(cfg, block, arrays, incoming, began)
 
     return run
 
@@ -176,7 +215,7 @@ def warm_blocks(cfg: StepConfig, *, send: bool):
             params[local, : cfg.rank] = list_matrix(earlier.column("features"), cfg.rank)
             if cfg.learn_bias:
                 params[local, bias] = earlier.column("bias").to_numpy(zero_copy_only=False)
-        outbox = _outbox(inblock, 0, params) if send else []
+        outbox = _outbox(cache.decode(inblock), params) if send else []
         return pa.Table.from_pylist(_rows(block, params, None, (0.0, 0.0), outbox), schema=_ARROW_SCHEMA)
 
     return run

@@ -17,6 +17,7 @@ class HalfStep:
     kernel_seconds: float  # numpy: building the block problem, optimiser steps, losses
     codec_seconds: float = 0.0  # Arrow cells to numpy and back, messages assembled and split
     message_mb: float = 0.0  # factor vectors sent to the other side's blocks
+    cache_misses: int = 0  # blocks whose worker did not hold their InBlock (read from the DataFrame)
 
 
 def history_entry(
@@ -32,6 +33,7 @@ def history_entry(
         "kernel_seconds": round(users.kernel_seconds + items.kernel_seconds, 3),
         "codec_seconds": round(users.codec_seconds + items.codec_seconds, 3),
         "message_mb": round(users.message_mb + items.message_mb, 3),
+        "cache_misses": users.cache_misses + items.cache_misses,
         "user_seconds": round(user_seconds, 3),
         "user_kernel_seconds": round(users.kernel_seconds, 3),
         "user_codec_seconds": round(users.codec_seconds, 3),

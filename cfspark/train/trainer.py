@@ -10,24 +10,35 @@ has no lineage to recompute it from, so on a cluster it is kept on two executors
 (MEMORY_AND_DISK_2): one lost executor then costs only a task retry. Every checkpoint
 interval the two live tables are also written to storage, from which a stopped run
 resumes.
+
+The InBlocks cross from the JVM into Python once, not at every half-step: the Python
+workers keep the blocks they decode (blocks/cache.py), and a half-step first runs on the
+state and messages alone (step_cached). Blocks whose worker did not hold them come back
+as MISS rows and run again in a second job, cogrouped with their InBlocks as before
+(step_blocks), which also leaves them in that worker. CFSPARK_BLOCK_CACHE (on, cold,
+off) and CFSPARK_BLOCK_CACHE_MB, read on the driver, set the mode and a worker's budget.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
+from cfspark.blocks.cache import MODES, CacheKey
 from cfspark.blocks.partitioning import PART, partition_key
+from cfspark.core.errors import ConfigError
 from cfspark.core.phases import phase
-from cfspark.train.arrow_bodies import OUT_SCHEMA, STATE, init_blocks, step_blocks
+from cfspark.core.schema import BLOCK
+from cfspark.train.arrow_bodies import MISS, OUT_SCHEMA, STATE, init_blocks, step_blocks, step_cached
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.history import HalfStep, converged, diverged, history_entry, reached_max_iter
 from cfspark.train.step import StepConfig
@@ -63,8 +74,32 @@ def checkpoint_level(spark) -> StorageLevel:
     return StorageLevel.MEMORY_AND_DISK if one_store else StorageLevel.MEMORY_AND_DISK_2
 
 
+def cache_keys(blocks: Blocks) -> dict[str, CacheKey | None]:
+    """Per side, how its half-steps use the workers' block cache (None: not at all).
+
+    The cache needs Python workers that outlive a task; with spark.python.worker.reuse
+    off, every half-step cogroups against the InBlocks, as in mode "off"."""
+    mode = os.environ.get("CFSPARK_BLOCK_CACHE", "on").strip().lower() or "on"
+    if mode not in MODES:
+        raise ConfigError(f"CFSPARK_BLOCK_CACHE must be one of {', '.join(MODES)}, not {mode!r}")
+    try:
+        reuse = blocks.users.sparkSession.conf.get("spark.python.worker.reuse", "true")
+    except Exception:  # a Connect server that hides it: Spark's default
+        reuse = "true"
+    if mode == "off" or reuse.strip().lower() == "false":
+        return {"user": None, "item": None}
+    budget = int(float(os.environ.get("CFSPARK_BLOCK_CACHE_MB", "4096")) * 2**20)
+    return {side: CacheKey(blocks.key, side, mode, budget) for side in ("user", "item")}
+
+
 def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
     """Materialise df with a fresh plan; return it and what its tasks reported."""
+    df, report, _ = _settle(df)
+    return df, report
+
+
+def _settle(df: DataFrame) -> tuple[DataFrame, HalfStep, list[int]]:
+    """settle, and the blocks that came back as MISS rows."""
     # Not eager: the collect below is the one job that computes the half-step, and Spark
     # stores the checkpointed partitions as that job computes them. An eager checkpoint
     # would add a second job to every half-step, and on small data a job's fixed cost is
@@ -73,20 +108,51 @@ def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
     # One row per block and message, summed here: a collect is one stage, where an
     # aggregate would add a shuffle and a second stage to every half-step.
     fields = ("data_loss", "reg_loss", "kernel_seconds", "codec_seconds")
-    rows = df.select("src", *fields, F.length("params").alias("bytes")).collect()
+    rows = df.select("dest", "src", *fields, F.length("params").alias("bytes")).collect()
     states = [r for r in rows if r["src"] == STATE]
     sums = [sum(r[c] for r in states) for c in fields]
-    message_bytes = sum(r["bytes"] for r in rows if r["src"] != STATE)
-    return df, HalfStep(*sums, message_mb=message_bytes / 2**20)
+    message_bytes = sum(r["bytes"] for r in rows if r["src"] >= 0)
+    missed = sorted(r["dest"] for r in rows if r["src"] == MISS)
+    return df, HalfStep(*sums, message_mb=message_bytes / 2**20), missed
+
+
+def _incoming(own_out: DataFrame, other_out: DataFrame, num_blocks: int) -> DataFrame:
+    incoming = own_out.filter(F.col("src") == STATE).unionByName(other_out.filter(F.col("src") >= 0))
+    return incoming.withColumn(PART, partition_key(F.col("dest"), num_blocks))
 
 
 def half_step(
     inblocks: DataFrame, own_out: DataFrame, other_out: DataFrame, cfg: StepConfig, num_blocks: int
 ) -> DataFrame:
-    incoming = own_out.filter(F.col("src") == STATE).unionByName(other_out.filter(F.col("src") >= 0))
+    """One half-step as one cogroup of the InBlocks with the state and messages (one job)."""
     # Grouped by the blocks' partition keys, as the InBlocks are partitioned: they stay in place.
-    incoming = incoming.withColumn(PART, partition_key(F.col("dest"), num_blocks))
+    incoming = _incoming(own_out, other_out, num_blocks)
     return inblocks.groupBy(PART).cogroup(incoming.groupBy(PART)).applyInArrow(step_blocks(cfg), OUT_SCHEMA)
+
+
+def run_half_step(
+    inblocks: DataFrame, own_out: DataFrame, other_out: DataFrame, cfg: StepConfig, num_blocks: int,
+    key: CacheKey | None,
+) -> tuple[DataFrame, HalfStep]:  # fmt: skip
+    """One half-step, settled: on the workers' kept blocks where they hold them, and from
+    the InBlocks for the blocks whose worker did not (MISS rows), in a second job."""
+    if key is None:
+        return settle(half_step(inblocks, own_out, other_out, cfg, num_blocks))
+    incoming = _incoming(own_out, other_out, num_blocks)
+    # One task per block, block b in partition b: the same layout as the InBlocks'.
+    fast = incoming.repartition(num_blocks, PART).groupBy(PART).applyInArrow(step_cached(cfg, key), OUT_SCHEMA)
+    out, report, missed = _settle(fast)
+    if not missed:
+        return out, report
+    report = replace(report, cache_misses=len(missed))
+    log.debug("%s half-step: blocks %s read from their InBlocks", cfg.side, missed)
+    again = F.col("dest").isin(missed)
+    rerun = inblocks.filter(F.col(BLOCK).isin(missed)).groupBy(PART).cogroup(
+        incoming.filter(again).groupBy(PART)
+    ).applyInArrow(step_blocks(cfg, key), OUT_SCHEMA)  # fmt: skip
+    rerun, second = settle(rerun)
+    both = out.filter(F.col("src") != MISS).unionByName(rerun)
+    return both, HalfStep(*(a + b for a, b in zip(astuple(report), astuple(second), strict=True)))
 
 
 def train(
@@ -120,6 +186,7 @@ def train(
     began = time.perf_counter() if began is None else began
     paused = 0.0
     spark = blocks.users.sparkSession
+    keys = cache_keys(blocks)
     with phase(spark, "init"):
         resumed = checkpointer.load() if checkpointer else None
         if resumed and resumed.iteration <= max_iter:  # a stopped run resumes, warm-started or not
@@ -128,8 +195,10 @@ def train(
         elif start_from is not None:
             (user_out, item_out), history, start = (start_from() if callable(start_from) else start_from), [], 0
         else:
-            user_out, _ = settle(blocks.users.mapInArrow(init_blocks(user_cfg, send=False), OUT_SCHEMA))
-            item_out, _ = settle(blocks.items.mapInArrow(init_blocks(item_cfg, send=True), OUT_SCHEMA))
+            init_users = init_blocks(user_cfg, send=False, key=keys["user"])
+            init_items = init_blocks(item_cfg, send=True, key=keys["item"])
+            user_out, _ = settle(blocks.users.mapInArrow(init_users, OUT_SCHEMA))
+            item_out, _ = settle(blocks.items.mapInArrow(init_items, OUT_SCHEMA))
             history, start = [], 0
     setup = time.perf_counter() - began
 
@@ -137,10 +206,14 @@ def train(
     for iteration in range(start + 1, max_iter + 1):
         step_began = time.perf_counter()
         with phase(spark, "user-steps"):
-            user_out, users = settle(half_step(blocks.users, user_out, item_out, user_cfg, blocks.num_user_blocks))
+            user_out, users = run_half_step(
+                blocks.users, user_out, item_out, user_cfg, blocks.num_user_blocks, keys["user"]
+            )
         half_way = time.perf_counter()
         with phase(spark, "item-steps"):
-            item_out, items = settle(half_step(blocks.items, item_out, user_out, item_cfg, blocks.num_item_blocks))
+            item_out, items = run_half_step(
+                blocks.items, item_out, user_out, item_cfg, blocks.num_item_blocks, keys["item"]
+            )
         now = time.perf_counter()
         entry = history_entry(
             iteration, users, items, seconds=now - step_began, elapsed=now - began - paused,

@@ -1,0 +1,137 @@
+"""Decoded InBlocks kept in each Python worker for as long as their blocks live.
+
+An InBlock does not change during a fit, yet a half-step that cogroups against the cached
+InBlocks moves every one of them from Spark's block store into Python again. Spark reuses
+its Python workers across tasks (spark.python.worker.reuse, true by default), so a
+module-level dict outlives the task that filled it: a worker that has decoded a block once
+keeps its arrays here, keyed by (the Blocks' key, side, block), and later half-steps that
+land on that worker need only the block's messages.
+
+Nothing here is required for a result: a worker may be new, restarted or on another
+executor, and then the lookup misses and the half-step falls back to reading the block
+from its DataFrame (train/trainer.py). A worker holds the blocks of one Blocks key at a
+time (a new key drops the old ones), and at most a byte budget of them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from cfspark.blocks.codec import cell
+
+# The InBlock columns a half-step reads, and their dtypes (inblock.py's INBLOCK_SCHEMA).
+STEP_COLUMNS = {
+    "row_ptr": np.int64,
+    "cols": np.int32,
+    "y": np.float64,
+    "offset": np.float64,
+    "weight": np.float64,
+    "src": np.int32,
+    "src_ptr": np.int64,
+    "out_dest": np.int32,
+    "out_ptr": np.int64,
+    "out_idx": np.int32,
+}
+
+Arrays = dict[str, np.ndarray | None]
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Which blocks a half-step's worker may keep, and how.
+
+    mode: "on" (look up and keep), "cold" (never hit nor keep: every task takes the
+    fallback, for tests) or "off" (the half-step cogroups against the InBlocks every time).
+    budget_bytes: what one worker keeps at most; a block beyond it is read each time.
+    """
+
+    blocks: str
+    side: str
+    mode: str = "on"
+    budget_bytes: int = 4 << 30
+
+
+MODES = ("on", "cold", "off")
+
+_cache: dict[tuple[str, str, int], Arrays] = {}
+
+
+def decode(inblock: pa.Table | pa.RecordBatch, row: int = 0, *, copy: bool = False) -> Arrays:
+    """The arrays one InBlock row's half-step reads (views into Arrow buffers unless copy)."""
+    arrays = {name: cell(inblock, name, row, dtype) for name, dtype in STEP_COLUMNS.items()}
+    return {k: (v.copy() if copy and v is not None else v) for k, v in arrays.items()}
+
+
+def nbytes(arrays: Arrays) -> int:
+    return sum(a.nbytes for a in arrays.values() if a is not None)
+
+
+def lookup(key: CacheKey, block: int) -> Arrays | None:
+    if key.mode != "on":
+        return None
+    return _cache.get((key.blocks, key.side, block))
+
+
+def keep(key: CacheKey, block: int, arrays: Arrays) -> bool:
+    """Keep a block's arrays (a copy) for later half-steps; False if the mode or budget says no."""
+    if key.mode != "on":
+        return False
+    for other in [k for k in _cache if k[0] != key.blocks]:  # another fit's blocks: done with
+        del _cache[other]
+    used = sum(nbytes(a) for a in _cache.values())
+    if used + nbytes(arrays) > key.budget_bytes:
+        return False
+    _cache[(key.blocks, key.side, block)] = {k: None if v is None else np.array(v) for k, v in arrays.items()}
+    return True
+
+
+def release(blocks: str | None = None) -> int:
+    """Drop the kept blocks of one Blocks key (all if None); how many entries went."""
+    gone = [k for k in _cache if blocks is None or k[0] == blocks]
+    for k in gone:
+        del _cache[k]
+    return len(gone)
+
+
+def stats() -> dict:
+    """This worker's cache: its process id, entries, bytes and Blocks keys."""
+    return {
+        "pid": os.getpid(),
+        "entries": len(_cache),
+        "bytes": sum(nbytes(a) for a in _cache.values()),
+        "keys": sorted({k[0] for k in _cache}),
+    }
+
+
+RELEASE_SCHEMA = "pid long, entries long, bytes long, dropped long"
+
+
+def release_body(blocks: str | None):
+    """mapInArrow body: drop this worker's kept blocks of one Blocks key (all if None), and
+    report what the worker holds afterwards."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for _ in batches:
+            pass
+        dropped = release(blocks)
+        held = stats()
+        row = {"pid": held["pid"], "entries": held["entries"], "bytes": held["bytes"], "dropped": dropped}
+        yield pa.RecordBatch.from_pylist([row])
+
+    return run
+
+
+def release_workers(spark, blocks: str | None, tasks: int) -> list:
+    """Ask the Python workers to drop one Blocks key's kept blocks, by a job of small tasks.
+
+    Spark hands tasks to idle workers first in, first out, so a job of more tasks than
+    workers reaches each of them in turn on a machine. That is not promised on a cluster:
+    a worker it misses drops the blocks when it next keeps another Blocks' block, or
+    when it exits. Returns the tasks' rows (RELEASE_SCHEMA).
+    """
+    return spark.range(0, tasks, 1, tasks).mapInArrow(release_body(blocks), RELEASE_SCHEMA).collect()
