@@ -99,7 +99,9 @@ def test_planted_logistic_model_reaches_the_true_auc(spark):
     train, test = split_ratings(df, test_fraction=0.2, seed=3)
     # λ as before the factor prior was tripled (FACTOR_PRIOR): on this dense rank-2 set (250 labels
     # per user) the default prior costs 0.026 AUC against the truth (docs/binary-labels.md).
-    cf = CollaborativeFilter(rank=2, loss="bce", numUserBlocks=2, numItemBlocks=2, regParam=0.1 / 3, exposure=False)
+    cf = CollaborativeFilter(
+        rank=2, loss="bce", numUserBlocks=2, numItemBlocks=2, regParam=0.1 / 3, regUnits="als", exposure=False
+    )
     model = cf.fit_validated(train.drop("truth").cache())
     scored = model.predict_canonical(test).toPandas()
     true_auc = auc(scored.rating.to_numpy(), scored.truth.to_numpy())

@@ -99,7 +99,11 @@ def test_metrics_json_has_every_key(run):
         assert m[split]["rmse"] > 0 and m[split]["mae"] > 0
     assert 2 <= len(m["iterations"]) <= 10  # max_iter = 10, or fewer when tol stops it
     assert [it["iteration"] for it in m["iterations"]] == list(range(1, len(m["iterations"]) + 1))
-    assert m["iterations"][-1]["stop"] == m["model"]["stop_reason"] and m["model"]["reg"] == 0.1
+    assert m["iterations"][-1]["stop"] == m["model"]["stop_reason"]
+    # Automatic λ by default: the chosen reg, in units of the spread, is in the model's λ.
+    fitted = m["model"]
+    assert fitted["reg"] == pytest.approx(fitted["reg_search"]["reg"] * fitted["spread"], rel=1e-12)
+    assert fitted["reg_search"]["reg"] in [p["reg"] for p in fitted["reg_path"]]
     assert all(it["train_loss"] > 0 and it["seconds"] > 0 for it in m["iterations"])
     assert {"read_validate", "split", "fit", "evaluate", "recommend_write", "model_write", "als"} <= m["timings"].keys()
     assert m["als"]["test"]["rmse"] > 0 and m["als"]["test"]["mae"] > 0 and m["als"]["fit_seconds"] > 0

@@ -40,7 +40,7 @@ def _ndcg(model, train, test) -> float:
 @pytest.mark.slow
 def test_exposure_model_recovers_p_like_and_ranks_better_than_plain_bce(spark, planted):
     train, test, like = planted
-    base = dict(loss="bce", rank=3, maxIter=15, regParam=0.1)
+    base = dict(loss="bce", rank=3, maxIter=15, regParam=0.1, regUnits="als")
     exposure_aware = CollaborativeFilter(**base, exposureNegatives=8, negativeWeight=0.5, negativeSampling="uniform")
     model = exposure_aware.fit_validated(train)
     plain = CollaborativeFilter(**base, exposure=False).fit_validated(train)

@@ -16,7 +16,7 @@ from cfspark import CollaborativeFilter
 from cfspark.fit.one_task import runs_in_one_task
 from cfspark.train import one_task
 
-PARAMS = dict(rank=3, maxIter=6, tol=0.0, seed=5, regParam=0.05)
+PARAMS = dict(rank=3, maxIter=6, tol=0.0, seed=5, regParam=0.05, regUnits="als")
 
 
 def _factors(model, id_col):

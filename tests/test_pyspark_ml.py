@@ -384,7 +384,7 @@ def test_a_fit_logs_its_progress_to_the_cfspark_logger(planted, caplog):
 def test_automatic_lambda_with_a_prediction_column_of_its_own(spark, planted):
     train, test = planted
     model = CollaborativeFilter(rank=RANK, regParam="auto", predictionCol="stars_hat", maxIter=3).fit(train)
-    assert model.summary["reg_path"] and model.summary["reg"] in [p["reg"] for p in model.summary["reg_path"]]
+    assert model.summary["reg_path"] and model.summary["reg"] in [p["reg_als"] for p in model.summary["reg_path"]]
     scored = model.transform(test)
     assert scored.columns == [*test.columns, "stars_hat"] and scored.filter(F.isnan("stars_hat")).count() == 0
     model.unpersist()

@@ -55,8 +55,20 @@ def test_spread_is_the_rms_of_the_normalised_targets(spark, planted, prior):
     )
 
 
+def test_ratings_times_a_plus_c_give_predictions_times_a_plus_c_with_the_defaults(spark, planted):
+    rows, test = planted
+    cf = CollaborativeFilter()  # automatic λ, in units of the spread
+    base, scaled = cf.fit_validated(_frame(spark, rows)), cf.fit_validated(_frame(spark, rows, 4.0, 3.0))
+    np.testing.assert_allclose(_predictions(scaled, test), 4 * _predictions(base, test) + 3, rtol=1e-6)
+    assert scaled.summary["reg_search"]["reg"] == base.summary["reg_search"]["reg"]
+    assert [s["iterations"] for s in scaled.summary["reg_path"]] == [s["iterations"] for s in base.summary["reg_path"]]
+    np.testing.assert_allclose([s["rmse"] for s in scaled.summary["reg_path"]],
+                               [4 * s["rmse"] for s in base.summary["reg_path"]], rtol=1e-9)  # fmt: skip
+    assert scaled.getRegParam() == pytest.approx(4 * base.getRegParam(), rel=1e-12)
+
+
 @pytest.mark.parametrize("blocks", [0, 2])
-def test_ratings_times_a_plus_c_give_predictions_times_a_plus_c(spark, planted, blocks):
+def test_a_fixed_reg_in_spread_units_is_scale_free(spark, planted, blocks):
     rows, test = planted
     cf = CollaborativeFilter(numUserBlocks=blocks, numItemBlocks=blocks, **PARAMS)
     base, scaled = cf.fit_validated(_frame(spark, rows)), cf.fit_validated(_frame(spark, rows, 4.0, 3.0))

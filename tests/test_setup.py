@@ -18,7 +18,7 @@ from cfspark.fit.blockwise import setup
 from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
 from cfspark.train.trainer import half_step
 
-PARAMS = dict(rank=3, maxIter=5, tol=0.0, seed=7, regParam=0.05)
+PARAMS = dict(rank=3, maxIter=5, tol=0.0, seed=7, regParam=0.05, regUnits="als")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from cfspark.data.read import pyspark_home
 
 pytest.importorskip("grpc", reason="Spark Connect client packages are not installed")
 
-PARAMS = dict(rank=2, maxIter=4, regParam=1.0, numUserBlocks=2, numItemBlocks=2)
+PARAMS = dict(rank=2, maxIter=4, regParam=1.0, regUnits="als", numUserBlocks=2, numItemBlocks=2)
 
 
 def _free_port() -> int:

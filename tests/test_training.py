@@ -15,7 +15,7 @@ from cfspark.fit.blockwise import setup
 
 RANK = 3
 # The defaults for exactly 30 iterations, with a count-scaled λ for this low-noise rank-3 data.
-PARAMS = dict(rank=RANK, maxIter=30, tol=0.0, seed=11, regParam=0.02)
+PARAMS = dict(rank=RANK, maxIter=30, tol=0.0, seed=11, regParam=0.02, regUnits="als")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def tiny(spark):
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
-    params = dict(rank=2, regParam=0.5, numUserBlocks=2, numItemBlocks=2, checkpointInterval=2, tol=0.0)
+    params = dict(rank=2, regParam=0.5, regUnits="als", numUserBlocks=2, numItemBlocks=2, checkpointInterval=2, tol=0.0)
     first = CollaborativeFilter(maxIter=4, checkpointDir=str(tmp_path / "ck"), **params).fit_validated(tiny)
     assert (tmp_path / "ck" / "latest.json").is_file() and (tmp_path / "ck" / "iter-000004").is_dir()
     resumed = CollaborativeFilter(maxIter=6, checkpointDir=str(tmp_path / "ck"), **params).fit_validated(tiny)
@@ -116,6 +116,7 @@ def test_one_hundred_iterations_complete_with_checkpointing(tiny, tmp_path):
         maxIter=100,
         tol=0.0,
         regParam=0.5,
+        regUnits="als",
         innerSteps=1,
         numUserBlocks=2,
         numItemBlocks=2,
@@ -170,7 +171,16 @@ def test_without_item_effects_the_defaults_match_als(spark):
 
 
 def test_a_block_over_max_block_ratings_is_split_and_the_model_is_unchanged(tiny):
-    params = dict(rank=2, maxIter=5, regParam=0.5, optimizer="newton", innerSteps=1, numUserBlocks=1, numItemBlocks=1)
+    params = dict(
+        rank=2,
+        maxIter=5,
+        regParam=0.5,
+        regUnits="als",
+        optimizer="newton",
+        innerSteps=1,
+        numUserBlocks=1,
+        numItemBlocks=1,
+    )
     whole = CollaborativeFilter(**params).fit_validated(tiny)
     split = CollaborativeFilter(maxBlockRatings=60, **params).fit_validated(tiny)
     ratings = tiny.count()

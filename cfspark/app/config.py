@@ -99,6 +99,9 @@ def _merge(cfg: Config, section: str, key: str, value: Any, source: str) -> None
         value = value.isoformat()
     if value in _WORDS.get((section, key), ()):
         ok = True
+    elif (section, key) in _WORDS:  # a number, or one of its words (its default may be either)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
     elif isinstance(default, bool) or isinstance(value, bool):
         ok = isinstance(value, bool) and isinstance(default, bool)
     elif isinstance(default, float):
@@ -107,7 +110,8 @@ def _merge(cfg: Config, section: str, key: str, value: Any, source: str) -> None
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        kind = " or ".join([type(default).__name__, *(repr(w) for w in _WORDS.get((section, key), ()))])
+        words = _WORDS.get((section, key), ())
+        kind = " or ".join(["float" if words else type(default).__name__, *(repr(w) for w in words)])
         raise ConfigError(f"config key {section}.{key} must be a {kind}, got {value!r} (from {source})")
     cfg[section][key] = value
 

@@ -1,5 +1,8 @@
 """Which path a fit takes, in this order: bce with exposure (two fits), regParam = "auto"
-(the λ search, then a fit with its choice), one task (small data), or blockwise."""
+(the λ search, then a fit with its choice), one task (small data), or blockwise.
+
+Under regUnits = "spread" (mse), λ is converted to ALS's units first, with the spread of
+the training targets (fit/targets.py's target_spread), so every path below fits in them."""
 
 from __future__ import annotations
 
@@ -33,10 +36,13 @@ def fit_ratings(
         if settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
     if settings.regParam == AUTO:
-        reg, path = choose_reg(settings, train_ratings, spread or 1.0)  # reg in regUnits
+        reg, search = choose_reg(settings, train_ratings, spread or 1.0)  # reg in regUnits
         chosen = settings.carry(regParam=reg)
         record = fit_ratings(chosen.in_als_units(spread) if spread else chosen, train_ratings, on_iteration)
-        record.summary["reg_path"] = path
+        record.summary["reg_path"] = search.pop("path")
+        record.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search}
+        if spread is not None:
+            record.summary["spread"] = spread
         return record
     began = time.perf_counter()
     num_ratings = train_ratings.count() if 0 in (settings.numUserBlocks, settings.numItemBlocks) else None

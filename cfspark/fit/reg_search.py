@@ -1,10 +1,15 @@
-"""regParam = "auto": λ chosen on a validation fold of the training ratings.
+"""regParam = "auto" (the default): λ chosen on a validation fold of the training ratings.
 
-A hashed VALIDATION_FRACTION of the training ratings is held out; the rest is blocked
-once, and REG_PATH is walked from strong to weak λ, each warm-started from the last for at
-most PATH_ITER iterations, so the whole path costs about one fit. Count-scaled λ keeps
-this one path right for every data size. Only the training ratings are read: a test split
-never reaches the search.
+A hashed VALIDATION_FRACTION of the training ratings is held out, and the bracketing
+search (kernels/bracket.py) runs on the rest inside one Spark task (train/search_task.py),
+warm-started from one λ to the next, each λ stopped on the validation score. Large data
+is searched on a hashed sample of its users, at most about SEARCH_RATINGS ratings: λ is
+count-scaled, so a user keeps the same penalty per rating in the sample as in the whole,
+and the λ chosen on the sample carries over to the full fit. Only the training ratings are
+read: a test split never reaches the search.
+
+λ is searched in regUnits: under "spread" (the default) the kernel's λ is reg·s, so the
+start grid and the choice are the same for ratings on any scale.
 """
 
 from __future__ import annotations
@@ -13,60 +18,76 @@ import logging
 import math
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from cfspark.data.metrics import prediction_metrics
+from cfspark.core.schema import BASELINE, ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
 from cfspark.data.split import split_ratings
-from cfspark.fit.blockwise import record_of, setup
-from cfspark.fit.predict import predict
 from cfspark.fit.settings import FitSettings
-from cfspark.train.trainer import train
+from cfspark.fit.targets import prepare
+from cfspark.train.search_task import HELD, SearchPlan, search_one_task
 
-REG_PATH = (0.5, 0.25, 0.12, 0.06, 0.03, 0.015, 0.008)
-# The walk stops once validation is worse than the best so far by more than this fraction:
-# under strong λ the factors vanish and the score is flat, which must not end the walk.
-PATH_SLACK = 1e-3
-PATH_ITER = 4
+START = (0.3, 0.1, 0.03)  # in regUnits, strong to weak: warm starts go from simple to rich models
+STEP = 3.0  # the widening factor past an end of START
+TOL_LOG = math.log(1.3)  # the final bracket's width in log λ: λ within 30 % of the best
+LOW, HIGH = 1e-4, 1e2  # the hard range: every λ tried lies in it
+POINT_ITER = 6  # iterations at most per warm-started λ; the first λ may take maxIter
+SEARCH_RATINGS = 1_000_000  # at most about this many ratings are searched, in one task
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a test split on the split seed
+SAMPLE_SEED = 104729  # added to the model seed: which users the search samples
 
 log = logging.getLogger("cfspark")
 
 
-def choose_reg(settings: FitSettings, train_ratings: DataFrame, spread: float = 1.0) -> tuple[float, list[dict]]:
-    """λ, and the path that chose it: [{reg, metric, iterations}]. The walk stops at the first
-    λ that validates worse than the best so far (by more than PATH_SLACK), and the best λ
-    wins, on validation RMSE (mse) or logloss (bce)."""
-    fit_part, held = split_ratings(
-        train_ratings, test_fraction=VALIDATION_FRACTION, seed=settings.seed + VALIDATION_SEED
-    )
-    fit_part, held = fit_part.cache(), held.cache()
+def sampled_users(ratings: DataFrame, fraction: float, seed: int) -> DataFrame:
+    """The ratings of a hashed fraction of the users (all of them at fraction ≥ 1)."""
+    if fraction >= 1:
+        return ratings
+    unit = 2**53
+    drawn = F.pmod(F.xxhash64(F.col(USER), F.lit(seed)), F.lit(unit)).cast("double") / float(unit)
+    return ratings.filter(drawn < F.lit(fraction))
+
+
+def choose_reg(
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    spread: float = 1.0,
+    *,
+    num_ratings: int | None = None,
+    max_ratings: int = SEARCH_RATINGS,
+) -> tuple[float, dict]:
+    """λ in regUnits, and how it was chosen: {path: [{reg, reg_als, rmse|logloss, iterations}],
+    widened, at_limit, sample_fraction}. spread is s under regUnits = "spread", else 1."""
+    num_ratings = train_ratings.count() if num_ratings is None else num_ratings
+    fraction = min(1.0, max_ratings / max(num_ratings, 1))
+    rows = sampled_users(train_ratings, fraction, settings.seed + SAMPLE_SEED)
+    fit_part, held = split_ratings(rows, test_fraction=VALIDATION_FRACTION, seed=settings.seed + VALIDATION_SEED)
+    prepared = prepare(settings, fit_part)
+    glob = prepared.global_baseline
+    base = F.coalesce(F.col(BASELINE), F.lit(glob))
+    held = held.join(prepared.baseline.select(ITEM, BASELINE), ITEM, "left")
+    if settings.loss == "mse":  # y relative to the item term, which the offset then leaves out
+        target, offset = F.col(RATING) - base, F.lit(0.0)
+    else:
+        target, offset = F.col(RATING), (base if settings.itemOffset else F.lit(0.0))
+    weight = F.col(WEIGHT) if WEIGHT in held.columns else F.lit(None).cast("double")
+    held_rows = held.select(USER, ITEM, target.alias(TARGET), offset.alias(OFFSET), weight.alias(WEIGHT),
+                            F.lit(1).alias(HELD))  # fmt: skip
+    both = prepared.targets.withColumn(HELD, F.lit(0)).unionByName(held_rows)
+    unit = spread if settings.regUnits == "spread" else 1.0
+    at = settings.replace(regParam=1.0, initScale=settings.initScale * math.sqrt(unit))
+    plan = SearchPlan(start=START, unit=unit, low=LOW, high=HIGH, step=STEP, tol_log=TOL_LOG,
+                      first_iter=settings.maxIter, point_iter=POINT_ITER, tol=settings.tol)  # fmt: skip
+    found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed)
+    prepared.item_stats.unpersist()
     metric = "rmse" if settings.loss == "mse" else "logloss"
-    path: list[dict] = []
-    blocks, stats, global_baseline = setup(settings, fit_part)
-    result = None
-    for reg in REG_PATH:
-        before = result
-        at = settings.replace(regParam=reg).in_als_units(spread)
-        result = train(
-            blocks, at.step_config("user"), at.step_config("item"), max_iter=PATH_ITER,
-            tol=settings.tol, start_from=(before.user_out, before.item_out) if before else None,
-        )  # fmt: skip
-        if before:  # the warm start has been read: its checkpointed tables can go
-            before.user_out.unpersist(), before.item_out.unpersist()
-        step = record_of(settings.replace(regParam=reg), result, blocks, stats, global_baseline, None, final=False)
-        predictions = predict(step, held, loss=settings.loss, prediction_col=settings.predictionCol)
-        score = prediction_metrics(predictions, loss=settings.loss, prediction_col=settings.predictionCol)
-        path.append({"reg": reg, metric: score[metric], "iterations": len(result.history)})
-        log.info("automatic λ: reg %g gives validation %s %.6g", reg, metric, score[metric])
-        if _worse(path[-1][metric], min((p[metric] for p in path if p[metric] is not None), default=math.inf)):
-            break
-    best = min(path, key=lambda p: math.inf if p[metric] is None else p[metric])
-    log.info("automatic λ: chose reg = %g", best["reg"])
-    for df in (fit_part, held, stats, result.user_out, result.item_out):
-        df.unpersist()
-    blocks.unpersist()
-    return best["reg"], path
-
-
-def _worse(score: float | None, best: float) -> bool:
-    return score is None or score > best * (1 + PATH_SLACK)
+    for point in found["path"]:
+        log.info("automatic λ: reg %.4g (%.4g in ALS's units) gives validation %s %.6g after %d iterations",
+                 point["reg"], point["reg_als"], metric, point[metric], point["iterations"])  # fmt: skip
+    if found["widened"]:
+        log.info("automatic λ: the bracket widened past the start grid %s (%s)", list(START), found["widened"])
+    if found["at_limit"]:
+        log.warning("automatic λ: the best λ is an end of the range [%g, %g]", LOW, HIGH)
+    log.info("automatic λ: chose reg = %.4g (%s units), searched on %.0f %% of the users",
+             found["reg"], settings.regUnits, 100 * fraction)  # fmt: skip
+    return found["reg"], {**{k: found[k] for k in ("path", "widened", "at_limit")}, "sample_fraction": fraction}

@@ -128,7 +128,7 @@ def keyword_params(method: Callable | None = None, *, like: Callable | None = No
 DEFAULTS: dict[str, Any] = dict(
     rank=10,
     maxIter=20,
-    regParam=0.1,
+    regParam="auto",
     regScaling="count",
     regUnits="spread",
     biasReg=5.0,
@@ -204,7 +204,7 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
     loss = _param("loss", "mse for explicit ratings, bce for 0/1 labels", _one_of(*LOSSES))
     regParam = _param(
         "regParam",
-        'λ, the L2 weight on W and X, or "auto" to choose it on a validation fold of the training ratings',
+        'λ, the L2 weight on W and X, in regUnits; "auto" (the default) chooses it on a validation fold',
         _number(0.0, words=(AUTO,)),
     )
     regScaling = _param(
