@@ -8,7 +8,7 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import functions as F
 
 from cfspark import CollaborativeFilter
-from cfspark.core.schema import ITEM, RANK, USER
+from cfspark.core.schema import ITEM, P_EXPOSED, P_LIKE, RANK, SCORE, USER
 from cfspark.data.metrics import ranking_metrics
 from cfspark.ml.params import DEFAULTS
 from cfspark.ml.recommend import top_n
@@ -46,7 +46,10 @@ def test_the_positive_only_default_ranks_at_least_as_well_as_implicit_als(spark)
         userCol=USER, itemCol=ITEM, ratingCol="played", weightCol="plays", loss="bce", rank=4, maxIter=10
     ).fit(train)
     assert model.summary["positive_only"] and model.summary["implicit"] == "all"
-    ours = ranking_metrics(model.recommendForAllUsers(K).select(USER, ITEM, RANK), relevant, k=K)
+    recs = model.recommendForAllUsers(K)
+    assert recs.columns == [USER, ITEM, RANK, SCORE, P_LIKE, P_EXPOSED]  # as the sampled model's: no P(like | shown)
+    assert recs.filter(F.col(P_LIKE).isNotNull() | (F.col(SCORE) != F.col(P_EXPOSED))).count() == 0
+    ours = ranking_metrics(recs.select(USER, ITEM, RANK), relevant, k=K)
 
     best = 0.0
     for alpha in (1.0, 10.0):  # implicit ALS on the same counts, its better alpha on test
