@@ -109,7 +109,7 @@ def test_a_sample_of_the_users_chooses_within_one_and_a_half_times(spark):
     ratings = spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
     total = ratings.count()
     settings = CollaborativeFilter(rank=3).fit_settings()
-    spread = target_spread(settings, ratings)
+    spread, _ = target_spread(settings, ratings)
     full, everyone = choose_reg(settings, ratings, spread, num_ratings=total)
     part, sample = choose_reg(settings, ratings, spread, num_ratings=total, max_ratings=total // 3)
     assert everyone["sample_fraction"] == 1.0 and sample["sample_fraction"] == pytest.approx(1 / 3, rel=1e-3)

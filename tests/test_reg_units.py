@@ -49,10 +49,10 @@ def test_spread_is_the_rms_of_the_normalised_targets(spark, planted, prior):
     mu = {i: ((w * y)[items == i].sum() + prior * g) / (w[items == i].sum() + prior) for i in set(items.tolist())}
     residual = y - np.array([mu[i] for i in items])
     expected = np.sqrt((w * residual**2).sum() / w.sum())
-    assert target_spread(settings, _frame(spark, rows, weight=w.tolist())) == pytest.approx(expected, rel=1e-12)
-    assert target_spread(settings, _frame(spark, rows, 4.0, 3.0, weight=w.tolist())) == pytest.approx(
-        4 * expected, rel=1e-12
-    )
+    spread, count = target_spread(settings, _frame(spark, rows, weight=w.tolist()))
+    assert spread == pytest.approx(expected, rel=1e-12) and count == len(rows)
+    scaled, _ = target_spread(settings, _frame(spark, rows, 4.0, 3.0, weight=w.tolist()))
+    assert scaled == pytest.approx(4 * expected, rel=1e-12)
 
 
 def test_ratings_times_a_plus_c_give_predictions_times_a_plus_c_with_the_defaults(spark, planted):
@@ -67,7 +67,7 @@ def test_ratings_times_a_plus_c_give_predictions_times_a_plus_c_with_the_default
     assert scaled.getRegParam() == pytest.approx(4 * base.getRegParam(), rel=1e-12)
 
 
-@pytest.mark.parametrize("blocks", [0, 2])
+@pytest.mark.parametrize("blocks", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_fixed_reg_in_spread_units_is_scale_free(spark, planted, blocks):
     rows, test = planted
     cf = CollaborativeFilter(numUserBlocks=blocks, numItemBlocks=blocks, **PARAMS)

@@ -21,31 +21,41 @@ from cfspark.fit.targets import target_spread
 
 
 def fit_ratings(
-    settings: FitSettings, train_ratings: DataFrame, on_iteration: Callable[[FitRecord], dict] | None = None
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    on_iteration: Callable[[FitRecord], dict] | None = None,
+    *,
+    num_ratings: int | None = None,
 ) -> FitRecord:
     """Fit validated (user, item, rating[, weight]) rows with cfspark's internal names.
 
     on_iteration, if given, is called with the record as it stands after each iteration and
     returns extra fields for that iteration's history entry; its time is not counted.
+    num_ratings, the rows' count if already known, saves counting them again.
     """
     if settings.loss == "bce" and settings.exposure:
         return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
     spread = None
     if settings.regUnits == "spread":
-        spread = target_spread(settings, train_ratings)
+        spread, counted = target_spread(settings, train_ratings)
+        num_ratings = num_ratings if counted is None else counted
         if settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
     if settings.regParam == AUTO:
-        reg, search = choose_reg(settings, train_ratings, spread or 1.0)  # reg in regUnits
+        if num_ratings is None:
+            num_ratings = train_ratings.count()
+        reg, search = choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings)  # in regUnits
         chosen = settings.carry(regParam=reg)
-        record = fit_ratings(chosen.in_als_units(spread) if spread else chosen, train_ratings, on_iteration)
+        chosen = chosen.in_als_units(spread) if spread else chosen
+        record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings)
         record.summary["reg_path"] = search.pop("path")
         record.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search}
         if spread is not None:
             record.summary["spread"] = spread
         return record
     began = time.perf_counter()
-    num_ratings = train_ratings.count() if 0 in (settings.numUserBlocks, settings.numItemBlocks) else None
+    if num_ratings is None and 0 in (settings.numUserBlocks, settings.numItemBlocks):
+        num_ratings = train_ratings.count()
     if runs_in_one_task(settings, num_ratings):
         record = fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration)
     else:

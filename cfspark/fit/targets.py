@@ -40,27 +40,31 @@ class Targets:
     global_baseline: float  # for items without one: the global mean (mse), or the global rate's logit (bce)
 
 
-def target_spread(settings: FitSettings, train_ratings: DataFrame) -> float:
-    """s, the root mean square of the mse targets y − μ_i that prepare() makes (weighted as the
-    loss is); 1 for bce, whose labels have no scale. One aggregation over the item sums:
+def target_spread(settings: FitSettings, train_ratings: DataFrame) -> tuple[float, int | None]:
+    """(s, the number of ratings): s is the root mean square of the mse targets y − μ_i that
+    prepare() makes (weighted as the loss is), 1 for bce, whose labels have no scale (and
+    whose count is then not taken: None). One aggregation over the item sums:
     with A, S, Q an item's Σa, Σa·y, Σa·y² and μ_i = p + q·g (p = S/(A+m), q = m/(A+m)),
     Σa(y − μ_i)² = Q − 2μ_i S + μ_i² A is a quadratic in the global mean g."""
     if settings.loss != "mse":
-        return 1.0
+        return 1.0, None
     a, m = row_weight(train_ratings), settings.meanPrior
     sums = train_ratings.groupBy(ITEM).agg(
-        F.sum(a).alias("A"), F.sum(a * F.col(RATING)).alias("S"), F.sum(a * F.col(RATING) ** 2).alias("Q")
+        F.sum(a).alias("A"),
+        F.sum(a * F.col(RATING)).alias("S"),
+        F.sum(a * F.col(RATING) ** 2).alias("Q"),
+        F.count(F.lit(1)).alias("n"),
     )
     p, q = F.col("S") / (F.col("A") + m), F.lit(m) / (F.col("A") + m)
     row = sums.agg(
         F.sum("A"), F.sum("S"),
         F.sum(F.col("Q") - 2 * p * F.col("S") + p * p * F.col("A")),
         F.sum(-2 * q * F.col("S") + 2 * p * q * F.col("A")),
-        F.sum(q * q * F.col("A")),
+        F.sum(q * q * F.col("A")), F.sum("n"),
     ).first()  # fmt: skip
     total, g = row[0], row[1] / row[0]
     spread = math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total))
-    return spread if spread > 0 else 1.0  # constant ratings: nothing to scale by
+    return (spread if spread > 0 else 1.0), int(row[5])  # constant ratings: nothing to scale by
 
 
 def prepare(settings: FitSettings, train_ratings: DataFrame) -> Targets:
