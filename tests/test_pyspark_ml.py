@@ -78,7 +78,7 @@ def test_bad_params_are_refused_in_the_driver_with_their_name(kwargs, name):
 
 def test_params_behave_as_in_pyspark_ml():
     cf = CollaborativeFilter(rank=4)
-    assert cf.getRank() == 4 and cf.getMaxIter() == 20 and cf.getRegParam() == 0.1
+    assert cf.getRank() == 4 and cf.getMaxIter() == 20 and cf.getRegParam() == "auto"
     assert cf.setRegParam("auto").getRegParam() == "auto" and cf.setRegParam(0.3).getRegParam() == 0.3
     copy = cf.copy({cf.rank: 7})
     assert copy.getRank() == 7 and cf.getRank() == 4 and copy.uid == cf.uid
@@ -144,7 +144,9 @@ def test_cross_validation_and_train_validation_split_select_a_model(spark, plant
     assert len(set(cv.avgMetrics)) == 4  # each point of the grid fits a different model
     best = grid[int(np.argmin(cv.avgMetrics))]
     chosen = cv.bestModel
-    assert (chosen.getRegParam(), chosen.getRank()) == (best[cf.regParam], best[cf.rank])
+    # The model keeps λ in ALS's units: the grid's regParam (spread units) times the spread s.
+    assert chosen.getRank() == best[cf.rank]
+    assert chosen.getRegParam() == pytest.approx(best[cf.regParam] * chosen.summary["spread"], rel=1e-12)
     assert chosen.rank == best[cf.rank] and isinstance(chosen.rank, int)  # ALSModel's attribute, an int
     assert chosen.summary["history"] and len(chosen.history) <= 3  # refitted with those Params on all of train
     tvs_grid = ParamGridBuilder().addGrid(cf.regParam, [0.05, 5.0]).build()
@@ -152,7 +154,8 @@ def test_cross_validation_and_train_validation_split_select_a_model(spark, plant
     tvs_model = tvs.fit(train)
     picked = tvs_grid[int(np.argmin(tvs_model.validationMetrics))]
     assert all(math.isfinite(m) for m in tvs_model.validationMetrics)
-    assert tvs_model.bestModel.getRegParam() == picked[cf.regParam]
+    spread = tvs_model.bestModel.summary["spread"]
+    assert tvs_model.bestModel.getRegParam() == pytest.approx(picked[cf.regParam] * spread, rel=1e-12)
 
 
 def test_binary_labels_tune_with_the_binary_evaluator(spark):

@@ -2,6 +2,9 @@
 
 It holds the Params, validates the input, and hands a FitSettings to fit/paths.py; the
 FitRecord that comes back becomes a CFModel (or an ExposureAwareModel).
+
+About 340 lines: most of it is the @keyword_only signature and one setter per Param, written
+out as pyspark.ml's estimators write them so that help() and IDEs show every one.
 """
 
 from __future__ import annotations

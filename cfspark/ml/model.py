@@ -6,9 +6,10 @@ training blocks and no training state, so it predicts and recommends the same af
 save and load, in another session, or after the fit's checkpoints are gone. A model with
 an exposure part is an ExposureAwareModel (exposure_model.py).
 
-About 350 lines: the pyspark.ml model API (transform, four recommendFor* methods, foldIn,
-save and load) is one class's, as ALSModel's is; the work is in fit/predict.py,
-ml/recommend.py, train/foldin.py and ml/model_io.py.
+About 410 lines: the pyspark.ml model API (transform, four recommendFor* methods, four
+similar* methods, ALS's output style, foldIn, save and load) is one class's, as ALSModel's
+is; the work is in fit/predict.py, ml/recommend.py, ml/similar.py, train/foldin.py and
+ml/model_io.py.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ both). The job maps its keys onto Params through app/config.py's CONFIG_PARAMS.
 A bad value is refused when it is set, in the driver, with the Param's name: pyspark
 wraps a converter's TypeError into 'Invalid param value given for param "loss". …'.
 
-About 320 lines, as pyspark.ml writes Params: each Param declared, its getter written out.
+About 450 lines, as pyspark.ml writes Params: each of ALS's and cfspark's Params declared,
+its getter written out.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ block's queries, a copy of every candidate and the block's excluded pairs meet i
 task as one union grouped by query block, instead of the cells' packing, cross join and
 exclusion join (with one query block, the union is coalesced, with no shuffle at all).
 
-One module of about 330 lines: both paths share the scoring and packing helpers above them.
+One module of about 340 lines: both paths share the scoring and packing helpers above them.
 """
 
 from __future__ import annotations
