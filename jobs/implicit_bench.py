@@ -2,7 +2,8 @@
 
     spark-submit jobs/implicit_bench.py [ratings.csv] [out.json]
 
-The job is cfspark.bench.implicit.main (docs/binary-labels.md#which-positive-only-model).
+The job is cfspark.bench.implicit.main; the console script cfspark-implicit-bench runs the same
+(docs/binary-labels.md#the-positive-only-model).
 """
 
 import sys

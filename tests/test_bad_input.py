@@ -360,6 +360,7 @@ INPUT_CASES = {
     ),
     "weight_range_bce": (
         args(*WEIGHTED, *BCE, "--set", "model.exposure=false", "--set", "split.test_fraction=0.0",
+             "--set", "input.weight_mapping=linear",
              text=W + "u1,m1,1,1e100\nu1,m2,0,1\nu2,m1,1,1e100\nu2,m2,0,1\n"), INPUT,
         "the 4 training labels hold both 0 and 1, but their weighted share of 1s is 1 in float64: the rows' "
         "weights range from 2 to 1e+100, too wide a range for bce",

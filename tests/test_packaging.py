@@ -80,6 +80,7 @@ WRAPPERS = {
     "benchmark.py": "cfspark-benchmark",
     "profile_fit.py": "cfspark-profile",
     "generate.py": "cfspark-generate",
+    "implicit_bench.py": "cfspark-implicit-bench",
 }
 
 

@@ -18,8 +18,8 @@ training data. Fit times are wall seconds on whatever machine runs it; ALS runs 
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 import numpy as np
@@ -120,8 +120,15 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    path = argv[0] if argv else "/work/shared/data/ml-latest-small/ratings.csv"
+    parser = argparse.ArgumentParser(
+        prog="cfspark-implicit-bench",
+        description="Positive-only counts: the all-items and sampled models against implicit ALS, in one run.",
+    )
+    parser.add_argument("ratings", nargs="?", default="../shared/data/ml-latest-small/ratings.csv",
+                        help="MovieLens ratings.csv, each rating read as a count (default: %(default)s)")  # fmt: skip
+    parser.add_argument("out", nargs="?", default="", help="a JSON file for the results (default: none)")
+    args = parser.parse_args(argv)
+    path = args.ratings
     spark = SparkSession.builder.appName("cfspark-implicit-bench").config("spark.log.level", "WARN").getOrCreate()
     warm = spark.createDataFrame([(u, i, 1.0, 1.0 + u) for u in range(30) for i in range(u % 7, 40, 3)],
                                  f"{USER} int, {ITEM} int, {RATING} double, {COUNT} double")  # fmt: skip
@@ -132,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     plays = spark.createDataFrame(play_counts(), f"{USER} int, {ITEM} int, {COUNT} double")
     results = [compare("movielens latest-small, rating as count", movielens), compare("generated play counts", plays)]
     print(table(results))
-    if len(argv) > 1:
-        with open(argv[1], "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
     return 0
 

@@ -50,7 +50,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
     ...     ["user", "item", "rating"])
     >>> cf = CollaborativeFilter(rank=4, maxIter=5)
     >>> cf.getRegParam(), cf.getOptimizer()
-    (0.1, 'newton')
+    ('auto', 'newton')
     >>> model = cf.fit(ratings)
     >>> recs = model.recommendForAllUsers(3)
     >>> recs.columns
