@@ -18,6 +18,7 @@ import sys
 
 import pytest
 from test_bad_input import GOOD, train_job
+from tests_support import file_bytes
 
 from cfspark.app.config import load_config
 from cfspark.app.guard import remove_stale_staging
@@ -41,16 +42,7 @@ def plant(folder) -> dict[str, bytes]:
     for name, data in USER_FILES.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
-    return snapshot(folder)
-
-
-def snapshot(folder) -> dict[str, bytes]:
-    found = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                found[os.path.relpath(os.path.join(root, f), folder)] = fh.read()
-    return found
+    return file_bytes(folder)
 
 
 def cfg_of(tmp_path, **keys):
@@ -82,7 +74,7 @@ def test_output_and_run_date_on_a_users_folder(tmp_path, overwrite, run_date, re
     writer = staged_partition(str(out), part) if run_date else staged(str(out), overwrite)
     with pytest.raises(ConfigError), job_run(), writer as stage:
         write_a_result(stage, part)
-    assert snapshot(out) == before
+    assert file_bytes(out) == before
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no staging or aside folder left
 
 
@@ -94,12 +86,12 @@ def test_a_users_partition_in_cfsparks_table_is_not_replaced(tmp_path):
     refused = pytest.raises(ConfigError, match="run_date=2026-01-01 exists and was not made by cfspark")
     with refused, job_run(), staged_partition(str(out), "/run_date=2026-01-01") as stage:
         write_a_result(stage, "/run_date=2026-01-01")
-    assert {k: v for k, v in snapshot(out).items() if k in USER_FILES} == before
+    assert {k: v for k, v in file_bytes(out).items() if k in USER_FILES} == before
     # cfspark's own date of the same table is replaced: the rule is the marker, not the name.
     with job_run(), staged_partition(str(out), "/run_date=2026-01-02") as stage:
         write_a_result(stage, "/run_date=2026-01-02")
     assert (out / "recommendations" / "run_date=2026-01-02" / "part-0").read_text() == "new"
-    assert {k: v for k, v in snapshot(out).items() if k in USER_FILES} == before
+    assert {k: v for k, v in file_bytes(out).items() if k in USER_FILES} == before
 
 
 def test_staging_siblings_are_removed_only_when_a_dead_run_made_them(tmp_path):
@@ -108,7 +100,7 @@ def test_staging_siblings_are_removed_only_when_a_dead_run_made_them(tmp_path):
     for folder in users:
         folder.mkdir()
         plant(folder)
-    before = {f.name: snapshot(f) for f in users}
+    before = {f.name: file_bytes(f) for f in users}
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         others = {  # marked by a live process, a run of this process still going, and a dead run
@@ -128,7 +120,7 @@ def test_staging_siblings_are_removed_only_when_a_dead_run_made_them(tmp_path):
         live.kill()
         live.wait()
     assert removed == [str(tmp_path / "out.old-dead")]
-    assert {f.name: snapshot(f) for f in users} == before
+    assert {f.name: file_bytes(f) for f in users} == before
     left = ["out.partial-mine", "out.old-2024-backup", "out.partial-live", "out.partial-other-host"]
     assert sorted(os.listdir(tmp_path)) == sorted([*left, "out.partial-this-run"])
 
@@ -151,7 +143,7 @@ def test_checkpoints_in_a_users_folder_go_to_a_subfolder_of_their_own(spark, tmp
         keys = {"checkpoint__keep": str(keep).lower(), "checkpoint__interval": 1}
         remove_checkpoints(cfg_of(tmp_path, **keys, **({"checkpoint__dir": str(folder)} if explicit else {})))
         assert (folder / "cfspark-checkpoints").exists() == keep
-        assert {k: v for k, v in snapshot(folder).items() if not k.startswith("cfspark-checkpoints/")} == before
+        assert {k: v for k, v in file_bytes(folder).items() if not k.startswith("cfspark-checkpoints/")} == before
 
 
 @pytest.mark.slow
@@ -179,6 +171,6 @@ def test_a_job_pointed_at_the_users_folders_leaves_them_byte_for_byte(spark, cap
         model.write().save(str(mine["models"]))  # as pyspark.ml: an existing path is refused
     model.write().save(str(tmp_path / "fresh" / "model"))
     assert CFModel.load(str(tmp_path / "fresh" / "model")).rank == model.rank
-    assert {name: snapshot(folder) for name, folder in mine.items()} == before  # the checkpoints' subfolder is gone
+    assert {name: file_bytes(folder) for name, folder in mine.items()} == before  # the checkpoints' subfolder is gone
     assert sorted(os.listdir(tmp_path)) == ["ck", "fresh", "models", "out", "out.old-backup", "out.partial-mine",
                                             "ratings.csv"]  # fmt: skip

@@ -7,6 +7,7 @@ import json
 import os
 
 from test_bad_input import GOOD, strict_json, train_job
+from tests_support import file_bytes
 
 MORE = GOOD + "u3,m1,2\nu3,m2,5\nu4,m3,4\nu4,m2,2\n"  # 4 users, 3 items
 
@@ -25,15 +26,6 @@ def _recs(spark, tmp_path, day: str) -> list[tuple]:
     return sorted(tuple(r) for r in rows)
 
 
-def _files(folder) -> dict[str, bytes]:
-    found = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                found[os.path.relpath(os.path.join(root, f), folder)] = fh.read()
-    return found
-
-
 def test_rerunning_a_date_replaces_that_date_only(spark, tmp_path):
     (tmp_path / "ratings.csv").write_text(MORE)
     assert _run(tmp_path, "2026-11-01") == 0
@@ -43,13 +35,13 @@ def test_rerunning_a_date_replaces_that_date_only(spark, tmp_path):
     for table in ("metrics", "model"):
         assert sorted(os.listdir(daily / table)) == ["_cfspark", "run_date=2026-11-01", "run_date=2026-11-02"]
         assert all((daily / table / f"run_date=2026-11-0{d}" / "_cfspark").is_file() for d in (1, 2))
-    second_day = _files(daily / "recommendations" / "run_date=2026-11-02")
+    second_day = file_bytes(daily / "recommendations" / "run_date=2026-11-02")
     first = _recs(spark, tmp_path, "2026-11-01")
     assert len(first) == 4 and first == _recs(spark, tmp_path, "2026-11-02")  # 3 items, 2 rated by each user
 
     # A rerun of the first date with another λ replaces it whole: none of the old rows is left.
     assert _run(tmp_path, "2026-11-01", reg=0.5) == 0
-    assert _files(daily / "recommendations" / "run_date=2026-11-02") == second_day  # the other date untouched
+    assert file_bytes(daily / "recommendations" / "run_date=2026-11-02") == second_day  # the other date untouched
     replaced = _recs(spark, tmp_path, "2026-11-01")
     assert len(replaced) == 4 and not set(replaced) & set(first)  # new scores, no duplicates
     metrics = strict_json(daily / "metrics" / "run_date=2026-11-01" / "metrics.json")
