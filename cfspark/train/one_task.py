@@ -46,7 +46,7 @@ USER_KEY, ITEM_KEY = "user_key", "item_key"
 RECORD_COL = "record"
 
 
-def _csr(own: np.ndarray, other: np.ndarray, n: int, *values: np.ndarray | None):
+def csr_by_row(own: np.ndarray, other: np.ndarray, n: int, *values: np.ndarray | None):
     """(row_ptr, cols, *values) of one side's ratings, rows in local order."""
     order = np.argsort(own, kind="stable")
     row_ptr = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=n))]).astype(np.int64)
@@ -73,8 +73,8 @@ def fit_arrays(
     has at least one rating. The history has the trainer's fields, with task seconds.
     """
     n_users, n_items = len(user_keys), len(item_keys)
-    by_user = _csr(user_local, item_local, n_users, y, offset, weight)
-    by_item = _csr(item_local, user_local, n_items, y, offset, weight)
+    by_user = csr_by_row(user_local, item_local, n_users, y, offset, weight)
+    by_item = csr_by_row(item_local, user_local, n_items, y, offset, weight)
     users = initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user")
     items = initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item")
     user_state = item_state = None

@@ -25,7 +25,7 @@ from cfspark.kernels.bracket import bracket_search
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.losses import sigmoid
-from cfspark.train.one_task import ITEM_KEY, RECORD_COL, USER_KEY, _csr
+from cfspark.train.one_task import ITEM_KEY, RECORD_COL, USER_KEY, csr_by_row
 from cfspark.train.step import StepConfig, solve_rows
 
 HELD = "held"  # 1 on a validation row, 0 on a training row
@@ -76,8 +76,8 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     if not len(held["y"]):  # too few ratings for a validation fold: the start grid's middle
         return {"reg": plan.start[len(plan.start) // 2], "path": [], "widened": "", "at_limit": False}
     user_local, item_local, y, offset, weight = fit
-    by_user = _csr(user_local, item_local, len(user_keys), y, offset, weight)
-    by_item = _csr(item_local, user_local, len(item_keys), y, offset, weight)
+    by_user = csr_by_row(user_local, item_local, len(user_keys), y, offset, weight)
+    by_item = csr_by_row(item_local, user_local, len(item_keys), y, offset, weight)
     state = {
         "users": initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
         "items": initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"),
