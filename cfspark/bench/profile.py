@@ -11,22 +11,33 @@ The trainer tags its Spark jobs by phase (SparkSession.addTag, which works over 
 Connect too). Afterwards, Spark's monitoring REST API on the driver's UI gives every
 stage's task metrics, and the jobs' tags say which phase a stage belongs to. The
 Python side (numpy kernels, Arrow cells decoded and encoded) is timed inside the tasks
-and comes from the fit's history.
+and comes from the fit's history. Each setup phase's wall seconds come from its log line.
+
+With compare.als = true, Spark ALS (the first regParam of compare.als_reg_grid,
+compare.als_max_iter iterations, the model's rank) is fitted on the same training split
+in the same session after cfspark, as the yardstick: the profile then gives setup and
+the whole fit as ratios of ALS's fit.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from cfspark.app.cli import config_parser, exit_code, job_config, job_logging, job_session
 from cfspark.app.run import Run, warm_up_sample
 from cfspark.core.errors import CfsparkError
 from cfspark.core.phases import PHASES, SETUP, TAG_PREFIX
+from cfspark.core.schema import ITEM, RATING, USER
 
 
 def _get(url: str) -> list | dict:
@@ -173,6 +184,54 @@ def profile_table(breakdown: dict[str, dict], history: list[dict], wall: dict[st
     return "\n".join(lines)
 
 
+class _SetupLog(logging.Handler):
+    """Collects the seconds that each setup phase logs ("setup: %s took %.2f s")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "setup: %s took %.2f s" and isinstance(record.args, tuple):
+            name, seconds = record.args
+            self.seconds[name] = self.seconds.get(name, 0.0) + float(seconds)
+
+
+@contextmanager
+def setup_phases() -> Iterator[dict[str, float]]:
+    """Inside the block, the wall seconds of each setup phase, summed per phase."""
+    logger, handler = logging.getLogger("cfspark"), _SetupLog()
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield handler.seconds
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def als_fit_seconds(train: DataFrame, *, rank: int, reg: float, max_iter: int, seed: int) -> float:
+    """Seconds of Spark ALS's fit on train (its ids as ints, cached before the clock starts)."""
+    from pyspark.ml.recommendation import ALS
+
+    def as_int(name: str):
+        col = F.col(name)
+        if isinstance(train.schema[name].dataType, T.IntegralType):
+            return col.cast("int").alias(name)
+        return (F.dense_rank().over(Window.orderBy(name)) - 1).alias(name)
+
+    data = train.select(as_int(USER), as_int(ITEM), F.col(RATING).cast("float")).cache()
+    data.count()
+    als = ALS(rank=rank, maxIter=max_iter, regParam=reg, userCol=USER, itemCol=ITEM, ratingCol=RATING, seed=seed)
+    began = time.perf_counter()
+    als.fit(data)  # ALS materialises its factors inside fit
+    seconds = time.perf_counter() - began
+    data.unpersist()
+    return seconds
+
+
 _BLOCK_COUNTS = (("numUserBlocks", "num_user_blocks"), ("numItemBlocks", "num_item_blocks"))
 
 
@@ -191,17 +250,18 @@ def profile_fit(spark: SparkSession, cfg: dict) -> dict:
         warm_up.unpersist()
         after_job = last_job(api)
         began = time.perf_counter()
-        model = run.fit(estimator)
+        with setup_phases() as setup_wall:
+            model = run.fit(estimator)
         fit_seconds = time.perf_counter() - began
         history = model.history
-        wall = {"setup": model.summary["setup_seconds"]}
+        wall = {"setup": model.summary["setup_seconds"], **{k: setup_wall[k] for k in SETUP if k in setup_wall}}
         if model.summary.get("one_task"):
             wall["one-task"] = sum(h["seconds"] for h in history)
         else:
             wall["user-steps"] = sum(h["user_seconds"] for h in history)
             wall["item-steps"] = sum(h["seconds"] - h["user_seconds"] for h in history)
         breakdown = stage_breakdown(api, after_job=after_job)
-        return {
+        record = {
             "fit_seconds": round(fit_seconds, 3),
             "wall_seconds": {k: round(v, 3) for k, v in wall.items()},
             "stages": breakdown,
@@ -209,6 +269,26 @@ def profile_fit(spark: SparkSession, cfg: dict) -> dict:
             "table": profile_table(breakdown, history, wall),
             "params": {name: model.summary[key] for name, key in _BLOCK_COUNTS},
         }
+        compare = cfg["compare"]
+        if compare["als"]:
+            seconds = als_fit_seconds(
+                train, rank=cfg["model"]["rank"], reg=float(compare["als_reg_grid"][0]),
+                max_iter=compare["als_max_iter"], seed=cfg["model"]["seed"],
+            )  # fmt: skip
+            record["als"] = {
+                "fit_seconds": round(seconds, 3),
+                "regParam": float(compare["als_reg_grid"][0]),
+                "maxIter": compare["als_max_iter"],
+                "blas": "Java (the JVM has no native BLAS here)",
+                "setup_ratio": round(wall["setup"] / seconds, 3),
+                "fit_ratio": round(fit_seconds / seconds, 3),
+            }
+            record["table"] += (
+                f"\nSpark ALS fit ({compare['als_max_iter']} iterations, Java BLAS): {seconds:.1f} s; "
+                f"cfspark setup {wall['setup'] / seconds:.2f} ×, whole fit {fit_seconds / seconds:.2f} × ALS's fit."
+            )
+        model.unpersist()
+        return record
 
 
 def main(argv: list[str] | None = None) -> int:

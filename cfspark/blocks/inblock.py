@@ -46,10 +46,30 @@ def _groups(sorted_keys: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray
     return values.astype(np.int32), np.append(starts, total).astype(np.int64)
 
 
+# _distinct marks values in a table of one byte per value of their range when the range is at
+# most this many times the number of values (and at most DENSE_MAX_RANGE): integer ids mostly
+# span a range near their count.
+DENSE_SPAN = 8
+DENSE_MAX_RANGE = 1 << 27
+
+
 def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the distinct values ascending, each value's int32 index into them), as np.unique with
-    return_inverse gives them, but by Arrow's hash table and a sort of the distinct values
-    alone: measured 3 to 12 times faster on a block's ids, which repeat."""
+    return_inverse gives them. Values of a narrow range are marked in a table indexed by
+    value − min, whose running count is each value's index: no hashing and no sort. Others
+    go through Arrow's hash table and a sort of the distinct values alone (measured 3 to 12
+    times faster than np.unique on a block's ids, which repeat)."""
+    if len(values) == 0:
+        return values.astype(np.int64), np.empty(0, dtype=np.int32)
+    low, high = int(values.min()), int(values.max())
+    span = high - low + 1
+    if span <= min(DENSE_SPAN * len(values) + 1024, DENSE_MAX_RANGE):
+        shifted = (values - low).astype(np.intp) if low else values.astype(np.intp, copy=False)
+        seen = np.zeros(span, dtype=np.bool_)
+        seen[shifted] = True
+        present = np.flatnonzero(seen)
+        rank = np.cumsum(seen, dtype=np.int32) - np.int32(1)
+        return (present + low).astype(values.dtype, copy=False), rank[shifted]
     encoded = pc.dictionary_encode(pa.array(values))
     found = encoded.dictionary.to_numpy(zero_copy_only=False)
     order = np.argsort(found)
@@ -59,16 +79,24 @@ def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sort_order(*keys: np.ndarray) -> np.ndarray:
-    """The order that sorts by keys[0], then keys[1], ...: one argsort of the keys packed into
-    an int64 when their bit widths fit (measured 2.4x faster than lexsort), else lexsort."""
+    """The order that sorts by keys[0], then keys[1], ... (ties in input order, as a stable
+    sort leaves them): when the keys' bit widths and the positions fit in an int64, the keys
+    and each value's position are packed into one, sorted as values (no argsort: measured
+    about 10 times faster than a stable argsort) and the positions read back from the low
+    bits; else lexsort."""
+    n = len(keys[0])
     bits = [int(k.max(initial=0)).bit_length() for k in keys]
-    if sum(bits) > 63 or any(k.min(initial=0) < 0 for k in keys):
+    low = max(n - 1, 0).bit_length()
+    if sum(bits) + low > 63 or any(k.min(initial=0) < 0 for k in keys):
         return np.lexsort(keys[::-1])
-    packed = np.zeros(len(keys[0]), dtype=np.int64)
+    packed = np.zeros(n, dtype=np.int64)
     for k, b in zip(keys, bits, strict=True):
         packed <<= b
         packed |= k
-    return np.argsort(packed, kind="stable")
+    packed <<= low
+    packed |= np.arange(n, dtype=np.int64)
+    packed.sort()
+    return packed & np.int64((1 << low) - 1)
 
 
 def pack_arrays(
