@@ -11,6 +11,7 @@ import pytest
 from cfspark.blocks.codec import cell
 from cfspark.blocks.hashing import hashed_blocks, xxhash64
 from cfspark.blocks.inblock import ChunkSide, _sort_order, chunk_ratings, index_rows, pack_arrays, pack_chunks
+from cfspark.blocks.reroute import chunk_counts, reroute_chunks
 
 
 def _entities(rng, n: int, blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,3 +184,36 @@ def test_integer_ids_are_hashed_in_the_task_as_their_columns_would_give_them(wid
     a = pa.Table.from_batches(list(chunk_ratings(iter([with_columns]))))
     b = pa.Table.from_batches(list(chunk_ratings(iter([ids_only]), sides=hashed)))
     assert a.equals(b) and a.num_rows == 5
+
+
+def test_chunks_cut_by_hashed_block_then_rerouted_pack_as_chunks_cut_by_the_placed_blocks():
+    # Setup cuts by the hashed blocks before it places anything, counts from the chunks, and
+    # moves only the placed entities' ratings: the InBlocks equal those of a cut that knew
+    # the placement from the start.
+    rows = _ratings(np.random.default_rng(6), 500)
+    batch = pa.RecordBatch.from_pydict({**rows, "offset": pa.array(np.linspace(-1, 1, 500))})
+    parts = [batch.slice(0, 200), batch.slice(200)]
+    routes = (
+        (np.sort(np.unique(rows["user_id"])[[0, 5, 9]]), np.array([2, 0, 2], np.int32)),
+        (np.unique(rows["item_id"])[[1, 3]], np.array([0, 0], np.int32)),
+    )
+    placed = tuple(ChunkSide(heavy=v, heavy_blocks=b) for v, b in routes)
+    direct = pa.Table.from_batches([c for p in parts for c in chunk_ratings(iter([p]), sides=placed)])
+    hashed = pa.Table.from_batches([c for p in parts for c in chunk_ratings(iter([p]))])
+    moved = pa.Table.from_batches(list(reroute_chunks(iter(hashed.to_batches()), routes)))
+    assert moved.num_rows > hashed.num_rows  # some chunks held a placed entity and were split
+    counts = pa.Table.from_batches(list(chunk_counts(iter(hashed.to_batches()))))
+    for side, own in ((0, "user"), (1, "item")):
+        mine = counts.filter(pc.equal(counts["side"], side))
+        got = {}
+        for value, n in zip(mine["value"].to_pylist(), mine["ratings"].to_pylist(), strict=True):
+            got[value] = got.get(value, 0) + n
+        values, expected = np.unique(rows[f"{own}_id"], return_counts=True)
+        assert got == dict(zip(values.tolist(), expected.tolist(), strict=True))
+        for b in range(3 if side == 0 else 2):
+            a, c = (t.filter(pc.and_(pc.equal(t["side"], side), pc.equal(t["block"], b))) for t in (direct, moved))
+            assert a.num_rows > 0 and c.num_rows > 0
+            want, have = pack_chunks(a), pack_chunks(c)
+            assert want.column_names == have.column_names
+            for name in want.column_names:
+                assert want.column(name).equals(have.column(name)), (side, b, name)

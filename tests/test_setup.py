@@ -11,10 +11,12 @@ from pyspark.sql import types as T
 
 from cfspark import CollaborativeFilter
 from cfspark.blocks import partitioning, placement
-from cfspark.blocks.hashing import murmur3
-from cfspark.blocks.placement import check_distinct, entity_counts
+from cfspark.blocks.hashing import hashed_blocks, murmur3, xxhash64
+from cfspark.blocks.inblock import pack_arrays
+from cfspark.blocks.placement import check_distinct, entity_counts, route_blocks
 from cfspark.core.errors import InputError
 from cfspark.fit.blockwise import setup
+from cfspark.fit.targets import prepare
 from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
 from cfspark.train.trainer import half_step
 
@@ -81,7 +83,8 @@ def test_item_blocks_are_balanced_by_load_where_hashing_is_not(spark):
     hashed = dict(df.groupBy(F.pmod(F.hash("item"), F.lit(4))).count().collect())
     assert heaviest <= 0.5 * mean  # no single item stops a balance within 1.5 × the mean...
     assert max(hashed.values()) > 1.5 * mean  # ...but hashing alone does not reach it
-    blocks, stats, _ = setup(CollaborativeFilter(rank=2, numUserBlocks=2, numItemBlocks=4).fit_settings(), df)
+    settings = CollaborativeFilter(rank=2, numUserBlocks=2, numItemBlocks=4).fit_settings()
+    blocks, stats, _ = setup(settings, df)
     loads = {r.block: int(np.frombuffer(r.row_ptr, dtype=np.int64)[-1]) for r in blocks.items.collect()}
     assert sorted(loads) == [0, 1, 2, 3] and sum(loads.values()) == df.count()
     assert max(loads.values()) <= 1.5 * mean, (loads, mean)
@@ -89,6 +92,33 @@ def test_item_blocks_are_balanced_by_load_where_hashing_is_not(spark):
     assert list(placed.loads) == [loads[b] for b in range(4)] and list(placed.hashed_loads) == [
         hashed.get(b, 0) for b in range(4)
     ]
+    assert len(placed.heavy) > 0 and (placed.heavy_blocks != hashed_blocks(placed.heavy, 4, wide=True)).any()
+    # Cut by hashed block, counted, placed, then moved: every InBlock is the one numpy packs
+    # from its ratings, routed to the placed blocks from the start.
+    t = prepare(settings, df).targets.toPandas()
+    values = {side: t[side].to_numpy(np.int64) for side in ("user", "item")}
+    sides = {
+        "user": (blocks.user_side.placement, settings.seed, blocks.users),
+        "item": (placed, settings.seed + 1, blocks.items),
+    }
+    where = {}
+    for side, (p, _, _) in sides.items():
+        where[side] = route_blocks(
+            values[side], hashed_blocks(values[side], p.num_blocks, wide=True), (p.heavy, p.heavy_blocks)
+        )
+    for own, other in (("user", "item"), ("item", "user")):
+        _, key_seed, inblocks = sides[own]
+        for row in inblocks.collect():
+            sel = where[own] == row.block
+            ids = values[own][sel]
+            expected = pack_arrays(
+                ids, where[other][sel], values[other][sel], t["y"].to_numpy()[sel],
+                xxhash64(ids, key_seed, wide=True), weight=None,
+            )  # fmt: skip
+            assert row.n == expected.pop("n") and row.offset is None and expected.pop("offset") is None
+            for name, array in expected.items():
+                got = None if getattr(row, name) is None else np.frombuffer(getattr(row, name), array.dtype)
+                np.testing.assert_array_equal(got, array, err_msg=f"{own} block {row.block}: {name}")
     blocks.unpersist(), stats.unpersist(), df.unpersist()
 
 

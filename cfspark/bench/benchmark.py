@@ -31,7 +31,7 @@ from cfspark.data.metrics import pointwise_metrics
 PRIMARY = {"mse": "rmse", "bce": "auc"}
 
 
-def _tree_peak_rss(root: int) -> dict:
+def tree_peak_rss(root: int) -> dict:
     """Peak resident memory (VmHWM, MiB) of the JVM and of the Python workers under it.
 
     From pyspark the JVM is a child of this process; under spark-submit it is the parent.
@@ -155,7 +155,7 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, als_curve_iters: list[int
             "counts": {k: run.counts[k] for k in ("ratings", "train", "test")},
             "cfspark": {**ours, "curve": curve},
             "als": {**als, "curve": als_curve},
-            "memory": _tree_peak_rss(os.getpid()),
+            "memory": tree_peak_rss(os.getpid()),
             "spark_version": spark.version,
         }
 

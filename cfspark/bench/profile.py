@@ -35,6 +35,7 @@ from pyspark.sql import types as T
 
 from cfspark.app.cli import config_parser, exit_code, job_config, job_logging, job_session
 from cfspark.app.run import Run, warm_up_sample
+from cfspark.bench.benchmark import tree_peak_rss
 from cfspark.core.errors import CfsparkError
 from cfspark.core.phases import PHASES, SETUP, TAG_PREFIX
 from cfspark.core.schema import ITEM, RATING, USER
@@ -287,6 +288,8 @@ def profile_fit(spark: SparkSession, cfg: dict) -> dict:
                 f"\nSpark ALS fit ({compare['als_max_iter']} iterations, Java BLAS): {seconds:.1f} s; "
                 f"cfspark setup {wall['setup'] / seconds:.2f} ×, whole fit {fit_seconds / seconds:.2f} × ALS's fit."
             )
+        record["memory"] = tree_peak_rss(os.getpid())
+        record["table"] += f"\nJVM peak resident memory (VmHWM): {record['memory']['jvm_mib'] / 1024:.1f} GiB."
         model.unpersist()
         return record
 

@@ -1,4 +1,4 @@
-"""Setup, once per fit: place users and items in blocks, then shuffle the ratings into them.
+"""Setup, once per fit: cut the ratings into chunks, place users and items in blocks, pack them.
 
 As Spark ALS's makeBlocks does, no rating is ever joined to an id index: a rating's block
 on each side comes from its own ids (placement.py), and each block finds its entities'
@@ -33,6 +33,7 @@ from cfspark.blocks.inblock import (
 )
 from cfspark.blocks.partitioning import PART, partition_key
 from cfspark.blocks.placement import (
+    COLLIDED,
     VALUE,
     Placement,
     entity_counts,
@@ -41,6 +42,7 @@ from cfspark.blocks.placement import (
     id_value,
     place_sides,
 )
+from cfspark.blocks.reroute import COUNT_SCHEMA, chunk_counts, reroute_chunks
 from cfspark.core.phases import phase
 from cfspark.core.schema import BLOCK, ITEM, LOCAL, OFFSET, RATINGS, TARGET, USER, WEIGHT
 
@@ -117,6 +119,37 @@ def _pack(chunks: DataFrame, side: int, num_blocks: int) -> DataFrame:
     return keyed.repartition(num_blocks, PART).cache()
 
 
+def _chunk(targets: DataFrame, dtypes: dict, rules: dict[str, tuple[int, int, Placement | None]]) -> DataFrame:
+    """The ratings cut into chunks in one Arrow pass, cached: rules[id_col] = (blocks, key
+    seed, placement or None to cut by the hashed block alone)."""
+
+    def columns(id_col: str) -> tuple[list, ChunkSide]:
+        """The columns one side's ratings carry to the chunking tasks, and how those find blocks and keys."""
+        num_blocks, key_seed, placement = rules[id_col]
+        raw, dtype = F.col(id_col), dtypes[id_col]
+        value = id_value(raw, dtype).alias(f"{id_col}_id")
+        wide = None if hashed_ids(dtype) else isinstance(dtype, T.LongType)
+        route = (placement.heavy, placement.heavy_blocks) if placement is not None else ()
+        side = ChunkSide(num_blocks, key_seed, wide, *route)
+        if wide is not None:  # integers: the tasks hash them, and fewer columns cross to Arrow
+            return [value], side
+        block = hashed_block(raw, num_blocks).alias(f"{id_col}_block")
+        return [value, block, F.xxhash64(raw, F.lit(key_seed)).alias(f"{id_col}_key")], side
+
+    (user_cols, user_rule), (item_cols, item_rule) = columns(USER), columns(ITEM)
+    ratings = targets.select(*user_cols, *item_cols, F.col(TARGET), F.col(OFFSET), F.col(WEIGHT))
+    chunk = functools.partial(chunk_ratings, sides=(user_rule, item_rule))
+    # A few binary cells per partition and block, kept until both sides are packed.
+    return ratings.mapInArrow(chunk, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def _counted(chunks: DataFrame, side: int, id_col: str, dtype: T.DataType) -> DataFrame:
+    """entity_counts' table of one side's integer ids, summed from the chunks' cells."""
+    counts = chunks.filter(F.col("side") == side).mapInArrow(chunk_counts, COUNT_SCHEMA)
+    per_value = counts.groupBy(VALUE).agg(F.sum(RATINGS).cast("long").alias(RATINGS))
+    return per_value.select(F.col(VALUE).cast(dtype).alias(id_col), VALUE, RATINGS, F.lit(False).alias(COLLIDED))
+
+
 def build_blocks(
     targets: DataFrame,
     baseline: DataFrame,
@@ -134,18 +167,27 @@ def build_blocks(
     num_ratings, the number of targets if known, saves counting them.
     Initial factors are drawn from xxhash64(id, seed) (users) and xxhash64(id, seed + 1)
     (items), so the model does not depend on the number of blocks.
+
+    The ratings cross to Python once: they are cut into chunks by each side's hashed
+    block first; integer user ids are counted from those chunks (item counts come from
+    baseline), the heaviest entities are placed, and only their ratings' cells move to the
+    placed blocks (reroute.py). String user ids are counted by Spark, which also keeps the
+    table that maps their hashes back to them.
     """
     spark = targets.sparkSession
     dtypes = {USER: targets.schema[USER].dataType, ITEM: targets.schema[ITEM].dataType}
+    asked = {USER: (num_user_blocks, seed, None), ITEM: (num_item_blocks, seed + 1, None)}
+    with phase(spark, "pack"):
+        chunks = _chunk(targets, dtypes, asked)
     with phase(spark, "index"):
         if num_ratings is None:
             num_ratings = int(baseline.agg(F.sum(RATINGS)).first()[0])
-        per_user = entity_counts(targets, USER)
+        if hashed_ids(dtypes[USER]):
+            per_user = entity_counts(targets, USER).cache()  # kept: it maps the hashes back to the ids
+        else:
+            per_user = _counted(chunks, 0, USER, dtypes[USER])
         per_item = entity_counts(baseline, ITEM, RATINGS)
-        # String ids need their (value, id) table again for the index: keep it.
-        per_user, per_item = (
-            t.cache() if hashed_ids(dtypes[c]) else t for t, c in ((per_user, USER), (per_item, ITEM))
-        )
+        per_item = per_item.cache() if hashed_ids(dtypes[ITEM]) else per_item
         users_at, items_at = place_sides(
             [(per_user, USER, num_user_blocks), (per_item, ITEM, num_item_blocks)],
             total=num_ratings,
@@ -156,27 +198,22 @@ def build_blocks(
         return Side(id_col, dtypes[id_col], entities if hashed_ids(dtypes[id_col]) else None, placement)
 
     user_side, item_side = side(USER, per_user, users_at), side(ITEM, per_item, items_at)
-
-    def columns(id_col: str, placement: Placement, key_seed: int) -> tuple[list, ChunkSide]:
-        """The columns one side's ratings carry to the packing tasks, and how those find blocks and keys."""
-        raw, dtype = F.col(id_col), dtypes[id_col]
-        value = id_value(raw, dtype).alias(f"{id_col}_id")
-        wide = None if hashed_ids(dtype) else isinstance(dtype, T.LongType)
-        side = ChunkSide(placement.num_blocks, key_seed, wide, placement.heavy, placement.heavy_blocks)
-        if wide is not None:  # integers: the tasks hash them, and fewer columns cross to Arrow
-            return [value], side
-        block = hashed_block(raw, placement.num_blocks).alias(f"{id_col}_block")
-        return [value, block, F.xxhash64(raw, F.lit(key_seed)).alias(f"{id_col}_key")], side
-
-    (user_cols, user_rule), (item_cols, item_rule) = columns(USER, users_at, seed), columns(ITEM, items_at, seed + 1)
-    ratings = targets.select(*user_cols, *item_cols, F.col(TARGET), F.col(OFFSET), F.col(WEIGHT))
-    chunk = functools.partial(chunk_ratings, sides=(user_rule, item_rule))
     with phase(spark, "pack"):
-        # One pass cuts both sides' chunks: a few binary cells per partition and block, kept
-        # until both sides are packed so that the Arrow transfer of the ratings runs once.
-        chunks = ratings.mapInArrow(chunk, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
-        users = _pack(chunks, 0, users_at.num_blocks)
-        items = _pack(chunks, 1, items_at.num_blocks)
+        if (users_at.num_blocks, items_at.num_blocks) != (num_user_blocks, num_item_blocks):
+            # A side was split for max_block_ratings: its hashed blocks change, so cut again.
+            chunks.unpersist()
+            placed = {USER: (users_at.num_blocks, seed, users_at), ITEM: (items_at.num_blocks, seed + 1, items_at)}
+            chunks = _chunk(targets, dtypes, placed)
+            routed = chunks
+        elif len(users_at.heavy) or len(items_at.heavy):
+            routes = ((users_at.heavy, users_at.heavy_blocks), (items_at.heavy, items_at.heavy_blocks))
+            reroute = functools.partial(reroute_chunks, routes=routes)
+            routed = chunks.mapInArrow(reroute, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+        else:
+            routed = chunks
+        users = _pack(routed, 0, users_at.num_blocks)
+        items = _pack(routed, 1, items_at.num_blocks)
         users.select(BLOCK).unionByName(items.select(BLOCK)).count()  # one job caches both
-        chunks.unpersist()
+        for df in {id(chunks): chunks, id(routed): routed}.values():
+            df.unpersist()
     return Blocks(users, items, user_side, item_side)
