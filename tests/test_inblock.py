@@ -187,9 +187,9 @@ def test_integer_ids_are_hashed_in_the_task_as_their_columns_would_give_them(wid
 
 
 def test_chunks_cut_by_hashed_block_then_rerouted_pack_as_chunks_cut_by_the_placed_blocks():
-    # Setup cuts by the hashed blocks before it places anything, counts from the chunks, and
-    # moves only the placed entities' ratings: the InBlocks equal those of a cut that knew
-    # the placement from the start.
+    # Setup cuts by the hashed blocks before it places anything, counts from the chunks, moves
+    # only the placed entities' cells, and routes the other side's blocks as it packs: the
+    # InBlocks equal those of a cut that knew the placement from the start.
     rows = _ratings(np.random.default_rng(6), 500)
     batch = pa.RecordBatch.from_pydict({**rows, "offset": pa.array(np.linspace(-1, 1, 500))})
     parts = [batch.slice(0, 200), batch.slice(200)]
@@ -200,20 +200,25 @@ def test_chunks_cut_by_hashed_block_then_rerouted_pack_as_chunks_cut_by_the_plac
     placed = tuple(ChunkSide(heavy=v, heavy_blocks=b) for v, b in routes)
     direct = pa.Table.from_batches([c for p in parts for c in chunk_ratings(iter([p]), sides=placed)])
     hashed = pa.Table.from_batches([c for p in parts for c in chunk_ratings(iter([p]))])
-    moved = pa.Table.from_batches(list(reroute_chunks(iter(hashed.to_batches()), routes)))
-    assert moved.num_rows > hashed.num_rows  # some chunks held a placed entity and were split
     counts = pa.Table.from_batches(list(chunk_counts(iter(hashed.to_batches()))))
+
+    def where(table: pa.Table, side: int, block: int | None = None) -> pa.Table:
+        mask = pc.equal(table["side"], side)
+        return table.filter(mask if block is None else pc.and_(mask, pc.equal(table["block"], block)))
+
     for side, own in ((0, "user"), (1, "item")):
-        mine = counts.filter(pc.equal(counts["side"], side))
         got = {}
-        for value, n in zip(mine["value"].to_pylist(), mine["ratings"].to_pylist(), strict=True):
+        for value, n in zip(*(where(counts, side)[c].to_pylist() for c in ("value", "ratings")), strict=True):
             got[value] = got.get(value, 0) + n
         values, expected = np.unique(rows[f"{own}_id"], return_counts=True)
         assert got == dict(zip(values.tolist(), expected.tolist(), strict=True))
+        mine = where(hashed, side)
+        moved = pa.Table.from_batches(list(reroute_chunks(iter(mine.to_batches()), routes[side])))
+        assert moved.num_rows > mine.num_rows  # some chunks held a placed entity and were split
         for b in range(3 if side == 0 else 2):
-            a, c = (t.filter(pc.and_(pc.equal(t["side"], side), pc.equal(t["block"], b))) for t in (direct, moved))
+            a, c = where(direct, side, b), where(moved, side, b)
             assert a.num_rows > 0 and c.num_rows > 0
-            want, have = pack_chunks(a), pack_chunks(c)
+            want, have = pack_chunks(a), pack_chunks(c, routes[1 - side])
             assert want.column_names == have.column_names
             for name in want.column_names:
                 assert want.column(name).equals(have.column(name)), (side, b, name)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -112,11 +114,27 @@ class Blocks:
         release_workers(self.users.sparkSession, self.key, tasks=tasks)
 
 
-def _pack(chunks: DataFrame, side: int, num_blocks: int) -> DataFrame:
-    packed = chunks.filter(F.col("side") == side).groupBy("block").applyInArrow(pack_chunks, INBLOCK_SCHEMA)
+def _packer(other_route: tuple) -> Callable[[pa.Table], pa.Table]:
+    """pack_chunks with the other side's placed blocks, as a one-argument applyInArrow body."""
+
+    def pack(table: pa.Table) -> pa.Table:
+        return pack_chunks(table, other_route)
+
+    return pack
+
+
+def _pack(chunks: DataFrame, side: int, placements: tuple[Placement, Placement], rerouted: bool) -> DataFrame:
+    """One side's InBlocks from the chunks, with that side's placed entities moved to their
+    blocks first unless the chunks were cut with them there (rerouted)."""
+    own, other = placements[side], placements[1 - side]
+    mine = chunks.filter(F.col("side") == side)
+    if not rerouted and len(own.heavy):
+        route = functools.partial(reroute_chunks, route=(own.heavy, own.heavy_blocks))
+        mine = mine.mapInArrow(route, CHUNK_SCHEMA)
+    packed = mine.groupBy("block").applyInArrow(_packer((other.heavy, other.heavy_blocks)), INBLOCK_SCHEMA)
     # Block b in partition b (partitioning.py): the half-steps cogroup by the same key.
-    keyed = packed.withColumn(PART, partition_key(F.col(BLOCK), num_blocks))
-    return keyed.repartition(num_blocks, PART).cache()
+    keyed = packed.withColumn(PART, partition_key(F.col(BLOCK), own.num_blocks))
+    return keyed.repartition(own.num_blocks, PART).cache()
 
 
 def _chunk(targets: DataFrame, dtypes: dict, rules: dict[str, tuple[int, int, Placement | None]]) -> DataFrame:
@@ -199,21 +217,15 @@ def build_blocks(
 
     user_side, item_side = side(USER, per_user, users_at), side(ITEM, per_item, items_at)
     with phase(spark, "pack"):
-        if (users_at.num_blocks, items_at.num_blocks) != (num_user_blocks, num_item_blocks):
-            # A side was split for max_block_ratings: its hashed blocks change, so cut again.
+        cut_placed = (users_at.num_blocks, items_at.num_blocks) != (num_user_blocks, num_item_blocks)
+        if cut_placed:
+            # A side was split for max_block_ratings: its hashed blocks change, so cut again,
+            # this time with the placed entities in their blocks.
             chunks.unpersist()
             placed = {USER: (users_at.num_blocks, seed, users_at), ITEM: (items_at.num_blocks, seed + 1, items_at)}
             chunks = _chunk(targets, dtypes, placed)
-            routed = chunks
-        elif len(users_at.heavy) or len(items_at.heavy):
-            routes = ((users_at.heavy, users_at.heavy_blocks), (items_at.heavy, items_at.heavy_blocks))
-            reroute = functools.partial(reroute_chunks, routes=routes)
-            routed = chunks.mapInArrow(reroute, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
-        else:
-            routed = chunks
-        users = _pack(routed, 0, users_at.num_blocks)
-        items = _pack(routed, 1, items_at.num_blocks)
+        users = _pack(chunks, 0, (users_at, items_at), cut_placed)
+        items = _pack(chunks, 1, (users_at, items_at), cut_placed)
         users.select(BLOCK).unionByName(items.select(BLOCK)).count()  # one job caches both
-        for df in {id(chunks): chunks, id(routed): routed}.values():
-            df.unpersist()
+        chunks.unpersist()
     return Blocks(users, items, user_side, item_side)

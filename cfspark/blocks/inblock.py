@@ -282,14 +282,22 @@ def _merged(table: pa.Table, values: str, index: str, per_value: str, dtype) -> 
     return merged, where[np.concatenate(indices)], column
 
 
-def pack_chunks(table: pa.Table) -> pa.Table:
-    """groupBy('block').applyInArrow body: one block's chunks → one InBlock row."""
+_NO_ROUTE = (np.empty(0, np.int64), np.empty(0, np.int32))
+
+
+def pack_chunks(table: pa.Table, other_route: tuple[np.ndarray, np.ndarray] = _NO_ROUTE) -> pa.Table:
+    """groupBy('block').applyInArrow body: one block's chunks → one InBlock row.
+
+    other_route: (values ascending, blocks) of the other side's placed entities, whose
+    blocks replace those the chunks were cut with (their hashed blocks, when setup cut
+    before it placed anything); routing again an already routed block changes nothing."""
 
     def joined(name: str) -> np.ndarray:
         return np.concatenate([cell(table, name, r, np.float64) for r in range(table.num_rows)])
 
     ids, own, keys = _merged(table, "ids", "own", "key", np.int64)
     others, other, other_blocks = _merged(table, "other_ids", "other", "other_block", np.int32)
+    other_blocks = route_blocks(others, other_blocks, other_route)
     extras = {name: joined(name) if table.column(name).null_count == 0 else None for name in EXTRAS}
     arrays = _pack(own, other, ids, keys, others, other_blocks, joined("y"), extras)
     row = {

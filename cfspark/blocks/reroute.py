@@ -1,10 +1,11 @@
-"""Chunks cut by hashed block, counted and then moved to the placed blocks, in Arrow cells.
+"""Chunks cut by hashed block, counted, and the placed entities' cells moved, in Arrow cells.
 
 Setup cuts the ratings into chunks (inblock.chunk_ratings) before any entity is placed,
 each rating in the hashed block of its user and of its item. The same cached chunks then
 give each side's per-entity rating counts, from which the driver places the heaviest
 entities (placement.py), and the few placed entities' ratings are moved to their blocks
-here. So the ratings cross from the JVM to Python once, and no rating is ever shuffled as
+here, on the side that placed any (the other side's block numbers are routed as each
+block is packed). So the ratings cross from the JVM to Python once, and no rating is ever shuffled as
 a row of its own: counting them needs no pass of its own over the ratings.
 """
 
@@ -37,49 +38,43 @@ def chunk_counts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 Route = tuple[np.ndarray, np.ndarray]  # (values of the placed entities ascending, the block of each)
 
 
-def _sub_chunk(batch: pa.RecordBatch, r: int, block: int, keep: np.ndarray | None, other_blocks: np.ndarray) -> dict:
-    """Chunk r with its block set, only the own entities that keep marks (None: all of them),
-    and the other side's blocks replaced by other_blocks."""
+def _sub_chunk(batch: pa.RecordBatch, r: int, block: int, keep: np.ndarray) -> dict:
+    """Chunk r with its block set and only the own entities that keep marks."""
     ids, key = cell(batch, "ids", r, np.int64), cell(batch, "key", r, np.int64)
     own, other = cell(batch, "own", r, np.int32), cell(batch, "other", r, np.int32)
-    other_ids = cell(batch, "other_ids", r, np.int64)
+    rows = keep[own]
+    new_own = np.cumsum(keep, dtype=np.int32) - np.int32(1)
+    used, other = _distinct(other[rows])  # the other entities these ratings still name, ascending
     per_rating = {name: cell(batch, name, r, np.float64) for name in _PER_RATING}
-    if keep is not None:
-        rows = keep[own]
-        new_own = np.cumsum(keep, dtype=np.int32) - np.int32(1)
-        ids, key, own = ids[keep], key[keep], new_own[own[rows]]
-        used, other = _distinct(other[rows])  # the other entities these ratings still name, ascending
-        other_ids, other_blocks = other_ids[used], other_blocks[used]
-        per_rating = {name: None if v is None else v[rows] for name, v in per_rating.items()}
     return {
         "side": batch.column("side")[r].as_py(),
         "block": block,
-        "ids": blob(ids),
-        "key": blob(key),
-        "own": blob(own),
-        "other_ids": blob(other_ids),
-        "other_block": blob(other_blocks),
+        "ids": blob(ids[keep]),
+        "key": blob(key[keep]),
+        "own": blob(new_own[own[rows]]),
+        "other_ids": blob(cell(batch, "other_ids", r, np.int64)[used]),
+        "other_block": blob(cell(batch, "other_block", r, np.int32)[used]),
         "other": blob(other),
-        **{name: blob(v) for name, v in per_rating.items()},
+        **{name: None if v is None else blob(v[rows]) for name, v in per_rating.items()},
     }
 
 
-def reroute_chunks(batches: Iterator[pa.RecordBatch], routes: tuple[Route, Route]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body over chunks cut by hashed block: the same chunks with each placed
-    entity's ratings in its placed block (routes[side] for side 0 = users, 1 = items), and
-    the other side's blocks routed too, so the messages line up."""
+def reroute_chunks(batches: Iterator[pa.RecordBatch], route: Route) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body over one side's chunks cut by hashed block: the same chunks with each
+    placed entity's ratings (route) in its placed block. A chunk with no placed entity
+    outside its block passes through as it is. The other side's block numbers are left as
+    cut: pack_chunks routes them."""
     for batch in batches:
-        rows = []
+        keep, rows = [], []
         for r in range(batch.num_rows):  # over chunks, never over ratings
-            side, hashed = batch.column("side")[r].as_py(), batch.column("block")[r].as_py()
             ids = cell(batch, "ids", r, np.int64)
-            other_ids = cell(batch, "other_ids", r, np.int64)
-            other_blocks = route_blocks(other_ids, cell(batch, "other_block", r, np.int32), routes[1 - side])
-            dest = route_blocks(ids, np.full(len(ids), hashed, dtype=np.int32), routes[side])
-            targets = np.unique(dest)
-            if len(targets) == 1:
-                rows.append(_sub_chunk(batch, r, int(targets[0]), None, other_blocks))
+            hashed = batch.column("block")[r].as_py()
+            dest = route_blocks(ids, np.full(len(ids), hashed, dtype=np.int32), route)
+            if (dest == hashed).all():
+                keep.append(r)
                 continue
-            rows.extend(_sub_chunk(batch, r, int(b), dest == b, other_blocks) for b in targets)
+            rows.extend(_sub_chunk(batch, r, int(b), dest == b) for b in np.unique(dest))
+        if keep:
+            yield batch.take(pa.array(keep, pa.int32()))
         if rows:
             yield pa.RecordBatch.from_pylist(rows, schema=_CHUNK_ARROW)
