@@ -74,7 +74,9 @@ def reroute_chunks(batches: Iterator[pa.RecordBatch], route: Route) -> Iterator[
                 keep.append(r)
                 continue
             rows.extend(_sub_chunk(batch, r, int(b), dest == b) for b in np.unique(dest))
-        if keep:
-            yield batch.take(pa.array(keep, pa.int32()))
+        if keep:  # in the output's own types: Spark may hand binary cells in as large_binary
+            kept = batch.take(pa.array(keep, pa.int32()))
+            columns = [kept.column(f.name).cast(f.type) for f in _CHUNK_ARROW]
+            yield pa.RecordBatch.from_arrays(columns, schema=_CHUNK_ARROW)
         if rows:
             yield pa.RecordBatch.from_pylist(rows, schema=_CHUNK_ARROW)
