@@ -34,9 +34,10 @@ DIR_NAME = "cfspark-blocks"
 Arrays = dict[str, np.ndarray | None]
 
 
-# Where an executor's scratch space is, as its cluster manager says, in Spark's own order:
-# a standalone worker's per-application directory (deleted when the application ends),
-# then SPARK_LOCAL_DIRS, then YARN's container directories.
+# Where an executor's scratch space is: a standalone worker's per-application directory
+# (deleted when the application ends), then SPARK_LOCAL_DIRS, which Spark sets for its
+# Python workers to the executor's block manager directories (deleted when it stops),
+# then YARN's container directories.
 _LOCAL_DIRS = (("SPARK_EXECUTOR_DIRS", os.pathsep), ("SPARK_LOCAL_DIRS", ","), ("LOCAL_DIRS", ","))
 
 
