@@ -1,4 +1,4 @@
-"""The Python workers' cache of decoded InBlocks (blocks/cache.py) and the host's block files
+"""The Python workers' cache of decoded InBlocks (blocks/cache.py) and the executor's block files
 that back it (blocks/files.py): what a worker keeps, the same factors whether every block is
 found or every task falls back to the InBlock DataFrame, and the cache and files released
 when a fit ends."""
@@ -58,8 +58,8 @@ def test_a_worker_keeps_copies_of_one_blocks_key_within_its_budget(tmp_path, mon
     assert got["cols"] is not arrays["cols"] and np.array_equal(got["cols"], arrays["cols"])
     assert got["offset"] is None and cache.lookup(CacheKey("blocks-a", "item"), 1) is None
     assert cache.stats()["entries"] == 2 and cache.stats()["bytes"] == 2 * size
-    assert files.usage("blocks-a")[0] == 2  # each block written once to the host's files
-    # Another worker of the host (here: this one, its memory emptied) maps the file: no miss.
+    assert files.usage("blocks-a")[0] == 2  # each block written once to the executor's files
+    # Another worker of the executor (here: this one, its memory emptied) maps the file: no miss.
     cache._cache.clear()
     assert np.array_equal(cache.lookup(a, 1)["src"], arrays["src"])
     cache._cache.clear()
@@ -109,7 +109,7 @@ def fits(spark):
 def test_a_cold_cache_for_every_task_gives_the_warm_caches_factors(fits):
     (warm, warm_misses, *_), (cold, cold_misses, *_) = fits["warm"], fits["cold"]
     assert cold_misses == HALF_STEP_TASKS  # every block of every half-step fell back to its InBlock
-    # One host: the setup's tasks wrote every block's file, so every worker finds every block,
+    # One executor: the setup's tasks wrote every block's file, so every worker finds every block,
     # however many workers there are and whichever tasks they get.
     assert warm_misses == 0 and fits["again"][1] == 0
     for w, c in zip(warm, cold, strict=True):

@@ -8,8 +8,8 @@ keeps its arrays here, keyed by (the Blocks' key, side, block), and later half-s
 land on that worker need only the block's messages.
 
 A worker that has not seen a block yet looks for its file (files.py), which the first
-worker of the host to decode the block wrote and every other one memory-maps: a miss costs
-one decode per host, not per worker, and the host holds one copy of the block's pages.
+worker of the executor to decode the block wrote and every other one memory-maps: a miss costs
+one decode per executor, not per worker, and the executor holds one copy of the block's pages.
 
 Nothing here is required for a result: a worker may be new, restarted or on another
 executor, or the file gone, and then the lookup misses and the half-step falls back to
@@ -79,7 +79,7 @@ def nbytes(arrays: Arrays) -> int:
 
 
 def lookup(key: CacheKey, block: int) -> Arrays | None:
-    """A block's arrays: this worker's, else mapped from the host's file; None on a miss."""
+    """A block's arrays: this worker's, else mapped from the executor's file; None on a miss."""
     if key.mode != "on":
         return None
     found = _cache.get((key.blocks, key.side, block))
@@ -101,7 +101,7 @@ def _room(key: CacheKey, arrays: Arrays) -> bool:
 
 
 def keep(key: CacheKey, block: int, arrays: Arrays) -> bool:
-    """Keep a block's arrays for later half-steps: in the host's file, mapped, or a copy where
+    """Keep a block's arrays for later half-steps: in the executor's file, mapped, or a copy where
     the file cannot be written; False if the mode or budget says no."""
     if key.mode != "on" or not _room(key, arrays):
         return False
@@ -113,12 +113,12 @@ def keep(key: CacheKey, block: int, arrays: Arrays) -> bool:
 
 
 def release(blocks: str | None = None) -> int:
-    """Drop the kept blocks of one Blocks key (all if None), and the host's files of them;
+    """Drop the kept blocks of one Blocks key (all if None), and the executor's files of them;
     how many entries went."""
     gone = [k for k in _cache if blocks is None or k[0] == blocks]
     for k in gone:
         del _cache[k]
-    # Only keys this worker knows: another application's fit may share the host's directory.
+    # Only keys this worker knows: another application's fit may share the directory.
     for known in {blocks} if blocks is not None else {k[0] for k in gone} | _seen:
         files.remove(known)
     return len(gone)
@@ -126,7 +126,7 @@ def release(blocks: str | None = None) -> int:
 
 def stats() -> dict:
     """This worker's cache: its process id, entries, bytes and Blocks keys, and the block
-    files on its host of every key it has kept blocks of."""
+    files in its executor's directory of every key it has kept blocks of."""
     on_disk = [files.usage(k) for k in _seen]
     on_disk, disk_bytes = sum(n for n, _ in on_disk), sum(b for _, b in on_disk)
     return {

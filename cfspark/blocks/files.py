@@ -1,11 +1,11 @@
-"""Decoded InBlocks as files that every Python worker of a host memory-maps.
+"""Decoded InBlocks as files that every Python worker of an executor memory-maps.
 
 A worker's in-memory cache (cache.py) fills only as tasks land on it, and Spark hands
 tasks to idle workers first in, first out: with more workers than cores, a half-step and
 its fallback land on different workers, so a block can miss for many iterations. A file
 per block, written once by whichever worker decodes the block first and mapped read-only
-by the others, turns that into one miss per host, and the pages are shared: one copy of a
-block in memory per host, not one per worker.
+by the others, turns that into one miss per executor, and the pages are shared: one copy of a
+block in memory per executor, not one per worker.
 
 Files live in a directory per Blocks key under the executor's local directory (root()),
 else the system's temporary directory; CFSPARK_BLOCK_DIR overrides it.
@@ -58,7 +58,7 @@ def _aligned(n: int) -> int:
 
 
 def write(blocks: str, side: str, block: int, arrays: Arrays) -> str | None:
-    """Write a block's arrays once per host; the file's path, or None if it cannot be written."""
+    """Write a block's arrays once per executor; the file's path, or None if it cannot be written."""
     target = path(blocks, side, block)
     if os.path.exists(target):
         return target
@@ -120,7 +120,7 @@ def read(blocks: str, side: str, block: int) -> Arrays | None:
 
 
 def remove(blocks: str) -> int:
-    """Remove one Blocks key's files from this host; how many went."""
+    """Remove one Blocks key's files from this executor's directory; how many went."""
     folder = os.path.join(root(), blocks)
     if not os.path.isdir(folder):
         return 0
@@ -130,7 +130,7 @@ def remove(blocks: str) -> int:
 
 
 def usage(blocks: str) -> tuple[int, int]:
-    """(files, bytes) of one Blocks key's block files on this host."""
+    """(files, bytes) of one Blocks key's block files in this executor's directory."""
     folder = os.path.join(root(), blocks)
     count = sizes = 0
     for name in os.listdir(folder) if os.path.isdir(folder) else []:

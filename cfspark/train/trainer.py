@@ -12,9 +12,9 @@ interval the two live tables are also written to storage, from which a stopped r
 resumes.
 
 The InBlocks cross from the JVM into Python once, not at every half-step: the worker that
-decodes a block first writes it to a file on its host, which every Python worker there
+decodes a block first writes it to a file of its executor, which every Python worker there
 memory-maps (blocks/cache.py, blocks/files.py), and a half-step first runs on the state and
-messages alone (step_cached). Blocks that a host has no file of (a new executor, a lost
+messages alone (step_cached). Blocks that an executor has no file of (a new executor, a lost
 file) come back as MISS rows and run again in a second job, cogrouped with their InBlocks
 as before (step_blocks), which also writes their files there. CFSPARK_BLOCK_CACHE (on, cold,
 off) and CFSPARK_BLOCK_CACHE_MB, read on the driver, set the mode and a worker's budget.
