@@ -1,6 +1,7 @@
-"""The Python workers' cache of decoded InBlocks (blocks/cache.py): what a worker keeps, the
-same factors whether every block is found or every task falls back to the InBlock
-DataFrame, and the cache released when a fit ends."""
+"""The Python workers' cache of decoded InBlocks (blocks/cache.py) and the executor's block files
+that back it (blocks/files.py): what a worker keeps, the same factors whether every block is
+found or every task falls back to the InBlock DataFrame, and the cache and files released
+when a fit ends."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import os
 import numpy as np
 import pytest
 from planted import planted_ratings
+from pyspark.sql import functions as F
 
 from cfspark import CollaborativeFilter
-from cfspark.blocks import cache
+from cfspark.blocks import cache, files
 from cfspark.blocks.cache import CacheKey, release_workers
 
 PARAMS = dict(rank=3, maxIter=3, tol=0.0, seed=11, regParam=0.05, numUserBlocks=3, numItemBlocks=2)
@@ -22,7 +24,31 @@ def _arrays(n: int) -> cache.Arrays:
     return {k: None if k in ("offset", "weight") else np.arange(n, dtype=t) for k, t in cache.STEP_COLUMNS.items()}
 
 
-def test_a_worker_keeps_copies_of_one_blocks_key_within_its_budget():
+def test_a_block_file_maps_back_the_arrays_written_and_a_damaged_one_reads_as_a_miss(tmp_path, monkeypatch):
+    monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
+    arrays = _arrays(37) | {"y": np.linspace(-1, 1, 37), "weight": np.full(37, 0.5)}
+    where = files.write("k", "item", 3, arrays)
+    assert where == str(tmp_path / files.DIR_NAME / "k" / "item-3.blk")
+    got = files.read("k", "item", 3)
+    assert list(got) == list(arrays) and got["offset"] is None
+    for name, a in arrays.items():
+        if a is not None:
+            assert got[name].dtype == a.dtype and np.array_equal(got[name], a)
+            assert got[name].ctypes.data % files.ALIGN == 0 and not got[name].flags.writeable
+    assert files.write("k", "item", 3, _arrays(5)) == where  # written once: the first copy stays
+    assert len(files.read("k", "item", 3)["cols"]) == 37
+    assert files.usage("k") == (1, os.path.getsize(where))
+    with open(where, "r+b") as f:  # cut short: the header promises more than the file holds
+        f.truncate(os.path.getsize(where) - files.ALIGN)
+    assert files.read("k", "item", 3) is None
+    with open(where, "wb") as f:
+        f.write(b"not a block")
+    assert files.read("k", "item", 3) is None and files.read("k", "item", 4) is None
+    assert files.remove("k") == 1 and files.usage("k") == (0, 0) and files.remove("k") == 0
+
+
+def test_a_worker_keeps_copies_of_one_blocks_key_within_its_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
     cache.release()
     a, arrays = CacheKey("blocks-a", "user"), _arrays(100)
     size = cache.nbytes(arrays)
@@ -32,44 +58,60 @@ def test_a_worker_keeps_copies_of_one_blocks_key_within_its_budget():
     assert got["cols"] is not arrays["cols"] and np.array_equal(got["cols"], arrays["cols"])
     assert got["offset"] is None and cache.lookup(CacheKey("blocks-a", "item"), 1) is None
     assert cache.stats()["entries"] == 2 and cache.stats()["bytes"] == 2 * size
-    # Another Blocks' block replaces the first Blocks' ones.
+    assert files.usage("blocks-a")[0] == 2  # each block written once to the executor's files
+    # Another worker of the executor (here: this one, its memory emptied) maps the file: no miss.
+    cache._cache.clear()
+    assert np.array_equal(cache.lookup(a, 1)["src"], arrays["src"])
+    cache._cache.clear()
+    files.remove("blocks-a")
+    assert cache.lookup(a, 1) is None  # neither kept nor on disk: the fallback's turn
+    assert cache.keep(a, 0, arrays) and cache.keep(a, 1, arrays)
+    # Another Blocks' block replaces the first Blocks' ones, in memory and on disk.
     b = CacheKey("blocks-b", "item", budget_bytes=2 * size - 1)
     assert cache.keep(b, 0, arrays)
     assert cache.stats()["keys"] == ["blocks-b"] and cache.lookup(a, 0) is None
+    assert files.usage("blocks-a") == (0, 0)
     assert not cache.keep(b, 1, arrays)  # a second block would pass the budget
     cold = CacheKey("blocks-b", "item", mode="cold")
     assert cache.lookup(cold, 0) is None and not cache.keep(cold, 2, arrays)
     assert cache.release("blocks-b") == 1 and cache.stats()["entries"] == 0
+    assert cache.stats()["files"] == 0 and not os.listdir(tmp_path / files.DIR_NAME)
 
 
 @pytest.fixture(scope="module")
 def fits(spark):
-    """Three fits in one session: with the cache, with every task missing it, and with it again.
-    Each gives its factors, its blocks that missed, and what every worker held after it."""
+    """Four fits in one session: with the cache, with every task missing it, with it again, and
+    in float32. Each gives its factors, its blocks that missed, what every worker held after it,
+    its training RMSE and the MiB of messages it sent."""
     p = planted_ratings(n_users=200, n_items=120, rank=3, density=0.2, noise=0.5, seed=2)
     ratings = spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
     out = {}
-    for name, mode in (("warm", "on"), ("cold", "cold"), ("again", "on")):
-        os.environ["CFSPARK_BLOCK_CACHE"] = mode
+    runs = (("warm", "on", "off"), ("cold", "cold", "off"), ("again", "on", "off"), ("float32", "on", "on"))
+    for name, mode, single in runs:
+        os.environ["CFSPARK_BLOCK_CACHE"], os.environ["CFSPARK_FLOAT32"] = mode, single
         try:
             model = CollaborativeFilter(**PARAMS).fit_validated(ratings)
         finally:
-            del os.environ["CFSPARK_BLOCK_CACHE"]
+            del os.environ["CFSPARK_BLOCK_CACHE"], os.environ["CFSPARK_FLOAT32"]
         users = {r.user: [*r.features, r.bias] for r in model.user_factors.collect()}
         items = {r.item: [*r.features, r.bias] for r in model.item_factors.collect()}
         misses = sum(h["cache_misses"] for h in model.history)
+        squared = model.transform(ratings).select(F.avg((F.col("prediction") - F.col("rating")) ** 2)).first()[0]
+        sent = sum(h["message_mb"] for h in model.history)
         model.unpersist()
         held = release_workers(spark, "no-such-blocks", tasks=8)  # drops nothing, reports each worker
-        out[name] = (users, items), misses, held
+        out[name] = (users, items), misses, held, squared**0.5, sent
     ratings.unpersist()
     return out
 
 
 @pytest.mark.slow
 def test_a_cold_cache_for_every_task_gives_the_warm_caches_factors(fits):
-    (warm, warm_misses, _), (cold, cold_misses, _) = fits["warm"], fits["cold"]
+    (warm, warm_misses, *_), (cold, cold_misses, *_) = fits["warm"], fits["cold"]
     assert cold_misses == HALF_STEP_TASKS  # every block of every half-step fell back to its InBlock
-    assert warm_misses < HALF_STEP_TASKS  # the workers kept blocks, and found them
+    # One executor: the setup's tasks wrote every block's file, so every worker finds every block,
+    # however many workers there are and whichever tasks they get.
+    assert warm_misses == 0 and fits["again"][1] == 0
     for w, c in zip(warm, cold, strict=True):
         ids = sorted(w)
         assert len(ids) > 100 and sorted(c) == ids
@@ -78,7 +120,19 @@ def test_a_cold_cache_for_every_task_gives_the_warm_caches_factors(fits):
 
 @pytest.mark.slow
 def test_the_workers_hold_no_blocks_after_a_fit_not_even_after_a_second_one(fits):
+    """The bound after each fit's release: no entry, no byte, no file, in any worker reached."""
     assert fits["again"][0] == fits["warm"][0]  # a second fit in the session, from a fresh cache
-    for _, _, held in fits.values():
+    for _, _, held, *_ in fits.values():
         assert len({r.pid for r in held}) >= 1
-        assert [(r.entries, r.bytes) for r in held] == [(0, 0)] * len(held)
+        assert [(r.entries, r.bytes, r.files, r.file_bytes) for r in held] == [(0, 0, 0, 0)] * len(held)
+
+
+@pytest.mark.slow
+def test_float32_messages_and_products_fit_the_planted_data_as_float64_does(fits):
+    """CFSPARK_FLOAT32: float32 gathers and products, and messages sent as float32 (half the
+    bytes), against float64: the training RMSE agrees within 1e-4 relative."""
+    (_, _, _, rmse64, sent64), (factors32, _, _, rmse32, sent32) = fits["warm"], fits["float32"]
+    assert 0.3 < rmse64 < 0.6  # a real fit: the planted noise is 0.5
+    assert abs(rmse32 - rmse64) <= 1e-4 * rmse64
+    assert abs(sent32 - sent64 / 2) <= 0.001 * PARAMS["maxIter"]  # message_mb is rounded to 0.001
+    assert factors32 != fits["warm"][0]  # the float32 path ran

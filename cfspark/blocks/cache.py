@@ -7,10 +7,15 @@ module-level dict outlives the task that filled it: a worker that has decoded a 
 keeps its arrays here, keyed by (the Blocks' key, side, block), and later half-steps that
 land on that worker need only the block's messages.
 
+A worker that has not seen a block yet looks for its file (files.py), which the first
+worker of the executor to decode the block wrote and every other one memory-maps: a miss costs
+one decode per executor, not per worker, and the executor holds one copy of the block's pages.
+
 Nothing here is required for a result: a worker may be new, restarted or on another
-executor, and then the lookup misses and the half-step falls back to reading the block
-from its DataFrame (train/trainer.py). A worker holds the blocks of one Blocks key at a
-time (a new key drops the old ones), and at most a byte budget of them.
+executor, or the file gone, and then the lookup misses and the half-step falls back to
+reading the block from its DataFrame (train/trainer.py). A worker holds the blocks of one
+Blocks key at a time (a new key drops the old ones, and their files), and at most a byte
+budget of them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from cfspark.blocks import files
 from cfspark.blocks.codec import cell
 
 # The InBlock columns a half-step reads, and their dtypes (inblock.py's INBLOCK_SCHEMA).
@@ -59,6 +65,7 @@ class CacheKey:
 MODES = ("on", "cold", "off")
 
 _cache: dict[tuple[str, str, int], Arrays] = {}
+_seen: set[str] = set()  # every Blocks key this worker kept a block of: the files it may have left
 
 
 def decode(inblock: pa.Table | pa.RecordBatch, row: int = 0, *, copy: bool = False) -> Arrays:
@@ -72,43 +79,67 @@ def nbytes(arrays: Arrays) -> int:
 
 
 def lookup(key: CacheKey, block: int) -> Arrays | None:
+    """A block's arrays: this worker's, else mapped from the executor's file; None on a miss."""
     if key.mode != "on":
         return None
-    return _cache.get((key.blocks, key.side, block))
+    found = _cache.get((key.blocks, key.side, block))
+    if found is None:
+        found = files.read(key.blocks, key.side, block)
+        if found is not None and not _room(key, found):
+            return None
+        if found is not None:
+            _cache[(key.blocks, key.side, block)] = found
+    return found
+
+
+def _room(key: CacheKey, arrays: Arrays) -> bool:
+    """Whether this worker may hold arrays too; drops another fit's blocks (and their files) first."""
+    for other in {k[0] for k in _cache if k[0] != key.blocks}:  # another fit's blocks: done with
+        release(other)
+    used = sum(nbytes(a) for a in _cache.values())
+    return used + nbytes(arrays) <= key.budget_bytes
 
 
 def keep(key: CacheKey, block: int, arrays: Arrays) -> bool:
-    """Keep a block's arrays (a copy) for later half-steps; False if the mode or budget says no."""
-    if key.mode != "on":
+    """Keep a block's arrays for later half-steps: in the executor's file, mapped, or a copy where
+    the file cannot be written; False if the mode or budget says no."""
+    if key.mode != "on" or not _room(key, arrays):
         return False
-    for other in [k for k in _cache if k[0] != key.blocks]:  # another fit's blocks: done with
-        del _cache[other]
-    used = sum(nbytes(a) for a in _cache.values())
-    if used + nbytes(arrays) > key.budget_bytes:
-        return False
-    _cache[(key.blocks, key.side, block)] = {k: None if v is None else np.array(v) for k, v in arrays.items()}
+    _seen.add(key.blocks)
+    written = files.write(key.blocks, key.side, block, arrays)
+    mapped = files.read(key.blocks, key.side, block) if written else None
+    _cache[(key.blocks, key.side, block)] = mapped or {k: None if v is None else np.array(v) for k, v in arrays.items()}
     return True
 
 
 def release(blocks: str | None = None) -> int:
-    """Drop the kept blocks of one Blocks key (all if None); how many entries went."""
+    """Drop the kept blocks of one Blocks key (all if None), and the executor's files of them;
+    how many entries went."""
     gone = [k for k in _cache if blocks is None or k[0] == blocks]
     for k in gone:
         del _cache[k]
+    # Only keys this worker knows: another application's fit may share the directory.
+    for known in {blocks} if blocks is not None else {k[0] for k in gone} | _seen:
+        files.remove(known)
     return len(gone)
 
 
 def stats() -> dict:
-    """This worker's cache: its process id, entries, bytes and Blocks keys."""
+    """This worker's cache: its process id, entries, bytes and Blocks keys, and the block
+    files in its executor's directory of every key it has kept blocks of."""
+    on_disk = [files.usage(k) for k in _seen]
+    on_disk, disk_bytes = sum(n for n, _ in on_disk), sum(b for _, b in on_disk)
     return {
         "pid": os.getpid(),
         "entries": len(_cache),
         "bytes": sum(nbytes(a) for a in _cache.values()),
         "keys": sorted({k[0] for k in _cache}),
+        "files": on_disk,
+        "file_bytes": disk_bytes,
     }
 
 
-RELEASE_SCHEMA = "pid long, entries long, bytes long, dropped long"
+RELEASE_SCHEMA = "pid long, entries long, bytes long, dropped long, files long, file_bytes long"
 
 
 def release_body(blocks: str | None):
@@ -120,7 +151,7 @@ def release_body(blocks: str | None):
             pass
         dropped = release(blocks)
         held = stats()
-        row = {"pid": held["pid"], "entries": held["entries"], "bytes": held["bytes"], "dropped": dropped}
+        row = {k: held[k] for k in ("pid", "entries", "bytes", "files", "file_bytes")} | {"dropped": dropped}
         yield pa.RecordBatch.from_pylist([row])
 
     return run

@@ -94,10 +94,14 @@ def _rows(
     return rows
 
 
-def _outbox(arrays: Arrays, params: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """The OutBlock: for each block of the other side, the rows of params it needs."""
+def _outbox(arrays: Arrays, params: np.ndarray, cfg: StepConfig) -> list[tuple[int, np.ndarray]]:
+    """The OutBlock: for each block of the other side, the rows of params it needs.
+
+    Under cfg.float32 they travel as float32: the receiving kernel gathers them in float32
+    anyway, so the factors are the same and the shuffle moves half the bytes."""
     dest, ptr, idx = arrays["out_dest"], arrays["out_ptr"], arrays["out_idx"]
-    return [(dest[j], params[idx[ptr[j] : ptr[j + 1]]]) for j in range(len(dest))]
+    dtype = np.float32 if cfg.float32 else np.float64
+    return [(dest[j], params[idx[ptr[j] : ptr[j + 1]]].astype(dtype)) for j in range(len(dest))]
 
 
 def init_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
@@ -115,7 +119,7 @@ def init_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
                 arrays = cache.decode(batch, r)
                 if key is not None:
                     cache.keep(key, block, arrays)
-                outbox = _outbox(arrays, params) if send else []
+                outbox = _outbox(arrays, params, cfg) if send else []
                 rows += _rows(block, params, None, (0.0, 0.0), outbox)
             yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
 
@@ -123,7 +127,8 @@ def init_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
 
 
 def _assemble(arrays: Arrays, incoming: pa.Table, width: int) -> np.ndarray:
-    """Stack the messages in src order into the matrix the InBlock's cols index."""
+    """Stack the messages in src order into the matrix the InBlock's cols index (float64, or
+    float32 where every message is: a message's dtype is told by its length)."""
     src = incoming.column("src").to_numpy()
     order = np.argsort(src, kind="stable")
     order = order[src[order] >= 0]
@@ -132,10 +137,13 @@ def _assemble(arrays: Arrays, incoming: pa.Table, width: int) -> np.ndarray:
     got = src[order]
     if not np.array_equal(got, expected):
         raise RuntimeError(f"block expected messages from {expected.tolist()}, got {got.tolist()}")
-    parts = [matrix(incoming, "params", int(j), width) for j in order]
-    for part, size, s in zip(parts, sizes, got, strict=True):
-        if len(part) != size:
-            raise RuntimeError(f"message from block {s} has {len(part)} rows, expected {size}")
+    parts = []
+    for j, size, s in zip(order, sizes, got, strict=True):
+        cells = incoming.column("params")[int(j)].as_buffer().size
+        dtype = {8 * size * width: np.float64, 4 * size * width: np.float32}.get(cells)
+        if dtype is None:
+            raise RuntimeError(f"message from block {s} has {cells} bytes, expected {size} rows of {width}")
+        parts.append(cell(incoming, "params", int(j), dtype).reshape(-1, width))
     return np.concatenate(parts) if parts else np.empty((0, width))
 
 
@@ -154,7 +162,7 @@ def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began
         cfg, arrays["row_ptr"], arrays["cols"], arrays["y"], arrays["offset"], arrays["weight"], other, params, state
     )
     solved = time.perf_counter()
-    outbox = _outbox(arrays, params)
+    outbox = _outbox(arrays, params, cfg)
     # The encoding of the table itself is not timed: it is what the timings ride in.
     seconds = (solved - decoded, decoded - began + time.perf_counter() - solved)
     return pa.Table.from_pylist(_rows(block, params, kept, losses, outbox, seconds), schema=_ARROW_SCHEMA)
@@ -215,7 +223,7 @@ def warm_blocks(cfg: StepConfig, *, send: bool):
             params[local, : cfg.rank] = list_matrix(earlier.column("features"), cfg.rank)
             if cfg.learn_bias:
                 params[local, bias] = earlier.column("bias").to_numpy(zero_copy_only=False)
-        outbox = _outbox(cache.decode(inblock), params) if send else []
+        outbox = _outbox(cache.decode(inblock), params, cfg) if send else []
         return pa.Table.from_pylist(_rows(block, params, None, (0.0, 0.0), outbox), schema=_ARROW_SCHEMA)
 
     return run

@@ -11,12 +11,15 @@ has no lineage to recompute it from, so on a cluster it is kept on two executors
 interval the two live tables are also written to storage, from which a stopped run
 resumes.
 
-The InBlocks cross from the JVM into Python once, not at every half-step: the Python
-workers keep the blocks they decode (blocks/cache.py), and a half-step first runs on the
-state and messages alone (step_cached). Blocks whose worker did not hold them come back
-as MISS rows and run again in a second job, cogrouped with their InBlocks as before
-(step_blocks), which also leaves them in that worker. CFSPARK_BLOCK_CACHE (on, cold,
+The InBlocks cross from the JVM into Python once, not at every half-step: the worker that
+decodes a block first writes it to a file of its executor, which every Python worker there
+memory-maps (blocks/cache.py, blocks/files.py), and a half-step first runs on the state and
+messages alone (step_cached). Blocks that an executor has no file of (a new executor, a lost
+file) come back as MISS rows and run again in a second job, cogrouped with their InBlocks
+as before (step_blocks), which also writes their files there. CFSPARK_BLOCK_CACHE (on, cold,
 off) and CFSPARK_BLOCK_CACHE_MB, read on the driver, set the mode and a worker's budget.
+CFSPARK_FLOAT32=on runs both sides' half-steps with float32 gathers and products
+(StepConfig.float32), and their messages then cross the shuffle as float32.
 """
 
 from __future__ import annotations
@@ -90,6 +93,14 @@ def cache_keys(blocks: Blocks) -> dict[str, CacheKey | None]:
         return {"user": None, "item": None}
     budget = int(float(os.environ.get("CFSPARK_BLOCK_CACHE_MB", "4096")) * 2**20)
     return {side: CacheKey(blocks.key, side, mode, budget) for side in ("user", "item")}
+
+
+def precision(cfg: StepConfig) -> StepConfig:
+    """cfg, in float32 where CFSPARK_FLOAT32 (read on the driver) is on."""
+    flag = os.environ.get("CFSPARK_FLOAT32", "off").strip().lower() or "off"
+    if flag not in ("on", "off"):
+        raise ConfigError(f"CFSPARK_FLOAT32 must be on or off, not {flag!r}")
+    return replace(cfg, float32=True) if flag == "on" else cfg
 
 
 def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
@@ -187,6 +198,7 @@ def train(
     paused = 0.0
     spark = blocks.users.sparkSession
     keys = cache_keys(blocks)
+    user_cfg, item_cfg = precision(user_cfg), precision(item_cfg)
     with phase(spark, "init"):
         resumed = checkpointer.load() if checkpointer else None
         if resumed and resumed.iteration <= max_iter:  # a stopped run resumes, warm-started or not

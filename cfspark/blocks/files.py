@@ -1,0 +1,142 @@
+"""Decoded InBlocks as files that every Python worker of an executor memory-maps.
+
+A worker's in-memory cache (cache.py) fills only as tasks land on it, and Spark hands
+tasks to idle workers first in, first out: with more workers than cores, a half-step and
+its fallback land on different workers, so a block can miss for many iterations. A file
+per block, written once by whichever worker decodes the block first and mapped read-only
+by the others, turns that into one miss per executor, and the pages are shared: one copy of a
+block in memory per executor, not one per worker.
+
+Files live in a directory per Blocks key under the executor's local directory (root()),
+else the system's temporary directory; CFSPARK_BLOCK_DIR overrides it.
+A file is written under a temporary name and renamed into place, so a reader sees a whole
+file or none. Nothing here is needed for a result: a missing, partial or unreadable file
+reads as a miss, and the half-step falls back to the InBlock DataFrame.
+
+Layout of a file: MAGIC, the header's length (8 bytes, little-endian), a JSON header
+{name: [dtype, offset, count] or null}, then each array at a 64-byte aligned offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+MAGIC = b"CFBLK001"
+ALIGN = 64
+DIR_NAME = "cfspark-blocks"
+
+Arrays = dict[str, np.ndarray | None]
+
+
+# Where an executor's scratch space is: a standalone worker's per-application directory
+# (deleted when the application ends), then SPARK_LOCAL_DIRS, which Spark sets for its
+# Python workers to the executor's block manager directories (deleted when it stops),
+# then YARN's container directories.
+_LOCAL_DIRS = (("SPARK_EXECUTOR_DIRS", os.pathsep), ("SPARK_LOCAL_DIRS", ","), ("LOCAL_DIRS", ","))
+
+
+def root() -> str:
+    """This executor's directory of block files (one sub-directory per Blocks key)."""
+    chosen = os.environ.get("CFSPARK_BLOCK_DIR", "")
+    for name, sep in _LOCAL_DIRS:
+        chosen = chosen or os.environ.get(name, "").split(sep)[0].strip()
+    return os.path.join(chosen or tempfile.gettempdir(), DIR_NAME)
+
+
+def path(blocks: str, side: str, block: int) -> str:
+    return os.path.join(root(), blocks, f"{side}-{block}.blk")
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def write(blocks: str, side: str, block: int, arrays: Arrays) -> str | None:
+    """Write a block's arrays once per executor; the file's path, or None if it cannot be written."""
+    target = path(blocks, side, block)
+    if os.path.exists(target):
+        return target
+    header: dict[str, list | None] = {}
+    at = 0
+    for name, a in arrays.items():
+        if a is None:
+            header[name] = None
+            continue
+        header[name] = [a.dtype.str, at, int(a.size)]
+        at = _aligned(at + a.nbytes)
+    head = json.dumps(header).encode()
+    start = _aligned(len(MAGIC) + 8 + len(head))
+    temp = f"{target}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(temp, "wb") as f:
+            f.write(MAGIC + len(head).to_bytes(8, "little") + head)
+            for name, a in arrays.items():
+                if a is not None:
+                    f.seek(start + header[name][1])
+                    f.write(np.ascontiguousarray(a).tobytes())
+            f.truncate(start + at)
+        os.replace(temp, target)
+    except OSError:  # a full disk, or the directory removed by a release: the caller keeps a copy
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        return None
+    return target
+
+
+def read(blocks: str, side: str, block: int) -> Arrays | None:
+    """A block's arrays as read-only views of its memory-mapped file; None if there is none
+    or it does not hold what its header says."""
+    try:
+        # A plain ndarray view: it keeps the mapping open for as long as any array uses it.
+        raw = np.asarray(np.memmap(path(blocks, side, block), dtype=np.uint8, mode="r"))
+    except (OSError, ValueError):  # no file (ValueError: an empty one)
+        return None
+    try:
+        if bytes(raw[: len(MAGIC)]) != MAGIC:
+            return None
+        size = int.from_bytes(bytes(raw[len(MAGIC) : len(MAGIC) + 8]), "little")
+        head_end = len(MAGIC) + 8 + size
+        header = json.loads(bytes(raw[len(MAGIC) + 8 : head_end]))
+        start = _aligned(head_end)
+        out: Arrays = {}
+        for name, spec in header.items():
+            if spec is None:
+                out[name] = None
+                continue
+            dtype, at, count = np.dtype(spec[0]), start + spec[1], spec[2]
+            if at + count * dtype.itemsize > len(raw):
+                return None
+            out[name] = raw[at : at + count * dtype.itemsize].view(dtype)
+        return out
+    except (ValueError, UnicodeDecodeError, TypeError, IndexError):
+        return None
+
+
+def remove(blocks: str) -> int:
+    """Remove one Blocks key's files from this executor's directory; how many went."""
+    folder = os.path.join(root(), blocks)
+    if not os.path.isdir(folder):
+        return 0
+    gone = len(os.listdir(folder))
+    shutil.rmtree(folder, ignore_errors=True)
+    return gone
+
+
+def usage(blocks: str) -> tuple[int, int]:
+    """(files, bytes) of one Blocks key's block files in this executor's directory."""
+    folder = os.path.join(root(), blocks)
+    count = sizes = 0
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        try:
+            sizes += os.path.getsize(os.path.join(folder, name))
+            count += 1
+        except OSError:  # removed meanwhile
+            pass
+    return count, sizes
