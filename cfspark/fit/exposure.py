@@ -4,7 +4,7 @@ pairs (data/exposure.py); the model ranks by their product.
 
 Labels that are all 1 (positive-only data) have no preference to learn: the record is then
 one model of the positives against the unlabelled pairs (summary positive_only), by default
-the all-items model (model.implicit = "all", fit/implicit.py) where it runs in one task, else
+the all-items model (model.implicit = "all", fit/implicit.py), or with model.implicit = "sampled"
 the exposure part alone on sampled unlabelled pairs, whose predictions are P(exposed).
 """
 
@@ -20,7 +20,6 @@ from cfspark.core.ownership import checkpoint_folder
 from cfspark.core.schema import P_EXPOSED, RATING
 from cfspark.data.exposure import exposure_labels
 from cfspark.fit.implicit import fit_all_items
-from cfspark.fit.one_task import runs_in_one_task
 from cfspark.fit.record import FitRecord, training_pairs
 from cfspark.fit.settings import FitSettings, InitialModel
 
@@ -52,9 +51,7 @@ def fit_with_exposure(
     part = exposure_settings(settings)
     positive_only = train_ratings.filter(F.col(RATING) != 1.0).limit(1).count() == 0
     if positive_only and settings.implicit == "all":
-        if runs_in_one_task(settings, train_ratings.count()):
-            return fit_all_items(settings, train_ratings, on_iteration)
-        log.warning("model.implicit = all runs in one task only (see docs/binary-labels.md): fitting the sampled model")
+        return fit_all_items(settings, train_ratings, on_iteration)
     exposed = exposure_labels(
         train_ratings, per_labelled=settings.exposureNegatives, sampling=settings.negativeSampling,
         weight=settings.negativeWeight, seed=settings.seed,
