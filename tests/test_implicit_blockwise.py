@@ -11,7 +11,7 @@ import numpy as np
 
 from cfspark import CollaborativeFilter
 
-PARAMS = dict(loss="bce", rank=3, maxIter=5, tol=0.0, seed=7, exposureRegParam=0.05)
+PARAMS = dict(loss="bce", rank=3, maxIter=4, tol=0.0, seed=7, exposureRegParam=0.05)
 
 
 def _positive_counts(spark, n_users: int = 60, n_items: int = 40, seed: int = 3):
