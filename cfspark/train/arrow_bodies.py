@@ -154,7 +154,7 @@ def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began
     decoded = time.perf_counter()
     params, kept, losses = solve_rows(
         cfg, arrays["row_ptr"], arrays["cols"], arrays["y"], arrays["offset"], arrays["weight"], other, params, state,
-        gram,
+        gram, arrays["keys"],
     )  # fmt: skip
     solved = time.perf_counter()
     outbox = _outbox(arrays, params)

@@ -15,6 +15,7 @@ from cfspark.kernels.implicit import all_items_rows
 from cfspark.kernels.layout import bias_mask, factor_mask, train_mask, width
 from cfspark.kernels.optimizers import AdamState
 from cfspark.kernels.solve import solve_block
+from cfspark.train.sampled import Draws, with_negatives
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class StepConfig:
     # Positive-only: every row of other is a 0 of weight 1 beside the observed pairs, whose weight
     # is their confidence (kernels/implicit.py), through the other side's Gramian (train/all_items.py).
     all_items: bool = False
+    # Sampled 0-labels drawn inside each half-step, afresh each iteration (train/sampled.py).
+    draws: Draws | None = None
 
     @property
     def width(self) -> int:
@@ -65,13 +68,15 @@ def solve_rows(
     params: np.ndarray,
     state: AdamState | None,
     gram: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
 ) -> tuple[np.ndarray, AdamState | None, tuple[float, float]]:
     """One half-step of one block in numpy: the rows' new params, the optimiser state to
     keep (Adam's; None otherwise) and the (data, L2) losses at the new params.
 
     row_ptr/cols/y/offset/weight are the block's ratings as CSR; other is the other side's params
     in the order cols index. gram (all_items only) is the other side's Gramian over all of its
-    rows, when other holds only the rows this block's ratings name (train/all_items.py).
+    rows, when other holds only the rows this block's ratings name (train/all_items.py). keys, the
+    rows' hash keys, seed the rows' fresh 0-labels when cfg.draws is set (train/sampled.py).
     """
     if cfg.all_items:
         params, data, l2 = all_items_rows(
@@ -80,6 +85,10 @@ def solve_rows(
             g=gram,
         )  # fmt: skip
         return params, None, (data, l2)
+    if cfg.draws is not None:
+        row_ptr, cols, y, offset, weight = with_negatives(
+            cfg.draws, row_ptr, cols, y, offset, weight, keys, len(other), cfg.side
+        )
     problem = BlockProblem.build(
         row_ptr=row_ptr,
         cols=cols,

@@ -42,6 +42,7 @@ from cfspark.train.all_items import gram_messages
 from cfspark.train.arrow_bodies import MISS, OUT_SCHEMA, STATE, init_blocks, step_blocks, step_cached
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.history import HalfStep, converged, diverged, history_entry, reached_max_iter
+from cfspark.train.sampled import at_iteration
 from cfspark.train.step import StepConfig
 
 log = logging.getLogger("cfspark")
@@ -211,13 +212,15 @@ def train(
         step_began = time.perf_counter()
         with phase(spark, "user-steps"):
             user_out, users = run_half_step(
-                blocks.users, user_out, item_out, user_cfg, blocks.num_user_blocks, keys["user"]
-            )
+                blocks.users, user_out, item_out, at_iteration(user_cfg, iteration), blocks.num_user_blocks,
+                keys["user"],
+            )  # fmt: skip
         half_way = time.perf_counter()
         with phase(spark, "item-steps"):
             item_out, items = run_half_step(
-                blocks.items, item_out, user_out, item_cfg, blocks.num_item_blocks, keys["item"]
-            )
+                blocks.items, item_out, user_out, at_iteration(item_cfg, iteration), blocks.num_item_blocks,
+                keys["item"],
+            )  # fmt: skip
         now = time.perf_counter()
         entry = history_entry(
             iteration, users, items, seconds=now - step_began, elapsed=now - began - paused,
