@@ -85,6 +85,10 @@ def run_size(spark: SparkSession, millions: int) -> dict:
     out["cfspark_bce_default"] = {
         "fit_seconds": seconds, "implicit": summary.get("implicit"), "iterations": len(model.history),
         "blocks": [summary.get("num_user_blocks"), summary.get("num_item_blocks")],
+        "setup_seconds": summary.get("setup_seconds"),  # the fit's own clock: blocks built, factors initialised
+        "iteration_seconds": [h.get("seconds") for h in model.history],
+        "kernel_seconds": [h.get("kernel_seconds") for h in model.history],
+        "cache_misses": [h.get("cache_misses") for h in model.history],
         **_score(relevant, recs),
     }  # fmt: skip
     print(f"{millions}M cfspark: {out['cfspark_bce_default']}", flush=True)
