@@ -58,18 +58,16 @@ def test_exposure_model_recovers_p_like_and_ranks_better_than_plain_bce(spark, p
     assert ndcg_exposure > 1.5 * ndcg_plain and ndcg_exposure > 0.2
 
 
-def test_exposure_labels_weigh_labelled_pairs_as_theirs_and_sampled_ones_as_negative_weight(spark):
+def test_exposure_labels_are_the_labelled_pairs_alone_with_their_weights(spark):
+    """The exposure fit materialises one row per label: its 0s are drawn inside the half-steps
+    (train/sampled.py), where K + 1 = 33 times as many rows used to be built before the fit."""
     labelled = spark.createDataFrame(
         [(1, 10, 1.0, 3.0), (1, 11, 0.0, 1.0), (2, 10, 1.0, 1.0)], [USER, ITEM, RATING, WEIGHT]
     )
-    items = spark.createDataFrame([(1, i, 1.0, 1.0) for i in range(10, 20)], [USER, ITEM, RATING, WEIGHT])
-    both = labelled.unionByName(items.filter(f"{ITEM} > 11").withColumn(USER, F.lit(3)))
-    out = exposure_labels(both, per_labelled=2, sampling="uniform", weight=0.25, seed=1).toPandas()
-    mine = out[out[USER] == 1].set_index(ITEM)
-    # every labelled pair is exposed, with its own weight; 2 sampled items per labelled pair, never a labelled one
-    assert mine.loc[[10, 11], RATING].tolist() == [1.0, 1.0] and mine.loc[[10, 11], WEIGHT].tolist() == [3.0, 1.0]
-    sampled = mine[mine[RATING] == 0.0]
-    assert len(sampled) == 4 and set(sampled.index).isdisjoint({10, 11}) and (sampled[WEIGHT] == 0.25).all()
+    out = exposure_labels(labelled).toPandas().sort_values([USER, ITEM])
+    # every labelled pair is exposed (a 0-label too), with its own weight, and there is nothing else
+    assert out[[USER, ITEM]].values.tolist() == [[1, 10], [1, 11], [2, 10]]
+    assert out[RATING].tolist() == [1.0, 1.0, 1.0] and out[WEIGHT].tolist() == [3.0, 1.0, 1.0]
 
 
 def test_a_count_weighs_one_plus_alpha_times_it_and_a_zero_count_is_refused(spark):
@@ -104,6 +102,12 @@ def test_positive_only_counts_fit_the_exposure_model_alone(spark):
     recs = model.recommendForAllUsers(3).toPandas()
     assert list(recs.columns) == ["listener", "track", "rank", SCORE, P_LIKE, P_EXPOSED]
     assert recs[P_LIKE].isna().all() and np.allclose(recs[P_EXPOSED], recs[SCORE]) and len(recs) == 180
+    # Its 0s are drawn in the half-steps from (seed, iteration, user): the same seed, the same model.
+    again = cf.fit(plays).item_factors.toPandas().sort_values(ITEM)
+    first = model.item_factors.toPandas().sort_values(ITEM)
+    np.testing.assert_array_equal(np.stack(again.features), np.stack(first.features))
+    other = cf.copy({cf.seed: 5}).fit(plays).item_factors.toPandas().sort_values(ITEM)
+    assert np.abs(np.stack(other.features) - np.stack(first.features)).max() > 1e-3
 
 
 def test_exposure_aware_model_predicts_recommends_and_saves(spark, planted, tmp_path):

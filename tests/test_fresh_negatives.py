@@ -1,10 +1,11 @@
-"""Fresh sampled negatives per iteration (data/negatives.py): pure, never labelled, new each iteration."""
+"""Fresh sampled negatives per iteration (data/negatives.py, train/sampled.py): pure, never labelled, new each time."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from cfspark.data.negatives import fresh_negatives, hashed_uniforms
+from cfspark.train.sampled import Draws, with_negatives
 
 
 def _block(seed: int = 0, users: int = 50, items: int = 80):
@@ -71,3 +72,45 @@ def test_draws_follow_the_weights():
     share = np.bincount(items, minlength=5) / len(items)
     assert len(items) == 1000 and share[3] == 0.0
     np.testing.assert_allclose(share, weights / weights.sum(), atol=0.04)
+
+
+def _ratings(seed: int = 1, users: int = 40, items: int = 30):
+    """A user block's ratings as CSR: labels of 1 and 0, item offsets, weights; every item rated."""
+    rng = np.random.default_rng(seed)
+    rated = rng.random((users, items)) < 0.2
+    rated[np.arange(items) % users, np.arange(items)] = True
+    rows, cols = np.nonzero(rated)
+    row_ptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=users))]
+    item_offset = rng.normal(size=items)
+    y = (rng.random(len(cols)) < 0.6).astype(np.float64)
+    return row_ptr, cols, y, item_offset[cols], rng.uniform(1, 3, len(cols)), rng.integers(0, 2**62, users), items
+
+
+def test_with_negatives_keeps_the_ratings_and_adds_unlabelled_zeros_carrying_offsets():
+    row_ptr, cols, y, offset, weight, keys, n_items = _ratings()
+    draws = Draws(per_label=3, weight=0.25, sampling="sqrt", seed=4, iteration=2)
+    ptr, c, yy, off, w = with_negatives(draws, row_ptr, cols, y, offset, weight, keys, n_items, "user")
+    item_offset = dict(zip(cols.tolist(), offset.tolist(), strict=True))
+    added = 0
+    for r in range(len(row_ptr) - 1):
+        mine, new = slice(row_ptr[r], row_ptr[r + 1]), slice(ptr[r] + row_ptr[r + 1] - row_ptr[r], ptr[r + 1])
+        first = slice(ptr[r], ptr[r] + row_ptr[r + 1] - row_ptr[r])
+        np.testing.assert_array_equal(c[first], cols[mine])  # the row's ratings first, as they were
+        np.testing.assert_array_equal(yy[first], y[mine]), np.testing.assert_array_equal(w[first], weight[mine])
+        assert set(c[new].tolist()).isdisjoint(cols[mine].tolist())  # never a labelled item
+        assert len(c[new]) <= 3 * (row_ptr[r + 1] - row_ptr[r]) and len(set(c[new].tolist())) == len(c[new])
+        assert np.all(yy[new] == 0.0) and np.all(w[new] == 0.25)
+        np.testing.assert_array_equal(off[new], [item_offset[i] for i in c[new]])  # the item's offset
+        added += len(c[new])
+    assert added > 1.5 * len(cols)
+    again = with_negatives(draws, row_ptr, cols, y, offset, weight, keys, n_items, "user")
+    for a, b in zip((ptr, c, yy, off, w), again, strict=True):
+        np.testing.assert_array_equal(a, b)  # a pure function of its arguments
+    later = with_negatives(
+        Draws(3, 0.25, "sqrt", 4, iteration=3), row_ptr, cols, y, offset, weight, keys, n_items, "user"
+    )
+    assert not np.array_equal(later[1], c)  # another iteration draws afresh
+    # An item block: a row's draws carry the row's own offset.
+    ptr, c, yy, off, w = with_negatives(draws, row_ptr, cols, y, offset, weight, keys, n_items, "item")
+    for r in range(len(row_ptr) - 1):
+        np.testing.assert_array_equal(off[ptr[r] : ptr[r + 1]][yy[ptr[r] : ptr[r + 1]] == 0][-1:], offset[row_ptr[r]])

@@ -13,6 +13,7 @@ import pytest
 from planted import planted_labels, planted_ratings
 
 from cfspark import CollaborativeFilter
+from cfspark.core.schema import P_EXPOSED
 from cfspark.fit.one_task import runs_in_one_task
 from cfspark.train import one_task
 
@@ -87,7 +88,14 @@ def test_one_task_bce_and_the_stopping_rule_match(spark):
     assert len(small.history) == len(spread.history) < 30  # tol stopped both at the same iteration
     assert small.summary["stop_reason"] == spread.summary["stop_reason"]
     _assert_same(small, spread, tol=1e-7)
-    _assert_same(small.exposure_model, spread.exposure_model, tol=1e-7)
+    # The exposure model's 0s are drawn in each half-step from the block's own item list
+    # (train/sampled.py), so 1 × 1 and 2 × 2 blocks draw other samples of one distribution:
+    # its P(exposed) agrees closely, not to rounding.
+    exposed = [
+        np.array([r[P_EXPOSED] for r in m.exposure_model.transform(labels).orderBy("user", "item").collect()])
+        for m in (small, spread)
+    ]
+    assert np.corrcoef(*exposed)[0, 1] > 0.95 and np.abs(exposed[0] - exposed[1]).mean() < 0.05
     for model in (small, spread):
         model.unpersist()
     labels.unpersist()

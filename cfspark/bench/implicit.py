@@ -42,18 +42,28 @@ ALS_ALPHAS = (1.0, 10.0)  # 40 ranked worst of the three on both sets
 def play_counts(users: int = 3000, items: int = 4000, draws: int = 450_000, seed: int = 0) -> list[tuple]:
     """(user, item, count) rows of a planted rank-8 model: pairs drawn by Zipf popularity and kept
     with probability σ(score − 1), counts lognormal around e^(1 + score) (one pair per user and item)."""
+    u, i, counts = play_count_arrays(users, items, draws, seed)
+    return list(zip(u.tolist(), i.tolist(), counts.tolist(), strict=True))
+
+
+def play_count_arrays(
+    users: int, items: int, draws: int, seed: int = 0, chunk: int = 2_000_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """play_counts as (user, item, count) arrays, the draws scored in chunks of memory's size."""
     rng = np.random.default_rng(seed)
     u_vec, i_vec = rng.normal(size=(users, 8)), rng.normal(size=(items, 8))
     popularity = rng.zipf(1.3, items).clip(max=10_000).astype(np.float64)
     u = rng.integers(0, users, draws)
     i = rng.choice(items, draws, p=popularity / popularity.sum())
-    score = (u_vec[u] * i_vec[i]).sum(axis=1) / np.sqrt(8)
+    score = np.concatenate(
+        [np.einsum("ij,ij->i", u_vec[u[s : s + chunk]], i_vec[i[s : s + chunk]]) for s in range(0, draws, chunk)]
+    ) / np.sqrt(8)
     keep = rng.random(draws) < 1 / (1 + np.exp(1 - score))
     u, i, score = u[keep], i[keep], score[keep]
     _, first = np.unique(u * items + i, return_index=True)
     u, i, score = u[first], i[first], score[first]
     counts = np.floor(np.exp(rng.normal(1 + score, 1.5))).clip(1)
-    return list(zip(u.tolist(), i.tolist(), counts.tolist(), strict=True))
+    return u, i, counts
 
 
 def _timed(fn):

@@ -32,6 +32,7 @@ from cfspark.blocks.codec import cell
 
 # The InBlock columns a half-step reads, and their dtypes (inblock.py's INBLOCK_SCHEMA).
 STEP_COLUMNS = {
+    "keys": np.int64,  # the rows' hash keys: fresh 0-labels are drawn from them (train/sampled.py)
     "row_ptr": np.int64,
     "cols": np.int32,
     "y": np.float64,

@@ -1,10 +1,11 @@
 """bce with exposure: two fits through the same engine. The preference model learns
 P(like | shown) on the labelled pairs; the exposure part learns P(exposed) on labelled-or-not
-pairs (data/exposure.py); the model ranks by their product.
+pairs (data/exposure.py, with the unlabelled 0s drawn afresh inside each half-step,
+train/sampled.py); the model ranks by their product.
 
 Labels that are all 1 (positive-only data) have no preference to learn: the record is then
 one model of the positives against the unlabelled pairs (summary positive_only), by default
-the all-items model (model.implicit = "all", fit/implicit.py) where it runs in one task, else
+the all-items model (model.implicit = "all", fit/implicit.py), or with model.implicit = "sampled"
 the exposure part alone on sampled unlabelled pairs, whose predictions are P(exposed).
 """
 
@@ -20,9 +21,9 @@ from cfspark.core.ownership import checkpoint_folder
 from cfspark.core.schema import P_EXPOSED, RATING
 from cfspark.data.exposure import exposure_labels
 from cfspark.fit.implicit import fit_all_items
-from cfspark.fit.one_task import runs_in_one_task
 from cfspark.fit.record import FitRecord, training_pairs
 from cfspark.fit.settings import FitSettings, InitialModel
+from cfspark.train.sampled import Draws
 
 log = logging.getLogger("cfspark")
 
@@ -44,6 +45,17 @@ def exposure_settings(settings: FitSettings) -> FitSettings:
     return part
 
 
+def fresh_draws(part: FitSettings, settings: FitSettings) -> FitSettings:
+    """The exposure part with K = exposureNegatives fresh 0-labels per labelled pair in each
+    half-step. Its item term is the learnt item bias c_i: an offset from the items' rates
+    would need the 0-labels counted before the fit, which are never materialised."""
+    draws = Draws(
+        per_label=settings.exposureNegatives, weight=settings.negativeWeight, sampling=settings.negativeSampling,
+        seed=settings.seed,
+    )  # fmt: skip
+    return part.replace(draws=draws, itemOffset=False, itemBias=True)
+
+
 def fit_with_exposure(
     settings: FitSettings, train_ratings: DataFrame, on_iteration: Callable[[FitRecord], dict] | None, *, fit: Fit
 ) -> FitRecord:
@@ -52,15 +64,11 @@ def fit_with_exposure(
     part = exposure_settings(settings)
     positive_only = train_ratings.filter(F.col(RATING) != 1.0).limit(1).count() == 0
     if positive_only and settings.implicit == "all":
-        if runs_in_one_task(settings, train_ratings.count()):
-            return fit_all_items(settings, train_ratings, on_iteration)
-        log.warning("model.implicit = all runs in one task only (see docs/binary-labels.md): fitting the sampled model")
-    exposed = exposure_labels(
-        train_ratings, per_labelled=settings.exposureNegatives, sampling=settings.negativeSampling,
-        weight=settings.negativeWeight, seed=settings.seed,
-    ).cache()  # fmt: skip
-    exposure = fit(part, exposed, on_iteration if positive_only else None)
-    exposure.training_pairs = None  # its sampled zeros are not pairs to exclude from recommendations
+        return fit_all_items(settings, train_ratings, on_iteration)
+    # The labelled pairs alone: each half-step draws its own unlabelled 0s (train/sampled.py).
+    exposed = exposure_labels(train_ratings).cache()
+    exposure = fit(fresh_draws(part, settings), exposed, on_iteration if positive_only else None)
+    exposure.training_pairs = None  # the preference model's pairs are the ones to exclude (below)
     exposed.unpersist()
     if positive_only:
         exposure.summary["positive_only"] = True

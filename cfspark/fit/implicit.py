@@ -11,9 +11,10 @@ mode scales regParam): on MovieLens latest-small as counts NDCG@10 rose from 0.2
 to 0.298 at 0.01, and on generated play counts fell from 0.0839 to 0.0829. Its scores are
 σ(w·x + b + c), an order over items (monotone in the fitted preference), not a probability.
 
-The Gramian trick needs every item's vector in each user half-step, and every user's in each
-item half-step, which the one-task fit has; the blockwise engine does not sum a Gramian across
-blocks, so a fit that does not run in one task takes the sampled model instead, and says so.
+Small fits run in one task (fit/one_task.py's rule); larger ones, or fits given block counts or
+a warm start, run blockwise, where each half-step also sums the other side's Gramian over its
+blocks (train/all_items.py), checkpointed and resumable as any blockwise fit. Both start from the
+same hashed factors and give the same model (tests/test_implicit_blockwise.py).
 """
 
 from __future__ import annotations
@@ -27,13 +28,32 @@ from collections.abc import Callable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.blocks.build import build_blocks
 from cfspark.core.phases import phase
-from cfspark.core.schema import ITEM, OFFSET, P_EXPOSED, RATING, TARGET, USER, WEIGHT
+from cfspark.core.schema import (
+    BASELINE,
+    ITEM,
+    ITEM_OFFSET,
+    ITEM_RATINGS,
+    LABELLED,
+    OFFSET,
+    P_EXPOSED,
+    RATING,
+    TARGET,
+    USER,
+    WEIGHT,
+)
 from cfspark.data.offsets import item_offsets
+from cfspark.fit.blockwise import blocks_for, fingerprint, record_of
+from cfspark.fit.one_task import runs_in_one_task
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.settings import FitSettings
+from cfspark.fit.warm import warm_start_from
+from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.history import diverged
 from cfspark.train.one_task import fit_one_task
+from cfspark.train.step import StepConfig
+from cfspark.train.trainer import TrainResult, train
 
 log = logging.getLogger("cfspark")
 
@@ -73,9 +93,24 @@ def fit_all_items(
     user_cfg, item_cfg = (
         dataclasses.replace(part.step_config(side), all_items=True, learn_bias=False) for side in ("user", "item")
     )
+    num_ratings = train_ratings.count()
+    if runs_in_one_task(settings, num_ratings):
+        return _in_one_task(settings, part, targets, stats, train_ratings, (user_cfg, item_cfg), began, on_iteration)
+    return _blockwise(settings, part, targets, stats, train_ratings, (user_cfg, item_cfg), num_ratings, began,
+                      on_iteration)  # fmt: skip
+
+
+Watch = Callable[[FitRecord], dict] | None
+
+
+def _in_one_task(
+    settings: FitSettings, part: FitSettings, targets: DataFrame, stats: DataFrame, train_ratings: DataFrame,
+    configs: tuple[StepConfig, StepConfig], began: float, on_iteration: Watch,
+) -> FitRecord:  # fmt: skip
+    spark = train_ratings.sparkSession
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(
-            targets, user_cfg, item_cfg, max_iter=settings.maxIter, tol=settings.tol * TOL_SCALE, seed=settings.seed
+            targets, *configs, max_iter=settings.maxIter, tol=settings.tol * TOL_SCALE, seed=settings.seed
         )
     history, stop_reason = record["history"], record["stop"]
     if not math.isfinite(history[-1]["train_loss"]):
@@ -86,7 +121,7 @@ def fit_all_items(
         entry["elapsed"] = round(entry["elapsed"] + setup, 3)
     log.info("all-items fit: %d iterations, %s; %.2f s in all", len(history), stop_reason, total)
     summary = fit_summary(
-        reg, history, stop_reason, setup_seconds=round(setup, 3), resumed_from=0, num_user_blocks=1,
+        part.regParam, history, stop_reason, setup_seconds=round(setup, 3), resumed_from=0, num_user_blocks=1,
         num_item_blocks=1, num_users=record["users"], num_items=record["items"], one_task=True,
         positive_only=True, implicit="all",
     )  # fmt: skip
@@ -96,4 +131,44 @@ def fit_all_items(
     )  # fmt: skip
     if on_iteration:
         history[-1].update(on_iteration(fitted))
+    return fitted
+
+
+def _blockwise(
+    settings: FitSettings, part: FitSettings, targets: DataFrame, stats: DataFrame, train_ratings: DataFrame,
+    configs: tuple[StepConfig, StepConfig], num_ratings: int, began: float, on_iteration: Watch,
+) -> FitRecord:  # fmt: skip
+    """The blockwise all-items fit: blocks built once, the trainer's loop with the Gramian messages."""
+    spark = train_ratings.sparkSession
+    checkpointer = None
+    if settings.checkpointDir and settings.checkpointInterval > 0:
+        with phase(spark, "prepare"):
+            checkpointer = Checkpointer(
+                spark, settings.checkpointDir, settings.checkpointInterval, fingerprint(part, train_ratings)
+            )
+    baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col(LABELLED).alias(ITEM_RATINGS))
+    auto = blocks_for(num_ratings)
+    blocks = build_blocks(
+        targets, baseline, num_user_blocks=settings.numUserBlocks or auto,
+        num_item_blocks=settings.numItemBlocks or auto, seed=settings.seed,
+        max_block_ratings=settings.maxBlockRatings, num_ratings=num_ratings,
+    )  # fmt: skip
+    start = warm_start_from(settings, blocks, *configs)
+
+    def record(result: TrainResult, *, final: bool) -> FitRecord:
+        fitted = record_of(part, result, blocks, stats, 0.0, train_ratings, final=final)
+        fitted.summary.update(positive_only=True, implicit="all")
+        return fitted
+
+    watch = (lambda live: on_iteration(record(live, final=False))) if on_iteration else None
+    result = train(
+        blocks, *configs, max_iter=settings.maxIter, checkpointer=checkpointer, on_iteration=watch, began=began,
+        tol=settings.tol * TOL_SCALE, start_from=start,
+    )  # fmt: skip
+    fitted = record(result, final=True)
+    blocks.unpersist()
+    for df in (result.user_out, result.item_out):
+        df.unpersist()
+    log.info("all-items fit: %d iterations, %s, %d × %d blocks", len(result.history), result.stop_reason,
+             blocks.num_user_blocks, blocks.num_item_blocks)  # fmt: skip
     return fitted

@@ -14,6 +14,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame
 
+from cfspark.train.sampled import Draws
 from cfspark.train.step import StepConfig
 
 AUTO = "auto"  # regParam = "auto": λ chosen on a validation fold of the training ratings
@@ -81,6 +82,7 @@ class FitSettings:
     negativeSampling: str
     implicit: str
     initialModel: InitialModel | None = None
+    draws: Draws | None = None  # sampled 0-labels drawn in each half-step (fit/exposure.py, train/sampled.py)
     carried: dict[str, Any] = field(default_factory=dict)  # Params this fit set, which its model carries as set
 
     def replace(self, **changes: Any) -> FitSettings:
@@ -94,6 +96,7 @@ class FitSettings:
         """Every Param value by name (initialModel by its name): what a checkpoint's fingerprint holds."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "carried"}
         values["initialModel"] = self.initialModel.name if self.initialModel else None
+        values["draws"] = dataclasses.asdict(self.draws) if self.draws else None
         return values
 
     def in_als_units(self, spread: float) -> FitSettings:
@@ -120,4 +123,5 @@ class FitSettings:
             count_scaled=self.regScaling == "count",
             bias_reg=self.biasReg,
             learn_bias=side == "user" or self.itemBias,
+            draws=self.draws,
         )

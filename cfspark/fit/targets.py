@@ -79,7 +79,9 @@ def prepare(settings: FitSettings, train_ratings: DataFrame) -> Targets:
             USER, ITEM, F.col(NORMALISED).alias(TARGET), no_offset, weight.alias(WEIGHT)
         )
         return Targets(targets, stats, stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE), ITEM_RATINGS), glob)
-    rate = global_rate(train_ratings)  # weighted, as the loss is
+    # Weighted, as the loss is. An exposure fit whose 0s are drawn in the half-steps (draws, with
+    # no item offset: fit/exposure.py) has only its 1s here, and no rate to centre on.
+    rate = global_rate(train_ratings) if settings.draws is None else 0.5
     with_offset = settings.itemOffset
     stats = item_offsets(train_ratings, prior=settings.offsetPrior, rate=rate, enabled=with_offset).cache()
     offset = F.col(ITEM_OFFSET) if with_offset else F.lit(None).cast("double")

@@ -90,15 +90,19 @@ def implicit_step(
     params: np.ndarray,
     train_mask: np.ndarray,
     weights: np.ndarray,
+    g: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, float]:
-    """The rows' exact minimisers over every item of other, and the (data, L2) losses there.
+    """The rows' exact minimisers over every item of the other side, and the (data, L2) losses there.
 
     row_ptr/cols/confidence are the block's observed pairs as CSR, cols indexing other (m × p),
-    the other side's params, all of its rows; weights (n × p) the L2 weight of each entry of P.
+    the other side's params; weights (n × p) the L2 weight of each entry of P. g is the other
+    side's Gramian over all of its rows; None when other holds all of them (g = gram(other)).
+    A block of the blockwise engine receives only the rows its pairs name, and g summed over
+    every block of the other side.
     """
     params = np.asarray(params, dtype=np.float64)
     problem = implicit_problem(row_ptr, cols, confidence, other)
-    g = gram(other)
+    g = gram(other) if g is None else np.asarray(g, dtype=np.float64)
     free = np.flatnonzero(train_mask)
     sums = corrections(problem, params)
     reg = np.broadcast_to(weights, params.shape)[:, free]
@@ -124,9 +128,10 @@ def all_items_rows(
     reg: float,
     bias_reg: float,
     count_scaled: bool,
+    g: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """implicit_step with the penalty built from λ and λ_b (reg_weights); confidence None is 1 for every pair."""
     if confidence is None:
         confidence = np.ones(len(cols))
     weights = reg_weights(row_ptr, reg_mask, bias_mask, reg=reg, bias_reg=bias_reg, count_scaled=count_scaled)
-    return implicit_step(row_ptr, cols, confidence, other, params, train_mask, weights)
+    return implicit_step(row_ptr, cols, confidence, other, params, train_mask, weights, g)

@@ -28,6 +28,7 @@ from cfspark.blocks.codec import blob, cell, list_matrix, matrix
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.optimizers import AdamState
+from cfspark.train.all_items import received_gram
 from cfspark.train.step import StepConfig, solve_rows
 
 STATE = -1
@@ -157,10 +158,12 @@ def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began
     t = incoming.column("t")[int(state_row)].as_py()
     state = AdamState(m, v, t) if m is not None else None
     other = _assemble(arrays, incoming, cfg.width)
+    gram = received_gram(incoming, cfg.width) if cfg.all_items else None  # train/all_items.py
     decoded = time.perf_counter()
     params, kept, losses = solve_rows(
-        cfg, arrays["row_ptr"], arrays["cols"], arrays["y"], arrays["offset"], arrays["weight"], other, params, state
-    )
+        cfg, arrays["row_ptr"], arrays["cols"], arrays["y"], arrays["offset"], arrays["weight"], other, params, state,
+        gram, arrays["keys"],
+    )  # fmt: skip
     solved = time.perf_counter()
     outbox = _outbox(arrays, params, cfg)
     # The encoding of the table itself is not timed: it is what the timings ride in.

@@ -32,6 +32,7 @@ from cfspark.core.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER, WEIG
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
+from cfspark.train.sampled import at_iteration
 from cfspark.train.step import StepConfig, solve_rows
 from cfspark.train.trainer import checkpoint_level
 
@@ -83,9 +84,11 @@ def fit_arrays(
     began = time.perf_counter()
     for iteration in range(1, max_iter + 1):
         step_began = time.perf_counter()
-        users, user_state, (_, user_reg) = solve_rows(user_cfg, *by_user, items, users, user_state)
+        step = at_iteration(user_cfg, iteration)
+        users, user_state, (_, user_reg) = solve_rows(step, *by_user, items, users, user_state, keys=user_keys)
         half_way = time.perf_counter()
-        items, item_state, (data, item_reg) = solve_rows(item_cfg, *by_item, users, items, item_state)
+        step = at_iteration(item_cfg, iteration)
+        items, item_state, (data, item_reg) = solve_rows(step, *by_item, users, items, item_state, keys=item_keys)
         now = time.perf_counter()
         user_step, item_step = HalfStep(0.0, user_reg, half_way - step_began), HalfStep(data, item_reg, now - half_way)
         entry = history_entry(

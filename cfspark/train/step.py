@@ -15,6 +15,7 @@ from cfspark.kernels.implicit import all_items_rows
 from cfspark.kernels.layout import bias_mask, factor_mask, train_mask, width
 from cfspark.kernels.optimizers import AdamState
 from cfspark.kernels.solve import solve_block
+from cfspark.train.sampled import Draws, with_negatives
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,10 @@ class StepConfig:
     # across tiles, the solve, the losses and the params sent on stay float64).
     float32: bool = False
     # Positive-only: every row of other is a 0 of weight 1 beside the observed pairs, whose weight
-    # is their confidence (kernels/implicit.py); other must then hold every entity of its side.
+    # is their confidence (kernels/implicit.py), through the other side's Gramian (train/all_items.py).
     all_items: bool = False
+    # Sampled 0-labels drawn inside each half-step, afresh each iteration (train/sampled.py).
+    draws: Draws | None = None
 
     @property
     def width(self) -> int:
@@ -64,19 +67,28 @@ def solve_rows(
     other: np.ndarray,
     params: np.ndarray,
     state: AdamState | None,
+    gram: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
 ) -> tuple[np.ndarray, AdamState | None, tuple[float, float]]:
     """One half-step of one block in numpy: the rows' new params, the optimiser state to
     keep (Adam's; None otherwise) and the (data, L2) losses at the new params.
 
     row_ptr/cols/y/offset/weight are the block's ratings as CSR; other is the other side's params
-    in the order cols index.
+    in the order cols index. gram (all_items only) is the other side's Gramian over all of its
+    rows, when other holds only the rows this block's ratings name (train/all_items.py). keys, the
+    rows' hash keys, seed the rows' fresh 0-labels when cfg.draws is set (train/sampled.py).
     """
     if cfg.all_items:
         params, data, l2 = all_items_rows(
             row_ptr, cols, weight, other, params, train_mask=cfg.train_mask, reg_mask=cfg.reg_mask,
             bias_mask=bias_mask(cfg.rank, cfg.side), reg=cfg.reg, bias_reg=cfg.bias_reg, count_scaled=cfg.count_scaled,
+            g=gram,
         )  # fmt: skip
         return params, None, (data, l2)
+    if cfg.draws is not None:
+        row_ptr, cols, y, offset, weight = with_negatives(
+            cfg.draws, row_ptr, cols, y, offset, weight, keys, len(other), cfg.side
+        )
     problem = BlockProblem.build(
         row_ptr=row_ptr,
         cols=cols,

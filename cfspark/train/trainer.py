@@ -41,9 +41,11 @@ from cfspark.blocks.partitioning import PART, partition_key
 from cfspark.core.errors import ConfigError
 from cfspark.core.phases import phase
 from cfspark.core.schema import BLOCK
+from cfspark.train.all_items import gram_messages
 from cfspark.train.arrow_bodies import MISS, OUT_SCHEMA, STATE, init_blocks, step_blocks, step_cached
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.history import HalfStep, converged, diverged, history_entry, reached_max_iter
+from cfspark.train.sampled import at_iteration
 from cfspark.train.step import StepConfig
 
 log = logging.getLogger("cfspark")
@@ -127,8 +129,11 @@ def _settle(df: DataFrame) -> tuple[DataFrame, HalfStep, list[int]]:
     return df, HalfStep(*sums, message_mb=message_bytes / 2**20), missed
 
 
-def _incoming(own_out: DataFrame, other_out: DataFrame, num_blocks: int) -> DataFrame:
+def _incoming(own_out: DataFrame, other_out: DataFrame, num_blocks: int, cfg: StepConfig) -> DataFrame:
     incoming = own_out.filter(F.col("src") == STATE).unionByName(other_out.filter(F.col("src") >= 0))
+    if cfg.all_items:  # and the other side's Gramian, in parts (train/all_items.py)
+        states = other_out.filter(F.col("src") == STATE)
+        incoming = incoming.unionByName(gram_messages(states, cfg.width, num_blocks, OUT_SCHEMA))
     return incoming.withColumn(PART, partition_key(F.col("dest"), num_blocks))
 
 
@@ -137,7 +142,7 @@ def half_step(
 ) -> DataFrame:
     """One half-step as one cogroup of the InBlocks with the state and messages (one job)."""
     # Grouped by the blocks' partition keys, as the InBlocks are partitioned: they stay in place.
-    incoming = _incoming(own_out, other_out, num_blocks)
+    incoming = _incoming(own_out, other_out, num_blocks, cfg)
     return inblocks.groupBy(PART).cogroup(incoming.groupBy(PART)).applyInArrow(step_blocks(cfg), OUT_SCHEMA)
 
 
@@ -149,7 +154,7 @@ def run_half_step(
     the InBlocks for the blocks whose worker did not (MISS rows), in a second job."""
     if key is None:
         return settle(half_step(inblocks, own_out, other_out, cfg, num_blocks))
-    incoming = _incoming(own_out, other_out, num_blocks)
+    incoming = _incoming(own_out, other_out, num_blocks, cfg)
     # One task per block, block b in partition b: the same layout as the InBlocks'.
     fast = incoming.repartition(num_blocks, PART).groupBy(PART).applyInArrow(step_cached(cfg, key), OUT_SCHEMA)
     out, report, missed = _settle(fast)
@@ -219,13 +224,15 @@ def train(
         step_began = time.perf_counter()
         with phase(spark, "user-steps"):
             user_out, users = run_half_step(
-                blocks.users, user_out, item_out, user_cfg, blocks.num_user_blocks, keys["user"]
-            )
+                blocks.users, user_out, item_out, at_iteration(user_cfg, iteration), blocks.num_user_blocks,
+                keys["user"],
+            )  # fmt: skip
         half_way = time.perf_counter()
         with phase(spark, "item-steps"):
             item_out, items = run_half_step(
-                blocks.items, item_out, user_out, item_cfg, blocks.num_item_blocks, keys["item"]
-            )
+                blocks.items, item_out, user_out, at_iteration(item_cfg, iteration), blocks.num_item_blocks,
+                keys["item"],
+            )  # fmt: skip
         now = time.perf_counter()
         entry = history_entry(
             iteration, users, items, seconds=now - step_began, elapsed=now - began - paused,

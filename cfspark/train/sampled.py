@@ -1,0 +1,92 @@
+"""Fresh sampled negatives inside a half-step: a block's ratings plus this iteration's 0-labels.
+
+Where the model samples unlabelled pairs as 0-labels (the exposure model), materialising K of
+them per labelled pair before the fit makes setup and every half-step read K + 1 times as many
+rows as there are labels, and fixes one sample for the whole fit. Instead, each half-step draws
+its own: every row of the block (a user, in a user half-step) draws K·n_r items from the block's
+own item list, the other side's entities its ratings name, whose vectors the block receives
+anyway, so no message grows. Draws are data/negatives.py's fresh_negatives: a pure function of
+(seed, iteration, the row's hash key, draw index), never a labelled item of the row, and new at
+each iteration. Items are drawn ∝ their labels in the block (popularity), its square root (sqrt)
+or uniformly; an item half-step draws users the same way. With popularity sampling both sides'
+0-labels fall on a pair (u, i) at a rate ∝ n_u·n_i, so both half-steps fit one objective in
+expectation.
+
+A 0-label carries the pair's item offset (on the user side the item's, found from any of its
+ratings in the block; on the item side the row's own) and the weight negativeWeight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from cfspark.data.negatives import fresh_negatives, sampling_weights
+
+StepConfigLike = TypeVar("StepConfigLike")  # step.py's StepConfig, which imports this module
+
+
+@dataclass(frozen=True)
+class Draws:
+    """How a half-step samples its 0-labels; iteration is set by the loop before each half-step."""
+
+    per_label: int  # K: draws per labelled pair of the row
+    weight: float  # each 0-label's weight
+    sampling: str  # popularity, sqrt or uniform (data/negatives.py's sampling_weights)
+    seed: int
+    iteration: int = 0
+
+
+def with_negatives(
+    draws: Draws,
+    row_ptr: np.ndarray,
+    cols: np.ndarray,
+    y: np.ndarray,
+    offset: np.ndarray | None,
+    weight: np.ndarray | None,
+    keys: np.ndarray,
+    n_other: int,
+    side: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """(row_ptr, cols, y, offset, weight) of the block's ratings and this iteration's 0-labels,
+    each row's ratings first, then its draws. cols index the n_other rows of the other side
+    the block holds; keys are the block's own rows' hash keys."""
+    row_ptr, cols = np.asarray(row_ptr, np.int64), np.asarray(cols, np.int64)
+    n = len(row_ptr) - 1
+    labels = np.diff(row_ptr)
+    pool = sampling_weights(np.bincount(cols, minlength=n_other), draws.sampling)
+    pool[np.bincount(cols, minlength=n_other) == 0] = 0.0  # only the entities the block's ratings name
+    neg_ptr, neg_cols = fresh_negatives(
+        row_ptr, cols, keys, draws.per_label * labels, pool, seed=draws.seed, iteration=draws.iteration
+    )
+    drawn = np.diff(neg_ptr)
+    rows = np.r_[np.repeat(np.arange(n), labels), np.repeat(np.arange(n), drawn)]
+    order = np.argsort(rows, kind="stable")  # each row's ratings, then its draws
+    ones = np.ones(len(cols))
+    new_offset = None
+    if offset is not None:
+        offset = np.asarray(offset, np.float64)
+        if side == "user":  # an item's offset, from any of its ratings here
+            per_col = np.zeros(n_other)
+            per_col[cols] = offset
+            drawn_offset = per_col[neg_cols]
+        else:  # the row's own item offset
+            drawn_offset = np.repeat(offset[row_ptr[:-1][labels > 0]] if n else offset[:0], drawn[labels > 0])
+        new_offset = np.r_[offset, drawn_offset][order]
+    return (
+        np.r_[0, np.cumsum(labels + drawn)].astype(np.int64),
+        np.r_[cols, neg_cols][order].astype(np.int32),
+        np.r_[np.asarray(y, np.float64), np.zeros(len(neg_cols))][order],
+        new_offset,
+        np.r_[ones if weight is None else np.asarray(weight, np.float64), np.full(len(neg_cols), draws.weight)][order],
+    )
+
+
+def at_iteration(cfg: StepConfigLike, iteration: int) -> StepConfigLike:
+    """cfg for one iteration's half-step: its draws, if it has any, for that iteration."""
+    if getattr(cfg, "draws", None) is None:
+        return cfg
+    return dataclasses.replace(cfg, draws=dataclasses.replace(cfg.draws, iteration=iteration))
