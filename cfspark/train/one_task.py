@@ -239,7 +239,7 @@ def run_factor_task(
     item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
     stats = None
     if item_stats:
-        stats = out.filter(F.col(KIND) == ITEMS).select(ITEM, ITEM_MEAN, ITEM_RATINGS).cache()
-        stats.count()
+        stats = out.filter(F.col(KIND) == ITEMS).select(ITEM, ITEM_MEAN, ITEM_RATINGS)
+        stats = stats.localCheckpoint(eager=True, storageLevel=level)
     out.unpersist()
     return user_factors, item_factors, stats, record
