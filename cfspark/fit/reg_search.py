@@ -25,6 +25,7 @@ from cfspark.data.split import hashed_fraction, split_ratings
 from cfspark.data.weights import row_weight
 from cfspark.fit.settings import FitSettings
 from cfspark.fit.targets import prepare, target_stats
+from cfspark.train.one_task import ONE_TASK_RATINGS
 from cfspark.train.search_task import HELD, SearchPlan, search_one_task
 
 START = (0.3, 0.1, 0.03)  # in regUnits, strong to weak: warm starts go from simple to rich models
@@ -32,7 +33,11 @@ STEP = 3.0  # the widening factor past an end of START
 TOL_LOG = math.log(1.3)  # the final bracket's width in log λ: λ within 30 % of the best
 LOW, HIGH = 1e-4, 1e2  # the hard range: every λ tried lies in it
 POINT_ITER = 6  # iterations at most per warm-started λ; the first λ may take maxIter
-SEARCH_RATINGS = 1_000_000  # at most about this many ratings are searched, in one task
+# At most about this many ratings are searched, in one task: as many as one task fits. A user
+# sample chooses a larger λ than all users (measured on planted data, docs/benchmarks.md:
+# × 1.2–1.3 at half the users, × 1.5–1.8 at a quarter, × 2.4–2.5 at a tenth), so the sample is
+# as large as one task allows.
+SEARCH_RATINGS = ONE_TASK_RATINGS
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a test split on the split seed
 SAMPLE_SEED = 104729  # added to the model seed: which users the search samples
