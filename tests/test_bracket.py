@@ -1,6 +1,7 @@
 """The λ search kernel (kernels/bracket.py) on planted score curves, without Spark: it widens
 past either end of its start grid, ends within one refinement step of the best λ on a fine
-grid, and never calls outside its hard range."""
+grid, and never calls outside its hard range. Also without Spark: the fold's item means
+(kernels/baseline.py) and the settle rule that ends the fit at the chosen λ."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import math
 
 import numpy as np
 import pytest
+from planted import planted_ratings
 
+from cfspark.kernels.baseline import shrunk_means
 from cfspark.kernels.bracket import bracket_search
+from cfspark.train.one_task import fit_arrays, predictions
+from cfspark.train.step import StepConfig
 
 START = (0.3, 0.1, 0.03)
 TOL = math.log(1.25)
@@ -80,3 +85,50 @@ def test_failed_points_count_as_worst_and_the_call_budget_holds():
     assert found.reg >= 0.02
     with pytest.raises(ValueError, match="step > 1"):
         bracket_search(curve, start=START, step=1.0)
+
+
+# The search's numpy pieces: the fold's item means, and the settle rule of the fit at the choice.
+
+
+def test_shrunk_means_are_the_posterior_means_of_data_normalise():
+    rng = np.random.default_rng(5)
+    item = rng.integers(0, 6, size=40)
+    item[item == 4] = 5  # item 4 has no rows
+    y, a = rng.normal(3.0, 1.0, size=40), rng.uniform(0.5, 2.0, size=40)
+    means, counts = shrunk_means(item, y, a, 6, prior=2.0, global_mean=3.5)
+    for i in range(6):
+        rows = item == i
+        assert counts[i] == rows.sum()
+        assert means[i] == pytest.approx((np.sum(a[rows] * y[rows]) + 2.0 * 3.5) / (np.sum(a[rows]) + 2.0), rel=1e-12)
+    assert means[4] == 3.5
+    plain, _ = shrunk_means(item, y, None, 6, prior=0.0, global_mean=3.5)  # the course's plain mean; none at g
+    assert plain[0] == pytest.approx(y[item == 0].mean(), rel=1e-12) and plain[4] == 3.5
+
+
+def _planted_arrays(seed: int):
+    p = planted_ratings(n_users=120, n_items=80, rank=3, density=0.3, noise=0.3, seed=seed)
+    y = p.ratings - np.bincount(p.items, weights=p.ratings)[p.items] / np.bincount(p.items)[p.items]
+    keys_u, keys_i = np.arange(120, dtype=np.int64) * 7919, np.arange(80, dtype=np.int64) * 104729
+    return p, y, keys_u, keys_i
+
+
+def test_the_fit_at_the_choice_stops_once_an_iteration_cannot_move_an_rmse_by_more_than_settle():
+    p, y, keys_u, keys_i = _planted_arrays(3)
+    cfg = {side: StepConfig(side=side, rank=3, loss="mse", reg=0.05, init_scale=0.1, count_scaled=True)
+           for side in ("user", "item")}  # fmt: skip
+    settle = 1e-3
+    _, _, history, stop = fit_arrays(p.users, p.items, y, None, None, keys_u, keys_i, cfg["user"], cfg["item"],
+                                     max_iter=200, tol=0.5, settle=settle)  # fmt: skip
+    moved = [entry["moved"] for entry in history]
+    # A tol of 0.5 would have stopped after the second iteration; the settle rule runs on
+    # until the predictions move by at most settle (RMS), which bounds any RMSE's change.
+    assert stop.startswith("settled") and len(history) > 2
+    assert moved[-1] <= settle < min(moved[:-1])
+    W, X, _, _ = fit_arrays(p.users, p.items, y, None, None, keys_u, keys_i, cfg["user"], cfg["item"],
+                            max_iter=len(history) - 1, tol=0.0)  # fmt: skip
+    W2, X2, _, _ = fit_arrays(p.users, p.items, y, None, None, keys_u, keys_i, cfg["user"], cfg["item"],
+                              max_iter=1, tol=0.0, start=(W, X))  # fmt: skip
+    before, after = predictions(W, X, p.users, p.items), predictions(W2, X2, p.users, p.items)
+    assert np.sqrt(np.mean((after - before) ** 2)) == pytest.approx(moved[-1], rel=1e-9)
+    rmse = [np.sqrt(np.mean((z - y) ** 2)) for z in (before, after)]
+    assert abs(rmse[1] - rmse[0]) <= moved[-1]

@@ -15,10 +15,12 @@ from pyspark.sql import DataFrame
 
 from cfspark.core.phases import phase
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
+from cfspark.fit.reg_search import log_search, search_plan, search_rows, search_settings
 from cfspark.fit.settings import FitSettings
-from cfspark.fit.targets import prepare
+from cfspark.fit.targets import TargetStats, prepare
 from cfspark.train.history import diverged
 from cfspark.train.one_task import ONE_TASK_RATINGS, fit_one_task
+from cfspark.train.search_task import search_and_fit_one_task
 
 log = logging.getLogger("cfspark")
 
@@ -38,16 +40,59 @@ def fit_in_one_task(
     *,
     began: float,
     on_iteration: Callable[[FitRecord], dict] | None = None,
+    global_mean: float | None = None,
 ) -> FitRecord:
-    """The whole fit in one task; began is when the fit started, so setup is counted."""
+    """The whole fit in one task; began is when the fit started, so setup is counted;
+    global_mean (mse), the ratings' weighted mean if already known."""
     spark = train_ratings.sparkSession
     with phase(spark, "prepare"):
-        prepared = prepare(settings, train_ratings)
+        prepared = prepare(settings, train_ratings, global_mean)
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(
             prepared.targets, settings.step_config("user"), settings.step_config("item"),
             max_iter=settings.maxIter, tol=settings.tol, seed=settings.seed,
         )  # fmt: skip
+    return _finish(settings, train_ratings, user_factors, item_factors, prepared.item_stats, prepared.global_baseline,
+                   record, began=began, on_iteration=on_iteration)  # fmt: skip
+
+
+def fit_auto_in_one_task(
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    stats: TargetStats,
+    *,
+    began: float,
+    on_iteration: Callable[[FitRecord], dict] | None = None,
+) -> FitRecord:
+    """regParam = "auto" on small mse data: the λ search and the fit at its choice in one
+    Spark job (train/search_task.py), the fit started from the search's params at that λ."""
+    unit = stats.spread if settings.regUnits == "spread" else 1.0
+    at = search_settings(settings, unit)
+    plan = search_plan(settings, unit, stats.global_mean)
+    with phase(train_ratings.sparkSession, "one-task"):
+        user_factors, item_factors, item_stats, record = search_and_fit_one_task(
+            search_rows(settings, train_ratings), at.step_config("user"), at.step_config("item"), plan,
+            seed=settings.seed, max_iter=settings.maxIter,
+        )  # fmt: skip
+    found = record.pop("search")
+    log_search(settings, found, 1.0)
+    reg = found["reg"]
+    chosen = settings.carry(regParam=reg)
+    chosen = chosen.in_als_units(unit) if settings.regUnits == "spread" else chosen
+    fitted = _finish(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
+                     began=began, on_iteration=on_iteration)  # fmt: skip
+    fitted.summary["reg_path"] = found["path"]
+    search = {k: found[k] for k in ("widened", "at_limit")}
+    fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": 1.0}
+    if settings.regUnits == "spread":
+        fitted.summary["spread"] = stats.spread
+    return fitted
+
+
+def _finish(settings: FitSettings, train_ratings: DataFrame, user_factors: DataFrame, item_factors: DataFrame,
+            item_stats: DataFrame, global_baseline: float, record: dict, *, began: float,
+            on_iteration: Callable[[FitRecord], dict] | None) -> FitRecord:  # fmt: skip
+    """The FitRecord of a one-task fit's output, its history's times made the fit's own."""
     history, stop_reason = record["history"], record["stop"]
     if not math.isfinite(history[-1]["train_loss"]):
         raise diverged(history[-1]["train_loss"], len(history))
@@ -67,7 +112,7 @@ def fit_in_one_task(
         one_task=True,
     )  # fmt: skip
     fitted = FitRecord(
-        user_factors, item_factors, prepared.item_stats, prepared.global_baseline, training_pairs(train_ratings),
+        user_factors, item_factors, item_stats, global_baseline, training_pairs(train_ratings),
         summary, params=dict(settings.carried), rank=settings.rank,
     )  # fmt: skip
     if on_iteration:

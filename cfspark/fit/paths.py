@@ -13,11 +13,11 @@ from pyspark.sql import DataFrame
 
 from cfspark.fit.blockwise import fit_blockwise
 from cfspark.fit.exposure import fit_with_exposure
-from cfspark.fit.one_task import fit_in_one_task, runs_in_one_task
+from cfspark.fit.one_task import fit_auto_in_one_task, fit_in_one_task, runs_in_one_task
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import choose_reg
 from cfspark.fit.settings import AUTO, FitSettings
-from cfspark.fit.targets import target_spread
+from cfspark.fit.targets import target_stats
 
 
 def fit_ratings(
@@ -26,28 +26,36 @@ def fit_ratings(
     on_iteration: Callable[[FitRecord], dict] | None = None,
     *,
     num_ratings: int | None = None,
+    global_mean: float | None = None,
 ) -> FitRecord:
     """Fit validated (user, item, rating[, weight]) rows with cfspark's internal names.
 
     on_iteration, if given, is called with the record as it stands after each iteration and
     returns extra fields for that iteration's history entry; its time is not counted.
-    num_ratings, the rows' count if already known, saves counting them again.
+    num_ratings, the rows' count if already known, saves counting them again; so does
+    global_mean (mse), the ratings' weighted mean.
     """
     if settings.loss == "bce" and settings.exposure:
         return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
     spread = None
-    if settings.regUnits == "spread":
-        spread, counted = target_spread(settings, train_ratings)
-        num_ratings = num_ratings if counted is None else counted
-        if settings.regParam != AUTO:
+    began = time.perf_counter()
+    if settings.loss == "mse" and (settings.regUnits == "spread" or settings.regParam == AUTO):
+        stats = target_stats(settings, train_ratings)  # one aggregation: s, the count and g
+        num_ratings, global_mean = stats.count, stats.global_mean
+        spread = stats.spread if settings.regUnits == "spread" else None
+        if settings.regParam == AUTO and runs_in_one_task(settings, num_ratings):
+            return fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)
+        if spread is not None and settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
     if settings.regParam == AUTO:
         if num_ratings is None:
             num_ratings = train_ratings.count()
-        reg, search = choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings)  # in regUnits
+        # reg in regUnits
+        reg, search = choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings,
+                                 global_mean=global_mean)  # fmt: skip
         chosen = settings.carry(regParam=reg)
         chosen = chosen.in_als_units(spread) if spread else chosen
-        record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings)
+        record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings, global_mean=global_mean)
         record.summary["reg_path"] = search.pop("path")
         record.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search}
         if spread is not None:
@@ -57,7 +65,8 @@ def fit_ratings(
     if num_ratings is None and 0 in (settings.numUserBlocks, settings.numItemBlocks):
         num_ratings = train_ratings.count()
     if runs_in_one_task(settings, num_ratings):
-        record = fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration)
+        record = fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration,
+                                 global_mean=global_mean)  # fmt: skip
     else:
         record = fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings,
                                on_iteration=on_iteration)  # fmt: skip

@@ -21,9 +21,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.core.schema import BASELINE, ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
-from cfspark.data.split import split_ratings
+from cfspark.data.split import hashed_fraction, split_ratings
+from cfspark.data.weights import row_weight
 from cfspark.fit.settings import FitSettings
-from cfspark.fit.targets import prepare
+from cfspark.fit.targets import prepare, target_stats
+from cfspark.train.one_task import ONE_TASK_RATINGS
 from cfspark.train.search_task import HELD, SearchPlan, search_one_task
 
 START = (0.3, 0.1, 0.03)  # in regUnits, strong to weak: warm starts go from simple to rich models
@@ -31,7 +33,11 @@ STEP = 3.0  # the widening factor past an end of START
 TOL_LOG = math.log(1.3)  # the final bracket's width in log λ: λ within 30 % of the best
 LOW, HIGH = 1e-4, 1e2  # the hard range: every λ tried lies in it
 POINT_ITER = 6  # iterations at most per warm-started λ; the first λ may take maxIter
-SEARCH_RATINGS = 1_000_000  # at most about this many ratings are searched, in one task
+# At most about this many ratings are searched, in one task: as many as one task fits. A user
+# sample chooses a larger λ than all users (measured on planted data, docs/benchmarks.md:
+# × 1.2–1.3 at half the users, × 1.5–1.8 at a quarter, × 2.4–2.5 at a tenth), so the sample is
+# as large as one task allows.
+SEARCH_RATINGS = ONE_TASK_RATINGS
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a test split on the split seed
 SAMPLE_SEED = 104729  # added to the model seed: which users the search samples
@@ -48,38 +54,29 @@ def sampled_users(ratings: DataFrame, fraction: float, seed: int) -> DataFrame:
     return ratings.filter(drawn < F.lit(fraction))
 
 
-def choose_reg(
-    settings: FitSettings,
-    train_ratings: DataFrame,
-    spread: float = 1.0,
-    *,
-    num_ratings: int | None = None,
-    max_ratings: int = SEARCH_RATINGS,
-) -> tuple[float, dict]:
-    """λ in regUnits, and how it was chosen: {path: [{reg, reg_als, rmse|logloss, iterations}],
-    widened, at_limit, sample_fraction}. spread is s under regUnits = "spread", else 1."""
-    num_ratings = train_ratings.count() if num_ratings is None else num_ratings
-    fraction = min(1.0, max_ratings / max(num_ratings, 1))
-    rows = sampled_users(train_ratings, fraction, settings.seed + SAMPLE_SEED)
-    fit_part, held = split_ratings(rows, test_fraction=VALIDATION_FRACTION, seed=settings.seed + VALIDATION_SEED)
-    prepared = prepare(settings, fit_part)
-    glob = prepared.global_baseline
-    base = F.coalesce(F.col(BASELINE), F.lit(glob))
-    held = held.join(prepared.baseline.select(ITEM, BASELINE), ITEM, "left")
-    if settings.loss == "mse":  # y relative to the item term, which the offset then leaves out
-        target, offset = F.col(RATING) - base, F.lit(0.0)
-    else:
-        target, offset = F.col(RATING), (base if settings.itemOffset else F.lit(0.0))
-    weight = F.col(WEIGHT) if WEIGHT in held.columns else F.lit(None).cast("double")
-    held_rows = held.select(USER, ITEM, target.alias(TARGET), offset.alias(OFFSET), weight.alias(WEIGHT),
-                            F.lit(1).alias(HELD))  # fmt: skip
-    both = prepared.targets.withColumn(HELD, F.lit(0)).unionByName(held_rows)
-    unit = spread if settings.regUnits == "spread" else 1.0
-    at = settings.replace(regParam=1.0, initScale=settings.initScale * math.sqrt(unit))
-    plan = SearchPlan(start=START, unit=unit, low=LOW, high=HIGH, step=STEP, tol_log=TOL_LOG,
-                      first_iter=settings.maxIter, point_iter=POINT_ITER, tol=settings.tol)  # fmt: skip
-    found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed)
-    prepared.item_stats.unpersist()
+def search_plan(settings: FitSettings, unit: float, global_mean: float | None) -> SearchPlan:
+    """The search's walk for settings, with λ = reg·unit in the kernel; mse centres its
+    folds on their own item means, shrunk towards the training ratings' global mean."""
+    centre = (settings.meanPrior, global_mean) if settings.loss == "mse" else None
+    return SearchPlan(start=START, unit=unit, low=LOW, high=HIGH, step=STEP, tol_log=TOL_LOG,
+                      first_iter=settings.maxIter, point_iter=POINT_ITER, tol=settings.tol, centre=centre)  # fmt: skip
+
+
+def search_rows(settings: FitSettings, ratings: DataFrame) -> DataFrame:
+    """(user, item, y, offset, weight, held) of ratings: the hashed validation fold is held;
+    mse rows carry the rating itself as y (the search task centres them per fold)."""
+    held = (hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(VALIDATION_FRACTION)).cast("int")
+    weight = row_weight(ratings) if WEIGHT in ratings.columns else F.lit(None).cast("double")
+    y, none = F.col(RATING).cast("double"), F.lit(None).cast("double")
+    return ratings.select(USER, ITEM, y.alias(TARGET), none.alias(OFFSET), weight.alias(WEIGHT), held.alias(HELD))
+
+
+def search_settings(settings: FitSettings, unit: float) -> FitSettings:
+    """settings as the search's kernel sees them: λ set per point, init spread initScale·√unit."""
+    return settings.replace(regParam=1.0, initScale=settings.initScale * math.sqrt(unit))
+
+
+def log_search(settings: FitSettings, found: dict, fraction: float) -> None:
     metric = "rmse" if settings.loss == "mse" else "logloss"
     for point in found["path"]:
         log.info("automatic λ: reg %.4g (%.4g in ALS's units) gives validation %s %.6g after %d iterations",
@@ -90,4 +87,45 @@ def choose_reg(
         log.warning("automatic λ: the best λ is an end of the range [%g, %g]", LOW, HIGH)
     log.info("automatic λ: chose reg = %.4g (%s units), searched on %.0f %% of the users",
              found["reg"], settings.regUnits, 100 * fraction)  # fmt: skip
+
+
+def choose_reg(
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    spread: float = 1.0,
+    *,
+    num_ratings: int | None = None,
+    max_ratings: int = SEARCH_RATINGS,
+    global_mean: float | None = None,
+) -> tuple[float, dict]:
+    """λ in regUnits, and how it was chosen: {path: [{reg, reg_als, rmse|logloss, iterations}],
+    widened, at_limit, sample_fraction}. spread is s under regUnits = "spread", else 1;
+    global_mean (mse), the training ratings' weighted mean if already known."""
+    num_ratings = train_ratings.count() if num_ratings is None else num_ratings
+    fraction = min(1.0, max_ratings / max(num_ratings, 1))
+    rows = sampled_users(train_ratings, fraction, settings.seed + SAMPLE_SEED)
+    unit = spread if settings.regUnits == "spread" else 1.0
+    at = search_settings(settings, unit)
+    if settings.loss == "mse":
+        if global_mean is None:
+            global_mean = target_stats(settings, train_ratings).global_mean
+        both = search_rows(settings, rows)
+    else:
+        both = _bce_rows(settings, rows)
+    plan = search_plan(settings, unit, global_mean)
+    found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed)
+    log_search(settings, found, fraction)
     return found["reg"], {**{k: found[k] for k in ("path", "widened", "at_limit")}, "sample_fraction": fraction}
+
+
+def _bce_rows(settings: FitSettings, rows: DataFrame) -> DataFrame:
+    """bce's search rows: labels as y, the fit part's item offsets as each row's offset."""
+    fit_part, held = split_ratings(rows, test_fraction=VALIDATION_FRACTION, seed=settings.seed + VALIDATION_SEED)
+    prepared = prepare(settings, fit_part)
+    base = F.coalesce(F.col(BASELINE), F.lit(prepared.global_baseline))
+    held = held.join(prepared.baseline.select(ITEM, BASELINE), ITEM, "left")
+    offset = base if settings.itemOffset else F.lit(0.0)
+    weight = F.col(WEIGHT) if WEIGHT in held.columns else F.lit(None).cast("double")
+    held_rows = held.select(USER, ITEM, F.col(RATING).alias(TARGET), offset.alias(OFFSET), weight.alias(WEIGHT),
+                            F.lit(1).alias(HELD))  # fmt: skip
+    return prepared.targets.withColumn(HELD, F.lit(0)).unionByName(held_rows)

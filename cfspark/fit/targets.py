@@ -40,14 +40,30 @@ class Targets:
     global_baseline: float  # for items without one: the global mean (mse), or the global rate's logit (bce)
 
 
+@dataclass(frozen=True)
+class TargetStats:
+    """What one aggregation over the training ratings gives (mse): the spread s, the number
+    of ratings and the weighted global mean g, which prepare() and the λ search reuse."""
+
+    spread: float
+    count: int
+    global_mean: float
+
+
 def target_spread(settings: FitSettings, train_ratings: DataFrame) -> tuple[float, int | None]:
-    """(s, the number of ratings): s is the root mean square of the mse targets y − μ_i that
+    """(s, the number of ratings), as target_stats gives them; (1, None) for bce."""
+    if settings.loss != "mse":
+        return 1.0, None
+    stats = target_stats(settings, train_ratings)
+    return stats.spread, stats.count
+
+
+def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats:
+    """s, the count and g of mse ratings: s is the root mean square of the mse targets y − μ_i that
     prepare() makes (weighted as the loss is), 1 for bce, whose labels have no scale (and
     whose count is then not taken: None). One aggregation over the item sums:
     with A, S, Q an item's Σa, Σa·y, Σa·y² and μ_i = p + q·g (p = S/(A+m), q = m/(A+m)),
     Σa(y − μ_i)² = Q − 2μ_i S + μ_i² A is a quadratic in the global mean g."""
-    if settings.loss != "mse":
-        return 1.0, None
     a, m = row_weight(train_ratings), settings.meanPrior
     sums = train_ratings.groupBy(ITEM).agg(
         F.sum(a).alias("A"),
@@ -64,15 +80,18 @@ def target_spread(settings: FitSettings, train_ratings: DataFrame) -> tuple[floa
     ).first()  # fmt: skip
     total, g = row[0], row[1] / row[0]
     spread = math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total))
-    return (spread if spread > 0 else 1.0), int(row[5])  # constant ratings: nothing to scale by
+    return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g)  # constant ratings: nothing to scale by
 
 
-def prepare(settings: FitSettings, train_ratings: DataFrame) -> Targets:
-    """The targets and baselines of train_ratings (user, item, rating[, weight]) for settings' loss."""
+def prepare(settings: FitSettings, train_ratings: DataFrame, global_mean: float | None = None) -> Targets:
+    """The targets and baselines of train_ratings (user, item, rating[, weight]) for settings' loss;
+    global_mean, the ratings' weighted mean (mse) if already known, saves computing it."""
     weight = row_weight(train_ratings) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
     if settings.loss == "mse":
         a = row_weight(train_ratings)
-        glob = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
+        glob = global_mean
+        if glob is None:
+            glob = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
         stats = item_means(train_ratings, prior=settings.meanPrior, global_mean=glob).cache()
         no_offset = F.lit(None).cast("double").alias(OFFSET)
         targets = normalise(train_ratings, stats).select(

@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.blocks.codec import list_rows
-from cfspark.core.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER, WEIGHT
+from cfspark.core.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_RATINGS, OFFSET, TARGET, USER, WEIGHT
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
@@ -54,6 +54,11 @@ def csr_by_row(own: np.ndarray, other: np.ndarray, n: int, *values: np.ndarray |
     return (row_ptr, other[order].astype(np.int32), *(None if v is None else v[order] for v in values))
 
 
+def predictions(users: np.ndarray, items: np.ndarray, user_local: np.ndarray, item_local: np.ndarray) -> np.ndarray:
+    """The model's score of each (user, item) row: w·x + b + c, from the full param rows."""
+    return np.einsum("ij,ij->i", users[user_local], items[item_local])
+
+
 def fit_arrays(
     user_local: np.ndarray,
     item_local: np.ndarray,
@@ -67,17 +72,27 @@ def fit_arrays(
     *,
     max_iter: int,
     tol: float,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+    settle: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict], str]:
     """The alternating loop on dense local ids: (user params, item params, history, stop reason).
 
     user_local/item_local index user_keys/item_keys, the init keys; every user and item
     has at least one rating. The history has the trainer's fields, with task seconds.
+    start, if given, is the (user, item) params to begin from instead of the hashed init.
+    settle, if given, replaces the training loss's tol: the loop stops once an iteration
+    moves the predictions of the training rows by at most settle in root mean square,
+    which bounds how much that iteration could change any RMSE over those rows.
     """
     n_users, n_items = len(user_keys), len(item_keys)
     by_user = csr_by_row(user_local, item_local, n_users, y, offset, weight)
     by_item = csr_by_row(item_local, user_local, n_items, y, offset, weight)
-    users = initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user")
-    items = initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item")
+    if start is None:
+        users = initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user")
+        items = initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item")
+    else:
+        users, items = start
+    scores = predictions(users, items, user_local, item_local) if settle is not None else None
     user_state = item_state = None
     history: list[dict] = []
     stop_reason = reached_max_iter(max_iter)
@@ -99,12 +114,51 @@ def fit_arrays(
         if not np.isfinite(entry["train_loss"]):
             stop_reason = f"diverged: the training loss is {entry['train_loss']} at iteration {iteration}"
             break
-        reason = converged(history, tol)
+        if settle is None:
+            reason = converged(history, tol)
+        else:
+            last, scores = scores, predictions(users, items, user_local, item_local)
+            moved = float(np.sqrt(np.mean((scores - last) ** 2)))
+            entry["moved"] = moved
+            reason = (
+                f"settled: the predictions moved by {moved:.3g} (RMS), at most {settle:.3g}"
+                if moved <= settle
+                else None
+            )
         if reason:
             stop_reason = reason
             break
     history[-1]["stop"] = stop_reason
     return users, items, history, stop_reason
+
+
+def factor_batch(
+    user_ids: pa.Array,
+    item_ids: pa.Array,
+    W: np.ndarray,
+    X: np.ndarray,
+    rank: int,
+    record: dict,
+    item_stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> pa.RecordBatch:
+    """One table, three kinds of rows (KIND): each user's and item's factors under the id
+    types they arrived in, and the record; item_stats, if given, is each item's (mean, count)."""
+    n_u, n_i = len(W), len(X)
+    columns = {
+        KIND: pa.array(np.r_[np.full(n_u, USERS), np.full(n_i, ITEMS), [RECORD]].astype(np.int32)),
+        USER: pa.concat_arrays([user_ids, pa.nulls(n_i + 1, user_ids.type)]),
+        ITEM: pa.concat_arrays([pa.nulls(n_u, item_ids.type), item_ids, pa.nulls(1, item_ids.type)]),
+        FEATURES: pa.concat_arrays(
+            [list_rows(W[:, :rank]), list_rows(X[:, :rank]), pa.nulls(1, pa.list_(pa.float64()))]
+        ),
+        BIAS: pa.array(np.r_[W[:, bias_col(rank, "user")], X[:, bias_col(rank, "item")], [np.nan]]),
+        RECORD_COL: pa.array([None] * (n_u + n_i) + [json.dumps(record)], pa.string()),
+    }
+    if item_stats is not None:
+        mean, count = item_stats
+        columns[ITEM_MEAN] = pa.array(np.r_[np.full(n_u, np.nan), mean, [np.nan]])
+        columns[ITEM_RATINGS] = pa.array(np.r_[np.zeros(n_u, np.int64), count, [0]].astype(np.int64))
+    return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
 def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: float):
@@ -131,21 +185,8 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
             None if weight.null_count else weight.to_numpy().astype(np.float64),
             user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol,
         )  # fmt: skip
-        n_u, n_i = len(W), len(X)
-        # One table, three kinds of rows (KIND): the id columns keep the Arrow types they arrived in.
-        user_type, item_type = users.dictionary.type, items.dictionary.type
-        record = json.dumps({"history": history, "stop": stop, "users": n_u, "items": n_i})
-        columns = {
-            KIND: pa.array(np.r_[np.full(n_u, USERS), np.full(n_i, ITEMS), [RECORD]].astype(np.int32)),
-            USER: pa.concat_arrays([users.dictionary, pa.nulls(n_i + 1, user_type)]),
-            ITEM: pa.concat_arrays([pa.nulls(n_u, item_type), items.dictionary, pa.nulls(1, item_type)]),
-            FEATURES: pa.concat_arrays(
-                [list_rows(W[:, :rank]), list_rows(X[:, :rank]), pa.nulls(1, pa.list_(pa.float64()))]
-            ),
-            BIAS: pa.array(np.r_[W[:, bias_col(rank, "user")], X[:, bias_col(rank, "item")], [np.nan]]),
-            RECORD_COL: pa.array([None] * (n_u + n_i) + [record], pa.string()),
-        }
-        yield pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+        record = {"history": history, "stop": stop, "users": len(W), "items": len(X)}
+        yield factor_batch(users.dictionary, items.dictionary, W, X, rank, record)
 
     return run
 
@@ -159,25 +200,38 @@ def fit_one_task(
     The factor tables are (id, features, bias) under the input's id types, materialised
     in Spark's block store (localCheckpoint), as a distributed fit's final tables are.
     """
-    ids = {f.name: f.dataType for f in targets.schema.fields}
-    out_schema = T.StructType(
-        [
-            T.StructField(KIND, T.IntegerType()),
-            T.StructField(USER, ids[USER]),
-            T.StructField(ITEM, ids[ITEM]),
-            T.StructField(FEATURES, T.ArrayType(T.DoubleType())),
-            T.StructField(BIAS, T.DoubleType()),
-            T.StructField(RECORD_COL, T.StringType()),
-        ]
-    )
-    rows = targets.select(
-        USER, ITEM, TARGET, OFFSET, WEIGHT,
-        F.xxhash64(F.col(USER), F.lit(seed)).alias(USER_KEY),  # the distributed fit's init keys
+    rows = keyed_rows(targets.select(USER, ITEM, TARGET, OFFSET, WEIGHT), seed)
+    users, items, _, record = run_factor_task(rows, _fit_body(user_cfg, item_cfg, max_iter, tol))
+    return users, items, record
+
+
+def keyed_rows(rows: DataFrame, seed: int) -> DataFrame:
+    """rows with each side's init key (xxhash64 of the id, as the distributed fit's), in one partition."""
+    return rows.select(
+        "*",
+        F.xxhash64(F.col(USER), F.lit(seed)).alias(USER_KEY),
         F.xxhash64(F.col(ITEM), F.lit(seed + 1)).alias(ITEM_KEY),
-    ).coalesce(1)  # fmt: skip
-    level = checkpoint_level(targets.sparkSession)
-    fitted = rows.mapInArrow(_fit_body(user_cfg, item_cfg, max_iter, tol), out_schema)
-    out = fitted.localCheckpoint(eager=False, storageLevel=level)
+    ).coalesce(1)
+
+
+def run_factor_task(
+    rows: DataFrame, body, *, item_stats: bool = False
+) -> tuple[DataFrame, DataFrame, DataFrame | None, dict]:
+    """Run a factor_batch body over rows in one Spark job: (user_factors, item_factors,
+    item_stats (item, item_mean, ratings) if asked for, else None, record)."""
+    ids = {f.name: f.dataType for f in rows.schema.fields}
+    fields = [
+        T.StructField(KIND, T.IntegerType()),
+        T.StructField(USER, ids[USER]),
+        T.StructField(ITEM, ids[ITEM]),
+        T.StructField(FEATURES, T.ArrayType(T.DoubleType())),
+        T.StructField(BIAS, T.DoubleType()),
+        T.StructField(RECORD_COL, T.StringType()),
+    ]
+    if item_stats:
+        fields += [T.StructField(ITEM_MEAN, T.DoubleType()), T.StructField(ITEM_RATINGS, T.LongType())]
+    level = checkpoint_level(rows.sparkSession)
+    out = rows.mapInArrow(body, T.StructType(fields)).localCheckpoint(eager=False, storageLevel=level)
     found = out.filter(F.col(KIND) == RECORD).select(RECORD_COL).collect()  # the one job that fits
     if not found:
         raise ValueError("there are no training ratings to fit")
@@ -186,5 +240,9 @@ def fit_one_task(
     item_factors = out.filter(F.col(KIND) == ITEMS).select(ITEM, FEATURES, BIAS)
     user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
     item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
+    stats = None
+    if item_stats:
+        stats = out.filter(F.col(KIND) == ITEMS).select(ITEM, ITEM_MEAN, ITEM_RATINGS)
+        stats = stats.localCheckpoint(eager=True, storageLevel=level)
     out.unpersist()
-    return user_factors, item_factors, record
+    return user_factors, item_factors, stats, record

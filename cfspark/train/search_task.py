@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -21,11 +22,21 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
+from cfspark.kernels.baseline import shrunk_means
 from cfspark.kernels.bracket import bracket_search
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.losses import sigmoid
-from cfspark.train.one_task import ITEM_KEY, RECORD_COL, USER_KEY, csr_by_row
+from cfspark.train.one_task import (
+    ITEM_KEY,
+    RECORD_COL,
+    USER_KEY,
+    csr_by_row,
+    factor_batch,
+    fit_arrays,
+    keyed_rows,
+    run_factor_task,
+)
 from cfspark.train.step import StepConfig, solve_rows
 
 HELD = "held"  # 1 on a validation row, 0 on a training row
@@ -48,7 +59,8 @@ class SearchPlan:
     tol_log: float
     first_iter: int  # iterations at most for the first λ, which starts from the initial factors
     point_iter: int  # and for each later one, warm-started
-    tol: float  # the training loss's relative change that ends a point, as the fit's tol
+    tol: float  # the final fit's training-loss tol where no validation score bounds it
+    centre: tuple[float, float] | None = None  # mse: (meanPrior, global mean): the task centres y on item means
 
 
 def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> float:
@@ -60,7 +72,8 @@ def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict
     z[both] = np.einsum("ij,ij->i", users[u[both]], items[i[both]])
     item_only = (u < 0) & (i >= 0)
     z[item_only] = items[i[item_only], bias_col(rank, "item")]
-    z += held["offset"]
+    if held["offset"] is not None:
+        z += held["offset"]
     if loss == "mse":
         return float(np.sqrt(np.mean((z - held["y"]) ** 2)))
     p = np.clip(sigmoid(z), 1e-15, 1 - 1e-15)
@@ -69,12 +82,13 @@ def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict
 
 
 def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
-                  plan: SearchPlan) -> dict:  # fmt: skip
+                  plan: SearchPlan) -> tuple[dict, tuple | None]:  # fmt: skip
     """The bracketing search on dense local ids: fit is (user_local, item_local, y, offset, weight)
     of the training rows; held has user, item (−1 if unseen in fit), y and offset of the
-    validation rows. Returns {reg, path, widened, at_limit} with reg in regUnits."""
+    validation rows. Returns ({reg, path, widened, at_limit} with reg in regUnits, and the
+    (user, item) params the chosen λ ended with, None if there was no search)."""
     if not len(held["y"]):  # too few ratings for a validation fold: the start grid's middle
-        return {"reg": plan.start[len(plan.start) // 2], "path": [], "widened": "", "at_limit": False}
+        return {"reg": plan.start[len(plan.start) // 2], "path": [], "widened": "", "at_limit": False}, None
     user_local, item_local, y, offset, weight = fit
     by_user = csr_by_row(user_local, item_local, len(user_keys), y, offset, weight)
     by_item = csr_by_row(item_local, user_local, len(item_keys), y, offset, weight)
@@ -84,33 +98,80 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     }
     metric = "rmse" if user_cfg.loss == "mse" else "logloss"
     path: list[dict] = []
+    best: dict = {"key": (np.inf, np.inf)}  # the params of the best point so far, as bracket_search ranks them
 
     def score(reg: float) -> float:
         ucfg = dataclasses.replace(user_cfg, reg=reg * plan.unit)
         icfg = dataclasses.replace(item_cfg, reg=reg * plan.unit)
         users, items = state["users"], state["items"]
         user_state = item_state = None
-        value, last_value, last_loss, iterations = np.inf, None, None, 0
+        value, last_value, iterations = np.inf, None, 0
         for _ in range(plan.first_iter if not path else plan.point_iter):
             users, user_state, (_, user_reg) = solve_rows(ucfg, *by_user, items, users, user_state)
             items, item_state, (data, item_reg) = solve_rows(icfg, *by_item, users, items, item_state)
             iterations += 1
             value = validation_score(user_cfg.loss, users, items, held, user_cfg.rank)
-            loss = data + item_reg + user_reg
-            if not np.isfinite(value) or not np.isfinite(loss):
+            if not np.isfinite(value) or not np.isfinite(data + item_reg + user_reg):
                 value = np.inf
                 break
+            # Only the validation score ends a point: the training loss can settle while the
+            # score it is chosen by still moves.
             settled = last_value is not None and abs(value - last_value) <= SETTLED * last_value
-            converged = last_loss is not None and abs(last_loss - loss) <= plan.tol * abs(last_loss)
-            last_value, last_loss = value, loss
-            if iterations >= MIN_ITER and (settled or converged):
+            last_value = value
+            if iterations >= MIN_ITER and settled:
                 break
         state["users"], state["items"] = users, items
         path.append({"reg": reg, "reg_als": reg * plan.unit, metric: value, "iterations": iterations})
+        if (value, math.log(reg)) < best["key"]:
+            best.update(key=(value, math.log(reg)), params=(users, items))
         return value
 
     found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high)
-    return {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit}
+    record = {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit}
+    return record, best.get("params")
+
+
+def _search_input(table: pa.Table, plan: SearchPlan):
+    """(fit, held, user_keys, item_keys, codes) of the search's rows: codes maps each side's
+    Arrow dictionary code to its dense local id in the fit part (−1 if it has no fit row).
+    Under plan.centre the rows' y is the rating, centred here on the fit part's item means."""
+    is_held = table.column(HELD).to_numpy() == 1
+    fit_rows = ~is_held
+    local, keys, codes = {}, {}, {}
+    for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
+        encoded = table.column(side).combine_chunks().dictionary_encode()
+        code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        seen = np.unique(code[fit_rows])
+        dense = np.full(len(encoded.dictionary), -1, np.int64)
+        dense[seen] = np.arange(len(seen))
+        local[side], codes[side] = dense[code], (encoded, code, dense)
+        side_keys = np.empty(len(seen), np.int64)
+        side_keys[local[side][fit_rows]] = table.column(key_col).to_numpy()[fit_rows]
+        keys[side] = side_keys
+    values = {name: _floats(table.column(name)) for name in (TARGET, OFFSET, WEIGHT)}
+    y = values[TARGET]
+    weight = values[WEIGHT]
+    if plan.centre is not None:
+        prior, glob = plan.centre
+        item = local[ITEM]
+        fold = weight[fit_rows] if weight is not None else None
+        means, _ = shrunk_means(item[fit_rows], y[fit_rows], fold, len(keys[ITEM]), prior=prior, global_mean=glob)
+        y = y - np.where(item >= 0, means[np.maximum(item, 0)], glob)
+
+    def rows_of(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+        return None if values is None else values[rows]
+
+    offset = values[OFFSET]
+    fit = (local[USER][fit_rows], local[ITEM][fit_rows], y[fit_rows], rows_of(offset, fit_rows),
+           rows_of(weight, fit_rows))  # fmt: skip
+    held = {"user": local[USER][is_held], "item": local[ITEM][is_held], "y": y[is_held],
+            "offset": rows_of(offset, is_held)}  # fmt: skip
+    return fit, held, keys[USER], keys[ITEM], codes
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
+    values = column.to_numpy().astype(np.float64)
+    return None if np.isnan(values).any() else values
 
 
 def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
@@ -120,37 +181,51 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
-        table = pa.Table.from_batches(batches)
-        is_held = table.column(HELD).to_numpy() == 1
-        local = {}
-        keys = {}
-        for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
-            codes = table.column(side).combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
-            codes = codes.astype(np.int64)
-            seen = np.unique(codes[~is_held])
-            dense = np.full(codes.max() + 1, -1, np.int64)
-            dense[seen] = np.arange(len(seen))
-            local[side] = dense[codes]
-            side_keys = np.empty(len(seen), np.int64)
-            side_keys[local[side][~is_held]] = table.column(key_col).to_numpy()[~is_held]
-            keys[side] = side_keys
-        column = {name: table.column(name) for name in (TARGET, OFFSET, WEIGHT)}
-        fit_rows = ~is_held
-
-        def part(name: str, rows: np.ndarray) -> np.ndarray | None:
-            values = column[name].to_numpy(zero_copy_only=False)[rows]
-            return None if np.isnan(values.astype(np.float64)).any() else values.astype(np.float64)
-
-        fit = (local[USER][fit_rows], local[ITEM][fit_rows], part(TARGET, fit_rows), part(OFFSET, fit_rows),
-               part(WEIGHT, fit_rows))  # fmt: skip
-        held = {
-            "user": local[USER][is_held],
-            "item": local[ITEM][is_held],
-            "y": part(TARGET, is_held),
-            "offset": part(OFFSET, is_held),
-        }
-        record = search_arrays(fit, held, keys[USER], keys[ITEM], user_cfg, item_cfg, plan)
+        fit, held, user_keys, item_keys, _ = _search_input(pa.Table.from_batches(batches), plan)
+        record, _ = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
         yield pa.RecordBatch.from_arrays([pa.array([json.dumps(record)], pa.string())], names=[RECORD_COL])
+
+    return run
+
+
+def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, max_iter: int):
+    """mapInArrow body: the search, then the fit of every row (fit part and validation fold)
+    at the chosen λ, started from the params the search ended with at that λ. The fit
+    stops when an iteration moves the predictions by at most SETTLED of the chosen λ's
+    validation RMSE (which bounds that iteration's change of any RMSE), or at max_iter."""
+    rank = user_cfg.rank
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        table = pa.Table.from_batches(batches)
+        fit, held, user_keys, item_keys, codes = _search_input(table, plan)
+        found, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
+        reg = found["reg"] * plan.unit
+        ucfg, icfg = dataclasses.replace(user_cfg, reg=reg), dataclasses.replace(item_cfg, reg=reg)
+        start, keys = [], {}
+        for side, key_col, cfg, part in ((USER, USER_KEY, ucfg, 0), (ITEM, ITEM_KEY, icfg, 1)):
+            encoded, code, dense = codes[side]
+            side_keys = np.empty(len(encoded.dictionary), np.int64)
+            side_keys[code] = table.column(key_col).to_numpy()
+            begin = initial_params(side_keys, rank, scale=cfg.init_scale, side=side)
+            if params is not None:  # an id the search fitted starts where the search left it
+                begin[dense >= 0] = params[part][dense[dense >= 0]]
+            start.append(begin)
+            keys[side] = side_keys
+        user_code, item_code = codes[USER][1], codes[ITEM][1]
+        rating, weight = _floats(table.column(TARGET)), _floats(table.column(WEIGHT))
+        prior, glob = plan.centre
+        means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
+        chosen = [p for p in found["path"] if p["reg"] == found["reg"]]
+        settle = SETTLED * chosen[0]["rmse"] if chosen else None
+        W, X, history, stop = fit_arrays(
+            user_code, item_code, rating - means[item_code], None, weight, keys[USER], keys[ITEM], ucfg, icfg,
+            max_iter=max_iter, tol=plan.tol, start=(start[0], start[1]), settle=settle,
+        )  # fmt: skip
+        record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
+        yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, rank, record, (means, counts))
 
     return run
 
@@ -158,15 +233,28 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
 def search_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *,
                     seed: int) -> dict:  # fmt: skip
     """The search over rows (user, item, y, offset, weight, held), in one task; the held rows'
-    offset is their whole fixed term (0 for mse, whose y is already relative to it)."""
-    keyed = rows.select(
-        USER, ITEM, TARGET, F.col(OFFSET).cast("double").alias(OFFSET), F.col(WEIGHT).cast("double").alias(WEIGHT),
-        F.xxhash64(F.col(USER), F.lit(seed)).alias(USER_KEY),  # the fit's init keys
-        F.xxhash64(F.col(ITEM), F.lit(seed + 1)).alias(ITEM_KEY),
-        F.col(HELD).cast("int").alias(HELD),
-    ).coalesce(1)  # fmt: skip
+    offset is their whole fixed term (0 for mse, whose y is already relative to it), and
+    under plan.centre y is the rating itself."""
     schema = T.StructType([T.StructField(RECORD_COL, T.StringType())])
-    found = keyed.mapInArrow(_search_body(user_cfg, item_cfg, plan), schema).collect()
+    found = _keyed(rows, seed).mapInArrow(_search_body(user_cfg, item_cfg, plan), schema).collect()
     if not found:
         raise ValueError("there are no training ratings to choose λ on")
     return json.loads(found[0][RECORD_COL])
+
+
+def search_and_fit_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *,
+                            seed: int, max_iter: int) -> tuple[DataFrame, DataFrame, DataFrame, dict]:  # fmt: skip
+    """The search and the fit at its choice, in one Spark job, over rows as search_one_task's
+    under plan.centre (mse): (user_factors, item_factors, item_stats, record), the record
+    holding the fit's history, stop reason, sizes and the search ("search")."""
+    body = _search_and_fit_body(user_cfg, item_cfg, plan, max_iter)
+    users, items, stats, record = run_factor_task(_keyed(rows, seed), body, item_stats=True)
+    return users, items, stats, record
+
+
+def _keyed(rows: DataFrame, seed: int) -> DataFrame:
+    return keyed_rows(
+        rows.select(USER, ITEM, TARGET, F.col(OFFSET).cast("double").alias(OFFSET),
+                    F.col(WEIGHT).cast("double").alias(WEIGHT), F.col(HELD).cast("int").alias(HELD)),
+        seed,
+    )  # fmt: skip
