@@ -121,20 +121,35 @@ def _checked_table(spark, path: str, name: str, saved: dict[str, Any] | None) ->
         df = spark.read.parquet(where)
         if saved is None:
             return df
-        missing = sorted(set(saved["files"]) - set(_file_names(df)))
-        if missing:
-            raise ValueError(
-                f"the saved model {path} is incomplete: {name} lacks {len(missing)} of its "
-                f"{len(saved['files'])} part files, e.g. {missing[0]}"
-            )
+        _refuse_missing(path, name, saved, _file_names(df))
         rows = df.count()
     except ValueError:
         raise
     except Exception as e:  # Spark's errors for a missing folder or a damaged Parquet file
+        if saved is not None:  # a table whose every part is gone cannot be read at all
+            _refuse_missing(path, name, saved, _parquet_files(spark, where))
         raise ValueError(f"the saved model {path} is damaged: {name} cannot be read: {spark_message(e)}") from None
     if rows != saved["rows"]:
         raise ValueError(f"the saved model {path} is damaged: {name} holds {rows} rows, but {saved['rows']} were saved")
     return df
+
+
+def _refuse_missing(path: str, name: str, saved: dict[str, Any], present: list[str]) -> None:
+    missing = sorted(set(saved["files"]) - set(present))
+    if missing:
+        raise ValueError(
+            f"the saved model {path} is incomplete: {name} lacks {len(missing)} of its "
+            f"{len(saved['files'])} part files, e.g. {missing[0]}"
+        )
+
+
+def _parquet_files(spark, folder: str) -> list[str]:
+    """The names of the Parquet files in folder, listed through Spark (none if it is gone)."""
+    try:
+        found = spark.read.format("binaryFile").option("pathGlobFilter", "*.parquet").load(folder)
+        return sorted(r[0].rstrip("/").rsplit("/", 1)[-1] for r in found.select("path").collect())
+    except AnalysisException:
+        return []
 
 
 def _holds_files(spark, path: str) -> bool:
