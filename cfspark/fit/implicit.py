@@ -30,8 +30,10 @@ from pyspark.sql import functions as F
 from cfspark.core.phases import phase
 from cfspark.core.schema import ITEM, OFFSET, P_EXPOSED, RATING, TARGET, USER, WEIGHT
 from cfspark.data.offsets import item_offsets
+from cfspark.data.weights import column_alpha
+from cfspark.fit.rank_search import AlphaPlan, choose_ranking
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
-from cfspark.fit.settings import FitSettings
+from cfspark.fit.settings import AUTO, FitSettings
 from cfspark.train.history import diverged
 from cfspark.train.one_task import fit_one_task
 
@@ -46,9 +48,10 @@ TOL_SCALE = 0.1
 
 def single_count_weight(settings: FitSettings) -> float:
     """The confidence of a pair without a count: that of a count of 1 under the weight mapping."""
+    alpha = column_alpha(settings.alpha)
     if settings.weightMapping == "log":
-        return 1.0 + settings.alpha * math.log1p(1.0 / settings.weightEpsilon)
-    return 1.0 + settings.alpha
+        return 1.0 + alpha * math.log1p(1.0 / settings.weightEpsilon)
+    return 1.0 + alpha
 
 
 def fit_all_items(
@@ -57,12 +60,28 @@ def fit_all_items(
     """The all-items record for positive-only train_ratings (user, item, rating = 1[, weight])."""
     began = time.perf_counter()
     spark = train_ratings.sparkSession
-    reg = settings.exposureRegParam
-    part = settings.replace(exposure=False, initialModel=None).carry(regParam=reg, predictionCol=P_EXPOSED)
+    reg, reference = settings.exposureRegParam, column_alpha(settings.alpha)
     if WEIGHT in train_ratings.columns:
         confidence = F.coalesce(F.col(WEIGHT), F.lit(single_count_weight(settings)))
     else:
         confidence = F.lit(single_count_weight(settings))
+    user_cfg, item_cfg = (
+        dataclasses.replace(settings.step_config(side, reg), all_items=True, learn_bias=False)
+        for side in ("user", "item")
+    )
+    passes = tuple(name for name, value in (("reg", settings.regParam), ("alpha", settings.alpha)) if value == AUTO)
+    search = None
+    if passes:  # λ (regParam "auto") and α (alpha "auto") on NDCG@k of a validation fold
+        with phase(spark, "search"):
+            pairs = train_ratings.select(USER, ITEM, RATING, confidence.cast("double").alias(WEIGHT))
+            plan = AlphaPlan(reference=reference, passes=passes, reg=reg)
+            search = choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=settings.tol * TOL_SCALE)
+        reg = search["reg"]
+        user_cfg, item_cfg = (dataclasses.replace(cfg, reg=reg) for cfg in (user_cfg, item_cfg))
+    alpha = search["alpha"] if search else reference
+    if alpha != reference:  # 1 + α·g(c) from 1 + α₀·g(c)
+        confidence = F.lit(1.0) + F.lit(alpha / reference) * (confidence - F.lit(1.0))
+    part = settings.replace(exposure=False, initialModel=None).carry(regParam=reg, predictionCol=P_EXPOSED)
     with phase(spark, "prepare"):
         targets = train_ratings.select(
             USER, ITEM, F.col(RATING).alias(TARGET), F.lit(None).cast("double").alias(OFFSET),
@@ -70,9 +89,6 @@ def fit_all_items(
         )  # fmt: skip
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
-    user_cfg, item_cfg = (
-        dataclasses.replace(part.step_config(side), all_items=True, learn_bias=False) for side in ("user", "item")
-    )
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(
             targets, user_cfg, item_cfg, max_iter=settings.maxIter, tol=settings.tol * TOL_SCALE, seed=settings.seed
@@ -90,6 +106,10 @@ def fit_all_items(
         num_item_blocks=1, num_users=record["users"], num_items=record["items"], one_task=True,
         positive_only=True, implicit="all",
     )  # fmt: skip
+    if search is not None:
+        summary["reg_path"] = search.pop("path")
+        summary["reg_search"] = {**search, "units": "als"}
+        summary["alpha"] = alpha
     fitted = FitRecord(
         user_factors, item_factors, stats, 0.0, training_pairs(train_ratings), summary,
         params=dict(part.carried), rank=settings.rank,

@@ -34,6 +34,19 @@ def ndcg_at_k(
     and are excluded from a row's ranking; held cols are the relevant items, −1 for an item
     not in items. Returns 0.0 when no row has a held item.
     """
+    values = ndcg_rows(params, items, rows, seen, held, k)
+    return float(values.mean()) if len(values) else 0.0
+
+
+def ndcg_rows(
+    params: np.ndarray,
+    items: np.ndarray,
+    rows: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray],
+    held: tuple[np.ndarray, np.ndarray],
+    k: int,
+) -> np.ndarray:
+    """NDCG@k of each row in rows that has a held item, in the order of rows (as ndcg_at_k)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, not {k}")
     seen_ptr, seen_cols = seen
@@ -41,13 +54,13 @@ def ndcg_at_k(
     rows = np.asarray(rows, np.int64)
     rows = rows[held_ptr[rows + 1] > held_ptr[rows]]
     if not len(rows):
-        return 0.0
+        return np.zeros(0)
     n_items = len(items)
     depth = min(k, n_items)
     gain = discounts(k)
     ideal = np.cumsum(gain)
     batch = max(1, BATCH_SCORES // max(n_items, 1))
-    total = 0.0
+    values = []
     for start in range(0, len(rows), batch):
         part = rows[start : start + batch]
         scores = params[part] @ items.T
@@ -64,8 +77,8 @@ def ndcg_at_k(
         hits &= np.isfinite(np.take_along_axis(scores, top, axis=1))  # a seen item is never a hit
         dcg = hits @ gain[:depth]
         n_held = held_ptr[part + 1] - held_ptr[part]
-        total += float(np.sum(dcg / ideal[np.minimum(n_held, k) - 1]))
-    return total / len(rows)
+        values.append(dcg / ideal[np.minimum(n_held, k) - 1])
+    return np.concatenate(values)
 
 
 def _expand(part: np.ndarray, row_ptr: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -113,7 +113,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     return {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit}
 
 
-def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
+def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, search: Callable):
     """mapInArrow body over the one partition that holds the search's rows."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -149,16 +149,18 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
             "y": part(TARGET, is_held),
             "offset": part(OFFSET, is_held),
         }
-        record = search_arrays(fit, held, keys[USER], keys[ITEM], user_cfg, item_cfg, plan)
+        record = search(fit, held, keys[USER], keys[ITEM], user_cfg, item_cfg, plan)
         yield pa.RecordBatch.from_arrays([pa.array([json.dumps(record)], pa.string())], names=[RECORD_COL])
 
     return run
 
 
 def search_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *,
-                    seed: int) -> dict:  # fmt: skip
+                    seed: int, search: Callable = search_arrays) -> dict:  # fmt: skip
     """The search over rows (user, item, y, offset, weight, held), in one task; the held rows'
-    offset is their whole fixed term (0 for mse, whose y is already relative to it)."""
+    offset is their whole fixed term (0 for mse, whose y is already relative to it). search
+    walks the arrays as search_arrays does (same arguments, a JSON-able record back): a
+    search of another model or on another validation metric (fit/rank_search.py) swaps it."""
     keyed = rows.select(
         USER, ITEM, TARGET, F.col(OFFSET).cast("double").alias(OFFSET), F.col(WEIGHT).cast("double").alias(WEIGHT),
         F.xxhash64(F.col(USER), F.lit(seed)).alias(USER_KEY),  # the fit's init keys
@@ -166,7 +168,7 @@ def search_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig,
         F.col(HELD).cast("int").alias(HELD),
     ).coalesce(1)  # fmt: skip
     schema = T.StructType([T.StructField(RECORD_COL, T.StringType())])
-    found = keyed.mapInArrow(_search_body(user_cfg, item_cfg, plan), schema).collect()
+    found = keyed.mapInArrow(_search_body(user_cfg, item_cfg, plan, search), schema).collect()
     if not found:
         raise ValueError("there are no training ratings to choose λ on")
     return json.loads(found[0][RECORD_COL])
