@@ -88,7 +88,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 # Words a numeric key accepts besides numbers.
-_WORDS = {("model", "reg"): ("auto",)}
+_WORDS = {("model", "reg"): ("auto",), ("input", "weight_alpha"): ("auto",)}
 
 
 def _merge(cfg: Config, section: str, key: str, value: Any, source: str) -> None:

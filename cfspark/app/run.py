@@ -81,8 +81,9 @@ def failure_is(cls: type[CfsparkError], what: str):
 
 
 def fitted_summary(model) -> dict:
-    """What the fit decided by itself: λ (and, for reg = "auto", the path that chose it) and why it stopped."""
-    return {k: model.summary.get(k) for k in ("reg", "reg_path", "reg_search", "spread", "stop_reason")}
+    """What the fit decided by itself: λ (and, for reg = "auto", the path that chose it), α where
+    positive-only data chose it, and why it stopped."""
+    return {k: model.summary.get(k) for k in ("reg", "reg_path", "reg_search", "alpha", "spread", "stop_reason")}
 
 
 def load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:

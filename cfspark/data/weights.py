@@ -13,6 +13,10 @@ factor e of the count, so the same α serves counts of any range (measured:
 docs/binary-labels.md). ε sets the count below which more plays add little: 1 makes a
 single play weigh 1 + α·log 2.
 
+α = "auto" (the default) weighs rows as the reference α₀ = 1 does; the positive-only
+all-items fit then chooses α on NDCG@10 of a validation fold, with λ (fit/rank_search.py),
+by rescaling 1 + α₀·g(c) to 1 + α·g(c). Elsewhere "auto" stays at α₀.
+
 The kernels weigh each rating's loss, gradient and Hessian by a_r (kernels/block.py); the
 fixed terms fitted before training (item means, item offsets, the global rate) are weighted
 the same way, so that they are what the weighted loss would make of the biases alone.
@@ -26,10 +30,18 @@ from pyspark.sql import functions as F
 from cfspark.core.schema import WEIGHT
 
 WEIGHT_MAPPINGS = ("log", "linear")
+AUTO_ALPHA = "auto"
+REFERENCE_ALPHA = 1.0  # the α that weights are made with under "auto", until a fit chooses one
 
 
-def confidence(count: Column, alpha: float, mapping: str = "log", epsilon: float = 1.0) -> Column:
-    """A row's weight from its count c > 0: 1 + α·log(1 + c/ε) (log) or 1 + α·c (linear).
+def column_alpha(alpha: float | str) -> float:
+    """The α a weight column is made with: alpha itself, or REFERENCE_ALPHA for "auto"."""
+    return REFERENCE_ALPHA if alpha == AUTO_ALPHA else float(alpha)
+
+
+def confidence(count: Column, alpha: float | str, mapping: str = "log", epsilon: float = 1.0) -> Column:
+    """A row's weight from its count c > 0: 1 + α·log(1 + c/ε) (log) or 1 + α·c (linear);
+    α = "auto" is REFERENCE_ALPHA here.
 
     A count of 0 or below fails the query that evaluates it: input validation refuses such
     rows first, with the column, the number of rows and an example (data/validate.py).
@@ -40,7 +52,7 @@ def confidence(count: Column, alpha: float, mapping: str = "log", epsilon: float
         raise ValueError(f"the weight mapping's epsilon must be > 0, not {epsilon}")
     c = count.cast("double")
     scaled = F.log1p(c / F.lit(float(epsilon))) if mapping == "log" else c
-    weight = F.lit(1.0) + F.lit(float(alpha)) * scaled
+    weight = F.lit(1.0) + F.lit(column_alpha(alpha)) * scaled
     return F.when(c > 0, weight).otherwise(
         F.raise_error(F.concat(F.lit("a count must be > 0, not "), c.cast("string")))
     )

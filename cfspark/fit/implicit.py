@@ -44,10 +44,12 @@ from cfspark.core.schema import (
     WEIGHT,
 )
 from cfspark.data.offsets import item_offsets
+from cfspark.data.weights import column_alpha
 from cfspark.fit.blockwise import blocks_for, fingerprint, record_of
 from cfspark.fit.one_task import runs_in_one_task
+from cfspark.fit.rank_search import AlphaPlan, choose_ranking
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
-from cfspark.fit.settings import FitSettings
+from cfspark.fit.settings import AUTO, FitSettings
 from cfspark.fit.warm import warm_start_from
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.history import diverged
@@ -66,9 +68,10 @@ TOL_SCALE = 0.1
 
 def single_count_weight(settings: FitSettings) -> float:
     """The confidence of a pair without a count: that of a count of 1 under the weight mapping."""
+    alpha = column_alpha(settings.alpha)
     if settings.weightMapping == "log":
-        return 1.0 + settings.alpha * math.log1p(1.0 / settings.weightEpsilon)
-    return 1.0 + settings.alpha
+        return 1.0 + alpha * math.log1p(1.0 / settings.weightEpsilon)
+    return 1.0 + alpha
 
 
 def fit_all_items(
@@ -77,12 +80,28 @@ def fit_all_items(
     """The all-items record for positive-only train_ratings (user, item, rating = 1[, weight])."""
     began = time.perf_counter()
     spark = train_ratings.sparkSession
-    reg = settings.exposureRegParam
-    part = settings.replace(exposure=False, initialModel=None).carry(regParam=reg, predictionCol=P_EXPOSED)
+    reg, reference = settings.exposureRegParam, column_alpha(settings.alpha)
     if WEIGHT in train_ratings.columns:
         confidence = F.coalesce(F.col(WEIGHT), F.lit(single_count_weight(settings)))
     else:
         confidence = F.lit(single_count_weight(settings))
+    user_cfg, item_cfg = (
+        dataclasses.replace(settings.step_config(side, reg), all_items=True, learn_bias=False)
+        for side in ("user", "item")
+    )
+    passes = tuple(name for name, value in (("reg", settings.regParam), ("alpha", settings.alpha)) if value == AUTO)
+    search = None
+    if passes:  # λ (regParam "auto") and α (alpha "auto") on NDCG@k of a validation fold
+        with phase(spark, "search"):
+            pairs = train_ratings.select(USER, ITEM, RATING, confidence.cast("double").alias(WEIGHT))
+            plan = AlphaPlan(reference=reference, passes=passes, reg=reg)
+            search = choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=settings.tol * TOL_SCALE)
+        reg = search["reg"]
+        user_cfg, item_cfg = (dataclasses.replace(cfg, reg=reg) for cfg in (user_cfg, item_cfg))
+    alpha = search["alpha"] if search else reference
+    if alpha != reference:  # 1 + α·g(c) from 1 + α₀·g(c)
+        confidence = F.lit(1.0) + F.lit(alpha / reference) * (confidence - F.lit(1.0))
+    part = settings.replace(exposure=False, initialModel=None).carry(regParam=reg, predictionCol=P_EXPOSED)
     with phase(spark, "prepare"):
         targets = train_ratings.select(
             USER, ITEM, F.col(RATING).alias(TARGET), F.lit(None).cast("double").alias(OFFSET),
@@ -90,14 +109,14 @@ def fit_all_items(
         )  # fmt: skip
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
-    user_cfg, item_cfg = (
-        dataclasses.replace(part.step_config(side), all_items=True, learn_bias=False) for side in ("user", "item")
-    )
     num_ratings = train_ratings.count()
-    if runs_in_one_task(settings, num_ratings):
-        return _in_one_task(settings, part, targets, stats, train_ratings, (user_cfg, item_cfg), began, on_iteration)
-    return _blockwise(settings, part, targets, stats, train_ratings, (user_cfg, item_cfg), num_ratings, began,
-                      on_iteration)  # fmt: skip
+    fit = _in_one_task if runs_in_one_task(settings, num_ratings) else _blockwise
+    fitted = fit(settings, part, targets, stats, train_ratings, (user_cfg, item_cfg), num_ratings, began, on_iteration)
+    if search is not None:
+        fitted.summary["reg_path"] = search.pop("path")
+        fitted.summary["reg_search"] = {**search, "units": "als"}
+        fitted.summary["alpha"] = alpha
+    return fitted
 
 
 Watch = Callable[[FitRecord], dict] | None
@@ -105,8 +124,9 @@ Watch = Callable[[FitRecord], dict] | None
 
 def _in_one_task(
     settings: FitSettings, part: FitSettings, targets: DataFrame, stats: DataFrame, train_ratings: DataFrame,
-    configs: tuple[StepConfig, StepConfig], began: float, on_iteration: Watch,
+    configs: tuple[StepConfig, StepConfig], num_ratings: int, began: float, on_iteration: Watch,
 ) -> FitRecord:  # fmt: skip
+    """The all-items fit in one task (num_ratings unused: both paths take the same arguments)."""
     spark = train_ratings.sparkSession
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(

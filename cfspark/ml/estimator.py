@@ -103,7 +103,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         predictionCol: str = DEFAULTS["predictionCol"],
         coldStartStrategy: str = DEFAULTS["coldStartStrategy"],
         weightCol: str = DEFAULTS["weightCol"],
-        alpha: float = DEFAULTS["alpha"],
+        alpha: float | str = DEFAULTS["alpha"],
         weightMapping: str = DEFAULTS["weightMapping"],
         weightEpsilon: float = DEFAULTS["weightEpsilon"],
         exposure: bool = DEFAULTS["exposure"],
@@ -213,7 +213,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
     def setWeightCol(self, value: str) -> CollaborativeFilter:
         return self._set(weightCol=value)
 
-    def setAlpha(self, value: float) -> CollaborativeFilter:
+    def setAlpha(self, value: float | str) -> CollaborativeFilter:
         return self._set(alpha=value)
 
     def setWeightMapping(self, value: str) -> CollaborativeFilter:

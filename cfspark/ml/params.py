@@ -155,7 +155,7 @@ DEFAULTS: dict[str, Any] = dict(
     predictionCol="prediction",
     coldStartStrategy="mean",
     weightCol="",
-    alpha=1.0,
+    alpha="auto",
     weightMapping="log",
     weightEpsilon=1.0,
     exposure=True,
@@ -301,7 +301,10 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
         TypeConverters.toString,
     )
     alpha = _param(
-        "alpha", "weightCol's scale: a row weighs 1 + alpha·log(1 + c/weightEpsilon), or 1 + alpha·c", _number(0.0)
+        "alpha",
+        'weightCol\'s scale: a row weighs 1 + alpha·log(1 + c/weightEpsilon), or 1 + alpha·c; "auto" chooses it '
+        "on NDCG@10 for positive-only data (else 1)",
+        _number(0.0, words=(AUTO,)),
     )
     weightMapping = _param(
         "weightMapping", "a count's weight: log, 1 + alpha·log(1 + c/weightEpsilon), or linear, 1 + alpha·c",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -131,6 +131,11 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     return record, best.get("params")
 
 
+def search_record(*args) -> dict:
+    """search_arrays' record alone (what the search-only job returns)."""
+    return search_arrays(*args)[0]
+
+
 def _search_input(table: pa.Table, plan: SearchPlan):
     """(fit, held, user_keys, item_keys, codes) of the search's rows: codes maps each side's
     Arrow dictionary code to its dense local id in the fit part (−1 if it has no fit row).
@@ -174,7 +179,7 @@ def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
     return None if np.isnan(values).any() else values
 
 
-def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
+def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, search: Callable):
     """mapInArrow body over the one partition that holds the search's rows."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -182,7 +187,7 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
         if not batches:
             return
         fit, held, user_keys, item_keys, _ = _search_input(pa.Table.from_batches(batches), plan)
-        record, _ = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
+        record = search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
         yield pa.RecordBatch.from_arrays([pa.array([json.dumps(record)], pa.string())], names=[RECORD_COL])
 
     return run
@@ -231,12 +236,15 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
 
 
 def search_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *,
-                    seed: int) -> dict:  # fmt: skip
+                    seed: int, search: Callable[..., dict] | None = None) -> dict:  # fmt: skip
     """The search over rows (user, item, y, offset, weight, held), in one task; the held rows'
     offset is their whole fixed term (0 for mse, whose y is already relative to it), and
-    under plan.centre y is the rating itself."""
+    under plan.centre y is the rating itself. search walks the arrays as search_record does
+    (same arguments, a JSON-able record back): a search of another model or on another
+    validation metric (fit/rank_search.py) swaps it."""
     schema = T.StructType([T.StructField(RECORD_COL, T.StringType())])
-    found = _keyed(rows, seed).mapInArrow(_search_body(user_cfg, item_cfg, plan), schema).collect()
+    body = _search_body(user_cfg, item_cfg, plan, search or search_record)
+    found = _keyed(rows, seed).mapInArrow(body, schema).collect()
     if not found:
         raise ValueError("there are no training ratings to choose λ on")
     return json.loads(found[0][RECORD_COL])

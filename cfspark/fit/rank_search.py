@@ -1,0 +1,187 @@
+"""λ and α of the all-items positive-only model, chosen on NDCG@k of a validation fold.
+
+Positive-only data is used to rank, so its automatic λ (and α, the count mapping's scale)
+is chosen on the ranking metric, not on a pointwise loss. A hashed VALIDATION_FRACTION (20 %) of
+the training pairs is held out (never the test split, which does not reach this module),
+the all-items model is fitted on the rest inside one Spark task (train/search_task.py with
+this module's search), and each λ is scored by NDCG@k of the held pairs, the user's
+training items excluded (kernels/ranking.py). λ is searched first at the reference α, by
+the bracketing search of kernels/bracket.py in log λ; then α, the same way in log α at that
+λ (docs/binary-labels.md has the measurement that chose this order over a joint search).
+Each point warm-starts from the factors the previous one ended with.
+
+The weight column arrives as confidences made with the reference α₀ (data/weights.py), so
+1 + α·g(c) = 1 + (α/α₀)·(w − 1): α is searched by rescaling the weights, without the counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from cfspark.core.schema import ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
+from cfspark.data.split import split_ratings
+from cfspark.fit.reg_search import SAMPLE_SEED, SEARCH_RATINGS, VALIDATION_SEED, sampled_users
+from cfspark.fit.settings import FitSettings
+from cfspark.kernels.bracket import bracket_search
+from cfspark.kernels.init import initial_params
+from cfspark.kernels.ranking import ndcg_rows
+from cfspark.train.one_task import csr_by_row
+from cfspark.train.search_task import HELD, MIN_ITER, SETTLED, SearchPlan, search_one_task
+from cfspark.train.step import StepConfig, solve_rows
+
+K = 10  # NDCG@K is what the search maximises
+REG_START = (0.1, 0.03, 0.01)  # λ, count-scaled by a row's positives as implicit ALS's regParam
+REG_LOW, REG_HIGH = 1e-4, 10.0
+ALPHA_START = (0.3, 1.0, 3.0)
+ALPHA_LOW, ALPHA_HIGH = 0.01, 100.0
+STEP = 3.0
+TOL_LOG = math.log(2.0)  # both final brackets: within 2 × of the best (1.3 × took 25 % more points, same choice)
+POINT_ITER = 6
+# NDCG of a fold of a few pairs per user is noisy: at 10 % the search's choice ranked below the
+# fixed λ = 0.01, α = 1 on test on the generated plays (0.0797 against 0.0806); at 20 % it ranked
+# above on both sets (0.0818, and 0.3079 against 0.3061 on MovieLens as counts).
+VALIDATION_FRACTION = 0.2
+MAX_USERS = 5000  # NDCG is measured on at most this many validation users (those of smallest hashed key)
+
+log = logging.getLogger("cfspark")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaPlan:
+    """What is searched: passes, the one-dimensional searches in order ("reg", "alpha"); reg,
+    the λ kept when no pass searches it; reference, the α₀ the weights were made with."""
+
+    reference: float
+    passes: tuple[str, ...]
+    reg: float = REG_START[len(REG_START) // 2]
+    k: int = K
+
+
+def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
+                   plan: SearchPlan, *, alpha: AlphaPlan) -> dict:  # fmt: skip
+    """λ (and α) of the all-items model that maximise NDCG@k of the held pairs: search_one_task's
+    search. Returns {reg, alpha, ndcg, path: [{reg, alpha, ndcg, iterations}], widened, at_limit}."""
+    user_local, item_local, _, _, weight = fit
+    n_users = len(user_keys)
+    gain = np.zeros(len(user_local)) if weight is None or alpha.reference <= 0 else (weight - 1.0) / alpha.reference
+    by_user = csr_by_row(user_local, item_local, n_users, gain)
+    by_item = csr_by_row(item_local, user_local, len(item_keys), gain)
+    known = held["user"] >= 0
+    held_csr = csr_by_row(held["user"][known], held["item"][known], n_users)[:2]
+    rows = np.flatnonzero(held_csr[0][1:] > held_csr[0][:-1])
+    rows = rows[np.argsort(user_keys[rows], kind="stable")[:MAX_USERS]]
+    state = {
+        "users": initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
+        "items": initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"),
+    }
+    path: list[dict] = []
+    per_row: list[np.ndarray] = []  # each path point's NDCG per validation user
+    if not len(rows):  # too few pairs for a validation fold: the start grids' middles
+        reg, a = alpha.reg, alpha.reference
+        return {"reg": reg, "alpha": a, "ndcg": None, "path": [], "widened": "", "at_limit": False}
+
+    def settle(reg: float, a: float) -> float:
+        """1 − NDCG@k once this (λ, α) has settled, from the last point's factors."""
+        ucfg, icfg = (dataclasses.replace(cfg, reg=reg * plan.unit) for cfg in (user_cfg, item_cfg))
+        u_side = (by_user[0], by_user[1], None, None, 1.0 + a * by_user[2])
+        i_side = (by_item[0], by_item[1], None, None, 1.0 + a * by_item[2])
+        users, items = state["users"], state["items"]
+        value, last_value, last_loss, iterations = np.inf, None, None, 0
+        for _ in range(plan.first_iter if not path else plan.point_iter):
+            users, _, (_, user_reg) = solve_rows(ucfg, *u_side, items, users, None)
+            items, _, (data, item_reg) = solve_rows(icfg, *i_side, users, items, None)
+            iterations += 1
+            loss = data + item_reg + user_reg
+            scores = ndcg_rows(users, items, rows, by_user[:2], held_csr, alpha.k)
+            value = 1.0 - float(scores.mean())
+            if not np.isfinite(loss) or not np.all(np.isfinite(users)):
+                value = np.inf
+                break
+            # Settled relative to NDCG itself: 1 − NDCG is near 1, where SETTLED would hide every step.
+            settled = last_value is not None and abs(value - last_value) <= SETTLED * (1.0 - last_value)
+            converged = last_loss is not None and abs(last_loss - loss) <= plan.tol * abs(last_loss)
+            last_value, last_loss = value, loss
+            if iterations >= MIN_ITER and (settled or converged):
+                break
+        state["users"], state["items"] = users, items
+        path.append({"reg": reg, "alpha": a, "ndcg": 1.0 - value, "iterations": iterations})
+        per_row.append(scores if np.isfinite(value) else np.full(len(scores), -np.inf))
+        return value
+
+    reg, a = alpha.reg, alpha.reference
+    widened, at_limit, best = [], False, None
+    for dimension in alpha.passes:
+        first = len(path)
+        if dimension == "reg":
+            found = bracket_search(lambda r, a=a: settle(r, a), start=plan.start, step=plan.step, tol=plan.tol_log,
+                                   low=plan.low, high=plan.high)  # fmt: skip
+            # The best λ: the NDCG surface in λ is flat near its top, and within noise the stronger
+            # λ ranked worse on test (MovieLens as counts), so λ takes no preference.
+            chosen = int(np.argmax([p["ndcg"] for p in path[first:]]))
+            reg = path[first + chosen]["reg"]
+        elif dimension == "alpha" and np.any(gain):
+            found = bracket_search(lambda x, reg=reg: settle(reg, x), start=ALPHA_START, step=STEP, tol=TOL_LOG,
+                                   low=ALPHA_LOW, high=ALPHA_HIGH)  # fmt: skip
+            # Within noise, the α nearest the reference α₀.
+            near = math.log(alpha.reference)
+            chosen = within_noise(
+                per_row[first:], path[first:], prefer=lambda p, near=near: abs(math.log(p["alpha"]) - near)
+            )
+            a = path[first + chosen]["alpha"]
+        else:
+            continue
+        best = path[first + chosen]["ndcg"]
+        widened += [f"{dimension}:{found.widened}"] if found.widened else []
+        at_limit = at_limit or found.at_limit
+    return {"reg": reg, "alpha": a, "ndcg": best, "path": path, "widened": ",".join(widened),
+            "at_limit": at_limit}  # fmt: skip
+
+
+def within_noise(per_row: list[np.ndarray], points: list[dict], prefer) -> int:
+    """The index of the preferred point (smallest prefer(point)) among those whose mean NDCG is
+    within one paired standard error of the best's: the one-standard-error rule, so that a
+    difference the validation users cannot tell apart does not move λ or α."""
+    means = [float(np.mean(v)) if len(v) else -np.inf for v in per_row]
+    top = int(np.argmax(means))
+    close = []
+    for j, values in enumerate(per_row):
+        diff = per_row[top] - values
+        if not np.all(np.isfinite(diff)):
+            continue
+        spread = float(np.std(diff, ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+        if float(np.mean(diff)) <= spread:
+            close.append(j)
+    return min(close, key=lambda j: (prefer(points[j]), -means[j]))
+
+
+def choose_ranking(settings: FitSettings, confidences: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, *,
+                   alpha: AlphaPlan, tol: float) -> dict:  # fmt: skip
+    """search_ranking's record for the positive-only training pairs (user, item, rating, weight =
+    confidence under α₀), on a hashed validation fold of them; user_cfg/item_cfg the fit's half-steps."""
+    num_ratings = confidences.count()
+    fraction = min(1.0, SEARCH_RATINGS / max(num_ratings, 1))
+    rows = sampled_users(confidences, fraction, settings.seed + SAMPLE_SEED)
+    fit_part, held = split_ratings(rows, test_fraction=VALIDATION_FRACTION, seed=settings.seed + VALIDATION_SEED)
+    both = fit_part.withColumn(HELD, F.lit(0)).unionByName(held.withColumn(HELD, F.lit(1))).select(
+        USER, ITEM, F.col(RATING).cast("double").alias(TARGET), F.lit(None).cast("double").alias(OFFSET), WEIGHT, HELD
+    )  # fmt: skip
+    plan = SearchPlan(start=REG_START, unit=1.0, low=REG_LOW, high=REG_HIGH, step=STEP, tol_log=TOL_LOG,
+                      first_iter=settings.maxIter, point_iter=POINT_ITER, tol=tol)  # fmt: skip
+    search = functools.partial(search_ranking, alpha=alpha)
+    found = search_one_task(both, user_cfg, item_cfg, plan, seed=settings.seed, search=search)
+    for point in found["path"]:
+        log.info("automatic λ, α: reg %.4g, alpha %.4g give validation NDCG@%d %.4f after %d iterations",
+                 point["reg"], point["alpha"], alpha.k, point["ndcg"], point["iterations"])  # fmt: skip
+    if found["at_limit"]:
+        log.warning("automatic λ, α: the best is an end of the range (λ in [%g, %g], α in [%g, %g])",
+                    REG_LOW, REG_HIGH, ALPHA_LOW, ALPHA_HIGH)  # fmt: skip
+    log.info("automatic λ, α: chose reg = %.4g, alpha = %.4g on NDCG@%d, searched on %.0f %% of the users",
+             found["reg"], found["alpha"], alpha.k, 100 * fraction)  # fmt: skip
+    return {**found, "sample_fraction": fraction, "metric": f"ndcg@{alpha.k}"}

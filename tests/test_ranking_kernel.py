@@ -1,0 +1,62 @@
+"""NDCG@k of a validation fold (kernels/ranking.py) against a brute-force computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cfspark.kernels import ranking
+from cfspark.kernels.ranking import ndcg_at_k
+
+
+def _csr(lists):
+    ptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+    cols = np.array([c for x in lists for c in x], np.int64)
+    return ptr, cols
+
+
+def _brute(params, items, rows, seen, held, k):
+    """Sort every item by score for each row, drop its seen items, sum 1/log2(pos + 1) over hits."""
+    values = []
+    for r in rows:
+        if not held[r]:
+            continue
+        scores = {i: float(params[r] @ items[i]) for i in range(len(items)) if i not in seen[r]}
+        ranked = sorted(scores, key=lambda i: -scores[i])[:k]
+        dcg = sum(1 / math.log2(pos + 2) for pos, i in enumerate(ranked) if i in held[r])
+        ideal = sum(1 / math.log2(pos + 2) for pos in range(min(len(held[r]), k)))
+        values.append(dcg / ideal)
+    return sum(values) / len(values) if values else 0.0
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ndcg_equals_the_brute_force_ranking(k, seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    n_rows, n_items, p = 30, 25, 4
+    params, items = rng.normal(size=(n_rows, p)), rng.normal(size=(n_items, p))
+    seen = [set(rng.choice(n_items, rng.integers(0, 8), replace=False).tolist()) for _ in range(n_rows)]
+    held = []
+    for r in range(n_rows):
+        free = [i for i in range(n_items) if i not in seen[r]]
+        chosen = rng.choice(free, rng.integers(0, 5), replace=False).tolist()
+        held.append(chosen + ([-1] if r % 7 == 3 else []))  # −1: an item the model never saw
+    rows = np.arange(n_rows)[rng.random(n_rows) < 0.8]
+    monkeypatch.setattr(ranking, "BATCH_SCORES", 7 * n_items)  # several batches
+    got = ndcg_at_k(params, items, rows, _csr([sorted(s) for s in seen]), _csr(held), k)
+    want = _brute(params, items, rows, seen, [set(h) for h in held], k)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert 0 <= got <= 1 and (got > 0 or k == 1)
+
+
+def test_ndcg_is_one_for_a_perfect_ranking_and_zero_for_the_worst():
+    items = np.eye(6)
+    params = np.array([[6.0, 5, 4, 3, 2, 1]])  # ranks item 0 first, 5 last
+    seen = _csr([[0]])
+    assert ndcg_at_k(params, items, [0], seen, _csr([[1, 2]]), 2) == pytest.approx(1.0)
+    assert ndcg_at_k(params, items, [0], seen, _csr([[5]]), 4) == 0.0
+    # The seen item 0 is skipped: item 3 is third, worth 1/log2(4) of the ideal 1.
+    assert ndcg_at_k(params, items, [0], seen, _csr([[3]]), 3) == pytest.approx(0.5)
+    assert ndcg_at_k(params, items, [0], seen, _csr([[]]), 3) == 0.0

@@ -1,0 +1,131 @@
+"""Positive-only counts: λ and α chosen on NDCG@10 of a validation fold of the training split.
+
+The test split must never reach the choice: poison every test pair's count and run the job
+again; the chosen λ and α, and every validation NDCG on the path, stay the same. The search
+itself, on numpy arrays: the bracketing, the one-standard-error rule, and (the control that
+lets the job's check fail) a path that moves when training counts are poisoned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from cfspark.app.config import load_config
+from cfspark.app.train import run_job
+from cfspark.bench.implicit import play_counts
+from cfspark.data.split import split_ratings
+from cfspark.fit import rank_search
+from cfspark.fit.rank_search import ALPHA_START, REG_START, AlphaPlan, search_ranking, within_noise
+from cfspark.ml.model_io import read_metadata
+from cfspark.train.search_task import SearchPlan
+from cfspark.train.step import StepConfig
+
+SPLIT_SEED = 42
+
+
+def _write(path, rows):
+    path.write_text("user,item,label,plays\n" + "".join(f"{u},{i},1,{c:g}\n" for u, i, c in rows))
+
+
+def _job(spark, csv, out):
+    cfg = load_config(
+        None,
+        [f"input.path={csv}", "input.user_col=user", "input.item_col=item", "input.rating_col=label",
+         "input.weight_col=plays", "model.loss=bce", f"output.path={out}", "model.rank=4", "model.max_iter=8",
+         "checkpoint.interval=0", f"split.seed={SPLIT_SEED}"],
+    )  # fmt: skip
+    return run_job(spark, cfg)
+
+
+@pytest.mark.slow
+def test_ranking_search_never_reads_the_test_split(spark, tmp_path):
+    rows = play_counts(users=120, items=100, draws=6000, seed=3)
+    df = spark.createDataFrame(rows, "user long, item long, plays double").withColumn("rating", F.lit(1.0))
+    _, test = split_ratings(df, test_fraction=0.2, seed=SPLIT_SEED)
+    in_test = {(r.user, r.item) for r in test.collect()}
+    poison = {"clean": set(), "poisoned": in_test}
+    out = {}
+    for name, pairs in poison.items():
+        _write(tmp_path / f"{name}.csv", [(u, i, c * 1000 + 7 if (u, i) in pairs else c) for u, i, c in rows])
+        out[name] = _job(spark, tmp_path / f"{name}.csv", tmp_path / name)
+    clean, poisoned = out["clean"]["model"], out["poisoned"]["model"]
+    assert out["clean"]["counts"]["test"] == out["poisoned"]["counts"]["test"] == len(in_test)
+    search = clean["reg_search"]
+    assert search["metric"] == "ndcg@10" and search["reg"] == clean["reg"] and search["alpha"] == clean["alpha"]
+    # λ's start grid first, at the reference α = 1, then α's start grid at the chosen λ.
+    path = clean["reg_path"]
+    assert [(p["reg"], p["alpha"]) for p in path[:3]] == [(r, 1.0) for r in REG_START]
+    alpha_points = [p for p in path if p["reg"] == clean["reg"]][-len(path) :]
+    assert {p["alpha"] for p in alpha_points} >= set(ALPHA_START)
+    assert all(0 < p["ndcg"] <= 1 for p in path)
+    assert poisoned["reg_path"] == path and poisoned["alpha"] == clean["alpha"] and poisoned["reg"] == clean["reg"]
+    # The model's metadata keeps λ, α and the path in its summary, as metrics.json does.
+    meta = read_metadata(spark, str(tmp_path / "clean" / "model"))["cfspark"]
+    assert meta["summary"]["alpha"] == clean["alpha"] and meta["summary"]["reg_path"] == path
+
+
+def test_within_noise_keeps_the_preferred_point_unless_another_is_clearly_better():
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    points = [{"reg": 0.1}, {"reg": 0.03}, {"reg": 0.01}]
+    prefer = lambda p: -p["reg"]  # noqa: E731
+    # A gain far below the users' spread: the strongest λ stays.
+    small = [base, base + rng.normal(0.001, 0.2, 400), base + rng.normal(0.002, 0.2, 400)]
+    assert within_noise(small, points, prefer) == 0
+    # A gain of 0.05 on every user: the weak λ is better beyond doubt.
+    clear = [base, base + 0.01, base + 0.05 + rng.normal(0, 0.01, 400)]
+    assert within_noise(clear, points, prefer) == 2
+
+
+def test_search_ranking_brackets_reg_then_alpha_on_planted_counts(monkeypatch):
+    rows = np.array(play_counts(users=300, items=200, draws=30_000, seed=5))
+    user, item = np.unique(rows[:, 0], return_inverse=True)[1], np.unique(rows[:, 1], return_inverse=True)[1]
+    weight = 1.0 + np.log1p(rows[:, 2])
+    held = np.random.default_rng(1).random(len(rows)) < 0.15
+    known_items = np.unique(item[~held])
+    local_item = np.full(item.max() + 1, -1)
+    local_item[known_items] = np.arange(len(known_items))
+    known_users = np.unique(user[~held])
+    local_user = np.full(user.max() + 1, -1)
+    local_user[known_users] = np.arange(len(known_users))
+    fit = (local_user[user[~held]], local_item[item[~held]], None, None, weight[~held])
+    fold = {"user": local_user[user[held]], "item": local_item[item[held]]}
+    cfg = StepConfig(side="user", rank=4, loss="bce", reg=0.01, init_scale=0.1, count_scaled=True, all_items=True,
+                     learn_bias=False)  # fmt: skip
+    plan = SearchPlan(start=REG_START, unit=1.0, low=1e-4, high=10.0, step=3.0, tol_log=math.log(2), first_iter=10,
+                      point_iter=4, tol=1e-4)  # fmt: skip
+    keys = (np.arange(len(known_users)) * 7919, np.arange(len(known_items)) * 104729)
+    item_cfg = dataclasses.replace(cfg, side="item")
+    found = search_ranking(
+        fit, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(reference=1.0, passes=("reg", "alpha"))
+    )
+    path = found["path"]
+    reg_pass = path[: next(j for j, p in enumerate(path) if p["alpha"] != 1.0)]
+    assert [p["reg"] for p in path[:3]] == list(REG_START)
+    # Each pass is bracketed: a point on each side of its best, unless at the hard range's end.
+    regs = sorted({p["reg"] for p in reg_pass})
+    best_reg = max(reg_pass, key=lambda p: p["ndcg"])["reg"]
+    assert found["at_limit"] or 0 < regs.index(best_reg) < len(regs) - 1
+    alphas = sorted({p["alpha"] for p in path if p["reg"] == found["reg"]})
+    assert set(ALPHA_START) <= set(alphas) and found["alpha"] in alphas
+    assert 0 < found["ndcg"] < 1
+    # The control: the same search on training counts that are poisoned moves the path.
+    poisoned = (fit[0], fit[1], None, None, np.where(np.arange(len(fit[4])) % 5 == 0, 1.0 + fit[4] * 9, fit[4]))
+    assert (
+        search_ranking(poisoned, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("reg", "alpha")))["path"]
+        != path
+    )
+    # α only: λ stays where it is given.
+    only = search_ranking(
+        fit, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(reference=1.0, passes=("alpha",), reg=0.05)
+    )
+    assert only["reg"] == 0.05 and {p["reg"] for p in only["path"]} == {0.05}
+    # No counts (every weight 1): nothing to choose α on, so α stays the reference.
+    flat = (fit[0], fit[1], None, None, None)
+    assert search_ranking(flat, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("alpha",), 0.05))["path"] == []
+    assert len(known_users) <= rank_search.MAX_USERS  # every validation user counted here
