@@ -81,6 +81,7 @@ WRAPPERS = {
     "profile_fit.py": "cfspark-profile",
     "generate.py": "cfspark-generate",
     "implicit_bench.py": "cfspark-implicit-bench",
+    "implicit_scale_bench.py": "cfspark-implicit-scale-bench",
 }
 
 
