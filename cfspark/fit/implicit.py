@@ -89,13 +89,15 @@ def fit_all_items(
         dataclasses.replace(settings.step_config(side, reg), all_items=True, learn_bias=False)
         for side in ("user", "item")
     )
+    num_ratings = train_ratings.count()  # the search's sample and the fit's path both read it
     passes = tuple(name for name, value in (("reg", settings.regParam), ("alpha", settings.alpha)) if value == AUTO)
     search = None
     if passes:  # λ (regParam "auto") and α (alpha "auto") on NDCG@k of a validation fold
         with phase(spark, "search"):
             pairs = train_ratings.select(USER, ITEM, RATING, confidence.cast("double").alias(WEIGHT))
             plan = AlphaPlan(reference=reference, passes=passes, reg=reg)
-            search = choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=settings.tol * TOL_SCALE)
+            search = choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=settings.tol * TOL_SCALE,
+                                    num_ratings=num_ratings)  # fmt: skip
         reg = search["reg"]
         user_cfg, item_cfg = (dataclasses.replace(cfg, reg=reg) for cfg in (user_cfg, item_cfg))
     alpha = search["alpha"] if search else reference
@@ -109,7 +111,6 @@ def fit_all_items(
         )  # fmt: skip
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
-    num_ratings = train_ratings.count()
     fit = _in_one_task if runs_in_one_task(settings, num_ratings) else _blockwise
     fitted = fit(settings, part, targets, stats, train_ratings, (user_cfg, item_cfg), num_ratings, began, on_iteration)
     if search is not None:

@@ -164,10 +164,10 @@ def within_noise(per_row: list[np.ndarray], points: list[dict], prefer) -> int:
 
 
 def choose_ranking(settings: FitSettings, confidences: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, *,
-                   alpha: AlphaPlan, tol: float) -> dict:  # fmt: skip
+                   alpha: AlphaPlan, tol: float, num_ratings: int) -> dict:  # fmt: skip
     """search_ranking's record for the positive-only training pairs (user, item, rating, weight =
-    confidence under α₀), on a hashed validation fold of them; user_cfg/item_cfg the fit's half-steps."""
-    num_ratings = confidences.count()
+    confidence under α₀; num_ratings of them), on a hashed validation fold of them;
+    user_cfg/item_cfg the fit's half-steps."""
     fraction = min(1.0, SEARCH_RATINGS / max(num_ratings, 1))
     rows = sampled_users(confidences, fraction, settings.seed + SAMPLE_SEED)
     fit_part, held = split_ratings(rows, test_fraction=VALIDATION_FRACTION, seed=settings.seed + VALIDATION_SEED)
