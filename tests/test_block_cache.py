@@ -136,3 +136,20 @@ def test_float32_messages_and_products_fit_the_planted_data_as_float64_does(fits
     assert abs(rmse32 - rmse64) <= 1e-4 * rmse64
     assert abs(sent32 - sent64 / 2) <= 0.001 * PARAMS["maxIter"]  # message_mb is rounded to 0.001
     assert factors32 != fits["warm"][0]  # the float32 path ran
+
+
+def test_a_key_folder_removed_by_another_worker_meanwhile_is_not_an_error(tmp_path, monkeypatch):
+    """Two workers of one executor may release the same key at once: the later one finds the
+    folder gone between asking for it and listing it, and removes (and counts) nothing."""
+    monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
+    files.write("k", "user", 0, _arrays(5))
+    assert files.usage("k")[0] == 1
+
+    def gone(folder):
+        raise FileNotFoundError(folder)
+
+    monkeypatch.setattr(files.os, "listdir", gone)
+    assert files.remove("k") == 0 and files.usage("k") == (0, 0)
+    monkeypatch.undo()
+    monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
+    assert files.remove("k") == 1 and files.usage("k") == (0, 0)

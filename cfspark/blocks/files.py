@@ -122,9 +122,10 @@ def read(blocks: str, side: str, block: int) -> Arrays | None:
 def remove(blocks: str) -> int:
     """Remove one Blocks key's files from this executor's directory; how many went."""
     folder = os.path.join(root(), blocks)
-    if not os.path.isdir(folder):
+    try:
+        gone = len(os.listdir(folder))
+    except OSError:  # not there: never written here, or another worker of the executor removed it first
         return 0
-    gone = len(os.listdir(folder))
     shutil.rmtree(folder, ignore_errors=True)
     return gone
 
@@ -133,7 +134,11 @@ def usage(blocks: str) -> tuple[int, int]:
     """(files, bytes) of one Blocks key's block files in this executor's directory."""
     folder = os.path.join(root(), blocks)
     count = sizes = 0
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+    try:
+        names = os.listdir(folder)
+    except OSError:  # not there, or removed by another worker's release meanwhile
+        names = []
+    for name in names:
         try:
             sizes += os.path.getsize(os.path.join(folder, name))
             count += 1
