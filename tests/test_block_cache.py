@@ -86,13 +86,13 @@ def fits(spark):
     p = planted_ratings(n_users=200, n_items=120, rank=3, density=0.2, noise=0.5, seed=2)
     ratings = spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
     out = {}
-    runs = (("warm", "on", "off"), ("cold", "cold", "off"), ("again", "on", "off"), ("float32", "on", "on"))
+    runs = (("warm", "on", False), ("cold", "cold", False), ("again", "on", False), ("float32", "on", True))
     for name, mode, single in runs:
-        os.environ["CFSPARK_BLOCK_CACHE"], os.environ["CFSPARK_FLOAT32"] = mode, single
+        os.environ["CFSPARK_BLOCK_CACHE"] = mode
         try:
-            model = CollaborativeFilter(**PARAMS).fit_validated(ratings)
+            model = CollaborativeFilter(float32=single, **PARAMS).fit_validated(ratings)
         finally:
-            del os.environ["CFSPARK_BLOCK_CACHE"], os.environ["CFSPARK_FLOAT32"]
+            del os.environ["CFSPARK_BLOCK_CACHE"]
         users = {r.user: [*r.features, r.bias] for r in model.user_factors.collect()}
         items = {r.item: [*r.features, r.bias] for r in model.item_factors.collect()}
         misses = sum(h["cache_misses"] for h in model.history)
@@ -129,7 +129,7 @@ def test_the_workers_hold_no_blocks_after_a_fit_not_even_after_a_second_one(fits
 
 @pytest.mark.slow
 def test_float32_messages_and_products_fit_the_planted_data_as_float64_does(fits):
-    """CFSPARK_FLOAT32: float32 gathers and products, and messages sent as float32 (half the
+    """The float32 Param: float32 gathers and products, and messages sent as float32 (half the
     bytes), against float64: the training RMSE agrees within 1e-4 relative."""
     (_, _, _, rmse64, sent64), (factors32, _, _, rmse32, sent32) = fits["warm"], fits["float32"]
     assert 0.3 < rmse64 < 0.6  # a real fit: the planted noise is 0.5

@@ -77,3 +77,19 @@ def test_conf_course_toml_is_the_course_model():
     course = estimator_from_config(load_config(os.path.join(REPO, "conf", "course.toml")), Columns("u", "i", "r"))
     assert {k: course.getOrDefault(k) for k in COURSE_PARAMS} == COURSE_PARAMS
     assert course.getRegParam() == 10.0 and course.getLearningRate() == 0.05
+
+
+def test_model_float32_reaches_both_half_steps_and_is_off_by_default():
+    """The key becomes the float32 Param, which every half-step's StepConfig carries (the
+    one-task loop, the λ search and the blockwise trainer all build theirs from it)."""
+    from cfspark.app.run import estimator_from_config
+    from cfspark.data.read import Columns
+
+    columns = Columns("u", "i", "r")
+    on = estimator_from_config(load_config(None, ["model.float32=true"]), columns).fit_settings()
+    off = estimator_from_config(load_config(None, []), columns).fit_settings()
+    assert on.float32 and [on.step_config(s).float32 for s in ("user", "item")] == [True, True]
+    assert not off.float32 and [off.step_config(s).float32 for s in ("user", "item")] == [False, False]
+    assert on.step_config("user", reg=0.3).float32  # the λ search's configs too
+    with pytest.raises(ConfigError, match="model.float32 must be a bool"):
+        load_config(None, ["model.float32=on"])

@@ -46,6 +46,7 @@ CONFIG_PARAMS: dict[tuple[str, str], str] = {
     ("model", "num_user_blocks"): "numUserBlocks",
     ("model", "num_item_blocks"): "numItemBlocks",
     ("model", "max_block_ratings"): "maxBlockRatings",
+    ("model", "float32"): "float32",
     ("model", "seed"): "seed",
     ("model", "init_scale"): "initScale",
     ("model", "item_offset"): "itemOffset",

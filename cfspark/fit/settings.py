@@ -60,6 +60,7 @@ class FitSettings:
     numUserBlocks: int
     numItemBlocks: int
     maxBlockRatings: int
+    float32: bool
     seed: int
     initScale: float
     itemOffset: bool
@@ -123,5 +124,6 @@ class FitSettings:
             count_scaled=self.regScaling == "count",
             bias_reg=self.biasReg,
             learn_bias=side == "user" or self.itemBias,
+            float32=self.float32,
             draws=self.draws,
         )

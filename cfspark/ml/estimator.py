@@ -91,6 +91,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         numUserBlocks: int = DEFAULTS["numUserBlocks"],
         numItemBlocks: int = DEFAULTS["numItemBlocks"],
         maxBlockRatings: int = DEFAULTS["maxBlockRatings"],
+        float32: bool = DEFAULTS["float32"],
         seed: int = DEFAULTS["seed"],
         initScale: float = DEFAULTS["initScale"],
         itemOffset: bool = DEFAULTS["itemOffset"],
@@ -176,6 +177,9 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
 
     def setMaxBlockRatings(self, value: int) -> CollaborativeFilter:
         return self._set(maxBlockRatings=value)
+
+    def setFloat32(self, value: bool) -> CollaborativeFilter:
+        return self._set(float32=value)
 
     def setSeed(self, value: int) -> CollaborativeFilter:
         return self._set(seed=value)

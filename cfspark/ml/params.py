@@ -143,6 +143,7 @@ DEFAULTS: dict[str, Any] = dict(
     numUserBlocks=0,
     numItemBlocks=0,
     maxBlockRatings=10_000_000,
+    float32=False,
     seed=7,
     initScale=0.1,
     itemOffset=True,
@@ -291,6 +292,9 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     maxBlockRatings = _param(
         "maxBlockRatings", "a side gets more blocks when one would hold more ratings", _number(1, integer=True)
     )
+    float32 = _param(
+        "float32", "Newton half-steps gather and multiply in float32 and send float32 messages", _flag
+    )
     initScale = _param("initScale", "standard deviation of the initial W and X", _number(0.0, inclusive=False))
     itemOffset = _param("itemOffset", "bce: add o_i, the logit of the item's smoothed positive rate", _flag)
     offsetPrior = _param("offsetPrior", "bce: pseudo-labels smoothing item rates", _number(0.0, inclusive=False))
@@ -396,6 +400,9 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
 
     def getMaxBlockRatings(self) -> int:
         return self.getOrDefault(self.maxBlockRatings)
+
+    def getFloat32(self) -> bool:
+        return self.getOrDefault(self.float32)
 
     def getInitScale(self) -> float:
         return self.getOrDefault(self.initScale)

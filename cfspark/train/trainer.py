@@ -18,8 +18,8 @@ messages alone (step_cached). Blocks that an executor has no file of (a new exec
 file) come back as MISS rows and run again in a second job, cogrouped with their InBlocks
 as before (step_blocks), which also writes their files there. CFSPARK_BLOCK_CACHE (on, cold,
 off) and CFSPARK_BLOCK_CACHE_MB, read on the driver, set the mode and a worker's budget.
-CFSPARK_FLOAT32=on runs both sides' half-steps with float32 gathers and products
-(StepConfig.float32), and their messages then cross the shuffle as float32.
+Under StepConfig.float32 (the float32 Param) both sides' half-steps gather and multiply in
+float32, and their messages cross the shuffle as float32.
 """
 
 from __future__ import annotations
@@ -95,14 +95,6 @@ def cache_keys(blocks: Blocks) -> dict[str, CacheKey | None]:
         return {"user": None, "item": None}
     budget = int(float(os.environ.get("CFSPARK_BLOCK_CACHE_MB", "4096")) * 2**20)
     return {side: CacheKey(blocks.key, side, mode, budget) for side in ("user", "item")}
-
-
-def precision(cfg: StepConfig) -> StepConfig:
-    """cfg, in float32 where CFSPARK_FLOAT32 (read on the driver) is on."""
-    flag = os.environ.get("CFSPARK_FLOAT32", "off").strip().lower() or "off"
-    if flag not in ("on", "off"):
-        raise ConfigError(f"CFSPARK_FLOAT32 must be on or off, not {flag!r}")
-    return replace(cfg, float32=True) if flag == "on" else cfg
 
 
 def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
@@ -203,7 +195,6 @@ def train(
     paused = 0.0
     spark = blocks.users.sparkSession
     keys = cache_keys(blocks)
-    user_cfg, item_cfg = precision(user_cfg), precision(item_cfg)
     with phase(spark, "init"):
         resumed = checkpointer.load() if checkpointer else None
         if resumed and resumed.iteration <= max_iter:  # a stopped run resumes, warm-started or not
