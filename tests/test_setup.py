@@ -180,3 +180,50 @@ def test_each_block_has_a_partition_of_its_own(spark, planted):
         where = inblocks.select(F.col("block"), F.spark_partition_id().alias("p")).collect()
         assert all(r.block == r.p for r in where) and len({r.p for r in where}) == len(where)
     blocks.unpersist(), stats.unpersist()
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_the_targets_join_broadcasts_a_small_item_table_and_gives_what_a_shuffle_gives(
+    spark, planted, capsys, monkeypatch, loss
+):
+    """Joined to a broadcast item table, the ratings do not move (no Exchange over them);
+    past targets.BROADCAST_ITEMS Spark plans the join itself; both give the same targets."""
+    from cfspark.fit import targets as targets_module
+
+    rows = planted.rows() if loss == "mse" else [(u, i, float(r > 0)) for u, i, r in planted.rows()]
+    df = spark.createDataFrame(rows, "user long, item long, rating double").cache()
+    settings = CollaborativeFilter(loss=loss, exposure=False).fit_settings()
+
+    def targets_and_plan(limit: int) -> tuple[list, str]:
+        monkeypatch.setattr(targets_module, "BROADCAST_ITEMS", limit)
+        prepared = prepare(settings, df)
+        capsys.readouterr()
+        prepared.targets.explain()
+        plan = capsys.readouterr().out
+        got = sorted(tuple(r) for r in prepared.targets.collect())
+        prepared.item_stats.unpersist()
+        return got, plan
+
+    broadcast, plan = targets_and_plan(10**6)
+    # Past the limit, the join is Spark's to plan; with its own broadcasts off too, it shuffles.
+    threshold = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    try:
+        shuffled, fallback = targets_and_plan(0)
+    finally:
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", threshold)
+    assert "BroadcastHashJoin" in plan and "SortMergeJoin" not in plan, plan
+    assert "BroadcastHashJoin" not in fallback and "SortMergeJoin" in fallback, fallback
+    assert len(broadcast) == len(rows) and broadcast == shuffled
+    targets_y = {(u, i): y for u, i, y, *_ in broadcast}
+    u, i, r = rows[0]
+    expected = r - planted_mean(rows, i, settings) if loss == "mse" else r  # a closed form for one rating
+    assert targets_y[(u, i)] == pytest.approx(expected, rel=1e-12)
+    df.unpersist()
+
+
+def planted_mean(rows: list, item: int, settings) -> float:
+    """μ_i shrunk towards the global mean g by meanPrior pseudo-ratings."""
+    g = sum(r for _, _, r in rows) / len(rows)
+    mine = [r for _, i, r in rows if i == item]
+    return (sum(mine) + settings.meanPrior * g) / (len(mine) + settings.meanPrior)

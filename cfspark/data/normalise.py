@@ -28,6 +28,9 @@ def item_means(train: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0
     return train.groupBy(ITEM).agg(shrunk.alias(ITEM_MEAN), count.alias(ITEM_RATINGS))
 
 
-def normalise(train: DataFrame, means: DataFrame) -> DataFrame:
-    """Training ratings with y = rating − μ_i added."""
-    return train.join(means.select(ITEM, ITEM_MEAN), ITEM).withColumn(NORMALISED, F.col(RATING) - F.col(ITEM_MEAN))
+def normalise(train: DataFrame, means: DataFrame, *, broadcast: bool = False) -> DataFrame:
+    """Training ratings with y = rating − μ_i added. broadcast: send the item means to every
+    task of train, so that no rating moves (else Spark may shuffle every rating by item)."""
+    per_item = means.select(ITEM, ITEM_MEAN)
+    per_item = F.broadcast(per_item) if broadcast else per_item
+    return train.join(per_item, ITEM).withColumn(NORMALISED, F.col(RATING) - F.col(ITEM_MEAN))

@@ -31,6 +31,18 @@ from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.weights import row_weight
 from cfspark.fit.settings import FitSettings
 
+# An item table of at most this many rows (tens of bytes each) is broadcast to the ratings'
+# tasks when the targets are joined to it, so no rating is shuffled: planning it from its
+# size estimate alone, Spark chose a sort-merge join that moved every rating by item (the
+# costliest part of setup at 5M ratings, docs/benchmarks.md). Beyond it, Spark's own choice.
+BROADCAST_ITEMS = 1_000_000
+
+
+def _broadcast(stats: DataFrame) -> bool:
+    """Whether to broadcast the (cached) item table; counting it computes the cache, which
+    setup reads next anyway."""
+    return stats.count() <= BROADCAST_ITEMS
+
 
 @dataclass(frozen=True)
 class Targets:
@@ -94,7 +106,7 @@ def prepare(settings: FitSettings, train_ratings: DataFrame, global_mean: float 
             glob = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
         stats = item_means(train_ratings, prior=settings.meanPrior, global_mean=glob).cache()
         no_offset = F.lit(None).cast("double").alias(OFFSET)
-        targets = normalise(train_ratings, stats).select(
+        targets = normalise(train_ratings, stats, broadcast=_broadcast(stats)).select(
             USER, ITEM, F.col(NORMALISED).alias(TARGET), no_offset, weight.alias(WEIGHT)
         )
         return Targets(targets, stats, stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE), ITEM_RATINGS), glob)
@@ -104,7 +116,8 @@ def prepare(settings: FitSettings, train_ratings: DataFrame, global_mean: float 
     with_offset = settings.itemOffset
     stats = item_offsets(train_ratings, prior=settings.offsetPrior, rate=rate, enabled=with_offset).cache()
     offset = F.col(ITEM_OFFSET) if with_offset else F.lit(None).cast("double")
-    targets = train_ratings.join(stats.select(ITEM, ITEM_OFFSET), ITEM).select(
+    per_item = stats.select(ITEM, ITEM_OFFSET)
+    targets = train_ratings.join(F.broadcast(per_item) if _broadcast(stats) else per_item, ITEM).select(
         USER, ITEM, F.col(RATING).alias(TARGET), offset.alias(OFFSET), weight.alias(WEIGHT)
     )
     glob = math.log(rate / (1 - rate)) if with_offset else 0.0
