@@ -15,6 +15,7 @@ P(exposed) alone, with each fit's seconds. Variants:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -77,7 +78,32 @@ def fixed_negatives(u, i, n_users, n_items, seed=13):
     return uu, ii, y, w, smoothed_offset(ii, y, w, n_items)
 
 
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve, ties counted half (Mann–Whitney)."""
+    ranks = np.empty(len(scores))
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    first = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
+    group = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(scores)]
+    ranks[order] = ((starts + ends + 1) / 2.0)[group]
+    pos = labels == 1
+    return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum()))
+
+
+def options(variant: str) -> tuple[str, dict[str, float]]:
+    """'fresh:reg=0.003,k=16' → ('fresh', {'reg': 0.003, 'k': 16.0}), over the defaults."""
+    name, _, rest = variant.partition(":")
+    values = {"reg": 0.01, "k": K, "w": W_NEG, "seed": 7, "pref": 0.1, "rank": RANK}
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        values[key] = float(value)
+    return name, values
+
+
 def main() -> None:
+    global RANK
     path, variants = sys.argv[1], sys.argv[2:] or ["fixed", "fresh"]
     u, i, label = load(path)
     test = np.random.default_rng(42).random(len(u)) < 0.2
@@ -87,24 +113,45 @@ def main() -> None:
     n_users, n_items = u.max() + 1, len(known)
     tu, ti, ty = u[~test], i[~test], label[~test]
     pref_off = smoothed_offset(ti, ty, np.ones(len(ty)), n_items)
-    pw, px, secs, its = fit(tu, ti, ty, pref_off[ti], None, n_users, n_items, 0.1)
-    print(f"preference: {secs:.1f} s, {its} iterations")
     seen_order = np.argsort(tu, kind="stable")
     seen = (np.r_[0, np.cumsum(np.bincount(tu, minlength=n_users))], ti[seen_order])
     rel = test & (label == 1)
     rel_order = np.argsort(u[rel], kind="stable")
     held = (np.r_[0, np.cumsum(np.bincount(u[rel], minlength=n_users))], i[rel][rel_order])
     rows = np.arange(n_users)
-    p_like = 1 / (1 + np.exp(-(pw @ px.T + pref_off[None, :])))
+    tested = test & (i >= 0)
+    preferences: dict[tuple[float, int], np.ndarray] = {}
     for variant in variants:
-        if variant == "fixed":
+        name, o = options(variant)
+        RANK = int(o["rank"])
+        if (o["pref"], RANK) not in preferences:
+            pw, px, secs, its = fit(tu, ti, ty, pref_off[ti], None, n_users, n_items, o["pref"])
+            z = pw @ px.T + pref_off[None, :]
+            test_auc = auc(z[u[tested], i[tested]], label[tested])
+            print(f"preference λ {o['pref']:g} rank {RANK}: test AUC {test_auc:.4f}; {secs:.1f} s, {its} iterations")
+            preferences[(o["pref"], RANK)] = 1 / (1 + np.exp(-z))
+        p_like = preferences[(o["pref"], RANK)]
+        if name == "fixed":
             eu, ei, ey, ew, eoff = fixed_negatives(tu, ti, n_users, n_items)
-            ew_, w_, secs, its = fit(eu, ei, ey, eoff[ei], ew, n_users, n_items, 0.01)
-        else:
-            draws = Draws(per_label=K, weight=W_NEG, sampling="sqrt", seed=7)
+            ew_, w_, secs, its = fit(eu, ei, ey, eoff[ei], ew, n_users, n_items, o["reg"])
+        elif name == "all":  # every unlabelled pair a 0 of weight 1, through the Gramian (kernels/implicit.py)
+            confidence = np.full(len(tu), 1.0 + o.get("alpha", 1.0) * np.log(2.0))
+            began = time.perf_counter()
+            sides = (dataclasses.replace(cfg(s, o["reg"]), all_items=True, learn_bias=False) for s in ("user", "item"))
+            ew_, w_, history, _ = fit_arrays(
+                tu, ti, np.ones(len(tu)), None, confidence, np.arange(n_users), np.arange(n_items) + 10**6, *sides,
+                max_iter=20, tol=0.0002,
+            )  # fmt: skip
+            secs, its = time.perf_counter() - began, len(history)
             eoff = np.zeros(n_items)
-            ew_, w_, secs, its = fit(tu, ti, np.ones(len(tu)), None, None, n_users, n_items, 0.01, draws)
-        p_exp = 1 / (1 + np.exp(-(ew_ @ w_.T + eoff[None, :])))
+            z = ew_ @ w_.T
+            p_exp = np.clip(z, 1e-4, None) if o.get("clip", 0) else 1 / (1 + np.exp(-z))
+        else:
+            draws = Draws(per_label=int(o["k"]), weight=o["w"], sampling="sqrt", seed=int(o["seed"]))
+            eoff = np.zeros(n_items)
+            ew_, w_, secs, its = fit(tu, ti, np.ones(len(tu)), None, None, n_users, n_items, o["reg"], draws)
+        if name != "all":
+            p_exp = 1 / (1 + np.exp(-(ew_ @ w_.T + eoff[None, :])))
         score = np.log(p_exp * p_like)  # the ranking's order, as a row · item product for ndcg_at_k
         both = ndcg_at_k(score, np.eye(n_items), rows, seen, held, 10)
         alone = ndcg_at_k(np.log(p_exp), np.eye(n_items), rows, seen, held, 10)

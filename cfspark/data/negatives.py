@@ -106,11 +106,17 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def hashed_uniforms(seed: int, iteration: int, user_keys: np.ndarray, draw: np.ndarray) -> np.ndarray:
-    """U[0, 1) for each (user key, draw index), a pure function of (seed, iteration, user, draw)."""
+def hashed_uniforms(
+    seed: int, iteration: int, user_keys: np.ndarray, draw: np.ndarray, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """U[0, 1) for each (user key, draw index), a pure function of (seed, iteration, user, draw).
+    With rows, draw j belongs to user_keys[rows[j]]: each user's part of the hash is then mixed
+    once per user rather than once per draw (the same values)."""
     with np.errstate(over="ignore"):
         state = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(iteration))
         x = _mix(state ^ _mix(np.asarray(user_keys).astype(np.uint64) + _GOLDEN))
+        if rows is not None:
+            x = x[rows]
         x = _mix(x + np.asarray(draw).astype(np.uint64) * _GOLDEN)
     return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
 
@@ -140,7 +146,7 @@ def fresh_negatives(
     rows = np.repeat(np.arange(len(counts)), counts)
     draw = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
-    u = hashed_uniforms(seed, iteration, np.asarray(user_keys)[rows], draw)
+    u = hashed_uniforms(seed, iteration, np.asarray(user_keys), draw, rows)
     items = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n_items - 1)
     # Sorted pair keys, deduplicated and without the labelled pairs, by sorting and binary search:
     # np.unique and np.isin hash unsorted int64 keys, which took seconds a half-step on 2.6M draws.
