@@ -10,7 +10,14 @@ P(exposed) alone, with each fit's seconds. Variants:
 
 - fixed: 0-labels drawn once before the fit (per user, ∝ √ of the items' label counts, without
   replacement, never a labelled item), with the item offset from the items' exposure rates;
-- fresh: the default, 0-labels drawn afresh inside each half-step (train/sampled.py).
+- fresh: the default, 0-labels drawn afresh inside each half-step (train/sampled.py);
+- all: every unlabelled pair a 0 of weight 1 (the positive-only model), P(exposed) = σ(w·x),
+  or its score clipped to [1e-4, ∞) with clip=1.
+
+A variant takes options after a colon, e.g. fresh:reg=0.03,k=16: reg (the exposure λ, 0.01),
+pref (the preference λ, 0.1), k (0-labels per label, 32), w (their weight, 0.5), seed, rank
+(10), alpha (the all-items confidence 1 + α·log 2). The preference model's test AUC is printed
+once per (pref, rank).
 """
 
 from __future__ import annotations
