@@ -23,6 +23,7 @@ once per (pref, rank).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 
@@ -113,7 +114,7 @@ def main() -> None:
     global RANK
     path, variants = sys.argv[1], sys.argv[2:] or ["fixed", "fresh"]
     u, i, label = load(path)
-    test = np.random.default_rng(42).random(len(u)) < 0.2
+    test = np.random.default_rng(int(os.environ.get("SPLIT_SEED", "42"))).random(len(u)) < 0.2
     # Items indexed over the training split; a test item without training labels is -1 (never hit).
     known = np.unique(i[~test])
     i = np.where(np.isin(i, known), np.searchsorted(known, i), -1)
