@@ -17,7 +17,7 @@ P(exposed) alone, with each fit's seconds. Variants:
 A variant takes options after a colon, e.g. fresh:reg=0.03,k=16: reg (the exposure λ, 0.01),
 pref (the preference λ, 0.1), k (0-labels per label, 32), w (their weight, 0.5), seed, rank
 (10), alpha (the all-items confidence 1 + α·log 2). The preference model's test AUC is printed
-once per (pref, rank).
+once per (pref, rank). SPLIT_SEED (default 42) seeds the split.
 """
 
 from __future__ import annotations
