@@ -106,11 +106,17 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def hashed_uniforms(seed: int, iteration: int, user_keys: np.ndarray, draw: np.ndarray) -> np.ndarray:
-    """U[0, 1) for each (user key, draw index), a pure function of (seed, iteration, user, draw)."""
+def hashed_uniforms(
+    seed: int, iteration: int, user_keys: np.ndarray, draw: np.ndarray, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """U[0, 1) for each (user key, draw index), a pure function of (seed, iteration, user, draw).
+    With rows, draw j belongs to user_keys[rows[j]]: each user's part of the hash is then mixed
+    once per user rather than once per draw (the same values)."""
     with np.errstate(over="ignore"):
         state = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(iteration))
         x = _mix(state ^ _mix(np.asarray(user_keys).astype(np.uint64) + _GOLDEN))
+        if rows is not None:
+            x = x[rows]
         x = _mix(x + np.asarray(draw).astype(np.uint64) * _GOLDEN)
     return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
 
@@ -140,12 +146,17 @@ def fresh_negatives(
     rows = np.repeat(np.arange(len(counts)), counts)
     draw = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
-    u = hashed_uniforms(seed, iteration, np.asarray(user_keys)[rows], draw)
+    u = hashed_uniforms(seed, iteration, np.asarray(user_keys), draw, rows)
     items = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n_items - 1)
-    keys = rows * n_items + items
+    # Sorted pair keys, deduplicated and without the labelled pairs, by sorting and binary search:
+    # np.unique and np.isin hash unsorted int64 keys, which took seconds a half-step on 2.6M draws.
+    keys = np.sort(rows * n_items + items)
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
     labelled_rows = np.repeat(np.arange(len(row_ptr) - 1), np.diff(row_ptr))
     taken = np.sort(labelled_rows * n_items + np.asarray(labelled, dtype=np.int64))
-    keys = np.unique(keys[~np.isin(keys, taken, assume_unique=False)])  # sorted by row, then item
+    if len(taken):
+        at = np.minimum(np.searchsorted(taken, keys), len(taken) - 1)
+        keys = keys[taken[at] != keys]  # sorted by row, then item
     out_rows, out_items = keys // n_items, keys % n_items
     ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=len(counts)))].astype(np.int64)
     return ptr, out_items.astype(np.int64)

@@ -8,9 +8,8 @@ own item list, the other side's entities its ratings name, whose vectors the blo
 anyway, so no message grows. Draws are data/negatives.py's fresh_negatives: a pure function of
 (seed, iteration, the row's hash key, draw index), never a labelled item of the row, and new at
 each iteration. Items are drawn ∝ their labels in the block (popularity), its square root (sqrt)
-or uniformly; an item half-step draws users the same way. With popularity sampling both sides'
-0-labels fall on a pair (u, i) at a rate ∝ n_u·n_i, so both half-steps fit one objective in
-expectation.
+or uniformly; an item half-step draws users so that both sides' 0-labels fall on a pair (u, i) at
+the same rate (draw_plan), and both half-steps fit one objective in expectation.
 
 A 0-label carries the pair's item offset (on the user side the item's, found from any of its
 ratings in the block; on the item side the row's own) and the weight negativeWeight.
@@ -40,6 +39,31 @@ class Draws:
     iteration: int = 0
 
 
+def draw_plan(draws: Draws, labels: np.ndarray, other_labels: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """(draws per row, the other side's relative chance of being drawn) for one block.
+
+    labels are the block's rows' label counts, other_labels those of the other side's entities
+    in the block (0: not named here, never drawn). Both sides draw the pair (u, i) λ_ui =
+    K·n_u·g(n_i)/Σ_j g(n_j) times in expectation, g the sampling's weight of an item's label
+    count, so both half-steps fit one objective: a user draws K·n_u items ∝ g(n_i); an item
+    draws K·N·g(n_i)/Σ g items' worth of users (N the block's labels), ∝ n_u. Drawing users
+    ∝ g(n_u) and K·n_i of them, as a mirror image of the user side, gives every item the same
+    share of 0-labels whatever the sampling, which cancels item popularity out of P(exposed)
+    (NDCG@10 0.231 against 0.255 on ml-latest-small ≥ 4, scripts/exposure_ranking.py).
+    Repeats are dropped on both sides, so a pair is a 0-label with chance about 1 − exp(−λ_ui)
+    in either half-step.
+    """
+    if side == "user":
+        pool = sampling_weights(other_labels, draws.sampling)
+        pool[other_labels == 0] = 0.0  # only the entities the block's ratings name
+        return draws.per_label * labels, pool
+    share = sampling_weights(labels, draws.sampling)
+    share[labels == 0] = 0.0
+    total = share.sum()
+    expected = draws.per_label * labels.sum() * share / total if total > 0 else np.zeros(len(labels))
+    return np.rint(expected).astype(np.int64), other_labels.astype(np.float64)
+
+
 def with_negatives(
     draws: Draws,
     row_ptr: np.ndarray,
@@ -57,11 +81,8 @@ def with_negatives(
     row_ptr, cols = np.asarray(row_ptr, np.int64), np.asarray(cols, np.int64)
     n = len(row_ptr) - 1
     labels = np.diff(row_ptr)
-    pool = sampling_weights(np.bincount(cols, minlength=n_other), draws.sampling)
-    pool[np.bincount(cols, minlength=n_other) == 0] = 0.0  # only the entities the block's ratings name
-    neg_ptr, neg_cols = fresh_negatives(
-        row_ptr, cols, keys, draws.per_label * labels, pool, seed=draws.seed, iteration=draws.iteration
-    )
+    counts, pool = draw_plan(draws, labels, np.bincount(cols, minlength=n_other), side)
+    neg_ptr, neg_cols = fresh_negatives(row_ptr, cols, keys, counts, pool, seed=draws.seed, iteration=draws.iteration)
     drawn = np.diff(neg_ptr)
     rows = np.r_[np.repeat(np.arange(n), labels), np.repeat(np.arange(n), drawn)]
     order = np.argsort(rows, kind="stable")  # each row's ratings, then its draws
