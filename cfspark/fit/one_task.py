@@ -82,7 +82,7 @@ def fit_auto_in_one_task(
     fitted = _finish(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
                      began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
-    search = {k: found[k] for k in ("widened", "at_limit")}
+    search = {k: found[k] for k in ("widened", "at_limit", "rank") if k in found}
     fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": 1.0}
     if settings.regUnits == "spread":
         fitted.summary["spread"] = stats.spread

@@ -85,6 +85,9 @@ def log_search(settings: FitSettings, found: dict, fraction: float) -> None:
         log.info("automatic λ: the bracket widened past the start grid %s (%s)", list(START), found["widened"])
     if found["at_limit"]:
         log.warning("automatic λ: the best λ is an end of the range [%g, %g]", LOW, HIGH)
+    if found.get("rank", settings.rank) < settings.rank:
+        log.info("automatic λ: the factors keep %d of their %d directions (validation %s %s by rank)",
+                 found["rank"], settings.rank, metric, [round(p["score"], 6) for p in found["rank_path"]])  # fmt: skip
     log.info("automatic λ: chose reg = %.4g (%s units), searched on %.0f %% of the users",
              found["reg"], settings.regUnits, 100 * fraction)  # fmt: skip
 
