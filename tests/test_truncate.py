@@ -1,14 +1,17 @@
-"""The rank step of automatic λ (kernels/truncate.py, train/search_task.py), numpy only."""
+"""The rank step of automatic λ (kernels/truncate.py, train/search_task.py) and the blockwise
+fit's settle measure (train/arrow_bodies.py), numpy only."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pytest
 
 from cfspark.kernels.baseline import shrunk_means
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.truncate import principal_factors, truncated_rank
+from cfspark.train.arrow_bodies import moved_squares
 from cfspark.train.one_task import csr_by_row
 from cfspark.train.search_task import SearchPlan, search_arrays
 from cfspark.train.step import StepConfig, solve_rows
@@ -94,3 +97,23 @@ def test_without_the_rank_step_the_search_keeps_every_direction():
     record, (users, _) = _search(u, i, y, rank=6, choose_rank=False)
     assert "rank" not in record
     assert np.all(np.abs(users[:, :6]).max(axis=0) > 1e-3)
+
+
+def test_the_half_steps_moves_add_up_to_the_iterations_and_their_rms_bound_it():
+    """train/trainer.py's settle rule: the user half-step's move (W₁ − W₀)·X₀ plus the item
+    half-step's W₁·(X₁ − X₀) is the iteration's move W₁X₁ − W₀X₀, row for row."""
+    rng = np.random.default_rng(3)
+    u, i = rng.integers(0, 40, 500), rng.integers(0, 30, 500)
+    W0, W1, X0, X1 = (rng.normal(size=(n, 4)) for n in (40, 40, 30, 30))
+    user_ptr, user_cols = csr_by_row(u, i, 40)
+    item_ptr, item_cols = csr_by_row(i, u, 30)
+    users = moved_squares(user_ptr, user_cols, W1 - W0, X0, chunk=64)
+    items = moved_squares(item_ptr, item_cols, X1 - X0, W1, chunk=1000)
+    delta_u = np.einsum("ij,ij->i", (W1 - W0)[u], X0[i])
+    delta_i = np.einsum("ij,ij->i", W1[u], (X1 - X0)[i])
+    assert users == pytest.approx(np.sum(delta_u**2), rel=1e-12)
+    assert items == pytest.approx(np.sum(delta_i**2), rel=1e-12)
+    whole = np.einsum("ij,ij->i", W1[u], X1[i]) - np.einsum("ij,ij->i", W0[u], X0[i])
+    np.testing.assert_allclose(delta_u + delta_i, whole, atol=1e-12)
+    rms = np.sqrt(np.mean(whole**2))
+    assert rms <= np.sqrt(users / 500) + np.sqrt(items / 500)

@@ -195,9 +195,9 @@ def truncations(params: tuple, rank: int) -> Callable[[int], tuple[np.ndarray, n
     return cut
 
 
-def search_record(*args) -> dict:
+def search_record(*args, choose_rank: bool = False) -> dict:
     """search_arrays' record alone (what the search-only job returns)."""
-    return search_arrays(*args)[0]
+    return search_arrays(*args, choose_rank=choose_rank)[0]
 
 
 def _search_input(table: pa.Table, plan: SearchPlan):
@@ -261,7 +261,7 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, s
 
 def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, max_iter: int):
     """mapInArrow body: the search, then the fit of every row (fit part and validation fold)
-    at the chosen λ, started from the params the search ended with at that λ. The fit
+    at the chosen λ and rank, started from the params the search ended with there. The fit
     stops when an iteration moves the predictions by at most SETTLED of the chosen λ's
     validation RMSE (which bounds that iteration's change of any RMSE), or at max_iter."""
     rank = user_cfg.rank
@@ -274,15 +274,17 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         fit, held, user_keys, item_keys, codes, (rating, weight) = _search_input(table, plan)
         found, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, choose_rank=True)
         kept = found.get("rank", rank)
+        if params is not None and kept < rank:  # the fit runs at the kept rank, without the dropped columns
+            params = tuple(np.delete(side, np.s_[kept:rank], axis=1) for side in params)
         reg = found["reg"] * plan.unit
-        ucfg, icfg = dataclasses.replace(user_cfg, reg=reg), dataclasses.replace(item_cfg, reg=reg)
+        ucfg = dataclasses.replace(user_cfg, reg=reg, rank=kept)
+        icfg = dataclasses.replace(item_cfg, reg=reg, rank=kept)
         start, keys = [], {}
         for side, key_col, cfg, part in ((USER, USER_KEY, ucfg, 0), (ITEM, ITEM_KEY, icfg, 1)):
             encoded, code, dense = codes[side]
             side_keys = np.empty(len(encoded.dictionary), np.int64)
             side_keys[code] = table.column(key_col).to_numpy()
-            begin = initial_params(side_keys, rank, scale=cfg.init_scale, side=side)
-            begin[:, kept:rank] = 0.0  # the dropped directions stay 0 through the fit
+            begin = initial_params(side_keys, kept, scale=cfg.init_scale, side=side)
             if params is not None:  # an id the search fitted starts where the search left it
                 begin[dense >= 0] = params[part][dense[dense >= 0]]
             start.append(begin)
@@ -297,7 +299,7 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
             max_iter=max_iter, tol=plan.tol, start=(start[0], start[1]), settle=settle,
         )  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
-        yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, rank, record, (means, counts))
+        yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, kept, record, (means, counts))
 
     return run
 
