@@ -67,6 +67,12 @@ class SearchPlan:
 def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> float:
     """RMSE (mse) or logloss (bce) of the held rows under these params, with the cold-start
     rule of fit/predict.py: an unseen user gets the item bias alone, an unseen item neither."""
+    losses = held_losses(loss, users, items, held, rank)
+    return float(np.sqrt(np.mean(losses))) if loss == "mse" else float(np.mean(losses))
+
+
+def held_losses(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> np.ndarray:
+    """Each held row's squared error (mse) or logloss (bce), as validation_score scores them."""
     u, i = held["user"], held["item"]
     both = (u >= 0) & (i >= 0)
     z = np.zeros(len(u))
@@ -76,10 +82,10 @@ def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict
     if held["offset"] is not None:
         z += held["offset"]
     if loss == "mse":
-        return float(np.sqrt(np.mean((z - held["y"]) ** 2)))
+        return (z - held["y"]) ** 2
     p = np.clip(sigmoid(z), 1e-15, 1 - 1e-15)
     y = held["y"]
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
@@ -154,8 +160,9 @@ def _rank_step(params: tuple, held: dict, rank: int, loss: str, reg: float, poin
     """The rank at the chosen λ: the factors rewritten as W·Xᵀ's SVD directions, the rank
     the truncated directions score best at on the validation fold, then one less at a time,
     each refitted from its truncation for up to point_iter iterations, while the refitted
-    validation score beats the full rank's, refitted alike, by more than SETTLED
-    (kernels/truncate.py). Returns the params of the rank kept."""
+    validation score beats the full rank's, refitted alike, by more than SETTLED and by
+    more than a standard error of the held rows' gains (kernels/truncate.py). Returns the
+    params of the rank kept."""
     cuts = truncations(params, rank)
     if cuts is None:
         record["rank"] = rank
@@ -171,7 +178,11 @@ def _rank_step(params: tuple, held: dict, rank: int, loss: str, reg: float, poin
             continue
         users, items, value, iterations = point(reg, *cuts(j), plan.point_iter)
         tried.append({"rank": j, "score": value, "iterations": iterations})
-        if not value < kept_score * (1 - SETTLED):  # a gain within a point's own resolution is none
+        # A gain within a point's own resolution is none, and on a small fold chance alone
+        # makes a cut win: it must also win by more than a standard error of the rows' gains.
+        gains = held_losses(loss, *kept_params, held, rank) - held_losses(loss, users, items, held, rank)
+        clear = len(gains) > 1 and gains.mean() > gains.std(ddof=1) / math.sqrt(len(gains))
+        if not (value < kept_score * (1 - SETTLED) and clear):
             break
         kept, kept_params, kept_score = j, (users, items), value
     record["rank"], record["rank_path"] = kept, tried
