@@ -77,7 +77,7 @@ def fit_auto_in_one_task(
     found = record.pop("search")
     log_search(settings, found, 1.0)
     reg, kept = found["reg"], found.get("rank", settings.rank)
-    chosen = settings.carry(regParam=reg, **({"rank": kept} if kept < settings.rank else {}))
+    chosen = settings.carry(regParam=reg).replace(rank=kept)  # the model's shape, not a Param it carries
     chosen = chosen.in_als_units(unit) if settings.regUnits == "spread" else chosen
     fitted = _finish(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
                      began=began, on_iteration=on_iteration)  # fmt: skip

@@ -57,7 +57,8 @@ def fit_ratings(
         reg, search = choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings,
                                  global_mean=global_mean)  # fmt: skip
         kept = search.get("rank", settings.rank)  # the search may keep fewer directions (mse)
-        chosen = settings.carry(regParam=reg, **({"rank": kept} if kept < settings.rank else {}))
+        # The kept rank is the model's shape, not a Param the model carries (ALSModel's rank is an attribute).
+        chosen = settings.carry(regParam=reg).replace(rank=kept)
         chosen = chosen.in_als_units(spread) if spread else chosen
         # As the one-task fit does, stop once an iteration moves the predictions by at most
         # SETTLED of the chosen λ's validation RMSE, which bounds its change of any RMSE.
