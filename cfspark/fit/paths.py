@@ -6,6 +6,7 @@ the training targets (fit/targets.py's target_spread), so every path below fits 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -62,7 +63,7 @@ def fit_ratings(
         chosen = chosen.in_als_units(spread) if spread else chosen
         # As the one-task fit does, stop once an iteration moves the predictions by at most
         # SETTLED of the chosen λ's validation RMSE, which bounds its change of any RMSE.
-        at = [p for p in search["path"] if p["reg"] == reg and "rmse" in p]
+        at = [p for p in search["path"] if math.isclose(p["reg"], reg, rel_tol=1e-9) and "rmse" in p]
         settle = SETTLED * at[-1]["rmse"] if at else None
         record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings, global_mean=global_mean,
                              settle=settle)  # fmt: skip

@@ -303,7 +303,8 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         user_code, item_code = codes[USER][1], codes[ITEM][1]
         prior, glob = plan.centre
         means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
-        chosen = [p for p in found["path"] if p["reg"] == found["reg"] and p["rank"] == kept]
+        # The bracket returns exp(log λ), which may differ from the λ it scored in the last bit.
+        chosen = [p for p in found["path"] if math.isclose(p["reg"], found["reg"], rel_tol=1e-9) and p["rank"] == kept]
         settle = SETTLED * chosen[-1]["rmse"] if chosen else None
         W, X, history, stop = fit_arrays(
             user_code, item_code, rating - means[item_code], None, weight, keys[USER], keys[ITEM], ucfg, icfg,
