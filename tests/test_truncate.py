@@ -3,6 +3,7 @@ fit's settle measure (train/arrow_bodies.py), numpy only."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -117,3 +118,31 @@ def test_the_half_steps_moves_add_up_to_the_iterations_and_their_rms_bound_it():
     np.testing.assert_allclose(delta_u + delta_i, whole, atol=1e-12)
     rms = np.sqrt(np.mean(whole**2))
     assert rms <= np.sqrt(users / 500) + np.sqrt(items / 500)
+
+
+def test_the_one_task_fit_after_the_search_stops_on_the_settle_bound_even_at_the_end_of_the_range():
+    """The bracket returns exp(log λ), which can differ from the λ it scored in the last bit
+    (here at the bottom of the range, 1e-4); the fit must still find that λ's validation
+    RMSE and stop on the settle bound, not fall back to tol."""
+    import pyarrow as pa
+
+    from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
+    from cfspark.train.one_task import ITEM_KEY, KIND, RECORD_COL, USER_KEY
+    from cfspark.train.search_task import HELD, _search_and_fit_body
+
+    u, i, y = _planted(true_rank=3, noise=0.1)
+    held = (np.random.default_rng(7).random(len(y)) < 0.1).astype(np.int32)
+    nan = pa.array(np.full(len(y), np.nan))
+    table = pa.table({USER: pa.array(u), ITEM: pa.array(i), TARGET: pa.array(y), OFFSET: nan, WEIGHT: nan,
+                      HELD: pa.array(held), USER_KEY: pa.array(u * 7 + 1), ITEM_KEY: pa.array(i * 11 + 3)})  # fmt: skip
+    r = y[held == 0]
+    s = float(np.sqrt(np.mean((r - r.mean()) ** 2)))
+    plan = SearchPlan(start=(0.3, 0.1, 0.03), unit=s, low=1e-4, high=1e2, step=3.0, tol_log=math.log(1.3),
+                      first_iter=20, point_iter=6, tol=0.002, centre=(20.0, float(r.mean())))  # fmt: skip
+    cfg = [StepConfig(side=side, rank=6, loss="mse", reg=1.0, init_scale=0.1 * math.sqrt(s), count_scaled=True,
+                      bias_reg=5.0) for side in ("user", "item")]  # fmt: skip
+    (batch,) = _search_and_fit_body(*cfg, plan, 20)(iter(table.to_batches()))
+    record = json.loads(batch.column(RECORD_COL)[batch.num_rows - 1].as_py())
+    assert batch.column(KIND)[batch.num_rows - 1].as_py() == 2
+    assert record["search"]["reg"] == pytest.approx(1e-4) and record["search"]["rank"] == 3
+    assert record["stop"].startswith("settled"), record["stop"]
