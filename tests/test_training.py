@@ -3,6 +3,8 @@ checkpoint resume; and a long run that would overflow without cut lineage."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from planted import planted_ratings
@@ -11,7 +13,7 @@ from cfspark import COURSE_PARAMS, CollaborativeFilter
 from cfspark.bench.compare import compare_als
 from cfspark.data.metrics import regression_metrics
 from cfspark.data.split import split_ratings
-from cfspark.fit.blockwise import setup
+from cfspark.fit.blockwise import fit_blockwise, setup
 
 RANK = 3
 # The defaults for exactly 30 iterations, with a count-scaled λ for this low-noise rank-3 data.
@@ -151,6 +153,20 @@ def test_tol_stops_a_converged_fit_early_and_says_why(planted_split, fitted):
     assert history[-1]["stop"] == model.summary["stop_reason"] and model.summary["stop_reason"].startswith("converged")
     assert "stop" not in history[-2] and fitted.summary["stop_reason"] == "reached max_iter = 30"
     model.unpersist()
+
+
+def test_a_settle_bound_stops_a_blockwise_fit_where_its_predictions_stop_moving(planted_split, fitted):
+    """The blockwise fit under automatic λ stops as the one-task fit does, on the predictions'
+    move, which the half-steps report themselves (no job of its own)."""
+    _, train, _ = planted_split
+    settings = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_settings()
+    record = fit_blockwise(settings, train, began=time.perf_counter(), num_ratings=train.count(), settle=2e-3)
+    history, full = record.summary["history"], [h["train_loss"] for h in fitted.history]
+    stopped = len(history)
+    assert 3 <= stopped < 30 and record.summary["stop_reason"].startswith("settled")
+    assert [h["train_loss"] for h in history] == pytest.approx(full[:stopped], rel=1e-9)
+    assert history[-1]["moved"] <= 2e-3 < history[-2]["moved"]
+    record.user_factors.unpersist(), record.item_factors.unpersist()
 
 
 def test_without_item_effects_the_defaults_match_als(spark):

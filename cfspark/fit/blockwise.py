@@ -106,8 +106,10 @@ def fit_blockwise(
     began: float,
     num_ratings: int | None,
     on_iteration: Callable[[FitRecord], dict] | None = None,
+    settle: float | None = None,
 ) -> FitRecord:
-    """The distributed fit, checkpointed every checkpointInterval iterations when checkpointDir is set."""
+    """The distributed fit, checkpointed every checkpointInterval iterations when checkpointDir is set;
+    settle, if given (with num_ratings), stops it on the predictions' move instead of tol (train.train)."""
     checkpointer = None
     if settings.checkpointDir and settings.checkpointInterval > 0:
         with phase(train_ratings.sparkSession, "prepare"):
@@ -126,6 +128,7 @@ def fit_blockwise(
     result = train(
         blocks, user_cfg, item_cfg, max_iter=settings.maxIter, checkpointer=checkpointer,
         on_iteration=watch, began=began, tol=settings.tol, start_from=start,
+        settle_at=(settle, num_ratings) if settle is not None and num_ratings else None,
     )  # fmt: skip
     fitted = record(result, final=True)
     blocks.unpersist()

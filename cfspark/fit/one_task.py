@@ -64,8 +64,8 @@ def fit_auto_in_one_task(
     began: float,
     on_iteration: Callable[[FitRecord], dict] | None = None,
 ) -> FitRecord:
-    """regParam = "auto" on small mse data: the λ search and the fit at its choice in one
-    Spark job (train/search_task.py), the fit started from the search's params at that λ."""
+    """regParam = "auto" on small mse data: the λ and rank search and the fit at its choice in
+    one Spark job (train/search_task.py), the fit started from the search's params there."""
     unit = stats.spread if settings.regUnits == "spread" else 1.0
     at = search_settings(settings, unit)
     plan = search_plan(settings, unit, stats.global_mean)
@@ -76,13 +76,13 @@ def fit_auto_in_one_task(
         )  # fmt: skip
     found = record.pop("search")
     log_search(settings, found, 1.0)
-    reg = found["reg"]
-    chosen = settings.carry(regParam=reg)
+    reg, kept = found["reg"], found.get("rank", settings.rank)
+    chosen = settings.carry(regParam=reg).replace(rank=kept)  # the model's shape, not a Param it carries
     chosen = chosen.in_als_units(unit) if settings.regUnits == "spread" else chosen
     fitted = _finish(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
                      began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
-    search = {k: found[k] for k in ("widened", "at_limit")}
+    search = {k: found[k] for k in ("widened", "at_limit", "rank", "rank_path") if k in found}
     fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": 1.0}
     if settings.regUnits == "spread":
         fitted.summary["spread"] = stats.spread

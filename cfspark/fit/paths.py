@@ -6,6 +6,7 @@ the training targets (fit/targets.py's target_spread), so every path below fits 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import choose_reg
 from cfspark.fit.settings import AUTO, FitSettings
 from cfspark.fit.targets import target_stats
+from cfspark.train.search_task import SETTLED
 
 
 def fit_ratings(
@@ -27,13 +29,15 @@ def fit_ratings(
     *,
     num_ratings: int | None = None,
     global_mean: float | None = None,
+    settle: float | None = None,
 ) -> FitRecord:
     """Fit validated (user, item, rating[, weight]) rows with cfspark's internal names.
 
     on_iteration, if given, is called with the record as it stands after each iteration and
     returns extra fields for that iteration's history entry; its time is not counted.
     num_ratings, the rows' count if already known, saves counting them again; so does
-    global_mean (mse), the ratings' weighted mean.
+    global_mean (mse), the ratings' weighted mean. settle, if given, replaces tol in a
+    blockwise fit: it stops once an iteration moves the predictions by at most settle (RMS).
     """
     if settings.loss == "bce" and settings.exposure:
         return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
@@ -53,9 +57,16 @@ def fit_ratings(
         # reg in regUnits
         reg, search = choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings,
                                  global_mean=global_mean)  # fmt: skip
-        chosen = settings.carry(regParam=reg)
+        kept = search.get("rank", settings.rank)  # the search may keep fewer directions (mse)
+        # The kept rank is the model's shape, not a Param the model carries (ALSModel's rank is an attribute).
+        chosen = settings.carry(regParam=reg).replace(rank=kept)
         chosen = chosen.in_als_units(spread) if spread else chosen
-        record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings, global_mean=global_mean)
+        # As the one-task fit does, stop once an iteration moves the predictions by at most
+        # SETTLED of the chosen λ's validation RMSE, which bounds its change of any RMSE.
+        at = [p for p in search["path"] if math.isclose(p["reg"], reg, rel_tol=1e-9) and "rmse" in p]
+        settle = SETTLED * at[-1]["rmse"] if at else None
+        record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings, global_mean=global_mean,
+                             settle=settle)  # fmt: skip
         record.summary["reg_path"] = search.pop("path")
         record.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search}
         if spread is not None:
@@ -69,7 +80,7 @@ def fit_ratings(
                                  global_mean=global_mean)  # fmt: skip
     else:
         record = fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings,
-                               on_iteration=on_iteration)  # fmt: skip
+                               on_iteration=on_iteration, settle=settle)  # fmt: skip
     if spread is not None:
         record.summary["spread"] = spread
     return record

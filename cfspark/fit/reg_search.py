@@ -14,6 +14,7 @@ start grid and the choice are the same for ratings on any scale.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -26,7 +27,7 @@ from cfspark.data.weights import row_weight
 from cfspark.fit.settings import FitSettings
 from cfspark.fit.targets import prepare, target_stats
 from cfspark.train.one_task import ONE_TASK_RATINGS
-from cfspark.train.search_task import HELD, SearchPlan, search_one_task
+from cfspark.train.search_task import HELD, SearchPlan, search_one_task, search_record
 
 START = (0.3, 0.1, 0.03)  # in regUnits, strong to weak: warm starts go from simple to rich models
 STEP = 3.0  # the widening factor past an end of START
@@ -85,6 +86,10 @@ def log_search(settings: FitSettings, found: dict, fraction: float) -> None:
         log.info("automatic λ: the bracket widened past the start grid %s (%s)", list(START), found["widened"])
     if found["at_limit"]:
         log.warning("automatic λ: the best λ is an end of the range [%g, %g]", LOW, HIGH)
+    if found.get("rank", settings.rank) < settings.rank:
+        tried = ", ".join(f"{p['rank']}: {p['score']:.6g}" for p in found["rank_path"])
+        log.info("automatic λ: the factors keep %d of their %d directions (validation %s by rank: %s)",
+                 found["rank"], settings.rank, metric, tried)  # fmt: skip
     log.info("automatic λ: chose reg = %.4g (%s units), searched on %.0f %% of the users",
              found["reg"], settings.regUnits, 100 * fraction)  # fmt: skip
 
@@ -98,9 +103,10 @@ def choose_reg(
     max_ratings: int = SEARCH_RATINGS,
     global_mean: float | None = None,
 ) -> tuple[float, dict]:
-    """λ in regUnits, and how it was chosen: {path: [{reg, reg_als, rmse|logloss, iterations}],
-    widened, at_limit, sample_fraction}. spread is s under regUnits = "spread", else 1;
-    global_mean (mse), the training ratings' weighted mean if already known."""
+    """λ in regUnits, and how it was chosen: {path: [{reg, reg_als, rmse|logloss, iterations, rank}],
+    widened, at_limit, sample_fraction, and for mse the rank kept and rank_path}. spread is s
+    under regUnits = "spread", else 1; global_mean (mse), the training ratings' weighted mean
+    if already known."""
     num_ratings = train_ratings.count() if num_ratings is None else num_ratings
     fraction = min(1.0, max_ratings / max(num_ratings, 1))
     rows = sampled_users(train_ratings, fraction, settings.seed + SAMPLE_SEED)
@@ -113,9 +119,12 @@ def choose_reg(
     else:
         both = _bce_rows(settings, rows)
     plan = search_plan(settings, unit, global_mean)
-    found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed)
+    search = functools.partial(search_record, choose_rank=settings.loss == "mse")
+    found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed,
+                            search=search)  # fmt: skip
     log_search(settings, found, fraction)
-    return found["reg"], {**{k: found[k] for k in ("path", "widened", "at_limit")}, "sample_fraction": fraction}
+    kept = {k: found[k] for k in ("path", "widened", "at_limit", "rank", "rank_path") if k in found}
+    return found["reg"], {**kept, "sample_fraction": fraction}
 
 
 def _bce_rows(settings: FitSettings, rows: DataFrame) -> DataFrame:

@@ -34,7 +34,7 @@ def gram_parts(width: int, num_blocks: int):
                 source = batch.column("dest")[r].as_py()
                 rows += [
                     {"dest": d, "src": GRAM, "params": part, "m": None, "v": None, "t": source, "data_loss": 0.0,
-                     "reg_loss": 0.0, "kernel_seconds": 0.0, "codec_seconds": 0.0}
+                     "reg_loss": 0.0, "kernel_seconds": 0.0, "codec_seconds": 0.0, "moved": 0.0}
                     for d in range(num_blocks)
                 ]  # fmt: skip
             yield pa.RecordBatch.from_pylist(rows, schema=batch.schema)

@@ -36,7 +36,7 @@ MISS = -2  # a block whose worker does not hold its InBlock: nothing computed, r
 
 OUT_SCHEMA = (
     "dest int, src int, params binary, m binary, v binary, t long, data_loss double, reg_loss double,"
-    " kernel_seconds double, codec_seconds double"
+    " kernel_seconds double, codec_seconds double, moved double"
 )
 
 _ARROW_SCHEMA = pa.schema(
@@ -51,6 +51,7 @@ _ARROW_SCHEMA = pa.schema(
         ("reg_loss", pa.float64()),
         ("kernel_seconds", pa.float64()),
         ("codec_seconds", pa.float64()),
+        ("moved", pa.float64()),
     ]
 )
 
@@ -62,6 +63,7 @@ def _rows(
     losses: tuple[float, float],
     outbox: list[tuple[int, np.ndarray]],
     seconds: tuple[float, float] = (0.0, 0.0),
+    moved: float = 0.0,
 ) -> list[dict]:
     rows = [
         {
@@ -75,6 +77,7 @@ def _rows(
             "reg_loss": losses[1],
             "kernel_seconds": seconds[0],
             "codec_seconds": seconds[1],
+            "moved": moved,
         }
     ]
     rows += [
@@ -89,6 +92,7 @@ def _rows(
             "reg_loss": 0.0,
             "kernel_seconds": 0.0,
             "codec_seconds": 0.0,
+            "moved": 0.0,
         }
         for d, p in outbox
     ]
@@ -160,15 +164,30 @@ def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began
     other = _assemble(arrays, incoming, cfg.width)
     gram = received_gram(incoming, cfg.width) if cfg.all_items else None  # train/all_items.py
     decoded = time.perf_counter()
+    before = params.copy()  # the step may write into params
     params, kept, losses = solve_rows(
         cfg, arrays["row_ptr"], arrays["cols"], arrays["y"], arrays["offset"], arrays["weight"], other, params, state,
         gram, arrays["keys"],
     )  # fmt: skip
+    moved = moved_squares(arrays["row_ptr"], arrays["cols"], params - before, other) if cfg.track_moves else 0.0
     solved = time.perf_counter()
     outbox = _outbox(arrays, params, cfg)
     # The encoding of the table itself is not timed: it is what the timings ride in.
     seconds = (solved - decoded, decoded - began + time.perf_counter() - solved)
-    return pa.Table.from_pylist(_rows(block, params, kept, losses, outbox, seconds), schema=_ARROW_SCHEMA)
+    return pa.Table.from_pylist(_rows(block, params, kept, losses, outbox, seconds, moved), schema=_ARROW_SCHEMA)
+
+
+def moved_squares(row_ptr: np.ndarray, cols: np.ndarray, change: np.ndarray, other: np.ndarray,
+                  chunk: int = 1 << 18) -> float:  # fmt: skip
+    """Σ over the block's ratings of (Δp_row · other_col)²: how far this half-step moved the
+    predictions of the block's ratings, the other side held fixed. In chunks of ratings,
+    so the gathered rows never take more than chunk × width floats."""
+    rows = np.repeat(np.arange(len(row_ptr) - 1), np.diff(row_ptr))
+    total = 0.0
+    for start in range(0, len(cols), chunk):
+        r, c = rows[start : start + chunk], cols[start : start + chunk]
+        total += float(np.sum(np.einsum("ij,ij->i", change[r], other[c].astype(np.float64)) ** 2))
+    return total
 
 
 def step_blocks(cfg: StepConfig, key: CacheKey | None = None):

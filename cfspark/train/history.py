@@ -18,6 +18,7 @@ class HalfStep:
     codec_seconds: float = 0.0  # Arrow cells to numpy and back, messages assembled and split
     message_mb: float = 0.0  # factor vectors sent to the other side's blocks
     cache_misses: int = 0  # blocks whose worker did not hold their InBlock (read from the DataFrame)
+    moved: float = 0.0  # Σ (prediction change)² over the side's ratings, when the half-step tracks it
 
 
 def history_entry(

@@ -27,6 +27,7 @@ from cfspark.kernels.bracket import bracket_search
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.losses import sigmoid
+from cfspark.kernels.truncate import principal_factors, truncated_rank
 from cfspark.train.one_task import (
     ITEM_KEY,
     RECORD_COL,
@@ -66,6 +67,12 @@ class SearchPlan:
 def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> float:
     """RMSE (mse) or logloss (bce) of the held rows under these params, with the cold-start
     rule of fit/predict.py: an unseen user gets the item bias alone, an unseen item neither."""
+    losses = held_losses(loss, users, items, held, rank)
+    return float(np.sqrt(np.mean(losses))) if loss == "mse" else float(np.mean(losses))
+
+
+def held_losses(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> np.ndarray:
+    """Each held row's squared error (mse) or logloss (bce), as validation_score scores them."""
     u, i = held["user"], held["item"]
     both = (u >= 0) & (i >= 0)
     z = np.zeros(len(u))
@@ -75,14 +82,14 @@ def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict
     if held["offset"] is not None:
         z += held["offset"]
     if loss == "mse":
-        return float(np.sqrt(np.mean((z - held["y"]) ** 2)))
+        return (z - held["y"]) ** 2
     p = np.clip(sigmoid(z), 1e-15, 1 - 1e-15)
     y = held["y"]
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
-                  plan: SearchPlan) -> tuple[dict, tuple | None]:  # fmt: skip
+                  plan: SearchPlan, *, choose_rank: bool = False) -> tuple[dict, tuple | None]:  # fmt: skip
     """The bracketing search on dense local ids: fit is (user_local, item_local, y, offset, weight)
     of the training rows; held has user, item (−1 if unseen in fit), y and offset of the
     validation rows. Returns ({reg, path, widened, at_limit} with reg in regUnits, and the
@@ -95,18 +102,19 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     state = {
         "users": initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
         "items": initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"),
+        "rank": user_cfg.rank,  # the directions the factors use: fewer once the rank step drops some
     }
     metric = "rmse" if user_cfg.loss == "mse" else "logloss"
     path: list[dict] = []
     best: dict = {"key": (np.inf, np.inf)}  # the params of the best point so far, as bracket_search ranks them
 
-    def score(reg: float) -> float:
+    def point(reg: float, users: np.ndarray, items: np.ndarray, max_iter: int) -> tuple:
+        """(users, items, validation score, iterations) of a fit at reg from users, items."""
         ucfg = dataclasses.replace(user_cfg, reg=reg * plan.unit)
         icfg = dataclasses.replace(item_cfg, reg=reg * plan.unit)
-        users, items = state["users"], state["items"]
         user_state = item_state = None
         value, last_value, iterations = np.inf, None, 0
-        for _ in range(plan.first_iter if not path else plan.point_iter):
+        for _ in range(max_iter):
             users, user_state, (_, user_reg) = solve_rows(ucfg, *by_user, items, users, user_state)
             items, item_state, (data, item_reg) = solve_rows(icfg, *by_item, users, items, item_state)
             iterations += 1
@@ -120,26 +128,95 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
             last_value = value
             if iterations >= MIN_ITER and settled:
                 break
+        return users, items, value, iterations
+
+    def score(reg: float) -> float:
+        max_iter = plan.first_iter if not path else plan.point_iter
+        users, items, value, iterations = point(reg, state["users"], state["items"], max_iter)
         state["users"], state["items"] = users, items
-        path.append({"reg": reg, "reg_als": reg * plan.unit, metric: value, "iterations": iterations})
+        path.append({"reg": reg, "reg_als": reg * plan.unit, metric: value, "iterations": iterations,
+                     "rank": state["rank"]})  # fmt: skip
         if (value, math.log(reg)) < best["key"]:
             best.update(key=(value, math.log(reg)), params=(users, items))
         return value
 
     found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high)
     record = {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit}
-    return record, best.get("params")
+    params = best.get("params")
+    if choose_rank and params is not None:
+        params = _rank_step(params, held, user_cfg.rank, user_cfg.loss, found.reg, point, plan, record)
+        if record["rank"] < user_cfg.rank:  # λ again at the kept rank: fewer directions want less shrinkage
+            state["users"], state["items"], state["rank"] = *params, record["rank"]
+            best.update(key=(np.inf, np.inf), params=params)
+            start = (found.reg, found.reg / math.sqrt(plan.step))
+            again = bracket_search(score, start=start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high)
+            record["reg"] = again.reg
+            params = best["params"]
+    return record, params
 
 
-def search_record(*args) -> dict:
+def _rank_step(params: tuple, held: dict, rank: int, loss: str, reg: float, point: Callable, plan: SearchPlan,
+               record: dict) -> tuple:  # fmt: skip
+    """The rank at the chosen λ: the factors rewritten as W·Xᵀ's SVD directions, the rank
+    the truncated directions score best at on the validation fold, then one less at a time,
+    each refitted from its truncation for up to point_iter iterations, while the refitted
+    validation score beats the full rank's, refitted alike, by more than SETTLED and by
+    more than a standard error of the held rows' gains (kernels/truncate.py). Returns the
+    params of the rank kept."""
+    cuts = truncations(params, rank)
+    if cuts is None:
+        record["rank"] = rank
+        return params
+    start, truncated = truncated_rank(rank, lambda j: validation_score(loss, *cuts(j), held, rank))
+    record["rank_truncated"] = [round(v, 6) for v in truncated]
+    # The full rank refitted as each cut is, so that the iterations are not what is compared.
+    users, items, kept_score, iterations = point(reg, *params, plan.point_iter)
+    kept, kept_params = rank, (users, items)
+    tried = [{"rank": rank, "score": kept_score, "iterations": iterations}]
+    for j in range(start, 0, -1):
+        if j == rank:
+            continue
+        users, items, value, iterations = point(reg, *cuts(j), plan.point_iter)
+        tried.append({"rank": j, "score": value, "iterations": iterations})
+        # A gain within a point's own resolution is none, and on a small fold chance alone
+        # makes a cut win: it must also win by more than a standard error of the rows' gains.
+        gains = held_losses(loss, *kept_params, held, rank) - held_losses(loss, users, items, held, rank)
+        clear = len(gains) > 1 and gains.mean() > gains.std(ddof=1) / math.sqrt(len(gains))
+        if not (value < kept_score * (1 - SETTLED) and clear):
+            break
+        kept, kept_params, kept_score = j, (users, items), value
+    record["rank"], record["rank_path"] = kept, tried
+    return kept_params
+
+
+def truncations(params: tuple, rank: int) -> Callable[[int], tuple[np.ndarray, np.ndarray]] | None:
+    """j ↦ params with their factors cut to W·Xᵀ's j strongest SVD directions (None if a side
+    has fewer rows than rank, where there is nothing to choose)."""
+    users, items = params
+    if min(len(users), len(items)) < rank:
+        return None
+    W, X, _ = principal_factors(users[:, :rank], items[:, :rank])
+
+    def cut(j: int) -> tuple[np.ndarray, np.ndarray]:
+        u, i = users.copy(), items.copy()
+        u[:, :rank], i[:, :rank] = 0.0, 0.0
+        u[:, :j], i[:, :j] = W[:, :j], X[:, :j]
+        return u, i
+
+    return cut
+
+
+def search_record(*args, choose_rank: bool = False) -> dict:
     """search_arrays' record alone (what the search-only job returns)."""
-    return search_arrays(*args)[0]
+    return search_arrays(*args, choose_rank=choose_rank)[0]
 
 
 def _search_input(table: pa.Table, plan: SearchPlan):
-    """(fit, held, user_keys, item_keys, codes) of the search's rows: codes maps each side's
-    Arrow dictionary code to its dense local id in the fit part (−1 if it has no fit row).
-    Under plan.centre the rows' y is the rating, centred here on the fit part's item means."""
+    """(fit, held, user_keys, item_keys, codes, (y, weight)) of the search's rows: codes maps
+    each side's Arrow dictionary code to its dense local id in the fit part (−1 if it has no
+    fit row); y and weight are every row's, as read (None where the column is null), which
+    the fit after the search reuses. Under plan.centre the rows' y is the rating, centred
+    here on the fit part's item means."""
     is_held = table.column(HELD).to_numpy() == 1
     fit_rows = ~is_held
     local, keys, codes = {}, {}, {}
@@ -154,7 +231,7 @@ def _search_input(table: pa.Table, plan: SearchPlan):
         side_keys[local[side][fit_rows]] = table.column(key_col).to_numpy()[fit_rows]
         keys[side] = side_keys
     values = {name: _floats(table.column(name)) for name in (TARGET, OFFSET, WEIGHT)}
-    y = values[TARGET]
+    y = rating = values[TARGET]
     weight = values[WEIGHT]
     if plan.centre is not None:
         prior, glob = plan.centre
@@ -171,7 +248,7 @@ def _search_input(table: pa.Table, plan: SearchPlan):
            rows_of(weight, fit_rows))  # fmt: skip
     held = {"user": local[USER][is_held], "item": local[ITEM][is_held], "y": y[is_held],
             "offset": rows_of(offset, is_held)}  # fmt: skip
-    return fit, held, keys[USER], keys[ITEM], codes
+    return fit, held, keys[USER], keys[ITEM], codes, (rating, weight)
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
@@ -186,7 +263,7 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, s
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
-        fit, held, user_keys, item_keys, _ = _search_input(pa.Table.from_batches(batches), plan)
+        fit, held, user_keys, item_keys, *_ = _search_input(pa.Table.from_batches(batches), plan)
         record = search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
         yield pa.RecordBatch.from_arrays([pa.array([json.dumps(record)], pa.string())], names=[RECORD_COL])
 
@@ -195,7 +272,7 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, s
 
 def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, max_iter: int):
     """mapInArrow body: the search, then the fit of every row (fit part and validation fold)
-    at the chosen λ, started from the params the search ended with at that λ. The fit
+    at the chosen λ and rank, started from the params the search ended with there. The fit
     stops when an iteration moves the predictions by at most SETTLED of the chosen λ's
     validation RMSE (which bounds that iteration's change of any RMSE), or at max_iter."""
     rank = user_cfg.rank
@@ -205,32 +282,36 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         if not batches:
             return
         table = pa.Table.from_batches(batches)
-        fit, held, user_keys, item_keys, codes = _search_input(table, plan)
-        found, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
+        fit, held, user_keys, item_keys, codes, (rating, weight) = _search_input(table, plan)
+        found, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, choose_rank=True)
+        kept = found.get("rank", rank)
+        if params is not None and kept < rank:  # the fit runs at the kept rank, without the dropped columns
+            params = tuple(np.delete(side, np.s_[kept:rank], axis=1) for side in params)
         reg = found["reg"] * plan.unit
-        ucfg, icfg = dataclasses.replace(user_cfg, reg=reg), dataclasses.replace(item_cfg, reg=reg)
+        ucfg = dataclasses.replace(user_cfg, reg=reg, rank=kept)
+        icfg = dataclasses.replace(item_cfg, reg=reg, rank=kept)
         start, keys = [], {}
         for side, key_col, cfg, part in ((USER, USER_KEY, ucfg, 0), (ITEM, ITEM_KEY, icfg, 1)):
             encoded, code, dense = codes[side]
             side_keys = np.empty(len(encoded.dictionary), np.int64)
             side_keys[code] = table.column(key_col).to_numpy()
-            begin = initial_params(side_keys, rank, scale=cfg.init_scale, side=side)
+            begin = initial_params(side_keys, kept, scale=cfg.init_scale, side=side)
             if params is not None:  # an id the search fitted starts where the search left it
                 begin[dense >= 0] = params[part][dense[dense >= 0]]
             start.append(begin)
             keys[side] = side_keys
         user_code, item_code = codes[USER][1], codes[ITEM][1]
-        rating, weight = _floats(table.column(TARGET)), _floats(table.column(WEIGHT))
         prior, glob = plan.centre
         means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
-        chosen = [p for p in found["path"] if p["reg"] == found["reg"]]
-        settle = SETTLED * chosen[0]["rmse"] if chosen else None
+        # The bracket returns exp(log λ), which may differ from the λ it scored in the last bit.
+        chosen = [p for p in found["path"] if math.isclose(p["reg"], found["reg"], rel_tol=1e-9) and p["rank"] == kept]
+        settle = SETTLED * chosen[-1]["rmse"] if chosen else None
         W, X, history, stop = fit_arrays(
             user_code, item_code, rating - means[item_code], None, weight, keys[USER], keys[ITEM], ucfg, icfg,
             max_iter=max_iter, tol=plan.tol, start=(start[0], start[1]), settle=settle,
         )  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
-        yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, rank, record, (means, counts))
+        yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, kept, record, (means, counts))
 
     return run
 

@@ -41,6 +41,9 @@ class StepConfig:
     all_items: bool = False
     # Sampled 0-labels drawn inside each half-step, afresh each iteration (train/sampled.py).
     draws: Draws | None = None
+    # The blockwise half-step reports how far it moved its ratings' predictions (the trainer's
+    # settle rule, train/trainer.py); off, it spends nothing on it.
+    track_moves: bool = False
 
     @property
     def width(self) -> int:

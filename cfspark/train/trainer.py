@@ -113,12 +113,13 @@ def _settle(df: DataFrame) -> tuple[DataFrame, HalfStep, list[int]]:
     # One row per block and message, summed here: a collect is one stage, where an
     # aggregate would add a shuffle and a second stage to every half-step.
     fields = ("data_loss", "reg_loss", "kernel_seconds", "codec_seconds")
-    rows = df.select("dest", "src", *fields, F.length("params").alias("bytes")).collect()
+    rows = df.select("dest", "src", *fields, "moved", F.length("params").alias("bytes")).collect()
     states = [r for r in rows if r["src"] == STATE]
     sums = [sum(r[c] for r in states) for c in fields]
     message_bytes = sum(r["bytes"] for r in rows if r["src"] >= 0)
     missed = sorted(r["dest"] for r in rows if r["src"] == MISS)
-    return df, HalfStep(*sums, message_mb=message_bytes / 2**20), missed
+    moved = sum(r["moved"] for r in states)
+    return df, HalfStep(*sums, message_mb=message_bytes / 2**20, moved=moved), missed
 
 
 def _incoming(own_out: DataFrame, other_out: DataFrame, num_blocks: int, cfg: StepConfig) -> DataFrame:
@@ -174,6 +175,7 @@ def train(
     began: float | None = None,
     tol: float = 0.0,
     start_from: tuple[DataFrame, DataFrame] | Callable[[], tuple[DataFrame, DataFrame]] | None = None,
+    settle_at: tuple[float, int] | None = None,
 ) -> TrainResult:
     """Run (or resume) the alternating loop and return the final state tables.
 
@@ -190,11 +192,20 @@ def train(
     warm start: the loop continues from those factors (with these configs) instead of the
     hashed initial ones. It may be a function that builds the pair, called only when no
     checkpoint of this fit is found to resume from.
+
+    settle_at, a (bound, number of training ratings) pair, adds the one-task fit's settle
+    rule (train/one_task.py) to tol: the loop also stops once an iteration moves the
+    training ratings' predictions by at most bound in root mean square. Each half-step
+    reports Σ Δ² of the moves it made, the other side held at the values it solved
+    against; an iteration's move is the user half-step's plus the item half-step's, so
+    the sum of their RMS bounds it (the triangle inequality), with no job of its own.
     """
     began = time.perf_counter() if began is None else began
     paused = 0.0
     spark = blocks.users.sparkSession
     keys = cache_keys(blocks)
+    if settle_at is not None:
+        user_cfg, item_cfg = replace(user_cfg, track_moves=True), replace(item_cfg, track_moves=True)
     with phase(spark, "init"):
         resumed = checkpointer.load() if checkpointer else None
         if resumed and resumed.iteration <= max_iter:  # a stopped run resumes, warm-started or not
@@ -238,7 +249,9 @@ def train(
         )  # fmt: skip
         if not math.isfinite(entry["train_loss"]):  # diverged: stop before checkpointing it
             raise diverged(entry["train_loss"], iteration)
-        reason = converged(history, tol)
+        # The settle bound adds up both half-steps' moves, which overstates the iteration's move
+        # while the factors drift along W → WA, X → XA⁻ᵀ; tol still ends such a fit.
+        reason = (settle_at and settled(entry, users, items, *settle_at)) or converged(history, tol)
         if reason:
             stop_reason = reason
         if reason or iteration == max_iter:
@@ -256,3 +269,12 @@ def train(
     return TrainResult(
         user_out, item_out, history, resumed_from=start, setup_seconds=round(setup, 3), stop_reason=stop_reason
     )
+
+
+def settled(entry: dict, users: HalfStep, items: HalfStep, bound: float, num_ratings: int) -> str | None:
+    """The stop reason if the iteration's half-steps moved the predictions by at most bound
+    (RMS over num_ratings, bounded by the sum of the two half-steps' RMS), else None; the
+    bound on the move goes into the history entry."""
+    moved = math.sqrt(users.moved / max(num_ratings, 1)) + math.sqrt(items.moved / max(num_ratings, 1))
+    entry["moved"] = moved
+    return f"settled: the predictions moved by at most {moved:.3g} (RMS), under {bound:.3g}" if moved <= bound else None
