@@ -12,7 +12,7 @@ import pytest
 from cfspark.train.arrow_bodies import OUT_SCHEMA
 from cfspark.train.checkpoint import MARKER, Checkpointer
 
-ROWS = [(b, -1, bytes([b]) * 64, b"m", b"v", 3, 1.5, 0.5, 0.0, 0.0) for b in range(3)]
+ROWS = [(b, -1, bytes([b]) * 64, b"m", b"v", 3, 1.5, 0.5, 0.0, 0.0, 0.0) for b in range(3)]
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ def test_checkpoints_in_a_users_folder_go_to_a_subfolder_of_their_own(spark, tmp
     folder = tmp_path / ("ck" if explicit else "out_checkpoints")
     folder.mkdir()
     before = plant(folder)
-    df = spark.createDataFrame([(0, -1, b"p", b"m", b"v", 1, 1.0, 0.0, 0.0, 0.0)], OUT_SCHEMA)
+    df = spark.createDataFrame([(0, -1, b"p", b"m", b"v", 1, 1.0, 0.0, 0.0, 0.0, 0.0)], OUT_SCHEMA)
     ck = Checkpointer(spark, str(folder), 1, "fp")
     assert ck.directory == str(folder / "cfspark-checkpoints") == checkpoint_folder(str(folder))
     for iteration in (1, 2):  # the second save drops the first's iter-*: its own only
