@@ -9,10 +9,13 @@ import os
 
 import pytest
 
-from cfspark.train.arrow_bodies import OUT_SCHEMA
+from cfspark.train.arrow_bodies import OUT_SCHEMA, STATE, out_record
 from cfspark.train.checkpoint import MARKER, Checkpointer
 
-ROWS = [(b, -1, bytes([b]) * 64, b"m", b"v", 3, 1.5, 0.5, 0.0, 0.0, 0.0) for b in range(3)]
+ROWS = [
+    tuple(out_record(b, STATE, bytes([b]) * 64, m=b"m", v=b"v", t=3, data_loss=1.5, reg_loss=0.5).values())
+    for b in range(3)
+]
 
 
 @pytest.fixture

@@ -127,13 +127,14 @@ def test_staging_siblings_are_removed_only_when_a_dead_run_made_them(tmp_path):
 
 @pytest.mark.parametrize("explicit", [False, True])
 def test_checkpoints_in_a_users_folder_go_to_a_subfolder_of_their_own(spark, tmp_path, explicit):
-    from cfspark.train.arrow_bodies import OUT_SCHEMA
+    from cfspark.train.arrow_bodies import OUT_SCHEMA, STATE, out_record
     from cfspark.train.checkpoint import Checkpointer
 
     folder = tmp_path / ("ck" if explicit else "out_checkpoints")
     folder.mkdir()
     before = plant(folder)
-    df = spark.createDataFrame([(0, -1, b"p", b"m", b"v", 1, 1.0, 0.0, 0.0, 0.0, 0.0)], OUT_SCHEMA)
+    row = out_record(0, STATE, b"p", m=b"m", v=b"v", t=1, data_loss=1.0)
+    df = spark.createDataFrame([tuple(row.values())], OUT_SCHEMA)
     ck = Checkpointer(spark, str(folder), 1, "fp")
     assert ck.directory == str(folder / "cfspark-checkpoints") == checkpoint_folder(str(folder))
     for iteration in (1, 2):  # the second save drops the first's iter-*: its own only

@@ -34,26 +34,34 @@ from cfspark.train.step import StepConfig, solve_rows
 STATE = -1
 MISS = -2  # a block whose worker does not hold its InBlock: nothing computed, rerun from the DataFrame
 
-OUT_SCHEMA = (
-    "dest int, src int, params binary, m binary, v binary, t long, data_loss double, reg_loss double,"
-    " kernel_seconds double, codec_seconds double, moved double"
+# One half-step output row: a block's state (src = STATE) or a message to block `dest`.
+_OUT_FIELDS: tuple[tuple[str, pa.DataType, str], ...] = (
+    ("dest", pa.int32(), "int"),
+    ("src", pa.int32(), "int"),
+    ("params", pa.binary(), "binary"),
+    ("m", pa.binary(), "binary"),
+    ("v", pa.binary(), "binary"),
+    ("t", pa.int64(), "long"),
+    ("data_loss", pa.float64(), "double"),
+    ("reg_loss", pa.float64(), "double"),
+    ("kernel_seconds", pa.float64(), "double"),
+    ("codec_seconds", pa.float64(), "double"),
+    ("moved", pa.float64(), "double"),
 )
+OUT_SCHEMA = ", ".join(f"{name} {ddl}" for name, _, ddl in _OUT_FIELDS)
+_ARROW_SCHEMA = pa.schema([(name, dtype) for name, dtype, _ in _OUT_FIELDS])
 
-_ARROW_SCHEMA = pa.schema(
-    [
-        ("dest", pa.int32()),
-        ("src", pa.int32()),
-        ("params", pa.binary()),
-        ("m", pa.binary()),
-        ("v", pa.binary()),
-        ("t", pa.int64()),
-        ("data_loss", pa.float64()),
-        ("reg_loss", pa.float64()),
-        ("kernel_seconds", pa.float64()),
-        ("codec_seconds", pa.float64()),
-        ("moved", pa.float64()),
-    ]
-)
+
+def out_record(dest: int, src: int, params: bytes | None, **rest: object) -> dict:
+    """One OUT_SCHEMA row as a dict in field order; the fields not given are empty (None for
+    bytes, a zero of the field's type for numbers)."""
+    empty = {"int": 0, "long": 0, "double": 0.0, "binary": None}
+    record = {"dest": dest, "src": src, "params": params}
+    for name, _, ddl in _OUT_FIELDS[3:]:
+        record[name] = rest.pop(name, empty[ddl])
+    if rest:
+        raise TypeError(f"not an OUT_SCHEMA field: {sorted(rest)}")
+    return record
 
 
 def _rows(
@@ -65,38 +73,20 @@ def _rows(
     seconds: tuple[float, float] = (0.0, 0.0),
     moved: float = 0.0,
 ) -> list[dict]:
-    rows = [
-        {
-            "dest": block,
-            "src": STATE,
-            "params": blob(params),
-            "m": blob(state.m if state else None),
-            "v": blob(state.v if state else None),
-            "t": state.t if state else 0,
-            "data_loss": losses[0],
-            "reg_loss": losses[1],
-            "kernel_seconds": seconds[0],
-            "codec_seconds": seconds[1],
-            "moved": moved,
-        }
-    ]
-    rows += [
-        {
-            "dest": int(d),
-            "src": block,
-            "params": blob(p),
-            "m": None,
-            "v": None,
-            "t": 0,
-            "data_loss": 0.0,
-            "reg_loss": 0.0,
-            "kernel_seconds": 0.0,
-            "codec_seconds": 0.0,
-            "moved": 0.0,
-        }
-        for d, p in outbox
-    ]
-    return rows
+    state_row = out_record(
+        block,
+        STATE,
+        blob(params),
+        m=blob(state.m if state else None),
+        v=blob(state.v if state else None),
+        t=state.t if state else 0,
+        data_loss=losses[0],
+        reg_loss=losses[1],
+        kernel_seconds=seconds[0],
+        codec_seconds=seconds[1],
+        moved=moved,
+    )
+    return [state_row] + [out_record(int(d), block, blob(p)) for d, p in outbox]
 
 
 def _outbox(arrays: Arrays, params: np.ndarray, cfg: StepConfig) -> list[tuple[int, np.ndarray]]:
