@@ -52,6 +52,7 @@ def test_stage_metrics_are_summed_per_phase_from_tagged_jobs(monkeypatch):
     monkeypatch.setattr(profile, "_get", lambda url: replies[url[len("api") :]])
     got = stage_breakdown("api", after_job=0)
     assert got["user-steps"] == {
+        "jobs": 1,
         "stages": 2,
         "tasks": 4,
         "task_seconds": 2.0,
@@ -65,7 +66,7 @@ def test_stage_metrics_are_summed_per_phase_from_tagged_jobs(monkeypatch):
         "task_spread_median": 2.0,  # job 1's heaviest stage (1): one block twice the other
         "task_spread_worst": 2.0,
     }
-    assert got["pack"]["task_seconds"] == 4.0 and got["pack"]["shuffle_read_mib"] == 2.0
+    assert got["pack"]["task_seconds"] == 4.0 and got["pack"]["shuffle_read_mib"] == 2.0 and got["pack"]["jobs"] == 1
     assert all(got[p]["stages"] == 0 for p in ("prepare", "index", "init", "item-steps"))
 
     history = [{"user_kernel_seconds": 0.75, "user_codec_seconds": 0.25, "item_kernel_seconds": 0.0}]
@@ -73,6 +74,7 @@ def test_stage_metrics_are_summed_per_phase_from_tagged_jobs(monkeypatch):
     # user-steps: 2.0 task s = 0.75 numpy + 0.25 Arrow cells + 1.0 JVM and transfer.
     assert "| user-steps | 1.5 | 2.0 | 0.8 | 0.2 | 1.0 | 0.0 | 4 | 2 | 0.0 | 0.0 | 2.00 ×, 2.00 × |" in table
     assert "| pack | (setup) | 4.0 | 0.0 | 0.0 | 4.0 |" in table
+    assert "Spark jobs per phase: pack 1, user-steps 1." in table  # the untagged job is no phase's
 
 
 def test_profile_needs_the_ui(spark):

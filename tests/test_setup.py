@@ -227,3 +227,26 @@ def planted_mean(rows: list, item: int, settings) -> float:
     g = sum(r for _, _, r in rows) / len(rows)
     mine = [r for _, i, r in rows if i == item]
     return (sum(mine) + settings.meanPrior * g) / (len(mine) + settings.meanPrior)
+
+
+def test_prepare_finds_the_global_mean_and_counts_from_the_item_sums(spark):
+    """μ_i = (Σ a·r + m·g) / (Σ a + m) with g = Σ a·r / Σ a over all ratings, the same whether g
+    is given or found from the item sums; the item and rating counts come with them."""
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(0, 40, 600), rng.integers(0, 25, 600)
+    rating, weight = rng.normal(3.0, 1.0, 600), rng.uniform(0.5, 2.0, 600)
+    rows = list({(int(u), int(i)): (int(u), int(i), float(r), float(w))
+                 for u, i, r, w in zip(users, items, rating, weight, strict=True)}.values())  # fmt: skip
+    df = spark.createDataFrame(rows, "user long, item long, rating double, weight double")
+    u, i, r, w = (np.array(c) for c in zip(*rows, strict=True))
+    g, m = (w * r).sum() / w.sum(), 5.0
+    expected = {int(k): ((w * r)[i == k].sum() + m * g) / (w[i == k].sum() + m) for k in np.unique(i)}
+    settings = CollaborativeFilter(meanPrior=m, weightCol="weight").fit_settings()
+    for given in (None, g):
+        prepared = prepare(settings, df, given)
+        assert prepared.global_baseline == pytest.approx(g, rel=1e-12)
+        assert prepared.num_ratings == len(rows)
+        got = {row.item: row.item_mean for row in prepared.item_stats.collect()}
+        assert got.keys() == expected.keys()
+        assert all(got[k] == pytest.approx(v, rel=1e-12) for k, v in expected.items())
+        prepared.item_stats.unpersist()

@@ -146,6 +146,7 @@ class Run:
         self.counts: dict[str, int] = {}
         self.columns: Columns | None = None
         self.ratings = self.train = self.test = None
+        self.train_mean: float | None = None  # the training ratings' weighted mean, which split() finds
         self._held: list[Any] = []  # DataFrames and models, unpersisted on close
 
     def __enter__(self) -> Run:
@@ -176,7 +177,10 @@ class Run:
         with self.timer("split"):
             train, test = split_for_training(self.ratings, self.cfg)
             self.train, self.test = self.hold(train), self.hold(test)
-            self.counts.update(ratings=self.ratings.count(), train=train.count(), test=test.count())
+            # The training count and weighted mean rating in one pass; the fit reuses both.
+            a = row_weight(train)
+            count, self.train_mean = train.agg(F.count(F.lit(1)), F.sum(a * F.col(RATING)) / F.sum(a)).first()
+            self.counts.update(ratings=self.ratings.count(), train=count, test=test.count())
         if self.counts["train"] == 0:
             raise InputError(
                 f"the split left no training ratings out of {self.counts['ratings']}; lower split.test_fraction"
@@ -189,7 +193,8 @@ class Run:
     def fit(self, estimator: CollaborativeFilter | None = None, *, on_iteration=None) -> CFModel:
         estimator = estimator or self.estimator()
         with self.timer("fit"), failure_is(TrainingError, "training"):
-            model = self.hold(estimator.fit_validated(self.train, on_iteration=on_iteration))
+            known = {"num_ratings": self.counts["train"], "global_mean": self.train_mean}
+            model = self.hold(estimator.fit_validated(self.train, on_iteration=on_iteration, **known))
         users, items = model.trained_counts()
         self.counts.update(users=users, items=items)
         return model

@@ -90,12 +90,15 @@ def stage_breakdown(api_root: str, *, after_job: int = -1) -> dict[str, dict]:
     """Summed task metrics of the completed stages of each tagged phase (seconds, MiB),
     over the jobs numbered after after_job."""
     stage_phase, stage_job = {}, {}
+    jobs = dict.fromkeys(PHASES, 0)
     for job in _get(f"{api_root}/jobs"):
         name = _phase_of(job.get("jobTags", [])) if job["jobId"] > after_job else None
         if name:
+            jobs[name] += 1
             stage_phase.update({s: name for s in job["stageIds"]})
             stage_job.update({s: job["jobId"] for s in job["stageIds"]})
-    totals = {name: {"stages": 0, "tasks": 0, **dict.fromkeys(_STAGE_METRICS, 0.0)} for name in PHASES}
+    totals = {name: {"jobs": jobs[name], "stages": 0, "tasks": 0, **dict.fromkeys(_STAGE_METRICS, 0.0)}
+              for name in PHASES}  # fmt: skip
     heaviest: dict[int, dict] = {}  # per job of a half-step phase: its stage with the most task time
     for stage in _get(f"{api_root}/stages?status=complete"):
         name = stage_phase.get(stage["stageId"])
@@ -182,6 +185,9 @@ def profile_table(breakdown: dict[str, dict], history: list[dict], wall: dict[st
             f" | {b['shuffle_fetch_wait_seconds']:.1f} | {b['shuffle_write_seconds']:.1f} | {_spread(b)} |"
         )
     lines.append(f"\nSetup, all four phases: {wall['setup']:.1f} s wall.")
+    if all("jobs" in breakdown[name] for name in PHASES):
+        counts = ", ".join(f"{name} {breakdown[name]['jobs']}" for name in PHASES if breakdown[name]["jobs"])
+        lines.append(f"Spark jobs per phase: {counts}.")
     return "\n".join(lines)
 
 

@@ -17,15 +17,29 @@ from pyspark.sql import functions as F
 from cfspark.core.schema import ITEM, ITEM_MEAN, ITEM_RATINGS, NORMALISED, RATING
 from cfspark.data.weights import row_weight
 
+A_SUM, AY_SUM = "a_sum", "ay_sum"
+
 
 def item_means(train: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0) -> DataFrame:
     """(item, item_mean, ratings), one row per item seen in training; the mean is shrunk
     towards global_mean by prior pseudo-ratings. With a weight column, the mean is weighted
     as the loss is (Σ a·y and Σ a in place of Σ y and n); ratings stays the count."""
-    count = F.count(F.lit(1))
+    return means_of(item_sums(train), prior=prior, global_mean=global_mean)
+
+
+def item_sums(train: DataFrame) -> DataFrame:
+    """(item, a_sum, ay_sum, ratings): each item's Σ a, Σ a·y and rating count, from which
+    means_of gives μ_i and whose column sums give the global mean and the number of ratings."""
     a = row_weight(train)
-    shrunk = (F.sum(a * F.col(RATING)) + F.lit(prior * global_mean)) / (F.sum(a) + F.lit(prior))
-    return train.groupBy(ITEM).agg(shrunk.alias(ITEM_MEAN), count.alias(ITEM_RATINGS))
+    return train.groupBy(ITEM).agg(
+        F.sum(a).alias(A_SUM), F.sum(a * F.col(RATING)).alias(AY_SUM), F.count(F.lit(1)).alias(ITEM_RATINGS)
+    )
+
+
+def means_of(sums: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0) -> DataFrame:
+    """item_means' table from item_sums' table."""
+    shrunk = (F.col(AY_SUM) + F.lit(prior * global_mean)) / (F.col(A_SUM) + F.lit(prior))
+    return sums.select(ITEM, shrunk.alias(ITEM_MEAN), ITEM_RATINGS)
 
 
 def normalise(train: DataFrame, means: DataFrame, *, broadcast: bool = False) -> DataFrame:

@@ -48,14 +48,20 @@ def fingerprint(settings: FitSettings, train_ratings: DataFrame) -> str:
 
 
 def setup(
-    settings: FitSettings, train_ratings: DataFrame, *, num_ratings: int | None = None
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    *,
+    num_ratings: int | None = None,
+    global_mean: float | None = None,
 ) -> tuple[Blocks, DataFrame, float]:
     """What training reads, built once: the blocks, the item table and the global baseline.
 
-    num_ratings, the training ratings' count if already known, sizes blocks left to the data."""
+    num_ratings, the training ratings' count if already known, sizes blocks left to the data;
+    global_mean (mse), their weighted mean if already known, saves computing it."""
     spark = train_ratings.sparkSession
     with phase(spark, "prepare"):
-        prepared = prepare(settings, train_ratings)
+        prepared = prepare(settings, train_ratings, global_mean)
+        num_ratings = num_ratings if num_ratings is not None else prepared.num_ratings
         users, items = settings.numUserBlocks, settings.numItemBlocks
         if 0 in (users, items) and num_ratings is None:
             num_ratings = train_ratings.count()
@@ -105,11 +111,13 @@ def fit_blockwise(
     *,
     began: float,
     num_ratings: int | None,
+    global_mean: float | None = None,
     on_iteration: Callable[[FitRecord], dict] | None = None,
     settle: float | None = None,
 ) -> FitRecord:
     """The distributed fit, checkpointed every checkpointInterval iterations when checkpointDir is set;
-    settle, if given (with num_ratings), stops it on the predictions' move instead of tol (train.train)."""
+    settle, if given (with num_ratings), stops it on the predictions' move instead of tol (train.train);
+    global_mean (mse), the ratings' weighted mean if already known, saves computing it."""
     checkpointer = None
     if settings.checkpointDir and settings.checkpointInterval > 0:
         with phase(train_ratings.sparkSession, "prepare"):
@@ -117,7 +125,8 @@ def fit_blockwise(
                 train_ratings.sparkSession, settings.checkpointDir, settings.checkpointInterval,
                 fingerprint(settings, train_ratings),
             )  # fmt: skip
-    blocks, stats, global_baseline = setup(settings, train_ratings, num_ratings=num_ratings)
+    blocks, stats, global_baseline = setup(settings, train_ratings, num_ratings=num_ratings,
+                                           global_mean=global_mean)  # fmt: skip
     user_cfg, item_cfg = settings.step_config("user"), settings.step_config("item")
     start = warm_start_from(settings, blocks, user_cfg, item_cfg)
 

@@ -80,7 +80,7 @@ def fit_ratings(
                                  global_mean=global_mean)  # fmt: skip
     else:
         record = fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings,
-                               on_iteration=on_iteration, settle=settle)  # fmt: skip
+                               global_mean=global_mean, on_iteration=on_iteration, settle=settle)  # fmt: skip
     if spread is not None:
         record.summary["spread"] = spread
     return record

@@ -26,7 +26,7 @@ from cfspark.core.schema import (
     USER,
     WEIGHT,
 )
-from cfspark.data.normalise import item_means, normalise
+from cfspark.data.normalise import A_SUM, AY_SUM, item_sums, means_of, normalise
 from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.weights import row_weight
 from cfspark.fit.settings import FitSettings
@@ -50,6 +50,7 @@ class Targets:
     item_stats: DataFrame  # the model's item table: μ_i and counts (mse), or rates and o_i (bce); cached
     baseline: DataFrame  # (item, baseline, ratings): the per-item term and the item's rating count
     global_baseline: float  # for items without one: the global mean (mse), or the global rate's logit (bce)
+    num_ratings: int | None = None  # the number of targets, when preparing them counted it (mse)
 
 
 @dataclass(frozen=True)
@@ -95,21 +96,41 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats
     return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g)  # constant ratings: nothing to scale by
 
 
+def _item_means(
+    settings: FitSettings, train_ratings: DataFrame, global_mean: float | None
+) -> tuple[DataFrame, float, tuple[int, int]]:
+    """item_means' table, cached and computed, the global mean g and (the number of items,
+    the number of ratings), in one pass over the ratings. μ_i is shrunk towards g, so
+    without g the item sums come first (cached), g from their totals, and μ_i from them."""
+    def totals(table: DataFrame, *sums: str) -> list:
+        return table.agg(F.count(F.lit(1)), F.sum(ITEM_RATINGS), *(F.sum(c) for c in sums)).first()
+
+    prior = settings.meanPrior
+    if global_mean is not None:
+        stats = means_of(item_sums(train_ratings), prior=prior, global_mean=global_mean).cache()
+        row = totals(stats)  # computes the cache
+        return stats, global_mean, (int(row[0]), int(row[1] or 0))
+    sums = item_sums(train_ratings).cache()
+    row = totals(sums, A_SUM, AY_SUM)
+    glob = float(row[3] / row[2])
+    stats = means_of(sums, prior=prior, global_mean=glob).cache()
+    stats.count()  # a pass over the items alone, so that the sums' cache can go
+    sums.unpersist()
+    return stats, glob, (int(row[0]), int(row[1] or 0))
+
+
 def prepare(settings: FitSettings, train_ratings: DataFrame, global_mean: float | None = None) -> Targets:
     """The targets and baselines of train_ratings (user, item, rating[, weight]) for settings' loss;
     global_mean, the ratings' weighted mean (mse) if already known, saves computing it."""
     weight = row_weight(train_ratings) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
     if settings.loss == "mse":
-        a = row_weight(train_ratings)
-        glob = global_mean
-        if glob is None:
-            glob = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
-        stats = item_means(train_ratings, prior=settings.meanPrior, global_mean=glob).cache()
+        stats, glob, (items, count) = _item_means(settings, train_ratings, global_mean)
         no_offset = F.lit(None).cast("double").alias(OFFSET)
-        targets = normalise(train_ratings, stats, broadcast=_broadcast(stats)).select(
+        targets = normalise(train_ratings, stats, broadcast=items <= BROADCAST_ITEMS).select(
             USER, ITEM, F.col(NORMALISED).alias(TARGET), no_offset, weight.alias(WEIGHT)
         )
-        return Targets(targets, stats, stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE), ITEM_RATINGS), glob)
+        baseline = stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE), ITEM_RATINGS)
+        return Targets(targets, stats, baseline, glob, count)
     # Weighted, as the loss is. An exposure fit whose 0s are drawn in the half-steps (draws, with
     # no item offset: fit/exposure.py) has only its 1s here, and no rate to centre on.
     rate = global_rate(train_ratings) if settings.draws is None else 0.5

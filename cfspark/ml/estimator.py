@@ -325,15 +325,24 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         return confidence(count, self.getAlpha(), self.getWeightMapping(), self.getWeightEpsilon())
 
     def fit_validated(
-        self, train_ratings: DataFrame, *, on_iteration: Callable[[CFModel], dict] | None = None
+        self,
+        train_ratings: DataFrame,
+        *,
+        on_iteration: Callable[[CFModel], dict] | None = None,
+        num_ratings: int | None = None,
+        global_mean: float | None = None,
     ) -> CFModel:
         """Fit on already validated (user, item, rating[, weight]) rows with cfspark's internal names.
 
         on_iteration, if given, is called with the model as it stands after each iteration
         and returns extra fields for that iteration's history entry; its time is not counted.
+        num_ratings, the rows' count, and global_mean, their weighted mean of ratings, if
+        the caller already knows them, save the fit a pass over the rows each.
         """
         watch = (lambda live: on_iteration(self._model_of(live))) if on_iteration else None
-        return self._model_of(fit_ratings(self.fit_settings(), train_ratings, watch))
+        record = fit_ratings(self.fit_settings(), train_ratings, watch, num_ratings=num_ratings,
+                             global_mean=global_mean)  # fmt: skip
+        return self._model_of(record)
 
     def _model_of(self, record: FitRecord) -> CFModel:
         """The model a fit record stands for, with these Params and those the fit set itself
