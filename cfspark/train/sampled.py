@@ -37,6 +37,10 @@ class Draws:
     sampling: str  # popularity, sqrt or uniform (data/negatives.py's sampling_weights)
     seed: int
     iteration: int = 0
+    # Over all blocks (with_totals): the number of labels N and Σ_i g(n_i) over every item; 0: the
+    # block's own, which are the totals only where one block holds every label (the one-task fit).
+    labels_total: float = 0.0
+    share_total: float = 0.0
 
 
 def draw_plan(draws: Draws, labels: np.ndarray, other_labels: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
@@ -59,9 +63,21 @@ def draw_plan(draws: Draws, labels: np.ndarray, other_labels: np.ndarray, side: 
         return draws.per_label * labels, pool
     share = sampling_weights(labels, draws.sampling)
     share[labels == 0] = 0.0
-    total = share.sum()
-    expected = draws.per_label * labels.sum() * share / total if total > 0 else np.zeros(len(labels))
+    total = draws.share_total or share.sum()
+    n = draws.labels_total or labels.sum()
+    expected = draws.per_label * n * share / total if total > 0 else np.zeros(len(labels))
     return np.rint(expected).astype(np.int64), other_labels.astype(np.float64)
+
+
+def with_totals(cfg: StepConfigLike, totals: dict[str, float] | None) -> StepConfigLike:
+    """cfg whose draws, if any, use the label totals over all blocks (blocks/build.py's
+    label_totals: labels, sqrt_labels, entities), so a block draws at one task's rates."""
+    draws = getattr(cfg, "draws", None)
+    if draws is None or totals is None:
+        return cfg
+    share = {"popularity": totals["labels"], "sqrt": totals["sqrt_labels"], "uniform": totals["entities"]}
+    exact = dataclasses.replace(draws, labels_total=totals["labels"], share_total=share[draws.sampling])
+    return dataclasses.replace(cfg, draws=exact)
 
 
 def with_negatives(
@@ -74,14 +90,17 @@ def with_negatives(
     keys: np.ndarray,
     n_other: int,
     side: str,
+    col_labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """(row_ptr, cols, y, offset, weight) of the block's ratings and this iteration's 0-labels,
     each row's ratings first, then its draws. cols index the n_other rows of the other side
-    the block holds; keys are the block's own rows' hash keys."""
+    the block holds; keys are the block's own rows' hash keys; col_labels, those rows' label
+    counts over all blocks (else counted in this block, exact only where it holds every label)."""
     row_ptr, cols = np.asarray(row_ptr, np.int64), np.asarray(cols, np.int64)
     n = len(row_ptr) - 1
     labels = np.diff(row_ptr)
-    counts, pool = draw_plan(draws, labels, np.bincount(cols, minlength=n_other), side)
+    other_labels = np.bincount(cols, minlength=n_other) if col_labels is None else np.asarray(col_labels)
+    counts, pool = draw_plan(draws, labels, other_labels, side)
     neg_ptr, neg_cols = fresh_negatives(row_ptr, cols, keys, counts, pool, seed=draws.seed, iteration=draws.iteration)
     drawn = np.diff(neg_ptr)
     rows = np.r_[np.repeat(np.arange(n), labels), np.repeat(np.arange(n), drawn)]
