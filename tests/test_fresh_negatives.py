@@ -163,42 +163,39 @@ def test_a_blockwise_fit_draws_at_the_rates_of_one_task(spark):
     """With 2 user and 3 item blocks, every user's and item's expected draw count, and every
     drawable entity's relative chance, equal the one-task plan's exactly; counted inside each
     block (the labels it holds, its own N and Σg), they do not."""
-    from cfspark import CollaborativeFilter
     from cfspark.blocks import cache
-    from cfspark.fit.blockwise import setup
+    from cfspark.blocks.build import build_blocks
     from cfspark.train.sampled import draw_plan, with_totals
+    from cfspark.train.step import StepConfig
 
     rng = np.random.default_rng(3)
     users, items = 60, 40
     rated = rng.random((users, items)) < 0.5 / np.arange(1, items + 1) ** 0.5  # a long tail of items
     rated[np.arange(users), np.arange(users) % items] = True
     u, i = np.nonzero(rated)
-    df = spark.createDataFrame([(int(a), int(b), 1.0) for a, b in zip(u, i, strict=True)], "user long, item long, rating double")
-    draws = Draws(per_label=3, weight=0.5, sampling="sqrt", seed=1)
-    settings = CollaborativeFilter(loss="bce", numUserBlocks=2, numItemBlocks=3).fit_settings()
-    blocks, stats, _ = setup(settings.replace(draws=draws, itemOffset=False, itemBias=True), df)
     n_user, n_item = rated.sum(axis=1), rated.sum(axis=0)
-    # The one-task plan: one block holding every label.
-    one = {
-        "user": draw_plan(draws, n_user, n_item, "user"),
-        "item": draw_plan(draws, n_item, n_user, "item"),
-    }
-    one_counts = {side: dict(enumerate(plan[0].tolist())) for side, plan in one.items()}
-    one_pool = {side: dict(enumerate(plan[1].tolist())) for side, plan in one.items()}
-    cfg = {side: with_totals(settings.replace(draws=draws).step_config(side), blocks.label_totals) for side in one}
+    targets = spark.createDataFrame(
+        [(int(a), int(b), 1.0) for a, b in zip(u, i, strict=True)], "user long, item long, y double"
+    ).selectExpr("*", "cast(null as double) as offset", "cast(null as double) as weight")
+    baseline = spark.createDataFrame(
+        [(int(b), 0.0, int(n)) for b, n in enumerate(n_item)], "item long, baseline double, ratings long"
+    )
+    blocks = build_blocks(targets, baseline, num_user_blocks=2, num_item_blocks=3, seed=1, label_counts=True)
+    draws = Draws(per_label=3, weight=0.5, sampling="sqrt", seed=1)
+    one = {"user": draw_plan(draws, n_user, n_item, "user"), "item": draw_plan(draws, n_item, n_user, "item")}
     local_differs = False
     for side, inblocks in (("user", blocks.users), ("item", blocks.items)):
+        exact = with_totals(StepConfig(side=side, rank=2, loss="bce", reg=0.1, draws=draws), blocks.label_totals)
         table = inblocks.toArrow()
         assert table.num_rows == 2 + (side == "item")
         for r in range(table.num_rows):
             arrays = cache.decode(table, r)
-            ids, col_ids = (cell(table, name, r, np.int64) for name in ("ids", "col_ids"))
+            ids, col_ids = cell(table, "ids", r, np.int64), cell(table, "col_ids", r, np.int64)
             labels = np.diff(arrays["row_ptr"])
-            counts, pool = draw_plan(cfg[side].draws, labels, arrays["col_labels"], side)
-            assert dict(zip(ids.tolist(), counts.tolist(), strict=True)) == {k: one_counts[side][k] for k in ids.tolist()}
-            assert dict(zip(col_ids.tolist(), pool.tolist(), strict=True)) == {k: one_pool[side][k] for k in col_ids.tolist()}
-            local = np.bincount(arrays["cols"], minlength=len(col_ids))
-            old_counts, old_pool = draw_plan(draws, labels, local, side)
+            counts, pool = draw_plan(exact.draws, labels, arrays["col_labels"], side)
+            np.testing.assert_array_equal(counts, one[side][0][ids])  # integer ids are their own values
+            np.testing.assert_array_equal(pool, one[side][1][col_ids])
+            old_counts, old_pool = draw_plan(draws, labels, np.bincount(arrays["cols"], minlength=len(col_ids)), side)
             local_differs |= not np.array_equal(old_counts, counts) or not np.array_equal(old_pool, pool)
     assert local_differs
-    blocks.unpersist(), stats.unpersist()
+    blocks.unpersist()

@@ -148,7 +148,8 @@ def _pack(chunks: DataFrame, side: int, placements: tuple[Placement, Placement],
 def _with_labels(inblocks: DataFrame, other: DataFrame, num_blocks: int) -> DataFrame:
     """inblocks with col_labels: the other side's blocks send the label counts of the rows each
     block receives (one small message per pair of blocks, once), cogrouped in place."""
-    messages = other.select(BLOCK, "row_ptr", "out_dest", "out_ptr", "out_idx").mapInArrow(label_messages, LABELS_SCHEMA)
+    outboxes = other.select(BLOCK, "row_ptr", "out_dest", "out_ptr", "out_idx")
+    messages = outboxes.mapInArrow(label_messages, LABELS_SCHEMA)
     messages = messages.withColumn(PART, partition_key(F.col("dest"), num_blocks))
     grouped = inblocks.groupBy(PART).cogroup(messages.groupBy(PART))
     labelled = grouped.applyInArrow(with_col_labels, INBLOCK_SCHEMA)
