@@ -130,6 +130,7 @@ def fresh_negatives(
     *,
     seed: int,
     iteration: int,
+    replace: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row_ptr, items) of one iteration's sampled negatives for a block of users, in CSR.
 
@@ -139,8 +140,11 @@ def fresh_negatives(
     key, draw index), so a user's draws do not depend on the block it sits in, and another
     iteration draws afresh. Draws that hit a labelled item of the user, or repeat one, are
     dropped: a row gets at most counts[r] distinct items, never one it has a label for.
-    Vectorised over the whole block: no loop over rows.
+    Vectorised over the whole block: no loop over rows. Without replace, a row gets
+    min(counts[r], its drawable items) distinct items instead (smallest_keys).
     """
+    if not replace:
+        return smallest_keys(row_ptr, labelled, user_keys, counts, weights, seed=seed, iteration=iteration)
     counts = np.asarray(counts, dtype=np.int64)
     n_items = len(weights)
     rows = np.repeat(np.arange(len(counts)), counts)
@@ -159,4 +163,60 @@ def fresh_negatives(
         keys = keys[taken[at] != keys]  # sorted by row, then item
     out_rows, out_items = keys // n_items, keys % n_items
     ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=len(counts)))].astype(np.int64)
+    return ptr, out_items.astype(np.int64)
+
+
+# smallest_keys' keys are computed for this many (row, item) pairs at a time.
+KEY_CHUNK = 1 << 22
+
+
+def smallest_keys(
+    row_ptr: np.ndarray,
+    labelled: np.ndarray,
+    user_keys: np.ndarray,
+    counts: np.ndarray,
+    weights: np.ndarray,
+    *,
+    seed: int,
+    iteration: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """fresh_negatives without replacement: (row_ptr, items) where row r takes the counts[r]
+    items of smallest key −log(u)/w (Efraimidis–Spirakis: a weighted sample without
+    replacement, ∝ weights at every step), u a hashed uniform of (seed, iteration, user key,
+    item), over the items of positive weight that the row has no label for; all of them
+    where there are fewer. Every row computes a key for every item of the block's list, in
+    chunks of rows of at most KEY_CHUNK keys."""
+    counts = np.asarray(counts, dtype=np.int64)
+    weights = np.asarray(weights, dtype=np.float64)
+    n, n_items = len(counts), len(weights)
+    drawable = np.flatnonzero(weights > 0)
+    inverse_w = 1.0 / weights[drawable]
+    position = np.full(n_items, -1, np.int64)
+    position[drawable] = np.arange(len(drawable))
+    labelled = np.asarray(labelled, dtype=np.int64)
+    labelled_rows = np.repeat(np.arange(n), np.diff(row_ptr))
+    user_keys = np.asarray(user_keys)
+    step = max(1, KEY_CHUNK // max(len(drawable), 1))
+    taken_rows, taken_items = [], []
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        want = counts[lo:hi]
+        if not len(drawable) or want.max(initial=0) <= 0:
+            continue
+        rows = np.repeat(np.arange(hi - lo), len(drawable))
+        u = hashed_uniforms(seed, iteration, user_keys[lo:hi], np.tile(drawable, hi - lo), rows)
+        keys = (-np.log1p(-u)).reshape(hi - lo, len(drawable)) * inverse_w  # Exp(1) / w
+        mine = slice(row_ptr[lo], row_ptr[hi])
+        at = position[labelled[mine]]
+        keys[labelled_rows[mine][at >= 0] - lo, at[at >= 0]] = np.inf  # never a labelled item
+        order = np.argsort(keys, axis=1)
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(len(drawable))[None, :], axis=1)
+        chosen = (rank < want[:, None]) & np.isfinite(keys)
+        r, c = np.nonzero(chosen)  # by row, then by item
+        taken_rows.append(r + lo)
+        taken_items.append(drawable[c])
+    out_rows = np.concatenate(taken_rows) if taken_rows else np.empty(0, np.int64)
+    out_items = np.concatenate(taken_items) if taken_items else np.empty(0, np.int64)
+    ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=n))].astype(np.int64)
     return ptr, out_items.astype(np.int64)

@@ -41,6 +41,9 @@ class Draws:
     # block's own, which are the totals only where one block holds every label (the one-task fit).
     labels_total: float = 0.0
     share_total: float = 0.0
+    # With replacement, repeats dropped (fewer than K·n_r distinct); without, the K·n_r smallest
+    # exponential keys (data/negatives.py's smallest_keys).
+    replace: bool = True
 
 
 def draw_plan(draws: Draws, labels: np.ndarray, other_labels: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +104,9 @@ def with_negatives(
     labels = np.diff(row_ptr)
     other_labels = np.bincount(cols, minlength=n_other) if col_labels is None else np.asarray(col_labels)
     counts, pool = draw_plan(draws, labels, other_labels, side)
-    neg_ptr, neg_cols = fresh_negatives(row_ptr, cols, keys, counts, pool, seed=draws.seed, iteration=draws.iteration)
+    neg_ptr, neg_cols = fresh_negatives(
+        row_ptr, cols, keys, counts, pool, seed=draws.seed, iteration=draws.iteration, replace=draws.replace
+    )
     drawn = np.diff(neg_ptr)
     rows = np.r_[np.repeat(np.arange(n), labels), np.repeat(np.arange(n), drawn)]
     order = np.argsort(rows, kind="stable")  # each row's ratings, then its draws
