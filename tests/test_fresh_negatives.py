@@ -23,38 +23,49 @@ def _pairs(ptr: np.ndarray, items: np.ndarray, keys: np.ndarray) -> set[tuple[in
     return {(int(keys[r]), int(i)) for r in range(len(ptr) - 1) for i in items[ptr[r] : ptr[r + 1]]}
 
 
-def test_fresh_negatives_never_include_a_labelled_item_and_stay_within_the_count():
+@pytest.mark.parametrize("replace", [True, False])
+def test_fresh_negatives_never_include_a_labelled_item_and_stay_within_the_count(replace):
     row_ptr, labelled, keys, counts, weights = _block()
     for iteration in range(3):
-        ptr, items = fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=7, iteration=iteration)
+        ptr, items = fresh_negatives(
+            row_ptr, labelled, keys, counts, weights, seed=7, iteration=iteration, replace=replace
+        )
         assert _pairs(ptr, items, keys).isdisjoint(_pairs(row_ptr, labelled, keys))
         per_row = np.diff(ptr)
         assert np.all(per_row <= counts) and per_row.sum() > 0.5 * counts.sum()
+        if not replace:  # exactly K·n_r distinct items, or every unlabelled item there is
+            np.testing.assert_array_equal(per_row, np.minimum(counts, len(weights) - np.diff(row_ptr)))
         for r in range(len(counts)):  # distinct and sorted within a row
             assert np.all(np.diff(items[ptr[r] : ptr[r + 1]]) > 0)
 
 
-def test_fresh_negatives_are_a_pure_function_of_seed_iteration_and_user():
+@pytest.mark.parametrize("replace", [True, False])
+def test_fresh_negatives_are_a_pure_function_of_seed_iteration_and_user(replace):
     row_ptr, labelled, keys, counts, weights = _block()
-    a = fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=7, iteration=2)
-    b = fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=7, iteration=2)
+    a = fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=7, iteration=2, replace=replace)
+    b = fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=7, iteration=2, replace=replace)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     # the same users in another block, in reverse order: each draws the same items
     order = np.arange(len(counts))[::-1]
     rows = [labelled[row_ptr[r] : row_ptr[r + 1]] for r in order]
     other_ptr = np.r_[0, np.cumsum([len(x) for x in rows])]
-    c = fresh_negatives(other_ptr, np.concatenate(rows), keys[order], counts[order], weights, seed=7, iteration=2)
+    c = fresh_negatives(
+        other_ptr, np.concatenate(rows), keys[order], counts[order], weights, seed=7, iteration=2, replace=replace
+    )
     assert _pairs(*c, keys[order]) == _pairs(*a, keys)
     # another seed draws other items
-    d = fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=8, iteration=2)
+    d = fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=8, iteration=2, replace=replace)
     assert _pairs(*d, keys) != _pairs(*a, keys)
 
 
-def test_fresh_negatives_differ_between_iterations():
+@pytest.mark.parametrize("replace", [True, False])
+def test_fresh_negatives_differ_between_iterations(replace):
     row_ptr, labelled, keys, counts, weights = _block()
+    counts = np.diff(row_ptr)  # K = 1: few enough that a row's draws can change between iterations
     draws = [
-        _pairs(*fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=7, iteration=i), keys) for i in range(4)
+        _pairs(*fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=7, iteration=i, replace=replace), keys)
+        for i in range(4)
     ]
     for i in range(4):
         for j in range(i + 1, 4):
@@ -62,18 +73,42 @@ def test_fresh_negatives_differ_between_iterations():
             assert overlap < 0.8  # each iteration sees mostly items another did not
 
 
-def test_draws_follow_the_weights():
-    """Hashed uniforms are uniform, and items are drawn in proportion to their weights."""
+@pytest.mark.parametrize("replace", [True, False])
+def test_draws_follow_the_weights(replace):
+    """Hashed uniforms are uniform, and items are drawn in proportion to their weights (without
+    replacement, a row's first draw is: one draw each)."""
     u = hashed_uniforms(3, 1, np.arange(2000), np.arange(2000) % 7)
     assert abs(u.mean() - 0.5) < 0.02 and abs(np.mean(u < 0.25) - 0.25) < 0.03
     weights = np.array([1.0, 2.0, 3.0, 0.0, 4.0])
-    ptr = np.zeros(1001, np.int64)  # 1000 users without labels, one draw each
+    ptr = np.zeros(2001, np.int64)  # 2000 users without labels, one draw each
     got_ptr, items = fresh_negatives(
-        ptr, np.empty(0, np.int64), np.arange(1000), np.ones(1000), weights, seed=1, iteration=0
+        ptr, np.empty(0, np.int64), np.arange(2000), np.ones(2000), weights, seed=1, iteration=0, replace=replace
     )
     share = np.bincount(items, minlength=5) / len(items)
-    assert len(items) == 1000 and share[3] == 0.0
-    np.testing.assert_allclose(share, weights / weights.sum(), atol=0.04)
+    assert len(items) == 2000 and share[3] == 0.0
+    np.testing.assert_allclose(share, weights / weights.sum(), atol=0.03)
+
+
+def test_without_replacement_a_heavy_row_takes_its_items_by_weight():
+    """Two draws of three items without replacement: the pair left out is, in share, the
+    successive-sampling chance (w_a/W)(w_b/(W − w_a)) summed over orders."""
+    weights = np.array([1.0, 2.0, 3.0])
+    n = 3000
+    ptr, items = fresh_negatives(
+        np.zeros(n + 1, np.int64), np.empty(0, np.int64), np.arange(n), np.full(n, 2), weights, seed=5,
+        iteration=1, replace=False,
+    )  # fmt: skip
+    assert np.all(np.diff(ptr) == 2)
+    left_out = 3 - items.reshape(n, 2).sum(axis=1)  # the item not taken: 0 + 1 + 2 = 3
+    total = weights.sum()
+
+    def both(a: int, b: int) -> float:
+        return weights[a] / total * weights[b] / (total - weights[a]) + weights[b] / total * weights[a] / (
+            total - weights[b]
+        )
+
+    expected = [both(1, 2), both(0, 2), both(0, 1)]
+    np.testing.assert_allclose(np.bincount(left_out, minlength=3) / n, expected, atol=0.03)
 
 
 def _ratings(seed: int = 1, users: int = 40, items: int = 30):
