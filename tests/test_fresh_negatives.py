@@ -234,3 +234,23 @@ def test_a_blockwise_fit_draws_at_the_rates_of_one_task(spark):
             local_differs |= not np.array_equal(old_counts, counts) or not np.array_equal(old_pool, pool)
     assert local_differs
     blocks.unpersist()
+
+
+def test_without_replacement_both_ways_draw_one_distribution(monkeypatch):
+    """Light rows (first distinct draws with replacement) and heavy rows (smallest exponential
+    keys) take each item with the same chance: 2 of 6 skewed items, 4000 rows each way."""
+    from cfspark.data import negatives
+
+    weights = np.array([8.0, 4.0, 2.0, 1.0, 1.0, 0.5])
+    n = 4000
+    shares = []
+    for light_share in (1.0, 0.0):  # every row light, then every row heavy
+        monkeypatch.setattr(negatives, "LIGHT_SHARE", light_share)
+        ptr, items = fresh_negatives(
+            np.zeros(n + 1, np.int64), np.empty(0, np.int64), np.arange(n), np.full(n, 2), weights, seed=2,
+            iteration=0, replace=False,
+        )  # fmt: skip
+        assert np.all(np.diff(ptr) == 2)
+        shares.append(np.bincount(items, minlength=6) / n)
+    np.testing.assert_allclose(shares[0], shares[1], atol=0.03)
+    assert shares[0][0] > 0.6 and shares[0][5] < 0.15  # and not uniform

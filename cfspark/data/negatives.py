@@ -168,6 +168,9 @@ def fresh_negatives(
 
 # smallest_keys' keys are computed for this many (row, item) pairs at a time.
 KEY_CHUNK = 1 << 22
+# A row that wants at most this share of its drawable items is sampled by drawing with
+# replacement (OVERSAMPLE times what it wants, plus a few) and keeping its first distinct draws.
+LIGHT_SHARE, OVERSAMPLE = 0.5, 2
 
 
 def smallest_keys(
@@ -180,43 +183,91 @@ def smallest_keys(
     seed: int,
     iteration: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """fresh_negatives without replacement: (row_ptr, items) where row r takes the counts[r]
-    items of smallest key −log(u)/w (Efraimidis–Spirakis: a weighted sample without
-    replacement, ∝ weights at every step), u a hashed uniform of (seed, iteration, user key,
-    item), over the items of positive weight that the row has no label for; all of them
-    where there are fewer. Every row computes a key for every item of the block's list, in
-    chunks of rows of at most KEY_CHUNK keys."""
+    """fresh_negatives without replacement: (row_ptr, items), row r taking min(counts[r], its
+    drawable items) distinct items of positive weight that it has no label for, each step of
+    the sample ∝ weights among the items not yet taken (successive sampling).
+
+    Two ways give that sample, both pure functions of (seed, iteration, user key): a row that
+    wants few of its items draws with replacement and keeps its first distinct draws in draw
+    order (repeats and labelled items skipped); the others, and a light row whose draws ran
+    short, take the items of smallest key −log(u)/w, u a hashed uniform of the item
+    (Efraimidis–Spirakis), which costs a key for every item of the block's list."""
     counts = np.asarray(counts, dtype=np.int64)
     weights = np.asarray(weights, dtype=np.float64)
-    n, n_items = len(counts), len(weights)
-    drawable = np.flatnonzero(weights > 0)
-    inverse_w = 1.0 / weights[drawable]
-    position = np.full(n_items, -1, np.int64)
-    position[drawable] = np.arange(len(drawable))
+    row_ptr = np.asarray(row_ptr, dtype=np.int64)
     labelled = np.asarray(labelled, dtype=np.int64)
-    labelled_rows = np.repeat(np.arange(n), np.diff(row_ptr))
     user_keys = np.asarray(user_keys)
-    step = max(1, KEY_CHUNK // max(len(drawable), 1))
+    n = len(counts)
+    labelled_rows = np.repeat(np.arange(n), np.diff(row_ptr))
+    drawable_labels = np.bincount(labelled_rows[weights[labelled] > 0], minlength=n).astype(np.int64)
+    available = int((weights > 0).sum()) - drawable_labels
+    want = np.minimum(counts, available).clip(0)
+    light = want <= LIGHT_SHARE * available
+    rows_l, items_l, short = _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, iteration)
+    heavy = np.flatnonzero((~light | short) & (want > 0))
+    rows_h, items_h = _exponential_keys(row_ptr, labelled, user_keys, want, heavy, weights, seed, iteration)
+    out_rows, out_items = np.r_[rows_l, rows_h], np.r_[items_l, items_h]
+    order = np.lexsort((out_items, out_rows))  # by row, then item
+    out_rows, out_items = out_rows[order], out_items[order]
+    ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=n))].astype(np.int64)
+    return ptr, out_items.astype(np.int64)
+
+
+def _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, iteration):
+    """The light rows' samples: each draws OVERSAMPLE·want + 8 items with replacement ∝ weights
+    and keeps its first want distinct unlabelled ones, in draw order. (rows, items) of the rows
+    that got enough, and a mask of the light rows that did not."""
+    n, n_items = len(want), len(weights)
+    m = np.where(light & (want > 0), OVERSAMPLE * want + 8, 0)
+    rows = np.repeat(np.arange(n), m)
+    draw = np.arange(len(rows)) - np.repeat(np.cumsum(m) - m, m)
+    cdf = np.cumsum(weights)
+    u = hashed_uniforms(seed, iteration, user_keys, draw, rows)
+    items = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n_items - 1)
+    pair = rows * n_items + items
+    order = np.lexsort((draw, pair))  # by pair, then draw: each pair's first draw leads
+    first = order[np.r_[True, pair[order][1:] != pair[order][:-1]]] if len(order) else order
+    labelled_rows = np.repeat(np.arange(n), np.diff(row_ptr))
+    taken = np.sort(labelled_rows * n_items + labelled)
+    if len(taken) and len(first):
+        at = np.minimum(np.searchsorted(taken, pair[first]), len(taken) - 1)
+        first = first[taken[at] != pair[first]]
+    first = np.sort(first)  # draw order within each row (positions are by row, then draw)
+    got_rows = rows[first]
+    starts = np.r_[0, np.cumsum(np.bincount(got_rows, minlength=n))[:-1]]
+    rank = np.arange(len(first)) - starts[got_rows]
+    keep = rank < want[got_rows]
+    got = np.bincount(got_rows[keep], minlength=n)
+    short = light & (got < want)
+    keep &= ~short[got_rows]
+    return got_rows[keep], items[first][keep], short
+
+
+def _exponential_keys(row_ptr, labelled, user_keys, want, chosen_rows, weights, seed, iteration):
+    """(rows, items): each of chosen_rows takes the want items of smallest key −log(u)/w over the
+    drawable items it has no label for, in chunks of at most KEY_CHUNK keys."""
+    drawable = np.flatnonzero(weights > 0)
+    if not len(drawable) or not len(chosen_rows):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    inverse_w = 1.0 / weights[drawable]
+    position = np.full(len(weights), -1, np.int64)
+    position[drawable] = np.arange(len(drawable))
+    step = max(1, KEY_CHUNK // len(drawable))
     taken_rows, taken_items = [], []
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        want = counts[lo:hi]
-        if not len(drawable) or want.max(initial=0) <= 0:
-            continue
-        rows = np.repeat(np.arange(hi - lo), len(drawable))
-        u = hashed_uniforms(seed, iteration, user_keys[lo:hi], np.tile(drawable, hi - lo), rows)
-        keys = (-np.log1p(-u)).reshape(hi - lo, len(drawable)) * inverse_w  # Exp(1) / w
-        mine = slice(row_ptr[lo], row_ptr[hi])
+    for lo in range(0, len(chosen_rows), step):
+        part = chosen_rows[lo : lo + step]
+        rows = np.repeat(np.arange(len(part)), len(drawable))
+        u = hashed_uniforms(seed, iteration, user_keys[part], np.tile(drawable, len(part)), rows)
+        keys = (-np.log1p(-u)).reshape(len(part), len(drawable)) * inverse_w  # Exp(1) / w
+        spans = [np.arange(row_ptr[r], row_ptr[r + 1]) for r in part]
+        mine = np.concatenate(spans) if spans else np.empty(0, np.int64)
         at = position[labelled[mine]]
-        keys[labelled_rows[mine][at >= 0] - lo, at[at >= 0]] = np.inf  # never a labelled item
+        row_of = np.repeat(np.arange(len(part)), [len(x) for x in spans])
+        keys[row_of[at >= 0], at[at >= 0]] = np.inf  # never a labelled item
         order = np.argsort(keys, axis=1)
         rank = np.empty_like(order)
         np.put_along_axis(rank, order, np.arange(len(drawable))[None, :], axis=1)
-        chosen = (rank < want[:, None]) & np.isfinite(keys)
-        r, c = np.nonzero(chosen)  # by row, then by item
-        taken_rows.append(r + lo)
+        r, c = np.nonzero((rank < want[part][:, None]) & np.isfinite(keys))
+        taken_rows.append(part[r])
         taken_items.append(drawable[c])
-    out_rows = np.concatenate(taken_rows) if taken_rows else np.empty(0, np.int64)
-    out_items = np.concatenate(taken_items) if taken_items else np.empty(0, np.int64)
-    ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=n))].astype(np.int64)
-    return ptr, out_items.astype(np.int64)
+    return np.concatenate(taken_rows), np.concatenate(taken_items)
