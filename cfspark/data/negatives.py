@@ -206,9 +206,8 @@ def smallest_keys(
     rows_l, items_l, short = _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, iteration)
     heavy = np.flatnonzero((~light | short) & (want > 0))
     rows_h, items_h = _exponential_keys(row_ptr, labelled, user_keys, want, heavy, weights, seed, iteration)
-    out_rows, out_items = np.r_[rows_l, rows_h], np.r_[items_l, items_h]
-    order = np.lexsort((out_items, out_rows))  # by row, then item
-    out_rows, out_items = out_rows[order], out_items[order]
+    pairs = np.sort(np.r_[rows_l, rows_h] * len(weights) + np.r_[items_l, items_h])  # by row, then item
+    out_rows, out_items = pairs // len(weights), pairs % len(weights)
     ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=n))].astype(np.int64)
     return ptr, out_items.astype(np.int64)
 
@@ -225,8 +224,7 @@ def _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, it
     u = hashed_uniforms(seed, iteration, user_keys, draw, rows)
     items = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n_items - 1)
     pair = rows * n_items + items
-    order = np.lexsort((draw, pair))  # by pair, then draw: each pair's first draw leads
-    first = order[np.r_[True, pair[order][1:] != pair[order][:-1]]] if len(order) else order
+    first = np.unique(pair, return_index=True)[1]  # each pair's first draw (positions: by row, then draw)
     labelled_rows = np.repeat(np.arange(n), np.diff(row_ptr))
     taken = np.sort(labelled_rows * n_items + labelled)
     if len(taken) and len(first):
