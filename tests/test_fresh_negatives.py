@@ -254,3 +254,18 @@ def test_without_replacement_both_ways_draw_one_distribution(monkeypatch):
         shares.append(np.bincount(items, minlength=6) / n)
     np.testing.assert_allclose(shares[0], shares[1], atol=0.03)
     assert shares[0][0] > 0.6 and shares[0][5] < 0.15  # and not uniform
+
+
+def test_the_guided_inverse_cdf_is_the_binary_search():
+    from cfspark.data.negatives import inverse_cdf
+
+    rng = np.random.default_rng(4)
+    for weights in (
+        rng.pareto(1.0, 500) + 0.01,  # heavy-tailed
+        np.r_[np.zeros(40), rng.integers(0, 3, 200).astype(float), np.zeros(100), [5.0]],  # runs of zeros
+        np.array([2.0]),
+    ):
+        u = np.r_[rng.random(20000), 0.0, 1.0 - 2.0**-53]
+        cdf = np.cumsum(weights)
+        expected = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), len(weights) - 1)
+        np.testing.assert_array_equal(inverse_cdf(weights, u), expected)
