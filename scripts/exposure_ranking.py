@@ -10,14 +10,15 @@ P(exposed) alone, with each fit's seconds. Variants:
 
 - fixed: 0-labels drawn once before the fit (per user, ∝ √ of the items' label counts, without
   replacement, never a labelled item), with the item offset from the items' exposure rates;
-- fresh: the default, 0-labels drawn afresh inside each half-step (train/sampled.py);
+- fresh: the default, 0-labels drawn afresh inside each half-step (train/sampled.py), without
+  replacement (replace=1: with replacement, repeats dropped);
 - all: every unlabelled pair a 0 of weight 1 (the positive-only model), P(exposed) = σ(w·x),
   or its score clipped to [1e-4, ∞) with clip=1.
 
 A variant takes options after a colon, e.g. fresh:reg=0.03,k=16: reg (the exposure λ, 0.01),
 pref (the preference λ, 0.1), k (0-labels per label, 32), w (their weight, 0.5), seed, rank
-(10), alpha (the all-items confidence 1 + α·log 2), replace (fresh only: 1 draws with
-replacement and drops repeats, 0 takes each row's K·n smallest exponential keys). The preference model's test AUC is printed
+(10), alpha (the all-items confidence 1 + α·log 2), replace (fresh only: 0, the default, draws
+K·n distinct items; 1 draws K·n with replacement and drops repeats). The preference model's test AUC is printed
 once per (pref, rank). SPLIT_SEED (default 42) seeds the split.
 """
 
@@ -104,7 +105,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def options(variant: str) -> tuple[str, dict[str, float]]:
     """'fresh:reg=0.003,k=16' → ('fresh', {'reg': 0.003, 'k': 16.0}), over the defaults."""
     name, _, rest = variant.partition(":")
-    values = {"reg": 0.01, "k": K, "w": W_NEG, "seed": 7, "pref": 0.1, "rank": RANK, "replace": 1}
+    values = {"reg": 0.01, "k": K, "w": W_NEG, "seed": 7, "pref": 0.1, "rank": RANK, "replace": 0}
     for part in filter(None, rest.split(",")):
         key, _, value = part.partition("=")
         values[key] = float(value)
