@@ -10,13 +10,15 @@ P(exposed) alone, with each fit's seconds. Variants:
 
 - fixed: 0-labels drawn once before the fit (per user, ∝ √ of the items' label counts, without
   replacement, never a labelled item), with the item offset from the items' exposure rates;
-- fresh: the default, 0-labels drawn afresh inside each half-step (train/sampled.py);
+- fresh: the default, 0-labels drawn afresh inside each half-step (train/sampled.py), without
+  replacement (replace=1: with replacement, repeats dropped);
 - all: every unlabelled pair a 0 of weight 1 (the positive-only model), P(exposed) = σ(w·x),
   or its score clipped to [1e-4, ∞) with clip=1.
 
 A variant takes options after a colon, e.g. fresh:reg=0.03,k=16: reg (the exposure λ, 0.01),
 pref (the preference λ, 0.1), k (0-labels per label, 32), w (their weight, 0.5), seed, rank
-(10), alpha (the all-items confidence 1 + α·log 2). The preference model's test AUC is printed
+(10), alpha (the all-items confidence 1 + α·log 2), replace (fresh only: 0, the default, draws
+K·n distinct items; 1 draws K·n with replacement and drops repeats). The preference model's test AUC is printed
 once per (pref, rank). SPLIT_SEED (default 42) seeds the split.
 """
 
@@ -103,7 +105,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def options(variant: str) -> tuple[str, dict[str, float]]:
     """'fresh:reg=0.003,k=16' → ('fresh', {'reg': 0.003, 'k': 16.0}), over the defaults."""
     name, _, rest = variant.partition(":")
-    values = {"reg": 0.01, "k": K, "w": W_NEG, "seed": 7, "pref": 0.1, "rank": RANK}
+    values = {"reg": 0.01, "k": K, "w": W_NEG, "seed": 7, "pref": 0.1, "rank": RANK, "replace": 0}
     for part in filter(None, rest.split(",")):
         key, _, value = part.partition("=")
         values[key] = float(value)
@@ -155,7 +157,9 @@ def main() -> None:
             z = ew_ @ w_.T
             p_exp = np.clip(z, 1e-4, None) if o.get("clip", 0) else 1 / (1 + np.exp(-z))
         else:
-            draws = Draws(per_label=int(o["k"]), weight=o["w"], sampling="sqrt", seed=int(o["seed"]))
+            draws = Draws(
+                per_label=int(o["k"]), weight=o["w"], sampling="sqrt", seed=int(o["seed"]), replace=bool(o["replace"])
+            )
             eoff = np.zeros(n_items)
             ew_, w_, secs, its = fit(tu, ti, np.ones(len(tu)), None, None, n_users, n_items, o["reg"], draws)
         if name != "all":
@@ -163,7 +167,11 @@ def main() -> None:
         score = np.log(p_exp * p_like)  # the ranking's order, as a row · item product for ndcg_at_k
         both = ndcg_at_k(score, np.eye(n_items), rows, seen, held, 10)
         alone = ndcg_at_k(np.log(p_exp), np.eye(n_items), rows, seen, held, 10)
-        print(f"{variant}: NDCG@10 {both:.4f} (P(exposed) alone {alone:.4f}); fit {secs:.1f} s, {its} iterations")
+        score_auc = auc(score[u[tested], i[tested]], label[tested])
+        print(
+            f"{variant}: NDCG@10 {both:.4f} (P(exposed) alone {alone:.4f}), score AUC {score_auc:.4f};"
+            f" fit {secs:.1f} s, {its} iterations"
+        )
 
 
 if __name__ == "__main__":

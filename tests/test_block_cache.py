@@ -52,7 +52,7 @@ def test_a_worker_keeps_copies_of_one_blocks_key_within_its_budget(tmp_path, mon
     cache.release()
     a, arrays = CacheKey("blocks-a", "user"), _arrays(100)
     size = cache.nbytes(arrays)
-    assert size == 100 * (8 + 8 + 4 + 8 + 4 + 8 + 4 + 8 + 4)  # keys, row_ptr, cols, y, src, ... out_idx
+    assert size == 100 * (8 + 8 + 4 + 8 + 4 + 8 + 4 + 8 + 4 + 8)  # keys, row_ptr, cols, y, src, ... col_labels
     assert cache.keep(a, 0, arrays) and cache.keep(a, 1, arrays)
     got = cache.lookup(a, 1)
     assert got["cols"] is not arrays["cols"] and np.array_equal(got["cols"], arrays["cols"])

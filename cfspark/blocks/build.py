@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
@@ -24,14 +25,18 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.blocks.cache import release_workers
+from cfspark.blocks.codec import cell
 from cfspark.blocks.inblock import (
     CHUNK_SCHEMA,
     INBLOCK_SCHEMA,
     INDEX_SCHEMA,
+    LABELS_SCHEMA,
     ChunkSide,
     chunk_ratings,
     index_rows,
+    label_messages,
     pack_chunks,
+    with_col_labels,
 )
 from cfspark.blocks.partitioning import PART, partition_key
 from cfspark.blocks.placement import (
@@ -81,6 +86,9 @@ class Blocks:
     _indexes: dict[str, DataFrame] = field(default_factory=dict, repr=False)
     # Names these blocks in the Python workers' caches of decoded InBlocks (blocks/cache.py).
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # With label counts (build_blocks' label_counts): the number of ratings and, over every item,
+    # Σ √(its ratings) and the number of items, the sums sampled 0-labels are drawn against.
+    label_totals: dict[str, float] | None = None
 
     @property
     def num_user_blocks(self) -> int:
@@ -137,6 +145,38 @@ def _pack(chunks: DataFrame, side: int, placements: tuple[Placement, Placement],
     return keyed.repartition(own.num_blocks, PART).cache()
 
 
+def _with_labels(inblocks: DataFrame, other: DataFrame, num_blocks: int) -> DataFrame:
+    """inblocks with col_labels: the other side's blocks send the label counts of the rows each
+    block receives (one small message per pair of blocks, once), cogrouped in place."""
+    outboxes = other.select(BLOCK, "row_ptr", "out_dest", "out_ptr", "out_idx")
+    messages = outboxes.mapInArrow(label_messages, LABELS_SCHEMA)
+    messages = messages.withColumn(PART, partition_key(F.col("dest"), num_blocks))
+    grouped = inblocks.groupBy(PART).cogroup(messages.groupBy(PART))
+    labelled = grouped.applyInArrow(with_col_labels, INBLOCK_SCHEMA)
+    keyed = labelled.withColumn(PART, partition_key(F.col(BLOCK), num_blocks))
+    return keyed.repartition(num_blocks, PART).cache()
+
+
+_TOTALS_SCHEMA = "labels double, sqrt_labels double, entities double"
+
+
+def _totals(batches):
+    """mapInArrow body over InBlocks: per block, Σ of its rows' ratings, of their √, and its rows."""
+    for batch in batches:
+        counts = [np.diff(cell(batch, "row_ptr", r, np.int64)).astype(np.float64) for r in range(batch.num_rows)]
+        yield pa.RecordBatch.from_pylist(
+            [{"labels": c.sum(), "sqrt_labels": np.sqrt(c).sum(), "entities": float(len(c))} for c in counts],
+            schema=pa.schema([(n, pa.float64()) for n in ("labels", "sqrt_labels", "entities")]),
+        )
+
+
+def label_totals(items: DataFrame) -> dict[str, float]:
+    """{labels, sqrt_labels, entities} summed over the item InBlocks (one small job)."""
+    per_block = items.select("row_ptr").mapInArrow(_totals, _TOTALS_SCHEMA)
+    row = per_block.agg(*[F.sum(n).alias(n) for n in ("labels", "sqrt_labels", "entities")]).first()
+    return {n: float(row[n] or 0.0) for n in ("labels", "sqrt_labels", "entities")}
+
+
 def _chunk(targets: DataFrame, dtypes: dict, rules: dict[str, tuple[int, int, Placement | None]]) -> DataFrame:
     """The ratings cut into chunks in one Arrow pass, cached: rules[id_col] = (blocks, key
     seed, placement or None to cut by the hashed block alone)."""
@@ -177,6 +217,7 @@ def build_blocks(
     seed: int,
     max_block_ratings: int = 10_000_000,
     num_ratings: int | None = None,
+    label_counts: bool = False,
 ) -> Blocks:
     """Place users and items in blocks and pack both sides, with no join of ratings to ids.
 
@@ -185,6 +226,8 @@ def build_blocks(
     num_ratings, the number of targets if known, saves counting them.
     Initial factors are drawn from xxhash64(id, seed) (users) and xxhash64(id, seed + 1)
     (items), so the model does not depend on the number of blocks.
+    label_counts: each InBlock also gets its cols' label counts over all blocks (col_labels),
+    and the Blocks the sums of label_totals, which fresh sampled 0-labels need (train/sampled.py).
 
     The ratings cross to Python once: they are cut into chunks by each side's hashed
     block first; integer user ids are counted from those chunks (item counts come from
@@ -228,4 +271,13 @@ def build_blocks(
         items = _pack(chunks, 1, (users_at, items_at), cut_placed)
         users.select(BLOCK).unionByName(items.select(BLOCK)).count()  # one job caches both
         chunks.unpersist()
-    return Blocks(users, items, user_side, item_side)
+        totals = None
+        if label_counts:
+            packed = (users, items)
+            users = _with_labels(packed[0], packed[1], users_at.num_blocks)
+            items = _with_labels(packed[1], packed[0], items_at.num_blocks)
+            users.select(BLOCK).unionByName(items.select(BLOCK)).count()
+            for df in packed:
+                df.unpersist()
+            totals = label_totals(items)
+    return Blocks(users, items, user_side, item_side, label_totals=totals)

@@ -43,6 +43,7 @@ STEP_COLUMNS = {
     "out_dest": np.int32,
     "out_ptr": np.int64,
     "out_idx": np.int32,
+    "col_labels": np.float64,  # the cols' label counts over all blocks, or None (train/sampled.py)
 }
 
 Arrays = dict[str, np.ndarray | None]

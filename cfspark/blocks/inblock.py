@@ -11,7 +11,10 @@ An InBlock row holds, for one block of users (or items):
 - src, src_ptr, col_ids: which other-side blocks send vectors here, where each
   block's rows start in the assembled matrix, and which of their entities (by value) they are;
 - out_dest, out_ptr, out_idx: the OutBlock, which of its own rows each other-side
-  block needs, so each factor vector travels at most once to each block.
+  block needs, so each factor vector travels at most once to each block;
+- col_labels: each col's entity's label count over all blocks, or null: a block sees only its
+  own rows' ratings, so sampled 0-labels drawn at one task's rates need the other side's counts
+  (train/sampled.py); label_messages and with_col_labels fill it in once, at setup.
 
 Both sides order every block's entities by value, so a block sends the rows another block
 needs in ascending value, which is the order that block's cols expect: no ids are
@@ -36,7 +39,7 @@ EXTRAS = ("offset", "weight")
 
 INBLOCK_SCHEMA = (
     "block int, n int, ids binary, keys binary, row_ptr binary, cols binary, y binary, offset binary, weight binary, "
-    "src binary, src_ptr binary, col_ids binary, out_dest binary, out_ptr binary, out_idx binary"
+    "src binary, src_ptr binary, col_ids binary, out_dest binary, out_ptr binary, out_idx binary, col_labels binary"
 )
 
 
@@ -305,7 +308,49 @@ def pack_chunks(table: pa.Table, other_route: tuple[np.ndarray, np.ndarray] = _N
         "n": pa.array([arrays.pop("n")], pa.int32()),
     }
     row.update({name: pa.array([blob(a)], pa.binary()) for name, a in arrays.items()})
+    row["col_labels"] = pa.array([None], pa.binary())
     return pa.table(row)
+
+
+LABELS_SCHEMA = "dest int, src int, labels binary"
+
+
+def label_messages(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body over one side's InBlocks: for each block of the other side, the label
+    counts of the rows it receives, in the order its messages carry them (the OutBlock's)."""
+    for batch in batches:
+        rows = []
+        for r in range(batch.num_rows):
+            block = batch.column("block")[r].as_py()
+            labels = np.diff(cell(batch, "row_ptr", r, np.int64)).astype(np.float64)
+            dest, ptr = cell(batch, "out_dest", r, np.int32), cell(batch, "out_ptr", r, np.int64)
+            idx = cell(batch, "out_idx", r, np.int32)
+            rows += [
+                {"dest": int(d), "src": block, "labels": blob(labels[idx[ptr[j] : ptr[j + 1]]])}
+                for j, d in enumerate(dest)
+            ]
+        yield pa.RecordBatch.from_pylist(
+            rows, schema=pa.schema([("dest", pa.int32()), ("src", pa.int32()), ("labels", pa.binary())])
+        )
+
+
+def with_col_labels(inblock: pa.Table, messages: pa.Table) -> pa.Table:
+    """cogroup(InBlock, label_messages).applyInArrow body: the InBlock with col_labels, its
+    cols' label counts stacked in src order as the half-step stacks their params."""
+    if inblock.num_rows == 0:
+        raise RuntimeError("label counts reached a block that has no ratings")
+    src = messages.column("src").to_numpy()
+    order = np.argsort(src, kind="stable")
+    expected = cell(inblock, "src", 0, np.int32)
+    if not np.array_equal(src[order], expected):
+        raise RuntimeError(f"block expected label counts from {expected.tolist()}, got {src[order].tolist()}")
+    parts = [cell(messages, "labels", int(j), np.float64) for j in order]
+    labels = np.concatenate(parts) if parts else np.empty(0)
+    if len(labels) != len(cell(inblock, "col_ids", 0, np.int64)):
+        raise RuntimeError("label counts do not match the block's cols")
+    names = [n.split()[0] for n in INBLOCK_SCHEMA.split(", ")]
+    columns = {n: inblock.column(n) for n in names if n != "col_labels"}
+    return pa.table({**columns, "col_labels": pa.array([blob(labels)], pa.binary())})
 
 
 INDEX_SCHEMA = "value long, block int, local int"

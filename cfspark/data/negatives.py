@@ -121,6 +121,33 @@ def hashed_uniforms(
     return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
+# inverse_cdf walks forward from its guide table at most this many steps, then searches.
+GUIDE_STEPS = 32
+
+
+def inverse_cdf(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """For each u in [0, 1), the item i with cdf[i−1] ≤ u·total < cdf[i] (cdf the running sum
+    of weights), as np.searchsorted(cdf, u·total, side="right") gives it, capped at the last
+    item. A guide table (the first item of each of len(weights) equal slices of [0, total))
+    starts each search a step or two before its item, so a draw costs a few gathers instead
+    of a binary search over every item (measured below in docs/benchmarks.md)."""
+    cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
+    n = len(cdf)
+    target = u * cdf[-1]
+    # Each slice's start, a hair low: the guide is never past the item it leads to.
+    guide = np.searchsorted(cdf, np.arange(n) * (cdf[-1] / n) * (1.0 - 1e-12), side="right")
+    idx = np.minimum(guide[np.minimum((u * n).astype(np.int64), n - 1)], n - 1)
+    todo = np.flatnonzero((cdf[idx] <= target) & (idx < n - 1))
+    for _ in range(GUIDE_STEPS):
+        if not len(todo):
+            break
+        idx[todo] += 1
+        todo = todo[(cdf[idx[todo]] <= target[todo]) & (idx[todo] < n - 1)]
+    if len(todo):  # a long run of small or zero weights: search the rest
+        idx[todo] = np.minimum(np.searchsorted(cdf, target[todo], side="right"), n - 1)
+    return idx
+
+
 def fresh_negatives(
     row_ptr: np.ndarray,
     labelled: np.ndarray,
@@ -130,6 +157,7 @@ def fresh_negatives(
     *,
     seed: int,
     iteration: int,
+    replace: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row_ptr, items) of one iteration's sampled negatives for a block of users, in CSR.
 
@@ -139,15 +167,17 @@ def fresh_negatives(
     key, draw index), so a user's draws do not depend on the block it sits in, and another
     iteration draws afresh. Draws that hit a labelled item of the user, or repeat one, are
     dropped: a row gets at most counts[r] distinct items, never one it has a label for.
-    Vectorised over the whole block: no loop over rows.
+    Vectorised over the whole block: no loop over rows. Without replace, a row gets
+    min(counts[r], its drawable items) distinct items instead (smallest_keys).
     """
+    if not replace:
+        return smallest_keys(row_ptr, labelled, user_keys, counts, weights, seed=seed, iteration=iteration)
     counts = np.asarray(counts, dtype=np.int64)
     n_items = len(weights)
     rows = np.repeat(np.arange(len(counts)), counts)
     draw = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
     u = hashed_uniforms(seed, iteration, np.asarray(user_keys), draw, rows)
-    items = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), n_items - 1)
+    items = inverse_cdf(weights, u)
     # Sorted pair keys, deduplicated and without the labelled pairs, by sorting and binary search:
     # np.unique and np.isin hash unsorted int64 keys, which took seconds a half-step on 2.6M draws.
     keys = np.sort(rows * n_items + items)
@@ -160,3 +190,107 @@ def fresh_negatives(
     out_rows, out_items = keys // n_items, keys % n_items
     ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=len(counts)))].astype(np.int64)
     return ptr, out_items.astype(np.int64)
+
+
+# smallest_keys' keys are computed for this many (row, item) pairs at a time.
+KEY_CHUNK = 1 << 22
+# A row that wants at most this share of its drawable items is sampled by drawing with
+# replacement (OVERSAMPLE times what it wants, plus a few) and keeping its first distinct draws.
+LIGHT_SHARE, OVERSAMPLE = 0.5, 2
+
+
+def smallest_keys(
+    row_ptr: np.ndarray,
+    labelled: np.ndarray,
+    user_keys: np.ndarray,
+    counts: np.ndarray,
+    weights: np.ndarray,
+    *,
+    seed: int,
+    iteration: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """fresh_negatives without replacement: (row_ptr, items), row r taking min(counts[r], its
+    drawable items) distinct items of positive weight that it has no label for, each step of
+    the sample ∝ weights among the items not yet taken (successive sampling).
+
+    Two ways give that sample, both pure functions of (seed, iteration, user key): a row that
+    wants few of its items draws with replacement and keeps its first distinct draws in draw
+    order (repeats and labelled items skipped); the others, and a light row whose draws ran
+    short, take the items of smallest key −log(u)/w, u a hashed uniform of the item
+    (Efraimidis–Spirakis), which costs a key for every item of the block's list."""
+    counts = np.asarray(counts, dtype=np.int64)
+    weights = np.asarray(weights, dtype=np.float64)
+    row_ptr = np.asarray(row_ptr, dtype=np.int64)
+    labelled = np.asarray(labelled, dtype=np.int64)
+    user_keys = np.asarray(user_keys)
+    n = len(counts)
+    labelled_rows = np.repeat(np.arange(n), np.diff(row_ptr))
+    drawable_labels = np.bincount(labelled_rows[weights[labelled] > 0], minlength=n).astype(np.int64)
+    available = int((weights > 0).sum()) - drawable_labels
+    want = np.minimum(counts, available).clip(0)
+    light = want <= LIGHT_SHARE * available
+    rows_l, items_l, short = _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, iteration)
+    heavy = np.flatnonzero((~light | short) & (want > 0))
+    rows_h, items_h = _exponential_keys(row_ptr, labelled, user_keys, want, heavy, weights, seed, iteration)
+    pairs = np.sort(np.r_[rows_l, rows_h] * len(weights) + np.r_[items_l, items_h])  # by row, then item
+    out_rows, out_items = pairs // len(weights), pairs % len(weights)
+    ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=n))].astype(np.int64)
+    return ptr, out_items.astype(np.int64)
+
+
+def _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, iteration):
+    """The light rows' samples: each draws OVERSAMPLE·want + 8 items with replacement ∝ weights
+    and keeps its first want distinct unlabelled ones, in draw order. (rows, items) of the rows
+    that got enough, and a mask of the light rows that did not."""
+    n, n_items = len(want), len(weights)
+    m = np.where(light & (want > 0), OVERSAMPLE * want + 8, 0)
+    rows = np.repeat(np.arange(n), m)
+    draw = np.arange(len(rows)) - np.repeat(np.cumsum(m) - m, m)
+    u = hashed_uniforms(seed, iteration, user_keys, draw, rows)
+    items = inverse_cdf(weights, u)
+    pair = rows * n_items + items
+    first = np.unique(pair, return_index=True)[1]  # each pair's first draw (positions: by row, then draw)
+    labelled_rows = np.repeat(np.arange(n), np.diff(row_ptr))
+    taken = np.sort(labelled_rows * n_items + labelled)
+    if len(taken) and len(first):
+        at = np.minimum(np.searchsorted(taken, pair[first]), len(taken) - 1)
+        first = first[taken[at] != pair[first]]
+    first = np.sort(first)  # draw order within each row (positions are by row, then draw)
+    got_rows = rows[first]
+    starts = np.r_[0, np.cumsum(np.bincount(got_rows, minlength=n))[:-1]]
+    rank = np.arange(len(first)) - starts[got_rows]
+    keep = rank < want[got_rows]
+    got = np.bincount(got_rows[keep], minlength=n)
+    short = light & (got < want)
+    keep &= ~short[got_rows]
+    return got_rows[keep], items[first][keep], short
+
+
+def _exponential_keys(row_ptr, labelled, user_keys, want, chosen_rows, weights, seed, iteration):
+    """(rows, items): each of chosen_rows takes the want items of smallest key −log(u)/w over the
+    drawable items it has no label for, in chunks of at most KEY_CHUNK keys."""
+    drawable = np.flatnonzero(weights > 0)
+    if not len(drawable) or not len(chosen_rows):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    inverse_w = 1.0 / weights[drawable]
+    position = np.full(len(weights), -1, np.int64)
+    position[drawable] = np.arange(len(drawable))
+    step = max(1, KEY_CHUNK // len(drawable))
+    taken_rows, taken_items = [], []
+    for lo in range(0, len(chosen_rows), step):
+        part = chosen_rows[lo : lo + step]
+        rows = np.repeat(np.arange(len(part)), len(drawable))
+        u = hashed_uniforms(seed, iteration, user_keys[part], np.tile(drawable, len(part)), rows)
+        keys = (-np.log1p(-u)).reshape(len(part), len(drawable)) * inverse_w  # Exp(1) / w
+        spans = [np.arange(row_ptr[r], row_ptr[r + 1]) for r in part]
+        mine = np.concatenate(spans) if spans else np.empty(0, np.int64)
+        at = position[labelled[mine]]
+        row_of = np.repeat(np.arange(len(part)), [len(x) for x in spans])
+        keys[row_of[at >= 0], at[at >= 0]] = np.inf  # never a labelled item
+        order = np.argsort(keys, axis=1)
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(len(drawable))[None, :], axis=1)
+        r, c = np.nonzero((rank < want[part][:, None]) & np.isfinite(keys))
+        taken_rows.append(part[r])
+        taken_items.append(drawable[c])
+    return np.concatenate(taken_rows), np.concatenate(taken_items)

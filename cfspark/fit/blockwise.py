@@ -21,6 +21,7 @@ from cfspark.fit.warm import warm_start_from
 from cfspark.train.arrow_bodies import OUT_SCHEMA
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.factors import factor_table
+from cfspark.train.sampled import with_totals
 from cfspark.train.trainer import TrainResult, checkpoint_level, train
 
 RATINGS_PER_BLOCK = 3_000_000  # about 100 MB of block arrays per task, and enough tasks to keep cores busy
@@ -69,6 +70,7 @@ def setup(
     blocks = build_blocks(
         prepared.targets, prepared.baseline, num_user_blocks=users or auto, num_item_blocks=items or auto,
         seed=settings.seed, max_block_ratings=settings.maxBlockRatings, num_ratings=num_ratings,
+        label_counts=settings.draws is not None,
     )  # fmt: skip
     return blocks, prepared.item_stats, prepared.global_baseline
 
@@ -127,7 +129,8 @@ def fit_blockwise(
             )  # fmt: skip
     blocks, stats, global_baseline = setup(settings, train_ratings, num_ratings=num_ratings,
                                            global_mean=global_mean)  # fmt: skip
-    user_cfg, item_cfg = settings.step_config("user"), settings.step_config("item")
+    # Fresh 0-labels drawn at the rates of one task holding every label (train/sampled.py).
+    user_cfg, item_cfg = (with_totals(settings.step_config(s), blocks.label_totals) for s in ("user", "item"))
     start = warm_start_from(settings, blocks, user_cfg, item_cfg)
 
     def record(result: TrainResult, *, final: bool) -> FitRecord:

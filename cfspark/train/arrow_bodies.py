@@ -157,7 +157,7 @@ def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began
     before = params.copy()  # the step may write into params
     params, kept, losses = solve_rows(
         cfg, arrays["row_ptr"], arrays["cols"], arrays["y"], arrays["offset"], arrays["weight"], other, params, state,
-        gram, arrays["keys"],
+        gram, arrays["keys"], arrays.get("col_labels"),
     )  # fmt: skip
     moved = moved_squares(arrays["row_ptr"], arrays["cols"], params - before, other) if cfg.track_moves else 0.0
     solved = time.perf_counter()

@@ -7,9 +7,12 @@ its own: every row of the block (a user, in a user half-step) draws K·n_r items
 own item list, the other side's entities its ratings name, whose vectors the block receives
 anyway, so no message grows. Draws are data/negatives.py's fresh_negatives: a pure function of
 (seed, iteration, the row's hash key, draw index), never a labelled item of the row, and new at
-each iteration. Items are drawn ∝ their labels in the block (popularity), its square root (sqrt)
-or uniformly; an item half-step draws users so that both sides' 0-labels fall on a pair (u, i) at
-the same rate (draw_plan), and both half-steps fit one objective in expectation.
+each iteration; a row's draws are distinct (without replacement). Items are drawn ∝ their label
+count (popularity), its square root (sqrt) or uniformly; an item half-step draws users so that
+both sides' 0-labels fall on a pair (u, i) at the same rate (draw_plan), and both half-steps fit
+one objective in expectation. The counts are over all blocks (the InBlocks' col_labels and the
+totals with_totals sets), so a blockwise fit draws at the rates of one task holding every label;
+only the pool differs: a block draws from the entities its ratings name.
 
 A 0-label carries the pair's item offset (on the user side the item's, found from any of its
 ratings in the block; on the item side the row's own) and the weight negativeWeight.
@@ -37,6 +40,14 @@ class Draws:
     sampling: str  # popularity, sqrt or uniform (data/negatives.py's sampling_weights)
     seed: int
     iteration: int = 0
+    # Over all blocks (with_totals): the number of labels N and Σ_i g(n_i) over every item; 0: the
+    # block's own, which are the totals only where one block holds every label (the one-task fit).
+    labels_total: float = 0.0
+    share_total: float = 0.0
+    # Without replacement (the default): K·n_r distinct items, ∝ the weights at each step
+    # (data/negatives.py's smallest_keys); it ranked 3–5 % higher than drawing K·n_r with
+    # replacement and dropping repeats, which leaves a heavy row far fewer (docs/binary-labels.md).
+    replace: bool = False
 
 
 def draw_plan(draws: Draws, labels: np.ndarray, other_labels: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
@@ -50,8 +61,11 @@ def draw_plan(draws: Draws, labels: np.ndarray, other_labels: np.ndarray, side: 
     ∝ g(n_u) and K·n_i of them, as a mirror image of the user side, gives every item the same
     share of 0-labels whatever the sampling, which cancels item popularity out of P(exposed)
     (NDCG@10 0.231 against 0.255 on ml-latest-small ≥ 4, scripts/exposure_ranking.py).
-    Repeats are dropped on both sides, so a pair is a 0-label with chance about 1 − exp(−λ_ui)
-    in either half-step.
+    With replacement (repeats dropped) a pair is then a 0-label with chance about 1 − exp(−λ_ui)
+    in either half-step. Without (the default), a row takes min(its count, its unlabelled
+    entities) distinct ones, and the two sides saturate differently: on dense labels the item
+    half-step puts up to a quarter more 0-labels on the most labelled items than the user
+    half-step (tested), though as many in all and per user.
     """
     if side == "user":
         pool = sampling_weights(other_labels, draws.sampling)
@@ -59,9 +73,21 @@ def draw_plan(draws: Draws, labels: np.ndarray, other_labels: np.ndarray, side: 
         return draws.per_label * labels, pool
     share = sampling_weights(labels, draws.sampling)
     share[labels == 0] = 0.0
-    total = share.sum()
-    expected = draws.per_label * labels.sum() * share / total if total > 0 else np.zeros(len(labels))
+    total = draws.share_total or share.sum()
+    n = draws.labels_total or labels.sum()
+    expected = draws.per_label * n * share / total if total > 0 else np.zeros(len(labels))
     return np.rint(expected).astype(np.int64), other_labels.astype(np.float64)
+
+
+def with_totals(cfg: StepConfigLike, totals: dict[str, float] | None) -> StepConfigLike:
+    """cfg whose draws, if any, use the label totals over all blocks (blocks/build.py's
+    label_totals: labels, sqrt_labels, entities), so a block draws at one task's rates."""
+    draws = getattr(cfg, "draws", None)
+    if draws is None or totals is None:
+        return cfg
+    share = {"popularity": totals["labels"], "sqrt": totals["sqrt_labels"], "uniform": totals["entities"]}
+    exact = dataclasses.replace(draws, labels_total=totals["labels"], share_total=share[draws.sampling])
+    return dataclasses.replace(cfg, draws=exact)
 
 
 def with_negatives(
@@ -74,15 +100,20 @@ def with_negatives(
     keys: np.ndarray,
     n_other: int,
     side: str,
+    col_labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """(row_ptr, cols, y, offset, weight) of the block's ratings and this iteration's 0-labels,
     each row's ratings first, then its draws. cols index the n_other rows of the other side
-    the block holds; keys are the block's own rows' hash keys."""
+    the block holds; keys are the block's own rows' hash keys; col_labels, those rows' label
+    counts over all blocks (else counted in this block, exact only where it holds every label)."""
     row_ptr, cols = np.asarray(row_ptr, np.int64), np.asarray(cols, np.int64)
     n = len(row_ptr) - 1
     labels = np.diff(row_ptr)
-    counts, pool = draw_plan(draws, labels, np.bincount(cols, minlength=n_other), side)
-    neg_ptr, neg_cols = fresh_negatives(row_ptr, cols, keys, counts, pool, seed=draws.seed, iteration=draws.iteration)
+    other_labels = np.bincount(cols, minlength=n_other) if col_labels is None else np.asarray(col_labels)
+    counts, pool = draw_plan(draws, labels, other_labels, side)
+    neg_ptr, neg_cols = fresh_negatives(
+        row_ptr, cols, keys, counts, pool, seed=draws.seed, iteration=draws.iteration, replace=draws.replace
+    )
     drawn = np.diff(neg_ptr)
     rows = np.r_[np.repeat(np.arange(n), labels), np.repeat(np.arange(n), drawn)]
     order = np.argsort(rows, kind="stable")  # each row's ratings, then its draws

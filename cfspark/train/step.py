@@ -72,6 +72,7 @@ def solve_rows(
     state: AdamState | None,
     gram: np.ndarray | None = None,
     keys: np.ndarray | None = None,
+    col_labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, AdamState | None, tuple[float, float]]:
     """One half-step of one block in numpy: the rows' new params, the optimiser state to
     keep (Adam's; None otherwise) and the (data, L2) losses at the new params.
@@ -79,7 +80,8 @@ def solve_rows(
     row_ptr/cols/y/offset/weight are the block's ratings as CSR; other is the other side's params
     in the order cols index. gram (all_items only) is the other side's Gramian over all of its
     rows, when other holds only the rows this block's ratings name (train/all_items.py). keys, the
-    rows' hash keys, seed the rows' fresh 0-labels when cfg.draws is set (train/sampled.py).
+    rows' hash keys, seed the rows' fresh 0-labels when cfg.draws is set (train/sampled.py);
+    col_labels, the cols' label counts over all blocks, set the rates they are drawn at.
     """
     if cfg.all_items:
         params, data, l2 = all_items_rows(
@@ -90,7 +92,7 @@ def solve_rows(
         return params, None, (data, l2)
     if cfg.draws is not None:
         row_ptr, cols, y, offset, weight = with_negatives(
-            cfg.draws, row_ptr, cols, y, offset, weight, keys, len(other), cfg.side
+            cfg.draws, row_ptr, cols, y, offset, weight, keys, len(other), cfg.side, col_labels
         )
     problem = BlockProblem.build(
         row_ptr=row_ptr,
