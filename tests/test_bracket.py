@@ -132,3 +132,58 @@ def test_the_fit_at_the_choice_stops_once_an_iteration_cannot_move_an_rmse_by_mo
     assert np.sqrt(np.mean((after - before) ** 2)) == pytest.approx(moved[-1], rel=1e-9)
     rmse = [np.sqrt(np.mean((z - y) ** 2)) for z in (before, after)]
     assert abs(rmse[1] - rmse[0]) <= moved[-1]
+
+
+@pytest.mark.parametrize(("best", "skew"), [(0.07, 0.3), (4.0, -0.5), (0.0012, 0.0)])
+def test_refinement_stops_once_both_ends_of_the_bracket_score_within_resolution(best, skew):
+    curve = _curve(best, skew=skew)
+    resolution = 1e-3
+    full = bracket_search(curve, start=START, tol=TOL)
+    found = bracket_search(curve, start=START, tol=TOL, resolution=resolution)
+    # No more points, and the choice scores within resolution of the fine grid's best.
+    assert len(found.path) <= len(full.path)
+    fine = _fine_best(curve, 1e-4, 1e2)
+    assert found.score <= curve(fine) * (1 + resolution)
+    # It stopped because both neighbours are within resolution, or the bracket is tol wide.
+    regs = sorted(r for r, _ in found.path)
+    i = min(range(len(regs)), key=lambda j: abs(math.log(regs[j] / found.reg)))
+    a, c = regs[i - 1], regs[i + 1]
+    flat = all(curve(r) <= found.score * (1 + resolution) for r in (a, c))
+    assert flat or math.log(c / a) <= TOL
+
+
+def test_a_flat_side_of_the_bracket_is_not_probed():
+    # Worse by 0.05 % everywhere below 0.1 (within resolution), steep above.
+    def curve(reg: float) -> float:
+        d = math.log(reg / 0.1)
+        return 1.0 + 0.0005 * (d < 0) + 0.05 * max(d, 0.0) ** 2
+
+    found = bracket_search(curve, start=START, tol=TOL, resolution=1e-3)
+    assert found.reg == pytest.approx(0.1)
+    # Below 0.1 only the start grid's 0.03 is scored: the side is flat, and it is not probed.
+    assert [r for r, _ in found.path if r < 0.1 * (1 - 1e-9)] == pytest.approx([0.03])
+    assert len(found.path) < len(bracket_search(curve, start=START, tol=TOL).path)
+
+
+def test_the_fit_at_the_choice_also_stops_once_its_training_rmse_is_still():
+    p, y, keys_u, keys_i = _planted_arrays(3)
+    cfg = {side: StepConfig(side=side, rank=3, loss="mse", reg=0.05, init_scale=0.1, count_scaled=True)
+           for side in ("user", "item")}  # fmt: skip
+    still = 1e-3
+
+    def fit(iterations: int, **kw):
+        return fit_arrays(p.users, p.items, y, None, None, keys_u, keys_i, cfg["user"], cfg["item"],
+                          max_iter=iterations, **kw)  # fmt: skip
+
+    _, _, history, stop = fit(200, tol=0.0, settle=1e-9, still=still)
+    n = len(history)
+    assert stop.startswith("settled: the training RMSE") and 2 <= n < 200
+
+    def rmse(iterations: int) -> float:
+        W, X, _, _ = fit(iterations, tol=0.0)
+        return float(np.sqrt(np.mean((predictions(W, X, p.users, p.items) - y) ** 2)))
+
+    # The last iteration changed the training RMSE by at most still of it; the one before, by more.
+    last = [rmse(k) for k in (n - 2, n - 1, n)]
+    assert abs(last[2] - last[1]) <= still * last[1]
+    assert n == 2 or abs(last[1] - last[0]) > still * last[0]

@@ -76,13 +76,17 @@ def fit_auto_in_one_task(
         )  # fmt: skip
     found = record.pop("search")
     log_search(settings, found, 1.0)
+    took = found["task_seconds"]
+    log.info("automatic λ in one task: %.2f s indexing, %.2f s searching (%.2f s of it the rank step), %.2f s fitting",
+             took["input"], took["search"], found.get("rank_seconds", 0.0), took["fit"])  # fmt: skip
     reg, kept = found["reg"], found.get("rank", settings.rank)
     chosen = settings.carry(regParam=reg).replace(rank=kept)  # the model's shape, not a Param it carries
     chosen = chosen.in_als_units(unit) if settings.regUnits == "spread" else chosen
     fitted = _finish(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
                      began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
-    search = {k: found[k] for k in ("widened", "at_limit", "rank", "rank_path") if k in found}
+    kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds")
+    search = {k: found[k] for k in kept_keys if k in found}
     fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": 1.0}
     if settings.regUnits == "spread":
         fitted.summary["spread"] = stats.spread

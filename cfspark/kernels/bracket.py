@@ -42,6 +42,7 @@ def bracket_search(
     low: float = 1e-4,
     high: float = 1e2,
     max_calls: int = 30,
+    resolution: float = 0.0,
 ) -> Bracketed:
     """Minimise score(λ) over λ in [low, high]: widen until bracketed, then golden-section to tol.
 
@@ -78,13 +79,15 @@ def bracket_search(
             at_limit = keys.index(best) in (0, len(keys) - 1)
             break
     if not at_limit:
-        _refine(points, call, tol=tol, calls_left=lambda: len(order) < max_calls)
+        _refine(points, call, tol=tol, resolution=resolution, calls_left=lambda: len(order) < max_calls)
     best = min(points, key=lambda k: (points[k], k))
     return Bracketed(math.exp(best), points[best], order, ",".join(widened), at_limit)
 
 
-def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: float, calls_left) -> None:
-    """Golden-section steps on the bracket around the best point until it is at most tol wide."""
+def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: float, resolution: float,
+            calls_left) -> None:  # fmt: skip
+    """Golden-section steps on the bracket around the best point until it is at most tol wide,
+    or until both its ends score within resolution (relative) of the best."""
     while calls_left():
         keys = sorted(points)
         i = min(range(len(keys)), key=lambda j: (points[keys[j]], keys[j]))
@@ -93,8 +96,14 @@ def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: 
         a, b, c = keys[i - 1], keys[i], keys[i + 1]
         if c - a <= tol:
             return
-        # Probe the larger side of the best point, a golden fraction of the way in.
-        trial = b + GOLDEN * (c - b) if c - b >= b - a else b - GOLDEN * (b - a)
+        # An end that scores within resolution of the best is a flat side: no λ on it scores
+        # measurably better than the best, so it is not probed.
+        flat_low, flat_high = (points[k] <= points[b] + resolution * abs(points[b]) for k in (a, c))
+        if resolution > 0 and flat_low and flat_high:
+            return
+        # Probe the larger side of the best point that is not flat, a golden fraction of the way in.
+        up = flat_low if resolution > 0 and flat_low != flat_high else c - b >= b - a
+        trial = b + GOLDEN * (c - b) if up else b - GOLDEN * (b - a)
         before = len(points)
         call(math.exp(trial))
         if len(points) == before:  # the bracket is narrower than float resolution

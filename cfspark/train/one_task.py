@@ -74,6 +74,7 @@ def fit_arrays(
     tol: float,
     start: tuple[np.ndarray, np.ndarray] | None = None,
     settle: float | None = None,
+    still: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict], str]:
     """The alternating loop on dense local ids: (user params, item params, history, stop reason).
 
@@ -82,7 +83,9 @@ def fit_arrays(
     start, if given, is the (user, item) params to begin from instead of the hashed init.
     settle, if given, replaces the training loss's tol: the loop stops once an iteration
     moves the predictions of the training rows by at most settle in root mean square,
-    which bounds how much that iteration could change any RMSE over those rows.
+    which bounds how much that iteration could change any RMSE over those rows; still, if
+    given with settle, also stops it once an iteration (after the second) changes the
+    training rows' RMSE by at most that fraction.
     """
     n_users, n_items = len(user_keys), len(item_keys)
     by_user = csr_by_row(user_local, item_local, n_users, y, offset, weight)
@@ -93,6 +96,7 @@ def fit_arrays(
     else:
         users, items = start
     scores = predictions(users, items, user_local, item_local) if settle is not None else None
+    last_rmse = np.inf
     user_state = item_state = None
     history: list[dict] = []
     stop_reason = reached_max_iter(max_iter)
@@ -119,12 +123,16 @@ def fit_arrays(
         else:
             last, scores = scores, predictions(users, items, user_local, item_local)
             moved = float(np.sqrt(np.mean((scores - last) ** 2)))
+            residual = (scores + (0.0 if offset is None else offset) - y) ** 2
+            fit_rmse = float(np.sqrt(np.average(residual, weights=weight)))
             entry["moved"] = moved
-            reason = (
-                f"settled: the predictions moved by {moved:.3g} (RMS), at most {settle:.3g}"
-                if moved <= settle
-                else None
-            )
+            reason = None
+            if moved <= settle:
+                reason = f"settled: the predictions moved by {moved:.3g} (RMS), at most {settle:.3g}"
+            elif still is not None and iteration > 1 and abs(fit_rmse - last_rmse) <= still * last_rmse:
+                change = abs(fit_rmse - last_rmse)
+                reason = f"settled: the training RMSE changed by {change:.3g}, at most {still:g} of it"
+            last_rmse = fit_rmse
         if reason:
             stop_reason = reason
             break

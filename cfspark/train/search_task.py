@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -140,18 +141,22 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
             best.update(key=(value, math.log(reg)), params=(users, items))
         return value
 
-    found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high)
+    found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
+                           resolution=SETTLED)
     record = {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit}
     params = best.get("params")
     if choose_rank and params is not None:
+        began = time.perf_counter()
         params = _rank_step(params, held, user_cfg.rank, user_cfg.loss, found.reg, point, plan, record)
         if record["rank"] < user_cfg.rank:  # λ again at the kept rank: fewer directions want less shrinkage
             state["users"], state["items"], state["rank"] = *params, record["rank"]
             best.update(key=(np.inf, np.inf), params=params)
             start = (found.reg, found.reg / math.sqrt(plan.step))
-            again = bracket_search(score, start=start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high)
+            again = bracket_search(score, start=start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
+                                   resolution=SETTLED)
             record["reg"] = again.reg
             params = best["params"]
+        record["rank_seconds"] = round(time.perf_counter() - began, 3)
     return record, params
 
 
@@ -281,9 +286,12 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
+        began = time.perf_counter()
         table = pa.Table.from_batches(batches)
         fit, held, user_keys, item_keys, codes, (rating, weight) = _search_input(table, plan)
+        indexed = time.perf_counter()
         found, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, choose_rank=True)
+        searched = time.perf_counter()
         kept = found.get("rank", rank)
         if params is not None and kept < rank:  # the fit runs at the kept rank, without the dropped columns
             params = tuple(np.delete(side, np.s_[kept:rank], axis=1) for side in params)
@@ -308,8 +316,11 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         settle = SETTLED * chosen[-1]["rmse"] if chosen else None
         W, X, history, stop = fit_arrays(
             user_code, item_code, rating - means[item_code], None, weight, keys[USER], keys[ITEM], ucfg, icfg,
-            max_iter=max_iter, tol=plan.tol, start=(start[0], start[1]), settle=settle,
+            max_iter=max_iter, tol=plan.tol, start=(start[0], start[1]), settle=settle, still=SETTLED,
         )  # fmt: skip
+        # Where the task's seconds went: the rank step's (and its second bracket's) are within the search's.
+        found["task_seconds"] = {"input": round(indexed - began, 3), "search": round(searched - indexed, 3),
+                                 "fit": round(time.perf_counter() - searched, 3)}  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
         yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, kept, record, (means, counts))
 
