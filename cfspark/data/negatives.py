@@ -282,10 +282,11 @@ def _exponential_keys(row_ptr, labelled, user_keys, want, chosen_rows, weights, 
         rows = np.repeat(np.arange(len(part)), len(drawable))
         u = hashed_uniforms(seed, iteration, user_keys[part], np.tile(drawable, len(part)), rows)
         keys = (-np.log1p(-u)).reshape(len(part), len(drawable)) * inverse_w  # Exp(1) / w
-        spans = [np.arange(row_ptr[r], row_ptr[r + 1]) for r in part]
-        mine = np.concatenate(spans) if spans else np.empty(0, np.int64)
+        # The part's labelled items, gathered from its CSR spans without a loop over rows.
+        lengths = row_ptr[part + 1] - row_ptr[part]
+        row_of = np.repeat(np.arange(len(part)), lengths)
+        mine = np.repeat(row_ptr[part] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
         at = position[labelled[mine]]
-        row_of = np.repeat(np.arange(len(part)), [len(x) for x in spans])
         keys[row_of[at >= 0], at[at >= 0]] = np.inf  # never a labelled item
         order = np.argsort(keys, axis=1)
         rank = np.empty_like(order)
