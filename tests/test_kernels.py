@@ -503,6 +503,7 @@ def test_a_float32_half_step_body_sends_float64_params_close_to_float64s():
     inblock = pa.table(
         {"block": pa.array([0], pa.int32()), "n": pa.array([packed.pop("n")], pa.int32())}
         | {name: pa.array([blob(a)], pa.binary()) for name, a in packed.items()}
+        | {"col_labels": pa.array([None], pa.binary())}  # set only for sampled exposure fits
     )
     w = initial_params(np.arange(n_users, dtype=np.int64), 4, scale=0.1, side="user")
     x = initial_params(np.arange(n_items, dtype=np.int64), 4, scale=0.1, side="item")

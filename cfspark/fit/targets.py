@@ -26,7 +26,7 @@ from cfspark.core.schema import (
     USER,
     WEIGHT,
 )
-from cfspark.data.normalise import A_SUM, AY_SUM, item_sums, means_of, normalise
+from cfspark.data.normalise import item_sums, means_of, normalise
 from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.weights import row_weight
 from cfspark.fit.settings import FitSettings
@@ -100,23 +100,16 @@ def _item_means(
     settings: FitSettings, train_ratings: DataFrame, global_mean: float | None
 ) -> tuple[DataFrame, float, tuple[int, int]]:
     """item_means' table, cached and computed, the global mean g and (the number of items,
-    the number of ratings), in one pass over the ratings. μ_i is shrunk towards g, so
-    without g the item sums come first (cached), g from their totals, and μ_i from them."""
-    def totals(table: DataFrame, *sums: str) -> list:
-        return table.agg(F.count(F.lit(1)), F.sum(ITEM_RATINGS), *(F.sum(c) for c in sums)).first()
-
-    prior = settings.meanPrior
-    if global_mean is not None:
-        stats = means_of(item_sums(train_ratings), prior=prior, global_mean=global_mean).cache()
-        row = totals(stats)  # computes the cache
-        return stats, global_mean, (int(row[0]), int(row[1] or 0))
-    sums = item_sums(train_ratings).cache()
-    row = totals(sums, A_SUM, AY_SUM)
-    glob = float(row[3] / row[2])
-    stats = means_of(sums, prior=prior, global_mean=glob).cache()
-    stats.count()  # a pass over the items alone, so that the sums' cache can go
-    sums.unpersist()
-    return stats, glob, (int(row[0]), int(row[1] or 0))
+    the number of ratings). The counts come off the item table's own pass. g, when not
+    given, is summed over the ratings' partitions rather than over the item table's: a sum
+    over shuffle partitions changes in its last bits with spark.sql.shuffle.partitions,
+    and the model would change with it."""
+    if global_mean is None:
+        a = row_weight(train_ratings)
+        global_mean = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
+    stats = means_of(item_sums(train_ratings), prior=settings.meanPrior, global_mean=global_mean).cache()
+    row = stats.agg(F.count(F.lit(1)), F.sum(ITEM_RATINGS)).first()  # computes the cache
+    return stats, global_mean, (int(row[0]), int(row[1] or 0))
 
 
 def prepare(settings: FitSettings, train_ratings: DataFrame, global_mean: float | None = None) -> Targets:
