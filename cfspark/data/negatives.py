@@ -182,14 +182,24 @@ def fresh_negatives(
     # np.unique and np.isin hash unsorted int64 keys, which took seconds a half-step on 2.6M draws.
     keys = np.sort(rows * n_items + items)
     keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+    keys = keys[_unlabelled(keys, row_ptr, labelled, n_items)]  # sorted by row, then item
+    return _csr(keys, n_items, len(counts))
+
+
+def _unlabelled(pairs: np.ndarray, row_ptr: np.ndarray, labelled: np.ndarray, n_items: int) -> np.ndarray:
+    """The mask of pair keys (row·n_items + item) that are not a labelled pair of their row,
+    by a sort and a binary search: np.isin hashes unsorted int64 keys, which is slower."""
     labelled_rows = np.repeat(np.arange(len(row_ptr) - 1), np.diff(row_ptr))
     taken = np.sort(labelled_rows * n_items + np.asarray(labelled, dtype=np.int64))
-    if len(taken):
-        at = np.minimum(np.searchsorted(taken, keys), len(taken) - 1)
-        keys = keys[taken[at] != keys]  # sorted by row, then item
-    out_rows, out_items = keys // n_items, keys % n_items
-    ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=len(counts)))].astype(np.int64)
-    return ptr, out_items.astype(np.int64)
+    if not len(taken) or not len(pairs):
+        return np.ones(len(pairs), dtype=bool)
+    return taken[np.minimum(np.searchsorted(taken, pairs), len(taken) - 1)] != pairs
+
+
+def _csr(pairs: np.ndarray, n_items: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row_ptr, items) of pair keys sorted by row, then item."""
+    rows, items = pairs // n_items, pairs % n_items
+    return np.r_[0, np.cumsum(np.bincount(rows, minlength=n_rows))].astype(np.int64), items.astype(np.int64)
 
 
 # smallest_keys' keys are computed for this many (row, item) pairs at a time.
@@ -233,9 +243,7 @@ def smallest_keys(
     heavy = np.flatnonzero((~light | short) & (want > 0))
     rows_h, items_h = _exponential_keys(row_ptr, labelled, user_keys, want, heavy, weights, seed, iteration)
     pairs = np.sort(np.r_[rows_l, rows_h] * len(weights) + np.r_[items_l, items_h])  # by row, then item
-    out_rows, out_items = pairs // len(weights), pairs % len(weights)
-    ptr = np.r_[0, np.cumsum(np.bincount(out_rows, minlength=n))].astype(np.int64)
-    return ptr, out_items.astype(np.int64)
+    return _csr(pairs, len(weights), n)
 
 
 def _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, iteration):
@@ -250,11 +258,7 @@ def _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, it
     items = inverse_cdf(weights, u)
     pair = rows * n_items + items
     first = np.unique(pair, return_index=True)[1]  # each pair's first draw (positions: by row, then draw)
-    labelled_rows = np.repeat(np.arange(n), np.diff(row_ptr))
-    taken = np.sort(labelled_rows * n_items + labelled)
-    if len(taken) and len(first):
-        at = np.minimum(np.searchsorted(taken, pair[first]), len(taken) - 1)
-        first = first[taken[at] != pair[first]]
+    first = first[_unlabelled(pair[first], row_ptr, labelled, n_items)]
     first = np.sort(first)  # draw order within each row (positions are by row, then draw)
     got_rows = rows[first]
     starts = np.r_[0, np.cumsum(np.bincount(got_rows, minlength=n))[:-1]]
