@@ -12,12 +12,12 @@ import pytest
 
 from cfspark.blocks.codec import blob, matrix
 from cfspark.blocks.inblock import pack_arrays
-from cfspark.kernels import topn
+from cfspark.kernels import newton, topn
 from cfspark.kernels.block import TILE, BlockProblem, Tiling, padded_length
 from cfspark.kernels.init import hashed_uniform, initial_params
 from cfspark.kernels.layout import bias_col, bias_mask, const_col, factor_mask, train_mask
 from cfspark.kernels.losses import pointwise
-from cfspark.kernels.newton import _moments, newton_step
+from cfspark.kernels.newton import _Damped, _moments, newton_step
 from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
 from cfspark.kernels.solve import solve_block
 from cfspark.kernels.topn import score_pair, top_within_groups
@@ -328,6 +328,72 @@ def test_padded_lengths_waste_less_than_an_eighth():
     assert np.all(lengths >= counts) and np.all(lengths < counts * 1.125 + 1)
     np.testing.assert_array_equal(lengths[:8], counts[:8])
     assert len(np.unique(lengths)) <= 8 * 15 + 8  # 8 lengths per octave
+
+
+def _short_rows_block(rng, loss, *, weighted, bias_reg=5.0, rank=10):
+    """Items of 0 to 14 ratings at rank 10 (11 free columns), the trainer's layout, count-scaled."""
+    counts = np.r_[np.arange(1, 15), 0, 1, 2, 2, 3, 1]
+    m = 40
+    cols = np.concatenate([np.sort(rng.choice(m, c, replace=False)) for c in counts]).astype(np.int32)
+    other = initial_params(np.arange(m, dtype=np.int64), rank, scale=1.0, side="user")
+    other[:, bias_col(rank, "user")] = rng.normal(size=m)
+    nnz = len(cols)
+    y = rng.integers(0, 2, nnz).astype(float) if loss == "bce" else rng.normal(size=nnz)
+    problem = BlockProblem.build(
+        row_ptr=np.r_[0, np.cumsum(counts)], cols=cols, other=other, y=y, offset=rng.normal(0.0, 0.3, nnz), loss=loss,
+        reg=0.2, reg_mask=factor_mask(rank), bias_reg=bias_reg, bias_mask=bias_mask(rank, "item"), count_scaled=True,
+        rating_weight=rng.uniform(0.2, 3.0, nnz) if weighted else None,
+    )  # fmt: skip
+    params = initial_params(np.arange(len(counts), dtype=np.int64) + 500, rank, scale=1.0, side="item")
+    params[:, bias_col(rank, "item")] = rng.normal(size=len(counts))
+    return problem, other, params, train_mask(rank, "item", learn_bias=True), counts
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rows_shorter_than_the_free_columns_solve_the_exact_ridge_by_woodbury(weighted):
+    """A row of c < f ratings solves D + Oᵀ A O by the Woodbury identity (a c × c system);
+    its step is the row's weighted ridge solution, as the f × f solve's is."""
+    problem, other, params, mask, counts = _short_rows_block(np.random.default_rng(31), "mse", weighted=weighted)
+    free, fixed = np.flatnonzero(mask), np.flatnonzero(mask == 0)
+    n, f = len(params), len(free)
+    damped = _Damped(np.ones((n, f)), np.zeros((n, f)), np.zeros((n, f)), np.zeros(n, bool))
+    sums = _moments(problem, params, free, None, damped)
+    done = np.zeros(n, bool)
+    done[problem.tiling.order] = damped.done
+    np.testing.assert_array_equal(done, (counts > 0) & (counts < f))  # the rest build their f × f sums
+    assert np.all(sums[damped.done] == 0.0)
+    stepped = newton_step(problem, params, mask)
+    a = np.ones(len(problem.y)) if problem.rating_weight is None else problem.rating_weight
+    row_ptr = np.r_[0, np.cumsum(counts)]
+    for r in range(n):
+        sel = slice(row_ptr[r], row_ptr[r + 1])
+        o = other[problem.cols[sel]]
+        target = problem.y[sel] - problem.offset[sel] - o[:, fixed] @ params[r, fixed]
+        hess = o[:, free].T @ (a[sel, None] * o[:, free]) + np.diag(problem.weights[r, free] + 1e-10)
+        # The step adds 1e-10 to H's diagonal but not to the gradient: P − H⁻¹(∇) is this, not quite the ridge.
+        ridge = np.linalg.solve(hess, o[:, free].T @ (a[sel] * target) + 1e-10 * params[r, free])
+        np.testing.assert_allclose(stepped[r, free], ridge, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(stepped[:, fixed], params[:, fixed])
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_the_woodbury_step_equals_the_full_solve_and_falls_back_without_an_l2_weight(loss, monkeypatch):
+    """IRLS steps (bce) are the same by either solve; with no L2 weight on the bias (λ_b = 0) the
+    identity would divide by ~0, so those rows take the f × f solve, which still gives the step."""
+    for bias_reg in (5.0, 0.0):
+        problem, _, params, mask, counts = _short_rows_block(np.random.default_rng(32), loss, weighted=True,
+                                                              bias_reg=bias_reg)  # fmt: skip
+        free = np.flatnonzero(mask)
+        n, f = len(params), len(free)
+        reg = problem.weights.take(problem.tiling.order, axis=0)[:, free] + 1e-10
+        damped = _Damped(reg, np.zeros((n, f)), np.zeros((n, f)), np.zeros(n, bool))
+        _moments(problem, params, free, None, damped)
+        assert damped.done.sum() == (np.sum((counts > 0) & (counts < f)) if bias_reg else 0)
+        stepped = newton_step(problem, params, mask)
+        with monkeypatch.context() as patch:
+            patch.setattr(newton, "WOODBURY_RATIO", 0.0)  # every row takes the f × f solve
+            full = newton_step(problem, params, mask)
+        np.testing.assert_allclose(stepped, full, rtol=1e-9, atol=1e-12)
 
 
 def _explicit_moments(problem, other, params, free):
