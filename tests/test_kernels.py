@@ -22,7 +22,7 @@ from cfspark.kernels.optimizers import AdamState, adam_step, gd_step
 from cfspark.kernels.solve import solve_block
 from cfspark.kernels.topn import score_pair, top_within_groups
 from cfspark.train import arrow_bodies
-from cfspark.train.step import StepConfig
+from cfspark.train.step import StepConfig, solve_rows
 
 RANK = 3
 REG_MASK = np.r_[np.ones(RANK), 0.0]
@@ -643,3 +643,27 @@ def test_weighted_mse_newton_step_is_the_weighted_ridge_solution():
         a, w = other[cols[sel]], weight[sel]
         ridge = np.linalg.solve(a.T @ (w[:, None] * a) + 0.7 * np.diag(REG_MASK), a.T @ (w * y[sel]))
         np.testing.assert_allclose(stepped[r], ridge, rtol=1e-8, atol=1e-9)
+
+
+def test_a_problem_built_like_another_on_the_same_ratings_shares_its_tiling_and_steps_alike():
+    """The one-task loops tile their ratings once (BlockProblem.build(like=...), step.solve_rows's cache):
+    the step against new other-side vectors is the same, to the bit, as from a problem built afresh."""
+    problem, other, params, mask = _heavy_block(np.random.default_rng(33), "mse")
+    row_ptr = np.r_[0, np.cumsum(np.bincount(problem.rows, minlength=len(params)))]
+    moved = other + np.random.default_rng(34).normal(0.0, 0.1, other.shape)
+    build = dict(row_ptr=row_ptr, cols=problem.cols, other=moved, y=problem.y, offset=problem.offset, loss="mse",
+                 reg=0.3, reg_mask=factor_mask(RANK), bias_reg=5.0, bias_mask=bias_mask(RANK, "item"),
+                 count_scaled=True)  # fmt: skip
+    problem.data_loss(params)  # fills the tile-ordered ratings it lends
+    like = BlockProblem.build(**build, like=problem)
+    assert like.tiling is problem.tiling and like.__dict__["_tiled"] is problem.__dict__["_tiled"]
+    afresh = BlockProblem.build(**build)
+    np.testing.assert_array_equal(newton_step(like, params, mask), newton_step(afresh, params, mask))
+    cfg = StepConfig(side="item", rank=RANK, loss="mse", reg=0.3, count_scaled=True, bias_reg=5.0)
+    cache: dict = {}
+    first, _, (data, _) = solve_rows(cfg, row_ptr, problem.cols, problem.y, problem.offset, None, moved,
+                                                  params, None, cache=cache)  # fmt: skip
+    again, _, (skipped, _) = solve_rows(cfg, row_ptr, problem.cols, problem.y, problem.offset, None, moved, params,
+                                        None, data_loss=False, cache=cache)  # fmt: skip
+    assert cache["problem"].tiling is not None and np.isfinite(data) and np.isnan(skipped)
+    np.testing.assert_array_equal(first, again)

@@ -184,15 +184,19 @@ class BlockProblem:
         count_scaled: bool = False,
         dtype: type | np.dtype = np.float64,
         rating_weight: np.ndarray | None = None,
+        like: BlockProblem | None = None,
     ) -> BlockProblem:
         """dtype (float64 or float32) is the working precision of the gathers and of the
         Newton step's per-tile products; params and their solve stay float64.
-        rating_weight (nnz,), each rating's weight a_r, or None when every a_r is 1."""
+        rating_weight (nnz,), each rating's weight a_r, or None when every a_r is 1.
+        like, a problem built before on the same ratings (row_ptr, cols, y, offset and weights),
+        lends its tiling and its tile-ordered ratings, which only the ratings decide: a loop
+        over one set of CSR arrays (train/one_task.py) then tiles them once, not every half-step."""
         dtype = np.dtype(dtype)
         if dtype not in (np.float64, np.float32):
             raise ValueError(f"dtype must be float64 or float32, not {dtype}")
         counts = np.diff(row_ptr)
-        rows = np.repeat(np.arange(len(counts)), counts)
+        rows = np.repeat(np.arange(len(counts)), counts) if like is None else like.rows
         weights = reg * np.asarray(reg_mask, dtype=np.float64)
         if count_scaled:
             amount = counts if rating_weight is None else np.bincount(rows, rating_weight, minlength=len(counts))
@@ -204,7 +208,7 @@ class BlockProblem:
         other = np.asarray(other)
         padded = np.zeros((len(other) + 1, other.shape[1] + 1), dtype=dtype)
         padded[:-1, :-1] = other
-        return cls(
+        problem = cls(
             rows=rows,
             cols=np.asarray(cols),
             other=padded,
@@ -213,10 +217,16 @@ class BlockProblem:
             loss=loss,
             reg=reg,
             reg_mask=reg_mask,
-            tiling=Tiling.of(np.asarray(row_ptr), run=max(1, min(TILE, SMALL_GEMM // padded.shape[1] ** 2))),
+            tiling=like.tiling
+            if like is not None
+            else Tiling.of(np.asarray(row_ptr), run=max(1, min(TILE, SMALL_GEMM // padded.shape[1] ** 2))),
             weights=weights,
             rating_weight=None if rating_weight is None else np.asarray(rating_weight, dtype=np.float64),
         )
+        for name in ("_tiled", "_valid") if like is not None else ():
+            if name in like.__dict__:  # cached properties of the same ratings
+                problem.__dict__[name] = like.__dict__[name]
+        return problem
 
     @property
     def other_t(self) -> np.ndarray:

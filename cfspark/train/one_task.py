@@ -98,16 +98,20 @@ def fit_arrays(
     scores = predictions(users, items, user_local, item_local) if settle is not None else None
     last_rmse = np.inf
     user_state = item_state = None
+    tiled: tuple[dict, dict] = ({}, {})  # each side's ratings, tiled once for every half-step (step.solve_rows)
     history: list[dict] = []
     stop_reason = reached_max_iter(max_iter)
     began = time.perf_counter()
     for iteration in range(1, max_iter + 1):
         step_began = time.perf_counter()
         step = at_iteration(user_cfg, iteration)
-        users, user_state, (_, user_reg) = solve_rows(step, *by_user, items, users, user_state, keys=user_keys)
+        # The iteration's data loss is the item half-step's: the user half-step's is not computed.
+        users, user_state, (_, user_reg) = solve_rows(step, *by_user, items, users, user_state, keys=user_keys,
+                                                      data_loss=False, cache=tiled[0])  # fmt: skip
         half_way = time.perf_counter()
         step = at_iteration(item_cfg, iteration)
-        items, item_state, (data, item_reg) = solve_rows(step, *by_item, users, items, item_state, keys=item_keys)
+        items, item_state, (data, item_reg) = solve_rows(step, *by_item, users, items, item_state, keys=item_keys,
+                                                         cache=tiled[1])  # fmt: skip
         now = time.perf_counter()
         user_step, item_step = HalfStep(0.0, user_reg, half_way - step_began), HalfStep(data, item_reg, now - half_way)
         entry = history_entry(

@@ -106,6 +106,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
         "rank": user_cfg.rank,  # the directions the factors use: fewer once the rank step drops some
     }
     metric = "rmse" if user_cfg.loss == "mse" else "logloss"
+    tiled: tuple[dict, dict] = ({}, {})  # each side's ratings, tiled once for every half-step (step.solve_rows)
     path: list[dict] = []
     best: dict = {"key": (np.inf, np.inf)}  # the params of the best point so far, as bracket_search ranks them
 
@@ -116,11 +117,14 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
         user_state = item_state = None
         value, last_value, iterations = np.inf, None, 0
         for _ in range(max_iter):
-            users, user_state, (_, user_reg) = solve_rows(ucfg, *by_user, items, users, user_state)
-            items, item_state, (data, item_reg) = solve_rows(icfg, *by_item, users, items, item_state)
+            # The score is on the validation rows: the training data loss is not read.
+            users, user_state, (_, user_reg) = solve_rows(ucfg, *by_user, items, users, user_state, data_loss=False,
+                                                          cache=tiled[0])  # fmt: skip
+            items, item_state, (_, item_reg) = solve_rows(icfg, *by_item, users, items, item_state, data_loss=False,
+                                                          cache=tiled[1])  # fmt: skip
             iterations += 1
             value = validation_score(user_cfg.loss, users, items, held, user_cfg.rank)
-            if not np.isfinite(value) or not np.isfinite(data + item_reg + user_reg):
+            if not np.isfinite(value) or not np.isfinite(item_reg + user_reg):
                 value = np.inf
                 break
             # Only the validation score ends a point: the training loss can settle while the

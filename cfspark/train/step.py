@@ -73,6 +73,9 @@ def solve_rows(
     gram: np.ndarray | None = None,
     keys: np.ndarray | None = None,
     col_labels: np.ndarray | None = None,
+    *,
+    data_loss: bool = True,
+    cache: dict | None = None,
 ) -> tuple[np.ndarray, AdamState | None, tuple[float, float]]:
     """One half-step of one block in numpy: the rows' new params, the optimiser state to
     keep (Adam's; None otherwise) and the (data, L2) losses at the new params.
@@ -82,6 +85,9 @@ def solve_rows(
     rows, when other holds only the rows this block's ratings name (train/all_items.py). keys, the
     rows' hash keys, seed the rows' fresh 0-labels when cfg.draws is set (train/sampled.py);
     col_labels, the cols' label counts over all blocks, set the rates they are drawn at.
+    data_loss=False skips the pass over the ratings that the data loss takes (it is NaN then),
+    for a caller that does not read it. cache, a dict kept by a caller that solves the same
+    ratings again (the one-task loops), keeps their tiling from one call to the next.
     """
     if cfg.all_items:
         params, data, l2 = all_items_rows(
@@ -108,7 +114,10 @@ def solve_rows(
         count_scaled=cfg.count_scaled,
         dtype=np.float32 if cfg.float32 else np.float64,
         rating_weight=weight,
+        like=cache.get("problem") if cache is not None and cfg.draws is None else None,
     )
+    if cache is not None and cfg.draws is None:  # fresh 0-labels make other ratings every call
+        cache["problem"] = problem
     params, state = solve_block(
         problem,
         params,
@@ -119,4 +128,4 @@ def solve_rows(
         train_mask=cfg.train_mask,
     )
     keep = state if cfg.optimizer == "adam" else None
-    return params, keep, (problem.data_loss(params), problem.reg_loss(params))
+    return params, keep, (problem.data_loss(params) if data_loss else float("nan"), problem.reg_loss(params))
