@@ -116,19 +116,19 @@ def fit_blockwise(
     global_mean: float | None = None,
     on_iteration: Callable[[FitRecord], dict] | None = None,
     settle: float | None = None,
+    resolve: Callable[[], tuple[FitSettings, float | None]] | None = None,
 ) -> FitRecord:
     """The distributed fit, checkpointed every checkpointInterval iterations when checkpointDir is set;
     settle, if given (with num_ratings), stops it on the predictions' move instead of tol (train.train);
-    global_mean (mse), the ratings' weighted mean if already known, saves computing it."""
-    checkpointer = None
-    if settings.checkpointDir and settings.checkpointInterval > 0:
-        with phase(train_ratings.sparkSession, "prepare"):
-            checkpointer = Checkpointer(
-                train_ratings.sparkSession, settings.checkpointDir, settings.checkpointInterval,
-                fingerprint(settings, train_ratings),
-            )  # fmt: skip
+    global_mean (mse), the ratings' weighted mean if already known, saves computing it. resolve, if
+    given, is called once the blocks are built and gives the settings and settle the fit trains
+    with: the automatic λ search runs beside the setup, which neither λ nor the rank shapes (fit/paths.py)."""
+    checkpointer = None if resolve is not None else _checkpointer(settings, train_ratings)
     blocks, stats, global_baseline = setup(settings, train_ratings, num_ratings=num_ratings,
                                            global_mean=global_mean)  # fmt: skip
+    if resolve is not None:
+        settings, settle = resolve()
+        checkpointer = _checkpointer(settings, train_ratings)
     # Fresh 0-labels drawn at the rates of one task holding every label (train/sampled.py).
     user_cfg, item_cfg = (with_totals(settings.step_config(s), blocks.label_totals) for s in ("user", "item"))
     start = warm_start_from(settings, blocks, user_cfg, item_cfg)
@@ -147,3 +147,14 @@ def fit_blockwise(
     for df in (result.user_out, result.item_out):
         df.unpersist()
     return fitted
+
+
+def _checkpointer(settings: FitSettings, train_ratings: DataFrame) -> Checkpointer | None:
+    """The fit's checkpoints, when checkpointDir is set, under the fingerprint of these settings."""
+    if not (settings.checkpointDir and settings.checkpointInterval > 0):
+        return None
+    with phase(train_ratings.sparkSession, "prepare"):
+        return Checkpointer(
+            train_ratings.sparkSession, settings.checkpointDir, settings.checkpointInterval,
+            fingerprint(settings, train_ratings),
+        )  # fmt: skip

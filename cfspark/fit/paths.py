@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from pyspark.sql import DataFrame
 
@@ -54,19 +55,36 @@ def fit_ratings(
     if settings.regParam == AUTO:
         if num_ratings is None:
             num_ratings = train_ratings.count()
-        # reg in regUnits
-        reg, search = choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings,
-                                 global_mean=global_mean)  # fmt: skip
-        kept = search.get("rank", settings.rank)  # the search may keep fewer directions (mse)
-        # The kept rank is the model's shape, not a Param the model carries (ALSModel's rank is an attribute).
-        chosen = settings.carry(regParam=reg).replace(rank=kept)
-        chosen = chosen.in_als_units(spread) if spread else chosen
-        # As the one-task fit does, stop once an iteration moves the predictions by at most
-        # SETTLED of the chosen λ's validation RMSE, which bounds its change of any RMSE.
-        at = [p for p in search["path"] if math.isclose(p["reg"], reg, rel_tol=1e-9) and "rmse" in p]
-        settle = SETTLED * at[-1]["rmse"] if at else None
-        record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings, global_mean=global_mean,
-                             settle=settle)  # fmt: skip
+        found: dict = {}
+
+        def chosen_settings(reg: float, search: dict) -> tuple[FitSettings, float | None]:
+            """The settings to fit at reg (in regUnits) and the kept rank, and their settle."""
+            found.update(reg=reg, search=search)
+            kept = search.get("rank", settings.rank)  # the search may keep fewer directions (mse)
+            # The kept rank is the model's shape, not a Param the model carries (ALSModel's rank is an attribute).
+            chosen = settings.carry(regParam=reg).replace(rank=kept)
+            chosen = chosen.in_als_units(spread) if spread else chosen
+            # As the one-task fit does, stop once an iteration moves the predictions by at most
+            # SETTLED of the chosen λ's validation RMSE, which bounds its change of any RMSE.
+            at = [p for p in search["path"] if math.isclose(p["reg"], reg, rel_tol=1e-9) and "rmse" in p]
+            return chosen, SETTLED * at[-1]["rmse"] if at else None
+
+        def run_search() -> tuple[float, dict]:  # reg in regUnits
+            return choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings, global_mean=global_mean)
+
+        if runs_in_one_task(settings, num_ratings):
+            chosen, settle = chosen_settings(*run_search())
+            record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings,
+                                 global_mean=global_mean, settle=settle)  # fmt: skip
+        else:
+            # The search's one task leaves a core free, and the blocks do not depend on λ or
+            # the rank: the blockwise setup runs beside the search and waits for it once built.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                searching = pool.submit(run_search)
+                record = fit_blockwise(settings, train_ratings, began=time.perf_counter(), num_ratings=num_ratings,
+                                       global_mean=global_mean, on_iteration=on_iteration,
+                                       resolve=lambda: chosen_settings(*searching.result()))  # fmt: skip
+        reg, search = found["reg"], found["search"]
         record.summary["reg_path"] = search.pop("path")
         record.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search}
         if spread is not None:
