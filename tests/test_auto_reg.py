@@ -101,9 +101,14 @@ def test_one_task_and_blockwise_fits_choose_the_same_reg(runs):
     one, blocks = runs["clean"]["model"], runs["clean_blocks"]["model"]
     assert one["reg_path"] == blocks["reg_path"]
     assert one["reg"] == blocks["reg"]
-    # The one-task fit starts from the search's params and stops on them settling; the
-    # blockwise fit starts afresh and stops on tol: the same λ, fitted as far on both.
+    # Both fits start from the search's factors at its choice (the blockwise one through a warm
+    # start, new users from the hashed init) and stop on them settling: the same λ, fitted as far.
     assert runs["clean_blocks"]["test"]["rmse"] == pytest.approx(runs["clean"]["test"]["rmse"], rel=0.01)
+    # From the same factors, the first iteration of the two fits is the same up to the order of
+    # float sums (from the hashed init, the blockwise one's would be far above its last).
+    losses = [h["train_loss"] for h in runs["clean_blocks"]["iterations"]]
+    assert losses[0] == pytest.approx(runs["clean"]["iterations"][0]["train_loss"], rel=1e-9)
+    assert losses[0] <= 1.01 * losses[-1], losses
 
 
 def test_a_sample_of_the_users_chooses_within_one_and_a_half_times(spark):

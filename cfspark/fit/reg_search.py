@@ -27,7 +27,7 @@ from cfspark.data.weights import row_weight
 from cfspark.fit.settings import FitSettings
 from cfspark.fit.targets import prepare, target_stats
 from cfspark.train.one_task import ONE_TASK_RATINGS
-from cfspark.train.search_task import HELD, SearchPlan, search_one_task, search_record
+from cfspark.train.search_task import HELD, SearchPlan, search_factors_one_task, search_one_task, search_record
 
 START = (0.3, 0.1, 0.03)  # in regUnits, strong to weak: warm starts go from simple to rich models
 STEP = 3.0  # the widening factor past an end of START
@@ -102,11 +102,13 @@ def choose_reg(
     num_ratings: int | None = None,
     max_ratings: int = SEARCH_RATINGS,
     global_mean: float | None = None,
+    with_factors: bool = False,
 ) -> tuple[float, dict]:
     """λ in regUnits, and how it was chosen: {path: [{reg, reg_als, rmse|logloss, iterations, rank}],
     widened, at_limit, sample_fraction, and for mse the rank kept and rank_path}. spread is s
     under regUnits = "spread", else 1; global_mean (mse), the training ratings' weighted mean
-    if already known."""
+    if already known. with_factors (mse) adds "factors": the (user, item) factor tables the
+    search ended with at its choice, for the fit to start from."""
     num_ratings = train_ratings.count() if num_ratings is None else num_ratings
     fraction = min(1.0, max_ratings / max(num_ratings, 1))
     rows = sampled_users(train_ratings, fraction, settings.seed + SAMPLE_SEED)
@@ -119,12 +121,17 @@ def choose_reg(
     else:
         both = _bce_rows(settings, rows)
     plan = search_plan(settings, unit, global_mean)
-    search = functools.partial(search_record, choose_rank=settings.loss == "mse")
-    found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed,
-                            search=search)  # fmt: skip
+    factors = None
+    if settings.loss == "mse" and with_factors:
+        *factors, found = search_factors_one_task(both, at.step_config("user"), at.step_config("item"), plan,
+                                                  seed=settings.seed)  # fmt: skip
+    else:
+        search = functools.partial(search_record, choose_rank=settings.loss == "mse")
+        found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed,
+                                search=search)  # fmt: skip
     log_search(settings, found, fraction)
     kept = {k: found[k] for k in ("path", "widened", "at_limit", "rank", "rank_path") if k in found}
-    return found["reg"], {**kept, "sample_fraction": fraction}
+    return found["reg"], {**kept, "sample_fraction": fraction, **({"factors": tuple(factors)} if factors else {})}
 
 
 def _bce_rows(settings: FitSettings, rows: DataFrame) -> DataFrame:

@@ -279,6 +279,38 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, s
     return run
 
 
+def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
+    """mapInArrow body: the search (rank step on), then the factors of the fit part's users and
+    items at the chosen λ and rank, which the blockwise fit at that choice starts from."""
+    rank = user_cfg.rank
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        fit, held, user_keys, item_keys, codes, _ = _search_input(pa.Table.from_batches(batches), plan)
+        record, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, choose_rank=True)
+        kept = record.get("rank", rank)
+        if params is None:  # no search (no validation fold): nothing to start from
+            params = tuple(np.zeros((0, cfg.width)) for cfg in (user_cfg, item_cfg))
+            codes = {side: (encoded, code, np.full_like(dense, -1)) for side, (encoded, code, dense) in codes.items()}
+        W, X = (np.delete(side, np.s_[kept:rank], axis=1) for side in params)
+        # Local id j is the j-th dictionary code with a fit row (_search_input).
+        ids = [codes[side][0].dictionary.take(pa.array(np.flatnonzero(codes[side][2] >= 0))) for side in (USER, ITEM)]
+        yield factor_batch(*ids, W, X, kept, record)
+
+    return run
+
+
+def search_factors_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *,
+                            seed: int) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
+    """The search over rows as search_one_task's (mse, rank step on), in one Spark job, and the
+    factors it ended with at its choice: (user_factors, item_factors, record), the tables
+    (id, features, bias) at the kept rank, materialised, for the fit's warm start."""
+    users, items, _, record = run_factor_task(_keyed(rows, seed), _search_factors_body(user_cfg, item_cfg, plan))
+    return users, items, record
+
+
 def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, max_iter: int):
     """mapInArrow body: the search, then the fit of every row (fit part and validation fold)
     at the chosen λ and rank, started from the params the search ended with there. The fit
