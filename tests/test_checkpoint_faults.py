@@ -112,5 +112,7 @@ def test_a_fit_over_a_damaged_checkpoint_trains_afresh(spark, tmp_path, caplog):
     truncate_a_part(tmp_path / "ck")
     with caplog.at_level(logging.WARNING, logger="cfspark"):
         model = fit(3)
-    assert model.summary["resumed_from"] == 0 and [h["iteration"] for h in model.history] == [1, 2, 3]
+    # From iteration 1 (automatic λ's fit starts from the search's factors, so it may settle before 3).
+    iterations = [h["iteration"] for h in model.history]
+    assert model.summary["resumed_from"] == 0 and iterations == list(range(1, len(iterations) + 1)), iterations
     assert any("training starts afresh" in r.getMessage() for r in caplog.records)
