@@ -577,3 +577,18 @@ def test_weighted_mse_newton_step_is_the_weighted_ridge_solution():
         a, w = other[cols[sel]], weight[sel]
         ridge = np.linalg.solve(a.T @ (w[:, None] * a) + 0.7 * np.diag(REG_MASK), a.T @ (w * y[sel]))
         np.testing.assert_allclose(stepped[r], ridge, rtol=1e-8, atol=1e-9)
+
+
+def test_a_newton_steps_reported_loss_is_its_results_loss_from_scratch():
+    """The half-step's data loss (remembered from the step's own acceptance test) equals the
+    written-out loss of the params it returns, and a caller changing the returned row losses
+    leaves the next answer alone."""
+    rng = np.random.default_rng(11)
+    problem, params, rows, cols, other, y = _problem(rng, n=7, m=5, loss="bce", reg=0.3)
+    stepped = newton_step(problem, params, np.r_[np.ones(RANK), 1.0])
+    expected = _explicit_loss(stepped, rows, cols, other, y, 0.0, loss="bce")
+    losses = problem.row_data_loss(stepped)
+    assert losses.sum() == pytest.approx(expected, rel=1e-12)
+    losses += 1.0
+    assert problem.data_loss(stepped) == pytest.approx(expected, rel=1e-12)
+    assert problem.data_loss(params) == pytest.approx(_explicit_loss(params, rows, cols, other, y, 0.0, "bce"))
