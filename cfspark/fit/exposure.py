@@ -74,7 +74,7 @@ def fit_with_exposure(
     row = train_ratings.agg(F.count(F.lit(1)), F.max((F.col(RATING) != 1.0).cast("int"))).first()
     count, positive_only = int(row[0]), not row[1]
     if positive_only and settings.implicit == "all":
-        return fit_all_items(settings, train_ratings, on_iteration)
+        return fit_all_items(settings, train_ratings, on_iteration, num_ratings=count)
     if not positive_only and runs_in_one_task(settings, count):  # the three fits in one Spark job
         return fit_exposure_one_task(settings, fresh_draws(part, settings), train_ratings, on_iteration, began=began)
     # The labelled pairs alone: each half-step draws its own unlabelled 0s (train/sampled.py).
