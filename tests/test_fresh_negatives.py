@@ -283,3 +283,37 @@ def test_without_replacement_the_half_steps_draw_as_many_pairs_with_a_bounded_he
     assert 1.0 < ratio < 1.3
     assert from_items.sum() == pytest.approx(from_users.sum(), rel=0.05)
     assert np.corrcoef(from_users.sum(axis=1), from_items.sum(axis=1))[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("light_share", [0.5, 1.0])
+def test_packed_first_draws_are_those_of_the_unpacked_dedup(monkeypatch, light_share):
+    """The light rows' first distinct draws from packed (row, item, draw) keys and a plain sort
+    are the draws np.unique's first indices give, byte for byte (rows short of items included)."""
+    from cfspark.data import negatives
+
+    row_ptr, labelled, keys, counts, weights = _block(seed=3, users=60, items=90)
+    monkeypatch.setattr(negatives, "LIGHT_SHARE", light_share)
+    packed = fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=9, iteration=4, replace=False)
+    monkeypatch.setattr(negatives, "PACKED_BITS", 0)  # every key too wide: the np.unique path
+    unpacked = fresh_negatives(row_ptr, labelled, keys, counts, weights, seed=9, iteration=4, replace=False)
+    for a, b in zip(packed, unpacked, strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_heavy_rows_take_exactly_their_count_when_keys_tie(monkeypatch):
+    """Exponential keys that tie at a row's threshold (coarse uniforms, equal weights) still
+    give each heavy row exactly its count of distinct unlabelled items."""
+    from cfspark.data import negatives
+
+    real = negatives.hashed_uniforms
+    monkeypatch.setattr(negatives, "hashed_uniforms", lambda *a, **k: np.floor(real(*a, **k) * 4) / 4)
+    monkeypatch.setattr(negatives, "LIGHT_SHARE", 0.0)  # every row heavy
+    row_ptr, labelled, keys, _, _ = _block(seed=4, users=30, items=40)
+    weights = np.ones(40)
+    want = np.minimum(12, 40 - np.diff(row_ptr))
+    ptr, items = fresh_negatives(row_ptr, labelled, keys, want, weights, seed=1, iteration=2, replace=False)
+    assert np.array_equal(np.diff(ptr), want)
+    for r in range(len(want)):
+        got = items[ptr[r] : ptr[r + 1]]
+        assert len(np.unique(got)) == len(got)
+        assert not np.isin(got, labelled[row_ptr[r] : row_ptr[r + 1]]).any()

@@ -667,3 +667,18 @@ def test_a_problem_built_like_another_on_the_same_ratings_shares_its_tiling_and_
                                         None, data_loss=False, cache=cache)  # fmt: skip
     assert cache["problem"].tiling is not None and np.isfinite(data) and np.isnan(skipped)
     np.testing.assert_array_equal(first, again)
+
+
+def test_a_newton_steps_reported_loss_is_its_results_loss_from_scratch():
+    """The half-step's data loss (remembered from the step's own acceptance test) equals the
+    written-out loss of the params it returns, and a caller changing the returned row losses
+    leaves the next answer alone."""
+    rng = np.random.default_rng(11)
+    problem, params, rows, cols, other, y = _problem(rng, n=7, m=5, loss="bce", reg=0.3)
+    stepped = newton_step(problem, params, np.r_[np.ones(RANK), 1.0])
+    expected = _explicit_loss(stepped, rows, cols, other, y, 0.0, loss="bce")
+    losses = problem.row_data_loss(stepped)
+    assert losses.sum() == pytest.approx(expected, rel=1e-12)
+    losses += 1.0
+    assert problem.data_loss(stepped) == pytest.approx(expected, rel=1e-12)
+    assert problem.data_loss(params) == pytest.approx(_explicit_loss(params, rows, cols, other, y, 0.0, "bce"))

@@ -7,11 +7,16 @@ Labels that are all 1 (positive-only data) have no preference to learn: the reco
 one model of the positives against the unlabelled pairs (summary positive_only), by default
 the all-items model (model.implicit = "all", fit/implicit.py), or with model.implicit = "sampled"
 the exposure part alone on sampled unlabelled pairs, whose predictions are P(exposed).
+
+Labels few enough for one task (fit/one_task.py's runs_in_one_task) fit both models, and the
+λ search, in one Spark job (fit/exposure_task.py): the same models, without the fixed costs
+of three jobs and their preparation.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from pyspark.sql import DataFrame
@@ -20,7 +25,9 @@ from pyspark.sql import functions as F
 from cfspark.core.ownership import checkpoint_folder
 from cfspark.core.schema import P_EXPOSED, RATING
 from cfspark.data.exposure import exposure_labels
+from cfspark.fit.exposure_task import fit_exposure_one_task
 from cfspark.fit.implicit import fit_all_items
+from cfspark.fit.one_task import runs_in_one_task
 from cfspark.fit.record import FitRecord, training_pairs
 from cfspark.fit.settings import FitSettings, InitialModel
 from cfspark.train.sampled import Draws
@@ -61,10 +68,15 @@ def fit_with_exposure(
 ) -> FitRecord:
     """The preference record with its exposure part (record.exposure), or the exposure part
     alone for positive-only labels; fit is the fit of one plain model (fit/paths.py)."""
+    began = time.perf_counter()
     part = exposure_settings(settings)
-    positive_only = train_ratings.filter(F.col(RATING) != 1.0).limit(1).count() == 0
+    # One aggregation: whether every label is 1, and how many labels there are (which path).
+    row = train_ratings.agg(F.count(F.lit(1)), F.max((F.col(RATING) != 1.0).cast("int"))).first()
+    count, positive_only = int(row[0]), not row[1]
     if positive_only and settings.implicit == "all":
-        return fit_all_items(settings, train_ratings, on_iteration)
+        return fit_all_items(settings, train_ratings, on_iteration, num_ratings=count)
+    if not positive_only and runs_in_one_task(settings, count):  # the three fits in one Spark job
+        return fit_exposure_one_task(settings, fresh_draws(part, settings), train_ratings, on_iteration, began=began)
     # The labelled pairs alone: each half-step draws its own unlabelled 0s (train/sampled.py).
     exposed = exposure_labels(train_ratings).cache()
     exposure = fit(fresh_draws(part, settings), exposed, on_iteration if positive_only else None)

@@ -75,9 +75,14 @@ def single_count_weight(settings: FitSettings) -> float:
 
 
 def fit_all_items(
-    settings: FitSettings, train_ratings: DataFrame, on_iteration: Callable[[FitRecord], dict] | None
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    on_iteration: Callable[[FitRecord], dict] | None,
+    *,
+    num_ratings: int | None = None,
 ) -> FitRecord:
-    """The all-items record for positive-only train_ratings (user, item, rating = 1[, weight])."""
+    """The all-items record for positive-only train_ratings (user, item, rating = 1[, weight]);
+    num_ratings, their count if already known, saves counting them."""
     began = time.perf_counter()
     spark = train_ratings.sparkSession
     reg, reference = settings.exposureRegParam, column_alpha(settings.alpha)
@@ -89,7 +94,8 @@ def fit_all_items(
         dataclasses.replace(settings.step_config(side, reg), all_items=True, learn_bias=False)
         for side in ("user", "item")
     )
-    num_ratings = train_ratings.count()  # the search's sample and the fit's path both read it
+    if num_ratings is None:  # the search's sample and the fit's path both read it
+        num_ratings = train_ratings.count()
     passes = tuple(name for name, value in (("reg", settings.regParam), ("alpha", settings.alpha)) if value == AUTO)
     search = None
     if passes:  # λ (regParam "auto") and α (alpha "auto") on NDCG@k of a validation fold

@@ -115,9 +115,16 @@ def with_negatives(
         row_ptr, cols, keys, counts, pool, seed=draws.seed, iteration=draws.iteration, replace=draws.replace
     )
     drawn = np.diff(neg_ptr)
-    rows = np.r_[np.repeat(np.arange(n), labels), np.repeat(np.arange(n), drawn)]
-    order = np.argsort(rows, kind="stable")  # each row's ratings, then its draws
-    ones = np.ones(len(cols))
+    # Each row's ratings, then its draws: rating j of row r goes to j + (draws of the rows before
+    # r), draw k of row r to k + (ratings of the rows up to r); a scatter, not a sort of the rows.
+    to_rating = np.arange(len(cols)) + np.repeat(neg_ptr[:-1], labels)
+    to_draw = np.arange(len(neg_cols)) + np.repeat(row_ptr[1:], drawn)
+
+    def merged(rated: np.ndarray, draws: np.ndarray | float, dtype: type) -> np.ndarray:
+        out = np.empty(len(cols) + len(neg_cols), dtype)
+        out[to_rating], out[to_draw] = rated, draws
+        return out
+
     new_offset = None
     if offset is not None:
         offset = np.asarray(offset, np.float64)
@@ -127,13 +134,13 @@ def with_negatives(
             drawn_offset = per_col[neg_cols]
         else:  # the row's own item offset
             drawn_offset = np.repeat(offset[row_ptr[:-1][labels > 0]] if n else offset[:0], drawn[labels > 0])
-        new_offset = np.r_[offset, drawn_offset][order]
+        new_offset = merged(offset, drawn_offset, np.float64)
     return (
-        np.r_[0, np.cumsum(labels + drawn)].astype(np.int64),
-        np.r_[cols, neg_cols][order].astype(np.int32),
-        np.r_[np.asarray(y, np.float64), np.zeros(len(neg_cols))][order],
+        row_ptr + neg_ptr,
+        merged(cols, neg_cols, np.int32),
+        merged(np.asarray(y, np.float64), 0.0, np.float64),
         new_offset,
-        np.r_[ones if weight is None else np.asarray(weight, np.float64), np.full(len(neg_cols), draws.weight)][order],
+        merged(np.ones(len(cols)) if weight is None else np.asarray(weight, np.float64), draws.weight, np.float64),
     )
 
 

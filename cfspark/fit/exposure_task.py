@@ -1,0 +1,71 @@
+"""bce with exposure on small data, in one Spark job (train/bce_task.py): the exposure part,
+the λ search and the preference model, with the records the three separate fits would give."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from cfspark.core.phases import phase
+from cfspark.data.exposure import exposure_labels
+from cfspark.data.offsets import item_offsets
+from cfspark.data.split import hashed_fraction
+from cfspark.fit.one_task import _finish
+from cfspark.fit.record import FitRecord
+from cfspark.fit.reg_search import VALIDATION_FRACTION, VALIDATION_SEED, log_search, search_plan, search_settings
+from cfspark.fit.settings import AUTO, FitSettings
+from cfspark.fit.targets import prepare
+from cfspark.train.bce_task import BceTaskConfig, fit_both_one_task
+from cfspark.train.search_task import HELD
+
+
+def fit_exposure_one_task(
+    settings: FitSettings,
+    part: FitSettings,
+    train_ratings: DataFrame,
+    on_iteration: Callable[[FitRecord], dict] | None,
+    *,
+    began: float,
+) -> FitRecord:
+    """The preference record with its exposure part (fitted with part's settings), as
+    fit_with_exposure's two fits give them, from one Spark job; began is when the fit started."""
+    spark = train_ratings.sparkSession
+    auto = settings.regParam == AUTO
+    with phase(spark, "prepare"):
+        prepared = prepare(settings, train_ratings)  # o_i over every training label, and the item table
+    # The search's validation fold is fit/reg_search.py's: the same hashed pairs.
+    held = hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(VALIDATION_FRACTION) if auto else F.lit(False)
+    rows = prepared.targets.withColumn(HELD, held.cast("int"))
+    searching = search_settings(settings, 1.0) if auto else settings  # bce's λ has no units to scale by
+    cfg = BceTaskConfig(
+        user=searching.step_config("user"), item=searching.step_config("item"),
+        exposure_user=part.step_config("user"), exposure_item=part.step_config("item"),
+        plan=search_plan(settings, 1.0, None) if auto else None, offset_prior=settings.offsetPrior,
+        item_offset=settings.itemOffset, max_iter=settings.maxIter, tol=settings.tol,
+    )  # fmt: skip
+    with phase(spark, "one-task"):
+        (users, items), (exposed_users, exposed_items), record = fit_both_one_task(rows, cfg, seed=settings.seed)
+    took = record.pop("task_seconds")
+    found = record.pop("search")
+    chosen = settings
+    if found is not None:
+        log_search(settings, found, 1.0)
+        chosen = settings.carry(regParam=found["reg"])
+    # The exposure part's item table: its offsets are 0 (fit/exposure.py's fresh_draws), read when it predicts.
+    exposure_stats = item_offsets(exposure_labels(train_ratings), prior=part.offsetPrior, rate=0.5, enabled=False)
+    exposure = _finish(part, train_ratings, exposed_users, exposed_items, exposure_stats, 0.0, record.pop("exposure"),
+                       began=began, on_iteration=None)  # fmt: skip
+    exposure.training_pairs = None  # the preference model's pairs are the ones to exclude
+    fitted = _finish(chosen, train_ratings, users, items, prepared.item_stats, prepared.global_baseline, record,
+                     began=began, on_iteration=on_iteration)  # fmt: skip
+    if found is not None:
+        fitted.summary["reg_path"] = found["path"]
+        fitted.summary["reg_search"] = {"reg": found["reg"], "units": settings.regUnits, "widened": found["widened"],
+                                        "at_limit": found["at_limit"], "sample_fraction": 1.0}  # fmt: skip
+    fitted.summary["one_job"] = {"task_seconds": took, "seconds": round(time.perf_counter() - began, 3)}
+    fitted.exposure = exposure
+    fitted.summary["exposure"] = {k: exposure.summary.get(k) for k in ("reg", "history", "stop_reason")}
+    return fitted

@@ -1,0 +1,201 @@
+"""bce with exposure on small data: the exposure fit, the λ search and the preference fit in
+one Spark task, on one set of arrays.
+
+Fitted one after the other, each of the three is a Spark job of its own (rows moved into a
+Python worker, indexed, fitted, the factor tables checkpointed), and the search's rows need
+their own preparation jobs: on MovieLens latest-small ≥ 4 the fixed costs were about as long
+as the exposure fit's iterations (docs/benchmarks.md). Here the task receives the training
+labels once, with each row's item offset o_i, weight, validation flag and init keys, and:
+
+1. fits the exposure part (every labelled pair a 1, fresh 0-labels drawn in each half-step,
+   train/sampled.py) from the hashed init;
+2. walks the λ search of train/search_task.py on the rows outside the validation fold, whose
+   item offsets it computes from those rows alone, as fit/reg_search.py's search rows are
+   (the held rows score with the fit part's offsets, or the global one for an unseen item);
+3. fits the preference model at the chosen λ (or the λ given) from the hashed init.
+
+Each fit is the one its own one-task fit would be (the same arrays in the same order, the
+same kernels); only the search's offsets are summed in numpy rather than in Spark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from cfspark.core.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER, WEIGHT
+from cfspark.train.one_task import (
+    ITEM_KEY,
+    ITEMS,
+    KIND,
+    RECORD,
+    RECORD_COL,
+    USER_KEY,
+    USERS,
+    factor_batch,
+    fit_arrays,
+    keyed_rows,
+)
+from cfspark.train.search_task import HELD, SearchPlan, search_arrays
+from cfspark.train.step import StepConfig
+from cfspark.train.trainer import checkpoint_level
+
+# The output's kinds beside one_task's USERS (0), ITEMS (1) and RECORD (2), which hold the
+# preference model's factors and the record.
+EXPOSURE_USERS, EXPOSURE_ITEMS = 3, 4
+
+
+@dataclasses.dataclass(frozen=True)
+class BceTaskConfig:
+    """What the task fits: each model's half-steps (the preference's λ is the search's choice
+    when plan is set), the item offsets' prior, and the loop's limits."""
+
+    user: StepConfig
+    item: StepConfig
+    exposure_user: StepConfig
+    exposure_item: StepConfig
+    plan: SearchPlan | None  # None: λ fixed at user.reg, nothing held out
+    offset_prior: float  # the search's item offsets, smoothed as data/offsets.py's item_offsets
+    item_offset: bool
+    max_iter: int
+    tol: float
+
+
+def search_offsets(item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, fit_rows: np.ndarray,
+                   n_items: int, prior: float) -> tuple[np.ndarray, float]:  # fmt: skip
+    """(o_i of each of n_items from the fit rows, the global offset logit(p)): data/offsets.py's
+    smoothed rate (Σa·y + m·p) / (Σa + m) with p the fit rows' weighted share of 1s."""
+    a = np.ones(len(y)) if weight is None else weight
+    fa, fy, fi = a[fit_rows], y[fit_rows], item[fit_rows]
+    p = float((fa * fy).sum() / fa.sum())
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"the λ search's fit part holds labels of one value only (share of 1s {p:g})")
+    rate = (np.bincount(fi, fa * fy, n_items) + prior * p) / (np.bincount(fi, fa, n_items) + prior)
+    return np.log(rate / (1.0 - rate)), float(np.log(p / (1.0 - p)))
+
+
+def search_input(user: np.ndarray, item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, held: np.ndarray,
+                 user_keys: np.ndarray, item_keys: np.ndarray, cfg: BceTaskConfig):  # fmt: skip
+    """(fit, held, user_keys, item_keys) for search_arrays from the task's rows (local ids over
+    every row): dense ids over the rows outside the fold, −1 for an id only the fold holds."""
+    fit_rows = ~held
+    local, keys = {}, {}
+    for side, codes, side_keys in (("user", user, user_keys), ("item", item, item_keys)):
+        seen = np.unique(codes[fit_rows])
+        dense = np.full(len(side_keys), -1, np.int64)
+        dense[seen] = np.arange(len(seen))
+        local[side], keys[side] = dense[codes], side_keys[seen]
+    offset = None
+    if cfg.item_offset:
+        per_item, glob = search_offsets(local["item"], y, weight, fit_rows, len(keys["item"]), cfg.offset_prior)
+        offset = np.where(local["item"] >= 0, per_item[np.maximum(local["item"], 0)], glob)
+    fit = (local["user"][fit_rows], local["item"][fit_rows], y[fit_rows],
+           None if offset is None else offset[fit_rows], None if weight is None else weight[fit_rows])  # fmt: skip
+    held_rows = {"user": local["user"][held], "item": local["item"][held], "y": y[held],
+                 "offset": None if offset is None else offset[held]}  # fmt: skip
+    return fit, held_rows, keys["user"], keys["item"]
+
+
+def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
+             weight: np.ndarray | None, held: np.ndarray, user_keys: np.ndarray, item_keys: np.ndarray,
+             cfg: BceTaskConfig) -> tuple[tuple, tuple, dict]:  # fmt: skip
+    """((W, X), (exposure W, X), record) on dense local ids over every training row; offset
+    is each row's o_i over all of them (None without item offsets), held the validation fold."""
+    began = time.perf_counter()
+    ones = np.ones(len(y))
+    EW, EX, e_history, e_stop = fit_arrays(
+        user, item, ones, None, ones if weight is None else weight, user_keys, item_keys, cfg.exposure_user,
+        cfg.exposure_item, max_iter=cfg.max_iter, tol=cfg.tol,
+    )  # fmt: skip
+    exposed = time.perf_counter()
+    ucfg, icfg, found = cfg.user, cfg.item, None
+    if cfg.plan is not None:
+        found, _ = search_arrays(*search_input(user, item, y, weight, held, user_keys, item_keys, cfg), cfg.user,
+                                 cfg.item, cfg.plan)  # fmt: skip
+        reg = found["reg"] * cfg.plan.unit
+        ucfg, icfg = dataclasses.replace(ucfg, reg=reg), dataclasses.replace(icfg, reg=reg)
+    searched = time.perf_counter()
+    W, X, history, stop = fit_arrays(user, item, y, offset, weight, user_keys, item_keys, ucfg, icfg,
+                                     max_iter=cfg.max_iter, tol=cfg.tol)  # fmt: skip
+    sizes = {"users": len(W), "items": len(X)}
+    record = {
+        "history": history, "stop": stop, **sizes, "search": found,
+        "exposure": {"history": e_history, "stop": e_stop, **sizes},
+        "task_seconds": {"exposure": round(exposed - began, 3), "search": round(searched - exposed, 3),
+                         "fit": round(time.perf_counter() - searched, 3)},
+    }  # fmt: skip
+    return (W, X), (EW, EX), record
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
+    return None if column.null_count else column.to_numpy().astype(np.float64)
+
+
+def _body(cfg: BceTaskConfig):
+    """mapInArrow body over the one partition that holds every training label."""
+    rank = cfg.user.rank
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        table = pa.Table.from_batches(batches)
+        ids, local, keys = {}, {}, {}
+        for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
+            encoded = table.column(side).combine_chunks().dictionary_encode()
+            local[side] = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            keys[side] = np.empty(len(encoded.dictionary), np.int64)
+            keys[side][local[side]] = table.column(key_col).to_numpy()
+            ids[side] = encoded.dictionary
+        held = table.column(HELD).to_numpy() == 1
+        (W, X), (EW, EX), record = fit_both(
+            local[USER], local[ITEM], table.column(TARGET).to_numpy().astype(np.float64),
+            _floats(table.column(OFFSET)), _floats(table.column(WEIGHT)), held, keys[USER], keys[ITEM], cfg,
+        )  # fmt: skip
+        yield factor_batch(ids[USER], ids[ITEM], W, X, rank, record)
+        exposure = factor_batch(ids[USER], ids[ITEM], EW, EX, rank, {})
+        exposure = exposure.slice(0, exposure.num_rows - 1)  # its factors; the one record is above
+        kinds = pc.add(exposure.column(0), pa.scalar(EXPOSURE_USERS, pa.int32()))
+        yield pa.RecordBatch.from_arrays([kinds, *exposure.columns[1:]], schema=exposure.schema)
+
+    return run
+
+
+def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tuple[tuple, tuple, dict]:
+    """((user_factors, item_factors), (the exposure part's), record) from rows (user, item, y,
+    offset, weight, held), in one Spark job; the factor tables are (id, features, bias) under
+    the input's id types, materialised in Spark's block store (localCheckpoint)."""
+    keyed = keyed_rows(rows.select(USER, ITEM, TARGET, F.col(OFFSET).cast("double").alias(OFFSET),
+                                   F.col(WEIGHT).cast("double").alias(WEIGHT), F.col(HELD).cast("int").alias(HELD)),
+                       seed)  # fmt: skip
+    ids = {f.name: f.dataType for f in keyed.schema.fields}
+    schema = T.StructType([
+        T.StructField(KIND, T.IntegerType()), T.StructField(USER, ids[USER]), T.StructField(ITEM, ids[ITEM]),
+        T.StructField(FEATURES, T.ArrayType(T.DoubleType())), T.StructField(BIAS, T.DoubleType()),
+        T.StructField(RECORD_COL, T.StringType()),
+    ])  # fmt: skip
+    level = checkpoint_level(rows.sparkSession)
+    out = keyed.mapInArrow(_body(cfg), schema).localCheckpoint(eager=False, storageLevel=level)
+    found = out.filter(F.col(KIND) == RECORD).select(RECORD_COL).collect()  # the one job that fits
+    if not found:
+        raise ValueError("there are no training ratings to fit")
+    record = json.loads(found[0][RECORD_COL])
+
+    def table(kind: int, side: str) -> DataFrame:
+        return (
+            out.filter(F.col(KIND) == kind).select(side, FEATURES, BIAS).localCheckpoint(eager=True, storageLevel=level)
+        )
+
+    preference = (table(USERS, USER), table(ITEMS, ITEM))
+    exposure = (table(EXPOSURE_USERS, USER), table(EXPOSURE_ITEMS, ITEM))
+    out.unpersist()
+    return preference, exposure, record
