@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from cfspark.blocks import inblock
 from cfspark.blocks.codec import cell
 from cfspark.blocks.hashing import hashed_blocks, xxhash64
 from cfspark.blocks.inblock import ChunkSide, _sort_order, chunk_ratings, index_rows, pack_arrays, pack_chunks
@@ -125,6 +126,21 @@ def test_chunked_packing_equals_packing_all_rows_at_once():
             assert packed.column("offset")[0].as_py() is None and direct.pop("offset") is None
             for name, expected in direct.items():
                 np.testing.assert_array_equal(cell(packed, name, 0, expected.dtype), expected, err_msg=name)
+
+
+def test_ratings_cut_in_slices_as_they_arrive_give_the_chunks_of_one_cut(monkeypatch):
+    # Cut in slices of 64 ratings as the batches arrive, each block's chunk holds the same
+    # cells, byte for byte, as cutting the whole partition at once; a null weight in a late
+    # slice drops the weights of every chunk, as it does cut at once.
+    rows = _ratings(np.random.default_rng(6), 500)
+    weight = np.random.default_rng(60).uniform(0.1, 3.0, 500)
+    batches = pa.Table.from_pydict({**rows, "weight": weight}).to_batches(max_chunksize=50)
+    with_null = pa.Table.from_pydict({**rows, "weight": pa.array([*weight[:-1], None])}).to_batches(50)
+    whole = [pa.Table.from_batches(list(chunk_ratings(iter(b)))) for b in (batches, with_null)]
+    monkeypatch.setattr(inblock, "CUT_ROWS", 64)
+    sliced = [pa.Table.from_batches(list(chunk_ratings(iter(b)))) for b in (batches, with_null)]
+    assert sliced[0].equals(whole[0]) and sliced[1].equals(whole[1]) and whole[0].num_rows == 5
+    assert whole[0].column("weight").null_count == 0 and whole[1].column("weight").null_count == 5
 
 
 def test_placed_entities_are_routed_to_their_block_on_both_sides():

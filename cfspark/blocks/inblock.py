@@ -211,6 +211,63 @@ class ChunkSide:
         return route_blocks(values, hashed, (self.heavy, self.heavy_blocks))
 
 
+# chunk_ratings cuts a partition's ratings in slices of about this many, as they arrive: the
+# JVM turns the next ratings into Arrow while Python cuts the last ones, where cutting them
+# all at the end left the JVM idle for the whole cut.
+CUT_ROWS = 1 << 18
+
+
+def _cut_slice(table: pa.Table, sides: tuple[ChunkSide, ChunkSide], parts: dict, carried: dict) -> None:
+    """Cut one slice of ratings by block on each side, appending each block's columns to
+    parts[(side, block)], in the slice's order; carried[name] turns False at a null."""
+    shared = {"y": table.column("y").to_numpy().astype(np.float64, copy=False)}
+    for name in EXTRAS:  # a column with a null anywhere in the partition is not carried
+        if name in table.column_names and table.column(name).null_count == 0:
+            shared[name] = table.column(name).to_numpy().astype(np.float64, copy=False)
+        else:
+            carried[name] = False
+    values = {s: table.column(f"{s}_id").to_numpy().astype(np.int64, copy=False) for s in SIDES}
+    blocks = {s: rule.blocks(table, s, values[s]) for s, rule in zip(SIDES, sides, strict=True)}
+    for side, (own, other) in enumerate((SIDES, SIDES[::-1])):
+        # Block numbers fit in 16 bits, which numpy's stable sort takes by radix.
+        order = np.argsort(blocks[own].astype(np.int16), kind="stable")
+        by_block = blocks[own][order]
+        starts = np.flatnonzero(np.diff(by_block, prepend=-1))
+        ends = np.append(starts[1:], len(order))
+        columns = {"own": values[own][order], "other": values[other][order], "other_block": blocks[other][order]}
+        if sides[side].wide is None:
+            columns["key"] = table.column(f"{own}_key").to_numpy()[order]
+        columns.update({name: v[order] for name, v in shared.items()})
+        for lo, hi in zip(starts, ends, strict=True):  # over blocks, never over ratings
+            parts.setdefault((side, int(by_block[lo])), []).append({n: v[lo:hi] for n, v in columns.items()})
+
+
+def _chunk_row(side: int, block: int, slices: list[dict], rule: ChunkSide, carried: dict) -> dict:
+    """One block's chunk of one side, from its slices in arrival order."""
+    names = [n for n in slices[0] if all(n in s for s in slices)]
+    joined = {n: np.concatenate([s[n] for s in slices]) for n in names}
+    ids, own_idx = _distinct(joined["own"])
+    others, other_idx = _distinct(joined["other"])
+    if "key" not in joined:  # hashed once per entity, not per rating
+        own_keys = xxhash64(ids, rule.key_seed, wide=rule.wide)
+    else:
+        own_keys = np.empty(len(ids), dtype=np.int64)
+        own_keys[own_idx] = joined["key"]
+    where = np.empty(len(others), dtype=np.int32)
+    where[other_idx] = joined["other_block"]
+    return {
+        "side": side,
+        "block": block,
+        "ids": blob(ids),
+        "key": blob(own_keys),
+        "own": blob(own_idx),
+        "other_ids": blob(others),
+        "other_block": blob(where),
+        "other": blob(other_idx),
+        **{n: blob(joined[n]) if carried.get(n, True) and n in joined else None for n in ("y", *EXTRAS)},
+    }
+
+
 def chunk_ratings(
     batches: Iterator[pa.RecordBatch], sides: tuple[ChunkSide, ChunkSide] = (ChunkSide(), ChunkSide())
 ) -> Iterator[pa.RecordBatch]:
@@ -221,53 +278,25 @@ def chunk_ratings(
     *_id is the 64-bit value an entity is ordered by. Both sides are cut from one pass, so
     the ratings cross from the JVM to Arrow once, and shuffling a few large cells per
     partition costs the JVM far less than shuffling and sorting every rating as a row of its own.
+    The ratings are cut in slices of CUT_ROWS as they arrive; a block's chunk holds its
+    ratings in the partition's order, as one stable cut of the whole partition would.
     """
-    batches = [b for b in batches if b.num_rows]
-    if not batches:  # an empty partition
+    parts: dict[tuple[int, int], list[dict]] = {}
+    carried: dict[str, bool] = {}
+    pending, rows = [], 0
+    for batch in batches:
+        if batch.num_rows:
+            pending.append(batch)
+            rows += batch.num_rows
+        if rows >= CUT_ROWS:
+            _cut_slice(pa.Table.from_batches(pending), sides, parts, carried)
+            pending, rows = [], 0
+    if pending:
+        _cut_slice(pa.Table.from_batches(pending), sides, parts, carried)
+    if not parts:  # an empty partition
         return
-    table = pa.Table.from_batches(batches)
-    shared = {"y": table.column("y").to_numpy().astype(np.float64, copy=False)}
-    for name in EXTRAS:  # a column of nulls (no offsets, or no weights) is not carried
-        if name in table.column_names and table.column(name).null_count == 0:
-            shared[name] = table.column(name).to_numpy().astype(np.float64, copy=False)
-    values = {s: table.column(f"{s}_id").to_numpy().astype(np.int64, copy=False) for s in SIDES}
-    blocks = {s: rule.blocks(table, s, values[s]) for s, rule in zip(SIDES, sides, strict=True)}
-    rows = []
-    for side, (own, other) in enumerate((SIDES, SIDES[::-1])):
-        rule = sides[side]
-        # Block numbers fit in 16 bits, which numpy's stable sort takes by radix.
-        order = np.argsort(blocks[own].astype(np.int16), kind="stable")
-        by_block = blocks[own][order]
-        starts = np.flatnonzero(np.diff(by_block, prepend=-1))
-        ends = np.append(starts[1:], len(order))
-        own_values, other_values = values[own][order], values[other][order]
-        other_blocks = blocks[other][order]
-        key = table.column(f"{own}_key").to_numpy()[order] if rule.wide is None else None
-        cut = {name: v[order] for name, v in shared.items()}
-        for lo, hi in zip(starts, ends, strict=True):  # over blocks, never over ratings
-            ids, own_idx = _distinct(own_values[lo:hi])
-            others, other_idx = _distinct(other_values[lo:hi])
-            if key is None:  # hashed once per entity, not per rating
-                own_keys = xxhash64(ids, rule.key_seed, wide=rule.wide)
-            else:
-                own_keys = np.empty(len(ids), dtype=np.int64)
-                own_keys[own_idx] = key[lo:hi]
-            where = np.empty(len(others), dtype=np.int32)
-            where[other_idx] = other_blocks[lo:hi]
-            rows.append(
-                {
-                    "side": side,
-                    "block": int(by_block[lo]),
-                    "ids": blob(ids),
-                    "key": blob(own_keys),
-                    "own": blob(own_idx),
-                    "other_ids": blob(others),
-                    "other_block": blob(where),
-                    "other": blob(other_idx),
-                    **{name: blob(cut[name][lo:hi]) if name in cut else None for name in ("y", *EXTRAS)},
-                }
-            )
-    yield pa.RecordBatch.from_pylist(rows, schema=_CHUNK_ARROW)
+    cut = [_chunk_row(side, block, parts.pop((side, block)), sides[side], carried) for side, block in sorted(parts)]
+    yield pa.RecordBatch.from_pylist(cut, schema=_CHUNK_ARROW)
 
 
 def _merged(table: pa.Table, values: str, index: str, per_value: str, dtype) -> tuple:
