@@ -13,7 +13,7 @@ from cfspark.core.phases import phase
 from cfspark.data.exposure import exposure_labels
 from cfspark.data.offsets import item_offsets
 from cfspark.data.split import hashed_fraction
-from cfspark.fit.one_task import _finish
+from cfspark.fit.one_task import finish_record
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import VALIDATION_FRACTION, VALIDATION_SEED, log_search, search_plan, search_settings
 from cfspark.fit.settings import AUTO, FitSettings
@@ -56,10 +56,10 @@ def fit_exposure_one_task(
         chosen = settings.carry(regParam=found["reg"])
     # The exposure part's item table: its offsets are 0 (fit/exposure.py's fresh_draws), read when it predicts.
     exposure_stats = item_offsets(exposure_labels(train_ratings), prior=part.offsetPrior, rate=0.5, enabled=False)
-    exposure = _finish(part, train_ratings, exposed_users, exposed_items, exposure_stats, 0.0, record.pop("exposure"),
-                       began=began, on_iteration=None)  # fmt: skip
+    exposure = finish_record(part, train_ratings, exposed_users, exposed_items, exposure_stats, 0.0,
+                             record.pop("exposure"), began=began, on_iteration=None)  # fmt: skip
     exposure.training_pairs = None  # the preference model's pairs are the ones to exclude
-    fitted = _finish(chosen, train_ratings, users, items, prepared.item_stats, prepared.global_baseline, record,
+    fitted = finish_record(chosen, train_ratings, users, items, prepared.item_stats, prepared.global_baseline, record,
                      began=began, on_iteration=on_iteration)  # fmt: skip
     if found is not None:
         fitted.summary["reg_path"] = found["path"]

@@ -52,8 +52,8 @@ def fit_in_one_task(
             prepared.targets, settings.step_config("user"), settings.step_config("item"),
             max_iter=settings.maxIter, tol=settings.tol, seed=settings.seed,
         )  # fmt: skip
-    return _finish(settings, train_ratings, user_factors, item_factors, prepared.item_stats, prepared.global_baseline,
-                   record, began=began, on_iteration=on_iteration)  # fmt: skip
+    return finish_record(settings, train_ratings, user_factors, item_factors, prepared.item_stats,
+                         prepared.global_baseline, record, began=began, on_iteration=on_iteration)  # fmt: skip
 
 
 def fit_auto_in_one_task(
@@ -82,7 +82,7 @@ def fit_auto_in_one_task(
     reg, kept = found["reg"], found.get("rank", settings.rank)
     chosen = settings.carry(regParam=reg).replace(rank=kept)  # the model's shape, not a Param it carries
     chosen = chosen.in_als_units(unit) if settings.regUnits == "spread" else chosen
-    fitted = _finish(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
+    fitted = finish_record(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
                      began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
     kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds")
@@ -93,9 +93,9 @@ def fit_auto_in_one_task(
     return fitted
 
 
-def _finish(settings: FitSettings, train_ratings: DataFrame, user_factors: DataFrame, item_factors: DataFrame,
-            item_stats: DataFrame, global_baseline: float, record: dict, *, began: float,
-            on_iteration: Callable[[FitRecord], dict] | None) -> FitRecord:  # fmt: skip
+def finish_record(settings: FitSettings, train_ratings: DataFrame, user_factors: DataFrame, item_factors: DataFrame,
+                  item_stats: DataFrame, global_baseline: float, record: dict, *, began: float,
+                  on_iteration: Callable[[FitRecord], dict] | None) -> FitRecord:  # fmt: skip
     """The FitRecord of a one-task fit's output, its history's times made the fit's own."""
     history, stop_reason = record["history"], record["stop"]
     if not math.isfinite(history[-1]["train_loss"]):
