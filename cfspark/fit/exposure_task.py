@@ -60,7 +60,7 @@ def fit_exposure_one_task(
                              record.pop("exposure"), began=began, on_iteration=None)  # fmt: skip
     exposure.training_pairs = None  # the preference model's pairs are the ones to exclude
     fitted = finish_record(chosen, train_ratings, users, items, prepared.item_stats, prepared.global_baseline, record,
-                     began=began, on_iteration=on_iteration)  # fmt: skip
+                           began=began, on_iteration=on_iteration)  # fmt: skip
     if found is not None:
         fitted.summary["reg_path"] = found["path"]
         fitted.summary["reg_search"] = {"reg": found["reg"], "units": settings.regUnits, "widened": found["widened"],

@@ -83,7 +83,7 @@ def fit_auto_in_one_task(
     chosen = settings.carry(regParam=reg).replace(rank=kept)  # the model's shape, not a Param it carries
     chosen = chosen.in_als_units(unit) if settings.regUnits == "spread" else chosen
     fitted = finish_record(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
-                     began=began, on_iteration=on_iteration)  # fmt: skip
+                           began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
     kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds")
     search = {k: found[k] for k in kept_keys if k in found}
