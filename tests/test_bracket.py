@@ -144,12 +144,14 @@ def test_refinement_stops_once_both_ends_of_the_bracket_score_within_resolution(
     assert len(found.path) <= len(full.path)
     fine = _fine_best(curve, 1e-4, 1e2)
     assert found.score <= curve(fine) * (1 + resolution)
-    # It stopped because both neighbours are within resolution, or the bracket is tol wide.
+    # It stopped because both neighbours are within resolution, or the bracket is tol wide, or
+    # one neighbour is within resolution and the other at most tol away.
     regs = sorted(r for r, _ in found.path)
     i = min(range(len(regs)), key=lambda j: abs(math.log(regs[j] / found.reg)))
     a, c = regs[i - 1], regs[i + 1]
-    flat = all(curve(r) <= found.score * (1 + resolution) for r in (a, c))
-    assert flat or math.log(c / a) <= TOL
+    flat_a, flat_c = (curve(r) <= found.score * (1 + resolution) for r in (a, c))
+    steep_width = math.log(c / found.reg) if flat_a else math.log(found.reg / a)
+    assert (flat_a and flat_c) or math.log(c / a) <= TOL or (flat_a != flat_c and steep_width <= TOL)
 
 
 def test_a_flat_side_of_the_bracket_is_not_probed():
@@ -163,6 +165,22 @@ def test_a_flat_side_of_the_bracket_is_not_probed():
     # Below 0.1 only the start grid's 0.03 is scored: the side is flat, and it is not probed.
     assert [r for r, _ in found.path if r < 0.1 * (1 - 1e-9)] == pytest.approx([0.03])
     assert len(found.path) < len(bracket_search(curve, start=START, tol=TOL).path)
+
+
+def test_with_one_side_flat_refinement_stops_once_the_other_side_is_tol_wide():
+    # Flat above 0.1 (within resolution), a parabola below whose probes stay measurably worse
+    # for many golden steps: the flat side's width must not keep the search going.
+    def curve(reg: float) -> float:
+        d = math.log(reg / 0.1)
+        return 1.0 + 0.05 * min(d, 0.0) ** 2 + 1e-7 * max(d, 0.0)
+
+    found = bracket_search(curve, start=START, tol=TOL, resolution=1e-6)
+    full = bracket_search(curve, start=START, tol=TOL)
+    assert found.reg == pytest.approx(0.1) and full.reg == pytest.approx(0.1)
+    below = sorted(r for r, _ in found.path if r < 0.1 * (1 - 1e-9))
+    # It stopped with the probed side at most tol wide, after fewer calls than tol alone needs.
+    assert math.log(0.1 / below[-1]) <= TOL < math.log(0.1 / below[-2])
+    assert len(found.path) < len(full.path)
 
 
 def test_the_fit_at_the_choice_also_stops_once_its_training_rmse_is_still():

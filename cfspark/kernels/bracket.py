@@ -87,7 +87,8 @@ def bracket_search(
 def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: float, resolution: float,
             calls_left) -> None:  # fmt: skip
     """Golden-section steps on the bracket around the best point until it is at most tol wide,
-    or until both its ends score within resolution (relative) of the best."""
+    or until both its ends score within resolution (relative) of the best, or until one end
+    does and the side towards the other is at most tol wide."""
     while calls_left():
         keys = sorted(points)
         i = min(range(len(keys)), key=lambda j: (points[keys[j]], keys[j]))
@@ -100,6 +101,9 @@ def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: 
         # measurably better than the best, so it is not probed.
         flat_low, flat_high = (points[k] <= points[b] + resolution * abs(points[b]) for k in (a, c))
         if resolution > 0 and flat_low and flat_high:
+            return
+        # With one side flat, only the other side's width says how well the best is placed.
+        if resolution > 0 and flat_low != flat_high and (c - b if flat_low else b - a) <= tol:
             return
         # Probe the larger side of the best point that is not flat, a golden fraction of the way in.
         up = flat_low if resolution > 0 and flat_low != flat_high else c - b >= b - a
