@@ -21,7 +21,6 @@ same kernels); only the search's offsets are summed in numpy rather than in Spar
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
 
@@ -30,24 +29,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from cfspark.core.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER, WEIGHT
 from cfspark.train.one_task import (
     ITEM_KEY,
     ITEMS,
-    KIND,
-    RECORD,
-    RECORD_COL,
     USER_KEY,
     USERS,
     factor_batch,
+    factor_task_output,
     fit_arrays,
     keyed_rows,
+    kind_table,
 )
 from cfspark.train.search_task import HELD, SearchPlan, search_arrays
 from cfspark.train.step import StepConfig
-from cfspark.train.trainer import checkpoint_level
 
 # The output's kinds beside one_task's USERS (0), ITEMS (1) and RECORD (2), which hold the
 # preference model's factors and the record.
@@ -177,25 +173,10 @@ def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tupl
     keyed = keyed_rows(rows.select(USER, ITEM, TARGET, F.col(OFFSET).cast("double").alias(OFFSET),
                                    F.col(WEIGHT).cast("double").alias(WEIGHT), F.col(HELD).cast("int").alias(HELD)),
                        seed)  # fmt: skip
-    ids = {f.name: f.dataType for f in keyed.schema.fields}
-    schema = T.StructType([
-        T.StructField(KIND, T.IntegerType()), T.StructField(USER, ids[USER]), T.StructField(ITEM, ids[ITEM]),
-        T.StructField(FEATURES, T.ArrayType(T.DoubleType())), T.StructField(BIAS, T.DoubleType()),
-        T.StructField(RECORD_COL, T.StringType()),
-    ])  # fmt: skip
-    level = checkpoint_level(rows.sparkSession)
-    out = keyed.mapInArrow(_body(cfg), schema).localCheckpoint(eager=False, storageLevel=level)
-    found = out.filter(F.col(KIND) == RECORD).select(RECORD_COL).collect()  # the one job that fits
-    if not found:
-        raise ValueError("there are no training ratings to fit")
-    record = json.loads(found[0][RECORD_COL])
-
-    def table(kind: int, side: str) -> DataFrame:
-        return (
-            out.filter(F.col(KIND) == kind).select(side, FEATURES, BIAS).localCheckpoint(eager=True, storageLevel=level)
-        )
-
-    preference = (table(USERS, USER), table(ITEMS, ITEM))
-    exposure = (table(EXPOSURE_USERS, USER), table(EXPOSURE_ITEMS, ITEM))
+    out, record, level = factor_task_output(keyed, _body(cfg))
+    preference, exposure = (
+        tuple(kind_table(out, kind, (side, FEATURES, BIAS), level) for kind, side in ((users, USER), (items, ITEM)))
+        for users, items in ((USERS, ITEMS), (EXPOSURE_USERS, EXPOSURE_ITEMS))
+    )
     out.unpersist()
     return preference, exposure, record

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -231,6 +232,21 @@ def run_factor_task(
 ) -> tuple[DataFrame, DataFrame, DataFrame | None, dict]:
     """Run a factor_batch body over rows in one Spark job: (user_factors, item_factors,
     item_stats (item, item_mean, ratings) if asked for, else None, record)."""
+    extra = [T.StructField(ITEM_MEAN, T.DoubleType()), T.StructField(ITEM_RATINGS, T.LongType())] if item_stats else []
+    out, record, level = factor_task_output(rows, body, extra)
+    user_factors = kind_table(out, USERS, (USER, FEATURES, BIAS), level)
+    item_factors = kind_table(out, ITEMS, (ITEM, FEATURES, BIAS), level)
+    stats = kind_table(out, ITEMS, (ITEM, ITEM_MEAN, ITEM_RATINGS), level) if item_stats else None
+    out.unpersist()
+    return user_factors, item_factors, stats, record
+
+
+def factor_task_output(
+    rows: DataFrame, body, extra: list[T.StructField] | None = None
+) -> tuple[DataFrame, dict, StorageLevel]:
+    """A factor_batch body's output over rows (kind, user, item, features, bias, record, then
+    extra), checkpointed as it is computed, its record read in the one job that fits, and the
+    storage level for the tables taken from it (kind_table)."""
     ids = {f.name: f.dataType for f in rows.schema.fields}
     fields = [
         T.StructField(KIND, T.IntegerType()),
@@ -239,22 +255,16 @@ def run_factor_task(
         T.StructField(FEATURES, T.ArrayType(T.DoubleType())),
         T.StructField(BIAS, T.DoubleType()),
         T.StructField(RECORD_COL, T.StringType()),
+        *(extra or []),
     ]
-    if item_stats:
-        fields += [T.StructField(ITEM_MEAN, T.DoubleType()), T.StructField(ITEM_RATINGS, T.LongType())]
     level = checkpoint_level(rows.sparkSession)
     out = rows.mapInArrow(body, T.StructType(fields)).localCheckpoint(eager=False, storageLevel=level)
     found = out.filter(F.col(KIND) == RECORD).select(RECORD_COL).collect()  # the one job that fits
     if not found:
         raise ValueError("there are no training ratings to fit")
-    record = json.loads(found[0][RECORD_COL])
-    user_factors = out.filter(F.col(KIND) == USERS).select(USER, FEATURES, BIAS)
-    item_factors = out.filter(F.col(KIND) == ITEMS).select(ITEM, FEATURES, BIAS)
-    user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
-    item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
-    stats = None
-    if item_stats:
-        stats = out.filter(F.col(KIND) == ITEMS).select(ITEM, ITEM_MEAN, ITEM_RATINGS)
-        stats = stats.localCheckpoint(eager=True, storageLevel=level)
-    out.unpersist()
-    return user_factors, item_factors, stats, record
+    return out, json.loads(found[0][RECORD_COL]), level
+
+
+def kind_table(out: DataFrame, kind: int, columns: tuple[str, ...], level: StorageLevel) -> DataFrame:
+    """The rows of one kind of a factor task's output, with columns, in Spark's block store."""
+    return out.filter(F.col(KIND) == kind).select(*columns).localCheckpoint(eager=True, storageLevel=level)
