@@ -42,11 +42,11 @@ def fit_ratings(
     """
     if settings.loss == "bce" and settings.exposure:
         return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
-    spread = None
+    spread = num_items = None
     began = time.perf_counter()
     if settings.loss == "mse" and (settings.regUnits == "spread" or settings.regParam == AUTO):
         stats = target_stats(settings, train_ratings)  # one aggregation: s, the count and g
-        num_ratings, global_mean = stats.count, stats.global_mean
+        num_ratings, global_mean, num_items = stats.count, stats.global_mean, stats.items
         spread = stats.spread if settings.regUnits == "spread" else None
         if settings.regParam == AUTO and runs_in_one_task(settings, num_ratings):
             return fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)
@@ -72,12 +72,13 @@ def fit_ratings(
                 chosen = chosen.replace(initialModel=InitialModel("automatic λ's search", lambda: start))
             # As the one-task fit does, stop once an iteration moves the predictions by at most
             # SETTLED of the chosen λ's validation RMSE, which bounds its change of any RMSE.
-            at = [p for p in search["path"] if math.isclose(p["reg"], reg, rel_tol=1e-9) and "rmse" in p]
+            scored = search.get("sample_reg", reg)  # a sample's path is at its own λ, before the transfer
+            at = [p for p in search["path"] if math.isclose(p["reg"], scored, rel_tol=1e-9) and "rmse" in p]
             return chosen, SETTLED * at[-1]["rmse"] if at else None
 
         def run_search(with_factors: bool = False) -> tuple[float, dict]:  # reg in regUnits
             return choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings, global_mean=global_mean,
-                              with_factors=with_factors)  # fmt: skip
+                              num_items=num_items, with_factors=with_factors)  # fmt: skip
 
         if runs_in_one_task(settings, num_ratings):
             chosen, settle = chosen_settings(*run_search())

@@ -3,10 +3,12 @@
 A hashed VALIDATION_FRACTION of the training ratings is held out, and the bracketing
 search (kernels/bracket.py) runs on the rest inside one Spark task (train/search_task.py),
 warm-started from one λ to the next, each λ stopped on the validation score. Large data
-is searched on a hashed sample of its users, at most about SEARCH_RATINGS ratings: λ is
-count-scaled, so a user keeps the same penalty per rating in the sample as in the whole,
-and the λ chosen on the sample carries over to the full fit. Only the training ratings are
-read: a test split never reaches the search.
+is searched on a hashed sample of its users (mse: SEARCH_FRACTION of them, so that the
+search takes a fixed share of the blockwise setup it runs beside; bce: at most about
+SEARCH_RATINGS ratings). The sample keeps every user's ratings but leaves each item fewer,
+and chooses a larger λ than all users would; mse's choice is carried over to the whole by
+the penalty per factor vector (transfer_factor). Only the training ratings are read: a
+test split never reaches the search.
 
 λ is searched in regUnits: under "spread" (the default) the kernel's λ is reg·s, so the
 start grid and the choice are the same for ratings on any scale.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -34,11 +37,13 @@ STEP = 3.0  # the widening factor past an end of START
 TOL_LOG = math.log(1.3)  # the final bracket's width in log λ: λ within 30 % of the best
 LOW, HIGH = 1e-4, 1e2  # the hard range: every λ tried lies in it
 POINT_ITER = 6  # iterations at most per warm-started λ; the first λ may take maxIter
-# At most about this many ratings are searched, in one task: as many as one task fits. A user
-# sample chooses a larger λ than all users (measured on planted data, docs/benchmarks.md:
-# × 1.2–1.3 at half the users, × 1.5–1.8 at a quarter, × 2.4–2.5 at a tenth), so the sample is
-# as large as one task allows.
+# At most about this many ratings are searched, in one task: as many as one task fits.
 SEARCH_RATINGS = ONE_TASK_RATINGS
+# mse past that size searches this share of the users (fewer if the share exceeds SEARCH_RATINGS):
+# the search's cost then grows with the data as the blockwise setup's does, and stays beside it.
+# λ chosen on the sample is carried over by transfer_factor (measured down to an eighth of the
+# users, docs/benchmarks.md "λ carried over from a quarter of the users").
+SEARCH_FRACTION = 0.25
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a test split on the split seed
 SAMPLE_SEED = 104729  # added to the model seed: which users the search samples
@@ -53,6 +58,32 @@ def sampled_users(ratings: DataFrame, fraction: float, seed: int) -> DataFrame:
     unit = 2**53
     drawn = F.pmod(F.xxhash64(F.col(USER), F.lit(seed)), F.lit(unit)).cast("double") / float(unit)
     return ratings.filter(drawn < F.lit(fraction))
+
+
+def search_fraction(settings: FitSettings, num_ratings: int, max_ratings: int) -> float:
+    """The share of the users the search samples: all up to max_ratings ratings; past it, mse
+    takes SEARCH_FRACTION (at most max_ratings' worth), bce max_ratings' worth."""
+    if num_ratings <= max_ratings:
+        return 1.0
+    fraction = max_ratings / num_ratings
+    return min(fraction, SEARCH_FRACTION) if settings.loss == "mse" else fraction
+
+
+def transfer_factor(sample: dict, fraction: float, num_ratings: int, num_items: int) -> float:
+    """λ(all users) / λ(the sample), from the ratings per factor vector N / (U + I) in each.
+
+    Count scaling gives a vector with n ratings a penalty λ·n: λ·2N / (U + I) on average over
+    the U + I vectors. A user sample keeps each user's ratings but leaves each item fewer, so
+    the sample has more vectors per rating and chooses a larger λ; what carries over is the
+    average penalty per vector (measured: the sample's λ over all users' follows the ratio
+    of vectors per rating at fractions 1/2 to 1/8, docs/benchmarks.md). sample holds the
+    sample's ratings, users and items; the whole has num_ratings ratings, num_items items
+    and about users / fraction users (the sample is a hashed share of them)."""
+    if fraction >= 1:
+        return 1.0
+    per_sample = sample["ratings"] / (sample["users"] + sample["items"])
+    per_whole = num_ratings / (sample["users"] / fraction + num_items)
+    return per_sample / per_whole
 
 
 def search_plan(settings: FitSettings, unit: float, global_mean: float | None) -> SearchPlan:
@@ -90,6 +121,14 @@ def log_search(settings: FitSettings, found: dict, fraction: float) -> None:
         tried = ", ".join(f"{p['rank']}: {p['score']:.6g}" for p in found["rank_path"])
         log.info("automatic λ: the factors keep %d of their %d directions (validation %s by rank: %s)",
                  found["rank"], settings.rank, metric, tried)  # fmt: skip
+    if "sample_reg" in found:
+        log.info("automatic λ: the sample's reg %.4g × %.3g for all the users (ratings per factor vector: "
+                 "%.4g in the sample)", found["sample_reg"], found["transfer"],
+                 found["sample"]["ratings"] / (found["sample"]["users"] + found["sample"]["items"]))  # fmt: skip
+    if "seconds" in found:
+        took = found.get("task_seconds", {})
+        log.info("automatic λ: the search took %.2f s (in its task: %.2f s indexing, %.2f s searching)",
+                 found["seconds"], took.get("input", math.nan), took.get("search", math.nan))  # fmt: skip
     log.info("automatic λ: chose reg = %.4g (%s units), searched on %.0f %% of the users",
              found["reg"], settings.regUnits, 100 * fraction)  # fmt: skip
 
@@ -102,21 +141,26 @@ def choose_reg(
     num_ratings: int | None = None,
     max_ratings: int = SEARCH_RATINGS,
     global_mean: float | None = None,
+    num_items: int | None = None,
     with_factors: bool = False,
 ) -> tuple[float, dict]:
     """λ in regUnits, and how it was chosen: {path: [{reg, reg_als, rmse|logloss, iterations, rank}],
-    widened, at_limit, sample_fraction, and for mse the rank kept and rank_path}. spread is s
-    under regUnits = "spread", else 1; global_mean (mse), the training ratings' weighted mean
-    if already known. with_factors (mse) adds "factors": the (user, item) factor tables the
-    search ended with at its choice, for the fit to start from."""
+    widened, at_limit, sample_fraction, and for mse the rank kept and rank_path}; for mse on a
+    sample also sample_reg (the sample's choice, which the path's points are at), transfer
+    (the factor λ = sample_reg·transfer) and sample (its ratings, users, items). spread is s
+    under regUnits = "spread", else 1; global_mean and num_items (mse), the training ratings'
+    weighted mean and number of items, if already known. with_factors (mse) adds "factors":
+    the (user, item) factor tables the search ended with at its choice, for the fit to start from."""
+    began = time.perf_counter()
     num_ratings = train_ratings.count() if num_ratings is None else num_ratings
-    fraction = min(1.0, max_ratings / max(num_ratings, 1))
+    fraction = search_fraction(settings, num_ratings, max_ratings)
     rows = sampled_users(train_ratings, fraction, settings.seed + SAMPLE_SEED)
     unit = spread if settings.regUnits == "spread" else 1.0
     at = search_settings(settings, unit)
     if settings.loss == "mse":
-        if global_mean is None:
-            global_mean = target_stats(settings, train_ratings).global_mean
+        if global_mean is None or (num_items is None and fraction < 1):
+            stats = target_stats(settings, train_ratings)
+            global_mean, num_items = stats.global_mean, stats.items
         both = search_rows(settings, rows)
     else:
         both = _bce_rows(settings, rows)
@@ -129,9 +173,15 @@ def choose_reg(
         search = functools.partial(search_record, choose_rank=settings.loss == "mse")
         found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed,
                                 search=search)  # fmt: skip
-    log_search(settings, found, fraction)
-    kept = {k: found[k] for k in ("path", "widened", "at_limit", "rank", "rank_path") if k in found}
-    return found["reg"], {**kept, "sample_fraction": fraction, **({"factors": tuple(factors)} if factors else {})}
+    kept = {k: found[k] for k in ("path", "widened", "at_limit", "rank", "rank_path", "task_seconds") if k in found}
+    kept["seconds"] = round(time.perf_counter() - began, 3)
+    reg = found["reg"]
+    if settings.loss == "mse" and fraction < 1 and found["path"]:
+        factor = transfer_factor(found["sample"], fraction, num_ratings, num_items)
+        reg = min(HIGH, max(LOW, reg * factor))
+        kept.update(sample_reg=found["reg"], transfer=factor, sample=found["sample"])
+    log_search(settings, {**found, **kept, "reg": reg}, fraction)
+    return reg, {**kept, "sample_fraction": fraction, **({"factors": tuple(factors)} if factors else {})}
 
 
 def _bce_rows(settings: FitSettings, rows: DataFrame) -> DataFrame:

@@ -61,6 +61,7 @@ class TargetStats:
     spread: float
     count: int
     global_mean: float
+    items: int = 0  # the number of items rated
 
 
 def target_spread(settings: FitSettings, train_ratings: DataFrame) -> tuple[float, int | None]:
@@ -89,11 +90,12 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats
         F.sum("A"), F.sum("S"),
         F.sum(F.col("Q") - 2 * p * F.col("S") + p * p * F.col("A")),
         F.sum(-2 * q * F.col("S") + 2 * p * q * F.col("A")),
-        F.sum(q * q * F.col("A")), F.sum("n"),
+        F.sum(q * q * F.col("A")), F.sum("n"), F.count(F.lit(1)),
     ).first()  # fmt: skip
     total, g = row[0], row[1] / row[0]
     spread = math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total))
-    return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g)  # constant ratings: nothing to scale by
+    # Constant ratings have no spread to scale by: 1.
+    return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g, int(row[6]))
 
 
 def _item_means(

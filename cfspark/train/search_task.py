@@ -260,6 +260,11 @@ def _search_input(table: pa.Table, plan: SearchPlan):
     return fit, held, keys[USER], keys[ITEM], codes, (rating, weight)
 
 
+def _sizes(table: pa.Table, codes: dict) -> dict:
+    """The searched rows' ratings, users and items (validation fold included)."""
+    return {"ratings": table.num_rows, "users": len(codes[USER][0].dictionary), "items": len(codes[ITEM][0].dictionary)}
+
+
 def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
     values = column.to_numpy().astype(np.float64)
     return None if np.isnan(values).any() else values
@@ -272,8 +277,9 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, s
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
-        fit, held, user_keys, item_keys, *_ = _search_input(pa.Table.from_batches(batches), plan)
-        record = search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
+        table = pa.Table.from_batches(batches)
+        fit, held, user_keys, item_keys, codes, _ = _search_input(table, plan)
+        record = {**search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan), "sample": _sizes(table, codes)}
         yield pa.RecordBatch.from_arrays([pa.array([json.dumps(record)], pa.string())], names=[RECORD_COL])
 
     return run
@@ -288,8 +294,14 @@ def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
-        fit, held, user_keys, item_keys, codes, _ = _search_input(pa.Table.from_batches(batches), plan)
+        began = time.perf_counter()
+        table = pa.Table.from_batches(batches)
+        fit, held, user_keys, item_keys, codes, _ = _search_input(table, plan)
+        indexed = time.perf_counter()
         record, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, choose_rank=True)
+        record["sample"] = _sizes(table, codes)
+        # Where the task's seconds went, from its first batch in hand (what reading them took is not seen here).
+        record["task_seconds"] = {"input": round(indexed - began, 3), "search": round(time.perf_counter() - indexed, 3)}
         kept = record.get("rank", rank)
         if params is None:  # no search (no validation fold): nothing to start from
             params = tuple(np.zeros((0, cfg.width)) for cfg in (user_cfg, item_cfg))

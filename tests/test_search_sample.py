@@ -1,0 +1,71 @@
+"""λ chosen on a sample of the users, carried over to all of them (fit/reg_search.py's
+transfer_factor), against the search on every user, on planted data: numpy only, the
+search task's own body (train/search_task.py) on Arrow tables, no Spark."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from planted import planted_ratings
+
+from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
+from cfspark.fit.reg_search import HIGH, LOW, POINT_ITER, SEARCH_FRACTION, START, STEP, TOL_LOG, transfer_factor
+from cfspark.kernels.baseline import shrunk_means
+from cfspark.train.one_task import ITEM_KEY, RECORD_COL, USER_KEY
+from cfspark.train.search_task import HELD, SearchPlan, _search_body, search_record
+from cfspark.train.step import StepConfig
+
+
+@pytest.fixture(scope="module")
+def planted():
+    # 214k ratings, item popularity lognormal (σ = 1): on four user samples of a quarter the
+    # carried λ was within × 0.88–1.10 of all users' (the sample's own × 1.72–2.05).
+    p = planted_ratings(n_users=2400, n_items=900, rank=10, density=0.1, noise=0.7, seed=0, popularity_sd=1.0)
+    return p.users.astype(np.int64), p.items.astype(np.int64), p.ratings
+
+
+def _search(u, i, y, s: float, g: float) -> dict:
+    """The search task's record on rows (u, i, y), λ in units of s, centred on g, rank step on."""
+    held = (np.random.default_rng(1).random(len(y)) < 0.1).astype(np.int32)
+    nan = pa.array(np.full(len(y), np.nan))
+    table = pa.table({USER: pa.array(u), ITEM: pa.array(i), TARGET: pa.array(y), OFFSET: nan, WEIGHT: nan,
+                      HELD: pa.array(held), USER_KEY: pa.array(u * 7 + 1), ITEM_KEY: pa.array(i * 11 + 3)})  # fmt: skip
+    plan = SearchPlan(start=START, unit=s, low=LOW, high=HIGH, step=STEP, tol_log=TOL_LOG, first_iter=20,
+                      point_iter=POINT_ITER, tol=0.002, centre=(20.0, g))  # fmt: skip
+    cfg = [StepConfig(side=side, rank=10, loss="mse", reg=1.0, init_scale=0.1 * math.sqrt(s), count_scaled=True,
+                      bias_reg=5.0) for side in ("user", "item")]  # fmt: skip
+    search = lambda *args: search_record(*args, choose_rank=True)  # noqa: E731
+    out = list(_search_body(*cfg, plan, search)(iter(table.to_batches())))
+    return json.loads(out[0].column(RECORD_COL)[0].as_py())
+
+
+def test_a_quarter_of_the_users_chooses_within_one_and_a_half_times_all_users_after_the_transfer(planted):
+    u, i, y = planted
+    g = y.mean()
+    means, _ = shrunk_means(i, y, None, i.max() + 1, prior=20.0, global_mean=g)
+    s = math.sqrt(np.mean((y - means[i]) ** 2))  # the spread of the whole, as choose_reg's unit
+    everyone = _search(u, i, y, s, g)
+    sampled = np.random.default_rng(5).random(u.max() + 1) < SEARCH_FRACTION
+    keep = sampled[u]
+    part = _search(u[keep], i[keep], y[keep], s, g)
+    assert everyone["sample"] == {"ratings": len(y), "users": len(np.unique(u)), "items": len(np.unique(i))}
+    assert part["sample"] == {"ratings": int(keep.sum()), "users": int(sampled.sum()),
+                              "items": len(np.unique(i[keep]))}  # fmt: skip
+    factor = transfer_factor(part["sample"], SEARCH_FRACTION, len(y), len(np.unique(i)))
+    # The sample's items have a quarter of their ratings: more vectors per rating, and the
+    # sample's larger λ comes down for all the users.
+    assert 0.4 < factor < 0.67
+    assert abs(math.log(part["reg"] / everyone["reg"])) > math.log(1.5)  # uncorrected, the sample is off
+    carried = part["reg"] * factor
+    assert abs(math.log(carried / everyone["reg"])) <= math.log(1.5), (part["reg"], factor, everyone["reg"])
+
+
+def test_the_transfer_keeps_the_mean_penalty_per_factor_vector():
+    # 1,000 ratings on 20 users and 80 items in the sample, a tenth of the users of a whole with
+    # 20,000 ratings and 200 items: 10 ratings per vector in the sample, 50 in the whole.
+    assert transfer_factor({"ratings": 1000, "users": 20, "items": 80}, 0.1, 20_000, 200) == pytest.approx(0.2)
+    assert transfer_factor({"ratings": 1000, "users": 20, "items": 80}, 1.0, 1000, 80) == 1.0
