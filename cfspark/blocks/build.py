@@ -124,7 +124,10 @@ class Blocks:
         (partitioning.py), so that a cogroup by part leaves them where they are: built on
         first use, by what cogroups against every block (a warm start, a fit whose workers
         keep no blocks); the half-steps on kept blocks never ask for it."""
-        inblocks, num_blocks = (self.users, self.num_user_blocks) if side == "user" else (self.items, self.num_item_blocks)
+        if side == "user":
+            inblocks, num_blocks = self.users, self.num_user_blocks
+        else:
+            inblocks, num_blocks = self.items, self.num_item_blocks
         if self.packed is None:  # already cached in place (with label counts)
             return inblocks
         if side not in self._in_place:
@@ -158,7 +161,8 @@ def _packer(routes: tuple[tuple, tuple], num_blocks: tuple[int, int]) -> Callabl
         side = table.column("side")[0].as_py()
         packed = pack_chunks(table, routes[1 - side])
         key = partition_keys(num_blocks[side])[packed.column(BLOCK)[0].as_py()]
-        return packed.append_column(PART, pa.array([key], pa.int32())).append_column("side", pa.array([side], pa.int32()))
+        keyed = packed.append_column(PART, pa.array([key], pa.int32()))
+        return keyed.append_column("side", pa.array([side], pa.int32()))
 
     return pack
 

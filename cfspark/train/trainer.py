@@ -236,14 +236,14 @@ def train(
         step_began = time.perf_counter()
         with phase(spark, "user-steps"):
             user_out, users = run_half_step(
-                inblocks(blocks, "user", keys), user_out, item_out, at_iteration(user_cfg, iteration), blocks.num_user_blocks,
-                keys["user"],
+                inblocks(blocks, "user", keys), user_out, item_out, at_iteration(user_cfg, iteration),
+                blocks.num_user_blocks, keys["user"],
             )  # fmt: skip
         half_way = time.perf_counter()
         with phase(spark, "item-steps"):
             item_out, items = run_half_step(
-                inblocks(blocks, "item", keys), item_out, user_out, at_iteration(item_cfg, iteration), blocks.num_item_blocks,
-                keys["item"],
+                inblocks(blocks, "item", keys), item_out, user_out, at_iteration(item_cfg, iteration),
+                blocks.num_item_blocks, keys["item"],
             )  # fmt: skip
         now = time.perf_counter()
         entry = history_entry(

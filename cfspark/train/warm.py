@@ -31,7 +31,8 @@ def _side(
 ):
     earlier = index.select(id_col, BLOCK, LOCAL).join(factors.select(id_col, FEATURES, BIAS), id_col)
     rows = earlier.select(BLOCK, LOCAL, FEATURES, BIAS, partition_key(F.col(BLOCK), num_blocks).alias(PART))
-    started = inblocks.groupBy(PART).cogroup(rows.groupBy(PART)).applyInArrow(warm_blocks(cfg, send=send, key=key), OUT_SCHEMA)
+    body = warm_blocks(cfg, send=send, key=key)
+    started = inblocks.groupBy(PART).cogroup(rows.groupBy(PART)).applyInArrow(body, OUT_SCHEMA)
     return settle(started)[0]
 
 
