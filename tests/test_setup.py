@@ -150,6 +150,8 @@ def test_a_warm_start_finds_string_ids_in_other_blocks(spark, planted):
     first = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **{**params, "maxIter": 3}).fit_validated(df)
     warm = CollaborativeFilter(numUserBlocks=2, numItemBlocks=3, **{**params, "maxIter": 1}, initialModel=first)
     warm = warm.fit_validated(df)
+    # The warm start keeps the blocks it decodes, as the init pass does: no half-step misses them.
+    assert [h["cache_misses"] for h in warm.history] == [0]
     cold = CollaborativeFilter(numUserBlocks=1, numItemBlocks=1, **{**params, "maxIter": 4}).fit_validated(df)
     for side in ("user", "item"):
         a, b = (_factors(getattr(m, f"{side}_factors")) for m in (cold, warm))

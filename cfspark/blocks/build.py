@@ -256,7 +256,9 @@ def _chunk(targets: DataFrame, dtypes: dict, rules: dict[str, tuple[int, int, Pl
 
 def _counted(chunks: DataFrame, side: int, id_col: str, dtype: T.DataType) -> DataFrame:
     """entity_counts' table of one side's integer ids, summed from the chunks' cells."""
-    counts = chunks.filter(F.col("side") == side).mapInArrow(chunk_counts, COUNT_SCHEMA)
+    # Only the cells counting reads cross to Python, not the chunks' ratings.
+    mine = chunks.filter(F.col("side") == side).select("side", "ids", "own")
+    counts = mine.mapInArrow(chunk_counts, COUNT_SCHEMA)
     per_value = counts.groupBy(VALUE).agg(F.sum(RATINGS).cast("long").alias(RATINGS))
     return per_value.select(F.col(VALUE).cast(dtype).alias(id_col), VALUE, RATINGS, F.lit(False).alias(COLLIDED))
 
