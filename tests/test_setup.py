@@ -123,8 +123,8 @@ def test_item_blocks_are_balanced_by_load_where_hashing_is_not(spark):
 
 
 def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
-    # The InBlocks are cached hash-partitioned by block, so a half-step's cogroup shuffles
-    # only the messages: no exchange between the cached InBlocks and the cogroup.
+    # The InBlocks' copy in place is cached hash-partitioned by block, so a half-step's cogroup
+    # shuffles only the messages: no exchange between the cached InBlocks and the cogroup.
     df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
     cf = CollaborativeFilter(rank=2, numUserBlocks=3, numItemBlocks=2)
     settings = cf.fit_settings()
@@ -133,7 +133,7 @@ def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
     users = blocks.users.mapInArrow(init_blocks(user_cfg, send=False), OUT_SCHEMA)
     items = blocks.items.mapInArrow(init_blocks(item_cfg, send=True), OUT_SCHEMA)
     capsys.readouterr()
-    half_step(blocks.users, users, items, user_cfg, blocks.num_user_blocks).explain()
+    half_step(blocks.in_place("user"), users, items, user_cfg, blocks.num_user_blocks).explain()
     lines = capsys.readouterr().out.splitlines()
     cogroup = next(j for j, line in enumerate(lines) if "FlatMapCoGroupsInArrow" in line)
     scan = next(j for j, line in enumerate(lines) if "InMemoryTableScan" in line and "row_ptr" in line)
@@ -150,6 +150,8 @@ def test_a_warm_start_finds_string_ids_in_other_blocks(spark, planted):
     first = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **{**params, "maxIter": 3}).fit_validated(df)
     warm = CollaborativeFilter(numUserBlocks=2, numItemBlocks=3, **{**params, "maxIter": 1}, initialModel=first)
     warm = warm.fit_validated(df)
+    # The warm start keeps the blocks it decodes, as the init pass does: no half-step misses them.
+    assert [h["cache_misses"] for h in warm.history] == [0]
     cold = CollaborativeFilter(numUserBlocks=1, numItemBlocks=1, **{**params, "maxIter": 4}).fit_validated(df)
     for side in ("user", "item"):
         a, b = (_factors(getattr(m, f"{side}_factors")) for m in (cold, warm))
@@ -176,9 +178,11 @@ def test_each_block_has_a_partition_of_its_own(spark, planted):
     assert naive < n  # what keying by the block number did
     df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
     blocks, stats, _ = setup(CollaborativeFilter(rank=2, numUserBlocks=2, numItemBlocks=3).fit_settings(), df)
-    for inblocks in (blocks.users, blocks.items):
-        where = inblocks.select(F.col("block"), F.spark_partition_id().alias("p")).collect()
-        assert all(r.block == r.p for r in where) and len({r.p for r in where}) == len(where)
+    # Packed in one exchange: user block b in partition b, item block b in partition 2 + b.
+    where = blocks.packed.select("side", "block", F.spark_partition_id().alias("p")).collect()
+    assert sorted((r.side, r.block, r.p) for r in where) == [(0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3), (1, 2, 4)]
+    where = blocks.in_place("item").select(F.col("block"), F.spark_partition_id().alias("p")).collect()
+    assert sorted((r.block, r.p) for r in where) == [(0, 0), (1, 1), (2, 2)]
     blocks.unpersist(), stats.unpersist()
 
 

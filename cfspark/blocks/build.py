@@ -5,8 +5,10 @@ on each side comes from its own ids (placement.py), and each block finds its ent
 local indices itself, while it is packed (inblock.py). The (id, block, local) tables that
 factor tables and warm starts need are read back from the packed blocks, when asked for.
 
-The InBlocks are cached hash-partitioned by block, so that every later half-step
-cogroups against them in place: only factor messages move, never ratings.
+Both sides' InBlocks are packed in one exchange and cached where they were packed. The
+half-steps run on the blocks the Python workers keep (blocks/cache.py), so only factor
+messages move; what cogroups against every block (a warm start, a fit with the workers'
+cache off) takes a copy cached with block b in partition b (Blocks.in_place), built once.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from cfspark.blocks.inblock import (
     pack_chunks,
     with_col_labels,
 )
-from cfspark.blocks.partitioning import PART, partition_key
+from cfspark.blocks.partitioning import PART, partition_key, partition_keys
 from cfspark.blocks.placement import (
     COLLIDED,
     VALUE,
@@ -79,7 +81,7 @@ class Side:
 class Blocks:
     """Everything training and recommendation read, built once and cached."""
 
-    users: DataFrame  # user InBlocks, one row per user block
+    users: DataFrame  # user InBlocks, one row per user block (INBLOCK_SCHEMA and part)
     items: DataFrame  # item InBlocks, one row per item block
     user_side: Side
     item_side: Side
@@ -89,6 +91,10 @@ class Blocks:
     # With label counts (build_blocks' label_counts): the number of ratings and, over every item,
     # Σ √(its ratings) and the number of items, the sums sampled 0-labels are drawn against.
     label_totals: dict[str, float] | None = None
+    # The cached table both sides' InBlocks are read from (build's _pack), as packed: not
+    # partitioned by block. None when users and items are cached in place themselves.
+    packed: DataFrame | None = field(default=None, repr=False)
+    _in_place: dict[str, DataFrame] = field(default_factory=dict, repr=False)
 
     @property
     def num_user_blocks(self) -> int:
@@ -113,36 +119,83 @@ class Blocks:
             self._indexes[name] = side.index(inblocks).cache()
         return self._indexes[name]
 
+    def in_place(self, side: str) -> DataFrame:
+        """One side's InBlocks ("user" or "item") cached with block b in partition b
+        (partitioning.py), so that a cogroup by part leaves them where they are: built on
+        first use, by what cogroups against every block (a warm start, a fit whose workers
+        keep no blocks); the half-steps on kept blocks never ask for it."""
+        if side == "user":
+            inblocks, num_blocks = self.users, self.num_user_blocks
+        else:
+            inblocks, num_blocks = self.items, self.num_item_blocks
+        if self.packed is None:  # already cached in place (with label counts)
+            return inblocks
+        if side not in self._in_place:
+            in_place = inblocks.repartition(num_blocks, PART).cache()
+            # Filled now: planned over a cache not yet filled, a cogroup would not see its partitioning.
+            in_place.select(BLOCK).count()
+            self._in_place[side] = in_place
+        return self._in_place[side]
+
     def unpersist(self) -> None:
         counts = [s.entities for s in (self.user_side, self.item_side) if s.entities is not None]
-        for df in (self.users, self.items, *self._indexes.values(), *counts):
+        tables = (self.users, self.items) if self.packed is None else (self.packed,)
+        for df in (*tables, *self._in_place.values(), *self._indexes.values(), *counts):
             df.unpersist()
         self._indexes.clear()
+        self._in_place.clear()
         tasks = max(8, 2 * (self.num_user_blocks + self.num_item_blocks))
         release_workers(self.users.sparkSession, self.key, tasks=tasks)
 
 
-def _packer(other_route: tuple) -> Callable[[pa.Table], pa.Table]:
-    """pack_chunks with the other side's placed blocks, as a one-argument applyInArrow body."""
+# The packed InBlocks of both sides in one table: INBLOCK_SCHEMA, the block's partition key among
+# its own side's blocks (partitioning.py), and the side (0 = users, 1 = items).
+PACKED_SCHEMA = f"{INBLOCK_SCHEMA}, {PART} int, side int"
+
+
+def _packer(routes: tuple[tuple, tuple], num_blocks: tuple[int, int]) -> Callable[[pa.Table], pa.Table]:
+    """pack_chunks over one block of either side, with the other side's placed blocks, as a
+    one-argument applyInArrow body; the row also gets its block's partition key and its side."""
 
     def pack(table: pa.Table) -> pa.Table:
-        return pack_chunks(table, other_route)
+        side = table.column("side")[0].as_py()
+        packed = pack_chunks(table, routes[1 - side])
+        key = partition_keys(num_blocks[side])[packed.column(BLOCK)[0].as_py()]
+        keyed = packed.append_column(PART, pa.array([key], pa.int32()))
+        return keyed.append_column("side", pa.array([side], pa.int32()))
 
     return pack
 
 
-def _pack(chunks: DataFrame, side: int, placements: tuple[Placement, Placement], rerouted: bool) -> DataFrame:
-    """One side's InBlocks from the chunks, with that side's placed entities moved to their
-    blocks first unless the chunks were cut with them there (rerouted)."""
-    own, other = placements[side], placements[1 - side]
-    mine = chunks.filter(F.col("side") == side)
-    if not rerouted and len(own.heavy):
-        route = functools.partial(reroute_chunks, route=(own.heavy, own.heavy_blocks))
-        mine = mine.mapInArrow(route, CHUNK_SCHEMA)
-    packed = mine.groupBy("block").applyInArrow(_packer((other.heavy, other.heavy_blocks)), INBLOCK_SCHEMA)
-    # Block b in partition b (partitioning.py): the half-steps cogroup by the same key.
-    keyed = packed.withColumn(PART, partition_key(F.col(BLOCK), own.num_blocks))
-    return keyed.repartition(own.num_blocks, PART).cache()
+def _pack(chunks: DataFrame, placements: tuple[Placement, Placement], rerouted: bool) -> DataFrame:
+    """Both sides' InBlocks from the chunks in one exchange, cached, with each side's placed
+    entities moved to their blocks first unless the chunks were cut with them there (rerouted).
+
+    One shuffle of the chunks sends every block of either side to a task of its own (user
+    block b to partition b, item block b to partition users + b), which packs it: the cached
+    chunks are read once, and the packed rows are cached where they were packed, not shuffled
+    again. The half-steps do not need them in place: they run on the blocks the Python workers
+    keep (blocks/cache.py), and what cogroups against the InBlocks takes Blocks.in_place."""
+    sides = []
+    for s, own in enumerate(placements):
+        mine = chunks.filter(F.col("side") == s)
+        if not rerouted and len(own.heavy):
+            route = functools.partial(reroute_chunks, route=(own.heavy, own.heavy_blocks))
+            mine = mine.mapInArrow(route, CHUNK_SCHEMA)
+        sides.append(mine)
+    both = sides[0].unionByName(sides[1])
+    users = placements[0].num_blocks
+    total = users + placements[1].num_blocks
+    slot = F.when(F.col("side") == 0, F.col(BLOCK)).otherwise(F.col(BLOCK) + F.lit(users))
+    keyed = both.withColumn(PART, partition_key(slot, total)).repartition(total, PART)
+    routes = tuple((p.heavy, p.heavy_blocks) for p in placements)
+    body = _packer(routes, (users, placements[1].num_blocks))
+    return keyed.groupBy(PART).applyInArrow(body, PACKED_SCHEMA).cache()
+
+
+def _side_view(packed: DataFrame, side: int) -> DataFrame:
+    """One side's InBlocks (INBLOCK_SCHEMA and part) read from the packed table of both."""
+    return packed.filter(F.col("side") == side).drop("side")
 
 
 def _with_labels(inblocks: DataFrame, other: DataFrame, num_blocks: int) -> DataFrame:
@@ -203,7 +256,9 @@ def _chunk(targets: DataFrame, dtypes: dict, rules: dict[str, tuple[int, int, Pl
 
 def _counted(chunks: DataFrame, side: int, id_col: str, dtype: T.DataType) -> DataFrame:
     """entity_counts' table of one side's integer ids, summed from the chunks' cells."""
-    counts = chunks.filter(F.col("side") == side).mapInArrow(chunk_counts, COUNT_SCHEMA)
+    # Only the cells counting reads cross to Python, not the chunks' ratings.
+    mine = chunks.filter(F.col("side") == side).select("side", "ids", "own")
+    counts = mine.mapInArrow(chunk_counts, COUNT_SCHEMA)
     per_value = counts.groupBy(VALUE).agg(F.sum(RATINGS).cast("long").alias(RATINGS))
     return per_value.select(F.col(VALUE).cast(dtype).alias(id_col), VALUE, RATINGS, F.lit(False).alias(COLLIDED))
 
@@ -267,17 +322,16 @@ def build_blocks(
             chunks.unpersist()
             placed = {USER: (users_at.num_blocks, seed, users_at), ITEM: (items_at.num_blocks, seed + 1, items_at)}
             chunks = _chunk(targets, dtypes, placed)
-        users = _pack(chunks, 0, (users_at, items_at), cut_placed)
-        items = _pack(chunks, 1, (users_at, items_at), cut_placed)
-        users.select(BLOCK).unionByName(items.select(BLOCK)).count()  # one job caches both
+        packed = _pack(chunks, (users_at, items_at), cut_placed)
+        packed.select(BLOCK).count()  # one job packs and caches both sides
         chunks.unpersist()
+        users, items = _side_view(packed, 0), _side_view(packed, 1)
         totals = None
         if label_counts:
-            packed = (users, items)
-            users = _with_labels(packed[0], packed[1], users_at.num_blocks)
-            items = _with_labels(packed[1], packed[0], items_at.num_blocks)
+            labelled = _with_labels(users, items, users_at.num_blocks), _with_labels(items, users, items_at.num_blocks)
+            users, items = labelled
             users.select(BLOCK).unionByName(items.select(BLOCK)).count()
-            for df in packed:
-                df.unpersist()
+            packed.unpersist()
+            packed = None
             totals = label_totals(items)
-    return Blocks(users, items, user_side, item_side, label_totals=totals)
+    return Blocks(users, items, user_side, item_side, label_totals=totals, packed=packed)

@@ -216,12 +216,13 @@ def step_cached(cfg: StepConfig, key: CacheKey):
     return run
 
 
-def warm_blocks(cfg: StepConfig, *, send: bool):
+def warm_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
     """cogroup(InBlock, earlier factors).applyInArrow body: a warm start's state rows.
 
     Rows with earlier factors (block, local, features, bias) start from them; the rest
     start from their hashed initial values, as in a cold start. With send, the block's
-    messages to the other side go out too, as init_blocks sends them.
+    messages to the other side go out too, as init_blocks sends them. With a key, the
+    worker keeps the decoded block for the half-steps, as init_blocks does.
     """
     bias = bias_col(cfg.rank, cfg.side)
 
@@ -235,7 +236,10 @@ def warm_blocks(cfg: StepConfig, *, send: bool):
             params[local, : cfg.rank] = list_matrix(earlier.column("features"), cfg.rank)
             if cfg.learn_bias:
                 params[local, bias] = earlier.column("bias").to_numpy(zero_copy_only=False)
-        outbox = _outbox(cache.decode(inblock), params, cfg) if send else []
+        arrays = cache.decode(inblock) if send or key is not None else None
+        if key is not None:
+            cache.keep(key, block, arrays)
+        outbox = _outbox(arrays, params, cfg) if send else []
         return pa.Table.from_pylist(_rows(block, params, None, (0.0, 0.0), outbox), schema=_ARROW_SCHEMA)
 
     return run

@@ -1,7 +1,8 @@
 """The alternating loop: a user half-step, then an item half-step, max_iter times.
 
-Each half-step is one cogroup of the cached InBlocks (which do not move) with the
-union of the block's own state and the other side's messages (one shuffle, by dest).
+Each half-step is, in its plain form, one cogroup of the InBlocks cached in place (which
+do not move) with the union of the block's own state and the other side's messages (one
+shuffle, by dest).
 
 Each half-step's output depends on both previous outputs, so its plan would double
 in size every iteration. localCheckpoint materialises it on the executors and
@@ -95,6 +96,15 @@ def cache_keys(blocks: Blocks) -> dict[str, CacheKey | None]:
         return {"user": None, "item": None}
     budget = int(float(os.environ.get("CFSPARK_BLOCK_CACHE_MB", "4096")) * 2**20)
     return {side: CacheKey(blocks.key, side, mode, budget) for side in ("user", "item")}
+
+
+def inblocks(blocks: Blocks, side: str, keys: dict[str, CacheKey | None]) -> DataFrame:
+    """The InBlocks a side's half-steps read: with the workers' cache, only the blocks that
+    missed, filtered and shuffled with their messages; without it, every block at every
+    half-step, so then the copy cached in place, which the cogroup leaves where it is."""
+    if keys[side] is None:
+        return blocks.in_place(side)
+    return blocks.users if side == "user" else blocks.items
 
 
 def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:
@@ -226,14 +236,14 @@ def train(
         step_began = time.perf_counter()
         with phase(spark, "user-steps"):
             user_out, users = run_half_step(
-                blocks.users, user_out, item_out, at_iteration(user_cfg, iteration), blocks.num_user_blocks,
-                keys["user"],
+                inblocks(blocks, "user", keys), user_out, item_out, at_iteration(user_cfg, iteration),
+                blocks.num_user_blocks, keys["user"],
             )  # fmt: skip
         half_way = time.perf_counter()
         with phase(spark, "item-steps"):
             item_out, items = run_half_step(
-                blocks.items, item_out, user_out, at_iteration(item_cfg, iteration), blocks.num_item_blocks,
-                keys["item"],
+                inblocks(blocks, "item", keys), item_out, user_out, at_iteration(item_cfg, iteration),
+                blocks.num_item_blocks, keys["item"],
             )  # fmt: skip
         now = time.perf_counter()
         entry = history_entry(
