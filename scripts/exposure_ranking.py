@@ -1,9 +1,10 @@
 """The exposure-aware bce model's ranking on arrays, one task, no Spark: how the exposure
 model's sampled 0-labels are drawn decides NDCG@10 of P(exposed)·P(like | shown).
 
-Usage: .venv/bin/python scripts/exposure_ranking.py ratings.csv [variant ...]
+Usage: .venv/bin/python scripts/exposure_ranking.py ratings.csv|labels-parquet [variant ...]
 
-Binarises the ratings at ≥ 4, splits 80/20 by a seeded permutation, fits the preference model
+Binarises the ratings at ≥ 4 (a parquet folder of user, item, rating holds 0/1 labels already,
+as jobs/generate.py --binary writes them), splits 80/20 by a seeded permutation, fits the preference model
 once (fixed λ) and the exposure model once per variant through one_task.fit_arrays, and prints
 NDCG@10 of the product (each user's training items excluded, relevant = test label 1) and of
 P(exposed) alone, with each fit's seconds. Variants:
@@ -12,8 +13,10 @@ P(exposed) alone, with each fit's seconds. Variants:
   replacement, never a labelled item), with the item offset from the items' exposure rates;
 - fresh: the default, 0-labels drawn afresh inside each half-step (train/sampled.py), without
   replacement (replace=1: with replacement, repeats dropped);
-- all: every unlabelled pair a 0 of weight 1 (the positive-only model), P(exposed) = σ(w·x),
-  or its score clipped to [1e-4, ∞) with clip=1.
+- all: every unlabelled pair a 0 of weight 1 (the positive-only all-items model on the labelled
+  pairs), P(exposed) = σ(w·x), or with clip=1 its least-squares score w·x itself, clipped to
+  [1e-4, ∞) (σ of a score in about [0, 1] is nearly flat, and the product then ranks by
+  P(like | shown) alone).
 
 A variant takes options after a colon, e.g. fresh:reg=0.03,k=16: reg (the exposure λ, 0.01),
 pref (the preference λ, 0.1), k (0-labels per label, 32), w (their weight, 0.5), seed, rank
@@ -30,9 +33,10 @@ import sys
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from cfspark.data.negatives import draw_negatives, sampling_weights
-from cfspark.kernels.ranking import ndcg_at_k
+from cfspark.kernels.ranking import discounts
 from cfspark.train.one_task import fit_arrays
 from cfspark.train.sampled import Draws
 from cfspark.train.step import StepConfig
@@ -41,10 +45,72 @@ K, W_NEG, RANK, PRIOR = 32, 0.5, 10, 2.0
 
 
 def load(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1, 2))
-    _, u = np.unique(data[:, 0], return_inverse=True)
-    _, i = np.unique(data[:, 1], return_inverse=True)
-    return u.astype(np.int64), i.astype(np.int64), (data[:, 2] >= 4).astype(np.float64)
+    """(user, item, label): a ratings CSV binarised at ≥ 4, or a parquet folder of (user, item,
+    rating) whose rating is already 0/1 (jobs/generate.py --binary)."""
+    if path.endswith(".csv"):
+        data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1, 2))
+        users, items, label = data[:, 0], data[:, 1], (data[:, 2] >= 4).astype(np.float64)
+    else:
+        table = pq.read_table(path, columns=["user", "item", "rating"])
+        users, items = table.column("user").to_numpy(), table.column("item").to_numpy()
+        label = table.column("rating").to_numpy().astype(np.float64)
+    _, u = np.unique(users, return_inverse=True)
+    _, i = np.unique(items, return_inverse=True)
+    return u.astype(np.int64), i.astype(np.int64), label
+
+
+def product_ndcg(log_score, n_users: int, seen: tuple, held: tuple, k: int = 10) -> float:
+    """kernels/ranking.py's NDCG@k for a score that is no single dot product: log_score(rows)
+    gives those rows' scores over every item, a batch of rows at a time."""
+    gain = discounts(k)
+    ideal = np.cumsum(gain)
+    rows = np.arange(n_users)
+    rows = rows[held[0][rows + 1] > held[0][rows]]
+    values = []
+    for start in range(0, len(rows), 1000):
+        part = rows[start : start + 1000]
+        scores = log_score(part)
+        for r, row in enumerate(part):
+            scores[r, seen[1][seen[0][row] : seen[0][row + 1]]] = -np.inf
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        relevant = np.zeros(scores.shape, bool)
+        for r, row in enumerate(part):
+            cols = held[1][held[0][row] : held[0][row + 1]]
+            relevant[r, cols[cols >= 0]] = True
+        hits = np.take_along_axis(relevant, top, axis=1) & np.isfinite(np.take_along_axis(scores, top, axis=1))
+        n_held = held[0][part + 1] - held[0][part]
+        values.append(hits @ gain / ideal[np.minimum(n_held, k) - 1])
+    return float(np.concatenate(values).mean())
+
+
+def log_sigmoid(z: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -z)
+
+
+def evaluate(preference: tuple, exposure: tuple, link: str, n_users: int, seen: tuple, held: tuple,
+             tested: tuple) -> tuple[float, float, float]:  # fmt: skip
+    """(NDCG@10 of P(exposed)·P(like | shown), NDCG@10 of P(exposed) alone, the product's AUC on
+    the tested pairs); each model is (user rows, item rows, item offsets), and P(exposed) is σ
+    of the exposure score, or (link "clip") the score itself, clipped to [1e-4, ∞)."""
+    pw, px, pref_off = preference
+    ew, ex, eoff = exposure
+
+    def log_exposed(z: np.ndarray) -> np.ndarray:
+        return np.log(np.clip(z, 1e-4, None)) if link == "clip" else log_sigmoid(z)
+
+    def exposed(part: np.ndarray) -> np.ndarray:
+        return log_exposed(ew[part] @ ex.T + eoff[None, :])
+
+    def product(part: np.ndarray) -> np.ndarray:
+        return exposed(part) + log_sigmoid(pw[part] @ px.T + pref_off[None, :])
+
+    users, items, labels = tested
+    pairs = log_exposed(np.einsum("ij,ij->i", ew[users], ex[items]) + eoff[items])
+    pairs += log_sigmoid(np.einsum("ij,ij->i", pw[users], px[items]) + pref_off[items])
+    both = product_ndcg(product, n_users, seen, held)
+    return both, product_ndcg(exposed, n_users, seen, held), auc(pairs, labels)
 
 
 def smoothed_offset(items: np.ndarray, y: np.ndarray, w: np.ndarray, n_items: int) -> np.ndarray:
@@ -128,19 +194,20 @@ def main() -> None:
     rel = test & (label == 1)
     rel_order = np.argsort(u[rel], kind="stable")
     held = (np.r_[0, np.cumsum(np.bincount(u[rel], minlength=n_users))], i[rel][rel_order])
-    rows = np.arange(n_users)
     tested = test & (i >= 0)
-    preferences: dict[tuple[float, int], np.ndarray] = {}
+    preferences: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
     for variant in variants:
         name, o = options(variant)
         RANK = int(o["rank"])
         if (o["pref"], RANK) not in preferences:
             pw, px, secs, its = fit(tu, ti, ty, pref_off[ti], None, n_users, n_items, o["pref"])
-            z = pw @ px.T + pref_off[None, :]
-            test_auc = auc(z[u[tested], i[tested]], label[tested])
+            z = np.einsum("ij,ij->i", pw[u[tested]], px[i[tested]]) + pref_off[i[tested]]
+            test_auc = auc(z, label[tested])
             print(f"preference λ {o['pref']:g} rank {RANK}: test AUC {test_auc:.4f}; {secs:.1f} s, {its} iterations")
-            preferences[(o["pref"], RANK)] = 1 / (1 + np.exp(-z))
-        p_like = preferences[(o["pref"], RANK)]
+            preferences[(o["pref"], RANK)] = (pw, px)
+        pw, px = preferences[(o["pref"], RANK)]
+        eoff = np.zeros(n_items)
+        link = "sigmoid"
         if name == "fixed":
             eu, ei, ey, ew, eoff = fixed_negatives(tu, ti, n_users, n_items)
             ew_, w_, secs, its = fit(eu, ei, ey, eoff[ei], ew, n_users, n_items, o["reg"])
@@ -153,21 +220,15 @@ def main() -> None:
                 max_iter=20, tol=0.0002,
             )  # fmt: skip
             secs, its = time.perf_counter() - began, len(history)
-            eoff = np.zeros(n_items)
-            z = ew_ @ w_.T
-            p_exp = np.clip(z, 1e-4, None) if o.get("clip", 0) else 1 / (1 + np.exp(-z))
+            link = "clip" if o.get("clip", 0) else "sigmoid"
         else:
             draws = Draws(
                 per_label=int(o["k"]), weight=o["w"], sampling="sqrt", seed=int(o["seed"]), replace=bool(o["replace"])
             )
-            eoff = np.zeros(n_items)
             ew_, w_, secs, its = fit(tu, ti, np.ones(len(tu)), None, None, n_users, n_items, o["reg"], draws)
-        if name != "all":
-            p_exp = 1 / (1 + np.exp(-(ew_ @ w_.T + eoff[None, :])))
-        score = np.log(p_exp * p_like)  # the ranking's order, as a row · item product for ndcg_at_k
-        both = ndcg_at_k(score, np.eye(n_items), rows, seen, held, 10)
-        alone = ndcg_at_k(np.log(p_exp), np.eye(n_items), rows, seen, held, 10)
-        score_auc = auc(score[u[tested], i[tested]], label[tested])
+
+        both, alone, score_auc = evaluate((pw, px, pref_off), (ew_, w_, eoff), link, n_users, seen, held,
+                                          (u[tested], i[tested], label[tested]))  # fmt: skip
         print(
             f"{variant}: NDCG@10 {both:.4f} (P(exposed) alone {alone:.4f}), score AUC {score_auc:.4f};"
             f" fit {secs:.1f} s, {its} iterations"
