@@ -152,20 +152,28 @@ def local_run(spark, ratings, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster_run(cluster, py_files, executor_python, ratings, tmp_path_factory):
-    """The job on the cluster, with worker-1's executor killed once iteration 2 has started:
-    every check against the local run holds through an executor loss, so one submission
-    serves both (an undisturbed run would repeat the same half-steps without the retry)."""
+    """The job on the cluster through both failures, in two submissions: worker-1's executor
+    is killed once iteration 1 has ended, the driver once the first checkpoint (taken after
+    that loss) is complete; then the same command again resumes from the checkpoint and
+    finishes. Every check against the local run then holds through both losses."""
     tmp = tmp_path_factory.mktemp("on-cluster")
     log, out = tmp / "job.log", tmp / "out"
+    marker = Path(f"{out}_checkpoints", "latest.json")
     proc = start_job(cluster, py_files, executor_python, ratings, out, log)
     try:
-        wait_for(lambda: "iteration 2/" in log.read_text(), proc, log)
+        wait_for(lambda: "iteration 1/" in log.read_text(), proc, log)
         pids = executor_pids(cluster["pids"]["worker-1"])
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGKILL)
+        wait_for(lambda: "Lost executor" in log.read_text(), proc, log)
+        wait_for(marker.exists, proc, log)  # the first checkpoint is complete
     finally:
-        text = finish(proc, log)
-    return out, text
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver: spark-submit's JVM and its Python
+        proc.wait(timeout=60)
+    killed = {"returncode": proc.returncode, "output_existed": out.exists(), "log": log.read_text(),
+              "saved": json.loads(marker.read_text())["iteration"]}  # fmt: skip
+    rerun = start_job(cluster, py_files, executor_python, ratings, out, tmp / "rerun.log")
+    return out, finish(rerun, tmp / "rerun.log"), killed
 
 
 def metrics(out: Path) -> dict:
@@ -222,7 +230,7 @@ def test_cluster_script_runs_master_and_two_workers_on_loopback_only(cluster):
 
 
 def test_same_answer_on_the_cluster_as_in_local_mode(spark, cluster_run, local_run):
-    out, text = cluster_run
+    out, text, _ = cluster_run
     assert "results in" in text
     a, b = metrics(out), metrics(local_run)
     assert a["counts"] == b["counts"]
@@ -242,11 +250,13 @@ def test_executors_ran_on_the_workers_with_the_shipped_zip(cluster, cluster_run,
 
 
 def test_executor_loss_mid_training_gives_the_undisturbed_factors(cluster_run):
-    _, text = cluster_run
-    assert "Lost executor" in text
+    _, _, killed = cluster_run
+    text = killed["log"]
     lost_at = text.index("Lost executor")
-    assert f"iteration {MAX_ITER}/" in text[lost_at:]  # killed mid-training, not after it
-    # The factors, metrics and recommendations equal the local run's (the test above).
+    assert "iteration 1/" in text[:lost_at] and "iteration 2/" not in text[:lost_at]  # killed mid-training
+    # Training went on without it to the checkpoint the resumed run starts from, and that run
+    # ends on the local run's factors, metrics and recommendations (the test above).
+    assert killed["saved"] >= INTERVAL
 
 
 def executor_pids(worker: int) -> list[int]:
@@ -265,22 +275,11 @@ def executor_pids(worker: int) -> list[int]:
     return found
 
 
-def test_driver_loss_then_the_same_command_resumes_from_the_last_checkpoint(cluster, py_files, executor_python, ratings,
-                                                                           local_run, tmp_path):  # fmt: skip
-    log, out = tmp_path / "job.log", tmp_path / "out"
-    marker = Path(f"{out}_checkpoints", "latest.json")
-    proc = start_job(cluster, py_files, executor_python, ratings, out, log)
-    try:
-        wait_for(marker.exists, proc, log)  # the first checkpoint is complete
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver: spark-submit's JVM and its Python
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL and not out.exists()
-    saved = json.loads(marker.read_text())["iteration"]
+def test_driver_loss_then_the_same_command_resumes_from_the_last_checkpoint(cluster_run, local_run):
+    out, text, killed = cluster_run
+    assert killed["returncode"] == -signal.SIGKILL and not killed["output_existed"]
+    saved = killed["saved"]
     assert saved >= INTERVAL and saved < MAX_ITER
-
-    rerun = start_job(cluster, py_files, executor_python, ratings, out, tmp_path / "rerun.log")
-    text = finish(rerun, tmp_path / "rerun.log")
     assert f"resuming from the checkpoint at iteration {saved}" in text
     assert f"iteration {saved}/" not in text and f"iteration {MAX_ITER}/" in text
     a, b = metrics(out), metrics(local_run)
