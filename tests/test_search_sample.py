@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 from planted import planted_ratings
 
+from cfspark import CollaborativeFilter
 from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
-from cfspark.fit.reg_search import HIGH, LOW, POINT_ITER, SEARCH_FRACTION, START, STEP, TOL_LOG, transfer_factor
+from cfspark.fit.reg_search import SEARCH_FRACTION, search_plan, search_settings, transfer_factor
 from cfspark.kernels.baseline import shrunk_means
 from cfspark.train.one_task import ITEM_KEY, RECORD_COL, USER_KEY
-from cfspark.train.search_task import HELD, SearchPlan, _search_body, search_record
-from cfspark.train.step import StepConfig
+from cfspark.train.search_task import HELD, _search_body, search_record
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,10 @@ def _search(u, i, y, s: float, g: float) -> dict:
     nan = pa.array(np.full(len(y), np.nan))
     table = pa.table({USER: pa.array(u), ITEM: pa.array(i), TARGET: pa.array(y), OFFSET: nan, WEIGHT: nan,
                       HELD: pa.array(held), USER_KEY: pa.array(u * 7 + 1), ITEM_KEY: pa.array(i * 11 + 3)})  # fmt: skip
-    plan = SearchPlan(start=START, unit=s, low=LOW, high=HIGH, step=STEP, tol_log=TOL_LOG, first_iter=20,
-                      point_iter=POINT_ITER, tol=0.002, centre=(20.0, g))  # fmt: skip
-    cfg = [StepConfig(side=side, rank=10, loss="mse", reg=1.0, init_scale=0.1 * math.sqrt(s), count_scaled=True,
-                      bias_reg=5.0) for side in ("user", "item")]  # fmt: skip
+    # The plan and half-steps choose_reg gives the defaults at rank 10.
+    settings = CollaborativeFilter(rank=10).fit_settings()
+    plan = search_plan(settings, s, g)
+    cfg = [search_settings(settings, s).step_config(side) for side in ("user", "item")]
     search = lambda *args: search_record(*args, choose_rank=True)  # noqa: E731
     out = list(_search_body(*cfg, plan, search)(iter(table.to_batches())))
     return json.loads(out[0].column(RECORD_COL)[0].as_py())
