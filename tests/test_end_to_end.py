@@ -1,4 +1,5 @@
-"""jobs/train.py through a real spark-submit, on a small CSV with string ids."""
+"""jobs/train.py end to end: through a real spark-submit on a small CSV with string ids, and
+in this process for the bce job."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from planted import planted_ratings
+from test_bad_input import train_job
 from tests_support import REPO
 
 from cfspark import CFModel
@@ -195,7 +197,8 @@ def test_bce_job_on_the_course_binary_table(spark, tmp_path):
         if {r.rating for r in split_ratings(df, test_fraction=0.3, seed=s)[1].collect()} == {0.0, 1.0}
     )
     out = tmp_path / "out"
-    proc = spark_submit(
+    # In this process, on the shared session: the tests above cover spark-submit itself.
+    code = train_job.main([
         "--set", f"input.path={tmp_path / 'labels.csv'}", "--set", "input.user_col=who",
         "--set", "input.item_col=movie", "--set", "input.rating_col=engaged", "--set", "model.loss=bce",
         "--set", "model.rank=2",
@@ -203,8 +206,8 @@ def test_bce_job_on_the_course_binary_table(spark, tmp_path):
         "--set", f"split.seed={seed}", "--set", f"output.path={out}", "--set", "output.top_n=3",
         "--set", "checkpoint.interval=0", "--set", "compare.als=true", "--set", "compare.als_reg_grid=[0.1]",
         "--set", "compare.als_alpha_grid=[1.0]", "--set", "compare.als_max_iter=5",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ])  # fmt: skip
+    assert code == 0
     recs = spark.read.parquet(str(out / "recommendations")).collect()
     train, _ = split_ratings(df, test_fraction=0.3, seed=seed)
     labelled = {(r.user, r.item) for r in train.collect()}
