@@ -38,11 +38,17 @@ def planted_ratings(
     (at most 1), w lognormal with that σ and mean 1, drawn from a stream of its own.
     """
     rng = np.random.default_rng(seed)
-    if popularity_sd > 0:
-        w = np.exp(popularity_sd * np.random.default_rng([seed, 1]).normal(size=n_items))
-        density = np.minimum(1.0, density * w / w.mean())[None, :]
+    density = _popularity(density, n_items, popularity_sd, seed)
     users, items, signal = _signal(rng, n_users, n_items, rank, density, base, item_sd, user_sd, 1.0)
     return Planted(users, items, signal + rng.normal(scale=noise, size=len(users)), noise)
+
+
+def _popularity(density: float, n_items: int, popularity_sd: float, seed: int):
+    """density, or each item's (at most 1) from lognormal weights w of mean 1, drawn from a stream of their own."""
+    if popularity_sd <= 0:
+        return density
+    w = np.exp(popularity_sd * np.random.default_rng([seed, 1]).normal(size=n_items))
+    return np.minimum(1.0, density * w / w.mean())[None, :]
 
 
 def _signal(rng, n_users, n_items, rank, density, base, item_sd, user_sd, scale):
@@ -65,12 +71,15 @@ def planted_labels(
     item_sd: float = 1.0,
     user_sd: float = 0.5,
     scale: float = 1.5,
+    popularity_sd: float = 0.0,
 ) -> tuple[Planted, np.ndarray]:
-    """0/1 labels drawn from P(y=1) = σ(m_i + c_j + scale·u_j·v_i) on a random set of shown pairs.
+    """0/1 labels drawn from P(y=1) = σ(m_i + c_j + scale·u_j·v_i) on a random set of shown pairs
+    (popularity_sd skews the items shown, as planted_ratings').
 
     Returns the labels and the true probability of each shown pair.
     """
     rng = np.random.default_rng(seed)
+    density = _popularity(density, n_items, popularity_sd, seed)
     users, items, z = _signal(rng, n_users, n_items, rank, density, -0.5, item_sd, user_sd, scale)
     p = 1.0 / (1.0 + np.exp(-z))
     labels = (rng.random(len(p)) < p).astype(float)

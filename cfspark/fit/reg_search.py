@@ -3,11 +3,11 @@
 A hashed VALIDATION_FRACTION of the training ratings is held out, and the bracketing
 search (kernels/bracket.py) runs on the rest inside one Spark task (train/search_task.py),
 warm-started from one λ to the next, each λ stopped on the validation score. Large data
-is searched on a hashed sample of its users (mse: SEARCH_FRACTION of them, so that the
-search takes a fixed share of the blockwise setup it runs beside; bce: at most about
-SEARCH_RATINGS ratings). The sample keeps every user's ratings but leaves each item fewer,
-and chooses a larger λ than all users would; mse's choice is carried over to the whole by
-the penalty per factor vector (transfer_factor). Only the training ratings are read: a
+is searched on a hashed SEARCH_FRACTION of its users (at most about SEARCH_RATINGS ratings),
+so that the search takes a fixed share of the blockwise setup it runs beside. The sample
+keeps every user's ratings but leaves each item fewer, and chooses a larger λ than all
+users would; the choice is carried over to the whole by the penalty per factor vector
+(transfer_factor), for both losses. Only the training ratings are read: a
 test split never reaches the search.
 
 λ is searched in regUnits: under "spread" (the default) the kernel's λ is reg·s, so the
@@ -39,10 +39,11 @@ LOW, HIGH = 1e-4, 1e2  # the hard range: every λ tried lies in it
 POINT_ITER = 6  # iterations at most per warm-started λ; the first λ may take maxIter
 # At most about this many ratings are searched, in one task: as many as one task fits.
 SEARCH_RATINGS = ONE_TASK_RATINGS
-# mse past that size searches this share of the users (fewer if the share exceeds SEARCH_RATINGS):
-# the search's cost then grows with the data as the blockwise setup's does, and stays beside it.
-# λ chosen on the sample is carried over by transfer_factor (measured down to an eighth of the
-# users, docs/benchmarks.md "λ carried over from a quarter of the users").
+# Past that size the search takes this share of the users (fewer if the share exceeds SEARCH_RATINGS):
+# its cost then grows with the data as the blockwise setup's does, and stays beside it. λ chosen
+# on the sample is carried over by transfer_factor (mse: measured down to an eighth of the users,
+# docs/benchmarks.md "λ carried over from a quarter of the users"; bce: at a half and a quarter,
+# "bce's search on a quarter of the users").
 SEARCH_FRACTION = 0.25
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a test split on the split seed
@@ -60,13 +61,12 @@ def sampled_users(ratings: DataFrame, fraction: float, seed: int) -> DataFrame:
     return ratings.filter(drawn < F.lit(fraction))
 
 
-def search_fraction(settings: FitSettings, num_ratings: int, max_ratings: int) -> float:
-    """The share of the users the search samples: all up to max_ratings ratings; past it, mse
-    takes SEARCH_FRACTION (at most max_ratings' worth), bce max_ratings' worth."""
+def search_fraction(num_ratings: int, max_ratings: int) -> float:
+    """The share of the users the search samples: all up to max_ratings ratings; past it,
+    SEARCH_FRACTION (at most max_ratings' worth), for both losses."""
     if num_ratings <= max_ratings:
         return 1.0
-    fraction = max_ratings / num_ratings
-    return min(fraction, SEARCH_FRACTION) if settings.loss == "mse" else fraction
+    return min(max_ratings / num_ratings, SEARCH_FRACTION)
 
 
 def transfer_factor(sample: dict, fraction: float, num_ratings: int, num_items: int) -> float:
@@ -145,15 +145,15 @@ def choose_reg(
     with_factors: bool = False,
 ) -> tuple[float, dict]:
     """λ in regUnits, and how it was chosen: {path: [{reg, reg_als, rmse|logloss, iterations, rank}],
-    widened, at_limit, sample_fraction, and for mse the rank kept and rank_path}; for mse on a
+    widened, at_limit, sample_fraction, and for mse the rank kept and rank_path}; on a
     sample also sample_reg (the sample's choice, which the path's points are at), transfer
     (the factor λ = sample_reg·transfer) and sample (its ratings, users, items). spread is s
-    under regUnits = "spread", else 1; global_mean and num_items (mse), the training ratings'
+    under regUnits = "spread", else 1; global_mean (mse) and num_items, the training ratings'
     weighted mean and number of items, if already known. with_factors (mse) adds "factors":
     the (user, item) factor tables the search ended with at its choice, for the fit to start from."""
     began = time.perf_counter()
     num_ratings = train_ratings.count() if num_ratings is None else num_ratings
-    fraction = search_fraction(settings, num_ratings, max_ratings)
+    fraction = search_fraction(num_ratings, max_ratings)
     rows = sampled_users(train_ratings, fraction, settings.seed + SAMPLE_SEED)
     unit = spread if settings.regUnits == "spread" else 1.0
     at = search_settings(settings, unit)
@@ -163,6 +163,8 @@ def choose_reg(
             global_mean, num_items = stats.global_mean, stats.items
         both = search_rows(settings, rows)
     else:
+        if num_items is None and fraction < 1:  # the whole's items, for the transfer
+            num_items = train_ratings.select(ITEM).distinct().count()
         both = _bce_rows(settings, rows)
     plan = search_plan(settings, unit, global_mean)
     factors = None
@@ -176,7 +178,7 @@ def choose_reg(
     kept = {k: found[k] for k in ("path", "widened", "at_limit", "rank", "rank_path", "task_seconds") if k in found}
     kept["seconds"] = round(time.perf_counter() - began, 3)
     reg = found["reg"]
-    if settings.loss == "mse" and fraction < 1 and found["path"]:
+    if fraction < 1 and found["path"]:
         factor = transfer_factor(found["sample"], fraction, num_ratings, num_items)
         reg = min(HIGH, max(LOW, reg * factor))
         kept.update(sample_reg=found["reg"], transfer=factor, sample=found["sample"])
