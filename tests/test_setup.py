@@ -15,6 +15,7 @@ from cfspark.blocks.hashing import hashed_blocks, murmur3, xxhash64
 from cfspark.blocks.inblock import pack_arrays
 from cfspark.blocks.placement import check_distinct, entity_counts, route_blocks
 from cfspark.core.errors import InputError
+from cfspark.core.plans import one_job
 from cfspark.fit.blockwise import setup
 from cfspark.fit.targets import prepare
 from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
@@ -254,3 +255,25 @@ def test_prepare_finds_the_global_mean_and_counts_from_the_item_sums(spark):
         assert got.keys() == expected.keys()
         assert all(got[k] == pytest.approx(v, rel=1e-12) for k, v in expected.items())
         prepared.item_stats.unpersist()
+
+
+def test_one_job_plans_a_shuffle_without_adaptive_stages_and_restores_the_session(spark, capsys):
+    # Inside one_job a shuffle is planned as a stage of the job that reads it (no AdaptiveSparkPlan,
+    # whose query stages run as jobs of their own); the session's setting comes back, also on failure.
+    def shuffled():  # a fresh DataFrame each time: a DataFrame keeps the plan it was first given
+        return spark.range(8).withColumn("part", F.col("id") % 2).repartition(2, "part")
+
+    key = "spark.sql.adaptive.enabled"
+    spark.conf.unset(key)
+    with one_job(spark):
+        shuffled().explain()
+        assert spark.conf.get(key) == "false"
+    assert "AdaptiveSparkPlan" not in capsys.readouterr().out
+    assert spark.conf.get(key, None) is None  # unset again, not set to a value
+    spark.conf.set(key, "true")
+    with pytest.raises(RuntimeError, match="a failed query"), one_job(spark):
+        raise RuntimeError("a failed query")
+    assert spark.conf.get(key) == "true"
+    shuffled().explain()
+    assert "AdaptiveSparkPlan" in capsys.readouterr().out
+    spark.conf.unset(key)

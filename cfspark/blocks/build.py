@@ -53,6 +53,7 @@ from cfspark.blocks.placement import (
 )
 from cfspark.blocks.reroute import COUNT_SCHEMA, chunk_counts, reroute_chunks
 from cfspark.core.phases import phase
+from cfspark.core.plans import one_job
 from cfspark.core.schema import BLOCK, ITEM, LOCAL, OFFSET, RATINGS, TARGET, USER, WEIGHT
 
 __all__ = ["Blocks", "build_blocks"]
@@ -322,8 +323,10 @@ def build_blocks(
             chunks.unpersist()
             placed = {USER: (users_at.num_blocks, seed, users_at), ITEM: (items_at.num_blocks, seed + 1, items_at)}
             chunks = _chunk(targets, dtypes, placed)
-        packed = _pack(chunks, (users_at, items_at), cut_placed)
-        packed.select(BLOCK).count()  # one job packs and caches both sides
+        # One job packs and caches both sides: its one shuffle has a partition per block.
+        with one_job(spark):
+            packed = _pack(chunks, (users_at, items_at), cut_placed)
+            packed.select(BLOCK).count()
         chunks.unpersist()
         users, items = _side_view(packed, 0), _side_view(packed, 1)
         totals = None

@@ -41,6 +41,7 @@ from cfspark.blocks.cache import MODES, CacheKey
 from cfspark.blocks.partitioning import PART, partition_key
 from cfspark.core.errors import ConfigError
 from cfspark.core.phases import phase
+from cfspark.core.plans import one_job
 from cfspark.core.schema import BLOCK
 from cfspark.train.all_items import gram_messages
 from cfspark.train.arrow_bodies import MISS, OUT_SCHEMA, STATE, init_blocks, step_blocks, step_cached
@@ -160,7 +161,9 @@ def run_half_step(
     incoming = _incoming(own_out, other_out, num_blocks, cfg)
     # One task per block, block b in partition b: the same layout as the InBlocks'.
     fast = incoming.repartition(num_blocks, PART).groupBy(PART).applyInArrow(step_cached(cfg, key), OUT_SCHEMA)
-    out, report, missed = _settle(fast)
+    # Its one shuffle has the block count's partitions: one job, with no map-stage job before it.
+    with one_job(fast.sparkSession):
+        out, report, missed = _settle(fast)
     if not missed:
         return out, report
     report = replace(report, cache_misses=len(missed))
