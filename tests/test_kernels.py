@@ -136,9 +136,9 @@ def test_a_sampled_half_step_reuses_its_tiling_and_steps_as_afresh():
             cfg = StepConfig(side="user", rank=RANK, loss="bce", reg=0.1, count_scaled=True, bias_reg=5.0,
                              draws=dataclasses.replace(draws, iteration=iteration))  # fmt: skip
             kept = cache.get("drawn")
-            cached, _, _ = solve_rows(cfg, row_ptr, cols, np.ones(len(cols)), None, None, other, params, None, keys=keys,
-                                      cache=cache)  # fmt: skip
-            afresh, _, _ = solve_rows(cfg, row_ptr, cols, np.ones(len(cols)), None, None, other, params, None, keys=keys)
+            ratings = (row_ptr, cols, np.ones(len(cols)), None, None, other, params, None)
+            cached, _, _ = solve_rows(cfg, *ratings, keys=keys, cache=cache)
+            afresh, _, _ = solve_rows(cfg, *ratings, keys=keys)
             np.testing.assert_array_equal(cached, afresh)
             if iteration == 2:
                 assert (cache["drawn"][1] is kept[1]) != replace  # kept without replacement only
