@@ -98,6 +98,52 @@ def test_bce_stays_finite_and_exact_at_large_scores():
     np.testing.assert_allclose(dz, [-1.0, 1.0, 0.0, 0.0, 1.0, -1.0], atol=1e-20)
 
 
+def test_bce_terms_are_the_loss_and_the_sigmoid_from_one_exponential():
+    """bce_terms (the Newton step's loss and P(y = 1) on one e^−|z|) against logaddexp and the
+    tanh form of σ, across scores where either term saturates, and finite at ±700."""
+    from cfspark.kernels.losses import bce_terms, per_rating, sigmoid, softplus
+
+    z = np.r_[np.linspace(-40.0, 40.0, 2001), -700.0, 700.0, 0.0]
+    y = (np.arange(len(z)) % 2).astype(np.float64)
+    loss, p1 = bce_terms(z, y)
+    np.testing.assert_allclose(loss, np.logaddexp(0.0, z) - y * z, rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(p1, 0.5 * (1.0 + np.tanh(0.5 * z)), rtol=1e-15, atol=3e-16)
+    np.testing.assert_allclose(softplus(z), np.logaddexp(0.0, z), rtol=1e-15, atol=1e-300)
+    np.testing.assert_array_equal(per_rating("bce", z, y), loss)
+    assert p1[-1] == 0.5 and p1[-2] == 1.0 and 0.0 < p1[-3] < 1e-300 and np.all(np.isfinite(loss))
+    assert np.all(np.diff(p1[:2001]) >= 0) and np.all(sigmoid(z) >= 0)
+
+
+def test_a_sampled_half_step_reuses_its_tiling_and_steps_as_afresh():
+    """Drawing without replacement, a row takes as many 0-labels at every iteration, so solve_rows's
+    cache keeps the tiling of the ratings and draws: the next iteration's step is the same, to the
+    bit, as with nothing cached; with replacement the row lengths change and a new tiling is made."""
+    from cfspark.train.sampled import Draws
+
+    rng = np.random.default_rng(21)
+    users, items = 30, 60
+    rated = rng.random((users, items)) < 0.15
+    rated[np.arange(users), np.arange(users)] = True
+    rows, cols = np.nonzero(rated)
+    row_ptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=users))]
+    other = initial_params(np.arange(items) + 10**6, RANK, scale=0.3, side="item")
+    params = initial_params(np.arange(users), RANK, scale=0.3, side="user")
+    keys = np.arange(users) * 7919
+    for replace in (False, True):
+        draws = Draws(per_label=3, weight=0.5, sampling="sqrt", seed=5, replace=replace)
+        cache: dict = {}
+        for iteration in (1, 2):
+            cfg = StepConfig(side="user", rank=RANK, loss="bce", reg=0.1, count_scaled=True, bias_reg=5.0,
+                             draws=dataclasses.replace(draws, iteration=iteration))  # fmt: skip
+            kept = cache.get("drawn")
+            ratings = (row_ptr, cols, np.ones(len(cols)), None, None, other, params, None)
+            cached, _, _ = solve_rows(cfg, *ratings, keys=keys, cache=cache)
+            afresh, _, _ = solve_rows(cfg, *ratings, keys=keys)
+            np.testing.assert_array_equal(cached, afresh)
+            if iteration == 2:
+                assert (cache["drawn"][1] is kept[1]) != replace  # kept without replacement only
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "gd"])
 def test_one_step_lowers_the_block_loss(optimizer):
     problem, params, *_ = _problem(np.random.default_rng(3), n=8, m=6)

@@ -301,9 +301,11 @@ def _exponential_keys(row_ptr, labelled, user_keys, want, chosen_rows, weights, 
     taken_rows, taken_items = [], []
     for lo in range(0, len(chosen_rows), step):
         part = chosen_rows[lo : lo + step]
-        rows = np.repeat(np.arange(len(part)), len(drawable))
-        u = hashed_uniforms(seed, iteration, user_keys[part], np.tile(drawable, len(part)), rows)
-        keys = (-np.log1p(-u)).reshape(len(part), len(drawable)) * inverse_w  # Exp(1) / w
+        # A (rows × items) grid of hashed uniforms by broadcasting, each row's part of the hash
+        # mixed once: the values of hashed_uniforms over the repeated rows and tiled items.
+        u = hashed_uniforms(seed, iteration, user_keys[part][:, None], drawable[None, :])
+        keys = -np.log1p(-u)
+        keys *= inverse_w  # Exp(1) / w
         # The part's labelled items, gathered from its CSR spans without a loop over rows.
         lengths = row_ptr[part + 1] - row_ptr[part]
         row_of = np.repeat(np.arange(len(part)), lengths)

@@ -189,13 +189,15 @@ class BlockProblem:
         dtype: type | np.dtype = np.float64,
         rating_weight: np.ndarray | None = None,
         like: BlockProblem | None = None,
+        tiling: Tiling | None = None,
     ) -> BlockProblem:
         """dtype (float64 or float32) is the working precision of the gathers and of the
         Newton step's per-tile products; params and their solve stay float64.
         rating_weight (nnz,), each rating's weight a_r, or None when every a_r is 1.
         like, a problem built before on the same ratings (row_ptr, cols, y, offset and weights),
         lends its tiling and its tile-ordered ratings, which only the ratings decide: a loop
-        over one set of CSR arrays (train/one_task.py) then tiles them once, not every half-step."""
+        over one set of CSR arrays (train/one_task.py) then tiles them once, not every half-step.
+        tiling, a Tiling made before of a row_ptr equal to this one, is used instead of a new one."""
         dtype = np.dtype(dtype)
         if dtype not in (np.float64, np.float32):
             raise ValueError(f"dtype must be float64 or float32, not {dtype}")
@@ -223,6 +225,8 @@ class BlockProblem:
             reg_mask=reg_mask,
             tiling=like.tiling
             if like is not None
+            else tiling
+            if tiling is not None
             else Tiling.of(np.asarray(row_ptr), run=max(1, min(TILE, SMALL_GEMM // padded.shape[1] ** 2))),
             weights=weights,
             rating_weight=None if rating_weight is None else np.asarray(rating_weight, dtype=np.float64),

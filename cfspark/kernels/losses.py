@@ -24,13 +24,29 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def softplus(z: np.ndarray) -> np.ndarray:
+    """log(1 + e^z) = max(z, 0) + log1p(e^−|z|), which never overflows (np.logaddexp(0, z)'s
+    value to the last bit or two, in 85 % of its time: measured on tiles of 4096 scores)."""
+    return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
+
+
+def bce_terms(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(softplus(z) − y·z, σ(z)): the BCE loss of each rating and P(y = 1), from one e^−|z|.
+    The Newton step needs both on the same scores; computed apart (logaddexp, tanh) they took
+    1.7 × as long (tiles of 4096 scores). σ is 1/(1 + e^−|z|) for z ≥ 0 and e^−|z|/(1 + e^−|z|)
+    below: no overflow, and within 2.3e-16 of the tanh form."""
+    e = np.exp(-np.abs(z))
+    r = 1.0 / (1.0 + e)
+    return np.maximum(z, 0.0) + np.log1p(e) - y * z, np.where(z >= 0.0, r, e * r)
+
+
 def per_rating(loss: str, z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The loss of each rating alone: pointwise's first half, without the derivative."""
     if loss == "mse":
         e = z - y
         return 0.5 * e * e
     if loss == "bce":
-        return np.logaddexp(0.0, z) - y * z
+        return softplus(z) - y * z
     raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
 
 

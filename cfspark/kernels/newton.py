@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cfspark.kernels.block import BlockProblem, Tile
-from cfspark.kernels.losses import per_rating, sigmoid
+from cfspark.kernels.losses import bce_terms, per_rating
 
 MAX_HALVINGS = 8
 # The Woodbury solve computes D⁻¹(g − Oᵀx), whose terms cancel more the weaker D is against
@@ -104,13 +104,16 @@ def _moments(
     for tile in problem.tiling.tiles:
         o, z = problem.gather(tile, ext, other)
         y, a = problem.tiled("y", tile), problem.tiled("weight", tile)
+        if problem.loss == "bce":  # the loss and P(y = 1) from one exponential (losses.bce_terms)
+            values, p1 = bce_terms(z, y)
+        else:
+            values = per_rating(problem.loss, z, y) if row_losses is not None else None
         if row_losses is not None:
-            problem.tiling.add(row_losses, tile, (per_rating(problem.loss, z, y) * problem.amount(tile)).sum(1))
+            problem.tiling.add(row_losses, tile, (values * problem.amount(tile)).sum(1))
         if problem.loss == "mse":
             o[..., f] = z - y
             weighted = o[..., : f + 1] if a is None else o[..., : f + 1] * a[..., None]
-        else:
-            p1 = sigmoid(z)  # P(y = 1): the IRLS weight is p1·(1 − p1)
+        else:  # p1 = P(y = 1): the IRLS weight is p1·(1 − p1)
             curvature = p1 * (1.0 - p1) if a is None else a * p1 * (1.0 - p1)
             weighted = o[..., : f + 1] * curvature[..., None]
             weighted[..., f] = p1 - y if a is None else a * (p1 - y)

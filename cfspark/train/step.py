@@ -96,10 +96,16 @@ def solve_rows(
             g=gram,
         )  # fmt: skip
         return params, None, (data, l2)
+    tiling = None
     if cfg.draws is not None:
         row_ptr, cols, y, offset, weight = with_negatives(
             cfg.draws, row_ptr, cols, y, offset, weight, keys, len(other), cfg.side, col_labels
         )
+        # Without replacement a row draws the same number of 0-labels at every iteration
+        # (min(K·n_r, its drawable items)), so the tiling, which only the row lengths decide, is kept.
+        kept = cache.get("drawn") if cache is not None else None
+        if kept is not None and np.array_equal(kept[0], row_ptr):
+            tiling = kept[1]
     problem = BlockProblem.build(
         row_ptr=row_ptr,
         cols=cols,
@@ -115,9 +121,12 @@ def solve_rows(
         dtype=np.float32 if cfg.float32 else np.float64,
         rating_weight=weight,
         like=cache.get("problem") if cache is not None and cfg.draws is None else None,
+        tiling=tiling,
     )
     if cache is not None and cfg.draws is None:  # fresh 0-labels make other ratings every call
         cache["problem"] = problem
+    elif cache is not None:
+        cache["drawn"] = (row_ptr, problem.tiling)
     params, state = solve_block(
         problem,
         params,
