@@ -305,7 +305,7 @@ def test_the_model_does_not_read_its_fits_checkpoints(spark, planted, tmp_path):
     train, test = planted
     ckpt = str(tmp_path / "ckpt")
     # Blocks set by hand: a fit this small would otherwise run in one task, which writes no checkpoints.
-    blocks = dict(numUserBlocks=2, numItemBlocks=2, checkpointDir=ckpt, checkpointInterval=2)
+    blocks = dict(numUserBlocks=2, numItemBlocks=2, regParam=0.1, checkpointDir=ckpt, checkpointInterval=2)
     first = CollaborativeFilter(rank=RANK, maxIter=4, **blocks).fit(train)
     before = _rows(first.transform(test), "user", "item", "prediction")
     second = CollaborativeFilter(rank=2, maxIter=4, seed=99, **blocks).fit(train)
