@@ -20,7 +20,7 @@ def record(spark, tmp_path_factory):
     write_synthetic(spark, SyntheticSpec(users=5_000, items=1_000, ratings=100_000, rank=10, seed=0), str(data))
     cfg = load_config(None, [
         f"input.path={data / 'ratings'}", "input.format=parquet", "input.user_col=user", "input.item_col=item",
-        "compare.als_reg_grid=[0.1]", *BENCH_SETTINGS,
+        "compare.als_reg_grid=[0.1]", "compare.als_num_blocks=2", *BENCH_SETTINGS,
     ])  # fmt: skip
     return run_benchmark(spark, cfg, als_curve_iters=[3])
 

@@ -64,7 +64,7 @@ def run(tmp_path_factory):
         "--set",
         "output.similar_items=2",
         "--set",
-        "model.max_iter=10",
+        "model.max_iter=5",
         "--set",
         "model.rank=2",
         "--set",
@@ -72,13 +72,15 @@ def run(tmp_path_factory):
         "--set",
         "model.num_item_blocks=3",
         "--set",
-        "checkpoint.interval=4",
+        "checkpoint.interval=2",
         "--set",
         "compare.als=true",
         "--set",
         "compare.als_reg_grid=[0.1]",
         "--set",
         "compare.als_max_iter=5",  # the comparison's plumbing, not ALS's accuracy, is under test
+        "--set",
+        "compare.als_num_blocks=2",
     )
     return tmp, out, proc
 
@@ -101,7 +103,7 @@ def test_metrics_json_has_every_key(run):
     assert m["loss"] == "mse"
     for split in ("train", "test"):
         assert m[split]["rmse"] > 0 and m[split]["mae"] > 0
-    assert 2 <= len(m["iterations"]) <= 10  # max_iter = 10, or fewer when tol stops it
+    assert 2 <= len(m["iterations"]) <= 5  # max_iter = 5, or fewer when tol stops it
     assert [it["iteration"] for it in m["iterations"]] == list(range(1, len(m["iterations"]) + 1))
     assert m["iterations"][-1]["stop"] == m["model"]["stop_reason"]
     # Automatic λ by default: the chosen reg, in units of the spread, is in the model's λ.
@@ -205,7 +207,7 @@ def test_bce_job_on_the_course_binary_table(spark, tmp_path):
         "--set", "model.reg=0.5", "--set", "model.max_iter=5", "--set", "split.test_fraction=0.3",
         "--set", f"split.seed={seed}", "--set", f"output.path={out}", "--set", "output.top_n=3",
         "--set", "checkpoint.interval=0", "--set", "compare.als=true", "--set", "compare.als_reg_grid=[0.1]",
-        "--set", "compare.als_alpha_grid=[1.0]", "--set", "compare.als_max_iter=5",
+        "--set", "compare.als_alpha_grid=[1.0]", "--set", "compare.als_max_iter=5", "--set", "compare.als_num_blocks=2",
     ])  # fmt: skip
     assert code == 0
     recs = spark.read.parquet(str(out / "recommendations")).collect()

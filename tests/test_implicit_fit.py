@@ -53,7 +53,17 @@ def test_the_positive_only_default_ranks_at_least_as_well_as_implicit_als(spark)
 
     best = 0.0
     for alpha in (1.0, 10.0):  # implicit ALS on the same counts, its better alpha on test
-        als = ALS(rank=4, maxIter=10, regParam=0.1, implicitPrefs=True, alpha=alpha, seed=1, ratingCol="plays")
+        als = ALS(
+            rank=4,
+            maxIter=10,
+            regParam=0.1,
+            implicitPrefs=True,
+            alpha=alpha,
+            seed=1,
+            ratingCol="plays",
+            numUserBlocks=2,
+            numItemBlocks=2,
+        )  # as many tasks as cores: the test's data is small
         fitted = als.setUserCol(USER).setItemCol(ITEM).fit(train)
         vec = F.col("features").cast("array<double>").alias("v")
         user_vecs, item_vecs = (fitted.userFactors.select(F.col("id").alias(USER), vec),

@@ -174,6 +174,7 @@ _BOUNDS = {
     ("output", "similar_items"): (0, True),
     ("checkpoint", "interval"): (0, True),
     ("compare", "als_max_iter"): (1, True),
+    ("compare", "als_num_blocks"): (1, True),
     ("spark", "shuffle_partitions"): (1, True),
     ("model", "offset_prior"): (0.0, False),
     ("negatives", "per_positive"): (0, True),

@@ -231,7 +231,7 @@ class Run:
         args = dict(
             loss=model.getLoss(), rank=self.cfg["model"]["rank"], reg_grid=c["als_reg_grid"],
             max_iter=c["als_max_iter"], seed=self.cfg["model"]["seed"], relevant=relevant, k=self.k,
-            alpha_grid=c["als_alpha_grid"], clip_eps=c["als_clip_eps"],
+            alpha_grid=c["als_alpha_grid"], clip_eps=c["als_clip_eps"], num_blocks=c["als_num_blocks"],
         )  # fmt: skip
         with self.timer("als"), failure_is(TrainingError, "the ALS comparison"):
             return compare_als(self.train, self.test, model.item_stats, **{**args, **overrides})

@@ -97,6 +97,7 @@ def _warm_up(estimator, train: DataFrame, train_count: int, cfg: Config) -> None
         sample, sample, model.item_stats, loss=model.getLoss(), rank=estimator.getRank(),
         reg_grid=cfg["compare"]["als_reg_grid"][:1], max_iter=2, seed=cfg["model"]["seed"], relevant=None,
         k=cfg["output"]["top_n"], alpha_grid=cfg["compare"]["als_alpha_grid"][:1], time_recommend=True,
+        num_blocks=cfg["compare"]["als_num_blocks"],
     )  # fmt: skip
     model.unpersist()
     sample.unpersist()

@@ -72,12 +72,15 @@ def compare_als(
     alpha_grid: list[float] = (),
     clip_eps: float = 1e-6,
     time_recommend: bool = False,
+    num_blocks: int = 10,
 ) -> dict:
     """mse: ALS over reg_grid, the best on test RMSE. bce: explicit ALS on the labels over
     reg_grid, the best on test AUC, and implicit ALS on the positives over reg_grid × alpha_grid,
     the best on test NDCG@k (on test AUC when relevant is None).
     relevant None skips the ranking metrics; time_recommend times ALS's own
-    recommendForAllUsers(k) for the best explicit model (which does not exclude anything)."""
+    recommendForAllUsers(k) for the best explicit model (which does not exclude anything).
+    num_blocks is ALS's numUserBlocks and numItemBlocks (10, ALS's own default): each ALS
+    stage runs that many tasks, so on small data its fixed cost per task dominates the fit."""
     users, items = _int_ids(train, USER, _U).cache(), _int_ids(train, ITEM, _I).cache()
     train_ids = _with_int_ids(train, users, items).cache()
     test_ids = _with_int_ids(test, users, items).join(item_stats, ITEM, "left").cache()
@@ -101,6 +104,8 @@ def compare_als(
                 ratingCol=RATING,
                 coldStartStrategy="nan",
                 seed=seed,
+                numUserBlocks=num_blocks,
+                numItemBlocks=num_blocks,
                 **extra,
             )
 
