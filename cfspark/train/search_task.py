@@ -11,8 +11,9 @@ Zero factors are a stationary point of the loss at every λ (with W = 0 the grad
 is 0, and the other way round): a minimum at a strong λ, a saddle at a weaker one. A
 strong λ shrinks the factors towards it, and a weaker λ warm-started from there stays
 beside it, its score flat because it moves with the square of the factors. So a point
-whose factors have collapsed hands the next one the hashed init instead, and a point
-whose factor term still grows has not settled however flat its score.
+whose factors have collapsed hands the next one the hashed init instead, a point whose
+factor term still grows has not settled however flat its score, and every collapsed point
+(one model, the biases alone) takes the first one's score.
 """
 
 from __future__ import annotations
