@@ -6,6 +6,14 @@ bracketing search of kernels/bracket.py: each λ starts from the factors the pre
 ended with, and stops once its validation score (RMSE for mse, logloss for bce) no longer
 improves, or its training loss has converged. The whole search is one Spark job: the
 fixed cost per half-step of a distributed walk is paid once.
+
+Zero factors are a stationary point of the loss at every λ (with W = 0 the gradient in X
+is 0, and the other way round): a minimum at a strong λ, a saddle at a weaker one. A
+strong λ shrinks the factors towards it, and a weaker λ warm-started from there stays
+beside it, its score flat because it moves with the square of the factors. So a point
+whose factors have collapsed hands the next one the hashed init instead, a point whose
+factor term still grows has not settled however flat its score, and every collapsed point
+(one model, the biases alone) takes the first one's score.
 """
 
 from __future__ import annotations
@@ -47,6 +55,12 @@ HELD = "held"  # 1 on a validation row, 0 on a training row
 # λ's factors may move the score either way, and the score that counts is where λ settles.
 SETTLED = 1e-3
 MIN_ITER = 2
+# Factors whose scale (factor_scale) fell below this share of the init's have collapsed onto
+# zero: a warm start from them would sit at the saddle, so the next point starts from the init.
+COLLAPSED = 0.1
+# A point whose factor scale grew by more than this fraction in its last iteration is leaving
+# the saddle (there the scale grows geometrically while the score barely moves): not settled.
+GROWING = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +103,11 @@ def held_losses(loss: str, users: np.ndarray, items: np.ndarray, held: dict, ran
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
+def factor_scale(users: np.ndarray, items: np.ndarray, rank: int) -> float:
+    """√(mean W² · mean X²): the size of the factor term W·Xᵀ, whatever its split between sides."""
+    return float(np.sqrt(np.mean(users[:, :rank] ** 2) * np.mean(items[:, :rank] ** 2)))
+
+
 def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
                   plan: SearchPlan, *, choose_rank: bool = False) -> tuple[dict, tuple | None]:  # fmt: skip
     """The bracketing search on dense local ids: fit is (user_local, item_local, y, offset, weight)
@@ -100,9 +119,11 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     user_local, item_local, y, offset, weight = fit
     by_user = csr_by_row(user_local, item_local, len(user_keys), y, offset, weight)
     by_item = csr_by_row(item_local, user_local, len(item_keys), y, offset, weight)
+    init = (initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
+            initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"))  # fmt: skip
     state = {
-        "users": initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
-        "items": initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"),
+        "users": init[0],
+        "items": init[1],
         "rank": user_cfg.rank,  # the directions the factors use: fewer once the rank step drops some
     }
     metric = "rmse" if user_cfg.loss == "mse" else "logloss"
@@ -116,6 +137,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
         icfg = dataclasses.replace(item_cfg, reg=reg * plan.unit)
         user_state = item_state = None
         value, last_value, iterations = np.inf, None, 0
+        size = factor_scale(users, items, user_cfg.rank)
         for _ in range(max_iter):
             # The score is on the validation rows: the training data loss is not read.
             users, user_state, (_, user_reg) = solve_rows(ucfg, *by_user, items, users, user_state, data_loss=False,
@@ -128,19 +150,41 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
                 value = np.inf
                 break
             # Only the validation score ends a point: the training loss can settle while the
-            # score it is chosen by still moves.
+            # score it is chosen by still moves. Near the zero saddle the score moves with the
+            # square of the factors, so a flat score there counts only once they stop growing.
+            last_size, size = size, factor_scale(users, items, user_cfg.rank)
             settled = last_value is not None and abs(value - last_value) <= SETTLED * last_value
+            settled = settled and size <= (1 + GROWING) * last_size
             last_value = value
             if iterations >= MIN_ITER and settled:
                 break
         return users, items, value, iterations
 
+    def collapsed(users: np.ndarray, items: np.ndarray, kept: int) -> bool:
+        """Whether the factors' scale in the kept directions fell below COLLAPSED of the init's."""
+        return factor_scale(users, items, kept) < COLLAPSED * factor_scale(*init, kept)
+
     def score(reg: float) -> float:
-        max_iter = plan.first_iter if not path else plan.point_iter
-        users, items, value, iterations = point(reg, state["users"], state["items"], max_iter)
+        users, items, kept = state["users"], state["items"], state["rank"]
+        # Factors the last λ collapsed would hold this one at the saddle: it starts from the
+        # init instead, with the first point's budget.
+        restart = bool(path) and collapsed(users, items, kept)
+        if restart:  # the hashed init, in the directions kept
+            users, items = (side.copy() for side in init)
+            users[:, kept : user_cfg.rank] = items[:, kept : user_cfg.rank] = 0.0
+        max_iter = plan.first_iter if restart or not path else plan.point_iter
+        users, items, value, iterations = point(reg, users, items, max_iter)
+        zero = collapsed(users, items, kept)
+        if zero:
+            # Every collapsed point is the model with no factors, whose scores differ only by how
+            # far its biases got: one score for all of them, so that the bracket takes the weakest
+            # (the ties' rule) and probes between it and the next weaker λ, where the factors
+            # switch on and may beat it.
+            value = state.setdefault("no_factors", value)
         state["users"], state["items"] = users, items
         path.append({"reg": reg, "reg_als": reg * plan.unit, metric: value, "iterations": iterations,
-                     "rank": state["rank"]})  # fmt: skip
+                     "rank": kept, **({"restarted": True} if restart else {}),
+                     **({"collapsed": True} if zero else {})})  # fmt: skip
         if (value, math.log(reg)) < best["key"]:
             best.update(key=(value, math.log(reg)), params=(users, items))
         return value
