@@ -15,12 +15,10 @@ import time
 import pytest
 from planted import planted_ratings
 
-from cfspark import CFModel, CollaborativeFilter
+from cfspark import CFModel
 from cfspark.data.read import pyspark_home
 
 pytest.importorskip("grpc", reason="Spark Connect client packages are not installed")
-
-PARAMS = dict(rank=2, maxIter=4, regParam=1.0, regUnits="als", numUserBlocks=2, numItemBlocks=2)
 
 
 def _free_port() -> int:
@@ -73,16 +71,13 @@ def connect_server(tmp_path_factory):
         subprocess.run([script.format("stop")], env=env, capture_output=True)
 
 
-CLIENT = """
-import json, sys
-sys.path[:0] = [{tests!r}, {repo!r}]
+LOAD = """
+import json
 from pyspark.sql import SparkSession
-from planted import planted_ratings
-from cfspark import CollaborativeFilter
+from cfspark import CFModel
 spark = SparkSession.builder.remote({url!r}).getOrCreate()
 assert type(spark).__module__.startswith("pyspark.sql.connect")
-rows = planted_ratings(n_users=40, n_items=30, rank=2, density=0.4, noise=0.2, seed=2).rows()
-model = CollaborativeFilter(**{params!r}).fit(spark.createDataFrame(rows, "user long, item long, rating double"))
+model = CFModel.load({path!r})
 print(json.dumps({{
     "factors": sorted([r.user, list(r.features), r.bias] for r in model.user_factors.collect()),
     "recs": sorted(list(r) for r in model.recommendForAllUsers(3).collect()),
@@ -90,31 +85,8 @@ print(json.dumps({{
 """
 
 
-def test_fit_over_connect_equals_fit_in_classic_spark(spark, connect_server):
-    """A Connect client is its own process: pyspark binds functions to one kind of session."""
-    tests = os.path.dirname(os.path.abspath(__file__))
-    code = CLIENT.format(tests=tests, repo=os.path.dirname(tests), url=connect_server, params=PARAMS)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    remote = json.loads(proc.stdout.strip().splitlines()[-1])
-
-    rows = planted_ratings(n_users=40, n_items=30, rank=2, density=0.4, noise=0.2, seed=2).rows()
-    classic = CollaborativeFilter(**PARAMS).fit(spark.createDataFrame(rows, "user long, item long, rating double"))
-    factors = sorted([r.user, list(r.features), r.bias] for r in classic.user_factors.collect())
-    recs = sorted(list(r) for r in classic.recommendForAllUsers(3).collect())
-    assert remote["factors"] == factors
-    assert remote["recs"] == recs and len(recs) == 3 * 40
-    classic.unpersist()
-
-
-LOAD = """
-import json
-from pyspark.sql import SparkSession
-from cfspark import CFModel
-spark = SparkSession.builder.remote({url!r}).getOrCreate()
-model = CFModel.load({path!r})
-print(json.dumps(sorted(list(r) for r in model.recommendForAllUsers(3).collect())))
-"""
+def _factors(model: CFModel) -> list:
+    return sorted([r.user, list(r.features), r.bias] for r in model.user_factors.collect())
 
 
 JOB = ["model.rank=2", "model.max_iter=3", "model.tol=0", "model.num_user_blocks=2", "model.num_item_blocks=2",
@@ -123,7 +95,9 @@ JOB = ["model.rank=2", "model.max_iter=3", "model.tol=0", "model.num_user_blocks
 
 def test_train_job_runs_whole_through_connect(spark, connect_server, tmp_path):
     """jobs/train.py --remote: read, validate, train, checkpoint, recommend and write, all
-    through the Connect session; the outputs equal a classic session's run of the same config."""
+    through the Connect session; the outputs, and the saved model's factors bit for bit, equal
+    a classic session's run of the same config. The Connect client is a process of its own:
+    pyspark binds functions to one kind of session."""
     from cfspark.app.config import load_config
     from cfspark.app.train import run_job
 
@@ -158,14 +132,16 @@ def test_train_job_runs_whole_through_connect(spark, connect_server, tmp_path):
     (text,) = [r.value for r in spark.read.text(str(remote_out / "model" / "metadata")).collect()]
     assert json.loads(text)["cfspark"]["config"]["spark"]["remote"] == connect_server
 
-    # The job's model loads in a fresh session, through Connect, and recommends as a classic
-    # session's load of it does, excluding the training pairs it was saved with.
-    code = LOAD.format(url=connect_server, path=str(classic_out / "model"))
+    # The model trained over Connect loads in a fresh session, through Connect, with the
+    # factors of the classic session's model bit for bit (float64 in Parquet), and recommends
+    # as the classic model does, excluding the training pairs it was saved with.
+    code = LOAD.format(url=connect_server, path=str(remote_out / "model"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     over_connect = json.loads(proc.stdout.strip().splitlines()[-1])
     loaded = CFModel.load(str(classic_out / "model"))
-    assert over_connect == sorted(list(r) for r in loaded.recommendForAllUsers(3).collect())
+    assert over_connect["factors"] == _factors(loaded) and len(over_connect["factors"]) == 40
+    assert over_connect["recs"] == sorted(list(r) for r in loaded.recommendForAllUsers(3).collect())
     trained = {(r.user, r.item) for r in loaded.training_pairs.collect()}
     assert len(trained) == classic["counts"]["train"]
-    assert len(over_connect) == 3 * 40 and not {(u, i) for u, i, *_ in over_connect} & trained
+    assert len(over_connect["recs"]) == 3 * 40 and not {(u, i) for u, i, *_ in over_connect["recs"]} & trained
