@@ -1,12 +1,16 @@
-"""jobs/train.py end to end: through a real spark-submit on a small CSV with string ids, and
-in this process for the bce job."""
+"""jobs/train.py end to end, in this process on the shared session: the mse job on a small
+CSV with string ids, and the bce job. spark-submit itself runs here for the bad-input exit
+code, and for the whole job on the standalone cluster (tests/test_cluster.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,13 +42,13 @@ def spark_submit(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     p = planted_ratings(n_users=40, n_items=N_ITEMS, rank=2, density=0.5, noise=0.3, seed=9)
     lines = ["user;film;stars"] + [f"user-{u:03d};film-{i:03d};{r:.3f}" for u, i, r in p.rows()]
     (tmp / "ratings.csv").write_text("\n".join(lines) + "\n")
     out = tmp / "out"
-    proc = spark_submit(
+    args = [
         "--config",
         os.path.join(REPO, "conf", "default.toml"),
         "--set",
@@ -81,7 +85,13 @@ def run(tmp_path_factory):
         "compare.als_max_iter=5",  # the comparison's plumbing, not ALS's accuracy, is under test
         "--set",
         "compare.als_num_blocks=2",
-    )
+        "--set",
+        "spark.shuffle_partitions=4",  # the shared session's own (conftest)
+    ]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = train_job.main(args)
+    proc = SimpleNamespace(returncode=code, stdout=printed.getvalue(), stderr="")
     return tmp, out, proc
 
 
@@ -199,7 +209,7 @@ def test_bce_job_on_the_course_binary_table(spark, tmp_path):
         if {r.rating for r in split_ratings(df, test_fraction=0.3, seed=s)[1].collect()} == {0.0, 1.0}
     )
     out = tmp_path / "out"
-    # In this process, on the shared session: the tests above cover spark-submit itself.
+    # In this process, on the shared session, as the mse job above.
     code = train_job.main([
         "--set", f"input.path={tmp_path / 'labels.csv'}", "--set", "input.user_col=who",
         "--set", "input.item_col=movie", "--set", "input.rating_col=engaged", "--set", "model.loss=bce",
@@ -208,6 +218,7 @@ def test_bce_job_on_the_course_binary_table(spark, tmp_path):
         "--set", f"split.seed={seed}", "--set", f"output.path={out}", "--set", "output.top_n=3",
         "--set", "checkpoint.interval=0", "--set", "compare.als=true", "--set", "compare.als_reg_grid=[0.1]",
         "--set", "compare.als_alpha_grid=[1.0]", "--set", "compare.als_max_iter=5", "--set", "compare.als_num_blocks=2",
+        "--set", "spark.shuffle_partitions=4",  # the shared session's own (conftest)
     ])  # fmt: skip
     assert code == 0
     recs = spark.read.parquet(str(out / "recommendations")).collect()
