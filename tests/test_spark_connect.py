@@ -95,8 +95,8 @@ JOB = ["model.rank=2", "model.max_iter=3", "model.tol=0", "model.num_user_blocks
 
 def test_train_job_runs_whole_through_connect(spark, connect_server, tmp_path):
     """jobs/train.py --remote: read, validate, train, checkpoint, recommend and write, all
-    through the Connect session; the outputs, and the saved model's factors bit for bit, equal
-    a classic session's run of the same config. The Connect client is a process of its own:
+    through the Connect session; the outputs, and the saved model's factors, equal a classic
+    session's run of the same config. The Connect client is a process of its own:
     pyspark binds functions to one kind of session."""
     from cfspark.app.config import load_config
     from cfspark.app.train import run_job
@@ -133,15 +133,21 @@ def test_train_job_runs_whole_through_connect(spark, connect_server, tmp_path):
     assert json.loads(text)["cfspark"]["config"]["spark"]["remote"] == connect_server
 
     # The model trained over Connect loads in a fresh session, through Connect, with the
-    # factors of the classic session's model bit for bit (float64 in Parquet), and recommends
-    # as the classic model does, excluding the training pairs it was saved with.
+    # classic session's factors (to the metrics' 1e-6: sums over the server's partitions may
+    # differ in their last bits), and recommends what the classic model does, excluding the
+    # training pairs it was saved with.
     code = LOAD.format(url=connect_server, path=str(remote_out / "model"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     over_connect = json.loads(proc.stdout.strip().splitlines()[-1])
     loaded = CFModel.load(str(classic_out / "model"))
-    assert over_connect["factors"] == _factors(loaded) and len(over_connect["factors"]) == 40
-    assert over_connect["recs"] == sorted(list(r) for r in loaded.recommendForAllUsers(3).collect())
+    classic_factors = _factors(loaded)
+    assert [f[0] for f in over_connect["factors"]] == [f[0] for f in classic_factors] and len(classic_factors) == 40
+    for (_, features, bias), (_, want, want_bias) in zip(over_connect["factors"], classic_factors, strict=True):
+        assert features == pytest.approx(want, abs=1e-6) and bias == pytest.approx(want_bias, abs=1e-6)
+    classic_recs = sorted(list(r) for r in loaded.recommendForAllUsers(3).collect())
+    assert [r[:3] for r in over_connect["recs"]] == [r[:3] for r in classic_recs]
+    assert [r[3] for r in over_connect["recs"]] == pytest.approx([r[3] for r in classic_recs], abs=1e-6)
     trained = {(r.user, r.item) for r in loaded.training_pairs.collect()}
     assert len(trained) == classic["counts"]["train"]
     assert len(over_connect["recs"]) == 3 * 40 and not {(u, i) for u, i, *_ in over_connect["recs"]} & trained
