@@ -42,7 +42,7 @@ def spark_submit(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def run(spark, tmp_path_factory):
+def run(spark, tmp_path_factory):  # spark: the job's getOrCreate then takes the shared session
     tmp = tmp_path_factory.mktemp("e2e")
     p = planted_ratings(n_users=40, n_items=N_ITEMS, rank=2, density=0.5, noise=0.3, seed=9)
     lines = ["user;film;stars"] + [f"user-{u:03d};film-{i:03d};{r:.3f}" for u, i, r in p.rows()]
