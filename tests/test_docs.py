@@ -370,6 +370,8 @@ def test_every_file_named_in_backticks_exists(path):
     """`jobs/train.py` from the repository, `kernels/newton.py` from the package, `default.toml` anywhere."""
     for name in FILE_NAMED.findall(prose_of(path)):
         if "/" in name:
+            # A path outside the repository exists only on the machine that wrote it.
+            assert not name.startswith("/"), f"{path.name}: names a file outside the repository, {name}"
             assert (ROOT / name).exists() or (ROOT / "cfspark" / name).exists(), f"{path.name}: no file {name}"
         else:
             found = (ROOT / name).exists() or any(any((ROOT / d).rglob(name)) for d in SOURCE_FOLDERS)
