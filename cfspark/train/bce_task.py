@@ -12,7 +12,9 @@ labels once, with each row's item offset o_i, weight, validation flag and init k
 2. walks the λ search of train/search_task.py on the rows outside the validation fold, whose
    item offsets it computes from those rows alone, as fit/reg_search.py's search rows are
    (the held rows score with the fit part's offsets, or the global one for an unseen item);
-3. fits the preference model at the chosen λ (or the λ given) from the hashed init.
+3. fits the preference model at the chosen λ, started from the factors the search ended with
+   there (the ids outside its fit part from the hashed init), or at the λ given from the
+   hashed init.
 
 Each fit is the one its own one-task fit would be (the same arrays in the same order, the
 same kernels); only the search's offsets are summed in numpy rather than in Spark.
@@ -42,7 +44,7 @@ from cfspark.train.one_task import (
     keyed_rows,
     kind_table,
 )
-from cfspark.train.search_task import HELD, SearchPlan, search_arrays
+from cfspark.train.search_task import HELD, SearchPlan, search_arrays, start_from_search
 from cfspark.train.step import StepConfig
 
 # The output's kinds beside one_task's USERS (0), ITEMS (1) and RECORD (2), which hold the
@@ -81,15 +83,16 @@ def search_offsets(item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, f
 
 def search_input(user: np.ndarray, item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, held: np.ndarray,
                  user_keys: np.ndarray, item_keys: np.ndarray, cfg: BceTaskConfig):  # fmt: skip
-    """(fit, held, user_keys, item_keys) for search_arrays from the task's rows (local ids over
-    every row): dense ids over the rows outside the fold, −1 for an id only the fold holds."""
+    """((fit, held, user_keys, item_keys) for search_arrays, (user, item) dense) from the task's
+    rows (local ids over every row): dense maps each local id to its id over the rows outside
+    the fold, −1 for an id only the fold holds."""
     fit_rows = ~held
-    local, keys = {}, {}
+    local, keys, dense = {}, {}, {}
     for side, codes, side_keys in (("user", user, user_keys), ("item", item, item_keys)):
         seen = np.unique(codes[fit_rows])
-        dense = np.full(len(side_keys), -1, np.int64)
-        dense[seen] = np.arange(len(seen))
-        local[side], keys[side] = dense[codes], side_keys[seen]
+        dense[side] = np.full(len(side_keys), -1, np.int64)
+        dense[side][seen] = np.arange(len(seen))
+        local[side], keys[side] = dense[side][codes], side_keys[seen]
     offset = None
     if cfg.item_offset:
         per_item, glob = search_offsets(local["item"], y, weight, fit_rows, len(keys["item"]), cfg.offset_prior)
@@ -98,7 +101,7 @@ def search_input(user: np.ndarray, item: np.ndarray, y: np.ndarray, weight: np.n
            None if offset is None else offset[fit_rows], None if weight is None else weight[fit_rows])  # fmt: skip
     held_rows = {"user": local["user"][held], "item": local["item"][held], "y": y[held],
                  "offset": None if offset is None else offset[held]}  # fmt: skip
-    return fit, held_rows, keys["user"], keys["item"]
+    return (fit, held_rows, keys["user"], keys["item"]), (dense["user"], dense["item"])
 
 
 def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
@@ -113,15 +116,18 @@ def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarr
         cfg.exposure_item, max_iter=cfg.max_iter, tol=cfg.tol,
     )  # fmt: skip
     exposed = time.perf_counter()
-    ucfg, icfg, found = cfg.user, cfg.item, None
+    ucfg, icfg, found, start = cfg.user, cfg.item, None, None
     if cfg.plan is not None:
-        found, _ = search_arrays(*search_input(user, item, y, weight, held, user_keys, item_keys, cfg), cfg.user,
-                                 cfg.item, cfg.plan)  # fmt: skip
+        arrays, dense = search_input(user, item, y, weight, held, user_keys, item_keys, cfg)
+        found, params = search_arrays(*arrays, cfg.user, cfg.item, cfg.plan)
         reg = found["reg"] * cfg.plan.unit
         ucfg, icfg = dataclasses.replace(ucfg, reg=reg), dataclasses.replace(icfg, reg=reg)
+        # From the search's factors at its choice: from the hashed init a fit near the λ that
+        # collapses them stops at the zero-factor saddle (start_from_search).
+        start = start_from_search(params, dense, (user_keys, item_keys), (ucfg, icfg))
     searched = time.perf_counter()
     W, X, history, stop = fit_arrays(user, item, y, offset, weight, user_keys, item_keys, ucfg, icfg,
-                                     max_iter=cfg.max_iter, tol=cfg.tol)  # fmt: skip
+                                     max_iter=cfg.max_iter, tol=cfg.tol, start=start)  # fmt: skip
     sizes = {"users": len(W), "items": len(X)}
     record = {
         "history": history, "stop": stop, **sizes, "search": found,
