@@ -1,25 +1,27 @@
-"""The zero-factor saddle, and the rules every alternating loop keeps away from it.
+"""The zero-factor saddle, and the rules that keep a walk over λ, and the fit after it, off it.
 
 Zero factors are a stationary point of the loss at every λ: with W = 0 the gradient in X
 is 0, and the other way round, so the half-steps leave zero factors at zero and move only
 the biases. At a strong λ it is the minimum; at a weaker one it is a saddle, and factors
 near it (a small init, or factors a stronger λ shrank) grow away from it geometrically,
 by a few tens of per cent an iteration, while the loss and any score barely move: they
-move with the square of the factors. So a loop must not call a fit settled, nor a
-warm-started walk carry collapsed factors into a weaker λ:
+move with the square of the factors. So a walk over λ (train/search_task.py,
+fit/rank_search.py) keeps two rules:
 
-- a fit whose factor term still grows by more than GROWING an iteration has not converged
-  (train/history.py's converged, for the one-task and the distributed loop alike), nor
-  has a search point settled (train/search_task.py, fit/rank_search.py);
-- a walk over λ hands the next point the hashed init instead of factors that collapsed
-  below COLLAPSED of the init's scale.
+- a point whose factor term still grows by more than GROWING an iteration has not settled;
+- the next point starts from the hashed init instead of factors that collapsed below
+  COLLAPSED of the init's scale.
+
+A fit at the chosen λ starts from the search's factors there (search_task.py's
+start_from_search): from the hashed init, whose factors shrink for an iteration or two
+before they grow, its loss moves by less than tol and it stops at the saddle.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# A loop whose factor term grew by more than this fraction in its last iteration is leaving
+# A point whose factor term grew by more than this fraction in its last iteration is leaving
 # the saddle (there the term grows geometrically while the loss barely moves): not settled.
 GROWING = 0.1
 # Factors whose scale (factor_scale) fell below this share of the init's have collapsed onto

@@ -332,9 +332,10 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, s
     return run
 
 
-def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
-    """mapInArrow body: the search (rank step on), then the factors of the fit part's users and
-    items at the chosen λ and rank, which the blockwise fit at that choice starts from."""
+def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, choose_rank: bool):
+    """mapInArrow body: the search (with the rank step if choose_rank), then the factors of the
+    fit part's users and items at the chosen λ and rank, which the blockwise fit at that choice
+    starts from (start_from_search says why)."""
     rank = user_cfg.rank
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -345,7 +346,8 @@ def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         table = pa.Table.from_batches(batches)
         fit, held, user_keys, item_keys, codes, _ = _search_input(table, plan)
         indexed = time.perf_counter()
-        record, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, choose_rank=True)
+        record, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan,
+                                       choose_rank=choose_rank)  # fmt: skip
         record["sample"] = _sizes(table, codes)
         # Where the task's seconds went, from its first batch in hand (what reading them took is not seen here).
         record["task_seconds"] = {"input": round(indexed - began, 3), "search": round(time.perf_counter() - indexed, 3)}
@@ -362,11 +364,12 @@ def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
 
 
 def search_factors_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *,
-                            seed: int) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
-    """The search over rows as search_one_task's (mse, rank step on), in one Spark job, and the
-    factors it ended with at its choice: (user_factors, item_factors, record), the tables
-    (id, features, bias) at the kept rank, materialised, for the fit's warm start."""
-    users, items, _, record = run_factor_task(_keyed(rows, seed), _search_factors_body(user_cfg, item_cfg, plan))
+                            seed: int, choose_rank: bool = True) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
+    """The search over rows as search_one_task's (with the rank step if choose_rank: mse), in
+    one Spark job, and the factors it ended with at its choice: (user_factors, item_factors,
+    record), the tables (id, features, bias) at the kept rank, materialised, for the fit's warm start."""
+    body = _search_factors_body(user_cfg, item_cfg, plan, choose_rank)
+    users, items, _, record = run_factor_task(_keyed(rows, seed), body)
     return users, items, record
 
 
