@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from planted import planted_exposure
+from planted import planted_exposure, planted_labels
 
 from cfspark import CollaborativeFilter
 from cfspark.core.schema import ITEM, RATING, USER
@@ -68,3 +68,25 @@ def test_search_offsets_are_the_smoothed_rates_logits():
     assert glob == pytest.approx(0.0, abs=1e-15)
     with pytest.raises(ValueError, match="one value"):
         search_offsets(item, np.ones(6), None, fit_rows, 3, prior=2.0)
+
+
+@pytest.mark.slow
+def test_bce_fits_at_the_automatic_reg_from_the_searchs_factors_on_both_paths(spark):
+    # Without exposure, the one-task fit runs the search and the fit in one job and the
+    # blockwise fit warm-starts from the factors the search's task returns: both start from
+    # the search's factors at its choice (ids outside its fit part from the hashed init), so
+    # their first iterations agree up to the order of float sums, well below a fit at the same
+    # λ from the hashed init, which near the collapse stops beside the zero-factor saddle.
+    data, _ = planted_labels(n_users=300, n_items=150, rank=3, density=0.3, seed=4)
+    ratings = spark.createDataFrame([(int(u), int(i), float(y)) for u, i, y in data.rows()], [USER, ITEM, RATING])
+    train = split_ratings(ratings, test_fraction=0.2, seed=3)[0].cache()
+    cf = CollaborativeFilter(loss="bce", rank=3, exposure=False)
+    one = cf.fit_validated(train)
+    blocks = cf.copy({cf.numUserBlocks: 2, cf.numItemBlocks: 2}).fit_validated(train)
+    assert "one_job" not in one.summary and one.summary["reg_search"]["task_seconds"]["fit"] >= 0
+    assert [p["reg"] for p in one.summary["reg_path"]] == [p["reg"] for p in blocks.summary["reg_path"]]
+    assert one.summary["reg"] == blocks.summary["reg"]
+    first = [model.history[0]["train_loss"] for model in (one, blocks)]
+    assert first[1] == pytest.approx(first[0], rel=1e-9)
+    cold = CollaborativeFilter(loss="bce", rank=3, exposure=False, regParam=one.summary["reg"]).fit_validated(train)
+    assert first[0] < cold.history[0]["train_loss"], (first, cold.history[0]["train_loss"])

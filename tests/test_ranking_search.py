@@ -129,3 +129,34 @@ def test_search_ranking_brackets_reg_then_alpha_on_planted_counts(monkeypatch):
     flat = (fit[0], fit[1], None, None, None)
     assert search_ranking(flat, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("alpha",), 0.05))["path"] == []
     assert len(known_users) <= rank_search.MAX_USERS  # every validation user counted here
+
+
+def test_search_ranking_restarts_from_the_init_after_collapsed_factors():
+    # λ = 10 and 3 shrink the factors onto zero, a stationary point at every λ where every score
+    # is 0. Warm-started from there, λ = 1 used to sit beside it: its factors grew × 1000 an
+    # iteration from 3e-11 while the ranking, and so NDCG, barely moved (0.003 after 2 iterations,
+    # 0.58 from the hashed init), and on 1,000 × 500 users and items the search kept λ = 10.
+    # Now a point after collapsed factors starts from the init: it is the same fit as a search
+    # that starts there.
+    rows = np.array(play_counts(users=300, items=200, draws=30_000, seed=5))
+    user, item = np.unique(rows[:, 0], return_inverse=True)[1], np.unique(rows[:, 1], return_inverse=True)[1]
+    weight = 1.0 + np.log1p(rows[:, 2])
+    held = np.random.default_rng(1).random(len(rows)) < 0.2
+    fit = (user[~held], item[~held], None, None, weight[~held])
+    fold = {"user": user[held], "item": item[held]}
+    cfg = StepConfig(side="user", rank=4, loss="bce", reg=0.01, init_scale=0.1, count_scaled=True, all_items=True,
+                     learn_bias=False)  # fmt: skip
+    keys = (np.arange(user.max() + 1) * 7919, np.arange(item.max() + 1) * 104729)
+
+    def path(start: tuple[float, ...]) -> list[dict]:
+        plan = SearchPlan(start=start, unit=1.0, low=1e-7, high=10.0, step=3.0, tol_log=math.log(2), first_iter=20,
+                          point_iter=6, tol=1e-4)  # fmt: skip
+        found = search_ranking(fit, fold, *keys, cfg, dataclasses.replace(cfg, side="item"), plan,
+                               alpha=AlphaPlan(reference=1.0, passes=("reg",)))  # fmt: skip
+        return found["path"]
+
+    walked, cold = path((10.0, 3.0, 1.0)), path((1.0,))
+    assert [p["reg"] for p in walked[:3]] == [10.0, 3.0, 1.0]
+    assert max(p["ndcg"] for p in walked[:2]) < 0.01  # collapsed: scores all about 0
+    assert walked[2].get("restarted") and walked[2]["ndcg"] == cold[0]["ndcg"] > 0.3
+    assert walked[2]["iterations"] == cold[0]["iterations"]

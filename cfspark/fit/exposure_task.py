@@ -1,5 +1,6 @@
-"""bce with exposure on small data, in one Spark job (train/bce_task.py): the exposure part,
-the λ search and the preference model, with the records the three separate fits would give."""
+"""bce on small data in one Spark job (train/bce_task.py): with exposure, the exposure part,
+the λ search and the preference model, with the records the three separate fits would give;
+without, under automatic λ, the search and the preference model fitted from its factors."""
 
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ from cfspark.train.search_task import HELD
 
 def fit_exposure_one_task(
     settings: FitSettings,
-    part: FitSettings,
+    part: FitSettings | None,
     train_ratings: DataFrame,
     on_iteration: Callable[[FitRecord], dict] | None,
     *,
     began: float,
 ) -> FitRecord:
     """The preference record with its exposure part (fitted with part's settings), as
-    fit_with_exposure's two fits give them, from one Spark job; began is when the fit started."""
+    fit_with_exposure's two fits give them, from one Spark job; without part, the preference
+    record alone, as fit/paths.py's automatic λ gives it. began is when the fit started."""
     spark = train_ratings.sparkSession
     auto = settings.regParam == AUTO
     with phase(spark, "prepare"):
@@ -40,32 +42,38 @@ def fit_exposure_one_task(
     held = hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(VALIDATION_FRACTION) if auto else F.lit(False)
     rows = prepared.targets.withColumn(HELD, held.cast("int"))
     searching = search_settings(settings, 1.0) if auto else settings  # bce's λ has no units to scale by
+    exposure_user, exposure_item = (part.step_config(side) if part else None for side in ("user", "item"))
     cfg = BceTaskConfig(
         user=searching.step_config("user"), item=searching.step_config("item"),
-        exposure_user=part.step_config("user"), exposure_item=part.step_config("item"),
+        exposure_user=exposure_user, exposure_item=exposure_item,
         plan=search_plan(settings, 1.0, None) if auto else None, offset_prior=settings.offsetPrior,
         item_offset=settings.itemOffset, max_iter=settings.maxIter, tol=settings.tol,
     )  # fmt: skip
     with phase(spark, "one-task"):
-        (users, items), (exposed_users, exposed_items), record = fit_both_one_task(rows, cfg, seed=settings.seed)
+        (users, items), exposed, record = fit_both_one_task(rows, cfg, seed=settings.seed)
     took = record.pop("task_seconds")
     found = record.pop("search")
     chosen = settings
     if found is not None:
         log_search(settings, found, 1.0)
         chosen = settings.carry(regParam=found["reg"])
-    # The exposure part's item table: its offsets are 0 (fit/exposure.py's fresh_draws), read when it predicts.
-    exposure_stats = item_offsets(exposure_labels(train_ratings), prior=part.offsetPrior, rate=0.5, enabled=False)
-    exposure = finish_record(part, train_ratings, exposed_users, exposed_items, exposure_stats, 0.0,
-                             record.pop("exposure"), began=began, on_iteration=None)  # fmt: skip
-    exposure.training_pairs = None  # the preference model's pairs are the ones to exclude
+    exposure_record = record.pop("exposure")
     fitted = finish_record(chosen, train_ratings, users, items, prepared.item_stats, prepared.global_baseline, record,
                            began=began, on_iteration=on_iteration)  # fmt: skip
     if found is not None:
         fitted.summary["reg_path"] = found["path"]
         fitted.summary["reg_search"] = {"reg": found["reg"], "units": settings.regUnits, "widened": found["widened"],
                                         "at_limit": found["at_limit"], "sample_fraction": 1.0}  # fmt: skip
+    if part is None or exposed is None:  # the preference model alone: the search's record holds the task's times
+        if found is not None:
+            fitted.summary["reg_search"]["task_seconds"] = took
+        return fitted
     fitted.summary["one_job"] = {"task_seconds": took, "seconds": round(time.perf_counter() - began, 3)}
+    # The exposure part's item table: its offsets are 0 (fit/exposure.py's fresh_draws), read when it predicts.
+    exposure_stats = item_offsets(exposure_labels(train_ratings), prior=part.offsetPrior, rate=0.5, enabled=False)
+    exposure = finish_record(part, train_ratings, *exposed, exposure_stats, 0.0, exposure_record, began=began,
+                             on_iteration=None)  # fmt: skip
+    exposure.training_pairs = None  # the preference model's pairs are the ones to exclude
     fitted.exposure = exposure
     fitted.summary["exposure"] = {k: exposure.summary.get(k) for k in ("reg", "history", "stop_reason")}
     return fitted

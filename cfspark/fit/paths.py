@@ -1,5 +1,6 @@
 """Which path a fit takes, in this order: bce with exposure (two fits), regParam = "auto"
-(the λ search, then a fit with its choice), one task (small data), or blockwise.
+(the λ search, then a fit with its choice started from the search's factors there; on small
+data both in one job), one task (small data), or blockwise.
 
 Under regUnits = "spread" (mse), λ is converted to ALS's units first, with the spread of
 the training targets (fit/targets.py's target_spread), so every path below fits in them."""
@@ -15,6 +16,7 @@ from pyspark.sql import DataFrame
 
 from cfspark.fit.blockwise import fit_blockwise
 from cfspark.fit.exposure import fit_with_exposure
+from cfspark.fit.exposure_task import fit_exposure_one_task
 from cfspark.fit.one_task import fit_auto_in_one_task, fit_in_one_task, runs_in_one_task
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import choose_reg
@@ -55,6 +57,10 @@ def fit_ratings(
     if settings.regParam == AUTO:
         if num_ratings is None:
             num_ratings = train_ratings.count()
+        if settings.loss == "bce" and runs_in_one_task(settings, num_ratings):
+            # The search and the fit at its choice in one job, the fit started from the search's
+            # factors there: from the hashed init it may stop at the zero-factor saddle (train/saddle.py).
+            return fit_exposure_one_task(settings, None, train_ratings, on_iteration, began=began)
         found: dict = {}
 
         def chosen_settings(reg: float, search: dict) -> tuple[FitSettings, float | None]:

@@ -8,7 +8,10 @@ this module's search), and each λ is scored by NDCG@k of the held pairs, the us
 training items excluded (kernels/ranking.py). λ is searched first at the reference α, by
 the bracketing search of kernels/bracket.py in log λ; then α, the same way in log α at that
 λ (docs/binary-labels.md has the measurement that chose this order over a joint search).
-Each point warm-starts from the factors the previous one ended with.
+Each point warm-starts from the factors the previous one ended with, unless they collapsed
+onto the zero-factor saddle (a strong λ shrinks them to zero, where NDCG is that of scores
+all 0): then from the hashed init, and no point counts as settled while its factors still
+grow (train/saddle.py), as in the λ search of train/search_task.py.
 
 The weight column arrives as confidences made with the reference α₀ (data/weights.py), so
 1 + α·g(c) = 1 + (α/α₀)·(w − 1): α is searched by rescaling the weights, without the counts.
@@ -33,6 +36,7 @@ from cfspark.kernels.bracket import bracket_search
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.ranking import ndcg_rows
 from cfspark.train.one_task import csr_by_row
+from cfspark.train.saddle import factor_scale, growing, warm_start
 from cfspark.train.search_task import HELD, MIN_ITER, SETTLED, SearchPlan, search_one_task
 from cfspark.train.step import StepConfig, solve_rows
 
@@ -79,10 +83,9 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
     held_csr = csr_by_row(held["user"][known], held["item"][known], n_users)[:2]
     rows = np.flatnonzero(held_csr[0][1:] > held_csr[0][:-1])
     rows = rows[np.argsort(user_keys[rows], kind="stable")[:MAX_USERS]]
-    state = {
-        "users": initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
-        "items": initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"),
-    }
+    init = (initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
+            initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"))  # fmt: skip
+    state = {"users": init[0], "items": init[1]}
     path: list[dict] = []
     per_row: list[np.ndarray] = []  # each path point's NDCG per validation user
     if not len(rows):  # too few pairs for a validation fold: the start grids' middles
@@ -94,9 +97,13 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
         ucfg, icfg = (dataclasses.replace(cfg, reg=reg * plan.unit) for cfg in (user_cfg, item_cfg))
         u_side = (by_user[0], by_user[1], None, None, 1.0 + a * by_user[2])
         i_side = (by_item[0], by_item[1], None, None, 1.0 + a * by_item[2])
-        users, items = state["users"], state["items"]
+        # Factors the last point collapsed would hold this one at the saddle, its NDCG flat while
+        # they grow from nothing: it starts from the init instead, with the first point's budget.
+        (users, items), restart = warm_start((state["users"], state["items"]), init, user_cfg.rank)
+        restart = restart and bool(path)
         value, last_value, last_loss, iterations = np.inf, None, None, 0
-        for _ in range(plan.first_iter if not path else plan.point_iter):
+        size = factor_scale(users, items, user_cfg.rank)
+        for _ in range(plan.point_iter if path and not restart else plan.first_iter):
             users, _, (_, user_reg) = solve_rows(ucfg, *u_side, items, users, None)
             items, _, (data, item_reg) = solve_rows(icfg, *i_side, users, items, None)
             iterations += 1
@@ -110,10 +117,12 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
             settled = last_value is not None and abs(value - last_value) <= SETTLED * (1.0 - last_value)
             converged = last_loss is not None and abs(last_loss - loss) <= plan.tol * abs(last_loss)
             last_value, last_loss = value, loss
-            if iterations >= MIN_ITER and (settled or converged):
+            last_size, size = size, factor_scale(users, items, user_cfg.rank)
+            if iterations >= MIN_ITER and (settled or converged) and not growing(last_size, size):
                 break
         state["users"], state["items"] = users, items
-        path.append({"reg": reg, "alpha": a, "ndcg": 1.0 - value, "iterations": iterations})
+        path.append({"reg": reg, "alpha": a, "ndcg": 1.0 - value, "iterations": iterations,
+                     **({"restarted": True} if restart else {})})  # fmt: skip
         per_row.append(scores if np.isfinite(value) else np.full(len(scores), -np.inf))
         return value
 

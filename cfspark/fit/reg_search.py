@@ -149,8 +149,8 @@ def choose_reg(
     sample also sample_reg (the sample's choice, which the path's points are at), transfer
     (the factor λ = sample_reg·transfer) and sample (its ratings, users, items). spread is s
     under regUnits = "spread", else 1; global_mean (mse) and num_items, the training ratings'
-    weighted mean and number of items, if already known. with_factors (mse) adds "factors":
-    the (user, item) factor tables the search ended with at its choice, for the fit to start from."""
+    weighted mean and number of items, if already known. with_factors adds "factors": the
+    (user, item) factor tables the search ended with at its choice, for the fit to start from."""
     began = time.perf_counter()
     num_ratings = train_ratings.count() if num_ratings is None else num_ratings
     fraction = search_fraction(num_ratings, max_ratings)
@@ -168,9 +168,9 @@ def choose_reg(
         both = _bce_rows(settings, rows)
     plan = search_plan(settings, unit, global_mean)
     factors = None
-    if settings.loss == "mse" and with_factors:
+    if with_factors:
         *factors, found = search_factors_one_task(both, at.step_config("user"), at.step_config("item"), plan,
-                                                  seed=settings.seed)  # fmt: skip
+                                                  seed=settings.seed, choose_rank=settings.loss == "mse")  # fmt: skip
     else:
         search = functools.partial(search_record, choose_rank=settings.loss == "mse")
         found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed,

@@ -1,5 +1,5 @@
-"""bce with exposure on small data: the exposure fit, the λ search and the preference fit in
-one Spark task, on one set of arrays.
+"""bce on small data: the exposure fit (with exposure), the λ search and the preference fit
+in one Spark task, on one set of arrays.
 
 Fitted one after the other, each of the three is a Spark job of its own (rows moved into a
 Python worker, indexed, fitted, the factor tables checkpointed), and the search's rows need
@@ -8,14 +8,18 @@ as the exposure fit's iterations (docs/benchmarks.md). Here the task receives th
 labels once, with each row's item offset o_i, weight, validation flag and init keys, and:
 
 1. fits the exposure part (every labelled pair a 1, fresh 0-labels drawn in each half-step,
-   train/sampled.py) from the hashed init;
+   train/sampled.py) from the hashed init, if the model has one;
 2. walks the λ search of train/search_task.py on the rows outside the validation fold, whose
    item offsets it computes from those rows alone, as fit/reg_search.py's search rows are
    (the held rows score with the fit part's offsets, or the global one for an unseen item);
-3. fits the preference model at the chosen λ (or the λ given) from the hashed init.
+3. fits the preference model at the chosen λ, started from the factors the search ended with
+   there (the ids outside its fit part from the hashed init), or at the λ given from the
+   hashed init.
 
-Each fit is the one its own one-task fit would be (the same arrays in the same order, the
-same kernels); only the search's offsets are summed in numpy rather than in Spark.
+The exposure fit is the one its own one-task fit would be, and the search the one
+train/search_task.py's task walks (the same arrays in the same order, the same kernels);
+only the search's offsets are summed in numpy rather than in Spark. Without exposure the
+task is bce's automatic λ on small data: the search, and the fit started from its factors.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from cfspark.train.one_task import (
     keyed_rows,
     kind_table,
 )
-from cfspark.train.search_task import HELD, SearchPlan, search_arrays
+from cfspark.train.search_task import HELD, SearchPlan, search_arrays, start_from_search
 from cfspark.train.step import StepConfig
 
 # The output's kinds beside one_task's USERS (0), ITEMS (1) and RECORD (2), which hold the
@@ -53,12 +57,13 @@ EXPOSURE_USERS, EXPOSURE_ITEMS = 3, 4
 @dataclasses.dataclass(frozen=True)
 class BceTaskConfig:
     """What the task fits: each model's half-steps (the preference's λ is the search's choice
-    when plan is set), the item offsets' prior, and the loop's limits."""
+    when plan is set; no exposure part without its half-steps), the item offsets' prior, and
+    the loop's limits."""
 
     user: StepConfig
     item: StepConfig
-    exposure_user: StepConfig
-    exposure_item: StepConfig
+    exposure_user: StepConfig | None
+    exposure_item: StepConfig | None
     plan: SearchPlan | None  # None: λ fixed at user.reg, nothing held out
     offset_prior: float  # the search's item offsets, smoothed as data/offsets.py's item_offsets
     item_offset: bool
@@ -81,15 +86,16 @@ def search_offsets(item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, f
 
 def search_input(user: np.ndarray, item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, held: np.ndarray,
                  user_keys: np.ndarray, item_keys: np.ndarray, cfg: BceTaskConfig):  # fmt: skip
-    """(fit, held, user_keys, item_keys) for search_arrays from the task's rows (local ids over
-    every row): dense ids over the rows outside the fold, −1 for an id only the fold holds."""
+    """((fit, held, user_keys, item_keys) for search_arrays, (user, item) dense) from the task's
+    rows (local ids over every row): dense maps each local id to its id over the rows outside
+    the fold, −1 for an id only the fold holds."""
     fit_rows = ~held
-    local, keys = {}, {}
+    local, keys, dense = {}, {}, {}
     for side, codes, side_keys in (("user", user, user_keys), ("item", item, item_keys)):
         seen = np.unique(codes[fit_rows])
-        dense = np.full(len(side_keys), -1, np.int64)
-        dense[seen] = np.arange(len(seen))
-        local[side], keys[side] = dense[codes], side_keys[seen]
+        dense[side] = np.full(len(side_keys), -1, np.int64)
+        dense[side][seen] = np.arange(len(seen))
+        local[side], keys[side] = dense[side][codes], side_keys[seen]
     offset = None
     if cfg.item_offset:
         per_item, glob = search_offsets(local["item"], y, weight, fit_rows, len(keys["item"]), cfg.offset_prior)
@@ -98,38 +104,45 @@ def search_input(user: np.ndarray, item: np.ndarray, y: np.ndarray, weight: np.n
            None if offset is None else offset[fit_rows], None if weight is None else weight[fit_rows])  # fmt: skip
     held_rows = {"user": local["user"][held], "item": local["item"][held], "y": y[held],
                  "offset": None if offset is None else offset[held]}  # fmt: skip
-    return fit, held_rows, keys["user"], keys["item"]
+    return (fit, held_rows, keys["user"], keys["item"]), (dense["user"], dense["item"])
 
 
 def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
              weight: np.ndarray | None, held: np.ndarray, user_keys: np.ndarray, item_keys: np.ndarray,
-             cfg: BceTaskConfig) -> tuple[tuple, tuple, dict]:  # fmt: skip
-    """((W, X), (exposure W, X), record) on dense local ids over every training row; offset
-    is each row's o_i over all of them (None without item offsets), held the validation fold."""
+             cfg: BceTaskConfig) -> tuple[tuple, tuple | None, dict]:  # fmt: skip
+    """((W, X), (exposure W, X) or None, record) on dense local ids over every training row;
+    offset is each row's o_i over all of them (None without item offsets), held the
+    validation fold."""
     began = time.perf_counter()
-    ones = np.ones(len(y))
-    EW, EX, e_history, e_stop = fit_arrays(
-        user, item, ones, None, ones if weight is None else weight, user_keys, item_keys, cfg.exposure_user,
-        cfg.exposure_item, max_iter=cfg.max_iter, tol=cfg.tol,
-    )  # fmt: skip
+    exposure = None
+    if cfg.exposure_user is not None and cfg.exposure_item is not None:
+        ones = np.ones(len(y))
+        EW, EX, e_history, e_stop = fit_arrays(
+            user, item, ones, None, ones if weight is None else weight, user_keys, item_keys, cfg.exposure_user,
+            cfg.exposure_item, max_iter=cfg.max_iter, tol=cfg.tol,
+        )  # fmt: skip
+        exposure = (EW, EX), {"history": e_history, "stop": e_stop, "users": len(EW), "items": len(EX)}
     exposed = time.perf_counter()
-    ucfg, icfg, found = cfg.user, cfg.item, None
+    ucfg, icfg, found, start = cfg.user, cfg.item, None, None
     if cfg.plan is not None:
-        found, _ = search_arrays(*search_input(user, item, y, weight, held, user_keys, item_keys, cfg), cfg.user,
-                                 cfg.item, cfg.plan)  # fmt: skip
+        arrays, dense = search_input(user, item, y, weight, held, user_keys, item_keys, cfg)
+        found, params = search_arrays(*arrays, cfg.user, cfg.item, cfg.plan)
         reg = found["reg"] * cfg.plan.unit
         ucfg, icfg = dataclasses.replace(ucfg, reg=reg), dataclasses.replace(icfg, reg=reg)
+        # From the search's factors at its choice: from the hashed init a fit near the λ that
+        # collapses them stops at the zero-factor saddle (start_from_search).
+        start = start_from_search(params, dense, (user_keys, item_keys), (ucfg, icfg))
     searched = time.perf_counter()
     W, X, history, stop = fit_arrays(user, item, y, offset, weight, user_keys, item_keys, ucfg, icfg,
-                                     max_iter=cfg.max_iter, tol=cfg.tol)  # fmt: skip
+                                     max_iter=cfg.max_iter, tol=cfg.tol, start=start)  # fmt: skip
     sizes = {"users": len(W), "items": len(X)}
     record = {
         "history": history, "stop": stop, **sizes, "search": found,
-        "exposure": {"history": e_history, "stop": e_stop, **sizes},
+        "exposure": exposure[1] if exposure else None,
         "task_seconds": {"exposure": round(exposed - began, 3), "search": round(searched - exposed, 3),
                          "fit": round(time.perf_counter() - searched, 3)},
     }  # fmt: skip
-    return (W, X), (EW, EX), record
+    return (W, X), exposure[0] if exposure else None, record
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
@@ -153,12 +166,14 @@ def _body(cfg: BceTaskConfig):
             keys[side][local[side]] = table.column(key_col).to_numpy()
             ids[side] = encoded.dictionary
         held = table.column(HELD).to_numpy() == 1
-        (W, X), (EW, EX), record = fit_both(
+        (W, X), exposed, record = fit_both(
             local[USER], local[ITEM], table.column(TARGET).to_numpy().astype(np.float64),
             _floats(table.column(OFFSET)), _floats(table.column(WEIGHT)), held, keys[USER], keys[ITEM], cfg,
         )  # fmt: skip
         yield factor_batch(ids[USER], ids[ITEM], W, X, rank, record)
-        exposure = factor_batch(ids[USER], ids[ITEM], EW, EX, rank, {})
+        if exposed is None:
+            return
+        exposure = factor_batch(ids[USER], ids[ITEM], *exposed, rank, {})
         exposure = exposure.slice(0, exposure.num_rows - 1)  # its factors; the one record is above
         kinds = pc.add(exposure.column(0), pa.scalar(EXPOSURE_USERS, pa.int32()))
         yield pa.RecordBatch.from_arrays([kinds, *exposure.columns[1:]], schema=exposure.schema)
@@ -166,17 +181,20 @@ def _body(cfg: BceTaskConfig):
     return run
 
 
-def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tuple[tuple, tuple, dict]:
-    """((user_factors, item_factors), (the exposure part's), record) from rows (user, item, y,
-    offset, weight, held), in one Spark job; the factor tables are (id, features, bias) under
-    the input's id types, materialised in Spark's block store (localCheckpoint)."""
+def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tuple[tuple, tuple | None, dict]:
+    """((user_factors, item_factors), (the exposure part's, None without one), record) from rows
+    (user, item, y, offset, weight, held), in one Spark job; the factor tables are (id, features,
+    bias) under the input's id types, materialised in Spark's block store (localCheckpoint)."""
     keyed = keyed_rows(rows.select(USER, ITEM, TARGET, F.col(OFFSET).cast("double").alias(OFFSET),
                                    F.col(WEIGHT).cast("double").alias(WEIGHT), F.col(HELD).cast("int").alias(HELD)),
                        seed)  # fmt: skip
     out, record, level = factor_task_output(keyed, _body(cfg))
-    preference, exposure = (
-        tuple(kind_table(out, kind, (side, FEATURES, BIAS), level) for kind, side in ((users, USER), (items, ITEM)))
-        for users, items in ((USERS, ITEMS), (EXPOSURE_USERS, EXPOSURE_ITEMS))
-    )
+
+    def tables(users: int, items: int) -> tuple[DataFrame, DataFrame]:
+        columns = (USER, FEATURES, BIAS), (ITEM, FEATURES, BIAS)
+        return kind_table(out, users, columns[0], level), kind_table(out, items, columns[1], level)
+
+    preference = tables(USERS, ITEMS)
+    exposure = tables(EXPOSURE_USERS, EXPOSURE_ITEMS) if cfg.exposure_user is not None else None
     out.unpersist()
     return preference, exposure, record

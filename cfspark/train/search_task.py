@@ -7,13 +7,12 @@ ended with, and stops once its validation score (RMSE for mse, logloss for bce) 
 improves, or its training loss has converged. The whole search is one Spark job: the
 fixed cost per half-step of a distributed walk is paid once.
 
-Zero factors are a stationary point of the loss at every λ (with W = 0 the gradient in X
-is 0, and the other way round): a minimum at a strong λ, a saddle at a weaker one. A
-strong λ shrinks the factors towards it, and a weaker λ warm-started from there stays
-beside it, its score flat because it moves with the square of the factors. So a point
-whose factors have collapsed hands the next one the hashed init instead, a point whose
-factor term still grows has not settled however flat its score, and every collapsed point
-(one model, the biases alone) takes the first one's score.
+Zero factors are a stationary point of the loss at every λ (train/saddle.py): a minimum at a
+strong λ, a saddle at a weaker one. A strong λ shrinks the factors towards it, and a weaker
+λ warm-started from there stays beside it, its score flat because it moves with the square
+of the factors. So a point whose factors have collapsed hands the next one the hashed init
+instead, a point whose factor term still grows has not settled however flat its score, and
+every collapsed point (one model, the biases alone) takes the first one's score.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ from cfspark.train.one_task import (
     keyed_rows,
     run_factor_task,
 )
+from cfspark.train.saddle import collapsed, factor_scale, growing, warm_start
 from cfspark.train.step import StepConfig, solve_rows
 
 HELD = "held"  # 1 on a validation row, 0 on a training row
@@ -55,12 +55,6 @@ HELD = "held"  # 1 on a validation row, 0 on a training row
 # λ's factors may move the score either way, and the score that counts is where λ settles.
 SETTLED = 1e-3
 MIN_ITER = 2
-# Factors whose scale (factor_scale) fell below this share of the init's have collapsed onto
-# zero: a warm start from them would sit at the saddle, so the next point starts from the init.
-COLLAPSED = 0.1
-# A point whose factor scale grew by more than this fraction in its last iteration is leaving
-# the saddle (there the scale grows geometrically while the score barely moves): not settled.
-GROWING = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +95,6 @@ def held_losses(loss: str, users: np.ndarray, items: np.ndarray, held: dict, ran
     p = np.clip(sigmoid(z), 1e-15, 1 - 1e-15)
     y = held["y"]
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
-
-
-def factor_scale(users: np.ndarray, items: np.ndarray, rank: int) -> float:
-    """√(mean W² · mean X²): the size of the factor term W·Xᵀ, whatever its split between sides."""
-    return float(np.sqrt(np.mean(users[:, :rank] ** 2) * np.mean(items[:, :rank] ** 2)))
 
 
 def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
@@ -154,27 +143,20 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
             # square of the factors, so a flat score there counts only once they stop growing.
             last_size, size = size, factor_scale(users, items, user_cfg.rank)
             settled = last_value is not None and abs(value - last_value) <= SETTLED * last_value
-            settled = settled and size <= (1 + GROWING) * last_size
+            settled = settled and not growing(last_size, size)
             last_value = value
             if iterations >= MIN_ITER and settled:
                 break
         return users, items, value, iterations
 
-    def collapsed(users: np.ndarray, items: np.ndarray, kept: int) -> bool:
-        """Whether the factors' scale in the kept directions fell below COLLAPSED of the init's."""
-        return factor_scale(users, items, kept) < COLLAPSED * factor_scale(*init, kept)
-
     def score(reg: float) -> float:
         users, items, kept = state["users"], state["items"], state["rank"]
         # Factors the last λ collapsed would hold this one at the saddle: it starts from the
-        # init instead, with the first point's budget.
-        restart = bool(path) and collapsed(users, items, kept)
-        if restart:  # the hashed init, in the directions kept
-            users, items = (side.copy() for side in init)
-            users[:, kept : user_cfg.rank] = items[:, kept : user_cfg.rank] = 0.0
+        # init instead (in the directions kept), with the first point's budget.
+        (users, items), restart = warm_start((users, items), init, kept) if path else ((users, items), False)
         max_iter = plan.first_iter if restart or not path else plan.point_iter
         users, items, value, iterations = point(reg, users, items, max_iter)
-        zero = collapsed(users, items, kept)
+        zero = collapsed((users, items), init, kept)
         if zero:
             # Every collapsed point is the model with no factors, whose scores differ only by how
             # far its biases got: one score for all of them, so that the bracket takes the weakest
@@ -259,6 +241,27 @@ def truncations(params: tuple, rank: int) -> Callable[[int], tuple[np.ndarray, n
     return cut
 
 
+def start_from_search(params: tuple | None, dense: tuple[np.ndarray, np.ndarray], keys: tuple[np.ndarray, np.ndarray],
+                      cfgs: tuple[StepConfig, StepConfig]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The (user, item) params a fit at the search's choice starts from: the params the search
+    ended with there for the ids it fitted, the hashed init (of keys, under cfgs) for the rest.
+    dense maps each of the fit's local ids, side by side, to the search's (−1: not searched).
+
+    From the hashed init a fit just below the λ that collapses the factors meets the
+    zero-factor saddle (train/saddle.py): its factors shrink for an iteration or two before
+    they grow, and its loss moves by less than tol meanwhile, so it stops there. The search's
+    factors at its choice are past the saddle (a point restarted from the init is not settled
+    while they grow)."""
+    start = []
+    for part, (side, side_dense, side_keys, cfg) in enumerate(zip(("user", "item"), dense, keys, cfgs, strict=True)):
+        begin = initial_params(side_keys, cfg.rank, scale=cfg.init_scale, side=side)
+        if params is not None:
+            searched = side_dense >= 0
+            begin[searched] = params[part][side_dense[searched]]
+        start.append(begin)
+    return start[0], start[1]
+
+
 def search_record(*args, choose_rank: bool = False) -> dict:
     """search_arrays' record alone (what the search-only job returns)."""
     return search_arrays(*args, choose_rank=choose_rank)[0]
@@ -329,9 +332,10 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, s
     return run
 
 
-def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan):
-    """mapInArrow body: the search (rank step on), then the factors of the fit part's users and
-    items at the chosen λ and rank, which the blockwise fit at that choice starts from."""
+def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, choose_rank: bool):
+    """mapInArrow body: the search (with the rank step if choose_rank), then the factors of the
+    fit part's users and items at the chosen λ and rank, which the blockwise fit at that choice
+    starts from (start_from_search says why)."""
     rank = user_cfg.rank
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -342,7 +346,8 @@ def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         table = pa.Table.from_batches(batches)
         fit, held, user_keys, item_keys, codes, _ = _search_input(table, plan)
         indexed = time.perf_counter()
-        record, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, choose_rank=True)
+        record, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan,
+                                       choose_rank=choose_rank)  # fmt: skip
         record["sample"] = _sizes(table, codes)
         # Where the task's seconds went, from its first batch in hand (what reading them took is not seen here).
         record["task_seconds"] = {"input": round(indexed - began, 3), "search": round(time.perf_counter() - indexed, 3)}
@@ -359,11 +364,12 @@ def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
 
 
 def search_factors_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *,
-                            seed: int) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
-    """The search over rows as search_one_task's (mse, rank step on), in one Spark job, and the
-    factors it ended with at its choice: (user_factors, item_factors, record), the tables
-    (id, features, bias) at the kept rank, materialised, for the fit's warm start."""
-    users, items, _, record = run_factor_task(_keyed(rows, seed), _search_factors_body(user_cfg, item_cfg, plan))
+                            seed: int, choose_rank: bool = True) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
+    """The search over rows as search_one_task's (with the rank step if choose_rank: mse), in
+    one Spark job, and the factors it ended with at its choice: (user_factors, item_factors,
+    record), the tables (id, features, bias) at the kept rank, materialised, for the fit's warm start."""
+    body = _search_factors_body(user_cfg, item_cfg, plan, choose_rank)
+    users, items, _, record = run_factor_task(_keyed(rows, seed), body)
     return users, items, record
 
 
@@ -390,16 +396,12 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         reg = found["reg"] * plan.unit
         ucfg = dataclasses.replace(user_cfg, reg=reg, rank=kept)
         icfg = dataclasses.replace(item_cfg, reg=reg, rank=kept)
-        start, keys = [], {}
-        for side, key_col, cfg, part in ((USER, USER_KEY, ucfg, 0), (ITEM, ITEM_KEY, icfg, 1)):
-            encoded, code, dense = codes[side]
-            side_keys = np.empty(len(encoded.dictionary), np.int64)
-            side_keys[code] = table.column(key_col).to_numpy()
-            begin = initial_params(side_keys, kept, scale=cfg.init_scale, side=side)
-            if params is not None:  # an id the search fitted starts where the search left it
-                begin[dense >= 0] = params[part][dense[dense >= 0]]
-            start.append(begin)
-            keys[side] = side_keys
+        keys = {}
+        for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
+            encoded, code, _ = codes[side]
+            keys[side] = np.empty(len(encoded.dictionary), np.int64)
+            keys[side][code] = table.column(key_col).to_numpy()
+        start = start_from_search(params, (codes[USER][2], codes[ITEM][2]), (keys[USER], keys[ITEM]), (ucfg, icfg))
         user_code, item_code = codes[USER][1], codes[ITEM][1]
         prior, glob = plan.centre
         means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
@@ -408,7 +410,7 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         settle = SETTLED * chosen[-1]["rmse"] if chosen else None
         W, X, history, stop = fit_arrays(
             user_code, item_code, rating - means[item_code], None, weight, keys[USER], keys[ITEM], ucfg, icfg,
-            max_iter=max_iter, tol=plan.tol, start=(start[0], start[1]), settle=settle, still=SETTLED,
+            max_iter=max_iter, tol=plan.tol, start=start, settle=settle, still=SETTLED,
         )  # fmt: skip
         # Where the task's seconds went: the rank step's (and its second bracket's) are within the search's.
         found["task_seconds"] = {"input": round(indexed - began, 3), "search": round(searched - indexed, 3),
