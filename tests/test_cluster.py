@@ -30,7 +30,7 @@ from cfspark.app.train import run_job
 pytestmark = pytest.mark.cluster
 
 SCRIPT = os.path.join(REPO, "scripts", "cluster.sh")
-MAX_ITER, INTERVAL = 4, 2
+MAX_ITER, INTERVAL = 3, 2
 # λ is fixed: the claims here are about losses and resuming on a cluster, and each of the
 # three runs would otherwise repeat the automatic search, which test_end_to_end and
 # test_spark_connect run through their jobs.

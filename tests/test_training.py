@@ -1,5 +1,5 @@
 """Distributed training against a planted model and against Spark ALS; determinism;
-checkpoint resume; and a long run that would overflow without cut lineage."""
+checkpoint resume; and plans that stay one size, as cut lineage keeps them."""
 
 from __future__ import annotations
 
@@ -103,22 +103,35 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny, tmp_path):
         m.unpersist()
 
 
-def test_one_hundred_iterations_complete_with_checkpointing(tiny, tmp_path):
+def test_the_plan_stays_the_same_size_from_iteration_to_iteration(tiny, tmp_path, monkeypatch):
+    """Lineage is cut at every half-step: each half-step's output, which the next one reads,
+    has a plan (and an RDD lineage) of one size at every iteration, through two storage
+    checkpoints. Uncut, each would hold both previous half-steps' plans, doubling every
+    iteration, until serialising a task overflows the stack."""
+    from cfspark.train import trainer
+
+    sizes: list[tuple[int, int]] = []
+    run_half_step = trainer.run_half_step
+
+    def measured(*args, **kwargs):
+        out, report = run_half_step(*args, **kwargs)
+        execution = out._jdf.queryExecution()
+        sizes.append((len(execution.logical().treeString().splitlines()),
+                      len(execution.toRdd().toDebugString().splitlines())))  # fmt: skip
+        return out, report
+
+    monkeypatch.setattr(trainer, "run_half_step", measured)
+    iterations = 12
     model = CollaborativeFilter(
-        rank=2,
-        maxIter=100,
-        tol=0.0,
-        regParam=0.5,
-        regUnits="als",
-        innerSteps=1,
-        numUserBlocks=1,  # still the blockwise engine, whose plans the checkpoints cut; one
-        numItemBlocks=1,  # block per side keeps each half-step's job to the fewest tasks
-        checkpointDir=str(tmp_path / "ck"),
-        checkpointInterval=50,  # the plan is cut at every half-step; storage is written twice
+        rank=2, maxIter=iterations, tol=0.0, regParam=0.5, regUnits="als", numUserBlocks=2, numItemBlocks=2,
+        checkpointDir=str(tmp_path / "ck"), checkpointInterval=5,  # storage is written at 5 and at 10
     ).fit_validated(tiny)
     losses = [h["train_loss"] for h in model.history]
-    assert len(losses) == 100 and losses[-1] < losses[0]
-    assert (tmp_path / "ck" / "iter-000100").is_dir()
+    assert len(losses) == iterations and losses[-1] < losses[0]
+    assert (tmp_path / "ck" / "iter-000010").is_dir()
+    assert len(sizes) == 2 * iterations
+    # One size at every half-step, both sides', and a small one: a scan of the checkpointed rows.
+    assert len(set(sizes)) == 1 and max(sizes[0]) <= 10, sizes
     model.unpersist()
 
 
