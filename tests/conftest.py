@@ -20,7 +20,13 @@ def spark(tmp_path_factory):
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "2")
         .config("spark.log.level", "ERROR")
-        .config("spark.driver.memory", "2g")
+        # In local mode the driver's heap also holds every cached block, so its old generation
+        # stays full, and G1 (Java's default collector) kept marking it concurrently, about one
+        # cycle every 2 s, on one of the machine's 2 cores. The parallel collector marks only
+        # in its pauses, and the larger heap needs fewer of them: test_training.py and
+        # test_setup.py took 222 s against 250 s (one run each, a quiet machine).
+        .config("spark.driver.memory", "4g")
+        .config("spark.driver.extraJavaOptions", "-XX:+UseParallelGC")
         # Spark ALS cuts its lineage only with an RDD checkpoint dir; without one, its
         # long fits have overflowed the JVM stack while serialising tasks.
         .config("spark.checkpoint.dir", str(tmp_path_factory.mktemp("rdd-checkpoints")))
