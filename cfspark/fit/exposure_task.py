@@ -64,7 +64,7 @@ def fit_exposure_one_task(
         fitted.summary["reg_path"] = found["path"]
         fitted.summary["reg_search"] = {"reg": found["reg"], "units": settings.regUnits, "widened": found["widened"],
                                         "at_limit": found["at_limit"], "sample_fraction": 1.0}  # fmt: skip
-    if part is None or exposed is None:  # the preference model alone: the search's record holds the task's times
+    if part is None:  # the preference model alone: the search's record holds the task's times
         if found is not None:
             fitted.summary["reg_search"]["task_seconds"] = took
         return fitted

@@ -99,8 +99,10 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
         i_side = (by_item[0], by_item[1], None, None, 1.0 + a * by_item[2])
         # Factors the last point collapsed would hold this one at the saddle, its NDCG flat while
         # they grow from nothing: it starts from the init instead, with the first point's budget.
-        (users, items), restart = warm_start((state["users"], state["items"]), init, user_cfg.rank)
-        restart = restart and bool(path)
+        (users, items), restart = (
+            warm_start((state["users"], state["items"]), init, user_cfg.rank) if path
+            else ((state["users"], state["items"]), False)
+        )  # fmt: skip
         value, last_value, last_loss, iterations = np.inf, None, None, 0
         size = factor_scale(users, items, user_cfg.rank)
         for _ in range(plan.point_iter if path and not restart else plan.first_iter):
