@@ -142,6 +142,32 @@ def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
     blocks.unpersist(), stats.unpersist()
 
 
+def test_a_warm_start_caches_no_copy_in_place_when_the_workers_keep_the_blocks(spark, planted, monkeypatch):
+    # It cogroups every block once and leaves the blocks with the workers: the InBlocks move
+    # inside its own job. Its first states equal those of the cached copy in place, which a
+    # fit with the workers' cache off cogroups against at every half-step.
+    from cfspark.train.warm import warm_start
+
+    df = spark.createDataFrame(planted.rows(), "user long, item long, rating double").cache()
+    earlier = CollaborativeFilter(numUserBlocks=1, numItemBlocks=1, **{**PARAMS, "maxIter": 2}).fit_validated(df)
+    settings = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_settings()
+    blocks, stats, _ = setup(settings, df)
+    cfgs = settings.step_config("user"), settings.step_config("item")
+
+    def first_states() -> list:
+        tables = warm_start(blocks, earlier.user_factors, earlier.item_factors, *cfgs)
+        return [sorted((r.dest, r.src, bytes(r.params)) for r in t.select("dest", "src", "params").collect())
+                for t in tables]  # fmt: skip
+
+    moved = first_states()
+    assert blocks._in_place == {}
+    monkeypatch.setenv("CFSPARK_BLOCK_CACHE", "off")
+    in_place = first_states()
+    assert sorted(blocks._in_place) == ["item", "user"]
+    assert moved == in_place and len(moved[0]) == 3 and len(moved[1]) > 2  # the items' messages too
+    blocks.unpersist(), stats.unpersist(), earlier.unpersist(), df.unpersist()
+
+
 def test_a_warm_start_finds_string_ids_in_other_blocks(spark, planted):
     # Three iterations, then one more warm-started with other block counts, equal four cold
     # ones: every earlier factor reached its id through the index read back from the blocks.

@@ -7,8 +7,9 @@ factor tables and warm starts need are read back from the packed blocks, when as
 
 Both sides' InBlocks are packed in one exchange and cached where they were packed. The
 half-steps run on the blocks the Python workers keep (blocks/cache.py), so only factor
-messages move; what cogroups against every block (a warm start, a fit with the workers'
-cache off) takes a copy cached with block b in partition b (Blocks.in_place), built once.
+messages move; what cogroups against every block takes it with block b in partition b
+(Blocks.in_place): cached once for a fit with the workers' cache off, moved in its own job
+for a warm start.
 """
 
 from __future__ import annotations
@@ -120,17 +121,22 @@ class Blocks:
             self._indexes[name] = side.index(inblocks).cache()
         return self._indexes[name]
 
-    def in_place(self, side: str) -> DataFrame:
-        """One side's InBlocks ("user" or "item") cached with block b in partition b
-        (partitioning.py), so that a cogroup by part leaves them where they are: built on
-        first use, by what cogroups against every block (a warm start, a fit whose workers
-        keep no blocks); the half-steps on kept blocks never ask for it."""
+    def in_place(self, side: str, *, keep: bool = True) -> DataFrame:
+        """One side's InBlocks ("user" or "item") with block b in partition b
+        (partitioning.py), so that a cogroup by part leaves them where they are.
+
+        keep: cached, built on first use, for what cogroups against every block at every
+        half-step (a fit whose workers keep no blocks). Without it, for a single cogroup (a
+        warm start whose workers then keep the blocks), the InBlocks move once, inside
+        that cogroup's job: a cached copy would cost a job of its own and the memory."""
         if side == "user":
             inblocks, num_blocks = self.users, self.num_user_blocks
         else:
             inblocks, num_blocks = self.items, self.num_item_blocks
         if self.packed is None:  # already cached in place (with label counts)
             return inblocks
+        if not keep and side not in self._in_place:
+            return inblocks.repartition(num_blocks, PART)
         if side not in self._in_place:
             in_place = inblocks.repartition(num_blocks, PART).cache()
             # Filled now: planned over a cache not yet filled, a cogroup would not see its partitioning.

@@ -13,27 +13,28 @@ from pyspark.sql import functions as F
 from cfspark.blocks.build import Blocks
 from cfspark.blocks.cache import CacheKey
 from cfspark.blocks.partitioning import PART, partition_key
+from cfspark.core.plans import one_job
 from cfspark.core.schema import BIAS, BLOCK, FEATURES, ITEM, LOCAL, USER
 from cfspark.train.arrow_bodies import OUT_SCHEMA, warm_blocks
 from cfspark.train.step import StepConfig
 from cfspark.train.trainer import cache_keys, settle
 
 
-def _side(
-    inblocks: DataFrame,
-    num_blocks: int,
-    index: DataFrame,
-    factors: DataFrame,
-    id_col: str,
-    cfg: StepConfig,
-    send: bool,
-    key: CacheKey | None,
-):
+def _side(blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: CacheKey | None) -> DataFrame:
+    """One side's first state table (with the items' messages to the user blocks)."""
+    if side == "user":
+        index, id_col, num_blocks = blocks.user_index, USER, blocks.num_user_blocks
+    else:
+        index, id_col, num_blocks = blocks.item_index, ITEM, blocks.num_item_blocks
     earlier = index.select(id_col, BLOCK, LOCAL).join(factors.select(id_col, FEATURES, BIAS), id_col)
     rows = earlier.select(BLOCK, LOCAL, FEATURES, BIAS, partition_key(F.col(BLOCK), num_blocks).alias(PART))
-    body = warm_blocks(cfg, send=send, key=key)
+    rows = rows.repartition(num_blocks, PART)  # as the InBlocks are: the cogroup adds no shuffle
+    # Workers that keep the blocks read them only here: no cached copy in place.
+    inblocks = blocks.in_place(side, keep=key is None)
+    body = warm_blocks(cfg, send=side == "item", key=key)
     started = inblocks.groupBy(PART).cogroup(rows.groupBy(PART)).applyInArrow(body, OUT_SCHEMA)
-    return settle(started)[0]
+    with one_job(started.sparkSession):  # its shuffles' partitions are the block count's
+        return settle(started)[0]
 
 
 def warm_start(
@@ -42,12 +43,5 @@ def warm_start(
     """(user_out, item_out) to pass as train(start_from=...): the users' state, and the
     items' state with their messages to the user blocks."""
     keys = cache_keys(blocks)
-    user_out = _side(
-        blocks.in_place("user"), blocks.num_user_blocks, blocks.user_index, user_factors, USER, user_cfg,
-        send=False, key=keys["user"],
-    )  # fmt: skip
-    item_out = _side(
-        blocks.in_place("item"), blocks.num_item_blocks, blocks.item_index, item_factors, ITEM, item_cfg,
-        send=True, key=keys["item"],
-    )  # fmt: skip
-    return user_out, item_out
+    return (_side(blocks, "user", user_factors, user_cfg, keys["user"]),
+            _side(blocks, "item", item_factors, item_cfg, keys["item"]))  # fmt: skip
