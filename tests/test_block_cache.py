@@ -78,6 +78,45 @@ def test_a_worker_keeps_copies_of_one_blocks_key_within_its_budget(tmp_path, mon
     assert cache.stats()["files"] == 0 and not os.listdir(tmp_path / files.DIR_NAME)
 
 
+def test_a_kept_blocks_scratch_lends_its_tiling_to_the_next_half_step_and_goes_with_the_block(tmp_path, monkeypatch):
+    """The kernel's tiling of a kept block's ratings lives in the block's scratch: the second
+    half-step reuses it, solving exactly as a half-step that tiles afresh; its bytes count
+    against the worker's budget, and it goes when the block goes."""
+    from cfspark.kernels.block import Tiling
+    from cfspark.train.step import StepConfig, solve_rows
+
+    monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
+    cache.release()
+    rng = np.random.default_rng(5)
+    row_ptr = np.r_[0, np.cumsum(rng.integers(1, 40, 30))].astype(np.int64)
+    cols = rng.integers(0, 25, row_ptr[-1]).astype(np.int32)
+    arrays = _arrays(len(cols)) | {"row_ptr": row_ptr, "cols": cols, "y": rng.normal(size=len(cols))}
+    cfg = StepConfig(side="user", rank=3, loss="mse", reg=0.1, count_scaled=True)
+    other, params = rng.normal(size=(25, cfg.width)), rng.normal(size=(30, cfg.width))
+    key = CacheKey("blocks-s", "user")
+    assert cache.scratch(key, 0) is None  # not kept here: nothing to keep beside it
+    assert cache.keep(key, 0, arrays)
+    kept = cache.scratch(key, 0)
+    assert kept == {} and cache.scratch(key, 0) is kept
+
+    def solve(scratch):
+        return solve_rows(cfg, row_ptr, cols, arrays["y"], None, None, other, params.copy(), None, cache=scratch)[0]
+
+    first = solve(kept)
+    tiled = kept["problem"].ratings_nbytes
+    assert tiled > 0 and cache.stats()["bytes"] == cache.nbytes(arrays) + tiled
+    monkeypatch.setattr(Tiling, "of", classmethod(lambda *a, **k: pytest.fail("tiled again")))
+    np.testing.assert_array_equal(solve(kept), first)
+    monkeypatch.undo()
+    monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
+    np.testing.assert_array_equal(solve(None), first)  # tiled afresh: the same step
+    # A budget with room for the arrays but not for about as much again keeps no scratch.
+    cache.release()
+    tight = CacheKey("blocks-t", "user", budget_bytes=cache.nbytes(arrays) + 1)
+    assert cache.keep(tight, 0, arrays) and cache.scratch(tight, 0) is None
+    assert cache.release() == 1 and cache.stats()["bytes"] == 0 and not cache._scratch
+
+
 @pytest.fixture(scope="module")
 def fits(spark):
     """Four fits in one session: with the cache, with every task missing it, with it again, and

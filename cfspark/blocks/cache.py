@@ -67,6 +67,9 @@ class CacheKey:
 MODES = ("on", "cold", "off")
 
 _cache: dict[tuple[str, str, int], Arrays] = {}
+# Per kept block, what its half-steps derive from its ratings alone (the kernel's tiling):
+# the next half-step of the block on this worker reuses it. Dropped with the block.
+_scratch: dict[tuple[str, str, int], dict] = {}
 _seen: set[str] = set()  # every Blocks key this worker kept a block of: the files it may have left
 
 
@@ -94,12 +97,31 @@ def lookup(key: CacheKey, block: int) -> Arrays | None:
     return found
 
 
+def _used() -> int:
+    """The bytes this worker holds: kept arrays and what their half-steps derived from them."""
+    derived = sum(getattr(v, "ratings_nbytes", 0) for d in _scratch.values() for v in d.values())
+    return sum(nbytes(a) for a in _cache.values()) + derived
+
+
 def _room(key: CacheKey, arrays: Arrays) -> bool:
     """Whether this worker may hold arrays too; drops another fit's blocks (and their files) first."""
     for other in {k[0] for k in _cache if k[0] != key.blocks}:  # another fit's blocks: done with
         release(other)
-    used = sum(nbytes(a) for a in _cache.values())
-    return used + nbytes(arrays) <= key.budget_bytes
+    return _used() + nbytes(arrays) <= key.budget_bytes
+
+
+def scratch(key: CacheKey, block: int) -> dict | None:
+    """A dict that lives as long as this worker keeps the block, for what a half-step derives
+    from the block's ratings alone (train/step.py's cache), or None where the block is not
+    kept here or the budget has no room for about its arrays' size again, which the kernel's
+    tile-ordered copy of the ratings takes."""
+    entry = (key.blocks, key.side, block)
+    if entry in _scratch:
+        return _scratch[entry]
+    arrays = _cache.get(entry)
+    if arrays is None or _used() + nbytes(arrays) > key.budget_bytes:
+        return None
+    return _scratch.setdefault(entry, {})
 
 
 def keep(key: CacheKey, block: int, arrays: Arrays) -> bool:
@@ -120,6 +142,7 @@ def release(blocks: str | None = None) -> int:
     gone = [k for k in _cache if blocks is None or k[0] == blocks]
     for k in gone:
         del _cache[k]
+        _scratch.pop(k, None)
     # Only keys this worker knows: another application's fit may share the directory.
     for known in {blocks} if blocks is not None else {k[0] for k in gone} | _seen:
         files.remove(known)
@@ -134,7 +157,7 @@ def stats() -> dict:
     return {
         "pid": os.getpid(),
         "entries": len(_cache),
-        "bytes": sum(nbytes(a) for a in _cache.values()),
+        "bytes": _used(),
         "keys": sorted({k[0] for k in _cache}),
         "files": on_disk,
         "file_bytes": disk_bytes,

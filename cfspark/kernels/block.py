@@ -237,6 +237,13 @@ class BlockProblem:
         return problem
 
     @property
+    def ratings_nbytes(self) -> int:
+        """The bytes of what this problem derives from its ratings alone (what like= lends)."""
+        derived = [self.rows, self.tiling.index, self.tiling.order, *self.__dict__.get("_tiled", {}).values(),
+                   self.__dict__.get("_valid")]  # fmt: skip
+        return sum(a.nbytes for a in derived if a is not None)
+
+    @property
     def other_t(self) -> np.ndarray:
         """O transposed (p × m), as the block received it (rounded to the working dtype)."""
         return self.other[:-1, :-1].T

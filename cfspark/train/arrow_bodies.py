@@ -142,8 +142,11 @@ def _assemble(arrays: Arrays, incoming: pa.Table, width: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, width))
 
 
-def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began: float) -> pa.Table:
-    """One half-step of one block from its InBlock arrays and its incoming rows."""
+def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began: float,
+          scratch: dict | None = None) -> pa.Table:  # fmt: skip
+    """One half-step of one block from its InBlock arrays and its incoming rows; scratch, the
+    block's scratch in this worker's cache (blocks/cache.py), keeps the kernel's tiling of
+    its ratings from one half-step to the next."""
     src = incoming.column("src").to_numpy()
     (state_row,) = np.flatnonzero(src == STATE)
     params = matrix(incoming, "params", int(state_row), cfg.width).copy()
@@ -157,7 +160,7 @@ def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began
     before = params.copy()  # the step may write into params
     params, kept, losses = solve_rows(
         cfg, arrays["row_ptr"], arrays["cols"], arrays["y"], arrays["offset"], arrays["weight"], other, params, state,
-        gram, arrays["keys"], arrays.get("col_labels"),
+        gram, arrays["keys"], arrays.get("col_labels"), cache=scratch,
     )  # fmt: skip
     moved = moved_squares(arrays["row_ptr"], arrays["cols"], params - before, other) if cfg.track_moves else 0.0
     solved = time.perf_counter()
@@ -211,7 +214,7 @@ def step_cached(cfg: StepConfig, key: CacheKey):
             miss = _rows(block, np.empty((0, cfg.width)), None, (0.0, 0.0), [])
             miss[0]["src"] = MISS
             return pa.Table.from_pylist(miss, schema=_ARROW_SCHEMA)
-        return _step(cfg, block, arrays, incoming, began)
+        return _step(cfg, block, arrays, incoming, began, cache.scratch(key, block))
 
     return run
 
