@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
@@ -60,6 +61,18 @@ def test_estimator_defaults_match_conf_default_toml_key_by_key():
     # Every [model] key is a Param, except the warm start's path, which the job turns into initialModel.
     assert set(defaults["model"]) - {key for (section, key) in CONFIG_PARAMS if section == "model"} == {"warm_start"}
     assert defaults["model"]["warm_start"] == "" and not estimator.isDefined(estimator.initialModel)
+
+
+def test_the_als_comparison_ships_als_own_block_count():
+    """compare.als_num_blocks is where the comparison states ALS's default block count
+    (compare_als leaves ALS its own unless told), so the shipped value is ALS's."""
+    from pyspark.ml.recommendation import ALS
+
+    from cfspark.bench.compare import compare_als
+
+    als = inspect.signature(ALS.__init__).parameters
+    assert als["numUserBlocks"].default == als["numItemBlocks"].default == load_defaults()["compare"]["als_num_blocks"]
+    assert inspect.signature(compare_als).parameters["num_blocks"].default is None
 
 
 def test_block_counts_follow_the_data_size():

@@ -8,6 +8,7 @@ import logging
 import math
 import pydoc
 import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from pyspark.ml.evaluation import BinaryClassificationEvaluator, RegressionEvalu
 from pyspark.ml.feature import SQLTransformer
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import functions as F
+from tests_support import file_bytes
 
 from cfspark import CFModel, CollaborativeFilter
 from cfspark.app.config import CONFIG_PARAMS, load_defaults
@@ -299,6 +301,62 @@ def test_save_and_load_give_identical_predictions_and_recommendations(spark, fit
     )
     with pytest.raises(Exception, match="already exists"):
         model.write().save(path)
+
+
+@contextmanager
+def spark_warnings(spark):
+    """A function returning what Spark's driver logged at WARN and above inside the block
+    (messages and stack traces), kept off the console. Spark logs through log4j2 in the
+    driver's JVM, which Python's logging and pytest's capture do not see."""
+    log4j = spark._jvm.org.apache.logging.log4j
+    context = log4j.LogManager.getContext(False)
+    config = context.getConfiguration()
+    assert not config.getLoggers().containsKey("org.apache.spark")
+    text = spark._jvm.java.io.StringWriter()
+    layout = log4j.core.layout.PatternLayout.newBuilder().withPattern("%p %c: %m%n%ex").build()
+    appender = log4j.core.appender.WriterAppender.createAppender(layout, None, text, "cfspark-tests", False, True)
+    appender.start()
+    logger = (
+        log4j.core.config.LoggerConfig.newBuilder().withLoggerName("org.apache.spark")
+        .withLevel(log4j.Level.WARN).withAdditivity(False).withConfig(config).build()
+    )  # fmt: skip
+    logger.addAppender(appender, log4j.Level.WARN, None)
+    config.addLogger("org.apache.spark", logger)
+    context.updateLoggers()
+    try:
+        yield text.toString
+    finally:
+        config.removeLogger("org.apache.spark")
+        context.updateLoggers()
+        appender.stop()
+
+
+def test_a_save_to_a_fresh_path_logs_no_warning_and_existing_files_are_refused(spark, fitted, tmp_path):
+    """A good save logs no stack trace (a scheduled job's log shows none in a good run), and
+    the check before it still tells a path holding files, at any depth, from a missing path
+    or an empty folder."""
+    model, _ = fitted
+    # The capture sees the WARN Spark logs when one missing path is read.
+    with spark_warnings(spark) as logged, pytest.raises(Exception, match="PATH_NOT_FOUND"):
+        spark.read.format("binaryFile").load(str(tmp_path / "missing"))
+    assert "Assume no metadata directory" in logged() and "FileNotFoundException" in logged()
+
+    fresh = tmp_path / "fresh" / "model"  # neither it nor its parent exists, as in a job's staging folder
+    with spark_warnings(spark) as logged:
+        model.write().save(str(fresh))
+    assert "Assume no metadata directory" not in logged() and "FileNotFoundException" not in logged(), logged()
+    assert CFModel.load(str(fresh)).uid == model.uid
+
+    (tmp_path / "empty").mkdir()  # an empty folder is written into
+    model.write().save(str(tmp_path / "empty"))
+    assert CFModel.load(str(tmp_path / "empty")).uid == model.uid
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "deep" / "a" / "b" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("mine")
+    for taken in ("deep", "file", "fresh/model"):
+        with pytest.raises(FileExistsError, match="already exists; to replace it, use write\\(\\).overwrite\\(\\)"):
+            model.write().save(str(tmp_path / taken))
+    assert file_bytes(tmp_path / "deep") == {"a/b/notes.txt": b"mine"} and (tmp_path / "file").read_text() == "mine"
 
 
 def test_the_model_does_not_read_its_fits_checkpoints(spark, planted, tmp_path):

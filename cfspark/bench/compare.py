@@ -72,21 +72,23 @@ def compare_als(
     alpha_grid: list[float] = (),
     clip_eps: float = 1e-6,
     time_recommend: bool = False,
-    num_blocks: int = 10,
+    num_blocks: int | None = None,
 ) -> dict:
     """mse: ALS over reg_grid, the best on test RMSE. bce: explicit ALS on the labels over
     reg_grid, the best on test AUC, and implicit ALS on the positives over reg_grid × alpha_grid,
     the best on test NDCG@k (on test AUC when relevant is None).
     relevant None skips the ranking metrics; time_recommend times ALS's own
     recommendForAllUsers(k) for the best explicit model (which does not exclude anything).
-    num_blocks is ALS's numUserBlocks and numItemBlocks (10, ALS's own default): each ALS
-    stage runs that many tasks, so on small data its fixed cost per task dominates the fit."""
+    num_blocks is ALS's numUserBlocks and numItemBlocks (None: ALS's own default, which the
+    job's compare.als_num_blocks ships): each ALS stage runs that many tasks, so on small data
+    its fixed cost per task dominates the fit."""
     users, items = _int_ids(train, USER, _U).cache(), _int_ids(train, ITEM, _I).cache()
     train_ids = _with_int_ids(train, users, items).cache()
     test_ids = _with_int_ids(test, users, items).join(item_stats, ITEM, "left").cache()
     # Filled before any fit is timed, as cfspark's training split is: the integer ids are
     # the comparison's conversion, not ALS's work, and the first fit alone would pay for them.
     train_ids.count()
+    blocks = {} if num_blocks is None else {"numUserBlocks": num_blocks, "numItemBlocks": num_blocks}
     try:
         global_value = float(train.agg(F.avg(RATING)).first()[0])
         fallback = F.coalesce(F.col(ITEM_MEAN if loss == "mse" else POSITIVE_RATE), F.lit(global_value))
@@ -104,8 +106,7 @@ def compare_als(
                 ratingCol=RATING,
                 coldStartStrategy="nan",
                 seed=seed,
-                numUserBlocks=num_blocks,
-                numItemBlocks=num_blocks,
+                **blocks,
                 **extra,
             )
 

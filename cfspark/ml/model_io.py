@@ -154,9 +154,16 @@ def _parquet_files(spark, folder: str) -> list[str]:
 
 def _holds_files(spark, path: str) -> bool:
     """Whether path is a file or a folder with a file anywhere below it, asked through Spark
-    (any file system, Spark Connect too): a missing path is "not found" when it is resolved."""
+    (any file system, Spark Connect too): a missing path is "not found" when it is resolved.
+
+    The path is given twice. Given one path, Spark first looks in it for a streaming sink's
+    metadata log, and for a path that does not exist it logs a WARN with a stack trace
+    (FileStreamSink: "Assume no metadata directory") before the "not found" that answers the
+    question; a model saved to a fresh path would log one in every good run. With more than
+    one path Spark skips that look and only lists them, so a missing path is just "not found".
+    """
     try:
-        found = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(path)
+        found = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load([path, path])
         return bool(found.select("path").limit(1).collect())
     except AnalysisException as e:
         if "PATH_NOT_FOUND" in str(e.getCondition()) or "Path does not exist" in str(e):
