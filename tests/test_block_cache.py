@@ -15,6 +15,8 @@ from pyspark.sql import functions as F
 from cfspark import CollaborativeFilter
 from cfspark.blocks import cache, files
 from cfspark.blocks.cache import CacheKey, release_workers
+from cfspark.kernels.block import Tiling
+from cfspark.train.step import StepConfig, solve_rows
 
 PARAMS = dict(rank=3, maxIter=3, tol=0.0, seed=11, regParam=0.05, numUserBlocks=3, numItemBlocks=2)
 HALF_STEP_TASKS = (3 + 2) * 3  # one per block of each side and iteration
@@ -82,9 +84,6 @@ def test_a_kept_blocks_scratch_lends_its_tiling_to_the_next_half_step_and_goes_w
     """The kernel's tiling of a kept block's ratings lives in the block's scratch: the second
     half-step reuses it, solving exactly as a half-step that tiles afresh; its bytes count
     against the worker's budget, and it goes when the block goes."""
-    from cfspark.kernels.block import Tiling
-    from cfspark.train.step import StepConfig, solve_rows
-
     monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
     cache.release()
     rng = np.random.default_rng(5)
@@ -105,10 +104,9 @@ def test_a_kept_blocks_scratch_lends_its_tiling_to_the_next_half_step_and_goes_w
     first = solve(kept)
     tiled = kept["problem"].ratings_nbytes
     assert tiled > 0 and cache.stats()["bytes"] == cache.nbytes(arrays) + tiled
-    monkeypatch.setattr(Tiling, "of", classmethod(lambda *a, **k: pytest.fail("tiled again")))
-    np.testing.assert_array_equal(solve(kept), first)
-    monkeypatch.undo()
-    monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
+    with monkeypatch.context() as m:
+        m.setattr(Tiling, "of", classmethod(lambda *a, **k: pytest.fail("tiled again")))
+        np.testing.assert_array_equal(solve(kept), first)
     np.testing.assert_array_equal(solve(None), first)  # tiled afresh: the same step
     # A budget with room for the arrays but not for about as much again keeps no scratch.
     cache.release()
