@@ -171,15 +171,17 @@ def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began
 
 
 def moved_squares(row_ptr: np.ndarray, cols: np.ndarray, change: np.ndarray, other: np.ndarray,
-                  chunk: int = 1 << 18) -> float:  # fmt: skip
+                  chunk: int = 1 << 16) -> float:  # fmt: skip
     """Σ over the block's ratings of (Δp_row · other_col)²: how far this half-step moved the
-    predictions of the block's ratings, the other side held fixed. In chunks of ratings,
-    so the gathered rows never take more than chunk × width floats."""
-    rows = np.repeat(np.arange(len(row_ptr) - 1), np.diff(row_ptr))
+    predictions of the block's ratings, the other side held fixed. In chunks of ratings small
+    enough that the two gathered slices stay in cache while the products read them; the
+    gathers are most of the cost, so they take rows with np.take and no copy beside."""
+    rows = np.repeat(np.arange(len(row_ptr) - 1, dtype=np.int32), np.diff(row_ptr))
     total = 0.0
     for start in range(0, len(cols), chunk):
         r, c = rows[start : start + chunk], cols[start : start + chunk]
-        total += float(np.sum(np.einsum("ij,ij->i", change[r], other[c].astype(np.float64)) ** 2))
+        d = np.einsum("ij,ij->i", np.take(change, r, axis=0), np.take(other, c, axis=0))
+        total += float(d @ d)
     return total
 
 
