@@ -11,6 +11,7 @@ from pyspark.sql import types as T
 
 from cfspark import CollaborativeFilter
 from cfspark.blocks import partitioning, placement
+from cfspark.blocks.build import build_blocks
 from cfspark.blocks.hashing import hashed_blocks, murmur3, xxhash64
 from cfspark.blocks.inblock import pack_arrays
 from cfspark.blocks.placement import check_distinct, entity_counts, route_blocks
@@ -303,3 +304,28 @@ def test_one_job_plans_a_shuffle_without_adaptive_stages_and_restores_the_sessio
     shuffled().explain()
     assert "AdaptiveSparkPlan" in capsys.readouterr().out
     spark.conf.unset(key)
+
+
+@pytest.mark.parametrize(("loss", "weighted"), [("mse", False), ("mse", True), ("bce", False)])
+def test_only_the_target_columns_that_can_hold_values_cross_to_the_chunking(spark, planted, loss, weighted):
+    """Targets.carries names the offset (bce's item offsets) and the weight (a weight column)
+    where they can hold a value, and every other such column is null in every row; blocks
+    built from the carried columns alone equal those built from all of them."""
+    rows = [(u, i, r if loss == "mse" else float(r > 0), 1.0 + (u % 3)) for u, i, r in planted.rows()]
+    df = spark.createDataFrame(rows, "user long, item long, rating double, weight double")
+    df = df if weighted else df.drop("weight")
+    settings = CollaborativeFilter(loss=loss, exposure=False, weightCol="weight" if weighted else None).fit_settings()
+    prepared = prepare(settings, df)
+    expected = (*(("offset",) if loss == "bce" else ()), *(("weight",) if weighted else ()))
+    assert prepared.carries == expected
+    for name in {"offset", "weight"} - set(expected):
+        assert prepared.targets.filter(F.col(name).isNotNull()).count() == 0
+    def packed(carries: tuple[str, ...]) -> list:
+        blocks = build_blocks(prepared.targets, prepared.baseline, num_user_blocks=2, num_item_blocks=3, seed=7,
+                              num_ratings=len(rows), carries=carries)  # fmt: skip
+        both = [sorted(map(tuple, side.drop("part").collect())) for side in (blocks.users, blocks.items)]
+        blocks.unpersist()
+        return both
+
+    assert packed(prepared.carries) == packed(("offset", "weight"))
+    prepared.item_stats.unpersist()

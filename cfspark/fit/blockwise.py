@@ -70,7 +70,7 @@ def setup(
     blocks = build_blocks(
         prepared.targets, prepared.baseline, num_user_blocks=users or auto, num_item_blocks=items or auto,
         seed=settings.seed, max_block_ratings=settings.maxBlockRatings, num_ratings=num_ratings,
-        label_counts=settings.draws is not None,
+        label_counts=settings.draws is not None, carries=prepared.carries,
     )  # fmt: skip
     return blocks, prepared.item_stats, prepared.global_baseline
 

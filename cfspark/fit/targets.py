@@ -51,6 +51,8 @@ class Targets:
     baseline: DataFrame  # (item, baseline, ratings): the per-item term and the item's rating count
     global_baseline: float  # for items without one: the global mean (mse), or the global rate's logit (bce)
     num_ratings: int | None = None  # the number of targets, when preparing them counted it (mse)
+    # The columns of targets besides y that can hold a value; the others are null in every row.
+    carries: tuple[str, ...] = (OFFSET, WEIGHT)
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def prepare(settings: FitSettings, train_ratings: DataFrame, global_mean: float 
             USER, ITEM, F.col(NORMALISED).alias(TARGET), no_offset, weight.alias(WEIGHT)
         )
         baseline = stats.select(ITEM, F.col(ITEM_MEAN).alias(BASELINE), ITEM_RATINGS)
-        return Targets(targets, stats, baseline, glob, count)
+        return Targets(targets, stats, baseline, glob, count, carries=_carried(train_ratings, offset=False))
     # Weighted, as the loss is. An exposure fit whose 0s are drawn in the half-steps (draws, with
     # no item offset: fit/exposure.py) has only its 1s here, and no rate to centre on.
     rate = global_rate(train_ratings) if settings.draws is None else 0.5
@@ -138,4 +140,9 @@ def prepare(settings: FitSettings, train_ratings: DataFrame, global_mean: float 
     )
     glob = math.log(rate / (1 - rate)) if with_offset else 0.0
     baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col(LABELLED).alias(ITEM_RATINGS))
-    return Targets(targets, stats, baseline, glob)
+    return Targets(targets, stats, baseline, glob, carries=_carried(train_ratings, offset=with_offset))
+
+
+def _carried(train_ratings: DataFrame, *, offset: bool) -> tuple[str, ...]:
+    """Targets.carries: the offset where the loss has one, the weight where the ratings have one."""
+    return (*((OFFSET,) if offset else ()), *((WEIGHT,) if WEIGHT in train_ratings.columns else ()))
