@@ -174,9 +174,9 @@ def _packer(routes: tuple[tuple, tuple], num_blocks: tuple[int, int]) -> Callabl
     return pack
 
 
-def _pack(chunks: DataFrame, placements: tuple[Placement, Placement], rerouted: bool) -> DataFrame:
+def _pack(chunks: DataFrame, placements: tuple[Placement, Placement], cut_placed: tuple[bool, bool]) -> DataFrame:
     """Both sides' InBlocks from the chunks in one exchange, cached, with each side's placed
-    entities moved to their blocks first unless the chunks were cut with them there (rerouted).
+    entities moved to their blocks first unless the chunks were cut with them there (cut_placed).
 
     One shuffle of the chunks sends every block of either side to a task of its own (user
     block b to partition b, item block b to partition users + b), which packs it: the cached
@@ -186,7 +186,7 @@ def _pack(chunks: DataFrame, placements: tuple[Placement, Placement], rerouted: 
     sides = []
     for s, own in enumerate(placements):
         mine = chunks.filter(F.col("side") == s)
-        if not rerouted and len(own.heavy):
+        if not cut_placed[s] and len(own.heavy):
             route = functools.partial(reroute_chunks, route=(own.heavy, own.heavy_blocks))
             mine = mine.mapInArrow(route, CHUNK_SCHEMA)
         sides.append(mine)
@@ -298,44 +298,54 @@ def build_blocks(
     and the Blocks the sums of label_totals, which fresh sampled 0-labels need (train/sampled.py).
     carries: the columns of targets besides y that can hold a value (Targets.carries).
 
-    The ratings cross to Python once: they are cut into chunks by each side's hashed
-    block first; integer user ids are counted from those chunks (item counts come from
-    baseline), the heaviest entities are placed, and only their ratings' cells move to the
-    placed blocks (reroute.py). String user ids are counted by Spark, which also keeps the
-    table that maps their hashes back to them.
+    The ratings cross to Python once. The items are placed first, from baseline's counts,
+    and the ratings are cut into chunks with each item in its placed block. Integer user ids
+    are counted from those chunks, cut by their hashed block, then placed, and only the
+    placed users' ratings' cells move to their blocks (reroute.py). String user ids are
+    counted by Spark, which also keeps the table that maps their hashes back to them, and
+    placed with the items, so the chunks are cut with both sides in their blocks.
     """
     spark = targets.sparkSession
     dtypes = {USER: targets.schema[USER].dataType, ITEM: targets.schema[ITEM].dataType}
-    asked = {USER: (num_user_blocks, seed, None), ITEM: (num_item_blocks, seed + 1, None)}
-    with phase(spark, "pack"):
-        chunks = _chunk(targets, dtypes, asked, carries)
+    hashed_users = hashed_ids(dtypes[USER])
+
+    def place(*sides: tuple[DataFrame, str, int]) -> list[Placement]:
+        return place_sides(list(sides), total=num_ratings, max_block_ratings=max_block_ratings)
+
     with phase(spark, "index"):
         if num_ratings is None:
             num_ratings = int(baseline.agg(F.sum(RATINGS)).first()[0])
-        if hashed_ids(dtypes[USER]):
-            per_user = entity_counts(targets, USER).cache()  # kept: it maps the hashes back to the ids
-        else:
-            per_user = _counted(chunks, 0, USER, dtypes[USER])
         per_item = entity_counts(baseline, ITEM, RATINGS)
         per_item = per_item.cache() if hashed_ids(dtypes[ITEM]) else per_item
-        users_at, items_at = place_sides(
-            [(per_user, USER, num_user_blocks), (per_item, ITEM, num_item_blocks)],
-            total=num_ratings,
-            max_block_ratings=max_block_ratings,
-        )
+        if hashed_users:  # Spark counts them, and the table maps their hashes back to them
+            per_user = entity_counts(targets, USER).cache()
+            users_at, items_at = place((per_user, USER, num_user_blocks), (per_item, ITEM, num_item_blocks))
+        else:  # the items now, from their table; the users from the chunks, below
+            (items_at,) = place((per_item, ITEM, num_item_blocks))
+            users_at = None
+    with phase(spark, "pack"):
+        # The ratings are cut with every side placed so far in its blocks: no pass moves them again.
+        cut_users = num_user_blocks if users_at is None else users_at.num_blocks
+        rules = {USER: (cut_users, seed, users_at), ITEM: (items_at.num_blocks, seed + 1, items_at)}
+        chunks = _chunk(targets, dtypes, rules, carries)
+    if users_at is None:
+        with phase(spark, "index"):
+            per_user = _counted(chunks, 0, USER, dtypes[USER])
+            (users_at,) = place((per_user, USER, num_user_blocks))
+    cut_placed = (rules[USER][2] is not None, True)  # per side: the chunks were cut with it placed
 
     def side(id_col: str, entities: DataFrame, placement: Placement) -> Side:
         return Side(id_col, dtypes[id_col], entities if hashed_ids(dtypes[id_col]) else None, placement)
 
     user_side, item_side = side(USER, per_user, users_at), side(ITEM, per_item, items_at)
     with phase(spark, "pack"):
-        cut_placed = (users_at.num_blocks, items_at.num_blocks) != (num_user_blocks, num_item_blocks)
-        if cut_placed:
-            # A side was split for max_block_ratings: its hashed blocks change, so cut again,
-            # this time with the placed entities in their blocks.
+        if users_at.num_blocks != cut_users:
+            # The users were split for max_block_ratings: their hashed blocks change, so cut
+            # again, this time with them placed too.
             chunks.unpersist()
-            placed = {USER: (users_at.num_blocks, seed, users_at), ITEM: (items_at.num_blocks, seed + 1, items_at)}
-            chunks = _chunk(targets, dtypes, placed, carries)
+            rules[USER] = (users_at.num_blocks, seed, users_at)
+            chunks = _chunk(targets, dtypes, rules, carries)
+            cut_placed = (True, True)
         # One job packs and caches both sides: its one shuffle has a partition per block.
         with one_job(spark):
             packed = _pack(chunks, (users_at, items_at), cut_placed)

@@ -1,12 +1,12 @@
-"""Chunks cut by hashed block, counted, and the placed entities' cells moved, in Arrow cells.
+"""Chunks counted, and the placed users' cells moved, in Arrow cells.
 
-Setup cuts the ratings into chunks (inblock.chunk_ratings) before any entity is placed,
-each rating in the hashed block of its user and of its item. The same cached chunks then
-give each side's per-entity rating counts, from which the driver places the heaviest
-entities (placement.py), and the few placed entities' ratings are moved to their blocks
-here, on the side that placed any (the other side's block numbers are routed as each
-block is packed). So the ratings cross from the JVM to Python once, and no rating is ever shuffled as
-a row of its own: counting them needs no pass of its own over the ratings.
+Setup places the items from their table first, then cuts the ratings into chunks
+(inblock.chunk_ratings), each rating in its item's placed block and its user's hashed
+block. The same cached chunks then give the users' rating counts, from which the driver
+places the heaviest users (placement.py), and the few placed users' ratings are moved to
+their blocks here (the item blocks' numbers of their users are routed as each block is
+packed). So the ratings cross from the JVM to Python once, and no rating is ever shuffled
+as a row of its own: counting them needs no pass of its own over the ratings.
 """
 
 from __future__ import annotations
