@@ -306,6 +306,21 @@ def test_one_job_plans_a_shuffle_without_adaptive_stages_and_restores_the_sessio
     spark.conf.unset(key)
 
 
+def test_overlapping_one_job_blocks_restore_the_session_once_the_last_one_leaves(spark):
+    """Blocks that overlap without nesting (a warm start's two sides, each in its thread, say):
+    adaptive execution stays off until the last one leaves, then the session's value returns."""
+    key = "spark.sql.adaptive.enabled"
+    spark.conf.set(key, "true")
+    first, second = one_job(spark), one_job(spark)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert spark.conf.get(key) == "false"  # the second block is still planning
+    second.__exit__(None, None, None)
+    assert spark.conf.get(key) == "true"
+    spark.conf.unset(key)
+
+
 @pytest.mark.parametrize(("loss", "weighted"), [("mse", False), ("mse", True), ("bce", False)])
 def test_only_the_target_columns_that_can_hold_values_cross_to_the_chunking(spark, planted, loss, weighted):
     """Targets.carries names the offset (bce's item offsets) and the weight (a weight column)
