@@ -22,8 +22,10 @@ log = logging.getLogger("cfspark")
 
 
 @contextmanager
-def phase(spark: SparkSession, name: str) -> Iterator[None]:
-    """Tag every Spark job started inside the block with the phase's name."""
+def phase(spark: SparkSession, name: str, *, report: bool = True) -> Iterator[None]:
+    """Tag every Spark job started inside the block with the phase's name. Tags belong to the
+    thread that sets them: a thread that starts a phase's jobs enters the phase itself, with
+    report=False where the thread that started it logs its seconds."""
     tag = TAG_PREFIX + name
     spark.addTag(tag)
     began = time.perf_counter()
@@ -31,5 +33,5 @@ def phase(spark: SparkSession, name: str) -> Iterator[None]:
         yield
     finally:
         spark.removeTag(tag)
-    if name in SETUP:
+    if name in SETUP and report:
         log.info("setup: %s took %.2f s", name, time.perf_counter() - began)
