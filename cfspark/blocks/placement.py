@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.core.errors import InputError
+from cfspark.core.plans import one_job
 from cfspark.core.schema import RATINGS
 
 MAX_SPLIT_BLOCKS = 4096  # splitting a side for maxBlockRatings stops here, whatever the loads
@@ -182,7 +183,8 @@ def place_sides(sides: list[tuple[DataFrame, str, int]], *, total: int, max_bloc
         union = queries[0]
         for q in queries[1:]:
             union = union.unionByName(q)
-        rows = union.collect()
+        with one_job(union.sparkSession):  # its aggregates' shuffles in one job, not one job each
+            rows = union.collect()
         for s, n in list(pending.items()):
             entities, id_col, _ = sides[s]
             blocks = [r for r in rows if r["side"] == s]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.core.plans import one_job
 from cfspark.core.schema import (
     BASELINE,
     ITEM,
@@ -88,12 +89,13 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats
         F.count(F.lit(1)).alias("n"),
     )
     p, q = F.col("S") / (F.col("A") + m), F.lit(m) / (F.col("A") + m)
-    row = sums.agg(
-        F.sum("A"), F.sum("S"),
-        F.sum(F.col("Q") - 2 * p * F.col("S") + p * p * F.col("A")),
-        F.sum(-2 * q * F.col("S") + 2 * p * q * F.col("A")),
-        F.sum(q * q * F.col("A")), F.sum("n"), F.count(F.lit(1)),
-    ).first()  # fmt: skip
+    with one_job(train_ratings.sparkSession):  # the item sums' shuffle and the total in one job
+        row = sums.agg(
+            F.sum("A"), F.sum("S"),
+            F.sum(F.col("Q") - 2 * p * F.col("S") + p * p * F.col("A")),
+            F.sum(-2 * q * F.col("S") + 2 * p * q * F.col("A")),
+            F.sum(q * q * F.col("A")), F.sum("n"), F.count(F.lit(1)),
+        ).first()  # fmt: skip
     total, g = row[0], row[1] / row[0]
     spread = math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total))
     # Constant ratings have no spread to scale by: 1.
@@ -112,7 +114,8 @@ def _item_means(
         a = row_weight(train_ratings)
         global_mean = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
     stats = means_of(item_sums(train_ratings), prior=settings.meanPrior, global_mean=global_mean).cache()
-    row = stats.agg(F.count(F.lit(1)), F.sum(ITEM_RATINGS)).first()  # computes the cache
+    with one_job(train_ratings.sparkSession):  # the item sums' shuffle and the count in one job
+        row = stats.agg(F.count(F.lit(1)), F.sum(ITEM_RATINGS)).first()  # computes the cache
     return stats, global_mean, (int(row[0]), int(row[1] or 0))
 
 
