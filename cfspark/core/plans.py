@@ -21,32 +21,44 @@ from pyspark.sql import SparkSession
 
 ADAPTIVE = "spark.sql.adaptive.enabled"
 
-# The setting is the session's, while blocks may overlap (threads of one fit, or one block
+# A setting is the session's, while blocks may overlap (threads of one fit, or one block
 # inside another): the first to enter saves the session's value, the last to leave restores it.
 _lock = threading.Lock()
-_open: dict[int, list] = {}  # id(session) → [blocks open, the value saved]
+_open: dict[tuple[int, str], list] = {}  # (id(session), key) → [blocks open, the value saved]
 
 
 @contextmanager
-def one_job(spark: SparkSession) -> Iterator[None]:
-    """Plan the queries started inside the block without adaptive execution's map-stage jobs.
-
-    The session's value of the setting (or its absence) is restored on the way out, once
-    every overlapping block on the session has left."""
+def planned_with(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Plan the queries started inside the block under settings. Each one's value in the
+    session (or its absence) is restored on the way out, also when a query fails, once every
+    overlapping block that set it has left; overlapping blocks set a key to one value (each
+    caller here always sets its key the same way)."""
+    entries = []
     with _lock:
-        entry = _open.setdefault(id(spark), [0, None])
-        if entry[0] == 0:
-            entry[1] = spark.conf.get(ADAPTIVE, None)
-            spark.conf.set(ADAPTIVE, "false")
-        entry[0] += 1
+        for key, value in settings.items():
+            entry = _open.setdefault((id(spark), key), [0, None])
+            if entry[0] == 0:
+                entry[1] = spark.conf.get(key, None)
+                spark.conf.set(key, value)
+            entry[0] += 1
+            entries.append((key, entry))
     try:
         yield
     finally:
         with _lock:
-            entry[0] -= 1
-            if entry[0] == 0:
-                del _open[id(spark)]
+            for key, entry in entries:
+                entry[0] -= 1
+                if entry[0]:
+                    continue
+                del _open[(id(spark), key)]
                 if entry[1] is None:
-                    spark.conf.unset(ADAPTIVE)
+                    spark.conf.unset(key)
                 else:
-                    spark.conf.set(ADAPTIVE, entry[1])
+                    spark.conf.set(key, entry[1])
+
+
+@contextmanager
+def one_job(spark: SparkSession) -> Iterator[None]:
+    """Plan the queries started inside the block without adaptive execution's map-stage jobs."""
+    with planned_with(spark, {ADAPTIVE: "false"}):
+        yield
