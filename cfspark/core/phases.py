@@ -22,10 +22,8 @@ log = logging.getLogger("cfspark")
 
 
 @contextmanager
-def phase(spark: SparkSession, name: str, *, report: bool = True) -> Iterator[None]:
-    """Tag every Spark job started inside the block with the phase's name. Tags belong to the
-    thread that sets them: a thread that starts a phase's jobs enters the phase itself, with
-    report=False where the thread that started it logs its seconds."""
+def phase(spark: SparkSession, name: str) -> Iterator[None]:
+    """Tag every Spark job started inside the block with the phase's name."""
     tag = TAG_PREFIX + name
     spark.addTag(tag)
     began = time.perf_counter()
@@ -33,5 +31,5 @@ def phase(spark: SparkSession, name: str, *, report: bool = True) -> Iterator[No
         yield
     finally:
         spark.removeTag(tag)
-    if name in SETUP and report:
+    if name in SETUP:
         log.info("setup: %s took %.2f s", name, time.perf_counter() - began)

@@ -7,15 +7,12 @@ from the data are not in the blocks, so they are dropped.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
 from cfspark.blocks.cache import CacheKey
 from cfspark.blocks.partitioning import PART, partition_key
-from cfspark.core.phases import phase
 from cfspark.core.plans import one_job
 from cfspark.core.schema import BIAS, BLOCK, FEATURES, ITEM, LOCAL, USER
 from cfspark.train.arrow_bodies import OUT_SCHEMA, warm_blocks
@@ -36,7 +33,7 @@ def _side(blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: C
     inblocks = blocks.in_place(side, keep=key is None)
     body = warm_blocks(cfg, send=side == "item", key=key)
     started = inblocks.groupBy(PART).cogroup(rows.groupBy(PART)).applyInArrow(body, OUT_SCHEMA)
-    with phase(started.sparkSession, "init", report=False):  # this thread's jobs are the init phase's
+    with one_job(started.sparkSession):  # its shuffles' partitions are the block count's
         return settle(started)[0]
 
 
@@ -46,11 +43,5 @@ def warm_start(
     """(user_out, item_out) to pass as train(start_from=...): the users' state, and the
     items' state with their messages to the user blocks."""
     keys = cache_keys(blocks)
-    # The sides do not depend on each other, so their jobs run at once: each one's planning on
-    # the driver and its few short tasks overlap the other's. Planned without adaptive
-    # execution's extra jobs (its shuffles' partitions are the block count's), set once around
-    # both, since the setting is the session's, not a thread's.
-    with one_job(blocks.users.sparkSession), ThreadPoolExecutor(max_workers=2) as pool:
-        users = pool.submit(_side, blocks, "user", user_factors, user_cfg, keys["user"])
-        items = pool.submit(_side, blocks, "item", item_factors, item_cfg, keys["item"])
-        return users.result(), items.result()
+    return (_side(blocks, "user", user_factors, user_cfg, keys["user"]),
+            _side(blocks, "item", item_factors, item_cfg, keys["item"]))  # fmt: skip
