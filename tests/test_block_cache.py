@@ -102,6 +102,8 @@ def test_a_kept_blocks_scratch_lends_its_tiling_to_the_next_half_step_and_goes_w
         return solve_rows(cfg, row_ptr, cols, arrays["y"], None, None, other, params.copy(), None, cache=scratch)[0]
 
     first = solve(kept)
+    # Only what like= reads is kept: not the other side's vectors, the L2 weights or the last scores.
+    assert kept["problem"].other.shape[0] == 1 and kept["problem"].weights.size == 0 and not kept["problem"]._last
     tiled = kept["problem"].ratings_nbytes
     assert tiled > 0 and cache.stats()["bytes"] == cache.nbytes(arrays) + tiled
     with monkeypatch.context() as m:

@@ -35,7 +35,7 @@ structure, which every optimiser step (newton.py, optimizers.py) reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -235,6 +235,17 @@ class BlockProblem:
             if name in like.__dict__:  # cached properties of the same ratings
                 problem.__dict__[name] = like.__dict__[name]
         return problem
+
+    def lender(self) -> BlockProblem:
+        """What like= reads of this problem and nothing else: its ratings' tiling and
+        tile-ordered copies, without the other side's vectors, the L2 weights or the last
+        scores, which the next half-step makes anew. A caller that keeps a problem for like=
+        (a worker's block cache counts ratings_nbytes against its budget) keeps this."""
+        kept = replace(self, other=np.zeros((1, self.other.shape[1]), self.other.dtype), weights=np.zeros(0))
+        for name in ("_tiled", "_valid"):
+            if name in self.__dict__:
+                kept.__dict__[name] = self.__dict__[name]
+        return kept
 
     @property
     def ratings_nbytes(self) -> int:

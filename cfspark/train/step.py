@@ -123,9 +123,7 @@ def solve_rows(
         like=cache.get("problem") if cache is not None and cfg.draws is None else None,
         tiling=tiling,
     )
-    if cache is not None and cfg.draws is None:  # fresh 0-labels make other ratings every call
-        cache["problem"] = problem
-    elif cache is not None:
+    if cache is not None and cfg.draws is not None:  # fresh 0-labels make other ratings every call
         cache["drawn"] = (row_ptr, problem.tiling)
     params, state = solve_block(
         problem,
@@ -137,4 +135,7 @@ def solve_rows(
         train_mask=cfg.train_mask,
     )
     keep = state if cfg.optimizer == "adam" else None
-    return params, keep, (problem.data_loss(params) if data_loss else float("nan"), problem.reg_loss(params))
+    losses = (problem.data_loss(params) if data_loss else float("nan"), problem.reg_loss(params))
+    if cache is not None and cfg.draws is None:  # kept once the steps have tiled the ratings
+        cache["problem"] = problem.lender()
+    return params, keep, losses
