@@ -106,6 +106,17 @@ class Blocks:
     def num_item_blocks(self) -> int:
         return self.item_side.placement.num_blocks
 
+    def inblocks(self, side: str) -> DataFrame:
+        """One side's InBlocks ("user" or "item"), as packed."""
+        return self.users if side == "user" else self.items
+
+    def num_blocks(self, side: str) -> int:
+        return self.num_user_blocks if side == "user" else self.num_item_blocks
+
+    def index(self, side: str) -> DataFrame:
+        """One side's (id, block, local), built on first use and cached."""
+        return self.user_index if side == "user" else self.item_index
+
     @property
     def user_index(self) -> DataFrame:
         """(user, block, local), built on first use and cached."""
@@ -129,10 +140,7 @@ class Blocks:
         half-step (a fit whose workers keep no blocks). Without it, for a single cogroup (a
         warm start whose workers then keep the blocks), the InBlocks move once, inside
         that cogroup's job: a cached copy would cost a job of its own and the memory."""
-        if side == "user":
-            inblocks, num_blocks = self.users, self.num_user_blocks
-        else:
-            inblocks, num_blocks = self.items, self.num_item_blocks
+        inblocks, num_blocks = self.inblocks(side), self.num_blocks(side)
         if self.packed is None:  # already cached in place (with label counts)
             return inblocks
         if not keep and side not in self._in_place:

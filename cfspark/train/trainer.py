@@ -105,7 +105,7 @@ def inblocks(blocks: Blocks, side: str, keys: dict[str, CacheKey | None]) -> Dat
     half-step, so then the copy cached in place, which the cogroup leaves where it is."""
     if keys[side] is None:
         return blocks.in_place(side)
-    return blocks.users if side == "user" else blocks.items
+    return blocks.inblocks(side)
 
 
 def settle(df: DataFrame) -> tuple[DataFrame, HalfStep]:

@@ -22,10 +22,7 @@ from cfspark.train.trainer import cache_keys, settle
 
 def _side(blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: CacheKey | None) -> DataFrame:
     """One side's first state table (with the items' messages to the user blocks)."""
-    if side == "user":
-        index, id_col, num_blocks = blocks.user_index, USER, blocks.num_user_blocks
-    else:
-        index, id_col, num_blocks = blocks.item_index, ITEM, blocks.num_item_blocks
+    index, id_col, num_blocks = blocks.index(side), USER if side == "user" else ITEM, blocks.num_blocks(side)
     earlier = index.select(id_col, BLOCK, LOCAL).join(factors.select(id_col, FEATURES, BIAS), id_col)
     rows = earlier.select(BLOCK, LOCAL, FEATURES, BIAS, partition_key(F.col(BLOCK), num_blocks).alias(PART))
     rows = rows.repartition(num_blocks, PART)  # as the InBlocks are: the cogroup adds no shuffle
