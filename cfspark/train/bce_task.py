@@ -107,22 +107,24 @@ def search_input(user: np.ndarray, item: np.ndarray, y: np.ndarray, weight: np.n
     return (fit, held_rows, keys["user"], keys["item"]), (dense["user"], dense["item"])
 
 
-def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
-             weight: np.ndarray | None, held: np.ndarray, user_keys: np.ndarray, item_keys: np.ndarray,
-             cfg: BceTaskConfig) -> tuple[tuple, tuple | None, dict]:  # fmt: skip
-    """((W, X), (exposure W, X) or None, record) on dense local ids over every training row;
-    offset is each row's o_i over all of them (None without item offsets), held the
-    validation fold."""
+def fit_exposure(user: np.ndarray, item: np.ndarray, weight: np.ndarray | None, user_keys: np.ndarray,
+                 item_keys: np.ndarray, cfg: BceTaskConfig) -> tuple[tuple[np.ndarray, np.ndarray], dict]:  # fmt: skip
+    """((W, X), record) of the exposure part on dense local ids over every training row: each
+    labelled pair a 1 with its label's weight, the 0-labels drawn in its half-steps."""
+    ones = np.ones(len(user))
+    W, X, history, stop = fit_arrays(
+        user, item, ones, None, ones if weight is None else weight, user_keys, item_keys, cfg.exposure_user,
+        cfg.exposure_item, max_iter=cfg.max_iter, tol=cfg.tol,
+    )  # fmt: skip
+    return (W, X), {"history": history, "stop": stop, "users": len(W), "items": len(X)}
+
+
+def fit_preference(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
+                   weight: np.ndarray | None, held: np.ndarray, user_keys: np.ndarray, item_keys: np.ndarray,
+                   cfg: BceTaskConfig) -> tuple[tuple[np.ndarray, np.ndarray], dict]:  # fmt: skip
+    """((W, X), record) of the preference model, after the λ search if cfg has a plan; the
+    arrays as fit_both's. It reads nothing the exposure part fits, so the two can run apart."""
     began = time.perf_counter()
-    exposure = None
-    if cfg.exposure_user is not None and cfg.exposure_item is not None:
-        ones = np.ones(len(y))
-        EW, EX, e_history, e_stop = fit_arrays(
-            user, item, ones, None, ones if weight is None else weight, user_keys, item_keys, cfg.exposure_user,
-            cfg.exposure_item, max_iter=cfg.max_iter, tol=cfg.tol,
-        )  # fmt: skip
-        exposure = (EW, EX), {"history": e_history, "stop": e_stop, "users": len(EW), "items": len(EX)}
-    exposed = time.perf_counter()
     ucfg, icfg, found, start = cfg.user, cfg.item, None, None
     if cfg.plan is not None:
         arrays, dense = search_input(user, item, y, weight, held, user_keys, item_keys, cfg)
@@ -135,14 +137,28 @@ def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarr
     searched = time.perf_counter()
     W, X, history, stop = fit_arrays(user, item, y, offset, weight, user_keys, item_keys, ucfg, icfg,
                                      max_iter=cfg.max_iter, tol=cfg.tol, start=start)  # fmt: skip
-    sizes = {"users": len(W), "items": len(X)}
     record = {
-        "history": history, "stop": stop, **sizes, "search": found,
-        "exposure": exposure[1] if exposure else None,
-        "task_seconds": {"exposure": round(exposed - began, 3), "search": round(searched - exposed, 3),
-                         "fit": round(time.perf_counter() - searched, 3)},
+        "history": history, "stop": stop, "users": len(W), "items": len(X), "search": found,
+        "task_seconds": {"search": round(searched - began, 3), "fit": round(time.perf_counter() - searched, 3)},
     }  # fmt: skip
-    return (W, X), exposure[0] if exposure else None, record
+    return (W, X), record
+
+
+def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
+             weight: np.ndarray | None, held: np.ndarray, user_keys: np.ndarray, item_keys: np.ndarray,
+             cfg: BceTaskConfig) -> tuple[tuple, tuple | None, dict]:  # fmt: skip
+    """((W, X), (exposure W, X) or None, record) on dense local ids over every training row,
+    one part after the other; offset is each row's o_i over all of them (None without item
+    offsets), held the validation fold."""
+    began = time.perf_counter()
+    exposure = None
+    if cfg.exposure_user is not None and cfg.exposure_item is not None:
+        exposure = fit_exposure(user, item, weight, user_keys, item_keys, cfg)
+    exposed = time.perf_counter()
+    preference, record = fit_preference(user, item, y, offset, weight, held, user_keys, item_keys, cfg)
+    record["exposure"] = exposure[1] if exposure else None
+    record["task_seconds"] = {"exposure": round(exposed - began, 3), **record["task_seconds"]}
+    return preference, exposure[0] if exposure else None, record
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
