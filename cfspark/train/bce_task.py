@@ -41,6 +41,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -180,37 +181,44 @@ def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
 
 
 def _body(cfg: BceTaskConfig):
-    """mapInArrow body over a partition that holds every training label and its part (PART):
-    the exposure part, or the search and the preference model."""
-    rank = cfg.user.rank
+    """mapInArrow body over a partition that holds every training label once per part it
+    fits (PART): the exposure part, or the search and the preference model. Planned as one
+    task per part (separate_unions), a partition holds one; a planner that merged them
+    would give one task both, fitted one after the other, each on its own rows."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
         table = pa.Table.from_batches(batches)
-        ids, local, keys = {}, {}, {}
-        for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
-            encoded = table.column(side).combine_chunks().dictionary_encode()
-            local[side] = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-            keys[side] = np.empty(len(encoded.dictionary), np.int64)
-            keys[side][local[side]] = table.column(key_col).to_numpy()
-            ids[side] = encoded.dictionary
-        weight = _floats(table.column(WEIGHT))
-        if table.column(PART)[0].as_py() == EXPOSURE:
-            began = time.perf_counter()
-            (W, X), fitted = fit_exposure(local[USER], local[ITEM], weight, keys[USER], keys[ITEM], cfg)
-            took = {"exposure": round(time.perf_counter() - began, 3)}
-            record = {PART: EXPOSURE, "exposure": fitted, "task_seconds": took}
-            yield factor_batch(ids[USER], ids[ITEM], W, X, rank, record, kinds=(EXPOSURE_USERS, EXPOSURE_ITEMS))
-            return
-        (W, X), record = fit_preference(
-            local[USER], local[ITEM], table.column(TARGET).to_numpy().astype(np.float64),
-            _floats(table.column(OFFSET)), weight, table.column(HELD).to_numpy() == 1, keys[USER], keys[ITEM], cfg,
-        )  # fmt: skip
-        yield factor_batch(ids[USER], ids[ITEM], W, X, rank, {PART: PREFERENCE, **record})
+        parts = table.column(PART)
+        for part in pc.unique(parts).to_pylist():
+            yield _fit_part(cfg, part, table.filter(pc.equal(parts, part)))
 
     return run
+
+
+def _fit_part(cfg: BceTaskConfig, part: str, table: pa.Table) -> pa.RecordBatch:
+    """The factor_batch of one part fitted on its rows, its record naming the part."""
+    ids, local, keys = {}, {}, {}
+    for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
+        encoded = table.column(side).combine_chunks().dictionary_encode()
+        local[side] = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        keys[side] = np.empty(len(encoded.dictionary), np.int64)
+        keys[side][local[side]] = table.column(key_col).to_numpy()
+        ids[side] = encoded.dictionary
+    weight = _floats(table.column(WEIGHT))
+    if part == EXPOSURE:
+        began = time.perf_counter()
+        (W, X), fitted = fit_exposure(local[USER], local[ITEM], weight, keys[USER], keys[ITEM], cfg)
+        took = {"exposure": round(time.perf_counter() - began, 3)}
+        record = {PART: EXPOSURE, "exposure": fitted, "task_seconds": took}
+        return factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, record, kinds=(EXPOSURE_USERS, EXPOSURE_ITEMS))
+    (W, X), record = fit_preference(
+        local[USER], local[ITEM], table.column(TARGET).to_numpy().astype(np.float64), _floats(table.column(OFFSET)),
+        weight, table.column(HELD).to_numpy() == 1, keys[USER], keys[ITEM], cfg,
+    )  # fmt: skip
+    return factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, {PART: PREFERENCE, **record})
 
 
 def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tuple[tuple, tuple | None, dict]:
