@@ -4,8 +4,11 @@ the job's two tasks (train/bce_task.py), one per part, fit what fit_both fits on
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from planted import planted_exposure, planted_labels
 from pyspark.sql import functions as F
@@ -17,8 +20,17 @@ from cfspark.data.split import split_ratings
 from cfspark.fit.exposure import exposure_settings, fresh_draws
 from cfspark.fit.reg_search import search_plan, search_settings
 from cfspark.kernels.layout import bias_col
-from cfspark.train.bce_task import BceTaskConfig, fit_both, fit_both_one_task, search_offsets
-from cfspark.train.one_task import ITEM_KEY, USER_KEY, keyed_rows
+from cfspark.train.bce_task import (
+    EXPOSURE,
+    PART,
+    PREFERENCE,
+    BceTaskConfig,
+    _body,
+    fit_both,
+    fit_both_one_task,
+    search_offsets,
+)
+from cfspark.train.one_task import ITEM_KEY, KIND, RECORD_COL, USER_KEY, keyed_rows
 from cfspark.train.search_task import HELD
 
 
@@ -64,6 +76,18 @@ def test_one_job_fits_the_models_the_three_fits_give(spark, labels, monkeypatch,
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-9)
 
 
+def _task_config(settings, exposed: bool) -> BceTaskConfig:
+    """The task's half-steps as fit/exposure_task.py sets them, λ searched."""
+    part = fresh_draws(exposure_settings(settings), settings)
+    searching = search_settings(settings, 1.0)
+    return BceTaskConfig(
+        user=searching.step_config("user"), item=searching.step_config("item"),
+        exposure_user=part.step_config("user") if exposed else None,
+        exposure_item=part.step_config("item") if exposed else None, plan=search_plan(settings, 1.0, None),
+        offset_prior=settings.offsetPrior, item_offset=True, max_iter=settings.maxIter, tol=settings.tol,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("exposed", [True, False])
 def test_the_job_fits_in_one_task_per_part_what_fit_both_fits_on_its_arrays(spark, labels, exposed):
     # With an exposure part the job is two tasks, one per part, each indexing every row; the
@@ -82,15 +106,7 @@ def test_the_job_fits_in_one_task_per_part_what_fit_both_fits_on_its_arrays(spar
     assert (keyed[USER].to_numpy() == frame[USER].to_numpy()).all()  # the rows in the test's order
     keys = [np.empty(len(ids), np.int64) for ids in (user_ids, item_ids)]
     keys[0][user], keys[1][item] = keyed[USER_KEY], keyed[ITEM_KEY]
-    part = fresh_draws(exposure_settings(settings), settings)
-    searching = search_settings(settings, 1.0)
-    cfg = BceTaskConfig(
-        user=searching.step_config("user"), item=searching.step_config("item"),
-        exposure_user=part.step_config("user") if exposed else None,
-        exposure_item=part.step_config("item") if exposed else None, plan=search_plan(settings, 1.0, None),
-        offset_prior=settings.offsetPrior, item_offset=True, max_iter=settings.maxIter, tol=settings.tol,
-    )  # fmt: skip
-
+    cfg = _task_config(settings, exposed)
     (W, X), exposure, record = fit_both(user, item, y, offset, None, held, *keys, cfg)
     (users, items), exposure_tables, job = fit_both_one_task(rows, cfg, seed=settings.seed)
 
@@ -114,6 +130,40 @@ def test_the_job_fits_in_one_task_per_part_what_fit_both_fits_on_its_arrays(spar
         assert exposure_tables is None and job["exposure"] is None and job["tasks"] == {"preference": 0}
         assert set(job["task_seconds"]) == {"search", "fit"}
     assert all(seconds > 0 for seconds in job["task_seconds"].values())
+
+
+def test_a_task_given_both_parts_rows_fits_each_on_its_own_rows():
+    # Were the two inputs planned as one task, its body sees every row twice, once per part:
+    # it still fits each part on its own rows, as fit_both does (no Spark: the body on Arrow).
+    data, _ = planted_exposure(n_users=50, n_items=30, rank=2, shown=0.3, seed=5)
+    u, i, y = data.users.astype(np.int64), data.items.astype(np.int64), data.ratings
+    user, user_ids = pd.factorize(u)
+    item, item_ids = pd.factorize(i)
+    held = np.random.default_rng(6).random(len(y)) < 0.1
+    settings = CollaborativeFilter(loss="bce", rank=2, maxIter=3, exposureNegatives=3).fit_settings()
+    cfg = _task_config(settings, exposed=True)
+    offset = search_offsets(item, y, None, np.ones(len(y), bool), len(item_ids), settings.offsetPrior)[0][item]
+    keys = (user_ids * 7 + 1, item_ids * 11 + 3)
+    rows = pa.table({USER: u, ITEM: i, TARGET: y, OFFSET: offset, WEIGHT: pa.nulls(len(y), pa.float64()),
+                     HELD: held.astype(np.int32), USER_KEY: keys[0][user], ITEM_KEY: keys[1][item]})  # fmt: skip
+    both = pa.concat_tables([rows.append_column(PART, pa.array([part] * len(y))) for part in (EXPOSURE, PREFERENCE)])
+    batches = list(_body(cfg)(iter(both.to_batches(max_chunksize=97))))
+    (W, X), exposure, record = fit_both(user, item, y, offset, None, held, *keys, cfg)
+    assert len(batches) == 2
+    for batch, (UW, IX), kinds in ((batches[0], exposure, (3, 4)), (batches[1], (W, X), (0, 1))):
+        kind = batch.column(KIND).to_numpy()
+        features = batch.column(FEATURES).to_pylist()
+        for k, params, ids, side in ((kinds[0], UW, user_ids, "user"), (kinds[1], IX, item_ids, "item")):
+            rows_of = np.flatnonzero(kind == k)
+            assert batch.column(USER if side == "user" else ITEM).take(rows_of).to_pylist() == list(ids)
+            np.testing.assert_array_equal(np.array([features[r] for r in rows_of]), params[:, :2])
+            np.testing.assert_array_equal(batch.column(BIAS).to_numpy()[rows_of], params[:, bias_col(2, side)])
+    found = [json.loads(batch.column(RECORD_COL)[batch.num_rows - 1].as_py()) for batch in batches]
+    assert found[0][PART] == EXPOSURE and found[1][PART] == PREFERENCE
+    assert [h["train_loss"] for h in found[0]["exposure"]["history"]] == [
+        h["train_loss"] for h in record["exposure"]["history"]
+    ]
+    assert [h["train_loss"] for h in found[1]["history"]] == [h["train_loss"] for h in record["history"]]
 
 
 def test_separate_unions_makes_each_one_partition_input_a_task_and_restores_the_session(spark):
