@@ -88,7 +88,7 @@ def _task_config(settings, exposed: bool) -> BceTaskConfig:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("exposed", [True, False])
+@pytest.mark.parametrize("exposed", [True, pytest.param(False, marks=pytest.mark.slow)])  # without: one task, as before
 def test_the_job_fits_in_one_task_per_part_what_fit_both_fits_on_its_arrays(spark, labels, exposed):
     # With an exposure part the job is two tasks, one per part, each indexing every row; the
     # models are fit_both's on the arrays one task over the rows builds, to the bit.
