@@ -1,16 +1,37 @@
 """bce with exposure in one Spark job (fit/exposure_task.py): the same models, λ search and
-records as the exposure fit, the search and the preference fit run one after the other."""
+records as the exposure fit, the search and the preference fit run one after the other; and
+the job's two tasks (train/bce_task.py), one per part, fit what fit_both fits on its arrays."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 from planted import planted_exposure, planted_labels
+from pyspark.sql import functions as F
 
 from cfspark import CollaborativeFilter
-from cfspark.core.schema import ITEM, RATING, USER
+from cfspark.core.plans import separate_unions
+from cfspark.core.schema import BIAS, FEATURES, ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
 from cfspark.data.split import split_ratings
-from cfspark.train.bce_task import search_offsets
+from cfspark.fit.exposure import exposure_settings, fresh_draws
+from cfspark.fit.reg_search import search_plan, search_settings
+from cfspark.kernels.layout import bias_col
+from cfspark.train.bce_task import (
+    EXPOSURE,
+    PART,
+    PREFERENCE,
+    BceTaskConfig,
+    _body,
+    fit_both,
+    fit_both_one_task,
+    search_offsets,
+)
+from cfspark.train.one_task import ITEM_KEY, KIND, RECORD_COL, USER_KEY, keyed_rows
+from cfspark.train.search_task import HELD
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +74,117 @@ def test_one_job_fits_the_models_the_three_fits_give(spark, labels, monkeypatch,
     pairs = labels.limit(20)
     scores = [m.transform(pairs).toPandas().sort_values([USER, ITEM]).score for m in (one, three)]
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-9)
+
+
+def _task_config(settings, exposed: bool) -> BceTaskConfig:
+    """The task's half-steps as fit/exposure_task.py sets them, λ searched."""
+    part = fresh_draws(exposure_settings(settings), settings)
+    searching = search_settings(settings, 1.0)
+    return BceTaskConfig(
+        user=searching.step_config("user"), item=searching.step_config("item"),
+        exposure_user=part.step_config("user") if exposed else None,
+        exposure_item=part.step_config("item") if exposed else None, plan=search_plan(settings, 1.0, None),
+        offset_prior=settings.offsetPrior, item_offset=True, max_iter=settings.maxIter, tol=settings.tol,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("exposed", [True, pytest.param(False, marks=pytest.mark.slow)])  # without: one task, as before
+def test_the_job_fits_in_one_task_per_part_what_fit_both_fits_on_its_arrays(spark, labels, exposed):
+    # With an exposure part the job is two tasks, one per part, each indexing every row; the
+    # models are fit_both's on the arrays one task over the rows builds, to the bit.
+    frame = labels.toPandas()
+    frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)  # an order of the test's own
+    user, user_ids = pd.factorize(frame[USER])  # first appearance, as Arrow's dictionary encoding
+    item, item_ids = pd.factorize(frame[ITEM])
+    y = frame[RATING].to_numpy(np.float64)
+    held = np.random.default_rng(4).random(len(y)) < 0.1
+    settings = CollaborativeFilter(loss="bce", rank=2, maxIter=4, exposureNegatives=3).fit_settings()
+    offset = search_offsets(item, y, None, np.ones(len(y), bool), len(item_ids), settings.offsetPrior)[0][item]
+    columns = {USER: frame[USER], ITEM: frame[ITEM], TARGET: y, OFFSET: offset, HELD: held.astype(np.int32)}
+    rows = spark.createDataFrame(pd.DataFrame(columns)).withColumn(WEIGHT, F.lit(None).cast("double"))
+    keyed = keyed_rows(rows, settings.seed).toPandas()
+    assert (keyed[USER].to_numpy() == frame[USER].to_numpy()).all()  # the rows in the test's order
+    keys = [np.empty(len(ids), np.int64) for ids in (user_ids, item_ids)]
+    keys[0][user], keys[1][item] = keyed[USER_KEY], keyed[ITEM_KEY]
+    cfg = _task_config(settings, exposed)
+    (W, X), exposure, record = fit_both(user, item, y, offset, None, held, *keys, cfg)
+    (users, items), exposure_tables, job = fit_both_one_task(rows, cfg, seed=settings.seed)
+
+    def table(factors, key, ids):
+        got = factors.toPandas().set_index(key).loc[ids]
+        return np.c_[np.stack(got[FEATURES]), got[BIAS]]
+
+    models = [((users, items), (W, X))] + ([(exposure_tables, exposure)] if exposed else [])
+    for (user_table, item_table), (W, X) in models:
+        np.testing.assert_array_equal(table(user_table, USER, user_ids), W[:, [0, 1, bias_col(2, "user")]])
+        np.testing.assert_array_equal(table(item_table, ITEM, item_ids), X[:, [0, 1, bias_col(2, "item")]])
+    assert [h["train_loss"] for h in job["history"]] == [h["train_loss"] for h in record["history"]]
+    assert job["search"]["path"] == record["search"]["path"] and job["stop"] == record["stop"]
+    if exposed:
+        losses = [[h["train_loss"] for h in found["exposure"]["history"]] for found in (job, record)]
+        assert losses[0] == losses[1] and job["exposure"]["stop"] == record["exposure"]["stop"]
+        # Each part's record comes from a task of its own: two partitions of the one job.
+        assert job["tasks"] == {"exposure": 0, "preference": 1}
+        assert set(job["task_seconds"]) == {"exposure", "search", "fit"}
+    else:
+        assert exposure_tables is None and job["exposure"] is None and job["tasks"] == {"preference": 0}
+        assert set(job["task_seconds"]) == {"search", "fit"}
+    assert all(seconds > 0 for seconds in job["task_seconds"].values())
+
+
+def test_a_task_given_both_parts_rows_fits_each_on_its_own_rows():
+    # Were the two inputs planned as one task, its body sees every row twice, once per part:
+    # it still fits each part on its own rows, as fit_both does (no Spark: the body on Arrow).
+    data, _ = planted_exposure(n_users=50, n_items=30, rank=2, shown=0.3, seed=5)
+    u, i, y = data.users.astype(np.int64), data.items.astype(np.int64), data.ratings
+    user, user_ids = pd.factorize(u)
+    item, item_ids = pd.factorize(i)
+    held = np.random.default_rng(6).random(len(y)) < 0.1
+    settings = CollaborativeFilter(loss="bce", rank=2, maxIter=3, exposureNegatives=3).fit_settings()
+    cfg = _task_config(settings, exposed=True)
+    offset = search_offsets(item, y, None, np.ones(len(y), bool), len(item_ids), settings.offsetPrior)[0][item]
+    keys = (user_ids * 7 + 1, item_ids * 11 + 3)
+    rows = pa.table({USER: u, ITEM: i, TARGET: y, OFFSET: offset, WEIGHT: pa.nulls(len(y), pa.float64()),
+                     HELD: held.astype(np.int32), USER_KEY: keys[0][user], ITEM_KEY: keys[1][item]})  # fmt: skip
+    both = pa.concat_tables([rows.append_column(PART, pa.array([part] * len(y))) for part in (EXPOSURE, PREFERENCE)])
+    batches = list(_body(cfg)(iter(both.to_batches(max_chunksize=97))))
+    (W, X), exposure, record = fit_both(user, item, y, offset, None, held, *keys, cfg)
+    assert len(batches) == 2
+    for batch, (UW, IX), kinds in ((batches[0], exposure, (3, 4)), (batches[1], (W, X), (0, 1))):
+        kind = batch.column(KIND).to_numpy()
+        features = batch.column(FEATURES).to_pylist()
+        for k, params, ids, side in ((kinds[0], UW, user_ids, "user"), (kinds[1], IX, item_ids, "item")):
+            rows_of = np.flatnonzero(kind == k)
+            assert batch.column(USER if side == "user" else ITEM).take(rows_of).to_pylist() == list(ids)
+            np.testing.assert_array_equal(np.array([features[r] for r in rows_of]), params[:, :2])
+            np.testing.assert_array_equal(batch.column(BIAS).to_numpy()[rows_of], params[:, bias_col(2, side)])
+    found = [json.loads(batch.column(RECORD_COL)[batch.num_rows - 1].as_py()) for batch in batches]
+    assert found[0][PART] == EXPOSURE and found[1][PART] == PREFERENCE
+    assert [h["train_loss"] for h in found[0]["exposure"]["history"]] == [
+        h["train_loss"] for h in record["exposure"]["history"]
+    ]
+    assert [h["train_loss"] for h in found[1]["history"]] == [h["train_loss"] for h in record["history"]]
+
+
+def test_separate_unions_makes_each_one_partition_input_a_task_and_restores_the_session(spark):
+    # The union of two one-partition inputs: under Spark's default one task reads both; planned
+    # inside separate_unions, each input is a partition of its own, its rows in their order.
+    def tasks() -> dict[int, list[tuple[str, int]]]:
+        rows = spark.range(0, 6, 1, 3).coalesce(1)
+        union = rows.withColumn("part", F.lit("a")).union(rows.withColumn("part", F.lit("b")))
+        found = union.select(F.spark_partition_id().alias("task"), "part", "id").localCheckpoint(eager=False)
+        got: dict[int, list[tuple[str, int]]] = {}
+        for row in found.collect():
+            got.setdefault(row.task, []).append((row.part, row.id))
+        return got
+
+    key = "spark.sql.unionOutputPartitioning"
+    before = spark.conf.get(key, None)
+    with separate_unions(spark):
+        apart = tasks()
+    assert apart == {0: [("a", i) for i in range(6)], 1: [("b", i) for i in range(6)]}
+    assert spark.conf.get(key, None) == before
+    assert len(tasks()) == (2 if before == "false" else 1)
 
 
 def test_search_offsets_are_the_smoothed_rates_logits():

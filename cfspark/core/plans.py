@@ -1,4 +1,5 @@
-"""Plans whose shuffle runs inside the job that reads it, not in a Spark job of its own.
+"""Plans whose shuffle runs inside the job that reads it, not in a Spark job of its own; and
+unions whose inputs run as tasks of their own.
 
 With adaptive query execution on (Spark's default), every shuffle of a query is first
 materialised by a job of its own, so that Spark can re-plan what reads it; a half-step
@@ -9,6 +10,10 @@ before. So the queries that plan them are planned with adaptive execution off, a
 session's own setting is put back afterwards, also when the query fails. The setting is
 read when a query is planned (in a localCheckpoint or an action), so it works over
 Spark Connect too, where the server plans.
+
+A union of one-partition inputs is one task under Spark's default (the inputs' shared
+partitioning kept), where a job that runs independent work side by side wants a task per
+input: separate_unions plans it with the inputs' partitions one after the other.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from contextlib import contextmanager
 from pyspark.sql import SparkSession
 
 ADAPTIVE = "spark.sql.adaptive.enabled"
+# With it on (the default), a union of inputs with the same partitioning (one partition
+# each, say) has that partitioning: its partition i is every input's partition i, one task.
+UNION_PARTITIONING = "spark.sql.unionOutputPartitioning"
+
 
 # A setting is the session's, while blocks may overlap (threads of one fit, or one block
 # inside another): the first to enter saves the session's value, the last to leave restores it.
@@ -61,4 +70,12 @@ def planned_with(spark: SparkSession, settings: dict[str, str]) -> Iterator[None
 def one_job(spark: SparkSession) -> Iterator[None]:
     """Plan the queries started inside the block without adaptive execution's map-stage jobs."""
     with planned_with(spark, {ADAPTIVE: "false"}):
+        yield
+
+
+@contextmanager
+def separate_unions(spark: SparkSession) -> Iterator[None]:
+    """Plan the queries started inside the block with each union's partitions those of its
+    inputs one after the other, so that inputs of one partition each are tasks of their own."""
+    with planned_with(spark, {UNION_PARTITIONING: "false"}):
         yield

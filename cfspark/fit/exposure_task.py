@@ -1,6 +1,7 @@
-"""bce on small data in one Spark job (train/bce_task.py): with exposure, the exposure part,
-the λ search and the preference model, with the records the three separate fits would give;
-without, under automatic λ, the search and the preference model fitted from its factors."""
+"""bce on small data in one Spark job (train/bce_task.py): with exposure, the exposure part in
+one task and the λ search and the preference model in another, running at once, with the
+records the three separate fits would give; without, under automatic λ, the search and the
+preference model fitted from its factors, in one task."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def fit_exposure_one_task(
     )  # fmt: skip
     with phase(spark, "one-task"):
         (users, items), exposed, record = fit_both_one_task(rows, cfg, seed=settings.seed)
-    took = record.pop("task_seconds")
+    took, tasks = record.pop("task_seconds"), record.pop("tasks")
     found = record.pop("search")
     chosen = settings
     if found is not None:
@@ -68,7 +69,8 @@ def fit_exposure_one_task(
         if found is not None:
             fitted.summary["reg_search"]["task_seconds"] = took
         return fitted
-    fitted.summary["one_job"] = {"task_seconds": took, "seconds": round(time.perf_counter() - began, 3)}
+    # tasks: the partition each part runs in, two where the parts run side by side.
+    fitted.summary["one_job"] = {"task_seconds": took, "tasks": tasks, "seconds": round(time.perf_counter() - began, 3)}
     # The exposure part's item table: its offsets are 0 (fit/exposure.py's fresh_draws), read when it predicts.
     exposure_stats = item_offsets(exposure_labels(train_ratings), prior=part.offsetPrior, rate=0.5, enabled=False)
     exposure = finish_record(part, train_ratings, *exposed, exposure_stats, 0.0, exposure_record, began=began,

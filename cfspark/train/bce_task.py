@@ -1,30 +1,41 @@
 """bce on small data: the exposure fit (with exposure), the λ search and the preference fit
-in one Spark task, on one set of arrays.
+in one Spark job, each part on one set of arrays.
 
 Fitted one after the other, each of the three is a Spark job of its own (rows moved into a
 Python worker, indexed, fitted, the factor tables checkpointed), and the search's rows need
 their own preparation jobs: on MovieLens latest-small ≥ 4 the fixed costs were about as long
-as the exposure fit's iterations (docs/benchmarks.md). Here the task receives the training
-labels once, with each row's item offset o_i, weight, validation flag and init keys, and:
+as the exposure fit's iterations (docs/benchmarks.md). Here the job's tasks receive the
+training labels once each, with each row's item offset o_i, weight, validation flag, init
+keys and part, and:
 
-1. fits the exposure part (every labelled pair a 1, fresh 0-labels drawn in each half-step,
-   train/sampled.py) from the hashed init, if the model has one;
-2. walks the λ search of train/search_task.py on the rows outside the validation fold, whose
-   item offsets it computes from those rows alone, as fit/reg_search.py's search rows are
-   (the held rows score with the fit part's offsets, or the global one for an unseen item);
-3. fits the preference model at the chosen λ, started from the factors the search ended with
-   there (the ids outside its fit part from the hashed init), or at the λ given from the
-   hashed init.
+1. one task fits the exposure part (every labelled pair a 1, fresh 0-labels drawn in each
+   half-step, train/sampled.py) from the hashed init, if the model has one;
+2. the other walks the λ search of train/search_task.py on the rows outside the validation
+   fold, whose item offsets it computes from those rows alone, as fit/reg_search.py's search
+   rows are (the held rows score with the fit part's offsets, or the global one for an
+   unseen item);
+3. and then fits the preference model at the chosen λ, started from the factors the search
+   ended with there (the ids outside its fit part from the hashed init), or at the λ given
+   from the hashed init.
+
+Neither part reads what the other fits, so the two tasks run at once where two cores are
+free: the exposure part is about two thirds of the work, and one task would leave a second
+core idle where implicit ALS, the comparator, uses every core. Each task indexes the same
+rows in the same order, so its arrays are the ones one task over them would build
+(fit_both, which runs the two parts one after the other on them, gives the same models to
+the bit).
 
 The exposure fit is the one its own one-task fit would be, and the search the one
 train/search_task.py's task walks (the same arrays in the same order, the same kernels);
 only the search's offsets are summed in numpy rather than in Spark. Without exposure the
-task is bce's automatic λ on small data: the search, and the fit started from its factors.
+job is one task, bce's automatic λ on small data: the search, and the fit started from its
+factors.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Iterator
 
@@ -34,6 +45,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.core.plans import separate_unions
 from cfspark.core.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER, WEIGHT
 from cfspark.train.one_task import (
     ITEM_KEY,
@@ -52,6 +64,9 @@ from cfspark.train.step import StepConfig
 # The output's kinds beside one_task's USERS (0), ITEMS (1) and RECORD (2), which hold the
 # preference model's factors and the record.
 EXPOSURE_USERS, EXPOSURE_ITEMS = 3, 4
+# The part a task fits, a column of its rows and a key of its record.
+PART = "part"
+EXPOSURE, PREFERENCE = "exposure", "preference"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,22 +122,24 @@ def search_input(user: np.ndarray, item: np.ndarray, y: np.ndarray, weight: np.n
     return (fit, held_rows, keys["user"], keys["item"]), (dense["user"], dense["item"])
 
 
-def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
-             weight: np.ndarray | None, held: np.ndarray, user_keys: np.ndarray, item_keys: np.ndarray,
-             cfg: BceTaskConfig) -> tuple[tuple, tuple | None, dict]:  # fmt: skip
-    """((W, X), (exposure W, X) or None, record) on dense local ids over every training row;
-    offset is each row's o_i over all of them (None without item offsets), held the
-    validation fold."""
+def fit_exposure(user: np.ndarray, item: np.ndarray, weight: np.ndarray | None, user_keys: np.ndarray,
+                 item_keys: np.ndarray, cfg: BceTaskConfig) -> tuple[tuple[np.ndarray, np.ndarray], dict]:  # fmt: skip
+    """((W, X), record) of the exposure part on dense local ids over every training row: each
+    labelled pair a 1 with its label's weight, the 0-labels drawn in its half-steps."""
+    ones = np.ones(len(user))
+    W, X, history, stop = fit_arrays(
+        user, item, ones, None, ones if weight is None else weight, user_keys, item_keys, cfg.exposure_user,
+        cfg.exposure_item, max_iter=cfg.max_iter, tol=cfg.tol,
+    )  # fmt: skip
+    return (W, X), {"history": history, "stop": stop, "users": len(W), "items": len(X)}
+
+
+def fit_preference(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
+                   weight: np.ndarray | None, held: np.ndarray, user_keys: np.ndarray, item_keys: np.ndarray,
+                   cfg: BceTaskConfig) -> tuple[tuple[np.ndarray, np.ndarray], dict]:  # fmt: skip
+    """((W, X), record) of the preference model, after the λ search if cfg has a plan; the
+    arrays as fit_both's. It reads nothing the exposure part fits, so the two can run apart."""
     began = time.perf_counter()
-    exposure = None
-    if cfg.exposure_user is not None and cfg.exposure_item is not None:
-        ones = np.ones(len(y))
-        EW, EX, e_history, e_stop = fit_arrays(
-            user, item, ones, None, ones if weight is None else weight, user_keys, item_keys, cfg.exposure_user,
-            cfg.exposure_item, max_iter=cfg.max_iter, tol=cfg.tol,
-        )  # fmt: skip
-        exposure = (EW, EX), {"history": e_history, "stop": e_stop, "users": len(EW), "items": len(EX)}
-    exposed = time.perf_counter()
     ucfg, icfg, found, start = cfg.user, cfg.item, None, None
     if cfg.plan is not None:
         arrays, dense = search_input(user, item, y, weight, held, user_keys, item_keys, cfg)
@@ -135,14 +152,28 @@ def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarr
     searched = time.perf_counter()
     W, X, history, stop = fit_arrays(user, item, y, offset, weight, user_keys, item_keys, ucfg, icfg,
                                      max_iter=cfg.max_iter, tol=cfg.tol, start=start)  # fmt: skip
-    sizes = {"users": len(W), "items": len(X)}
     record = {
-        "history": history, "stop": stop, **sizes, "search": found,
-        "exposure": exposure[1] if exposure else None,
-        "task_seconds": {"exposure": round(exposed - began, 3), "search": round(searched - exposed, 3),
-                         "fit": round(time.perf_counter() - searched, 3)},
+        "history": history, "stop": stop, "users": len(W), "items": len(X), "search": found,
+        "task_seconds": {"search": round(searched - began, 3), "fit": round(time.perf_counter() - searched, 3)},
     }  # fmt: skip
-    return (W, X), exposure[0] if exposure else None, record
+    return (W, X), record
+
+
+def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
+             weight: np.ndarray | None, held: np.ndarray, user_keys: np.ndarray, item_keys: np.ndarray,
+             cfg: BceTaskConfig) -> tuple[tuple, tuple | None, dict]:  # fmt: skip
+    """((W, X), (exposure W, X) or None, record) on dense local ids over every training row,
+    one part after the other; offset is each row's o_i over all of them (None without item
+    offsets), held the validation fold."""
+    began = time.perf_counter()
+    exposure = None
+    if cfg.exposure_user is not None and cfg.exposure_item is not None:
+        exposure = fit_exposure(user, item, weight, user_keys, item_keys, cfg)
+    exposed = time.perf_counter()
+    preference, record = fit_preference(user, item, y, offset, weight, held, user_keys, item_keys, cfg)
+    record["exposure"] = exposure[1] if exposure else None
+    record["task_seconds"] = {"exposure": round(exposed - began, 3), **record["task_seconds"]}
+    return preference, exposure[0] if exposure else None, record
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
@@ -150,51 +181,77 @@ def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
 
 
 def _body(cfg: BceTaskConfig):
-    """mapInArrow body over the one partition that holds every training label."""
-    rank = cfg.user.rank
+    """mapInArrow body over a partition that holds every training label once per part it
+    fits (PART): the exposure part, or the search and the preference model. Planned as one
+    task per part (separate_unions), a partition holds one; a planner that merged them
+    would give one task both, fitted one after the other, each on its own rows."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
         table = pa.Table.from_batches(batches)
-        ids, local, keys = {}, {}, {}
-        for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
-            encoded = table.column(side).combine_chunks().dictionary_encode()
-            local[side] = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-            keys[side] = np.empty(len(encoded.dictionary), np.int64)
-            keys[side][local[side]] = table.column(key_col).to_numpy()
-            ids[side] = encoded.dictionary
-        held = table.column(HELD).to_numpy() == 1
-        (W, X), exposed, record = fit_both(
-            local[USER], local[ITEM], table.column(TARGET).to_numpy().astype(np.float64),
-            _floats(table.column(OFFSET)), _floats(table.column(WEIGHT)), held, keys[USER], keys[ITEM], cfg,
-        )  # fmt: skip
-        yield factor_batch(ids[USER], ids[ITEM], W, X, rank, record)
-        if exposed is None:
-            return
-        exposure = factor_batch(ids[USER], ids[ITEM], *exposed, rank, {})
-        exposure = exposure.slice(0, exposure.num_rows - 1)  # its factors; the one record is above
-        kinds = pc.add(exposure.column(0), pa.scalar(EXPOSURE_USERS, pa.int32()))
-        yield pa.RecordBatch.from_arrays([kinds, *exposure.columns[1:]], schema=exposure.schema)
+        parts = table.column(PART)
+        for part in pc.unique(parts).to_pylist():
+            yield _fit_part(cfg, part, table.filter(pc.equal(parts, part)))
 
     return run
 
 
+def _fit_part(cfg: BceTaskConfig, part: str, table: pa.Table) -> pa.RecordBatch:
+    """The factor_batch of one part fitted on its rows, its record naming the part."""
+    ids, local, keys = {}, {}, {}
+    for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
+        encoded = table.column(side).combine_chunks().dictionary_encode()
+        local[side] = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        keys[side] = np.empty(len(encoded.dictionary), np.int64)
+        keys[side][local[side]] = table.column(key_col).to_numpy()
+        ids[side] = encoded.dictionary
+    weight = _floats(table.column(WEIGHT))
+    if part == EXPOSURE:
+        began = time.perf_counter()
+        (W, X), fitted = fit_exposure(local[USER], local[ITEM], weight, keys[USER], keys[ITEM], cfg)
+        took = {"exposure": round(time.perf_counter() - began, 3)}
+        record = {PART: EXPOSURE, "exposure": fitted, "task_seconds": took}
+        return factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, record, kinds=(EXPOSURE_USERS, EXPOSURE_ITEMS))
+    (W, X), record = fit_preference(
+        local[USER], local[ITEM], table.column(TARGET).to_numpy().astype(np.float64), _floats(table.column(OFFSET)),
+        weight, table.column(HELD).to_numpy() == 1, keys[USER], keys[ITEM], cfg,
+    )  # fmt: skip
+    return factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, {PART: PREFERENCE, **record})
+
+
 def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tuple[tuple, tuple | None, dict]:
     """((user_factors, item_factors), (the exposure part's, None without one), record) from rows
-    (user, item, y, offset, weight, held), in one Spark job; the factor tables are (id, features,
-    bias) under the input's id types, materialised in Spark's block store (localCheckpoint)."""
+    (user, item, y, offset, weight, held), in one Spark job: with an exposure part, two tasks
+    that each receive every row, one fitting the exposure part, the other the search and the
+    preference model, on two cores at once; the record's tasks are the partitions each part
+    ran in. The factor tables are (id, features, bias) under the input's id types,
+    materialised in Spark's block store (localCheckpoint)."""
     keyed = keyed_rows(rows.select(USER, ITEM, TARGET, F.col(OFFSET).cast("double").alias(OFFSET),
                                    F.col(WEIGHT).cast("double").alias(WEIGHT), F.col(HELD).cast("int").alias(HELD)),
                        seed)  # fmt: skip
-    out, record, level = factor_task_output(keyed, _body(cfg))
+    exposed = cfg.exposure_user is not None and cfg.exposure_item is not None
+    parts = [keyed.withColumn(PART, F.lit(part)) for part in ((EXPOSURE,) if exposed else ()) + (PREFERENCE,)]
+    # Each part's input is the one partition of every row, in the same order, with no shuffle:
+    # each task's arrays are the ones one task over the rows would build.
+    with separate_unions(rows.sparkSession):  # planned by the output's localCheckpoint
+        out, records, level = factor_task_output(functools.reduce(DataFrame.union, parts), _body(cfg))
+    by_part = {found.pop(PART): (partition, found) for partition, found in records}
+    partition, record = by_part[PREFERENCE]
+    record["tasks"] = {PREFERENCE: partition}
+    record["exposure"] = None
+    if exposed:
+        partition, found = by_part[EXPOSURE]
+        record["tasks"][EXPOSURE] = partition
+        record["exposure"] = found["exposure"]
+        record["task_seconds"] = {**found["task_seconds"], **record["task_seconds"]}
 
     def tables(users: int, items: int) -> tuple[DataFrame, DataFrame]:
         columns = (USER, FEATURES, BIAS), (ITEM, FEATURES, BIAS)
         return kind_table(out, users, columns[0], level), kind_table(out, items, columns[1], level)
 
     preference = tables(USERS, ITEMS)
-    exposure = tables(EXPOSURE_USERS, EXPOSURE_ITEMS) if cfg.exposure_user is not None else None
+    exposure = tables(EXPOSURE_USERS, EXPOSURE_ITEMS) if exposed else None
     out.unpersist()
     return preference, exposure, record

@@ -46,6 +46,7 @@ KIND = "kind"  # of an output row: 0 a user's factors, 1 an item's, 2 the fit's 
 USERS, ITEMS, RECORD = 0, 1, 2
 USER_KEY, ITEM_KEY = "user_key", "item_key"
 RECORD_COL = "record"
+PARTITION = "partition"  # of a record read back: the task that emitted it
 
 
 def csr_by_row(own: np.ndarray, other: np.ndarray, n: int, *values: np.ndarray | None):
@@ -153,12 +154,14 @@ def factor_batch(
     rank: int,
     record: dict,
     item_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    kinds: tuple[int, int] = (USERS, ITEMS),
 ) -> pa.RecordBatch:
     """One table, three kinds of rows (KIND): each user's and item's factors under the id
-    types they arrived in, and the record; item_stats, if given, is each item's (mean, count)."""
+    types they arrived in (of kinds, (USERS, ITEMS) unless a task emits a second model), and
+    the record; item_stats, if given, is each item's (mean, count)."""
     n_u, n_i = len(W), len(X)
     columns = {
-        KIND: pa.array(np.r_[np.full(n_u, USERS), np.full(n_i, ITEMS), [RECORD]].astype(np.int32)),
+        KIND: pa.array(np.r_[np.full(n_u, kinds[0]), np.full(n_i, kinds[1]), [RECORD]].astype(np.int32)),
         USER: pa.concat_arrays([user_ids, pa.nulls(n_i + 1, user_ids.type)]),
         ITEM: pa.concat_arrays([pa.nulls(n_u, item_ids.type), item_ids, pa.nulls(1, item_ids.type)]),
         FEATURES: pa.concat_arrays(
@@ -233,7 +236,8 @@ def run_factor_task(
     """Run a factor_batch body over rows in one Spark job: (user_factors, item_factors,
     item_stats (item, item_mean, ratings) if asked for, else None, record)."""
     extra = [T.StructField(ITEM_MEAN, T.DoubleType()), T.StructField(ITEM_RATINGS, T.LongType())] if item_stats else []
-    out, record, level = factor_task_output(rows, body, extra)
+    out, records, level = factor_task_output(rows, body, extra)
+    ((_, record),) = records  # rows come in one partition
     user_factors = kind_table(out, USERS, (USER, FEATURES, BIAS), level)
     item_factors = kind_table(out, ITEMS, (ITEM, FEATURES, BIAS), level)
     stats = kind_table(out, ITEMS, (ITEM, ITEM_MEAN, ITEM_RATINGS), level) if item_stats else None
@@ -243,10 +247,11 @@ def run_factor_task(
 
 def factor_task_output(
     rows: DataFrame, body, extra: list[T.StructField] | None = None
-) -> tuple[DataFrame, dict, StorageLevel]:
+) -> tuple[DataFrame, list[tuple[int, dict]], StorageLevel]:
     """A factor_batch body's output over rows (kind, user, item, features, bias, record, then
-    extra), checkpointed as it is computed, its record read in the one job that fits, and the
-    storage level for the tables taken from it (kind_table)."""
+    extra), checkpointed as it is computed; its records, each with the partition (the task)
+    that emitted it, read in the one job that fits; and the storage level for the tables
+    taken from it (kind_table)."""
     ids = {f.name: f.dataType for f in rows.schema.fields}
     fields = [
         T.StructField(KIND, T.IntegerType()),
@@ -259,10 +264,10 @@ def factor_task_output(
     ]
     level = checkpoint_level(rows.sparkSession)
     out = rows.mapInArrow(body, T.StructType(fields)).localCheckpoint(eager=False, storageLevel=level)
-    found = out.filter(F.col(KIND) == RECORD).select(RECORD_COL).collect()  # the one job that fits
-    if not found:
+    found = out.filter(F.col(KIND) == RECORD).select(F.spark_partition_id().alias(PARTITION), RECORD_COL).collect()
+    if not found:  # the collect is the one job that fits
         raise ValueError("there are no training ratings to fit")
-    return out, json.loads(found[0][RECORD_COL]), level
+    return out, [(row[PARTITION], json.loads(row[RECORD_COL])) for row in found], level
 
 
 def kind_table(out: DataFrame, kind: int, columns: tuple[str, ...], level: StorageLevel) -> DataFrame:
