@@ -89,13 +89,16 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats
         F.count(F.lit(1)).alias("n"),
     )
     p, q = F.col("S") / (F.col("A") + m), F.lit(m) / (F.col("A") + m)
-    with one_job(train_ratings.sparkSession):  # the item sums' shuffle and the total in one job
-        row = sums.agg(
-            F.sum("A"), F.sum("S"),
-            F.sum(F.col("Q") - 2 * p * F.col("S") + p * p * F.col("A")),
-            F.sum(-2 * q * F.col("S") + 2 * p * q * F.col("A")),
-            F.sum(q * q * F.col("A")), F.sum("n"), F.count(F.lit(1)),
-        ).first()  # fmt: skip
+    # Not planned as one job (core/plans.py): without adaptive execution's coalescing, the total
+    # adds one partial sum per shuffle partition in the order a cluster fetches them, and s moved
+    # in its last bits between two runs of one command, with λ in ALS's units and so a
+    # checkpoint's fingerprint (tests/test_cluster.py's resumed run started afresh).
+    row = sums.agg(
+        F.sum("A"), F.sum("S"),
+        F.sum(F.col("Q") - 2 * p * F.col("S") + p * p * F.col("A")),
+        F.sum(-2 * q * F.col("S") + 2 * p * q * F.col("A")),
+        F.sum(q * q * F.col("A")), F.sum("n"), F.count(F.lit(1)),
+    ).first()  # fmt: skip
     total, g = row[0], row[1] / row[0]
     spread = math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total))
     # Constant ratings have no spread to scale by: 1.
