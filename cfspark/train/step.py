@@ -123,7 +123,7 @@ def solve_rows(
         like=cache.get("problem") if cache is not None and cfg.draws is None else None,
         tiling=tiling,
     )
-    if cache is not None and cfg.draws is not None:  # fresh 0-labels make other ratings every call
+    if cache is not None and cfg.draws is not None:  # fresh 0-labels make other ratings every call: the tiling alone
         cache["drawn"] = (row_ptr, problem.tiling)
     params, state = solve_block(
         problem,
