@@ -2,7 +2,7 @@
 
 A hashed VALIDATION_FRACTION of the training ratings is held out, and the bracketing
 search (kernels/bracket.py) runs on the rest inside one Spark task (train/search_task.py),
-warm-started from one λ to the next, each λ stopped on the validation score. Large data
+each λ warm-started from the nearest one fitted, each stopped on the validation score. Large data
 is searched on a hashed SEARCH_FRACTION of its users (at most about SEARCH_RATINGS ratings),
 so that the search takes a fixed share of the blockwise setup it runs beside. The sample
 keeps every user's ratings but leaves each item fewer, and chooses a larger λ than all

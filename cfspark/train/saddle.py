@@ -54,3 +54,18 @@ def warm_start(params: tuple[np.ndarray, np.ndarray], init: tuple[np.ndarray, np
     users, items = (side.copy() for side in init)
     users[:, rank:-2] = items[:, rank:-2] = 0.0  # the factor columns past rank; the last two are the bias and 1
     return (users, items), True
+
+
+def nearest(fitted: dict[float, tuple], key: float) -> float:
+    """The key of fitted (log λ of points whose factors did not collapse) nearest key; a tie
+    goes to the stronger λ, whose factors are the simpler model."""
+    return min(fitted, key=lambda k: (abs(k - key), -k))
+
+
+def keep_near_best(fitted: dict[float, tuple[float, ...]], keep: int = 3) -> None:
+    """Drop from fitted (log λ → (score, params...)) all but the best-scoring point and the
+    points nearest it, keep in all: a bracketing search probes beside its best point or past
+    it, so the nearest start for any later probe is among these, and the rest need no memory."""
+    best = min(fitted, key=lambda k: (fitted[k][0], k))
+    for k in sorted(fitted, key=lambda k: (abs(k - best), -k))[keep:]:
+        del fitted[k]

@@ -2,16 +2,16 @@
 
 The task receives the training part of the search's ratings and a validation fold (the
 HELD rows), indexes both sides as the one-task fit does (train/one_task.py), and walks the
-bracketing search of kernels/bracket.py: each λ starts from the factors the previous λ
-ended with, and stops once its validation score (RMSE for mse, logloss for bce) no longer
+bracketing search of kernels/bracket.py: each λ starts from the factors of the nearest λ
+fitted so far, and stops once its validation score (RMSE for mse, logloss for bce) no longer
 improves, or its training loss has converged. The whole search is one Spark job: the
 fixed cost per half-step of a distributed walk is paid once.
 
 Zero factors are a stationary point of the loss at every λ (train/saddle.py): a minimum at a
 strong λ, a saddle at a weaker one. A strong λ shrinks the factors towards it, and a weaker
 λ warm-started from there stays beside it, its score flat because it moves with the square
-of the factors. So a point whose factors have collapsed hands the next one the hashed init
-instead, a point whose factor term still grows has not settled however flat its score, and
+of the factors. So a point whose factors have collapsed is never a start (with no other,
+the next point takes the hashed init), a point whose factor term still grows has not settled however flat its score, and
 every collapsed point (one model, the biases alone) takes the first one's score.
 """
 
@@ -46,7 +46,7 @@ from cfspark.train.one_task import (
     keyed_rows,
     run_factor_task,
 )
-from cfspark.train.saddle import collapsed, factor_scale, growing, warm_start
+from cfspark.train.saddle import collapsed, factor_scale, growing, keep_near_best, nearest, warm_start
 from cfspark.train.step import StepConfig, solve_rows
 
 HELD = "held"  # 1 on a validation row, 0 on a training row
@@ -119,6 +119,9 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     tiled: tuple[dict, dict] = ({}, {})  # each side's ratings, tiled once for every half-step (step.solve_rows)
     path: list[dict] = []
     best: dict = {"key": (np.inf, np.inf)}  # the params of the best point so far, as bracket_search ranks them
+    # The points whose factors did not collapse, at the rank the factors use now: log λ → (score,
+    # users, items). A point starts from the nearest of them in log λ, its best predictor.
+    fitted: dict[float, tuple] = {}
 
     def point(reg: float, users: np.ndarray, items: np.ndarray, max_iter: int) -> tuple:
         """(users, items, validation score, iterations) of a fit at reg from users, items."""
@@ -151,9 +154,13 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
 
     def score(reg: float) -> float:
         users, items, kept = state["users"], state["items"], state["rank"]
-        # Factors the last λ collapsed would hold this one at the saddle: it starts from the
-        # init instead (in the directions kept), with the first point's budget.
-        (users, items), restart = warm_start((users, items), init, kept) if path else ((users, items), False)
+        if fitted:
+            _, users, items = fitted[nearest(fitted, math.log(reg))]
+            restart = False
+        else:
+            # Factors that collapsed would hold this λ at the saddle: it starts from the init
+            # instead (in the directions kept), with the first point's budget.
+            (users, items), restart = warm_start((users, items), init, kept) if path else ((users, items), False)
         max_iter = plan.first_iter if restart or not path else plan.point_iter
         users, items, value, iterations = point(reg, users, items, max_iter)
         zero = collapsed((users, items), init, kept)
@@ -164,6 +171,9 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
             # switch on and may beat it.
             value = state.setdefault("no_factors", value)
         state["users"], state["items"] = users, items
+        if not zero:
+            fitted[math.log(reg)] = (value, users, items)
+            keep_near_best(fitted)
         path.append({"reg": reg, "reg_als": reg * plan.unit, metric: value, "iterations": iterations,
                      "rank": kept, **({"restarted": True} if restart else {}),
                      **({"collapsed": True} if zero else {})})  # fmt: skip
@@ -180,6 +190,8 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
         params = _rank_step(params, held, user_cfg.rank, user_cfg.loss, found.reg, point, plan, record)
         if record["rank"] < user_cfg.rank:  # λ again at the kept rank: fewer directions want less shrinkage
             state["users"], state["items"], state["rank"] = *params, record["rank"]
+            fitted.clear()
+            fitted[math.log(found.reg)] = (np.inf, *params)
             best.update(key=(np.inf, np.inf), params=params)
             start = (found.reg, found.reg / math.sqrt(plan.step))
             again = bracket_search(score, start=start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
