@@ -29,7 +29,7 @@ Every pass over the ratings goes tile by tile (see Tile): a tile's ratings are g
 a (rows × length × (p+1)) array, so that the per-row sums of the Newton step are batched
 matrix products (BLAS) rather than one numpy call per feature pair.
 
-One module of about 420 lines: the block problem, its tiling and its losses are one data
+One module of about 440 lines: the block problem, its tiling and its losses are one data
 structure, which every optimiser step (newton.py, optimizers.py) reads.
 """
 
