@@ -15,7 +15,8 @@ from pyspark.sql import functions as F
 from cfspark import CollaborativeFilter
 from cfspark.blocks import cache, files
 from cfspark.blocks.cache import CacheKey, release_workers
-from cfspark.kernels.block import Tiling
+from cfspark.kernels.block import SMALL_GEMM, TILE, TiledRatings, Tiling
+from cfspark.kernels.layout import width
 from cfspark.train.step import StepConfig, solve_rows
 
 PARAMS = dict(rank=3, maxIter=3, tol=0.0, seed=11, regParam=0.05, numUserBlocks=3, numItemBlocks=2)
@@ -103,8 +104,8 @@ def test_a_kept_blocks_scratch_lends_its_tiling_to_the_next_half_step_and_goes_w
 
     first = solve(kept)
     # Only what like= reads is kept: not the other side's vectors, the L2 weights or the last scores.
-    assert kept["problem"].other.shape[0] == 1 and kept["problem"].weights.size == 0 and not kept["problem"]._last
-    tiled = kept["problem"].ratings_nbytes
+    assert isinstance(kept["problem"], TiledRatings) and kept["problem"].pad == 25
+    tiled = kept["problem"].nbytes
     assert tiled > 0 and cache.stats()["bytes"] == cache.nbytes(arrays) + tiled
     with monkeypatch.context() as m:
         m.setattr(Tiling, "of", classmethod(lambda *a, **k: pytest.fail("tiled again")))
@@ -115,6 +116,179 @@ def test_a_kept_blocks_scratch_lends_its_tiling_to_the_next_half_step_and_goes_w
     tight = CacheKey("blocks-t", "user", budget_bytes=cache.nbytes(arrays) + 1)
     assert cache.keep(tight, 0, arrays) and cache.scratch(tight, 0) is None
     assert cache.release() == 1 and cache.stats()["bytes"] == 0 and not cache._scratch
+
+
+def _skewed_block(rng, *, rank: int, loss: str, extras: bool):
+    """A block of 40 light rows, one empty and two heavy ones (9,000 and 4,097 ratings: runs of
+    the tiling at rank 3), against 500 rows of the other side; offsets and weights if extras."""
+    counts = np.r_[rng.integers(1, 60, 40), 0, 9_000, 4_097]
+    row_ptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    nnz = int(row_ptr[-1])
+    y = rng.integers(0, 2, nnz).astype(float) if loss == "bce" else rng.normal(3.5, 1.0, nnz)
+    arrays = _arrays(nnz) | {"row_ptr": row_ptr, "cols": rng.integers(0, 500, nnz).astype(np.int32), "y": y}
+    if extras:
+        arrays |= {"offset": rng.normal(0.0, 0.3, nnz), "weight": rng.choice([0.25, 1.0, 3.0], nnz)}
+    cfg = StepConfig(side="item", rank=rank, loss=loss, reg=0.1, count_scaled=True, bias_reg=5.0)
+    other, params = rng.normal(0.0, 0.3, (500, cfg.width)), rng.normal(0.0, 0.3, (len(counts), cfg.width))
+    return arrays, cfg, other, params
+
+
+def _another_worker() -> None:
+    """This worker as another of the executor would be: nothing in memory, the files there."""
+    cache._cache.clear()
+    cache._scratch.clear()
+    cache._shared.clear()
+
+
+def _solve(cfg, arrays, other, params, scratch):
+    a = arrays
+    return solve_rows(cfg, a["row_ptr"], a["cols"], a["y"], a["offset"], a["weight"], other, params.copy(), None,
+                      cache=scratch)  # fmt: skip
+
+
+def _same_tiling(got: TiledRatings, built: TiledRatings) -> None:
+    """Array for array, and tile for tile."""
+    assert got.tiling.tiles == built.tiling.tiles and (got.pad, got.tiling.run) == (built.pad, built.tiling.run)
+    mine, theirs = got.arrays(), built.arrays()
+    assert list(mine) == list(theirs)
+    for name, a in theirs.items():
+        assert (mine[name] is None) == (a is None), name
+        if a is not None:
+            assert mine[name].dtype == a.dtype and np.array_equal(mine[name], a), name
+
+
+@pytest.mark.parametrize(("loss", "extras"), [("mse", False), ("bce", False), ("bce", True)])
+def test_a_worker_that_maps_a_block_gets_its_tiling_from_the_worker_that_built_it(tmp_path, monkeypatch, loss, extras):
+    """The first worker to tile a block writes the tiling beside the block's file (cache.share);
+    another worker of the executor that maps the block maps the tiling too, read-only, builds
+    nothing, and its half-step gives the params of one that tiles afresh, to the bit."""
+    monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
+    cache.release()
+    arrays, cfg, other, params = _skewed_block(np.random.default_rng(7), rank=3, loss=loss, extras=extras)
+    key = CacheKey("blocks-m", "item")
+    afresh: dict = {}
+    built = _solve(cfg, arrays, other, params, afresh)[0]  # no cache at all: tiled here
+    assert any(t.piece for t in afresh["problem"].tiling.tiles)  # the heavy rows' runs are there
+    # The first worker: no tiling file yet, so its half-step tiles, and then writes the tiling.
+    assert cache.keep(key, 0, arrays) and cache.scratch(key, 0) == {}
+    np.testing.assert_array_equal(_solve(cfg, arrays, other, params, cache.scratch(key, 0))[0], built)
+    assert cache.share(key, 0) and os.path.exists(files.path("blocks-m", "item", 0, files.TILING))
+    assert files.usage("blocks-m")[0] == 2  # the block's file and its tiling's
+    # Another worker of the executor (this one, its memory emptied) maps both files.
+    _another_worker()
+    assert cache.lookup(key, 0) is not None
+    mapped = cache.scratch(key, 0)["problem"]
+    _same_tiling(mapped, afresh["problem"])
+    held = [mapped.rows, mapped.tiling.index, mapped.tiling.order, *mapped.tiled.values(), mapped.valid]
+    # valid: which positions are ratings, read where the ratings carry no weights and the loss scores padding.
+    assert (mapped.valid is None) == (loss == "mse" or extras) and (mapped.tiled["offset"] is None) == (not extras)
+    assert not any(a.flags.writeable for a in held if a is not None)
+    # Its bytes count against the worker's budget, as a tiling it built would.
+    assert cache.stats()["bytes"] == cache.nbytes(cache.lookup(key, 0)) + mapped.nbytes
+    with monkeypatch.context() as m:  # built nowhere: the kernel only reads the read-only maps
+        m.setattr(Tiling, "of", classmethod(lambda *a, **k: pytest.fail("tiled again")))
+        m.setattr(files, "write", lambda *a, **k: pytest.fail("written again"))
+        again, _, losses = _solve(cfg, arrays, other, params, cache.scratch(key, 0))
+        assert cache.share(key, 0)
+    np.testing.assert_array_equal(again, built)
+    assert losses == _solve(cfg, arrays, other, params, None)[2]
+    # Released with the block: both files go.
+    assert cache.release("blocks-m") == 1 and files.usage("blocks-m") == (0, 0) and not cache._shared
+
+
+def test_a_damaged_tiling_file_reads_as_a_miss_and_is_built_and_written_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
+    cache.release()
+    arrays, cfg, other, params = _skewed_block(np.random.default_rng(8), rank=3, loss="bce", extras=True)
+    key = CacheKey("blocks-d", "item")
+    built = _solve(cfg, arrays, other, params, None)[0]
+    assert cache.keep(key, 0, arrays)
+    _solve(cfg, arrays, other, params, cache.scratch(key, 0))
+    assert cache.share(key, 0)
+    where = files.path("blocks-d", "item", 0, files.TILING)
+    with open(where, "rb") as f:
+        whole = f.read()
+    tiled = []
+    real_of = Tiling.of.__func__
+    monkeypatch.setattr(Tiling, "of", classmethod(lambda cls, *a, **k: tiled.append(1) or real_of(cls, *a, **k)))
+
+    def another_worker(damage) -> np.ndarray:
+        """A worker that maps the block after the tiling file was damaged: its half-step."""
+        with open(where, "wb") as f:
+            f.write(damage(whole))
+        _another_worker()
+        assert cache.lookup(key, 0) is not None and cache.scratch(key, 0) == {}  # a miss, not an error
+        stepped = _solve(cfg, arrays, other, params, cache.scratch(key, 0))[0]
+        assert cache.share(key, 0)
+        with open(where, "rb") as f:
+            assert f.read() == whole  # written whole again
+        return stepped
+
+    def header(edit):
+        """The file with its JSON header edited (its length kept, so the arrays stay where they are)."""
+        size = int.from_bytes(whole[8:16], "little")
+        head = edit(whole[16 : 16 + size].decode()).encode()
+        assert len(head) == size
+        return whole[:16] + head + whole[16 + size :]
+
+    damages = {
+        "cut short": lambda b: b[: len(b) // 2],
+        "empty": lambda b: b"",
+        "not a file of arrays": lambda b: b"x" * 100,
+        "an array missing": lambda b: header(lambda h: h.replace('"rows"', '"rowz"')),
+        "a wrong dtype": lambda b: header(lambda h: h.replace('"order": ["<i8"', '"order": ["<f8"')),
+    }
+    for name, damage in damages.items():
+        tiled.clear()
+        np.testing.assert_array_equal(another_worker(damage), built, err_msg=name)
+        assert tiled == [1], name  # built once, by the worker that found the file damaged
+    cache.release()
+
+
+def test_tiled_ratings_read_back_from_their_arrays_only_where_they_fit_together():
+    arrays, cfg, other, params = _skewed_block(np.random.default_rng(10), rank=3, loss="bce", extras=True)
+    kept: dict = {}
+    _solve(cfg, arrays, other, params, kept)
+    flat = kept["problem"].arrays()
+    _same_tiling(TiledRatings.from_arrays(flat), kept["problem"])
+    positions = len(flat["index"])
+    tiles = flat["tiles"].reshape(-1, 5)
+    past = tiles.copy()
+    past[-1, 0] = positions  # a tile that starts at the end
+    beyond = tiles.copy()
+    beyond[0, 3] = len(flat["order"])  # a tile of rows past the last
+    for name, bad in {
+        "a tile past the positions": flat | {"tiles": past.reshape(-1)},
+        "a tile past the rows": flat | {"tiles": beyond.reshape(-1)},
+        "tiles of another shape": flat | {"tiles": flat["tiles"][:-1]},
+        "fewer ratings than rows says": flat | {"rows": flat["rows"][:-1]},
+        "tiled y of another length": flat | {"tiled_y": flat["tiled_y"][:-1]},
+        "cols of another dtype": flat | {"tiled_cols": flat["tiled_cols"].astype(np.int32)},
+        "no index": {k: v for k, v in flat.items() if k != "index"},
+        "no shape": flat | {"shape": None},
+    }.items():
+        assert TiledRatings.from_arrays(bad) is None, name
+
+
+def test_a_tiling_made_for_another_run_length_or_other_side_is_not_borrowed():
+    """like= is used only where it fits the call: a rank-20 tiling of the same ratings (runs of
+    1,890 ratings, not 4,096) or one against another count of other-side rows is ignored, and
+    the problem tiles afresh, so the step is the fresh one's to the bit."""
+    arrays, cfg, other, params = _skewed_block(np.random.default_rng(9), rank=3, loss="mse", extras=False)
+    assert SMALL_GEMM // (width(20) + 1) ** 2 < TILE
+    _, _, other20, params20 = _skewed_block(np.random.default_rng(9), rank=20, loss="mse", extras=False)
+    cfg20 = StepConfig(side="item", rank=20, loss="mse", reg=0.1, count_scaled=True, bias_reg=5.0)
+    kept20: dict = {}
+    _solve(cfg20, arrays, other20, params20, kept20)
+    built = _solve(cfg, arrays, other, params, None)[0]
+    np.testing.assert_array_equal(_solve(cfg, arrays, other, params, kept20)[0], built)
+    assert kept20["problem"].tiling.run == TILE  # what the rank-3 half-step kept instead
+    kept: dict = {}
+    _solve(cfg, arrays, other, params, kept)
+    fewer = other[:-1]
+    arrays_fewer = arrays | {"cols": np.minimum(arrays["cols"], len(fewer) - 1).astype(np.int32)}
+    np.testing.assert_array_equal(_solve(cfg, arrays_fewer, fewer, params, kept)[0],
+                                  _solve(cfg, arrays_fewer, fewer, params, None)[0])  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -701,7 +701,7 @@ def test_a_problem_built_like_another_on_the_same_ratings_shares_its_tiling_and_
                  reg=0.3, reg_mask=factor_mask(RANK), bias_reg=5.0, bias_mask=bias_mask(RANK, "item"),
                  count_scaled=True)  # fmt: skip
     problem.data_loss(params)  # fills the tile-ordered ratings it lends
-    like = BlockProblem.build(**build, like=problem)
+    like = BlockProblem.build(**build, like=problem.lender())
     assert like.tiling is problem.tiling and like.__dict__["_tiled"] is problem.__dict__["_tiled"]
     afresh = BlockProblem.build(**build)
     np.testing.assert_array_equal(newton_step(like, params, mask), newton_step(afresh, params, mask))

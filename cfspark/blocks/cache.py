@@ -10,6 +10,9 @@ land on that worker need only the block's messages.
 A worker that has not seen a block yet looks for its file (files.py), which the first
 worker of the executor to decode the block wrote and every other one memory-maps: a miss costs
 one decode per executor, not per worker, and the executor holds one copy of the block's pages.
+What the Newton kernel derives from a block's ratings alone (its tiling, kept in the block's
+scratch) is shared the same way: the first worker of the executor that builds it writes it
+beside the block's file (share), and every worker that then takes the block maps it (scratch).
 
 Nothing here is required for a result: a worker may be new, restarted or on another
 executor, or the file gone, and then the lookup misses and the half-step falls back to
@@ -29,6 +32,7 @@ import pyarrow as pa
 
 from cfspark.blocks import files
 from cfspark.blocks.codec import cell
+from cfspark.kernels.block import TiledRatings
 
 # The InBlock columns a half-step reads, and their dtypes (inblock.py's INBLOCK_SCHEMA).
 STEP_COLUMNS = {
@@ -70,6 +74,8 @@ _cache: dict[tuple[str, str, int], Arrays] = {}
 # Per kept block, what its half-steps derive from its ratings alone (the kernel's tiling):
 # the next half-step of the block on this worker reuses it. Dropped with the block.
 _scratch: dict[tuple[str, str, int], dict] = {}
+# The kept blocks whose tiling this worker has written beside their file, or mapped from it.
+_shared: set[tuple[str, str, int]] = set()
 _seen: set[str] = set()  # every Blocks key this worker kept a block of: the files it may have left
 
 
@@ -99,7 +105,7 @@ def lookup(key: CacheKey, block: int) -> Arrays | None:
 
 def _used() -> int:
     """The bytes this worker holds: kept arrays and what their half-steps derived from them."""
-    derived = sum(getattr(v, "ratings_nbytes", 0) for d in _scratch.values() for v in d.values())
+    derived = sum(v.nbytes for d in _scratch.values() for v in d.values() if isinstance(v, TiledRatings))
     return sum(nbytes(a) for a in _cache.values()) + derived
 
 
@@ -114,14 +120,44 @@ def scratch(key: CacheKey, block: int) -> dict | None:
     """A dict that lives as long as this worker keeps the block, for what a half-step derives
     from the block's ratings alone (train/step.py's cache), or None where the block is not
     kept here or the budget has no room for about its arrays' size again, which the kernel's
-    tile-ordered copy of the ratings takes."""
+    tile-ordered copy of the ratings takes. Where the dict has no tiling yet and another
+    worker of the executor wrote one beside the block's file (share), it holds that, mapped."""
     entry = (key.blocks, key.side, block)
-    if entry in _scratch:
-        return _scratch[entry]
-    arrays = _cache.get(entry)
-    if arrays is None or _used() + nbytes(arrays) > key.budget_bytes:
-        return None
-    return _scratch.setdefault(entry, {})
+    kept = _scratch.get(entry)
+    if kept is None:
+        arrays = _cache.get(entry)
+        if arrays is None or _used() + nbytes(arrays) > key.budget_bytes:
+            return None
+        kept = _scratch.setdefault(entry, {})
+    if "problem" not in kept:
+        lent = _mapped(key, block)
+        if lent is not None:  # else none, or not whole: the half-step builds it, and share writes it anew
+            kept["problem"] = lent
+            _shared.add(entry)
+    return kept
+
+
+def _mapped(key: CacheKey, block: int) -> TiledRatings | None:
+    """A block's tiling mapped from the file beside the block's, or None if there is none whole."""
+    arrays = files.read(key.blocks, key.side, block, files.TILING)
+    return TiledRatings.from_arrays(arrays) if arrays is not None else None
+
+
+def share(key: CacheKey, block: int) -> bool:
+    """Write the tiling in a kept block's scratch beside the block's file, once per executor,
+    and hold it mapped from there (one copy of its pages per executor, as the block's).
+    Whether this worker's tiling of the block is the file's now."""
+    entry = (key.blocks, key.side, block)
+    lent = _scratch.get(entry, {}).get("problem")
+    if entry in _shared or not isinstance(lent, TiledRatings):
+        return entry in _shared
+    _shared.add(entry)  # tried once: a file that cannot be written is not tried at every half-step
+    mapped = _mapped(key, block)  # another worker's, written meanwhile
+    if mapped is None and files.write(key.blocks, key.side, block, lent.arrays(), files.TILING, again=True):
+        mapped = _mapped(key, block)  # over a damaged one, if that is what there was
+    if mapped is not None:
+        _scratch[entry]["problem"] = mapped
+    return mapped is not None
 
 
 def keep(key: CacheKey, block: int, arrays: Arrays) -> bool:
@@ -143,6 +179,7 @@ def release(blocks: str | None = None) -> int:
     for k in gone:
         del _cache[k]
         _scratch.pop(k, None)
+        _shared.discard(k)
     # Only keys this worker knows: another application's fit may share the directory.
     for known in {blocks} if blocks is not None else {k[0] for k in gone} | _seen:
         files.remove(known)

@@ -12,6 +12,9 @@ else the system's temporary directory; CFSPARK_BLOCK_DIR overrides it.
 A file is written under a temporary name and renamed into place, so a reader sees a whole
 file or none. Nothing here is needed for a result: a missing, partial or unreadable file
 reads as a miss, and the half-step falls back to the InBlock DataFrame.
+Beside a block's file (kind BLOCK) may be its TILING file: what the Newton kernel derives from
+the block's ratings alone, written as the block's is by the first worker that builds it
+(cache.py); a miss of it costs that worker building it again.
 
 Layout of a file: MAGIC, the header's length (8 bytes, little-endian), a JSON header
 {name: [dtype, offset, count] or null}, then each array at a 64-byte aligned offset.
@@ -49,18 +52,24 @@ def root() -> str:
     return os.path.join(chosen or tempfile.gettempdir(), DIR_NAME)
 
 
-def path(blocks: str, side: str, block: int) -> str:
-    return os.path.join(root(), blocks, f"{side}-{block}.blk")
+# What a file of a block holds: its arrays, or (TILING) what the Newton kernel derives from
+# its ratings alone, written beside them (blocks/cache.py).
+BLOCK, TILING = "blk", "tiling"
+
+
+def path(blocks: str, side: str, block: int, kind: str = BLOCK) -> str:
+    return os.path.join(root(), blocks, f"{side}-{block}.{kind}")
 
 
 def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def write(blocks: str, side: str, block: int, arrays: Arrays) -> str | None:
-    """Write a block's arrays once per executor; the file's path, or None if it cannot be written."""
-    target = path(blocks, side, block)
-    if os.path.exists(target):
+def write(blocks: str, side: str, block: int, arrays: Arrays, kind: str = BLOCK, *, again: bool = False) -> str | None:
+    """Write a block's arrays (of a kind) once per executor, or again over a file there (a
+    damaged one); the file's path, or None if it cannot be written."""
+    target = path(blocks, side, block, kind)
+    if os.path.exists(target) and not again:
         return target
     header: dict[str, list | None] = {}
     at = 0
@@ -90,12 +99,12 @@ def write(blocks: str, side: str, block: int, arrays: Arrays) -> str | None:
     return target
 
 
-def read(blocks: str, side: str, block: int) -> Arrays | None:
-    """A block's arrays as read-only views of its memory-mapped file; None if there is none
-    or it does not hold what its header says."""
+def read(blocks: str, side: str, block: int, kind: str = BLOCK) -> Arrays | None:
+    """A block's arrays (of a kind) as read-only views of its memory-mapped file; None if there
+    is none or it does not hold what its header says."""
     try:
         # A plain ndarray view: it keeps the mapping open for as long as any array uses it.
-        raw = np.asarray(np.memmap(path(blocks, side, block), dtype=np.uint8, mode="r"))
+        raw = np.asarray(np.memmap(path(blocks, side, block, kind), dtype=np.uint8, mode="r"))
     except (OSError, ValueError):  # no file (ValueError: an empty one)
         return None
     try:
@@ -120,7 +129,7 @@ def read(blocks: str, side: str, block: int) -> Arrays | None:
 
 
 def remove(blocks: str) -> int:
-    """Remove one Blocks key's files from this executor's directory; how many went."""
+    """Remove one Blocks key's files (of every kind) from this executor's directory; how many went."""
     folder = os.path.join(root(), blocks)
     try:
         gone = len(os.listdir(folder))

@@ -29,13 +29,13 @@ Every pass over the ratings goes tile by tile (see Tile): a tile's ratings are g
 a (rows × length × (p+1)) array, so that the per-row sums of the Newton step are batched
 matrix products (BLAS) rather than one numpy call per feature pair.
 
-One module of about 320 lines: the block problem, its tiling and its losses are one data
+One module of about 440 lines: the block problem, its tiling and its losses are one data
 structure, which every optimiser step (newton.py, optimizers.py) reads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -85,6 +85,8 @@ class Tiling:
     index: np.ndarray  # intp (positions,): the rating at each position, nnz for padding
     order: np.ndarray  # intp (n,): light rows by tile, then heavy rows, then rows without ratings
     tiles: tuple[Tile, ...]
+    tile: int = TILE  # what it was made with (of's arguments): a problem borrows it only if they match
+    run: int = TILE
 
     @classmethod
     def of(cls, row_ptr: np.ndarray, *, tile: int = TILE, run: int = TILE) -> Tiling:
@@ -117,7 +119,7 @@ class Tiling:
             for first in range(0, count, per):
                 tiles.append(Tile(int(starts[slot]) + first * length, min(per, count - first), length, slot, True))
         order = np.r_[rows, np.flatnonzero(counts == 0)]
-        return cls(index.astype(np.intp), order.astype(np.intp), tuple(tiles))
+        return cls(index.astype(np.intp), order.astype(np.intp), tuple(tiles), tile, run)
 
     def owners(self, tile: Tile) -> np.ndarray:
         """The own row of each run of the tile (count,)."""
@@ -140,6 +142,83 @@ def padded_length(counts: np.ndarray) -> np.ndarray:
     octave = np.frexp(np.maximum(counts, 1).astype(np.float64))[1] - 1  # ⌊log2 count⌋, exactly
     step = np.left_shift(1, np.maximum(octave - 3, 0))
     return -(-counts // step) * step
+
+
+# The fields of a Tile as the columns of TiledRatings.arrays()' "tiles".
+_TILE_FIELDS = ("lo", "count", "length", "slot", "piece")
+
+
+@dataclass(frozen=True)
+class TiledRatings:
+    """What a problem derives from its ratings alone, and all that like= reads of it: each
+    rating's own row, the tiling, the ratings' cols, y, offset and weight in tile order, and
+    which positions are ratings (None until a pass needed it). pad, the other side's row that
+    padding gathers (its row count m), is the tiled cols' fill.
+
+    Nothing reads these arrays but to gather from them, so they may be read-only views of a
+    file: arrays() and from_arrays() are that file's contents (blocks/cache.py shares them
+    among the workers of an executor)."""
+
+    rows: np.ndarray
+    tiling: Tiling
+    tiled: dict[str, np.ndarray | None]
+    valid: np.ndarray | None
+    pad: int
+
+    @property
+    def nbytes(self) -> int:
+        derived = [self.rows, self.tiling.index, self.tiling.order, *self.tiled.values(), self.valid]
+        return sum(a.nbytes for a in derived if a is not None)
+
+    def fits(self, *, nnz: int, n: int, m: int, run: int, offset: bool, weight: bool) -> bool:
+        """Whether these are of ratings like a call's: nnz ratings of n rows against m rows of
+        the other side, tiled in runs of at most run ratings, with offsets and weights or not."""
+        return (
+            len(self.rows) == nnz
+            and len(self.tiling.order) == n
+            and self.pad == m
+            and (self.tiling.tile, self.tiling.run) == (TILE, run)
+            and (self.tiled["offset"] is not None) == offset
+            and (self.tiled["weight"] is not None) == weight
+        )
+
+    def arrays(self) -> dict[str, np.ndarray | None]:
+        """Flat arrays, None where there is none; from_arrays reads them back."""
+        t = self.tiling
+        shape = [len(self.rows), len(t.order), len(t.index), self.pad, t.tile, t.run]
+        tiles = np.array([[getattr(x, f) for f in _TILE_FIELDS] for x in t.tiles], np.int64).reshape(-1)
+        return {"shape": np.array(shape, np.int64), "rows": self.rows, "index": t.index, "order": t.order,
+                "tiles": tiles, "valid": self.valid} | {f"tiled_{k}": v for k, v in self.tiled.items()}  # fmt: skip
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray | None]) -> TiledRatings | None:
+        """TiledRatings of arrays() (no copy), or None where they do not fit together: a
+        missing array, a wrong dtype or length, a tile out of bounds."""
+        try:
+            nnz, n, positions, pad, tile, run = (int(v) for v in arrays["shape"])
+            tiles = arrays["tiles"].reshape(-1, len(_TILE_FIELDS))
+            lengths = {"rows": nnz, "order": n, "index": positions, "valid": positions, "tiled_cols": positions,
+                       "tiled_y": positions, "tiled_offset": positions, "tiled_weight": positions}  # fmt: skip
+            for name, length in lengths.items():
+                a = arrays[name]
+                if a is None and name in ("valid", "tiled_offset", "tiled_weight"):
+                    continue
+                wanted = np.intp if name in ("rows", "order", "index", "tiled_cols") else np.float64
+                if a.dtype != wanted or a.shape != (length,):
+                    return None
+            if tiles.dtype != np.int64:
+                return None
+        except (KeyError, AttributeError, ValueError, TypeError):
+            return None
+        lo, count, length, slot, piece = tiles.T
+        ends = np.where(piece == 1, slot + 1, slot + count)
+        if len(tiles) and not (lo.min() >= 0 and count.min() >= 1 and length.min() >= 1 and slot.min() >= 0
+                               and (lo + count * length).max() <= positions and ends.max() <= n):  # fmt: skip
+            return None
+        tiling = Tiling(arrays["index"], arrays["order"],
+                        tuple(Tile(*(int(v) for v in row[:4]), bool(row[4])) for row in tiles), tile, run)  # fmt: skip
+        tiled = {k: arrays[f"tiled_{k}"] for k in ("cols", "y", "offset", "weight")}
+        return cls(arrays["rows"], tiling, tiled, arrays["valid"], pad)
 
 
 @dataclass(frozen=True)
@@ -188,20 +267,27 @@ class BlockProblem:
         count_scaled: bool = False,
         dtype: type | np.dtype = np.float64,
         rating_weight: np.ndarray | None = None,
-        like: BlockProblem | None = None,
+        like: TiledRatings | None = None,
         tiling: Tiling | None = None,
     ) -> BlockProblem:
         """dtype (float64 or float32) is the working precision of the gathers and of the
         Newton step's per-tile products; params and their solve stay float64.
         rating_weight (nnz,), each rating's weight a_r, or None when every a_r is 1.
-        like, a problem built before on the same ratings (row_ptr, cols, y, offset and weights),
-        lends its tiling and its tile-ordered ratings, which only the ratings decide: a loop
-        over one set of CSR arrays (train/one_task.py) then tiles them once, not every half-step.
+        like, the lender() of a problem built before on the same ratings (row_ptr, cols, y, offset
+        and weights), lends their tiling and tile-ordered copies, which only the ratings decide: a
+        loop over one set of CSR arrays (train/one_task.py) then tiles them once, not every
+        half-step. One that does not fit this call (TiledRatings.fits: another count of ratings,
+        rows or other-side rows, another run length) is not used: the problem tiles afresh.
         tiling, a Tiling made before of a row_ptr equal to this one, is used instead of a new one."""
         dtype = np.dtype(dtype)
         if dtype not in (np.float64, np.float32):
             raise ValueError(f"dtype must be float64 or float32, not {dtype}")
         counts = np.diff(row_ptr)
+        other = np.asarray(other)
+        run = max(1, min(TILE, SMALL_GEMM // (other.shape[1] + 1) ** 2))
+        if like is not None and not like.fits(nnz=len(y), n=len(counts), m=len(other), run=run,
+                                              offset=offset is not None, weight=rating_weight is not None):  # fmt: skip
+            like = None
         rows = np.repeat(np.arange(len(counts)), counts) if like is None else like.rows
         weights = reg * np.asarray(reg_mask, dtype=np.float64)
         if count_scaled:
@@ -211,7 +297,6 @@ class BlockProblem:
             weights = weights + bias_reg * np.asarray(bias_mask, dtype=np.float64)
         if count_scaled:
             weights = weights * CURVATURE[loss]
-        other = np.asarray(other)
         padded = np.zeros((len(other) + 1, other.shape[1] + 1), dtype=dtype)
         padded[:-1, :-1] = other
         problem = cls(
@@ -227,32 +312,22 @@ class BlockProblem:
             if like is not None
             else tiling
             if tiling is not None
-            else Tiling.of(np.asarray(row_ptr), run=max(1, min(TILE, SMALL_GEMM // padded.shape[1] ** 2))),
+            else Tiling.of(np.asarray(row_ptr), run=run),
             weights=weights,
             rating_weight=None if rating_weight is None else np.asarray(rating_weight, dtype=np.float64),
         )
-        for name in ("_tiled", "_valid") if like is not None else ():
-            if name in like.__dict__:  # cached properties of the same ratings
-                problem.__dict__[name] = like.__dict__[name]
+        if like is not None:  # cached properties of the same ratings
+            problem.__dict__["_tiled"] = like.tiled
+            if like.valid is not None:
+                problem.__dict__["_valid"] = like.valid
         return problem
 
-    def lender(self) -> BlockProblem:
+    def lender(self) -> TiledRatings:
         """What like= reads of this problem and nothing else: its ratings' tiling and
         tile-ordered copies, without the other side's vectors, the L2 weights or the last
-        scores, which the next half-step makes anew. A caller that keeps a problem for like=
-        (a worker's block cache counts ratings_nbytes against its budget) keeps this."""
-        kept = replace(self, other=np.zeros((1, self.other.shape[1]), self.other.dtype), weights=np.zeros(0))
-        for name in ("_tiled", "_valid"):
-            if name in self.__dict__:
-                kept.__dict__[name] = self.__dict__[name]
-        return kept
-
-    @property
-    def ratings_nbytes(self) -> int:
-        """The bytes of what this problem derives from its ratings alone (what like= lends)."""
-        derived = [self.rows, self.tiling.index, self.tiling.order, *self.__dict__.get("_tiled", {}).values(),
-                   self.__dict__.get("_valid")]  # fmt: skip
-        return sum(a.nbytes for a in derived if a is not None)
+        scores, which the next half-step makes anew. A caller that keeps something for like=
+        (a worker's block cache counts its nbytes against its budget) keeps this."""
+        return TiledRatings(self.rows, self.tiling, self._tiled, self.__dict__.get("_valid"), len(self.other) - 1)
 
     @property
     def other_t(self) -> np.ndarray:

@@ -188,7 +188,8 @@ def moved_squares(row_ptr: np.ndarray, cols: np.ndarray, change: np.ndarray, oth
 def step_blocks(cfg: StepConfig, key: CacheKey | None = None):
     """cogroup(InBlock, state + messages).applyInArrow body: one half-step of one block.
 
-    With a key, the worker keeps the decoded block for later half-steps (blocks/cache.py).
+    With a key, the worker keeps the decoded block for later half-steps (blocks/cache.py),
+    and the kernel's tiling of it, as step_cached does.
     """
 
     def run(inblock: pa.Table, incoming: pa.Table) -> pa.Table:
@@ -197,11 +198,21 @@ def step_blocks(cfg: StepConfig, key: CacheKey | None = None):
             raise RuntimeError("messages reached a block that has no ratings")
         block = inblock.column("block")[0].as_py()
         arrays = cache.decode(inblock)
-        if key is not None:
-            cache.keep(key, block, arrays)
-        return _step(cfg, block, arrays, incoming, began)
+        if key is None or not cache.keep(key, block, arrays):
+            return _step(cfg, block, arrays, incoming, began)
+        return _shared_step(cfg, key, block, arrays, incoming, began)
 
     return run
+
+
+def _shared_step(cfg: StepConfig, key: CacheKey, block: int, arrays: Arrays, incoming: pa.Table,
+                 began: float) -> pa.Table:  # fmt: skip
+    """_step on a block this worker keeps, with its scratch: the tiling of the block's ratings
+    that this worker or another of its executor built before (blocks/cache.py), else built
+    here and then written beside the block's file for the others."""
+    out = _step(cfg, block, arrays, incoming, began, cache.scratch(key, block))
+    cache.share(key, block)
+    return out
 
 
 def step_cached(cfg: StepConfig, key: CacheKey):
@@ -216,7 +227,7 @@ def step_cached(cfg: StepConfig, key: CacheKey):
             miss = _rows(block, np.empty((0, cfg.width)), None, (0.0, 0.0), [])
             miss[0]["src"] = MISS
             return pa.Table.from_pylist(miss, schema=_ARROW_SCHEMA)
-        return _step(cfg, block, arrays, incoming, began, cache.scratch(key, block))
+        return _shared_step(cfg, key, block, arrays, incoming, began)
 
     return run
 
