@@ -46,7 +46,7 @@ from cfspark.train.one_task import (
     keyed_rows,
     run_factor_task,
 )
-from cfspark.train.saddle import collapsed, factor_scale, growing, keep_near_best, nearest, warm_start
+from cfspark.train.saddle import collapsed, factor_scale, growing, keep_near_best, nearest
 from cfspark.train.step import StepConfig, solve_rows
 
 HELD = "held"  # 1 on a validation row, 0 on a training row
@@ -110,11 +110,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     by_item = csr_by_row(item_local, user_local, len(item_keys), y, offset, weight)
     init = (initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
             initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"))  # fmt: skip
-    state = {
-        "users": init[0],
-        "items": init[1],
-        "rank": user_cfg.rank,  # the directions the factors use: fewer once the rank step drops some
-    }
+    state = {"rank": user_cfg.rank}  # the directions the factors use: fewer once the rank step drops some
     metric = "rmse" if user_cfg.loss == "mse" else "logloss"
     tiled: tuple[dict, dict] = ({}, {})  # each side's ratings, tiled once for every half-step (step.solve_rows)
     path: list[dict] = []
@@ -153,15 +149,16 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
         return users, items, value, iterations
 
     def score(reg: float) -> float:
-        users, items, kept = state["users"], state["items"], state["rank"]
+        kept = state["rank"]
         if fitted:
             _, users, items = fitted[nearest(fitted, math.log(reg))]
-            restart = False
         else:
-            # Factors that collapsed would hold this λ at the saddle: it starts from the init
-            # instead (in the directions kept), with the first point's budget.
-            (users, items), restart = warm_start((users, items), init, kept) if path else ((users, items), False)
-        max_iter = plan.first_iter if restart or not path else plan.point_iter
+            # The first point, or every point so far collapsed, which would hold this λ at the
+            # saddle: it starts from the init, with the first point's budget. (After the rank
+            # step fitted holds its factors, so the init here has every direction.)
+            users, items = init
+        restart = bool(path) and not fitted
+        max_iter = plan.first_iter if not fitted else plan.point_iter
         users, items, value, iterations = point(reg, users, items, max_iter)
         zero = collapsed((users, items), init, kept)
         if zero:
@@ -170,7 +167,6 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
             # (the ties' rule) and probes between it and the next weaker λ, where the factors
             # switch on and may beat it.
             value = state.setdefault("no_factors", value)
-        state["users"], state["items"] = users, items
         if not zero:
             fitted[math.log(reg)] = (value, users, items)
             keep_near_best(fitted)
@@ -189,7 +185,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
         began = time.perf_counter()
         params = _rank_step(params, held, user_cfg.rank, user_cfg.loss, found.reg, point, plan, record)
         if record["rank"] < user_cfg.rank:  # λ again at the kept rank: fewer directions want less shrinkage
-            state["users"], state["items"], state["rank"] = *params, record["rank"]
+            state["rank"] = record["rank"]
             fitted.clear()
             fitted[math.log(found.reg)] = (np.inf, *params)
             best.update(key=(np.inf, np.inf), params=params)
