@@ -4,6 +4,7 @@ string ids; string ids that share a hash are refused; blocks are balanced by rat
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from planted import planted_ratings
 from pyspark.sql import functions as F
@@ -16,7 +17,7 @@ from cfspark.blocks.hashing import hashed_blocks, murmur3, xxhash64
 from cfspark.blocks.inblock import pack_arrays
 from cfspark.blocks.placement import check_distinct, entity_counts, route_blocks
 from cfspark.core.errors import InputError
-from cfspark.core.plans import one_job
+from cfspark.core.plans import narrow_rows, one_job
 from cfspark.fit.blockwise import setup
 from cfspark.fit.targets import prepare
 from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
@@ -319,6 +320,34 @@ def test_overlapping_one_job_blocks_restore_the_session_once_the_last_one_leaves
     second.__exit__(None, None, None)
     assert spark.conf.get(key) == "true"
     spark.conf.unset(key)
+
+
+def test_narrow_rows_bounds_arrow_batches_by_rows_alone_unless_no_row_bound_is_set(spark):
+    """Inside narrow_rows a job sends Python batches of maxRecordsPerBatch rows, whatever the
+    byte limit; with no row bound (0) the byte limit stays; the session's values come back."""
+
+    def batch_rows(batches):
+        for batch in batches:
+            yield pa.RecordBatch.from_pydict({"rows": pa.array([batch.num_rows], pa.int64())})
+
+    def sizes() -> list[int]:
+        rows = spark.range(0, 2000, 1, 1).select(F.col("id"), (F.col("id") * 0.5).alias("y"))
+        return sorted({row.rows for row in rows.mapInArrow(batch_rows, "rows long").collect()})
+
+    rows_key, bytes_key = "spark.sql.execution.arrow.maxRecordsPerBatch", "spark.sql.execution.arrow.maxBytesPerBatch"
+    spark.conf.set(rows_key, "500")
+    spark.conf.set(bytes_key, "2048")  # about 128 rows of two 8-byte columns
+    try:
+        assert max(sizes()) < 500
+        with narrow_rows(spark):
+            assert sizes() == [500]
+        assert max(sizes()) < 500 and spark.conf.get(bytes_key) == "2048"
+        spark.conf.set(rows_key, "0")
+        with narrow_rows(spark):
+            assert max(sizes()) < 500 and spark.conf.get(bytes_key) == "2048"
+    finally:
+        spark.conf.unset(rows_key)
+        spark.conf.unset(bytes_key)
 
 
 @pytest.mark.parametrize(("loss", "weighted"), [("mse", False), ("mse", True), ("bce", False)])

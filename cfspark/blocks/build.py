@@ -54,7 +54,7 @@ from cfspark.blocks.placement import (
 )
 from cfspark.blocks.reroute import COUNT_SCHEMA, chunk_counts, reroute_chunks
 from cfspark.core.phases import phase
-from cfspark.core.plans import one_job
+from cfspark.core.plans import narrow_rows, one_job
 from cfspark.core.schema import BLOCK, ITEM, LOCAL, OFFSET, RATINGS, TARGET, USER, WEIGHT
 
 __all__ = ["Blocks", "build_blocks"]
@@ -270,8 +270,13 @@ def _chunk(
     extras = [F.col(name) for name in (OFFSET, WEIGHT) if name in carries]
     ratings = targets.select(*user_cols, *item_cols, F.col(TARGET), *extras)
     chunk = functools.partial(chunk_ratings, sides=(user_rule, item_rule))
-    # A few binary cells per partition and block, kept until both sides are packed.
-    return ratings.mapInArrow(chunk, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    # A few binary cells per partition and block, kept until both sides are packed, and filled
+    # in a job of their own: the ratings' rows cross under narrow_rows, the large cells that
+    # the next jobs send to Python under the session's Arrow byte limit.
+    chunks = ratings.mapInArrow(chunk, CHUNK_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    with narrow_rows(targets.sparkSession):
+        chunks.count()
+    return chunks
 
 
 def _counted(chunks: DataFrame, side: int, id_col: str, dtype: T.DataType) -> DataFrame:

@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.blocks.codec import list_rows
+from cfspark.core.plans import narrow_rows
 from cfspark.core.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_RATINGS, OFFSET, TARGET, USER, WEIGHT
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
@@ -264,7 +265,9 @@ def factor_task_output(
     ]
     level = checkpoint_level(rows.sparkSession)
     out = rows.mapInArrow(body, T.StructType(fields)).localCheckpoint(eager=False, storageLevel=level)
-    found = out.filter(F.col(KIND) == RECORD).select(F.spark_partition_id().alias(PARTITION), RECORD_COL).collect()
+    records = out.filter(F.col(KIND) == RECORD).select(F.spark_partition_id().alias(PARTITION), RECORD_COL)
+    with narrow_rows(rows.sparkSession):  # the rows are ratings
+        found = records.collect()
     if not found:  # the collect is the one job that fits
         raise ValueError("there are no training ratings to fit")
     return out, [(row[PARTITION], json.loads(row[RECORD_COL])) for row in found], level
