@@ -17,7 +17,7 @@ from cfspark.blocks.hashing import hashed_blocks, murmur3, xxhash64
 from cfspark.blocks.inblock import pack_arrays
 from cfspark.blocks.placement import check_distinct, entity_counts, route_blocks
 from cfspark.core.errors import InputError
-from cfspark.core.plans import narrow_rows, one_job
+from cfspark.core.plans import cache_plain, narrow_rows, one_job
 from cfspark.fit.blockwise import setup
 from cfspark.fit.targets import prepare
 from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
@@ -348,6 +348,29 @@ def test_narrow_rows_bounds_arrow_batches_by_rows_alone_unless_no_row_bound_is_s
     finally:
         spark.conf.unset(rows_key)
         spark.conf.unset(bytes_key)
+
+
+def test_cache_plain_stores_the_columns_unencoded_and_leaves_the_session_as_it_was(spark):
+    """A column of long runs, which the default cache encodes to almost nothing, takes its full
+    8 bytes a row under cache_plain; the session's setting is untouched."""
+
+    def cached_bytes(df) -> int:
+        df.count()
+        size = sum(info.memSize() for info in spark.sparkContext._jsc.sc().getRDDStorageInfo())
+        df.unpersist(blocking=True)
+        return size
+
+    def runs():  # a new plan each time: a plan already cached would be found, not cached again
+        return spark.range(0, 200_000, 1, 1).select(F.floor(F.col("id") / 10_000).alias("user"))
+
+    key = "spark.sql.inMemoryColumnarStorage.compressed"
+    spark.conf.set(key, "true")
+    try:
+        encoded, plain = cached_bytes(runs().cache()), cached_bytes(cache_plain(runs()))
+        assert spark.conf.get(key) == "true"
+        assert plain >= 8 * 200_000 > 20 * encoded
+    finally:
+        spark.conf.unset(key)
 
 
 @pytest.mark.parametrize(("loss", "weighted"), [("mse", False), ("mse", True), ("bce", False)])

@@ -24,6 +24,7 @@ from cfspark.app.output import checkpoint_dir, remove_checkpoints, staged, stage
 from cfspark.bench.compare import compare_als
 from cfspark.core.errors import CfsparkError, InputError, OutputError, TrainingError
 from cfspark.core.fs import is_local, local_path, write_json
+from cfspark.core.plans import cache_plain
 from cfspark.core.schema import ITEM, RATING, RUN_DATE, SCORE, USER, WEIGHT
 from cfspark.data.metrics import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.data.negatives import add_negatives
@@ -100,7 +101,7 @@ def load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:
             WEIGHT,
             confidence(F.col(WEIGHT), *(cfg["input"][k] for k in ("weight_alpha", "weight_mapping", "weight_epsilon"))),
         )
-    return ratings.cache(), cols
+    return cache_plain(ratings), cols
 
 
 def split_for_training(ratings: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
@@ -118,7 +119,7 @@ def split_for_training(ratings: DataFrame, cfg: Config) -> tuple[DataFrame, Data
     train, test = split_ratings(ratings, test_fraction=split["test_fraction"], seed=split["seed"])
     if negatives is not None:
         train = train.unionByName(negatives)
-    return train.cache(), test.cache()
+    return cache_plain(train), cache_plain(test)
 
 
 WARM_UP_RATINGS = 50_000  # the untimed warm-up fits' sample size

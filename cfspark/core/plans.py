@@ -20,6 +20,10 @@ checks by measuring its batch after every row it adds. For ratings, a few number
 that check costs more than writing the row, and their batches of maxRecordsPerBatch rows
 are a few hundred kB: narrow_rows runs the jobs that send them with the rows' bound alone.
 Unlike the settings above, this one is read when a job runs, so the block holds the action.
+
+A cached table's columns are encoded by default, after statistics gathered row by row. A
+table of ratings (ids of many values, doubles) gains nothing from it, and cache_plain
+caches it as it is.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 ADAPTIVE = "spark.sql.adaptive.enabled"
 # With it on (the default), a union of inputs with the same partitioning (one partition
@@ -36,6 +40,7 @@ ADAPTIVE = "spark.sql.adaptive.enabled"
 UNION_PARTITIONING = "spark.sql.unionOutputPartitioning"
 ARROW_BYTES = "spark.sql.execution.arrow.maxBytesPerBatch"
 ARROW_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
+CACHE_COMPRESSED = "spark.sql.inMemoryColumnarStorage.compressed"
 NO_BYTE_LIMIT = str(2**31 - 1)  # Spark's value for no byte limit: the JVM then never measures a batch
 
 
@@ -102,3 +107,12 @@ def narrow_rows(spark: SparkSession) -> Iterator[None]:
         return
     with planned_with(spark, {ARROW_BYTES: NO_BYTE_LIMIT}):
         yield
+
+
+def cache_plain(df: DataFrame) -> DataFrame:
+    """df.cache() with its columns stored unencoded: for tables of ratings, where the
+    encodings find little to shrink (27.6M ratings: 619 MiB either way) and gathering their
+    statistics makes filling the cache 2–3 × slower (2.9–5.7 s against 9.0–12.6 s, on 2 cores).
+    The setting is read when the cache is planned, in cache() itself."""
+    with planned_with(df.sparkSession, {CACHE_COMPRESSED: "false"}):
+        return df.cache()

@@ -18,6 +18,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.core.plans import cache_plain
 from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.data.read import Columns
 from cfspark.data.validate import validate_given
@@ -319,7 +320,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
             )
         elif self.getWeightCol():
             ratings = ratings.withColumn(WEIGHT, self._confidence(F.col(WEIGHT)))
-        return self.fit_validated(ratings.cache())
+        return self.fit_validated(cache_plain(ratings))
 
     def _confidence(self, count: Column) -> Column:
         return confidence(count, self.getAlpha(), self.getWeightMapping(), self.getWeightEpsilon())
