@@ -17,7 +17,7 @@ from cfspark.blocks.hashing import hashed_blocks, murmur3, xxhash64
 from cfspark.blocks.inblock import pack_arrays
 from cfspark.blocks.placement import check_distinct, entity_counts, route_blocks
 from cfspark.core.errors import InputError
-from cfspark.core.plans import cache_plain, narrow_rows, one_job
+from cfspark.core.plans import cache_plain, narrow_rows, one_job, unreduced_groups
 from cfspark.fit.blockwise import setup
 from cfspark.fit.targets import prepare
 from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
@@ -371,6 +371,25 @@ def test_cache_plain_stores_the_columns_unencoded_and_leaves_the_session_as_it_w
         assert plain >= 8 * 200_000 > 20 * encoded
     finally:
         spark.conf.unset(key)
+
+
+def test_unreduced_groups_plans_one_aggregation_after_the_shuffle_and_the_same_counts(spark):
+    """Inside unreduced_groups a grouped count has no partial count before its shuffle, and
+    counts what the two-phase plan counts; the session's setting is untouched."""
+    pairs = spark.range(0, 4_000, 1, 3).select((F.col("id") % 7).alias("u"), (F.col("id") % 500).alias("i"))
+
+    def run() -> tuple[list, str]:
+        counted = pairs.groupBy("u", "i").count()
+        rows = sorted(counted.collect())
+        return rows, counted._jdf.queryExecution().executedPlan().toString()
+
+    two_phase, plan = run()
+    assert "partial_count" in plan
+    with unreduced_groups(spark):
+        one_phase, bypassed = run()
+    assert "partial_count" not in bypassed and "count(1)" in bypassed
+    assert one_phase == two_phase and len(one_phase) == 3_500 and {r["count"] for r in one_phase} == {1, 2}
+    assert spark.conf.get("spark.sql.execution.bypassPartialAggregation", None) is None
 
 
 @pytest.mark.parametrize(("loss", "weighted"), [("mse", False), ("mse", True), ("bce", False)])

@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.core.errors import InputError
+from cfspark.core.plans import unreduced_groups
 from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.data.read import Columns
 
@@ -228,9 +229,11 @@ def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str, setting: st
         ordered = df.withColumn(_ORDER, F.monotonically_increasing_id())
         return ordered.groupBy(USER, ITEM).agg(last.alias("_last")).select(USER, ITEM, "_last.*")
     repeated = df.groupBy(USER, ITEM).count().filter(F.col("count") > 1)
-    first = repeated.orderBy(F.col("count").desc(), USER, ITEM).limit(1).collect()
+    # Nearly every pair is distinct, so counting them before the shuffle would reduce nothing.
+    with unreduced_groups(df.sparkSession):
+        first = repeated.orderBy(F.col("count").desc(), USER, ITEM).limit(1).collect()
+        n_pairs = repeated.count() if first else 0
     if first:
-        n_pairs = repeated.count()
         row = first[0]
         raise InputError(
             f"{n_pairs} (user, item) pair(s) appear more than once, e.g. "
