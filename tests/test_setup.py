@@ -354,14 +354,17 @@ def test_cache_plain_stores_the_columns_unencoded_and_leaves_the_session_as_it_w
     """A column of long runs, which the default cache encodes to almost nothing, takes its full
     8 bytes a row under cache_plain; the session's setting is untouched."""
 
+    probe = "cache_plain_probe"  # names this test's cache among any others the session holds
+
     def cached_bytes(df) -> int:
         df.count()
-        size = sum(info.memSize() for info in spark.sparkContext._jsc.sc().getRDDStorageInfo())
+        infos = spark.sparkContext._jsc.sc().getRDDStorageInfo()
+        size = sum(info.memSize() for info in infos if probe in info.name())
         df.unpersist(blocking=True)
         return size
 
     def runs():  # a new plan each time: a plan already cached would be found, not cached again
-        return spark.range(0, 200_000, 1, 1).select(F.floor(F.col("id") / 10_000).alias("user"))
+        return spark.range(0, 200_000, 1, 1).select(F.floor(F.col("id") / 10_000).alias(probe))
 
     key = "spark.sql.inMemoryColumnarStorage.compressed"
     spark.conf.set(key, "true")
