@@ -128,6 +128,37 @@ def test_chunked_packing_equals_packing_all_rows_at_once():
                 np.testing.assert_array_equal(cell(packed, name, 0, expected.dtype), expected, err_msg=name)
 
 
+def test_the_pack_body_packs_each_block_of_its_partition_as_a_group_of_its_own():
+    """The mapInArrow body of setup's pack job, given chunks of several blocks of both sides in
+    one partition (split across batches, an empty one among them, blocks interleaved), gives
+    each block the InBlock that pack_chunks gives its chunks alone, keyed by its partition
+    and side; a partition with no chunks gives nothing."""
+    from cfspark.blocks.build import _packer
+    from cfspark.blocks.partitioning import partition_keys
+
+    rows = _ratings(np.random.default_rng(5), 300)
+    # Distinct pairs, as validation leaves them: a repeated pair's ratings would pack in chunk order.
+    _, first = np.unique(np.stack([rows["user_id"], rows["item_id"]]), axis=1, return_index=True)
+    rows = {name: column[np.sort(first)] for name, column in rows.items()}
+    nulls = pa.nulls(len(first), pa.float64())
+    batch = pa.RecordBatch.from_pydict({**rows, "offset": nulls, "weight": nulls})
+    chunks = pa.Table.from_batches([*chunk_ratings(iter([batch.slice(0, 100)])), *chunk_ratings(iter([batch[100:]]))])
+    mixed = chunks.take(np.random.default_rng(6).permutation(chunks.num_rows)).combine_chunks()
+    batches = [mixed.slice(0, 3), mixed.slice(3, 0), mixed.slice(3)]
+    batches = [t.to_batches()[0] if t.num_rows else pa.RecordBatch.from_pylist([], schema=t.schema) for t in batches]
+    out = pa.Table.from_batches(list(_packer((inblock._NO_ROUTE, inblock._NO_ROUTE), (3, 2))(iter(batches))))
+    assert list(_packer((inblock._NO_ROUTE, inblock._NO_ROUTE), (3, 2))(iter([]))) == []
+    assert sorted(zip(out["side"].to_pylist(), out["block"].to_pylist(), strict=True)) == [
+        (0, 0), (0, 1), (0, 2), (1, 0), (1, 1)
+    ]
+    for r in range(out.num_rows):
+        side, block = out["side"][r].as_py(), out["block"][r].as_py()
+        alone = pack_chunks(chunks.filter(pc.and_(pc.equal(chunks["side"], side), pc.equal(chunks["block"], block))))
+        assert out["part"][r].as_py() == partition_keys((3, 2)[side])[block]
+        for name in alone.column_names:
+            assert out[name][r].as_py() == alone[name][0].as_py(), name
+
+
 def test_ratings_cut_in_slices_as_they_arrive_give_the_chunks_of_one_cut(monkeypatch):
     # Cut in slices of 64 ratings as the batches arrive, each block's chunk holds the same
     # cells, byte for byte, as cutting the whole partition at once; a null weight in a late

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,16 +168,29 @@ class Blocks:
 PACKED_SCHEMA = f"{INBLOCK_SCHEMA}, {PART} int, side int"
 
 
-def _packer(routes: tuple[tuple, tuple], num_blocks: tuple[int, int]) -> Callable[[pa.Table], pa.Table]:
-    """pack_chunks over one block of either side, with the other side's placed blocks, as a
-    one-argument applyInArrow body; the row also gets its block's partition key and its side."""
+def _packer(
+    routes: tuple[tuple, tuple], num_blocks: tuple[int, int]
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A mapInArrow body over the shuffled chunks: pack_chunks over each block of either side
+    in its partition, with the other side's placed blocks; each row also gets its block's
+    partition key and its side.
 
-    def pack(table: pa.Table) -> pa.Table:
-        side = table.column("side")[0].as_py()
-        packed = pack_chunks(table, routes[1 - side])
-        key = partition_keys(num_blocks[side])[packed.column(BLOCK)[0].as_py()]
-        keyed = packed.append_column(PART, pa.array([key], pa.int32()))
-        return keyed.append_column("side", pa.array([side], pa.int32()))
+    The shuffle puts one block in each partition, so a mapInArrow task sees whole blocks, as
+    a grouped applyInArrow would, without the JVM first sorting the chunk rows, a few large
+    cells each, by block (27.6M ratings, 8 + 8 blocks: 10.2–11.5 s against 11.9–12.1 s).
+    The blocks are still told apart here, so any partitioning packs correctly."""
+
+    def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        filled = [b for b in batches if b.num_rows]
+        if not filled:  # a partition with no block
+            return
+        table = pa.Table.from_batches(filled)
+        slots = table.column("side").to_numpy().astype(np.int64) << 32 | table.column(BLOCK).to_numpy()
+        for slot in np.unique(slots):  # over the partition's blocks (one), never over ratings
+            side, block = int(slot >> 32), int(slot & 0xFFFFFFFF)
+            packed = pack_chunks(table.take(np.flatnonzero(slots == slot)), routes[1 - side])
+            keyed = packed.append_column(PART, pa.array([partition_keys(num_blocks[side])[block]], pa.int32()))
+            yield from keyed.append_column("side", pa.array([side], pa.int32())).to_batches()
 
     return pack
 
@@ -205,7 +218,7 @@ def _pack(chunks: DataFrame, placements: tuple[Placement, Placement], cut_placed
     keyed = both.withColumn(PART, partition_key(slot, total)).repartition(total, PART)
     routes = tuple((p.heavy, p.heavy_blocks) for p in placements)
     body = _packer(routes, (users, placements[1].num_blocks))
-    return keyed.groupBy(PART).applyInArrow(body, PACKED_SCHEMA).cache()
+    return keyed.mapInArrow(body, PACKED_SCHEMA).cache()
 
 
 def _side_view(packed: DataFrame, side: int) -> DataFrame:

@@ -318,7 +318,8 @@ _NO_ROUTE = (np.empty(0, np.int64), np.empty(0, np.int32))
 
 
 def pack_chunks(table: pa.Table, other_route: tuple[np.ndarray, np.ndarray] = _NO_ROUTE) -> pa.Table:
-    """groupBy('block').applyInArrow body: one block's chunks → one InBlock row.
+    """One block's chunks → one InBlock row (setup's pack job calls it for each block of its
+    partition, build._packer).
 
     other_route: (values ascending, blocks) of the other side's placed entities, whose
     blocks replace those the chunks were cut with (their hashed blocks, when setup cut
