@@ -367,13 +367,21 @@ def test_cache_plain_stores_the_columns_unencoded_and_leaves_the_session_as_it_w
         return spark.range(0, 200_000, 1, 1).select(F.floor(F.col("id") / 10_000).alias(probe))
 
     key = "spark.sql.inMemoryColumnarStorage.compressed"
+    # Settings under which cache() keeps the live session in its plan, not a copy, unless told.
+    live = {"spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
+            "spark.sql.sources.bucketing.autoBucketedScan.enabled": "false"}  # fmt: skip
     spark.conf.set(key, "true")
     try:
         encoded, plain = cached_bytes(runs().cache()), cached_bytes(cache_plain(runs()))
         assert spark.conf.get(key) == "true"
         assert plain >= 8 * 200_000 > 20 * encoded
+        for name, value in live.items():
+            spark.conf.set(name, value)
+        assert cached_bytes(cache_plain(runs())) == plain
+        assert {name: spark.conf.get(name) for name in live} == live
     finally:
-        spark.conf.unset(key)
+        for name in (key, *live):
+            spark.conf.unset(name)
 
 
 def test_unreduced_groups_plans_one_aggregation_after_the_shuffle_and_the_same_counts(spark):
