@@ -108,7 +108,9 @@ def narrow_rows(spark: SparkSession) -> Iterator[None]:
     rows alone: for inputs of narrow rows (ratings), whose batches stay small at the row
     bound, and whose crossing the per-row byte check slows by more than half (27.6M ratings:
     10.1 s with it, 3.6 s without, on 2 cores). With no row bound set (≤ 0), the byte
-    limit is the only bound, and stays."""
+    limit is the only bound, and stays. The setting is the session's: a job that another
+    thread starts on the same session meanwhile (a parallel CrossValidator's other fit) runs
+    under it too, its batches then bounded by rows alone."""
     if int(spark.conf.get(ARROW_ROWS, "10000")) <= 0:
         yield
         return
