@@ -146,8 +146,9 @@ def test_the_pack_body_packs_each_block_of_its_partition_as_a_group_of_its_own()
     mixed = chunks.take(np.random.default_rng(6).permutation(chunks.num_rows)).combine_chunks()
     batches = [mixed.slice(0, 3), mixed.slice(3, 0), mixed.slice(3)]
     batches = [t.to_batches()[0] if t.num_rows else pa.RecordBatch.from_pylist([], schema=t.schema) for t in batches]
-    out = pa.Table.from_batches(list(_packer((inblock._NO_ROUTE, inblock._NO_ROUTE), (3, 2))(iter(batches))))
-    assert list(_packer((inblock._NO_ROUTE, inblock._NO_ROUTE), (3, 2))(iter([]))) == []
+    pack = _packer((inblock._NO_ROUTE, inblock._NO_ROUTE), (3, 2))
+    out = pa.Table.from_batches(list(pack(iter(batches))))
+    assert list(pack(iter([]))) == []
     assert sorted(zip(out["side"].to_pylist(), out["block"].to_pylist(), strict=True)) == [
         (0, 0), (0, 1), (0, 2), (1, 0), (1, 1)
     ]
