@@ -145,30 +145,80 @@ def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
     blocks.unpersist(), stats.unpersist()
 
 
-def test_a_warm_start_caches_no_copy_in_place_when_the_workers_keep_the_blocks(spark, planted, monkeypatch):
-    # It cogroups every block once and leaves the blocks with the workers: the InBlocks move
-    # inside its own job. Its first states equal those of the cached copy in place, which a
-    # fit with the workers' cache off cogroups against at every half-step.
+def _first_states(blocks, earlier, cfgs) -> list:
+    """A warm start's first state tables, as sorted (dest, src, params) rows per side."""
     from cfspark.train.warm import warm_start
 
+    tables = warm_start(blocks, earlier.user_factors, earlier.item_factors, *cfgs)
+    return [sorted((r.dest, r.src, bytes(r.params)) for r in t.select("dest", "src", "params").collect())
+            for t in tables]  # fmt: skip
+
+
+def test_a_warm_start_caches_no_copy_in_place_when_the_workers_keep_the_blocks(spark, planted, monkeypatch):
+    # The joined start (a table of earlier factors too large to carry) cogroups every block
+    # once and leaves the blocks with the workers: the InBlocks move inside its own job. Its
+    # first states equal those of the cached copy in place, which a fit with the workers'
+    # cache off cogroups against at every half-step.
+    from cfspark.train import warm
+
+    monkeypatch.setattr(warm, "INLINE_ROWS", 0)
     df = spark.createDataFrame(planted.rows(), "user long, item long, rating double").cache()
     earlier = CollaborativeFilter(numUserBlocks=1, numItemBlocks=1, **{**PARAMS, "maxIter": 2}).fit_validated(df)
     settings = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_settings()
     blocks, stats, _ = setup(settings, df)
     cfgs = settings.step_config("user"), settings.step_config("item")
-
-    def first_states() -> list:
-        tables = warm_start(blocks, earlier.user_factors, earlier.item_factors, *cfgs)
-        return [sorted((r.dest, r.src, bytes(r.params)) for r in t.select("dest", "src", "params").collect())
-                for t in tables]  # fmt: skip
-
-    moved = first_states()
+    moved = _first_states(blocks, earlier, cfgs)
     assert blocks._in_place == {}
     monkeypatch.setenv("CFSPARK_BLOCK_CACHE", "off")
-    in_place = first_states()
+    in_place = _first_states(blocks, earlier, cfgs)
     assert sorted(blocks._in_place) == ["item", "user"]
     assert moved == in_place and len(moved[0]) == 3 and len(moved[1]) > 2  # the items' messages too
     blocks.unpersist(), stats.unpersist(), earlier.unpersist(), df.unpersist()
+
+
+@pytest.mark.parametrize("ids", ["integer", "string"])
+def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spark, planted, monkeypatch, ids):
+    # Carried inside the start's body and found by the blocks' own ids, the earlier factors
+    # give the same first states, bit for bit, as joined to the index: with users and items
+    # the earlier model knows and the data has not (dropped), and the other way (hashed init).
+    from cfspark.train import warm
+
+    rows = planted.rows()
+    if ids == "string":
+        rows = [(f"user-{u}", f"{i:03d}", r) for u, i, r in rows]
+    df = spark.createDataFrame(rows, f"user {ids}, item {ids}, rating double".replace("integer", "long")).cache()
+    users, items = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
+    old = df.filter(~F.col("user").isin(users[:10]) & ~F.col("item").isin(items[:5]))
+    new = df.filter(~F.col("user").isin(users[-10:]) & ~F.col("item").isin(items[-5:])).cache()
+    earlier = CollaborativeFilter(numUserBlocks=1, numItemBlocks=1, **{**PARAMS, "maxIter": 2}).fit_validated(old)
+    settings = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_settings()
+    blocks, stats, _ = setup(settings, new)
+    cfgs = settings.step_config("user"), settings.step_config("item")
+    for side in ("user", "item"):
+        inline = warm._inline(blocks, side, getattr(earlier, f"{side}_factors"), settings.rank)
+        # Integer ids are carried as they are; string ids only where the data has them (its values).
+        known = old.select(side).distinct()
+        known = known if ids == "integer" else known.join(new.select(side).distinct(), side)
+        assert inline is not None and len(inline[0]) == known.count()
+    carried = _first_states(blocks, earlier, cfgs)
+    monkeypatch.setattr(warm, "INLINE_ROWS", 0)
+    assert warm._inline(blocks, "user", earlier.user_factors, settings.rank) is None
+    joined = _first_states(blocks, earlier, cfgs)
+    assert carried == joined and len(carried[0]) == 3 and len(carried[1]) > 2
+    # Some rows started from the earlier factors, some from the hashed init (the cold start's states).
+    cold = [sorted((r.dest, bytes(r.params)) for r in t.filter("src = -1").select("dest", "params").collect())
+            for t in (blocks.users.mapInArrow(init_blocks(cfgs[0], send=False), OUT_SCHEMA),
+                      blocks.items.mapInArrow(init_blocks(cfgs[1], send=True), OUT_SCHEMA))]  # fmt: skip
+    for side, states in enumerate(carried):
+        width, same = cfgs[side].width, []
+        started_rows = [(dest, params) for dest, src, params in states if src == -1]
+        for (dest, params), (cold_dest, cold_params) in zip(started_rows, cold[side], strict=True):
+            assert dest == cold_dest
+            started, hashed = (np.frombuffer(p).reshape(-1, width) for p in (params, cold_params))
+            same.append(np.all(started == hashed, axis=1))
+        same = np.concatenate(same)
+        assert same.sum() == (10 if side == 0 else 5), side  # the users and items new to the data
+    blocks.unpersist(), stats.unpersist(), earlier.unpersist(), new.unpersist(), df.unpersist()
 
 
 def test_a_warm_start_finds_string_ids_in_other_blocks(spark, planted):

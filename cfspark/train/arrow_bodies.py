@@ -232,6 +232,27 @@ def step_cached(cfg: StepConfig, key: CacheKey):
     return run
 
 
+def _warm_params(cfg: StepConfig, keys: np.ndarray, local: np.ndarray, features: np.ndarray,
+                 bias: np.ndarray) -> np.ndarray:  # fmt: skip
+    """A block's first params: the hashed initial values, with the earlier factors (features,
+    bias) of its rows local put in their place."""
+    params = initial_params(keys, cfg.rank, scale=cfg.init_scale, side=cfg.side)
+    if len(local):
+        params[local, : cfg.rank] = features
+        if cfg.learn_bias:
+            params[local, bias_col(cfg.rank, cfg.side)] = bias
+    return params
+
+
+def _warm_rows(cfg: StepConfig, block: int, params: np.ndarray, arrays: Arrays | None, *, send: bool,
+               key: CacheKey | None) -> list[dict]:  # fmt: skip
+    """A warm start's rows for one block: its state, and its messages when send is True; with
+    a key, the worker keeps the decoded block for the half-steps, as init_blocks does."""
+    if key is not None:
+        cache.keep(key, block, arrays)
+    return _rows(block, params, None, (0.0, 0.0), _outbox(arrays, params, cfg) if send else [])
+
+
 def warm_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
     """cogroup(InBlock, earlier factors).applyInArrow body: a warm start's state rows.
 
@@ -240,22 +261,41 @@ def warm_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
     messages to the other side go out too, as init_blocks sends them. With a key, the
     worker keeps the decoded block for the half-steps, as init_blocks does.
     """
-    bias = bias_col(cfg.rank, cfg.side)
 
     def run(inblock: pa.Table, earlier: pa.Table) -> pa.Table:
         if inblock.num_rows == 0:  # earlier factors of a block with no ratings now: nothing to start
             return pa.Table.from_pylist([], schema=_ARROW_SCHEMA)
         block = inblock.column("block")[0].as_py()
-        params = initial_params(cell(inblock, "keys", 0, np.int64), cfg.rank, scale=cfg.init_scale, side=cfg.side)
-        if earlier.num_rows:
-            local = earlier.column("local").to_numpy()
-            params[local, : cfg.rank] = list_matrix(earlier.column("features"), cfg.rank)
-            if cfg.learn_bias:
-                params[local, bias] = earlier.column("bias").to_numpy(zero_copy_only=False)
+        local = earlier.column("local").to_numpy() if earlier.num_rows else np.empty(0, np.int64)
+        features = list_matrix(earlier.column("features"), cfg.rank) if earlier.num_rows else None
+        bias = earlier.column("bias").to_numpy(zero_copy_only=False) if earlier.num_rows else None
+        params = _warm_params(cfg, cell(inblock, "keys", 0, np.int64), local, features, bias)
         arrays = cache.decode(inblock) if send or key is not None else None
-        if key is not None:
-            cache.keep(key, block, arrays)
-        outbox = _outbox(arrays, params, cfg) if send else []
-        return pa.Table.from_pylist(_rows(block, params, None, (0.0, 0.0), outbox), schema=_ARROW_SCHEMA)
+        rows = _warm_rows(cfg, block, params, arrays, send=send, key=key)
+        return pa.Table.from_pylist(rows, schema=_ARROW_SCHEMA)
+
+    return run
+
+
+def warm_inline(cfg: StepConfig, earlier: tuple[np.ndarray, np.ndarray, np.ndarray], *, send: bool,
+                key: CacheKey | None = None):  # fmt: skip
+    """mapInArrow body over InBlocks: warm_blocks' rows, from earlier factors that the body
+    carries, (values ascending, features, bias), found by each block's ids (the same values):
+    a small table of earlier factors reaches the blocks with no index, join or shuffle."""
+    values, features, bias = earlier
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            rows = []
+            for r in range(batch.num_rows):
+                block = batch.column("block")[r].as_py()
+                ids = cell(batch, "ids", r, np.int64)
+                at = np.minimum(np.searchsorted(values, ids), max(len(values) - 1, 0))
+                found = values[at] == ids if len(values) else np.zeros(len(ids), dtype=bool)
+                local, at = np.flatnonzero(found), at[found]
+                params = _warm_params(cfg, cell(batch, "keys", r, np.int64), local, features[at], bias[at])
+                arrays = cache.decode(batch, r) if send or key is not None else None
+                rows += _warm_rows(cfg, block, params, arrays, send=send, key=key)
+            yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
 
     return run

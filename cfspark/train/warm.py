@@ -3,25 +3,58 @@
 Users and items the earlier model knows start from its w, b, x and c; new ones start
 from their hashed initial values, as in a cold start; those that have disappeared
 from the data are not in the blocks, so they are dropped.
+
+A small table of earlier factors (at most INLINE_ROWS rows, automatic λ's search's, say)
+travels inside the start's body, found by each block's own ids: no index table, join or
+shuffle. A larger one is joined to the blocks' index and cogrouped with the blocks.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
 from cfspark.blocks.cache import CacheKey
+from cfspark.blocks.codec import list_matrix
 from cfspark.blocks.partitioning import PART, partition_key
+from cfspark.blocks.placement import VALUE
 from cfspark.core.plans import one_job
 from cfspark.core.schema import BIAS, BLOCK, FEATURES, ITEM, LOCAL, USER
-from cfspark.train.arrow_bodies import OUT_SCHEMA, warm_blocks
+from cfspark.train.arrow_bodies import OUT_SCHEMA, warm_blocks, warm_inline
 from cfspark.train.step import StepConfig
 from cfspark.train.trainer import cache_keys, settle
+
+# Earlier factor tables up to this many rows go inside the start's body: at rank 10 about
+# 25 MB, pickled once with the plan.
+INLINE_ROWS = 1 << 18
+
+
+def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int) -> tuple | None:
+    """One side's earlier factors as (values ascending, features, bias), the values being
+    those its blocks order their ids by; None for a table of more than INLINE_ROWS rows."""
+    if factors.count() > INLINE_ROWS:
+        return None
+    id_col, own = (USER, blocks.user_side) if side == "user" else (ITEM, blocks.item_side)
+    if own.entities is None:  # integer ids are their own values
+        valued = factors.select(F.col(id_col).cast("long").alias(VALUE), FEATURES, BIAS)
+    else:  # hashed ids: the values of the ids in the data (no two share one, placement.check_distinct)
+        valued = factors.join(own.entities.select(id_col, VALUE), id_col).select(VALUE, FEATURES, BIAS)
+    table = valued.toArrow()
+    values = table.column(VALUE).to_numpy().astype(np.int64)
+    order = np.argsort(values, kind="stable")
+    features = list_matrix(table.column(FEATURES), rank)[order] if len(values) else np.empty((0, rank))
+    bias = table.column(BIAS).to_numpy(zero_copy_only=False).astype(np.float64)[order]
+    return values[order], features, bias
 
 
 def _side(blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: CacheKey | None) -> DataFrame:
     """One side's first state table (with the items' messages to the user blocks)."""
+    inline = _inline(blocks, side, factors, cfg.rank)
+    if inline is not None:  # as the cold start's init pass, with the earlier factors in its body
+        body = warm_inline(cfg, inline, send=side == "item", key=key)
+        return settle(blocks.inblocks(side).mapInArrow(body, OUT_SCHEMA))[0]
     index, id_col, num_blocks = blocks.index(side), USER if side == "user" else ITEM, blocks.num_blocks(side)
     earlier = index.select(id_col, BLOCK, LOCAL).join(factors.select(id_col, FEATURES, BIAS), id_col)
     rows = earlier.select(BLOCK, LOCAL, FEATURES, BIAS, partition_key(F.col(BLOCK), num_blocks).alias(PART))
