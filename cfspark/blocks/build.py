@@ -73,10 +73,13 @@ class Side:
 
     def index(self, inblocks: DataFrame) -> DataFrame:
         """(id_col, block, local) of every entity, read from the packed InBlocks."""
-        rows = inblocks.select(BLOCK, "ids").mapInArrow(index_rows, INDEX_SCHEMA)
+        return self.with_ids(inblocks.select(BLOCK, "ids").mapInArrow(index_rows, INDEX_SCHEMA), BLOCK, LOCAL)
+
+    def with_ids(self, rows: DataFrame, *columns: str) -> DataFrame:
+        """(id_col, *columns) from rows keyed by the value each entity is ordered by (VALUE)."""
         if self.entities is None:
-            return rows.select(F.col(VALUE).cast(self.dtype).alias(self.id_col), BLOCK, LOCAL)
-        return rows.join(self.entities.select(VALUE, self.id_col), VALUE).select(self.id_col, BLOCK, LOCAL)
+            return rows.select(F.col(VALUE).cast(self.dtype).alias(self.id_col), *columns)
+        return rows.join(self.entities.select(VALUE, self.id_col), VALUE).select(self.id_col, *columns)
 
 
 @dataclass

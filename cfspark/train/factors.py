@@ -7,40 +7,40 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from cfspark.blocks.codec import list_rows, matrix
-from cfspark.core.schema import BIAS, BLOCK, FEATURES, LOCAL
+from cfspark.blocks.build import Side
+from cfspark.blocks.codec import cell, list_rows, matrix
+from cfspark.blocks.placement import VALUE
+from cfspark.core.schema import BIAS, BLOCK, FEATURES
 from cfspark.kernels.layout import bias_col, width
 
-_ROWS_SCHEMA = "block int, local int, features array<double>, bias double"
+_ROWS_SCHEMA = f"{VALUE} long, {FEATURES} array<double>, {BIAS} double"
 
 
 def _explode(rank: int, side: str):
-    """mapInArrow body: one state row (a block's params) → one row per entity."""
+    """mapInArrow body: one block's state (params) and ids → one row per entity, by its value."""
     bias = bias_col(rank, side)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for r in range(batch.num_rows):
                 params = matrix(batch, "params", r, width(rank))
-                n = len(params)
                 yield pa.RecordBatch.from_arrays(
-                    [
-                        pa.array(np.full(n, batch.column("dest")[r].as_py(), np.int32)),
-                        pa.array(np.arange(n, dtype=np.int32)),
-                        list_rows(params[:, :rank]),
-                        pa.array(params[:, bias]),
-                    ],
-                    names=[BLOCK, LOCAL, FEATURES, BIAS],
+                    [pa.array(cell(batch, "ids", r, np.int64)), list_rows(params[:, :rank]), pa.array(params[:, bias])],
+                    names=[VALUE, FEATURES, BIAS],
                 )
 
     return run
 
 
-def factor_table(state: DataFrame, index: DataFrame, id_col: str, rank: int, *, side: str) -> DataFrame:
-    """(id, features, bias) from a side's state rows and its (id, block, local) index.
+def factor_table(state: DataFrame, inblocks: DataFrame, own: Side, rank: int, *, side: str) -> DataFrame:
+    """(id, features, bias) from a side's state rows and its InBlocks, whose ids are in the
+    order of the state's rows: one row per block meets one row per block, and no table of
+    (id, block, local) is built or joined.
 
     bias is b for users and c for items (0 where the item bias is off).
     """
-    rows = state.select("dest", "params").mapInArrow(_explode(rank, side), _ROWS_SCHEMA)
-    return rows.join(index.select(id_col, BLOCK, LOCAL), [BLOCK, LOCAL]).select(id_col, FEATURES, BIAS)
+    ids = inblocks.select(F.col(BLOCK).alias("dest"), "ids")
+    rows = state.select("dest", "params").join(ids, "dest").mapInArrow(_explode(rank, side), _ROWS_SCHEMA)
+    return own.with_ids(rows, FEATURES, BIAS)
