@@ -221,6 +221,23 @@ def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spa
     blocks.unpersist(), stats.unpersist(), earlier.unpersist(), new.unpersist(), df.unpersist()
 
 
+def test_an_earlier_id_that_is_no_integer_starts_no_integer_id(spark):
+    # A model fitted on string ids warm-starts a fit on integer ids: "7" and "12" are the ids
+    # 7 and 12, and "x" matches none, rather than failing the cast.
+    from types import SimpleNamespace
+
+    from cfspark.train import warm
+
+    factors = spark.createDataFrame(
+        [("12", [1.0, 2.0], 0.5), ("x", [3.0, 4.0], 0.25), ("7", [5.0, 6.0], 0.125)],
+        "user string, features array<double>, bias double",
+    )
+    blocks = SimpleNamespace(user_side=SimpleNamespace(entities=None))
+    values, features, bias = warm._inline(blocks, "user", factors, 2)
+    assert values.tolist() == [7, 12] and features.tolist() == [[5.0, 6.0], [1.0, 2.0]]
+    assert bias.tolist() == [0.125, 0.5]
+
+
 def test_a_warm_start_finds_string_ids_in_other_blocks(spark, planted):
     # Three iterations, then one more warm-started with other block counts, equal four cold
     # ones: every earlier factor reached its id through the index read back from the blocks.

@@ -232,8 +232,8 @@ def step_cached(cfg: StepConfig, key: CacheKey):
     return run
 
 
-def _warm_params(cfg: StepConfig, keys: np.ndarray, local: np.ndarray, features: np.ndarray,
-                 bias: np.ndarray) -> np.ndarray:  # fmt: skip
+def _warm_params(cfg: StepConfig, keys: np.ndarray, local: np.ndarray, features: np.ndarray | None,
+                 bias: np.ndarray | None) -> np.ndarray:  # fmt: skip
     """A block's first params: the hashed initial values, with the earlier factors (features,
     bias) of its rows local put in their place."""
     params = initial_params(keys, cfg.rank, scale=cfg.init_scale, side=cfg.side)

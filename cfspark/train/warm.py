@@ -37,8 +37,9 @@ def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int) -> tuple |
     if factors.count() > INLINE_ROWS:
         return None
     id_col, own = (USER, blocks.user_side) if side == "user" else (ITEM, blocks.item_side)
-    if own.entities is None:  # integer ids are their own values
-        valued = factors.select(F.col(id_col).cast("long").alias(VALUE), FEATURES, BIAS)
+    if own.entities is None:  # integer ids are their own values; an earlier id that is no integer matches none
+        valued = factors.select(F.col(id_col).try_cast("long").alias(VALUE), FEATURES, BIAS)
+        valued = valued.filter(F.col(VALUE).isNotNull())
     else:  # hashed ids: the values of the ids in the data (no two share one, placement.check_distinct)
         valued = factors.join(own.entities.select(id_col, VALUE), id_col).select(VALUE, FEATURES, BIAS)
     table = valued.toArrow()
