@@ -13,7 +13,7 @@ from pyspark.sql import types as T
 
 from cfspark import CollaborativeFilter
 from cfspark.blocks import partitioning, placement
-from cfspark.blocks.build import build_blocks
+from cfspark.blocks.build import Side, build_blocks
 from cfspark.blocks.hashing import hashed_blocks, murmur3, xxhash64
 from cfspark.blocks.inblock import pack_arrays
 from cfspark.blocks.placement import check_distinct, entity_counts, route_blocks
@@ -232,7 +232,7 @@ def test_an_earlier_id_that_is_no_integer_starts_no_integer_id(spark):
         [("12", [1.0, 2.0], 0.5), ("x", [3.0, 4.0], 0.25), ("7", [5.0, 6.0], 0.125)],
         "user string, features array<double>, bias double",
     )
-    blocks = SimpleNamespace(user_side=SimpleNamespace(entities=None))
+    blocks = SimpleNamespace(user_side=Side("user", T.LongType(), None, None))
     values, features, bias = warm._inline(blocks, "user", factors, 2)
     assert values.tolist() == [7, 12] and features.tolist() == [[5.0, 6.0], [1.0, 2.0]]
     assert bias.tolist() == [0.125, 0.5]

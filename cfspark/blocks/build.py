@@ -81,6 +81,14 @@ class Side:
             return rows.select(F.col(VALUE).cast(self.dtype).alias(self.id_col), *columns)
         return rows.join(self.entities.select(VALUE, self.id_col), VALUE).select(self.id_col, *columns)
 
+    def with_values(self, rows: DataFrame, *columns: str) -> DataFrame:
+        """(VALUE, *columns) from rows keyed by id_col (with_ids' inverse), for the ids the data
+        has when they are hashed; an id that is no integer, where the ids are, matches none."""
+        if self.entities is None:
+            valued = rows.select(F.col(self.id_col).try_cast("long").alias(VALUE), *columns)
+            return valued.filter(F.col(VALUE).isNotNull())
+        return rows.join(self.entities.select(self.id_col, VALUE), self.id_col).select(VALUE, *columns)
+
 
 @dataclass
 class Blocks:

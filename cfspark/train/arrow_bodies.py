@@ -266,9 +266,10 @@ def warm_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
         if inblock.num_rows == 0:  # earlier factors of a block with no ratings now: nothing to start
             return pa.Table.from_pylist([], schema=_ARROW_SCHEMA)
         block = inblock.column("block")[0].as_py()
-        local = earlier.column("local").to_numpy() if earlier.num_rows else np.empty(0, np.int64)
-        features = list_matrix(earlier.column("features"), cfg.rank) if earlier.num_rows else None
-        bias = earlier.column("bias").to_numpy(zero_copy_only=False) if earlier.num_rows else None
+        local, features, bias = np.empty(0, np.int64), None, None
+        if earlier.num_rows:
+            local, features = earlier.column("local").to_numpy(), list_matrix(earlier.column("features"), cfg.rank)
+            bias = earlier.column("bias").to_numpy(zero_copy_only=False)
         params = _warm_params(cfg, cell(inblock, "keys", 0, np.int64), local, features, bias)
         arrays = cache.decode(inblock) if send or key is not None else None
         rows = _warm_rows(cfg, block, params, arrays, send=send, key=key)

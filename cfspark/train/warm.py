@@ -36,13 +36,8 @@ def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int) -> tuple |
     those its blocks order their ids by; None for a table of more than INLINE_ROWS rows."""
     if factors.count() > INLINE_ROWS:
         return None
-    id_col, own = (USER, blocks.user_side) if side == "user" else (ITEM, blocks.item_side)
-    if own.entities is None:  # integer ids are their own values; an earlier id that is no integer matches none
-        valued = factors.select(F.col(id_col).try_cast("long").alias(VALUE), FEATURES, BIAS)
-        valued = valued.filter(F.col(VALUE).isNotNull())
-    else:  # hashed ids: the values of the ids in the data (no two share one, placement.check_distinct)
-        valued = factors.join(own.entities.select(id_col, VALUE), id_col).select(VALUE, FEATURES, BIAS)
-    table = valued.toArrow()
+    own = blocks.user_side if side == "user" else blocks.item_side
+    table = own.with_values(factors, FEATURES, BIAS).toArrow()
     values = table.column(VALUE).to_numpy().astype(np.int64)
     order = np.argsort(values, kind="stable")
     features = list_matrix(table.column(FEATURES), rank)[order] if len(values) else np.empty((0, rank))
