@@ -161,7 +161,7 @@ def test_a_warm_start_caches_no_copy_in_place_when_the_workers_keep_the_blocks(s
     # cache off cogroups against at every half-step.
     from cfspark.train import warm
 
-    monkeypatch.setattr(warm, "INLINE_ROWS", 0)
+    monkeypatch.setattr(warm, "INLINE_BYTES", 0)
     df = spark.createDataFrame(planted.rows(), "user long, item long, rating double").cache()
     earlier = CollaborativeFilter(numUserBlocks=1, numItemBlocks=1, **{**PARAMS, "maxIter": 2}).fit_validated(df)
     settings = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_settings()
@@ -201,7 +201,10 @@ def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spa
         known = known if ids == "integer" else known.join(new.select(side).distinct(), side)
         assert inline is not None and len(inline[0]) == known.count()
     carried = _first_states(blocks, earlier, cfgs)
-    monkeypatch.setattr(warm, "INLINE_ROWS", 0)
+    monkeypatch.setenv("CFSPARK_BLOCK_CACHE", "off")  # no block kept: the body reads no block for the users
+    assert _first_states(blocks, earlier, cfgs) == carried
+    monkeypatch.delenv("CFSPARK_BLOCK_CACHE")
+    monkeypatch.setattr(warm, "INLINE_BYTES", 0)
     assert warm._inline(blocks, "user", earlier.user_factors, settings.rank) is None
     joined = _first_states(blocks, earlier, cfgs)
     assert carried == joined and len(carried[0]) == 3 and len(carried[1]) > 2
@@ -221,9 +224,10 @@ def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spa
     blocks.unpersist(), stats.unpersist(), earlier.unpersist(), new.unpersist(), df.unpersist()
 
 
-def test_an_earlier_id_that_is_no_integer_starts_no_integer_id(spark):
+def test_earlier_ids_of_another_type_are_taken_as_the_datas(spark):
     # A model fitted on string ids warm-starts a fit on integer ids: "7" and "12" are the ids
-    # 7 and 12, and "x" matches none, rather than failing the cast.
+    # 7 and 12, and "x" matches none, rather than failing the cast. The other way, the integer
+    # ids 1 and 3 of an earlier model are the string ids "1" and "3" (hashed: those the data has).
     from types import SimpleNamespace
 
     from cfspark.train import warm
@@ -232,10 +236,20 @@ def test_an_earlier_id_that_is_no_integer_starts_no_integer_id(spark):
         [("12", [1.0, 2.0], 0.5), ("x", [3.0, 4.0], 0.25), ("7", [5.0, 6.0], 0.125)],
         "user string, features array<double>, bias double",
     )
-    blocks = SimpleNamespace(user_side=Side("user", T.LongType(), None, None))
+    blocks = SimpleNamespace(side=lambda side: Side("user", T.LongType(), None, None))
     values, features, bias = warm._inline(blocks, "user", factors, 2)
     assert values.tolist() == [7, 12] and features.tolist() == [[5.0, 6.0], [1.0, 2.0]]
     assert bias.tolist() == [0.125, 0.5]
+
+    factors = spark.createDataFrame(
+        [(1, [1.0, 2.0], 0.5), (2, [3.0, 4.0], 0.25), (3, [5.0, 6.0], 0.125)],
+        "user long, features array<double>, bias double",
+    )
+    entities = spark.createDataFrame([("3", 30), ("1", 10), ("y", 99)], "user string, value long")
+    blocks = SimpleNamespace(side=lambda side: Side("user", T.StringType(), entities, None))
+    values, features, bias = warm._inline(blocks, "user", factors, 2)
+    assert values.tolist() == [10, 30] and features.tolist() == [[1.0, 2.0], [5.0, 6.0]]
+    assert bias.tolist() == [0.5, 0.125]
 
 
 def test_a_warm_start_finds_string_ids_in_other_blocks(spark, planted):

@@ -2,8 +2,8 @@
 
 As Spark ALS's makeBlocks does, no rating is ever joined to an id index: a rating's block
 on each side comes from its own ids (placement.py), and each block finds its entities'
-local indices itself, while it is packed (inblock.py). The (id, block, local) tables that
-factor tables and warm starts need are read back from the packed blocks, when asked for.
+local indices itself, while it is packed (inblock.py). Nor is an index of ids built: factor
+tables and warm starts meet the blocks' own ids (Side maps those values to ids and back).
 
 Both sides' InBlocks are packed in one exchange and cached where they were packed. The
 half-steps run on the blocks the Python workers keep (blocks/cache.py), so only factor
@@ -32,11 +32,9 @@ from cfspark.blocks.codec import cell
 from cfspark.blocks.inblock import (
     CHUNK_SCHEMA,
     INBLOCK_SCHEMA,
-    INDEX_SCHEMA,
     LABELS_SCHEMA,
     ChunkSide,
     chunk_ratings,
-    index_rows,
     label_messages,
     pack_chunks,
     with_col_labels,
@@ -55,7 +53,7 @@ from cfspark.blocks.placement import (
 from cfspark.blocks.reroute import COUNT_SCHEMA, chunk_counts, reroute_chunks
 from cfspark.core.phases import phase
 from cfspark.core.plans import narrow_rows, one_job
-from cfspark.core.schema import BLOCK, ITEM, LOCAL, OFFSET, RATINGS, TARGET, USER, WEIGHT
+from cfspark.core.schema import BLOCK, ITEM, OFFSET, RATINGS, TARGET, USER, WEIGHT
 
 __all__ = ["Blocks", "build_blocks"]
 
@@ -71,10 +69,6 @@ class Side:
     entities: DataFrame | None  # entity_counts' table, cached, for hashed (string) ids; None for integers
     placement: Placement
 
-    def index(self, inblocks: DataFrame) -> DataFrame:
-        """(id_col, block, local) of every entity, read from the packed InBlocks."""
-        return self.with_ids(inblocks.select(BLOCK, "ids").mapInArrow(index_rows, INDEX_SCHEMA), BLOCK, LOCAL)
-
     def with_ids(self, rows: DataFrame, *columns: str) -> DataFrame:
         """(id_col, *columns) from rows keyed by the value each entity is ordered by (VALUE)."""
         if self.entities is None:
@@ -83,11 +77,13 @@ class Side:
 
     def with_values(self, rows: DataFrame, *columns: str) -> DataFrame:
         """(VALUE, *columns) from rows keyed by id_col (with_ids' inverse), for the ids the data
-        has when they are hashed; an id that is no integer, where the ids are, matches none."""
+        has when they are hashed. Ids of another type (an earlier model's) are taken as this
+        side's type first, and one that is not of it (no integer, where the ids are) matches none."""
+        typed = rows.select(F.col(self.id_col).try_cast(self.dtype).alias(self.id_col), *columns)
+        typed = typed.filter(F.col(self.id_col).isNotNull())
         if self.entities is None:
-            valued = rows.select(F.col(self.id_col).try_cast("long").alias(VALUE), *columns)
-            return valued.filter(F.col(VALUE).isNotNull())
-        return rows.join(self.entities.select(self.id_col, VALUE), self.id_col).select(VALUE, *columns)
+            return typed.select(F.col(self.id_col).cast("long").alias(VALUE), *columns)
+        return typed.join(self.entities.select(self.id_col, VALUE), self.id_col).select(VALUE, *columns)
 
 
 @dataclass
@@ -98,7 +94,6 @@ class Blocks:
     items: DataFrame  # item InBlocks, one row per item block
     user_side: Side
     item_side: Side
-    _indexes: dict[str, DataFrame] = field(default_factory=dict, repr=False)
     # Names these blocks in the Python workers' caches of decoded InBlocks (blocks/cache.py).
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
     # With label counts (build_blocks' label_counts): the number of ratings and, over every item,
@@ -124,24 +119,9 @@ class Blocks:
     def num_blocks(self, side: str) -> int:
         return self.num_user_blocks if side == "user" else self.num_item_blocks
 
-    def index(self, side: str) -> DataFrame:
-        """One side's (id, block, local), built on first use and cached."""
-        return self.user_index if side == "user" else self.item_index
-
-    @property
-    def user_index(self) -> DataFrame:
-        """(user, block, local), built on first use and cached."""
-        return self._index("user", self.user_side, self.users)
-
-    @property
-    def item_index(self) -> DataFrame:
-        """(item, block, local), built on first use and cached."""
-        return self._index("item", self.item_side, self.items)
-
-    def _index(self, name: str, side: Side, inblocks: DataFrame) -> DataFrame:
-        if name not in self._indexes:
-            self._indexes[name] = side.index(inblocks).cache()
-        return self._indexes[name]
+    def side(self, side: str) -> Side:
+        """One side's ("user" or "item") ids and placement."""
+        return self.user_side if side == "user" else self.item_side
 
     def in_place(self, side: str, *, keep: bool = True) -> DataFrame:
         """One side's InBlocks ("user" or "item") with block b in partition b
@@ -166,9 +146,8 @@ class Blocks:
     def unpersist(self) -> None:
         counts = [s.entities for s in (self.user_side, self.item_side) if s.entities is not None]
         tables = (self.users, self.items) if self.packed is None else (self.packed,)
-        for df in (*tables, *self._in_place.values(), *self._indexes.values(), *counts):
+        for df in (*tables, *self._in_place.values(), *counts):
             df.unpersist()
-        self._indexes.clear()
         self._in_place.clear()
         tasks = max(8, 2 * (self.num_user_blocks + self.num_item_blocks))
         release_workers(self.users.sparkSession, self.key, tasks=tasks)

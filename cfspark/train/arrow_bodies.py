@@ -282,7 +282,7 @@ def warm_inline(cfg: StepConfig, earlier: tuple[np.ndarray, np.ndarray, np.ndarr
                 key: CacheKey | None = None):  # fmt: skip
     """mapInArrow body over InBlocks: warm_blocks' rows, from earlier factors that the body
     carries, (values ascending, features, bias), found by each block's ids (the same values):
-    a small table of earlier factors reaches the blocks with no index, join or shuffle."""
+    a small table of earlier factors reaches the blocks with no join or shuffle."""
     values, features, bias = earlier
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

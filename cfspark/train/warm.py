@@ -4,9 +4,11 @@ Users and items the earlier model knows start from its w, b, x and c; new ones s
 from their hashed initial values, as in a cold start; those that have disappeared
 from the data are not in the blocks, so they are dropped.
 
-A small table of earlier factors (at most INLINE_ROWS rows, automatic λ's search's, say)
-travels inside the start's body, found by each block's own ids: no index table, join or
-shuffle. A larger one is joined to the blocks' index and cogrouped with the blocks.
+A small table of earlier factors (at most INLINE_BYTES, as automatic λ's search's mostly is)
+travels inside the start's body, found by each block's own ids: no join or shuffle. A
+larger one is joined to the blocks' (value, block, local) rows and cogrouped with the
+blocks. Both key the earlier ids by the values the blocks order their ids by (Side.with_values),
+so they start the same rows from the same factors.
 """
 
 from __future__ import annotations
@@ -18,26 +20,27 @@ from pyspark.sql import functions as F
 from cfspark.blocks.build import Blocks
 from cfspark.blocks.cache import CacheKey
 from cfspark.blocks.codec import list_matrix
+from cfspark.blocks.inblock import INDEX_SCHEMA, index_rows
 from cfspark.blocks.partitioning import PART, partition_key
 from cfspark.blocks.placement import VALUE
 from cfspark.core.plans import one_job
-from cfspark.core.schema import BIAS, BLOCK, FEATURES, ITEM, LOCAL, USER
+from cfspark.core.schema import BIAS, BLOCK, FEATURES, LOCAL
 from cfspark.train.arrow_bodies import OUT_SCHEMA, warm_blocks, warm_inline
 from cfspark.train.step import StepConfig
 from cfspark.train.trainer import cache_keys, settle
 
-# Earlier factor tables up to this many rows go inside the start's body: at rank 10 about
-# 25 MB, pickled once with the plan.
-INLINE_ROWS = 1 << 18
+# Earlier factor tables of up to this many bytes (a value, the features and the bias per row:
+# 349,525 rows at rank 10) go inside the start's body, pickled with its plan; over Spark
+# Connect the plan travels in one message, of at most 128 MiB.
+INLINE_BYTES = 32 << 20
 
 
 def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int) -> tuple | None:
     """One side's earlier factors as (values ascending, features, bias), the values being
-    those its blocks order their ids by; None for a table of more than INLINE_ROWS rows."""
-    if factors.count() > INLINE_ROWS:
+    those its blocks order their ids by; None for a table of more than INLINE_BYTES."""
+    if factors.count() * (rank + 2) * 8 > INLINE_BYTES:
         return None
-    own = blocks.user_side if side == "user" else blocks.item_side
-    table = own.with_values(factors, FEATURES, BIAS).toArrow()
+    table = blocks.side(side).with_values(factors, FEATURES, BIAS).toArrow()
     values = table.column(VALUE).to_numpy().astype(np.int64)
     order = np.argsort(values, kind="stable")
     features = list_matrix(table.column(FEATURES), rank)[order] if len(values) else np.empty((0, rank))
@@ -51,8 +54,9 @@ def _side(blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: C
     if inline is not None:  # as the cold start's init pass, with the earlier factors in its body
         body = warm_inline(cfg, inline, send=side == "item", key=key)
         return settle(blocks.inblocks(side).mapInArrow(body, OUT_SCHEMA))[0]
-    index, id_col, num_blocks = blocks.index(side), USER if side == "user" else ITEM, blocks.num_blocks(side)
-    earlier = index.select(id_col, BLOCK, LOCAL).join(factors.select(id_col, FEATURES, BIAS), id_col)
+    num_blocks = blocks.num_blocks(side)
+    placed = blocks.inblocks(side).select(BLOCK, "ids").mapInArrow(index_rows, INDEX_SCHEMA)  # (value, block, local)
+    earlier = placed.join(blocks.side(side).with_values(factors, FEATURES, BIAS), VALUE)
     rows = earlier.select(BLOCK, LOCAL, FEATURES, BIAS, partition_key(F.col(BLOCK), num_blocks).alias(PART))
     rows = rows.repartition(num_blocks, PART)  # as the InBlocks are: the cogroup adds no shuffle
     # Workers that keep the blocks read them only here: no cached copy in place.
