@@ -92,8 +92,8 @@ def record_of(
     into the same checkpointDir, or deleting it, leaves this model as it is.
     """
     rank = settings.rank
-    user_factors = factor_table(result.user_state(), blocks.users, blocks.user_side, rank, side="user")
-    item_factors = factor_table(result.item_state(), blocks.items, blocks.item_side, rank, side="item")
+    user_factors = factor_table(result.user_state(), blocks, rank, side="user")
+    item_factors = factor_table(result.item_state(), blocks, rank, side="item")
     if final:
         level = checkpoint_level(blocks.users.sparkSession)
         user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)

@@ -111,11 +111,8 @@ def init_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
             for r in range(batch.num_rows):
                 block = batch.column("block")[r].as_py()
                 params = initial_params(cell(batch, "keys", r, np.int64), cfg.rank, scale=cfg.init_scale, side=cfg.side)
-                arrays = cache.decode(batch, r)
-                if key is not None:
-                    cache.keep(key, block, arrays)
-                outbox = _outbox(arrays, params, cfg) if send else []
-                rows += _rows(block, params, None, (0.0, 0.0), outbox)
+                arrays = cache.decode(batch, r) if send or key is not None else None
+                rows += _start_rows(cfg, block, params, arrays, send=send, key=key)
             yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
 
     return run
@@ -244,10 +241,10 @@ def _warm_params(cfg: StepConfig, keys: np.ndarray, local: np.ndarray, features:
     return params
 
 
-def _warm_rows(cfg: StepConfig, block: int, params: np.ndarray, arrays: Arrays | None, *, send: bool,
-               key: CacheKey | None) -> list[dict]:  # fmt: skip
-    """A warm start's rows for one block: its state, and its messages when send is True; with
-    a key, the worker keeps the decoded block for the half-steps, as init_blocks does."""
+def _start_rows(cfg: StepConfig, block: int, params: np.ndarray, arrays: Arrays | None, *, send: bool,
+                key: CacheKey | None) -> list[dict]:  # fmt: skip
+    """A block's first rows, cold or warm: its state, and its messages when send is True; with
+    a key, the worker keeps the decoded block for the half-steps."""
     if key is not None:
         cache.keep(key, block, arrays)
     return _rows(block, params, None, (0.0, 0.0), _outbox(arrays, params, cfg) if send else [])
@@ -272,7 +269,7 @@ def warm_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
             bias = earlier.column("bias").to_numpy(zero_copy_only=False)
         params = _warm_params(cfg, cell(inblock, "keys", 0, np.int64), local, features, bias)
         arrays = cache.decode(inblock) if send or key is not None else None
-        rows = _warm_rows(cfg, block, params, arrays, send=send, key=key)
+        rows = _start_rows(cfg, block, params, arrays, send=send, key=key)
         return pa.Table.from_pylist(rows, schema=_ARROW_SCHEMA)
 
     return run
@@ -296,7 +293,7 @@ def warm_inline(cfg: StepConfig, earlier: tuple[np.ndarray, np.ndarray, np.ndarr
                 local, at = np.flatnonzero(found), at[found]
                 params = _warm_params(cfg, cell(batch, "keys", r, np.int64), local, features[at], bias[at])
                 arrays = cache.decode(batch, r) if send or key is not None else None
-                rows += _warm_rows(cfg, block, params, arrays, send=send, key=key)
+                rows += _start_rows(cfg, block, params, arrays, send=send, key=key)
             yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
 
     return run

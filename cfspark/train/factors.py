@@ -9,7 +9,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.blocks.build import Side
+from cfspark.blocks.build import Blocks
 from cfspark.blocks.codec import cell, list_rows, matrix
 from cfspark.blocks.placement import VALUE
 from cfspark.core.schema import BIAS, BLOCK, FEATURES
@@ -34,13 +34,13 @@ def _explode(rank: int, side: str):
     return run
 
 
-def factor_table(state: DataFrame, inblocks: DataFrame, own: Side, rank: int, *, side: str) -> DataFrame:
-    """(id, features, bias) from a side's state rows and its InBlocks, whose ids are in the
-    order of the state's rows: one row per block meets one row per block, and no table of
-    (id, block, local) is built or joined.
+def factor_table(state: DataFrame, blocks: Blocks, rank: int, *, side: str) -> DataFrame:
+    """(id, features, bias) of one side ("user" or "item") from its state rows and its
+    InBlocks, whose ids are in the order of the state's rows: one row per block meets one row
+    per block, and no table of (id, block, local) is built or joined.
 
     bias is b for users and c for items (0 where the item bias is off).
     """
-    ids = inblocks.select(F.col(BLOCK).alias("dest"), "ids")
+    ids = blocks.inblocks(side).select(F.col(BLOCK).alias("dest"), "ids")
     rows = state.select("dest", "params").join(ids, "dest").mapInArrow(_explode(rank, side), _ROWS_SCHEMA)
-    return own.with_ids(rows, FEATURES, BIAS)
+    return blocks.side(side).with_ids(rows, FEATURES, BIAS)
