@@ -16,8 +16,9 @@ on which worker held what.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -111,8 +112,7 @@ def init_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
             for r in range(batch.num_rows):
                 block = batch.column("block")[r].as_py()
                 params = initial_params(cell(batch, "keys", r, np.int64), cfg.rank, scale=cfg.init_scale, side=cfg.side)
-                arrays = cache.decode(batch, r) if send or key is not None else None
-                rows += _start_rows(cfg, block, params, arrays, send=send, key=key)
+                rows += _start_rows(cfg, block, params, functools.partial(cache.decode, batch, r), send=send, key=key)
             yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
 
     return run
@@ -241,10 +241,14 @@ def _warm_params(cfg: StepConfig, keys: np.ndarray, local: np.ndarray, features:
     return params
 
 
-def _start_rows(cfg: StepConfig, block: int, params: np.ndarray, arrays: Arrays | None, *, send: bool,
+def _start_rows(cfg: StepConfig, block: int, params: np.ndarray, decode: Callable[[], Arrays], *, send: bool,
                 key: CacheKey | None) -> list[dict]:  # fmt: skip
     """A block's first rows, cold or warm: its state, and its messages when send is True; with
-    a key, the worker keeps the decoded block for the half-steps."""
+    a key, the worker keeps the decoded block for the half-steps. The block is decoded only
+    for one of those two: a start that does neither needs its keys alone."""
+    if not send and key is None:
+        return _rows(block, params, None, (0.0, 0.0), [])
+    arrays = decode()
     if key is not None:
         cache.keep(key, block, arrays)
     return _rows(block, params, None, (0.0, 0.0), _outbox(arrays, params, cfg) if send else [])
@@ -268,8 +272,7 @@ def warm_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
             local, features = earlier.column("local").to_numpy(), list_matrix(earlier.column("features"), cfg.rank)
             bias = earlier.column("bias").to_numpy(zero_copy_only=False)
         params = _warm_params(cfg, cell(inblock, "keys", 0, np.int64), local, features, bias)
-        arrays = cache.decode(inblock) if send or key is not None else None
-        rows = _start_rows(cfg, block, params, arrays, send=send, key=key)
+        rows = _start_rows(cfg, block, params, functools.partial(cache.decode, inblock), send=send, key=key)
         return pa.Table.from_pylist(rows, schema=_ARROW_SCHEMA)
 
     return run
@@ -292,8 +295,7 @@ def warm_inline(cfg: StepConfig, earlier: tuple[np.ndarray, np.ndarray, np.ndarr
                 found = values[at] == ids if len(values) else np.zeros(len(ids), dtype=bool)
                 local, at = np.flatnonzero(found), at[found]
                 params = _warm_params(cfg, cell(batch, "keys", r, np.int64), local, features[at], bias[at])
-                arrays = cache.decode(batch, r) if send or key is not None else None
-                rows += _start_rows(cfg, block, params, arrays, send=send, key=key)
+                rows += _start_rows(cfg, block, params, functools.partial(cache.decode, batch, r), send=send, key=key)
             yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
 
     return run
