@@ -21,6 +21,7 @@ from cfspark.core.errors import InputError
 from cfspark.core.plans import cache_plain, narrow_rows, one_job, unreduced_groups
 from cfspark.fit.blockwise import setup
 from cfspark.fit.targets import prepare
+from cfspark.kernels.priors import prior_from_rows
 from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
 from cfspark.train.trainer import half_step
 
@@ -338,10 +339,16 @@ def test_the_targets_join_broadcasts_a_small_item_table_and_gives_what_a_shuffle
 
 
 def planted_mean(rows: list, item: int, settings) -> float:
-    """μ_i shrunk towards the global mean g by meanPrior pseudo-ratings."""
+    """μ_i shrunk towards the global mean g by meanPrior pseudo-ratings; under "auto" by the
+    method of moments' σ²/τ² over the items (kernels/priors.py)."""
     g = sum(r for _, _, r in rows) / len(rows)
     mine = [r for _, i, r in rows if i == item]
-    return (sum(mine) + settings.meanPrior * g) / (len(mine) + settings.meanPrior)
+    m = settings.meanPrior
+    if m == "auto":
+        codes = {i: k for k, i in enumerate(sorted({i for _, i, _ in rows}))}
+        group = np.array([codes[i] for _, i, _ in rows])
+        m = prior_from_rows(group, np.array([r for _, _, r in rows], dtype=float), None, len(codes))
+    return (sum(mine) + m * g) / (len(mine) + m)
 
 
 def test_prepare_finds_the_global_mean_and_counts_from_the_item_sums(spark):

@@ -89,7 +89,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 # Words a numeric key accepts besides numbers.
-_WORDS = {("model", "reg"): ("auto",), ("input", "weight_alpha"): ("auto",)}
+_WORDS = {
+    ("model", "reg"): ("auto",),
+    ("model", "bias_reg"): ("auto",),
+    ("model", "mean_prior"): ("auto",),
+    ("input", "weight_alpha"): ("auto",),
+}
 
 
 def _merge(cfg: Config, section: str, key: str, value: Any, source: str) -> None:

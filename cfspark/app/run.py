@@ -82,9 +82,10 @@ def failure_is(cls: type[CfsparkError], what: str):
 
 
 def fitted_summary(model) -> dict:
-    """What the fit decided by itself: λ (and, for reg = "auto", the path that chose it), α where
-    positive-only data chose it, and why it stopped."""
-    return {k: model.summary.get(k) for k in ("reg", "reg_path", "reg_search", "alpha", "spread", "stop_reason")}
+    """What the fit decided by itself: λ (and, for reg = "auto", the path that chose it), the
+    prior counts λ_b and m (mse), α where positive-only data chose it, and why it stopped."""
+    decided = {k: model.summary.get(k) for k in ("reg", "reg_path", "reg_search", "alpha", "spread", "stop_reason")}
+    return {**decided, "bias_reg": model.getBiasReg(), "mean_prior": model.summary.get("mean_prior")}
 
 
 def load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:

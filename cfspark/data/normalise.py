@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from cfspark.core.schema import ITEM, ITEM_MEAN, ITEM_RATINGS, NORMALISED, RATING
 from cfspark.data.weights import row_weight
 
-A_SUM, AY_SUM = "a_sum", "ay_sum"
+A_SUM, AY_SUM, AYY_SUM = "a_sum", "ay_sum", "ayy_sum"
 
 
 def item_means(train: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0) -> DataFrame:
@@ -28,12 +28,14 @@ def item_means(train: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0
 
 
 def item_sums(train: DataFrame) -> DataFrame:
-    """(item, a_sum, ay_sum, ratings): each item's Σ a, Σ a·y and rating count, from which
-    means_of gives μ_i and whose column sums give the global mean and the number of ratings."""
-    a = row_weight(train)
+    """(item, a_sum, ay_sum, ayy_sum, ratings): each item's Σ a, Σ a·y, Σ a·y² and rating count,
+    from which means_of gives μ_i, data/priors.py the prior count m, and whose column sums
+    give the global mean and the number of ratings."""
+    a, y = row_weight(train), F.col(RATING)
     return train.groupBy(ITEM).agg(
-        F.sum(a).alias(A_SUM), F.sum(a * F.col(RATING)).alias(AY_SUM), F.count(F.lit(1)).alias(ITEM_RATINGS)
-    )
+        F.sum(a).alias(A_SUM), F.sum(a * y).alias(AY_SUM), F.sum(a * y * y).alias(AYY_SUM),
+        F.count(F.lit(1)).alias(ITEM_RATINGS),
+    )  # fmt: skip
 
 
 def means_of(sums: DataFrame, *, prior: float = 0.0, global_mean: float = 0.0) -> DataFrame:

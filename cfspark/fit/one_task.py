@@ -17,7 +17,7 @@ from cfspark.core.phases import phase
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.reg_search import log_search, search_plan, search_rows, search_settings
 from cfspark.fit.settings import FitSettings
-from cfspark.fit.targets import TargetStats, prepare
+from cfspark.fit.targets import TargetStats, prepare, resolve_bias_reg
 from cfspark.train.history import diverged
 from cfspark.train.one_task import ONE_TASK_RATINGS, fit_one_task
 from cfspark.train.search_task import search_and_fit_one_task
@@ -47,6 +47,7 @@ def fit_in_one_task(
     spark = train_ratings.sparkSession
     with phase(spark, "prepare"):
         prepared = prepare(settings, train_ratings, global_mean)
+        settings = resolve_bias_reg(settings, train_ratings, global_mean)
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(
             prepared.targets, settings.step_config("user"), settings.step_config("item"),
@@ -81,15 +82,17 @@ def fit_auto_in_one_task(
              took["input"], took["search"], found.get("rank_seconds", 0.0), took["fit"])  # fmt: skip
     reg, kept = found["reg"], found.get("rank", settings.rank)
     chosen = settings.carry(regParam=reg).replace(rank=kept)  # the model's shape, not a Param it carries
+    chosen = chosen.carry(biasReg=found["bias_reg"]) if "bias_reg" in found else chosen
     chosen = chosen.in_als_units(unit) if settings.regUnits == "spread" else chosen
     fitted = finish_record(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
                            began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
-    kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds")
+    kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds", "bias_reg")
     search = {k: found[k] for k in kept_keys if k in found}
     fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": 1.0}
     if settings.regUnits == "spread":
         fitted.summary["spread"] = stats.spread
+    fitted.summary["mean_prior"] = settings.meanPrior
     return fitted
 
 

@@ -7,6 +7,7 @@ the training targets (fit/targets.py's target_spread), so every path below fits 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -21,8 +22,10 @@ from cfspark.fit.one_task import fit_auto_in_one_task, fit_in_one_task, runs_in_
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import choose_reg
 from cfspark.fit.settings import AUTO, Earlier, FitSettings, InitialModel
-from cfspark.fit.targets import target_stats
+from cfspark.fit.targets import resolve_bias_reg, target_stats
 from cfspark.train.search_task import SETTLED
+
+log = logging.getLogger("cfspark")
 
 
 def fit_ratings(
@@ -42,16 +45,24 @@ def fit_ratings(
     global_mean (mse), the ratings' weighted mean. settle, if given, replaces tol in a
     blockwise fit: it stops once an iteration moves the predictions by at most settle (RMS).
     """
+    if settings.loss == "bce":
+        settings = resolve_bias_reg(settings, train_ratings)
     if settings.loss == "bce" and settings.exposure:
         return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
     spread = num_items = None
     began = time.perf_counter()
-    if settings.loss == "mse" and (settings.regUnits == "spread" or settings.regParam == AUTO):
-        stats = target_stats(settings, train_ratings)  # one aggregation: s, the count and g
+    estimated = AUTO in (settings.meanPrior, settings.biasReg)
+    if settings.loss == "mse" and (settings.regUnits == "spread" or settings.regParam == AUTO or estimated):
+        stats = target_stats(settings, train_ratings)  # one aggregation: s, the count and g (m, estimated, one more)
         num_ratings, global_mean, num_items = stats.count, stats.global_mean, stats.items
         spread = stats.spread if settings.regUnits == "spread" else None
+        if settings.meanPrior == AUTO:
+            log.info("automatic m: the item means shrunk by %.4g pseudo-ratings", stats.mean_prior)
+        settings = settings.replace(meanPrior=stats.mean_prior)
         if settings.regParam == AUTO and runs_in_one_task(settings, num_ratings):
             return fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)
+        if settings.regParam != AUTO:  # else the λ search estimates λ_b on its fit part
+            settings = resolve_bias_reg(settings, train_ratings, global_mean)
         if spread is not None and settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
     if settings.regParam == AUTO:
@@ -69,6 +80,7 @@ def fit_ratings(
             kept = search.get("rank", settings.rank)  # the search may keep fewer directions (mse)
             # The kept rank is the model's shape, not a Param the model carries (ALSModel's rank is an attribute).
             chosen = settings.carry(regParam=reg).replace(rank=kept)
+            chosen = chosen.carry(biasReg=search["bias_reg"]) if "bias_reg" in search else chosen
             chosen = chosen.in_als_units(spread) if spread else chosen
             factors = search.pop("factors", None)
             if factors is not None and settings.initialModel is None:
@@ -103,6 +115,8 @@ def fit_ratings(
         record.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search}
         if spread is not None:
             record.summary["spread"] = spread
+        if settings.loss == "mse":
+            record.summary["mean_prior"] = settings.meanPrior
         return record
     began = time.perf_counter()
     if num_ratings is None and 0 in (settings.numUserBlocks, settings.numItemBlocks):
@@ -115,4 +129,6 @@ def fit_ratings(
                                global_mean=global_mean, on_iteration=on_iteration, settle=settle)  # fmt: skip
     if spread is not None:
         record.summary["spread"] = spread
+    if settings.loss == "mse":
+        record.summary["mean_prior"] = settings.meanPrior
     return record

@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from cfspark.core.schema import BASELINE, ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
 from cfspark.data.split import hashed_fraction, split_ratings
 from cfspark.data.weights import row_weight
-from cfspark.fit.settings import FitSettings
+from cfspark.fit.settings import AUTO, FitSettings
 from cfspark.fit.targets import prepare, target_stats
 from cfspark.train.one_task import ONE_TASK_RATINGS
 from cfspark.train.search_task import HELD, SearchPlan, search_factors_one_task, search_one_task, search_record
@@ -89,9 +89,12 @@ def transfer_factor(sample: dict, fraction: float, num_ratings: int, num_items: 
 def search_plan(settings: FitSettings, unit: float, global_mean: float | None) -> SearchPlan:
     """The search's walk for settings, with λ = reg·unit in the kernel; mse centres its
     folds on their own item means, shrunk towards the training ratings' global mean."""
-    centre = (settings.meanPrior, global_mean) if settings.loss == "mse" else None
+    prior = None if settings.meanPrior == AUTO else settings.meanPrior
+    centre = (prior, global_mean) if settings.loss == "mse" else None
+    bias_prior = settings.loss == "mse" and settings.biasReg == AUTO
     return SearchPlan(start=START, unit=unit, low=LOW, high=HIGH, step=STEP, tol_log=TOL_LOG,
-                      first_iter=settings.maxIter, point_iter=POINT_ITER, tol=settings.tol, centre=centre)  # fmt: skip
+                      first_iter=settings.maxIter, point_iter=POINT_ITER, tol=settings.tol, centre=centre,
+                      bias_prior=bias_prior)  # fmt: skip
 
 
 def search_rows(settings: FitSettings, ratings: DataFrame) -> DataFrame:
@@ -105,7 +108,9 @@ def search_rows(settings: FitSettings, ratings: DataFrame) -> DataFrame:
 
 def search_settings(settings: FitSettings, unit: float) -> FitSettings:
     """settings as the search's kernel sees them: λ set per point, init spread initScale·√unit."""
-    return settings.replace(regParam=1.0, initScale=settings.initScale * math.sqrt(unit))
+    # biasReg = "auto" (mse): the task estimates λ_b before its first point (SearchPlan.bias_prior).
+    bias = 0.0 if settings.biasReg == AUTO and settings.loss == "mse" else settings.biasReg
+    return settings.replace(regParam=1.0, initScale=settings.initScale * math.sqrt(unit), biasReg=bias)
 
 
 def log_search(settings: FitSettings, found: dict, fraction: float) -> None:
@@ -125,6 +130,8 @@ def log_search(settings: FitSettings, found: dict, fraction: float) -> None:
         log.info("automatic λ: the sample's reg %.4g × %.3g for all the users (ratings per factor vector: "
                  "%.4g in the sample)", found["sample_reg"], found["transfer"],
                  found["sample"]["ratings"] / (found["sample"]["users"] + found["sample"]["items"]))  # fmt: skip
+    if "bias_reg" in found:
+        log.info("automatic λ_b: %.4g pseudo-ratings on each bias, from the fit part's users", found["bias_reg"])
     if "seconds" in found:
         took = found.get("task_seconds", {})
         log.info("automatic λ: the search took %.2f s (in its task: %.2f s indexing, %.2f s searching)",
@@ -145,7 +152,8 @@ def choose_reg(
     with_factors: bool = False,
 ) -> tuple[float, dict]:
     """λ in regUnits, and how it was chosen: {path: [{reg, reg_als, rmse|logloss, iterations, rank}],
-    widened, at_limit, sample_fraction, and for mse the rank kept and rank_path}; on a
+    widened, at_limit, sample_fraction, and for mse the rank kept, rank_path and, under
+    biasReg = "auto", the bias_reg estimated on the fit part}; on a
     sample also sample_reg (the sample's choice, which the path's points are at), transfer
     (the factor λ = sample_reg·transfer) and sample (its ratings, users, items). spread is s
     under regUnits = "spread", else 1; global_mean (mse) and num_items, the training ratings'
@@ -158,24 +166,28 @@ def choose_reg(
     unit = spread if settings.regUnits == "spread" else 1.0
     at = search_settings(settings, unit)
     if settings.loss == "mse":
-        if global_mean is None or (num_items is None and fraction < 1):
+        if global_mean is None or (num_items is None and fraction < 1) or settings.meanPrior == AUTO:
             stats = target_stats(settings, train_ratings)
             global_mean, num_items = stats.global_mean, stats.items
+            settings = settings.replace(meanPrior=stats.mean_prior)
         both = search_rows(settings, rows)
     else:
         if num_items is None and fraction < 1:  # the whole's items, for the transfer
             num_items = train_ratings.select(ITEM).distinct().count()
         both = _bce_rows(settings, rows)
     plan = search_plan(settings, unit, global_mean)
+    # The rank step (mse) may keep fewer directions; a warm start keeps its model's rank.
+    choose_rank = settings.loss == "mse" and settings.initialModel is None
     factors = None
     if with_factors:
         *factors, found = search_factors_one_task(both, at.step_config("user"), at.step_config("item"), plan,
-                                                  seed=settings.seed, choose_rank=settings.loss == "mse")  # fmt: skip
+                                                  seed=settings.seed, choose_rank=choose_rank)  # fmt: skip
     else:
-        search = functools.partial(search_record, choose_rank=settings.loss == "mse")
+        search = functools.partial(search_record, choose_rank=choose_rank)
         found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed,
                                 search=search)  # fmt: skip
-    kept = {k: found[k] for k in ("path", "widened", "at_limit", "rank", "rank_path", "task_seconds") if k in found}
+    names = ("path", "widened", "at_limit", "rank", "rank_path", "task_seconds", "bias_reg")
+    kept = {k: found[k] for k in names if k in found}
     kept["seconds"] = round(time.perf_counter() - began, 3)
     reg = found["reg"]
     if fraction < 1 and found["path"]:

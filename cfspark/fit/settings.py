@@ -18,6 +18,9 @@ from cfspark.train.sampled import Draws
 from cfspark.train.step import StepConfig
 
 AUTO = "auto"  # regParam = "auto": λ chosen on a validation fold of the training ratings
+# biasReg = "auto" under bce: labels carry no noise variance for the moments to compare the
+# effects with, so the biases keep a fixed prior count of pseudo-labels.
+BCE_BIAS_REG = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,9 @@ class FitSettings:
     regParam: float | str
     regScaling: str
     regUnits: str
-    biasReg: float
+    biasReg: float | str
     itemBias: bool
-    meanPrior: float
+    meanPrior: float | str
     tol: float
     loss: str
     optimizer: str
@@ -112,6 +115,11 @@ class FitSettings:
 
     def step_config(self, side: str, reg: float | None = None) -> StepConfig:
         """The half-step of one side, with λ = reg if given (the λ search's), else regParam."""
+        bias_reg = self.biasReg
+        if bias_reg == AUTO:
+            if self.loss == "mse":  # fit/targets.py's resolve_bias_reg or the λ search sets it first
+                raise ValueError('biasReg = "auto" is estimated from the ratings before a half-step is set up')
+            bias_reg = BCE_BIAS_REG
         return StepConfig(
             side=side,
             rank=self.rank,
@@ -122,7 +130,7 @@ class FitSettings:
             inner_steps=self.innerSteps,
             init_scale=self.initScale,
             count_scaled=self.regScaling == "count",
-            bias_reg=self.biasReg,
+            bias_reg=bias_reg,
             learn_bias=side == "user" or self.itemBias,
             float32=self.float32,
             draws=self.draws,

@@ -6,6 +6,7 @@ bce: y = the label, with o_i added to each score; the baseline is o_i.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -27,16 +28,19 @@ from cfspark.core.schema import (
     USER,
     WEIGHT,
 )
-from cfspark.data.normalise import item_sums, means_of, normalise
+from cfspark.data.normalise import A_SUM, AY_SUM, AYY_SUM, item_sums, means_of, normalise
 from cfspark.data.offsets import global_rate, item_offsets
+from cfspark.data.priors import prior_of
 from cfspark.data.weights import row_weight
-from cfspark.fit.settings import FitSettings
+from cfspark.fit.settings import AUTO, BCE_BIAS_REG, FitSettings
 
 # An item table of at most this many rows (tens of bytes each) is broadcast to the ratings'
 # tasks when the targets are joined to it, so no rating is shuffled: planning it from its
 # size estimate alone, Spark chose a sort-merge join that moved every rating by item (the
 # costliest part of setup at 5M ratings, docs/benchmarks.md). Beyond it, Spark's own choice.
 BROADCAST_ITEMS = 1_000_000
+
+log = logging.getLogger("cfspark")
 
 
 def _broadcast(stats: DataFrame) -> bool:
@@ -65,6 +69,7 @@ class TargetStats:
     count: int
     global_mean: float
     items: int = 0  # the number of items rated
+    mean_prior: float = 0.0  # m, the item means' prior count the spread was taken with (meanPrior, resolved)
 
 
 def target_spread(settings: FitSettings, train_ratings: DataFrame) -> tuple[float, int | None]:
@@ -76,18 +81,23 @@ def target_spread(settings: FitSettings, train_ratings: DataFrame) -> tuple[floa
 
 
 def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats:
-    """s, the count and g of mse ratings: s is the root mean square of the mse targets y − μ_i that
+    """s, the count, g and the item means' prior count m of mse ratings (m estimated here
+    under meanPrior = "auto", kernels/priors.py): s is the root mean square of the mse targets y − μ_i that
     prepare() makes (weighted as the loss is), 1 for bce, whose labels have no scale (and
     whose count is then not taken: None). One aggregation over the item sums:
     with A, S, Q an item's Σa, Σa·y, Σa·y² and μ_i = p + q·g (p = S/(A+m), q = m/(A+m)),
     Σa(y − μ_i)² = Q − 2μ_i S + μ_i² A is a quadratic in the global mean g."""
-    a, m = row_weight(train_ratings), settings.meanPrior
+    a = row_weight(train_ratings)
     sums = train_ratings.groupBy(ITEM).agg(
         F.sum(a).alias("A"),
         F.sum(a * F.col(RATING)).alias("S"),
         F.sum(a * F.col(RATING) ** 2).alias("Q"),
         F.count(F.lit(1)).alias("n"),
     )
+    m = settings.meanPrior
+    if m == AUTO:  # the items' sums feed two aggregations: kept, not recomputed
+        sums = sums.cache()
+        m = prior_of(sums, "A", "S", "Q")
     p, q = F.col("S") / (F.col("A") + m), F.lit(m) / (F.col("A") + m)
     # Not planned as one job (core/plans.py): without adaptive execution's coalescing, the total
     # adds one partial sum per shuffle partition in the order a cluster fetches them, and s moved
@@ -99,10 +109,11 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats
         F.sum(-2 * q * F.col("S") + 2 * p * q * F.col("A")),
         F.sum(q * q * F.col("A")), F.sum("n"), F.count(F.lit(1)),
     ).first()  # fmt: skip
+    sums.unpersist()
     total, g = row[0], row[1] / row[0]
     spread = math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total))
     # Constant ratings have no spread to scale by: 1.
-    return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g, int(row[6]))
+    return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g, int(row[6]), float(m))
 
 
 def _item_means(
@@ -116,7 +127,10 @@ def _item_means(
     if global_mean is None:
         a = row_weight(train_ratings)
         global_mean = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
-    stats = means_of(item_sums(train_ratings), prior=settings.meanPrior, global_mean=global_mean).cache()
+    sums, prior = item_sums(train_ratings), settings.meanPrior
+    if prior == AUTO:  # unresolved only where prepare() is called apart from a fit (fit_ratings resolves it)
+        prior = prior_of(sums, A_SUM, AY_SUM, AYY_SUM)
+    stats = means_of(sums, prior=prior, global_mean=global_mean).cache()
     with one_job(train_ratings.sparkSession):  # the item sums' shuffle and the count in one job
         row = stats.agg(F.count(F.lit(1)), F.sum(ITEM_RATINGS)).first()  # computes the cache
     return stats, global_mean, (int(row[0]), int(row[1] or 0))
@@ -152,3 +166,27 @@ def prepare(settings: FitSettings, train_ratings: DataFrame, global_mean: float 
 def _carried(train_ratings: DataFrame, *, offset: bool) -> tuple[str, ...]:
     """Targets.carries: the offset where the loss has one, the weight where the ratings have one."""
     return (*((OFFSET,) if offset else ()), *((WEIGHT,) if WEIGHT in train_ratings.columns else ()))
+
+
+def user_bias_prior(settings: FitSettings, train_ratings: DataFrame, global_mean: float | None) -> float:
+    """biasReg = "auto" with λ fixed (mse): the users' prior count σ²/τ² of their mean effects in
+    y − μ_i (kernels/priors.py), on the training split; the λ search estimates it on its fit part."""
+    stats, _, (items, _) = _item_means(settings, train_ratings, global_mean)
+    rows = normalise(train_ratings, stats, broadcast=items <= BROADCAST_ITEMS)
+    a, r = row_weight(rows), F.col(NORMALISED)
+    users = rows.groupBy(USER).agg(F.sum(a).alias("A"), F.sum(a * r).alias("S"), F.sum(a * r * r).alias("Q"))
+    prior = prior_of(users, "A", "S", "Q")
+    stats.unpersist()
+    return prior
+
+
+def resolve_bias_reg(settings: FitSettings, train_ratings: DataFrame, global_mean: float | None = None) -> FitSettings:
+    """settings with biasReg a number, carried onto the model: under "auto", user_bias_prior's
+    (mse) or BCE_BIAS_REG (bce); as they are otherwise."""
+    if settings.biasReg != AUTO:
+        return settings
+    if settings.loss != "mse":
+        return settings.carry(biasReg=BCE_BIAS_REG)
+    prior = user_bias_prior(settings, train_ratings, global_mean)
+    log.info("automatic λ_b: %.4g pseudo-ratings on each bias, from the training split's users", prior)
+    return settings.carry(biasReg=prior)

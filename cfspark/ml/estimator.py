@@ -81,9 +81,9 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         regParam: float | str = DEFAULTS["regParam"],
         regScaling: str = DEFAULTS["regScaling"],
         regUnits: str = DEFAULTS["regUnits"],
-        biasReg: float = DEFAULTS["biasReg"],
+        biasReg: float | str = DEFAULTS["biasReg"],
         itemBias: bool = DEFAULTS["itemBias"],
-        meanPrior: float = DEFAULTS["meanPrior"],
+        meanPrior: float | str = DEFAULTS["meanPrior"],
         tol: float = DEFAULTS["tol"],
         loss: str = DEFAULTS["loss"],
         optimizer: str = DEFAULTS["optimizer"],
@@ -146,13 +146,13 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
     def setRegUnits(self, value: str) -> CollaborativeFilter:
         return self._set(regUnits=value)
 
-    def setBiasReg(self, value: float) -> CollaborativeFilter:
+    def setBiasReg(self, value: float | str) -> CollaborativeFilter:
         return self._set(biasReg=value)
 
     def setItemBias(self, value: bool) -> CollaborativeFilter:
         return self._set(itemBias=value)
 
-    def setMeanPrior(self, value: float) -> CollaborativeFilter:
+    def setMeanPrior(self, value: float | str) -> CollaborativeFilter:
         return self._set(meanPrior=value)
 
     def setTol(self, value: float) -> CollaborativeFilter:

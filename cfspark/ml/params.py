@@ -132,9 +132,9 @@ DEFAULTS: dict[str, Any] = dict(
     regParam="auto",
     regScaling="count",
     regUnits="spread",
-    biasReg=5.0,
+    biasReg="auto",
     itemBias=True,
-    meanPrior=20.0,
+    meanPrior="auto",
     tol=0.002,
     loss="mse",
     optimizer="newton",
@@ -214,7 +214,12 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
         "count: each row's λ is scaled by its rating count (ALS-WR, as Spark ALS); sum: the course's λ/2‖·‖²",
         _one_of(*REG_SCALINGS),
     )
-    biasReg = _param("biasReg", "λ_b, the L2 weight on the biases b and c, never count-scaled", _number(0.0))
+    biasReg = _param(
+        "biasReg",
+        'λ_b, the L2 weight on the biases b and c, a prior count of pseudo-ratings; "auto" (the default) '
+        "estimates it from the users' spread of effects (mse; bce: 5)",
+        _number(0.0, words=(AUTO,)),
+    )
     outputStyle = _param(
         "outputStyle",
         "cfspark: flat recommendations without training items, no NaN; als: ALS's tables, nesting, cold start",
@@ -246,7 +251,7 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
     def getRegScaling(self) -> str:
         return self.getOrDefault(self.regScaling)
 
-    def getBiasReg(self) -> float:
+    def getBiasReg(self) -> float | str:
         return self.getOrDefault(self.biasReg)
 
     def getOutputStyle(self) -> str:
@@ -283,7 +288,12 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
         _interval,
     )
     itemBias = _param("itemBias", "learn an item bias c_i on top of the item baseline", _flag)
-    meanPrior = _param("meanPrior", "mse: pseudo-ratings shrinking μ_i towards the global mean", _number(0.0))
+    meanPrior = _param(
+        "meanPrior",
+        'mse: pseudo-ratings shrinking μ_i towards the global mean; "auto" (the default) estimates them from '
+        "the items' spread of means",
+        _number(0.0, words=(AUTO,)),
+    )
     optimizer = _param("optimizer", "newton (exact ridge or IRLS step per row), adam or gd", _one_of(*OPTIMIZERS))
     learningRate = _param("learningRate", "adam and gd: the step size", _number(0.0, inclusive=False))
     innerSteps = _param("innerSteps", "optimiser steps per half-step, the other side fixed", _number(1, integer=True))
@@ -380,7 +390,7 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     def getItemBias(self) -> bool:
         return self.getOrDefault(self.itemBias)
 
-    def getMeanPrior(self) -> float:
+    def getMeanPrior(self) -> float | str:
         return self.getOrDefault(self.meanPrior)
 
     def getOptimizer(self) -> str:

@@ -35,6 +35,7 @@ from cfspark.kernels.bracket import bracket_search
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.losses import sigmoid
+from cfspark.kernels.priors import prior_from_rows
 from cfspark.kernels.truncate import principal_factors, truncated_rank
 from cfspark.train.one_task import (
     ITEM_KEY,
@@ -70,7 +71,9 @@ class SearchPlan:
     first_iter: int  # iterations at most for the first λ, which starts from the initial factors
     point_iter: int  # and for each later one, warm-started
     tol: float  # the final fit's training-loss tol where no validation score bounds it
-    centre: tuple[float, float] | None = None  # mse: (meanPrior, global mean): the task centres y on item means
+    # mse: (meanPrior, global mean): the task centres y on item means; meanPrior None: estimated there
+    centre: tuple[float | None, float] | None = None
+    bias_prior: bool = False  # mse, biasReg = "auto": λ_b estimated from the fit part's users (kernels/priors.py)
 
 
 def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> float:
@@ -103,9 +106,13 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     of the training rows; held has user, item (−1 if unseen in fit), y and offset of the
     validation rows. Returns ({reg, path, widened, at_limit} with reg in regUnits, and the
     (user, item) params the chosen λ ended with, None if there was no search)."""
-    if not len(held["y"]):  # too few ratings for a validation fold: the start grid's middle
-        return {"reg": plan.start[len(plan.start) // 2], "path": [], "widened": "", "at_limit": False}, None
     user_local, item_local, y, offset, weight = fit
+    chosen: dict = {}
+    if plan.bias_prior:  # before any point: every fit here and after the search shrinks its biases by it
+        chosen["bias_reg"] = prior_from_rows(user_local, y, weight, len(user_keys))
+        user_cfg, item_cfg = (dataclasses.replace(cfg, bias_reg=chosen["bias_reg"]) for cfg in (user_cfg, item_cfg))
+    if not len(held["y"]):  # too few ratings for a validation fold: the start grid's middle
+        return {"reg": plan.start[len(plan.start) // 2], "path": [], "widened": "", "at_limit": False, **chosen}, None
     by_user = csr_by_row(user_local, item_local, len(user_keys), y, offset, weight)
     by_item = csr_by_row(item_local, user_local, len(item_keys), y, offset, weight)
     init = (initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
@@ -179,7 +186,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
 
     found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
                            resolution=SETTLED)
-    record = {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit}
+    record = {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit, **chosen}
     params = best.get("params")
     if choose_rank and params is not None:
         began = time.perf_counter()
@@ -301,6 +308,8 @@ def _search_input(table: pa.Table, plan: SearchPlan):
         prior, glob = plan.centre
         item = local[ITEM]
         fold = weight[fit_rows] if weight is not None else None
+        if prior is None:  # meanPrior = "auto" unresolved (fit_ratings resolves it): the fit part's own
+            prior = prior_from_rows(item[fit_rows], y[fit_rows], fold, len(keys[ITEM]))
         means, _ = shrunk_means(item[fit_rows], y[fit_rows], fold, len(keys[ITEM]), prior=prior, global_mean=glob)
         y = y - np.where(item >= 0, means[np.maximum(item, 0)], glob)
 
@@ -402,8 +411,9 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         if params is not None and kept < rank:  # the fit runs at the kept rank, without the dropped columns
             params = tuple(np.delete(side, np.s_[kept:rank], axis=1) for side in params)
         reg = found["reg"] * plan.unit
-        ucfg = dataclasses.replace(user_cfg, reg=reg, rank=kept)
-        icfg = dataclasses.replace(item_cfg, reg=reg, rank=kept)
+        bias_reg = found.get("bias_reg", user_cfg.bias_reg)
+        ucfg = dataclasses.replace(user_cfg, reg=reg, rank=kept, bias_reg=bias_reg)
+        icfg = dataclasses.replace(item_cfg, reg=reg, rank=kept, bias_reg=bias_reg)
         keys = {}
         for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
             encoded, code, _ = codes[side]
@@ -412,6 +422,8 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         start = start_from_search(params, (codes[USER][2], codes[ITEM][2]), (keys[USER], keys[ITEM]), (ucfg, icfg))
         user_code, item_code = codes[USER][1], codes[ITEM][1]
         prior, glob = plan.centre
+        if prior is None:  # as _search_input, over every row
+            prior = prior_from_rows(item_code, rating, weight, len(keys[ITEM]))
         means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
         # The bracket returns exp(log λ), which may differ from the λ it scored in the last bit.
         chosen = [p for p in found["path"] if math.isclose(p["reg"], found["reg"], rel_tol=1e-9) and p["rank"] == kept]

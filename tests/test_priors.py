@@ -1,0 +1,98 @@
+"""Prior counts from the data (kernels/priors.py): the method of moments' σ²/τ², its worked
+example, its limits, planted effects recovered, and the Spark aggregation equal to numpy's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cfspark import CollaborativeFilter
+from cfspark.data.priors import moments_of
+from cfspark.kernels.priors import group_moments, prior_count, prior_from_rows
+
+
+def test_the_worked_example():
+    # Two items of two ratings, {1, 3} and {4, 6}: σ² = 2, τ² = 2.25 − 1 = 1.25.
+    assert prior_from_rows(np.array([0, 0, 1, 1]), np.array([1.0, 3, 4, 6]), None, 2) == 1.6
+
+
+@pytest.mark.parametrize("sigma,tau", [(1.0, 0.5), (0.8, 0.2), (2.0, 1.0)])
+def test_planted_effects_give_sigma2_over_tau2(sigma, tau):
+    rng = np.random.default_rng(3)
+    groups, per = 4000, rng.integers(2, 40, 4000)
+    group = np.repeat(np.arange(groups), per)
+    y = 3.0 + rng.normal(0, tau, groups)[group] + rng.normal(0, sigma, len(group))
+    m = prior_from_rows(group, y, None, groups)
+    assert m == pytest.approx(sigma**2 / tau**2, rel=0.1)
+
+
+def test_groups_that_differ_only_by_noise_are_held_near_the_grand_mean():
+    # With no effect τ² is 0 up to chance: the cap (Σa, all the data) or a prior so heavy that
+    # every group keeps under a tenth of its own mean's deviation (20 ratings each).
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        group = np.repeat(np.arange(500), 20)
+        m = prior_from_rows(group, rng.normal(0, 1, len(group)), None, 500)
+        assert 20 / (20 + m) < 0.1
+        assert m <= len(group)
+
+
+def test_scale_and_shift_free_and_weights_count_as_repeats():
+    rng = np.random.default_rng(5)
+    group = np.repeat(np.arange(300), 7)
+    y = rng.normal(0, 0.5, 300)[group] + rng.normal(0, 1, len(group))
+    m = prior_from_rows(group, y, None, 300)
+    assert prior_from_rows(group, 4 * y + 3, None, 300) == m
+    # A weight of 2 is the row written twice.
+    twice = prior_from_rows(np.concatenate([group, group[:50]]), np.concatenate([y, y[:50]]), None, 300)
+    weights = np.ones(len(y))
+    weights[:50] = 2
+    assert prior_from_rows(group, y, weights, 300) == twice
+
+
+def test_degenerate_groups():
+    # One rating per group leaves no within-group variance to estimate: the cap.
+    assert prior_count(group_moments([1.0, 1.0, 1.0], [1.0, 2.0, 5.0], [1.0, 4.0, 25.0])) == 3.0
+    # Constant groups hold no noise: nothing to shrink, 0.
+    assert prior_count(group_moments([2.0, 2.0], [2.0, 8.0], [2.0, 32.0])) == 0.0
+
+
+def test_the_spark_aggregation_equals_numpy(spark):
+    rng = np.random.default_rng(6)
+    a, s = rng.uniform(1, 9, 50), rng.normal(0, 5, 50)
+    q = s * s / a + rng.uniform(0, 3, 50)
+    rows = [(float(x), float(y), float(z)) for x, y, z in zip(a, s, q, strict=True)]
+    got = moments_of(spark.createDataFrame(rows, "A double, S double, Q double"), "A", "S", "Q")
+    want = group_moments(a, s, q)
+    assert got.groups == want.groups
+    for name in ("weight", "total", "within", "mean_sq", "mean_sum", "inv_weight"):
+        assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-12)
+
+
+def test_ratings_with_no_user_or_item_effect_are_predicted_by_the_global_mean(spark):
+    # Every rating is 3 + noise: no user, item or interaction effect. The estimated prior
+    # counts hold the item means and biases at the grand mean, so the defaults predict as
+    # well as the training mean does; the constants m = 20 and λ_b = 5 fit each group's noise.
+    rng = np.random.default_rng(11)
+    users, items, n = 400, 300, 16_000
+    pairs = rng.choice(users * items, n, replace=False)
+    rows = [(int(p // items), int(p % items), float(3.0 + rng.normal())) for p in pairs]
+    train, test = rows[: n * 4 // 5], rows[n * 4 // 5 :]
+    schema = "user int, item int, rating double"
+    train_df, test_df = spark.createDataFrame(train, schema), spark.createDataFrame(test, schema)
+    mean = np.mean([r for _, _, r in train])
+    constant = float(np.sqrt(np.mean([(r - mean) ** 2 for _, _, r in test])))
+
+    def test_rmse(**params) -> tuple:
+        model = CollaborativeFilter(**params).fit(train_df)
+        got = model.transform(test_df).select("rating", "prediction").toPandas()
+        model.unpersist()
+        return float(np.sqrt(np.mean((got.rating - got.prediction) ** 2))), model
+
+    estimated, model = test_rmse()
+    per_item, per_user = len(train) / items, len(train) / users
+    assert model.summary["mean_prior"] >= 5 * per_item  # an item keeps under a sixth of its mean's noise
+    assert model.getBiasReg() >= 5 * per_user
+    assert estimated <= constant * 1.002
+    fixed, _ = test_rmse(biasReg=5.0, meanPrior=20.0)
+    assert fixed > constant * 1.01
