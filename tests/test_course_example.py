@@ -3,13 +3,11 @@ and a user with no ratings (Eve) predicted at the item means."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from chispa import assert_df_equality
 
 from cfspark import COURSE_PARAMS, CollaborativeFilter
 from cfspark.data.normalise import item_means, normalise
-from cfspark.kernels.priors import prior_from_rows
 
 USERS = ["Alice", "Bob", "Carol", "Dave", "Eve"]
 TABLE = {  # movie: ratings by Alice, Bob, Carol, Dave, Eve (None = not rated)
@@ -102,12 +100,6 @@ def test_with_the_defaults_eve_gets_each_items_shrunk_mean_plus_its_learned_bias
     mean = {r.item: r.item_mean for r in model.item_stats.collect()}
     bias = {r.item: r.bias for r in model.item_factors.collect()}
     assert got == pytest.approx({m: mean[m] + bias[m] for m in TABLE}, rel=1e-12)
-    # meanPrior = "auto": m = σ²/τ² of the items' ratings, by the method of moments.
-    movies = sorted(TABLE)
-    rows = course_rows()
-    group = np.array([movies.index(movie) for _, movie, _ in rows])
-    m = prior_from_rows(group, np.array([r for _, _, r in rows], dtype=float), None, len(movies))
-    assert model.summary["mean_prior"] == m
-    assert mean["Love at last"] == pytest.approx((10 + m * 33 / 16) / (4 + m), rel=1e-12)
+    assert mean["Love at last"] == pytest.approx((10 + 20 * 33 / 16) / (4 + 20), rel=1e-12)  # mean_prior = 20
     assert any(abs(b) > 1e-6 for b in bias.values())
     model.unpersist()

@@ -71,8 +71,9 @@ def test_the_spark_aggregation_equals_numpy(spark):
 
 def test_ratings_with_no_user_or_item_effect_are_predicted_by_the_global_mean(spark):
     # Every rating is 3 + noise: no user, item or interaction effect. The estimated prior
-    # counts hold the item means and biases at the grand mean, so the defaults predict as
-    # well as the training mean does; the constants m = 20 and λ_b = 5 fit each group's noise.
+    # counts ("auto") hold the item means and biases at the grand mean, so the fit predicts as
+    # well as the training mean does; the constants (m = 20, λ_b = 5, the defaults) let each
+    # item and user fit its noise.
     rng = np.random.default_rng(11)
     users, items, n = 400, 300, 16_000
     pairs = rng.choice(users * items, n, replace=False)
@@ -89,10 +90,32 @@ def test_ratings_with_no_user_or_item_effect_are_predicted_by_the_global_mean(sp
         model.unpersist()
         return float(np.sqrt(np.mean((got.rating - got.prediction) ** 2))), model
 
-    estimated, model = test_rmse()
+    estimated, model = test_rmse(biasReg="auto", meanPrior="auto")
     per_item, per_user = len(train) / items, len(train) / users
     assert model.summary["mean_prior"] >= 5 * per_item  # an item keeps under a sixth of its mean's noise
-    assert model.getBiasReg() >= 5 * per_user
+    assert model.getBiasReg() >= 5 * per_user  # the fitted model carries the number
     assert estimated <= constant * 1.002
-    fixed, _ = test_rmse(biasReg=5.0, meanPrior=20.0)
+    fixed, _ = test_rmse()
     assert fixed > constant * 1.01
+
+
+def test_with_lambda_fixed_the_bias_prior_is_the_training_splits_users_moments(spark):
+    # reg fixed: λ_b = σ²/τ² over the users' y − μ_i of the whole training split, μ_i shrunk by
+    # the items' own estimate m; both in closed form here, on ratings with user and item effects.
+    rng = np.random.default_rng(12)
+    users, items, n = 200, 80, 6000
+    pairs = rng.choice(users * items, n, replace=False)
+    u, i = pairs // items, pairs % items
+    y = 3.0 + rng.normal(0, 0.4, users)[u] + rng.normal(0, 0.6, items)[i] + rng.normal(0, 0.9, n)
+    df = spark.createDataFrame([(int(a), int(b), float(c)) for a, b, c in zip(u, i, y, strict=True)],
+                               "user int, item int, rating double")  # fmt: skip
+    m = prior_from_rows(i, y, None, items)
+    g = y.mean()
+    sums, counts = np.bincount(i, y, minlength=items), np.bincount(i, minlength=items)
+    mu = (sums + m * g) / (counts + m)
+    expected = prior_from_rows(u, y - mu[i], None, users)
+    model = CollaborativeFilter(regParam=0.1, biasReg="auto", meanPrior="auto", maxIter=2).fit(df)
+    assert model.summary["mean_prior"] == m
+    assert model.getBiasReg() == pytest.approx(expected, rel=1e-3)  # both rounded to 4 digits
+    assert 1 < expected < 20  # the effects are real: neither held at 0 nor left free
+    model.unpersist()

@@ -25,7 +25,8 @@ from cfspark.kernels.priors import prior_from_rows
 from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
 from cfspark.train.trainer import half_step
 
-PARAMS = dict(rank=3, maxIter=5, tol=0.0, seed=7, regParam=0.05, regUnits="als")
+# λ_b fixed: these tests set up half-steps by hand, where a fit would first estimate "auto" from the ratings.
+PARAMS = dict(rank=3, maxIter=5, tol=0.0, seed=7, regParam=0.05, regUnits="als", biasReg=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_the_inblocks_stay_in_place_in_a_half_step(spark, planted, capsys):
     # The InBlocks' copy in place is cached hash-partitioned by block, so a half-step's cogroup
     # shuffles only the messages: no exchange between the cached InBlocks and the cogroup.
     df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
-    cf = CollaborativeFilter(rank=2, numUserBlocks=3, numItemBlocks=2)
+    cf = CollaborativeFilter(rank=2, numUserBlocks=3, numItemBlocks=2, biasReg=5.0)
     settings = cf.fit_settings()
     blocks, stats, _ = setup(settings, df)
     user_cfg, item_cfg = settings.step_config("user"), settings.step_config("item")

@@ -132,9 +132,9 @@ DEFAULTS: dict[str, Any] = dict(
     regParam="auto",
     regScaling="count",
     regUnits="spread",
-    biasReg="auto",
+    biasReg=5.0,
     itemBias=True,
-    meanPrior="auto",
+    meanPrior=20.0,
     tol=0.002,
     loss="mse",
     optimizer="newton",
@@ -216,8 +216,8 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
     )
     biasReg = _param(
         "biasReg",
-        'λ_b, the L2 weight on the biases b and c, a prior count of pseudo-ratings; "auto" (the default) '
-        "estimates it from the users' spread of effects (mse; bce: 5)",
+        'λ_b, the L2 weight on the biases b and c, a prior count of pseudo-ratings; "auto" estimates it '
+        "from the users' spread of effects (mse; bce: 5)",
         _number(0.0, words=(AUTO,)),
     )
     outputStyle = _param(
@@ -290,8 +290,8 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     itemBias = _param("itemBias", "learn an item bias c_i on top of the item baseline", _flag)
     meanPrior = _param(
         "meanPrior",
-        'mse: pseudo-ratings shrinking μ_i towards the global mean; "auto" (the default) estimates them from '
-        "the items' spread of means",
+        'mse: pseudo-ratings shrinking μ_i towards the global mean; "auto" estimates them from the items\' '
+        "spread of means",
         _number(0.0, words=(AUTO,)),
     )
     optimizer = _param("optimizer", "newton (exact ridge or IRLS step per row), adam or gd", _one_of(*OPTIMIZERS))
