@@ -87,27 +87,20 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats
     whose count is then not taken: None). One aggregation over the item sums:
     with A, S, Q an item's Σa, Σa·y, Σa·y² and μ_i = p + q·g (p = S/(A+m), q = m/(A+m)),
     Σa(y − μ_i)² = Q − 2μ_i S + μ_i² A is a quadratic in the global mean g."""
-    a = row_weight(train_ratings)
-    sums = train_ratings.groupBy(ITEM).agg(
-        F.sum(a).alias("A"),
-        F.sum(a * F.col(RATING)).alias("S"),
-        F.sum(a * F.col(RATING) ** 2).alias("Q"),
-        F.count(F.lit(1)).alias("n"),
-    )
+    sums = item_sums(train_ratings)
     m = settings.meanPrior
     if m == AUTO:  # the items' sums feed two aggregations: kept, not recomputed
         sums = sums.cache()
-        m = prior_of(sums, "A", "S", "Q")
-    p, q = F.col("S") / (F.col("A") + m), F.lit(m) / (F.col("A") + m)
+        m = prior_of(sums, A_SUM, AY_SUM, AYY_SUM)
+    A, S, Q = F.col(A_SUM), F.col(AY_SUM), F.col(AYY_SUM)  # the docstring's sums
+    p, q = S / (A + m), F.lit(m) / (A + m)
     # Not planned as one job (core/plans.py): without adaptive execution's coalescing, the total
     # adds one partial sum per shuffle partition in the order a cluster fetches them, and s moved
     # in its last bits between two runs of one command, with λ in ALS's units and so a
     # checkpoint's fingerprint (tests/test_cluster.py's resumed run started afresh).
     row = sums.agg(
-        F.sum("A"), F.sum("S"),
-        F.sum(F.col("Q") - 2 * p * F.col("S") + p * p * F.col("A")),
-        F.sum(-2 * q * F.col("S") + 2 * p * q * F.col("A")),
-        F.sum(q * q * F.col("A")), F.sum("n"), F.count(F.lit(1)),
+        F.sum(A), F.sum(S), F.sum(Q - 2 * p * S + p * p * A), F.sum(-2 * q * S + 2 * p * q * A),
+        F.sum(q * q * A), F.sum(ITEM_RATINGS), F.count(F.lit(1)),
     ).first()  # fmt: skip
     sums.unpersist()
     total, g = row[0], row[1] / row[0]
