@@ -114,8 +114,10 @@ def test_with_lambda_fixed_the_bias_prior_is_the_training_splits_users_moments(s
     sums, counts = np.bincount(i, y, minlength=items), np.bincount(i, minlength=items)
     mu = (sums + m * g) / (counts + m)
     expected = prior_from_rows(u, y - mu[i], None, users)
-    model = CollaborativeFilter(regParam=0.1, biasReg="auto", meanPrior="auto", maxIter=2).fit(df)
-    assert model.summary["mean_prior"] == m
-    assert model.getBiasReg() == pytest.approx(expected, rel=1e-3)  # both rounded to 4 digits
     assert 1 < expected < 20  # the effects are real: neither held at 0 nor left free
-    model.unpersist()
+    for blocks in (0, 2):  # the one-task fit and the blockwise one
+        model = CollaborativeFilter(regParam=0.1, biasReg="auto", meanPrior="auto", maxIter=2,
+                                    numUserBlocks=blocks, numItemBlocks=blocks).fit(df)  # fmt: skip
+        assert model.summary["mean_prior"] == m
+        assert model.getBiasReg() == pytest.approx(expected, rel=1e-3)  # both rounded to 4 digits
+        model.unpersist()

@@ -129,7 +129,7 @@ def fit_blockwise(
     if resolve is not None:
         settings, settle = resolve()
         checkpointer = _checkpointer(settings, train_ratings)
-    settings = resolve_bias_reg(settings, train_ratings, global_mean)
+    settings = resolve_bias_reg(settings, train_ratings, stats)  # under λ fixed; the search sets it
     # Fresh 0-labels drawn at the rates of one task holding every label (train/sampled.py).
     user_cfg, item_cfg = (with_totals(settings.step_config(s), blocks.label_totals) for s in ("user", "item"))
     start = warm_start_from(settings, blocks, user_cfg, item_cfg)

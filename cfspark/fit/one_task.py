@@ -47,7 +47,7 @@ def fit_in_one_task(
     spark = train_ratings.sparkSession
     with phase(spark, "prepare"):
         prepared = prepare(settings, train_ratings, global_mean)
-        settings = resolve_bias_reg(settings, train_ratings, global_mean)
+        settings = resolve_bias_reg(settings, train_ratings, prepared.item_stats)
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(
             prepared.targets, settings.step_config("user"), settings.step_config("item"),

@@ -61,8 +61,6 @@ def fit_ratings(
         settings = settings.replace(meanPrior=stats.mean_prior)
         if settings.regParam == AUTO and runs_in_one_task(settings, num_ratings):
             return fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)
-        if settings.regParam != AUTO:  # else the λ search estimates λ_b on its fit part
-            settings = resolve_bias_reg(settings, train_ratings, global_mean)
         if spread is not None and settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
     if settings.regParam == AUTO:

@@ -161,25 +161,27 @@ def _carried(train_ratings: DataFrame, *, offset: bool) -> tuple[str, ...]:
     return (*((OFFSET,) if offset else ()), *((WEIGHT,) if WEIGHT in train_ratings.columns else ()))
 
 
-def user_bias_prior(settings: FitSettings, train_ratings: DataFrame, global_mean: float | None) -> float:
+def user_bias_prior(train_ratings: DataFrame, item_stats: DataFrame) -> float:
     """biasReg = "auto" with λ fixed (mse): the users' prior count σ²/τ² of their mean effects in
-    y − μ_i (kernels/priors.py), on the training split; the λ search estimates it on its fit part."""
-    stats, _, (items, _) = _item_means(settings, train_ratings, global_mean)
-    rows = normalise(train_ratings, stats, broadcast=items <= BROADCAST_ITEMS)
+    y − μ_i (kernels/priors.py), on the training split, μ_i from the fit's own (cached) item
+    table; the λ search estimates it on its fit part."""
+    rows = normalise(train_ratings, item_stats, broadcast=_broadcast(item_stats))
     a, r = row_weight(rows), F.col(NORMALISED)
     users = rows.groupBy(USER).agg(F.sum(a).alias("A"), F.sum(a * r).alias("S"), F.sum(a * r * r).alias("Q"))
-    prior = prior_of(users, "A", "S", "Q")
-    stats.unpersist()
-    return prior
+    return prior_of(users, "A", "S", "Q")
 
 
-def resolve_bias_reg(settings: FitSettings, train_ratings: DataFrame, global_mean: float | None = None) -> FitSettings:
+def resolve_bias_reg(
+    settings: FitSettings, train_ratings: DataFrame, item_stats: DataFrame | None = None
+) -> FitSettings:
     """settings with biasReg a number, carried onto the model: under "auto", user_bias_prior's
-    (mse) or BCE_BIAS_REG (bce); as they are otherwise."""
+    over item_stats, prepare()'s item table (mse), or BCE_BIAS_REG (bce); as they are otherwise."""
     if settings.biasReg != AUTO:
         return settings
     if settings.loss != "mse":
         return settings.carry(biasReg=BCE_BIAS_REG)
-    prior = user_bias_prior(settings, train_ratings, global_mean)
+    if item_stats is None:
+        raise ValueError('biasReg = "auto" needs the fit\'s item means (prepare()\'s item_stats)')
+    prior = user_bias_prior(train_ratings, item_stats)
     log.info("automatic λ_b: %.4g pseudo-ratings on each bias, from the training split's users", prior)
     return settings.carry(biasReg=prior)
