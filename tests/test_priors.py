@@ -3,12 +3,17 @@ example, its limits, planted effects recovered, and the Spark aggregation equal 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from cfspark import CollaborativeFilter
 from cfspark.data.priors import moments_of
+from cfspark.kernels.layout import bias_col, const_col
 from cfspark.kernels.priors import group_moments, prior_count, prior_from_rows
+from cfspark.train.search_task import SearchPlan, bias_prior_after_factors, search_arrays
+from cfspark.train.step import StepConfig
 
 
 def test_the_worked_example():
@@ -121,3 +126,52 @@ def test_with_lambda_fixed_the_bias_prior_is_the_training_splits_users_moments(s
         assert model.summary["mean_prior"] == m
         assert model.getBiasReg() == pytest.approx(expected, rel=1e-3)  # both rounded to 4 digits
         model.unpersist()
+
+
+def _planted_with_user_biases(seed: int):
+    """y − μ_i = w·x + b + c + ε: a strong rank-3 term (variance 1), user biases of variance
+    0.09 and noise of 0.36, so that the users' prior count σ²/τ² is 4."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items, n, rank = 600, 300, 60_000, 3
+    pairs = rng.choice(n_users * n_items, n, replace=False)
+    u, i = pairs // n_items, pairs % n_items
+    W, X = rng.normal(size=(n_users, rank)), rng.normal(scale=rank**-0.5, size=(n_items, rank))
+    b, c = rng.normal(0, 0.3, n_users), rng.normal(0, 0.2, n_items)
+    y = (W[u] * X[i]).sum(1) + b[u] + c[i] + rng.normal(0, 0.6, n)
+    return u, i, y, (W, X, b, c)
+
+
+def test_after_the_factors_the_users_prior_is_the_noise_over_the_bias_spread():
+    u, i, y, (W, X, b, c) = _planted_with_user_biases(4)
+    rank = W.shape[1]
+    users, items = np.zeros((len(W), rank + 2)), np.zeros((len(X), rank + 2))
+    users[:, :rank], users[:, bias_col(rank, "user")], users[:, const_col(rank, "user")] = W, b, 1.0
+    items[:, :rank], items[:, bias_col(rank, "item")], items[:, const_col(rank, "item")] = X, c, 1.0
+    after = bias_prior_after_factors((u, i, y, None, None), (users, items), rank)
+    assert after == pytest.approx(0.36 / 0.09, rel=0.1)
+    # Before the factors their signal counts as noise: (0.36 + 1) / 0.09, about 15.
+    assert prior_from_rows(u, y, None, len(W)) > 3 * after
+
+
+def test_the_search_estimates_the_bias_prior_again_once_its_factors_fit_and_brackets_lambda_there():
+    u, i, y, _ = _planted_with_user_biases(5)
+    held_rows = np.random.default_rng(7).random(len(y)) < 0.1
+    fit = (u[~held_rows], i[~held_rows], y[~held_rows], None, None)
+    held = {"user": u[held_rows], "item": i[held_rows], "y": y[held_rows], "offset": None}
+    s = float(np.sqrt(np.mean(fit[2] ** 2)))
+    plan = SearchPlan(start=(0.3, 0.1, 0.03), unit=s, low=1e-4, high=1e2, step=3.0, tol_log=math.log(1.3),
+                      first_iter=20, point_iter=6, tol=0.002, bias_prior=True)  # fmt: skip
+    cfg = [StepConfig(side=side, rank=3, loss="mse", reg=1.0, init_scale=0.1 * math.sqrt(s), count_scaled=True)
+           for side in ("user", "item")]  # fmt: skip
+    record, _ = search_arrays(fit, held, np.arange(600), np.arange(300) + 10**6, *cfg, plan)
+    before, after = record["bias_reg_before"], record["bias_reg"]
+    assert before > 3 * after  # the first estimate counted the factors as noise
+    assert after == pytest.approx(4.0, rel=0.25)  # fitted factors leave a little less than the noise
+    assert record["path"][0]["bias_reg"] == before and record["path"][-1]["bias_reg"] == after
+    # λ is bracketed again at the new λ_b: its best point there is the choice, with a worse point on each side.
+    again = [p for p in record["path"] if p["bias_reg"] == after]
+    best = min(again, key=lambda p: p["rmse"])
+    assert best["reg"] == pytest.approx(record["reg"], rel=1e-9)
+    assert min(p["reg"] for p in again) < best["reg"] < max(p["reg"] for p in again)
+    # and it predicts the validation fold better than the search's best at the first estimate.
+    assert best["rmse"] < min(p["rmse"] for p in record["path"] if p["bias_reg"] == before)

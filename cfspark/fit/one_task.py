@@ -87,7 +87,8 @@ def fit_auto_in_one_task(
     fitted = finish_record(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
                            began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
-    kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds", "bias_reg")
+    kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds", "bias_reg",
+                 "bias_reg_before")
     search = {k: found[k] for k in kept_keys if k in found}
     fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": 1.0}
     if settings.regUnits == "spread":

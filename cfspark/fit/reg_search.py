@@ -130,7 +130,11 @@ def log_search(settings: FitSettings, found: dict, fraction: float) -> None:
         log.info("automatic λ: the sample's reg %.4g × %.3g for all the users (ratings per factor vector: "
                  "%.4g in the sample)", found["sample_reg"], found["transfer"],
                  found["sample"]["ratings"] / (found["sample"]["users"] + found["sample"]["items"]))  # fmt: skip
-    if "bias_reg" in found:
+    if "bias_reg_before" in found:
+        log.info("automatic λ_b: %.4g pseudo-ratings on each bias, from the fit part's users once the factors "
+                 "are fitted (%.4g before them; λ bracketed again at it)",
+                 found["bias_reg"], found["bias_reg_before"])  # fmt: skip
+    elif "bias_reg" in found:  # no validation fold, so no factors: the estimate from y − μ_i
         log.info("automatic λ_b: %.4g pseudo-ratings on each bias, from the fit part's users", found["bias_reg"])
     if "seconds" in found:
         took = found.get("task_seconds", {})
@@ -186,7 +190,7 @@ def choose_reg(
         search = functools.partial(search_record, choose_rank=choose_rank)
         found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed,
                                 search=search)  # fmt: skip
-    names = ("path", "widened", "at_limit", "rank", "rank_path", "task_seconds", "bias_reg")
+    names = ("path", "widened", "at_limit", "rank", "rank_path", "task_seconds", "bias_reg", "bias_reg_before")
     kept = {k: found[k] for k in names if k in found}
     kept["seconds"] = round(time.perf_counter() - began, 3)
     reg = found["reg"]

@@ -108,7 +108,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     (user, item) params the chosen λ ended with, None if there was no search)."""
     user_local, item_local, y, offset, weight = fit
     chosen: dict = {}
-    if plan.bias_prior:  # before any point: every fit here and after the search shrinks its biases by it
+    if plan.bias_prior:  # before any point, from y − μ_i: re-estimated once the factors are fitted
         chosen["bias_reg"] = prior_from_rows(user_local, y, weight, len(user_keys))
         user_cfg, item_cfg = (dataclasses.replace(cfg, bias_reg=chosen["bias_reg"]) for cfg in (user_cfg, item_cfg))
     if not len(held["y"]):  # too few ratings for a validation fold: the start grid's middle
@@ -117,7 +117,8 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     by_item = csr_by_row(item_local, user_local, len(item_keys), y, offset, weight)
     init = (initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
             initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"))  # fmt: skip
-    state = {"rank": user_cfg.rank}  # the directions the factors use: fewer once the rank step drops some
+    # The directions the factors use (fewer once the rank step drops some), and λ_b.
+    state = {"rank": user_cfg.rank, "bias_reg": user_cfg.bias_reg}
     metric = "rmse" if user_cfg.loss == "mse" else "logloss"
     tiled: tuple[dict, dict] = ({}, {})  # each side's ratings, tiled once for every half-step (step.solve_rows)
     path: list[dict] = []
@@ -128,8 +129,8 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
 
     def point(reg: float, users: np.ndarray, items: np.ndarray, max_iter: int) -> tuple:
         """(users, items, validation score, iterations) of a fit at reg from users, items."""
-        ucfg = dataclasses.replace(user_cfg, reg=reg * plan.unit)
-        icfg = dataclasses.replace(item_cfg, reg=reg * plan.unit)
+        ucfg = dataclasses.replace(user_cfg, reg=reg * plan.unit, bias_reg=state["bias_reg"])
+        icfg = dataclasses.replace(item_cfg, reg=reg * plan.unit, bias_reg=state["bias_reg"])
         user_state = item_state = None
         value, last_value, iterations = np.inf, None, 0
         size = factor_scale(users, items, user_cfg.rank)
@@ -178,31 +179,56 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
             fitted[math.log(reg)] = (value, users, items)
             keep_near_best(fitted)
         path.append({"reg": reg, "reg_als": reg * plan.unit, metric: value, "iterations": iterations,
-                     "rank": kept, **({"restarted": True} if restart else {}),
+                     "rank": kept, "bias_reg": state["bias_reg"], **({"restarted": True} if restart else {}),
                      **({"collapsed": True} if zero else {})})  # fmt: skip
         if (value, math.log(reg)) < best["key"]:
             best.update(key=(value, math.log(reg)), params=(users, items))
         return value
 
+    def again(params: tuple, reg: float) -> tuple[float, tuple]:
+        """λ bracketed anew around reg, from params, once the model it was chosen for has changed
+        (fewer directions, another λ_b): (the new choice, its params)."""
+        fitted.clear()
+        fitted[math.log(reg)] = (np.inf, *params)
+        best.update(key=(np.inf, np.inf), params=params)
+        state.pop("no_factors", None)  # the biases' model is scored afresh too
+        start = (reg, reg / math.sqrt(plan.step))
+        found = bracket_search(score, start=start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
+                               resolution=SETTLED)  # fmt: skip
+        return found.reg, best["params"]
+
     found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
                            resolution=SETTLED)
     record = {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit, **chosen}
     params = best.get("params")
+    if plan.bias_prior and params is not None:
+        state["bias_reg"] = record["bias_reg"] = bias_prior_after_factors(fit, params, user_cfg.rank)
+        record["bias_reg_before"] = chosen["bias_reg"]
+        record["reg"], params = again(params, record["reg"])
     if choose_rank and params is not None:
         began = time.perf_counter()
-        params = _rank_step(params, held, user_cfg.rank, user_cfg.loss, found.reg, point, plan, record)
+        params = _rank_step(params, held, user_cfg.rank, user_cfg.loss, record["reg"], point, plan, record)
         if record["rank"] < user_cfg.rank:  # λ again at the kept rank: fewer directions want less shrinkage
             state["rank"] = record["rank"]
-            fitted.clear()
-            fitted[math.log(found.reg)] = (np.inf, *params)
-            best.update(key=(np.inf, np.inf), params=params)
-            start = (found.reg, found.reg / math.sqrt(plan.step))
-            again = bracket_search(score, start=start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
-                                   resolution=SETTLED)
-            record["reg"] = again.reg
-            params = best["params"]
+            record["reg"], params = again(params, record["reg"])
         record["rank_seconds"] = round(time.perf_counter() - began, 3)
     return record, params
+
+
+def bias_prior_after_factors(fit: tuple, params: tuple, rank: int) -> float:
+    """λ_b from what the factors in params leave of the fit part's y.
+
+    Before the factors, the users' within-group variance of y − μ_i counts the factors' signal
+    as noise, so σ²/τ² comes out too large wherever the factors are strong (18 pseudo-ratings
+    on a planted rank-3 set, 3 once its factors are fitted). The residual with every term but
+    the user's bias, y − w·x − c, holds the user effects and the noise alone."""
+    user_local, item_local, y, offset, weight = fit
+    users, items = params  # at the layout's rank: a direction the rank step dropped is zeros
+    rest = np.einsum("ij,ij->i", users[user_local, :rank], items[item_local, :rank])
+    rest += items[item_local, bias_col(rank, "item")]
+    if offset is not None:
+        rest += offset
+    return prior_from_rows(user_local, y, weight, len(users), residual=y - rest)
 
 
 def _rank_step(params: tuple, held: dict, rank: int, loss: str, reg: float, point: Callable, plan: SearchPlan,
