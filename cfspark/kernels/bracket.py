@@ -52,13 +52,14 @@ def bracket_search(
     if step <= 1.0 or not 0 < low < high or tol <= 0:
         raise ValueError(f"bracket_search needs step > 1, 0 < low < high and tol > 0, got {step}, {low}, {high}, {tol}")
     points: dict[float, float] = {}  # log λ → score
+    scored: dict[float, float] = {}  # log λ → the λ scored (exp(log λ) may differ from it in the last bit)
     order: list[tuple[float, float]] = []
 
     def call(reg: float) -> float:
         reg = min(high, max(low, reg))
         key = math.log(reg)
         if key not in points:
-            points[key] = _value(score(reg))
+            points[key], scored[key] = _value(score(reg)), reg
             order.append((reg, points[key]))
         return points[key]
 
@@ -81,7 +82,7 @@ def bracket_search(
     if not at_limit:
         _refine(points, call, tol=tol, resolution=resolution, calls_left=lambda: len(order) < max_calls)
     best = min(points, key=lambda k: (points[k], k))
-    return Bracketed(math.exp(best), points[best], order, ",".join(widened), at_limit)
+    return Bracketed(scored[best], points[best], order, ",".join(widened), at_limit)
 
 
 def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: float, resolution: float,

@@ -451,7 +451,7 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         if prior is None:  # as _search_input, over every row
             prior = prior_from_rows(item_code, rating, weight, len(keys[ITEM]))
         means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
-        # The bracket returns exp(log λ), which may differ from the λ it scored in the last bit.
+        # The chosen λ's last point at the kept rank: its validation RMSE bounds the fit's settle move.
         chosen = [p for p in found["path"] if math.isclose(p["reg"], found["reg"], rel_tol=1e-9) and p["rank"] == kept]
         settle = SETTLED * chosen[-1]["rmse"] if chosen else None
         W, X, history, stop = fit_arrays(
