@@ -70,12 +70,16 @@ def test_auto_reg_brackets_its_choice_and_adapts_to_low_noise_data(runs):
     clean = runs["clean"]["model"]
     path, search = clean["reg_path"], clean["reg_search"]
     assert [step["reg"] for step in path[:3]] == list(START)  # the start grid, strong to weak
-    best = min(path, key=lambda step: step["rmse"])
+    # The search brackets λ at its first estimate of λ_b, then again at the one its factors give.
+    first = [step for step in path if step["bias_reg"] == search["bias_reg_before"]]
+    final = [step for step in path if step["bias_reg"] == search["bias_reg"] == clean["bias_reg"]]
+    assert path[0] in first and path[-1] in final and search["bias_reg"] < search["bias_reg_before"]
+    best = min(final, key=lambda step: step["rmse"])
     assert search["reg"] == best["reg"] and search["units"] == "spread" and search["sample_fraction"] == 1.0
     # Bracketed: a worse λ on both sides of the choice, unless it is an end of the hard range.
-    regs = sorted(step["reg"] for step in path)
+    regs = sorted(step["reg"] for step in final)
     assert not search["at_limit"] and 0 < regs.index(best["reg"]) < len(regs) - 1
-    assert search["widened"] == ("down" if best["reg"] < min(START) else "")
+    assert search["widened"] == ("down" if min(first, key=lambda step: step["rmse"])["reg"] < min(START) else "")
     # The model keeps λ in ALS's units: the chosen reg times the spread of the training targets.
     assert clean["reg"] == pytest.approx(best["reg"] * clean["spread"], rel=1e-12)
     assert best["reg_als"] == pytest.approx(clean["reg"], rel=1e-12)

@@ -99,8 +99,9 @@ def test_model_float32_reaches_both_half_steps_and_is_off_by_default():
     from cfspark.data.read import Columns
 
     columns = Columns("u", "i", "r")
-    on = estimator_from_config(load_config(None, ["model.float32=true"]), columns).fit_settings()
-    off = estimator_from_config(load_config(None, []), columns).fit_settings()
+    # λ_b fixed: "auto" (the default) is estimated from the ratings before a half-step is set up.
+    on = estimator_from_config(load_config(None, ["model.float32=true", "model.bias_reg=5"]), columns).fit_settings()
+    off = estimator_from_config(load_config(None, ["model.bias_reg=5"]), columns).fit_settings()
     assert on.float32 and [on.step_config(s).float32 for s in ("user", "item")] == [True, True]
     assert not off.float32 and [off.step_config(s).float32 for s in ("user", "item")] == [False, False]
     assert on.step_config("user", reg=0.3).float32  # the λ search's configs too

@@ -3,11 +3,13 @@ and a user with no ratings (Eve) predicted at the item means."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from chispa import assert_df_equality
 
 from cfspark import COURSE_PARAMS, CollaborativeFilter
 from cfspark.data.normalise import item_means, normalise
+from cfspark.kernels.priors import prior_from_rows
 
 USERS = ["Alice", "Bob", "Carol", "Dave", "Eve"]
 TABLE = {  # movie: ratings by Alice, Bob, Carol, Dave, Eve (None = not rated)
@@ -100,6 +102,12 @@ def test_with_the_defaults_eve_gets_each_items_shrunk_mean_plus_its_learned_bias
     mean = {r.item: r.item_mean for r in model.item_stats.collect()}
     bias = {r.item: r.bias for r in model.item_factors.collect()}
     assert got == pytest.approx({m: mean[m] + bias[m] for m in TABLE}, rel=1e-12)
-    assert mean["Love at last"] == pytest.approx((10 + 20 * 33 / 16) / (4 + 20), rel=1e-12)  # mean_prior = 20
+    # m, estimated: the five items' means differ by less than their 0-or-5 ratings' noise
+    # explains, so the prior count reaches its cap, all 16 ratings (kernels/priors.py).
+    rows = course_rows()
+    index = {movie: k for k, movie in enumerate(TABLE)}
+    m = prior_from_rows(np.array([index[i] for _, i, _ in rows]), np.array([r for *_, r in rows]), None, len(TABLE))
+    assert model.summary["mean_prior"] == m == 16
+    assert mean["Love at last"] == pytest.approx((10 + m * 33 / 16) / (4 + m), rel=1e-12)
     assert any(abs(b) > 1e-6 for b in bias.values())
     model.unpersist()

@@ -77,8 +77,8 @@ def test_the_spark_aggregation_equals_numpy(spark):
 def test_ratings_with_no_user_or_item_effect_are_predicted_by_the_global_mean(spark):
     # Every rating is 3 + noise: no user, item or interaction effect. The estimated prior
     # counts ("auto") hold the item means and biases at the grand mean, so the fit predicts as
-    # well as the training mean does; the constants (m = 20, λ_b = 5, the defaults) let each
-    # item and user fit its noise.
+    # well as the training mean does; constants (m = 20, λ_b = 5, the defaults before) let
+    # each item and user fit its noise.
     rng = np.random.default_rng(11)
     users, items, n = 400, 300, 16_000
     pairs = rng.choice(users * items, n, replace=False)
@@ -95,12 +95,12 @@ def test_ratings_with_no_user_or_item_effect_are_predicted_by_the_global_mean(sp
         model.unpersist()
         return float(np.sqrt(np.mean((got.rating - got.prediction) ** 2))), model
 
-    estimated, model = test_rmse(biasReg="auto", meanPrior="auto")
+    estimated, model = test_rmse()  # the defaults: both "auto"
     per_item, per_user = len(train) / items, len(train) / users
     assert model.summary["mean_prior"] >= 5 * per_item  # an item keeps under a sixth of its mean's noise
     assert model.getBiasReg() >= 5 * per_user  # the fitted model carries the number
     assert estimated <= constant * 1.002
-    fixed, _ = test_rmse()
+    fixed, _ = test_rmse(biasReg=5.0, meanPrior=20.0)
     assert fixed > constant * 1.01
 
 
