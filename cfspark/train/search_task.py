@@ -15,8 +15,8 @@ the next point takes the hashed init), a point whose factor term still grows has
 every collapsed point (one model, the biases alone) takes the first one's score.
 
 Under biasReg = "auto" (mse) λ_b is estimated twice: from y − μ_i before the first point,
-then from what the chosen point's factors leave, and λ is bracketed again at the second, as
-it is again at a rank the rank step cuts to.
+then from what the chosen point's factors leave, and λ is bracketed again at the second
+(from a tol-wide start around the choice), as it is again at a rank the rank step cuts to.
 """
 
 from __future__ import annotations
@@ -189,14 +189,16 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
             best.update(key=(value, math.log(reg)), params=(users, items))
         return value
 
-    def again(params: tuple, reg: float) -> tuple[float, tuple]:
-        """λ bracketed anew around reg, from params, once the model it was chosen for has changed
-        (fewer directions, another λ_b): (the new choice, its params)."""
+    def again(params: tuple, reg: float, start: tuple[float, ...]) -> tuple[float, tuple]:
+        """λ bracketed anew from start around reg, from params, once the model it was chosen
+        for has changed (fewer directions, another λ_b): (the new choice, its params)."""
         fitted.clear()
         fitted[math.log(reg)] = (np.inf, *params)
         best.update(key=(np.inf, np.inf), params=params)
         state.pop("no_factors", None)  # the biases' model is scored afresh too
-        start = (reg, reg / math.sqrt(plan.step))
+        if len(start) == 1:  # reg refitted, not searched
+            score(reg)
+            return reg, best["params"]
         found = bracket_search(score, start=start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
                                resolution=SETTLED)  # fmt: skip
         return found.reg, best["params"]
@@ -208,13 +210,20 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     if plan.bias_prior and params is not None:
         state["bias_reg"] = record["bias_reg"] = bias_prior_after_factors(fit, params, user_cfg.rank)
         record["bias_reg_before"] = chosen["bias_reg"]
-        record["reg"], params = again(params, record["reg"])
+        # λ_b moves the biases, and λ's best barely: the bracket starts a tol wide around the
+        # choice, which stands after three points unless a side beats it. A choice whose factors
+        # collapsed is refitted alone: its neighbours tie with it, and the ties would walk the
+        # bracket down to a λ whose factors only switch on in a fit longer than a point's.
+        reg, half = record["reg"], math.exp(plan.tol_log / 2)
+        start = (reg,) if collapsed(params, init, state["rank"]) else (reg, reg / half, reg * half)
+        record["reg"], params = again(params, reg, start)
     if choose_rank and params is not None:
         began = time.perf_counter()
         params = _rank_step(params, held, user_cfg.rank, user_cfg.loss, record["reg"], point, plan, record)
         if record["rank"] < user_cfg.rank:  # λ again at the kept rank: fewer directions want less shrinkage
             state["rank"] = record["rank"]
-            record["reg"], params = again(params, record["reg"])
+            reg = record["reg"]
+            record["reg"], params = again(params, reg, (reg, reg / math.sqrt(plan.step)))
         record["rank_seconds"] = round(time.perf_counter() - began, 3)
     return record, params
 
