@@ -50,9 +50,10 @@ def test_spread_is_the_rms_of_the_normalised_targets(spark, planted, prior):
     residual = y - np.array([mu[i] for i in items])
     expected = np.sqrt((w * residual**2).sum() / w.sum())
     spread, count = target_spread(settings, _frame(spark, rows, weight=w.tolist()))
-    assert spread == pytest.approx(expected, rel=1e-12) and count == len(rows)
+    # s is rounded to 12 significant digits (fit/targets.py says why): within 5e-12 of exact.
+    assert spread == pytest.approx(expected, rel=1e-11) and count == len(rows)
     scaled, _ = target_spread(settings, _frame(spark, rows, 4.0, 3.0, weight=w.tolist()))
-    assert scaled == pytest.approx(4 * expected, rel=1e-12)
+    assert scaled == pytest.approx(4 * expected, rel=1e-11)
 
 
 def test_ratings_times_a_plus_c_give_predictions_times_a_plus_c_with_the_defaults(spark, planted):
@@ -64,7 +65,7 @@ def test_ratings_times_a_plus_c_give_predictions_times_a_plus_c_with_the_default
     assert [s["iterations"] for s in scaled.summary["reg_path"]] == [s["iterations"] for s in base.summary["reg_path"]]
     np.testing.assert_allclose([s["rmse"] for s in scaled.summary["reg_path"]],
                                [4 * s["rmse"] for s in base.summary["reg_path"]], rtol=1e-9)  # fmt: skip
-    assert scaled.getRegParam() == pytest.approx(4 * base.getRegParam(), rel=1e-12)
+    assert scaled.getRegParam() == pytest.approx(4 * base.getRegParam(), rel=2e-11)  # two roundings of s
 
 
 @pytest.mark.parametrize("blocks", [0, pytest.param(2, marks=pytest.mark.slow)])
@@ -74,10 +75,10 @@ def test_a_fixed_reg_in_spread_units_is_scale_free(spark, planted, blocks):
     base, scaled = cf.fit_validated(_frame(spark, rows)), cf.fit_validated(_frame(spark, rows, 4.0, 3.0))
     p, q = _predictions(base, test), _predictions(scaled, test)
     np.testing.assert_allclose(q, 4 * p + 3, rtol=1e-6)
-    assert scaled.summary["spread"] == pytest.approx(4 * base.summary["spread"], rel=1e-12)
+    assert scaled.summary["spread"] == pytest.approx(4 * base.summary["spread"], rel=2e-11)
     # The model keeps λ in ALS's units: regParam·s.
     assert base.getRegParam() == pytest.approx(0.1 * base.summary["spread"], rel=1e-15)
-    assert scaled.getRegParam() == pytest.approx(4 * base.getRegParam(), rel=1e-12)
+    assert scaled.getRegParam() == pytest.approx(4 * base.getRegParam(), rel=2e-11)  # two roundings of s
     if blocks:
         return  # the contrast below is about units, not the engine: once is enough
     # In ALS's units the same λ on scaled ratings is a different model (the reason for the units).
