@@ -167,6 +167,31 @@ def test_a_flat_side_of_the_bracket_is_not_probed():
     assert len(found.path) < len(bracket_search(curve, start=START, tol=TOL).path)
 
 
+def test_an_end_that_beats_its_neighbour_within_resolution_ends_the_widening():
+    # Falling gently all the way to 30: above the start grid every step of 3 gains under 0.1 %.
+    def curve(reg: float) -> float:
+        return 1.0 + 1e-5 * math.log(reg / 30.0) ** 2
+
+    found = bracket_search(curve, start=START, tol=TOL, resolution=1e-3)
+    full = bracket_search(curve, start=START, tol=TOL)
+    assert found.reg == pytest.approx(0.3) and found.widened == "" and not found.at_limit
+    assert [r for r, _ in found.path] == pytest.approx(list(START))
+    assert full.widened == "up" and full.reg > 10.0  # without a resolution it walks to the floor
+    # What it leaves is within resolution of the floor's score.
+    assert found.score <= full.score * (1 + 1e-3)
+
+
+def test_an_exact_tie_at_an_end_is_a_plateau_and_the_widening_goes_on():
+    # One model (scored 1.0) for every λ from 0.02 up, as collapsed factors are; below it the
+    # score falls to its best at 0.004.
+    def curve(reg: float) -> float:
+        return 1.0 if reg >= 0.02 else 1.0 - 0.05 + 0.02 * math.log(reg / 0.004) ** 2
+
+    found = bracket_search(curve, start=START, tol=TOL, resolution=1e-3)
+    assert found.widened == "down"
+    assert abs(math.log(found.reg / 0.004)) <= TOL
+
+
 def test_with_one_side_flat_refinement_stops_once_the_other_side_is_tol_wide():
     # Flat above 0.1 (within resolution), a parabola below whose probes stay measurably worse
     # for many golden steps: the flat side's width must not keep the search going.

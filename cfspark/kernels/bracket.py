@@ -3,7 +3,10 @@
 It evaluates a start grid, widens past whichever end is best (a factor `step` at a time)
 until the best point has a worse neighbour on both sides, then narrows that bracket by
 golden-section steps in log λ until it is at most `tol` wide (in log λ). A hard range
-[low, high] bounds every call: an end of it that is best ends the widening there.
+[low, high] bounds every call: an end of it that is best ends the widening there. With a
+`resolution`, scores within it of the best are ties: an end of the points that beats its
+neighbour only by a tie also ends the widening, and a side of the bracket that ties is not
+probed.
 
 The scorer is called in the order the search needs the points, so a caller can warm-start
 each fit from the previous one. A score that is None or NaN counts as worse than any number.
@@ -70,6 +73,16 @@ def bracket_search(
     while len(order) < max_calls:
         keys = sorted(points)
         best = min(keys, key=lambda k: (points[k], k))
+        end = keys.index(best) in (0, len(keys) - 1)
+        if end and len(keys) > 1 and resolution > 0:
+            # An end that beats its neighbour by less than resolution is a flat end: on a score
+            # convex in log λ each step beyond it gains less than this one did, so none gains
+            # measurably, and widening would only pay for points that tie. An exact tie is not
+            # flat but one model scored twice (a caller's plateau, such as collapsed factors),
+            # past which the score may still fall: the widening goes on.
+            inner = points[keys[1] if keys.index(best) == 0 else keys[-2]]
+            if points[best] < inner <= points[best] + resolution * abs(points[best]):
+                break
         if keys.index(best) == 0 and best > math.log(low) + 1e-12:
             call(math.exp(best) / step)
             widened += [] if "down" in widened else ["down"]
