@@ -14,7 +14,7 @@ from cfspark.kernels.init import initial_params
 from cfspark.kernels.truncate import principal_factors, truncated_rank
 from cfspark.train.arrow_bodies import moved_squares
 from cfspark.train.one_task import csr_by_row
-from cfspark.train.search_task import SearchPlan, search_arrays
+from cfspark.train.search_task import SETTLED, SearchPlan, search_arrays
 from cfspark.train.step import StepConfig, solve_rows
 
 
@@ -121,9 +121,9 @@ def test_the_half_steps_moves_add_up_to_the_iterations_and_their_rms_bound_it():
 
 
 def test_the_one_task_fit_after_the_search_stops_on_the_settle_bound_even_at_the_end_of_the_range():
-    """The bracket returns exp(log λ), which can differ from the λ it scored in the last bit
-    (here at the bottom of the range, 1e-4); the fit must still find that λ's validation
-    RMSE and stop on the settle bound, not fall back to tol."""
+    """A search that ends at the bottom of its range (here 0.01, where the score still falls
+    measurably) chooses a clamped λ; the fit must still find that λ's validation RMSE among
+    the path's points and stop on the settle bound, not fall back to tol."""
     import pyarrow as pa
 
     from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
@@ -137,12 +137,16 @@ def test_the_one_task_fit_after_the_search_stops_on_the_settle_bound_even_at_the
                       HELD: pa.array(held), USER_KEY: pa.array(u * 7 + 1), ITEM_KEY: pa.array(i * 11 + 3)})  # fmt: skip
     r = y[held == 0]
     s = float(np.sqrt(np.mean((r - r.mean()) ** 2)))
-    plan = SearchPlan(start=(0.3, 0.1, 0.03), unit=s, low=1e-4, high=1e2, step=3.0, tol_log=math.log(1.3),
+    plan = SearchPlan(start=(0.3, 0.1, 0.03), unit=s, low=1e-2, high=1e2, step=3.0, tol_log=math.log(1.3),
                       first_iter=20, point_iter=6, tol=0.002, centre=(20.0, float(r.mean())))  # fmt: skip
     cfg = [StepConfig(side=side, rank=6, loss="mse", reg=1.0, init_scale=0.1 * math.sqrt(s), count_scaled=True,
                       bias_reg=5.0) for side in ("user", "item")]  # fmt: skip
     (batch,) = _search_and_fit_body(*cfg, plan, 20)(iter(table.to_batches()))
     record = json.loads(batch.column(RECORD_COL)[batch.num_rows - 1].as_py())
     assert batch.column(KIND)[batch.num_rows - 1].as_py() == 2
-    assert record["search"]["reg"] == pytest.approx(1e-4) and record["search"]["rank"] == 3
+    found = record["search"]
+    assert found["reg"] == pytest.approx(1e-2) and found["at_limit"]
+    # 0.01 beats 0.03 by more than the search resolves: an end of the range, not a flat end.
+    scores = {p["reg"]: p["rmse"] for p in found["path"] if p["rank"] == found["rank"]}
+    assert scores[found["reg"]] < scores[0.03] * (1 - SETTLED)
     assert record["stop"].startswith("settled"), record["stop"]
