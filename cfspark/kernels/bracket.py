@@ -73,24 +73,24 @@ def bracket_search(
     while len(order) < max_calls:
         keys = sorted(points)
         best = min(keys, key=lambda k: (points[k], k))
-        end = keys.index(best) in (0, len(keys) - 1)
-        if end and len(keys) > 1 and resolution > 0:
+        i = keys.index(best)
+        if i in (0, len(keys) - 1) and len(keys) > 1 and resolution > 0:
             # An end that beats its neighbour by less than resolution is a flat end: on a score
             # convex in log λ each step beyond it gains less than this one did, so none gains
             # measurably, and widening would only pay for points that tie. An exact tie is not
             # flat but one model scored twice (a caller's plateau, such as collapsed factors),
             # past which the score may still fall: the widening goes on.
-            inner = points[keys[1] if keys.index(best) == 0 else keys[-2]]
+            inner = points[keys[1] if i == 0 else keys[-2]]
             if points[best] < inner <= points[best] + resolution * abs(points[best]):
                 break
-        if keys.index(best) == 0 and best > math.log(low) + 1e-12:
+        if i == 0 and best > math.log(low) + 1e-12:
             call(math.exp(best) / step)
             widened += [] if "down" in widened else ["down"]
-        elif keys.index(best) == len(keys) - 1 and best < math.log(high) - 1e-12:
+        elif i == len(keys) - 1 and best < math.log(high) - 1e-12:
             call(math.exp(best) * step)
             widened += [] if "up" in widened else ["up"]
         else:
-            at_limit = keys.index(best) in (0, len(keys) - 1)
+            at_limit = i in (0, len(keys) - 1)
             break
     if not at_limit:
         _refine(points, call, tol=tol, resolution=resolution, calls_left=lambda: len(order) < max_calls)
