@@ -74,7 +74,8 @@ def test_auto_reg_brackets_its_choice_and_adapts_to_low_noise_data(runs):
     assert [step["reg"] for step in path[:3]] == list(START)  # the start grid, strong to weak
     # The search brackets λ at its first estimate of λ_b, then again at the one its factors give.
     first = [step for step in path if step["bias_reg"] == search["bias_reg_before"]]
-    final = [step for step in path if step["bias_reg"] == search["bias_reg"] == clean["bias_reg"]]
+    final = [step for step in path if step["bias_reg"] == search["bias_reg"] == clean["bias_reg"]
+             and step["rank"] == search["rank"]]  # fmt: skip
     assert path[0] in first and path[-1] in final and search["bias_reg"] < search["bias_reg_before"]
     best = min(final, key=lambda step: step["rmse"])
     assert search["reg"] == best["reg"] and search["units"] == "spread" and search["sample_fraction"] == 1.0

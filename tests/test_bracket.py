@@ -62,8 +62,9 @@ def test_search_brackets_past_the_start_grid_and_ends_within_a_step(best, skew, 
     assert curve(regs[i - 1]) > found.score < curve(regs[i + 1])
 
 
+@pytest.mark.parametrize("resolution", [0.0, 1e-3])
 @pytest.mark.parametrize(("best", "end"), [(1e-7, 1e-3), (1e5, 10.0)])
-def test_search_never_calls_outside_its_hard_range(best, end):
+def test_search_never_calls_outside_its_hard_range(best, end, resolution):
     low, high = (1e-3, 10.0)
     calls: list[float] = []
     curve = _curve(best)
@@ -72,7 +73,7 @@ def test_search_never_calls_outside_its_hard_range(best, end):
         calls.append(reg)
         return curve(reg)
 
-    found = bracket_search(score, start=START, low=low, high=high)
+    found = bracket_search(score, start=START, low=low, high=high, resolution=resolution)
     assert all(low <= reg <= high for reg in calls)
     assert found.at_limit and found.reg == pytest.approx(end)
 
@@ -167,18 +168,22 @@ def test_a_flat_side_of_the_bracket_is_not_probed():
     assert len(found.path) < len(bracket_search(curve, start=START, tol=TOL).path)
 
 
-def test_an_end_that_beats_its_neighbour_within_resolution_ends_the_widening():
-    # Falling gently all the way to 30: above the start grid every step of 3 gains under 0.1 %.
+def test_a_start_a_tol_wide_whose_end_gains_too_little_for_a_step_ends_the_widening():
+    # Falling gently all the way to 30; a start a tenth of a step wide around 0.3 (as a second
+    # bracket's is): a step of 3 past its top end gains under 0.1 %.
     def curve(reg: float) -> float:
         return 1.0 + 1e-5 * math.log(reg / 30.0) ** 2
 
-    found = bracket_search(curve, start=START, tol=TOL, resolution=1e-3)
-    full = bracket_search(curve, start=START, tol=TOL)
-    assert found.reg == pytest.approx(0.3) and found.widened == "" and not found.at_limit
-    assert [r for r, _ in found.path] == pytest.approx(list(START))
+    start = (0.3, 0.3 / math.sqrt(1.25), 0.3 * math.sqrt(1.25))
+    found = bracket_search(curve, start=start, tol=TOL, resolution=1e-3)
+    full = bracket_search(curve, start=start, tol=TOL)
+    assert found.reg == pytest.approx(start[2]) and found.widened == "" and not found.at_limit
+    assert [r for r, _ in found.path] == pytest.approx(list(start))
     assert full.widened == "up" and full.reg > 10.0  # without a resolution it walks to the floor
     # What it leaves is within resolution of the floor's score.
     assert found.score <= full.score * (1 + 1e-3)
+    # From the start grid, a step apart, the same curve is widened as before: the end is not placed.
+    assert bracket_search(curve, start=START, tol=TOL, resolution=1e-3).widened == "up"
 
 
 def test_an_exact_tie_at_an_end_is_a_plateau_and_the_widening_goes_on():
@@ -190,6 +195,33 @@ def test_an_exact_tie_at_an_end_is_a_plateau_and_the_widening_goes_on():
     found = bracket_search(curve, start=START, tol=TOL, resolution=1e-3)
     assert found.widened == "down"
     assert abs(math.log(found.reg / 0.004)) <= TOL
+
+
+def test_a_small_gain_just_past_a_plateau_is_not_a_flat_end():
+    # Collapsed factors: one score for every λ from 0.02 up. Just below, the factors barely
+    # switch on (0.05 % better at 0.01); further down the score falls to 0.95 at 0.002.
+    def curve(reg: float) -> float:
+        if reg >= 0.02:
+            return 1.0
+        return 0.95 + 0.0495 * min(1.0, (math.log(reg / 0.002) / math.log(5.0)) ** 2)
+
+    found = bracket_search(curve, start=(0.3, 0.1, 0.03), tol=TOL, resolution=1e-3)
+    assert curve(0.01) == pytest.approx(0.9995)
+    assert found.widened == "down" and abs(math.log(found.reg / 0.002)) <= TOL
+
+
+def test_a_gain_over_a_narrow_gap_counts_at_the_widening_steps_width():
+    # A start a tenth of a step wide (as a second bracket's is) around 0.9, on a parabola in
+    # log λ with its floor at 0.05: the 0.06 % gain across the narrow gap is a fall of about
+    # 0.6 % over one widening step, not a flat end.
+    def curve(reg: float) -> float:
+        return 1.0 + 0.001 * math.log(reg / 0.05) ** 2
+
+    half = math.exp(math.log(1.25) / 2)
+    start = (0.9, 0.9 / half, 0.9 * half)
+    assert curve(start[0]) - curve(start[1]) < 1e-3 * curve(start[1])
+    found = bracket_search(curve, start=start, tol=TOL, resolution=1e-3)
+    assert found.widened == "down" and found.score <= 1.0 + 1e-3
 
 
 def test_with_one_side_flat_refinement_stops_once_the_other_side_is_tol_wide():

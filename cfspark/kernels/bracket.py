@@ -3,10 +3,14 @@
 It evaluates a start grid, widens past whichever end is best (a factor `step` at a time)
 until the best point has a worse neighbour on both sides, then narrows that bracket by
 golden-section steps in log λ until it is at most `tol` wide (in log λ). A hard range
-[low, high] bounds every call: an end of it that is best ends the widening there. With a
-`resolution`, scores within it of the best are ties: an end of the points that beats its
-neighbour only by a tie also ends the widening, and a side of the bracket that ties is not
-probed.
+[low, high] bounds every call: an end of it that is best ends the widening there.
+
+With a `resolution` (relative to the best score), differences within it are below what the
+caller's points resolve. An end of the points at most `tol` from its neighbour, that the
+score falls into but whose next step could gain no more than that, is a flat end and also
+ends the widening (it arises where a start is narrower than a step, as when a caller
+brackets again around an earlier choice); a side of the bracket whose end scores within it
+of the best is not probed.
 
 The scorer is called in the order the search needs the points, so a caller can warm-start
 each fit from the previous one. A score that is None or NaN counts as worse than any number.
@@ -50,7 +54,8 @@ def bracket_search(
     """Minimise score(λ) over λ in [low, high]: widen until bracketed, then golden-section to tol.
 
     start is evaluated in the order given (strong to weak λ suits warm starts); step > 1 is
-    the widening factor; tol is the final bracket's width in log λ; max_calls caps the calls.
+    the widening factor; tol is the final bracket's width in log λ; max_calls caps the calls;
+    resolution (0: none) is the relative score difference the caller's points resolve.
     """
     if step <= 1.0 or not 0 < low < high or tol <= 0:
         raise ValueError(f"bracket_search needs step > 1, 0 < low < high and tol > 0, got {step}, {low}, {high}, {tol}")
@@ -74,19 +79,14 @@ def bracket_search(
         keys = sorted(points)
         best = min(keys, key=lambda k: (points[k], k))
         i = keys.index(best)
-        if i in (0, len(keys) - 1) and len(keys) > 1 and resolution > 0:
-            # An end that beats its neighbour by less than resolution is a flat end: on a score
-            # convex in log λ each step beyond it gains less than this one did, so none gains
-            # measurably, and widening would only pay for points that tie. An exact tie is not
-            # flat but one model scored twice (a caller's plateau, such as collapsed factors),
-            # past which the score may still fall: the widening goes on.
-            inner = points[keys[1] if i == 0 else keys[-2]]
-            if points[best] < inner <= points[best] + resolution * abs(points[best]):
-                break
         if i == 0 and best > math.log(low) + 1e-12:
+            if _flat_end(points, keys[:3], step, resolution, tol):
+                break
             call(math.exp(best) / step)
             widened += [] if "down" in widened else ["down"]
         elif i == len(keys) - 1 and best < math.log(high) - 1e-12:
+            if _flat_end(points, keys[::-1][:3], step, resolution, tol):
+                break
             call(math.exp(best) * step)
             widened += [] if "up" in widened else ["up"]
         else:
@@ -96,6 +96,26 @@ def bracket_search(
         _refine(points, call, tol=tol, resolution=resolution, calls_left=lambda: len(order) < max_calls)
     best = min(points, key=lambda k: (points[k], k))
     return Bracketed(scored[best], points[best], order, ",".join(widened), at_limit)
+
+
+def _flat_end(points: dict[float, float], last: list[float], step: float, resolution: float, tol: float) -> bool:
+    """Whether the best point, last[0], is a flat end of the points: its inner neighbour is at
+    most tol away (in log λ), the score falls strictly through last (the end and its two
+    nearest neighbours), and the fall into the end, taken over one more widening step at its
+    slope, gains at most resolution.
+
+    On a score convex in log λ the slope only flattens towards the minimum, so no step past
+    a flat end gains measurably, and the side towards the inner neighbour is as narrow as
+    refinement leaves a bracket with one flat side: the end is placed. An exact tie between
+    the neighbours is one model scored twice (a caller's plateau, such as collapsed factors),
+    past which the score may still fall steeply: the widening goes on."""
+    if resolution <= 0 or len(last) < 3:
+        return False
+    gap = abs(last[1] - last[0])
+    end, inner, beyond = (points[k] for k in last)
+    if gap > tol + 1e-12 or not end < inner < beyond:
+        return False
+    return (inner - end) * math.log(step) / gap <= resolution * abs(end)
 
 
 def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: float, resolution: float,
