@@ -106,9 +106,8 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats
     total, g = row[0], row[1] / row[0]
     # To 12 significant digits: under meanPrior = "auto" the item sums are cached for two
     # aggregations, and the total over a cached table's partitions adds them in the order a
-    # cluster fetches them, so s moved in its last bits between runs of one command; through
-    # λ in ALS's units it changed a checkpoint's fingerprint, and the resumed run of
-    # tests/test_cluster.py started afresh.
+    # cluster fetches them, so its last bits vary between runs of one command. Through λ in
+    # ALS's units s enters a checkpoint's fingerprint, which a resumed run must match.
     spread = float(f"{math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total)):.12g}")
     # Constant ratings have no spread to scale by: 1.
     return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g, int(row[6]), float(m))
