@@ -174,7 +174,8 @@ def test_a_start_a_tol_wide_whose_end_gains_too_little_for_a_step_ends_the_widen
     def curve(reg: float) -> float:
         return 1.0 + 1e-5 * math.log(reg / 30.0) ** 2
 
-    start = (0.3, 0.3 / math.sqrt(1.25), 0.3 * math.sqrt(1.25))
+    half = math.exp(TOL / 2)  # the search's second bracket starts a tol wide (train/search_task.py)
+    start = (0.3, 0.3 / half, 0.3 * half)
     found = bracket_search(curve, start=start, tol=TOL, resolution=1e-3)
     full = bracket_search(curve, start=start, tol=TOL)
     assert found.reg == pytest.approx(start[2]) and found.widened == "" and not found.at_limit
@@ -217,7 +218,7 @@ def test_a_gain_over_a_narrow_gap_counts_at_the_widening_steps_width():
     def curve(reg: float) -> float:
         return 1.0 + 0.001 * math.log(reg / 0.05) ** 2
 
-    half = math.exp(math.log(1.25) / 2)
+    half = math.exp(TOL / 2)
     start = (0.9, 0.9 / half, 0.9 * half)
     assert curve(start[0]) - curve(start[1]) < 1e-3 * curve(start[1])
     found = bracket_search(curve, start=start, tol=TOL, resolution=1e-3)
