@@ -518,3 +518,36 @@ def test_only_the_target_columns_that_can_hold_values_cross_to_the_chunking(spar
 
     assert packed(prepared.carries) == packed(("offset", "weight"))
     prepared.item_stats.unpersist()
+
+
+def test_prepare_takes_the_item_means_from_the_sums_target_stats_kept_and_a_fit_releases_them(
+    spark, planted, monkeypatch
+):
+    """The item sums target_stats keeps (keep_sums) give prepare() the item means it finds from
+    the ratings; sums it is given are the ones it uses (sums of ratings + 1 shift each μ_i by
+    Σa / (Σa + m)); and a fit keeps them only while it runs."""
+    from cfspark.fit import paths
+    from cfspark.fit.targets import target_stats
+
+    df = spark.createDataFrame(planted.rows(), "user long, item long, rating double").cache()
+    settings = CollaborativeFilter(meanPrior=4.0).fit_settings()
+    stats = target_stats(settings, df, keep_sums=True)
+    assert stats.item_sums.is_cached and target_stats(settings, df).item_sums is None
+    fresh, kept = prepare(settings, df, stats.global_mean), prepare(settings, df, stats.global_mean, stats.item_sums)
+    means = {r.item: (r.item_mean, r.ratings) for r in fresh.item_stats.collect()}
+    assert {r.item: (r.item_mean, r.ratings) for r in kept.item_stats.collect()} == means
+    shifted_sums = target_stats(settings, df.withColumn("rating", F.col("rating") + 1.0), keep_sums=True).item_sums
+    shifted = prepare(settings, df, stats.global_mean, shifted_sums)
+    for r in shifted.item_stats.collect():
+        mean, n = means[r.item]
+        assert r.item_mean == pytest.approx(mean + n / (n + 4.0), rel=1e-12)
+    for table in (fresh.item_stats, kept.item_stats, shifted.item_stats, stats.item_sums, shifted_sums):
+        table.unpersist()
+
+    seen = []
+    real = paths.target_stats
+    monkeypatch.setattr(paths, "target_stats", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    CollaborativeFilter(meanPrior=4.0, regParam=0.1, maxIter=2).fit(df)
+    assert len(seen) == 1 and seen[0].item_sums is not None
+    assert not seen[0].item_sums.is_cached and seen[0].item_sums.storageLevel.useMemory is False
+    df.unpersist()

@@ -54,14 +54,16 @@ def setup(
     *,
     num_ratings: int | None = None,
     global_mean: float | None = None,
+    item_sums: DataFrame | None = None,
 ) -> tuple[Blocks, DataFrame, float]:
     """What training reads, built once: the blocks, the item table and the global baseline.
 
     num_ratings, the training ratings' count if already known, sizes blocks left to the data;
-    global_mean (mse), their weighted mean if already known, saves computing it."""
+    global_mean (mse), their weighted mean, and item_sums, their item sums (TargetStats.item_sums),
+    if already known, save a pass over them each."""
     spark = train_ratings.sparkSession
     with phase(spark, "prepare"):
-        prepared = prepare(settings, train_ratings, global_mean)
+        prepared = prepare(settings, train_ratings, global_mean, item_sums)
         num_ratings = num_ratings if num_ratings is not None else prepared.num_ratings
         users, items = settings.numUserBlocks, settings.numItemBlocks
         if 0 in (users, items) and num_ratings is None:
@@ -114,18 +116,20 @@ def fit_blockwise(
     began: float,
     num_ratings: int | None,
     global_mean: float | None = None,
+    item_sums: DataFrame | None = None,
     on_iteration: Callable[[FitRecord], dict] | None = None,
     settle: float | None = None,
     resolve: Callable[[], tuple[FitSettings, float | None]] | None = None,
 ) -> FitRecord:
     """The distributed fit, checkpointed every checkpointInterval iterations when checkpointDir is set;
     settle, if given (with num_ratings), stops it on the predictions' move instead of tol (train.train);
-    global_mean (mse), the ratings' weighted mean if already known, saves computing it. resolve, if
+    global_mean (mse), the ratings' weighted mean, and item_sums, their item sums, if already known,
+    save a pass over them each (setup). resolve, if
     given, is called once the blocks are built and gives the settings and settle the fit trains
     with: the automatic λ search runs beside the setup, which neither λ nor the rank shapes (fit/paths.py)."""
     checkpointer = None if resolve is not None else _checkpointer(settings, train_ratings)
     blocks, stats, global_baseline = setup(settings, train_ratings, num_ratings=num_ratings,
-                                           global_mean=global_mean)  # fmt: skip
+                                           global_mean=global_mean, item_sums=item_sums)  # fmt: skip
     if resolve is not None:
         settings, settle = resolve()
         checkpointer = _checkpointer(settings, train_ratings)

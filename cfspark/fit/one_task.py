@@ -41,12 +41,13 @@ def fit_in_one_task(
     began: float,
     on_iteration: Callable[[FitRecord], dict] | None = None,
     global_mean: float | None = None,
+    item_sums: DataFrame | None = None,
 ) -> FitRecord:
     """The whole fit in one task; began is when the fit started, so setup is counted;
-    global_mean (mse), the ratings' weighted mean if already known."""
+    global_mean (mse), the ratings' weighted mean, and item_sums, their item sums, if already known."""
     spark = train_ratings.sparkSession
     with phase(spark, "prepare"):
-        prepared = prepare(settings, train_ratings, global_mean)
+        prepared = prepare(settings, train_ratings, global_mean, item_sums)
         settings = resolve_bias_reg(settings, train_ratings, prepared.item_stats)
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(

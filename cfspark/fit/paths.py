@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 from pyspark.sql import DataFrame
 
@@ -45,15 +46,34 @@ def fit_ratings(
     global_mean (mse), the ratings' weighted mean. settle, if given, replaces tol in a
     blockwise fit: it stops once an iteration moves the predictions by at most settle (RMS).
     """
+    with ExitStack() as fit_scope:  # what the fit caches for its own paths, released as it returns
+        return _fit_ratings(settings, train_ratings, on_iteration, fit_scope, num_ratings=num_ratings,
+                            global_mean=global_mean, settle=settle)  # fmt: skip
+
+
+def _fit_ratings(
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    on_iteration: Callable[[FitRecord], dict] | None,
+    fit_scope: ExitStack,
+    *,
+    num_ratings: int | None,
+    global_mean: float | None,
+    settle: float | None,
+) -> FitRecord:
+    """fit_ratings' paths; fit_scope releases the item sums that target_stats keeps for prepare()."""
     if settings.loss == "bce":
         settings = resolve_bias_reg(settings, train_ratings)
     if settings.loss == "bce" and settings.exposure:
         return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
-    spread = num_items = None
+    spread = num_items = sums = None
     began = time.perf_counter()
     estimated = AUTO in (settings.meanPrior, settings.biasReg)
     if settings.loss == "mse" and (settings.regUnits == "spread" or settings.regParam == AUTO or estimated):
-        stats = target_stats(settings, train_ratings)  # one aggregation: s, the count and g (m, estimated, one more)
+        # One aggregation: s, the count and g (m, estimated, one more); its item sums stay for prepare().
+        stats = target_stats(settings, train_ratings, keep_sums=True)
+        sums = stats.item_sums
+        fit_scope.callback(sums.unpersist)
         num_ratings, global_mean, num_items = stats.count, stats.global_mean, stats.items
         spread = stats.spread if settings.regUnits == "spread" else None
         if settings.meanPrior == AUTO:
@@ -106,7 +126,7 @@ def fit_ratings(
             with ThreadPoolExecutor(max_workers=1) as pool:
                 searching = pool.submit(run_search, settings.initialModel is None)
                 record = fit_blockwise(settings, train_ratings, began=time.perf_counter(), num_ratings=num_ratings,
-                                       global_mean=global_mean, on_iteration=on_iteration,
+                                       global_mean=global_mean, item_sums=sums, on_iteration=on_iteration,
                                        resolve=lambda: chosen_settings(*searching.result()))  # fmt: skip
         reg, search = found["reg"], found["search"]
         record.summary["reg_path"] = search.pop("path")
@@ -121,10 +141,11 @@ def fit_ratings(
         num_ratings = train_ratings.count()
     if runs_in_one_task(settings, num_ratings):
         record = fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration,
-                                 global_mean=global_mean)  # fmt: skip
+                                 global_mean=global_mean, item_sums=sums)  # fmt: skip
     else:
         record = fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings,
-                               global_mean=global_mean, on_iteration=on_iteration, settle=settle)  # fmt: skip
+                               global_mean=global_mean, item_sums=sums, on_iteration=on_iteration,
+                               settle=settle)  # fmt: skip
     if spread is not None:
         record.summary["spread"] = spread
     if settings.loss == "mse":

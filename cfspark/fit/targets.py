@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -70,6 +70,9 @@ class TargetStats:
     global_mean: float
     items: int = 0  # the number of items rated
     mean_prior: float = 0.0  # m, the item means' prior count the spread was taken with (meanPrior, resolved)
+    # item_sums' table, cached, under target_stats(keep_sums=True): prepare() takes its item means
+    # from it rather than from a second pass over the ratings. The caller unpersists it.
+    item_sums: DataFrame | None = field(default=None, compare=False, repr=False)
 
 
 def target_spread(settings: FitSettings, train_ratings: DataFrame) -> tuple[float, int | None]:
@@ -80,17 +83,19 @@ def target_spread(settings: FitSettings, train_ratings: DataFrame) -> tuple[floa
     return stats.spread, stats.count
 
 
-def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats:
+def target_stats(settings: FitSettings, train_ratings: DataFrame, *, keep_sums: bool = False) -> TargetStats:
     """s, the count, g and the item means' prior count m of mse ratings (m estimated here
     under meanPrior = "auto", kernels/priors.py): s is the root mean square of the mse targets y − μ_i that
     prepare() makes (weighted as the loss is), 1 for bce, whose labels have no scale (and
     whose count is then not taken: None). One aggregation over the item sums:
     with A, S, Q an item's Σa, Σa·y, Σa·y² and μ_i = p + q·g (p = S/(A+m), q = m/(A+m)),
-    Σa(y − μ_i)² = Q − 2μ_i S + μ_i² A is a quadratic in the global mean g."""
+    Σa(y − μ_i)² = Q − 2μ_i S + μ_i² A is a quadratic in the global mean g.
+    keep_sums: the item sums stay cached, in TargetStats.item_sums, for the fit's prepare()."""
     sums = item_sums(train_ratings)
     m = settings.meanPrior
-    if m == AUTO:  # the items' sums feed two aggregations: kept, not recomputed
+    if m == AUTO or keep_sums:  # the items' sums feed more than one aggregation: kept, not recomputed
         sums = sums.cache()
+    if m == AUTO:
         m = prior_of(sums, A_SUM, AY_SUM, AYY_SUM)
     A, S, Q = F.col(A_SUM), F.col(AY_SUM), F.col(AYY_SUM)  # the docstring's sums
     p, q = S / (A + m), F.lit(m) / (A + m)
@@ -102,7 +107,8 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats
         F.sum(A), F.sum(S), F.sum(Q - 2 * p * S + p * p * A), F.sum(-2 * q * S + 2 * p * q * A),
         F.sum(q * q * A), F.sum(ITEM_RATINGS), F.count(F.lit(1)),
     ).first()  # fmt: skip
-    sums.unpersist()
+    if not keep_sums:
+        sums.unpersist()
     total, g = row[0], row[1] / row[0]
     # To 12 significant digits: under meanPrior = "auto" the item sums are cached for two
     # aggregations, and the total over a cached table's partitions adds them in the order a
@@ -110,21 +116,24 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame) -> TargetStats
     # ALS's units s enters a checkpoint's fingerprint, which a resumed run must match.
     spread = float(f"{math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total)):.12g}")
     # Constant ratings have no spread to scale by: 1.
-    return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g, int(row[6]), float(m))
+    kept = sums if keep_sums else None
+    return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g, int(row[6]), float(m), item_sums=kept)
 
 
 def _item_means(
-    settings: FitSettings, train_ratings: DataFrame, global_mean: float | None
+    settings: FitSettings, train_ratings: DataFrame, global_mean: float | None, sums: DataFrame | None
 ) -> tuple[DataFrame, float, tuple[int, int]]:
     """item_means' table, cached and computed, the global mean g and (the number of items,
-    the number of ratings). The counts come off the item table's own pass. g, when not
+    the number of ratings), from sums (item_sums' table of train_ratings) when given, else
+    from a pass over the ratings. The counts come off the item table's own pass. g, when not
     given, is summed over the ratings' partitions rather than over the item table's: a sum
     over shuffle partitions changes in its last bits with spark.sql.shuffle.partitions,
     and the model would change with it."""
     if global_mean is None:
         a = row_weight(train_ratings)
         global_mean = float(train_ratings.agg(F.sum(a * F.col(RATING)) / F.sum(a)).first()[0])
-    sums, prior = item_sums(train_ratings), settings.meanPrior
+    sums = item_sums(train_ratings) if sums is None else sums
+    prior = settings.meanPrior
     if prior == AUTO:  # unresolved only where prepare() is called apart from a fit (fit_ratings resolves it)
         prior = prior_of(sums, A_SUM, AY_SUM, AYY_SUM)
     stats = means_of(sums, prior=prior, global_mean=global_mean).cache()
@@ -133,12 +142,18 @@ def _item_means(
     return stats, global_mean, (int(row[0]), int(row[1] or 0))
 
 
-def prepare(settings: FitSettings, train_ratings: DataFrame, global_mean: float | None = None) -> Targets:
+def prepare(
+    settings: FitSettings,
+    train_ratings: DataFrame,
+    global_mean: float | None = None,
+    sums: DataFrame | None = None,
+) -> Targets:
     """The targets and baselines of train_ratings (user, item, rating[, weight]) for settings' loss;
-    global_mean, the ratings' weighted mean (mse) if already known, saves computing it."""
+    global_mean, the ratings' weighted mean (mse) if already known, saves computing it, and
+    sums, their item sums if already kept (TargetStats.item_sums, mse), a pass over them."""
     weight = row_weight(train_ratings) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
     if settings.loss == "mse":
-        stats, glob, (items, count) = _item_means(settings, train_ratings, global_mean)
+        stats, glob, (items, count) = _item_means(settings, train_ratings, global_mean, sums)
         no_offset = F.lit(None).cast("double").alias(OFFSET)
         targets = normalise(train_ratings, stats, broadcast=items <= BROADCAST_ITEMS).select(
             USER, ITEM, F.col(NORMALISED).alias(TARGET), no_offset, weight.alias(WEIGHT)
