@@ -551,3 +551,56 @@ def test_prepare_takes_the_item_means_from_the_sums_target_stats_kept_and_a_fit_
     assert len(seen) == 1 and seen[0].item_sums is not None
     assert not seen[0].item_sums.is_cached and seen[0].item_sums.storageLevel.useMemory is False
     df.unpersist()
+
+
+def test_users_none_of_whom_can_be_heavy_are_hashed_without_counting_and_heavy_ones_are_counted_and_placed(
+    spark, monkeypatch
+):
+    """Integer user ids cut by hashed block: when the chunks' sizes bound every user under the
+    heavy threshold, hashing places them all, as counting them would (no count is taken);
+    users skewed past it are counted and the heaviest placed by load."""
+    from cfspark.blocks import build
+
+    settings = CollaborativeFilter(rank=2, numUserBlocks=4, numItemBlocks=2).fit_settings()
+    # 20,000 users of 5 ratings: the threshold is 25 ratings (0.1 % of a block's 25,000).
+    light = spark.range(100_000).select(
+        (F.col("id") % 20_000).alias("user"), F.pmod(F.hash("id"), F.lit(500)).cast("long").alias("item"),
+        (F.pmod(F.hash("id", F.lit(1)), F.lit(5)) + 1).cast("double").alias("rating"),
+    ).cache()  # fmt: skip
+    real_counted = build._counted
+    monkeypatch.setattr(build, "_counted", lambda *a: pytest.fail("counted users that cannot be heavy"))
+    blocks, stats, _ = setup(settings, light)
+    users = blocks.user_side.placement
+    per_user = entity_counts(light, "user")
+    (counted,) = placement.place_sides([(per_user, "user", 4)], total=light.count(), max_block_ratings=10**7)
+    assert len(users.heavy) == 0 and len(counted.heavy) == 0
+    np.testing.assert_array_equal(users.loads, counted.loads)
+    assert users.heaviest >= counted.heaviest  # a bound, from the chunks
+    blocks.unpersist(), stats.unpersist(), light.unpersist()
+
+    # The planted items' popularity skew, given to the users instead.
+    p = planted_ratings(n_users=400, n_items=300, rank=2, density=0.03, noise=0.5, seed=1, popularity_sd=1.5)
+    heavy = spark.createDataFrame(p.rows(), "item long, user long, rating double").cache()
+    monkeypatch.setattr(build, "_counted", real_counted)
+    blocks, stats, _ = setup(settings, heavy)
+    users = blocks.user_side.placement
+    (counted,) = placement.place_sides([(entity_counts(heavy, "user"), "user", 4)], total=heavy.count(),
+                                       max_block_ratings=10**7)  # fmt: skip
+    assert len(users.heavy) > 0
+    np.testing.assert_array_equal(users.heavy, counted.heavy)
+    np.testing.assert_array_equal(users.loads, counted.loads)
+    loads = {r.block: int(np.frombuffer(r.row_ptr, dtype=np.int64)[-1]) for r in blocks.users.collect()}
+    assert [loads[b] for b in range(4)] == list(users.loads)
+    blocks.unpersist(), stats.unpersist(), heavy.unpersist()
+
+
+def test_hashed_placement_stands_only_where_no_entity_can_be_heavy_and_no_block_is_over_the_limit():
+    loads, total = np.array([500, 520, 480, 500]), 2000
+    threshold = placement.heavy_threshold(total, 4)
+    under = np.full(4, int(threshold))
+    p = placement.hashed_placement("user", loads, under, total=total, max_block_ratings=520)
+    assert p is not None and len(p.heavy) == 0 and p.heaviest == int(threshold)
+    np.testing.assert_array_equal(p.loads, loads)
+    np.testing.assert_array_equal(p.hashed_loads, loads)
+    assert placement.hashed_placement("user", loads, under + [0, 0, 1, 0], total=total, max_block_ratings=520) is None
+    assert placement.hashed_placement("user", loads, under, total=total, max_block_ratings=519) is None

@@ -47,6 +47,7 @@ from cfspark.blocks.placement import (
     entity_counts,
     hashed_block,
     hashed_ids,
+    hashed_placement,
     id_value,
     place_sides,
 )
@@ -291,6 +292,18 @@ def _counted(chunks: DataFrame, side: int, id_col: str, dtype: T.DataType) -> Da
     return per_value.select(F.col(VALUE).cast(dtype).alias(id_col), VALUE, RATINGS, F.lit(False).alias(COLLIDED))
 
 
+def _placed_by_hashing(chunks: DataFrame, side: int, id_col: str, num_blocks: int, total: int,
+                       max_block_ratings: int) -> Placement | None:  # fmt: skip
+    """hashed_placement of one side cut by its hashed blocks, from the chunks' sizes alone (one
+    small job that no Python task runs): None when the entities must be counted."""
+    mine = chunks.filter(F.col("side") == side).groupBy(BLOCK)
+    rows = mine.agg(F.sum("ratings").alias("load"), F.sum("most").alias("bound")).collect()
+    loads, bounds = np.zeros(num_blocks, np.int64), np.zeros(num_blocks, np.int64)
+    for row in rows:
+        loads[row[BLOCK]], bounds[row[BLOCK]] = row["load"], row["bound"]
+    return hashed_placement(id_col, loads, bounds, total=total, max_block_ratings=max_block_ratings)
+
+
 def build_blocks(
     targets: DataFrame,
     baseline: DataFrame,
@@ -316,8 +329,9 @@ def build_blocks(
 
     The ratings cross to Python once. The items are placed first, from baseline's counts,
     and the ratings are cut into chunks with each item in its placed block. Integer user ids
-    are counted from those chunks, cut by their hashed block, then placed, and only the
-    placed users' ratings' cells move to their blocks (reroute.py). String user ids are
+    are cut by their hashed block; when the chunks' sizes show that no user can be heavy,
+    hashing places them all; else they are counted from those chunks and placed, and only
+    the placed users' ratings' cells move to their blocks (reroute.py). String user ids are
     counted by Spark, which also keeps the table that maps their hashes back to them, and
     placed with the items, so the chunks are cut with both sides in their blocks.
     """
@@ -346,11 +360,15 @@ def build_blocks(
         chunks = _chunk(targets, dtypes, rules, carries)
     if users_at is None:
         with phase(spark, "index"):
-            per_user = _counted(chunks, 0, USER, dtypes[USER])
-            (users_at,) = place((per_user, USER, num_user_blocks))
+            # Users hold few ratings each: mostly no user can be heavy, and the chunks' sizes show it.
+            per_user = None  # integer ids: the blocks keep no table of them
+            users_at = _placed_by_hashing(chunks, 0, USER, cut_users, num_ratings, max_block_ratings)
+            if users_at is None:
+                per_user = _counted(chunks, 0, USER, dtypes[USER])
+                (users_at,) = place((per_user, USER, num_user_blocks))
     cut_placed = (rules[USER][2] is not None, True)  # per side: the chunks were cut with it placed
 
-    def side(id_col: str, entities: DataFrame, placement: Placement) -> Side:
+    def side(id_col: str, entities: DataFrame | None, placement: Placement) -> Side:
         return Side(id_col, dtypes[id_col], entities if hashed_ids(dtypes[id_col]) else None, placement)
 
     user_side, item_side = side(USER, per_user, users_at), side(ITEM, per_item, items_at)

@@ -175,16 +175,23 @@ def _pack(
 
 # One partition's ratings for one block of one side (0 = users, 1 = items), as binary cells:
 # ids and key per own entity (ascending ids), other_ids and other_block per other entity
-# (ascending), and per rating its own and other entity's index into those, y, offset and weight.
+# (ascending), and per rating its own and other entity's index into those, y, offset and weight;
+# and, readable without Python, the chunk's number of ratings and the most of them one own
+# entity has (what placing the users needs when none of them can be heavy, build.py).
 CHUNK_SCHEMA = (
-    "side int, block int, ids binary, key binary, own binary, other_ids binary, other_block binary,"
-    " other binary, y binary, offset binary, weight binary"
+    "side int, block int, ratings int, most int, ids binary, key binary, own binary, other_ids binary,"
+    " other_block binary, other binary, y binary, offset binary, weight binary"
 )
 SIDES = ("user", "item")
 _CHUNK_ARROW = pa.schema(
-    [("side", pa.int32()), ("block", pa.int32())]
+    [("side", pa.int32()), ("block", pa.int32()), ("ratings", pa.int32()), ("most", pa.int32())]
     + [(n, pa.binary()) for n in ("ids", "key", "own", "other_ids", "other_block", "other", "y", *EXTRAS)]
 )
+
+
+def chunk_sizes(own: np.ndarray, num_own: int) -> dict[str, int]:
+    """A chunk's ratings and the most of them one of its num_own entities has (own: each rating's entity)."""
+    return {"ratings": len(own), "most": int(np.bincount(own, minlength=num_own).max(initial=0))}
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,7 @@ def _chunk_row(side: int, block: int, slices: list[dict], rule: ChunkSide, carri
     return {
         "side": side,
         "block": block,
+        **chunk_sizes(own_idx, len(ids)),
         "ids": blob(ids),
         "key": blob(own_keys),
         "own": blob(own_idx),

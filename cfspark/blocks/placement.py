@@ -107,7 +107,7 @@ class Placement:
     heavy_blocks: np.ndarray  # int32: the block of each
     loads: np.ndarray  # int64: ratings per block, as placed
     hashed_loads: np.ndarray  # int64: ratings per block had every entity been hashed
-    heaviest: int  # the most ratings of any one entity
+    heaviest: int  # the most ratings of any one entity, or a bound on it (hashed_placement)
 
 
 def heavy_threshold(total: int, num_blocks: int) -> float:
@@ -151,6 +151,26 @@ def place(per_block: dict[int, int], heavy: list[tuple[int, int, int]], num_bloc
     values = np.array([t[0] for t in heavy], dtype=np.int64)
     order = np.argsort(values)
     return Placement(num_blocks, values[order], chosen[order], loads, hashed, heaviest)
+
+
+def hashed_placement(
+    id_col: str, loads: np.ndarray, bounds: np.ndarray, *, total: int, max_block_ratings: int
+) -> Placement | None:
+    """The placement of a side whose counts need not be taken: every entity hashed, when no
+    entity can be heavy. loads: ratings per hashed block; bounds: per block, a bound on any
+    one of its entities' ratings (the sum, over the block's chunks, of the most one entity
+    has in each). At or under heavy_threshold no entity is placed by load, which is what
+    counting them and place_sides would find; None when a bound is over it, or a block over
+    max_block_ratings, and only the counts can decide."""
+    num_blocks = len(loads)
+    heaviest = int(bounds.max(initial=0))
+    if heaviest > heavy_threshold(total, num_blocks) or loads.max(initial=0) > max_block_ratings:
+        return None
+    empty = np.empty(0, dtype=np.int64)
+    placement = Placement(num_blocks, empty, empty.astype(np.int32), loads.astype(np.int64), loads.astype(np.int64),
+                          heaviest)  # fmt: skip
+    _log_balance(id_col, placement)
+    return placement
 
 
 def _summary(entities: DataFrame, id_col: str, num_blocks: int, side: int, total: int) -> DataFrame:

@@ -2,11 +2,12 @@
 
 Setup places the items from their table first, then cuts the ratings into chunks
 (inblock.chunk_ratings), each rating in its item's placed block and its user's hashed
-block. The same cached chunks then give the users' rating counts, from which the driver
-places the heaviest users (placement.py), and the few placed users' ratings are moved to
-their blocks here (the item blocks' numbers of their users are routed as each block is
-packed). So the ratings cross from the JVM to Python once, and no rating is ever shuffled
-as a row of its own: counting them needs no pass of its own over the ratings.
+block. Unless the chunks' sizes show that no user can be heavy (placement.hashed_placement),
+the same cached chunks then give the users' rating counts, from which the driver places the
+heaviest users (placement.py), and the few placed users' ratings are moved to their blocks
+here (the item blocks' numbers of their users are routed as each block is packed). So the
+ratings cross from the JVM to Python once, and no rating is ever shuffled as a row of its
+own: counting them needs no pass of its own over the ratings.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from cfspark.blocks.codec import blob, cell
-from cfspark.blocks.inblock import _CHUNK_ARROW, EXTRAS, _distinct
+from cfspark.blocks.inblock import _CHUNK_ARROW, EXTRAS, _distinct, chunk_sizes
 from cfspark.blocks.placement import route_blocks
 
 COUNT_SCHEMA = "side int, value long, ratings long"
@@ -46,12 +47,14 @@ def _sub_chunk(batch: pa.RecordBatch, r: int, block: int, keep: np.ndarray) -> d
     new_own = np.cumsum(keep, dtype=np.int32) - np.int32(1)
     used, other = _distinct(other[rows])  # the other entities these ratings still name, ascending
     per_rating = {name: cell(batch, name, r, np.float64) for name in _PER_RATING}
+    own = new_own[own[rows]]
     return {
         "side": batch.column("side")[r].as_py(),
         "block": block,
+        **chunk_sizes(own, int(keep.sum())),
         "ids": blob(ids[keep]),
         "key": blob(key[keep]),
-        "own": blob(new_own[own[rows]]),
+        "own": blob(own),
         "other_ids": blob(cell(batch, "other_ids", r, np.int64)[used]),
         "other_block": blob(cell(batch, "other_block", r, np.int32)[used]),
         "other": blob(other),
