@@ -164,7 +164,10 @@ def hashed_placement(
     max_block_ratings, and only the counts can decide."""
     num_blocks = len(loads)
     heaviest = int(bounds.max(initial=0))
-    if heaviest > heavy_threshold(total, num_blocks) or loads.max(initial=0) > max_block_ratings:
+    threshold = heavy_threshold(total, num_blocks)
+    if heaviest > threshold or loads.max(initial=0) > max_block_ratings:
+        log.info("%s ids counted: the chunks bound one's ratings by %d (heavy over %.0f), a block's load by %d",
+                 id_col, heaviest, threshold, int(loads.max(initial=0)))  # fmt: skip
         return None
     empty = np.empty(0, dtype=np.int64)
     placement = Placement(num_blocks, empty, empty.astype(np.int32), loads.astype(np.int64), loads.astype(np.int64),
