@@ -275,3 +275,12 @@ def test_chunks_cut_by_hashed_block_then_rerouted_pack_as_chunks_cut_by_the_plac
             assert want.column_names == have.column_names
             for name in want.column_names:
                 assert want.column(name).equals(have.column(name)), (side, b, name)
+            # Each chunk's sizes, cut or moved: its ratings and the most that one own entity has;
+            # a block's ratings add up the same either way.
+            for table in (a, c):
+                for r in range(table.num_rows):
+                    own_idx = cell(table, "own", r, np.int32)
+                    per_entity = np.bincount(own_idx, minlength=len(cell(table, "ids", r, np.int64)))
+                    assert table["ratings"][r].as_py() == len(own_idx) > 0
+                    assert table["most"][r].as_py() == per_entity.max()
+            assert pc.sum(a["ratings"]).as_py() == pc.sum(c["ratings"]).as_py()

@@ -526,13 +526,14 @@ def test_prepare_takes_the_item_means_from_the_sums_target_stats_kept_and_a_fit_
     """The item sums target_stats keeps (keep_sums) give prepare() the item means it finds from
     the ratings; sums it is given are the ones it uses (sums of ratings + 1 shift each μ_i by
     Σa / (Σa + m)); and a fit keeps them only while it runs."""
-    from cfspark.fit import paths
+    from cfspark.fit import one_task, paths
     from cfspark.fit.targets import target_stats
 
     df = spark.createDataFrame(planted.rows(), "user long, item long, rating double").cache()
     settings = CollaborativeFilter(meanPrior=4.0).fit_settings()
     stats = target_stats(settings, df, keep_sums=True)
-    assert stats.item_sums.is_cached and target_stats(settings, df).item_sums is None
+    # A second call that keeps nothing leaves the first one's cached sums as they are.
+    assert target_stats(settings, df).item_sums is None and stats.item_sums.storageLevel.useMemory
     fresh, kept = prepare(settings, df, stats.global_mean), prepare(settings, df, stats.global_mean, stats.item_sums)
     means = {r.item: (r.item_mean, r.ratings) for r in fresh.item_stats.collect()}
     assert {r.item: (r.item_mean, r.ratings) for r in kept.item_stats.collect()} == means
@@ -544,12 +545,13 @@ def test_prepare_takes_the_item_means_from_the_sums_target_stats_kept_and_a_fit_
     for table in (fresh.item_stats, kept.item_stats, shifted.item_stats, stats.item_sums, shifted_sums):
         table.unpersist()
 
-    seen = []
-    real = paths.target_stats
-    monkeypatch.setattr(paths, "target_stats", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    seen, given = [], []
+    real_stats, real_prepare = paths.target_stats, one_task.prepare
+    monkeypatch.setattr(paths, "target_stats", lambda *a, **k: seen.append(real_stats(*a, **k)) or seen[-1])
+    monkeypatch.setattr(one_task, "prepare", lambda *a: given.append(a[3]) or real_prepare(*a))
     CollaborativeFilter(meanPrior=4.0, regParam=0.1, maxIter=2).fit(df)
-    assert len(seen) == 1 and seen[0].item_sums is not None
-    assert not seen[0].item_sums.is_cached and seen[0].item_sums.storageLevel.useMemory is False
+    assert len(seen) == 1 and len(given) == 1 and given[0] is seen[0].item_sums is not None
+    assert seen[0].item_sums.storageLevel.useMemory is False  # released as the fit returned
     df.unpersist()
 
 
@@ -595,12 +597,14 @@ def test_users_none_of_whom_can_be_heavy_are_hashed_without_counting_and_heavy_o
 
 
 def test_hashed_placement_stands_only_where_no_entity_can_be_heavy_and_no_block_is_over_the_limit():
-    loads, total = np.array([500, 520, 480, 500]), 2000
-    threshold = placement.heavy_threshold(total, 4)
-    under = np.full(4, int(threshold))
-    p = placement.hashed_placement("user", loads, under, total=total, max_block_ratings=520)
-    assert p is not None and len(p.heavy) == 0 and p.heaviest == int(threshold)
+    # 8M ratings in 4 blocks: heavy means over 0.1 % of a mean block's 2M, 2,000 ratings.
+    loads, total = np.array([2_000_000, 2_100_000, 1_900_000, 2_000_000]), 8_000_000
+    assert placement.heavy_threshold(total, 4) == 2000
+    at = np.array([2000, 1500, 2000, 10])
+    p = placement.hashed_placement("user", loads, at, total=total, max_block_ratings=2_100_000)
+    assert p is not None and len(p.heavy) == 0 and len(p.heavy_blocks) == 0 and p.heaviest == 2000
     np.testing.assert_array_equal(p.loads, loads)
     np.testing.assert_array_equal(p.hashed_loads, loads)
-    assert placement.hashed_placement("user", loads, under + [0, 0, 1, 0], total=total, max_block_ratings=520) is None
-    assert placement.hashed_placement("user", loads, under, total=total, max_block_ratings=519) is None
+    over = at + np.array([0, 0, 1, 0])  # one block's bound past the threshold: the counts decide
+    assert placement.hashed_placement("user", loads, over, total=total, max_block_ratings=2_100_000) is None
+    assert placement.hashed_placement("user", loads, at, total=total, max_block_ratings=2_099_999) is None

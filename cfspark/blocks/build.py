@@ -362,7 +362,7 @@ def build_blocks(
         with phase(spark, "index"):
             # Users hold few ratings each: mostly no user can be heavy, and the chunks' sizes show it.
             per_user = None  # integer ids: the blocks keep no table of them
-            users_at = _placed_by_hashing(chunks, 0, USER, cut_users, num_ratings, max_block_ratings)
+            users_at = _placed_by_hashing(chunks, 0, USER, num_user_blocks, num_ratings, max_block_ratings)
             if users_at is None:
                 per_user = _counted(chunks, 0, USER, dtypes[USER])
                 (users_at,) = place((per_user, USER, num_user_blocks))

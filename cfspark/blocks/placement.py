@@ -1,4 +1,4 @@
-"""Which block each user (or item) goes to, decided from per-entity rating counts alone.
+"""Which block each user (or item) goes to, decided from per-entity rating counts (or a bound on them) alone.
 
 Most entities are hashed, block = pmod(murmur3(id), n), as Spark ALS hashes them. Under
 popularity skew a few entities hold a large share of the ratings, and hashing them can
@@ -169,9 +169,7 @@ def hashed_placement(
         log.info("%s ids counted: the chunks bound one's ratings by %d (heavy over %.0f), a block's load by %d",
                  id_col, heaviest, threshold, int(loads.max(initial=0)))  # fmt: skip
         return None
-    empty = np.empty(0, dtype=np.int64)
-    placement = Placement(num_blocks, empty, empty.astype(np.int32), loads.astype(np.int64), loads.astype(np.int64),
-                          heaviest)  # fmt: skip
+    placement = place(dict(enumerate(loads.tolist())), [], num_blocks, heaviest)
     _log_balance(id_col, placement)
     return placement
 

@@ -47,14 +47,14 @@ def _sub_chunk(batch: pa.RecordBatch, r: int, block: int, keep: np.ndarray) -> d
     new_own = np.cumsum(keep, dtype=np.int32) - np.int32(1)
     used, other = _distinct(other[rows])  # the other entities these ratings still name, ascending
     per_rating = {name: cell(batch, name, r, np.float64) for name in _PER_RATING}
-    own = new_own[own[rows]]
+    kept_own = new_own[own[rows]]
     return {
         "side": batch.column("side")[r].as_py(),
         "block": block,
-        **chunk_sizes(own, int(keep.sum())),
+        **chunk_sizes(kept_own, int(keep.sum())),
         "ids": blob(ids[keep]),
         "key": blob(key[keep]),
-        "own": blob(own),
+        "own": blob(kept_own),
         "other_ids": blob(cell(batch, "other_ids", r, np.int64)[used]),
         "other_block": blob(cell(batch, "other_block", r, np.int32)[used]),
         "other": blob(other),

@@ -124,9 +124,9 @@ def fit_blockwise(
     """The distributed fit, checkpointed every checkpointInterval iterations when checkpointDir is set;
     settle, if given (with num_ratings), stops it on the predictions' move instead of tol (train.train);
     global_mean (mse), the ratings' weighted mean, and item_sums, their item sums, if already known,
-    save a pass over them each (setup). resolve, if
-    given, is called once the blocks are built and gives the settings and settle the fit trains
-    with: the automatic λ search runs beside the setup, which neither λ nor the rank shapes (fit/paths.py)."""
+    save a pass over them each (setup). resolve, if given, is called once the blocks are built
+    and gives the settings and settle the fit trains with: the automatic λ search runs beside
+    the setup, which neither λ nor the rank shapes (fit/paths.py)."""
     checkpointer = None if resolve is not None else _checkpointer(settings, train_ratings)
     blocks, stats, global_baseline = setup(settings, train_ratings, num_ratings=num_ratings,
                                            global_mean=global_mean, item_sums=item_sums)  # fmt: skip

@@ -63,7 +63,8 @@ class Targets:
 @dataclass(frozen=True)
 class TargetStats:
     """What one aggregation over the training ratings gives (mse): the spread s, the number
-    of ratings and the weighted global mean g, which prepare() and the λ search reuse."""
+    of ratings and the weighted global mean g, which prepare() and the λ search reuse, and,
+    when kept, the item sums it was taken from, from which prepare() takes μ_i."""
 
     spread: float
     count: int
@@ -93,25 +94,34 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame, *, keep_sums: 
     keep_sums: the item sums stay cached, in TargetStats.item_sums, for the fit's prepare()."""
     sums = item_sums(train_ratings)
     m = settings.meanPrior
-    if m == AUTO or keep_sums:  # the items' sums feed more than one aggregation: kept, not recomputed
+    # The items' sums feed more than one aggregation (m, then s; prepare() under keep_sums): cached,
+    # not recomputed. Only a table cached here is unpersisted here: unpersisting a plan drops any
+    # cached table of the same result, a sibling fit's kept sums among them.
+    cached = m == AUTO or keep_sums
+    if cached:
         sums = sums.cache()
-    if m == AUTO:
-        m = prior_of(sums, A_SUM, AY_SUM, AYY_SUM)
-    A, S, Q = F.col(A_SUM), F.col(AY_SUM), F.col(AYY_SUM)  # the docstring's sums
-    p, q = S / (A + m), F.lit(m) / (A + m)
-    # Not planned as one job (core/plans.py): without adaptive execution's coalescing, the total
-    # adds one partial sum per shuffle partition in the order a cluster fetches them, and s moved
-    # in its last bits between two runs of one command, with λ in ALS's units and so a
-    # checkpoint's fingerprint (tests/test_cluster.py's resumed run started afresh).
-    row = sums.agg(
-        F.sum(A), F.sum(S), F.sum(Q - 2 * p * S + p * p * A), F.sum(-2 * q * S + 2 * p * q * A),
-        F.sum(q * q * A), F.sum(ITEM_RATINGS), F.count(F.lit(1)),
-    ).first()  # fmt: skip
-    if not keep_sums:
+    try:
+        if m == AUTO:
+            m = prior_of(sums, A_SUM, AY_SUM, AYY_SUM)
+        A, S, Q = F.col(A_SUM), F.col(AY_SUM), F.col(AYY_SUM)  # the docstring's sums
+        p, q = S / (A + m), F.lit(m) / (A + m)
+        # Not planned as one job (core/plans.py): without adaptive execution's coalescing, the total
+        # adds one partial sum per shuffle partition in the order a cluster fetches them, and s moved
+        # in its last bits between two runs of one command, with λ in ALS's units and so a
+        # checkpoint's fingerprint (tests/test_cluster.py's resumed run started afresh).
+        row = sums.agg(
+            F.sum(A), F.sum(S), F.sum(Q - 2 * p * S + p * p * A), F.sum(-2 * q * S + 2 * p * q * A),
+            F.sum(q * q * A), F.sum(ITEM_RATINGS), F.count(F.lit(1)),
+        ).first()  # fmt: skip
+    except BaseException:
+        if cached:
+            sums.unpersist()
+        raise
+    if cached and not keep_sums:
         sums.unpersist()
     total, g = row[0], row[1] / row[0]
-    # To 12 significant digits: under meanPrior = "auto" the item sums are cached for two
-    # aggregations, and the total over a cached table's partitions adds them in the order a
+    # To 12 significant digits: the item sums are cached when they feed more than one
+    # aggregation, and the total over a cached table's partitions adds them in the order a
     # cluster fetches them, so its last bits vary between runs of one command. Through λ in
     # ALS's units s enters a checkpoint's fingerprint, which a resumed run must match.
     spread = float(f"{math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total)):.12g}")
