@@ -360,7 +360,7 @@ def build_blocks(
         chunks = _chunk(targets, dtypes, rules, carries)
     if users_at is None:
         with phase(spark, "index"):
-            # Users hold few ratings each: mostly no user can be heavy, and the chunks' sizes show it.
+            # Users hold few ratings each: often no user can be heavy, and the chunks' sizes show it.
             per_user = None  # integer ids: the blocks keep no table of them
             users_at = _placed_by_hashing(chunks, 0, USER, num_user_blocks, num_ratings, max_block_ratings)
             if users_at is None:
