@@ -226,6 +226,20 @@ def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spa
     blocks.unpersist(), stats.unpersist(), earlier.unpersist(), new.unpersist(), df.unpersist()
 
 
+def test_the_search_gives_its_factor_tables_row_counts(spark, planted):
+    # The λ search's task knows how many users and items its factor tables hold: the fit's
+    # warm start takes those counts rather than counting the tables.
+    from cfspark.fit.reg_search import choose_reg
+
+    df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
+    settings = CollaborativeFilter(**{**PARAMS, "regParam": "auto"}).fit_settings()
+    _, found = choose_reg(settings, df, with_factors=True)
+    users, items, rows = found["factors"]
+    assert rows == (users.count(), items.count()) and rows[0] > 100 and rows[1] > 50
+    assert "factor_rows" not in found and all(len(row) == 3 for row in users.collect())
+    users.unpersist(), items.unpersist()
+
+
 def test_earlier_ids_of_another_type_are_taken_as_the_datas(spark):
     # A model fitted on string ids warm-starts a fit on integer ids: "7" and "12" are the ids
     # 7 and 12, and "x" matches none, rather than failing the cast. The other way, the integer

@@ -35,10 +35,11 @@ from cfspark.train.trainer import cache_keys, settle
 INLINE_BYTES = 32 << 20
 
 
-def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int) -> tuple | None:
+def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int, rows: int | None = None) -> tuple | None:
     """One side's earlier factors as (values ascending, features, bias), the values being
-    those its blocks order their ids by; None for a table of more than INLINE_BYTES."""
-    if factors.count() * (rank + 2) * 8 > INLINE_BYTES:
+    those its blocks order their ids by; None for a table of more than INLINE_BYTES. rows,
+    the table's row count if known, saves counting it."""
+    if (factors.count() if rows is None else rows) * (rank + 2) * 8 > INLINE_BYTES:
         return None
     table = blocks.side(side).with_values(factors, FEATURES, BIAS).toArrow()
     values = table.column(VALUE).to_numpy().astype(np.int64)
@@ -48,9 +49,11 @@ def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int) -> tuple |
     return values[order], features, bias
 
 
-def _side(blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: CacheKey | None) -> DataFrame:
+def _side(
+    blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: CacheKey | None, rows: int | None
+) -> DataFrame:
     """One side's first state table (with the items' messages to the user blocks)."""
-    inline = _inline(blocks, side, factors, cfg.rank)
+    inline = _inline(blocks, side, factors, cfg.rank, rows)
     if inline is not None:  # as the cold start's init pass, with the earlier factors in its body
         body = warm_inline(cfg, inline, send=side == "item", key=key)
         return settle(blocks.inblocks(side).mapInArrow(body, OUT_SCHEMA))[0]
@@ -68,10 +71,13 @@ def _side(blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: C
 
 
 def warm_start(
-    blocks: Blocks, user_factors: DataFrame, item_factors: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig
-) -> tuple[DataFrame, DataFrame]:
+    blocks: Blocks, user_factors: DataFrame, item_factors: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig,
+    rows: tuple[int, int] | None = None,
+) -> tuple[DataFrame, DataFrame]:  # fmt: skip
     """(user_out, item_out) to pass as train(start_from=...): the users' state, and the
-    items' state with their messages to the user blocks."""
+    items' state with their messages to the user blocks. rows, the two tables' row counts
+    if known, saves counting them."""
     keys = cache_keys(blocks)
-    return (_side(blocks, "user", user_factors, user_cfg, keys["user"]),
-            _side(blocks, "item", item_factors, item_cfg, keys["item"]))  # fmt: skip
+    user_rows, item_rows = rows or (None, None)
+    return (_side(blocks, "user", user_factors, user_cfg, keys["user"], user_rows),
+            _side(blocks, "item", item_factors, item_cfg, keys["item"], item_rows))  # fmt: skip
