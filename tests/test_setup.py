@@ -3,6 +3,8 @@ string ids; string ids that share a hash are refused; blocks are balanced by rat
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pyarrow as pa
 import pyspark
@@ -224,6 +226,63 @@ def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spa
         same = np.concatenate(same)
         assert same.sum() == (10 if side == 0 else 5), side  # the users and items new to the data
     blocks.unpersist(), stats.unpersist(), earlier.unpersist(), new.unpersist(), df.unpersist()
+
+
+def _jobs_of(spark, run) -> tuple[object, int]:
+    """run()'s result and the number of Spark jobs it started."""
+    sc = spark.sparkContext  # a test may count jobs; the library uses the DataFrame API alone
+    group = f"counted-{uuid.uuid4().hex}"  # the tracker keeps a group's finished jobs: one group per call
+    sc.setJobGroup(group, "jobs counted by a test")
+    try:
+        result = run()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return result, len(sc.statusTracker().getJobIdsForGroup(group))
+
+
+def test_earlier_factors_of_known_row_counts_come_to_the_driver_in_one_job(spark, planted, monkeypatch):
+    # Given the tables' row counts (as the λ search's task knows them), both sides' small
+    # tables are collected in one job with no count before it, and are those each side's
+    # table gives alone. The given count is the bound's: over it, a side is joined, not collected.
+    from cfspark.train import warm
+
+    df = spark.createDataFrame(planted.rows(), "user long, item long, rating double").cache()
+    earlier = CollaborativeFilter(numUserBlocks=1, numItemBlocks=1, **{**PARAMS, "maxIter": 2}).fit_validated(df)
+    settings = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_settings()
+    blocks, stats, _ = setup(settings, df)
+    factors = {"user": earlier.user_factors, "item": earlier.item_factors}
+    rows = {side: table.count() for side, table in factors.items()}
+    assert rows == {"user": 150, "item": 80}
+    alone = {side: warm._inline(blocks, side, table, settings.rank) for side, table in factors.items()}
+    both, jobs = _jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, rows))
+    assert jobs == 1
+    for side in factors:
+        assert len(both[side][0]) == rows[side]
+        assert all(np.array_equal(a, b) for a, b in zip(both[side], alone[side], strict=True)), side
+    # A bound the users' 150 rows exceed and the items' 80 do not.
+    monkeypatch.setattr(warm, "INLINE_BYTES", 100 * (settings.rank + 2) * 8)
+    bounded, jobs = _jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, rows))
+    assert jobs == 1 and bounded["user"] is None  # the users' table is neither counted nor collected
+    assert all(np.array_equal(a, b) for a, b in zip(bounded["item"], alone["item"], strict=True))
+    # The given count decides, with no job: a table said to be over the bound is not collected.
+    over = {"user": 10**9, "item": 10**9}
+    refused = _jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, over))
+    assert refused == ({"user": None, "item": None}, 0)
+    blocks.unpersist(), stats.unpersist(), earlier.unpersist(), df.unpersist()
+
+
+def test_the_search_gives_its_factor_tables_row_counts(spark, planted):
+    # The λ search's task knows how many users and items its factor tables hold: the fit's
+    # warm start takes those counts rather than counting the tables.
+    from cfspark.fit.reg_search import choose_reg
+
+    df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
+    settings = CollaborativeFilter(**{**PARAMS, "regParam": "auto"}).fit_settings()
+    _, found = choose_reg(settings, df, with_factors=True)
+    users, items, rows = found["factors"]
+    assert rows == (users.count(), items.count()) and rows[0] > 100 and rows[1] > 50
+    assert "factor_rows" not in found and all(len(row) == 3 for row in users.collect())
+    users.unpersist(), items.unpersist()
 
 
 def test_earlier_ids_of_another_type_are_taken_as_the_datas(spark):

@@ -106,7 +106,8 @@ def _fit_ratings(
             if factors is not None and settings.initialModel is None:
                 # The blockwise fit starts from the search's factors at its choice (the sampled
                 # users' and the items'), not from the hashed init: fewer iterations to converge.
-                start = Earlier("automatic-λ-search", kept, *factors)
+                users, items, rows = factors
+                start = Earlier("automatic-λ-search", kept, users, items, rows=rows)
                 chosen = chosen.replace(initialModel=InitialModel("automatic λ's search", lambda: start))
             # As the one-task fit does, stop once an iteration moves the predictions by at most
             # SETTLED of the chosen λ's validation RMSE, which bounds its change of any RMSE.

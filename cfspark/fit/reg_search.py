@@ -174,8 +174,9 @@ def choose_reg(
     (the factor λ = sample_reg·transfer) and sample (its ratings, users, items). spread is s
     under regUnits = "spread", else 1; global_mean (mse) and num_items, the training ratings'
     weighted mean and number of items, if already known. with_factors adds "factors": the
-    (user, item) factor tables the search ended with at its choice, for the fit to start from.
-    A fixed regParam (mse, biasReg = "auto") is the choice, fitted once for λ_b ("fixed": True)."""
+    (user, item) factor tables the search ended with at its choice and their row counts,
+    (users, items, (user rows, item rows)), for the fit to start from. A fixed regParam (mse,
+    biasReg = "auto") is the choice, fitted once for λ_b ("fixed": True)."""
     began = time.perf_counter()
     num_ratings = train_ratings.count() if num_ratings is None else num_ratings
     fraction = search_fraction(num_ratings, max_ratings)

@@ -32,6 +32,7 @@ class Earlier:
     user_factors: DataFrame
     item_factors: DataFrame
     exposure: Earlier | None = None  # the part to start an exposure fit from, if the model has one
+    rows: tuple[int, int] | None = None  # the two tables' row counts, if known: a warm start then counts neither
 
 
 @dataclass(frozen=True)

@@ -22,4 +22,4 @@ def warm_start_from(
     earlier = settings.initialModel.load()
     if earlier.rank != settings.rank:
         raise ValueError(f"initialModel has rank {earlier.rank}, but this fit's rank is {settings.rank}")
-    return lambda: warm_start(blocks, earlier.user_factors, earlier.item_factors, user_cfg, item_cfg)
+    return lambda: warm_start(blocks, earlier.user_factors, earlier.item_factors, user_cfg, item_cfg, earlier.rows)

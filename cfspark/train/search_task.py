@@ -57,6 +57,7 @@ from cfspark.train.saddle import collapsed, factor_scale, growing, keep_near_bes
 from cfspark.train.step import StepConfig, solve_rows
 
 HELD = "held"  # 1 on a validation row, 0 on a training row
+FACTOR_ROWS = "factor_rows"  # the factor tables' (users, items) rows: the fit's warm start need not count them
 # A point of the path stops once an iteration changes its validation score by less than this
 # fraction (either way), after at least MIN_ITER iterations: the first iteration from the last
 # λ's factors may move the score either way, and the score that counts is where λ settles.
@@ -422,6 +423,7 @@ def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
             params = tuple(np.zeros((0, cfg.width)) for cfg in (user_cfg, item_cfg))
             codes = {side: (encoded, code, np.full_like(dense, -1)) for side, (encoded, code, dense) in codes.items()}
         W, X = (np.delete(side, np.s_[kept:rank], axis=1) for side in params)
+        record[FACTOR_ROWS] = [len(W), len(X)]
         # Local id j is the j-th dictionary code with a fit row (_search_input).
         ids = [codes[side][0].dictionary.take(pa.array(np.flatnonzero(codes[side][2] >= 0))) for side in (USER, ITEM)]
         yield factor_batch(*ids, W, X, kept, record)
@@ -429,14 +431,22 @@ def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
     return run
 
 
-def search_factors_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *,
-                            seed: int, choose_rank: bool = True) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
+def search_factors_one_task(
+    rows: DataFrame,
+    user_cfg: StepConfig,
+    item_cfg: StepConfig,
+    plan: SearchPlan,
+    *,
+    seed: int,
+    choose_rank: bool = True,
+) -> tuple[DataFrame, DataFrame, tuple[int, int], dict]:
     """The search over rows as search_one_task's (with the rank step if choose_rank: mse), in
     one Spark job, and the factors it ended with at its choice: (user_factors, item_factors,
-    record), the tables (id, features, bias) at the kept rank, materialised, for the fit's warm start."""
+    their row counts, record), the tables (id, features, bias) at the kept rank, materialised,
+    for the fit's warm start."""
     body = _search_factors_body(user_cfg, item_cfg, plan, choose_rank)
     users, items, _, record = run_factor_task(_keyed(rows, seed), body)
-    return users, items, record
+    return users, items, tuple(record.pop(FACTOR_ROWS)), record
 
 
 def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, max_iter: int):

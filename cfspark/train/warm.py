@@ -5,15 +5,18 @@ from their hashed initial values, as in a cold start; those that have disappeare
 from the data are not in the blocks, so they are dropped.
 
 A small table of earlier factors (at most INLINE_BYTES, as automatic λ's search's mostly is)
-travels inside the start's body, found by each block's own ids: no join or shuffle. A
-larger one is joined to the blocks' (value, block, local) rows and cogrouped with the
-blocks. Both key the earlier ids by the values the blocks order their ids by (Side.with_values),
-so they start the same rows from the same factors.
+travels inside the start's body, found by each block's own ids: no join or shuffle. Both
+sides' small tables come to the driver in one job, each counted first unless its rows are
+known (the search's are). A larger one is joined to the blocks' (value, block, local) rows
+and cogrouped with the blocks; a saved model's table is never collected before its count
+says it is small. Both key the earlier ids by the values the blocks order their ids by
+(Side.with_values), so they start the same rows from the same factors.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -33,14 +36,16 @@ from cfspark.train.trainer import cache_keys, settle
 # 349,525 rows at rank 10) go inside the start's body, pickled with its plan; over Spark
 # Connect the plan travels in one message, of at most 128 MiB.
 INLINE_BYTES = 32 << 20
+_SIDE = "side"  # which side a row of the one collected table of small earlier factors is of
 
 
-def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int) -> tuple | None:
-    """One side's earlier factors as (values ascending, features, bias), the values being
-    those its blocks order their ids by; None for a table of more than INLINE_BYTES."""
-    if factors.count() * (rank + 2) * 8 > INLINE_BYTES:
-        return None
-    table = blocks.side(side).with_values(factors, FEATURES, BIAS).toArrow()
+def _fits(rows: int, rank: int) -> bool:
+    """Whether a table of earlier factors of this many rows is small enough to carry inline."""
+    return rows * (rank + 2) * 8 <= INLINE_BYTES
+
+
+def _carried(table: pa.Table, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values ascending, features, bias) of a collected (value, features, bias) table."""
     values = table.column(VALUE).to_numpy().astype(np.int64)
     order = np.argsort(values, kind="stable")
     features = list_matrix(table.column(FEATURES), rank)[order] if len(values) else np.empty((0, rank))
@@ -48,9 +53,34 @@ def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int) -> tuple |
     return values[order], features, bias
 
 
-def _side(blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: CacheKey | None) -> DataFrame:
-    """One side's first state table (with the items' messages to the user blocks)."""
-    inline = _inline(blocks, side, factors, cfg.rank)
+def _inline_sides(
+    blocks: Blocks, factors: dict[str, DataFrame], rank: int, rows: dict[str, int | None]
+) -> dict[str, tuple | None]:
+    """Each side's earlier factors as _carried gives them, the values being those its blocks
+    order their ids by; None for a table of more than INLINE_BYTES. A side's rows, where
+    known, save counting its table; the sides within the bound are collected in one job."""
+    small = [s for s in factors if _fits(factors[s].count() if rows.get(s) is None else rows[s], rank)]
+    if not small:
+        return dict.fromkeys(factors)
+    tagged = [blocks.side(s).with_values(factors[s], FEATURES, BIAS).withColumn(_SIDE, F.lit(j))
+              for j, s in enumerate(small)]  # fmt: skip
+    both = tagged[0] if len(tagged) == 1 else tagged[0].unionByName(tagged[1])
+    table = both.toArrow()
+    side = table.column(_SIDE).to_numpy()
+    carried = {s: _carried(table.filter(pa.array(side == j)), rank) for j, s in enumerate(small)}
+    return {s: carried.get(s) for s in factors}
+
+
+def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int, rows: int | None = None) -> tuple | None:
+    """One side's earlier factors as _inline_sides gives them."""
+    return _inline_sides(blocks, {side: factors}, rank, {side: rows})[side]
+
+
+def _side(
+    blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: CacheKey | None, inline: tuple | None
+) -> DataFrame:
+    """One side's first state table (with the items' messages to the user blocks), from its
+    earlier factors carried inline if given, else joined to the blocks."""
     if inline is not None:  # as the cold start's init pass, with the earlier factors in its body
         body = warm_inline(cfg, inline, send=side == "item", key=key)
         return settle(blocks.inblocks(side).mapInArrow(body, OUT_SCHEMA))[0]
@@ -68,10 +98,14 @@ def _side(blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: C
 
 
 def warm_start(
-    blocks: Blocks, user_factors: DataFrame, item_factors: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig
-) -> tuple[DataFrame, DataFrame]:
+    blocks: Blocks, user_factors: DataFrame, item_factors: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig,
+    rows: tuple[int, int] | None = None,
+) -> tuple[DataFrame, DataFrame]:  # fmt: skip
     """(user_out, item_out) to pass as train(start_from=...): the users' state, and the
-    items' state with their messages to the user blocks."""
+    items' state with their messages to the user blocks. rows, the two tables' row counts
+    if known, saves counting them."""
     keys = cache_keys(blocks)
-    return (_side(blocks, "user", user_factors, user_cfg, keys["user"]),
-            _side(blocks, "item", item_factors, item_cfg, keys["item"]))  # fmt: skip
+    factors = {"user": user_factors, "item": item_factors}
+    inline = _inline_sides(blocks, factors, user_cfg.rank, dict(zip(factors, rows or (None, None), strict=True)))
+    return (_side(blocks, "user", user_factors, user_cfg, keys["user"], inline["user"]),
+            _side(blocks, "item", item_factors, item_cfg, keys["item"], inline["item"]))  # fmt: skip
