@@ -237,6 +237,8 @@ def _jobs_of(spark, run) -> tuple[object, int]:
         result = run()
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
+    # The tracker learns of jobs from the listener bus, which lags behind them under load.
+    sc._jsc.sc().listenerBus().waitUntilEmpty(60_000)
     return result, len(sc.statusTracker().getJobIdsForGroup(group))
 
 
