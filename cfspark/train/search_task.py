@@ -17,8 +17,6 @@ every collapsed point (one model, the biases alone) takes the first one's score.
 Under biasReg = "auto" (mse) λ_b is estimated twice: from y − μ_i before the first point,
 then from what the chosen point's factors leave, and λ is bracketed again at the second
 (from a tol-wide start around the choice), as it is again at a rank the rank step cuts to.
-A λ the caller fixed (SearchPlan.fixed) is fitted as the one point, for λ_b's second
-estimate alone: the caller's fit runs at it, from its own start.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from pyspark.sql import types as T
 
 from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
 from cfspark.kernels.baseline import shrunk_means
-from cfspark.kernels.bracket import Bracketed, bracket_search
+from cfspark.kernels.bracket import bracket_search
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.losses import sigmoid
@@ -81,7 +79,6 @@ class SearchPlan:
     # mse: (meanPrior, global mean): the task centres y on item means; meanPrior None: estimated there
     centre: tuple[float | None, float] | None = None
     bias_prior: bool = False  # mse, biasReg = "auto": λ_b estimated from the fit part's users (kernels/priors.py)
-    fixed: bool = False  # start is one λ the caller fixed: fitted for λ_b's estimates, not searched
 
 
 def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> float:
@@ -112,10 +109,10 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
                   plan: SearchPlan, *, choose_rank: bool = False) -> tuple[dict, tuple | None]:  # fmt: skip
     """The bracketing search on dense local ids: fit is (user_local, item_local, y, offset, weight)
     of the training rows; held has user, item (−1 if unseen in fit), y and offset of the
-    validation rows. Returns ({reg, path, widened, at_limit[, fixed]} with reg in regUnits, and
-    the (user, item) params the chosen λ ended with, None if there was no search)."""
+    validation rows. Returns ({reg, path, widened, at_limit} with reg in regUnits, and the
+    (user, item) params the chosen λ ended with, None if there was no search)."""
     user_local, item_local, y, offset, weight = fit
-    chosen: dict = {"fixed": True} if plan.fixed else {}
+    chosen: dict = {}
     if plan.bias_prior:  # before any point, from y − μ_i: re-estimated once the factors are fitted
         chosen["bias_reg"] = prior_from_rows(user_local, y, weight, len(user_keys))
         user_cfg, item_cfg = (dataclasses.replace(cfg, bias_reg=chosen["bias_reg"]) for cfg in (user_cfg, item_cfg))
@@ -207,19 +204,13 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
                                resolution=SETTLED)  # fmt: skip
         return found.reg, best["params"]
 
-    if plan.fixed:
-        reg = plan.start[0]
-        found = Bracketed(reg, score(reg))
-    else:
-        found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low,
-                               high=plan.high, resolution=SETTLED)  # fmt: skip
+    found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
+                           resolution=SETTLED)
     record = {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit, **chosen}
     params = best.get("params")
     if plan.bias_prior and params is not None:
         state["bias_reg"] = record["bias_reg"] = bias_prior_after_factors(fit, params, user_cfg.rank)
         record["bias_reg_before"] = chosen["bias_reg"]
-        if plan.fixed:  # the estimate is all the caller's fit takes
-            return record, params
         # λ_b moves the biases, and λ's best barely: the bracket starts a tol wide around the
         # choice, which stands after three points unless a side beats it. A choice whose factors
         # collapsed is refitted alone: its neighbours tie with it, and the ties would walk the
@@ -227,7 +218,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
         reg, half = record["reg"], math.exp(plan.tol_log / 2)
         start = (reg,) if collapsed(params, init, state["rank"]) else (reg, reg / half, reg * half)
         record["reg"], params = again(params, reg, start)
-    if choose_rank and not plan.fixed and params is not None:
+    if choose_rank and params is not None:
         began = time.perf_counter()
         params = _rank_step(params, held, user_cfg.rank, user_cfg.loss, record["reg"], point, plan, record)
         if record["rank"] < user_cfg.rank:  # λ again at the kept rank: fewer directions want less shrinkage
