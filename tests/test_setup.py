@@ -199,7 +199,7 @@ def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spa
     blocks, stats, _ = setup(settings, new)
     cfgs = settings.step_config("user"), settings.step_config("item")
     for side in ("user", "item"):
-        inline = warm._inline(blocks, side, getattr(earlier, f"{side}_factors"), settings.rank)
+        inline = _inline_one(blocks, side, getattr(earlier, f"{side}_factors"), settings.rank)
         # Integer ids are carried as they are; string ids only where the data has them (its values).
         known = old.select(side).distinct()
         known = known if ids == "integer" else known.join(new.select(side).distinct(), side)
@@ -209,7 +209,7 @@ def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spa
     assert _first_states(blocks, earlier, cfgs) == carried
     monkeypatch.delenv("CFSPARK_BLOCK_CACHE")
     monkeypatch.setattr(warm, "INLINE_BYTES", 0)
-    assert warm._inline(blocks, "user", earlier.user_factors, settings.rank) is None
+    assert _inline_one(blocks, "user", earlier.user_factors, settings.rank) is None
     joined = _first_states(blocks, earlier, cfgs)
     assert carried == joined and len(carried[0]) == 3 and len(carried[1]) > 2
     # Some rows started from the earlier factors, some from the hashed init (the cold start's states).
@@ -226,6 +226,13 @@ def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spa
         same = np.concatenate(same)
         assert same.sum() == (10 if side == 0 else 5), side  # the users and items new to the data
     blocks.unpersist(), stats.unpersist(), earlier.unpersist(), new.unpersist(), df.unpersist()
+
+
+def _inline_one(blocks, side: str, factors, rank: int) -> tuple | None:
+    """One side's earlier factors as the warm start carries them inline (None: joined instead)."""
+    from cfspark.train import warm
+
+    return warm._inline_sides(blocks, {side: factors}, rank, {side: None})[side]
 
 
 def _jobs_of(spark, run) -> tuple[object, int]:
@@ -255,7 +262,7 @@ def test_earlier_factors_of_known_row_counts_come_to_the_driver_in_one_job(spark
     factors = {"user": earlier.user_factors, "item": earlier.item_factors}
     rows = {side: table.count() for side, table in factors.items()}
     assert rows == {"user": 150, "item": 80}
-    alone = {side: warm._inline(blocks, side, table, settings.rank) for side, table in factors.items()}
+    alone = {side: _inline_one(blocks, side, table, settings.rank) for side, table in factors.items()}
     both, jobs = _jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, rows))
     assert jobs == 1
     for side in factors:
@@ -293,14 +300,12 @@ def test_earlier_ids_of_another_type_are_taken_as_the_datas(spark):
     # ids 1 and 3 of an earlier model are the string ids "1" and "3" (hashed: those the data has).
     from types import SimpleNamespace
 
-    from cfspark.train import warm
-
     factors = spark.createDataFrame(
         [("12", [1.0, 2.0], 0.5), ("x", [3.0, 4.0], 0.25), ("7", [5.0, 6.0], 0.125)],
         "user string, features array<double>, bias double",
     )
     blocks = SimpleNamespace(side=lambda side: Side("user", T.LongType(), None, None))
-    values, features, bias = warm._inline(blocks, "user", factors, 2)
+    values, features, bias = _inline_one(blocks, "user", factors, 2)
     assert values.tolist() == [7, 12] and features.tolist() == [[5.0, 6.0], [1.0, 2.0]]
     assert bias.tolist() == [0.125, 0.5]
 
@@ -310,7 +315,7 @@ def test_earlier_ids_of_another_type_are_taken_as_the_datas(spark):
     )
     entities = spark.createDataFrame([("3", 30), ("1", 10), ("y", 99)], "user string, value long")
     blocks = SimpleNamespace(side=lambda side: Side("user", T.StringType(), entities, None))
-    values, features, bias = warm._inline(blocks, "user", factors, 2)
+    values, features, bias = _inline_one(blocks, "user", factors, 2)
     assert values.tolist() == [10, 30] and features.tolist() == [[1.0, 2.0], [5.0, 6.0]]
     assert bias.tolist() == [0.5, 0.125]
 

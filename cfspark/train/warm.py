@@ -71,11 +71,6 @@ def _inline_sides(
     return {s: carried.get(s) for s in factors}
 
 
-def _inline(blocks: Blocks, side: str, factors: DataFrame, rank: int, rows: int | None = None) -> tuple | None:
-    """One side's earlier factors as _inline_sides gives them."""
-    return _inline_sides(blocks, {side: factors}, rank, {side: rows})[side]
-
-
 def _side(
     blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: CacheKey | None, inline: tuple | None
 ) -> DataFrame:
