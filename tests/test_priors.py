@@ -3,6 +3,7 @@ example, its limits, planted effects recovered, and the Spark aggregation equal 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from cfspark import CollaborativeFilter
 from cfspark.data.priors import moments_of
 from cfspark.kernels.layout import bias_col, const_col
 from cfspark.kernels.priors import group_moments, prior_count, prior_from_rows
+from cfspark.train.one_task import fit_arrays
 from cfspark.train.search_task import SETTLED, SearchPlan, bias_prior_after_factors, search_arrays
 from cfspark.train.step import StepConfig
 
@@ -142,16 +144,70 @@ def _planted_with_user_biases(seed: int):
     return u, i, y, (W, X, b, c)
 
 
+def _fitted(u, i, y, rank: int, reg: float):
+    """Factors fitted to (u, i, y) at reg (times the ratings' RMS, count-scaled), λ_b 4: the
+    params and the item half-step's config they were fitted with."""
+    s = float(np.sqrt(np.mean(y**2)))
+    cfg = [StepConfig(side=side, rank=rank, loss="mse", reg=reg * s, init_scale=0.1 * math.sqrt(s),
+                      count_scaled=True, bias_reg=4.0) for side in ("user", "item")]  # fmt: skip
+    users, items, _, _ = fit_arrays(u, i, y, None, None, np.arange(u.max() + 1), np.arange(i.max() + 1) + 10**6,
+                                    *cfg, max_iter=25, tol=1e-6)  # fmt: skip
+    return (users, items), cfg[1]
+
+
 def test_after_the_factors_the_users_prior_is_the_noise_over_the_bias_spread():
     u, i, y, (W, X, b, c) = _planted_with_user_biases(4)
     rank = W.shape[1]
     users, items = np.zeros((len(W), rank + 2)), np.zeros((len(X), rank + 2))
     users[:, :rank], users[:, bias_col(rank, "user")], users[:, const_col(rank, "user")] = W, b, 1.0
     items[:, :rank], items[:, bias_col(rank, "item")], items[:, const_col(rank, "item")] = X, c, 1.0
-    after = bias_prior_after_factors((u, i, y, None, None), (users, items), rank)
+    # The planted terms themselves were not fitted to this noise: a prior that holds them
+    # (λ = λ_b = ∞, in effect) spends no degree of freedom.
+    held = StepConfig(side="item", rank=rank, loss="mse", reg=1e12, count_scaled=True, bias_reg=1e12)
+    after = bias_prior_after_factors((u, i, y, None, None), (users, items), held)
     assert after == pytest.approx(0.36 / 0.09, rel=0.1)
     # Before the factors their signal counts as noise: (0.36 + 1) / 0.09, about 15.
     assert prior_from_rows(u, y, None, len(W)) > 3 * after
+
+
+@pytest.mark.parametrize("reg", [0.003, 0.03])
+def test_factors_fitted_at_a_weak_lambda_leave_the_noise_on_the_degrees_they_leave(reg):
+    # Rank 10 on a rank-3 truth at a λ 3–30 × weaker than its best: the seven spare directions
+    # fit the noise. Divided by the ratings alone, the residual gives λ_b 3.3–3.5 for the
+    # planted 4; on the degrees the factors leave, within 10 % of it.
+    u, i, y, _ = _planted_with_user_biases(4)
+    params, step = _fitted(u, i, y, 10, reg)
+    assert bias_prior_after_factors((u, i, y, None, None), params, step) == pytest.approx(4.0, rel=0.1)
+    blind = dataclasses.replace(step, reg=1e12, bias_reg=1e12)  # as if the factors spent nothing
+    assert bias_prior_after_factors((u, i, y, None, None), params, blind) < 3.6
+
+
+def _sparse_planted(seed: int):
+    """The same effects as _planted_with_user_biases on 3,000 users × 1,500 items with 30,000
+    ratings, 10 a user: a rank-10 fit at a weak λ can fit almost every rating."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items, n, rank = 3000, 1500, 30_000, 3
+    pairs = rng.choice(n_users * n_items, n, replace=False)
+    u, i = np.unique(pairs // n_items, return_inverse=True)[1], np.unique(pairs % n_items, return_inverse=True)[1]
+    W, X = rng.normal(size=(u.max() + 1, rank)), rng.normal(scale=rank**-0.5, size=(i.max() + 1, rank))
+    b, c = rng.normal(0, 0.3, u.max() + 1), rng.normal(0, 0.2, i.max() + 1)
+    return u, i, (W[u] * X[i]).sum(1) + b[u] + c[i] + rng.normal(0, 0.6, n)
+
+
+def test_where_the_factors_spend_every_degree_the_estimate_before_them_stands():
+    u, i, y = _sparse_planted(5)
+    before = prior_from_rows(u, y, None, u.max() + 1)
+    # At a λ 30 × weaker than its best the factors fit nearly every rating (residual σ² 0.015
+    # for a planted 0.36, which gave λ_b 0.2): no estimate of the noise is left in it.
+    params, step = _fitted(u, i, y, 10, 0.003)
+    assert bias_prior_after_factors((u, i, y, None, None), params, step) == before
+    # Nearer its best λ, the degrees they leave hold the noise again: the planted 4 within
+    # 30 % (0.4 and 0.9 on the ratings alone).
+    for reg in (0.06, 0.1):
+        params, step = _fitted(u, i, y, 10, reg)
+        assert bias_prior_after_factors((u, i, y, None, None), params, step) == pytest.approx(4.0, rel=0.3)
+        blind = dataclasses.replace(step, reg=1e12, bias_reg=1e12)
+        assert bias_prior_after_factors((u, i, y, None, None), params, blind) < 1.0
 
 
 def test_the_search_estimates_the_bias_prior_again_once_its_factors_fit_and_brackets_lambda_there():

@@ -51,27 +51,29 @@ def group_moments(weight: np.ndarray, total: np.ndarray, squares: np.ndarray) ->
                         float(np.sum(mean * mean)), float(mean.sum()), float(np.sum(1.0 / a)))  # fmt: skip
 
 
-def prior_count(moments: GroupMoments, cap: float | None = None, noise: GroupMoments | None = None) -> float:
+def prior_count(moments: GroupMoments, cap: float | None = None, noise: GroupMoments | None = None,
+                dof: float = 0.0) -> float:  # fmt: skip
     """m = σ²/τ² from the groups' moments, to 4 significant digits, at most cap (also when
     τ² ≤ 0): by default Σa, a prior as heavy as all the data, which holds every effect at the
     grand mean. 0 when the groups hold no noise to shrink against (every group constant).
     noise, if given, holds the same groups' moments of what the model's other terms leave of
-    each rating: σ² is then their pooled within-group variance, while τ² stays moments'
+    each rating, whose fit spent dof degrees of freedom (kernels/dof.py): σ² is then their
+    pooled within-group sum of squares over Σa − G − dof, while τ² stays moments'
     (prior_from_rows says why).
     The rounding makes m the same whichever order a cluster adds the groups' sums in."""
-    return float(f"{_ratio(moments, moments.weight if cap is None else cap, noise or moments):.4g}")
+    return float(f"{_ratio(moments, moments.weight if cap is None else cap, noise or moments, dof):.4g}")
 
 
 def prior_from_rows(group: np.ndarray, y: np.ndarray, weight: np.ndarray | None, num_groups: int,
-                    residual: np.ndarray | None = None) -> float:  # fmt: skip
+                    residual: np.ndarray | None = None, dof: float = 0.0) -> float:  # fmt: skip
     """prior_count of the rows' groups (dense ids 0..num_groups−1; a group with no row is left out).
 
     residual, if given, is y less the model's other terms (the factors, the other side's
-    bias), fitted: the noise σ² is then its pooled within-group variance. Within a group y
-    also varies with those terms, which would count as noise and make m too large; τ² stays
-    y's, whose means' spread less their within-group variance over n is the effects' alone
-    (the residual's means lose what the other terms absorbed: a user's factors can carry
-    part of the user's mean)."""
+    bias), fitted with dof degrees of freedom: the noise σ² is then its pooled within-group
+    variance on Σa − G − dof degrees. Within a group y also varies with those terms, which
+    would count as noise and make m too large; τ² stays y's, whose means' spread less their
+    within-group variance over n is the effects' alone (the residual's means lose what the
+    other terms absorbed: a user's factors can carry part of the user's mean)."""
     a = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
     present = np.bincount(group, a, minlength=num_groups) > 0
 
@@ -79,10 +81,10 @@ def prior_from_rows(group: np.ndarray, y: np.ndarray, weight: np.ndarray | None,
         sums = [np.bincount(group, v, minlength=num_groups) for v in (a, a * values, a * values * values)]
         return group_moments(*(v[present] for v in sums))
 
-    return prior_count(moments(y), noise=None if residual is None else moments(residual))
+    return prior_count(moments(y), noise=None if residual is None else moments(residual), dof=dof)
 
 
-def _ratio(moments: GroupMoments, cap: float, noise: GroupMoments) -> float:
+def _ratio(moments: GroupMoments, cap: float, noise: GroupMoments, fitted: float) -> float:
     g = moments.groups
     dof = moments.weight - g
     if g < 2 or dof <= 0 or noise.weight <= noise.groups:
@@ -91,7 +93,11 @@ def _ratio(moments: GroupMoments, cap: float, noise: GroupMoments) -> float:
     grand = moments.total / moments.weight
     spread = moments.mean_sq - 2.0 * grand * moments.mean_sum + g * grand * grand
     tau2 = spread / g - within * moments.inv_weight / g
-    sigma2 = max(noise.within, 0.0) / (noise.weight - noise.groups)
+    # y's own within-group variance holds the noise and the other terms' signal, so it bounds
+    # σ² from above; where the other terms spend (nearly) every degree the residual has, it
+    # holds no estimate of the noise and that bound is the estimate.
+    left = noise.weight - noise.groups - fitted
+    sigma2 = within if left <= 0 else min(max(noise.within, 0.0) / left, within)
     if sigma2 <= 0.0:
         return 0.0
     if tau2 <= sigma2 / cap:

@@ -36,6 +36,7 @@ from pyspark.sql import types as T
 from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
 from cfspark.kernels.baseline import shrunk_means
 from cfspark.kernels.bracket import bracket_search
+from cfspark.kernels.dof import factor_dof
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.losses import sigmoid
@@ -209,7 +210,8 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     record = {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit, **chosen}
     params = best.get("params")
     if plan.bias_prior and params is not None:
-        state["bias_reg"] = record["bias_reg"] = bias_prior_after_factors(fit, params, user_cfg.rank)
+        at = dataclasses.replace(item_cfg, reg=record["reg"] * plan.unit, bias_reg=state["bias_reg"])
+        state["bias_reg"] = record["bias_reg"] = bias_prior_after_factors(fit, params, at)
         record["bias_reg_before"] = chosen["bias_reg"]
         # λ_b moves the biases, and λ's best barely: the bracket starts a tol wide around the
         # choice, which stands after three points unless a side beats it. A choice whose factors
@@ -229,21 +231,28 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     return record, params
 
 
-def bias_prior_after_factors(fit: tuple, params: tuple, rank: int) -> float:
-    """λ_b = σ²/τ² with σ² from what the factors in params leave of the fit part's y.
+def bias_prior_after_factors(fit: tuple, params: tuple, step: StepConfig) -> float:
+    """λ_b = σ²/τ² with σ² from what the factors in params, fitted with step's λ and λ_b (mse,
+    the item half-step's config), leave of the fit part's y.
 
     Before the factors, the users' within-group variance of y − μ_i counts the factors' signal
     as noise, so σ²/τ² comes out too large wherever the factors are strong (18 pseudo-ratings
     on a planted rank-3 set whose σ²/τ² is 2.8; 3.2 from here). Within a user, the residual
-    with every term but the user's bias, y − w·x − c, varies by the noise alone; τ² stays the
-    spread of y's user means (kernels/priors.py's prior_from_rows says why)."""
+    with every term but the user's bias, y − w·x − c, varies by the noise alone, less the part
+    of it the fitted factors absorbed: its sum of squares is divided by the degrees of freedom
+    they leave (kernels/dof.py), or a λ far weaker than the data's best, whose factors fit the
+    noise, would take λ_b towards 0. τ² stays the spread of y's user means (kernels/priors.py's
+    prior_from_rows says why)."""
     user_local, item_local, y, offset, weight = fit
     users, items = params  # at the layout's rank: a direction the rank step dropped is zeros
+    rank = step.rank
     rest = np.einsum("ij,ij->i", users[user_local, :rank], items[item_local, :rank])
     rest += items[item_local, bias_col(rank, "item")]
     if offset is not None:
         rest += offset
-    return prior_from_rows(user_local, y, weight, len(users), residual=y - rest)
+    spent = factor_dof(user_local, item_local, weight, users[:, :rank], items[:, :rank], reg=step.reg,
+                       count_scaled=step.count_scaled, item_bias=step.learn_bias, bias_reg=step.bias_reg)  # fmt: skip
+    return prior_from_rows(user_local, y, weight, len(users), residual=y - rest, dof=spent)
 
 
 def _rank_step(params: tuple, held: dict, rank: int, loss: str, reg: float, point: Callable, plan: SearchPlan,
