@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cfspark.kernels import dof
 from cfspark.kernels.dof import factor_dof
 
 
@@ -71,3 +72,16 @@ def test_no_penalty_spends_a_degree_a_direction_and_a_heavy_one_none():
     assert free == pytest.approx(5 * rank + np.minimum(counts, rank + 1).sum(), rel=1e-6)
     held = factor_dof(u, i, None, users, items, reg=1e12, count_scaled=True, item_bias=True, bias_reg=1e12)
     assert held == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_side_past_the_sample_is_estimated_from_a_fixed_sample_of_its_vectors(monkeypatch):
+    rng, u, i = _ratings(3, n_users=600, n_items=400, n=12_000)
+    rank = 4
+    users, items = rng.normal(size=(600, rank)), rng.normal(size=(400, rank))
+    args = dict(reg=0.05, count_scaled=True, item_bias=True, bias_reg=3.0)
+    exact = factor_dof(u, i, None, users, items, **args)
+    monkeypatch.setattr(dof, "SAMPLE", 150)
+    sampled = factor_dof(u, i, None, users, items, **args)
+    assert sampled != exact and sampled == factor_dof(u, i, None, users, items, **args)  # fixed, not exact
+    # Each vector spends between 0 and rank + 1 degrees: 150 of them give the sum within 3 %.
+    assert sampled == pytest.approx(exact, rel=0.03)

@@ -107,30 +107,6 @@ def test_ratings_with_no_user_or_item_effect_are_predicted_by_the_global_mean(sp
     assert fixed > constant * 1.01
 
 
-def test_with_lambda_fixed_the_bias_prior_is_the_training_splits_users_moments(spark):
-    # reg fixed: λ_b = σ²/τ² over the users' y − μ_i of the whole training split, μ_i shrunk by
-    # the items' own estimate m; both in closed form here, on ratings with user and item effects.
-    rng = np.random.default_rng(12)
-    users, items, n = 200, 80, 6000
-    pairs = rng.choice(users * items, n, replace=False)
-    u, i = pairs // items, pairs % items
-    y = 3.0 + rng.normal(0, 0.4, users)[u] + rng.normal(0, 0.6, items)[i] + rng.normal(0, 0.9, n)
-    df = spark.createDataFrame([(int(a), int(b), float(c)) for a, b, c in zip(u, i, y, strict=True)],
-                               "user int, item int, rating double")  # fmt: skip
-    m = prior_from_rows(i, y, None, items)
-    g = y.mean()
-    sums, counts = np.bincount(i, y, minlength=items), np.bincount(i, minlength=items)
-    mu = (sums + m * g) / (counts + m)
-    expected = prior_from_rows(u, y - mu[i], None, users)
-    assert 1 < expected < 20  # the effects are real: neither held at 0 nor left free
-    for blocks in (0, 2):  # the one-task fit and the blockwise one
-        model = CollaborativeFilter(regParam=0.1, biasReg="auto", meanPrior="auto", maxIter=2,
-                                    numUserBlocks=blocks, numItemBlocks=blocks).fit(df)  # fmt: skip
-        assert model.summary["mean_prior"] == m
-        assert model.getBiasReg() == pytest.approx(expected, rel=1e-3)  # both rounded to 4 digits
-        model.unpersist()
-
-
 def _planted_with_user_biases(seed: int):
     """y − μ_i = w·x + b + c + ε: a strong rank-3 term (variance 1), user biases of variance
     0.09 and noise of 0.36, so that the users' prior count σ²/τ² is 4."""
@@ -211,15 +187,9 @@ def test_where_the_factors_spend_every_degree_the_estimate_before_them_stands():
 
 
 def test_the_search_estimates_the_bias_prior_again_once_its_factors_fit_and_brackets_lambda_there():
-    u, i, y, _ = _planted_with_user_biases(5)
-    held_rows = np.random.default_rng(7).random(len(y)) < 0.1
-    fit = (u[~held_rows], i[~held_rows], y[~held_rows], None, None)
-    held = {"user": u[held_rows], "item": i[held_rows], "y": y[held_rows], "offset": None}
-    s = float(np.sqrt(np.mean(fit[2] ** 2)))
+    fit, held, s, cfg = _search_case(5)
     plan = SearchPlan(start=(0.3, 0.1, 0.03), unit=s, low=1e-4, high=1e2, step=3.0, tol_log=math.log(1.3),
                       first_iter=20, point_iter=6, tol=0.002, bias_prior=True)  # fmt: skip
-    cfg = [StepConfig(side=side, rank=3, loss="mse", reg=1.0, init_scale=0.1 * math.sqrt(s), count_scaled=True)
-           for side in ("user", "item")]  # fmt: skip
     record, _ = search_arrays(fit, held, np.arange(600), np.arange(300) + 10**6, *cfg, plan)
     before, after = record["bias_reg_before"], record["bias_reg"]
     assert before > 3 * after  # the first estimate counted the factors as noise
@@ -233,3 +203,51 @@ def test_the_search_estimates_the_bias_prior_again_once_its_factors_fit_and_brac
     assert_bracketed(again, best["reg"], "rmse", SETTLED)
     # and it predicts the validation fold better than the search's best at the first estimate.
     assert best["rmse"] < min(p["rmse"] for p in record["path"] if p["bias_reg"] == before)
+
+
+def _search_case(seed: int):
+    """The planted set split into a fit part and a validation fold, its spread s, and the
+    half-step configs of a rank-3 search in spread units."""
+    u, i, y, _ = _planted_with_user_biases(seed)
+    held_rows = np.random.default_rng(7).random(len(y)) < 0.1
+    fit = (u[~held_rows], i[~held_rows], y[~held_rows], None, None)
+    held = {"user": u[held_rows], "item": i[held_rows], "y": y[held_rows], "offset": None}
+    s = float(np.sqrt(np.mean(fit[2] ** 2)))
+    cfg = [StepConfig(side=side, rank=3, loss="mse", reg=1.0, init_scale=0.1 * math.sqrt(s), count_scaled=True)
+           for side in ("user", "item")]  # fmt: skip
+    return fit, held, s, cfg
+
+
+def test_a_fixed_lambda_is_fitted_for_the_bias_prior_and_not_searched():
+    fit, held, s, cfg = _search_case(5)
+    plan = SearchPlan(start=(0.05,), unit=s, low=1e-4, high=1e2, step=3.0, tol_log=math.log(1.3),
+                      first_iter=20, point_iter=6, tol=0.002, bias_prior=True, fixed=True)  # fmt: skip
+    record, params = search_arrays(fit, held, np.arange(600), np.arange(300) + 10**6, *cfg, plan, choose_rank=True)
+    before, after = record["bias_reg_before"], record["bias_reg"]
+    # One point, at the fixed λ and λ_b from y − μ_i; what its factors leave gives the planted
+    # σ²/τ² = 4, not the first estimate's ~15.
+    assert [p["reg"] for p in record["path"]] == [0.05] and record["reg"] == 0.05 and record["fixed"]
+    assert record["path"][0]["bias_reg"] == before
+    assert before > 3 * after and after == pytest.approx(4.0, rel=0.25)
+    assert "rank_path" not in record and params[0].shape[1] == cfg[0].width  # the rank is the caller's too
+
+
+def test_with_lambda_fixed_the_bias_prior_comes_from_its_factors_alike_on_both_paths(spark):
+    # reg fixed, biasReg "auto": the search's task fits that λ alone and takes λ_b from what its
+    # factors leave, before the one-task fit and beside the blockwise setup alike; the fit
+    # itself is the fixed λ's own (from the hashed init, to tol).
+    u, i, y, _ = _planted_with_user_biases(6)
+    df = spark.createDataFrame([(int(a), int(b), float(c)) for a, b, c in zip(u, i, y, strict=True)],
+                               "user int, item int, rating double")  # fmt: skip
+    estimates = []
+    for blocks in (0, 2):
+        model = CollaborativeFilter(regParam=0.05, numUserBlocks=blocks, numItemBlocks=blocks).fit(df)
+        found = model.summary["reg_search"]
+        assert model.getRegParam() == pytest.approx(0.05 * model.summary["spread"], rel=1e-12)  # als units
+        assert found["fixed"] and [p["reg"] for p in model.summary["reg_path"]] == [model.getRegParam()]
+        assert found["bias_reg_before"] > 3 * found["bias_reg"]
+        assert found["bias_reg"] == pytest.approx(4.0, rel=0.25) and model.getBiasReg() == found["bias_reg"]
+        assert model.rank == 10  # no rank step under a fixed λ
+        estimates.append(found["bias_reg"])
+        model.unpersist()
+    assert estimates[0] == estimates[1]

@@ -163,7 +163,9 @@ def test_a_settle_bound_stops_a_blockwise_fit_where_its_predictions_stop_moving(
     """The blockwise fit under automatic λ stops as the one-task fit does, on the predictions'
     move, which the half-steps report themselves (no job of its own)."""
     _, train, _ = planted_split
-    settings = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **PARAMS).fit_settings()
+    # fit_ratings estimates λ_b before it reaches fit_blockwise: the fitted model's is taken here.
+    estimator = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, biasReg=fitted.getBiasReg(), **PARAMS)
+    settings = estimator.fit_settings()
     record = fit_blockwise(settings, train, began=time.perf_counter(), num_ratings=train.count(), settle=2e-3)
     history, full = record.summary["history"], [h["train_loss"] for h in fitted.history]
     stopped = len(history)

@@ -16,7 +16,7 @@ from cfspark.core.phases import phase
 from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.settings import FitSettings
-from cfspark.fit.targets import prepare, resolve_bias_reg
+from cfspark.fit.targets import prepare
 from cfspark.fit.warm import warm_start_from
 from cfspark.train.arrow_bodies import OUT_SCHEMA
 from cfspark.train.checkpoint import Checkpointer
@@ -133,7 +133,6 @@ def fit_blockwise(
     if resolve is not None:
         settings, settle = resolve()
         checkpointer = _checkpointer(settings, train_ratings)
-    settings = resolve_bias_reg(settings, train_ratings, stats)  # under λ fixed; the search sets it
     # Fresh 0-labels drawn at the rates of one task holding every label (train/sampled.py).
     user_cfg, item_cfg = (with_totals(settings.step_config(s), blocks.label_totals) for s in ("user", "item"))
     start = warm_start_from(settings, blocks, user_cfg, item_cfg)

@@ -17,7 +17,7 @@ from cfspark.core.phases import phase
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.reg_search import log_search, search_plan, search_rows, search_settings
 from cfspark.fit.settings import FitSettings
-from cfspark.fit.targets import TargetStats, prepare, resolve_bias_reg
+from cfspark.fit.targets import TargetStats, prepare
 from cfspark.train.history import diverged
 from cfspark.train.one_task import ONE_TASK_RATINGS, fit_one_task
 from cfspark.train.search_task import search_and_fit_one_task
@@ -48,7 +48,6 @@ def fit_in_one_task(
     spark = train_ratings.sparkSession
     with phase(spark, "prepare"):
         prepared = prepare(settings, train_ratings, global_mean, item_sums)
-        settings = resolve_bias_reg(settings, train_ratings, prepared.item_stats)
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(
             prepared.targets, settings.step_config("user"), settings.step_config("item"),

@@ -1,6 +1,8 @@
 """Which path a fit takes, in this order: bce with exposure (two fits), regParam = "auto"
 (the λ search, then a fit with its choice started from the search's factors there; on small
-data both in one job), one task (small data), or blockwise.
+data both in one job), one task (small data), or blockwise. Under a fixed λ and biasReg =
+"auto" (mse), the search's task fits that λ alone first (beside the blockwise setup), and
+λ_b comes from what its factors leave, as under automatic λ (fit/reg_search.py).
 
 Under regUnits = "spread" (mse), λ is converted to ALS's units first, with the spread of
 the training targets (fit/targets.py's target_spread), so every path below fits in them."""
@@ -63,7 +65,7 @@ def _fit_ratings(
 ) -> FitRecord:
     """fit_ratings' paths; fit_scope releases the item sums that target_stats keeps for prepare()."""
     if settings.loss == "bce":
-        settings = resolve_bias_reg(settings, train_ratings)
+        settings = resolve_bias_reg(settings)
     if settings.loss == "bce" and settings.exposure:
         return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
     spread = num_items = sums = None
@@ -138,15 +140,32 @@ def _fit_ratings(
             record.summary["mean_prior"] = settings.meanPrior
         return record
     began = time.perf_counter()
-    if num_ratings is None and 0 in (settings.numUserBlocks, settings.numItemBlocks):
+    bias_search = settings.loss == "mse" and settings.biasReg == AUTO
+    if num_ratings is None and (bias_search or 0 in (settings.numUserBlocks, settings.numItemBlocks)):
         num_ratings = train_ratings.count()
+    found: dict = {}
+
+    def with_bias_reg() -> FitSettings:
+        """settings with λ_b from the factors of a fit at their λ (in the search's task)."""
+        _, search = choose_reg(settings, train_ratings, num_ratings=num_ratings, global_mean=global_mean,
+                               num_items=num_items)  # fmt: skip
+        found.update(search)
+        return settings.carry(biasReg=search["bias_reg"])
+
     if runs_in_one_task(settings, num_ratings):
+        settings = with_bias_reg() if bias_search else settings
         record = fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration,
                                  global_mean=global_mean, item_sums=sums)  # fmt: skip
     else:
-        record = fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings,
-                               global_mean=global_mean, item_sums=sums, on_iteration=on_iteration,
-                               settle=settle)  # fmt: skip
+        # The fit's blocks do not depend on λ_b: the search's task runs beside their setup.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            searching = pool.submit(with_bias_reg) if bias_search else None
+            record = fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings,
+                                   global_mean=global_mean, item_sums=sums, on_iteration=on_iteration, settle=settle,
+                                   resolve=(lambda: (searching.result(), settle)) if searching else None)  # fmt: skip
+    if found:
+        record.summary["reg_path"] = found.pop("path")
+        record.summary["reg_search"] = {"reg": settings.regParam, "units": settings.regUnits, **found}
     if spread is not None:
         record.summary["spread"] = spread
     if settings.loss == "mse":

@@ -12,6 +12,11 @@ test split never reaches the search.
 
 λ is searched in regUnits: under "spread" (the default) the kernel's λ is reg·s, so the
 start grid and the choice are the same for ratings on any scale.
+
+With λ fixed and biasReg = "auto" (mse), the same task fits that one λ instead of searching,
+so that λ_b is estimated from what its factors leave, as under automatic λ (search_task.py).
+A sample is fitted at the fixed λ itself: count scaling gives each factor vector the same
+penalty per rating in a sample as in the whole.
 """
 
 from __future__ import annotations
@@ -87,14 +92,16 @@ def transfer_factor(sample: dict, fraction: float, num_ratings: int, num_items: 
 
 
 def search_plan(settings: FitSettings, unit: float, global_mean: float | None) -> SearchPlan:
-    """The search's walk for settings, with λ = reg·unit in the kernel; mse centres its
-    folds on their own item means, shrunk towards the training ratings' global mean."""
+    """The search's walk for settings, with λ = reg·unit in the kernel (a fixed regParam is
+    walked alone, for λ_b); mse centres its folds on their own item means, shrunk towards
+    the training ratings' global mean."""
     prior = None if settings.meanPrior == AUTO else settings.meanPrior
     centre = (prior, global_mean) if settings.loss == "mse" else None
     bias_prior = settings.loss == "mse" and settings.biasReg == AUTO
-    return SearchPlan(start=START, unit=unit, low=LOW, high=HIGH, step=STEP, tol_log=TOL_LOG,
-                      first_iter=settings.maxIter, point_iter=POINT_ITER, tol=settings.tol, centre=centre,
-                      bias_prior=bias_prior)  # fmt: skip
+    fixed = settings.regParam != AUTO
+    return SearchPlan(start=(float(settings.regParam),) if fixed else START, unit=unit, low=LOW, high=HIGH, step=STEP,
+                      tol_log=TOL_LOG, first_iter=settings.maxIter, point_iter=POINT_ITER, tol=settings.tol,
+                      centre=centre, bias_prior=bias_prior, fixed=fixed)  # fmt: skip
 
 
 def search_rows(settings: FitSettings, ratings: DataFrame) -> DataFrame:
@@ -115,8 +122,9 @@ def search_settings(settings: FitSettings, unit: float) -> FitSettings:
 
 def log_search(settings: FitSettings, found: dict, fraction: float) -> None:
     metric = "rmse" if settings.loss == "mse" else "logloss"
+    what = "λ fixed" if found.get("fixed") else "automatic λ"
     for point in found["path"]:
-        log.info("automatic λ: reg %.4g (%.4g in ALS's units) gives validation %s %.6g after %d iterations",
+        log.info("%s: reg %.4g (%.4g in ALS's units) gives validation %s %.6g after %d iterations", what,
                  point["reg"], point["reg_als"], metric, point[metric], point["iterations"])  # fmt: skip
     if found["widened"]:
         log.info("automatic λ: the bracket widened past the start grid %s (%s)", list(START), found["widened"])
@@ -132,16 +140,20 @@ def log_search(settings: FitSettings, found: dict, fraction: float) -> None:
                  found["sample"]["ratings"] / (found["sample"]["users"] + found["sample"]["items"]))  # fmt: skip
     if "bias_reg_before" in found:
         log.info("automatic λ_b: %.4g pseudo-ratings on each bias, from the fit part's users once the factors "
-                 "are fitted (%.4g before them; λ bracketed again at it)",
-                 found["bias_reg"], found["bias_reg_before"])  # fmt: skip
+                 "are fitted (%.4g before them%s)", found["bias_reg"], found["bias_reg_before"],
+                 "" if found.get("fixed") else "; λ bracketed again at it")  # fmt: skip
     elif "bias_reg" in found:  # no validation fold, so no factors: the estimate from y − μ_i
         log.info("automatic λ_b: %.4g pseudo-ratings on each bias, from the fit part's users", found["bias_reg"])
     if "seconds" in found:
         took = found.get("task_seconds", {})
-        log.info("automatic λ: the search took %.2f s (in its task: %.2f s indexing, %.2f s searching)",
+        log.info("%s: the search took %.2f s (in its task: %.2f s indexing, %.2f s searching)", what,
                  found["seconds"], took.get("input", math.nan), took.get("search", math.nan))  # fmt: skip
-    log.info("automatic λ: chose reg = %.4g (%s units), searched on %.0f %% of the users",
-             found["reg"], settings.regUnits, 100 * fraction)  # fmt: skip
+    if found.get("fixed"):
+        log.info("λ fixed: reg = %.4g (%s units), fitted for λ_b on %.0f %% of the users",
+                 found["reg"], settings.regUnits, 100 * fraction)  # fmt: skip
+    else:
+        log.info("automatic λ: chose reg = %.4g (%s units), searched on %.0f %% of the users",
+                 found["reg"], settings.regUnits, 100 * fraction)  # fmt: skip
 
 
 def choose_reg(
@@ -163,7 +175,8 @@ def choose_reg(
     under regUnits = "spread", else 1; global_mean (mse) and num_items, the training ratings'
     weighted mean and number of items, if already known. with_factors adds "factors": the
     (user, item) factor tables the search ended with at its choice and their row counts,
-    (users, items, (user rows, item rows)), for the fit to start from."""
+    (users, items, (user rows, item rows)), for the fit to start from. A fixed regParam (mse,
+    biasReg = "auto") is the choice, fitted once for λ_b ("fixed": True)."""
     began = time.perf_counter()
     num_ratings = train_ratings.count() if num_ratings is None else num_ratings
     fraction = search_fraction(num_ratings, max_ratings)
@@ -191,11 +204,12 @@ def choose_reg(
         search = functools.partial(search_record, choose_rank=choose_rank)
         found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed,
                                 search=search)  # fmt: skip
-    names = ("path", "widened", "at_limit", "rank", "rank_path", "task_seconds", "bias_reg", "bias_reg_before")
+    names = ("path", "widened", "at_limit", "rank", "rank_path", "task_seconds", "bias_reg", "bias_reg_before",
+             "fixed")  # fmt: skip
     kept = {k: found[k] for k in names if k in found}
     kept["seconds"] = round(time.perf_counter() - began, 3)
     reg = found["reg"]
-    if fraction < 1 and found["path"]:
+    if fraction < 1 and found["path"] and not found.get("fixed"):
         factor = transfer_factor(found["sample"], fraction, num_ratings, num_items)
         reg = min(HIGH, max(LOW, reg * factor))
         kept.update(sample_reg=found["reg"], transfer=factor, sample=found["sample"])

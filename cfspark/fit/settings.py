@@ -118,7 +118,7 @@ class FitSettings:
         """The half-step of one side, with λ = reg if given (the λ search's), else regParam."""
         bias_reg = self.biasReg
         if bias_reg == AUTO:
-            if self.loss == "mse":  # fit/targets.py's resolve_bias_reg or the λ search sets it first
+            if self.loss == "mse":  # the λ search's task sets it first (fit/paths.py)
                 raise ValueError('biasReg = "auto" is estimated from the ratings before a half-step is set up')
             bias_reg = BCE_BIAS_REG
         return StepConfig(

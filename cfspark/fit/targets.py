@@ -6,7 +6,6 @@ bce: y = the label, with o_i added to each score; the baseline is o_i.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 
@@ -39,8 +38,6 @@ from cfspark.fit.settings import AUTO, BCE_BIAS_REG, FitSettings
 # size estimate alone, Spark chose a sort-merge join that moved every rating by item (the
 # costliest part of setup at 5M ratings, docs/benchmarks.md). Beyond it, Spark's own choice.
 BROADCAST_ITEMS = 1_000_000
-
-log = logging.getLogger("cfspark")
 
 
 def _broadcast(stats: DataFrame) -> bool:
@@ -190,27 +187,9 @@ def _carried(train_ratings: DataFrame, *, offset: bool) -> tuple[str, ...]:
     return (*((OFFSET,) if offset else ()), *((WEIGHT,) if WEIGHT in train_ratings.columns else ()))
 
 
-def user_bias_prior(train_ratings: DataFrame, item_stats: DataFrame) -> float:
-    """biasReg = "auto" with λ fixed (mse): the users' prior count σ²/τ² of their mean effects in
-    y − μ_i (kernels/priors.py), on the training split, μ_i from the fit's own (cached) item
-    table; the λ search estimates it on its fit part."""
-    rows = normalise(train_ratings, item_stats, broadcast=_broadcast(item_stats))
-    a, r = row_weight(rows), F.col(NORMALISED)
-    users = rows.groupBy(USER).agg(F.sum(a).alias("A"), F.sum(a * r).alias("S"), F.sum(a * r * r).alias("Q"))
-    return prior_of(users, "A", "S", "Q")
-
-
-def resolve_bias_reg(
-    settings: FitSettings, train_ratings: DataFrame, item_stats: DataFrame | None = None
-) -> FitSettings:
-    """settings with biasReg a number, carried onto the model: under "auto", user_bias_prior's
-    over item_stats, prepare()'s item table (mse), or BCE_BIAS_REG (bce); as they are otherwise."""
-    if settings.biasReg != AUTO:
+def resolve_bias_reg(settings: FitSettings) -> FitSettings:
+    """bce's settings with biasReg a number, carried onto the model: BCE_BIAS_REG under "auto".
+    mse's "auto" is estimated in the λ search's task (fit/reg_search.py), λ fixed or not."""
+    if settings.biasReg != AUTO or settings.loss != "bce":
         return settings
-    if settings.loss != "mse":
-        return settings.carry(biasReg=BCE_BIAS_REG)
-    if item_stats is None:
-        raise ValueError('biasReg = "auto" needs the fit\'s item means (prepare()\'s item_stats)')
-    prior = user_bias_prior(train_ratings, item_stats)
-    log.info("automatic λ_b: %.4g pseudo-ratings on each bias, from the training split's users", prior)
-    return settings.carry(biasReg=prior)
+    return settings.carry(biasReg=BCE_BIAS_REG)

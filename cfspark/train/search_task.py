@@ -17,6 +17,8 @@ every collapsed point (one model, the biases alone) takes the first one's score.
 Under biasReg = "auto" (mse) λ_b is estimated twice: from y − μ_i before the first point,
 then from what the chosen point's factors leave, and λ is bracketed again at the second
 (from a tol-wide start around the choice), as it is again at a rank the rank step cuts to.
+A λ the caller fixed (SearchPlan.fixed) is fitted as the one point, for λ_b's second
+estimate alone: the caller's fit runs at it, from its own start.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pyspark.sql import types as T
 
 from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
 from cfspark.kernels.baseline import shrunk_means
-from cfspark.kernels.bracket import bracket_search
+from cfspark.kernels.bracket import Bracketed, bracket_search
 from cfspark.kernels.dof import factor_dof
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
@@ -80,6 +82,7 @@ class SearchPlan:
     # mse: (meanPrior, global mean): the task centres y on item means; meanPrior None: estimated there
     centre: tuple[float | None, float] | None = None
     bias_prior: bool = False  # mse, biasReg = "auto": λ_b estimated from the fit part's users (kernels/priors.py)
+    fixed: bool = False  # start is one λ the caller fixed: fitted for λ_b's estimates, not searched
 
 
 def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> float:
@@ -110,10 +113,10 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
                   plan: SearchPlan, *, choose_rank: bool = False) -> tuple[dict, tuple | None]:  # fmt: skip
     """The bracketing search on dense local ids: fit is (user_local, item_local, y, offset, weight)
     of the training rows; held has user, item (−1 if unseen in fit), y and offset of the
-    validation rows. Returns ({reg, path, widened, at_limit} with reg in regUnits, and the
-    (user, item) params the chosen λ ended with, None if there was no search)."""
+    validation rows. Returns ({reg, path, widened, at_limit[, fixed]} with reg in regUnits, and
+    the (user, item) params the chosen λ ended with, None if there was no search)."""
     user_local, item_local, y, offset, weight = fit
-    chosen: dict = {}
+    chosen: dict = {"fixed": True} if plan.fixed else {}
     if plan.bias_prior:  # before any point, from y − μ_i: re-estimated once the factors are fitted
         chosen["bias_reg"] = prior_from_rows(user_local, y, weight, len(user_keys))
         user_cfg, item_cfg = (dataclasses.replace(cfg, bias_reg=chosen["bias_reg"]) for cfg in (user_cfg, item_cfg))
@@ -205,14 +208,23 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
                                resolution=SETTLED)  # fmt: skip
         return found.reg, best["params"]
 
-    found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low, high=plan.high,
-                           resolution=SETTLED)
+    if plan.fixed:
+        reg = plan.start[0]
+        found = Bracketed(reg, score(reg))
+    else:
+        found = bracket_search(score, start=plan.start, step=plan.step, tol=plan.tol_log, low=plan.low,
+                               high=plan.high, resolution=SETTLED)  # fmt: skip
     record = {"reg": found.reg, "path": path, "widened": found.widened, "at_limit": found.at_limit, **chosen}
     params = best.get("params")
     if plan.bias_prior and params is not None:
+        # A fixed λ can be far weaker than the data's best, with factors that fit the noise: their
+        # residual's degrees are counted. The search's choice is near the best, where counting
+        # them moved no test RMSE (docs/benchmarks.md, 5 Dec 2026): it is not paid for there.
         at = dataclasses.replace(item_cfg, reg=record["reg"] * plan.unit, bias_reg=state["bias_reg"])
-        state["bias_reg"] = record["bias_reg"] = bias_prior_after_factors(fit, params, at)
+        state["bias_reg"] = record["bias_reg"] = bias_prior_after_factors(fit, params, at, spent=plan.fixed)
         record["bias_reg_before"] = chosen["bias_reg"]
+        if plan.fixed:  # the estimate is all the caller's fit takes
+            return record, params
         # λ_b moves the biases, and λ's best barely: the bracket starts a tol wide around the
         # choice, which stands after three points unless a side beats it. A choice whose factors
         # collapsed is refitted alone: its neighbours tie with it, and the ties would walk the
@@ -220,7 +232,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
         reg, half = record["reg"], math.exp(plan.tol_log / 2)
         start = (reg,) if collapsed(params, init, state["rank"]) else (reg, reg / half, reg * half)
         record["reg"], params = again(params, reg, start)
-    if choose_rank and params is not None:
+    if choose_rank and not plan.fixed and params is not None:
         began = time.perf_counter()
         params = _rank_step(params, held, user_cfg.rank, user_cfg.loss, record["reg"], point, plan, record)
         if record["rank"] < user_cfg.rank:  # λ again at the kept rank: fewer directions want less shrinkage
@@ -231,7 +243,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     return record, params
 
 
-def bias_prior_after_factors(fit: tuple, params: tuple, step: StepConfig) -> float:
+def bias_prior_after_factors(fit: tuple, params: tuple, step: StepConfig, *, spent: bool = True) -> float:
     """λ_b = σ²/τ² with σ² from what the factors in params, fitted with step's λ and λ_b (mse,
     the item half-step's config), leave of the fit part's y.
 
@@ -239,10 +251,10 @@ def bias_prior_after_factors(fit: tuple, params: tuple, step: StepConfig) -> flo
     as noise, so σ²/τ² comes out too large wherever the factors are strong (18 pseudo-ratings
     on a planted rank-3 set whose σ²/τ² is 2.8; 3.2 from here). Within a user, the residual
     with every term but the user's bias, y − w·x − c, varies by the noise alone, less the part
-    of it the fitted factors absorbed: its sum of squares is divided by the degrees of freedom
-    they leave (kernels/dof.py), or a λ far weaker than the data's best, whose factors fit the
-    noise, would take λ_b towards 0. τ² stays the spread of y's user means (kernels/priors.py's
-    prior_from_rows says why)."""
+    of it the fitted factors absorbed: if spent, its sum of squares is divided by the degrees
+    of freedom they leave (kernels/dof.py), or a λ far weaker than the data's best, whose
+    factors fit the noise, would take λ_b towards 0. τ² stays the spread of y's user means
+    (kernels/priors.py's prior_from_rows says why)."""
     user_local, item_local, y, offset, weight = fit
     users, items = params  # at the layout's rank: a direction the rank step dropped is zeros
     rank = step.rank
@@ -250,9 +262,11 @@ def bias_prior_after_factors(fit: tuple, params: tuple, step: StepConfig) -> flo
     rest += items[item_local, bias_col(rank, "item")]
     if offset is not None:
         rest += offset
-    spent = factor_dof(user_local, item_local, weight, users[:, :rank], items[:, :rank], reg=step.reg,
-                       count_scaled=step.count_scaled, item_bias=step.learn_bias, bias_reg=step.bias_reg)  # fmt: skip
-    return prior_from_rows(user_local, y, weight, len(users), residual=y - rest, dof=spent)
+    dof = 0.0
+    if spent:
+        dof = factor_dof(user_local, item_local, weight, users[:, :rank], items[:, :rank], reg=step.reg,
+                         count_scaled=step.count_scaled, item_bias=step.learn_bias, bias_reg=step.bias_reg)  # fmt: skip
+    return prior_from_rows(user_local, y, weight, len(users), residual=y - rest, dof=dof)
 
 
 def _rank_step(params: tuple, held: dict, rank: int, loss: str, reg: float, point: Callable, plan: SearchPlan,
