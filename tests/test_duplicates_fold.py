@@ -5,6 +5,8 @@ and on data without repeats every path fits the model the separate check let thr
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 from pyspark.ml.evaluation import RegressionEvaluator
@@ -17,6 +19,8 @@ from cfspark.ml import estimator
 
 SCHEMA = "uid string, iid string, stars double"
 COLUMNS = {"userCol": "uid", "itemCol": "iid", "ratingCol": "stars"}
+# The separate check on data without repeats: the shuffle's map stage and the look for a repeat.
+SEPARATE_CHECK_JOBS = 2
 SMALL = {**COLUMNS, "rank": 2, "maxIter": 3, "regParam": 0.1}
 BLOCKS = {"numUserBlocks": 2, "numItemBlocks": 2}
 # The planted repeat: the pair u3/i5 twice, with another rating.
@@ -131,3 +135,30 @@ def test_repeats_count_pairs_and_name_the_most_repeated():
     assert repeats(own, other, 10) == (2, 1, 3, 3)  # (1, 3) three times, (4, 7) twice
     assert repeats(np.arange(5), np.zeros(5, int), 1) is None
     assert sorted_repeats(np.array([0, 0, 1, 1]), np.array([2, 2, 2, 2])) == (2, 0, 2, 2)
+
+
+def _jobs_of(spark, run) -> tuple[object, int]:
+    """run()'s result and the number of Spark jobs it started (as tests/test_setup.py counts them)."""
+    sc = spark.sparkContext  # a test may count jobs; the library uses the DataFrame API alone
+    group = f"counted-{uuid.uuid4().hex}"
+    sc.setJobGroup(group, "jobs counted by a test")
+    try:
+        result = run()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    sc._jsc.sc().listenerBus().waitUntilEmpty(60_000)
+    return result, len(sc.statusTracker().getJobIdsForGroup(group))
+
+
+@pytest.mark.parametrize("path", ["one task, mse", "blockwise, mse"])
+def test_the_fold_saves_the_separate_checks_jobs(spark, data, path, monkeypatch):
+    # The separate check's jobs (the shuffle of every pair and the look for a repeat in it)
+    # are gone; the fit's own jobs are the same ones (the pack job collects a few more cells).
+    cf = CollaborativeFilter(**{**SMALL, **PATHS[path][0]})
+    clean = data["stars"][0]
+    cf.fit(clean)  # the first fit of the data fills its cache: a job the others do not run
+    _, folded = _jobs_of(spark, lambda: cf.fit(clean))
+    _with_separate_check(monkeypatch)
+    _, separate = _jobs_of(spark, lambda: cf.fit(clean))
+    print(path, "jobs of est.fit:", folded, "folded,", separate, "with the separate check")
+    assert separate - folded == SEPARATE_CHECK_JOBS
