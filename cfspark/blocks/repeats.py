@@ -44,5 +44,5 @@ def refuse_repeats(rows: list, user_id: Callable[[int], object], item_id: Callab
         return
     worst = max(found, key=lambda row: row["repeated_times"])
     pairs = sum(row["repeated_pairs"] for row in found)
-    raise RepeatedPairsError(pairs, user_id(worst["repeated_user"]), item_id(worst["repeated_item"]),
-                        worst["repeated_times"])  # fmt: skip
+    user, item = user_id(worst["repeated_user"]), item_id(worst["repeated_item"])
+    raise RepeatedPairsError(pairs, user, item, worst["repeated_times"])
