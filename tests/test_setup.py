@@ -630,9 +630,11 @@ def test_users_none_of_whom_can_be_heavy_are_hashed_without_counting_and_heavy_o
     from cfspark.blocks import build
 
     settings = CollaborativeFilter(rank=2, numUserBlocks=4, numItemBlocks=2).fit_settings()
-    # 20,000 users of 5 ratings: the threshold is 25 ratings (0.1 % of a block's 25,000).
+    # 20,000 users of 5 ratings: the threshold is 25 ratings (0.1 % of a block's 25,000). A
+    # user's k-th rating has an item among k·100 … k·100 + 99: no pair repeats (the pack refuses one).
+    item = F.floor(F.col("id") / 20_000) * 100 + F.pmod(F.hash("id"), F.lit(100))
     light = spark.range(100_000).select(
-        (F.col("id") % 20_000).alias("user"), F.pmod(F.hash("id"), F.lit(500)).cast("long").alias("item"),
+        (F.col("id") % 20_000).alias("user"), item.cast("long").alias("item"),
         (F.pmod(F.hash("id", F.lit(1)), F.lit(5)) + 1).cast("double").alias("rating"),
     ).cache()  # fmt: skip
     real_counted = build._counted

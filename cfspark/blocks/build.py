@@ -51,7 +51,9 @@ from cfspark.blocks.placement import (
     id_value,
     place_sides,
 )
+from cfspark.blocks.repeats import REPEATS, REPEATS_SCHEMA, refuse_repeats, with_repeats
 from cfspark.blocks.reroute import COUNT_SCHEMA, chunk_counts, reroute_chunks
+from cfspark.core.errors import RepeatedPairsError
 from cfspark.core.phases import phase
 from cfspark.core.plans import narrow_rows, one_job
 from cfspark.core.schema import BLOCK, ITEM, OFFSET, RATINGS, TARGET, USER, WEIGHT
@@ -75,6 +77,13 @@ class Side:
         if self.entities is None:
             return rows.select(F.col(VALUE).cast(self.dtype).alias(self.id_col), *columns)
         return rows.join(self.entities.select(VALUE, self.id_col), VALUE).select(self.id_col, *columns)
+
+    def id_of(self, value: int) -> object:
+        """The id whose value this is (with_ids for one value, named in an error): integer ids
+        are their own values; a hashed one is looked up in the entities' table."""
+        if self.entities is None:
+            return value
+        return self.entities.filter(F.col(VALUE) == F.lit(value)).select(self.id_col).first()[0]
 
     def with_values(self, rows: DataFrame, *columns: str) -> DataFrame:
         """(VALUE, *columns) from rows keyed by id_col (with_ids' inverse), for the ids the data
@@ -155,8 +164,9 @@ class Blocks:
 
 
 # The packed InBlocks of both sides in one table: INBLOCK_SCHEMA, the block's partition key among
-# its own side's blocks (partitioning.py), and the side (0 = users, 1 = items).
-PACKED_SCHEMA = f"{INBLOCK_SCHEMA}, {PART} int, side int"
+# its own side's blocks (partitioning.py), the side (0 = users, 1 = items), and a user block's
+# repeated (user, item) pairs (repeats.py), which setup refuses.
+PACKED_SCHEMA = f"{INBLOCK_SCHEMA}, {PART} int, side int, {REPEATS_SCHEMA}"
 
 
 def _packer(
@@ -181,7 +191,8 @@ def _packer(
             side, block = int(slot >> 32), int(slot & 0xFFFFFFFF)
             packed = pack_chunks(table.take(np.flatnonzero(slots == slot)), routes[1 - side])
             keyed = packed.append_column(PART, pa.array([partition_keys(num_blocks[side])[block]], pa.int32()))
-            yield from keyed.append_column("side", pa.array([side], pa.int32())).to_batches()
+            keyed = keyed.append_column("side", pa.array([side], pa.int32()))
+            yield from with_repeats(keyed, users=side == 0).to_batches()
 
     return pack
 
@@ -214,7 +225,7 @@ def _pack(chunks: DataFrame, placements: tuple[Placement, Placement], cut_placed
 
 def _side_view(packed: DataFrame, side: int) -> DataFrame:
     """One side's InBlocks (INBLOCK_SCHEMA and part) read from the packed table of both."""
-    return packed.filter(F.col("side") == side).drop("side")
+    return packed.filter(F.col("side") == side).drop("side", *REPEATS)
 
 
 def _with_labels(inblocks: DataFrame, other: DataFrame, num_blocks: int) -> DataFrame:
@@ -380,11 +391,18 @@ def build_blocks(
             rules[USER] = (users_at.num_blocks, seed, users_at)
             chunks = _chunk(targets, dtypes, rules, carries)
             cut_placed = (True, True)
-        # One job packs and caches both sides: its one shuffle has a partition per block.
+        # One job packs and caches both sides: its one shuffle has a partition per block, and
+        # it brings back each user block's repeated pairs, the estimator's duplicate check.
         with one_job(spark):
             packed = _pack(chunks, (users_at, items_at), cut_placed)
-            packed.select(BLOCK).count()
+            repeats = packed.select(*REPEATS).collect()
         chunks.unpersist()
+        try:
+            refuse_repeats(repeats, user_side.id_of, item_side.id_of)
+        except RepeatedPairsError:
+            for df in (packed, *[s.entities for s in (user_side, item_side) if s.entities is not None]):
+                df.unpersist()
+            raise
         users, items = _side_view(packed, 0), _side_view(packed, 1)
         totals = None
         if label_counts:

@@ -31,3 +31,18 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
+
+
+class RepeatedPairsError(InputError):
+    """A fit met a (user, item) pair more than once where it orders each user's ratings
+    (the one-task arrays, the packed user blocks): the estimator checks for repeats there,
+    not in a shuffle of its own, and names its columns and Param in the message it raises.
+
+    pairs: how many pairs repeat; user, item: one of them in the input's ids; times: its rows."""
+
+    def __init__(self, pairs: int, user: object, item: object, times: int):
+        super().__init__(
+            f"{pairs} (user, item) pair(s) appear more than once, e.g. {{user: {user!r}, item: {item!r}}} "
+            f"appears {times} times"
+        )
+        self.pairs, self.user, self.item, self.times = pairs, user, item, times

@@ -9,7 +9,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cfspark.core.errors import InputError
+from cfspark.core.errors import InputError, RepeatedPairsError
 from cfspark.core.plans import unreduced_groups
 from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.data.read import Columns
@@ -214,6 +214,7 @@ def validate_ratings(
 
 
 _ORDER = "_order"  # the input's row order, which duplicates = "last" keeps to
+_LEFT_TO_THE_FIT = "fit"  # duplicates = "error", the fit refusing them (validate_given's fit_refuses)
 
 
 def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str, setting: str = "input.duplicates") -> DataFrame:
@@ -228,6 +229,8 @@ def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str, setting: st
         last = F.max_by(F.struct(*[c for c in df.columns if c not in (USER, ITEM)]), F.col(_ORDER))
         ordered = df.withColumn(_ORDER, F.monotonically_increasing_id())
         return ordered.groupBy(USER, ITEM).agg(last.alias("_last")).select(USER, ITEM, "_last.*")
+    if duplicates == _LEFT_TO_THE_FIT:
+        return df
     repeated = df.groupBy(USER, ITEM).count().filter(F.col("count") > 1)
     # Nearly every pair is distinct, so counting them before the shuffle would reduce nothing.
     with unreduced_groups(df.sparkSession):
@@ -235,27 +238,40 @@ def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str, setting: st
         n_pairs = repeated.count() if first else 0
     if first:
         row = first[0]
-        raise InputError(
-            f"{n_pairs} (user, item) pair(s) appear more than once, e.g. "
-            f"{{{cols.user}: {row[USER]!r}, {cols.item}: {row[ITEM]!r}}} appears {row['count']} times "
-            f"(set {setting} to combine them: {_COMBINE[setting]})"
-        )
+        raise repeated_pairs_error(RepeatedPairsError(n_pairs, row[USER], row[ITEM], row["count"]), cols, setting)
     return df
 
 
 # How each setting combines repeated pairs, as its error message lists them.
 _COMBINE = {"input.duplicates": '"mean", "max", "last" or "sum"', "the duplicates Param": '"mean", "last" or "sum"'}
+PARAM = "the duplicates Param"  # the estimator's setting
 
 
-def validate_given(df: DataFrame, cols: Columns, *, labels: bool, duplicates: str = "error") -> DataFrame:
+def repeated_pairs_error(found: RepeatedPairsError, cols: Columns, setting: str = PARAM) -> InputError:
+    """The refusal of repeated (user, item) pairs, in the input's column names, naming the
+    setting that combines them; found by the check above or by a fit (RepeatedPairsError)."""
+    return InputError(
+        f"{found.pairs} (user, item) pair(s) appear more than once, e.g. "
+        f"{{{cols.user}: {found.user!r}, {cols.item}: {found.item!r}}} appears {found.times} times "
+        f"(set {setting} to combine them: {_COMBINE[setting]})"
+    )
+
+
+def validate_given(
+    df: DataFrame, cols: Columns, *, labels: bool, duplicates: str = "error", fit_refuses: bool = False
+) -> DataFrame:
     """The library's way in (a fit, a fold-in): cols' columns of df, validated with their ids
     kept as they are (whole-number doubles become longs) and repeated (user, item) pairs
     refused or combined as the estimator's duplicates Param says. The job reads its own
-    input with the id type and duplicates rule its config chooses."""
+    input with the id type and duplicates rule its config chooses.
+
+    fit_refuses: the rows go to a fit, which refuses repeated pairs itself where it sorts
+    them anyway (RepeatedPairsError; the caller words it with repeated_pairs_error), so under
+    duplicates = "error" they are not looked for here: that would cost a shuffle of every pair."""
     for name in cols.names:
         if name not in df.columns:
             raise ValueError(f"the input has no column {name!r} (columns: {', '.join(df.columns)})")
+    rule = _LEFT_TO_THE_FIT if fit_refuses and duplicates == "error" else duplicates
     return validate_ratings(
-        df.select(*cols.names), cols, id_type="keep", duplicates=duplicates, labels=labels,
-        setting="the duplicates Param",
+        df.select(*cols.names), cols, id_type="keep", duplicates=rule, labels=labels, setting=PARAM,
     )  # fmt: skip

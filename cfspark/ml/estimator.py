@@ -18,10 +18,11 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from cfspark.core.errors import RepeatedPairsError
 from cfspark.core.plans import cache_plain
 from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.data.read import Columns
-from cfspark.data.validate import validate_given
+from cfspark.data.validate import repeated_pairs_error, validate_given
 from cfspark.data.weights import confidence
 from cfspark.fit.paths import fit_ratings
 from cfspark.fit.record import FitRecord
@@ -313,14 +314,24 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
             )
         if prefs and self.getWeightCol():
             raise ValueError("implicitPrefs takes its counts from ratingCol; leave weightCol unset")
-        ratings = validate_given(dataset, self.columns, labels=labels, duplicates=duplicates)
+        # The fit refuses repeated pairs where it sorts each user's ratings anyway, without
+        # the shuffle of every pair that a check here costs. Under implicitPrefs, rows of
+        # count <= 0 are dropped before the fit sees them, and a pair they repeat must still be
+        # refused: the check stays here.
+        fit_refuses = not prefs
+        ratings = validate_given(dataset, self.columns, labels=labels, duplicates=duplicates, fit_refuses=fit_refuses)
         if prefs:
             ratings = ratings.filter(F.col(RATING) > 0).select(
                 USER, ITEM, F.lit(1.0).alias(RATING), self._confidence(F.col(RATING)).alias(WEIGHT)
             )
         elif self.getWeightCol():
             ratings = ratings.withColumn(WEIGHT, self._confidence(F.col(WEIGHT)))
-        return self.fit_validated(cache_plain(ratings))
+        ratings = cache_plain(ratings)
+        try:
+            return self.fit_validated(ratings)
+        except RepeatedPairsError as found:
+            ratings.unpersist()
+            raise repeated_pairs_error(found, self.columns) from None
 
     def _confidence(self, count: Column) -> Column:
         return confidence(count, self.getAlpha(), self.getWeightMapping(), self.getWeightEpsilon())

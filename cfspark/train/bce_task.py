@@ -57,6 +57,7 @@ from cfspark.train.one_task import (
     fit_arrays,
     keyed_rows,
     kind_table,
+    refused_pairs,
 )
 from cfspark.train.search_task import HELD, SearchPlan, search_arrays, start_from_search
 from cfspark.train.step import StepConfig
@@ -207,6 +208,9 @@ def _fit_part(cfg: BceTaskConfig, part: str, table: pa.Table) -> pa.RecordBatch:
         keys[side] = np.empty(len(encoded.dictionary), np.int64)
         keys[side][local[side]] = table.column(key_col).to_numpy()
         ids[side] = encoded.dictionary
+    refused = refused_pairs(ids[USER], ids[ITEM], local[USER], local[ITEM])
+    if refused is not None:  # every part gets every row, so each refuses them
+        return refused
     weight = _floats(table.column(WEIGHT))
     if part == EXPOSURE:
         began = time.perf_counter()

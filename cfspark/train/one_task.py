@@ -29,10 +29,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.blocks.codec import list_rows
+from cfspark.core.errors import RepeatedPairsError
 from cfspark.core.plans import narrow_rows
 from cfspark.core.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_RATINGS, OFFSET, TARGET, USER, WEIGHT
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
+from cfspark.kernels.repeats import repeats
 from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
 from cfspark.train.sampled import at_iteration
 from cfspark.train.step import StepConfig, solve_rows
@@ -48,6 +50,7 @@ USERS, ITEMS, RECORD = 0, 1, 2
 USER_KEY, ITEM_KEY = "user_key", "item_key"
 RECORD_COL = "record"
 PARTITION = "partition"  # of a record read back: the task that emitted it
+REPEATED = "repeated"  # a record's repeated (user, item) pairs, which refuse the fit
 
 
 def csr_by_row(own: np.ndarray, other: np.ndarray, n: int, *values: np.ndarray | None):
@@ -178,6 +181,25 @@ def factor_batch(
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
+def refused_pairs(
+    user_ids: pa.Array, item_ids: pa.Array, user_local: np.ndarray, item_local: np.ndarray, *, item_stats: bool = False
+) -> pa.RecordBatch | None:
+    """A factor_batch of the record alone, naming the task's repeated (user, item) pairs in
+    their own ids (user_local/item_local index the Arrow dictionaries user_ids/item_ids), which
+    factor_task_output raises on; None when every pair is distinct. item_stats: the body's
+    batches carry the item stats' columns (run_factor_task's item_stats). The task has each row's
+    indices in hand, so the estimator's duplicate check is a sort here, not a shuffle."""
+    found = repeats(user_local, item_local, len(item_ids))
+    if found is None:
+        return None
+    pairs, user, item, times = found
+    found = {"pairs": pairs, "user": user_ids[user].as_py(), "item": item_ids[item].as_py(), "times": times}
+    record = {REPEATED: found}
+    none = np.zeros((0, 3))  # rank 1 and its two bias columns, with no rows
+    stats = (np.zeros(0), np.zeros(0, np.int64)) if item_stats else None
+    return factor_batch(user_ids.slice(0, 0), item_ids.slice(0, 0), none, none, 1, record, stats)
+
+
 def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: float):
     """mapInArrow body over the one partition that holds every training rating."""
     rank = user_cfg.rank
@@ -195,6 +217,10 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
         user_keys[user_local] = table.column(USER_KEY).to_numpy()
         item_keys = np.empty(len(items.dictionary), np.int64)
         item_keys[item_local] = table.column(ITEM_KEY).to_numpy()
+        refused = refused_pairs(users.dictionary, items.dictionary, user_local, item_local)
+        if refused is not None:
+            yield refused
+            return
         offset, weight = (table.column(name) for name in (OFFSET, WEIGHT))
         W, X, history, stop = fit_arrays(
             user_local, item_local, table.column(TARGET).to_numpy().astype(np.float64),
@@ -270,7 +296,12 @@ def factor_task_output(
         found = records.collect()
     if not found:  # the collect is the one job that fits
         raise ValueError("there are no training ratings to fit")
-    return out, [(row[PARTITION], json.loads(row[RECORD_COL])) for row in found], level
+    records = [(row[PARTITION], json.loads(row[RECORD_COL])) for row in found]
+    for _, record in records:
+        if REPEATED in record:  # a task that found repeated pairs fitted nothing
+            out.unpersist()
+            raise RepeatedPairsError(**record[REPEATED])
+    return out, records, level
 
 
 def kind_table(out: DataFrame, kind: int, columns: tuple[str, ...], level: StorageLevel) -> DataFrame:

@@ -52,6 +52,7 @@ from cfspark.train.one_task import (
     factor_batch,
     fit_arrays,
     keyed_rows,
+    refused_pairs,
     run_factor_task,
 )
 from cfspark.train.saddle import collapsed, factor_scale, growing, keep_near_best, nearest
@@ -477,6 +478,11 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         began = time.perf_counter()
         table = pa.Table.from_batches(batches)
         fit, held, user_keys, item_keys, codes, (rating, weight) = _search_input(table, plan)
+        ids = codes[USER][0].dictionary, codes[ITEM][0].dictionary
+        refused = refused_pairs(*ids, codes[USER][1], codes[ITEM][1], item_stats=True)
+        if refused is not None:  # every row, fit part and validation fold alike
+            yield refused
+            return
         indexed = time.perf_counter()
         found, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, choose_rank=True)
         searched = time.perf_counter()
