@@ -90,7 +90,12 @@ def test_each_path_refuses_a_repeated_pair_in_the_inputs_ids(spark, data, path):
     assert not isinstance(refused.value, RepeatedPairsError)  # worded in the input's columns
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+def _blockwise_slow(paths) -> list:
+    """paths, the blockwise ones marked slow: their fits cost 10–20 s each here."""
+    return [pytest.param(p, marks=pytest.mark.slow) if "block" in p else p for p in paths]
+
+
+@pytest.mark.parametrize("path", _blockwise_slow(PATHS))
 def test_each_path_fits_the_same_model_as_with_the_separate_check(spark, data, path, monkeypatch):
     params, kind = PATHS[path]
     cf = CollaborativeFilter(**{**SMALL, **params})
@@ -150,7 +155,7 @@ def _jobs_of(spark, run) -> tuple[object, int]:
     return result, len(sc.statusTracker().getJobIdsForGroup(group))
 
 
-@pytest.mark.parametrize("path", ["one task, mse", "blockwise, mse"])
+@pytest.mark.parametrize("path", _blockwise_slow(["one task, mse", "blockwise, mse"]))
 def test_the_fold_saves_the_separate_checks_jobs(spark, data, path, monkeypatch):
     # The separate check's jobs (the shuffle of every pair and the look for a repeat in it)
     # are gone; the fit's own jobs are the same ones (the pack job collects a few more cells).
