@@ -5,12 +5,11 @@ and on data without repeats every path fits the model the separate check let thr
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pytest
 from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+from tests_support import jobs_of
 
 from cfspark import CollaborativeFilter
 from cfspark.core.errors import InputError, RepeatedPairsError
@@ -142,18 +141,6 @@ def test_repeats_count_pairs_and_name_the_most_repeated():
     assert sorted_repeats(np.array([0, 0, 1, 1]), np.array([2, 2, 2, 2])) == (2, 0, 2, 2)
 
 
-def _jobs_of(spark, run) -> tuple[object, int]:
-    """run()'s result and the number of Spark jobs it started (as tests/test_setup.py counts them)."""
-    sc = spark.sparkContext  # a test may count jobs; the library uses the DataFrame API alone
-    group = f"counted-{uuid.uuid4().hex}"
-    sc.setJobGroup(group, "jobs counted by a test")
-    try:
-        result = run()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-    sc._jsc.sc().listenerBus().waitUntilEmpty(60_000)
-    return result, len(sc.statusTracker().getJobIdsForGroup(group))
-
 
 @pytest.mark.parametrize("path", _blockwise_slow(["one task, mse", "blockwise, mse"]))
 def test_the_fold_saves_the_separate_checks_jobs(spark, data, path, monkeypatch):
@@ -162,8 +149,8 @@ def test_the_fold_saves_the_separate_checks_jobs(spark, data, path, monkeypatch)
     cf = CollaborativeFilter(**{**SMALL, **PATHS[path][0]})
     clean = data["stars"][0]
     cf.fit(clean)  # the first fit of the data fills its cache: a job the others do not run
-    _, folded = _jobs_of(spark, lambda: cf.fit(clean))
+    _, folded = jobs_of(spark, lambda: cf.fit(clean))
     _with_separate_check(monkeypatch)
-    _, separate = _jobs_of(spark, lambda: cf.fit(clean))
+    _, separate = jobs_of(spark, lambda: cf.fit(clean))
     print(path, "jobs of est.fit:", folded, "folded,", separate, "with the separate check")
     assert separate - folded == SEPARATE_CHECK_JOBS

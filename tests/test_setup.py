@@ -3,8 +3,6 @@ string ids; string ids that share a hash are refused; blocks are balanced by rat
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pyarrow as pa
 import pyspark
@@ -12,6 +10,7 @@ import pytest
 from planted import planted_ratings
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from tests_support import jobs_of
 
 from cfspark import CollaborativeFilter
 from cfspark.blocks import partitioning, placement
@@ -235,19 +234,6 @@ def _inline_one(blocks, side: str, factors, rank: int) -> tuple | None:
     return warm._inline_sides(blocks, {side: factors}, rank, {side: None})[side]
 
 
-def _jobs_of(spark, run) -> tuple[object, int]:
-    """run()'s result and the number of Spark jobs it started."""
-    sc = spark.sparkContext  # a test may count jobs; the library uses the DataFrame API alone
-    group = f"counted-{uuid.uuid4().hex}"  # the tracker keeps a group's finished jobs: one group per call
-    sc.setJobGroup(group, "jobs counted by a test")
-    try:
-        result = run()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-    # The tracker learns of jobs from the listener bus, which lags behind them under load.
-    sc._jsc.sc().listenerBus().waitUntilEmpty(60_000)
-    return result, len(sc.statusTracker().getJobIdsForGroup(group))
-
 
 def test_earlier_factors_of_known_row_counts_come_to_the_driver_in_one_job(spark, planted, monkeypatch):
     # Given the tables' row counts (as the λ search's task knows them), both sides' small
@@ -263,19 +249,19 @@ def test_earlier_factors_of_known_row_counts_come_to_the_driver_in_one_job(spark
     rows = {side: table.count() for side, table in factors.items()}
     assert rows == {"user": 150, "item": 80}
     alone = {side: _inline_one(blocks, side, table, settings.rank) for side, table in factors.items()}
-    both, jobs = _jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, rows))
+    both, jobs = jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, rows))
     assert jobs == 1
     for side in factors:
         assert len(both[side][0]) == rows[side]
         assert all(np.array_equal(a, b) for a, b in zip(both[side], alone[side], strict=True)), side
     # A bound the users' 150 rows exceed and the items' 80 do not.
     monkeypatch.setattr(warm, "INLINE_BYTES", 100 * (settings.rank + 2) * 8)
-    bounded, jobs = _jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, rows))
+    bounded, jobs = jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, rows))
     assert jobs == 1 and bounded["user"] is None  # the users' table is neither counted nor collected
     assert all(np.array_equal(a, b) for a, b in zip(bounded["item"], alone["item"], strict=True))
     # The given count decides, with no job: a table said to be over the bound is not collected.
     over = {"user": 10**9, "item": 10**9}
-    refused = _jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, over))
+    refused = jobs_of(spark, lambda: warm._inline_sides(blocks, factors, settings.rank, over))
     assert refused == ({"user": None, "item": None}, 0)
     blocks.unpersist(), stats.unpersist(), earlier.unpersist(), df.unpersist()
 

@@ -1,6 +1,7 @@
 """Paths and helpers shared by the tests."""
 
 import os
+import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,3 +31,17 @@ def assert_bracketed(points: list[dict], reg: float, metric: str, resolution: fl
     else:
         inner = scores[1] if j == 0 else scores[-2]
         assert scores[j] < inner <= scores[j] * (1 + resolution), by_reg
+
+
+def jobs_of(spark, run) -> tuple[object, int]:
+    """run()'s result and the number of Spark jobs it started."""
+    sc = spark.sparkContext  # a test may count jobs; the library uses the DataFrame API alone
+    group = f"counted-{uuid.uuid4().hex}"  # the tracker keeps a group's finished jobs: one group per call
+    sc.setJobGroup(group, "jobs counted by a test")
+    try:
+        result = run()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    # The tracker learns of jobs from the listener bus, which lags behind them under load.
+    sc._jsc.sc().listenerBus().waitUntilEmpty(60_000)
+    return result, len(sc.statusTracker().getJobIdsForGroup(group))
