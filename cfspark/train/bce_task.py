@@ -208,8 +208,10 @@ def _fit_part(cfg: BceTaskConfig, part: str, table: pa.Table) -> pa.RecordBatch:
         keys[side] = np.empty(len(encoded.dictionary), np.int64)
         keys[side][local[side]] = table.column(key_col).to_numpy()
         ids[side] = encoded.dictionary
-    refused = refused_pairs(ids[USER], ids[ITEM], local[USER], local[ITEM])
-    if refused is not None:  # every part gets every row, so each refuses them
+    # Every part gets every row, and every job has the preference part: it alone looks for
+    # repeated pairs, off the exposure part's task, which is the job's longest.
+    refused = refused_pairs(ids[USER], ids[ITEM], local[USER], local[ITEM]) if part == PREFERENCE else None
+    if refused is not None:
         return refused
     weight = _floats(table.column(WEIGHT))
     if part == EXPOSURE:
