@@ -98,9 +98,10 @@ def held_losses(loss: str, users: np.ndarray, items: np.ndarray, held: dict, ran
     u, i = held["user"], held["item"]
     both = (u >= 0) & (i >= 0)
     z = np.zeros(len(u))
-    z[both] = np.einsum("ij,ij->i", users[u[both]], items[i[both]])
+    # take, not fancy indexing: numpy's take gathers rows several times faster.
+    z[both] = np.einsum("ij,ij->i", users.take(u[both], axis=0), items.take(i[both], axis=0))
     item_only = (u < 0) & (i >= 0)
-    z[item_only] = items[i[item_only], bias_col(rank, "item")]
+    z[item_only] = items[:, bias_col(rank, "item")].take(i[item_only])
     if held["offset"] is not None:
         z += held["offset"]
     if loss == "mse":
@@ -259,8 +260,8 @@ def bias_prior_after_factors(fit: tuple, params: tuple, step: StepConfig, *, spe
     user_local, item_local, y, offset, weight = fit
     users, items = params  # at the layout's rank: a direction the rank step dropped is zeros
     rank = step.rank
-    rest = np.einsum("ij,ij->i", users[user_local, :rank], items[item_local, :rank])
-    rest += items[item_local, bias_col(rank, "item")]
+    seen_users, seen_items = users.take(user_local, axis=0), items.take(item_local, axis=0)
+    rest = np.einsum("ij,ij->i", seen_users[:, :rank], seen_items[:, :rank]) + seen_items[:, bias_col(rank, "item")]
     if offset is not None:
         rest += offset
     dof = 0.0
