@@ -63,18 +63,22 @@ def ndcg_rows(
     values = []
     for start in range(0, len(rows), batch):
         part = rows[start : start + batch]
-        scores = params[part] @ items.T
+        # −z, negated in place: argpartition takes the smallest, and a negated copy of every
+        # score would cost as much memory traffic as the product itself.
+        cost = params.take(part, axis=0) @ items.T
         local, cols = _expand(part, seen_ptr, seen_cols)
-        scores[local, cols] = -np.inf
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        cost[local, cols] = -np.inf
+        np.negative(cost, out=cost)
+        top = np.argpartition(cost, depth - 1, axis=1)[:, :depth]
+        order = np.argsort(np.take_along_axis(cost, top, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(top, order, axis=1)
-        relevant = np.zeros(scores.shape, bool)
+        # A hit is a top (row, item) pair among the held ones, matched on one int64 key each:
+        # a dense batch × items mask of the held pairs is not built.
         local, cols = _expand(part, held_ptr, held_cols)
         known = cols >= 0
-        relevant[local[known], cols[known]] = True
-        hits = np.take_along_axis(relevant, top, axis=1)
-        hits &= np.isfinite(np.take_along_axis(scores, top, axis=1))  # a seen item is never a hit
+        held_keys = local[known] * n_items + cols[known]
+        hits = np.isin(np.arange(len(part))[:, None] * n_items + top, held_keys)
+        hits &= np.isfinite(np.take_along_axis(cost, top, axis=1))  # a seen item is never a hit
         dcg = hits @ gain[:depth]
         n_held = held_ptr[part + 1] - held_ptr[part]
         values.append(dcg / ideal[np.minimum(n_held, k) - 1])
