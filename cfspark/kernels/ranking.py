@@ -63,11 +63,11 @@ def ndcg_rows(
     values = []
     for start in range(0, len(rows), batch):
         part = rows[start : start + batch]
-        # −z, negated in place: argpartition takes the smallest, and a negated copy of every
-        # score would cost as much memory traffic as the product itself.
         cost = params.take(part, axis=0) @ items.T
         local, cols = _expand(part, seen_ptr, seen_cols)
         cost[local, cols] = -np.inf
+        # −z, negated in place: argpartition takes the smallest, and a negated copy of every
+        # score would cost as much memory traffic as the product itself.
         np.negative(cost, out=cost)
         top = np.argpartition(cost, depth - 1, axis=1)[:, :depth]
         order = np.argsort(np.take_along_axis(cost, top, axis=1), axis=1, kind="stable")
