@@ -33,15 +33,20 @@ def _brute(params, items, rows, seen, held, k):
 
 @pytest.mark.parametrize("k", [1, 3, 10, 40])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ndcg_equals_the_brute_force_ranking(k, seed, monkeypatch):
+@pytest.mark.parametrize("n_items", [25, 700])  # 700: the strided bound is below most rows' top scores
+def test_ndcg_equals_the_brute_force_ranking(k, seed, n_items, monkeypatch):
     rng = np.random.default_rng(seed)
-    n_rows, n_items, p = 30, 25, 4
+    n_rows, p = 30, 4
     params, items = rng.normal(size=(n_rows, p)), rng.normal(size=(n_items, p))
-    seen = [set(rng.choice(n_items, rng.integers(0, 8), replace=False).tolist()) for _ in range(n_rows)]
+    # Row 5 has seen all but 3·k of the items: its strided subset holds fewer than k scores.
+    seen = [set(rng.choice(n_items, rng.integers(0, 8) if r != 5 else max(0, n_items - 3 * k), replace=False).tolist())
+            for r in range(n_rows)]  # fmt: skip
     held = []
     for r in range(n_rows):
         free = [i for i in range(n_items) if i not in seen[r]]
-        chosen = rng.choice(free, rng.integers(0, 5), replace=False).tolist()
+        if n_items > 100:  # held items among the row's top 4·k, so that the top k holds some of them
+            free = sorted(free, key=lambda i: -float(params[r] @ items[i]))[: 4 * k]
+        chosen = rng.choice(free, min(len(free), rng.integers(0, 5)), replace=False).tolist()
         held.append(chosen + ([-1] if r % 7 == 3 else []))  # −1: an item the model never saw
     rows = np.arange(n_rows)[rng.random(n_rows) < 0.8]
     monkeypatch.setattr(ranking, "BATCH_SCORES", 7 * n_items)  # several batches
@@ -60,3 +65,18 @@ def test_ndcg_is_one_for_a_perfect_ranking_and_zero_for_the_worst():
     # The seen item 0 is skipped: item 3 is third, worth 1/log2(4) of the ideal 1.
     assert ndcg_at_k(params, items, [0], seen, _csr([[3]]), 3) == pytest.approx(0.5)
     assert ndcg_at_k(params, items, [0], seen, _csr([[]]), 3) == 0.0
+
+
+def test_a_held_item_ranks_after_every_item_it_ties_with():
+    items = np.eye(4)
+    params = np.array([[3.0, 2, 2, 1]])  # items 1 and 2 tie in second place
+    seen = _csr([[]])
+    # Held item 1 counts as third, after item 2 that ties with it: 1/log2(4) of the ideal 1.
+    assert ndcg_at_k(params, items, [0], seen, _csr([[1]]), 3) == pytest.approx(0.5)
+    assert ndcg_at_k(params, items, [0], seen, _csr([[1]]), 2) == 0.0
+    # Scores all equal (factors collapsed to zero): no held item is in the top k.
+    flat = np.zeros((1, 4))
+    assert ndcg_at_k(flat, items, [0], seen, _csr([[0, 3]]), 2) == 0.0
+    # Two held items that tie count each after the other: second place each, of the ideal 1 + 1/log2(3).
+    second = 1 / math.log2(3)
+    assert ndcg_at_k(flat, items, [0], _csr([[1, 2]]), _csr([[0, 3]]), 2) == pytest.approx(2 * second / (1 + second))

@@ -5,7 +5,9 @@ makes that w·x + b + c), without the items it was trained on (its seen items), 
 held out for it are the relevant ones. As data/metrics.py's ranking_metrics, which scores a
 test split in Spark: DCG@k = Σ hit / log2(position + 1), over the ideal DCG of min(#held, k)
 hits, averaged over the rows with a held item. A held item the model never saw still counts
-in the ideal and can never be hit. Rows go in batches, so memory stays near batch × items.
+in the ideal and can never be hit. A held item ranks after every item whose score ties with
+its own, so scores all equal (factors collapsed to zero) earn nothing. Rows go in batches, so
+memory stays near batch × items.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 BATCH_SCORES = 4_000_000  # scores held at once: rows per batch = this / number of items
+# Every this many-th item bounds a row's top scores from below (_positions): the bound costs
+# 1/SUBSET_STRIDE of a partition of the row, and leaves about depth · SUBSET_STRIDE candidates.
+SUBSET_STRIDE = 16
 
 
 def discounts(k: int) -> np.ndarray:
@@ -63,26 +68,50 @@ def ndcg_rows(
     values = []
     for start in range(0, len(rows), batch):
         part = rows[start : start + batch]
-        cost = params.take(part, axis=0) @ items.T
+        scores = params.take(part, axis=0) @ items.T
         local, cols = _expand(part, seen_ptr, seen_cols)
-        cost[local, cols] = -np.inf
-        # −z, negated in place: argpartition takes the smallest, and a negated copy of every
-        # score would cost as much memory traffic as the product itself.
-        np.negative(cost, out=cost)
-        top = np.argpartition(cost, depth - 1, axis=1)[:, :depth]
-        order = np.argsort(np.take_along_axis(cost, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        # A hit is a top (row, item) pair among the held ones, matched on one int64 key each:
-        # a dense batch × items mask of the held pairs is not built.
+        scores[local, cols] = -np.inf
         local, cols = _expand(part, held_ptr, held_cols)
         known = cols >= 0
-        held_keys = local[known] * n_items + cols[known]
-        hits = np.isin(np.arange(len(part))[:, None] * n_items + top, held_keys)
-        hits &= np.isfinite(np.take_along_axis(cost, top, axis=1))  # a seen item is never a hit
-        dcg = hits @ gain[:depth]
+        local, cols = local[known], cols[known]
+        position = _positions(scores, local, scores[local, cols], depth)
+        hit = position < depth
+        dcg = np.bincount(local[hit], weights=gain[position[hit]], minlength=len(part))
         n_held = held_ptr[part + 1] - held_ptr[part]
         values.append(dcg / ideal[np.minimum(n_held, k) - 1])
     return np.concatenate(values)
+
+
+def _positions(scores: np.ndarray, local: np.ndarray, held: np.ndarray, depth: int) -> np.ndarray:
+    """The 0-based position of each held score held[j] in its row local[j] of scores, ranked
+    high to low; a tie ranks the held item after every item it ties with (a model that cannot
+    tell items apart earns nothing for them), and a score of −∞ (a seen item) ranks last.
+    Positions at or past depth come back as depth.
+
+    No row is sorted or arg-partitioned: the depth-th largest score of every SUBSET_STRIDE-th
+    item is at most the row's own, so every item that can outrank a held item in the top
+    depth scores at least that bound. One comparison pass finds those candidates (about
+    depth · SUBSET_STRIDE per row), and each held item's position is counted among its row's."""
+    n_rows, n_items = scores.shape
+    subset = scores[:, ::SUBSET_STRIDE]
+    if subset.shape[1] > depth:
+        bound = np.partition(subset, subset.shape[1] - depth, axis=1)[:, subset.shape[1] - depth]
+    else:
+        bound = np.full(n_rows, -np.inf)
+    row, col = np.nonzero(scores >= bound[:, None])
+    counts = np.bincount(row, minlength=n_rows)
+    first = np.cumsum(counts) - counts
+    candidates = np.full((n_rows, max(int(counts.max(initial=0)), 1)), -np.inf)
+    candidates[row, np.arange(len(row)) - first[row]] = scores[row, col]
+    position = np.full(len(held), depth)
+    # A held item below its row's bound is below the top depth: it is not counted.
+    near = np.flatnonzero(np.isfinite(held) & (held >= bound[local]))
+    if len(near):
+        ahead = candidates[local[near]]
+        value = held[near, None]
+        # Every item at or above the held score is a candidate; the held item itself is one of them.
+        position[near] = np.minimum((ahead >= value).sum(axis=1) - 1, depth)
+    return position
 
 
 def _expand(part: np.ndarray, row_ptr: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
