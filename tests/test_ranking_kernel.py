@@ -80,3 +80,17 @@ def test_a_held_item_ranks_after_every_item_it_ties_with():
     # Two held items that tie count each after the other: second place each, of the ideal 1 + 1/log2(3).
     second = 1 / math.log2(3)
     assert ndcg_at_k(flat, items, [0], _csr([[1, 2]]), _csr([[0, 3]]), 2) == pytest.approx(2 * second / (1 + second))
+
+
+def test_both_ways_of_counting_agree_with_a_full_sort():
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=(40, 300)), 1)  # rounded: many ties
+    scores[7, :290] = -np.inf  # a row that has seen almost every item
+    bound = np.partition(scores[:, ::16], scores[:, ::16].shape[1] - 5, axis=1)[:, -5]
+    local = rng.integers(0, 40, 200)
+    value = scores[local, rng.integers(0, 300, 200)]
+    above = np.isfinite(value) & (value >= bound[local])
+    local, value = local[above], value[above]
+    want = np.array([(scores[r] >= v).sum() for r, v in zip(local, value, strict=True)])
+    np.testing.assert_array_equal(ranking._count_in_rows(scores, local, value, bound), want)
+    np.testing.assert_array_equal(ranking._count_in_candidates(scores, local, value, bound), want)

@@ -89,29 +89,45 @@ def _positions(scores: np.ndarray, local: np.ndarray, held: np.ndarray, depth: i
     Positions at or past depth come back as depth.
 
     No row is sorted or arg-partitioned: the depth-th largest score of every SUBSET_STRIDE-th
-    item is at most the row's own, so every item that can outrank a held item in the top
-    depth scores at least that bound. One comparison pass finds those candidates (about
-    depth · SUBSET_STRIDE per row), and each held item's position is counted among its row's."""
+    item is at most the row's own, so a held item below that bound is not in the top depth,
+    and every item that outranks one above it scores at least the bound too. Only the held
+    items above it are placed: against their whole rows when they are at most one per row
+    (as many comparisons as one pass over the scores), else among their rows' candidates,
+    the items above the bound (about depth · SUBSET_STRIDE per row)."""
     n_rows, n_items = scores.shape
     subset = scores[:, ::SUBSET_STRIDE]
-    if subset.shape[1] > depth:
+    if subset.shape[1] >= depth:
         bound = np.partition(subset, subset.shape[1] - depth, axis=1)[:, subset.shape[1] - depth]
     else:
         bound = np.full(n_rows, -np.inf)
-    row, col = np.nonzero(scores >= bound[:, None])
-    counts = np.bincount(row, minlength=n_rows)
-    first = np.cumsum(counts) - counts
-    candidates = np.full((n_rows, max(int(counts.max(initial=0)), 1)), -np.inf)
-    candidates[row, np.arange(len(row)) - first[row]] = scores[row, col]
     position = np.full(len(held), depth)
-    # A held item below its row's bound is below the top depth: it is not counted.
     near = np.flatnonzero(np.isfinite(held) & (held >= bound[local]))
     if len(near):
-        ahead = candidates[local[near]]
-        value = held[near, None]
-        # Every item at or above the held score is a candidate; the held item itself is one of them.
-        position[near] = np.minimum((ahead >= value).sum(axis=1) - 1, depth)
+        count = _count_in_rows if len(near) <= n_rows else _count_in_candidates
+        # The held item scores at least itself: one less is the number that rank before it.
+        position[near] = np.minimum(count(scores, local[near], held[near], bound) - 1, depth)
     return position
+
+
+def _count_in_rows(scores: np.ndarray, local: np.ndarray, value: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """How many scores of row local[j] are at least value[j], for each j: whole rows, in chunks."""
+    out = np.empty(len(local), np.int64)
+    step = max(1, BATCH_SCORES // max(scores.shape[1], 1))
+    for start in range(0, len(local), step):
+        part = slice(start, start + step)
+        out[part] = (scores[local[part]] >= value[part, None]).sum(axis=1)
+    return out
+
+
+def _count_in_candidates(scores: np.ndarray, local: np.ndarray, value: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """_count_in_rows for values at or above their row's bound, counted among the row's scores
+    at or above it (a rows × most-candidates table, −∞ padded)."""
+    row, col = np.nonzero(scores >= bound[:, None])
+    counts = np.bincount(row, minlength=len(scores))
+    first = np.cumsum(counts) - counts
+    candidates = np.full((len(scores), max(int(counts.max(initial=0)), 1)), -np.inf)
+    candidates[row, np.arange(len(row)) - first[row]] = scores[row, col]
+    return (candidates[local] >= value[:, None]).sum(axis=1)
 
 
 def _expand(part: np.ndarray, row_ptr: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
