@@ -263,3 +263,21 @@ def test_the_fit_at_the_choice_also_stops_once_its_training_rmse_is_still():
     last = [rmse(k) for k in (n - 2, n - 1, n)]
     assert abs(last[2] - last[1]) <= still * last[1]
     assert n == 2 or abs(last[1] - last[0]) > still * last[0]
+
+
+def test_a_callable_resolution_is_asked_at_each_decision_on_the_points_so_far():
+    curve = _curve(0.07, skew=0.3)
+    # Asked as a function, a constant gives the path of the same number.
+    same = bracket_search(curve, start=START, tol=TOL, resolution=lambda: 1e-3)
+    assert same.path == bracket_search(curve, start=START, tol=TOL, resolution=1e-3).path
+    # A resolution that the points resolve only once there are five: refinement goes on to the
+    # fifth point, then stops there, as both ends of the bracket score within it.
+    calls: list[float] = []
+
+    def score(reg: float) -> float:
+        calls.append(reg)
+        return curve(reg)
+
+    found = bracket_search(score, start=START, tol=TOL, resolution=lambda: 0.0 if len(calls) < 5 else 1.0)
+    assert len(found.path) == 5
+    assert len(bracket_search(curve, start=START, tol=TOL).path) > 5

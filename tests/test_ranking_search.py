@@ -20,7 +20,14 @@ from cfspark.app.train import run_job
 from cfspark.bench.implicit import play_counts
 from cfspark.data.split import split_ratings
 from cfspark.fit import rank_search
-from cfspark.fit.rank_search import ALPHA_START, REG_START, AlphaPlan, search_ranking, within_noise
+from cfspark.fit.rank_search import (
+    ALPHA_START,
+    REG_START,
+    AlphaPlan,
+    fold_resolution,
+    search_ranking,
+    within_noise,
+)
 from cfspark.ml.model_io import read_metadata
 from cfspark.train.search_task import SearchPlan
 from cfspark.train.step import StepConfig
@@ -80,6 +87,22 @@ def test_within_noise_keeps_the_preferred_point_unless_another_is_clearly_better
     # A gain of 0.05 on every user: the weak λ is better beyond doubt.
     clear = [base, base + 0.01, base + 0.05 + rng.normal(0, 0.01, 400)]
     assert within_noise(clear, points, prefer) == 2
+
+
+def test_fold_resolution_is_the_median_paired_standard_error_relative_to_the_best():
+    rng = np.random.default_rng(2)
+    best = rng.random(300) * 0.2
+    # Three other points: the best's NDCG minus theirs has spreads 0.01, 0.02 and 0.04 per user.
+    others = [best - 0.02 - rng.normal(0, s, 300) for s in (0.01, 0.02, 0.04)]
+    per_row = [np.full(300, -np.inf), others[0], best, others[1], others[2]]  # a collapsed point first
+    errors = sorted(float(np.std(best - o, ddof=1)) / math.sqrt(300) for o in others)
+    assert fold_resolution(per_row, 0) == pytest.approx(errors[1] / (1 - best.mean()), rel=1e-12)
+    # From a later pass's first point on, and none before two finite points.
+    top, other = sorted(per_row[3:], key=np.mean, reverse=True)
+    assert fold_resolution(per_row, 3) == pytest.approx(
+        float(np.std(top - other, ddof=1)) / math.sqrt(300) / (1 - top.mean()), rel=1e-12
+    )
+    assert fold_resolution(per_row, 4) == 0.0 == fold_resolution(per_row[:2], 0)
 
 
 def test_search_ranking_brackets_reg_then_alpha_on_planted_counts(monkeypatch):

@@ -6,7 +6,8 @@ golden-section steps in log λ until it is at most `tol` wide (in log λ). A har
 [low, high] bounds every call: an end of it that is best ends the widening there.
 
 With a `resolution` (relative to the best score), differences within it are below what the
-caller's points resolve. An end of the points at most `tol` from its neighbour, that the
+caller's points resolve; a callable resolution is asked again at each decision, so a caller
+can measure it on the points scored so far. An end of the points at most `tol` from its neighbour, that the
 score falls into but whose next step could gain no more than that, is a flat end and also
 ends the widening (it arises where a start is narrower than a step, as when a caller
 brackets again around an earlier choice); a side of the bracket whose end scores within it
@@ -49,16 +50,18 @@ def bracket_search(
     low: float = 1e-4,
     high: float = 1e2,
     max_calls: int = 30,
-    resolution: float = 0.0,
+    resolution: float | Callable[[], float] = 0.0,
 ) -> Bracketed:
     """Minimise score(λ) over λ in [low, high]: widen until bracketed, then golden-section to tol.
 
     start is evaluated in the order given (strong to weak λ suits warm starts); step > 1 is
     the widening factor; tol is the final bracket's width in log λ; max_calls caps the calls;
-    resolution (0: none) is the relative score difference the caller's points resolve.
+    resolution (0: none) is the relative score difference the caller's points resolve, or
+    a function that gives it.
     """
     if step <= 1.0 or not 0 < low < high or tol <= 0:
         raise ValueError(f"bracket_search needs step > 1, 0 < low < high and tol > 0, got {step}, {low}, {high}, {tol}")
+    resolved = resolution if callable(resolution) else lambda: resolution
     points: dict[float, float] = {}  # log λ → score
     scored: dict[float, float] = {}  # log λ → the λ scored (exp(log λ) may differ from it in the last bit)
     order: list[tuple[float, float]] = []
@@ -80,12 +83,12 @@ def bracket_search(
         best = min(keys, key=lambda k: (points[k], k))
         i = keys.index(best)
         if i == 0 and best > math.log(low) + 1e-12:
-            if _flat_end(points, keys[:3], step, resolution, tol):
+            if _flat_end(points, keys[:3], step, resolved(), tol):
                 break
             call(math.exp(best) / step)
             widened += [] if "down" in widened else ["down"]
         elif i == len(keys) - 1 and best < math.log(high) - 1e-12:
-            if _flat_end(points, keys[::-1][:3], step, resolution, tol):
+            if _flat_end(points, keys[::-1][:3], step, resolved(), tol):
                 break
             call(math.exp(best) * step)
             widened += [] if "up" in widened else ["up"]
@@ -93,7 +96,7 @@ def bracket_search(
             at_limit = i in (0, len(keys) - 1)
             break
     if not at_limit:
-        _refine(points, call, tol=tol, resolution=resolution, calls_left=lambda: len(order) < max_calls)
+        _refine(points, call, tol=tol, resolution=resolved, calls_left=lambda: len(order) < max_calls)
     best = min(points, key=lambda k: (points[k], k))
     return Bracketed(scored[best], points[best], order, ",".join(widened), at_limit)
 
@@ -118,8 +121,8 @@ def _flat_end(points: dict[float, float], last: list[float], step: float, resolu
     return (inner - end) * math.log(step) / gap <= resolution * abs(end)
 
 
-def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: float, resolution: float,
-            calls_left) -> None:  # fmt: skip
+def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: float,
+            resolution: Callable[[], float], calls_left) -> None:  # fmt: skip
     """Golden-section steps on the bracket around the best point until it is at most tol wide,
     or until both its ends score within resolution (relative) of the best, or until one end
     does and the side towards the other is at most tol wide."""
@@ -131,16 +134,17 @@ def _refine(points: dict[float, float], call: Callable[[float], float], *, tol: 
         a, b, c = keys[i - 1], keys[i], keys[i + 1]
         if c - a <= tol:
             return
+        res = resolution()
         # An end that scores within resolution of the best is a flat side: no λ on it scores
         # measurably better than the best, so it is not probed.
-        flat_low, flat_high = (points[k] <= points[b] + resolution * abs(points[b]) for k in (a, c))
-        if resolution > 0 and flat_low and flat_high:
+        flat_low, flat_high = (points[k] <= points[b] + res * abs(points[b]) for k in (a, c))
+        if res > 0 and flat_low and flat_high:
             return
         # With one side flat, only the other side's width says how well the best is placed.
-        if resolution > 0 and flat_low != flat_high and (c - b if flat_low else b - a) <= tol:
+        if res > 0 and flat_low != flat_high and (c - b if flat_low else b - a) <= tol:
             return
         # Probe the larger side of the best point that is not flat, a golden fraction of the way in.
-        up = flat_low if resolution > 0 and flat_low != flat_high else c - b >= b - a
+        up = flat_low if res > 0 and flat_low != flat_high else c - b >= b - a
         trial = b + GOLDEN * (c - b) if up else b - GOLDEN * (b - a)
         before = len(points)
         call(math.exp(trial))
