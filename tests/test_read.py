@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
 from cfspark.app.config import load_defaults
-from cfspark.data.read import default_ratings_path, read_ratings
+from cfspark.core.plans import MIN_PARTITIONS, PARTITION_RATINGS, fewer_partitions
+from cfspark.data.read import Columns, default_ratings_path, read_ratings
 from cfspark.data.validate import validate_ratings
 
 
@@ -53,3 +58,28 @@ def test_parquet_keeps_long_ids_and_string_ids_can_be_forced(spark, tmp_path):
     assert sorted(map(tuple, got.collect())) == [(5, 7, 4.0), (2**40, 7, 3.0)]
     as_text = validate_ratings(df, cols, id_type="string", duplicates="error")
     assert sorted(r.user for r in as_text.collect()) == ["1099511627776", "5"]
+
+
+def _partitions(df) -> int:
+    return df.select(F.spark_partition_id().alias("p")).distinct().count()
+
+
+def test_an_input_of_many_small_partitions_leaves_validation_in_fewer(spark):
+    rows = [(u, i, float(1 + (u * i) % 5)) for u in range(60) for i in range(50)]  # 3,000
+    many = spark.createDataFrame(rows, "u long, i long, r double").repartition(40)
+    cols = Columns(user="u", item="i", rating="r")
+    got = validate_ratings(many, cols, id_type="keep", duplicates="error")
+    # 3,000 ratings in 40 partitions: coalesced to the fewest, MIN_PARTITIONS, without a shuffle.
+    assert _partitions(many) == 40 and _partitions(got) == MIN_PARTITIONS
+    want = spark.createDataFrame(rows, "user long, item long, rating double")
+    assert_df_equality(got, want, ignore_row_order=True)
+    # An input already in few partitions keeps them.
+    few = spark.createDataFrame(rows, "u long, i long, r double").repartition(3)
+    assert _partitions(validate_ratings(few, cols, id_type="keep", duplicates="error")) == 3
+
+
+def test_fewer_partitions_keeps_one_per_partition_ratings(spark):
+    df = spark.range(1000).repartition(100)
+    # As if it held 10M ratings: ⌈10M / PARTITION_RATINGS⌉ = 40 partitions.
+    assert _partitions(fewer_partitions(df, 10_000_000, 100)) == math.ceil(10_000_000 / PARTITION_RATINGS) == 40
+    assert fewer_partitions(df, 10_000_000, 40) is df

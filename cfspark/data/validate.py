@@ -1,4 +1,5 @@
-"""Check ratings once, in one aggregate pass, and settle the types of ids and ratings.
+"""Check ratings once, in one aggregate pass, and settle the types of ids and ratings (and an
+input of many small partitions leaves in fewer: core/plans.py's fewer_partitions).
 
 Each problem is reported as one line: the column, how many rows, and an example row.
 """
@@ -10,7 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.core.errors import InputError, RepeatedPairsError
-from cfspark.core.plans import unreduced_groups
+from cfspark.core.plans import fewer_partitions, unreduced_groups
 from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.data.read import Columns
 
@@ -181,8 +182,10 @@ def validate_ratings(
                 'use input.id_type = "string")',
             )
 
-    counts = df.agg(
+    # The partition id is projected first: an aggregate may not take a nondeterministic argument.
+    counts = df.withColumn(_PARTITION, F.spark_partition_id()).agg(
         F.count(F.lit(1)).alias("rows"),
+        F.max(_PARTITION).alias("last_partition"),  # the input's partitions, less one
         *[F.sum(cond.cast("long")).alias(key) for key, (cond, _) in checks.items()],
         *[F.sum(cond.cast("long")).alias(f"cast_{name}") for name, cond in id_casts.items()],
     ).first()
@@ -209,10 +212,12 @@ def validate_ratings(
         return F.col(name).cast("string") if id_type == "string" else F.col(name).cast("long")
 
     weights = [weight.alias(WEIGHT)] if weight is not None else []
+    df = fewer_partitions(df, counts["rows"], counts["last_partition"] + 1)
     out = df.select(typed_id(cols.user).alias(USER), typed_id(cols.item).alias(ITEM), label.alias(RATING), *weights)
     return _check_duplicates(out, cols, duplicates, setting)
 
 
+_PARTITION = "_partition"  # the input partition a row is in, for validation's count of them
 _ORDER = "_order"  # the input's row order, which duplicates = "last" keeps to
 _LEFT_TO_THE_FIT = "fit"  # duplicates = "error", the fit refusing them (validate_given's fit_refuses)
 
