@@ -48,16 +48,19 @@ def _dense_loss(observed, confidence, other, params, weights):
 
 @pytest.mark.parametrize(("n", "m", "rank", "heavy"), [(7, 40, 3, False), (12, 25, 5, False), (3, 4500, 2, True)])
 @pytest.mark.parametrize("count_scaled", [False, True])
-def test_all_items_step_equals_the_dense_solve(n, m, rank, heavy, count_scaled):
+# An item's free columns skip its constant one ([X | 1 | c]): the kernel's index path, not its slice.
+@pytest.mark.parametrize(("side", "learn_bias"), [("user", True), ("item", True), ("item", False)])
+def test_all_items_step_equals_the_dense_solve(n, m, rank, heavy, count_scaled, side, learn_bias):
     observed, confidence, row_ptr, cols, conf, other, params = _block(n, m, rank, 0.2, seed=n + m, heavy=heavy)
+    params[:, const_col(rank, side)] = 1.0
     weights = reg_weights(
-        row_ptr, factor_mask(rank), bias_mask(rank, "user"), reg=0.3, bias_reg=0.7, count_scaled=count_scaled
+        row_ptr, factor_mask(rank), bias_mask(rank, side), reg=0.3, bias_reg=0.7, count_scaled=count_scaled
     )
-    mask = train_mask(rank, "user", learn_bias=True)
+    mask = train_mask(rank, side, learn_bias=learn_bias)
     new, data, reg = implicit_step(row_ptr, cols, conf, other, params, mask, weights)
     expected = _brute_force(observed, confidence, other, params, np.flatnonzero(mask), weights)
     np.testing.assert_allclose(new, expected, rtol=0, atol=1e-9)
-    assert np.all(new[:, const_col(rank, "user")] == 1.0)  # the constant never moves
+    assert np.all(new[:, const_col(rank, side)] == 1.0)  # the constant never moves
     dense_data, dense_reg = _dense_loss(observed, confidence, other, new, weights)
     assert data == pytest.approx(dense_data, rel=1e-10)
     assert reg == pytest.approx(dense_reg, rel=1e-10)
