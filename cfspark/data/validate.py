@@ -212,9 +212,10 @@ def validate_ratings(
         return F.col(name).cast("string") if id_type == "string" else F.col(name).cast("long")
 
     weights = [weight.alias(WEIGHT)] if weight is not None else []
-    df = fewer_partitions(df, counts["rows"], counts["last_partition"] + 1)
     out = df.select(typed_id(cols.user).alias(USER), typed_id(cols.item).alias(ITEM), label.alias(RATING), *weights)
-    return _check_duplicates(out, cols, duplicates, setting)
+    # Coalesced after the duplicates rule: "last" keeps to the input's own partitions' order.
+    checked = _check_duplicates(out, cols, duplicates, setting)
+    return fewer_partitions(checked, counts["rows"], counts["last_partition"] + 1)
 
 
 _PARTITION = "_partition"  # the input partition a row is in, for validation's count of them

@@ -7,11 +7,11 @@ golden-section steps in log λ until it is at most `tol` wide (in log λ). A har
 
 With a `resolution` (relative to the best score), differences within it are below what the
 caller's points resolve; a callable resolution is asked again at each decision, so a caller
-can measure it on the points scored so far. An end of the points at most `tol` from its neighbour, that the
-score falls into but whose next step could gain no more than that, is a flat end and also
-ends the widening (it arises where a start is narrower than a step, as when a caller
-brackets again around an earlier choice); a side of the bracket whose end scores within it
-of the best is not probed.
+can measure it on the points scored so far. An end of the points at most `tol` from its
+neighbour, that the score falls into but whose next step could gain no more than that, is a
+flat end and also ends the widening (it arises where a start is narrower than a step, as
+when a caller brackets again around an earlier choice); a side of the bracket whose end
+scores within it of the best is not probed.
 
 The scorer is called in the order the search needs the points, so a caller can warm-start
 each fit from the previous one. A score that is None or NaN counts as worse than any number.
