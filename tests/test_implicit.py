@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,19 @@ def test_the_step_minimises_the_loss_over_every_item():
     with_item_bias_off = train_mask(3, "user", learn_bias=False)
     fixed_bias, _, _ = implicit_step(row_ptr, cols, conf, other, params, with_item_bias_off, weights)
     np.testing.assert_array_equal(fixed_bias[:, 3], params[:, 3])
+
+
+def test_a_kept_tiling_and_a_skipped_data_loss_change_nothing_else():
+    observed, confidence, row_ptr, cols, conf, other, params = _block(12, 25, 5, 0.2, seed=4)
+    weights = reg_weights(row_ptr, factor_mask(5), bias_mask(5, "user"), reg=0.3, bias_reg=0.7, count_scaled=True)
+    mask = train_mask(5, "user", learn_bias=True)
+    want, data, reg = implicit_step(row_ptr, cols, conf, other, params, mask, weights)
+    cache: dict = {}
+    # The first call tiles and keeps it; the second, with other confidences (another α), borrows it.
+    implicit_step(row_ptr, cols, 1.0 + 2.0 * (conf - 1.0), other, params, mask, weights, cache=cache)
+    kept = cache["tiling"]
+    got, skipped, got_reg = implicit_step(row_ptr, cols, conf, other, params, mask, weights, data_loss=False,
+                                          cache=cache)  # fmt: skip
+    assert cache["tiling"] is kept
+    np.testing.assert_array_equal(got, want)
+    assert math.isnan(skipped) and got_reg == reg and math.isfinite(data)

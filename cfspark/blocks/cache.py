@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from cfspark.blocks import files
 from cfspark.blocks.codec import cell
-from cfspark.kernels.block import TiledRatings
+from cfspark.kernels.block import TiledRatings, Tiling
 
 # The InBlock columns a half-step reads, and their dtypes (inblock.py's INBLOCK_SCHEMA).
 STEP_COLUMNS = {
@@ -105,7 +105,8 @@ def lookup(key: CacheKey, block: int) -> Arrays | None:
 
 def _used() -> int:
     """The bytes this worker holds: kept arrays and what their half-steps derived from them."""
-    derived = sum(v.nbytes for d in _scratch.values() for v in d.values() if isinstance(v, TiledRatings))
+    # A tiled problem's copies (the explicit losses) or a tiling alone (the all-items half-step).
+    derived = sum(v.nbytes for d in _scratch.values() for v in d.values() if isinstance(v, TiledRatings | Tiling))
     return sum(nbytes(a) for a in _cache.values()) + derived
 
 

@@ -88,6 +88,7 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
     state = {"users": init[0], "items": init[1]}
     path: list[dict] = []
     per_row: list[np.ndarray] = []  # each path point's NDCG per validation user
+    tiled: tuple[dict, dict] = ({}, {})  # each side's tiling (step.solve_rows), made once for every point
     if not len(rows):  # too few pairs for a validation fold: the start grids' middles
         reg, a = alpha.reg, alpha.reference
         return {"reg": reg, "alpha": a, "ndcg": None, "path": [], "widened": "", "at_limit": False}
@@ -106,8 +107,9 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
         value, last_value, last_loss, iterations = np.inf, None, None, 0
         size = factor_scale(users, items, user_cfg.rank)
         for _ in range(plan.point_iter if path and not restart else plan.first_iter):
-            users, _, (_, user_reg) = solve_rows(ucfg, *u_side, items, users, None)
-            items, _, (data, item_reg) = solve_rows(icfg, *i_side, users, items, None)
+            # The iteration's data loss is the item half-step's; each side's tiling is kept across points.
+            users, _, (_, user_reg) = solve_rows(ucfg, *u_side, items, users, None, data_loss=False, cache=tiled[0])
+            items, _, (data, item_reg) = solve_rows(icfg, *i_side, users, items, None, cache=tiled[1])
             iterations += 1
             loss = data + item_reg + user_reg
             scores = ndcg_rows(users, items, rows, by_user[:2], held_csr, alpha.k)

@@ -88,6 +88,11 @@ class Tiling:
     tile: int = TILE  # what it was made with (of's arguments): a problem borrows it only if they match
     run: int = TILE
 
+    @property
+    def nbytes(self) -> int:
+        """What a cache that keeps it holds: its two index arrays."""
+        return self.index.nbytes + self.order.nbytes
+
     @classmethod
     def of(cls, row_ptr: np.ndarray, *, tile: int = TILE, run: int = TILE) -> Tiling:
         """Tiles of at most tile positions (or one run), whose runs are at most run long."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cfspark.kernels.block import BlockProblem
+from cfspark.kernels.block import BlockProblem, Tiling
 
 
 def gram(other: np.ndarray) -> np.ndarray:
@@ -37,13 +37,16 @@ def gram(other: np.ndarray) -> np.ndarray:
     return o.T @ o
 
 
-def implicit_problem(row_ptr: np.ndarray, cols: np.ndarray, confidence: np.ndarray, other: np.ndarray) -> BlockProblem:
-    """The block's observed pairs as tiles: y = c and rating weight c − 1 (see the module)."""
+def implicit_problem(
+    row_ptr: np.ndarray, cols: np.ndarray, confidence: np.ndarray, other: np.ndarray, tiling: Tiling | None = None
+) -> BlockProblem:
+    """The block's observed pairs as tiles: y = c and rating weight c − 1 (see the module);
+    tiling, one made before for an equal row_ptr, is used instead of a new one."""
     confidence = np.asarray(confidence, dtype=np.float64)
     p = other.shape[1]
     return BlockProblem.build(
         row_ptr=row_ptr, cols=cols, other=other, y=confidence, loss="mse", reg=0.0, reg_mask=np.zeros(p),
-        rating_weight=confidence - 1.0,
+        rating_weight=confidence - 1.0, tiling=tiling,
     )  # fmt: skip
 
 
@@ -74,7 +77,7 @@ def corrections(problem: BlockProblem, params: np.ndarray) -> np.ndarray:
     return sums
 
 
-def data_loss(problem: BlockProblem, g: np.ndarray, params: np.ndarray) -> float:
+def all_pairs_loss(problem: BlockProblem, g: np.ndarray, params: np.ndarray) -> float:
     """½ Σ_r Σ_i c_ri (z_ri − y_ri)² over every row and every item of the other side."""
     everything = 0.5 * float(np.sum((params @ g) * params))  # every pair as a 0 of weight 1
     z = problem.scores(params)
@@ -91,6 +94,9 @@ def implicit_step(
     train_mask: np.ndarray,
     weights: np.ndarray,
     g: np.ndarray | None = None,
+    *,
+    data_loss: bool = True,
+    cache: dict | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """The rows' exact minimisers over every item of the other side, and the (data, L2) losses there.
 
@@ -99,9 +105,14 @@ def implicit_step(
     side's Gramian over all of its rows; None when other holds all of them (g = gram(other)).
     A block of the blockwise engine receives only the rows its pairs name, and g summed over
     every block of the other side.
+    data_loss=False skips the data loss's pass over the pairs (it is NaN then); cache, a dict
+    kept by a caller that solves the same row_ptr again, keeps its tiling between calls (the
+    confidences may change, as the search's α does).
     """
     params = np.asarray(params, dtype=np.float64)
-    problem = implicit_problem(row_ptr, cols, confidence, other)
+    problem = implicit_problem(row_ptr, cols, confidence, other, cache.get("tiling") if cache is not None else None)
+    if cache is not None:
+        cache["tiling"] = problem.tiling
     g = gram(other) if g is None else np.asarray(g, dtype=np.float64)
     free = _columns(train_mask)
     sums = corrections(problem, params)
@@ -112,7 +123,8 @@ def implicit_step(
     grad = params @ g[free].T + sums[:, free, -1] + reg * params[:, free]
     new = params.copy()
     new[:, free] -= np.linalg.solve(hess, grad[..., None])[..., 0]
-    return new, data_loss(problem, g, new), 0.5 * float(np.sum(new * new * weights))
+    data = all_pairs_loss(problem, g, new) if data_loss else float("nan")
+    return new, data, 0.5 * float(np.sum(new * new * weights))
 
 
 def _columns(mask: np.ndarray) -> slice | np.ndarray:
@@ -139,9 +151,12 @@ def all_items_rows(
     bias_reg: float,
     count_scaled: bool,
     g: np.ndarray | None = None,
+    data_loss: bool = True,
+    cache: dict | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """implicit_step with the penalty built from λ and λ_b (reg_weights); confidence None is 1 for every pair."""
     if confidence is None:
         confidence = np.ones(len(cols))
     weights = reg_weights(row_ptr, reg_mask, bias_mask, reg=reg, bias_reg=bias_reg, count_scaled=count_scaled)
-    return implicit_step(row_ptr, cols, confidence, other, params, train_mask, weights, g)
+    return implicit_step(row_ptr, cols, confidence, other, params, train_mask, weights, g, data_loss=data_loss,
+                         cache=cache)  # fmt: skip

@@ -93,7 +93,7 @@ def solve_rows(
         params, data, l2 = all_items_rows(
             row_ptr, cols, weight, other, params, train_mask=cfg.train_mask, reg_mask=cfg.reg_mask,
             bias_mask=bias_mask(cfg.rank, cfg.side), reg=cfg.reg, bias_reg=cfg.bias_reg, count_scaled=cfg.count_scaled,
-            g=gram,
+            g=gram, data_loss=data_loss, cache=cache,
         )  # fmt: skip
         return params, None, (data, l2)
     tiling = None
