@@ -169,8 +169,13 @@ def fold_resolution(per_row: list[np.ndarray], first: int) -> float:
     if len(values) < 2:
         return 0.0
     top = max(range(len(values)), key=lambda j: float(np.mean(values[j])))
-    errors = [float(np.std(values[top] - v, ddof=1)) / math.sqrt(len(v)) for j, v in enumerate(values) if j != top]
+    errors = [paired_error(values[top] - v) for j, v in enumerate(values) if j != top]
     return float(np.median(errors)) / max(1.0 - float(np.mean(values[top])), 1e-12)
+
+
+def paired_error(diff: np.ndarray) -> float:
+    """The standard error of the mean of per-user differences diff (0 for fewer than two)."""
+    return float(np.std(diff, ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
 
 
 def within_noise(per_row: list[np.ndarray], points: list[dict], prefer) -> int:
@@ -184,8 +189,7 @@ def within_noise(per_row: list[np.ndarray], points: list[dict], prefer) -> int:
         diff = per_row[top] - values
         if not np.all(np.isfinite(diff)):
             continue
-        spread = float(np.std(diff, ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
-        if float(np.mean(diff)) <= spread:
+        if float(np.mean(diff)) <= paired_error(diff):
             close.append(j)
     return min(close, key=lambda j: (prefer(points[j]), -means[j]))
 
