@@ -92,5 +92,5 @@ def test_both_ways_of_counting_agree_with_a_full_sort():
     above = np.isfinite(value) & (value >= bound[local])
     local, value = local[above], value[above]
     want = np.array([(scores[r] >= v).sum() for r, v in zip(local, value, strict=True)])
-    np.testing.assert_array_equal(ranking._count_in_rows(scores, local, value, bound), want)
+    np.testing.assert_array_equal(ranking._count_in_rows(scores, local, value), want)
     np.testing.assert_array_equal(ranking._count_in_candidates(scores, local, value, bound), want)

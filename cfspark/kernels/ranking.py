@@ -94,7 +94,7 @@ def _positions(scores: np.ndarray, local: np.ndarray, held: np.ndarray, depth: i
     items above it are placed: against their whole rows when they are at most one per row
     (as many comparisons as one pass over the scores), else among their rows' candidates,
     the items above the bound (about depth · SUBSET_STRIDE per row)."""
-    n_rows, n_items = scores.shape
+    n_rows = len(scores)
     subset = scores[:, ::SUBSET_STRIDE]
     if subset.shape[1] >= depth:
         bound = np.partition(subset, subset.shape[1] - depth, axis=1)[:, subset.shape[1] - depth]
@@ -103,13 +103,17 @@ def _positions(scores: np.ndarray, local: np.ndarray, held: np.ndarray, depth: i
     position = np.full(len(held), depth)
     near = np.flatnonzero(np.isfinite(held) & (held >= bound[local]))
     if len(near):
-        count = _count_in_rows if len(near) <= n_rows else _count_in_candidates
+        rows, values = local[near], held[near]
+        at_least = (
+            _count_in_rows(scores, rows, values) if len(near) <= n_rows
+            else _count_in_candidates(scores, rows, values, bound)
+        )  # fmt: skip
         # The held item scores at least itself: one less is the number that rank before it.
-        position[near] = np.minimum(count(scores, local[near], held[near], bound) - 1, depth)
+        position[near] = np.minimum(at_least - 1, depth)
     return position
 
 
-def _count_in_rows(scores: np.ndarray, local: np.ndarray, value: np.ndarray, bound: np.ndarray) -> np.ndarray:
+def _count_in_rows(scores: np.ndarray, local: np.ndarray, value: np.ndarray) -> np.ndarray:
     """How many scores of row local[j] are at least value[j], for each j: whole rows, in chunks."""
     out = np.empty(len(local), np.int64)
     step = max(1, BATCH_SCORES // max(scores.shape[1], 1))
