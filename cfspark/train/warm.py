@@ -30,7 +30,7 @@ from cfspark.core.plans import one_job
 from cfspark.core.schema import BIAS, BLOCK, FEATURES, LOCAL
 from cfspark.train.arrow_bodies import OUT_SCHEMA, warm_blocks, warm_inline
 from cfspark.train.step import StepConfig
-from cfspark.train.trainer import cache_keys, settle
+from cfspark.train.trainer import cache_keys, settle_all
 
 # Earlier factor tables of up to this many bytes (a value, the features and the bias per row:
 # 349,525 rows at rank 10) go inside the start's body, pickled with its plan; over Spark
@@ -75,10 +75,10 @@ def _side(
     blocks: Blocks, side: str, factors: DataFrame, cfg: StepConfig, key: CacheKey | None, inline: tuple | None
 ) -> DataFrame:
     """One side's first state table (with the items' messages to the user blocks), from its
-    earlier factors carried inline if given, else joined to the blocks."""
+    earlier factors carried inline if given, else joined to the blocks; planned, not computed."""
     if inline is not None:  # as the cold start's init pass, with the earlier factors in its body
         body = warm_inline(cfg, inline, send=side == "item", key=key)
-        return settle(blocks.inblocks(side).mapInArrow(body, OUT_SCHEMA))[0]
+        return blocks.inblocks(side).mapInArrow(body, OUT_SCHEMA)
     num_blocks = blocks.num_blocks(side)
     placed = blocks.inblocks(side).select(BLOCK, "ids").mapInArrow(index_rows, INDEX_SCHEMA)  # (value, block, local)
     earlier = placed.join(blocks.side(side).with_values(factors, FEATURES, BIAS), VALUE)
@@ -87,9 +87,7 @@ def _side(
     # Workers that keep the blocks read them only here: no cached copy in place.
     inblocks = blocks.in_place(side, keep=key is None)
     body = warm_blocks(cfg, send=side == "item", key=key)
-    started = inblocks.groupBy(PART).cogroup(rows.groupBy(PART)).applyInArrow(body, OUT_SCHEMA)
-    with one_job(started.sparkSession):  # its shuffles' partitions are the block count's
-        return settle(started)[0]
+    return inblocks.groupBy(PART).cogroup(rows.groupBy(PART)).applyInArrow(body, OUT_SCHEMA)
 
 
 def warm_start(
@@ -102,5 +100,9 @@ def warm_start(
     keys = cache_keys(blocks)
     factors = {"user": user_factors, "item": item_factors}
     inline = _inline_sides(blocks, factors, user_cfg.rank, dict(zip(factors, rows or (None, None), strict=True)))
-    return (_side(blocks, "user", user_factors, user_cfg, keys["user"], inline["user"]),
-            _side(blocks, "item", item_factors, item_cfg, keys["item"], inline["item"]))  # fmt: skip
+    users = _side(blocks, "user", user_factors, user_cfg, keys["user"], inline["user"])
+    items = _side(blocks, "item", item_factors, item_cfg, keys["item"], inline["item"])
+    # Both sides in one job; a joined side's shuffles have the block count's partitions.
+    with one_job(users.sparkSession):
+        user_out, item_out = settle_all(users, items)
+    return user_out, item_out
