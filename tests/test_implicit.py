@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from cfspark.kernels.implicit import implicit_step, reg_weights
 from cfspark.kernels.layout import bias_mask, const_col, factor_mask, train_mask, width
+from cfspark.train.step import StepConfig, solve_rows
 
 
 def _block(n: int, m: int, rank: int, density: float, seed: int, heavy: bool = False):
@@ -97,3 +99,19 @@ def test_a_kept_tiling_and_a_skipped_data_loss_change_nothing_else():
     assert cache["tiling"] is kept
     np.testing.assert_array_equal(got, want)
     assert math.isnan(skipped) and got_reg == reg and math.isfinite(data)
+
+
+def test_a_half_step_rescales_confidences_made_with_the_reference_alpha():
+    # Blocks built beside the search hold 1 + α₀·g(c); at the chosen α a half-step uses
+    # 1 + (α/α₀)·(w − 1) = 1 + α·g(c), so it equals the step on confidences made with α.
+    observed, confidence, row_ptr, cols, conf, other, params = _block(15, 30, 4, 0.25, seed=6)
+    reference, alpha = 2.0, 0.5
+    counts = (conf - 1.0) / reference  # g(c) of each pair
+    cfg = StepConfig(side="user", rank=4, loss="bce", reg=0.2, count_scaled=True, all_items=True, learn_bias=False)
+    scaled = dataclasses.replace(cfg, confidence_scale=alpha / reference)
+    want, _, want_losses = solve_rows(cfg, row_ptr, cols, None, None, 1.0 + alpha * counts, other, params, None)
+    got, _, got_losses = solve_rows(scaled, row_ptr, cols, None, None, 1.0 + reference * counts, other, params, None)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-12)
+    unscaled, _, _ = solve_rows(cfg, row_ptr, cols, None, None, 1.0 + reference * counts, other, params, None)
+    assert np.abs(unscaled - want).max() > 1e-3  # α matters here: the scale is what makes them agree

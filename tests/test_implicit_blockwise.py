@@ -45,3 +45,27 @@ def test_blockwise_all_items_fit_equals_the_one_task_fit(spark):
         [h["train_loss"] for h in small.history], [h["train_loss"] for h in spread.history], rtol=1e-10
     )
     small.unpersist(), spread.unpersist(), ratings.unpersist()
+
+
+def test_blockwise_fit_beside_the_search_equals_the_one_task_fit_at_the_chosen_alpha(spark):
+    # Under automatic λ and α the blockwise setup runs beside the search, its blocks holding
+    # the confidences made with α₀, which the half-steps rescale to the chosen α; the one-task
+    # fit rescales them before its task. Both searches see the same rows: the same choice,
+    # and then the same model.
+    ratings = _positive_counts(spark).cache()
+    auto = {**PARAMS, "regParam": "auto", "alpha": "auto", "maxIter": 6}
+    auto.pop("exposureRegParam")
+    small = CollaborativeFilter(**auto).fit_validated(ratings)
+    spread = CollaborativeFilter(numUserBlocks=2, numItemBlocks=2, **auto).fit_validated(ratings)
+    assert small.summary["one_task"] and "one_task" not in spread.summary
+    assert small.summary["reg_search"]["reg"] == spread.summary["reg_search"]["reg"]
+    assert small.summary["alpha"] == spread.summary["alpha"] != 1.0  # α₀ = 1: the rescaling is exercised
+    for id_col in ("user", "item"):
+        a, b = _factors(small, id_col), _factors(spread, id_col)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=f"{id_col} {key}")
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in small.history], [h["train_loss"] for h in spread.history], rtol=1e-10
+    )
+    small.unpersist(), spread.unpersist(), ratings.unpersist()

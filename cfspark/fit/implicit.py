@@ -24,8 +24,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import build_blocks
@@ -82,7 +83,11 @@ def fit_all_items(
     num_ratings: int | None = None,
 ) -> FitRecord:
     """The all-items record for positive-only train_ratings (user, item, rating = 1[, weight]);
-    num_ratings, their count if already known, saves counting them."""
+    num_ratings, their count if already known, saves counting them.
+
+    Under automatic λ or α the search runs first in one task; past the one-task size the
+    blockwise setup runs beside it (its one task leaves a core free): the blocks hold the
+    confidences made with α₀, which the half-steps rescale to the chosen α."""
     began = time.perf_counter()
     spark = train_ratings.sparkSession
     reg, reference = settings.exposureRegParam, column_alpha(settings.alpha)
@@ -97,33 +102,65 @@ def fit_all_items(
     if num_ratings is None:  # the search's sample and the fit's path both read it
         num_ratings = train_ratings.count()
     passes = tuple(name for name, value in (("reg", settings.regParam), ("alpha", settings.alpha)) if value == AUTO)
-    search = None
-    if passes:  # λ (regParam "auto") and α (alpha "auto") on NDCG@k of a validation fold
+
+    def search() -> dict | None:
+        """λ (regParam "auto") and α (alpha "auto") on NDCG@k of a validation fold; None if neither."""
+        if not passes:
+            return None
         with phase(spark, "search"):
             pairs = train_ratings.select(USER, ITEM, RATING, confidence.cast("double").alias(WEIGHT))
             plan = AlphaPlan(reference=reference, passes=passes, reg=reg)
-            search = choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=settings.tol * TOL_SCALE,
-                                    num_ratings=num_ratings)  # fmt: skip
-        reg = search["reg"]
-        user_cfg, item_cfg = (dataclasses.replace(cfg, reg=reg) for cfg in (user_cfg, item_cfg))
-    alpha = search["alpha"] if search else reference
-    if alpha != reference:  # 1 + α·g(c) from 1 + α₀·g(c)
-        confidence = F.lit(1.0) + F.lit(alpha / reference) * (confidence - F.lit(1.0))
-    part = settings.replace(exposure=False, initialModel=None).carry(regParam=reg, predictionCol=P_EXPOSED)
+            return choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=settings.tol * TOL_SCALE,
+                                  num_ratings=num_ratings)  # fmt: skip
+
+    def chosen(found: dict | None) -> Chosen:
+        """The fit's settings (carrying λ) and half-steps at the search's choice, if any."""
+        at, alpha = (found["reg"], found["alpha"]) if found else (reg, reference)
+        scale = 1.0 if alpha == reference else alpha / reference  # 1 + α·g(c) from 1 + α₀·g(c)
+        configs = tuple(dataclasses.replace(cfg, reg=at, confidence_scale=scale) for cfg in (user_cfg, item_cfg))
+        part = settings.replace(exposure=False, initialModel=None).carry(regParam=at, predictionCol=P_EXPOSED)
+        return Chosen(part, configs, found, alpha)
+
     with phase(spark, "prepare"):
-        targets = train_ratings.select(
-            USER, ITEM, F.col(RATING).alias(TARGET), F.lit(None).cast("double").alias(OFFSET),
-            confidence.cast("double").alias(WEIGHT),
-        )  # fmt: skip
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
-    fit = _in_one_task if runs_in_one_task(settings, num_ratings) else _blockwise
-    fitted = fit(settings, part, targets, stats, train_ratings, (user_cfg, item_cfg), num_ratings, began, on_iteration)
-    if search is not None:
-        fitted.summary["reg_path"] = search.pop("path")
-        fitted.summary["reg_search"] = {**search, "units": "als"}
-        fitted.summary["alpha"] = alpha
+    if runs_in_one_task(settings, num_ratings):
+        picked = chosen(search())
+        scale = picked.configs[0].confidence_scale
+        rescaled = confidence if scale == 1.0 else F.lit(1.0) + F.lit(scale) * (confidence - F.lit(1.0))
+        configs = tuple(dataclasses.replace(cfg, confidence_scale=1.0) for cfg in picked.configs)
+        targets = _targets(train_ratings, rescaled)
+        fitted = _in_one_task(settings, picked.part, targets, stats, train_ratings, configs, began, on_iteration)
+    else:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            searching = pool.submit(search)
+            targets = _targets(train_ratings, confidence)  # made with α₀: the half-steps rescale them
+            picked, fitted = _blockwise(settings, targets, stats, train_ratings, num_ratings, began, on_iteration,
+                                        resolve=lambda: chosen(searching.result()))  # fmt: skip
+    if picked.search is not None:
+        fitted.summary["reg_path"] = picked.search.pop("path")
+        fitted.summary["reg_search"] = {**picked.search, "units": "als"}
+        fitted.summary["alpha"] = picked.alpha
     return fitted
+
+
+@dataclasses.dataclass
+class Chosen:
+    """What the fit trains with once λ and α are known: the settings it carries, both
+    half-steps (λ, and the confidences' scale α/α₀), the search's record, and α."""
+
+    part: FitSettings
+    configs: tuple[StepConfig, StepConfig]
+    search: dict | None
+    alpha: float
+
+
+def _targets(train_ratings: DataFrame, confidence: Column) -> DataFrame:
+    """The fit's targets: every pair a 1 of weight its confidence, with no offset."""
+    return train_ratings.select(
+        USER, ITEM, F.col(RATING).alias(TARGET), F.lit(None).cast("double").alias(OFFSET),
+        confidence.cast("double").alias(WEIGHT),
+    )  # fmt: skip
 
 
 Watch = Callable[[FitRecord], dict] | None
@@ -131,9 +168,9 @@ Watch = Callable[[FitRecord], dict] | None
 
 def _in_one_task(
     settings: FitSettings, part: FitSettings, targets: DataFrame, stats: DataFrame, train_ratings: DataFrame,
-    configs: tuple[StepConfig, StepConfig], num_ratings: int, began: float, on_iteration: Watch,
+    configs: tuple[StepConfig, StepConfig], began: float, on_iteration: Watch,
 ) -> FitRecord:  # fmt: skip
-    """The all-items fit in one task (num_ratings unused: both paths take the same arguments)."""
+    """The all-items fit in one task."""
     spark = train_ratings.sparkSession
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(
@@ -162,17 +199,12 @@ def _in_one_task(
 
 
 def _blockwise(
-    settings: FitSettings, part: FitSettings, targets: DataFrame, stats: DataFrame, train_ratings: DataFrame,
-    configs: tuple[StepConfig, StepConfig], num_ratings: int, began: float, on_iteration: Watch,
-) -> FitRecord:  # fmt: skip
-    """The blockwise all-items fit: blocks built once, the trainer's loop with the Gramian messages."""
+    settings: FitSettings, targets: DataFrame, stats: DataFrame, train_ratings: DataFrame, num_ratings: int,
+    began: float, on_iteration: Watch, *, resolve: Callable[[], Chosen],
+) -> tuple[Chosen, FitRecord]:  # fmt: skip
+    """The blockwise all-items fit: blocks built once, then resolve() gives what it trains with
+    (the search beside the setup ends), then the trainer's loop with the Gramian messages."""
     spark = train_ratings.sparkSession
-    checkpointer = None
-    if settings.checkpointDir and settings.checkpointInterval > 0:
-        with phase(spark, "prepare"):
-            checkpointer = Checkpointer(
-                spark, settings.checkpointDir, settings.checkpointInterval, fingerprint(part, train_ratings)
-            )
     baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col(LABELLED).alias(ITEM_RATINGS))
     auto = blocks_for(num_ratings)
     blocks = build_blocks(
@@ -180,6 +212,14 @@ def _blockwise(
         num_item_blocks=settings.numItemBlocks or auto, seed=settings.seed,
         max_block_ratings=settings.maxBlockRatings, num_ratings=num_ratings,
     )  # fmt: skip
+    picked = resolve()
+    part, configs = picked.part, picked.configs
+    checkpointer = None
+    if settings.checkpointDir and settings.checkpointInterval > 0:
+        with phase(spark, "prepare"):
+            checkpointer = Checkpointer(
+                spark, settings.checkpointDir, settings.checkpointInterval, fingerprint(part, train_ratings)
+            )
     start = warm_start_from(settings, blocks, *configs)
 
     def record(result: TrainResult, *, final: bool) -> FitRecord:
@@ -198,4 +238,4 @@ def _blockwise(
         df.unpersist()
     log.info("all-items fit: %d iterations, %s, %d × %d blocks", len(result.history), result.stop_reason,
              blocks.num_user_blocks, blocks.num_item_blocks)  # fmt: skip
-    return fitted
+    return picked, fitted

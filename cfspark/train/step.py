@@ -39,6 +39,10 @@ class StepConfig:
     # Positive-only: every row of other is a 0 of weight 1 beside the observed pairs, whose weight
     # is their confidence (kernels/implicit.py), through the other side's Gramian (train/all_items.py).
     all_items: bool = False
+    # all_items: the ratings' weights are confidences made with the reference α₀, and the half-step
+    # uses 1 + s·(w − 1), s = α/α₀ (data/weights.py), so that blocks built before the search has
+    # chosen α (beside it, fit/implicit.py) serve any α without being built again.
+    confidence_scale: float = 1.0
     # Sampled 0-labels drawn inside each half-step, afresh each iteration (train/sampled.py).
     draws: Draws | None = None
     # The blockwise half-step reports how far it moved its ratings' predictions (the trainer's
@@ -90,6 +94,8 @@ def solve_rows(
     ratings again (the one-task loops), keeps their tiling from one call to the next.
     """
     if cfg.all_items:
+        if weight is not None and cfg.confidence_scale != 1.0:
+            weight = 1.0 + cfg.confidence_scale * (weight - 1.0)
         params, data, l2 = all_items_rows(
             row_ptr, cols, weight, other, params, train_mask=cfg.train_mask, reg_mask=cfg.reg_mask,
             bias_mask=bias_mask(cfg.rank, cfg.side), reg=cfg.reg, bias_reg=cfg.bias_reg, count_scaled=cfg.count_scaled,
