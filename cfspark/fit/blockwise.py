@@ -22,7 +22,7 @@ from cfspark.train.arrow_bodies import OUT_SCHEMA
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.factors import factor_table
 from cfspark.train.sampled import with_totals
-from cfspark.train.trainer import TrainResult, settle_all, train
+from cfspark.train.trainer import TrainResult, checkpoint_level, train
 
 RATINGS_PER_BLOCK = 3_000_000  # about 100 MB of block arrays per task, and enough tasks to keep cores busy
 # The block counts a fit chooses by itself span these; maxBlockRatings may split further,
@@ -97,7 +97,9 @@ def record_of(
     user_factors = factor_table(result.user_state(), blocks, rank, side="user")
     item_factors = factor_table(result.item_state(), blocks, rank, side="item")
     if final:
-        user_factors, item_factors = settle_all(user_factors, item_factors)
+        level = checkpoint_level(blocks.users.sparkSession)
+        user_factors = user_factors.localCheckpoint(eager=True, storageLevel=level)
+        item_factors = item_factors.localCheckpoint(eager=True, storageLevel=level)
     summary = fit_summary(
         settings.regParam, result.history, result.stop_reason, setup_seconds=result.setup_seconds,
         resumed_from=result.resumed_from, num_user_blocks=blocks.num_user_blocks,
