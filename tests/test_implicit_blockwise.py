@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from cfspark import CollaborativeFilter
+from cfspark.data.weights import REFERENCE_ALPHA
 
 PARAMS = dict(loss="bce", rank=3, maxIter=4, tol=0.0, seed=7, exposureRegParam=0.05)
 
@@ -59,7 +60,8 @@ def test_blockwise_fit_beside_the_search_equals_the_one_task_fit_at_the_chosen_a
     spread = CollaborativeFilter(numUserBlocks=2, numItemBlocks=2, **auto).fit_validated(ratings)
     assert small.summary["one_task"] and "one_task" not in spread.summary
     assert small.summary["reg_search"]["reg"] == spread.summary["reg_search"]["reg"]
-    assert small.summary["alpha"] == spread.summary["alpha"] != 1.0  # α₀ = 1: the rescaling is exercised
+    # Not the reference α₀ the confidences are made with: the half-steps' rescaling is exercised.
+    assert small.summary["alpha"] == spread.summary["alpha"] != REFERENCE_ALPHA
     for id_col in ("user", "item"):
         a, b = _factors(small, id_col), _factors(spread, id_col)
         assert a.keys() == b.keys()

@@ -125,6 +125,7 @@ def fit_all_items(
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
     if runs_in_one_task(settings, num_ratings):
+        # One task: the confidences are rescaled in Spark before it, and its half-steps take them as they are.
         picked = chosen(search())
         scale = picked.configs[0].confidence_scale
         rescaled = confidence if scale == 1.0 else F.lit(1.0) + F.lit(scale) * (confidence - F.lit(1.0))
