@@ -8,6 +8,7 @@ rounding after several iterations, with 2 user and 2 item blocks.
 from __future__ import annotations
 
 import numpy as np
+from pyspark.sql import functions as F
 
 from cfspark import CollaborativeFilter
 from cfspark.data.weights import REFERENCE_ALPHA
@@ -48,26 +49,31 @@ def test_blockwise_all_items_fit_equals_the_one_task_fit(spark):
     small.unpersist(), spread.unpersist(), ratings.unpersist()
 
 
-def test_blockwise_fit_beside_the_search_equals_the_one_task_fit_at_the_chosen_alpha(spark):
-    # Under automatic λ and α the blockwise setup runs beside the search, its blocks holding
-    # the confidences made with α₀, which the half-steps rescale to the chosen α; the one-task
-    # fit rescales them before its task. Both searches see the same rows: the same choice,
-    # and then the same model.
+def test_the_fits_beside_the_search_train_at_the_chosen_alpha(spark):
+    # Under automatic λ and α the confidences are made with α₀ and the half-steps rescale them
+    # to the chosen α, so the blockwise setup runs beside the search. Both paths search the
+    # same rows: the same choice, the same model, and that model is the fit with λ and α fixed
+    # at the choice on confidences made with α itself (fit_validated takes them as made).
     ratings = _positive_counts(spark).cache()
     auto = {**PARAMS, "regParam": "auto", "alpha": "auto", "maxIter": 6}
     auto.pop("exposureRegParam")
     small = CollaborativeFilter(**auto).fit_validated(ratings)
     spread = CollaborativeFilter(numUserBlocks=2, numItemBlocks=2, **auto).fit_validated(ratings)
     assert small.summary["one_task"] and "one_task" not in spread.summary
-    assert small.summary["reg_search"]["reg"] == spread.summary["reg_search"]["reg"]
-    # Not the reference α₀ the confidences are made with: the half-steps' rescaling is exercised.
-    assert small.summary["alpha"] == spread.summary["alpha"] != REFERENCE_ALPHA
-    for id_col in ("user", "item"):
-        a, b = _factors(small, id_col), _factors(spread, id_col)
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=f"{id_col} {key}")
-    np.testing.assert_allclose(
-        [h["train_loss"] for h in small.history], [h["train_loss"] for h in spread.history], rtol=1e-10
-    )
-    small.unpersist(), spread.unpersist(), ratings.unpersist()
+    reg, alpha = small.summary["reg_search"]["reg"], small.summary["alpha"]
+    assert spread.summary["reg_search"]["reg"] == reg and spread.summary["alpha"] == alpha
+    assert alpha != REFERENCE_ALPHA  # so the half-steps' rescaling is exercised
+    made_with_alpha = ratings.withColumn("weight", 1.0 + alpha / REFERENCE_ALPHA * (F.col("weight") - 1.0))
+    fixed = CollaborativeFilter(**{**auto, "regParam": reg, "exposureRegParam": reg, "alpha": alpha})
+    fixed = fixed.fit_validated(made_with_alpha)
+    assert "reg_search" not in fixed.summary
+    for model in (spread, fixed):
+        for id_col in ("user", "item"):
+            a, b = _factors(small, id_col), _factors(model, id_col)
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=f"{id_col} {key}")
+        np.testing.assert_allclose(
+            [h["train_loss"] for h in small.history], [h["train_loss"] for h in model.history], rtol=1e-10
+        )
+    small.unpersist(), spread.unpersist(), fixed.unpersist(), ratings.unpersist()

@@ -85,9 +85,9 @@ def fit_all_items(
     """The all-items record for positive-only train_ratings (user, item, rating = 1[, weight]);
     num_ratings, their count if already known, saves counting them.
 
-    Under automatic λ or α the search runs first in one task; past the one-task size the
-    blockwise setup runs beside it (its one task leaves a core free): the blocks hold the
-    confidences made with α₀, which the half-steps rescale to the chosen α."""
+    The targets hold the confidences made with the reference α₀, which the half-steps rescale
+    to the chosen α (StepConfig.confidence_scale), so they do not wait for the search: past
+    the one-task size the blockwise setup runs beside it (its one task leaves a core free)."""
     began = time.perf_counter()
     spark = train_ratings.sparkSession
     reg, reference = settings.exposureRegParam, column_alpha(settings.alpha)
@@ -124,18 +124,14 @@ def fit_all_items(
     with phase(spark, "prepare"):
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
+    targets = _targets(train_ratings, confidence)
     if runs_in_one_task(settings, num_ratings):
-        # One task: the confidences are rescaled in Spark before it, and its half-steps take them as they are.
         picked = chosen(search())
-        scale = picked.configs[0].confidence_scale
-        rescaled = confidence if scale == 1.0 else F.lit(1.0) + F.lit(scale) * (confidence - F.lit(1.0))
-        configs = tuple(dataclasses.replace(cfg, confidence_scale=1.0) for cfg in picked.configs)
-        targets = _targets(train_ratings, rescaled)
-        fitted = _in_one_task(settings, picked.part, targets, stats, train_ratings, configs, began, on_iteration)
+        fitted = _in_one_task(settings, picked.part, targets, stats, train_ratings, picked.configs, began,
+                              on_iteration)  # fmt: skip
     else:
         with ThreadPoolExecutor(max_workers=1) as pool:
             searching = pool.submit(search)
-            targets = _targets(train_ratings, confidence)  # made with α₀: the half-steps rescale them
             picked, fitted = _blockwise(settings, targets, stats, train_ratings, num_ratings, began, on_iteration,
                                         resolve=lambda: chosen(searching.result()))  # fmt: skip
     if picked.search is not None:

@@ -40,8 +40,8 @@ class StepConfig:
     # is their confidence (kernels/implicit.py), through the other side's Gramian (train/all_items.py).
     all_items: bool = False
     # all_items: the ratings' weights are confidences made with the reference α₀, and the half-step
-    # uses 1 + s·(w − 1), s = α/α₀ (data/weights.py), so that blocks built before the search has
-    # chosen α (beside it, fit/implicit.py) serve any α without being built again.
+    # uses 1 + s·(w − 1), s = α/α₀ (data/weights.py), so that ratings taken before the search has
+    # chosen α (blocks built beside it, fit/implicit.py) serve any α without being made again.
     confidence_scale: float = 1.0
     # Sampled 0-labels drawn inside each half-step, afresh each iteration (train/sampled.py).
     draws: Draws | None = None
