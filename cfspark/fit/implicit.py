@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import build_blocks
@@ -122,9 +122,12 @@ def fit_all_items(
         return Chosen(part, configs, found, alpha)
 
     with phase(spark, "prepare"):
+        targets = train_ratings.select(
+            USER, ITEM, F.col(RATING).alias(TARGET), F.lit(None).cast("double").alias(OFFSET),
+            confidence.cast("double").alias(WEIGHT),
+        )  # fmt: skip
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
-    targets = _targets(train_ratings, confidence)
     if runs_in_one_task(settings, num_ratings):
         picked = chosen(search())
         fitted = _in_one_task(settings, picked.part, targets, stats, train_ratings, picked.configs, began,
@@ -150,14 +153,6 @@ class Chosen:
     configs: tuple[StepConfig, StepConfig]
     search: dict | None
     alpha: float
-
-
-def _targets(train_ratings: DataFrame, confidence: Column) -> DataFrame:
-    """The fit's targets: every pair a 1 of weight its confidence, with no offset."""
-    return train_ratings.select(
-        USER, ITEM, F.col(RATING).alias(TARGET), F.lit(None).cast("double").alias(OFFSET),
-        confidence.cast("double").alias(WEIGHT),
-    )  # fmt: skip
 
 
 Watch = Callable[[FitRecord], dict] | None
