@@ -9,6 +9,7 @@ lets the job's check fail) a path that moves when training counts are poisoned.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -24,10 +25,13 @@ from cfspark.fit.rank_search import (
     ALPHA_START,
     REG_START,
     AlphaPlan,
+    choose_ranking,
     fold_resolution,
     search_ranking,
     within_noise,
 )
+from cfspark.fit.reg_search import SAMPLE_SEED, SEARCH_FRACTION, sampled_users
+from cfspark.ml.estimator import CollaborativeFilter
 from cfspark.ml.model_io import read_metadata
 from cfspark.train.search_task import SearchPlan
 from cfspark.train.step import StepConfig
@@ -74,6 +78,31 @@ def test_ranking_search_never_reads_the_test_split(spark, tmp_path):
     # The model's metadata keeps λ, α and the path in its summary, as metrics.json does.
     meta = read_metadata(spark, str(tmp_path / "clean" / "model"))["cfspark"]
     assert meta["summary"]["alpha"] == clean["alpha"] and meta["summary"]["reg_path"] == path
+
+
+@pytest.mark.slow
+def test_the_sampled_search_is_the_search_on_the_hashed_users(spark):
+    rows = play_counts(users=2000, items=500, draws=100_000, seed=7)
+    pairs = spark.createDataFrame(rows, "user long, item long, plays double").select(
+        "user", "item", F.lit(1.0).alias("rating"), (1.0 + F.log1p("plays")).alias("weight")
+    ).cache()  # fmt: skip
+    n = pairs.count()
+    settings = CollaborativeFilter(rank=10, loss="bce").fit_settings()
+    cfg = [dataclasses.replace(settings.step_config(side, 0.1), all_items=True, learn_bias=False)
+           for side in ("user", "item")]  # fmt: skip
+    plan = AlphaPlan(reference=1.0, passes=("reg", "alpha"), reg=0.1)
+    search = functools.partial(choose_ranking, settings, alpha=plan, tol=2e-4)
+    # Past max_ratings a quarter of the users, or fewer where a quarter holds more than it.
+    for most, share in ((n // 2, SEARCH_FRACTION), (n // 8, 0.125)):
+        found = search(pairs, *cfg, num_ratings=n, max_ratings=most)
+        assert found["sample_fraction"] == pytest.approx(share, rel=1e-3)
+        share = found["sample_fraction"]
+        # The same search on those users' pairs alone, all of them searched: the same path.
+        drawn = sampled_users(pairs, share, settings.seed + SAMPLE_SEED)
+        alone = search(drawn, *cfg, num_ratings=drawn.count())
+        assert alone["sample_fraction"] == 1.0 and found["path"] == alone["path"]
+        assert 0.8 * share < drawn.select("user").distinct().count() / 2000 < 1.2 * share
+    pairs.unpersist()
 
 
 def test_within_noise_keeps_the_preferred_point_unless_another_is_clearly_better():

@@ -45,10 +45,11 @@ POINT_ITER = 6  # iterations at most per warm-started λ; the first λ may take 
 # At most about this many ratings are searched, in one task: as many as one task fits.
 SEARCH_RATINGS = ONE_TASK_RATINGS
 # Past that size the search takes this share of the users (fewer if the share exceeds SEARCH_RATINGS):
-# its cost then grows with the data as the blockwise setup's does, and stays beside it. λ chosen
-# on the sample is carried over by transfer_factor (mse: measured down to an eighth of the users,
+# its cost then grows with the data as the blockwise setup's does, and stays beside it. mse and bce
+# carry the sample's λ over by transfer_factor (mse: measured down to an eighth of the users,
 # docs/benchmarks.md "λ carried over from a quarter of the users"; bce: at a half and a quarter,
-# "bce's search on a quarter of the users").
+# "bce's search on a quarter of the users"); the positive-only ranking search keeps its choice
+# ("The positive-only search on a quarter of the users").
 SEARCH_FRACTION = 0.25
 VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 7919  # added to the model seed, so the fold differs from a test split on the split seed
@@ -68,7 +69,8 @@ def sampled_users(ratings: DataFrame, fraction: float, seed: int) -> DataFrame:
 
 def search_fraction(num_ratings: int, max_ratings: int) -> float:
     """The share of the users the search samples: all up to max_ratings ratings; past it,
-    SEARCH_FRACTION (at most max_ratings' worth), for both losses."""
+    SEARCH_FRACTION (at most max_ratings' worth), for both losses and the positive-only
+    ranking search (fit/rank_search.py)."""
     if num_ratings <= max_ratings:
         return 1.0
     return min(max_ratings / num_ratings, SEARCH_FRACTION)
