@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from pyspark.sql import functions as F
+from tests_support import jobs_of
 
 from cfspark import CollaborativeFilter
 from cfspark.data.weights import REFERENCE_ALPHA
@@ -77,3 +78,18 @@ def test_the_fits_beside_the_search_train_at_the_chosen_alpha(spark):
             [h["train_loss"] for h in small.history], [h["train_loss"] for h in model.history], rtol=1e-10
         )
     small.unpersist(), spread.unpersist(), fixed.unpersist(), ratings.unpersist()
+
+
+def test_the_one_task_search_and_its_fit_share_one_job(spark):
+    # The search and the fit at its choice read the pairs into Python once, in one task: the
+    # automatic fit starts no more Spark jobs than the fit with λ and α fixed, which has no search.
+    ratings = _positive_counts(spark).cache()
+    ratings.count()
+    auto = {**PARAMS, "regParam": "auto", "alpha": "auto"}
+    small, searched = jobs_of(spark, lambda: CollaborativeFilter(**auto).fit_validated(ratings))
+    reg, alpha = small.summary["reg_search"]["reg"], small.summary["alpha"]
+    fixed = {**PARAMS, "regParam": reg, "exposureRegParam": reg, "alpha": alpha}
+    _, unsearched = jobs_of(spark, lambda: CollaborativeFilter(**fixed).fit_validated(ratings))
+    assert small.summary["one_task"] and len(small.summary["reg_path"]) >= 6
+    assert searched == unsearched, (searched, unsearched)
+    ratings.unpersist()

@@ -11,15 +11,18 @@ mode scales regParam): on MovieLens latest-small as counts NDCG@10 rose from 0.2
 to 0.298 at 0.01, and on generated play counts fell from 0.0839 to 0.0829. Its scores are
 σ(w·x + b + c), an order over items (monotone in the fitted preference), not a probability.
 
-Small fits run in one task (fit/one_task.py's rule); larger ones, or fits given block counts or
-a warm start, run blockwise, where each half-step also sums the other side's Gramian over its
-blocks (train/all_items.py), checkpointed and resumable as any blockwise fit. Both start from the
-same hashed factors and give the same model (tests/test_implicit_blockwise.py).
+Small fits run in one task (fit/one_task.py's rule), with the λ and α search in the same task and
+job, the pairs read into Python once (rank_search.choose_and_fit_ranking). Larger ones, or fits
+given block counts or a warm start, run blockwise, where each half-step also sums the other
+side's Gramian over its blocks (train/all_items.py), checkpointed and resumable as any
+blockwise fit. Both start from the same hashed factors and give the same model
+(tests/test_implicit_blockwise.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -48,7 +51,7 @@ from cfspark.data.offsets import item_offsets
 from cfspark.data.weights import column_alpha
 from cfspark.fit.blockwise import blocks_for, fingerprint, record_of
 from cfspark.fit.one_task import runs_in_one_task
-from cfspark.fit.rank_search import AlphaPlan, choose_ranking
+from cfspark.fit.rank_search import AlphaPlan, choose_and_fit_ranking, choose_ranking
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.settings import AUTO, FitSettings
 from cfspark.fit.warm import warm_start_from
@@ -102,24 +105,24 @@ def fit_all_items(
     if num_ratings is None:  # the search's sample and the fit's path both read it
         num_ratings = train_ratings.count()
     passes = tuple(name for name, value in (("reg", settings.regParam), ("alpha", settings.alpha)) if value == AUTO)
+    # What the search reads: the pairs' confidences under α₀, and which of λ and α it searches.
+    pairs = train_ratings.select(USER, ITEM, RATING, confidence.cast("double").alias(WEIGHT))
+    plan, tol = AlphaPlan(reference=reference, passes=passes, reg=reg), settings.tol * TOL_SCALE
 
     def search() -> dict | None:
         """λ (regParam "auto") and α (alpha "auto") on NDCG@k of a validation fold; None if neither."""
         if not passes:
             return None
         with phase(spark, "search"):
-            pairs = train_ratings.select(USER, ITEM, RATING, confidence.cast("double").alias(WEIGHT))
-            plan = AlphaPlan(reference=reference, passes=passes, reg=reg)
-            return choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=settings.tol * TOL_SCALE,
-                                  num_ratings=num_ratings)  # fmt: skip
+            return choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=tol, num_ratings=num_ratings)
+
+    at_choice = functools.partial(configs_at, (user_cfg, item_cfg), reg, reference)
 
     def chosen(found: dict | None) -> Chosen:
         """The fit's settings (carrying λ) and half-steps at the search's choice, if any."""
         at, alpha = (found["reg"], found["alpha"]) if found else (reg, reference)
-        scale = 1.0 if alpha == reference else alpha / reference  # 1 + α·g(c) from 1 + α₀·g(c)
-        configs = tuple(dataclasses.replace(cfg, reg=at, confidence_scale=scale) for cfg in (user_cfg, item_cfg))
         part = settings.replace(exposure=False, initialModel=None).carry(regParam=at, predictionCol=P_EXPOSED)
-        return Chosen(part, configs, found, alpha)
+        return Chosen(part, at_choice(found), found, alpha)
 
     with phase(spark, "prepare"):
         targets = train_ratings.select(
@@ -129,9 +132,16 @@ def fit_all_items(
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
     if runs_in_one_task(settings, num_ratings):
-        picked = chosen(search())
-        fitted = _in_one_task(settings, picked.part, targets, stats, train_ratings, picked.configs, began,
-                              on_iteration)  # fmt: skip
+        with phase(spark, "one-task"):
+            if passes:  # the search and the fit at its choice in one job, the pairs read into Python once
+                *factors, record = choose_and_fit_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=tol,
+                                                          fit_configs=at_choice)  # fmt: skip
+                picked = chosen(record.pop("search"))
+            else:
+                picked = chosen(None)
+                *factors, record = fit_one_task(targets, *picked.configs, max_iter=settings.maxIter, tol=tol,
+                                                seed=settings.seed)  # fmt: skip
+        fitted = _in_one_task(settings, picked.part, (*factors, record), stats, train_ratings, began, on_iteration)
     else:
         with ThreadPoolExecutor(max_workers=1) as pool:
             searching = pool.submit(search)
@@ -142,6 +152,15 @@ def fit_all_items(
         fitted.summary["reg_search"] = {**picked.search, "units": "als"}
         fitted.summary["alpha"] = picked.alpha
     return fitted
+
+
+def configs_at(configs: tuple[StepConfig, StepConfig], reg: float, reference: float,
+               found: dict | None) -> tuple[StepConfig, StepConfig]:  # fmt: skip
+    """Both half-steps at the search's choice found (λ, and the scale α/α₀ that makes 1 + α·g(c)
+    of the confidences 1 + α₀·g(c)), or at reg and the reference α₀ without a search."""
+    at, alpha = (found["reg"], found["alpha"]) if found else (reg, reference)
+    scale = 1.0 if alpha == reference else alpha / reference
+    return tuple(dataclasses.replace(cfg, reg=at, confidence_scale=scale) for cfg in configs)
 
 
 @dataclasses.dataclass
@@ -159,15 +178,11 @@ Watch = Callable[[FitRecord], dict] | None
 
 
 def _in_one_task(
-    settings: FitSettings, part: FitSettings, targets: DataFrame, stats: DataFrame, train_ratings: DataFrame,
-    configs: tuple[StepConfig, StepConfig], began: float, on_iteration: Watch,
+    settings: FitSettings, part: FitSettings, fit: tuple[DataFrame, DataFrame, dict], stats: DataFrame,
+    train_ratings: DataFrame, began: float, on_iteration: Watch,
 ) -> FitRecord:  # fmt: skip
-    """The all-items fit in one task."""
-    spark = train_ratings.sparkSession
-    with phase(spark, "one-task"):
-        user_factors, item_factors, record = fit_one_task(
-            targets, *configs, max_iter=settings.maxIter, tol=settings.tol * TOL_SCALE, seed=settings.seed
-        )
+    """The record of the all-items fit in one task, fit its (user_factors, item_factors, record)."""
+    user_factors, item_factors, record = fit
     history, stop_reason = record["history"], record["stop"]
     if not math.isfinite(history[-1]["train_loss"]):
         raise diverged(history[-1]["train_loss"], len(history))

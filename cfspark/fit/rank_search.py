@@ -31,13 +31,14 @@ import dataclasses
 import functools
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.core.schema import ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
-from cfspark.data.split import split_ratings
+from cfspark.data.split import hashed_fraction
 from cfspark.fit.reg_search import SAMPLE_SEED, SEARCH_RATINGS, VALIDATION_SEED, sampled_users, search_fraction
 from cfspark.fit.settings import FitSettings
 from cfspark.kernels.bracket import bracket_search
@@ -45,7 +46,14 @@ from cfspark.kernels.init import initial_params
 from cfspark.kernels.ranking import ndcg_rows
 from cfspark.train.one_task import csr_by_row
 from cfspark.train.saddle import factor_scale, growing, warm_start
-from cfspark.train.search_task import HELD, MIN_ITER, SETTLED, SearchPlan, search_one_task
+from cfspark.train.search_task import (
+    HELD,
+    MIN_ITER,
+    SETTLED,
+    SearchPlan,
+    search_one_task,
+    search_then_fit_one_task,
+)
 from cfspark.train.step import StepConfig, solve_rows
 
 K = 10  # NDCG@K is what the search maximises
@@ -210,15 +218,46 @@ def choose_ranking(
     confidence under α₀; num_ratings of them), on a hashed validation fold of a user sample of
     them (search_fraction, past max_ratings); user_cfg/item_cfg the fit's half-steps."""
     fraction = search_fraction(num_ratings, max_ratings)
-    rows = sampled_users(confidences, fraction, settings.seed + SAMPLE_SEED)
-    fit_part, held = split_ratings(rows, test_fraction=VALIDATION_FRACTION, seed=settings.seed + VALIDATION_SEED)
-    both = fit_part.withColumn(HELD, F.lit(0)).unionByName(held.withColumn(HELD, F.lit(1))).select(
-        USER, ITEM, F.col(RATING).cast("double").alias(TARGET), F.lit(None).cast("double").alias(OFFSET), WEIGHT, HELD
-    )  # fmt: skip
-    plan = SearchPlan(start=REG_START, unit=1.0, low=REG_LOW, high=REG_HIGH, step=STEP, tol_log=TOL_LOG,
-                      first_iter=settings.maxIter, point_iter=POINT_ITER, tol=tol)  # fmt: skip
+    rows = _search_rows(settings, sampled_users(confidences, fraction, settings.seed + SAMPLE_SEED))
     search = functools.partial(search_ranking, alpha=alpha)
-    found = search_one_task(both, user_cfg, item_cfg, plan, seed=settings.seed, search=search)
+    found = search_one_task(rows, user_cfg, item_cfg, _plan(settings, tol), seed=settings.seed, search=search)
+    return _reported(found, alpha, fraction)
+
+
+def choose_and_fit_ranking(
+    settings: FitSettings, confidences: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, *, alpha: AlphaPlan,
+    tol: float, fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]],
+) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
+    """choose_ranking on every user (no sample: data that fits one task is under SEARCH_RATINGS),
+    then the fit of every pair from the hashed init with the half-steps fit_configs(record)
+    gives, at tol and settings.maxIter, in one Spark job: (user_factors, item_factors,
+    record), the record's "search" choose_ranking's."""
+    search = functools.partial(search_ranking, alpha=alpha)
+    users, items, record = search_then_fit_one_task(
+        _search_rows(settings, confidences), user_cfg, item_cfg, _plan(settings, tol), seed=settings.seed,
+        search=search, fit_configs=fit_configs, max_iter=settings.maxIter,
+    )  # fmt: skip
+    record["search"] = _reported(record["search"], alpha, 1.0)
+    return users, items, record
+
+
+def _search_rows(settings: FitSettings, confidences: DataFrame) -> DataFrame:
+    """The search task's rows of confidences: the validation fold (HELD) is split_ratings' test
+    part on its seed, marked in one pass over the rows."""
+    held = (hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(VALIDATION_FRACTION)).cast("int")
+    return confidences.select(
+        USER, ITEM, F.col(RATING).cast("double").alias(TARGET), F.lit(None).cast("double").alias(OFFSET), WEIGHT,
+        held.alias(HELD),
+    )  # fmt: skip
+
+
+def _plan(settings: FitSettings, tol: float) -> SearchPlan:
+    return SearchPlan(start=REG_START, unit=1.0, low=REG_LOW, high=REG_HIGH, step=STEP, tol_log=TOL_LOG,
+                      first_iter=settings.maxIter, point_iter=POINT_ITER, tol=tol)  # fmt: skip
+
+
+def _reported(found: dict, alpha: AlphaPlan, fraction: float) -> dict:
+    """The search's record, logged, with its sample's share of the users and its metric."""
     for point in found["path"]:
         log.info("automatic λ, α: reg %.4g, alpha %.4g give validation NDCG@%d %.4f after %d iterations",
                  point["reg"], point["alpha"], alpha.k, point["ndcg"], point["iterations"])  # fmt: skip

@@ -521,6 +521,60 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
     return run
 
 
+def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, search: Callable,
+                          fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]], max_iter: int):  # fmt: skip
+    """mapInArrow body: search (as search_one_task's) over the fit part, then the fit of every
+    row (fit part and validation fold) from the hashed init, with the half-steps
+    fit_configs(record) gives at the search's choice and plan.tol: the fit that fit_one_task
+    would run on the same rows, without a second pass of them into Python."""
+    rank = user_cfg.rank
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            return
+        began = time.perf_counter()
+        table = pa.Table.from_batches(batches)
+        fit, held, user_keys, item_keys, codes, (y, weight) = _search_input(table, plan)
+        ids = codes[USER][0].dictionary, codes[ITEM][0].dictionary
+        refused = refused_pairs(*ids, codes[USER][1], codes[ITEM][1])
+        if refused is not None:  # every row, fit part and validation fold alike
+            yield refused
+            return
+        indexed = time.perf_counter()
+        found = search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
+        searched = time.perf_counter()
+        keys = {}
+        for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
+            encoded, code, _ = codes[side]
+            keys[side] = np.empty(len(encoded.dictionary), np.int64)
+            keys[side][code] = table.column(key_col).to_numpy()
+        offset = _floats(table.column(OFFSET))
+        W, X, history, stop = fit_arrays(
+            codes[USER][1], codes[ITEM][1], y, offset, weight, keys[USER], keys[ITEM], *fit_configs(found),
+            max_iter=max_iter, tol=plan.tol,
+        )  # fmt: skip
+        found["sample"] = _sizes(table, codes)
+        found["task_seconds"] = {"input": round(indexed - began, 3), "search": round(searched - indexed, 3),
+                                 "fit": round(time.perf_counter() - searched, 3)}  # fmt: skip
+        record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
+        yield factor_batch(*ids, W, X, rank, record)
+
+    return run
+
+
+def search_then_fit_one_task(
+    rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *, seed: int,
+    search: Callable[..., dict], fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]], max_iter: int,
+) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
+    """search over rows as search_one_task's, then the fit of every row at its choice (the
+    half-steps fit_configs(record) gives), in one Spark job: (user_factors, item_factors,
+    record), the record holding the fit's history, stop reason, sizes and the search's."""
+    body = _search_then_fit_body(user_cfg, item_cfg, plan, search, fit_configs, max_iter)
+    users, items, _, record = run_factor_task(_keyed(rows, seed), body)
+    return users, items, record
+
+
 def search_one_task(rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *,
                     seed: int, search: Callable[..., dict] | None = None) -> dict:  # fmt: skip
     """The search over rows (user, item, y, offset, weight, held), in one task; the held rows'
