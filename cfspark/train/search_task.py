@@ -390,6 +390,28 @@ def _search_input(table: pa.Table, plan: SearchPlan):
     return fit, held, keys[USER], keys[ITEM], codes, (rating, weight)
 
 
+def _checked_input(batches: list[pa.RecordBatch], plan: SearchPlan, *, item_stats: bool = False):
+    """(table, _search_input's tuple, refused) of a search-and-fit task's batches: refused is
+    refused_pairs' batch when a (user, item) pair repeats, over every row (fit part and
+    validation fold alike), else None; item_stats as refused_pairs'."""
+    table = pa.Table.from_batches(batches)
+    found = _search_input(table, plan)
+    codes = found[4]
+    ids = codes[USER][0].dictionary, codes[ITEM][0].dictionary
+    return table, found, refused_pairs(*ids, codes[USER][1], codes[ITEM][1], item_stats=item_stats)
+
+
+def _every_key(table: pa.Table, codes: dict) -> dict:
+    """Each side's init keys by Arrow dictionary code, over every row (the fit after a search
+    fits the validation fold's rows too, which _search_input's keys leave out)."""
+    keys = {}
+    for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
+        encoded, code, _ = codes[side]
+        keys[side] = np.empty(len(encoded.dictionary), np.int64)
+        keys[side][code] = table.column(key_col).to_numpy()
+    return keys
+
+
 def _sizes(table: pa.Table, codes: dict) -> dict:
     """The searched rows' ratings, users and items (validation fold included)."""
     return {"ratings": table.num_rows, "users": len(codes[USER][0].dictionary), "items": len(codes[ITEM][0].dictionary)}
@@ -477,11 +499,10 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         if not batches:
             return
         began = time.perf_counter()
-        table = pa.Table.from_batches(batches)
-        fit, held, user_keys, item_keys, codes, (rating, weight) = _search_input(table, plan)
-        ids = codes[USER][0].dictionary, codes[ITEM][0].dictionary
-        refused = refused_pairs(*ids, codes[USER][1], codes[ITEM][1], item_stats=True)
-        if refused is not None:  # every row, fit part and validation fold alike
+        table, (fit, held, user_keys, item_keys, codes, (rating, weight)), refused = _checked_input(
+            batches, plan, item_stats=True
+        )
+        if refused is not None:
             yield refused
             return
         indexed = time.perf_counter()
@@ -494,11 +515,7 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         bias_reg = found.get("bias_reg", user_cfg.bias_reg)
         ucfg = dataclasses.replace(user_cfg, reg=reg, rank=kept, bias_reg=bias_reg)
         icfg = dataclasses.replace(item_cfg, reg=reg, rank=kept, bias_reg=bias_reg)
-        keys = {}
-        for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
-            encoded, code, _ = codes[side]
-            keys[side] = np.empty(len(encoded.dictionary), np.int64)
-            keys[side][code] = table.column(key_col).to_numpy()
+        keys = _every_key(table, codes)
         start = start_from_search(params, (codes[USER][2], codes[ITEM][2]), (keys[USER], keys[ITEM]), (ucfg, icfg))
         user_code, item_code = codes[USER][1], codes[ITEM][1]
         prior, glob = plan.centre
@@ -534,21 +551,14 @@ def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Sear
         if not batches:
             return
         began = time.perf_counter()
-        table = pa.Table.from_batches(batches)
-        fit, held, user_keys, item_keys, codes, (y, weight) = _search_input(table, plan)
-        ids = codes[USER][0].dictionary, codes[ITEM][0].dictionary
-        refused = refused_pairs(*ids, codes[USER][1], codes[ITEM][1])
-        if refused is not None:  # every row, fit part and validation fold alike
+        table, (fit, held, user_keys, item_keys, codes, (y, weight)), refused = _checked_input(batches, plan)
+        if refused is not None:
             yield refused
             return
         indexed = time.perf_counter()
         found = search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
         searched = time.perf_counter()
-        keys = {}
-        for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
-            encoded, code, _ = codes[side]
-            keys[side] = np.empty(len(encoded.dictionary), np.int64)
-            keys[side][code] = table.column(key_col).to_numpy()
+        keys = _every_key(table, codes)
         offset = _floats(table.column(OFFSET))
         W, X, history, stop = fit_arrays(
             codes[USER][1], codes[ITEM][1], y, offset, weight, keys[USER], keys[ITEM], *fit_configs(found),
@@ -558,7 +568,7 @@ def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Sear
         found["task_seconds"] = {"input": round(indexed - began, 3), "search": round(searched - indexed, 3),
                                  "fit": round(time.perf_counter() - searched, 3)}  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
-        yield factor_batch(*ids, W, X, rank, record)
+        yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, rank, record)
 
     return run
 
