@@ -181,7 +181,7 @@ def _in_one_task(
     settings: FitSettings, part: FitSettings, fit: tuple[DataFrame, DataFrame, dict], stats: DataFrame,
     train_ratings: DataFrame, began: float, on_iteration: Watch,
 ) -> FitRecord:  # fmt: skip
-    """The record of the all-items fit in one task, fit its (user_factors, item_factors, record)."""
+    """The all-items FitRecord of a one-task fit: fit is its task's (user_factors, item_factors, record)."""
     user_factors, item_factors, record = fit
     history, stop_reason = record["history"], record["stop"]
     if not math.isfinite(history[-1]["train_loss"]):
