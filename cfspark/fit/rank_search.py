@@ -35,11 +35,8 @@ from collections.abc import Callable
 
 import numpy as np
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
-from cfspark.core.schema import ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
-from cfspark.data.split import hashed_fraction
-from cfspark.fit.reg_search import SAMPLE_SEED, SEARCH_RATINGS, VALIDATION_SEED, sampled_users, search_fraction
+from cfspark.fit.reg_search import SAMPLE_SEED, SEARCH_RATINGS, sampled_users, search_fraction, search_rows
 from cfspark.fit.settings import FitSettings
 from cfspark.kernels.bracket import bracket_search
 from cfspark.kernels.init import initial_params
@@ -47,7 +44,6 @@ from cfspark.kernels.ranking import ndcg_rows
 from cfspark.train.one_task import csr_by_row
 from cfspark.train.saddle import factor_scale, growing, warm_start
 from cfspark.train.search_task import (
-    HELD,
     MIN_ITER,
     SETTLED,
     SearchPlan,
@@ -218,7 +214,8 @@ def choose_ranking(
     confidence under α₀; num_ratings of them), on a hashed validation fold of a user sample of
     them (search_fraction, past max_ratings); user_cfg/item_cfg the fit's half-steps."""
     fraction = search_fraction(num_ratings, max_ratings)
-    rows = _search_rows(settings, sampled_users(confidences, fraction, settings.seed + SAMPLE_SEED))
+    rows = sampled_users(confidences, fraction, settings.seed + SAMPLE_SEED)
+    rows = search_rows(settings, rows, VALIDATION_FRACTION)
     search = functools.partial(search_ranking, alpha=alpha)
     found = search_one_task(rows, user_cfg, item_cfg, _plan(settings, tol), seed=settings.seed, search=search)
     return _reported(found, alpha, fraction)
@@ -234,21 +231,11 @@ def choose_and_fit_ranking(
     record), the record's "search" choose_ranking's."""
     search = functools.partial(search_ranking, alpha=alpha)
     users, items, record = search_then_fit_one_task(
-        _search_rows(settings, confidences), user_cfg, item_cfg, _plan(settings, tol), seed=settings.seed,
-        search=search, fit_configs=fit_configs, max_iter=settings.maxIter,
+        search_rows(settings, confidences, VALIDATION_FRACTION), user_cfg, item_cfg, _plan(settings, tol),
+        seed=settings.seed, search=search, fit_configs=fit_configs, max_iter=settings.maxIter,
     )  # fmt: skip
     record["search"] = _reported(record["search"], alpha, 1.0)
     return users, items, record
-
-
-def _search_rows(settings: FitSettings, confidences: DataFrame) -> DataFrame:
-    """The search task's rows of confidences: the validation fold (HELD) is split_ratings' test
-    part on its seed, marked in one pass over the rows."""
-    held = (hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(VALIDATION_FRACTION)).cast("int")
-    return confidences.select(
-        USER, ITEM, F.col(RATING).cast("double").alias(TARGET), F.lit(None).cast("double").alias(OFFSET), WEIGHT,
-        held.alias(HELD),
-    )  # fmt: skip
 
 
 def _plan(settings: FitSettings, tol: float) -> SearchPlan:

@@ -106,10 +106,11 @@ def search_plan(settings: FitSettings, unit: float, global_mean: float | None) -
                       centre=centre, bias_prior=bias_prior, fixed=fixed)  # fmt: skip
 
 
-def search_rows(settings: FitSettings, ratings: DataFrame) -> DataFrame:
-    """(user, item, y, offset, weight, held) of ratings: the hashed validation fold is held;
-    mse rows carry the rating itself as y (the search task centres them per fold)."""
-    held = (hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(VALIDATION_FRACTION)).cast("int")
+def search_rows(settings: FitSettings, ratings: DataFrame, fraction: float = VALIDATION_FRACTION) -> DataFrame:
+    """(user, item, y, offset, weight, held) of ratings: the hashed validation fold, a fraction
+    of the rows (split_ratings' test part on its seed), is held; the rows carry the rating
+    itself as y (mse's search task centres them per fold)."""
+    held = (hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(fraction)).cast("int")
     weight = row_weight(ratings) if WEIGHT in ratings.columns else F.lit(None).cast("double")
     y, none = F.col(RATING).cast("double"), F.lit(None).cast("double")
     return ratings.select(USER, ITEM, y.alias(TARGET), none.alias(OFFSET), weight.alias(WEIGHT), held.alias(HELD))
