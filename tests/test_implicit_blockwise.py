@@ -50,12 +50,17 @@ def test_blockwise_all_items_fit_equals_the_one_task_fit(spark):
     small.unpersist(), spread.unpersist(), ratings.unpersist()
 
 
+def _scores(model) -> np.ndarray:
+    """w·x of every (user, item) pair, ids in order."""
+    users, items = _factors(model, "user"), _factors(model, "item")
+    return np.array([users[k] for k in sorted(users)])[:, :-1] @ np.array([items[k] for k in sorted(items)])[:, :-1].T
+
+
 def test_the_fits_beside_the_search_train_at_the_chosen_alpha(spark):
     # Under automatic λ and α the confidences are made with α₀ and the half-steps rescale them
     # to the chosen α, so the blockwise setup runs beside the search. Both paths search the
-    # same rows: the same choice, the same model, and that model is the fit with λ and α fixed
-    # at the choice on confidences made with α itself (fit_validated takes them as made).
-    ratings = _positive_counts(spark).cache()
+    # same rows and start from the items its choice ended with: the same choice, the same model.
+    ratings = _positive_counts(spark, seed=10).cache()  # data whose chosen α is not α₀
     auto = {**PARAMS, "regParam": "auto", "alpha": "auto", "maxIter": 6}
     auto.pop("exposureRegParam")
     small = CollaborativeFilter(**auto).fit_validated(ratings)
@@ -64,20 +69,32 @@ def test_the_fits_beside_the_search_train_at_the_chosen_alpha(spark):
     reg, alpha = small.summary["reg_search"]["reg"], small.summary["alpha"]
     assert spread.summary["reg_search"]["reg"] == reg and spread.summary["alpha"] == alpha
     assert alpha != REFERENCE_ALPHA  # so the half-steps' rescaling is exercised
+    for id_col in ("user", "item"):
+        a, b = _factors(small, id_col), _factors(spread, id_col)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=f"{id_col} {key}")
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in small.history], [h["train_loss"] for h in spread.history], rtol=1e-10
+    )
+    # The fit with λ and α fixed at the choice, on confidences made with α itself (fit_validated
+    # takes them as made), starts from the hashed init: its first iteration's J is higher, and
+    # run on, both reach the same optimum (the scores w·x, which no rotation of the factors moves).
     made_with_alpha = ratings.withColumn("weight", 1.0 + alpha / REFERENCE_ALPHA * (F.col("weight") - 1.0))
-    fixed = CollaborativeFilter(**{**auto, "regParam": reg, "exposureRegParam": reg, "alpha": alpha})
-    fixed = fixed.fit_validated(made_with_alpha)
-    assert "reg_search" not in fixed.summary
-    for model in (spread, fixed):
-        for id_col in ("user", "item"):
-            a, b = _factors(small, id_col), _factors(model, id_col)
-            assert a.keys() == b.keys()
-            for key in a:
-                np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=f"{id_col} {key}")
-        np.testing.assert_allclose(
-            [h["train_loss"] for h in small.history], [h["train_loss"] for h in model.history], rtol=1e-10
-        )
-    small.unpersist(), spread.unpersist(), fixed.unpersist(), ratings.unpersist()
+    fixed = {**auto, "regParam": reg, "exposureRegParam": reg, "alpha": alpha}
+    first = CollaborativeFilter(**fixed).fit_validated(made_with_alpha)
+    assert "reg_search" not in first.summary
+    assert small.history[0]["train_loss"] < first.history[0]["train_loss"]
+    searched = CollaborativeFilter(**{**auto, "maxIter": 80}).fit_validated(ratings)
+    reg, alpha = searched.summary["reg_search"]["reg"], searched.summary["alpha"]  # its first point ran 80 too
+    made_with_alpha = ratings.withColumn("weight", 1.0 + alpha / REFERENCE_ALPHA * (F.col("weight") - 1.0))
+    fixed = {**auto, "regParam": reg, "exposureRegParam": reg, "alpha": alpha, "maxIter": 80}
+    long = CollaborativeFilter(**fixed).fit_validated(made_with_alpha)
+    np.testing.assert_allclose(_scores(searched), _scores(long), rtol=0, atol=0.01)
+    assert abs(searched.history[-1]["train_loss"] / long.history[-1]["train_loss"] - 1) < 1e-3
+    for model in (small, spread, first, long, searched):
+        model.unpersist()
+    ratings.unpersist()
 
 
 def test_the_one_task_search_and_its_fit_share_one_job(spark):

@@ -28,13 +28,15 @@ from cfspark.fit.rank_search import (
     choose_ranking,
     fold_resolution,
     search_ranking,
+    search_ranking_factors,
     within_noise,
 )
 from cfspark.fit.reg_search import SAMPLE_SEED, SEARCH_FRACTION, sampled_users
+from cfspark.kernels.init import initial_params
 from cfspark.ml.estimator import CollaborativeFilter
 from cfspark.ml.model_io import read_metadata
 from cfspark.train.search_task import SearchPlan
-from cfspark.train.step import StepConfig
+from cfspark.train.step import StepConfig, solve_rows
 
 SPLIT_SEED = 42
 
@@ -181,6 +183,44 @@ def test_search_ranking_brackets_reg_then_alpha_on_planted_counts(monkeypatch):
     flat = (fit[0], fit[1], None, None, None)
     assert search_ranking(flat, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("alpha",), 0.05))["path"] == []
     assert len(known_users) <= rank_search.MAX_USERS  # every validation user counted here
+
+
+def test_the_alpha_pass_reuses_the_reg_choice_and_the_fit_starts_from_its_items(monkeypatch):
+    rows = np.array(play_counts(users=300, items=200, draws=30_000, seed=5))
+    user, item = np.unique(rows[:, 0], return_inverse=True)[1], np.unique(rows[:, 1], return_inverse=True)[1]
+    held = np.random.default_rng(1).random(len(rows)) < 0.2
+    fit = (user[~held], item[~held], None, None, 1.0 + np.log1p(rows[~held, 2]))
+    fold = {"user": user[held], "item": item[held]}
+    cfg = StepConfig(side="user", rank=4, loss="bce", reg=0.01, init_scale=0.1, count_scaled=True, all_items=True,
+                     learn_bias=False)  # fmt: skip
+    plan = SearchPlan(start=REG_START, unit=1.0, low=1e-7, high=10.0, step=3.0, tol_log=math.log(2), first_iter=10,
+                      point_iter=4, tol=1e-4)  # fmt: skip
+    keys = (np.arange(user.max() + 1) * 7919, np.arange(item.max() + 1) * 104729)
+    items_after: list[np.ndarray] = []  # every item half-step's factors, in order
+
+    def spy(step_cfg, *args, **kwargs):
+        out = solve_rows(step_cfg, *args, **kwargs)
+        if step_cfg.side == "item":
+            items_after.append(out[0])
+        return out
+
+    monkeypatch.setattr(rank_search, "solve_rows", spy)
+    found, (users, items) = search_ranking_factors(fit, fold, *keys, cfg, dataclasses.replace(cfg, side="item"),
+                                                   plan, alpha=AlphaPlan(1.0, ("reg", "alpha")))  # fmt: skip
+    path = found["path"]
+    first_alpha = next(j for j, p in enumerate(path) if p["alpha"] != 1.0)
+    chosen_reg = [p for p in path[:first_alpha] if p["reg"] == found["reg"]][0]
+    # The α pass's start grid holds α₀ = 1 at the chosen λ: that point is the λ pass's, not fitted again.
+    again = [p for p in path[first_alpha:] if p["alpha"] == 1.0]
+    assert len(again) == 1 and again[0] == {**chosen_reg, "iterations": 0, "reused": True}
+    assert sum(p["iterations"] for p in path) == len(items_after)
+    # The fit at the choice starts from the items its point ended with, and the users' hashed init.
+    chosen = next(j for j, p in enumerate(path) if (p["reg"], p["alpha"]) == (found["reg"], found["alpha"]))
+    ended = sum(p["iterations"] for p in path[: chosen + 1]) - 1
+    np.testing.assert_array_equal(items, items_after[ended])
+    np.testing.assert_array_equal(users, initial_params(keys[0], 4, scale=0.1, side="user"))
+    assert search_ranking(fit, fold, *keys, cfg, dataclasses.replace(cfg, side="item"), plan,
+                          alpha=AlphaPlan(1.0, ("reg", "alpha"))) == found  # fmt: skip
 
 
 def test_search_ranking_restarts_from_the_init_after_collapsed_factors():

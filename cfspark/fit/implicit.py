@@ -15,8 +15,9 @@ Small fits run in one task (fit/one_task.py's rule), with the λ and α search i
 job, the pairs read into Python once (rank_search.choose_and_fit_ranking). Larger ones, or fits
 given block counts or a warm start, run blockwise, where each half-step also sums the other
 side's Gramian over its blocks (train/all_items.py), checkpointed and resumable as any
-blockwise fit. Both start from the same hashed factors and give the same model
-(tests/test_implicit_blockwise.py).
+blockwise fit. Both start from the same factors, the hashed init or, under automatic λ or α,
+the items the search's choice ended with (rank_search.search_ranking_factors), and give the
+same model (tests/test_implicit_blockwise.py).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from cfspark.fit.blockwise import blocks_for, fingerprint, record_of
 from cfspark.fit.one_task import runs_in_one_task
 from cfspark.fit.rank_search import AlphaPlan, choose_and_fit_ranking, choose_ranking
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
-from cfspark.fit.settings import AUTO, FitSettings
+from cfspark.fit.settings import AUTO, Earlier, FitSettings, InitialModel
 from cfspark.fit.warm import warm_start_from
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.history import diverged
@@ -119,10 +120,17 @@ def fit_all_items(
     at_choice = functools.partial(configs_at, (user_cfg, item_cfg), reg, reference)
 
     def chosen(found: dict | None) -> Chosen:
-        """The fit's settings (carrying λ) and half-steps at the search's choice, if any."""
+        """The fit's settings (carrying λ) and half-steps at the search's choice, if any, and
+        its start: initialModel, else the search's factors at its choice, else the hashed init."""
         at, alpha = (found["reg"], found["alpha"]) if found else (reg, reference)
         part = settings.replace(exposure=False, initialModel=None).carry(regParam=at, predictionCol=P_EXPOSED)
-        return Chosen(part, at_choice(found), found, alpha)
+        begin = settings.initialModel
+        factors = found.pop("factors", None) if found else None
+        if factors is not None and begin is None:  # as the one-task fit after its search starts
+            users, items, rows = factors
+            earlier = Earlier("automatic-λ-α-search", settings.rank, users, items, rows=rows)
+            begin = InitialModel("automatic λ and α's search", lambda: earlier)
+        return Chosen(part, at_choice(found), found, alpha, begin)
 
     with phase(spark, "prepare"):
         targets = train_ratings.select(
@@ -166,12 +174,13 @@ def configs_at(configs: tuple[StepConfig, StepConfig], reg: float, reference: fl
 @dataclasses.dataclass
 class Chosen:
     """What the fit trains with once λ and α are known: the settings it carries, both
-    half-steps (λ, and the confidences' scale α/α₀), the search's record, and α."""
+    half-steps (λ, and the confidences' scale α/α₀), the search's record, α, and the start."""
 
     part: FitSettings
     configs: tuple[StepConfig, StepConfig]
     search: dict | None
     alpha: float
+    begin: InitialModel | None = None  # the model the blockwise fit starts from (None: the hashed init)
 
 
 Watch = Callable[[FitRecord], dict] | None
@@ -227,7 +236,7 @@ def _blockwise(
             checkpointer = Checkpointer(
                 spark, settings.checkpointDir, settings.checkpointInterval, fingerprint(part, train_ratings)
             )
-    start = warm_start_from(settings, blocks, *configs)
+    start = warm_start_from(settings.replace(initialModel=picked.begin), blocks, *configs)
 
     def record(result: TrainResult, *, final: bool) -> FitRecord:
         fitted = record_of(part, result, blocks, stats, 0.0, train_ratings, final=final)

@@ -11,7 +11,10 @@ the bracketing search of kernels/bracket.py in log λ; then α, the same way in 
 Each point warm-starts from the factors the previous one ended with, unless they collapsed
 onto the zero-factor saddle (a strong λ shrinks them to zero, where NDCG is that of scores
 all 0): then from the hashed init, and no point counts as settled while its factors still
-grow (train/saddle.py), as in the λ search of train/search_task.py.
+grow (train/saddle.py), as in the λ search of train/search_task.py. The α pass's start grid holds
+α₀, where the λ pass scored its choice: that point keeps its score and is not fitted again.
+The fit at the choice starts from the items the chosen point ended with
+(search_ranking_factors).
 
 The weight column arrives as confidences made with the reference α₀ (data/weights.py), so
 1 + α·g(c) = 1 + (α/α₀)·(w − 1): α is searched by rescaling the weights, without the counts.
@@ -47,7 +50,7 @@ from cfspark.train.search_task import (
     MIN_ITER,
     SETTLED,
     SearchPlan,
-    search_one_task,
+    search_factors_one_task,
     search_then_fit_one_task,
 )
 from cfspark.train.step import StepConfig, solve_rows
@@ -86,6 +89,19 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
                    plan: SearchPlan, *, alpha: AlphaPlan) -> dict:  # fmt: skip
     """λ (and α) of the all-items model that maximise NDCG@k of the held pairs: search_one_task's
     search. Returns {reg, alpha, ndcg, path: [{reg, alpha, ndcg, iterations}], widened, at_limit}."""
+    return search_ranking_factors(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, alpha=alpha)[0]
+
+
+def search_ranking_factors(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
+                           plan: SearchPlan, *, alpha: AlphaPlan) -> tuple[dict, tuple | None]:  # fmt: skip
+    """search_ranking's record, and the (user, item) params a fit at its choice starts from
+    (None without a search): the item factors the chosen point ended with (the hashed init
+    if they collapsed, train/saddle.py) and the users' hashed init, which does not matter:
+    the fit's first half-step solves every user exactly from the items.
+
+    From the hashed init the fit at the choice took 9 to 12 iterations on two generated
+    play-count sets; from the chosen point's items, 2 to 4, to the same NDCG@10 of the held
+    pairs within 0.1 % (docs/benchmarks.md "The positive-only fit from the search's items")."""
     user_local, item_local, _, _, weight = fit
     n_users = len(user_keys)
     gain = np.zeros(len(user_local)) if weight is None or alpha.reference <= 0 else (weight - 1.0) / alpha.reference
@@ -100,13 +116,22 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
     state = {"users": init[0], "items": init[1]}
     path: list[dict] = []
     per_row: list[np.ndarray] = []  # each path point's NDCG per validation user
+    ended: list[np.ndarray] = []  # each path point's item factors: the fit at the choice starts from them
     tiled: tuple[dict, dict] = ({}, {})  # each side's tiling (step.solve_rows), made once for every point
     if not len(rows):  # too few pairs for a validation fold: the start grids' middles
         reg, a = alpha.reg, alpha.reference
-        return {"reg": reg, "alpha": a, "ndcg": None, "path": [], "widened": "", "at_limit": False}
+        return {"reg": reg, "alpha": a, "ndcg": None, "path": [], "widened": "", "at_limit": False}, None
 
     def settle(reg: float, a: float) -> float:
-        """1 − NDCG@k once this (λ, α) has settled, from the last point's factors."""
+        """1 − NDCG@k once this (λ, α) has settled, from the last point's factors; a point the
+        λ pass settled already (the α pass starts at its λ and α₀) is its score again."""
+        done = [j for j, p in enumerate(path) if p["reg"] == reg and p["alpha"] == a and "reused" not in p]
+        if done:
+            j = done[-1]
+            path.append({**path[j], "iterations": 0, "reused": True})
+            per_row.append(per_row[j])
+            ended.append(ended[j])
+            return 1.0 - path[j]["ndcg"] if np.all(np.isfinite(per_row[j])) else np.inf
         ucfg, icfg = (dataclasses.replace(cfg, reg=reg * plan.unit) for cfg in (user_cfg, item_cfg))
         u_side = (by_user[0], by_user[1], None, None, 1.0 + a * by_user[2])
         i_side = (by_item[0], by_item[1], None, None, 1.0 + a * by_item[2])
@@ -140,10 +165,11 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
         path.append({"reg": reg, "alpha": a, "ndcg": 1.0 - value, "iterations": iterations,
                      **({"restarted": True} if restart else {})})  # fmt: skip
         per_row.append(scores if np.isfinite(value) else np.full(len(scores), -np.inf))
+        ended.append(items)
         return value
 
     reg, a = alpha.reg, alpha.reference
-    widened, at_limit, best = [], False, None
+    widened, at_limit, best, picked = [], False, None, None
     for dimension in alpha.passes:
         first = len(path)
         # Refinement stops where the validation users cannot tell the bracket's ends from its best.
@@ -166,11 +192,14 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
             a = path[first + chosen]["alpha"]
         else:
             continue
-        best = path[first + chosen]["ndcg"]
+        best, picked = path[first + chosen]["ndcg"], first + chosen
         widened += [f"{dimension}:{found.widened}"] if found.widened else []
         at_limit = at_limit or found.at_limit
-    return {"reg": reg, "alpha": a, "ndcg": best, "path": path, "widened": ",".join(widened),
-            "at_limit": at_limit}  # fmt: skip
+    record = {"reg": reg, "alpha": a, "ndcg": best, "path": path, "widened": ",".join(widened), "at_limit": at_limit}
+    if picked is None:
+        return record, None
+    start, _ = warm_start((init[0], ended[picked]), init, user_cfg.rank)
+    return record, start
 
 
 def fold_resolution(per_row: list[np.ndarray], first: int) -> float:
@@ -212,13 +241,17 @@ def choose_ranking(
 ) -> dict:  # fmt: skip
     """search_ranking's record for the positive-only training pairs (user, item, rating, weight =
     confidence under α₀; num_ratings of them), on a hashed validation fold of a user sample of
-    them (search_fraction, past max_ratings); user_cfg/item_cfg the fit's half-steps."""
+    them (search_fraction, past max_ratings); user_cfg/item_cfg the fit's half-steps. Its
+    "factors" are the (user, item) tables the fit at the choice starts from, and their row
+    counts (search_ranking_factors)."""
     fraction = search_fraction(num_ratings, max_ratings)
     rows = sampled_users(confidences, fraction, settings.seed + SAMPLE_SEED)
     rows = search_rows(settings, rows, VALIDATION_FRACTION)
-    search = functools.partial(search_ranking, alpha=alpha)
-    found = search_one_task(rows, user_cfg, item_cfg, _plan(settings, tol), seed=settings.seed, search=search)
-    return _reported(found, alpha, fraction)
+    search = functools.partial(search_ranking_factors, alpha=alpha)
+    users, items, counts, found = search_factors_one_task(
+        rows, user_cfg, item_cfg, _plan(settings, tol), seed=settings.seed, search=search
+    )
+    return {**_reported(found, alpha, fraction), "factors": (users, items, counts)}
 
 
 def choose_and_fit_ranking(
@@ -226,10 +259,10 @@ def choose_and_fit_ranking(
     tol: float, fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]],
 ) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
     """choose_ranking on every user (no sample: data that fits one task is under SEARCH_RATINGS),
-    then the fit of every pair from the hashed init with the half-steps fit_configs(record)
+    then the fit of every pair from the search's factors with the half-steps fit_configs(record)
     gives, at tol and settings.maxIter, in one Spark job: (user_factors, item_factors,
-    record), the record's "search" choose_ranking's."""
-    search = functools.partial(search_ranking, alpha=alpha)
+    record), the record's "search" choose_ranking's (without its factors)."""
+    search = functools.partial(search_ranking_factors, alpha=alpha)
     users, items, record = search_then_fit_one_task(
         search_rows(settings, confidences, VALIDATION_FRACTION), user_cfg, item_cfg, _plan(settings, tol),
         seed=settings.seed, search=search, fit_configs=fit_configs, max_iter=settings.maxIter,

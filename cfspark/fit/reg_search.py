@@ -35,7 +35,14 @@ from cfspark.data.weights import row_weight
 from cfspark.fit.settings import AUTO, FitSettings
 from cfspark.fit.targets import prepare, target_stats
 from cfspark.train.one_task import ONE_TASK_RATINGS
-from cfspark.train.search_task import HELD, SearchPlan, search_factors_one_task, search_one_task, search_record
+from cfspark.train.search_task import (
+    HELD,
+    SearchPlan,
+    search_arrays,
+    search_factors_one_task,
+    search_one_task,
+    search_record,
+)
 
 START = (0.3, 0.1, 0.03)  # in regUnits, strong to weak: warm starts go from simple to rich models
 STEP = 3.0  # the widening factor past an end of START
@@ -201,8 +208,9 @@ def choose_reg(
     choose_rank = settings.loss == "mse" and settings.initialModel is None
     factors = None
     if with_factors:
+        search = functools.partial(search_arrays, choose_rank=choose_rank)
         *factors, found = search_factors_one_task(both, at.step_config("user"), at.step_config("item"), plan,
-                                                  seed=settings.seed, choose_rank=choose_rank)  # fmt: skip
+                                                  seed=settings.seed, search=search)  # fmt: skip
     else:
         search = functools.partial(search_record, choose_rank=choose_rank)
         found = search_one_task(both, at.step_config("user"), at.step_config("item"), plan, seed=settings.seed,

@@ -437,10 +437,10 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, s
     return run
 
 
-def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, choose_rank: bool):
-    """mapInArrow body: the search (with the rank step if choose_rank), then the factors of the
-    fit part's users and items at the chosen λ and rank, which the blockwise fit at that choice
-    starts from (start_from_search says why)."""
+def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, search: Callable):
+    """mapInArrow body: the search, then the factors of the fit part's users and items at its
+    choice (at the rank it keeps), which the blockwise fit at that choice starts from
+    (start_from_search says why); search walks the arrays as search_arrays does."""
     rank = user_cfg.rank
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -451,8 +451,7 @@ def _search_factors_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         table = pa.Table.from_batches(batches)
         fit, held, user_keys, item_keys, codes, _ = _search_input(table, plan)
         indexed = time.perf_counter()
-        record, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan,
-                                       choose_rank=choose_rank)  # fmt: skip
+        record, params = search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
         record["sample"] = _sizes(table, codes)
         # Where the task's seconds went, from its first batch in hand (what reading them took is not seen here).
         record["task_seconds"] = {"input": round(indexed - began, 3), "search": round(time.perf_counter() - indexed, 3)}
@@ -476,13 +475,14 @@ def search_factors_one_task(
     plan: SearchPlan,
     *,
     seed: int,
-    choose_rank: bool = True,
+    search: Callable[..., tuple[dict, tuple | None]],
 ) -> tuple[DataFrame, DataFrame, tuple[int, int], dict]:
-    """The search over rows as search_one_task's (with the rank step if choose_rank: mse), in
-    one Spark job, and the factors it ended with at its choice: (user_factors, item_factors,
-    their row counts, record), the tables (id, features, bias) at the kept rank, materialised,
-    for the fit's warm start."""
-    body = _search_factors_body(user_cfg, item_cfg, plan, choose_rank)
+    """The search over rows as search_one_task's, in one Spark job, and the factors it ended
+    with at its choice: (user_factors, item_factors, their row counts, record), the tables (id,
+    features, bias) at the kept rank, materialised, for the fit's warm start. search returns
+    (record, params) as search_arrays does (mse's and bce's; fit/rank_search.py's ranking
+    search swaps it)."""
+    body = _search_factors_body(user_cfg, item_cfg, plan, search)
     users, items, _, record = run_factor_task(_keyed(rows, seed), body)
     return users, items, tuple(record.pop(FACTOR_ROWS)), record
 
@@ -540,10 +540,11 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
 
 def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, search: Callable,
                           fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]], max_iter: int):  # fmt: skip
-    """mapInArrow body: search (as search_one_task's) over the fit part, then the fit of every
-    row (fit part and validation fold) from the hashed init, with the half-steps
-    fit_configs(record) gives at the search's choice and plan.tol: the fit that fit_one_task
-    would run on the same rows, without a second pass of them into Python."""
+    """mapInArrow body: search over the fit part (returning (record, params) as search_arrays
+    does), then the fit of every row (fit part and validation fold) with the half-steps
+    fit_configs(record) gives at the search's choice and plan.tol, started from the params
+    (start_from_search): the blockwise fit at that choice, started from the same factors,
+    without a second pass of the rows into Python."""
     rank = user_cfg.rank
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -556,13 +557,15 @@ def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Sear
             yield refused
             return
         indexed = time.perf_counter()
-        found = search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
+        found, params = search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan)
         searched = time.perf_counter()
         keys = _every_key(table, codes)
         offset = _floats(table.column(OFFSET))
+        cfgs = fit_configs(found)
+        start = start_from_search(params, (codes[USER][2], codes[ITEM][2]), (keys[USER], keys[ITEM]), cfgs)
         W, X, history, stop = fit_arrays(
-            codes[USER][1], codes[ITEM][1], y, offset, weight, keys[USER], keys[ITEM], *fit_configs(found),
-            max_iter=max_iter, tol=plan.tol,
+            codes[USER][1], codes[ITEM][1], y, offset, weight, keys[USER], keys[ITEM], *cfgs,
+            max_iter=max_iter, tol=plan.tol, start=start,
         )  # fmt: skip
         found["sample"] = _sizes(table, codes)
         found["task_seconds"] = {"input": round(indexed - began, 3), "search": round(searched - indexed, 3),
@@ -575,11 +578,13 @@ def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Sear
 
 def search_then_fit_one_task(
     rows: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, *, seed: int,
-    search: Callable[..., dict], fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]], max_iter: int,
+    search: Callable[..., tuple[dict, tuple | None]], fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]],
+    max_iter: int,
 ) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
-    """search over rows as search_one_task's, then the fit of every row at its choice (the
-    half-steps fit_configs(record) gives), in one Spark job: (user_factors, item_factors,
-    record), the record holding the fit's history, stop reason, sizes and the search's."""
+    """search over rows as search_factors_one_task's, then the fit of every row at its choice
+    (the half-steps fit_configs(record) gives), started from the search's params, in one Spark
+    job: (user_factors, item_factors, record), the record holding the fit's history, stop
+    reason, sizes and the search's."""
     body = _search_then_fit_body(user_cfg, item_cfg, plan, search, fit_configs, max_iter)
     users, items, _, record = run_factor_task(_keyed(rows, seed), body)
     return users, items, record
