@@ -8,6 +8,12 @@ hits, averaged over the rows with a held item. A held item the model never saw s
 in the ideal and can never be hit. A held item ranks after every item whose score ties with
 its own, so scores all equal (factors collapsed to zero) earn nothing. Rows go in batches, so
 memory stays near batch × items.
+
+Scores are float32: two items swap places only where their scores agree to about 1e-7 of
+their size, far closer than the factors are solved, and the half as many bytes per score
+halve the passes' memory traffic. The searches captured at 0.7M to 2.7M pairs walked the same
+paths, every NDCG equal to the last digit, in 46 % to 74 % of the time in this module
+(docs/benchmarks.md "The positive-only fit from the search's items").
 """
 
 from __future__ import annotations
@@ -66,9 +72,10 @@ def ndcg_rows(
     ideal = np.cumsum(gain)
     batch = max(1, BATCH_SCORES // max(n_items, 1))
     values = []
+    items32 = np.ascontiguousarray(items, dtype=np.float32).T
     for start in range(0, len(rows), batch):
         part = rows[start : start + batch]
-        scores = params.take(part, axis=0) @ items.T
+        scores = params.take(part, axis=0).astype(np.float32) @ items32
         local, cols = _expand(part, seen_ptr, seen_cols)
         scores[local, cols] = -np.inf
         local, cols = _expand(part, held_ptr, held_cols)
