@@ -104,6 +104,14 @@ def test_the_sampled_search_is_the_search_on_the_hashed_users(spark):
         alone = search(drawn, *cfg, num_ratings=drawn.count())
         assert alone["sample_fraction"] == 1.0 and found["path"] == alone["path"]
         assert 0.8 * share < drawn.select("user").distinct().count() / 2000 < 1.2 * share
+        # And the same factors for the fit to start from: the sampled users' and their items'.
+        for j, id_col in enumerate(("user", "item")):
+            ours, theirs = (
+                {r[id_col]: np.r_[r.features, r.bias] for r in side["factors"][j].collect()} for side in (found, alone)
+            )  # fmt: skip
+            assert ours.keys() == theirs.keys() and len(ours) == found["factors"][2][j]
+            assert all(np.array_equal(ours[key], theirs[key]) for key in ours)
+        assert found["factors"][2][0] == drawn.select("user").distinct().count()  # the sampled users alone
     pairs.unpersist()
 
 
