@@ -100,8 +100,8 @@ def search_ranking_factors(fit: tuple, held: dict, user_keys, item_keys, user_cf
     the fit's first half-step solves every user exactly from the items.
 
     From the hashed init the fit at the choice took 9 to 12 iterations on two generated
-    play-count sets; from the chosen point's items, 2 to 4, to the same NDCG@10 of the held
-    pairs within 0.1 % (docs/benchmarks.md "The positive-only fit from the search's items")."""
+    play-count sets; from the chosen point's items, 2 to 4, to an NDCG@10 of the held pairs
+    within 0.4 % of it (docs/benchmarks.md "The positive-only fit from the search's items")."""
     user_local, item_local, _, _, weight = fit
     n_users = len(user_keys)
     gain = np.zeros(len(user_local)) if weight is None or alpha.reference <= 0 else (weight - 1.0) / alpha.reference
@@ -116,7 +116,9 @@ def search_ranking_factors(fit: tuple, held: dict, user_keys, item_keys, user_cf
     state = {"users": init[0], "items": init[1]}
     path: list[dict] = []
     per_row: list[np.ndarray] = []  # each path point's NDCG per validation user
-    ended: list[np.ndarray] = []  # each path point's item factors: the fit at the choice starts from them
+    # Each path point's item factors, the fit at the choice starts from them: a finished pass
+    # keeps its choice's alone, so at most one pass's points are held.
+    ended: list[np.ndarray | None] = []
     tiled: tuple[dict, dict] = ({}, {})  # each side's tiling (step.solve_rows), made once for every point
     if not len(rows):  # too few pairs for a validation fold: the start grids' middles
         reg, a = alpha.reg, alpha.reference
@@ -193,6 +195,7 @@ def search_ranking_factors(fit: tuple, held: dict, user_keys, item_keys, user_cf
         else:
             continue
         best, picked = path[first + chosen]["ndcg"], first + chosen
+        ended[:] = [items if j == picked else None for j, items in enumerate(ended)]
         widened += [f"{dimension}:{found.widened}"] if found.widened else []
         at_limit = at_limit or found.at_limit
     record = {"reg": reg, "alpha": a, "ndcg": best, "path": path, "widened": ",".join(widened), "at_limit": at_limit}
