@@ -231,6 +231,29 @@ def test_the_alpha_pass_reuses_the_reg_choice_and_the_fit_starts_from_its_items(
                           alpha=AlphaPlan(1.0, ("reg", "alpha"))) == found  # fmt: skip
 
 
+def test_a_search_whose_every_point_diverges_leaves_the_fit_the_hashed_init(monkeypatch):
+    rows = np.array(play_counts(users=60, items=40, draws=2_000, seed=5))
+    user, item = np.unique(rows[:, 0], return_inverse=True)[1], np.unique(rows[:, 1], return_inverse=True)[1]
+    held = np.random.default_rng(1).random(len(rows)) < 0.2
+    fit = (user[~held], item[~held], None, None, 1.0 + np.log1p(rows[~held, 2]))
+    cfg = StepConfig(side="user", rank=3, loss="bce", reg=0.01, init_scale=0.1, count_scaled=True, all_items=True,
+                     learn_bias=False)  # fmt: skip
+    plan = SearchPlan(start=REG_START, unit=1.0, low=1e-3, high=1.0, step=3.0, tol_log=math.log(2), first_iter=4,
+                      point_iter=2, tol=1e-4)  # fmt: skip
+    keys = (np.arange(user.max() + 1) * 7919, np.arange(item.max() + 1) * 104729)
+
+    def diverging(step_cfg, *args, **kwargs):
+        params, loss, (data, reg) = solve_rows(step_cfg, *args, **kwargs)
+        return np.full_like(params, np.nan), loss, (np.nan, reg)
+
+    monkeypatch.setattr(rank_search, "solve_rows", diverging)
+    found, start = search_ranking_factors(fit, {"user": user[held], "item": item[held]}, *keys, cfg,
+                                          dataclasses.replace(cfg, side="item"), plan,
+                                          alpha=AlphaPlan(1.0, ("reg",)))  # fmt: skip
+    assert found["path"] and all(p["ndcg"] == -np.inf for p in found["path"])
+    assert start is None  # the fit then starts from the hashed init, not from NaN items
+
+
 def test_search_ranking_restarts_from_the_init_after_collapsed_factors():
     # λ = 10 and 3 shrink the factors onto zero, a stationary point at every λ where every score
     # is 0. Warm-started from there, λ = 1 used to sit beside it: its factors grew × 1000 an

@@ -95,9 +95,10 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
 def search_ranking_factors(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
                            plan: SearchPlan, *, alpha: AlphaPlan) -> tuple[dict, tuple | None]:  # fmt: skip
     """search_ranking's record, and the (user, item) params a fit at its choice starts from
-    (None without a search): the item factors the chosen point ended with (the hashed init
-    if they collapsed, train/saddle.py) and the users' hashed init, which does not matter:
-    the fit's first half-step solves every user exactly from the items.
+    (None without a search, or if the chosen point diverged): the item factors the chosen
+    point ended with (the hashed init if they collapsed, train/saddle.py) and the users'
+    hashed init, which does not matter: the fit's first half-step solves every user exactly
+    from the items.
 
     From the hashed init the fit at the choice took 9 to 12 iterations on two generated
     play-count sets; from the chosen point's items, 2 to 4, to an NDCG@10 of the held pairs
@@ -199,7 +200,7 @@ def search_ranking_factors(fit: tuple, held: dict, user_keys, item_keys, user_cf
         widened += [f"{dimension}:{found.widened}"] if found.widened else []
         at_limit = at_limit or found.at_limit
     record = {"reg": reg, "alpha": a, "ndcg": best, "path": path, "widened": ",".join(widened), "at_limit": at_limit}
-    if picked is None:
+    if picked is None or not np.all(np.isfinite(ended[picked])):  # no point that did not diverge to start from
         return record, None
     start, _ = warm_start((init[0], ended[picked]), init, user_cfg.rank)
     return record, start
