@@ -54,8 +54,8 @@ from cfspark.fit.blockwise import blocks_for, fingerprint, record_of
 from cfspark.fit.one_task import runs_in_one_task
 from cfspark.fit.rank_search import AlphaPlan, choose_and_fit_ranking, choose_ranking
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
-from cfspark.fit.settings import AUTO, Earlier, FitSettings, InitialModel
-from cfspark.fit.warm import warm_start_from
+from cfspark.fit.settings import AUTO, FitSettings, InitialModel
+from cfspark.fit.warm import search_start, warm_start_from
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.history import diverged
 from cfspark.train.one_task import fit_one_task
@@ -127,9 +127,7 @@ def fit_all_items(
         begin = settings.initialModel
         factors = found.pop("factors", None) if found else None
         if factors is not None and begin is None:  # as the one-task fit after its search starts
-            users, items, rows = factors
-            earlier = Earlier("automatic-λ-α-search", settings.rank, users, items, rows=rows)
-            begin = InitialModel("automatic λ and α's search", lambda: earlier)
+            begin = search_start(factors, settings.rank)
         return Chosen(part, at_choice(found), found, alpha, begin)
 
     with phase(spark, "prepare"):

@@ -24,8 +24,9 @@ from cfspark.fit.exposure_task import fit_exposure_one_task
 from cfspark.fit.one_task import fit_auto_in_one_task, fit_in_one_task, runs_in_one_task
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import choose_reg
-from cfspark.fit.settings import AUTO, Earlier, FitSettings, InitialModel
+from cfspark.fit.settings import AUTO, FitSettings
 from cfspark.fit.targets import resolve_bias_reg, target_stats
+from cfspark.fit.warm import search_start
 from cfspark.train.search_task import SETTLED
 
 log = logging.getLogger("cfspark")
@@ -106,9 +107,7 @@ def _fit_ratings(
             if factors is not None and settings.initialModel is None:
                 # The blockwise fit starts from the search's factors at its choice (the sampled
                 # users' and the items'), not from the hashed init: fewer iterations to converge.
-                users, items, rows = factors
-                start = Earlier("automatic-λ-search", kept, users, items, rows=rows)
-                chosen = chosen.replace(initialModel=InitialModel("automatic λ's search", lambda: start))
+                chosen = chosen.replace(initialModel=search_start(factors, kept))
             # As the one-task fit does, stop once an iteration moves the predictions by at most
             # SETTLED of the chosen λ's validation RMSE, which bounds its change of any RMSE.
             scored = search.get("sample_reg", reg)  # a sample's path is at its own λ, before the transfer

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pyspark.sql import DataFrame
 
 from cfspark.blocks.build import Blocks
-from cfspark.fit.settings import FitSettings
+from cfspark.fit.settings import Earlier, FitSettings, InitialModel
 from cfspark.train.step import StepConfig
 from cfspark.train.warm import warm_start
 
@@ -23,3 +23,12 @@ def warm_start_from(
     if earlier.rank != settings.rank:
         raise ValueError(f"initialModel has rank {earlier.rank}, but this fit's rank is {settings.rank}")
     return lambda: warm_start(blocks, earlier.user_factors, earlier.item_factors, user_cfg, item_cfg, earlier.rows)
+
+
+def search_start(factors: tuple[DataFrame, DataFrame, tuple[int, int]], rank: int) -> InitialModel:
+    """An automatic search's factor tables at its choice (user, item, their row counts), at rank,
+    as the initialModel a blockwise fit at that choice starts from: fewer iterations than from
+    the hashed init, and past the zero-factor saddle (train/search_task.py's start_from_search)."""
+    users, items, rows = factors
+    start = Earlier("automatic-λ-search", rank, users, items, rows=rows)
+    return InitialModel("automatic λ's search", lambda: start)
