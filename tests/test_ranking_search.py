@@ -28,7 +28,6 @@ from cfspark.fit.rank_search import (
     choose_ranking,
     fold_resolution,
     search_ranking,
-    search_ranking_factors,
     within_noise,
 )
 from cfspark.fit.reg_search import SAMPLE_SEED, SEARCH_FRACTION, sampled_users
@@ -163,7 +162,7 @@ def test_search_ranking_brackets_reg_then_alpha_on_planted_counts(monkeypatch):
                       point_iter=4, tol=1e-4)  # fmt: skip
     keys = (np.arange(len(known_users)) * 7919, np.arange(len(known_items)) * 104729)
     item_cfg = dataclasses.replace(cfg, side="item")
-    found = search_ranking(
+    found, _ = search_ranking(
         fit, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(reference=1.0, passes=("reg", "alpha"))
     )
     path = found["path"]
@@ -179,17 +178,20 @@ def test_search_ranking_brackets_reg_then_alpha_on_planted_counts(monkeypatch):
     # The control: the same search on training counts that are poisoned moves the path.
     poisoned = (fit[0], fit[1], None, None, np.where(np.arange(len(fit[4])) % 5 == 0, 1.0 + fit[4] * 9, fit[4]))
     assert (
-        search_ranking(poisoned, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("reg", "alpha")))["path"]
+        search_ranking(poisoned, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("reg", "alpha")))[0]["path"]
         != path
     )
     # α only: λ stays where it is given.
-    only = search_ranking(
+    only, _ = search_ranking(
         fit, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(reference=1.0, passes=("alpha",), reg=0.05)
     )
     assert only["reg"] == 0.05 and {p["reg"] for p in only["path"]} == {0.05}
     # No counts (every weight 1): nothing to choose α on, so α stays the reference.
     flat = (fit[0], fit[1], None, None, None)
-    assert search_ranking(flat, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("alpha",), 0.05))["path"] == []
+    assert search_ranking(flat, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("alpha",), 0.05)) == (
+        {"reg": 0.05, "alpha": 1.0, "ndcg": None, "path": [], "widened": "", "at_limit": False},
+        None,
+    )
     assert len(known_users) <= rank_search.MAX_USERS  # every validation user counted here
 
 
@@ -213,8 +215,8 @@ def test_the_alpha_pass_reuses_the_reg_choice_and_the_fit_starts_from_its_items(
         return out
 
     monkeypatch.setattr(rank_search, "solve_rows", spy)
-    found, (users, items) = search_ranking_factors(fit, fold, *keys, cfg, dataclasses.replace(cfg, side="item"),
-                                                   plan, alpha=AlphaPlan(1.0, ("reg", "alpha")))  # fmt: skip
+    found, (users, items) = search_ranking(fit, fold, *keys, cfg, dataclasses.replace(cfg, side="item"),
+                                           plan, alpha=AlphaPlan(1.0, ("reg", "alpha")))  # fmt: skip
     path = found["path"]
     first_alpha = next(j for j, p in enumerate(path) if p["alpha"] != 1.0)
     chosen_reg = [p for p in path[:first_alpha] if p["reg"] == found["reg"]][0]
@@ -227,8 +229,6 @@ def test_the_alpha_pass_reuses_the_reg_choice_and_the_fit_starts_from_its_items(
     ended = sum(p["iterations"] for p in path[: chosen + 1]) - 1
     np.testing.assert_array_equal(items, items_after[ended])
     np.testing.assert_array_equal(users, initial_params(keys[0], 4, scale=0.1, side="user"))
-    assert search_ranking(fit, fold, *keys, cfg, dataclasses.replace(cfg, side="item"), plan,
-                          alpha=AlphaPlan(1.0, ("reg", "alpha"))) == found  # fmt: skip
 
 
 def test_a_search_whose_every_point_diverges_leaves_the_fit_the_hashed_init(monkeypatch):
@@ -247,9 +247,9 @@ def test_a_search_whose_every_point_diverges_leaves_the_fit_the_hashed_init(monk
         return np.full_like(params, np.nan), loss, (np.nan, reg)
 
     monkeypatch.setattr(rank_search, "solve_rows", diverging)
-    found, start = search_ranking_factors(fit, {"user": user[held], "item": item[held]}, *keys, cfg,
-                                          dataclasses.replace(cfg, side="item"), plan,
-                                          alpha=AlphaPlan(1.0, ("reg",)))  # fmt: skip
+    found, start = search_ranking(fit, {"user": user[held], "item": item[held]}, *keys, cfg,
+                                  dataclasses.replace(cfg, side="item"), plan,
+                                  alpha=AlphaPlan(1.0, ("reg",)))  # fmt: skip
     assert found["path"] and all(p["ndcg"] == -np.inf for p in found["path"])
     assert start is None  # the fit then starts from the hashed init, not from NaN items
 
@@ -274,8 +274,8 @@ def test_search_ranking_restarts_from_the_init_after_collapsed_factors():
     def path(start: tuple[float, ...]) -> list[dict]:
         plan = SearchPlan(start=start, unit=1.0, low=1e-7, high=10.0, step=3.0, tol_log=math.log(2), first_iter=20,
                           point_iter=6, tol=1e-4)  # fmt: skip
-        found = search_ranking(fit, fold, *keys, cfg, dataclasses.replace(cfg, side="item"), plan,
-                               alpha=AlphaPlan(reference=1.0, passes=("reg",)))  # fmt: skip
+        found, _ = search_ranking(fit, fold, *keys, cfg, dataclasses.replace(cfg, side="item"), plan,
+                                  alpha=AlphaPlan(reference=1.0, passes=("reg",)))  # fmt: skip
         return found["path"]
 
     walked, cold = path((10.0, 3.0, 1.0)), path((1.0,))

@@ -16,7 +16,7 @@ job, the pairs read into Python once (rank_search.choose_and_fit_ranking). Large
 given block counts or a warm start, run blockwise, where each half-step also sums the other
 side's Gramian over its blocks (train/all_items.py), checkpointed and resumable as any
 blockwise fit. Both start from the same factors, the hashed init or, under automatic λ or α,
-the items the search's choice ended with (rank_search.search_ranking_factors), and give the
+the items the search's choice ended with (rank_search.search_ranking), and give the
 same model (tests/test_implicit_blockwise.py).
 """
 

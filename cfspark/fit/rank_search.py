@@ -14,7 +14,7 @@ all 0): then from the hashed init, and no point counts as settled while its fact
 grow (train/saddle.py), as in the λ search of train/search_task.py. The α pass's start grid holds
 α₀, where the λ pass scored its choice: that point keeps its score and is not fitted again.
 The fit at the choice starts from the items the chosen point ended with
-(search_ranking_factors).
+(search_ranking).
 
 The weight column arrives as confidences made with the reference α₀ (data/weights.py), so
 1 + α·g(c) = 1 + (α/α₀)·(w − 1): α is searched by rescaling the weights, without the counts.
@@ -86,16 +86,11 @@ class AlphaPlan:
 
 
 def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
-                   plan: SearchPlan, *, alpha: AlphaPlan) -> dict:  # fmt: skip
-    """λ (and α) of the all-items model that maximise NDCG@k of the held pairs: search_one_task's
-    search. Returns {reg, alpha, ndcg, path: [{reg, alpha, ndcg, iterations}], widened, at_limit}."""
-    return search_ranking_factors(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, alpha=alpha)[0]
-
-
-def search_ranking_factors(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepConfig, item_cfg: StepConfig,
-                           plan: SearchPlan, *, alpha: AlphaPlan) -> tuple[dict, tuple | None]:  # fmt: skip
-    """search_ranking's record, and the (user, item) params a fit at its choice starts from
-    (None without a search, or if the chosen point diverged): the item factors the chosen
+                   plan: SearchPlan, *, alpha: AlphaPlan) -> tuple[dict, tuple | None]:  # fmt: skip
+    """λ (and α) of the all-items model that maximise NDCG@k of the held pairs, as a search of
+    search_factors_one_task: ({reg, alpha, ndcg, path: [{reg, alpha, ndcg, iterations}],
+    widened, at_limit}, the (user, item) params a fit at its choice starts from). The params
+    are None without a search, or if the chosen point diverged; else the item factors the chosen
     point ended with (the hashed init if they collapsed, train/saddle.py) and the users'
     hashed init, which does not matter: the fit's first half-step solves every user exactly
     from the items.
@@ -247,11 +242,11 @@ def choose_ranking(
     confidence under α₀; num_ratings of them), on a hashed validation fold of a user sample of
     them (search_fraction, past max_ratings); user_cfg/item_cfg the fit's half-steps. Its
     "factors" are the (user, item) tables the fit at the choice starts from, and their row
-    counts (search_ranking_factors)."""
+    counts (search_ranking)."""
     fraction = search_fraction(num_ratings, max_ratings)
     rows = sampled_users(confidences, fraction, settings.seed + SAMPLE_SEED)
     rows = search_rows(settings, rows, VALIDATION_FRACTION)
-    search = functools.partial(search_ranking_factors, alpha=alpha)
+    search = functools.partial(search_ranking, alpha=alpha)
     users, items, counts, found = search_factors_one_task(
         rows, user_cfg, item_cfg, _plan(settings, tol), seed=settings.seed, search=search
     )
@@ -266,7 +261,7 @@ def choose_and_fit_ranking(
     then the fit of every pair from the search's factors with the half-steps fit_configs(record)
     gives, at tol and settings.maxIter, in one Spark job: (user_factors, item_factors,
     record), the record's "search" choose_ranking's (without its factors)."""
-    search = functools.partial(search_ranking_factors, alpha=alpha)
+    search = functools.partial(search_ranking, alpha=alpha)
     users, items, record = search_then_fit_one_task(
         search_rows(settings, confidences, VALIDATION_FRACTION), user_cfg, item_cfg, _plan(settings, tol),
         seed=settings.seed, search=search, fit_configs=fit_configs, max_iter=settings.maxIter,
