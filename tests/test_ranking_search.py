@@ -34,6 +34,8 @@ from cfspark.fit.reg_search import SAMPLE_SEED, SEARCH_FRACTION, sampled_users
 from cfspark.kernels.init import initial_params
 from cfspark.ml.estimator import CollaborativeFilter
 from cfspark.ml.model_io import read_metadata
+from cfspark.train import search_task
+from cfspark.train.saddle import factor_scale, growing
 from cfspark.train.search_task import SearchPlan
 from cfspark.train.step import StepConfig, solve_rows
 
@@ -229,6 +231,73 @@ def test_the_alpha_pass_reuses_the_reg_choice_and_the_fit_starts_from_its_items(
     ended = sum(p["iterations"] for p in path[: chosen + 1]) - 1
     np.testing.assert_array_equal(items, items_after[ended])
     np.testing.assert_array_equal(users, initial_params(keys[0], 4, scale=0.1, side="user"))
+
+
+@pytest.mark.parametrize("tol", [1e-4, 1e-12])
+def test_ndcg_is_measured_only_where_a_stop_is_decided_on_it(monkeypatch, tol):
+    """The path stops where measuring NDCG at every iteration would stop it: replayed from
+    every iteration's recorded factors and losses, each point ends at the first iteration
+    from MIN_ITER on whose factors do not grow and whose loss converged or NDCG settled (or
+    at its budget), with that iteration's NDCG; and fewer NDCGs are measured than iterations
+    run. tol = 1e-12 leaves the stops to NDCG alone."""
+    rows = np.array(play_counts(users=300, items=200, draws=30_000, seed=5))
+    user, item = np.unique(rows[:, 0], return_inverse=True)[1], np.unique(rows[:, 1], return_inverse=True)[1]
+    held = np.random.default_rng(1).random(len(rows)) < 0.2
+    fit = (user[~held], item[~held], None, None, 1.0 + np.log1p(rows[~held, 2]))
+    cfg = StepConfig(side="user", rank=4, loss="bce", reg=0.01, init_scale=0.1, count_scaled=True, all_items=True,
+                     learn_bias=False)  # fmt: skip
+    plan = SearchPlan(start=REG_START, unit=1.0, low=1e-7, high=10.0, step=3.0, tol_log=math.log(2), first_iter=12,
+                      point_iter=6, tol=tol)  # fmt: skip
+    keys = (np.arange(user.max() + 1) * 7919, np.arange(item.max() + 1) * 104729)
+    steps: list[tuple] = []  # every iteration's (users, items, loss)
+    measured: list[tuple] = []  # the arguments of every NDCG measured
+
+    def step_spy(step_cfg, *args, **kwargs):
+        out = solve_rows(step_cfg, *args, **kwargs)
+        if step_cfg.side == "user":
+            steps.append((out[0], None, out[2][1]))
+        else:
+            users, _, user_reg = steps[-1]
+            steps[-1] = (users, out[0], out[2][0] + out[2][1] + user_reg)
+        return out
+
+    real_ndcg = rank_search.ndcg_rows
+
+    def ndcg_spy(*args):
+        measured.append(args)
+        return real_ndcg(*args)
+
+    monkeypatch.setattr(rank_search, "solve_rows", step_spy)
+    monkeypatch.setattr(rank_search, "ndcg_rows", ndcg_spy)
+    found, _ = search_ranking(fit, {"user": user[held], "item": item[held]}, *keys, cfg,
+                              dataclasses.replace(cfg, side="item"), plan,
+                              alpha=AlphaPlan(1.0, ("reg", "alpha")))  # fmt: skip
+    _, _, fold_rows, seen, fold, k = measured[0]
+
+    def ndcg(users, items):
+        return float(real_ndcg(users, items, fold_rows, seen, fold, k).mean())
+
+    def stops(before, now):  # (on the loss, on NDCG) at the iteration of now, after before's
+        (u0, i0, loss0), (u1, i1, loss1) = before, now
+        if growing(factor_scale(u0, i0, 4), factor_scale(u1, i1, 4)):
+            return False, False
+        settled = abs(ndcg(u1, i1) - ndcg(u0, i0)) <= search_task.SETTLED * ndcg(u0, i0)
+        return abs(loss0 - loss1) <= tol * abs(loss0), settled
+
+    first, ndcg_stops = 0, 0
+    for j, point in enumerate(found["path"]):
+        run = steps[first : first + point["iterations"]]
+        first += point["iterations"]
+        if not run:  # the α pass's reused point
+            continue
+        decided = [(t, stops(run[t - 2], run[t - 1])) for t in range(search_task.MIN_ITER, len(run) + 1)]
+        stop = next(((t, why) for t, why in decided if any(why)), None)
+        assert point["iterations"] == (stop[0] if stop else (plan.first_iter if j == 0 else plan.point_iter)), j
+        assert point["ndcg"] == pytest.approx(ndcg(*run[-1][:2]), abs=1e-12)
+        ndcg_stops += bool(stop and stop[1] == (False, True))
+    assert first == len(steps) and len(measured) < len(steps)
+    if tol < 1e-9:
+        assert ndcg_stops >= 2  # stops on NDCG alone are exercised
 
 
 def test_a_search_whose_every_point_diverges_leaves_the_fit_the_hashed_init(monkeypatch):

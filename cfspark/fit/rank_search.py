@@ -120,6 +120,11 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
         reg, a = alpha.reg, alpha.reference
         return {"reg": reg, "alpha": a, "ndcg": None, "path": [], "widened": "", "at_limit": False}, None
 
+    def score(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, float]:
+        """NDCG@k of each validation user, and 1 − their mean."""
+        scores = ndcg_rows(users, items, rows, by_user[:2], held_csr, alpha.k)
+        return scores, 1.0 - float(scores.mean())
+
     def settle(reg: float, a: float) -> float:
         """1 − NDCG@k once this (λ, α) has settled, from the last point's factors; a point the
         λ pass settled already (the α pass starts at its λ and α₀) is its score again."""
@@ -139,30 +144,44 @@ def search_ranking(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepC
             warm_start((state["users"], state["items"]), init, user_cfg.rank) if path
             else ((state["users"], state["items"]), False)
         )  # fmt: skip
-        value, last_value, last_loss, iterations = np.inf, None, None, 0
-        size = factor_scale(users, items, user_cfg.rank)
+        iterations, last_loss, size, diverged = 0, None, factor_scale(users, items, user_cfg.rank), False
+        # NDCG@k, the costliest part of an iteration, is measured only where a stop is decided on
+        # it (an iteration that may stop and did not on the loss, and the one before it) and at
+        # the point's last iteration: the same stops as measuring it at every iteration.
+        measured: dict[int, tuple[np.ndarray, float]] = {}
+        before = None  # the last iteration's (users, items)
         for _ in range(plan.point_iter if path and not restart else plan.first_iter):
             # The iteration's data loss is the item half-step's; each side's tiling is kept across points.
             users, _, (_, user_reg) = solve_rows(ucfg, *u_side, items, users, None, data_loss=False, cache=tiled[0])
             items, _, (data, item_reg) = solve_rows(icfg, *i_side, users, items, None, cache=tiled[1])
             iterations += 1
             loss = data + item_reg + user_reg
-            scores = ndcg_rows(users, items, rows, by_user[:2], held_csr, alpha.k)
-            value = 1.0 - float(scores.mean())
             if not np.isfinite(loss) or not np.all(np.isfinite(users)):
-                value = np.inf
+                diverged = True
                 break
-            # Settled relative to NDCG itself: 1 − NDCG is near 1, where SETTLED would hide every step.
-            settled = last_value is not None and abs(value - last_value) <= SETTLED * (1.0 - last_value)
             converged = last_loss is not None and abs(last_loss - loss) <= plan.tol * abs(last_loss)
-            last_value, last_loss = value, loss
+            last_loss = loss
             last_size, size = size, factor_scale(users, items, user_cfg.rank)
-            if iterations >= MIN_ITER and (settled or converged) and not growing(last_size, size):
-                break
+            if iterations >= MIN_ITER and not growing(last_size, size):
+                if converged:
+                    break
+                if before is not None:
+                    if iterations - 1 not in measured:
+                        measured[iterations - 1] = score(*before)
+                    measured[iterations] = score(users, items)
+                    last_value, value = measured[iterations - 1][1], measured[iterations][1]
+                    # Settled relative to NDCG itself: 1 − NDCG is near 1, where SETTLED would hide every step.
+                    if abs(value - last_value) <= SETTLED * (1.0 - last_value):
+                        break
+            before = (users, items)
+        if diverged:
+            scores, value = np.full(len(rows), -np.inf), np.inf
+        else:
+            scores, value = measured[iterations] if iterations in measured else score(users, items)
         state["users"], state["items"] = users, items
         path.append({"reg": reg, "alpha": a, "ndcg": 1.0 - value, "iterations": iterations,
                      **({"restarted": True} if restart else {})})  # fmt: skip
-        per_row.append(scores if np.isfinite(value) else np.full(len(scores), -np.inf))
+        per_row.append(scores)
         ended.append(items)
         return value
 
