@@ -48,7 +48,10 @@ def counts_frame(spark: SparkSession, millions: int) -> DataFrame:
     users, items, draws = SHAPES[millions]
     u, i, c = play_count_arrays(users, items, draws, seed=millions)
     pdf = pd.DataFrame({USER: u.astype("int32"), ITEM: i.astype("int32"), COUNT: c})
-    return spark.createDataFrame(pdf)
+    # A frame made from pandas is a local relation, whose rows travel inside every task of every
+    # job that reads it (0.55 s a job over the 1M training pairs, cached, against 0.12 s once
+    # checkpointed): checkpointed once, it is read as a file or table would be, by both fits.
+    return spark.createDataFrame(pdf).localCheckpoint()
 
 
 def _score(relevant: DataFrame, recs: DataFrame) -> dict:
