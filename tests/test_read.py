@@ -9,7 +9,7 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from cfspark.app.config import load_defaults
-from cfspark.core.plans import MIN_PARTITIONS, PARTITION_RATINGS, fewer_partitions
+from cfspark.core.plans import MIN_PARTITIONS, PARTITION_RATINGS, bounded_partitions, fewer_partitions, planned_with
 from cfspark.data.read import Columns, default_ratings_path, read_ratings
 from cfspark.data.validate import validate_ratings
 
@@ -83,3 +83,14 @@ def test_fewer_partitions_keeps_one_per_partition_ratings(spark):
     # As if it held 10M ratings: ⌈10M / PARTITION_RATINGS⌉ = 40 partitions.
     assert _partitions(fewer_partitions(df, 10_000_000, 100)) == math.ceil(10_000_000 / PARTITION_RATINGS) == 40
     assert fewer_partitions(df, 10_000_000, 40) is df
+
+
+def test_a_first_pass_runs_in_at_most_the_sessions_shuffle_partitions(spark):
+    df = spark.range(1000).repartition(100)
+    shuffle = "spark.sql.shuffle.partitions"
+    with planned_with(spark, {shuffle: "20"}):
+        assert _partitions(bounded_partitions(df)) == 20
+        assert _partitions(bounded_partitions(spark.range(1000).repartition(3))) == 3  # never more
+    with planned_with(spark, {shuffle: "2"}):
+        assert _partitions(bounded_partitions(df)) == MIN_PARTITIONS
+    assert sorted(r.id for r in bounded_partitions(df).collect()) == list(range(1000))

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.core.errors import InputError, RepeatedPairsError
-from cfspark.core.plans import fewer_partitions, unreduced_groups
+from cfspark.core.plans import bounded_partitions, fewer_partitions, unreduced_groups
 from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
 from cfspark.data.read import Columns
 
@@ -81,6 +81,7 @@ def validate_ratings(
     cols.weight, if set, names a count or confidence per row: a finite number > 0 (a row
     with a count of 0 did not happen, and is refused rather than guessed at).
     """
+    df = bounded_partitions(df)
     schema = {f.name: f.dataType for f in df.schema.fields}
     for name in (cols.user, cols.item):
         if not isinstance(schema[name], (*_ID_TYPES, *_NUMBER_ID_TYPES)):
