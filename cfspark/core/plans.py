@@ -166,7 +166,9 @@ def bounded_partitions(df: DataFrame) -> DataFrame:
     before its first pass, whose row count is not known yet. A frame made from pandas holds a
     partition per Arrow batch of 10,000 rows: over 4.2M such rows, cached, a validating pass
     took 1.3–2.4 s in 525 tasks and 0.4–0.7 s in 16. The session's shuffle partitions are
-    the tasks it gives any stage it plans itself, so the bound keeps the parallelism it asks for."""
+    the tasks it gives any stage it plans itself, so the bound keeps the parallelism it asks
+    for. The library's way in (validate_given) applies it: the job sets few shuffle partitions
+    for its own exchanges, and reads files, which Spark splits by bytes, not by rows."""
     try:
         wanted = int(df.sparkSession.conf.get("spark.sql.shuffle.partitions") or 0)
     except ValueError:  # a value this Spark does not plan by ("auto" on some platforms)

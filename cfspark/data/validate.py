@@ -81,7 +81,6 @@ def validate_ratings(
     cols.weight, if set, names a count or confidence per row: a finite number > 0 (a row
     with a count of 0 did not happen, and is refused rather than guessed at).
     """
-    df = bounded_partitions(df)
     schema = {f.name: f.dataType for f in df.schema.fields}
     for name in (cols.user, cols.item):
         if not isinstance(schema[name], (*_ID_TYPES, *_NUMBER_ID_TYPES)):
@@ -279,6 +278,8 @@ def validate_given(
         if name not in df.columns:
             raise ValueError(f"the input has no column {name!r} (columns: {', '.join(df.columns)})")
     rule = _LEFT_TO_THE_FIT if fit_refuses and duplicates == "error" else duplicates
+    # A DataFrame, unlike the job's files (split by bytes), may come in many small partitions.
     return validate_ratings(
-        df.select(*cols.names), cols, id_type="keep", duplicates=rule, labels=labels, setting=PARAM,
+        bounded_partitions(df.select(*cols.names)), cols, id_type="keep", duplicates=rule, labels=labels,
+        setting=PARAM,
     )  # fmt: skip
