@@ -197,17 +197,23 @@ def test_search_ranking_brackets_reg_then_alpha_on_planted_counts(monkeypatch):
     assert len(known_users) <= rank_search.MAX_USERS  # every validation user counted here
 
 
-def test_the_alpha_pass_reuses_the_reg_choice_and_the_fit_starts_from_its_items(monkeypatch):
-    rows = np.array(play_counts(users=300, items=200, draws=30_000, seed=5))
+def _planted(users: int, items: int, draws: int, rank: int):
+    """Generated play counts as the search's arrays, a hashed fifth held out: (fit, fold,
+    the user and item half-steps, the sides' hash keys)."""
+    rows = np.array(play_counts(users=users, items=items, draws=draws, seed=5))
     user, item = np.unique(rows[:, 0], return_inverse=True)[1], np.unique(rows[:, 1], return_inverse=True)[1]
     held = np.random.default_rng(1).random(len(rows)) < 0.2
     fit = (user[~held], item[~held], None, None, 1.0 + np.log1p(rows[~held, 2]))
-    fold = {"user": user[held], "item": item[held]}
-    cfg = StepConfig(side="user", rank=4, loss="bce", reg=0.01, init_scale=0.1, count_scaled=True, all_items=True,
-                     learn_bias=False)  # fmt: skip
+    cfg = StepConfig(side="user", rank=rank, loss="bce", reg=0.01, init_scale=0.1, count_scaled=True,
+                     all_items=True, learn_bias=False)  # fmt: skip
+    keys = (np.arange(user.max() + 1) * 7919, np.arange(item.max() + 1) * 104729)
+    return fit, {"user": user[held], "item": item[held]}, cfg, dataclasses.replace(cfg, side="item"), keys
+
+
+def test_the_alpha_pass_reuses_the_reg_choice_and_the_fit_starts_from_its_items(monkeypatch):
+    fit, fold, cfg, item_cfg, keys = _planted(300, 200, 30_000, rank=4)
     plan = SearchPlan(start=REG_START, unit=1.0, low=1e-7, high=10.0, step=3.0, tol_log=math.log(2), first_iter=10,
                       point_iter=4, tol=1e-4)  # fmt: skip
-    keys = (np.arange(user.max() + 1) * 7919, np.arange(item.max() + 1) * 104729)
     items_after: list[np.ndarray] = []  # every item half-step's factors, in order
 
     def spy(step_cfg, *args, **kwargs):
@@ -217,8 +223,8 @@ def test_the_alpha_pass_reuses_the_reg_choice_and_the_fit_starts_from_its_items(
         return out
 
     monkeypatch.setattr(rank_search, "solve_rows", spy)
-    found, (users, items) = search_ranking(fit, fold, *keys, cfg, dataclasses.replace(cfg, side="item"),
-                                           plan, alpha=AlphaPlan(1.0, ("reg", "alpha")))  # fmt: skip
+    both = AlphaPlan(1.0, ("reg", "alpha"))
+    found, (users, items) = search_ranking(fit, fold, *keys, cfg, item_cfg, plan, alpha=both)
     path = found["path"]
     first_alpha = next(j for j, p in enumerate(path) if p["alpha"] != 1.0)
     chosen_reg = [p for p in path[:first_alpha] if p["reg"] == found["reg"]][0]
@@ -240,15 +246,9 @@ def test_ndcg_is_measured_only_where_a_stop_is_decided_on_it(monkeypatch, tol):
     from MIN_ITER on whose factors do not grow and whose loss converged or NDCG settled (or
     at its budget), with that iteration's NDCG; and fewer NDCGs are measured than iterations
     run. tol = 1e-12 leaves the stops to NDCG alone."""
-    rows = np.array(play_counts(users=300, items=200, draws=30_000, seed=5))
-    user, item = np.unique(rows[:, 0], return_inverse=True)[1], np.unique(rows[:, 1], return_inverse=True)[1]
-    held = np.random.default_rng(1).random(len(rows)) < 0.2
-    fit = (user[~held], item[~held], None, None, 1.0 + np.log1p(rows[~held, 2]))
-    cfg = StepConfig(side="user", rank=4, loss="bce", reg=0.01, init_scale=0.1, count_scaled=True, all_items=True,
-                     learn_bias=False)  # fmt: skip
+    fit, fold, cfg, item_cfg, keys = _planted(300, 200, 30_000, rank=4)
     plan = SearchPlan(start=REG_START, unit=1.0, low=1e-7, high=10.0, step=3.0, tol_log=math.log(2), first_iter=12,
                       point_iter=6, tol=tol)  # fmt: skip
-    keys = (np.arange(user.max() + 1) * 7919, np.arange(item.max() + 1) * 104729)
     steps: list[tuple] = []  # every iteration's (users, items, loss)
     measured: list[tuple] = []  # the arguments of every NDCG measured
 
@@ -269,13 +269,11 @@ def test_ndcg_is_measured_only_where_a_stop_is_decided_on_it(monkeypatch, tol):
 
     monkeypatch.setattr(rank_search, "solve_rows", step_spy)
     monkeypatch.setattr(rank_search, "ndcg_rows", ndcg_spy)
-    found, _ = search_ranking(fit, {"user": user[held], "item": item[held]}, *keys, cfg,
-                              dataclasses.replace(cfg, side="item"), plan,
-                              alpha=AlphaPlan(1.0, ("reg", "alpha")))  # fmt: skip
-    _, _, fold_rows, seen, fold, k = measured[0]
+    found, _ = search_ranking(fit, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("reg", "alpha")))
+    _, _, fold_rows, seen, held, k = measured[0]
 
     def ndcg(users, items):
-        return float(real_ndcg(users, items, fold_rows, seen, fold, k).mean())
+        return float(real_ndcg(users, items, fold_rows, seen, held, k).mean())
 
     def stops(before, now):  # (on the loss, on NDCG) at the iteration of now, after before's
         (u0, i0, loss0), (u1, i1, loss1) = before, now
@@ -301,24 +299,16 @@ def test_ndcg_is_measured_only_where_a_stop_is_decided_on_it(monkeypatch, tol):
 
 
 def test_a_search_whose_every_point_diverges_leaves_the_fit_the_hashed_init(monkeypatch):
-    rows = np.array(play_counts(users=60, items=40, draws=2_000, seed=5))
-    user, item = np.unique(rows[:, 0], return_inverse=True)[1], np.unique(rows[:, 1], return_inverse=True)[1]
-    held = np.random.default_rng(1).random(len(rows)) < 0.2
-    fit = (user[~held], item[~held], None, None, 1.0 + np.log1p(rows[~held, 2]))
-    cfg = StepConfig(side="user", rank=3, loss="bce", reg=0.01, init_scale=0.1, count_scaled=True, all_items=True,
-                     learn_bias=False)  # fmt: skip
+    fit, fold, cfg, item_cfg, keys = _planted(60, 40, 2_000, rank=3)
     plan = SearchPlan(start=REG_START, unit=1.0, low=1e-3, high=1.0, step=3.0, tol_log=math.log(2), first_iter=4,
                       point_iter=2, tol=1e-4)  # fmt: skip
-    keys = (np.arange(user.max() + 1) * 7919, np.arange(item.max() + 1) * 104729)
 
     def diverging(step_cfg, *args, **kwargs):
         params, loss, (data, reg) = solve_rows(step_cfg, *args, **kwargs)
         return np.full_like(params, np.nan), loss, (np.nan, reg)
 
     monkeypatch.setattr(rank_search, "solve_rows", diverging)
-    found, start = search_ranking(fit, {"user": user[held], "item": item[held]}, *keys, cfg,
-                                  dataclasses.replace(cfg, side="item"), plan,
-                                  alpha=AlphaPlan(1.0, ("reg",)))  # fmt: skip
+    found, start = search_ranking(fit, fold, *keys, cfg, item_cfg, plan, alpha=AlphaPlan(1.0, ("reg",)))
     assert found["path"] and all(p["ndcg"] == -np.inf for p in found["path"])
     assert start is None  # the fit then starts from the hashed init, not from NaN items
 
