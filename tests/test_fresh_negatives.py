@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cfspark.blocks.codec import cell
-from cfspark.data.negatives import fresh_negatives, hashed_uniforms
+from cfspark.data import negatives
+from cfspark.data.negatives import OVERSAMPLE, fresh_negatives, hashed_uniforms, inverse_cdf
 from cfspark.train.sampled import Draws, with_negatives
 
 
@@ -87,6 +88,30 @@ def test_draws_follow_the_weights(replace):
     share = np.bincount(items, minlength=5) / len(items)
     assert len(items) == 2000 and share[3] == 0.0
     np.testing.assert_allclose(share, weights / weights.sum(), atol=0.03)
+
+
+@pytest.mark.parametrize("packed_bits", [negatives.PACKED_BITS, 8])  # the packed keys, and np.unique's fallback
+def test_without_replacement_a_light_row_keeps_its_first_distinct_unlabelled_draws(packed_bits, monkeypatch):
+    """A row that wants few of its items takes the first want distinct items it has no label
+    for, in the order of its own draws (each a hashed uniform of seed, iteration, user key and
+    draw index, through inverse_cdf), walked here one draw at a time."""
+    monkeypatch.setattr(negatives, "PACKED_BITS", packed_bits)
+    row_ptr, labelled, keys, _, weights = _block(seed=3, users=60, items=400)
+    want = np.random.default_rng(4).integers(1, 40, len(keys))
+    for iteration in (0, 5):
+        ptr, items = fresh_negatives(row_ptr, labelled, keys, want, weights, seed=11, iteration=iteration,
+                                     replace=False)  # fmt: skip
+        for r in range(len(keys)):
+            draws = OVERSAMPLE * int(want[r]) + 8
+            u = hashed_uniforms(11, iteration, keys[r : r + 1], np.arange(draws), np.zeros(draws, np.int64))
+            taken: list[int] = []
+            for item in inverse_cdf(weights, u):
+                if item not in taken and item not in labelled[row_ptr[r] : row_ptr[r + 1]]:
+                    taken.append(int(item))
+                if len(taken) == want[r]:
+                    break
+            assert len(taken) == want[r]  # every row is light here, and its draws suffice
+            np.testing.assert_array_equal(items[ptr[r] : ptr[r + 1]], sorted(taken))
 
 
 def test_without_replacement_a_heavy_row_takes_its_items_by_weight():

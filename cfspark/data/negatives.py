@@ -244,14 +244,16 @@ def smallest_keys(
     rows_l, items_l, short = _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, iteration)
     heavy = np.flatnonzero((~light | short) & (want > 0))
     rows_h, items_h = _exponential_keys(row_ptr, labelled, user_keys, want, heavy, weights, seed, iteration)
-    pairs = np.sort(np.r_[rows_l, rows_h] * len(weights) + np.r_[items_l, items_h])  # by row, then item
+    # Each part comes sorted by row, then item: a stable sort (timsort, for int64) merges the two
+    # runs in linear time, where the default sort took 0.12 s a half-step on 2.6M pairs.
+    pairs = np.sort(np.r_[rows_l * len(weights) + items_l, rows_h * len(weights) + items_h], kind="stable")
     return _csr(pairs, len(weights), n)
 
 
 def _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, iteration):
     """The light rows' samples: each draws OVERSAMPLE·want + 8 items with replacement ∝ weights
     and keeps its first want distinct unlabelled ones, in draw order. (rows, items) of the rows
-    that got enough, and a mask of the light rows that did not."""
+    that got enough, sorted by row, then item, and a mask of the light rows that did not."""
     n, n_items = len(want), len(weights)
     m = np.where(light & (want > 0), OVERSAMPLE * want + 8, 0)
     begins = np.cumsum(m) - m
@@ -268,24 +270,28 @@ def _first_distinct(row_ptr, labelled, user_keys, want, light, weights, seed, it
         pair = key >> draw_bits
         first = np.r_[True, pair[1:] != pair[:-1]] if len(key) else np.ones(0, bool)
         key, pair = key[first], pair[first]
-        key = key[_unlabelled(pair, row_ptr, labelled, 1 << item_bits)]  # pairs packed as row·2^item_bits + item
-        draw_mask = (1 << draw_bits) - 1
-        by_draw = np.sort(((key >> (item_bits + draw_bits)) << draw_bits) | (key & draw_mask))  # by row, then draw
-        got_rows = by_draw >> draw_bits
-        position = begins[got_rows] + (by_draw & draw_mask)
+        unlabelled = _unlabelled(pair, row_ptr, labelled, 1 << item_bits)  # pairs packed as row·2^item_bits + item
+        key, pair = key[unlabelled], pair[unlabelled]
+        got_rows = key >> (item_bits + draw_bits)
+        position = begins[got_rows] + (key & ((1 << draw_bits) - 1))  # the draw's place in draw order
+        got_items = pair & ((1 << item_bits) - 1)
     else:  # too many bits for one int64: each pair's first draw by np.unique
         pair = rows * n_items + items
-        first = np.unique(pair, return_index=True)[1]  # each pair's first draw (positions: by row, then draw)
-        first = first[_unlabelled(pair[first], row_ptr, labelled, n_items)]
-        first = np.sort(first)  # draw order within each row
-        got_rows, position = rows[first], first
-    starts = np.r_[0, np.cumsum(np.bincount(got_rows, minlength=n))[:-1]]
-    rank = np.arange(len(got_rows)) - starts[got_rows]
+        order, position = np.unique(pair, return_index=True)  # by row, then item, and each pair's first draw
+        unlabelled = _unlabelled(order, row_ptr, labelled, n_items)
+        position = position[unlabelled]
+        got_rows, got_items = rows[position], items[position]
+    # A candidate's rank in its row's draw order, from a mark at its draw's place: the candidates
+    # stay sorted by row, then item, and need no second sort into draw order.
+    marked = np.zeros(len(rows) + 1, np.int64)
+    marked[position + 1] = 1
+    before = np.cumsum(marked)  # before[p]: the candidates at draw places below p
+    rank = before[position] - before[begins[got_rows]]
     keep = rank < want[got_rows]
     got = np.bincount(got_rows[keep], minlength=n)
     short = light & (got < want)
     keep &= ~short[got_rows]
-    return got_rows[keep], items[position[keep]], short
+    return got_rows[keep], got_items[keep], short
 
 
 def _exponential_keys(row_ptr, labelled, user_keys, want, chosen_rows, weights, seed, iteration):
