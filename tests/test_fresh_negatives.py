@@ -90,12 +90,24 @@ def test_draws_follow_the_weights(replace):
     np.testing.assert_allclose(share, weights / weights.sum(), atol=0.03)
 
 
-@pytest.mark.parametrize("packed_bits", [negatives.PACKED_BITS, 8])  # the packed keys, and np.unique's fallback
-def test_without_replacement_a_light_row_keeps_its_first_distinct_unlabelled_draws(packed_bits, monkeypatch):
+# The packed keys, np.unique's fallback, runs of a few rows each (DRAW_CHUNK), and a first round
+# too short for most rows (FIRST_ROUND_MARGIN), so that the second round draws them again.
+SAMPLERS = [(negatives.PACKED_BITS, negatives.DRAW_CHUNK, negatives.FIRST_ROUND_MARGIN),
+            (8, negatives.DRAW_CHUNK, negatives.FIRST_ROUND_MARGIN),
+            (negatives.PACKED_BITS, 100, negatives.FIRST_ROUND_MARGIN),
+            (negatives.PACKED_BITS, negatives.DRAW_CHUNK, 0.3)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("packed_bits", "draw_chunk", "margin"), SAMPLERS)
+def test_without_replacement_a_light_row_keeps_its_first_distinct_unlabelled_draws(
+    packed_bits, draw_chunk, margin, monkeypatch
+):
     """A row that wants few of its items takes the first want distinct items it has no label
     for, in the order of its own draws (each a hashed uniform of seed, iteration, user key and
     draw index, through inverse_cdf), walked here one draw at a time."""
     monkeypatch.setattr(negatives, "PACKED_BITS", packed_bits)
+    monkeypatch.setattr(negatives, "DRAW_CHUNK", draw_chunk)
+    monkeypatch.setattr(negatives, "FIRST_ROUND_MARGIN", margin)
     row_ptr, labelled, keys, _, weights = _block(seed=3, users=60, items=400)
     want = np.random.default_rng(4).integers(1, 40, len(keys))
     for iteration in (0, 5):
@@ -112,6 +124,31 @@ def test_without_replacement_a_light_row_keeps_its_first_distinct_unlabelled_dra
                     break
             assert len(taken) == want[r]  # every row is light here, and its draws suffice
             np.testing.assert_array_equal(items[ptr[r] : ptr[r + 1]], sorted(taken))
+
+
+def test_the_first_round_draws_give_the_wanted_distinct_items_in_expectation():
+    """Uniform weights over N items: m draws hold N·(1 − e^(−m/N)) distinct items in
+    expectation, so want of them need m = −N·ln(1 − want/N) draws, want/(1 − q) when a share q
+    of the draws lands on the row's labelled items; then the margin and 8 more, at most full."""
+    n_items = 1000
+    weights = np.ones(n_items)
+    want = np.array([10, 100, 400, 100, 100])
+    labelled = np.arange(200)  # the fourth row's 200 labelled items: a share q = 0.2 of the draws
+    row_ptr = np.array([0, 0, 0, 0, 200, 200, 200])[:6]
+    full = np.array([10**6, 10**6, 10**6, 10**6, 60])
+    got = negatives.first_round_draws(row_ptr, labelled, want, full, weights)
+    need = want / np.array([1.0, 1.0, 1.0, 0.8, 1.0])
+    exact = np.ceil(negatives.FIRST_ROUND_MARGIN * -n_items * np.log1p(-need / n_items)) + 8
+    np.testing.assert_allclose(got[:4], exact[:4], rtol=0.03)  # the grid's interpolation
+    assert got[4] == 60  # capped at the whole
+    assert got[3] > got[1]  # the labelled share costs draws
+    # Drawn: rows of 100 wanted items, of which few run short in the first round.
+    keys = np.arange(2000)
+    first = negatives.first_round_draws(np.zeros(2001, np.int64), np.empty(0, np.int64), np.full(2000, 100),
+                                        np.full(2000, 10**6), weights)  # fmt: skip
+    _, _, short = negatives._first_distinct(np.zeros(2001, np.int64), np.empty(0, np.int64), keys,
+                                            np.full(2000, 100), first, weights, 3, 0)  # fmt: skip
+    assert short.mean() < 0.05
 
 
 def test_without_replacement_a_heavy_row_takes_its_items_by_weight():
