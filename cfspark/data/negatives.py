@@ -125,17 +125,24 @@ def hashed_uniforms(
 GUIDE_STEPS = 32
 
 
-def inverse_cdf(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """For each u in [0, 1), the item i with cdf[i−1] ≤ u·total < cdf[i] (cdf the running sum
-    of weights), as np.searchsorted(cdf, u·total, side="right") gives it, capped at the last
-    item. A guide table (the first item of each of len(weights) equal slices of [0, total))
-    starts each search a step or two before its item, so a draw costs a few gathers instead
-    of a binary search over every item (measured below in docs/benchmarks.md)."""
+def guide_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cdf, guide) of weights for inverse_cdf: the running sum, and the first item of each of
+    len(weights) equal slices of [0, total), a hair low, so that the guide is never past the
+    item it leads to."""
     cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
     n = len(cdf)
+    return cdf, np.searchsorted(cdf, np.arange(n) * (cdf[-1] / n) * (1.0 - 1e-12), side="right")
+
+
+def inverse_cdf(weights: np.ndarray, u: np.ndarray, table: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """For each u in [0, 1), the item i with cdf[i−1] ≤ u·total < cdf[i] (cdf the running sum
+    of weights), as np.searchsorted(cdf, u·total, side="right") gives it, capped at the last
+    item. A guide table (guide_table; table, if made before for these weights) starts each
+    search a step or two before its item, so a draw costs a few gathers instead of a binary
+    search over every item (measured below in docs/benchmarks.md)."""
+    cdf, guide = guide_table(weights) if table is None else table
+    n = len(cdf)
     target = u * cdf[-1]
-    # Each slice's start, a hair low: the guide is never past the item it leads to.
-    guide = np.searchsorted(cdf, np.arange(n) * (cdf[-1] / n) * (1.0 - 1e-12), side="right")
     idx = np.minimum(guide[np.minimum((u * n).astype(np.int64), n - 1)], n - 1)
     todo = np.flatnonzero((cdf[idx] <= target) & (idx < n - 1))
     for _ in range(GUIDE_STEPS):
@@ -275,10 +282,11 @@ def _light_rows(row_ptr, labelled, user_keys, want, light, weights, seed, iterat
     by row, then item, with no row in two, and the mask of the light rows still short.)"""
     full = np.where(light & (want > 0), OVERSAMPLE * want + 8, 0)
     first = first_round_draws(row_ptr, labelled, want, full, weights)
-    got_rows, got_items, short = _in_runs(row_ptr, labelled, user_keys, want, first, weights, seed, iteration)
+    table = guide_table(weights)  # every run draws from the same weights
+    got_rows, got_items, short = _in_runs(row_ptr, labelled, user_keys, want, first, weights, seed, iteration, table)
     again = short & (first < full)
     more_rows, more_items, still = _in_runs(
-        row_ptr, labelled, user_keys, want, np.where(again, full, 0), weights, seed, iteration
+        row_ptr, labelled, user_keys, want, np.where(again, full, 0), weights, seed, iteration, table
     )  # fmt: skip
     return [(got_rows, got_items), (more_rows, more_items)], (short & ~again) | still
 
@@ -311,7 +319,7 @@ def first_round_draws(row_ptr, labelled, want, full, weights) -> np.ndarray:
     return np.minimum(draws, full)
 
 
-def _in_runs(row_ptr, labelled, user_keys, want, draws, weights, seed, iteration):
+def _in_runs(row_ptr, labelled, user_keys, want, draws, weights, seed, iteration, table):
     """_first_distinct of the rows with draws > 0, over runs of consecutive rows of about
     DRAW_CHUNK draws each (a row of more draws is a run of its own): the same (rows, items),
     sorted by row, then item, and mask of the rows that ran short."""
@@ -324,7 +332,7 @@ def _in_runs(row_ptr, labelled, user_keys, want, draws, weights, seed, iteration
             continue
         got_rows, got_items, run_short = _first_distinct(
             row_ptr[lo : hi + 1] - row_ptr[lo], labelled[row_ptr[lo] : row_ptr[hi]], user_keys[lo:hi], want[lo:hi],
-            draws[lo:hi], weights, seed, iteration,
+            draws[lo:hi], weights, seed, iteration, table,
         )  # fmt: skip
         rows.append(got_rows + lo)
         items.append(got_items)
@@ -332,16 +340,16 @@ def _in_runs(row_ptr, labelled, user_keys, want, draws, weights, seed, iteration
     return np.concatenate(rows), np.concatenate(items), np.concatenate(short)
 
 
-def _first_distinct(row_ptr, labelled, user_keys, want, m, weights, seed, iteration):
+def _first_distinct(row_ptr, labelled, user_keys, want, m, weights, seed, iteration, table=None):
     """Each row draws m items with replacement ∝ weights (draws 0 to m − 1) and keeps its first
     want distinct unlabelled ones, in draw order. (rows, items) of the rows that got enough,
-    sorted by row, then item, and a mask of the rows with draws that did not."""
+    sorted by row, then item, and a mask of the rows with draws that did not. table: guide_table(weights)."""
     n, n_items = len(want), len(weights)
     begins = np.cumsum(m) - m
     rows = np.repeat(np.arange(n), m)
     draw = np.arange(len(rows)) - np.repeat(begins, m)
     u = hashed_uniforms(seed, iteration, user_keys, draw, rows)
-    items = inverse_cdf(weights, u)
+    items = inverse_cdf(weights, u, table)
     # (row, item, draw) packed into one int64 in bit fields, sorted by a plain sort: a pair's
     # first draw then leads its run. np.unique's index needs a stable argsort, about 9 × the
     # sort's time on millions of draws; shifts and masks are cheaper than // and %.
