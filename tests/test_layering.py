@@ -8,6 +8,9 @@ A module outside the layer folders fails; docs/architecture.md draws the same ta
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tests_support import REPO
@@ -124,6 +127,37 @@ def test_the_checker_sees_the_package_it_checks():
     assert expected <= modules.keys()
     imported = {m for m, _ in imports_of("cfspark.app.run", modules["cfspark.app.run"], set(modules))}
     assert {"cfspark.ml.estimator", "cfspark.app.config", "cfspark"} <= imported  # `from cfspark import __version__`
+
+
+# What a Python worker imports to run a half-step or a one-task fit (the bodies Spark pickles).
+WORKER_MODULES = ("cfspark.train.arrow_bodies", "cfspark.train.bce_task", "cfspark.train.search_task")
+
+
+def test_a_worker_imports_no_layer_above_train_and_saved_class_names_still_load():
+    """Importing a worker's modules runs the package's __init__: it must not pull in the
+    layers above train, nor pyspark.ml (most of a fresh worker's import time). The names
+    that models saved before the ml/ folder carry (cfspark.model, cfspark.estimator) still
+    import, as the modules under ml/ themselves, in a fresh interpreter that has not
+    imported the public face; and the face's names resolve on first use."""
+    script = f"""
+import importlib, json, sys
+for name in {WORKER_MODULES!r}:
+    importlib.import_module(name)
+above = ("cfspark.fit", "cfspark.ml", "cfspark.app", "cfspark.bench", "pyspark.ml")
+loaded = sorted(m for m in sys.modules if m.startswith(above))
+from pyspark.ml.util import DefaultParamsReader
+model = DefaultParamsReader._DefaultParamsReader__get_class("cfspark.model.CFModel")
+import cfspark.estimator
+import cfspark.ml.estimator, cfspark.ml.model
+from cfspark import COURSE_PARAMS, CollaborativeFilter
+print(json.dumps({{"loaded": loaded, "model": model is cfspark.ml.model.CFModel,
+                  "estimator": cfspark.estimator is cfspark.ml.estimator,
+                  "face": CollaborativeFilter is cfspark.ml.estimator.CollaborativeFilter,
+                  "params": COURSE_PARAMS is cfspark.ml.params.COURSE_PARAMS}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found == {"loaded": [], "model": True, "estimator": True, "face": True, "params": True}, done.stderr
 
 
 FAKE_LAYERS = (("low", "sub"), ("high",))
