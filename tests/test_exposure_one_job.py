@@ -10,12 +10,27 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from chispa import assert_df_equality
 from planted import planted_exposure, planted_labels
 from pyspark.sql import functions as F
 
 from cfspark import CollaborativeFilter
 from cfspark.core.plans import separate_unions
-from cfspark.core.schema import BIAS, FEATURES, ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
+from cfspark.core.schema import (
+    BIAS,
+    FEATURES,
+    ITEM,
+    ITEM_OFFSET,
+    LABELLED,
+    OFFSET,
+    POSITIVE_RATE,
+    POSITIVES,
+    RATING,
+    TARGET,
+    USER,
+    WEIGHT,
+)
+from cfspark.data.offsets import global_rate, item_offsets, refused_rate
 from cfspark.data.split import split_ratings
 from cfspark.fit.exposure import exposure_settings, fresh_draws
 from cfspark.fit.reg_search import search_plan, search_settings
@@ -28,6 +43,7 @@ from cfspark.train.bce_task import (
     _body,
     fit_both,
     fit_both_one_task,
+    item_table,
     search_offsets,
 )
 from cfspark.train.one_task import ITEM_KEY, KIND, RECORD_COL, USER_KEY, keyed_rows
@@ -74,6 +90,15 @@ def test_one_job_fits_the_models_the_three_fits_give(spark, labels, monkeypatch,
     pairs = labels.limit(20)
     scores = [m.transform(pairs).toPandas().sort_values([USER, ITEM]).score for m in (one, three)]
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-9)
+    # The task's item table is the one item_offsets sums in Spark: 0/1 labels without weights
+    # sum to whole numbers, so the counts and rates are equal, not close; the offsets differ
+    # only in the last bit that numpy's log and the JVM's give.
+    assert_df_equality(one.item_stats.drop(ITEM_OFFSET), three.item_stats.drop(ITEM_OFFSET), ignore_row_order=True,
+                       ignore_nullable=True)  # fmt: skip
+    logits = [m.item_stats.toPandas().sort_values(ITEM) for m in (one, three)]
+    assert list(logits[0].columns) == list(logits[1].columns) == [ITEM, POSITIVES, LABELLED, POSITIVE_RATE, ITEM_OFFSET]
+    np.testing.assert_allclose(logits[0][ITEM_OFFSET], logits[1][ITEM_OFFSET], rtol=1e-14, atol=1e-15)
+    assert one.global_baseline == pytest.approx(three.global_baseline, rel=1e-14)
 
 
 def _task_config(settings, exposed: bool) -> BceTaskConfig:
@@ -108,16 +133,16 @@ def test_the_job_fits_in_one_task_per_part_what_fit_both_fits_on_its_arrays(spar
     keys[0][user], keys[1][item] = keyed[USER_KEY], keyed[ITEM_KEY]
     cfg = _task_config(settings, exposed)
     (W, X), exposure, record = fit_both(user, item, y, offset, None, held, *keys, cfg)
-    (users, items), exposure_tables, job = fit_both_one_task(rows, cfg, seed=settings.seed)
+    (users, items, _), exposure_tables, job = fit_both_one_task(rows, cfg, seed=settings.seed)
 
     def table(factors, key, ids):
         got = factors.toPandas().set_index(key).loc[ids]
         return np.c_[np.stack(got[FEATURES]), got[BIAS]]
 
     models = [((users, items), (W, X))] + ([(exposure_tables, exposure)] if exposed else [])
-    for (user_table, item_table), (W, X) in models:
+    for (user_table, items_table), (W, X) in models:
         np.testing.assert_array_equal(table(user_table, USER, user_ids), W[:, [0, 1, bias_col(2, "user")]])
-        np.testing.assert_array_equal(table(item_table, ITEM, item_ids), X[:, [0, 1, bias_col(2, "item")]])
+        np.testing.assert_array_equal(table(items_table, ITEM, item_ids), X[:, [0, 1, bias_col(2, "item")]])
     assert [h["train_loss"] for h in job["history"]] == [h["train_loss"] for h in record["history"]]
     assert job["search"]["path"] == record["search"]["path"] and job["stop"] == record["stop"]
     if exposed:
@@ -200,6 +225,50 @@ def test_search_offsets_are_the_smoothed_rates_logits():
     assert glob == pytest.approx(0.0, abs=1e-15)
     with pytest.raises(ValueError, match="one value"):
         search_offsets(item, np.ones(6), None, fit_rows, 3, prior=2.0)
+
+
+def test_the_tasks_item_table_is_global_rate_and_item_offsets_over_the_labels(spark):
+    """item_table sums in numpy what global_rate and item_offsets sum in Spark: with weights
+    the sums differ only in the order of float additions."""
+    rng = np.random.default_rng(11)
+    item = rng.integers(0, 40, 600)
+    y = (rng.random(600) < 0.3).astype(np.float64)
+    weight = rng.uniform(0.5, 3.0, 600)
+    frame = spark.createDataFrame(pd.DataFrame({ITEM: item, RATING: y, WEIGHT: weight}))
+    (columns, p) = item_table(item, y, weight, 40, prior=2.0, item_offset=True)
+    assert p == pytest.approx(global_rate(frame), rel=1e-13)
+    expected = item_offsets(frame, prior=2.0, rate=global_rate(frame)).toPandas().set_index(ITEM).sort_index()
+    assert (expected.index.to_numpy() == np.arange(40)).all()
+    for name, values in columns.items():
+        np.testing.assert_allclose(values, expected[name].to_numpy(), rtol=1e-12, err_msg=name)
+        assert values.dtype == (np.int64 if name in ("positives", "labelled") else np.float64)
+    plain, _ = item_table(item, y, weight, 40, prior=2.0, item_offset=False)
+    assert (plain["item_offset"] == 0).all() and (plain["positive_rate"] == columns["positive_rate"]).all()
+
+
+def test_the_task_refuses_labels_as_global_rate_does():
+    """All one label, or weights that round the share of 1s to 1: item_table gives the words
+    of global_rate's InputError, which the job raises from the task's record."""
+    item = np.array([0, 1, 1])
+    assert item_table(item, np.ones(3), None, 2, prior=2.0, item_offset=True) == refused_rate(3, 1.0, (1, 1), (1, 1))
+    assert "all 3 training labels are 1; bce needs both 0 and 1" in refused_rate(3, 1.0, (1, 1), (1, 1))
+    swamped = item_table(item, np.array([1.0, 0.0, 1.0]), np.array([1e100, 1.0, 1e100]), 2, prior=2.0,
+                         item_offset=True)  # fmt: skip
+    assert swamped == refused_rate(3, 1.0, (0, 1), (1.0, 1e100))
+    assert "weighted share of 1s is 1 in float64: the rows' weights range from 1 to 1e+100" in swamped
+    assert refused_rate(3, 2 / 3, (0, 1), (1.0, 1.0)) is None
+
+
+def test_a_refused_task_raises_the_input_error_before_any_table(spark):
+    """Labels all 0 reach the one-task job (not positive-only): its preference task refuses,
+    and fit_both_one_task raises global_rate's message, whichever task ends first."""
+    from cfspark.core.errors import InputError
+
+    rows = spark.createDataFrame([(1, 1, 0.0, 0), (1, 2, 0.0, 0), (2, 1, 0.0, 0)], [USER, ITEM, TARGET, HELD])
+    rows = rows.withColumn(WEIGHT, F.lit(None).cast("double"))
+    settings = CollaborativeFilter(loss="bce", rank=2, maxIter=2, exposureNegatives=2).fit_settings()
+    with pytest.raises(InputError, match="all 3 training labels are 0; bce needs both 0 and 1 labels"):
+        fit_both_one_task(rows, _task_config(settings, exposed=True), seed=settings.seed)
 
 
 @pytest.mark.slow

@@ -20,19 +20,30 @@ def global_rate(train: DataFrame) -> float:
     row = train.agg(
         F.sum(a * F.col(RATING)) / F.sum(a), F.count(F.lit(1)), F.min(RATING), F.max(RATING), F.min(a), F.max(a)
     ).first()
-    p = float(row[0]) if row[2] != row[3] else row[2]  # one label value: exactly 0 or 1
-    if row[2] != row[3] and not 0.0 < p < 1.0:  # both labels, but one side's weights swamp the other's
-        raise InputError(
-            f"the {row[1]} training labels hold both 0 and 1, but their weighted share of 1s is {p:g} in float64: "
-            f"the rows' weights range from {row[4]:g} to {row[5]:g}, too wide a range for bce "
+    p = float(row[0]) if row[2] != row[3] else float(row[2])  # one label value: exactly 0 or 1
+    refusal = refused_rate(row[1], p, (row[2], row[3]), (row[4], row[5]))
+    if refusal:
+        raise InputError(refusal)
+    return p
+
+
+def refused_rate(count: int, p: float, labels: tuple[float, float], weights: tuple[float, float]) -> str | None:
+    """Why count labels with weighted share of 1s p, (least, most) label and (least, most)
+    weight cannot fit bce, or None: labels all one value, or both values with weights so
+    uneven that the share of 1s is 0 or 1 in float64. The one-task bce fit, which sums the
+    labels in its task, refuses with the same words (train/bce_task.py)."""
+    if labels[0] != labels[1] and not 0.0 < p < 1.0:
+        return (
+            f"the {count} training labels hold both 0 and 1, but their weighted share of 1s is {p:g} in float64: "
+            f"the rows' weights range from {weights[0]:g} to {weights[1]:g}, too wide a range for bce "
             "(input.weight_col, input.weight_alpha): cap or rescale the weights"
         )
-    if not 0.0 < p < 1.0:
-        raise InputError(
-            f"all {row[1]} training labels are {int(p)}; bce needs both 0 and 1 labels "
+    if labels[0] == labels[1]:
+        return (
+            f"all {count} training labels are {int(labels[0])}; bce needs both 0 and 1 labels "
             "(positive-only data: model.exposure = true fits the exposure model alone)"
         )
-    return p
+    return None
 
 
 def logit(p: F.Column | float) -> F.Column:

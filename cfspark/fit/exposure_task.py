@@ -5,6 +5,7 @@ preference model fitted from its factors, in one task."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -12,14 +13,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.core.phases import phase
+from cfspark.core.schema import ITEM, RATING, TARGET, USER, WEIGHT
 from cfspark.data.exposure import exposure_labels
 from cfspark.data.offsets import item_offsets
 from cfspark.data.split import hashed_fraction
+from cfspark.data.weights import row_weight
 from cfspark.fit.one_task import finish_record
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import VALIDATION_FRACTION, VALIDATION_SEED, log_search, search_plan, search_settings
 from cfspark.fit.settings import AUTO, FitSettings
-from cfspark.fit.targets import prepare
 from cfspark.train.bce_task import BceTaskConfig, fit_both_one_task
 from cfspark.train.search_task import HELD
 
@@ -37,11 +39,11 @@ def fit_exposure_one_task(
     record alone, as fit/paths.py's automatic λ gives it. began is when the fit started."""
     spark = train_ratings.sparkSession
     auto = settings.regParam == AUTO
-    with phase(spark, "prepare"):
-        prepared = prepare(settings, train_ratings)  # o_i over every training label, and the item table
-    # The search's validation fold is fit/reg_search.py's: the same hashed pairs.
+    # The search's validation fold is fit/reg_search.py's: the same hashed pairs. The item
+    # offsets and the model's item table come from the task, which sums them over the labels.
     held = hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(VALIDATION_FRACTION) if auto else F.lit(False)
-    rows = prepared.targets.withColumn(HELD, held.cast("int"))
+    weight = row_weight(train_ratings) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
+    rows = train_ratings.select(USER, ITEM, F.col(RATING).alias(TARGET), weight.alias(WEIGHT), held.alias(HELD))
     searching = search_settings(settings, 1.0) if auto else settings  # bce's λ has no units to scale by
     exposure_user, exposure_item = (part.step_config(side) if part else None for side in ("user", "item"))
     cfg = BceTaskConfig(
@@ -51,7 +53,9 @@ def fit_exposure_one_task(
         item_offset=settings.itemOffset, max_iter=settings.maxIter, tol=settings.tol,
     )  # fmt: skip
     with phase(spark, "one-task"):
-        (users, items), exposed, record = fit_both_one_task(rows, cfg, seed=settings.seed)
+        (users, items, item_table), exposed, record = fit_both_one_task(rows, cfg, seed=settings.seed)
+    rate = record.pop("rate")
+    global_baseline = math.log(rate / (1.0 - rate)) if settings.itemOffset else 0.0  # prepare()'s, for bce
     took, tasks = record.pop("task_seconds"), record.pop("tasks")
     found = record.pop("search")
     chosen = settings
@@ -59,7 +63,7 @@ def fit_exposure_one_task(
         log_search(settings, found, 1.0)
         chosen = settings.carry(regParam=found["reg"])
     exposure_record = record.pop("exposure")
-    fitted = finish_record(chosen, train_ratings, users, items, prepared.item_stats, prepared.global_baseline, record,
+    fitted = finish_record(chosen, train_ratings, users, items, item_table, global_baseline, record,
                            began=began, on_iteration=on_iteration)  # fmt: skip
     if found is not None:
         fitted.summary["reg_path"] = found["path"]

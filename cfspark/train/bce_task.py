@@ -5,16 +5,19 @@ Fitted one after the other, each of the three is a Spark job of its own (rows mo
 Python worker, indexed, fitted, the factor tables checkpointed), and the search's rows need
 their own preparation jobs: on MovieLens latest-small ≥ 4 the fixed costs were about as long
 as the exposure fit's iterations (docs/benchmarks.md). Here the job's tasks receive the
-training labels once each, with each row's item offset o_i, weight, validation flag, init
-keys and part, and:
+training labels once each, with each row's weight, validation flag, init keys and part, and:
 
 1. one task fits the exposure part (every labelled pair a 1, fresh 0-labels drawn in each
    half-step, train/sampled.py) from the hashed init, if the model has one;
-2. the other walks the λ search of train/search_task.py on the rows outside the validation
-   fold, whose item offsets it computes from those rows alone, as fit/reg_search.py's search
+2. the other checks the labels (repeated pairs; global_rate's refusals) and sums the
+   preference model's item table over them, the item offsets o_i among it, as
+   data/offsets.py's global_rate and item_offsets do in Spark, so that no job before this
+   one sums them (docs/benchmarks.md, "The bce item offsets summed in the task");
+3. walks the λ search of train/search_task.py on the rows outside the validation fold,
+   whose item offsets it computes from those rows alone, as fit/reg_search.py's search
    rows are (the held rows score with the fit part's offsets, or the global one for an
    unseen item);
-3. and then fits the preference model at the chosen λ, started from the factors the search
+4. and then fits the preference model at the chosen λ, started from the factors the search
    ended with there (the ids outside its fit part from the hashed init), or at the λ given
    from the hashed init.
 
@@ -27,7 +30,8 @@ the bit).
 
 The exposure fit is the one its own one-task fit would be, and the search the one
 train/search_task.py's task walks (the same arrays in the same order, the same kernels);
-only the search's offsets are summed in numpy rather than in Spark. Without exposure the
+only the offsets are summed in numpy rather than in Spark (for 0/1 labels without weights
+the sums are whole numbers, and exact either way). Without exposure the
 job is one task, bce's automatic λ on small data: the search, and the fit started from its
 factors.
 """
@@ -46,10 +50,24 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.core.plans import separate_unions
-from cfspark.core.schema import BIAS, FEATURES, ITEM, OFFSET, TARGET, USER, WEIGHT
+from cfspark.core.schema import (
+    BIAS,
+    FEATURES,
+    ITEM,
+    ITEM_OFFSET,
+    LABELLED,
+    POSITIVE_RATE,
+    POSITIVES,
+    TARGET,
+    USER,
+    WEIGHT,
+)
+from cfspark.data.offsets import refused_rate
+from cfspark.kernels.baseline import shrunk_means
 from cfspark.train.one_task import (
     ITEM_KEY,
     ITEMS,
+    REFUSED,
     USER_KEY,
     USERS,
     factor_batch,
@@ -57,6 +75,7 @@ from cfspark.train.one_task import (
     fit_arrays,
     keyed_rows,
     kind_table,
+    refusal_batch,
     refused_pairs,
 )
 from cfspark.train.search_task import HELD, SearchPlan, search_arrays, start_from_search
@@ -68,6 +87,10 @@ EXPOSURE_USERS, EXPOSURE_ITEMS = 3, 4
 # The part a task fits, a column of its rows and a key of its record.
 PART = "part"
 EXPOSURE, PREFERENCE = "exposure", "preference"
+# The preference model's item table, by column and dtype, as data/offsets.py's item_offsets
+# gives it: the preference part's task sums it from the labels it holds, and sends it out
+# with the item factors (every part's batches carry the columns, null where they have none).
+ITEM_TABLE = {POSITIVES: np.int64, LABELLED: np.int64, POSITIVE_RATE: np.float64, ITEM_OFFSET: np.float64}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +121,24 @@ def search_offsets(item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, f
         raise ValueError(f"the λ search's fit part holds labels of one value only (share of 1s {p:g})")
     rate = (np.bincount(fi, fa * fy, n_items) + prior * p) / (np.bincount(fi, fa, n_items) + prior)
     return np.log(rate / (1.0 - rate)), float(np.log(p / (1.0 - p)))
+
+
+def item_table(item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, n_items: int, prior: float,
+               item_offset: bool) -> tuple[dict[str, np.ndarray], float] | str:  # fmt: skip
+    """(ITEM_TABLE's columns over every local item, p) from the task's labels, as global_rate
+    and item_offsets give them in Spark: p the weighted share of 1s, each item's rate
+    (Σa·y + m·p) / (Σa + m) and o_i = logit(rate), 0 without item offsets; or global_rate's
+    refusal (labels all one value, weights that swamp one of them)."""
+    a = np.ones(len(y)) if weight is None else weight
+    low, high = float(y.min()), float(y.max())
+    p = float(a @ y / a.sum()) if low != high else low
+    refusal = refused_rate(len(y), p, (low, high), (float(a.min()), float(a.max())))
+    if refusal:
+        return refusal
+    rate, labelled = shrunk_means(item, y, weight, n_items, prior=prior, global_mean=p)
+    offset = np.log(rate / (1.0 - rate)) if item_offset else np.zeros(n_items)
+    positives = np.bincount(item, weights=y, minlength=n_items).astype(np.int64)
+    return dict(zip(ITEM_TABLE, (positives, labelled, rate, offset), strict=True)), p
 
 
 def search_input(user: np.ndarray, item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, held: np.ndarray,
@@ -200,7 +241,8 @@ def _body(cfg: BceTaskConfig):
 
 
 def _fit_part(cfg: BceTaskConfig, part: str, table: pa.Table) -> pa.RecordBatch:
-    """The factor_batch of one part fitted on its rows, its record naming the part."""
+    """The factor_batch of one part fitted on its rows, its record naming the part; the
+    preference part's carries the item table, the offsets it fitted with."""
     ids, local, keys = {}, {}, {}
     for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
         encoded = table.column(side).combine_chunks().dictionary_encode()
@@ -208,41 +250,53 @@ def _fit_part(cfg: BceTaskConfig, part: str, table: pa.Table) -> pa.RecordBatch:
         keys[side] = np.empty(len(encoded.dictionary), np.int64)
         keys[side][local[side]] = table.column(key_col).to_numpy()
         ids[side] = encoded.dictionary
-    # Every part gets every row, and every job has the preference part: it alone looks for
-    # repeated pairs, off the exposure part's task, which is the job's longest.
-    refused = refused_pairs(ids[USER], ids[ITEM], local[USER], local[ITEM]) if part == PREFERENCE else None
-    if refused is not None:
-        return refused
     weight = _floats(table.column(WEIGHT))
     if part == EXPOSURE:
         began = time.perf_counter()
         (W, X), fitted = fit_exposure(local[USER], local[ITEM], weight, keys[USER], keys[ITEM], cfg)
         took = {"exposure": round(time.perf_counter() - began, 3)}
         record = {PART: EXPOSURE, "exposure": fitted, "task_seconds": took}
-        return factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, record, kinds=(EXPOSURE_USERS, EXPOSURE_ITEMS))
-    (W, X), record = fit_preference(
-        local[USER], local[ITEM], table.column(TARGET).to_numpy().astype(np.float64), _floats(table.column(OFFSET)),
-        weight, table.column(HELD).to_numpy() == 1, keys[USER], keys[ITEM], cfg,
-    )  # fmt: skip
-    return factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, {PART: PREFERENCE, **record})
+        batch = factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, record, kinds=(EXPOSURE_USERS, EXPOSURE_ITEMS))
+        return _with_null_columns(batch)
+    # Every part gets every row, and every job has the preference part: it alone checks them
+    # (repeated pairs, labels fit for bce), off the exposure part's task, the job's longest.
+    refused = refused_pairs(ids[USER], ids[ITEM], local[USER], local[ITEM], item_columns=ITEM_TABLE)
+    if refused is not None:
+        return refused
+    y = table.column(TARGET).to_numpy().astype(np.float64)
+    found = item_table(local[ITEM], y, weight, len(ids[ITEM]), cfg.offset_prior, cfg.item_offset)
+    if isinstance(found, str):
+        return refusal_batch(ids[USER], ids[ITEM], {PART: PREFERENCE, REFUSED: found}, ITEM_TABLE)
+    stats, rate = found
+    offset = stats[ITEM_OFFSET][local[ITEM]] if cfg.item_offset else None
+    (W, X), record = fit_preference(local[USER], local[ITEM], y, offset, weight, table.column(HELD).to_numpy() == 1,
+                                    keys[USER], keys[ITEM], cfg)  # fmt: skip
+    return factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, {PART: PREFERENCE, "rate": rate, **record}, stats)
+
+
+def _with_null_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """batch with ITEM_TABLE's columns, all null: one schema for every part's batches."""
+    nulls = [pa.nulls(batch.num_rows, pa.from_numpy_dtype(np.dtype(dtype))) for dtype in ITEM_TABLE.values()]
+    return pa.RecordBatch.from_arrays([*batch.columns, *nulls], names=[*batch.schema.names, *ITEM_TABLE])
 
 
 def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tuple[tuple, tuple | None, dict]:
-    """((user_factors, item_factors), (the exposure part's, None without one), record) from rows
-    (user, item, y, offset, weight, held), in one Spark job: with an exposure part, two tasks
-    that each receive every row, one fitting the exposure part, the other the search and the
-    preference model, on two cores at once; the record's tasks are the partitions each part
-    ran in. The factor tables are (id, features, bias) under the input's id types,
-    materialised in Spark's block store (localCheckpoint)."""
-    keyed = keyed_rows(rows.select(USER, ITEM, TARGET, F.col(OFFSET).cast("double").alias(OFFSET),
-                                   F.col(WEIGHT).cast("double").alias(WEIGHT), F.col(HELD).cast("int").alias(HELD)),
-                       seed)  # fmt: skip
+    """((user_factors, item_factors, item_table), (the exposure part's factors, None without
+    one), record) from rows (user, item, y, weight, held), in one Spark job: with an exposure
+    part, two tasks that each receive every row, one fitting the exposure part, the other the
+    search and the preference model, on two cores at once; the record's tasks are the
+    partitions each part ran in, and its rate the labels' weighted share of 1s. The factor
+    tables are (id, features, bias) under the input's id types and the item table is the
+    preference model's (item, ITEM_TABLE's columns), materialised in Spark's block store
+    (localCheckpoint). Labels that global_rate refuses raise its InputError."""
+    keyed = keyed_rows(rows.select(USER, ITEM, TARGET, F.col(WEIGHT).cast("double").alias(WEIGHT),
+                                   F.col(HELD).cast("int").alias(HELD)), seed)  # fmt: skip
     exposed = cfg.exposure_user is not None and cfg.exposure_item is not None
     parts = [keyed.withColumn(PART, F.lit(part)) for part in ((EXPOSURE,) if exposed else ()) + (PREFERENCE,)]
     # Each part's input is the one partition of every row, in the same order, with no shuffle:
     # each task's arrays are the ones one task over the rows would build.
     with separate_unions(rows.sparkSession):  # planned by the output's localCheckpoint
-        out, records, level = factor_task_output(functools.reduce(DataFrame.union, parts), _body(cfg))
+        out, records, level = factor_task_output(functools.reduce(DataFrame.union, parts), _body(cfg), ITEM_TABLE)
     by_part = {found.pop(PART): (partition, found) for partition, found in records}
     partition, record = by_part[PREFERENCE]
     record["tasks"] = {PREFERENCE: partition}
@@ -252,12 +306,13 @@ def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tupl
         record["tasks"][EXPOSURE] = partition
         record["exposure"] = found["exposure"]
         record["task_seconds"] = {**found["task_seconds"], **record["task_seconds"]}
-
-    def tables(users: int, items: int) -> tuple[DataFrame, DataFrame]:
-        columns = (USER, FEATURES, BIAS), (ITEM, FEATURES, BIAS)
-        return kind_table(out, users, columns[0], level), kind_table(out, items, columns[1], level)
-
-    preference = tables(USERS, ITEMS)
-    exposure = tables(EXPOSURE_USERS, EXPOSURE_ITEMS) if exposed else None
+    users = kind_table(out, USERS, (USER, FEATURES, BIAS), level)
+    # The item factors and the item table share one checkpoint of the preference items' rows.
+    items = kind_table(out, ITEMS, (ITEM, FEATURES, BIAS, *ITEM_TABLE), level)
+    preference = users, items.select(ITEM, FEATURES, BIAS), items.select(ITEM, *ITEM_TABLE)
+    exposure = None
+    if exposed:
+        exposure = tuple(kind_table(out, kind, (key, FEATURES, BIAS), level)
+                         for kind, key in ((EXPOSURE_USERS, USER), (EXPOSURE_ITEMS, ITEM)))  # fmt: skip
     out.unpersist()
     return preference, exposure, record

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.blocks.codec import list_rows
-from cfspark.core.errors import RepeatedPairsError
+from cfspark.core.errors import InputError, RepeatedPairsError
 from cfspark.core.plans import narrow_rows
 from cfspark.core.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_RATINGS, OFFSET, TARGET, USER, WEIGHT
 from cfspark.kernels.init import initial_params
@@ -51,6 +51,10 @@ USER_KEY, ITEM_KEY = "user_key", "item_key"
 RECORD_COL = "record"
 PARTITION = "partition"  # of a record read back: the task that emitted it
 REPEATED = "repeated"  # a record's repeated (user, item) pairs, which refuse the fit
+REFUSED = "refused"  # a record's reason the input cannot be fitted (an InputError's message)
+# The item stats a search-and-fit task emits beside the factors (mse), by column: name and dtype.
+MSE_ITEM_COLUMNS = {ITEM_MEAN: np.float64, ITEM_RATINGS: np.int64}
+_SQL_TYPES = {np.dtype(np.float64): T.DoubleType(), np.dtype(np.int64): T.LongType()}
 
 
 def csr_by_row(own: np.ndarray, other: np.ndarray, n: int, *values: np.ndarray | None):
@@ -158,12 +162,14 @@ def factor_batch(
     X: np.ndarray,
     rank: int,
     record: dict,
-    item_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    item_columns: dict[str, np.ndarray] | None = None,
     kinds: tuple[int, int] = (USERS, ITEMS),
 ) -> pa.RecordBatch:
     """One table, three kinds of rows (KIND): each user's and item's factors under the id
     types they arrived in (of kinds, (USERS, ITEMS) unless a task emits a second model), and
-    the record; item_stats, if given, is each item's (mean, count)."""
+    the record; item_columns, if given, are more columns of each item's (name: int64 or
+    float64 values, in item_ids' order), null on the other rows (the item stats: the mse
+    search's μ_i and counts, bce's rates and offsets)."""
     n_u, n_i = len(W), len(X)
     columns = {
         KIND: pa.array(np.r_[np.full(n_u, kinds[0]), np.full(n_i, kinds[1]), [RECORD]].astype(np.int32)),
@@ -175,30 +181,39 @@ def factor_batch(
         BIAS: pa.array(np.r_[W[:, bias_col(rank, "user")], X[:, bias_col(rank, "item")], [np.nan]]),
         RECORD_COL: pa.array([None] * (n_u + n_i) + [json.dumps(record)], pa.string()),
     }
-    if item_stats is not None:
-        mean, count = item_stats
-        columns[ITEM_MEAN] = pa.array(np.r_[np.full(n_u, np.nan), mean, [np.nan]])
-        columns[ITEM_RATINGS] = pa.array(np.r_[np.zeros(n_u, np.int64), count, [0]].astype(np.int64))
+    for name, values in (item_columns or {}).items():
+        mine = np.r_[np.zeros(n_u, bool), np.ones(len(values), bool), [False]]
+        columns[name] = pa.array(np.r_[np.zeros(n_u, values.dtype), values, np.zeros(1, values.dtype)], mask=~mine)
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
+def refusal_batch(user_ids: pa.Array, item_ids: pa.Array, record: dict,
+                  item_columns: dict[str, np.dtype] | None = None) -> pa.RecordBatch:  # fmt: skip
+    """A factor_batch of the record alone, no factors: a task's refusal, which
+    factor_task_output raises on. item_columns (name: dtype) as the body's other batches'."""
+    none = np.zeros((0, 3))  # rank 1 and its two bias columns, with no rows
+    empty = {name: np.zeros(0, dtype) for name, dtype in (item_columns or {}).items()}
+    return factor_batch(user_ids.slice(0, 0), item_ids.slice(0, 0), none, none, 1, record, empty or None)
+
+
 def refused_pairs(
-    user_ids: pa.Array, item_ids: pa.Array, user_local: np.ndarray, item_local: np.ndarray, *, item_stats: bool = False
+    user_ids: pa.Array,
+    item_ids: pa.Array,
+    user_local: np.ndarray,
+    item_local: np.ndarray,
+    *,
+    item_columns: dict[str, np.dtype] | None = None,
 ) -> pa.RecordBatch | None:
-    """A factor_batch of the record alone, naming the task's repeated (user, item) pairs in
-    their own ids (user_local/item_local index the Arrow dictionaries user_ids/item_ids), which
-    factor_task_output raises on; None when every pair is distinct. item_stats: the body's
-    batches carry the item stats' columns (run_factor_task's item_stats). The task has each row's
+    """A refusal_batch naming the task's repeated (user, item) pairs in their own ids
+    (user_local/item_local index the Arrow dictionaries user_ids/item_ids), or None when
+    every pair is distinct; item_columns as refusal_batch's. The task has each row's
     indices in hand, so the estimator's duplicate check is a sort here, not a shuffle."""
     found = repeats(user_local, item_local, len(item_ids))
     if found is None:
         return None
     pairs, user, item, times = found
     found = {"pairs": pairs, "user": user_ids[user].as_py(), "item": item_ids[item].as_py(), "times": times}
-    record = {REPEATED: found}
-    none = np.zeros((0, 3))  # rank 1 and its two bias columns, with no rows
-    stats = (np.zeros(0), np.zeros(0, np.int64)) if item_stats else None
-    return factor_batch(user_ids.slice(0, 0), item_ids.slice(0, 0), none, none, 1, record, stats)
+    return refusal_batch(user_ids, item_ids, {REPEATED: found}, item_columns)
 
 
 def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: float):
@@ -263,23 +278,23 @@ def run_factor_task(
 ) -> tuple[DataFrame, DataFrame, DataFrame | None, dict]:
     """Run a factor_batch body over rows in one Spark job: (user_factors, item_factors,
     item_stats (item, item_mean, ratings) if asked for, else None, record)."""
-    extra = [T.StructField(ITEM_MEAN, T.DoubleType()), T.StructField(ITEM_RATINGS, T.LongType())] if item_stats else []
-    out, records, level = factor_task_output(rows, body, extra)
+    out, records, level = factor_task_output(rows, body, MSE_ITEM_COLUMNS if item_stats else None)
     ((_, record),) = records  # rows come in one partition
     user_factors = kind_table(out, USERS, (USER, FEATURES, BIAS), level)
     item_factors = kind_table(out, ITEMS, (ITEM, FEATURES, BIAS), level)
-    stats = kind_table(out, ITEMS, (ITEM, ITEM_MEAN, ITEM_RATINGS), level) if item_stats else None
+    stats = kind_table(out, ITEMS, (ITEM, *MSE_ITEM_COLUMNS), level) if item_stats else None
     out.unpersist()
     return user_factors, item_factors, stats, record
 
 
 def factor_task_output(
-    rows: DataFrame, body, extra: list[T.StructField] | None = None
+    rows: DataFrame, body, item_columns: dict[str, type] | None = None
 ) -> tuple[DataFrame, list[tuple[int, dict]], StorageLevel]:
     """A factor_batch body's output over rows (kind, user, item, features, bias, record, then
-    extra), checkpointed as it is computed; its records, each with the partition (the task)
-    that emitted it, read in the one job that fits; and the storage level for the tables
-    taken from it (kind_table)."""
+    item_columns, by name and numpy dtype), checkpointed as it is computed; its records, each
+    with the partition (the task) that emitted it, read in the one job that fits; and the
+    storage level for the tables taken from it (kind_table). A record that refuses raises:
+    RepeatedPairsError for repeated pairs, InputError for REFUSED."""
     ids = {f.name: f.dataType for f in rows.schema.fields}
     fields = [
         T.StructField(KIND, T.IntegerType()),
@@ -288,7 +303,7 @@ def factor_task_output(
         T.StructField(FEATURES, T.ArrayType(T.DoubleType())),
         T.StructField(BIAS, T.DoubleType()),
         T.StructField(RECORD_COL, T.StringType()),
-        *(extra or []),
+        *(T.StructField(name, _SQL_TYPES[np.dtype(dtype)]) for name, dtype in (item_columns or {}).items()),
     ]
     level = checkpoint_level(rows.sparkSession)
     out = rows.mapInArrow(body, T.StructType(fields)).localCheckpoint(eager=False, storageLevel=level)
@@ -302,6 +317,9 @@ def factor_task_output(
         if REPEATED in record:  # a task that found repeated pairs fitted nothing
             out.unpersist()
             raise RepeatedPairsError(**record[REPEATED])
+        if REFUSED in record:  # a task that found its input unfit to fit fitted nothing
+            out.unpersist()
+            raise InputError(record[REFUSED])
     return out, records, level
 
 

@@ -46,6 +46,7 @@ from cfspark.kernels.priors import prior_from_rows
 from cfspark.kernels.truncate import principal_factors, truncated_rank
 from cfspark.train.one_task import (
     ITEM_KEY,
+    MSE_ITEM_COLUMNS,
     RECORD_COL,
     USER_KEY,
     csr_by_row,
@@ -393,12 +394,13 @@ def _search_input(table: pa.Table, plan: SearchPlan):
 def _checked_input(batches: list[pa.RecordBatch], plan: SearchPlan, *, item_stats: bool = False):
     """(table, _search_input's tuple, refused) of a search-and-fit task's batches: refused is
     refused_pairs' batch when a (user, item) pair repeats, over every row (fit part and
-    validation fold alike), else None; item_stats as refused_pairs'."""
+    validation fold alike), else None; item_stats: the task's batches carry MSE_ITEM_COLUMNS."""
     table = pa.Table.from_batches(batches)
     found = _search_input(table, plan)
     codes = found[4]
     ids = codes[USER][0].dictionary, codes[ITEM][0].dictionary
-    return table, found, refused_pairs(*ids, codes[USER][1], codes[ITEM][1], item_stats=item_stats)
+    columns = MSE_ITEM_COLUMNS if item_stats else None
+    return table, found, refused_pairs(*ids, codes[USER][1], codes[ITEM][1], item_columns=columns)
 
 
 def _every_key(table: pa.Table, codes: dict) -> dict:
@@ -533,7 +535,8 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         found["task_seconds"] = {"input": round(indexed - began, 3), "search": round(searched - indexed, 3),
                                  "fit": round(time.perf_counter() - searched, 3)}  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
-        yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, kept, record, (means, counts))
+        stats = dict(zip(MSE_ITEM_COLUMNS, (means, counts), strict=True))
+        yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, kept, record, stats)
 
     return run
 
