@@ -112,15 +112,16 @@ class BceTaskConfig:
 
 def search_offsets(item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, fit_rows: np.ndarray,
                    n_items: int, prior: float) -> tuple[np.ndarray, float]:  # fmt: skip
-    """(o_i of each of n_items from the fit rows, the global offset logit(p)): data/offsets.py's
-    smoothed rate (Σa·y + m·p) / (Σa + m) with p the fit rows' weighted share of 1s."""
-    a = np.ones(len(y)) if weight is None else weight
-    fa, fy, fi = a[fit_rows], y[fit_rows], item[fit_rows]
-    p = float((fa * fy).sum() / fa.sum())
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"the λ search's fit part holds labels of one value only (share of 1s {p:g})")
-    rate = (np.bincount(fi, fa * fy, n_items) + prior * p) / (np.bincount(fi, fa, n_items) + prior)
-    return np.log(rate / (1.0 - rate)), float(np.log(p / (1.0 - p)))
+    """(o_i of each of n_items from the fit rows, the global offset logit(p)): item_table's
+    offsets over the fit rows alone, p their weighted share of 1s."""
+    fit_y = y[fit_rows]
+    found = "no labels" if not len(fit_y) else item_table(
+        item[fit_rows], fit_y, None if weight is None else weight[fit_rows], n_items, prior, item_offset=True
+    )  # fmt: skip
+    if isinstance(found, str):
+        raise ValueError(f"the λ search's fit part holds labels of one value only ({found})")
+    columns, p = found
+    return columns[ITEM_OFFSET], float(np.log(p / (1.0 - p)))
 
 
 def item_table(item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, n_items: int, prior: float,
@@ -131,7 +132,7 @@ def item_table(item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, n_ite
     refusal (labels all one value, weights that swamp one of them)."""
     a = np.ones(len(y)) if weight is None else weight
     low, high = float(y.min()), float(y.max())
-    p = float(a @ y / a.sum()) if low != high else low
+    p = float((a * y).sum() / a.sum()) if low != high else low
     refusal = refused_rate(len(y), p, (low, high), (float(a.min()), float(a.max())))
     if refusal:
         return refusal
