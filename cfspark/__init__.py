@@ -6,8 +6,8 @@ tests/test_layering.py checks): core and kernels; data and blocks; train; fit; m
 
 The face is imported on first use, not with the package. A Python worker that runs a
 half-step imports cfspark.train or cfspark.kernels, and with them this file: importing the
-face here pulled in pyspark.ml, and pandas with it, about 0.45 s of every fresh worker's start
-(docs/benchmarks.md, "A package root that workers import for nothing").
+face here pulled in pyspark.ml, and pandas with it: each fresh worker's import took 1.4 s,
+now about 0.5 s (docs/benchmarks.md, "A package root that workers import for nothing").
 """
 
 from __future__ import annotations
