@@ -379,3 +379,69 @@ def test_heavy_rows_take_exactly_their_count_when_keys_tie(monkeypatch):
         got = items[ptr[r] : ptr[r + 1]]
         assert len(np.unique(got)) == len(got)
         assert not np.isin(got, labelled[row_ptr[r] : row_ptr[r + 1]]).any()
+
+
+def test_a_one_task_fit_that_draws_ahead_fits_the_draws_made_in_turn(monkeypatch):
+    """The exposure loop draws each half-step's 0-labels in a second thread while the one
+    before solves (sampled.DrawsAhead): the same arrays, so the same factors and losses to the
+    bit as drawing in turn, at every iteration's draws (a draw of the wrong iteration or
+    side would change them)."""
+    import dataclasses
+
+    from cfspark.train import one_task, sampled
+    from cfspark.train.step import StepConfig
+
+    rng = np.random.default_rng(11)
+    users, items = 70, 50
+    rated = rng.random((users, items)) < 0.4 / np.arange(1, items + 1) ** 0.4
+    rated[np.arange(users), np.arange(users) % items] = True
+    u, i = np.nonzero(rated)
+    draws = Draws(per_label=4, weight=0.5, sampling="sqrt", seed=3)
+    sides = [StepConfig(side=s, rank=3, loss="bce", reg=0.05, init_scale=0.1, count_scaled=True, bias_reg=5.0,
+                        draws=draws) for s in ("user", "item")]  # fmt: skip
+    args = (u, i, np.ones(len(u)), None, None, np.arange(users) + 7, np.arange(items) + 10**6, *sides)
+    ahead = one_task.fit_arrays(*args, max_iter=4, tol=0.0)
+    monkeypatch.setattr(one_task, "draws_ahead", lambda *a: None)
+    in_turn = one_task.fit_arrays(*args, max_iter=4, tol=0.0)
+    np.testing.assert_array_equal(ahead[0], in_turn[0])
+    np.testing.assert_array_equal(ahead[1], in_turn[1])
+    assert [h["train_loss"] for h in ahead[2]] == [h["train_loss"] for h in in_turn[2]]
+    # The comparison tells the iterations' draws apart: the next iteration's draws fit otherwise.
+    real = sampled.draws_ahead
+    shifted = [dataclasses.replace(cfg, draws=dataclasses.replace(draws, seed=draws.seed + 1)) for cfg in sides]
+    monkeypatch.setattr(one_task, "draws_ahead", lambda halves, last: real(
+        [(shifted[h], *rest) for h, (_, *rest) in enumerate(halves)], last))  # fmt: skip
+    other = one_task.fit_arrays(*args, max_iter=4, tol=0.0)
+    assert not np.allclose(other[0], in_turn[0], atol=1e-6)
+
+
+def test_draws_ahead_hand_out_each_half_step_once_in_order_up_to_the_last_iteration():
+    import threading
+
+    from cfspark.train.sampled import DrawsAhead
+
+    calls, lock, gate = [], threading.Lock(), threading.Event()
+
+    def side(name: str):
+        def drawn(iteration: int) -> tuple:
+            gate.wait(5)
+            with lock:
+                calls.append((name, iteration))
+            if iteration == 99:
+                raise ValueError("a draw that fails")
+            return name, iteration
+
+        return drawn
+
+    ahead = DrawsAhead([side("user"), side("item")], last_iteration=2)
+    gate.set()
+    taken = [ahead.take(it, half) for it in (1, 2) for half in (0, 1)]
+    assert taken == [("user", 1), ("item", 1), ("user", 2), ("item", 2)]
+    ahead.close()
+    assert sorted(calls) == sorted(taken)  # nothing drawn past the last iteration, nothing twice
+    # Out of order, the half-step asked for is drawn then and there; a failed draw raises in the taker.
+    ahead = DrawsAhead([side("user"), side("item")], last_iteration=200)
+    assert ahead.take(5, 1) == ("item", 5)
+    with pytest.raises(ValueError, match="a draw that fails"):
+        ahead.take(99, 0)
+    ahead.close()

@@ -36,7 +36,7 @@ from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.repeats import repeats
 from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
-from cfspark.train.sampled import at_iteration
+from cfspark.train.sampled import at_iteration, draws_ahead
 from cfspark.train.step import StepConfig, solve_rows
 from cfspark.train.trainer import checkpoint_level
 
@@ -101,6 +101,8 @@ def fit_arrays(
     n_users, n_items = len(user_keys), len(item_keys)
     by_user = csr_by_row(user_local, item_local, n_users, y, offset, weight)
     by_item = csr_by_row(item_local, user_local, n_items, y, offset, weight)
+    # Sampled 0-labels are drawn a half-step ahead, beside the solve (sampled.DrawsAhead).
+    ahead = draws_ahead([(user_cfg, by_user, user_keys, n_items), (item_cfg, by_item, item_keys, n_users)], max_iter)
     if start is None:
         users = initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user")
         items = initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item")
@@ -113,44 +115,49 @@ def fit_arrays(
     history: list[dict] = []
     stop_reason = reached_max_iter(max_iter)
     began = time.perf_counter()
-    for iteration in range(1, max_iter + 1):
-        step_began = time.perf_counter()
-        step = at_iteration(user_cfg, iteration)
-        # The iteration's data loss is the item half-step's: the user half-step's is not computed.
-        users, user_state, (_, user_reg) = solve_rows(step, *by_user, items, users, user_state, keys=user_keys,
-                                                      data_loss=False, cache=tiled[0])  # fmt: skip
-        half_way = time.perf_counter()
-        step = at_iteration(item_cfg, iteration)
-        items, item_state, (data, item_reg) = solve_rows(step, *by_item, users, items, item_state, keys=item_keys,
-                                                         cache=tiled[1])  # fmt: skip
-        now = time.perf_counter()
-        user_step, item_step = HalfStep(0.0, user_reg, half_way - step_began), HalfStep(data, item_reg, now - half_way)
-        entry = history_entry(
-            iteration, user_step, item_step, seconds=now - step_began, elapsed=now - began,
-            user_seconds=half_way - step_began,
-        )  # fmt: skip
-        history.append(entry)
-        if not np.isfinite(entry["train_loss"]):
-            stop_reason = f"diverged: the training loss is {entry['train_loss']} at iteration {iteration}"
-            break
-        if settle is None:
-            reason = converged(history, tol)
-        else:
-            last, scores = scores, predictions(users, items, user_local, item_local)
-            moved = float(np.sqrt(np.mean((scores - last) ** 2)))
-            residual = (scores + (0.0 if offset is None else offset) - y) ** 2
-            fit_rmse = float(np.sqrt(np.average(residual, weights=weight)))
-            entry["moved"] = moved
-            reason = None
-            if moved <= settle:
-                reason = f"settled: the predictions moved by {moved:.3g} (RMS), at most {settle:.3g}"
-            elif still is not None and iteration > 1 and abs(fit_rmse - last_rmse) <= still * last_rmse:
-                change = abs(fit_rmse - last_rmse)
-                reason = f"settled: the training RMSE changed by {change:.3g}, at most {still:g} of it"
-            last_rmse = fit_rmse
-        if reason:
-            stop_reason = reason
-            break
+    try:
+        for iteration in range(1, max_iter + 1):
+            step_began = time.perf_counter()
+            step, drawn = at_iteration(user_cfg, iteration), ahead.take(iteration, 0) if ahead else None
+            # The iteration's data loss is the item half-step's: the user half-step's is not computed.
+            users, user_state, (_, user_reg) = solve_rows(step, *by_user, items, users, user_state, keys=user_keys,
+                                                          data_loss=False, cache=tiled[0], drawn=drawn)  # fmt: skip
+            half_way = time.perf_counter()
+            step, drawn = at_iteration(item_cfg, iteration), ahead.take(iteration, 1) if ahead else None
+            items, item_state, (data, item_reg) = solve_rows(step, *by_item, users, items, item_state, keys=item_keys,
+                                                             cache=tiled[1], drawn=drawn)  # fmt: skip
+            now = time.perf_counter()
+            user_step = HalfStep(0.0, user_reg, half_way - step_began)
+            item_step = HalfStep(data, item_reg, now - half_way)
+            entry = history_entry(
+                iteration, user_step, item_step, seconds=now - step_began, elapsed=now - began,
+                user_seconds=half_way - step_began,
+            )  # fmt: skip
+            history.append(entry)
+            if not np.isfinite(entry["train_loss"]):
+                stop_reason = f"diverged: the training loss is {entry['train_loss']} at iteration {iteration}"
+                break
+            if settle is None:
+                reason = converged(history, tol)
+            else:
+                last, scores = scores, predictions(users, items, user_local, item_local)
+                moved = float(np.sqrt(np.mean((scores - last) ** 2)))
+                residual = (scores + (0.0 if offset is None else offset) - y) ** 2
+                fit_rmse = float(np.sqrt(np.average(residual, weights=weight)))
+                entry["moved"] = moved
+                reason = None
+                if moved <= settle:
+                    reason = f"settled: the predictions moved by {moved:.3g} (RMS), at most {settle:.3g}"
+                elif still is not None and iteration > 1 and abs(fit_rmse - last_rmse) <= still * last_rmse:
+                    change = abs(fit_rmse - last_rmse)
+                    reason = f"settled: the training RMSE changed by {change:.3g}, at most {still:g} of it"
+                last_rmse = fit_rmse
+            if reason:
+                stop_reason = reason
+                break
+    finally:
+        if ahead:
+            ahead.close()
     history[-1]["stop"] = stop_reason
     return users, items, history, stop_reason
 

@@ -21,6 +21,8 @@ ratings in the block; on the item side the row's own) and the weight negativeWei
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -149,3 +151,62 @@ def at_iteration(cfg: StepConfigLike, iteration: int) -> StepConfigLike:
     if getattr(cfg, "draws", None) is None:
         return cfg
     return dataclasses.replace(cfg, draws=dataclasses.replace(cfg.draws, iteration=iteration))
+
+
+class DrawsAhead:
+    """A loop's half-steps' ratings with their 0-labels, each drawn while the half-step before
+    it solves, in one second thread.
+
+    A half-step's draws are a function of its ratings, its rows' keys and the iteration, never
+    of the factors, so a loop that runs its half-steps one after the other in one process (the
+    one-task fit) need not wait for them: numpy's sorts, gathers and arithmetic release the
+    GIL, and the draws of the next half-step overlap the Newton solve of this one. The arrays
+    are the ones drawn in turn, to the bit; the cost is one more half-step's drawn ratings in
+    memory. draws[h](iteration) gives half-step h's (with_negatives' tuple), the loop taking
+    them in order, h = 0, 1, ... within an iteration, up to last_iteration."""
+
+    def __init__(self, draws: Sequence[Callable[[int], tuple]], last_iteration: int) -> None:
+        self._draws, self._last = list(draws), last_iteration
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cfspark-draws")
+        self._pending: tuple[tuple[int, int], Future] | None = None
+        self._submit((1, 0))
+
+    def _submit(self, at: tuple[int, int]) -> None:
+        iteration, half = at
+        self._pending = (at, self._pool.submit(self._draws[half], iteration)) if iteration <= self._last else None
+
+    def take(self, iteration: int, half: int) -> tuple:
+        """Half-step half's ratings at iteration, and the next half-step's drawing begun."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == (iteration, half):
+            drawn = pending[1].result()
+        else:  # out of order: the pending draw is not this one
+            if pending is not None:
+                pending[1].cancel()
+            drawn = self._draws[half](iteration)
+        self._submit((iteration, half + 1) if half + 1 < len(self._draws) else (iteration + 1, 0))
+        return drawn
+
+    def close(self) -> None:
+        """Stop drawing ahead: a draw not begun is dropped, one under way ends unread."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pending = None
+
+
+def draws_ahead(
+    sides: Sequence[tuple[StepConfigLike, tuple, np.ndarray, int]], last_iteration: int
+) -> DrawsAhead | None:
+    """A DrawsAhead over a loop's half-steps, each (its StepConfig, its ratings as CSR
+    (row_ptr, cols, y, offset, weight), its rows' keys, the other side's row count), in loop
+    order; None where none of them draws."""
+    if all(getattr(cfg, "draws", None) is None for cfg, *_ in sides):
+        return None
+
+    def half(cfg: StepConfigLike, csr: tuple, keys: np.ndarray, n_other: int) -> Callable[[int], tuple]:
+        def drawn(iteration: int) -> tuple | None:
+            draws = at_iteration(cfg, iteration).draws
+            return None if draws is None else with_negatives(draws, *csr, keys, n_other, cfg.side)
+
+        return drawn
+
+    return DrawsAhead([half(*side) for side in sides], last_iteration)

@@ -80,6 +80,7 @@ def solve_rows(
     *,
     data_loss: bool = True,
     cache: dict | None = None,
+    drawn: tuple | None = None,
 ) -> tuple[np.ndarray, AdamState | None, tuple[float, float]]:
     """One half-step of one block in numpy: the rows' new params, the optimiser state to
     keep (Adam's; None otherwise) and the (data, L2) losses at the new params.
@@ -91,7 +92,9 @@ def solve_rows(
     col_labels, the cols' label counts over all blocks, set the rates they are drawn at.
     data_loss=False skips the pass over the ratings that the data loss takes (it is NaN then),
     for a caller that does not read it. cache, a dict kept by a caller that solves the same
-    ratings again (the one-task loops), keeps their tiling from one call to the next.
+    ratings again (the one-task loops), keeps their tiling from one call to the next. drawn,
+    under cfg.draws, is the ratings with this iteration's 0-labels as with_negatives gives
+    them, drawn ahead by the caller (sampled.DrawsAhead); without it the half-step draws them.
     """
     if cfg.all_items:
         if weight is not None and cfg.confidence_scale != 1.0:
@@ -104,7 +107,7 @@ def solve_rows(
         return params, None, (data, l2)
     tiling = None
     if cfg.draws is not None:
-        row_ptr, cols, y, offset, weight = with_negatives(
+        row_ptr, cols, y, offset, weight = drawn or with_negatives(
             cfg.draws, row_ptr, cols, y, offset, weight, keys, len(other), cfg.side, col_labels
         )
         # Without replacement a row draws the same number of 0-labels at every iteration
