@@ -85,7 +85,7 @@ def test_the_step_minimises_the_loss_over_every_item():
     np.testing.assert_array_equal(fixed_bias[:, 3], params[:, 3])
 
 
-def test_a_kept_tiling_and_a_skipped_data_loss_change_nothing_else():
+def test_a_kept_tiling_lent_copies_and_a_skipped_data_loss_change_nothing_else():
     observed, confidence, row_ptr, cols, conf, other, params = _block(12, 25, 5, 0.2, seed=4)
     weights = reg_weights(row_ptr, factor_mask(5), bias_mask(5, "user"), reg=0.3, bias_reg=0.7, count_scaled=True)
     mask = train_mask(5, "user", learn_bias=True)
@@ -99,6 +99,13 @@ def test_a_kept_tiling_and_a_skipped_data_loss_change_nothing_else():
     assert cache["tiling"] is kept
     np.testing.assert_array_equal(got, want)
     assert math.isnan(skipped) and got_reg == reg and math.isfinite(data)
+    # Equal confidences again (a new array of the same values, as a fit at one α makes each
+    # half-step): the pairs' tile-ordered copies are lent, not made again, and change nothing.
+    lent = cache["pairs"]
+    again, again_data, _ = implicit_step(row_ptr, cols, conf.copy(), other, params, mask, weights, cache=cache)
+    assert cache["pairs"] is lent and cache["tiling"] is kept
+    np.testing.assert_array_equal(again, want)
+    assert again_data == data
 
 
 def test_a_half_step_rescales_confidences_made_with_the_reference_alpha():

@@ -105,8 +105,11 @@ def lookup(key: CacheKey, block: int) -> Arrays | None:
 
 def _used() -> int:
     """The bytes this worker holds: kept arrays and what their half-steps derived from them."""
-    # A tiled problem's copies (the explicit losses) or a tiling alone (the all-items half-step).
-    derived = sum(v.nbytes for d in _scratch.values() for v in d.values() if isinstance(v, TiledRatings | Tiling))
+    # A tiled problem's copies (the explicit losses), or the all-items half-step's tiling, its
+    # pairs' copies and the confidences they were made of.
+    derived = sum(
+        v.nbytes for d in _scratch.values() for v in d.values() if isinstance(v, TiledRatings | Tiling | np.ndarray)
+    )
     return sum(nbytes(a) for a in _cache.values()) + derived
 
 

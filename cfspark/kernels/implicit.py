@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cfspark.kernels.block import BlockProblem, Tiling
+from cfspark.kernels.block import BlockProblem, TiledRatings, Tiling
 
 
 def gram(other: np.ndarray) -> np.ndarray:
@@ -38,15 +38,22 @@ def gram(other: np.ndarray) -> np.ndarray:
 
 
 def implicit_problem(
-    row_ptr: np.ndarray, cols: np.ndarray, confidence: np.ndarray, other: np.ndarray, tiling: Tiling | None = None
+    row_ptr: np.ndarray,
+    cols: np.ndarray,
+    confidence: np.ndarray,
+    other: np.ndarray,
+    tiling: Tiling | None = None,
+    like: TiledRatings | None = None,
 ) -> BlockProblem:
     """The block's observed pairs as tiles: y = c and rating weight c − 1 (see the module);
-    tiling, one made before for an equal row_ptr, is used instead of a new one."""
+    tiling, one made before for an equal row_ptr, is used instead of a new one; like, the
+    lender() of a problem built before on the same pairs and confidences, lends their
+    tile-ordered copies as well."""
     confidence = np.asarray(confidence, dtype=np.float64)
     p = other.shape[1]
     return BlockProblem.build(
         row_ptr=row_ptr, cols=cols, other=other, y=confidence, loss="mse", reg=0.0, reg_mask=np.zeros(p),
-        rating_weight=confidence - 1.0, tiling=tiling,
+        rating_weight=confidence - 1.0, tiling=tiling, like=like,
     )  # fmt: skip
 
 
@@ -106,16 +113,21 @@ def implicit_step(
     A block of the blockwise engine receives only the rows its pairs name, and g summed over
     every block of the other side.
     data_loss=False skips the data loss's pass over the pairs (it is NaN then); cache, a dict
-    kept by a caller that solves the same row_ptr again, keeps its tiling between calls (the
-    confidences may change, as the search's α does).
+    kept by a caller that solves the same pairs again, keeps their tiling between calls, and
+    their tile-ordered copies while the confidences stay equal (the search's λ pass, a fit at
+    one α). The search's α pass changes them, and only the copies are made again.
     """
     params = np.asarray(params, dtype=np.float64)
-    problem = implicit_problem(row_ptr, cols, confidence, other, cache.get("tiling") if cache is not None else None)
-    if cache is not None:
-        cache["tiling"] = problem.tiling
+    cache = {} if cache is None else cache
+    kept = cache.get("confidence")
+    same = kept is not None and (kept is confidence or np.array_equal(kept, confidence))
+    problem = implicit_problem(row_ptr, cols, confidence, other, cache.get("tiling"), cache["pairs"] if same else None)
+    cache["tiling"] = problem.tiling
     g = gram(other) if g is None else np.asarray(g, dtype=np.float64)
     free = _columns(train_mask)
     sums = corrections(problem, params)
+    if not same:  # the copies exist once corrections has gathered through them
+        cache["confidence"], cache["pairs"] = np.asarray(confidence), problem.lender()
     reg = np.broadcast_to(weights, params.shape)[:, free]
     hess = g[free][:, free][None, :, :] + sums[:, free][:, :, free]
     diagonal = np.arange(hess.shape[1])
