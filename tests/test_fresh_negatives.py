@@ -384,8 +384,7 @@ def test_heavy_rows_take_exactly_their_count_when_keys_tie(monkeypatch):
 def test_a_one_task_fit_that_draws_ahead_fits_the_draws_made_in_turn(monkeypatch):
     """The exposure loop draws each half-step's 0-labels in a second thread while the one
     before solves (sampled.DrawsAhead): the same arrays, so the same factors and losses to the
-    bit as drawing in turn, at every iteration's draws (a draw of the wrong iteration or
-    side would change them)."""
+    bit as drawing in turn, at every iteration."""
     import dataclasses
 
     from cfspark.train import one_task, sampled
@@ -406,7 +405,7 @@ def test_a_one_task_fit_that_draws_ahead_fits_the_draws_made_in_turn(monkeypatch
     np.testing.assert_array_equal(ahead[0], in_turn[0])
     np.testing.assert_array_equal(ahead[1], in_turn[1])
     assert [h["train_loss"] for h in ahead[2]] == [h["train_loss"] for h in in_turn[2]]
-    # The comparison tells the iterations' draws apart: the next iteration's draws fit otherwise.
+    # The equality is not vacuous: other draws (another seed's), handed out the same way, fit otherwise.
     real = sampled.draws_ahead
     shifted = [dataclasses.replace(cfg, draws=dataclasses.replace(draws, seed=draws.seed + 1)) for cfg in sides]
     monkeypatch.setattr(one_task, "draws_ahead", lambda halves, last: real(
