@@ -61,3 +61,9 @@ def confidence(count: Column, alpha: float | str, mapping: str = "log", epsilon:
 def row_weight(ratings: DataFrame) -> Column:
     """The weight column of ratings, 1.0 where it has none."""
     return F.coalesce(F.col(WEIGHT), F.lit(1.0)) if WEIGHT in ratings.columns else F.lit(1.0)
+
+
+def given_weight(ratings: DataFrame) -> Column:
+    """row_weight where ratings has a weight column, else a null double: the kernels then
+    take every rating's weight as 1 without carrying a column of ones."""
+    return row_weight(ratings) if WEIGHT in ratings.columns else F.lit(None).cast("double")

@@ -17,7 +17,7 @@ from cfspark.core.schema import ITEM, RATING, TARGET, USER, WEIGHT
 from cfspark.data.exposure import exposure_labels
 from cfspark.data.offsets import item_offsets
 from cfspark.data.split import hashed_fraction
-from cfspark.data.weights import row_weight
+from cfspark.data.weights import given_weight
 from cfspark.fit.one_task import finish_record
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import VALIDATION_FRACTION, VALIDATION_SEED, log_search, search_plan, search_settings
@@ -42,7 +42,7 @@ def fit_exposure_one_task(
     # The search's validation fold is fit/reg_search.py's: the same hashed pairs. The item
     # offsets and the model's item table come from the task, which sums them over the labels.
     held = hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(VALIDATION_FRACTION) if auto else F.lit(False)
-    weight = row_weight(train_ratings) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
+    weight = given_weight(train_ratings)
     rows = train_ratings.select(USER, ITEM, F.col(RATING).alias(TARGET), weight.alias(WEIGHT), held.alias(HELD))
     searching = search_settings(settings, 1.0) if auto else settings  # bce's λ has no units to scale by
     exposure_user, exposure_item = (part.step_config(side) if part else None for side in ("user", "item"))

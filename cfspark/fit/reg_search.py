@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from cfspark.core.schema import BASELINE, ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
 from cfspark.data.split import hashed_fraction, split_ratings
-from cfspark.data.weights import row_weight
+from cfspark.data.weights import given_weight
 from cfspark.fit.settings import AUTO, FitSettings
 from cfspark.fit.targets import prepare, target_stats
 from cfspark.train.one_task import ONE_TASK_RATINGS
@@ -118,7 +118,7 @@ def search_rows(settings: FitSettings, ratings: DataFrame, fraction: float = VAL
     of the rows (split_ratings' test part on its seed), is held; the rows carry the rating
     itself as y (mse's search task centres them per fold)."""
     held = (hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(fraction)).cast("int")
-    weight = row_weight(ratings) if WEIGHT in ratings.columns else F.lit(None).cast("double")
+    weight = given_weight(ratings)
     y, none = F.col(RATING).cast("double"), F.lit(None).cast("double")
     return ratings.select(USER, ITEM, y.alias(TARGET), none.alias(OFFSET), weight.alias(WEIGHT), held.alias(HELD))
 

@@ -30,7 +30,7 @@ from cfspark.core.schema import (
 from cfspark.data.normalise import A_SUM, AY_SUM, AYY_SUM, item_sums, means_of, normalise
 from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.priors import prior_of
-from cfspark.data.weights import row_weight
+from cfspark.data.weights import given_weight, row_weight
 from cfspark.fit.settings import AUTO, BCE_BIAS_REG, FitSettings
 
 # An item table of at most this many rows (tens of bytes each) is broadcast to the ratings'
@@ -158,7 +158,7 @@ def prepare(
     """The targets and baselines of train_ratings (user, item, rating[, weight]) for settings' loss;
     global_mean, the ratings' weighted mean (mse) if already known, saves computing it, and
     sums, their item sums if already kept (TargetStats.item_sums, mse), a pass over them."""
-    weight = row_weight(train_ratings) if WEIGHT in train_ratings.columns else F.lit(None).cast("double")
+    weight = given_weight(train_ratings)
     if settings.loss == "mse":
         stats, glob, (items, count) = _item_means(settings, train_ratings, global_mean, sums)
         no_offset = F.lit(None).cast("double").alias(OFFSET)
