@@ -257,8 +257,9 @@ def _fit_part(cfg: BceTaskConfig, part: str, table: pa.Table) -> pa.RecordBatch:
         (W, X), fitted = fit_exposure(local[USER], local[ITEM], weight, keys[USER], keys[ITEM], cfg)
         took = {"exposure": round(time.perf_counter() - began, 3)}
         record = {PART: EXPOSURE, "exposure": fitted, "task_seconds": took}
-        batch = factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, record, kinds=(EXPOSURE_USERS, EXPOSURE_ITEMS))
-        return _with_null_columns(batch)
+        # ITEM_TABLE's columns by dtype alone, null: every part's batches have one schema.
+        return factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, record, ITEM_TABLE,
+                            kinds=(EXPOSURE_USERS, EXPOSURE_ITEMS))  # fmt: skip
     # Every part gets every row, and every job has the preference part: it alone checks them
     # (repeated pairs, labels fit for bce), off the exposure part's task, the job's longest.
     refused = refused_pairs(ids[USER], ids[ITEM], local[USER], local[ITEM], item_columns=ITEM_TABLE)
@@ -273,12 +274,6 @@ def _fit_part(cfg: BceTaskConfig, part: str, table: pa.Table) -> pa.RecordBatch:
     (W, X), record = fit_preference(local[USER], local[ITEM], y, offset, weight, table.column(HELD).to_numpy() == 1,
                                     keys[USER], keys[ITEM], cfg)  # fmt: skip
     return factor_batch(ids[USER], ids[ITEM], W, X, cfg.user.rank, {PART: PREFERENCE, "rate": rate, **record}, stats)
-
-
-def _with_null_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """batch with ITEM_TABLE's columns, all null: one schema for every part's batches."""
-    nulls = [pa.nulls(batch.num_rows, pa.from_numpy_dtype(np.dtype(dtype))) for dtype in ITEM_TABLE.values()]
-    return pa.RecordBatch.from_arrays([*batch.columns, *nulls], names=[*batch.schema.names, *ITEM_TABLE])
 
 
 def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tuple[tuple, tuple | None, dict]:

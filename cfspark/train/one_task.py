@@ -169,14 +169,15 @@ def factor_batch(
     X: np.ndarray,
     rank: int,
     record: dict,
-    item_columns: dict[str, np.ndarray] | None = None,
+    item_columns: dict[str, np.ndarray | type] | None = None,
     kinds: tuple[int, int] = (USERS, ITEMS),
 ) -> pa.RecordBatch:
     """One table, three kinds of rows (KIND): each user's and item's factors under the id
     types they arrived in (of kinds, (USERS, ITEMS) unless a task emits a second model), and
     the record; item_columns, if given, are more columns of each item's (name: int64 or
     float64 values, in item_ids' order), null on the other rows (the item stats: the mse
-    search's μ_i and counts, bce's rates and offsets)."""
+    search's μ_i and counts, bce's rates and offsets). A column given by its dtype alone is
+    null on every row: a batch that has none of them keeps the body's one schema."""
     n_u, n_i = len(W), len(X)
     columns = {
         KIND: pa.array(np.r_[np.full(n_u, kinds[0]), np.full(n_i, kinds[1]), [RECORD]].astype(np.int32)),
@@ -189,18 +190,20 @@ def factor_batch(
         RECORD_COL: pa.array([None] * (n_u + n_i) + [json.dumps(record)], pa.string()),
     }
     for name, values in (item_columns or {}).items():
+        if not isinstance(values, np.ndarray):
+            columns[name] = pa.nulls(n_u + n_i + 1, pa.from_numpy_dtype(np.dtype(values)))
+            continue
         mine = np.r_[np.zeros(n_u, bool), np.ones(len(values), bool), [False]]
         columns[name] = pa.array(np.r_[np.zeros(n_u, values.dtype), values, np.zeros(1, values.dtype)], mask=~mine)
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
 def refusal_batch(user_ids: pa.Array, item_ids: pa.Array, record: dict,
-                  item_columns: dict[str, np.dtype] | None = None) -> pa.RecordBatch:  # fmt: skip
+                  item_columns: dict[str, type] | None = None) -> pa.RecordBatch:  # fmt: skip
     """A factor_batch of the record alone, no factors: a task's refusal, which
     factor_task_output raises on. item_columns (name: dtype) as the body's other batches'."""
     none = np.zeros((0, 3))  # rank 1 and its two bias columns, with no rows
-    empty = {name: np.zeros(0, dtype) for name, dtype in (item_columns or {}).items()}
-    return factor_batch(user_ids.slice(0, 0), item_ids.slice(0, 0), none, none, 1, record, empty or None)
+    return factor_batch(user_ids.slice(0, 0), item_ids.slice(0, 0), none, none, 1, record, item_columns)
 
 
 def refused_pairs(
