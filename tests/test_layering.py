@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tests_support import REPO
 
+from cfspark.train import WORKER_MODULES
+
 # The layers, low to high: each is one or more folders of the package, and a module's folder
 # is its layer. The package's own __init__ (the public face) sits in the top layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -127,10 +129,6 @@ def test_the_checker_sees_the_package_it_checks():
     assert expected <= modules.keys()
     imported = {m for m, _ in imports_of("cfspark.app.run", modules["cfspark.app.run"], set(modules))}
     assert {"cfspark.ml.estimator", "cfspark.app.config", "cfspark"} <= imported  # `from cfspark import __version__`
-
-
-# What a Python worker imports to run a half-step or a one-task fit (the bodies Spark pickles).
-WORKER_MODULES = ("cfspark.train.arrow_bodies", "cfspark.train.bce_task", "cfspark.train.search_task")
 
 
 def test_a_worker_imports_no_layer_above_train_and_saved_class_names_still_load():

@@ -181,6 +181,7 @@ _BOUNDS = {
     ("compare", "als_max_iter"): (1, True),
     ("compare", "als_num_blocks"): (1, True),
     ("spark", "shuffle_partitions"): (1, True),
+    ("spark", "warm_workers"): (0, True),
     ("model", "offset_prior"): (0.0, False),
     ("negatives", "per_positive"): (0, True),
     ("negatives", "per_labelled"): (1, True),

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from cfspark.app.config import CONFIG_PARAMS, Config
 from cfspark.app.output import checkpoint_dir, remove_checkpoints, staged, staged_partition, write_recommendations
+from cfspark.app.warm import WarmWorkers
 from cfspark.bench.compare import compare_als
 from cfspark.core.errors import CfsparkError, InputError, OutputError, TrainingError
 from cfspark.core.fs import is_local, local_path, write_json
@@ -150,6 +151,7 @@ class Run:
         self.ratings = self.train = self.test = None
         self.train_mean: float | None = None  # the training ratings' weighted mean, which split() finds
         self._held: list[Any] = []  # DataFrames and models, unpersisted on close
+        self._warm: WarmWorkers | None = None  # Python workers started while the input is read
 
     def __enter__(self) -> Run:
         return self
@@ -158,6 +160,7 @@ class Run:
         self.close()
 
     def close(self) -> None:
+        self._warmed()
         while self._held:
             self._held.pop().unpersist()
 
@@ -170,7 +173,15 @@ class Run:
     def k(self) -> int:
         return self.cfg["output"]["top_n"]
 
+    def _warmed(self) -> None:
+        """Wait for the workers started while reading, if any: their tasks' workers are then idle, for the fit's."""
+        if self._warm is not None:
+            self._warm.wait()
+            self._warm = None
+
     def read(self) -> DataFrame:
+        # Reading and validating run JVM jobs of one task: a core is free to start Python workers (app/warm.py).
+        self._warm = WarmWorkers(self.spark, self.cfg["spark"]["warm_workers"])
         with self.timer("read_validate"):
             self.ratings, self.columns = load_ratings(self.spark, self.cfg)
         return self.hold(self.ratings)
@@ -194,6 +205,7 @@ class Run:
 
     def fit(self, estimator: CollaborativeFilter | None = None, *, on_iteration=None) -> CFModel:
         estimator = estimator or self.estimator()
+        self._warmed()
         with self.timer("fit"), failure_is(TrainingError, "training"):
             known = {"num_ratings": self.counts["train"], "global_mean": self.train_mean}
             model = self.hold(estimator.fit_validated(self.train, on_iteration=on_iteration, **known))
