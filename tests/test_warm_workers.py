@@ -36,11 +36,11 @@ def _imported_by(modules: tuple[str, ...]) -> set[str]:
 
 @pytest.mark.slow
 def test_the_warmed_modules_hold_every_body_a_fit_sends_to_python(spark, monkeypatch):
-    """Every body that a bce fit (both parts in one job), an mse fit with automatic λ (the search
-    task), a blockwise one (setup, the search beside it, the warm start from its factors,
-    half-steps, factor tables) and a blockwise positive-only fit send to Python is defined in
-    a module that importing WORKER_MODULES loads: a fit's workers import nothing after the
-    warm-up's. A body module missing from the list fails it."""
+    """Every body that a bce fit (both parts in one job), a blockwise mse fit with automatic λ
+    (setup, the search's task beside it, the warm start from its factors, half-steps, factor
+    tables) and a blockwise positive-only fit send to Python is defined in a module that
+    importing WORKER_MODULES loads: a fit's workers import nothing after the warm-up's. A body
+    module missing from the list fails it."""
     sent: set[str] = set()
 
     def recording(original):
@@ -62,7 +62,6 @@ def test_the_warmed_modules_hold_every_body_a_fit_sends_to_python(spark, monkeyp
     as_df["positives"] = as_df["labels"].filter("rating = 1")
     fits = [
         (dict(loss="bce", rank=2, maxIter=3), "labels"),
-        (dict(rank=2, maxIter=3), "ratings"),  # automatic λ, in one task
         # automatic λ beside the blocks' setup, and the fit from the search's factors
         (dict(rank=2, maxIter=3, numUserBlocks=2, numItemBlocks=2), "ratings"),
         (dict(loss="bce", rank=2, maxIter=3, numUserBlocks=2, numItemBlocks=2), "positives"),  # all items
