@@ -75,12 +75,13 @@ def test_the_warmed_modules_hold_every_body_a_fit_sends_to_python(spark, monkeyp
     assert not fit_modules <= _imported_by(("cfspark",))  # the package root alone misses them
 
 
-def test_warm_workers_run_a_task_each_and_a_failed_warm_up_is_only_logged(spark, caplog):
+def test_warm_workers_run_a_task_each_and_a_failed_warm_up_is_only_logged(spark, caplog, monkeypatch):
     started = warm.WarmWorkers(spark, 2).wait()
     assert started is not None and len(started) == 2 and all(pid > 0 for pid in started)
     assert warm.WarmWorkers(spark, 0).wait() is None  # off: no job
+    monkeypatch.setattr(warm.train, "WORKER_MODULES", ("cfspark.no_such_module",))
     with caplog.at_level(logging.INFO, logger="cfspark"):
-        assert warm.WarmWorkers(spark, 1, modules=("cfspark.no_such_module",)).wait() is None
+        assert warm.WarmWorkers(spark, 1).wait() is None
     assert "starting Python workers ahead of the fit failed" in caplog.text
     assert "cfspark.no_such_module" in caplog.text
 

@@ -54,12 +54,12 @@ class WarmWorkers:
     warm.wait()  # before the fit: the workers are idle again, so its tasks take them
     """
 
-    def __init__(self, spark: SparkSession, tasks: int, modules: Sequence[str] | None = None) -> None:
+    def __init__(self, spark: SparkSession, tasks: int) -> None:
         self._thread: threading.Thread | None = None
         self._pids: list[int] | None = None
         if tasks <= 0:
             return
-        body = functools.partial(_import_modules, modules=tuple(train.WORKER_MODULES if modules is None else modules))
+        body = functools.partial(_import_modules, modules=train.WORKER_MODULES)
         job = spark.range(0, tasks, 1, tasks).mapInArrow(body, "pid long")
         self._thread = threading.Thread(target=self._run, args=(job,), name="cfspark-warm-workers", daemon=True)
         self._thread.start()
