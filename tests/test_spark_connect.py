@@ -20,6 +20,10 @@ from cfspark.data.read import pyspark_home
 
 pytest.importorskip("grpc", reason="Spark Connect client packages are not installed")
 
+# It starts a Connect server and runs the whole job through it: about a minute, so not in the
+# quick tier, where tests/test_dataframe_only.py's static check guards the same design.
+pytestmark = pytest.mark.slow
+
 
 def _free_port() -> int:
     with socket.socket() as s:
