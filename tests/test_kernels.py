@@ -265,6 +265,21 @@ def test_score_pair_screens_in_float32_but_answers_in_float64():
     np.testing.assert_array_equal(idx[3], expected_idx[3])  # all tied: positions in order
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e50])
+def test_score_pair_ranks_vectors_too_large_for_float32_in_float64(scale):
+    """Scores past float32's range (ratings of 1e40, say), which a float32 screen turns into
+    inf and NaN: the ranking is then float64's throughout, exactly the dense one."""
+    rng = np.random.default_rng(9)
+    m = 4 * 10 * topn.GROUP + 5
+    users, items = scale * rng.normal(size=(20, RANK + 2)), scale * rng.normal(size=(m, RANK + 2))
+    items[50] = items[3]  # a tie: the lower position wins
+    rated = np.array(sorted({(u, int(i)) for u in range(20) for i in rng.choice(m, 30, replace=False)}))
+    idx, val = score_pair(users, items, rated[:, 0], rated[:, 1], n=10)
+    expected_idx, expected_val = _dense_best(users, items, rated, 10)
+    np.testing.assert_array_equal(idx, expected_idx)
+    np.testing.assert_allclose(val, expected_val, rtol=1e-12)
+
+
 def test_top_within_groups_ranks_each_group_and_keeps_ties_in_order():
     groups = np.array([2, 0, 2, 0, 2, 1, 0])
     scores = np.array([0.5, 3.0, 0.9, 1.0, 0.5, -1.0, 2.0])

@@ -14,6 +14,11 @@ GROUP = 64
 # error of a float32 dot product (at most k·u·‖q‖‖c‖ for k terms).
 F32_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
 _SAFETY = 4.0
+# Scores the float32 screen may meet: |q·c| ≤ ‖q‖‖c‖ (Cauchy–Schwarz) below this, with room for
+# the sums' rounding, so no product or sum overflows to inf. Scores are in the ratings' units, so
+# ratings near float32's range (about 1e37 and up) go past it, and an inf or NaN screen would
+# keep too few candidates.
+F32_SAFE = float(np.finfo(np.float32).max) / 16
 
 
 def score_pair(
@@ -43,10 +48,12 @@ def _screened_chunk(queries: np.ndarray, candidates: np.ndarray):
     worst-case error of the row's n-th best survives, and the survivors (a few more than n
     per row) are scored again in float64. So the answer is the float64 one, exactly.
     """
-    q32, c32 = queries.astype(np.float32), candidates.astype(np.float32)
     # Bound on |float32 score − exact score| per query row: k·u·‖q‖·max‖c‖, with room to spare.
-    c_norm = float(np.sqrt((candidates * candidates).sum(axis=1)).max()) if len(candidates) else 0.0
-    q_norm = np.sqrt((queries * queries).sum(axis=1))
+    c_norm = float(np.linalg.norm(candidates, axis=1).max()) if len(candidates) else 0.0
+    q_norm = np.linalg.norm(queries, axis=1)
+    if len(queries) and not float(q_norm.max()) * c_norm < F32_SAFE:  # also NaN: score in float64
+        return _exact_chunk(queries, candidates)
+    q32, c32 = queries.astype(np.float32), candidates.astype(np.float32)
     error = _SAFETY * queries.shape[1] * F32_ROUNDOFF * q_norm * c_norm
 
     def chunk(lo: int, hi: int, ex_rows: np.ndarray, ex_cols: np.ndarray, n: int):
@@ -57,6 +64,18 @@ def _screened_chunk(queries: np.ndarray, candidates: np.ndarray):
         exact = np.einsum("ij,ij->i", queries[lo + rows], candidates[cols])
         exact[shut] = -np.inf
         return _best(rows, cols, exact, hi - lo, n)
+
+    return chunk
+
+
+def _exact_chunk(queries: np.ndarray, candidates: np.ndarray):
+    """The scores of one model in float64 alone, for vectors too large for the float32 screen."""
+
+    def chunk(lo: int, hi: int, ex_rows: np.ndarray, ex_cols: np.ndarray, n: int):
+        scores = queries[lo:hi] @ candidates.T
+        scores[ex_rows, ex_cols] = -np.inf
+        rows, cols = _screen(scores, n, np.zeros(hi - lo))
+        return _best(rows, cols, scores[rows, cols], hi - lo, n)
 
     return chunk
 
