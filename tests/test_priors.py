@@ -232,6 +232,24 @@ def test_a_fixed_lambda_is_fitted_for_the_bias_prior_and_not_searched():
     assert "rank_path" not in record and params[0].shape[1] == cfg[0].width  # the rank is the caller's too
 
 
+def test_a_lambda_fixed_at_zero_is_fitted_as_the_limit_of_small_ones():
+    """reg = 0 (no penalty on the factors) is a valid choice: its one point is fitted, keyed
+    below every other λ, and scores as a λ a million times below the data's best does."""
+    fit, held, s, cfg = _search_case(5)
+    found = []
+    for reg in (0.0, 1e-8):
+        plan = SearchPlan(start=(reg,), unit=s, low=1e-4, high=1e2, step=3.0, tol_log=math.log(1.3),
+                          first_iter=20, point_iter=6, tol=0.002, bias_prior=True, fixed=True)  # fmt: skip
+        record, params = search_arrays(fit, held, np.arange(600), np.arange(300) + 10**6, *cfg, plan)
+        assert [p["reg"] for p in record["path"]] == [reg] and record["reg"] == reg
+        assert all(np.isfinite(side).all() for side in params)
+        found.append((record["path"][0]["rmse"], record["bias_reg"], params))
+    (rmse0, bias0, params0), (rmse1, bias1, params1) = found
+    assert rmse0 == pytest.approx(rmse1, rel=1e-6) and bias0 == pytest.approx(bias1, rel=1e-6)
+    # Without a penalty the factors are determined up to an invertible map; their scores are not.
+    np.testing.assert_allclose(params0[0] @ params0[1].T, params1[0] @ params1[1].T, rtol=1e-4, atol=1e-6)
+
+
 def test_with_lambda_fixed_the_bias_prior_comes_from_its_factors_alike_on_both_paths(spark):
     # reg fixed, biasReg "auto": the search's task fits that λ alone and takes λ_b from what its
     # factors leave, before the one-task fit and beside the blockwise setup alike; the fit

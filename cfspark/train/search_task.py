@@ -88,6 +88,12 @@ class SearchPlan:
     fixed: bool = False  # start is one λ the caller fixed: fitted for λ_b's estimates, not searched
 
 
+def _log_reg(reg: float) -> float:
+    """The key of a λ among the points fitted: log λ, and −∞ for a λ fixed at 0 (no penalty),
+    which is weaker than any other."""
+    return math.log(reg) if reg > 0 else -math.inf
+
+
 def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> float:
     """RMSE (mse) or logloss (bce) of the held rows under these params, with the cold-start
     rule of fit/predict.py: an unseen user gets the item bias alone, an unseen item neither."""
@@ -171,7 +177,7 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
     def score(reg: float) -> float:
         kept = state["rank"]
         if fitted:
-            _, users, items = fitted[nearest(fitted, math.log(reg))]
+            _, users, items = fitted[nearest(fitted, _log_reg(reg))]
         else:
             # The first point, or every point so far collapsed, which would hold this λ at the
             # saddle: it starts from the init, with the first point's budget. (After the rank
@@ -188,20 +194,20 @@ def search_arrays(fit: tuple, held: dict, user_keys, item_keys, user_cfg: StepCo
             # switch on and may beat it.
             value = state.setdefault("no_factors", value)
         if not zero:
-            fitted[math.log(reg)] = (value, users, items)
+            fitted[_log_reg(reg)] = (value, users, items)
             keep_near_best(fitted)
         path.append({"reg": reg, "reg_als": reg * plan.unit, metric: value, "iterations": iterations,
                      "rank": kept, "bias_reg": state["bias_reg"], **({"restarted": True} if restart else {}),
                      **({"collapsed": True} if zero else {})})  # fmt: skip
-        if (value, math.log(reg)) < best["key"]:
-            best.update(key=(value, math.log(reg)), params=(users, items))
+        if (value, _log_reg(reg)) < best["key"]:
+            best.update(key=(value, _log_reg(reg)), params=(users, items))
         return value
 
     def again(params: tuple, reg: float, start: tuple[float, ...]) -> tuple[float, tuple]:
         """λ bracketed anew from start around reg, from params, once the model it was chosen
         for has changed (fewer directions, another λ_b): (the new choice, its params)."""
         fitted.clear()
-        fitted[math.log(reg)] = (np.inf, *params)
+        fitted[_log_reg(reg)] = (np.inf, *params)
         best.update(key=(np.inf, np.inf), params=params)
         state.pop("no_factors", None)  # the biases' model is scored afresh too
         if len(start) == 1:  # reg refitted, not searched
