@@ -388,7 +388,8 @@ WARM_START_CASES = {
         warm_start(model_at(_junk_metadata)), CONFIG, "model.warm_start {tmp}/model cannot be loaded: ",
     ),
     "warm_start_rank": (
-        warm_start(model_at()), CONFIG, "model.warm_start {tmp}/model has rank 2, but model.rank is 10",
+        warm_start(model_at(), "--set", "model.rank=1"), CONFIG,
+        "model.warm_start {tmp}/model has rank 2, above model.rank = 1: a warm start keeps its model's rank",
     ),
     "warm_start_loss": (
         warm_start(model_at(), "--set", "model.rank=2", *BCE), CONFIG,

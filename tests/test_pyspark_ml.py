@@ -428,6 +428,28 @@ def test_a_warm_start_reaches_the_cold_fit_in_a_third_of_the_iterations(spark, t
         t.unpersist()
 
 
+def test_a_warm_start_keeps_its_models_rank_at_most_the_fits(spark):
+    """Automatic λ's rank step keeps fewer directions than rank on planted rank-2 data; the
+    next day's fit, with the same Params and that model as its start, keeps its rank. With λ
+    and λ_b fixed each Newton half-step minimises J over its side, so the warm fit's first loss
+    is at most the earlier fit's last. A model of a higher rank than the fit's is refused."""
+    p = planted_ratings(n_users=120, n_items=60, rank=2, density=0.3, noise=0.2, seed=45)
+    df = spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
+    first = CollaborativeFilter(rank=5).fit(df)
+    assert first.rank < 5  # the premise: the rank step kept fewer directions
+    again = CollaborativeFilter(rank=5, maxIter=2, initialModel=first).fit(df)
+    assert again.rank == first.rank
+    fixed = dict(regParam=0.05, regUnits="als", biasReg=1.0, tol=0.0)  # J the same in both fits
+    low = CollaborativeFilter(rank=2, maxIter=6, **fixed).fit(df)
+    warm = CollaborativeFilter(rank=4, maxIter=1, initialModel=low, **fixed).fit(df)
+    assert warm.rank == 2 and warm.history[0]["train_loss"] <= low.history[-1]["train_loss"] * (1 + 1e-9)
+    with pytest.raises(ValueError, match="initialModel has rank 2, above this fit's rank 1"):
+        CollaborativeFilter(rank=1, initialModel=low, **fixed).fit(df)
+    for m in (first, again, low, warm):
+        m.unpersist()
+    df.unpersist()
+
+
 def test_a_fit_logs_its_progress_to_the_cfspark_logger(planted, caplog):
     train, _ = planted
     for blocks, phases, last in (

@@ -21,7 +21,8 @@ _FALLBACK_FRACTION = 4
 
 
 def check_warm_start(spark: SparkSession, cfg: Config) -> None:
-    """model.warm_start names a model that loads whole, of model.rank and model.loss."""
+    """model.warm_start names a model that loads whole, of model.loss and of at most model.rank
+    (automatic λ may have kept fewer directions: the warm start keeps its model's rank)."""
     path = cfg["model"]["warm_start"]
     if not path:
         return
@@ -32,9 +33,10 @@ def check_warm_start(spark: SparkSession, cfg: Config) -> None:
     except Exception as e:  # ValueError from the reader's checks, or Spark's own
         raise ConfigError(f"model.warm_start {path} cannot be loaded: {_one_line(e)}") from None
     model = cfg["model"]
-    if earlier.rank != model["rank"]:
+    if earlier.rank > model["rank"]:
         raise ConfigError(
-            f"model.warm_start {path} has rank {earlier.rank}, but model.rank is {model['rank']}: set the same rank"
+            f"model.warm_start {path} has rank {earlier.rank}, above model.rank = {model['rank']}: "
+            "a warm start keeps its model's rank, so model.rank must be at least that"
         )
     if earlier.getLoss() != model["loss"]:
         raise ConfigError(

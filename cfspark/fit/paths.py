@@ -26,7 +26,7 @@ from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import choose_reg
 from cfspark.fit.settings import AUTO, FitSettings
 from cfspark.fit.targets import resolve_bias_reg, target_stats
-from cfspark.fit.warm import search_start
+from cfspark.fit.warm import search_start, warm_rank
 from cfspark.train.search_task import SETTLED
 
 log = logging.getLogger("cfspark")
@@ -65,6 +65,7 @@ def _fit_ratings(
     settle: float | None,
 ) -> FitRecord:
     """fit_ratings' paths; fit_scope releases the item sums that target_stats keeps for prepare()."""
+    settings = warm_rank(settings)
     if settings.loss == "bce":
         settings = resolve_bias_reg(settings)
     if settings.loss == "bce" and settings.exposure:

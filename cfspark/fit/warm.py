@@ -12,6 +12,18 @@ from cfspark.train.step import StepConfig
 from cfspark.train.warm import warm_start
 
 
+def warm_rank(settings: FitSettings) -> FitSettings:
+    """A warm start keeps its model's rank, at most this fit's: automatic λ's rank step may
+    have kept fewer directions than the rank asked for (rank is then a cap, as in the search),
+    and the model read here is the one the fit starts from, not read again."""
+    if settings.initialModel is None:
+        return settings
+    earlier = settings.initialModel.load()
+    if earlier.rank > settings.rank:
+        raise ValueError(f"initialModel has rank {earlier.rank}, above this fit's rank {settings.rank}")
+    return settings.replace(rank=earlier.rank, initialModel=InitialModel(settings.initialModel.name, lambda: earlier))
+
+
 def warm_start_from(
     settings: FitSettings, blocks: Blocks, user_cfg: StepConfig, item_cfg: StepConfig
 ) -> Callable[[], tuple[DataFrame, DataFrame]] | None:
