@@ -48,6 +48,16 @@ def test_headerless_csv_takes_columns_by_position(spark, tmp_path):
     assert sorted(map(tuple, got.collect())) == [("a", "x", 1.5), ("b", "y", 2.0)]
 
 
+def test_a_csv_header_with_dots_and_spaces_names_the_columns_exactly(spark, tmp_path):
+    (tmp_path / "r.csv").write_text("user.id,item id,r.v,extra\n7,x,1.5,0\n8,y,2,0\n")
+    df, cols = read_ratings(
+        spark, _input(path=str(tmp_path / "r.csv"), user_col="user.id", item_col="item id", rating_col="r.v")
+    )
+    assert df.columns == ["user.id", "item id", "r.v"]
+    got = validate_ratings(df, cols, id_type="auto", duplicates="error")
+    assert sorted(map(tuple, got.collect())) == [(7, "x", 1.5), (8, "y", 2.0)]
+
+
 def test_parquet_keeps_long_ids_and_string_ids_can_be_forced(spark, tmp_path):
     spark.createDataFrame([(2**40, 7, 3), (5, 7, 4)], "u long, i int, r int").write.parquet(str(tmp_path / "p"))
     df, cols = read_ratings(

@@ -7,6 +7,9 @@ way out, so no other module needs to know what the caller called them.
 
 from __future__ import annotations
 
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
 # Ratings, inside cfspark: (user, item, rating). For bce, rating holds the 0/1 label.
 USER, ITEM, RATING = "user", "item", "rating"
 
@@ -40,3 +43,9 @@ P_LIKE, P_EXPOSED = "p_like", "p_exposed"
 
 # Scheduled runs: the partition column of output.run_date.
 RUN_DATE = "run_date"
+
+
+def column(name: str) -> Column:
+    """A caller's column by its exact name: F.col would read the dots of "user.id" (common after
+    flattening JSON) as a struct's fields, and a backtick as a quote."""
+    return F.col("`" + name.replace("`", "``") + "`")

@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cfspark.core.errors import InputError
+from cfspark.core.schema import column
 
 SAMPLE_RATINGS = Path("data", "mllib", "als", "sample_movielens_ratings.txt")
 
@@ -131,7 +132,7 @@ def read_ratings(spark: SparkSession, input_cfg: dict) -> tuple[DataFrame, Colum
                 f"separated by {input_cfg['delimiter'] if fmt == 'csv' else '::'!r}"
             )
         df = df.select(
-            F.col(names[0]).alias(cols.user), F.col(names[1]).alias(cols.item), F.col(names[2]).alias(cols.rating)
+            column(names[0]).alias(cols.user), column(names[1]).alias(cols.item), column(names[2]).alias(cols.rating)
         )
     if positional and cols.weight:
         raise InputError(f"input.weight_col needs named columns, but {fmt} input {path} has none (use a header)")
@@ -141,7 +142,7 @@ def read_ratings(spark: SparkSession, input_cfg: dict) -> tuple[DataFrame, Colum
             f"input {path} has no column {', '.join(map(repr, missing))}; its columns are {df.columns} "
             f"(set input.user_col, input.item_col, input.rating_col, input.weight_col)"
         )
-    return df.select(*cols.names), cols
+    return df.select(*map(column, cols.names)), cols
 
 
 def spark_message(e: Exception) -> str:

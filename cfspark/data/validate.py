@@ -12,7 +12,7 @@ from pyspark.sql import types as T
 
 from cfspark.core.errors import InputError, RepeatedPairsError
 from cfspark.core.plans import bounded_partitions, fewer_partitions, unreduced_groups
-from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
+from cfspark.core.schema import ITEM, RATING, USER, WEIGHT, column
 from cfspark.data.read import Columns
 
 # Canonical names used inside cfspark; tables out are renamed back to the user's own.
@@ -98,7 +98,7 @@ def validate_ratings(
             f"column {cols.weight!r} (input.weight_col) has type {schema[cols.weight].simpleString()}; "
             "weights must be numbers"
         )
-    rating = F.col(cols.rating).try_cast("double")
+    rating = column(cols.rating).try_cast("double")
     binarize = labels and binarize_threshold is not None
     if binarize and not isinstance(schema[cols.rating], (*_NUMERIC, T.StringType)):
         raise InputError(
@@ -111,18 +111,18 @@ def validate_ratings(
         else f"column {cols.rating!r} has {{n}} value(s) that are not numbers"
     )
     checks: dict[str, tuple[Column, str]] = {
-        "null_user": (F.col(cols.user).isNull(), f"column {cols.user!r} has {{n}} null id(s)"),
-        "null_item": (F.col(cols.item).isNull(), f"column {cols.item!r} has {{n}} null id(s)"),
-        "null_rating": (F.col(cols.rating).isNull(), f"column {cols.rating!r} has {{n}} null rating(s)"),
+        "null_user": (column(cols.user).isNull(), f"column {cols.user!r} has {{n}} null id(s)"),
+        "null_item": (column(cols.item).isNull(), f"column {cols.item!r} has {{n}} null id(s)"),
+        "null_rating": (column(cols.rating).isNull(), f"column {cols.rating!r} has {{n}} null rating(s)"),
     }
     if labels and not binarize:
-        label = _label(F.col(cols.rating), schema[cols.rating])
+        label = _label(column(cols.rating), schema[cols.rating])
         checks["not_label"] = (
-            F.col(cols.rating).isNotNull() & label.isNull(),
+            column(cols.rating).isNotNull() & label.isNull(),
             f"column {cols.rating!r} has {{n}} label(s) other than 0/1 or true/false",
         )
     else:
-        checks["not_number"] = (F.col(cols.rating).isNotNull() & rating.isNull(), not_number)
+        checks["not_number"] = (column(cols.rating).isNotNull() & rating.isNull(), not_number)
         checks["not_finite"] = (
             rating.isNotNull() & _is_bad_double(rating),
             f"column {cols.rating!r} has {{n}} NaN or infinite rating(s)",
@@ -133,12 +133,12 @@ def validate_ratings(
                 f"column {cols.rating!r} has {{n}} rating(s) above {MAX_ABS_RATING:g} in magnitude",
             )
         label = (rating >= F.lit(binarize_threshold)).cast("double") if binarize else rating
-    weight = F.col(cols.weight).try_cast("double") if cols.weight else None
+    weight = column(cols.weight).try_cast("double") if cols.weight else None
     if weight is not None:
         w = cols.weight
-        checks["null_weight"] = (F.col(w).isNull(), f"column {w!r} (input.weight_col) has {{n}} null weight(s)")
+        checks["null_weight"] = (column(w).isNull(), f"column {w!r} (input.weight_col) has {{n}} null weight(s)")
         checks["weight_not_number"] = (
-            F.col(w).isNotNull() & (weight.isNull() | _is_bad_double(weight)),
+            column(w).isNotNull() & (weight.isNull() | _is_bad_double(weight)),
             f"column {w!r} (input.weight_col) has {{n}} value(s) that are not finite numbers",
         )
         checks["weight_not_positive"] = (
@@ -154,7 +154,7 @@ def validate_ratings(
     for name in (cols.user, cols.item):
         if isinstance(schema[name], _NUMBER_ID_TYPES):
             checks[f"not_whole_{name}"] = (
-                _not_whole(F.col(name), schema[name]),
+                _not_whole(column(name), schema[name]),
                 f"column {name!r} has {{n}} id(s) that are not whole numbers",
             )
             hints[f"not_whole_{name}"] = (
@@ -166,29 +166,33 @@ def validate_ratings(
         if isinstance(schema[name], T.StringType) and id_type == "auto":
             # An id is an integer only if its text is the integer's own spelling: "007", "+7"
             # and " 7" are not 7, so one of them keeps every id a string.
-            id_casts[name] = F.col(name).isNotNull() & ~F.col(name).try_cast("long").cast("string").eqNullSafe(
-                F.col(name)
+            id_casts[name] = column(name).isNotNull() & ~column(name).try_cast("long").cast("string").eqNullSafe(
+                column(name)
             )
         if isinstance(schema[name], T.StringType) and id_type == "long":
-            text = F.trim(F.col(name))
+            text = F.trim(column(name))
             integer = text.rlike(r"^[+-]?[0-9]+$")
             checks[f"not_long_{name}"] = (
-                F.col(name).isNotNull() & ~integer,
+                column(name).isNotNull() & ~integer,
                 f"column {name!r} has {{n}} id(s) that are not integers",
             )
             checks[f"beyond_long_{name}"] = (
-                F.col(name).isNotNull() & integer & text.try_cast("long").isNull(),
+                column(name).isNotNull() & integer & text.try_cast("long").isNull(),
                 f"column {name!r} has {{n}} integer id(s) out of range for long (beyond ±9223372036854775807; "
                 'use input.id_type = "string")',
             )
 
     # The partition id is projected first: an aggregate may not take a nondeterministic argument.
-    counts = df.withColumn(_PARTITION, F.spark_partition_id()).agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.max(_PARTITION).alias("last_partition"),  # the input's partitions, less one
-        *[F.sum(cond.cast("long")).alias(key) for key, (cond, _) in checks.items()],
-        *[F.sum(cond.cast("long")).alias(f"cast_{name}") for name, cond in id_casts.items()],
-    ).first()
+    counts = (
+        df.withColumn(_PARTITION, F.spark_partition_id())
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.max(_PARTITION).alias("last_partition"),  # the input's partitions, less one
+            *[F.sum(cond.cast("long")).alias(key) for key, (cond, _) in checks.items()],
+            *[F.sum(cond.cast("long")).alias(f"cast_{name}") for name, cond in id_casts.items()],
+        )
+        .first()
+    )
     if counts["rows"] == 0:
         raise InputError("the input has no ratings (0 rows)")
     for key, (cond, message) in checks.items():
@@ -196,20 +200,20 @@ def validate_ratings(
         if n:
             example = _example(df, cond)
             if key == "not_label":
-                value = df.filter(cond).select(cols.rating).limit(1).collect()[0][0]
+                value = df.filter(cond).select(column(cols.rating)).limit(1).collect()[0][0]
                 example = f"value {value!r} in {example}"
             raise InputError(f"{message.format(n=n)} out of {counts['rows']} rows, e.g. {example}{hints.get(key, '')}")
 
     def typed_id(name: str) -> Column:
         if isinstance(schema[name], _NUMBER_ID_TYPES):  # whole numbers, checked above
-            return F.col(name).cast("long").cast("string" if id_type == "string" else "long")
+            return column(name).cast("long").cast("string" if id_type == "string" else "long")
         if id_type == "keep":
-            return F.col(name)
+            return column(name)
         if isinstance(schema[name], T.StringType):
             if id_type == "string" or (id_type == "auto" and (counts[f"cast_{name}"] or 0) > 0):
-                return F.col(name)
-            return F.trim(F.col(name)).cast("long")
-        return F.col(name).cast("string") if id_type == "string" else F.col(name).cast("long")
+                return column(name)
+            return F.trim(column(name)).cast("long")
+        return column(name).cast("string") if id_type == "string" else column(name).cast("long")
 
     weights = [weight.alias(WEIGHT)] if weight is not None else []
     out = df.select(typed_id(cols.user).alias(USER), typed_id(cols.item).alias(ITEM), label.alias(RATING), *weights)
@@ -280,6 +284,6 @@ def validate_given(
     rule = _LEFT_TO_THE_FIT if fit_refuses and duplicates == "error" else duplicates
     # A DataFrame, unlike the job's files (split by bytes), may come in many small partitions.
     return validate_ratings(
-        bounded_partitions(df.select(*cols.names)), cols, id_type="keep", duplicates=rule, labels=labels,
+        bounded_partitions(df.select(*map(column, cols.names))), cols, id_type="keep", duplicates=rule, labels=labels,
         setting=PARAM,
     )  # fmt: skip

@@ -23,7 +23,7 @@ from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.core.schema import BASELINE, BIAS, FEATURES, ITEM, P_EXPOSED, P_LIKE, RANK, RATING, SCORE, USER
+from cfspark.core.schema import BASELINE, BIAS, FEATURES, ITEM, P_EXPOSED, P_LIKE, RANK, RATING, SCORE, USER, column
 from cfspark.data.read import Columns
 from cfspark.data.validate import validate_given
 from cfspark.fit.predict import LINK, item_baseline, predict
@@ -173,7 +173,8 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
     def _transform(self, dataset: DataFrame) -> DataFrame:
         """Add the prediction column to a DataFrame with the user and item columns."""
         out = self.predict_canonical(self._canonical(dataset), cold_start=self.cold_start())
-        return self._named(out).select(*dataset.columns, self.getPredictionCol(), *self._extra_columns())
+        kept = (*dataset.columns, self.getPredictionCol(), *self._extra_columns())
+        return self._named(out).select(*map(column, kept))
 
     def _extra_columns(self) -> list[str]:
         """Columns transform adds besides the prediction."""
@@ -292,7 +293,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
     ) -> DataFrame:
         """recommendForAllUsers for the users in dataset's userCol (users without factors get none)."""
         numItems = check_count(numItems, "numItems")
-        users = self._canonical(dataset.select(self.getUserCol()))
+        users = self._canonical(dataset.select(column(self.getUserCol())))
         return self._public(
             self.recommend_canonical(numItems, subset=users, exclude=self._theirs(exclude)), flat, by_item=False
         )
@@ -309,7 +310,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
     ) -> DataFrame:
         """recommendForAllItems for the items in dataset's itemCol."""
         numUsers = check_count(numUsers, "numUsers")
-        items = self._canonical(dataset.select(self.getItemCol()))
+        items = self._canonical(dataset.select(column(self.getItemCol())))
         recs = self.recommend_canonical(numUsers, subset=items, exclude=self._theirs(exclude), by_item=True)
         return self._public(recs, flat, by_item=True)
 
@@ -317,7 +318,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
     def _similar(self, by_item: bool, k: int, subset: DataFrame | None) -> DataFrame:
         factors, key = (self.item_factors, ITEM) if by_item else (self.user_factors, USER)
         theirs = self.getItemCol() if by_item else self.getUserCol()
-        queries = None if subset is None else self._canonical(subset.select(theirs))
+        queries = None if subset is None else self._canonical(subset.select(column(theirs)))
         size = self.trained_counts()[1 if by_item else 0]
         return self._named(most_similar(factors, key, k, queries=queries, size=size))
 
