@@ -48,26 +48,32 @@ def test_a_fractional_id_is_refused_naming_the_column_count_example_and_a_cast(s
     assert "cast(" in message
 
 
-def test_column_names_with_dots_spaces_and_backticks_fit_as_plain_ones(spark, tmp_path):
+@pytest.mark.parametrize(
+    "names", [("user.id", "item `x`", "r.v"), ("item", "user", "rating")], ids=["dots", "swapped"]
+)
+def test_column_names_fit_as_plain_ones_whatever_they_hold(spark, tmp_path, names):
     """Flattened JSON gives names such as "user.id", which F.col would read as a struct's
-    field: every column is taken by its exact name, so the model is the plain-named one's."""
-    rows = _ratings()
-    plain = spark.createDataFrame(rows, "u long, i long, r double")
-    odd = plain.toDF("user.id", "item `x`", "r.v")
+    field, and a user column may be called "item" (cfspark's own name for the other side):
+    every column is taken by its exact name and renamed at once, so the model is the
+    plain-named one's."""
+    user, item, rating = names
+    plain = spark.createDataFrame(_ratings(), "u long, i long, r double")
+    odd = plain.toDF(user, item, rating)
     params = dict(rank=2, regParam=0.1, maxIter=5)
     a = CollaborativeFilter(userCol="u", itemCol="i", ratingCol="r", **params).fit(plain)
-    b = CollaborativeFilter(userCol="user.id", itemCol="item `x`", ratingCol="r.v", **params).fit(odd)
+    b = CollaborativeFilter(userCol=user, itemCol=item, ratingCol=rating, **params).fit(odd)
     b.write().save(str(tmp_path / "odd"))
     loaded = CFModel.load(str(tmp_path / "odd"))
     expected = sorted(a.transform(plain).collect())
     for model in (b, loaded):
         got = model.transform(odd)
-        assert got.columns == ["user.id", "item `x`", "r.v", "prediction"]
+        assert got.columns == [user, item, rating, "prediction"]
         assert sorted(got.collect()) == expected
     recs = b.recommendForUserSubset(odd, 2)
-    assert recs.columns == ["user.id", "item `x`", "rank", "score"]
+    assert recs.columns == [user, item, "rank", "score"]
     assert sorted(recs.collect()) == sorted(a.recommendForUserSubset(plain, 2).collect())
-    warm = CollaborativeFilter(userCol="user.id", itemCol="item `x`", ratingCol="r.v", initialModel=loaded,
+    assert sorted(b.userFactors.collect()) == sorted(a.userFactors.collect())
+    warm = CollaborativeFilter(userCol=user, itemCol=item, ratingCol=rating, initialModel=loaded,
                                **{**params, "maxIter": 1}).fit(odd)  # fmt: skip
     assert warm.rank == 2
 

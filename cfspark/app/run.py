@@ -26,7 +26,7 @@ from cfspark.bench.compare import compare_als
 from cfspark.core.errors import CfsparkError, InputError, OutputError, TrainingError
 from cfspark.core.fs import is_local, local_path, write_json
 from cfspark.core.plans import cache_plain
-from cfspark.core.schema import ITEM, RATING, RUN_DATE, SCORE, USER, WEIGHT
+from cfspark.core.schema import ITEM, RATING, RUN_DATE, SCORE, USER, WEIGHT, renamed
 from cfspark.data.metrics import pointwise_metrics, ranking_metrics, relevant_pairs
 from cfspark.data.negatives import add_negatives
 from cfspark.data.read import Columns, read_ratings, spark_message
@@ -266,7 +266,7 @@ class Run:
         staging = staged_partition(out_path, part) if run_date else staged(out_path, overwrite)
         with failure_is(OutputError, "writing the results"), staging as stage:
             with self.timer("recommend_write"):
-                named = recs.withColumnRenamed(USER, cols.user).withColumnRenamed(ITEM, cols.item)
+                named = renamed(recs, {USER: cols.user, ITEM: cols.item})
                 write_recommendations(named, f"{stage}/recommendations", run_date)
             if cfg["output"]["similar_items"]:
                 with self.timer("similar_write"):

@@ -7,7 +7,7 @@ way out, so no other module needs to know what the caller called them.
 
 from __future__ import annotations
 
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 # Ratings, inside cfspark: (user, item, rating). For bce, rating holds the 0/1 label.
@@ -49,3 +49,10 @@ def column(name: str) -> Column:
     """A caller's column by its exact name: F.col would read the dots of "user.id" (common after
     flattening JSON) as a struct's fields, and a backtick as a quote."""
     return F.col("`" + name.replace("`", "``") + "`")
+
+
+def renamed(df: DataFrame, names: dict[str, str]) -> DataFrame:
+    """df with the columns names maps renamed at once: a caller's item column called "user"
+    and user column called "item" swap with ours, where renaming one at a time would give two
+    columns of one name."""
+    return df.select(*(column(c).alias(names.get(c, c)) for c in df.columns))

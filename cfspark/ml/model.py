@@ -23,7 +23,20 @@ from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from cfspark.core.schema import BASELINE, BIAS, FEATURES, ITEM, P_EXPOSED, P_LIKE, RANK, RATING, SCORE, USER, column
+from cfspark.core.schema import (
+    BASELINE,
+    BIAS,
+    FEATURES,
+    ITEM,
+    P_EXPOSED,
+    P_LIKE,
+    RANK,
+    RATING,
+    SCORE,
+    USER,
+    column,
+    renamed,
+)
 from cfspark.data.read import Columns
 from cfspark.data.validate import validate_given
 from cfspark.fit.predict import LINK, item_baseline, predict
@@ -182,16 +195,14 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
 
     def _canonical(self, df: DataFrame) -> DataFrame:
         # The caller's columns named user/item (a caller's own "user" column is left alone).
-        user, item = self.getUserCol(), self.getItemCol()
-        for theirs, ours in ((user, USER), (item, ITEM)):
-            if theirs != ours:
-                if ours in df.columns:
-                    raise ValueError(f"the input has a column {ours!r} besides {theirs!r}; rename one of them")
-                df = df.withColumnRenamed(theirs, ours)
-        return df
+        theirs = {self.getUserCol(): USER, self.getItemCol(): ITEM}
+        for name, ours in theirs.items():
+            if name != ours and ours in df.columns and ours not in theirs:
+                raise ValueError(f"the input has a column {ours!r} besides {name!r}; rename one of them")
+        return renamed(df, {k: v for k, v in theirs.items() if k in df.columns})
 
     def _named(self, df: DataFrame) -> DataFrame:
-        return df.withColumnRenamed(USER, self.getUserCol()).withColumnRenamed(ITEM, self.getItemCol())
+        return renamed(df, {USER: self.getUserCol(), ITEM: self.getItemCol()})
 
     # -- recommendation ------------------------------------------------------------------
     def _vectors(self) -> tuple[DataFrame, DataFrame]:

@@ -31,7 +31,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql.utils import is_remote
 
 from cfspark.core.fs import finite_json
-from cfspark.core.schema import ITEM, RATING, USER
+from cfspark.core.schema import ITEM, RATING, USER, renamed
 from cfspark.data.read import spark_message
 
 FORMAT_VERSION = 1
@@ -215,7 +215,7 @@ class CFModelReader(MLReader):
             if name not in ours["tables"]:
                 return None
             df = _checked_table(spark, path, name, ours.get("parts", {}).get(name))
-            df = df.withColumnRenamed(user, USER).withColumnRenamed(item, ITEM)
+            df = renamed(df, {user: USER, item: ITEM})
             return df.withColumnRenamed(model.getRatingCol(), RATING) if name == "training_pairs" else df
 
         model.user_factors = table("user_factors")
