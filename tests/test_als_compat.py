@@ -76,6 +76,9 @@ def test_column_names_fit_as_plain_ones_whatever_they_hold(spark, tmp_path, name
     warm = CollaborativeFilter(userCol=user, itemCol=item, ratingCol=rating, initialModel=loaded,
                                **{**params, "maxIter": 1}).fit(odd)  # fmt: skip
     assert warm.rank == 2
+    # A column transform would add is refused, as Spark ALS refuses it, not given twice.
+    with pytest.raises(ValueError, match="the input already has a column 'prediction', which transform adds"):
+        b.transform(odd.withColumn("prediction", F.lit(0.0)))
 
 
 @pytest.mark.slow
@@ -286,7 +289,7 @@ def test_repeated_pairs_are_refused_naming_the_duplicates_param(spark):
     df = spark.createDataFrame(REPEATED, "user long, item long, rating double")
     with pytest.raises(InputError, match=r"1 \(user, item\) pair\(s\) appear more than once, .* appears 3 times"):
         CollaborativeFilter().fit(df)
-    with pytest.raises(InputError, match='set the duplicates Param to combine them: "mean", "last" or "sum"'):
+    with pytest.raises(InputError, match='set the duplicates Param to combine them: "mean", "max", "last" or "sum"'):
         CollaborativeFilter().fit(df)
     with pytest.raises((TypeError, ValueError), match='param "duplicates"'):
         CollaborativeFilter(duplicates="first")

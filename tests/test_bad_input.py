@@ -366,7 +366,7 @@ INPUT_CASES = {
         "weights range from 2 to 1e+100, too wide a range for bce",
     ),
     "weight_zero": (
-        args(*WEIGHTED, text=W + "u1,m1,4,0\nu1,m2,3,2\n"), INPUT, "has 1 count(s) of zero or below",
+        args(*WEIGHTED, text=W + "u1,m1,4,0\nu1,m2,3,2\n"), INPUT, "has 1 count(s) that are not above 0 out of 2 rows",
     ),
     "weight_text": (
         args(*WEIGHTED, text=W + "u1,m1,4,many\nu1,m2,3,2\n"), INPUT, "has 1 value(s) that are not finite numbers",

@@ -25,7 +25,7 @@ BLOCKS = {"numUserBlocks": 2, "numItemBlocks": 2}
 # The planted repeat: the pair u3/i5 twice, with another rating.
 REFUSED = (
     r"^1 \(user, item\) pair\(s\) appear more than once, e\.g\. \{uid: 'u3', iid: 'i5'\} appears 2 times "
-    r'\(set the duplicates Param to combine them: "mean", "last" or "sum"\)$'
+    r'\(set the duplicates Param to combine them: "mean", "max", "last" or "sum"\)$'
 )
 
 PATHS = {  # (params, labels): every way a fit goes

@@ -143,7 +143,7 @@ def validate_ratings(
         )
         checks["weight_not_positive"] = (
             weight.isNotNull() & ~_is_bad_double(weight) & (weight <= 0),
-            f"column {w!r} (input.weight_col) has {{n}} count(s) of zero or below; every row's count must be > 0",
+            f"column {w!r} (input.weight_col) has {{n}} count(s) that are not above 0",
         )
         checks["weight_too_large"] = (
             weight.isNotNull() & ~_is_bad_double(weight) & (weight > F.lit(MAX_WEIGHT)),
@@ -253,7 +253,7 @@ def _check_duplicates(df: DataFrame, cols: Columns, duplicates: str, setting: st
 
 
 # How each setting combines repeated pairs, as its error message lists them.
-_COMBINE = {"input.duplicates": '"mean", "max", "last" or "sum"', "the duplicates Param": '"mean", "last" or "sum"'}
+_COMBINE = dict.fromkeys(("input.duplicates", "the duplicates Param"), '"mean", "max", "last" or "sum"')
 PARAM = "the duplicates Param"  # the estimator's setting
 
 

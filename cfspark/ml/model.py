@@ -185,9 +185,12 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         """Add the prediction column to a DataFrame with the user and item columns."""
+        added = (self.getPredictionCol(), *self._extra_columns())
+        taken = [c for c in added if c in dataset.columns]
+        if taken:  # as Spark ALS refuses it: two columns of one name would make every later select ambiguous
+            raise ValueError(f"the input already has a column {taken[0]!r}, which transform adds: drop or rename it")
         out = self.predict_canonical(self._canonical(dataset), cold_start=self.cold_start())
-        kept = (*dataset.columns, self.getPredictionCol(), *self._extra_columns())
-        return self._named(out).select(*map(column, kept))
+        return self._named(out).select(*map(column, (*dataset.columns, *added)))
 
     def _extra_columns(self) -> list[str]:
         """Columns transform adds besides the prediction."""
