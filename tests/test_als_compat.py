@@ -79,6 +79,10 @@ def test_column_names_fit_as_plain_ones_whatever_they_hold(spark, tmp_path, name
     # A column transform would add is refused, as Spark ALS refuses it, not given twice.
     with pytest.raises(ValueError, match="the input already has a column 'prediction', which transform adds"):
         b.transform(odd.withColumn("prediction", F.lit(0.0)))
+    with pytest.raises(ValueError, match=f"the input has no column {item!r}"):
+        b.transform(odd.drop(item))
+    with pytest.raises(ValueError, match="must be different columns"):
+        CollaborativeFilter(userCol=user, itemCol=user, ratingCol=rating).fit(odd)
 
 
 @pytest.mark.slow

@@ -343,6 +343,10 @@ INPUT_CASES = {
         "no column 'movieId'; its columns are ['userId', 'film', 'rating']",
     ),
     "delimiter_empty": (args("--set", 'input.delimiter=""'), CONFIG, "input.delimiter must not be empty"),
+    "same_column_twice": (
+        args("--set", "input.item_col=userId"), CONFIG,
+        "input.user_col, item_col, rating_col and weight_col must name different columns, got ['userId', 'userId', ",
+    ),
     "id_not_integer_for_long": (
         args("--set", "input.id_type=long"), INPUT, "column 'userId' has 4 id(s) that are not integers out of 4 rows",
     ),

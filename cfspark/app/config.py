@@ -285,3 +285,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError('input.delimiter must not be empty (a space is --set "input.delimiter= ")')
     if not cfg["output"]["path"]:
         raise ConfigError("output.path must not be empty")
+    named = [cfg["input"][k] for k in ("user_col", "item_col", "rating_col", "weight_col") if cfg["input"][k]]
+    if len(set(named)) < len(named):
+        what = "input.user_col, item_col, rating_col and weight_col"
+        raise ConfigError(f"{what} must name different columns, got {named}")

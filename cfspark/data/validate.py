@@ -278,6 +278,8 @@ def validate_given(
     fit_refuses: the rows go to a fit, which refuses repeated pairs itself where it sorts
     them anyway (RepeatedPairsError; the caller words it with repeated_pairs_error), so under
     duplicates = "error" they are not looked for here: that would cost a shuffle of every pair."""
+    if len(set(cols.names)) < len(cols.names):
+        raise ValueError(f"the user, item, rating and weight columns must be different columns, got {list(cols.names)}")
     for name in cols.names:
         if name not in df.columns:
             raise ValueError(f"the input has no column {name!r} (columns: {', '.join(df.columns)})")

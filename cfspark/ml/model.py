@@ -185,6 +185,9 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         """Add the prediction column to a DataFrame with the user and item columns."""
+        for name in (self.getUserCol(), self.getItemCol()):
+            if name not in dataset.columns:
+                raise ValueError(f"the input has no column {name!r} (columns: {', '.join(dataset.columns)})")
         added = (self.getPredictionCol(), *self._extra_columns())
         taken = [c for c in added if c in dataset.columns]
         if taken:  # as Spark ALS refuses it: two columns of one name would make every later select ambiguous
