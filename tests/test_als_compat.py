@@ -72,6 +72,9 @@ def test_column_names_fit_as_plain_ones_whatever_they_hold(spark, tmp_path, name
     recs = b.recommendForUserSubset(odd, 2)
     assert recs.columns == [user, item, "rank", "score"]
     assert sorted(recs.collect()) == sorted(a.recommendForUserSubset(plain, 2).collect())
+    nested = b.recommendForUserSubset(odd, 2, flat=False)
+    assert nested.columns == [user, "recommendations"]
+    assert sorted(nested.collect()) == sorted(a.recommendForUserSubset(plain, 2, flat=False).collect())
     assert sorted(b.userFactors.collect()) == sorted(a.userFactors.collect())
     warm = CollaborativeFilter(userCol=user, itemCol=item, ratingCol=rating, initialModel=loaded,
                                **{**params, "maxIter": 1}).fit(odd)  # fmt: skip

@@ -42,7 +42,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from cfspark.blocks.codec import blob, list_matrix, matrix
-from cfspark.core.schema import RANK, SCORE
+from cfspark.core.schema import RANK, SCORE, column
 from cfspark.kernels.losses import sigmoid
 from cfspark.kernels.topn import score_pair, top_within_groups
 
@@ -332,12 +332,12 @@ def top_n(
 
 def nested(flat: DataFrame, query_col: str, candidate_col: str, score_name: str = SCORE) -> DataFrame:
     """ALS's shape: (query_col, recommendations: array<struct<candidate_col, score_name>>), best first."""
-    ranked = F.array_sort(F.collect_list(F.struct(F.col(RANK), F.col(candidate_col), F.col(SCORE))))
+    ranked = F.array_sort(F.collect_list(F.struct(F.col(RANK), column(candidate_col), F.col(SCORE))))
 
     def entry(s: Column) -> Column:
         return F.struct(s[candidate_col].alias(candidate_col), s[SCORE].alias(score_name))
 
-    return flat.groupBy(query_col).agg(F.transform(ranked, entry).alias("recommendations"))
+    return flat.groupBy(column(query_col)).agg(F.transform(ranked, entry).alias("recommendations"))
 
 
 __all__ = ["check_count", "nested", "top_n"]
