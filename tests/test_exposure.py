@@ -83,7 +83,7 @@ def test_a_count_weighs_one_plus_alpha_times_it_and_a_zero_count_is_refused(spar
     assert_approx_df_equality(weighted, expected, precision=1e-12, ignore_row_order=True)
     zero = spark.createDataFrame([(1, 10, 1, 3), (2, 11, 1, 0), (3, 12, 1, 0)], ["u", "i", "clicked", "plays"])
     refused = (
-        r"column 'plays' \(input.weight_col\) has 2 count\(s\) of zero or below.* out of 3 rows, e.g. .*'plays': 0"
+        r"column 'plays' \(input.weight_col\) has 2 count\(s\) that are not above 0 out of 3 rows, e.g. .*'plays': 0"
     )
     with pytest.raises(InputError, match=refused):
         validate_ratings(zero, cols, id_type="long", duplicates="error", labels=True)

@@ -38,7 +38,7 @@ def test_the_linear_mapping_is_implicit_als_confidence(spark):
 def test_a_count_of_zero_or_below_is_refused(spark):
     cols = Columns("u", "i", "played", "plays")
     rows = spark.createDataFrame([(1, 10, 1, 2.0), (2, 11, 1, 0.0), (3, 12, 1, -1.0)], ["u", "i", "played", "plays"])
-    refused = r"column 'plays' \(input.weight_col\) has 2 count\(s\) of zero or below"
+    refused = r"column 'plays' \(input.weight_col\) has 2 count\(s\) that are not above 0 out of "
     with pytest.raises(InputError, match=refused):
         validate_ratings(rows, cols, id_type="long", duplicates="error", labels=True)
     # the mapping itself never turns such a count into a weight, whoever calls it
