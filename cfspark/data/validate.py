@@ -267,6 +267,13 @@ def repeated_pairs_error(found: RepeatedPairsError, cols: Columns, setting: str 
     )
 
 
+def require_columns(df: DataFrame, names: tuple[str, ...]) -> None:
+    """Refuse a caller's DataFrame without one of the columns named (ValueError naming it)."""
+    for name in names:
+        if name not in df.columns:
+            raise ValueError(f"the input has no column {name!r} (columns: {', '.join(df.columns)})")
+
+
 def validate_given(
     df: DataFrame, cols: Columns, *, labels: bool, duplicates: str = "error", fit_refuses: bool = False
 ) -> DataFrame:
@@ -280,9 +287,7 @@ def validate_given(
     duplicates = "error" they are not looked for here: that would cost a shuffle of every pair."""
     if len(set(cols.names)) < len(cols.names):
         raise ValueError(f"the user, item, rating and weight columns must be different columns, got {list(cols.names)}")
-    for name in cols.names:
-        if name not in df.columns:
-            raise ValueError(f"the input has no column {name!r} (columns: {', '.join(df.columns)})")
+    require_columns(df, cols.names)
     rule = _LEFT_TO_THE_FIT if fit_refuses and duplicates == "error" else duplicates
     # A DataFrame, unlike the job's files (split by bytes), may come in many small partitions.
     return validate_ratings(

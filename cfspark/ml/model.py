@@ -38,7 +38,7 @@ from cfspark.core.schema import (
     renamed,
 )
 from cfspark.data.read import Columns
-from cfspark.data.validate import validate_given
+from cfspark.data.validate import require_columns, validate_given
 from cfspark.fit.predict import LINK, item_baseline, predict
 from cfspark.fit.record import FitRecord
 from cfspark.fit.settings import Earlier
@@ -185,9 +185,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         """Add the prediction column to a DataFrame with the user and item columns."""
-        for name in (self.getUserCol(), self.getItemCol()):
-            if name not in dataset.columns:
-                raise ValueError(f"the input has no column {name!r} (columns: {', '.join(dataset.columns)})")
+        require_columns(dataset, (self.getUserCol(), self.getItemCol()))
         added = (self.getPredictionCol(), *self._extra_columns())
         taken = [c for c in added if c in dataset.columns]
         if taken:  # as Spark ALS refuses it: two columns of one name would make every later select ambiguous
