@@ -48,9 +48,34 @@ def test_a_fractional_id_is_refused_naming_the_column_count_example_and_a_cast(s
     assert "cast(" in message
 
 
-@pytest.mark.parametrize(
-    "names", [("user.id", "item `x`", "r.v"), ("item", "user", "rating")], ids=["dots", "swapped"]
-)
+def test_transform_fails_on_a_fractional_id_as_fit_refuses_it(spark):
+    """A fractional id passed as an unseen user would get the item term alone (or be dropped
+    under coldStartStrategy "drop") with no word; Spark ALS's transform fails on it too."""
+    rows = [(float(u), float(i), r) for u, i, r in _ratings(10, 4)]
+    df = spark.createDataFrame(rows, "user double, item double, rating double")
+    model = CollaborativeFilter(rank=2, maxIter=2, coldStartStrategy="drop").fit(df)
+    assert model.transform(df).count() == df.count()  # whole-number doubles are the trained ids
+    odd = df.withColumn("user", F.when(F.col("user") == 3.0, 3.5).otherwise(F.col("user")))
+    with pytest.raises(Exception, match="column 'user' has an id that is not a whole number: 3.5"):
+        model.transform(odd).collect()
+
+
+def test_transform_keeps_every_other_column_whatever_its_name(spark):
+    """Columns that share a name with cfspark's own (user and item beside ids named u and i,
+    the prediction's _w, _b, _x, _c and _base) pass through transform as they are."""
+    plain = spark.createDataFrame(_ratings(), "u long, i long, r double")
+    model = CollaborativeFilter(userCol="u", itemCol="i", ratingCol="r", rank=2, regParam=0.1, maxIter=5).fit(plain)
+    extra = ["user", "item", "_w", "_b", "_x", "_c", "_base"]
+    wide = plain.select("*", *(F.concat(F.lit(name + ":"), F.col("u").cast("string")).alias(name) for name in extra))
+    got = model.transform(wide)
+    assert got.columns == ["u", "i", "r", *extra, "prediction"]
+    expected = {(row.u, row.i): row.prediction for row in model.transform(plain).collect()}
+    for row in got.collect():
+        assert row.prediction == expected[(row.u, row.i)]
+        assert [row[name] for name in extra] == [f"{name}:{row.u}" for name in extra]
+
+
+@pytest.mark.parametrize("names", [("user.id", "item `x`", "r.v"), ("item", "user", "rating")], ids=["dots", "swapped"])
 def test_column_names_fit_as_plain_ones_whatever_they_hold(spark, tmp_path, names):
     """Flattened JSON gives names such as "user.id", which F.col would read as a struct's
     field, and a user column may be called "item" (cfspark's own name for the other side):

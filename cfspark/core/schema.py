@@ -44,6 +44,10 @@ P_LIKE, P_EXPOSED = "p_like", "p_exposed"
 # Scheduled runs: the partition column of output.run_date.
 RUN_DATE = "run_date"
 
+# transform: the caller's row, carried whole past the joins so that none of its column names
+# (a "user" beside another user column, or a "_w") can meet one of cfspark's.
+CALLER_ROW = "__cfspark_caller_row"
+
 
 def column(name: str) -> Column:
     """A caller's column by its exact name: F.col would read the dots of "user.id" (common after

@@ -20,7 +20,7 @@ from cfspark.data.read import Columns
 _ID_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.StringType)
 # Whole-number doubles, floats and decimals are integer ids too: StringIndexer writes
 # doubles, and so does every ALS tutorial's pipeline. A fractional one is refused.
-_NUMBER_ID_TYPES = (T.FloatType, T.DoubleType, T.DecimalType)
+NUMBER_ID_TYPES = (T.FloatType, T.DoubleType, T.DecimalType)
 _LONG_LIMIT = 2.0**63  # a whole number of this magnitude or more has no long
 # The largest |rating| accepted. Squares of ratings, and sums of up to 1e100 of them (item
 # means, losses), then stay finite in float64 (max about 1.8e308); any real rating is far below it.
@@ -41,7 +41,7 @@ def _is_bad_double(c: Column) -> Column:
     return F.isnan(c) | (F.abs(c) == F.lit(float("inf")))
 
 
-def _not_whole(c: Column, dtype: T.DataType) -> Column:
+def not_whole(c: Column, dtype: T.DataType) -> Column:
     """A double, float or decimal id that is not a whole number a long can hold."""
     d = c.cast("double")
     bad = F.isnan(d) | (F.abs(d) >= F.lit(_LONG_LIMIT)) | (d != F.floor(d))
@@ -83,7 +83,7 @@ def validate_ratings(
     """
     schema = {f.name: f.dataType for f in df.schema.fields}
     for name in (cols.user, cols.item):
-        if not isinstance(schema[name], (*_ID_TYPES, *_NUMBER_ID_TYPES)):
+        if not isinstance(schema[name], (*_ID_TYPES, *NUMBER_ID_TYPES)):
             raise InputError(
                 f"column {name!r} has type {schema[name].simpleString()}; ids must be integers, strings "
                 "or whole-number doubles"
@@ -152,9 +152,9 @@ def validate_ratings(
         )
     hints: dict[str, str] = {}
     for name in (cols.user, cols.item):
-        if isinstance(schema[name], _NUMBER_ID_TYPES):
+        if isinstance(schema[name], NUMBER_ID_TYPES):
             checks[f"not_whole_{name}"] = (
-                _not_whole(column(name), schema[name]),
+                not_whole(column(name), schema[name]),
                 f"column {name!r} has {{n}} id(s) that are not whole numbers",
             )
             hints[f"not_whole_{name}"] = (
@@ -205,7 +205,7 @@ def validate_ratings(
             raise InputError(f"{message.format(n=n)} out of {counts['rows']} rows, e.g. {example}{hints.get(key, '')}")
 
     def typed_id(name: str) -> Column:
-        if isinstance(schema[name], _NUMBER_ID_TYPES):  # whole numbers, checked above
+        if isinstance(schema[name], NUMBER_ID_TYPES):  # whole numbers, checked above
             return column(name).cast("long").cast("string" if id_type == "string" else "long")
         if id_type == "keep":
             return column(name)

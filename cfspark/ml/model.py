@@ -20,12 +20,13 @@ from typing import Any
 
 from pyspark.ml import Model
 from pyspark.ml.util import MLReadable, MLWritable
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.core.schema import (
     BASELINE,
     BIAS,
+    CALLER_ROW,
     FEATURES,
     ITEM,
     P_EXPOSED,
@@ -38,7 +39,7 @@ from cfspark.core.schema import (
     renamed,
 )
 from cfspark.data.read import Columns
-from cfspark.data.validate import require_columns, validate_given
+from cfspark.data.validate import NUMBER_ID_TYPES, not_whole, require_columns, validate_given
 from cfspark.fit.predict import LINK, item_baseline, predict
 from cfspark.fit.record import FitRecord
 from cfspark.fit.settings import Earlier
@@ -190,20 +191,35 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         taken = [c for c in added if c in dataset.columns]
         if taken:  # as Spark ALS refuses it: two columns of one name would make every later select ambiguous
             raise ValueError(f"the input already has a column {taken[0]!r}, which transform adds: drop or rename it")
-        out = self.predict_canonical(self._canonical(dataset), cold_start=self.cold_start())
-        return self._named(out).select(*map(column, (*dataset.columns, *added)))
+        pairs = dataset.select(
+            self._id(dataset, self.getUserCol()).alias(USER),
+            self._id(dataset, self.getItemCol()).alias(ITEM),
+            F.struct(*map(column, dataset.columns)).alias(CALLER_ROW),
+        )
+        out = self.predict_canonical(pairs, cold_start=self.cold_start())
+        row = F.col(CALLER_ROW)
+        return out.select(*(row.getField(c).alias(c) for c in dataset.columns), *map(column, added))
+
+    @staticmethod
+    def _id(dataset: DataFrame, name: str) -> Column:
+        """A caller's id column; a fractional double id fails the query, as fit refuses it and
+        Spark ALS's transform does, rather than passing as an unseen user or item."""
+        if not isinstance(dataset.schema[name].dataType, NUMBER_ID_TYPES):
+            return column(name)
+        c = column(name)
+        return F.when(not_whole(c, dataset.schema[name].dataType), F.raise_error(F.concat(
+            F.lit(f"column {name!r} has an id that is not a whole number: "), c.cast("string")
+        ))).otherwise(c)  # fmt: skip
 
     def _extra_columns(self) -> list[str]:
         """Columns transform adds besides the prediction."""
         return []
 
     def _canonical(self, df: DataFrame) -> DataFrame:
-        # The caller's columns named user/item (a caller's own "user" column is left alone).
+        """The caller's user and item columns, those df has, under cfspark's names; its other
+        columns (one called "user" among them) are not needed by a subset or an exclusion."""
         theirs = {self.getUserCol(): USER, self.getItemCol(): ITEM}
-        for name, ours in theirs.items():
-            if name != ours and ours in df.columns and ours not in theirs:
-                raise ValueError(f"the input has a column {ours!r} besides {name!r}; rename one of them")
-        return renamed(df, {k: v for k, v in theirs.items() if k in df.columns})
+        return df.select(*(column(k).alias(v) for k, v in theirs.items() if k in df.columns))
 
     def _named(self, df: DataFrame) -> DataFrame:
         return renamed(df, {USER: self.getUserCol(), ITEM: self.getItemCol()})
