@@ -102,6 +102,13 @@ def setup_parquet_ids_disagree(tmp, spark, stack):
     return ["--set", "input.format=parquet", "--set", f"input.path={tmp / 'events'}"]
 
 
+def setup_parquet_boolean_ratings(tmp, spark, stack):
+    spark.createDataFrame([(1, 1, True), (2, 1, False)], "userId long, movieId long, rating boolean").write.parquet(
+        str(tmp / "events")
+    )
+    return ["--set", "input.format=parquet", "--set", f"input.path={tmp / 'events'}"]
+
+
 def setup_parquet_double_ids(tmp, spark, stack):
     spark.createDataFrame([(1.5, 1, 4.0)], "userId double, movieId long, rating double").write.parquet(
         str(tmp / "events")
@@ -412,6 +419,10 @@ WARM_START_CASES = {
         "model.rank = 100000 is above the data's 2 users and 3 items: a rank above min(#users, #items) = 2",
     ),
     "rank_beyond_memory": (setup_many_ids, CONFIG, "model.rank = 3000 needs about "),
+    "similar_items_above_items": (
+        args("--set", "output.similar_items=3"), CONFIG,
+        "output.similar_items = 3 is above the data's 3 items less the item itself",
+    ),
     "top_n_above_items": (
         args("--set", "output.top_n=1000000000"), CONFIG, "output.top_n = 1000000000 is above the data's 3 items",
     ),
@@ -467,6 +478,14 @@ MATRIX = {
     "not_number": (
         ratings(H + "u1,m1,4\nu2,m2,great\nu3,m3,bad\n"), INPUT,
         "column 'rating' has 2 value(s) that are not numbers out of 3 rows, e.g. {'userId': 'u2'",
+    ),
+    "mse_text_labels": (
+        ratings(H + "u1,m1,true\nu2,m2,false\nu3,m3,True\n"), INPUT,
+        "column 'rating' has 3 true/false value(s) out of 3 rows, e.g. {'userId': 'u1'",
+    ),
+    "mse_boolean_labels": (
+        setup_parquet_boolean_ratings, INPUT,
+        'column \'rating\' has type boolean; true/false are labels: set model.loss = "bce"',
     ),
     "nan": (ratings(H + "u1,m1,4\nu2,m2,NaN\n"), INPUT, "column 'rating' has 1 NaN or infinite rating(s)"),
     "inf": (ratings(H + "u1,m1,4\nu2,m2,Infinity\n"), INPUT, "column 'rating' has 1 NaN or infinite rating(s)"),

@@ -46,14 +46,15 @@ def check_warm_start(spark: SparkSession, cfg: Config) -> None:
 
 
 def check_sizes(spark: SparkSession, cfg: Config, ratings: DataFrame) -> None:
-    """model.rank and output.top_n against the data: a rank above min(#users, #items) adds
-    nothing the data can fit, and a top_n above #items asks for more items than there are.
-    Each is refused once it is also above its shipped default, so the defaults run on any
-    data. A rank whose Gram matrices would not fit in a task's memory is refused too. At or
-    below the defaults nothing is counted (no Spark job)."""
+    """model.rank, output.top_n and output.similar_items against the data: a rank above
+    min(#users, #items) adds nothing the data can fit, a top_n above #items asks for more items
+    than there are, and similar_items above #items − 1 for more than an item has (itself is not
+    among them). Each is refused once it is also above its shipped default, so the defaults run
+    on any data. A rank whose Gram matrices would not fit in a task's memory is refused too. At
+    or below the defaults nothing is counted (no Spark job)."""
     defaults = load_defaults()
-    rank, top_n = cfg["model"]["rank"], cfg["output"]["top_n"]
-    if rank <= defaults["model"]["rank"] and top_n <= defaults["output"]["top_n"]:
+    rank, top_n, similar = cfg["model"]["rank"], cfg["output"]["top_n"], cfg["output"]["similar_items"]
+    if rank <= defaults["model"]["rank"] and top_n <= defaults["output"]["top_n"] and similar == 0:
         return
     counts = ratings.agg(F.count_distinct(USER).alias("users"), F.count_distinct(ITEM).alias("items")).first()
     users, items = counts["users"], counts["items"]
@@ -64,6 +65,11 @@ def check_sizes(spark: SparkSession, cfg: Config, ratings: DataFrame) -> None:
         )
     if top_n > items and top_n > defaults["output"]["top_n"]:
         raise ConfigError(f"output.top_n = {top_n} is above the data's {items} items: there are not that many")
+    if similar > items - 1:
+        raise ConfigError(
+            f"output.similar_items = {similar} is above the data's {items} items less the item itself: "
+            "there are not that many"
+        )
     need, budget = fit_bytes(rank, users, items), task_memory(spark)
     if need > budget:
         raise ConfigError(

@@ -98,6 +98,10 @@ def validate_ratings(
             f"column {cols.weight!r} (input.weight_col) has type {schema[cols.weight].simpleString()}; "
             "weights must be numbers"
         )
+    # true/false are labels: an mse fit would square their errors around each item's rate.
+    labels_hint = 'true/false are labels: set model.loss = "bce" (loss="bce") to fit them, or cast them to numbers'
+    if not labels and isinstance(schema[cols.rating], T.BooleanType):
+        raise InputError(f"column {cols.rating!r} has type boolean; {labels_hint}")
     rating = column(cols.rating).try_cast("double")
     binarize = labels and binarize_threshold is not None
     if binarize and not isinstance(schema[cols.rating], (*_NUMERIC, T.StringType)):
@@ -122,6 +126,11 @@ def validate_ratings(
             f"column {cols.rating!r} has {{n}} label(s) other than 0/1 or true/false",
         )
     else:
+        if not binarize and isinstance(schema[cols.rating], T.StringType):
+            checks["text_label"] = (
+                F.lower(F.trim(column(cols.rating))).isin("true", "false"),
+                f"column {cols.rating!r} has {{n}} true/false value(s)",
+            )
         checks["not_number"] = (column(cols.rating).isNotNull() & rating.isNull(), not_number)
         checks["not_finite"] = (
             rating.isNotNull() & _is_bad_double(rating),
@@ -150,7 +159,7 @@ def validate_ratings(
             f"column {w!r} (input.weight_col) has {{n}} weight(s) above {MAX_WEIGHT:g}, out of the range "
             "the loss's sums can hold",
         )
-    hints: dict[str, str] = {}
+    hints: dict[str, str] = {"text_label": f"; {labels_hint}"}
     for name in (cols.user, cols.item):
         if isinstance(schema[name], NUMBER_ID_TYPES):
             checks[f"not_whole_{name}"] = (
