@@ -303,6 +303,24 @@ def test_save_and_load_give_identical_predictions_and_recommendations(spark, fit
         model.write().save(path)
 
 
+def test_a_loaded_model_saved_back_over_its_own_path_is_kept_whole(spark, fitted, planted, tmp_path):
+    """Load, fold in a new user, save back with overwrite: the overwrite deletes the files the
+    loaded model reads, so its tables are held in Spark's block store first. Both the saved
+    model and the one in memory then give the folded model's predictions."""
+    model, data = fitted
+    _, test = planted
+    path = str(tmp_path / "model")
+    model.write().save(path)
+    new_user = data.filter(F.col("who") == 3).withColumn("who", F.lit(10_000))
+    folded = CFModel.load(path).foldIn(new_user)
+    scored = test.toDF("who", "what", "stars").unionByName(new_user)
+    expected = _rows(folded.transform(scored), "who", "what", "prediction")
+    folded.write().overwrite().save(path)
+    assert _rows(CFModel.load(path).transform(scored), "who", "what", "prediction") == expected
+    assert _rows(folded.transform(scored), "who", "what", "prediction") == expected
+    assert CFModel.load(path).userFactors.filter(F.col("who") == 10_000).count() == 1
+
+
 @contextmanager
 def spark_warnings(spark):
     """A function returning what Spark's driver logged at WARN and above inside the block

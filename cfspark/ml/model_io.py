@@ -23,6 +23,7 @@ missing, truncated or replaced is refused with one line rather than loaded with 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pyspark.errors import AnalysisException
@@ -30,11 +31,14 @@ from pyspark.ml.util import DefaultParamsWriter, MLReader, MLWriter
 from pyspark.sql import DataFrame
 from pyspark.sql.utils import is_remote
 
-from cfspark.core.fs import finite_json
+from cfspark.core.fs import finite_json, normalise, scheme, within
 from cfspark.core.schema import ITEM, RATING, USER, renamed
 from cfspark.data.read import spark_message
+from cfspark.train.trainer import checkpoint_level
 
 FORMAT_VERSION = 1
+# A model's tables, as attributes of CFModel.
+MODEL_TABLES = ("user_factors", "item_factors", "item_stats", "training_pairs")
 # cfspark's own metadata fields; the rest is the job's run record
 _OWN_FIELDS = ("format_version", "global_baseline", "tables", "parts", "summary", "exposure")
 
@@ -56,6 +60,8 @@ class CFModelWriter(MLWriter):
         return self
 
     def save(self, path: str) -> None:
+        if self.shouldOverwrite:
+            self._hold_tables_read_from(path)
         # pyspark's overwrite deletes the path through the JVM, which Spark Connect has no
         # handle on; there, each table is overwritten in place instead.
         if self.shouldOverwrite and not is_remote():
@@ -64,6 +70,19 @@ class CFModelWriter(MLWriter):
             # As pyspark.ml's writers do: never write a model's tables beside files already there.
             raise FileExistsError(f"{path} already exists; to replace it, use write().overwrite().save(path)")
         self.saveImpl(path)
+
+    def _hold_tables_read_from(self, path: str) -> None:
+        """A loaded model saved back over its own path (after a fold-in, say) reads its tables
+        from the files the overwrite deletes first: each such table is materialised in Spark's
+        block store before, and the model keeps that copy, so that the save writes it whole
+        and the model stays usable, even if the save then fails."""
+        target = normalise(path)
+        level = checkpoint_level(self.sparkSession)
+        for model in (self.instance, *self.parts.values()):
+            for name in MODEL_TABLES:
+                df = getattr(model, name)
+                if df is not None and any(_below(f, target) for f in df.inputFiles()):
+                    setattr(model, name, df.localCheckpoint(eager=True, storageLevel=level))
 
     def saveImpl(self, path: str) -> None:
         model, spark = self.instance, self.sparkSession
@@ -100,6 +119,15 @@ class CFModelWriter(MLWriter):
         params = {**{p.name: v for p, v in model._paramMap.items()}, "rank": model.rank}
         text = DefaultParamsWriter._get_metadata_to_save(model, spark, extraMetadata=extra, paramMap=params)
         spark.createDataFrame([(text,)], "value string").coalesce(1).write.mode(mode).text(f"{path}/metadata")
+
+
+def _below(file: str, folder: str) -> bool:
+    """file (a URI, as inputFiles gives it) lies in folder (normalised); a folder given
+    without a scheme is compared with the file's path alone (Spark's default file system)."""
+    here = normalise(file)
+    if not scheme(folder):
+        here = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*", "", here)
+    return within(here, folder)
 
 
 def _file_names(df: DataFrame) -> list[str]:
