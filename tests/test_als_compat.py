@@ -343,6 +343,13 @@ def test_implicit_prefs_is_the_positive_only_model_on_counts(spark):
     got = sorted((r.user, r.item, r.rank, r.score) for r in implicit.recommendForAllUsers(3).collect())
     assert got == sorted((r.user, r.item, r.rank, r.score) for r in explicit.recommendForAllUsers(3).collect())
     assert all(0.0 <= s <= 1.0 for *_, s in got)
+    # transform adds predictionCol ("prediction"), as ALS's does: the score recommendations rank by.
+    for model in (implicit, explicit):
+        assert model.getPredictionCol() == "prediction"
+        recs = model.recommendForAllUsers(3)
+        scored = model.transform(recs.select("user", "item", F.col("score").alias("expected")))
+        assert scored.columns == ["user", "item", "expected", "prediction"]
+        assert all(r.prediction == pytest.approx(r.expected, rel=1e-6) for r in scored.collect())
 
 
 def test_the_jobs_duplicates_key_maps_onto_the_param():

@@ -360,7 +360,10 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         """The model a fit record stands for, with these Params and those the fit set itself
         (record.params): for positive-only labels, the caller's own Params win over those."""
         if record.summary.get("positive_only"):
-            return self._copyValues(CFModel.from_record(record)._set(**record.params))
+            # The exposure part's column name (p_exposed) is for its place inside an
+            # ExposureAwareModel; standing alone, the model predicts into predictionCol.
+            params = {k: v for k, v in record.params.items() if k != "predictionCol"}
+            return self._copyValues(CFModel.from_record(record)._set(**params))
         if record.exposure is None:
             model = CFModel.from_record(record)
         else:
