@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cfspark.data.synthetic import SyntheticSpec, generate
+from cfspark.data.synthetic import SyntheticSpec, generate, write_synthetic
 
 SPEC = SyntheticSpec(users=300, items=120, ratings=6000, rank=3, noise=0.5, seed=3)
 
@@ -65,6 +65,23 @@ def test_too_many_ratings_for_the_pairs_is_refused(spark):
 
     with pytest.raises(ConfigError, match="1001 ratings do not fit in 100 × 10 distinct pairs"):
         generate(spark, SyntheticSpec(users=100, items=10, ratings=1001))
+
+
+def test_writing_replaces_its_own_folders_and_refuses_the_users(spark, tmp_path):
+    """The ownership rule: a second write over the first replaces it; a ratings/ folder of the
+    user's own is refused before anything is written, and left as it was."""
+    from cfspark.core.errors import ConfigError
+
+    small = SyntheticSpec(users=40, items=20, ratings=200, rank=2, seed=5)
+    write_synthetic(spark, small, str(tmp_path / "ours"))
+    write_synthetic(spark, small, str(tmp_path / "ours"))
+    again = spark.read.parquet(str(tmp_path / "ours" / "ratings"))
+    assert sorted(again.collect()) == sorted(generate(spark, small)[0].collect())
+    (tmp_path / "theirs" / "ratings").mkdir(parents=True)
+    (tmp_path / "theirs" / "ratings" / "mine.csv").write_text("user,item,rating\n")
+    with pytest.raises(ConfigError, match="ratings exists and was not made by cfspark"):
+        write_synthetic(spark, small, str(tmp_path / "theirs"))
+    assert sorted(p.name for p in (tmp_path / "theirs").rglob("*")) == ["mine.csv", "ratings"]
 
 
 def test_lognormal_popularity_follows_its_closed_form(spark):

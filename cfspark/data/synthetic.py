@@ -11,6 +11,7 @@ normal), which is closer to real catalogues' long tails at σ ≥ 1.5.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -18,6 +19,7 @@ from pyspark.sql import functions as F
 
 from cfspark.core.errors import ConfigError
 from cfspark.core.fs import is_local, local_path, write_json
+from cfspark.core.ownership import mark, owned_or_refuse
 
 _UNIT = 2**53
 
@@ -122,12 +124,20 @@ def generate(spark: SparkSession, spec: SyntheticSpec) -> tuple[DataFrame, DataF
 
 
 def write_synthetic(spark: SparkSession, spec: SyntheticSpec, path: str) -> dict:
-    """Write ratings/, planted_users/, planted_items/ and spec.json under path."""
-    ratings, users, items = generate(spark, spec)
-    ratings.write.mode("overwrite").parquet(f"{path}/ratings")
-    users.write.mode("overwrite").parquet(f"{path}/planted_users")
-    items.write.mode("overwrite").parquet(f"{path}/planted_items")
+    """Write ratings/, planted_users/, planted_items/ and spec.json under path.
+
+    Each folder is replaced only if cfspark made it (the ownership rule, core/ownership.py):
+    on a local path, one of the user's own is refused before anything is written, and each
+    written folder gets the marker."""
+    tables = dict(zip(("ratings", "planted_users", "planted_items"), generate(spark, spec), strict=True))
+    local = is_local(path)
+    for name in tables if local else ():
+        owned_or_refuse("--output's folder", os.path.join(local_path(path), name), "generating into it")
+    for name, df in tables.items():
+        df.write.mode("overwrite").parquet(f"{path}/{name}")
+        if local:
+            mark(os.path.join(local_path(path), name))
     info = {**asdict(spec), "noise_floor_rmse": None if spec.binary else spec.noise}
-    if is_local(path):
+    if local:
         write_json(f"{local_path(path)}/spec.json", info)
     return info
