@@ -320,10 +320,17 @@ def spark_stopped_under(error: Exception):
 STOPPED = "Spark stopped under the job (its JVM was terminated, e.g. by SIGTERM, or died); nothing was written"
 
 
-def setup_config_file(text: str):
+def setup_config_file(text: str | bytes | None):
+    """job.toml holding text (bytes as they are), or a folder of that name for None."""
+
     def setup(tmp, spark, stack):
         (tmp / "ratings.csv").write_text(GOOD)
-        (tmp / "job.toml").write_text(text)
+        if text is None:
+            (tmp / "job.toml").mkdir()
+        elif isinstance(text, bytes):
+            (tmp / "job.toml").write_bytes(text)
+        else:
+            (tmp / "job.toml").write_text(text)
         return ["--config", str(tmp / "job.toml")]
 
     return setup
@@ -428,6 +435,8 @@ WARM_START_CASES = {
     ),
     "config_file_missing": (args("--config", "{tmp}/nope.toml"), CONFIG, "config file not found: {tmp}/nope.toml"),
     "config_file_not_toml": (setup_config_file("[model\nrank = 3\n"), CONFIG, "job.toml is not valid TOML"),
+    "config_file_not_utf8": (setup_config_file(b"\xff\xfe[model]\n"), CONFIG, "job.toml is not valid TOML"),
+    "config_file_is_a_folder": (setup_config_file(None), CONFIG, "job.toml cannot be read: Is a directory"),
     "config_key_not_in_a_section": (setup_config_file("rank = 3\n"), CONFIG, "config key rank must be a [section]"),
     "top_n_zero": (args("--set", "output.top_n=0"), CONFIG, "output.top_n must be >= 1, got 0"),
     "test_fraction_one": (args("--set", "split.test_fraction=1.0"), CONFIG, "split.test_fraction must be in [0, 1)"),
@@ -630,6 +639,22 @@ def test_refused_with_one_clear_line_and_nothing_touched(spark, capsys, tmp_path
     assert err.startswith("cfspark: error: ") and err.count("\n") == 1, err
     assert message.replace("{tmp}", str(tmp_path)) in err, err
     assert after == before  # no output, staging, lock or checkpoint left; the input as it was
+
+
+def test_a_second_config_file_is_refused_not_dropped(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        train_job.main(["--config", str(tmp_path / "a.toml"), "--config", str(tmp_path / "b.toml")])
+    assert stop.value.code == CONFIG
+    assert "--config is given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["abc", "2,0"])
+def test_the_benchmarks_als_curve_is_checked_as_an_argument(capsys, value):
+    from cfspark.bench import benchmark
+
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(["--als-curve", value])
+    assert stop.value.code == CONFIG and "--als-curve" in capsys.readouterr().err
 
 
 def test_help_lists_every_key_with_its_default(capsys):

@@ -24,12 +24,21 @@ from cfspark.core.errors import (
 )
 
 
+class _Once(argparse.Action):
+    """An option given at most once: a second --config would silently drop the first file."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} is given twice; merge the files, or use --set for single keys")
+        setattr(namespace, self.dest, values)
+
+
 def config_parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with --config and repeatable --set KEY=VALUE."""
     parser = argparse.ArgumentParser(
         description=description, epilog=describe_keys(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", help="TOML file whose keys override conf/default.toml")
+    parser.add_argument("--config", action=_Once, help="TOML file whose keys override conf/default.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set model.rank=20 (repeatable)")  # fmt: skip
     return parser

@@ -131,8 +131,10 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
                 user = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        except OSError as e:  # a folder, or a file this user may not read
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
         for section, values in user.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"config key {section} must be a [section] in {path}")

@@ -14,6 +14,7 @@ growing iteration counts.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -189,9 +190,22 @@ def ratio_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _iteration_counts(text: str) -> list[int]:
+    """--als-curve's comma-separated iteration counts, each at least 1, or none for ""
+    (argparse's one line and exit code 2 if not)."""
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of iteration counts") from None
+    if counts and min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: each iteration count must be at least 1")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = config_parser(__doc__)
-    parser.add_argument("--als-curve", default="2,5,10", help="ALS iteration counts for its time-to-accuracy curve")
+    parser.add_argument("--als-curve", default="2,5,10", type=_iteration_counts,
+                        help="ALS iteration counts for its time-to-accuracy curve")  # fmt: skip
     args = parser.parse_args(argv)
     job_logging()
 
@@ -199,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = job_config(args)
         out = cfg["output"]["path"]
         spark = job_session("cfspark-benchmark", cfg, als=True)
-        record = run_benchmark(spark, cfg, als_curve_iters=[int(x) for x in args.als_curve.split(",") if x])
+        record = run_benchmark(spark, cfg, als_curve_iters=args.als_curve)
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "benchmark.json"), "w") as f:
             json.dump({**record, "config": cfg}, f, indent=2, default=str)
