@@ -283,12 +283,15 @@ def test_als_cold_start_is_nan_by_default_and_drop_drops(spark, als_style):
     got = {(r.user, r.item): r.prediction for r in model.transform(pairs).collect()}
     assert math.isnan(got[(0, 99)]) and math.isnan(got[(99, 0)])
     assert not math.isnan(got[(0, 0)]) and not math.isnan(got[(1, 2)])
+    assert model.getColdStartStrategy() == "nan"  # the getter says what transform does
     dropped = model.copy({model.coldStartStrategy: "drop"}).transform(pairs)
+    assert dropped.count() == 2 and model.copy({model.coldStartStrategy: "drop"}).getColdStartStrategy() == "drop"
     assert sorted((r.user, r.item) for r in dropped.collect()) == [(0, 0), (1, 2)]
     with pytest.raises((TypeError, ValueError), match='param "coldStartStrategy"'):
         model.setColdStartStrategy("zero")
     flat = model.copy({model.outputStyle: "cfspark"})
     assert {r.prediction == r.prediction for r in flat.transform(pairs).collect()} == {True}  # "mean": no NaN
+    assert flat.getColdStartStrategy() == "mean"
 
 
 def test_als_params_are_accepted_mapped_or_refused(spark):

@@ -196,7 +196,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
             self._id(dataset, self.getItemCol()).alias(ITEM),
             F.struct(*map(column, dataset.columns)).alias(CALLER_ROW),
         )
-        out = self.predict_canonical(pairs, cold_start=self.cold_start())
+        out = self.predict_canonical(pairs, cold_start=self.getColdStartStrategy())
         row = F.col(CALLER_ROW)
         return out.select(*(row.getField(c).alias(c) for c in dataset.columns), *map(column, added))
 

@@ -243,7 +243,10 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
         return self.getOrDefault(self.ratingCol)
 
     def getColdStartStrategy(self) -> str:
-        return self.getOrDefault(self.coldStartStrategy)
+        """coldStartStrategy as set, or else the style's: ALS's "nan", or cfspark's "mean"."""
+        if self.isSet(self.coldStartStrategy) or not self.als_style():
+            return self.getOrDefault(self.coldStartStrategy)
+        return "nan"
 
     def getLoss(self) -> str:
         return self.getOrDefault(self.loss)
@@ -262,12 +265,6 @@ class _CFModelParams(HasPredictionCol, HasRegParam):
 
     def als_style(self) -> bool:
         return self.getOutputStyle() == "als"
-
-    def cold_start(self) -> str:
-        """coldStartStrategy as set, or else the style's: ALS's "nan", or cfspark's "mean"."""
-        if self.isSet(self.coldStartStrategy) or not self.als_style():
-            return self.getColdStartStrategy()
-        return "nan"
 
 
 class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterval):
