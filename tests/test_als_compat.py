@@ -62,7 +62,8 @@ def test_transform_fails_on_a_fractional_id_as_fit_refuses_it(spark):
 
 def test_transform_keeps_every_other_column_whatever_its_name(spark):
     """Columns that share a name with cfspark's own (user and item beside ids named u and i,
-    the prediction's _w, _b, _x, _c and _base) pass through transform as they are."""
+    the prediction's _w, _b, _x, _c and _base) pass through transform as they are, and do not
+    disturb a subset or an exclusion."""
     plain = spark.createDataFrame(_ratings(), "u long, i long, r double")
     model = CollaborativeFilter(userCol="u", itemCol="i", ratingCol="r", rank=2, regParam=0.1, maxIter=5).fit(plain)
     extra = ["user", "item", "_w", "_b", "_x", "_c", "_base"]
@@ -73,6 +74,14 @@ def test_transform_keeps_every_other_column_whatever_its_name(spark):
     for row in got.collect():
         assert row.prediction == expected[(row.u, row.i)]
         assert [row[name] for name in extra] == [f"{name}:{row.u}" for name in extra]
+    # Subsets and exclusions take their id columns by name too, and name one that is missing.
+    assert sorted(model.recommendForUserSubset(wide, 2, exclude=wide).collect()) == sorted(
+        model.recommendForUserSubset(plain, 2, exclude=plain).collect()
+    )
+    with pytest.raises(ValueError, match="the input has no column 'u'"):
+        model.recommendForUserSubset(plain.select("i"), 2)
+    with pytest.raises(ValueError, match="the input has no column 'i'"):
+        model.recommendForAllUsers(2, exclude=plain.select("u"))
 
 
 @pytest.mark.parametrize("names", [("user.id", "item `x`", "r.v"), ("item", "user", "rating")], ids=["dots", "swapped"])

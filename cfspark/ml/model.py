@@ -215,11 +215,13 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         """Columns transform adds besides the prediction."""
         return []
 
-    def _canonical(self, df: DataFrame) -> DataFrame:
-        """The caller's user and item columns, those df has, under cfspark's names; its other
-        columns (one called "user" among them) are not needed by a subset or an exclusion."""
-        theirs = {self.getUserCol(): USER, self.getItemCol(): ITEM}
-        return df.select(*(column(k).alias(v) for k, v in theirs.items() if k in df.columns))
+    def _canonical(self, df: DataFrame, sides: tuple[str, ...] = (USER, ITEM)) -> DataFrame:
+        """The caller's columns of these sides (a subset's one, an exclusion's two), under
+        cfspark's names, refused by name if missing; df's other columns (one called "user"
+        among them) are not needed."""
+        theirs = {USER: self.getUserCol(), ITEM: self.getItemCol()}
+        require_columns(df, tuple(theirs[side] for side in sides))
+        return df.select(*(column(theirs[side]).alias(side) for side in sides))
 
     def _named(self, df: DataFrame) -> DataFrame:
         return renamed(df, {USER: self.getUserCol(), ITEM: self.getItemCol()})
@@ -324,7 +326,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
     ) -> DataFrame:
         """recommendForAllUsers for the users in dataset's userCol (users without factors get none)."""
         numItems = check_count(numItems, "numItems")
-        users = self._canonical(dataset.select(column(self.getUserCol())))
+        users = self._canonical(dataset, (USER,))
         return self._public(
             self.recommend_canonical(numItems, subset=users, exclude=self._theirs(exclude)), flat, by_item=False
         )
@@ -341,15 +343,14 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
     ) -> DataFrame:
         """recommendForAllItems for the items in dataset's itemCol."""
         numUsers = check_count(numUsers, "numUsers")
-        items = self._canonical(dataset.select(column(self.getItemCol())))
+        items = self._canonical(dataset, (ITEM,))
         recs = self.recommend_canonical(numUsers, subset=items, exclude=self._theirs(exclude), by_item=True)
         return self._public(recs, flat, by_item=True)
 
     # -- similar items and users ---------------------------------------------------------
     def _similar(self, by_item: bool, k: int, subset: DataFrame | None) -> DataFrame:
         factors, key = (self.item_factors, ITEM) if by_item else (self.user_factors, USER)
-        theirs = self.getItemCol() if by_item else self.getUserCol()
-        queries = None if subset is None else self._canonical(subset.select(column(theirs)))
+        queries = None if subset is None else self._canonical(subset, (key,))
         size = self.trained_counts()[1 if by_item else 0]
         return self._named(most_similar(factors, key, k, queries=queries, size=size))
 
