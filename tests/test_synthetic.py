@@ -84,6 +84,19 @@ def test_writing_replaces_its_own_folders_and_refuses_the_users(spark, tmp_path)
     assert sorted(p.name for p in (tmp_path / "theirs").rglob("*")) == ["mine.csv", "ratings"]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [("noise", -1.0, "--noise"), ("item_sigma", float("nan"), "--item-sigma"), ("users", 0, "--users")],
+)
+def test_a_negative_spread_or_an_empty_size_is_refused(spark, field, value, flag):
+    from dataclasses import replace
+
+    from cfspark.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{flag} must be"):
+        generate(spark, replace(SPEC, **{field: value}))
+
+
 def test_lognormal_popularity_follows_its_closed_form(spark):
     """The top fraction p of indices holds Φ(σ + Φ⁻¹(p)) of the draws, and Φ is erf's."""
     from statistics import NormalDist

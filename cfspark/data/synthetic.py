@@ -96,6 +96,13 @@ def _draw(n: int, skew: float, sigma: float, *cols: Column) -> Column:
 
 def generate(spark: SparkSession, spec: SyntheticSpec) -> tuple[DataFrame, DataFrame, DataFrame]:
     """(ratings, planted users, planted items): ratings has exactly spec.ratings distinct pairs."""
+    for name in ("users", "items", "ratings", "rank"):
+        if getattr(spec, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(spec, name)}")
+    for name in ("noise", "user_skew", "item_skew", "user_sigma", "item_sigma", "item_sd", "user_sd"):
+        value = getattr(spec, name)
+        if not (math.isfinite(value) and value >= 0):  # a spread or a skew: negative means nothing
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number of at least 0, got {value}")
     if spec.ratings > spec.users * spec.items:
         raise ConfigError(f"{spec.ratings} ratings do not fit in {spec.users} × {spec.items} distinct pairs")
     users = _factors(spark, spec.users, "user", spec, spec.user_sd, 0.0)
