@@ -60,6 +60,23 @@ def test_transform_fails_on_a_fractional_id_as_fit_refuses_it(spark):
         model.transform(odd).collect()
 
 
+def test_a_fold_in_keeps_the_models_id_types(spark):
+    """An int model folds in long ids as ints (its user table stays int), and refuses ids
+    beyond int's range or of another kind by name."""
+    df = spark.createDataFrame(_ratings(), "user int, item int, rating double")
+    model = CollaborativeFilter(rank=2, regParam=0.1, maxIter=3).fit(df)
+    rows = [(100, 1, 4.0), (100, 2, 2.0)]
+    folded = model.foldIn(spark.createDataFrame(rows, "user long, item long, rating double"))
+    assert folded.userFactors.schema["user"].dataType.simpleString() == "int"
+    assert folded.userFactors.filter("user = 100").count() == 1
+    with pytest.raises(
+        ValueError, match="column 'user' has ids beyond the range of this model's int ids, e.g. 4294967296"
+    ):
+        model.foldIn(spark.createDataFrame([(2**32, 1, 4.0)], "user long, item long, rating double"))
+    with pytest.raises(ValueError, match="column 'user' has string ids, but this model's are int"):
+        model.foldIn(spark.createDataFrame([("u9", 1, 4.0)], "user string, item int, rating double"))
+
+
 def test_transform_keeps_every_other_column_whatever_its_name(spark):
     """Columns that share a name with cfspark's own (user and item beside ids named u and i,
     the prediction's _w, _b, _x, _c and _base) pass through transform as they are, and do not

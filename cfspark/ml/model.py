@@ -22,6 +22,7 @@ from pyspark.ml import Model
 from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from cfspark.core.schema import (
     BASELINE,
@@ -385,7 +386,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         if self.summary.get("positive_only"):
             raise ValueError(NO_FOLD_IN)
         cols = Columns(self.getUserCol(), self.getItemCol(), self.getRatingCol())
-        ratings = validate_given(dataset, cols, labels=self.getLoss() == "bce")
+        ratings = self._in_trained_id_types(validate_given(dataset, cols, labels=self.getLoss() == "bce"))
         new = ratings.join(self.user_factors.select(USER), USER, "left_anti").cache()
         known = ratings.select(USER).distinct().count() - new.select(USER).distinct().count()
         if known:
@@ -407,6 +408,32 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         model.summary.pop("num_users", None)  # more users now: counted again when needed
         new.unpersist()  # the new factors are checkpointed; the pairs below recompute from dataset
         return model
+
+    def _in_trained_id_types(self, ratings: DataFrame) -> DataFrame:
+        """ratings (user, item, ...) with the ids in this model's id types: a fold-in's users
+        become rows of its user table, so an int model stays int. Integer ids of another width
+        are cast where they fit; ids of another kind (strings for integers) are refused."""
+        for side, table, name in (
+            (USER, self.user_factors, self.getUserCol()),
+            (ITEM, self.item_factors, self.getItemCol()),
+        ):
+            want, got = table.schema[side].dataType, ratings.schema[side].dataType
+            if want == got:
+                continue
+            if not (isinstance(want, T.IntegralType) and isinstance(got, T.IntegralType)):
+                raise ValueError(
+                    f"column {name!r} has {got.simpleString()} ids, but this model's are {want.simpleString()}: "
+                    "cast them to the model's type"
+                )
+            cast = F.col(side).try_cast(want)
+            beyond = ratings.filter(cast.isNull()).select(side).limit(1).collect()
+            if beyond:
+                raise ValueError(
+                    f"column {name!r} has ids beyond the range of this model's {want.simpleString()} ids, "
+                    f"e.g. {beyond[0][0]}"
+                )
+            ratings = ratings.withColumn(side, cast)
+        return ratings
 
     def _copy_with(self, **tables: Any) -> CFModel:
         fields = dict(
