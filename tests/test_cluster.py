@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from planted import planted_ratings
-from tests_support import REPO
+from tests_support import C1_ONLY, REPO
 
 from cfspark.app.config import load_config
 from cfspark.app.train import run_job
@@ -104,6 +104,7 @@ def submit_command(cluster, py_files: str, ratings: Path, out: Path) -> list[str
         submit, "--master", cluster["url"], "--driver-memory", "1g", "--executor-memory", "768m",
         "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
         "--conf", "spark.ui.enabled=false", "--conf", "spark.locality.wait=0", "--py-files", py_files,
+        "--conf", f"spark.driver.extraJavaOptions={C1_ONLY}", "--conf", f"spark.executor.extraJavaOptions={C1_ONLY}",
         os.path.join(REPO, "jobs", "train.py"), *[a for s in sets for a in ("--set", s)],
     ]  # fmt: skip
 

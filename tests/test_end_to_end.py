@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from planted import planted_ratings
 from test_bad_input import train_job
-from tests_support import REPO
+from tests_support import C1_ONLY, REPO
 
 from cfspark import CFModel
 from cfspark.core.schema import ITEM, USER
@@ -30,9 +30,10 @@ N_ITEMS = 30
 
 def spark_submit(*args: str) -> subprocess.CompletedProcess:
     submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
+    job = os.path.join(REPO, "jobs", "train.py")
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     return subprocess.run(
-        [submit, "--master", "local[2]", "--driver-memory", "1g", os.path.join(REPO, "jobs", "train.py"), *args],
+        [submit, "--master", "local[2]", "--driver-memory", "1g", "--driver-java-options", C1_ONLY, job, *args],
         capture_output=True,
         text=True,
         env=env,

@@ -14,6 +14,7 @@ import time
 
 import pytest
 from planted import planted_ratings
+from tests_support import C1_ONLY
 
 from cfspark import CFModel
 from cfspark.data.read import pyspark_home
@@ -56,6 +57,8 @@ def connect_server(tmp_path_factory):
             "spark.sql.shuffle.partitions=4",
             "--conf",
             "spark.ui.enabled=false",
+            "--conf",
+            f"spark.driver.extraJavaOptions={C1_ONLY}",
         ],
         env=env,
         check=True,

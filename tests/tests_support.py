@@ -4,6 +4,10 @@ import os
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The JVMs the tests start compile with C1 only: they run many small, different jobs, and
+# C2's compiler threads took one of the machine's 2 cores (docs/testing.md). It changes no
+# result. CFSPARK_TEST_JIT=-XX:TieredStopAtLevel=4 (the JVM's default) measures against C2.
+C1_ONLY = os.environ.get("CFSPARK_TEST_JIT", "-XX:TieredStopAtLevel=1")
 
 
 def file_bytes(folder) -> dict[str, bytes]:
