@@ -27,11 +27,9 @@ def spark(tmp_path_factory):
         # in its pauses, and the larger heap needs fewer of them: test_training.py and
         # test_setup.py took 222 s against 250 s (one run each, a quiet machine).
         .config("spark.driver.memory", "4g")
-        # C1 only (tests_support.C1_ONLY): the suite runs thousands of small, different jobs,
-        # and C2's compiler threads, compiling code most of which runs a few times, took one of
-        # the 2 cores. tests/test_bad_input.py took 122 s against 204 s and 195 s; the
-        # long fits (test_benchmark.py with test_training.py) 277 s against 310 s (6 Dec 2026,
-        # a shared machine at load 5 to 9). A JIT setting changes no result.
+        # C1 only (tests_support.C1_ONLY says why): tests/test_bad_input.py took 122 s against
+        # 204 s and 195 s, the long fits (test_benchmark.py with test_training.py) 277 s against
+        # 310 s (6 Dec 2026, a shared machine at load 5 to 9).
         .config("spark.driver.extraJavaOptions", f"-XX:+UseParallelGC {C1_ONLY}")
         # Spark ALS cuts its lineage only with an RDD checkpoint dir; without one, its
         # long fits have overflowed the JVM stack while serialising tasks.
