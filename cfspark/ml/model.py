@@ -205,10 +205,10 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
     def _id(dataset: DataFrame, name: str) -> Column:
         """A caller's id column; a fractional double id fails the query, as fit refuses it and
         Spark ALS's transform does, rather than passing as an unseen user or item."""
-        if not isinstance(dataset.schema[name].dataType, NUMBER_ID_TYPES):
-            return column(name)
-        c = column(name)
-        return F.when(not_whole(c, dataset.schema[name].dataType), F.raise_error(F.concat(
+        c, dtype = column(name), dataset.schema[name].dataType
+        if not isinstance(dtype, NUMBER_ID_TYPES):
+            return c
+        return F.when(not_whole(c, dtype), F.raise_error(F.concat(
             F.lit(f"column {name!r} has an id that is not a whole number: "), c.cast("string")
         ))).otherwise(c)  # fmt: skip
 
