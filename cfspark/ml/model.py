@@ -44,7 +44,7 @@ from cfspark.data.validate import NUMBER_ID_TYPES, not_whole, require_columns, v
 from cfspark.fit.predict import LINK, item_baseline, predict
 from cfspark.fit.record import FitRecord
 from cfspark.fit.settings import Earlier
-from cfspark.ml.model_io import CFModelReader, CFModelWriter
+from cfspark.ml.model_io import MODEL_TABLES, CFModelReader, CFModelWriter
 from cfspark.ml.params import _CFModelParams
 from cfspark.ml.recommend import check_count, nested, top_n
 from cfspark.ml.similar import most_similar
@@ -447,8 +447,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         )
         fields.update(tables)
         model = CFModel(**fields)
-        model._borrowed = {name for name in ("user_factors", "item_factors", "item_stats", "training_pairs")
-                           if name not in tables}  # fmt: skip
+        model._borrowed = {name for name in MODEL_TABLES if name not in tables}
         return self._copyValues(model)
 
     def earlier(self) -> Earlier:
@@ -468,7 +467,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
 
     def unpersist(self) -> None:
         """Drop every cached table this model holds."""
-        for name in ("user_factors", "item_factors", "item_stats", "training_pairs"):
+        for name in MODEL_TABLES:
             df = getattr(self, name)
             if df is not None and name not in self._borrowed:
                 df.unpersist()
