@@ -60,11 +60,15 @@ def test_path_checks(tmp_path):
 
 
 def test_paths_are_compared_as_spark_reads_them(tmp_path):
-    from cfspark.core.fs import expand, local_path, normalise
+    from cfspark.core.fs import expand, local_path, normalise, split_uri
 
     for spelling in (f"file://{tmp_path}", f"file:{tmp_path}", f"file://localhost{tmp_path}", f"{tmp_path}/a/.."):
         assert local_path(spelling) in (str(tmp_path), f"{tmp_path}/a/..") and normalise(spelling) == str(tmp_path)
     assert normalise("HDFS://NameNode:8020/a//b/../c/") == "hdfs://namenode:8020/a/c"
+    assert normalise("s3a:/bucket//key/./x") == "s3a:/bucket/key/x"
+    assert split_uri("HDFS://nn:8020/a/b") == ("hdfs", "nn:8020", "/a/b")
+    assert split_uri("hdfs://nn") == ("hdfs", "nn", "/")
+    assert split_uri("file:/a") == ("file", None, "/a") and split_uri("/a") == ("", None, "/a")
     for name in ("glob1", "glob2", "other"):
         (tmp_path / name).mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "other")

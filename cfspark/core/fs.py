@@ -15,6 +15,7 @@ import posixpath
 import re
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(?=/)")
+_AUTHORITY = re.compile(r"^//([^/]*)")
 # Hadoop's glob characters: a path holding one names every path it matches.
 GLOB_CHARS = frozenset("*?[]{}")
 
@@ -45,17 +46,25 @@ def has_glob(path: str) -> bool:
     return any(c in GLOB_CHARS for c in path)
 
 
+def split_uri(path: str) -> tuple[str, str | None, str]:
+    """A URI's scheme (lower case, "" for a plain path), its authority (None when it has
+    none: file:/x, or a plain path) and its path: hdfs://nn:8020/a gives hdfs, nn:8020, /a."""
+    s = scheme(path)
+    if not s:
+        return "", None, path
+    rest = path[len(s) + 1 :]
+    m = _AUTHORITY.match(rest)
+    return (s, m.group(1), rest[m.end() :] or "/") if m else (s, None, rest)
+
+
 def normalise(path: str) -> str:
     """One spelling per location: a local path absolute with its symlinks resolved; another
     scheme's URI with its scheme and host in lower case and its path normalised."""
     if is_local(path):
         return os.path.realpath(os.path.abspath(local_path(path)))
-    m = re.match(r"^([^:]+)://([^/]*)(.*)$", path)
-    if not m:  # scheme:/path, no authority
-        s = scheme(path)
-        return f"{s}:{posixpath.normpath(path[len(s) + 1 :])}"
-    s, host, rest = m.group(1).lower(), m.group(2).lower(), m.group(3) or "/"
-    return f"{s}://{host}{posixpath.normpath(rest)}"
+    s, host, rest = split_uri(path)
+    head = f"{s}:" if host is None else f"{s}://{host.lower()}"
+    return head + posixpath.normpath(rest)
 
 
 def _braces(pattern: str) -> list[str]:

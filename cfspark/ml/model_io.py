@@ -23,7 +23,6 @@ missing, truncated or replaced is refused with one line rather than loaded with 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from pyspark.errors import AnalysisException
@@ -31,7 +30,7 @@ from pyspark.ml.util import DefaultParamsWriter, MLReader, MLWriter
 from pyspark.sql import DataFrame
 from pyspark.sql.utils import is_remote
 
-from cfspark.core.fs import finite_json, normalise, scheme, within
+from cfspark.core.fs import finite_json, normalise, scheme, split_uri, within
 from cfspark.core.schema import ITEM, RATING, USER, renamed
 from cfspark.data.read import spark_message
 from cfspark.train.trainer import checkpoint_level
@@ -125,9 +124,7 @@ def _below(file: str, folder: str) -> bool:
     """file (a URI, as inputFiles gives it) lies in folder (normalised); a folder given
     without a scheme is compared with the file's path alone (Spark's default file system)."""
     here = normalise(file)
-    if not scheme(folder):
-        here = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*", "", here)
-    return within(here, folder)
+    return within(here if scheme(folder) else split_uri(here)[2], folder)
 
 
 def _file_names(df: DataFrame) -> list[str]:
