@@ -1,4 +1,5 @@
-"""One local SparkSession for the whole run, and data the tests make themselves."""
+"""One local SparkSession per test process (pyproject.toml runs two, each given whole
+files), and data the tests make themselves."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def spark(tmp_path_factory):
         .config("spark.driver.memory", "4g")
         # C1 only (tests_support.C1_ONLY says why): tests/test_bad_input.py took 122 s against
         # 204 s and 195 s, the long fits (test_benchmark.py with test_training.py) 277 s against
-        # 310 s (6 Dec 2026, a shared machine at load 5 to 9).
+        # 310 s (6 Dec 2026, a shared machine at load 5 to 9); on a quiet machine, no difference.
         .config("spark.driver.extraJavaOptions", f"-XX:+UseParallelGC {C1_ONLY}")
         # Spark ALS cuts its lineage only with an RDD checkpoint dir; without one, its
         # long fits have overflowed the JVM stack while serialising tasks.
