@@ -59,6 +59,19 @@ def test_path_checks(tmp_path):
         check_writable("output.path", str(tmp_path / "file" / "out"))
 
 
+def test_a_save_path_holds_the_files_below_it_as_inputfiles_spells_them(tmp_path):
+    """The model writer's hold (model_io._below): a save path without a scheme is on Spark's
+    default file system, so it holds that path on any scheme's host, and no sibling."""
+    from cfspark.ml.model_io import _below
+
+    folder = str(tmp_path / "m")
+    assert _below(f"file://{folder}/user_factors/part-0.parquet", folder)
+    assert _below(f"hdfs://nn:8020{folder}/user_factors/part-0.parquet", folder)
+    assert not _below(f"hdfs://nn:8020{folder}x/part-0.parquet", folder)
+    assert _below("HDFS://NN:8020/m/a/part-0.parquet", "hdfs://nn:8020/m")
+    assert not _below("hdfs://other:8020/m/a/part-0.parquet", "hdfs://nn:8020/m")
+
+
 def test_paths_are_compared_as_spark_reads_them(tmp_path):
     from cfspark.core.fs import expand, local_path, normalise, split_uri
 
