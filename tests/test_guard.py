@@ -82,6 +82,7 @@ def test_paths_are_compared_as_spark_reads_them(tmp_path):
     assert split_uri("HDFS://nn:8020/a/b") == ("hdfs", "nn:8020", "/a/b")
     assert split_uri("hdfs://nn") == ("hdfs", "nn", "/")
     assert split_uri("file:/a") == ("file", None, "/a") and split_uri("/a") == ("", None, "/a")
+    assert local_path("file://host/a") == "//host/a" and local_path("hdfs://nn/a") == "hdfs://nn/a"
     for name in ("glob1", "glob2", "other"):
         (tmp_path / name).mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "other")

@@ -30,22 +30,6 @@ def is_local(path: str) -> bool:
     return scheme(path) in ("", "file")
 
 
-def local_path(path: str) -> str:
-    """A file: URI (file:/x, file:///x, file://localhost/x) as the plain path it names."""
-    if scheme(path) != "file":
-        return path
-    rest = path[len("file:") :]
-    if rest.startswith("//"):
-        rest = rest[2:]
-        host, _, tail = rest.partition("/")
-        rest = "/" + tail if host in ("", "localhost") else "//" + rest
-    return rest
-
-
-def has_glob(path: str) -> bool:
-    return any(c in GLOB_CHARS for c in path)
-
-
 def split_uri(path: str) -> tuple[str, str | None, str]:
     """A URI's scheme (lower case, "" for a plain path), its authority (None when it has
     none: file:/x, or a plain path) and its path: hdfs://nn:8020/a gives hdfs, nn:8020, /a."""
@@ -55,6 +39,18 @@ def split_uri(path: str) -> tuple[str, str | None, str]:
     rest = path[len(s) + 1 :]
     m = _AUTHORITY.match(rest)
     return (s, m.group(1), rest[m.end() :] or "/") if m else (s, None, rest)
+
+
+def local_path(path: str) -> str:
+    """A file: URI (file:/x, file:///x, file://localhost/x) as the plain path it names."""
+    s, host, rest = split_uri(path)
+    if s != "file":
+        return path
+    return rest if host in (None, "", "localhost") else f"//{host}{rest}"
+
+
+def has_glob(path: str) -> bool:
+    return any(c in GLOB_CHARS for c in path)
 
 
 def normalise(path: str) -> str:
