@@ -77,6 +77,41 @@ def test_a_fold_in_keeps_the_models_id_types(spark):
         model.foldIn(spark.createDataFrame([("u9", 1, 4.0)], "user string, item int, rating double"))
 
 
+def test_ids_of_another_type_are_looked_up_as_the_models_own(spark):
+    """An int model takes a caller's strings (spaces trimmed), longs and whole doubles as the
+    ints they spell, in transform, subsets, exclusions and similarItems; a string that holds
+    no number and a long beyond int's range are ids it does not know, not a failed query
+    (compared as they are, Spark's own cast fails the query on the first such string)."""
+    df = spark.createDataFrame(_ratings(), "user int, item int, rating double")
+    model = CollaborativeFilter(rank=2, regParam=0.1, maxIter=3, coldStartStrategy="drop").fit(df)
+    text = df.select(
+        F.col("user").cast("string").alias("user"),
+        F.concat(F.lit(" "), F.col("item").cast("string")).alias("item"),
+        "rating",
+    )
+    wide = df.select(F.col("user").cast("long").alias("user"), F.col("item").cast("double").alias("item"), "rating")
+    strays = spark.createDataFrame([("u9", " 1", 4.0), ("3", "i2", 4.0)], "user string, item string, rating double")
+    expected = sorted((r.user, r.item, r.prediction) for r in model.transform(df).collect())
+    for given in (text.unionByName(strays), wide):
+        got = model.transform(given).collect()
+        assert sorted((int(r.user), int(float(r.item)), r.prediction) for r in got) == expected
+    plain_recs = sorted(model.recommendForUserSubset(df, 2, exclude=df).collect())
+    assert len(plain_recs) == 2 * 24
+    for given, excluded in ((text.unionByName(strays), text), (wide, wide)):
+        assert sorted(model.recommendForUserSubset(given, 2, exclude=excluded).collect()) == plain_recs
+    beyond = spark.createDataFrame([(2**32,), (None,)], "user long")
+    assert model.recommendForUserSubset(beyond, 2).count() == 0
+    assert sorted(model.similarItems(text, 2).collect()) == sorted(model.similarItems(df, 2).collect())
+    # A string model takes integer ids as their digits.
+    named = df.select(F.col("user").cast("string").alias("user"), "item", "rating").unionByName(
+        spark.createDataFrame([("x", 1, 3.0), ("x", 2, 5.0)], "user string, item int, rating double")
+    )
+    by_name = CollaborativeFilter(rank=2, regParam=0.1, maxIter=3).fit(named)
+    assert by_name.userFactors.schema["user"].dataType.simpleString() == "string"
+    as_strings = sorted(by_name.recommendForUserSubset(text, 2).collect())
+    assert len(as_strings) == 2 * 24 and sorted(by_name.recommendForUserSubset(df, 2).collect()) == as_strings
+
+
 def test_transform_keeps_every_other_column_whatever_its_name(spark):
     """Columns that share a name with cfspark's own (user and item beside ids named u and i,
     the prediction's _w, _b, _x, _c and _base) pass through transform as they are, and do not

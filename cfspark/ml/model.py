@@ -6,10 +6,10 @@ training blocks and no training state, so it predicts and recommends the same af
 save and load, in another session, or after the fit's checkpoints are gone. A model with
 an exposure part is an ExposureAwareModel (exposure_model.py).
 
-About 410 lines: the pyspark.ml model API (transform, four recommendFor* methods, four
+About 470 lines: the pyspark.ml model API (transform, four recommendFor* methods, four
 similar* methods, ALS's output style, foldIn, save and load) is one class's, as ALSModel's
-is; the work is in fit/predict.py, ml/recommend.py, ml/similar.py, train/foldin.py and
-ml/model_io.py.
+is; the work is in fit/predict.py, ml/ids.py, ml/recommend.py, ml/similar.py,
+train/foldin.py and ml/model_io.py.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ from cfspark.core.schema import (
     renamed,
 )
 from cfspark.data.read import Columns
-from cfspark.data.validate import NUMBER_ID_TYPES, not_whole, require_columns, validate_given
+from cfspark.data.validate import require_columns, validate_given
 from cfspark.fit.predict import LINK, item_baseline, predict
 from cfspark.fit.record import FitRecord
 from cfspark.fit.settings import Earlier
+from cfspark.ml.ids import as_model_ids
 from cfspark.ml.model_io import MODEL_TABLES, CFModelReader, CFModelWriter
 from cfspark.ml.params import _CFModelParams
 from cfspark.ml.recommend import check_count, nested, top_n
@@ -193,24 +194,11 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         if taken:  # as Spark ALS refuses it: two columns of one name would make every later select ambiguous
             raise ValueError(f"the input already has a column {taken[0]!r}, which transform adds: drop or rename it")
         pairs = dataset.select(
-            self._id(dataset, self.getUserCol()).alias(USER),
-            self._id(dataset, self.getItemCol()).alias(ITEM),
-            F.struct(*map(column, dataset.columns)).alias(CALLER_ROW),
+            *self._ids(dataset, (USER, ITEM)), F.struct(*map(column, dataset.columns)).alias(CALLER_ROW)
         )
         out = self.predict_canonical(pairs, cold_start=self.getColdStartStrategy())
         row = F.col(CALLER_ROW)
         return out.select(*(row.getField(c).alias(c) for c in dataset.columns), *map(column, added))
-
-    @staticmethod
-    def _id(dataset: DataFrame, name: str) -> Column:
-        """A caller's id column; a fractional double id fails the query, as fit refuses it and
-        Spark ALS's transform does, rather than passing as an unseen user or item."""
-        c, dtype = column(name), dataset.schema[name].dataType
-        if not isinstance(dtype, NUMBER_ID_TYPES):
-            return c
-        return F.when(not_whole(c, dtype), F.raise_error(F.concat(
-            F.lit(f"column {name!r} has an id that is not a whole number: "), c.cast("string")
-        ))).otherwise(c)  # fmt: skip
 
     def _extra_columns(self) -> list[str]:
         """Columns transform adds besides the prediction."""
@@ -220,9 +208,16 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         """The caller's columns of these sides (a subset's one, an exclusion's two), under
         cfspark's names, refused by name if missing; df's other columns (one called "user"
         among them) are not needed."""
+        return df.select(*self._ids(df, sides))
+
+    def _ids(self, df: DataFrame, sides: tuple[str, ...]) -> list[Column]:
+        """The caller's id columns of these sides, refused by name if missing, each as the
+        model's id type under cfspark's name (ml/ids.py): null where an id cannot be one."""
         theirs = {USER: self.getUserCol(), ITEM: self.getItemCol()}
         require_columns(df, tuple(theirs[side] for side in sides))
-        return df.select(*(column(theirs[side]).alias(side) for side in sides))
+        tables = {USER: self.user_factors, ITEM: self.item_factors}
+        typed = {s: (df.schema[theirs[s]].dataType, tables[s].schema[s].dataType) for s in sides}
+        return [as_model_ids(column(theirs[s]), *typed[s], theirs[s]).alias(s) for s in sides]
 
     def _named(self, df: DataFrame) -> DataFrame:
         return renamed(df, {USER: self.getUserCol(), ITEM: self.getItemCol()})
