@@ -16,6 +16,7 @@ from planted import planted_labels, planted_ratings
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.evaluation import BinaryClassificationEvaluator, RegressionEvaluator
 from pyspark.ml.feature import SQLTransformer
+from pyspark.ml.recommendation import ALS
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import functions as F
 from tests_support import file_bytes
@@ -375,6 +376,38 @@ def test_a_save_to_a_fresh_path_logs_no_warning_and_existing_files_are_refused(s
         with pytest.raises(FileExistsError, match="already exists; to replace it, use write\\(\\).overwrite\\(\\)"):
             model.write().save(str(tmp_path / taken))
     assert file_bytes(tmp_path / "deep") == {"a/b/notes.txt": b"mine"} and (tmp_path / "file").read_text() == "mine"
+
+
+def test_overwrite_replaces_a_saved_model_and_refuses_a_folder_of_other_files(spark, fitted, planted, tmp_path):
+    """pyspark.ml's overwrite deletes whatever the path holds. cfspark's replaces a saved model
+    (its own, one whose save failed before the metadata row, another pyspark.ml stage's) and
+    refuses any other files by name, leaving them as they were."""
+    model, _ = fitted
+    train, _ = planted
+    mine = tmp_path / "mine"
+    (mine / "user_factors").mkdir(parents=True)
+    (mine / "user_factors" / "part.parquet").write_text("a model's name, not a model")
+    (mine / "notes").mkdir()
+    (mine / "notes" / "plan.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    for taken, example in (("mine", "notes/plan.txt"), ("file", "file")):
+        with pytest.raises(FileExistsError, match=f"holds 1 file\\(s\\) that no saved model wrote, e.g. .*{example}; "):
+            model.write().overwrite().save(str(tmp_path / taken))
+    assert file_bytes(mine) == {
+        "user_factors/part.parquet": b"a model's name, not a model",
+        "notes/plan.txt": b"keep me",
+    }
+    assert (tmp_path / "file").read_text() == "keep me too"
+
+    half = tmp_path / "half"  # a save that failed before its metadata row leaves only tables
+    model.write().save(str(half))
+    shutil.rmtree(half / "metadata")
+    als = tmp_path / "als"
+    ALS(userCol="user", itemCol="item", ratingCol="rating", rank=2, maxIter=1).fit(train).save(str(als))
+    for replaced in (half, als, tmp_path / "missing"):
+        model.write().overwrite().save(str(replaced))
+        assert CFModel.load(str(replaced)).uid == model.uid
+    assert not (als / "userFactors").exists()
 
 
 def test_the_model_does_not_read_its_fits_checkpoints(spark, planted, tmp_path):

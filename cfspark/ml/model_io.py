@@ -15,7 +15,8 @@ saved with more Params (every estimator Param, before the model's own were split
 Nothing goes through the driver's local file system, so the same code saves to a local
 path, HDFS or S3, and over Spark Connect. The metadata is pyspark.ml's own layout, so a
 Pipeline holding a CFModel saves and loads it as one of its stages. The metadata row is
-written last: a save that fails half-way leaves no loadable model behind. It also holds each
+written last: a save that fails half-way leaves no loadable model behind. An overwrite
+replaces a saved model (or a half-saved one) and refuses a path that holds other files. It also holds each
 table's row count and part files, which the reader checks, so a model with a part file
 missing, truncated or replaced is refused with one line rather than loaded with rows lost.
 """
@@ -60,6 +61,7 @@ class CFModelWriter(MLWriter):
 
     def save(self, path: str) -> None:
         if self.shouldOverwrite:
+            _refuse_foreign(self.sparkSession, path)
             self._hold_tables_read_from(path)
         # pyspark's overwrite deletes the path through the JVM, which Spark Connect has no
         # handle on; there, each table is overwritten in place instead.
@@ -127,6 +129,59 @@ def _below(file: str, folder: str) -> bool:
     return within(here if scheme(folder) else split_uri(here)[2], folder)
 
 
+# What a model's save writes below its path: its tables, its exposure part and its metadata row.
+_SAVED_NAMES = frozenset((*MODEL_TABLES, "exposure", "metadata"))
+
+
+def _refuse_foreign(spark, path: str) -> None:
+    """Refuse an overwrite of a path that holds files but no saved model.
+
+    pyspark.ml's overwrite deletes whatever the path holds, so a mistyped path (a home
+    folder, a table's root) would be lost whole. A path may be replaced when its metadata
+    row reads as a saved pyspark.ml stage's (a cfspark model, an ALS model, a pipeline), or
+    when every file below it lies in a folder that a model's save writes (a save that failed
+    before its metadata row); a missing or empty path is written as a fresh one."""
+    target = normalise(path)
+    files = _listed(spark, path)
+    foreign = [f for f in files if _top_name(f, target) not in _SAVED_NAMES]
+    if not foreign or _is_saved_stage(spark, path, files, target):
+        return
+    raise FileExistsError(
+        f"{path} holds {len(foreign)} file(s) that no saved model wrote, e.g. {foreign[0]}; overwrite "
+        "replaces only a saved model: delete the folder yourself, or save to another path"
+    )
+
+
+def _listed(spark, path: str) -> list[str]:
+    """Every file below path (Spark skips names starting with _ or .), listed through Spark
+    as _holds_files lists them: none when the path is missing."""
+    try:
+        found = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load([path, path])
+        return sorted({r[0] for r in found.select("path").collect()})
+    except AnalysisException as e:
+        if _not_found(e):
+            return []
+        raise
+
+
+def _top_name(file: str, folder: str) -> str:
+    """The name of the entry directly below folder (normalised) that holds file."""
+    here = normalise(file)
+    here = here if scheme(folder) else split_uri(here)[2]
+    return here[len(folder.rstrip("/")) :].lstrip("/").split("/", 1)[0]
+
+
+def _is_saved_stage(spark, path: str, files: list[str], target: str) -> bool:
+    """path's metadata row reads as pyspark.ml's (a class and a uid)."""
+    if not any(_top_name(f, target) == "metadata" for f in files):
+        return False
+    try:
+        meta = read_metadata(spark, path)
+    except (ValueError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and "class" in meta and "uid" in meta
+
+
 def _file_names(df: DataFrame) -> list[str]:
     """The names of the files a table read from a folder is made of (no job runs)."""
     return sorted(f.rstrip("/").rsplit("/", 1)[-1] for f in df.inputFiles())
@@ -191,9 +246,13 @@ def _holds_files(spark, path: str) -> bool:
         found = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load([path, path])
         return bool(found.select("path").limit(1).collect())
     except AnalysisException as e:
-        if "PATH_NOT_FOUND" in str(e.getCondition()) or "Path does not exist" in str(e):
+        if _not_found(e):
             return False
         raise
+
+
+def _not_found(e: AnalysisException) -> bool:
+    return "PATH_NOT_FOUND" in str(e.getCondition()) or "Path does not exist" in str(e)
 
 
 def read_metadata(spark, path: str) -> dict:
