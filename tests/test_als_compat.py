@@ -137,6 +137,7 @@ def test_transform_keeps_every_other_column_whatever_its_name(spark):
 
 
 @pytest.mark.parametrize("names", [("user.id", "item `x`", "r.v"), ("item", "user", "rating")], ids=["dots", "swapped"])
+@pytest.mark.slow
 def test_column_names_fit_as_plain_ones_whatever_they_hold(spark, tmp_path, names):
     """Flattened JSON gives names such as "user.id", which F.col would read as a struct's
     field, and a user column may be called "item" (cfspark's own name for the other side):

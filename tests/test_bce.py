@@ -68,6 +68,7 @@ def test_course_offsets_table_is_exact(spark, labels):
     assert {r.item_offset for r in plain.collect()} == {0.0}
 
 
+@pytest.mark.slow
 def test_user_without_labels_gets_item_positive_rates(spark, labels):
     # The course's model (the plain bce model): no item bias, so a user without labels gets σ(o_i) exactly.
     model = CollaborativeFilter(
@@ -92,6 +93,7 @@ def test_user_without_labels_gets_item_positive_rates(spark, labels):
     model.unpersist()
 
 
+@pytest.mark.slow
 def test_planted_logistic_model_reaches_the_true_auc(spark):
     p, prob = planted_labels(n_users=350, n_items=250, rank=2, density=1.0, seed=4)
     rows = [(u, i, y, q) for (u, i, y), q in zip(p.rows(), prob.tolist(), strict=True)]
@@ -163,6 +165,7 @@ def test_ranking_metrics_match_hand_computed_values(spark):
     assert got["map_at_k"] == pytest.approx(((1 / 2) / 2 + 1 + 0) / 3)
 
 
+@pytest.mark.slow
 def test_the_job_excludes_only_positives_when_asked(spark, tmp_path):
     """output.exclude = "positives" with the job's default column names (userId, movieId)."""
     from cfspark.app.config import load_config

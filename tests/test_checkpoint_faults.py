@@ -96,6 +96,7 @@ def test_a_skipped_checkpoint_is_replaced_by_the_next_save(spark, saved):
     assert ck.load().iteration == 4
 
 
+@pytest.mark.slow
 def test_a_fit_over_a_damaged_checkpoint_trains_afresh(spark, tmp_path, caplog):
     from cfspark import CollaborativeFilter
 

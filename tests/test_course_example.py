@@ -77,6 +77,7 @@ def test_shrunk_means_equal_the_hand_computed_values(spark, ratings):
     assert {r.item: r.item_mean for r in item_means(ratings, prior=0.0, global_mean=g).collect()} == MEANS
 
 
+@pytest.mark.slow
 def test_eve_is_predicted_at_the_item_means(spark, ratings):
     # The course's model: plain item means, no item bias, sum-form λ, Adam.
     course = CollaborativeFilter(rank=3, maxIter=5, regParam=0.1, numUserBlocks=2, numItemBlocks=2, **COURSE_PARAMS)
@@ -95,6 +96,7 @@ def test_eve_is_predicted_at_the_item_means(spark, ratings):
     model.unpersist()
 
 
+@pytest.mark.slow
 def test_with_the_defaults_eve_gets_each_items_shrunk_mean_plus_its_learned_bias(spark, ratings):
     model = CollaborativeFilter(rank=3, numUserBlocks=2, numItemBlocks=2).fit(ratings)
     eve = spark.createDataFrame([("Eve", movie) for movie in TABLE], "user string, item string")

@@ -133,6 +133,7 @@ def test_each_path_fits_the_same_model_as_with_the_separate_check(clean_fits, pa
     assert fits["folded"] == fits["separate"]
 
 
+@pytest.mark.slow
 def test_a_warm_start_refuses_a_repeated_pair(spark, data):
     clean, repeated = data["stars"]
     earlier = CollaborativeFilter(**SMALL).fit(clean)

@@ -110,6 +110,7 @@ def test_positive_only_counts_fit_the_exposure_model_alone(spark):
     assert np.abs(np.stack(other.features) - np.stack(first.features)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_exposure_aware_model_predicts_recommends_and_saves(spark, planted, tmp_path):
     train, _, _ = planted
     model = CollaborativeFilter(loss="bce", rank=2, maxIter=3, exposureNegatives=3).fit_validated(train)

@@ -26,6 +26,7 @@ def _fail_model_tables(monkeypatch):
     monkeypatch.setattr(DataFrameWriter, "parquet", parquet)
 
 
+@pytest.mark.slow
 def test_a_failed_write_keeps_the_previous_output_and_leaves_no_staging(spark, tmp_path, monkeypatch):
     rows = planted_ratings(n_users=20, n_items=15, rank=2, density=0.5, noise=0.2, seed=4).rows()
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating\n" + "".join(f"{u},{i},{r}\n" for u, i, r in rows))

@@ -8,6 +8,7 @@ rounding after several iterations, with 2 user and 2 item blocks.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from pyspark.sql import functions as F
 from tests_support import jobs_of
 
@@ -30,6 +31,7 @@ def _factors(model, id_col):
     return {r[id_col]: np.r_[r.features, r.bias] for r in getattr(model, f"{id_col}_factors").collect()}
 
 
+@pytest.mark.slow
 def test_blockwise_all_items_fit_equals_the_one_task_fit(spark):
     ratings = _positive_counts(spark).cache()
     small = CollaborativeFilter(**PARAMS).fit_validated(ratings)
@@ -56,6 +58,7 @@ def _scores(model) -> np.ndarray:
     return np.array([users[k] for k in sorted(users)])[:, :-1] @ np.array([items[k] for k in sorted(items)])[:, :-1].T
 
 
+@pytest.mark.slow
 def test_the_fits_beside_the_search_train_at_the_chosen_alpha(spark):
     # Under automatic λ and α the confidences are made with α₀ and the half-steps rescale them
     # to the chosen α, so the blockwise setup runs beside the search. Both paths search the

@@ -44,6 +44,7 @@ def planted(spark):
 
 
 @pytest.mark.parametrize("ids", ["bigint", "string"])
+@pytest.mark.slow
 def test_one_task_fit_equals_the_distributed_fits(planted, ids):
     ratings = planted[0] if ids == "bigint" else planted[1]
     small = CollaborativeFilter(**PARAMS).fit_validated(ratings)
@@ -61,6 +62,7 @@ def test_one_task_fit_equals_the_distributed_fits(planted, ids):
     small.unpersist()
 
 
+@pytest.mark.slow
 def test_one_task_bce_and_the_stopping_rule_match(spark):
     """With the exposure model (the bce default) and a weight per label: both models agree."""
     p, _ = planted_labels(n_users=100, n_items=60, rank=2, density=0.3, seed=4)

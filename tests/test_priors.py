@@ -250,6 +250,7 @@ def test_a_lambda_fixed_at_zero_is_fitted_as_the_limit_of_small_ones():
     np.testing.assert_allclose(params0[0] @ params0[1].T, params1[0] @ params1[1].T, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_with_lambda_fixed_the_bias_prior_comes_from_its_factors_alike_on_both_paths(spark):
     # reg fixed, biasReg "auto": the search's task fits that λ alone and takes λ_b from what its
     # factors leave, before the one-task fit and beside the blockwise setup alike; the fit

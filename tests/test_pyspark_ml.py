@@ -113,6 +113,7 @@ def test_the_model_has_its_own_params_and_the_estimator_the_rest(fitted):
 # -- Pipeline and tuning ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_pipeline_with_string_ids_fits_transforms_and_round_trips(spark, planted, tmp_path):
     train, test = planted
     to_strings = SQLTransformer(
@@ -135,6 +136,7 @@ def test_a_pipeline_with_string_ids_fits_transforms_and_round_trips(spark, plant
     assert _rows(loaded.transform(test), "user", "item", "prediction") == _rows(scored, "user", "item", "prediction")
 
 
+@pytest.mark.slow
 def test_cross_validation_and_train_validation_split_select_a_model(spark, planted):
     train, _ = planted
     cf = CollaborativeFilter(maxIter=3)
@@ -161,6 +163,7 @@ def test_cross_validation_and_train_validation_split_select_a_model(spark, plant
     assert tvs_model.bestModel.getRegParam() == pytest.approx(picked[cf.regParam] * spread, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_binary_labels_tune_with_the_binary_evaluator(spark):
     p, _ = planted_labels(n_users=120, n_items=60, rank=2, density=0.5, seed=8)
     labels = spark.createDataFrame(p.rows(), "user long, item long, rating double")
@@ -410,6 +413,7 @@ def test_overwrite_replaces_a_saved_model_and_refuses_a_folder_of_other_files(sp
     assert not (als / "userFactors").exists()
 
 
+@pytest.mark.slow
 def test_the_model_does_not_read_its_fits_checkpoints(spark, planted, tmp_path):
     train, test = planted
     ckpt = str(tmp_path / "ckpt")
@@ -428,6 +432,7 @@ def test_the_model_does_not_read_its_fits_checkpoints(spark, planted, tmp_path):
 # -- Fold-in and warm start ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_folded_in_user_predicts_as_well_as_a_trained_one(spark):
     p = planted_ratings(n_users=200, n_items=80, rank=RANK, density=0.4, noise=0.3, seed=33)
     df = spark.createDataFrame(p.rows(), "user long, item long, rating double")
@@ -451,6 +456,7 @@ def test_a_folded_in_user_predicts_as_well_as_a_trained_one(spark):
     train.unpersist(), test.unpersist()
 
 
+@pytest.mark.slow
 def test_a_warm_start_reaches_the_cold_fit_in_a_third_of_the_iterations(spark, tmp_path):
     p = planted_ratings(n_users=300, n_items=100, rank=RANK, density=0.3, noise=0.3, seed=44)
     df = spark.createDataFrame(p.rows(), "user long, item long, rating double")
@@ -479,6 +485,7 @@ def test_a_warm_start_reaches_the_cold_fit_in_a_third_of_the_iterations(spark, t
         t.unpersist()
 
 
+@pytest.mark.slow
 def test_a_warm_start_keeps_its_models_rank_at_most_the_fits(spark):
     """Automatic λ's rank step keeps fewer directions than rank on planted rank-2 data; the
     next day's fit, with the same Params and that model as its start, keeps its rank. With λ
@@ -501,6 +508,7 @@ def test_a_warm_start_keeps_its_models_rank_at_most_the_fits(spark):
     df.unpersist()
 
 
+@pytest.mark.slow
 def test_a_fit_logs_its_progress_to_the_cfspark_logger(planted, caplog):
     train, _ = planted
     for blocks, phases, last in (

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from test_bad_input import GOOD, strict_json, train_job
 from tests_support import file_bytes
+
+# Each test runs the train job three or four times in this process (18 to 27 s on 2 cores).
+pytestmark = pytest.mark.slow
 
 MORE = GOOD + "u3,m1,2\nu3,m2,5\nu4,m3,4\nu4,m2,2\n"  # 4 users, 3 items
 

@@ -41,6 +41,7 @@ def _factors(df) -> dict:
 
 
 @pytest.mark.parametrize("ids", ["integer", "string"])
+@pytest.mark.slow
 def test_block_counts_do_not_change_the_model(spark, planted, ids):
     if ids == "string":
         rows = [(f"user-{u}", f"{i:03d}", r) for u, i, r in planted.rows()]
@@ -157,6 +158,7 @@ def _first_states(blocks, earlier, cfgs) -> list:
             for t in tables]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_warm_start_caches_no_copy_in_place_when_the_workers_keep_the_blocks(spark, planted, monkeypatch):
     # The joined start (a table of earlier factors too large to carry) cogroups every block
     # once and leaves the blocks with the workers: the InBlocks move inside its own job. Its
@@ -180,6 +182,7 @@ def test_a_warm_start_caches_no_copy_in_place_when_the_workers_keep_the_blocks(s
 
 
 @pytest.mark.parametrize("ids", ["integer", "string"])
+@pytest.mark.slow
 def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spark, planted, monkeypatch, ids):
     # Carried inside the start's body and found by the blocks' own ids, the earlier factors
     # give the same first states, bit for bit, as joined to the index: with users and items
@@ -235,6 +238,7 @@ def _inline_one(blocks, side: str, factors, rank: int) -> tuple | None:
 
 
 
+@pytest.mark.slow
 def test_earlier_factors_of_known_row_counts_come_to_the_driver_in_one_job(spark, planted, monkeypatch):
     # Given the tables' row counts (as the λ search's task knows them), both sides' small
     # tables are collected in one job with no count before it, and are those each side's
@@ -306,6 +310,7 @@ def test_earlier_ids_of_another_type_are_taken_as_the_datas(spark):
     assert bias.tolist() == [0.5, 0.125]
 
 
+@pytest.mark.slow
 def test_a_warm_start_finds_string_ids_in_other_blocks(spark, planted):
     # Three iterations, then one more warm-started with other block counts, equal four cold
     # ones: every earlier factor reached its id through the index read back from the blocks.

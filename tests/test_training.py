@@ -17,6 +17,9 @@ from cfspark.fit.blockwise import fit_blockwise, setup
 
 RANK = 3
 # The defaults for exactly 30 iterations, with a count-scaled λ for this low-noise rank-3 data.
+# Every test here fits blockwise, most of them several times (18 to 45 s each on 2 cores).
+pytestmark = pytest.mark.slow
+
 PARAMS = dict(rank=RANK, maxIter=30, tol=0.0, seed=11, regParam=0.02, regUnits="als")
 
 
