@@ -394,7 +394,8 @@ def test_overwrite_replaces_a_saved_model_and_refuses_a_folder_of_other_files(sp
     (mine / "notes" / "plan.txt").write_text("keep me")
     (tmp_path / "file").write_text("keep me too")
     for taken, example in (("mine", "notes/plan.txt"), ("file", "file")):
-        with pytest.raises(FileExistsError, match=f"holds 1 file\\(s\\) that no saved model wrote, e.g. .*{example}; "):
+        refused = f"holds 1 file\\(s\\) that are not part of a saved model, e.g. .*{example}; "
+        with pytest.raises(FileExistsError, match=refused):
             model.write().overwrite().save(str(tmp_path / taken))
     assert file_bytes(mine) == {
         "user_factors/part.parquet": b"a model's name, not a model",

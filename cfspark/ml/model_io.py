@@ -15,10 +15,11 @@ saved with more Params (every estimator Param, before the model's own were split
 Nothing goes through the driver's local file system, so the same code saves to a local
 path, HDFS or S3, and over Spark Connect. The metadata is pyspark.ml's own layout, so a
 Pipeline holding a CFModel saves and loads it as one of its stages. The metadata row is
-written last: a save that fails half-way leaves no loadable model behind. An overwrite
-replaces a saved model (or a half-saved one) and refuses a path that holds other files. It also holds each
+written last: a save that fails half-way leaves no loadable model behind. It also holds each
 table's row count and part files, which the reader checks, so a model with a part file
 missing, truncated or replaced is refused with one line rather than loaded with rows lost.
+An overwrite replaces a saved model, or a half-saved one, and refuses a path that holds
+other files.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def _refuse_foreign(spark, path: str) -> None:
     if not foreign or _is_saved_stage(spark, path, files, target):
         return
     raise FileExistsError(
-        f"{path} holds {len(foreign)} file(s) that no saved model wrote, e.g. {foreign[0]}; overwrite "
+        f"{path} holds {len(foreign)} file(s) that are not part of a saved model, e.g. {foreign[0]}; overwrite "
         "replaces only a saved model: delete the folder yourself, or save to another path"
     )
 
