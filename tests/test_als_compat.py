@@ -61,8 +61,9 @@ def test_transform_fails_on_a_fractional_id_as_fit_refuses_it(spark):
 
 
 def test_a_fold_in_keeps_the_models_id_types(spark):
-    """An int model folds in long ids as ints (its user table stays int), and refuses ids
-    beyond int's range or of another kind by name."""
+    """An int model folds in long ids, and strings that are all integers, as ints (its user
+    table stays int), and refuses ids beyond int's range or of another kind by name; a string
+    model folds in integers as their digits."""
     df = spark.createDataFrame(_ratings(), "user int, item int, rating double")
     model = CollaborativeFilter(rank=2, regParam=0.1, maxIter=3).fit(df)
     rows = [(100, 1, 4.0), (100, 2, 2.0)]
@@ -73,8 +74,23 @@ def test_a_fold_in_keeps_the_models_id_types(spark):
         ValueError, match="column 'user' has ids beyond the range of this model's int ids, e.g. 4294967296"
     ):
         model.foldIn(spark.createDataFrame([(2**32, 1, 4.0)], "user long, item long, rating double"))
-    with pytest.raises(ValueError, match="column 'user' has string ids, but this model's are int"):
+    with pytest.raises(
+        ValueError, match="column 'user' has ids that are not integers, as are this model's int ids, e.g. 'u9'"
+    ):
         model.foldIn(spark.createDataFrame([("u9", 1, 4.0)], "user string, item int, rating double"))
+    # Strings that spell integers are those integers, as lookups take them; a string model takes integers as digits.
+    text_rows = [(str(u), str(i), r) for u, i, r in rows]
+    as_text = model.foldIn(spark.createDataFrame(text_rows, "user string, item string, rating double"))
+    assert as_text.userFactors.schema["user"].dataType.simpleString() == "int"
+    assert as_text.userFactors.filter("user = 100").collect() == folded.userFactors.filter("user = 100").collect()
+    named = df.select(F.concat(F.lit("u"), F.col("user").cast("string")).alias("user"), "item", "rating")
+    by_name = (
+        CollaborativeFilter(rank=2, regParam=0.1, maxIter=3)
+        .fit(named)
+        .foldIn(spark.createDataFrame(rows, "user long, item long, rating double"))
+    )
+    assert by_name.userFactors.schema["user"].dataType.simpleString() == "string"
+    assert by_name.userFactors.filter("user = '100'").count() == 1
 
 
 def test_ids_of_another_type_are_looked_up_as_the_models_own(spark):

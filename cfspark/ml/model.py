@@ -405,9 +405,10 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         return model
 
     def _in_trained_id_types(self, ratings: DataFrame) -> DataFrame:
-        """ratings (user, item, ...) with the ids in this model's id types: a fold-in's users
-        become rows of its user table, so an int model stays int. Integer ids of another width
-        are cast where they fit; ids of another kind (strings for integers) are refused."""
+        """ratings (user, item, ...) with the ids in this model's id types, as lookups take
+        them (ml/ids.py): a fold-in's users become rows of its user table, so an int model
+        stays int. An id that has no value of the model's type (beyond an int model's range,
+        a string that is no integer for an integer model) is refused, with an example."""
         for side, table, name in (
             (USER, self.user_factors, self.getUserCol()),
             (ITEM, self.item_factors, self.getItemCol()),
@@ -415,17 +416,12 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
             want, got = table.schema[side].dataType, ratings.schema[side].dataType
             if want == got:
                 continue
-            if not (isinstance(want, T.IntegralType) and isinstance(got, T.IntegralType)):
+            cast = as_model_ids(F.col(side), got, want, name)
+            lost = ratings.filter(cast.isNull()).select(side).limit(1).collect()  # validated: no null ids
+            if lost:
+                kind = "beyond the range of" if isinstance(got, T.IntegralType) else "that are not integers, as are"
                 raise ValueError(
-                    f"column {name!r} has {got.simpleString()} ids, but this model's are {want.simpleString()}: "
-                    "cast them to the model's type"
-                )
-            cast = F.col(side).try_cast(want)
-            beyond = ratings.filter(cast.isNull()).select(side).limit(1).collect()
-            if beyond:
-                raise ValueError(
-                    f"column {name!r} has ids beyond the range of this model's {want.simpleString()} ids, "
-                    f"e.g. {beyond[0][0]}"
+                    f"column {name!r} has ids {kind} this model's {want.simpleString()} ids, e.g. {lost[0][0]!r}"
                 )
             ratings = ratings.withColumn(side, cast)
         return ratings
