@@ -10,6 +10,24 @@ import pytest
 from tests_support import C1_ONLY
 
 
+def pytest_collection_modifyitems(config, items):
+    """The heaviest files first. pytest-xdist (--dist loadfile) hands a whole file to the
+    process that asks next, in this order (pyproject.toml turns off its own, by test count).
+    Files whose every test is slow or cluster start a cluster, a Connect server or the
+    benchmark's fits and hold few tests: ordered by count they came last, where one process
+    ran the last of them while the other had nothing left. First, they end beside the other
+    process's short files. Each file's tests keep their order."""
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def heavy(tests: list) -> bool:
+        return all(t.get_closest_marker("slow") or t.get_closest_marker("cluster") for t in tests)
+
+    order = sorted(by_file, key=lambda f: (not heavy(by_file[f]), -len(by_file[f]), f))
+    items[:] = [item for f in order for item in by_file[f]]
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
