@@ -126,8 +126,13 @@ class CFModelWriter(MLWriter):
 def _below(file: str, folder: str) -> bool:
     """file (a URI, as inputFiles gives it) lies in folder (normalised); a folder given
     without a scheme is compared with the file's path alone (Spark's default file system)."""
+    return within(_comparable(file, folder), folder)
+
+
+def _comparable(file: str, folder: str) -> str:
+    """file normalised, without its scheme and host where folder (normalised) has none."""
     here = normalise(file)
-    return within(here if scheme(folder) else split_uri(here)[2], folder)
+    return here if scheme(folder) else split_uri(here)[2]
 
 
 # What a model's save writes below its path: its tables, its exposure part and its metadata row.
@@ -143,9 +148,9 @@ def _refuse_foreign(spark, path: str) -> None:
     when every file below it lies in a folder that a model's save writes (a save that failed
     before its metadata row); a missing or empty path is written as a fresh one."""
     target = normalise(path)
-    files = _listed(spark, path)
-    foreign = [f for f in files if _top_name(f, target) not in _SAVED_NAMES]
-    if not foreign or _is_saved_stage(spark, path, files, target):
+    tops = {f: _top_name(f, target) for f in _paths_below(spark, path)}
+    foreign = sorted(f for f, top in tops.items() if top not in _SAVED_NAMES)
+    if not foreign or ("metadata" in tops.values() and _is_saved_stage(spark, path)):
         return
     raise FileExistsError(
         f"{path} holds {len(foreign)} file(s) that are not part of a saved model, e.g. {foreign[0]}; overwrite "
@@ -153,29 +158,13 @@ def _refuse_foreign(spark, path: str) -> None:
     )
 
 
-def _listed(spark, path: str) -> list[str]:
-    """Every file below path (Spark skips names starting with _ or .), listed through Spark
-    as _holds_files lists them: none when the path is missing."""
-    try:
-        found = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load([path, path])
-        return sorted({r[0] for r in found.select("path").collect()})
-    except AnalysisException as e:
-        if _not_found(e):
-            return []
-        raise
-
-
 def _top_name(file: str, folder: str) -> str:
     """The name of the entry directly below folder (normalised) that holds file."""
-    here = normalise(file)
-    here = here if scheme(folder) else split_uri(here)[2]
-    return here[len(folder.rstrip("/")) :].lstrip("/").split("/", 1)[0]
+    return _comparable(file, folder)[len(folder.rstrip("/")) :].lstrip("/").split("/", 1)[0]
 
 
-def _is_saved_stage(spark, path: str, files: list[str], target: str) -> bool:
+def _is_saved_stage(spark, path: str) -> bool:
     """path's metadata row reads as pyspark.ml's (a class and a uid)."""
-    if not any(_top_name(f, target) == "metadata" for f in files):
-        return False
     try:
         meta = read_metadata(spark, path)
     except (ValueError, json.JSONDecodeError):
@@ -234,8 +223,14 @@ def _parquet_files(spark, folder: str) -> list[str]:
 
 
 def _holds_files(spark, path: str) -> bool:
-    """Whether path is a file or a folder with a file anywhere below it, asked through Spark
-    (any file system, Spark Connect too): a missing path is "not found" when it is resolved.
+    """Whether path is a file or a folder with a file anywhere below it."""
+    return bool(_paths_below(spark, path, limit=1))
+
+
+def _paths_below(spark, path: str, limit: int | None = None) -> list[str]:
+    """The files below path (path itself if it is a file; Spark skips names starting with _
+    or .), at most limit of them, asked through Spark (any file system, Spark Connect too):
+    none for a missing path, which is "not found" when it is resolved.
 
     The path is given twice. Given one path, Spark first looks in it for a streaming sink's
     metadata log, and for a path that does not exist it logs a WARN with a stack trace
@@ -245,15 +240,12 @@ def _holds_files(spark, path: str) -> bool:
     """
     try:
         found = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load([path, path])
-        return bool(found.select("path").limit(1).collect())
+        found = found.select("path") if limit is None else found.select("path").limit(limit)
+        return sorted({r[0] for r in found.collect()})
     except AnalysisException as e:
-        if _not_found(e):
-            return False
+        if "PATH_NOT_FOUND" in str(e.getCondition()) or "Path does not exist" in str(e):
+            return []
         raise
-
-
-def _not_found(e: AnalysisException) -> bool:
-    return "PATH_NOT_FOUND" in str(e.getCondition()) or "Path does not exist" in str(e)
 
 
 def read_metadata(spark, path: str) -> dict:
