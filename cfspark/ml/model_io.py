@@ -149,7 +149,7 @@ def _refuse_foreign(spark, path: str) -> None:
     before its metadata row); a missing or empty path is written as a fresh one."""
     target = normalise(path)
     tops = {f: _top_name(f, target) for f in _paths_below(spark, path)}
-    foreign = sorted(f for f, top in tops.items() if top not in _SAVED_NAMES)
+    foreign = [f for f, top in tops.items() if top not in _SAVED_NAMES]  # in _paths_below's order
     if not foreign or ("metadata" in tops.values() and _is_saved_stage(spark, path)):
         return
     raise FileExistsError(
@@ -167,7 +167,7 @@ def _is_saved_stage(spark, path: str) -> bool:
     """path's metadata row reads as pyspark.ml's (a class and a uid)."""
     try:
         meta = read_metadata(spark, path)
-    except (ValueError, json.JSONDecodeError):
+    except ValueError:  # no metadata row, or one that is not JSON (json.JSONDecodeError is a ValueError)
         return False
     return isinstance(meta, dict) and "class" in meta and "uid" in meta
 
