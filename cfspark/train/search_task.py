@@ -437,9 +437,12 @@ def _search_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, s
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
+        began = time.perf_counter()
         table = pa.Table.from_batches(batches)
         fit, held, user_keys, item_keys, codes, _ = _search_input(table, plan)
+        indexed = time.perf_counter()
         record = {**search(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan), "sample": _sizes(table, codes)}
+        record["task_seconds"] = {"input": round(indexed - began, 3), "search": round(time.perf_counter() - indexed, 3)}
         yield pa.RecordBatch.from_arrays([pa.array([json.dumps(record)], pa.string())], names=[RECORD_COL])
 
     return run
