@@ -9,12 +9,18 @@ string ids, for ratings and labels.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from planted import planted_labels, planted_ratings
 
 from cfspark import CollaborativeFilter
 from cfspark.core.schema import P_EXPOSED
-from cfspark.fit.one_task import runs_in_one_task
+from cfspark.fit import one_task as fit_one_task
+from cfspark.fit import reg_search
+from cfspark.fit.blockwise import MIN_AUTO_BLOCKS, blocks_for
+from cfspark.fit.one_task import runs_in_one_task, searches_in_one_task
+from cfspark.kernels.init import initial_params
+from cfspark.kernels.layout import bias_col, const_col
 from cfspark.train import one_task
 
 PARAMS = dict(rank=3, maxIter=6, tol=0.0, seed=5, regParam=0.05, regUnits="als")
@@ -104,13 +110,69 @@ def test_one_task_bce_and_the_stopping_rule_match(spark):
 
 
 def test_the_one_task_limit_and_explicit_blocks_choose_the_path():
-    limit = one_task.ONE_TASK_RATINGS
     cf = CollaborativeFilter(**PARAMS)
     settings = cf.fit_settings()
+    # mse: one task exactly while the blockwise fit would make its fewest blocks.
+    limit = fit_one_task.MSE_ONE_TASK_RATINGS
+    assert blocks_for(limit) == MIN_AUTO_BLOCKS and blocks_for(limit + 1) > MIN_AUTO_BLOCKS
     assert runs_in_one_task(settings, limit) and not runs_in_one_task(settings, limit + 1)  # over the limit: blocks
+    # bce keeps the limit it was measured at.
+    bce = CollaborativeFilter(**{**PARAMS, "loss": "bce"}).fit_settings()
+    limit = one_task.ONE_TASK_RATINGS
+    assert runs_in_one_task(bce, limit) and not runs_in_one_task(bce, limit + 1)
+    # Automatic λ searches in the fit's own task only while the search takes every user.
+    searched = reg_search.SEARCH_RATINGS
+    assert searches_in_one_task(settings, searched) and not searches_in_one_task(settings, searched + 1)
+    assert runs_in_one_task(settings, searched + 1)
     assert not runs_in_one_task(cf.copy({cf.numUserBlocks: 1}).fit_settings(), 10)  # a block count set by hand
     assert not runs_in_one_task(cf.copy({cf.maxBlockRatings: 5}).fit_settings(), 10)
     assert not runs_in_one_task(cf.copy({cf.initialModel: "/some/model"}).fit_settings(), 10)  # a warm start
+
+
+@pytest.mark.slow
+def test_auto_reg_past_the_search_limit_fits_in_one_task_from_the_samples_factors(planted, monkeypatch):
+    """Past SEARCH_RATINGS and within the one-task limit, automatic λ searches a sample of the
+    users, then one task fits every rating from the search's factors, carried inside it: the
+    model the blockwise fit warm-started from the same factors gives (the path taken when
+    they are too many to carry)."""
+    ratings = planted[0]
+    monkeypatch.setattr(reg_search, "SEARCH_RATINGS", ratings.count() // 3)
+    monkeypatch.setattr(fit_one_task, "SEARCH_RATINGS", ratings.count() // 3)
+    params = {k: v for k, v in PARAMS.items() if k not in ("regParam", "regUnits", "tol")}
+    one = CollaborativeFilter(**params).fit_validated(ratings)
+    search = one.summary["reg_search"]
+    assert one.summary["one_task"] and search["sample_fraction"] == reg_search.SEARCH_FRACTION
+    assert search["reg"] == pytest.approx(search["sample_reg"] * search["transfer"], rel=1e-12)
+
+    monkeypatch.setattr(fit_one_task, "fits_inline", lambda rows, rank: False)
+    blocks = CollaborativeFilter(**params).fit_validated(ratings)
+    assert "one_task" not in blocks.summary and blocks.summary["reg_path"] == one.summary["reg_path"]
+    # The same start, λ, kernel and settle rule: the same iterations and factors.
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in one.history], [h["train_loss"] for h in blocks.history], rtol=1e-9
+    )
+    _assert_same(one, blocks)
+    # The start is the search's: from the hashed init, the same λ, λ_b and rank begin far higher.
+    chosen = {"regParam": search["reg"], "biasReg": one.getBiasReg(), "rank": search.get("rank", PARAMS["rank"])}
+    cold = CollaborativeFilter(**{**params, **chosen}).fit_validated(ratings)
+    assert cold.summary["one_task"] and cold.history[0]["train_loss"] > 1.5 * one.history[0]["train_loss"]
+    one.unpersist(), blocks.unpersist(), cold.unpersist()
+
+
+@pytest.mark.parametrize("kind", ["int", "string"])
+def test_started_params_take_the_carried_factors_of_the_ids_they_hold(kind):
+    cfg = CollaborativeFilter(rank=2, itemBias=True, regParam=0.1, biasReg=1.0).fit_settings().step_config("item")
+    ids = [10, 11, 12, 13] if kind == "int" else ["a", "b", "c", "d"]
+    keys = np.array([5, 6, 7, 8], dtype=np.int64)
+    earlier_ids = pa.array([ids[3], ids[1], 99 if kind == "int" else "z"])  # one id the task does not have
+    features = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    bias = np.array([0.5, -0.5, 9.0])
+    params = one_task.started_params(cfg, keys, pa.array(ids), (earlier_ids, features, bias))
+    cold = initial_params(keys, 2, scale=cfg.init_scale, side="item")
+    np.testing.assert_array_equal(params[[0, 2]], cold[[0, 2]])  # not carried: the hashed init
+    for row, at in ((3, 0), (1, 1)):
+        np.testing.assert_array_equal(params[row, :2], features[at])
+        assert params[row, bias_col(2, "item")] == bias[at] and params[row, const_col(2, "item")] == 1.0
 
 
 def test_float32_in_one_task_fits_as_float64_does(planted):

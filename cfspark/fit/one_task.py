@@ -11,27 +11,51 @@ import math
 import time
 from collections.abc import Callable
 
+import numpy as np
 from pyspark.sql import DataFrame
 
+from cfspark.blocks.codec import list_matrix
 from cfspark.core.phases import phase
+from cfspark.core.schema import BIAS, FEATURES
+from cfspark.fit.blockwise import MIN_AUTO_BLOCKS, RATINGS_PER_BLOCK
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
-from cfspark.fit.reg_search import log_search, search_plan, search_rows, search_settings
-from cfspark.fit.settings import FitSettings
+from cfspark.fit.reg_search import SEARCH_RATINGS, log_search, search_plan, search_rows, search_settings
+from cfspark.fit.settings import Earlier, FitSettings
 from cfspark.fit.targets import TargetStats, prepare
 from cfspark.train.history import diverged
-from cfspark.train.one_task import ONE_TASK_RATINGS, fit_one_task
+from cfspark.train.one_task import ONE_TASK_RATINGS, Carried, fit_one_task
 from cfspark.train.search_task import search_and_fit_one_task
+from cfspark.train.warm import fits_inline
 
 log = logging.getLogger("cfspark")
 
 
+# mse fits in one task while the blockwise fit would make its fewest blocks: then at most
+# MIN_AUTO_BLOCKS tasks run in a half-step, on any cluster, and one task does their work in
+# less time (4.2M ratings: the fit's own part 10 s in one task against 24 s in 2 + 2 blocks
+# on 2 cores, docs/benchmarks.md "One task up to the fewest blocks").
+MSE_ONE_TASK_RATINGS = MIN_AUTO_BLOCKS * RATINGS_PER_BLOCK
+
+
+def one_task_limit(settings: FitSettings) -> int:
+    """The most training ratings a fit of these settings sends to one task: MSE_ONE_TASK_RATINGS
+    for mse, ONE_TASK_RATINGS for bce (the limit it was measured at)."""
+    return MSE_ONE_TASK_RATINGS if settings.loss == "mse" else ONE_TASK_RATINGS
+
+
 def runs_in_one_task(settings: FitSettings, num_ratings: int | None) -> bool:
     """Whether a fit of num_ratings training ratings runs in one task: both block counts
-    left to the data (0), at most ONE_TASK_RATINGS ratings (nor more than maxBlockRatings),
+    left to the data (0), at most one_task_limit ratings (nor more than maxBlockRatings),
     and no warm start."""
     if settings.numUserBlocks or settings.numItemBlocks or settings.initialModel is not None:
         return False
-    return num_ratings is not None and num_ratings <= min(ONE_TASK_RATINGS, settings.maxBlockRatings)
+    return num_ratings is not None and num_ratings <= min(one_task_limit(settings), settings.maxBlockRatings)
+
+
+def searches_in_one_task(settings: FitSettings, num_ratings: int | None) -> bool:
+    """Whether automatic λ searches and fits in the same task: a fit in one task whose search
+    takes every user (at most SEARCH_RATINGS ratings). A larger one searches a sample first."""
+    return runs_in_one_task(settings, num_ratings) and num_ratings <= SEARCH_RATINGS
 
 
 def fit_in_one_task(
@@ -42,19 +66,37 @@ def fit_in_one_task(
     on_iteration: Callable[[FitRecord], dict] | None = None,
     global_mean: float | None = None,
     item_sums: DataFrame | None = None,
+    start: tuple[Carried, Carried] | None = None,
+    settle_at: float | None = None,
 ) -> FitRecord:
     """The whole fit in one task; began is when the fit started, so setup is counted;
-    global_mean (mse), the ratings' weighted mean, and item_sums, their item sums, if already known."""
+    global_mean (mse), the ratings' weighted mean, and item_sums, their item sums, if already
+    known; start (carried_factors') and settle_at as train/one_task.fit_one_task takes them."""
     spark = train_ratings.sparkSession
     with phase(spark, "prepare"):
         prepared = prepare(settings, train_ratings, global_mean, item_sums)
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(
             prepared.targets, settings.step_config("user"), settings.step_config("item"),
-            max_iter=settings.maxIter, tol=settings.tol, seed=settings.seed,
+            max_iter=settings.maxIter, tol=settings.tol, seed=settings.seed, start=start, settle_at=settle_at,
         )  # fmt: skip
     return finish_record(settings, train_ratings, user_factors, item_factors, prepared.item_stats,
                          prepared.global_baseline, record, began=began, on_iteration=on_iteration)  # fmt: skip
+
+
+def carried_factors(earlier: Earlier) -> tuple[Carried, Carried] | None:
+    """Both sides of earlier factors (automatic λ's search's, their rows known) collected to
+    be carried inside the one task, as (ids, features, bias); None when they are more than a
+    warm start carries inline (train/warm.py's INLINE_BYTES): that fit then runs blockwise."""
+    if earlier.rows is None or not fits_inline(sum(earlier.rows), earlier.rank):
+        return None
+    carried = []
+    for table in (earlier.user_factors, earlier.item_factors):
+        rows = table.toArrow()
+        features = list_matrix(rows.column(FEATURES), earlier.rank) if rows.num_rows else np.empty((0, earlier.rank))
+        ids = rows.column(0).combine_chunks()
+        carried.append((ids, features, rows.column(BIAS).to_numpy(zero_copy_only=False).astype(np.float64)))
+    return carried[0], carried[1]
 
 
 def fit_auto_in_one_task(

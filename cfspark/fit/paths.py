@@ -21,7 +21,13 @@ from pyspark.sql import DataFrame
 from cfspark.fit.blockwise import fit_blockwise
 from cfspark.fit.exposure import fit_with_exposure
 from cfspark.fit.exposure_task import fit_exposure_one_task
-from cfspark.fit.one_task import fit_auto_in_one_task, fit_in_one_task, runs_in_one_task
+from cfspark.fit.one_task import (
+    carried_factors,
+    fit_auto_in_one_task,
+    fit_in_one_task,
+    runs_in_one_task,
+    searches_in_one_task,
+)
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import choose_reg
 from cfspark.fit.settings import AUTO, FitSettings
@@ -83,7 +89,7 @@ def _fit_ratings(
         if settings.meanPrior == AUTO:
             log.info("automatic m: the item means shrunk by %.4g pseudo-ratings", stats.mean_prior)
         settings = settings.replace(meanPrior=stats.mean_prior)
-        if settings.regParam == AUTO and runs_in_one_task(settings, num_ratings):
+        if settings.regParam == AUTO and searches_in_one_task(settings, num_ratings):
             return fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)
         if spread is not None and settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
@@ -120,9 +126,17 @@ def _fit_ratings(
                               num_items=num_items, with_factors=with_factors)  # fmt: skip
 
         if runs_in_one_task(settings, num_ratings):
-            chosen, settle = chosen_settings(*run_search())
-            record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings,
-                                 global_mean=global_mean, settle=settle)  # fmt: skip
+            # Past SEARCH_RATINGS (searches_in_one_task): a sample's search, then one task fits
+            # every rating from its factors, carried inside it; too many of them go blockwise.
+            chosen, settle = chosen_settings(*run_search(True))
+            start = carried_factors(chosen.initialModel.load()) if chosen.initialModel else None
+            if start is None:
+                record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings,
+                                     global_mean=global_mean, settle=settle)  # fmt: skip
+            else:
+                record = fit_in_one_task(chosen.replace(initialModel=None), train_ratings, began=began,
+                                         on_iteration=on_iteration, global_mean=global_mean, item_sums=sums,
+                                         start=start, settle_at=settle)  # fmt: skip
         else:
             # The search's one task leaves a core free, and the blocks do not depend on λ or
             # the rank: the blockwise setup runs beside the search and waits for it once built.

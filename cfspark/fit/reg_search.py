@@ -4,7 +4,8 @@ A hashed VALIDATION_FRACTION of the training ratings is held out, and the bracke
 search (kernels/bracket.py) runs on the rest inside one Spark task (train/search_task.py),
 each λ warm-started from the nearest one fitted, each stopped on the validation score. Large data
 is searched on a hashed SEARCH_FRACTION of its users (at most about SEARCH_RATINGS ratings),
-so that the search takes a fixed share of the blockwise setup it runs beside. The sample
+so that the search takes a fixed share of the blockwise setup it runs beside (or of the
+one-task fit it runs before). The sample
 keeps every user's ratings but leaves each item fewer, and chooses a larger λ than all
 users would; the choice is carried over to the whole by the penalty per factor vector
 (transfer_factor), for both losses. Only the training ratings are read: a
@@ -49,7 +50,7 @@ STEP = 3.0  # the widening factor past an end of START
 TOL_LOG = math.log(1.3)  # the final bracket's width in log λ: λ within 30 % of the best
 LOW, HIGH = 1e-4, 1e2  # the hard range: every λ tried lies in it
 POINT_ITER = 6  # iterations at most per warm-started λ; the first λ may take maxIter
-# At most about this many ratings are searched, in one task: as many as one task fits.
+# At most about this many ratings are searched, in one task: as many as a bce fit sends to one task.
 SEARCH_RATINGS = ONE_TASK_RATINGS
 # Past that size the search takes this share of the users (fewer if the share exceeds SEARCH_RATINGS):
 # its cost then grows with the data as the blockwise setup's does, and stays beside it. mse and bce
@@ -172,7 +173,7 @@ def choose_reg(
     spread: float = 1.0,
     *,
     num_ratings: int | None = None,
-    max_ratings: int = SEARCH_RATINGS,
+    max_ratings: int | None = None,
     global_mean: float | None = None,
     num_items: int | None = None,
     with_factors: bool = False,
@@ -189,7 +190,7 @@ def choose_reg(
     biasReg = "auto") is the choice, fitted once for λ_b ("fixed": True)."""
     began = time.perf_counter()
     num_ratings = train_ratings.count() if num_ratings is None else num_ratings
-    fraction = search_fraction(num_ratings, max_ratings)
+    fraction = search_fraction(num_ratings, SEARCH_RATINGS if max_ratings is None else max_ratings)
     rows = sampled_users(train_ratings, fraction, settings.seed + SAMPLE_SEED)
     unit = spread if settings.regUnits == "spread" else 1.0
     at = search_settings(settings, unit)

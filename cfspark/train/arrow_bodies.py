@@ -229,7 +229,7 @@ def step_cached(cfg: StepConfig, key: CacheKey):
     return run
 
 
-def _warm_params(cfg: StepConfig, keys: np.ndarray, local: np.ndarray, features: np.ndarray | None,
+def warm_params(cfg: StepConfig, keys: np.ndarray, local: np.ndarray, features: np.ndarray | None,
                  bias: np.ndarray | None) -> np.ndarray:  # fmt: skip
     """A block's first params: the hashed initial values, with the earlier factors (features,
     bias) of its rows local put in their place."""
@@ -271,7 +271,7 @@ def warm_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
         if earlier.num_rows:
             local, features = earlier.column("local").to_numpy(), list_matrix(earlier.column("features"), cfg.rank)
             bias = earlier.column("bias").to_numpy(zero_copy_only=False)
-        params = _warm_params(cfg, cell(inblock, "keys", 0, np.int64), local, features, bias)
+        params = warm_params(cfg, cell(inblock, "keys", 0, np.int64), local, features, bias)
         rows = _start_rows(cfg, block, params, functools.partial(cache.decode, inblock), send=send, key=key)
         return pa.Table.from_pylist(rows, schema=_ARROW_SCHEMA)
 
@@ -294,7 +294,7 @@ def warm_inline(cfg: StepConfig, earlier: tuple[np.ndarray, np.ndarray, np.ndarr
                 at = np.minimum(np.searchsorted(values, ids), max(len(values) - 1, 0))
                 found = values[at] == ids if len(values) else np.zeros(len(ids), dtype=bool)
                 local, at = np.flatnonzero(found), at[found]
-                params = _warm_params(cfg, cell(batch, "keys", r, np.int64), local, features[at], bias[at])
+                params = warm_params(cfg, cell(batch, "keys", r, np.int64), local, features[at], bias[at])
                 rows += _start_rows(cfg, block, params, functools.partial(cache.decode, batch, r), send=send, key=key)
             yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
 

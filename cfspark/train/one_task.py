@@ -1,9 +1,9 @@
 """Small data: the whole alternating loop inside one Spark task.
 
-When the training ratings fit in one block per side, a half-step's numpy work is a few
-milliseconds, and the distributed loop's cost is Spark's own: a job per half-step (a
-fixed cost of a quarter of a second or more, whatever the data size), plus setup's index,
-pack and init jobs. So below ONE_TASK_RATINGS a fit sends the ratings to one task instead.
+When the ratings are few, the distributed loop's cost is mostly Spark's own: a job per
+half-step (a fixed cost of a quarter of a second or more, whatever the data size), the
+blocks' and messages' crossings into Python, plus setup's index, pack and init jobs. So a
+fit small enough (fit/one_task.py's runs_in_one_task) sends the ratings to one task instead.
 The task indexes both sides itself (Arrow's dictionary encoding, so ids of any type),
 builds both sides' CSR arrays once, runs the same half-step (step.solve_rows) max_iter
 times, and emits both factor tables and the loss history: one Spark job for the whole fit.
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -35,15 +36,20 @@ from cfspark.core.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_RATINGS, O
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.repeats import repeats
+from cfspark.train.arrow_bodies import moved_squares, warm_params
 from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
 from cfspark.train.sampled import at_iteration, draws_ahead
 from cfspark.train.step import StepConfig, solve_rows
-from cfspark.train.trainer import checkpoint_level
+from cfspark.train.trainer import checkpoint_level, settled
 
-# At most this many training ratings go to one task. At 2M ratings one task still takes
-# about half the blockwise fit's time on 2 cores (measured: 24.4 s against 43.9 s, mse,
-# synthetic, 18 iterations each; 8.7 s against 17.3 s, a 1.93M-pair exposure fit, 10 each).
+# At most this many training labels of a bce fit go to one task, and as many ratings to an
+# automatic λ search's task. At 2M ratings one task still takes about half the blockwise fit's
+# time on 2 cores (measured: 24.4 s against 43.9 s, mse, synthetic, 18 iterations each;
+# 8.7 s against 17.3 s, a 1.93M-pair exposure fit, 10 each). mse's limit: fit/one_task.py.
 ONE_TASK_RATINGS = 2_500_000
+
+# One side's earlier factors, carried into a task: (ids as an Arrow array, features, bias).
+Carried = tuple[pa.Array, np.ndarray, np.ndarray]
 
 KIND = "kind"  # of an output row: 0 a user's factors, 1 an item's, 2 the fit's record
 USERS, ITEMS, RECORD = 0, 1, 2
@@ -86,6 +92,7 @@ def fit_arrays(
     start: tuple[np.ndarray, np.ndarray] | None = None,
     settle: float | None = None,
     still: float | None = None,
+    settle_at: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict], str]:
     """The alternating loop on dense local ids: (user params, item params, history, stop reason).
 
@@ -96,7 +103,10 @@ def fit_arrays(
     moves the predictions of the training rows by at most settle in root mean square,
     which bounds how much that iteration could change any RMSE over those rows; still, if
     given with settle, also stops it once an iteration (after the second) changes the
-    training rows' RMSE by at most that fraction.
+    training rows' RMSE by at most that fraction. settle_at, if given instead, adds the
+    blockwise fit's settle rule to tol (train/trainer.py's settled): the loop also stops once
+    the two half-steps' moves of the training rows' predictions, each with the other side
+    held, sum to at most settle_at (RMS), so a fit from the same start stops where it would.
     """
     n_users, n_items = len(user_keys), len(item_keys)
     by_user = csr_by_row(user_local, item_local, n_users, y, offset, weight)
@@ -119,16 +129,20 @@ def fit_arrays(
         for iteration in range(1, max_iter + 1):
             step_began = time.perf_counter()
             step, drawn = at_iteration(user_cfg, iteration), ahead.take(iteration, 0) if ahead else None
+            before = users.copy() if settle_at is not None else None  # the step may write into its params
             # The iteration's data loss is the item half-step's: the user half-step's is not computed.
             users, user_state, (_, user_reg) = solve_rows(step, *by_user, items, users, user_state, keys=user_keys,
                                                           data_loss=False, cache=tiled[0], drawn=drawn)  # fmt: skip
+            user_moved = 0.0 if before is None else moved_squares(by_user[0], by_user[1], users - before, items)
             half_way = time.perf_counter()
             step, drawn = at_iteration(item_cfg, iteration), ahead.take(iteration, 1) if ahead else None
+            before = items.copy() if settle_at is not None else None
             items, item_state, (data, item_reg) = solve_rows(step, *by_item, users, items, item_state, keys=item_keys,
                                                              cache=tiled[1], drawn=drawn)  # fmt: skip
+            item_moved = 0.0 if before is None else moved_squares(by_item[0], by_item[1], items - before, users)
             now = time.perf_counter()
-            user_step = HalfStep(0.0, user_reg, half_way - step_began)
-            item_step = HalfStep(data, item_reg, now - half_way)
+            user_step = HalfStep(0.0, user_reg, half_way - step_began, moved=user_moved)
+            item_step = HalfStep(data, item_reg, now - half_way, moved=item_moved)
             entry = history_entry(
                 iteration, user_step, item_step, seconds=now - step_began, elapsed=now - began,
                 user_seconds=half_way - step_began,
@@ -138,7 +152,8 @@ def fit_arrays(
                 stop_reason = f"diverged: the training loss is {entry['train_loss']} at iteration {iteration}"
                 break
             if settle is None:
-                reason = converged(history, tol)
+                at = settle_at and settled(entry, user_step, item_step, settle_at, len(y))
+                reason = at or converged(history, tol)
             else:
                 last, scores = scores, predictions(users, items, user_local, item_local)
                 moved = float(np.sqrt(np.mean((scores - last) ** 2)))
@@ -226,7 +241,17 @@ def refused_pairs(
     return refusal_batch(user_ids, item_ids, {REPEATED: found}, item_columns)
 
 
-def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: float):
+def started_params(cfg: StepConfig, keys: np.ndarray, ids: pa.Array, earlier: Carried) -> np.ndarray:
+    """One side's first params: the hashed init of keys, with the earlier factors of the ids
+    (the task's Arrow dictionary, in local order) that earlier has."""
+    earlier_ids, features, bias = earlier
+    at = pc.index_in(ids, value_set=earlier_ids).fill_null(-1).to_numpy(zero_copy_only=False)
+    local = np.flatnonzero(at >= 0)
+    return warm_params(cfg, keys, local, features[at[local]], bias[at[local]])
+
+
+def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: float,
+              start: tuple[Carried, Carried] | None, settle_at: float | None):  # fmt: skip
     """mapInArrow body over the one partition that holds every training rating."""
     rank = user_cfg.rank
 
@@ -248,11 +273,15 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
             yield refused
             return
         offset, weight = (table.column(name) for name in (OFFSET, WEIGHT))
+        begin = None
+        if start is not None:
+            begin = (started_params(user_cfg, user_keys, users.dictionary, start[0]),
+                     started_params(item_cfg, item_keys, items.dictionary, start[1]))  # fmt: skip
         W, X, history, stop = fit_arrays(
             user_local, item_local, table.column(TARGET).to_numpy().astype(np.float64),
             None if offset.null_count else offset.to_numpy().astype(np.float64),
             None if weight.null_count else weight.to_numpy().astype(np.float64),
-            user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol,
+            user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol, start=begin, settle_at=settle_at,
         )  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X)}
         yield factor_batch(users.dictionary, items.dictionary, W, X, rank, record)
@@ -261,16 +290,26 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
 
 
 def fit_one_task(
-    targets: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, *, max_iter: int, tol: float, seed: int
+    targets: DataFrame,
+    user_cfg: StepConfig,
+    item_cfg: StepConfig,
+    *,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    start: tuple[Carried, Carried] | None = None,
+    settle_at: float | None = None,
 ) -> tuple[DataFrame, DataFrame, dict]:
     """(user_factors, item_factors, record) from targets (user, item, y, offset, weight); the record
-    holds the loss history, the stop reason and the numbers of users and items.
+    holds the loss history, the stop reason and the numbers of users and items. start, if
+    given, is each side's earlier factors to begin from (the hashed init for ids it lacks),
+    carried inside the task's body; settle_at, if given, adds the blockwise settle rule (fit_arrays).
 
     The factor tables are (id, features, bias) under the input's id types, materialised
     in Spark's block store (localCheckpoint), as a distributed fit's final tables are.
     """
     rows = keyed_rows(targets.select(USER, ITEM, TARGET, OFFSET, WEIGHT), seed)
-    users, items, _, record = run_factor_task(rows, _fit_body(user_cfg, item_cfg, max_iter, tol))
+    users, items, _, record = run_factor_task(rows, _fit_body(user_cfg, item_cfg, max_iter, tol, start, settle_at))
     return users, items, record
 
 

@@ -39,7 +39,7 @@ INLINE_BYTES = 32 << 20
 _SIDE = "side"  # which side a row of the one collected table of small earlier factors is of
 
 
-def _fits(rows: int, rank: int) -> bool:
+def fits_inline(rows: int, rank: int) -> bool:
     """Whether a table of earlier factors of this many rows is small enough to carry inline."""
     return rows * (rank + 2) * 8 <= INLINE_BYTES
 
@@ -59,7 +59,7 @@ def _inline_sides(
     """Each side's earlier factors as _carried gives them, the values being those its blocks
     order their ids by; None for a table of more than INLINE_BYTES. A side's rows, where
     known, save counting its table; the sides within the bound are collected in one job."""
-    small = [s for s in factors if _fits(factors[s].count() if rows.get(s) is None else rows[s], rank)]
+    small = [s for s in factors if fits_inline(factors[s].count() if rows.get(s) is None else rows[s], rank)]
     if not small:
         return dict.fromkeys(factors)
     tagged = [blocks.side(s).with_values(factors[s], FEATURES, BIAS).withColumn(_SIDE, F.lit(j))
