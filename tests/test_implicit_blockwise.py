@@ -14,6 +14,7 @@ from tests_support import jobs_of
 
 from cfspark import CollaborativeFilter
 from cfspark.data.weights import REFERENCE_ALPHA
+from cfspark.fit import implicit
 
 PARAMS = dict(loss="bce", rank=3, maxIter=4, tol=0.0, seed=7, exposureRegParam=0.05)
 
@@ -113,3 +114,36 @@ def test_the_one_task_search_and_its_fit_share_one_job(spark):
     assert small.summary["one_task"] and len(small.summary["reg_path"]) >= 6
     assert searched == unsearched, (searched, unsearched)
     ratings.unpersist()
+
+
+@pytest.mark.slow
+def test_past_the_search_limit_one_task_fits_from_the_samples_factors(spark, monkeypatch):
+    """Past SEARCH_RATINGS and within the one-task limit, the search takes a sample of the users
+    in its own task, then one task fits every pair from the factors it ended with, carried
+    inside it: the blockwise fit from the same factors (the path taken when they are too many
+    to carry), iteration for iteration."""
+    ratings = _positive_counts(spark, n_users=120, n_items=60).cache()
+    monkeypatch.setattr(implicit, "SEARCH_RATINGS", ratings.count() // 3)
+    auto = {**PARAMS, "regParam": "auto", "alpha": "auto", "maxIter": 6}
+    auto.pop("exposureRegParam")
+    one = CollaborativeFilter(**auto).fit_validated(ratings)
+    assert one.summary["one_task"] and one.summary["reg_search"]["sample_fraction"] < 1
+    monkeypatch.setattr(implicit, "carried_factors", lambda earlier: None)
+    blocks = CollaborativeFilter(**auto).fit_validated(ratings)
+    assert "one_task" not in blocks.summary and blocks.summary["reg_path"] == one.summary["reg_path"]
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in one.history], [h["train_loss"] for h in blocks.history], rtol=1e-9
+    )
+    for id_col in ("user", "item"):
+        a, b = _factors(one, id_col), _factors(blocks, id_col)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=f"{id_col} {key}")
+    # The start is the search's: from the hashed init at the same λ and α (on confidences made
+    # with α, as a fixed α takes them) the first loss is higher.
+    reg, alpha = one.summary["reg_search"]["reg"], one.summary["alpha"]
+    made_with_alpha = ratings.withColumn("weight", 1.0 + alpha / REFERENCE_ALPHA * (F.col("weight") - 1.0))
+    fixed = {**auto, "regParam": reg, "exposureRegParam": reg, "alpha": alpha}
+    cold = CollaborativeFilter(**fixed).fit_validated(made_with_alpha)
+    assert cold.summary["one_task"] and cold.history[0]["train_loss"] > one.history[0]["train_loss"]
+    one.unpersist(), blocks.unpersist(), cold.unpersist(), ratings.unpersist()

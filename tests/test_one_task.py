@@ -113,7 +113,7 @@ def test_the_one_task_limit_and_explicit_blocks_choose_the_path():
     cf = CollaborativeFilter(**PARAMS)
     settings = cf.fit_settings()
     # mse: one task exactly while the blockwise fit would make its fewest blocks.
-    limit = fit_one_task.MSE_ONE_TASK_RATINGS
+    limit = fit_one_task.FEWEST_BLOCKS_RATINGS
     assert blocks_for(limit) == MIN_AUTO_BLOCKS and blocks_for(limit + 1) > MIN_AUTO_BLOCKS
     assert runs_in_one_task(settings, limit) and not runs_in_one_task(settings, limit + 1)  # over the limit: blocks
     # bce keeps the limit it was measured at.

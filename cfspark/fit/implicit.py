@@ -11,8 +11,10 @@ mode scales regParam): on MovieLens latest-small as counts NDCG@10 rose from 0.2
 to 0.298 at 0.01, and on generated play counts fell from 0.0839 to 0.0829. Its scores are
 σ(w·x + b + c), an order over items (monotone in the fitted preference), not a probability.
 
-Small fits run in one task (fit/one_task.py's rule), with the λ and α search in the same task and
-job, the pairs read into Python once (rank_search.choose_and_fit_ranking). Larger ones, or fits
+Small fits run in one task (fit/one_task.py's rule, up to FEWEST_BLOCKS_RATINGS pairs), with the
+λ and α search in the same task and job, the pairs read into Python once
+(rank_search.choose_and_fit_ranking); past SEARCH_RATINGS the search takes a sample of the users
+in a task of its own first, and the one task starts from its factors. Larger ones, or fits
 given block counts or a warm start, run blockwise, where each half-step also sums the other
 side's Gramian over its blocks (train/all_items.py), checkpointed and resumable as any
 blockwise fit. Both start from the same factors, the hashed init or, under automatic λ or α,
@@ -51,9 +53,10 @@ from cfspark.core.schema import (
 from cfspark.data.offsets import item_offsets
 from cfspark.data.weights import column_alpha
 from cfspark.fit.blockwise import blocks_for, fingerprint, record_of
-from cfspark.fit.one_task import runs_in_one_task
+from cfspark.fit.one_task import FEWEST_BLOCKS_RATINGS, carried_factors, runs_in_one_task
 from cfspark.fit.rank_search import AlphaPlan, choose_and_fit_ranking, choose_ranking
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
+from cfspark.fit.reg_search import SEARCH_RATINGS
 from cfspark.fit.settings import AUTO, FitSettings, InitialModel
 from cfspark.fit.warm import search_start, warm_start_from
 from cfspark.train.checkpoint import Checkpointer
@@ -115,7 +118,8 @@ def fit_all_items(
         if not passes:
             return None
         with phase(spark, "search"):
-            return choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=tol, num_ratings=num_ratings)
+            return choose_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=tol, num_ratings=num_ratings,
+                                  max_ratings=SEARCH_RATINGS)  # fmt: skip
 
     at_choice = functools.partial(configs_at, (user_cfg, item_cfg), reg, reference)
 
@@ -137,17 +141,28 @@ def fit_all_items(
         )  # fmt: skip
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
-    if runs_in_one_task(settings, num_ratings):
+    one_task, picked, start = runs_in_one_task(settings, num_ratings, FEWEST_BLOCKS_RATINGS), None, None
+    if one_task and passes and num_ratings > SEARCH_RATINGS:
+        # The search takes a sample in its own task first, and the one task starts from its
+        # factors, carried inside it; too many of them to carry, and the fit runs blockwise.
+        picked = chosen(search())
+        start = carried_factors(picked.begin.load()) if picked.begin else None
+        one_task = start is not None or picked.begin is None
+    if one_task:
         with phase(spark, "one-task"):
-            if passes:  # the search and the fit at its choice in one job, the pairs read into Python once
+            if passes and picked is None:  # the search and the fit at its choice in one job, the pairs read once
                 *factors, record = choose_and_fit_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=tol,
                                                           fit_configs=at_choice)  # fmt: skip
                 picked = chosen(record.pop("search"))
             else:
-                picked = chosen(None)
+                picked = picked or chosen(None)
                 *factors, record = fit_one_task(targets, *picked.configs, max_iter=settings.maxIter, tol=tol,
-                                                seed=settings.seed)  # fmt: skip
+                                                seed=settings.seed, start=start)  # fmt: skip
         fitted = _in_one_task(settings, picked.part, (*factors, record), stats, train_ratings, began, on_iteration)
+    elif picked is not None:  # searched already: the blockwise fit from its factors
+        searched = picked
+        picked, fitted = _blockwise(settings, targets, stats, train_ratings, num_ratings, began, on_iteration,
+                                    resolve=lambda: searched)  # fmt: skip
     else:
         with ThreadPoolExecutor(max_workers=1) as pool:
             searching = pool.submit(search)

@@ -30,26 +30,29 @@ from cfspark.train.warm import fits_inline
 log = logging.getLogger("cfspark")
 
 
-# mse fits in one task while the blockwise fit would make its fewest blocks: then at most
+# Up to this many training ratings the blockwise fit makes its fewest blocks, so at most
 # MIN_AUTO_BLOCKS tasks run in a half-step, on any cluster, and one task does their work in
-# less time (4.2M ratings: the fit's own part 10 s in one task against 24 s in 2 + 2 blocks
-# on 2 cores, docs/benchmarks.md "One task up to the fewest blocks").
-MSE_ONE_TASK_RATINGS = MIN_AUTO_BLOCKS * RATINGS_PER_BLOCK
+# less time: mse (4.2M ratings, λ fixed: the fit's own part 10 s in one task against 24 s in
+# 2 + 2 blocks on 2 cores) and the positive-only all-items model (4.2M pairs: 26-34 s against
+# 38-42 s), docs/benchmarks.md "One task up to the fewest blocks".
+FEWEST_BLOCKS_RATINGS = MIN_AUTO_BLOCKS * RATINGS_PER_BLOCK
 
 
 def one_task_limit(settings: FitSettings) -> int:
-    """The most training ratings a fit of these settings sends to one task: MSE_ONE_TASK_RATINGS
-    for mse, ONE_TASK_RATINGS for bce (the limit it was measured at)."""
-    return MSE_ONE_TASK_RATINGS if settings.loss == "mse" else ONE_TASK_RATINGS
+    """The most training ratings a fit of these settings sends to one task: FEWEST_BLOCKS_RATINGS
+    for mse, ONE_TASK_RATINGS for bce (the limit its exposure model was measured at; the
+    positive-only fit, fit/implicit.py, asks for FEWEST_BLOCKS_RATINGS itself)."""
+    return FEWEST_BLOCKS_RATINGS if settings.loss == "mse" else ONE_TASK_RATINGS
 
 
-def runs_in_one_task(settings: FitSettings, num_ratings: int | None) -> bool:
+def runs_in_one_task(settings: FitSettings, num_ratings: int | None, limit: int | None = None) -> bool:
     """Whether a fit of num_ratings training ratings runs in one task: both block counts
-    left to the data (0), at most one_task_limit ratings (nor more than maxBlockRatings),
-    and no warm start."""
+    left to the data (0), at most limit ratings (one_task_limit unless given; nor more than
+    maxBlockRatings), and no warm start."""
     if settings.numUserBlocks or settings.numItemBlocks or settings.initialModel is not None:
         return False
-    return num_ratings is not None and num_ratings <= min(one_task_limit(settings), settings.maxBlockRatings)
+    limit = one_task_limit(settings) if limit is None else limit
+    return num_ratings is not None and num_ratings <= min(limit, settings.maxBlockRatings)
 
 
 def searches_in_one_task(settings: FitSettings, num_ratings: int | None) -> bool:
