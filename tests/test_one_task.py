@@ -134,8 +134,8 @@ def test_auto_reg_past_the_search_limit_fits_in_one_task_from_the_samples_factor
     """Past SEARCH_RATINGS and within the one-task limit, automatic λ searches a sample of the
     users, then one task fits every rating from the search's factors, carried inside it: the
     model the blockwise fit warm-started from the same factors gives (the path taken when
-    they are too many to carry)."""
-    ratings = planted[0]
+    they are too many to carry). String ids: the carried factors are found by value."""
+    ratings = planted[1]
     monkeypatch.setattr(reg_search, "SEARCH_RATINGS", ratings.count() // 3)
     monkeypatch.setattr(fit_one_task, "SEARCH_RATINGS", ratings.count() // 3)
     params = {k: v for k, v in PARAMS.items() if k not in ("regParam", "regUnits", "tol")}

@@ -245,7 +245,8 @@ def started_params(cfg: StepConfig, keys: np.ndarray, ids: pa.Array, earlier: Ca
     """One side's first params: the hashed init of keys, with the earlier factors of the ids
     (the task's Arrow dictionary, in local order) that earlier has."""
     earlier_ids, features, bias = earlier
-    at = pc.index_in(ids, value_set=earlier_ids).fill_null(-1).to_numpy(zero_copy_only=False)
+    # index_in needs one Arrow type on both sides; the carried ids came through the driver's collect.
+    at = pc.index_in(ids, value_set=earlier_ids.cast(ids.type)).fill_null(-1).to_numpy(zero_copy_only=False)
     local = np.flatnonzero(at >= 0)
     return warm_params(cfg, keys, local, features[at[local]], bias[at[local]])
 
