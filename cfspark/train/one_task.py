@@ -42,10 +42,11 @@ from cfspark.train.sampled import at_iteration, draws_ahead
 from cfspark.train.step import StepConfig, solve_rows
 from cfspark.train.trainer import checkpoint_level, settled
 
-# At most this many training labels of a bce fit go to one task, and as many ratings to an
-# automatic λ search's task. At 2M ratings one task still takes about half the blockwise fit's
-# time on 2 cores (measured: 24.4 s against 43.9 s, mse, synthetic, 18 iterations each;
-# 8.7 s against 17.3 s, a 1.93M-pair exposure fit, 10 each). mse's limit: fit/one_task.py.
+# At most this many training labels of a bce fit with 0 labels go to one task, and as many
+# ratings to an automatic λ search's task (the positive-only fit's limit is mse's). At 2M
+# ratings one task still takes about half the blockwise fit's time on 2 cores (measured:
+# 24.4 s against 43.9 s, mse, synthetic, 18 iterations each; 8.7 s against 17.3 s, a
+# 1.93M-pair exposure fit, 10 each). mse's limit: fit/one_task.py.
 ONE_TASK_RATINGS = 2_500_000
 
 # One side's earlier factors, carried into a task: (ids as an Arrow array, features, bias).
