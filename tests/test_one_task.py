@@ -129,33 +129,43 @@ def test_the_one_task_limit_and_explicit_blocks_choose_the_path():
     assert not runs_in_one_task(cf.copy({cf.initialModel: "/some/model"}).fit_settings(), 10)  # a warm start
 
 
+@pytest.mark.parametrize("reg", ["auto", "fixed"])
 @pytest.mark.slow
-def test_auto_reg_past_the_search_limit_fits_in_one_task_from_the_samples_factors(planted, monkeypatch):
-    """Past SEARCH_RATINGS and within the one-task limit, automatic λ searches a sample of the
-    users, then one task fits every rating from the search's factors, carried inside it: the
-    model the blockwise fit warm-started from the same factors gives (the path taken when
-    they are too many to carry). String ids: the carried factors are found by value."""
+def test_past_the_search_limit_one_task_fits_from_the_samples_factors(planted, monkeypatch, reg):
+    """Past SEARCH_RATINGS and within the one-task limit, the search's task fits a sample of the
+    users (automatic λ: its search; a fixed λ: that λ alone, for λ_b), then one task fits every
+    rating from the factors it ended with, carried inside it: the model the blockwise fit
+    warm-started from the same factors gives (the path taken when they are too many to carry).
+    String ids: the carried factors are found by value."""
     ratings = planted[1]
     monkeypatch.setattr(reg_search, "SEARCH_RATINGS", ratings.count() // 3)
     monkeypatch.setattr(fit_one_task, "SEARCH_RATINGS", ratings.count() // 3)
-    params = {k: v for k, v in PARAMS.items() if k not in ("regParam", "regUnits", "tol")}
+    dropped = ("regParam", "regUnits", "tol") if reg == "auto" else ("tol",)  # tol's default: auto λ settles
+    params = {k: v for k, v in PARAMS.items() if k not in dropped}
     one = CollaborativeFilter(**params).fit_validated(ratings)
     search = one.summary["reg_search"]
     assert one.summary["one_task"] and search["sample_fraction"] == reg_search.SEARCH_FRACTION
-    assert search["reg"] == pytest.approx(search["sample_reg"] * search["transfer"], rel=1e-12)
+    if reg == "auto":
+        assert search["reg"] == pytest.approx(search["sample_reg"] * search["transfer"], rel=1e-12)
+    else:  # the fixed λ itself, fitted on the sample for λ_b
+        assert search["fixed"] and [p["reg"] for p in one.summary["reg_path"]] == [PARAMS["regParam"]]
+        assert one.getRegParam() == PARAMS["regParam"] and one.getBiasReg() == search["bias_reg"]
 
     monkeypatch.setattr(fit_one_task, "fits_inline", lambda rows, rank: False)
     blocks = CollaborativeFilter(**params).fit_validated(ratings)
     assert "one_task" not in blocks.summary and blocks.summary["reg_path"] == one.summary["reg_path"]
-    # The same start, λ, kernel and settle rule: the same iterations and factors.
+    # The same start, λ, kernel and stopping rule (auto λ: the settle; a fixed λ: tol): the same
+    # iterations and factors.
     np.testing.assert_allclose(
         [h["train_loss"] for h in one.history], [h["train_loss"] for h in blocks.history], rtol=1e-9
     )
     _assert_same(one, blocks)
     # The start is the search's: from the hashed init, the same λ, λ_b and rank begin far higher.
-    chosen = {"regParam": search["reg"], "biasReg": one.getBiasReg(), "rank": search.get("rank", PARAMS["rank"])}
+    chosen = {"regParam": one.getRegParam(), "regUnits": "als", "biasReg": one.getBiasReg(),
+              "rank": search.get("rank", PARAMS["rank"])}  # fmt: skip
     cold = CollaborativeFilter(**{**params, **chosen}).fit_validated(ratings)
     assert cold.summary["one_task"] and cold.history[0]["train_loss"] > 1.5 * one.history[0]["train_loss"]
+    assert one.history[-1]["train_loss"] < cold.history[-1]["train_loss"]  # and it is still ahead at maxIter
     one.unpersist(), blocks.unpersist(), cold.unpersist()
 
 

@@ -253,12 +253,12 @@ def test_a_lambda_fixed_at_zero_is_fitted_as_the_limit_of_small_ones():
 @pytest.mark.slow
 def test_with_lambda_fixed_the_bias_prior_comes_from_its_factors_alike_on_both_paths(spark):
     # reg fixed, biasReg "auto": the search's task fits that λ alone and takes λ_b from what its
-    # factors leave, before the one-task fit and beside the blockwise setup alike; the fit
-    # itself is the fixed λ's own (from the hashed init, to tol).
+    # factors leave, before the one-task fit and beside the blockwise setup alike; both fits
+    # start from those factors and stop on the same settle rule, so they take the same steps.
     u, i, y, _ = _planted_with_user_biases(6)
     df = spark.createDataFrame([(int(a), int(b), float(c)) for a, b, c in zip(u, i, y, strict=True)],
                                "user int, item int, rating double")  # fmt: skip
-    estimates = []
+    estimates, losses = [], []
     for blocks in (0, 2):
         model = CollaborativeFilter(regParam=0.05, numUserBlocks=blocks, numItemBlocks=blocks).fit(df)
         found = model.summary["reg_search"]
@@ -268,5 +268,7 @@ def test_with_lambda_fixed_the_bias_prior_comes_from_its_factors_alike_on_both_p
         assert found["bias_reg"] == pytest.approx(4.0, rel=0.25) and model.getBiasReg() == found["bias_reg"]
         assert model.rank == 10  # no rank step under a fixed λ
         estimates.append(found["bias_reg"])
+        losses.append([h["train_loss"] for h in model.history])
         model.unpersist()
     assert estimates[0] == estimates[1]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-9)

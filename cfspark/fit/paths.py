@@ -1,8 +1,9 @@
 """Which path a fit takes, in this order: bce with exposure (two fits), regParam = "auto"
 (the λ search, then a fit with its choice started from the search's factors there; on small
 data both in one job), one task (small data), or blockwise. Under a fixed λ and biasReg =
-"auto" (mse), the search's task fits that λ alone first (beside the blockwise setup), and
-λ_b comes from what its factors leave, as under automatic λ (fit/reg_search.py).
+"auto" (mse), the search's task fits that λ alone first (beside the blockwise setup), λ_b
+comes from what its factors leave, as under automatic λ (fit/reg_search.py), and the fit
+starts from those factors, as it does from the search's.
 
 Under regUnits = "spread" (mse), λ is converted to ALS's units first, with the spread of
 the training targets (fit/targets.py's target_spread), so every path below fits in them."""
@@ -60,6 +61,15 @@ def fit_ratings(
                             global_mean=global_mean, settle=settle)  # fmt: skip
 
 
+def settle_of(search: dict, reg: float, tol: float) -> float | None:
+    """The settle a fit started from a search's factors at reg stops at: an iteration that moves
+    the predictions by at most SETTLED of reg's validation RMSE, which bounds its change of any
+    RMSE (as the one-task search-and-fit's does); None if reg was not scored on RMSE, or under
+    tol = 0, which always runs maxIter iterations."""
+    at = [p for p in search["path"] if math.isclose(p["reg"], reg, rel_tol=1e-9) and "rmse" in p]
+    return SETTLED * at[-1]["rmse"] if at and tol > 0 else None
+
+
 def _fit_ratings(
     settings: FitSettings,
     train_ratings: DataFrame,
@@ -115,11 +125,8 @@ def _fit_ratings(
                 # The blockwise fit starts from the search's factors at its choice (the sampled
                 # users' and the items'), not from the hashed init: fewer iterations to converge.
                 chosen = chosen.replace(initialModel=search_start(factors, kept))
-            # As the one-task fit does, stop once an iteration moves the predictions by at most
-            # SETTLED of the chosen λ's validation RMSE, which bounds its change of any RMSE.
             scored = search.get("sample_reg", reg)  # a sample's path is at its own λ, before the transfer
-            at = [p for p in search["path"] if math.isclose(p["reg"], scored, rel_tol=1e-9) and "rmse" in p]
-            return chosen, SETTLED * at[-1]["rmse"] if at else None
+            return chosen, settle_of(search, scored, settings.tol)
 
         def run_search(with_factors: bool = False) -> tuple[float, dict]:  # reg in regUnits
             return choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings, global_mean=global_mean,
@@ -159,24 +166,40 @@ def _fit_ratings(
         num_ratings = train_ratings.count()
     found: dict = {}
 
-    def with_bias_reg() -> FitSettings:
-        """settings with λ_b from the factors of a fit at their λ (in the search's task)."""
+    def with_bias_reg() -> tuple[FitSettings, float | None]:
+        """settings with λ_b from the factors of a fit at their λ (in the search's task), and the
+        caller's settle. Without a warm start of the caller's, the fit starts from those factors
+        (the sampled users' and the items'), as automatic λ's does from its search's: the same
+        λ's fit, begun. It stops on tol, as any fit at a λ the caller chose."""
         _, search = choose_reg(settings, train_ratings, num_ratings=num_ratings, global_mean=global_mean,
-                               num_items=num_items)  # fmt: skip
+                               num_items=num_items, with_factors=settings.initialModel is None)  # fmt: skip
+        factors = search.pop("factors", None)
         found.update(search)
-        return settings.carry(biasReg=search["bias_reg"])
+        chosen = settings.carry(biasReg=search["bias_reg"])
+        if factors is None or not search["path"]:  # no validation fold: nothing fitted to start from
+            return chosen, settle
+        return chosen.replace(initialModel=search_start(factors, settings.rank)), settle
 
     if runs_in_one_task(settings, num_ratings):
-        settings = with_bias_reg() if bias_search else settings
-        record = fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration,
-                                 global_mean=global_mean, item_sums=sums)  # fmt: skip
+        # The λ_b fit (on a sample past SEARCH_RATINGS), then one task fits every rating from
+        # its factors, carried inside it.
+        # (runs_in_one_task means no warm start of the caller's: an initialModel here is the λ_b fit's.)
+        chosen, settle = with_bias_reg() if bias_search else (settings, settle)
+        start = carried_factors(chosen.initialModel.load()) if chosen.initialModel else None
+        if chosen.initialModel and start is None:  # too many factors to carry: blockwise from them
+            record = fit_blockwise(chosen, train_ratings, began=began, num_ratings=num_ratings, global_mean=global_mean,
+                                   item_sums=sums, on_iteration=on_iteration, settle=settle)  # fmt: skip
+        else:
+            record = fit_in_one_task(chosen.replace(initialModel=None), train_ratings, began=began,
+                                     on_iteration=on_iteration, global_mean=global_mean, item_sums=sums, start=start,
+                                     settle_at=settle if start else None)  # fmt: skip
     else:
         # The fit's blocks do not depend on λ_b: the search's task runs beside their setup.
         with ThreadPoolExecutor(max_workers=1) as pool:
             searching = pool.submit(with_bias_reg) if bias_search else None
             record = fit_blockwise(settings, train_ratings, began=began, num_ratings=num_ratings,
                                    global_mean=global_mean, item_sums=sums, on_iteration=on_iteration, settle=settle,
-                                   resolve=(lambda: (searching.result(), settle)) if searching else None)  # fmt: skip
+                                   resolve=searching.result if searching else None)  # fmt: skip
     if found:
         record.summary["reg_path"] = found.pop("path")
         record.summary["reg_search"] = {"reg": settings.regParam, "units": settings.regUnits, **found}

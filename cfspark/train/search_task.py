@@ -535,7 +535,7 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
         # The chosen λ's last point at the kept rank: its validation RMSE bounds the fit's settle move.
         chosen = [p for p in found["path"] if math.isclose(p["reg"], found["reg"], rel_tol=1e-9) and p["rank"] == kept]
-        settle = SETTLED * chosen[-1]["rmse"] if chosen else None
+        settle = SETTLED * chosen[-1]["rmse"] if chosen and plan.tol > 0 else None  # tol = 0: every iteration
         W, X, history, stop = fit_arrays(
             user_code, item_code, rating - means[item_code], None, weight, keys[USER], keys[ITEM], ucfg, icfg,
             max_iter=max_iter, tol=plan.tol, start=start, settle=settle, still=SETTLED,
