@@ -464,9 +464,9 @@ def test_a_warm_start_reaches_the_cold_fit_in_a_third_of_the_iterations(spark, t
     train, test = (t.cache() for t in split_ratings(df, test_fraction=0.2, seed=4))
     yesterday, today = (t.cache() for t in split_ratings(train, test_fraction=0.05, seed=6))  # 5 % arrive
     cold_iters = 12
-    # One fixed λ for every fit: an automatic fit starts its final fit from the search's own
-    # factors, which is a warm start of another kind.
-    fixed = dict(rank=RANK, tol=0.0, regParam=0.1, regUnits="als")
+    # One fixed λ and λ_b for every fit: an automatic fit starts its final fit from the
+    # search's own factors (automatic λ_b from its task's), which is a warm start of another kind.
+    fixed = dict(rank=RANK, tol=0.0, regParam=0.1, regUnits="als", biasReg=3.0)
     converged = CollaborativeFilter(maxIter=cold_iters, **fixed).fit(yesterday)
     converged.write().save(str(tmp_path / "yesterday"))
     cold = CollaborativeFilter(maxIter=cold_iters, **fixed).fit(train)

@@ -15,11 +15,11 @@ from cfspark.fit.blockwise import setup
 from cfspark.fit.paths import fit_ratings
 
 RANK = 3
-# The defaults for exactly 30 iterations, with a count-scaled λ for this low-noise rank-3 data.
+# The defaults for exactly 15 iterations, with a count-scaled λ for this low-noise rank-3 data.
 # Every test here fits blockwise, most of them several times (18 to 45 s each on 2 cores).
 pytestmark = pytest.mark.slow
 
-PARAMS = dict(rank=RANK, maxIter=30, tol=0.0, seed=11, regParam=0.02, regUnits="als")
+PARAMS = dict(rank=RANK, maxIter=15, tol=0.0, seed=11, regParam=0.02, regUnits="als")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_planted_model_is_recovered_to_the_noise_floor(planted_split, fitted):
     rmse = regression_metrics(fitted.predict_canonical(test))["rmse"]
     assert abs(rmse - p.noise) <= 0.1 * p.noise, rmse
     losses = [h["train_loss"] for h in fitted.history]
-    assert len(losses) == 30 and losses[-1] < losses[0]
+    assert len(losses) == 15 and losses[-1] < losses[0]
 
 
 def test_beats_spark_als_on_the_same_split(planted_split, fitted):
@@ -139,7 +139,7 @@ def test_the_plan_stays_the_same_size_from_iteration_to_iteration(tiny, tmp_path
 
 def test_the_defaults_reach_the_course_models_accuracy_in_fewer_iterations(planted_split, fitted):
     _, train, test = planted_split
-    course = CollaborativeFilter(**{**PARAMS, **COURSE_PARAMS, "regParam": 1.0}).fit_validated(train)
+    course = CollaborativeFilter(**{**PARAMS, **COURSE_PARAMS, "regParam": 1.0, "maxIter": 30}).fit_validated(train)
     quick = CollaborativeFilter(**{**PARAMS, "maxIter": 8}).fit_validated(train)
     a, b, c = (regression_metrics(m.predict_canonical(test))["rmse"] for m in (course, quick, fitted))
     assert len(quick.history) == 8 and b <= 1.01 * a and c <= 1.005 * a, (a, b, c)
@@ -151,13 +151,13 @@ def test_tol_stops_a_converged_fit_early_and_says_why(planted_split, fitted):
     model = CollaborativeFilter(**{**PARAMS, "tol": 1e-4}).fit_validated(train)
     history, full = model.history, [h["train_loss"] for h in fitted.history]
     stopped = len(history)
-    assert 3 <= stopped < 30
-    # The same trajectory as the 30-iteration fit, up to where the loss stopped moving.
+    assert 3 <= stopped < 15
+    # The same trajectory as the 15-iteration fit, up to where the loss stopped moving.
     assert [h["train_loss"] for h in history] == pytest.approx(full[:stopped], rel=1e-9)
     change = abs(full[stopped - 2] - full[stopped - 1]) / full[stopped - 2]
     assert change < 1e-4 < abs(full[stopped - 3] - full[stopped - 2]) / full[stopped - 3]
     assert history[-1]["stop"] == model.summary["stop_reason"] and model.summary["stop_reason"].startswith("converged")
-    assert "stop" not in history[-2] and fitted.summary["stop_reason"] == "reached max_iter = 30"
+    assert "stop" not in history[-2] and fitted.summary["stop_reason"] == "reached max_iter = 15"
     model.unpersist()
 
 
@@ -170,7 +170,7 @@ def test_a_settle_bound_stops_a_blockwise_fit_where_its_predictions_stop_moving(
     record = fit_ratings(settings, train, num_ratings=train.count(), settle=2e-3)
     history, full = record.summary["history"], [h["train_loss"] for h in fitted.history]
     stopped = len(history)
-    assert 3 <= stopped < 30 and record.summary["stop_reason"].startswith("settled")
+    assert 3 <= stopped < 15 and record.summary["stop_reason"].startswith("settled")
     assert [h["train_loss"] for h in history] == pytest.approx(full[:stopped], rel=1e-9)
     assert history[-1]["moved"] <= 2e-3 < history[-2]["moved"]
     record.user_factors.unpersist(), record.item_factors.unpersist()
