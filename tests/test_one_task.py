@@ -19,9 +19,11 @@ from cfspark.fit import one_task as fit_one_task
 from cfspark.fit import reg_search
 from cfspark.fit.blockwise import MIN_AUTO_BLOCKS, blocks_for
 from cfspark.fit.one_task import runs_in_one_task, searches_in_one_task
+from cfspark.fit.paths import settle_of
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col, const_col
 from cfspark.train import one_task
+from cfspark.train.search_task import SETTLED
 
 PARAMS = dict(rank=3, maxIter=6, tol=0.0, seed=5, regParam=0.05, regUnits="als")
 
@@ -167,6 +169,20 @@ def test_past_the_search_limit_one_task_fits_from_the_samples_factors(planted, m
     assert cold.summary["one_task"] and cold.history[0]["train_loss"] > 1.5 * one.history[0]["train_loss"]
     assert one.history[-1]["train_loss"] < cold.history[-1]["train_loss"]  # and it is still ahead at maxIter
     one.unpersist(), blocks.unpersist(), cold.unpersist()
+
+
+def test_tol_zero_runs_max_iter_under_automatic_reg_too(planted):
+    """Automatic λ's fit stops where its predictions settle (settle_of's bound), unless tol = 0,
+    which runs maxIter iterations on every path: the search's task and its fit (one task) here,
+    and settle_of's None for the blockwise and carried fits."""
+    search = {"path": [{"reg": 0.1, "rmse": 0.9}, {"reg": 0.03, "rmse": 0.8}]}
+    assert settle_of(search, 0.03, 0.002) == pytest.approx(SETTLED * 0.8, rel=1e-12)
+    assert settle_of(search, 0.03, 0.0) is None and settle_of(search, 0.3, 0.002) is None
+    params = {k: v for k, v in PARAMS.items() if k not in ("regParam", "regUnits")}  # tol = 0
+    model = CollaborativeFilter(**{**params, "maxIter": 9}).fit_validated(planted[0])
+    assert model.summary["one_task"] and "reg_search" in model.summary
+    assert len(model.history) == 9 and model.summary["stop_reason"] == "reached max_iter = 9"
+    model.unpersist()
 
 
 @pytest.mark.parametrize("kind", ["int", "string"])
