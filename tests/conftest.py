@@ -49,7 +49,11 @@ def spark(tmp_path_factory):
         # C1 only (tests_support.C1_ONLY says why): tests/test_bad_input.py took 122 s against
         # 204 s and 195 s, the long fits (test_benchmark.py with test_training.py) 277 s against
         # 310 s (6 Dec 2026, a shared machine at load 5 to 9); on a quiet machine, no difference.
-        .config("spark.driver.extraJavaOptions", f"-XX:+UseParallelGC {C1_ONLY}")
+        # -Xss4m: a task deserialises its RDD's lineage recursively, and Spark ALS's lineage grows
+        # for 10 iterations between its checkpoints; C1's larger frames overflowed the default
+        # 1 MiB stack there once (test_training.py's ALS over four λ, 15 iterations each), and
+        # a StackOverflowError in a task ends the local JVM, every later test in the process with it.
+        .config("spark.driver.extraJavaOptions", f"-XX:+UseParallelGC -Xss4m {C1_ONLY}")
         # Spark ALS cuts its lineage only with an RDD checkpoint dir; without one, its
         # long fits have overflowed the JVM stack while serialising tasks.
         .config("spark.checkpoint.dir", str(tmp_path_factory.mktemp("rdd-checkpoints")))
