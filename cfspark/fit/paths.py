@@ -70,6 +70,30 @@ def settle_of(search: dict, reg: float, tol: float) -> float | None:
     return SETTLED * at[-1]["rmse"] if at and tol > 0 else None
 
 
+def _from_the_search(
+    chosen: FitSettings,
+    settle: float | None,
+    train_ratings: DataFrame,
+    on_iteration: Callable[[FitRecord], dict] | None,
+    *,
+    began: float,
+    num_ratings: int | None,
+    global_mean: float | None,
+    item_sums: DataFrame | None,
+) -> FitRecord:
+    """chosen's fit in one task (runs_in_one_task held before its search, so an initialModel
+    of chosen's is that search's factors, not the caller's): started from those factors,
+    carried inside the task, and stopped at settle as the blockwise fit from them would be;
+    blockwise from them when they are more than a task carries (fit/one_task.py)."""
+    start = carried_factors(chosen.initialModel.load()) if chosen.initialModel else None
+    if chosen.initialModel and start is None:
+        return fit_blockwise(chosen, train_ratings, began=began, num_ratings=num_ratings, global_mean=global_mean,
+                             item_sums=item_sums, on_iteration=on_iteration, settle=settle)  # fmt: skip
+    return fit_in_one_task(chosen.replace(initialModel=None), train_ratings, began=began, on_iteration=on_iteration,
+                           global_mean=global_mean, item_sums=item_sums, start=start,
+                           settle_at=settle if start else None)  # fmt: skip
+
+
 def _fit_ratings(
     settings: FitSettings,
     train_ratings: DataFrame,
@@ -135,15 +159,8 @@ def _fit_ratings(
         if runs_in_one_task(settings, num_ratings):
             # Past SEARCH_RATINGS (searches_in_one_task): a sample's search, then one task fits
             # every rating from its factors, carried inside it; too many of them go blockwise.
-            chosen, settle = chosen_settings(*run_search(True))
-            start = carried_factors(chosen.initialModel.load()) if chosen.initialModel else None
-            if start is None:
-                record = fit_ratings(chosen, train_ratings, on_iteration, num_ratings=num_ratings,
-                                     global_mean=global_mean, settle=settle)  # fmt: skip
-            else:
-                record = fit_in_one_task(chosen.replace(initialModel=None), train_ratings, began=began,
-                                         on_iteration=on_iteration, global_mean=global_mean, item_sums=sums,
-                                         start=start, settle_at=settle)  # fmt: skip
+            record = _from_the_search(*chosen_settings(*run_search(True)), train_ratings, on_iteration, began=began,
+                                      num_ratings=num_ratings, global_mean=global_mean, item_sums=sums)  # fmt: skip
         else:
             # The search's one task leaves a core free, and the blocks do not depend on λ or
             # the rank: the blockwise setup runs beside the search and waits for it once built.
@@ -183,16 +200,9 @@ def _fit_ratings(
     if runs_in_one_task(settings, num_ratings):
         # The λ_b fit (on a sample past SEARCH_RATINGS), then one task fits every rating from
         # its factors, carried inside it.
-        # (runs_in_one_task means no warm start of the caller's: an initialModel here is the λ_b fit's.)
         chosen, settle = with_bias_reg() if bias_search else (settings, settle)
-        start = carried_factors(chosen.initialModel.load()) if chosen.initialModel else None
-        if chosen.initialModel and start is None:  # too many factors to carry: blockwise from them
-            record = fit_blockwise(chosen, train_ratings, began=began, num_ratings=num_ratings, global_mean=global_mean,
-                                   item_sums=sums, on_iteration=on_iteration, settle=settle)  # fmt: skip
-        else:
-            record = fit_in_one_task(chosen.replace(initialModel=None), train_ratings, began=began,
-                                     on_iteration=on_iteration, global_mean=global_mean, item_sums=sums, start=start,
-                                     settle_at=settle if start else None)  # fmt: skip
+        record = _from_the_search(chosen, settle, train_ratings, on_iteration, began=began, num_ratings=num_ratings,
+                                  global_mean=global_mean, item_sums=sums)  # fmt: skip
     else:
         # The fit's blocks do not depend on λ_b: the search's task runs beside their setup.
         with ThreadPoolExecutor(max_workers=1) as pool:
