@@ -254,7 +254,7 @@ def test_a_lambda_fixed_at_zero_is_fitted_as_the_limit_of_small_ones():
 def test_with_lambda_fixed_the_bias_prior_comes_from_its_factors_alike_on_both_paths(spark):
     # reg fixed, biasReg "auto": the search's task fits that λ alone and takes λ_b from what its
     # factors leave, before the one-task fit and beside the blockwise setup alike; both fits
-    # start from those factors and stop on the same settle rule, so they take the same steps.
+    # start from those factors and stop on tol, so they take the same steps.
     u, i, y, _ = _planted_with_user_biases(6)
     df = spark.createDataFrame([(int(a), int(b), float(c)) for a, b, c in zip(u, i, y, strict=True)],
                                "user int, item int, rating double")  # fmt: skip
