@@ -31,12 +31,13 @@ pytestmark = pytest.mark.cluster
 
 SCRIPT = os.path.join(REPO, "scripts", "cluster.sh")
 MAX_ITER, INTERVAL = 3, 2
-# λ is fixed: the claims here are about losses and resuming on a cluster, and each of the
-# three runs would otherwise repeat the automatic search, which test_end_to_end and
-# test_spark_connect run through their jobs.
+# λ and λ_b are fixed: the claims here are about losses and resuming on a cluster, and each of
+# the three runs would otherwise repeat the automatic search (or λ_b's task and its warm
+# start), which test_end_to_end and test_spark_connect run through their jobs.
 JOB = [
-    "model.rank=2", "model.reg=0.1", f"model.max_iter={MAX_ITER}", "model.tol=0", "model.num_user_blocks=2",
-    "model.num_item_blocks=2", f"checkpoint.interval={INTERVAL}", "spark.shuffle_partitions=4", "output.top_n=5",
+    "model.rank=2", "model.reg=0.1", "model.bias_reg=5", f"model.max_iter={MAX_ITER}", "model.tol=0",
+    "model.num_user_blocks=2", "model.num_item_blocks=2", f"checkpoint.interval={INTERVAL}",
+    "spark.shuffle_partitions=4", "output.top_n=5",
 ]  # fmt: skip
 
 
