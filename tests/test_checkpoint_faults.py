@@ -10,12 +10,13 @@ import os
 import pytest
 
 from cfspark.train.arrow_bodies import OUT_SCHEMA, STATE, out_record
-from cfspark.train.checkpoint import MARKER, Checkpointer
+from cfspark.train.checkpoint import MARKER, Checkpointer, checkpointed_blocks
 
 ROWS = [
     tuple(out_record(b, STATE, bytes([b]) * 64, m=b"m", v=b"v", t=3, data_loss=1.5, reg_loss=0.5).values())
     for b in range(3)
 ]
+SHAPE = (3, 3)  # the (user, item) block counts the rows above are laid out by
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def saved(spark, tmp_path):
     """A checkpoint at iteration 2 under tmp/ck, written as the trainer writes one."""
     df = spark.createDataFrame(ROWS, OUT_SCHEMA)
     ck = Checkpointer(spark, str(tmp_path / "ck"), 2, "fp")
-    ck.save(2, df, df, [{"iteration": 1, "train_loss": 3.0}, {"iteration": 2, "train_loss": 2.0}])
+    ck.save(2, df, df, [{"iteration": 1, "train_loss": 3.0}, {"iteration": 2, "train_loss": 2.0}], SHAPE)
     return ck, tmp_path / "ck"
 
 
@@ -36,7 +37,7 @@ def test_a_good_checkpoint_resumes_from_any_working_directory(spark, saved, tmp_
     marker = json.loads((root / MARKER).read_text())
     assert marker["path"] == "iter-000002" and marker["files"]  # relative to the checkpoint dir
     monkeypatch.chdir(tmp_path.parent)
-    resumed = Checkpointer(spark, str(root), 2, "fp").load()
+    resumed = Checkpointer(spark, str(root), 2, "fp").load(SHAPE)
     assert resumed.iteration == 2 and [h["train_loss"] for h in resumed.history] == [3.0, 2.0]
     assert sorted(r.params for r in resumed.user_out.collect()) == sorted(r[2] for r in ROWS)
 
@@ -82,7 +83,7 @@ def test_a_bad_checkpoint_is_skipped_with_a_warning(spark, saved, caplog, fault)
     damage, why = FAULTS[fault]
     damage(root)
     with caplog.at_level(logging.WARNING, logger="cfspark"):
-        assert Checkpointer(spark, str(root), 2, "fp").load() is None
+        assert Checkpointer(spark, str(root), 2, "fp").load(SHAPE) is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and why in warnings[0] and "training starts afresh" in warnings[0], warnings
 
@@ -91,9 +92,21 @@ def test_a_skipped_checkpoint_is_replaced_by_the_next_save(spark, saved):
     ck, root = saved
     truncate_a_part(root)
     df = spark.createDataFrame(ROWS, OUT_SCHEMA)
-    ck.save(4, df, df, [])
+    ck.save(4, df, df, [], SHAPE)
     assert set(os.listdir(root)) == {"iter-000004", MARKER, "_cfspark"}  # the damaged one is dropped
-    assert ck.load().iteration == 4
+    assert ck.load(SHAPE).iteration == 4
+
+
+def test_a_checkpoint_of_other_block_counts_is_skipped_and_its_counts_are_read(spark, saved, tmp_path, caplog):
+    """Block counts left to the data follow the cluster's task slots: a rerun takes the
+    checkpoint's (checkpointed_blocks), and state rows of other counts are never loaded."""
+    ck, root = saved
+    assert checkpointed_blocks(str(root)) == SHAPE and checkpointed_blocks(str(tmp_path / "none")) is None
+    with caplog.at_level(logging.WARNING, logger="cfspark"):
+        assert Checkpointer(spark, str(root), 2, "fp").load((4, 3)) is None
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "its state is in 3 + 3 blocks, this fit's in 4 + 3" in warning and "training starts afresh" in warning
+    assert Checkpointer(spark, str(root), 2, "fp").load(SHAPE).iteration == 2
 
 
 @pytest.mark.slow

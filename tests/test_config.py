@@ -78,7 +78,15 @@ def test_the_als_comparison_ships_als_own_block_count():
 def test_block_counts_follow_the_data_size():
     from cfspark.fit.blockwise import blocks_for
 
-    assert [blocks_for(n) for n in (0, 1_000, 6_000_000, 6_000_001, 22_080_000, 10**9)] == [2, 2, 2, 3, 8, 64]
+    cap = 10_000_000  # maxBlockRatings' default
+    # 2 slots (local[2]): the fewest even count whose blocks hold at most the cap.
+    sizes = (0, 1_000, 6_000_001, 20_000_000, 20_000_001, 22_080_000)
+    assert [blocks_for(n, 2, cap) for n in sizes] == [2, 2, 2, 2, 4, 4]
+    # More slots than the data fills at MIN_BLOCK_RATINGS a block: one block per million ratings.
+    assert [blocks_for(n, 16, cap) for n in (5_500_000, 16_000_000, 22_080_000, 170_000_000)] == [5, 16, 16, 32]
+    assert blocks_for(35_000_000, 3, cap) == 6  # 4 would hold them: the next multiple of 3
+    # At most 64: past that, placement splits a side's blocks for maxBlockRatings itself.
+    assert blocks_for(10**9, 3, cap) == 64 and blocks_for(10**9, 2, 10**9) == 2
     assert load_defaults()["model"]["num_user_blocks"] == 0  # 0 = derived from the data
 
 

@@ -17,7 +17,6 @@ from cfspark import CollaborativeFilter
 from cfspark.core.schema import P_EXPOSED
 from cfspark.fit import one_task as fit_one_task
 from cfspark.fit import reg_search
-from cfspark.fit.blockwise import MIN_AUTO_BLOCKS, blocks_for
 from cfspark.fit.one_task import runs_in_one_task, searches_in_one_task
 from cfspark.fit.paths import settle_of
 from cfspark.kernels.init import initial_params
@@ -114,9 +113,8 @@ def test_one_task_bce_and_the_stopping_rule_match(spark):
 def test_the_one_task_limit_and_explicit_blocks_choose_the_path():
     cf = CollaborativeFilter(**PARAMS)
     settings = cf.fit_settings()
-    # mse: one task exactly while the blockwise fit would make its fewest blocks.
-    limit = fit_one_task.FEWEST_BLOCKS_RATINGS
-    assert blocks_for(limit) == MIN_AUTO_BLOCKS and blocks_for(limit + 1) > MIN_AUTO_BLOCKS
+    # mse: one task up to the limit it was measured at.
+    limit = fit_one_task.MSE_ONE_TASK_RATINGS
     assert runs_in_one_task(settings, limit) and not runs_in_one_task(settings, limit + 1)  # over the limit: blocks
     # bce keeps the limit it was measured at.
     bce = CollaborativeFilter(**{**PARAMS, "loss": "bce"}).fit_settings()

@@ -3,6 +3,8 @@ string ids; string ids that share a hash are refused; blocks are balanced by rat
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyspark
@@ -19,11 +21,15 @@ from cfspark.blocks.hashing import hashed_blocks, murmur3, xxhash64
 from cfspark.blocks.inblock import pack_arrays
 from cfspark.blocks.placement import check_distinct, entity_counts, route_blocks
 from cfspark.core.errors import InputError
+from cfspark.core.ownership import make_owned
 from cfspark.core.plans import cache_plain, narrow_rows, one_job, unreduced_groups
-from cfspark.fit.blockwise import setup
+from cfspark.core.slots import task_slots
+from cfspark.fit import blockwise
+from cfspark.fit.blockwise import block_counts, setup
 from cfspark.fit.targets import prepare
 from cfspark.kernels.priors import prior_from_rows
 from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
+from cfspark.train.checkpoint import MARKER
 from cfspark.train.trainer import half_step
 
 # λ_b fixed: these tests set up half-steps by hand, where a fit would first estimate "auto" from the ratings.
@@ -38,6 +44,28 @@ def planted():
 def _factors(df) -> dict:
     id_col = df.columns[0]
     return {r[id_col]: np.array([*r.features, r.bias]) for r in df.collect()}
+
+
+def test_blocks_left_to_the_data_fill_the_task_slots(spark, planted, monkeypatch, tmp_path):
+    """With no block count set, setup makes the fewest multiple of the slots (local[2]'s 2,
+    read through the DataFrame API) whose blocks hold at most maxBlockRatings; a fit with a
+    checkpoint to resume takes that checkpoint's counts instead."""
+    assert task_slots(spark) == spark.sparkContext.defaultParallelism == 2
+    monkeypatch.setattr(blockwise, "MIN_BLOCK_RATINGS", 1)  # blocks this small would otherwise be one task's work
+    df = spark.createDataFrame(planted.rows(), "user int, item int, rating double")
+    n = df.count()
+    # 3 blocks would hold them: the next multiple of 2 is 4.
+    cf = CollaborativeFilter(maxBlockRatings=n // 3 + 1, **PARAMS)
+    blocks, stats, _ = setup(cf.fit_settings(), df, num_ratings=n)
+    assert (blocks.num_user_blocks, blocks.num_item_blocks) == (4, 4)
+    blocks.unpersist(), stats.unpersist()
+    folder = tmp_path / "checkpoints"
+    make_owned(str(folder))
+    (folder / MARKER).write_text(json.dumps({"blocks": [3, 5]}))  # as written on a cluster of other slots
+    kept = cf.copy({cf.checkpointDir: str(folder), cf.checkpointInterval: 1})
+    assert block_counts(kept.fit_settings(), n, spark) == (3, 5)
+    assert block_counts(kept.copy({kept.numUserBlocks: 2}).fit_settings(), n, spark) == (2, 5)
+    assert block_counts(cf.fit_settings(), n, spark) == (4, 4)
 
 
 @pytest.mark.parametrize("ids", ["integer", "string"])

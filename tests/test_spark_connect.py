@@ -82,10 +82,12 @@ LOAD = """
 import json
 from pyspark.sql import SparkSession
 from cfspark import CFModel
+from cfspark.core.slots import task_slots
 spark = SparkSession.builder.remote({url!r}).getOrCreate()
 assert type(spark).__module__.startswith("pyspark.sql.connect")
 model = CFModel.load({path!r})
 print(json.dumps({{
+    "slots": task_slots(spark),
     "factors": sorted([r.user, list(r.features), r.bias] for r in model.user_factors.collect()),
     "recs": sorted(list(r) for r in model.recommendForAllUsers(3).collect()),
 }}))
@@ -147,6 +149,7 @@ def test_train_job_runs_whole_through_connect(spark, connect_server, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     over_connect = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert over_connect["slots"] == 2  # the server's local[2], read with no SparkContext
     loaded = CFModel.load(str(classic_out / "model"))
     classic_factors = _factors(loaded)
     assert [f[0] for f in over_connect["factors"]] == [f[0] for f in classic_factors] and len(classic_factors) == 40

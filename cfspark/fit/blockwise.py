@@ -8,23 +8,27 @@ import json
 import math
 from collections.abc import Callable
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks, build_blocks
 from cfspark.core.phases import phase
 from cfspark.core.schema import ITEM, RATING, USER, WEIGHT
+from cfspark.core.slots import task_slots
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.settings import FitSettings
 from cfspark.fit.targets import prepare
 from cfspark.fit.warm import warm_start_from
 from cfspark.train.arrow_bodies import OUT_SCHEMA
-from cfspark.train.checkpoint import Checkpointer
+from cfspark.train.checkpoint import Checkpointer, checkpointed_blocks
 from cfspark.train.factors import factor_table
 from cfspark.train.sampled import with_totals
 from cfspark.train.trainer import TrainResult, checkpoint_level, train
 
-RATINGS_PER_BLOCK = 3_000_000  # about 100 MB of block arrays per task, and enough tasks to keep cores busy
+# The fewest ratings a block the fit chooses holds, where the cluster has more task slots than
+# that would fill: about half a second of a half-step's kernels, against a task's fixed cost
+# of about a tenth (the JVM's and Arrow's), so that more blocks still mean less time.
+MIN_BLOCK_RATINGS = 1_000_000
 # The block counts a fit chooses by itself span these; maxBlockRatings may split further,
 # up to blocks/placement.py's MAX_SPLIT_BLOCKS.
 MIN_AUTO_BLOCKS, MAX_AUTO_BLOCKS = 2, 64
@@ -32,9 +36,34 @@ MIN_AUTO_BLOCKS, MAX_AUTO_BLOCKS = 2, 64
 UNSHAPING = ("maxIter", "tol", "checkpointDir", "checkpointInterval", "predictionCol", "coldStartStrategy")
 
 
-def blocks_for(num_ratings: int) -> int:
-    """The default block count per side for this many training ratings."""
-    return min(MAX_AUTO_BLOCKS, max(MIN_AUTO_BLOCKS, math.ceil(num_ratings / RATINGS_PER_BLOCK)))
+def blocks_for(num_ratings: int, slots: int, max_block_ratings: int) -> int:
+    """The default block count per side for this many training ratings on a cluster of this
+    many task slots (core/slots.py): the fewest multiple of the slots whose blocks each hold at
+    most max_block_ratings, so that every wave of a half-step's tasks fills the cores and no
+    more blocks than memory needs send each factor vector to more of them; but no block below
+    MIN_BLOCK_RATINGS where the slots outnumber those (a task's fixed cost would outweigh its
+    work). On 2 cores, 22M training ratings fitted in 4 + 4 blocks in 0.89 × the time of 8 + 8,
+    and 4M in 2 + 2 in 0.53 × the time of 16 + 16 (docs/benchmarks.md "Blocks sized to the
+    task slots")."""
+    memory = math.ceil(num_ratings / max_block_ratings)  # the fewest blocks that hold every rating
+    waves = slots * math.ceil(memory / slots)
+    return min(MAX_AUTO_BLOCKS, max(MIN_AUTO_BLOCKS, memory, min(waves, num_ratings // MIN_BLOCK_RATINGS)))
+
+
+def block_counts(settings: FitSettings, num_ratings: int | None, spark: SparkSession) -> tuple[int, int]:
+    """The (user, item) block counts a fit asks setup for: numUserBlocks and numItemBlocks
+    where set; where left to the data (0), those of the checkpoint in checkpointDir, if there
+    is one, so that a rerun on a cluster of another size still resumes it (its state rows are
+    laid out by them), else blocks_for's for this cluster. num_ratings is needed only then."""
+    users, items = settings.numUserBlocks, settings.numItemBlocks
+    if users and items:
+        return users, items
+    keeps = settings.checkpointDir and settings.checkpointInterval > 0
+    earlier = checkpointed_blocks(settings.checkpointDir) if keeps else None
+    if earlier is None:
+        auto = blocks_for(num_ratings, task_slots(spark), settings.maxBlockRatings)
+        earlier = (auto, auto)
+    return users or earlier[0], items or earlier[1]
 
 
 def fingerprint(settings: FitSettings, train_ratings: DataFrame) -> str:
@@ -65,12 +94,11 @@ def setup(
     with phase(spark, "prepare"):
         prepared = prepare(settings, train_ratings, global_mean, item_sums)
         num_ratings = num_ratings if num_ratings is not None else prepared.num_ratings
-        users, items = settings.numUserBlocks, settings.numItemBlocks
-        if 0 in (users, items) and num_ratings is None:
+        if 0 in (settings.numUserBlocks, settings.numItemBlocks) and num_ratings is None:
             num_ratings = train_ratings.count()
-        auto = blocks_for(num_ratings) if 0 in (users, items) else 0
+        users, items = block_counts(settings, num_ratings, spark)
     blocks = build_blocks(
-        prepared.targets, prepared.baseline, num_user_blocks=users or auto, num_item_blocks=items or auto,
+        prepared.targets, prepared.baseline, num_user_blocks=users, num_item_blocks=items,
         seed=settings.seed, max_block_ratings=settings.maxBlockRatings, num_ratings=num_ratings,
         label_counts=settings.draws is not None, carries=prepared.carries,
     )  # fmt: skip

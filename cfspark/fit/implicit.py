@@ -11,7 +11,7 @@ mode scales regParam): on MovieLens latest-small as counts NDCG@10 rose from 0.2
 to 0.298 at 0.01, and on generated play counts fell from 0.0839 to 0.0829. Its scores are
 σ(w·x + b + c), an order over items (monotone in the fitted preference), not a probability.
 
-Small fits run in one task (fit/one_task.py's rule, up to FEWEST_BLOCKS_RATINGS pairs), with the
+Small fits run in one task (fit/one_task.py's rule, up to MSE_ONE_TASK_RATINGS pairs), with the
 λ and α search in the same task and job, the pairs read into Python once
 (rank_search.choose_and_fit_ranking); past SEARCH_RATINGS the search takes a sample of the users
 in a task of its own first, and the one task starts from its factors. Larger ones, or fits
@@ -52,8 +52,8 @@ from cfspark.core.schema import (
 )
 from cfspark.data.offsets import item_offsets
 from cfspark.data.weights import column_alpha
-from cfspark.fit.blockwise import blocks_for, fingerprint, record_of
-from cfspark.fit.one_task import FEWEST_BLOCKS_RATINGS, carried_factors, runs_in_one_task
+from cfspark.fit.blockwise import block_counts, fingerprint, record_of
+from cfspark.fit.one_task import MSE_ONE_TASK_RATINGS, carried_factors, runs_in_one_task
 from cfspark.fit.rank_search import AlphaPlan, choose_and_fit_ranking, choose_ranking
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.reg_search import SEARCH_RATINGS
@@ -141,7 +141,7 @@ def fit_all_items(
         )  # fmt: skip
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
-    one_task, picked, start = runs_in_one_task(settings, num_ratings, FEWEST_BLOCKS_RATINGS), None, None
+    one_task, picked, start = runs_in_one_task(settings, num_ratings, MSE_ONE_TASK_RATINGS), None, None
     if one_task and passes and num_ratings > SEARCH_RATINGS:
         # The search takes a sample in its own task first, and the one task starts from its
         # factors, carried inside it; too many of them to carry, and the fit runs blockwise.
@@ -235,10 +235,9 @@ def _blockwise(
     (the search beside the setup ends), then the trainer's loop with the Gramian messages."""
     spark = train_ratings.sparkSession
     baseline = stats.select(ITEM, F.col(ITEM_OFFSET).alias(BASELINE), F.col(LABELLED).alias(ITEM_RATINGS))
-    auto = blocks_for(num_ratings)
+    users, items = block_counts(settings, num_ratings, spark)
     blocks = build_blocks(
-        targets, baseline, num_user_blocks=settings.numUserBlocks or auto,
-        num_item_blocks=settings.numItemBlocks or auto, seed=settings.seed,
+        targets, baseline, num_user_blocks=users, num_item_blocks=items, seed=settings.seed,
         max_block_ratings=settings.maxBlockRatings, num_ratings=num_ratings,
     )  # fmt: skip
     picked = resolve()

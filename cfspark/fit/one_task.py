@@ -17,7 +17,6 @@ from pyspark.sql import DataFrame
 from cfspark.blocks.codec import list_matrix
 from cfspark.core.phases import phase
 from cfspark.core.schema import BIAS, FEATURES
-from cfspark.fit.blockwise import MIN_AUTO_BLOCKS, RATINGS_PER_BLOCK
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.reg_search import SEARCH_RATINGS, log_search, search_plan, search_rows, search_settings
 from cfspark.fit.settings import Earlier, FitSettings
@@ -30,19 +29,19 @@ from cfspark.train.warm import fits_inline
 log = logging.getLogger("cfspark")
 
 
-# Up to this many training ratings the blockwise fit makes its fewest blocks, so at most
-# MIN_AUTO_BLOCKS tasks run in a half-step, on any cluster, and one task does their work in
-# less time: mse (4.2M ratings, λ fixed: the fit's own part 10 s in one task against 24 s in
-# 2 + 2 blocks on 2 cores) and the positive-only all-items model (4.2M pairs: 26-34 s against
-# 38-42 s), docs/benchmarks.md "One task up to the fewest blocks".
-FEWEST_BLOCKS_RATINGS = MIN_AUTO_BLOCKS * RATINGS_PER_BLOCK
+# Up to this many training ratings one task fits them in less time than the fewest blocks
+# (2 + 2 on 2 cores): mse (4.2M ratings, λ fixed: the fit's own part 10 s in one task against
+# 24 s blockwise) and the positive-only all-items model (4.2M pairs: 26-34 s against 38-42 s),
+# docs/benchmarks.md "One task up to the fewest blocks". A cluster of more cores would spread
+# a blockwise fit of this size over more blocks (blocks_for); one task is not measured against that.
+MSE_ONE_TASK_RATINGS = 6_000_000
 
 
 def one_task_limit(settings: FitSettings) -> int:
-    """The most training ratings a fit of these settings sends to one task: FEWEST_BLOCKS_RATINGS
+    """The most training ratings a fit of these settings sends to one task: MSE_ONE_TASK_RATINGS
     for mse, ONE_TASK_RATINGS for bce (the limit its exposure model was measured at; the
-    positive-only fit, fit/implicit.py, asks for FEWEST_BLOCKS_RATINGS itself)."""
-    return FEWEST_BLOCKS_RATINGS if settings.loss == "mse" else ONE_TASK_RATINGS
+    positive-only fit, fit/implicit.py, asks for MSE_ONE_TASK_RATINGS itself)."""
+    return MSE_ONE_TASK_RATINGS if settings.loss == "mse" else ONE_TASK_RATINGS
 
 
 def runs_in_one_task(settings: FitSettings, num_ratings: int | None, limit: int | None = None) -> bool:

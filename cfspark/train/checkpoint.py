@@ -54,7 +54,11 @@ class Checkpointer:
     def _marker(self) -> str:
         return os.path.join(local_path(self.directory), MARKER)
 
-    def save(self, iteration: int, user_out: DataFrame, item_out: DataFrame, history: list[dict]) -> Resumed:
+    def save(
+        self, iteration: int, user_out: DataFrame, item_out: DataFrame, history: list[dict], blocks: tuple[int, int]
+    ) -> Resumed:
+        """Write the state tables, then the marker; blocks, the fit's (user, item) block counts,
+        which its state rows are laid out by."""
         name = f"iter-{iteration:06d}"
         path = f"{self.directory}/{name}"
         if is_local(self.directory):
@@ -64,7 +68,7 @@ class Checkpointer:
         if is_local(self.directory):
             # path relative to the checkpoint dir, so a rerun from another working directory finds it;
             # files: every file's size, so a truncated or missing file is caught before it is read.
-            marker = {"iteration": iteration, "fingerprint": self.fingerprint, "path": name,
+            marker = {"iteration": iteration, "fingerprint": self.fingerprint, "path": name, "blocks": list(blocks),
                       "files": _file_sizes(local_path(path)), "history": finite_json(history)}  # fmt: skip
             tmp = self._marker() + ".tmp"
             with open(tmp, "w") as f:
@@ -84,12 +88,13 @@ class Checkpointer:
             if name.startswith("iter-") and name != f"iter-{iteration:06d}":
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
-    def load(self) -> Resumed | None:
-        """The latest checkpoint of this fingerprint, or None.
+    def load(self, blocks: tuple[int, int]) -> Resumed | None:
+        """The latest checkpoint of this fingerprint and these (user, item) block counts, or None.
 
         A checkpoint that cannot be used (latest.json unreadable, its folder or a file gone
-        or truncated, a table that does not decode) is skipped with a warning: the run then
-        starts afresh and its own checkpoints replace it. It is never half loaded.
+        or truncated, a table that does not decode, state rows of other block counts) is
+        skipped with a warning: the run then starts afresh and its own checkpoints replace
+        it. It is never half loaded.
         """
         if not is_local(self.directory) or not os.path.isfile(self._marker()):
             return None
@@ -102,6 +107,10 @@ class Checkpointer:
             return self._skip(f"{self._marker()} cannot be read ({type(e).__name__}: {e})")
         if fingerprint != self.fingerprint:
             return None
+        written = tuple(marker.get("blocks", blocks))
+        if written != tuple(blocks):
+            return self._skip(f"the checkpoint at iteration {iteration}: its state is in {written[0]} + {written[1]} "
+                              f"blocks, this fit's in {blocks[0]} + {blocks[1]}")  # fmt: skip
         if "://" not in path and not os.path.isabs(path):
             path = f"{self.directory}/{path}"
         problem = _missing_or_truncated(local_path(path), marker.get("files"))
@@ -122,6 +131,22 @@ class Checkpointer:
     def remove(self) -> None:
         if is_local(self.directory):
             remove_owned(local_path(self.directory), "checkpoints no longer needed")
+
+
+def checkpointed_blocks(directory: str) -> tuple[int, int] | None:
+    """The (user, item) block counts of the latest checkpoint under a configured checkpoint
+    directory, whatever its fingerprint; None if it has none that says. A fit whose block
+    counts are left to the data takes them, so that a rerun resumes its checkpoint on a
+    cluster of another size (blocks_for sizes blocks to the task slots)."""
+    folder = checkpoint_folder(directory.rstrip("/"))
+    if not is_local(folder):
+        return None
+    try:
+        with open(os.path.join(local_path(folder), MARKER)) as f:
+            users, items = json.load(f)["blocks"]
+        return int(users), int(items)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def _file_sizes(folder: str) -> dict[str, int]:

@@ -233,7 +233,8 @@ def train(
     if settle_at is not None:
         user_cfg, item_cfg = replace(user_cfg, track_moves=True), replace(item_cfg, track_moves=True)
     with phase(spark, "init"):
-        resumed = checkpointer.load() if checkpointer else None
+        shape = (blocks.num_user_blocks, blocks.num_item_blocks)
+        resumed = checkpointer.load(shape) if checkpointer else None
         if resumed and resumed.iteration <= max_iter:  # a stopped run resumes, warm-started or not
             user_out, item_out, history, start = resumed.user_out, resumed.item_out, resumed.history, resumed.iteration
             log.info("resuming from the checkpoint at iteration %d", start)
@@ -284,7 +285,7 @@ def train(
         if reason or iteration == max_iter:
             entry["stop"] = stop_reason
         if checkpointer and checkpointer.due(iteration):
-            saved = checkpointer.save(iteration, user_out, item_out, history)
+            saved = checkpointer.save(iteration, user_out, item_out, history, shape)
             user_out, item_out = saved.user_out, saved.item_out
         if on_iteration:
             watch = time.perf_counter()
