@@ -42,9 +42,9 @@ def blocks_for(num_ratings: int, slots: int, max_block_ratings: int) -> int:
     most max_block_ratings, so that every wave of a half-step's tasks fills the cores and no
     more blocks than memory needs send each factor vector to more of them; but no block below
     MIN_BLOCK_RATINGS where the slots outnumber those (a task's fixed cost would outweigh its
-    work). On 2 cores, 22M training ratings fitted in 4 + 4 blocks in 0.89 × the time of 8 + 8,
-    and 4M in 2 + 2 in 0.53 × the time of 16 + 16 (docs/benchmarks.md "Blocks sized to the
-    task slots")."""
+    work). On 2 cores an iteration of 4 + 4 blocks took about 0.9 × the time of 8 + 8 at 22M
+    training ratings, and one of 2 + 2 0.42 × that of 16 + 16 at 4M (docs/benchmarks.md
+    "Blocks sized to the task slots", "Scaling at 1M, 5M and 27.6M ratings, quiet")."""
     memory = math.ceil(num_ratings / max_block_ratings)  # the fewest blocks that hold every rating
     waves = slots * math.ceil(memory / slots)
     return min(MAX_AUTO_BLOCKS, max(MIN_AUTO_BLOCKS, memory, min(waves, num_ratings // MIN_BLOCK_RATINGS)))
