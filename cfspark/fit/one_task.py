@@ -110,7 +110,9 @@ def fit_auto_in_one_task(
     on_iteration: Callable[[FitRecord], dict] | None = None,
 ) -> FitRecord:
     """regParam = "auto" on small mse data: the λ and rank search and the fit at its choice in
-    one Spark job (train/search_task.py), the fit started from the search's params there."""
+    one Spark job (train/search_task.py), the fit started from the search's params there. A
+    fixed regParam with biasReg = "auto" takes the same job: its λ fitted alone for λ_b, then
+    the fit from those factors, stopped on tol."""
     unit = stats.spread if settings.regUnits == "spread" else 1.0
     at = search_settings(settings, unit)
     plan = search_plan(settings, unit, stats.global_mean)
@@ -122,8 +124,9 @@ def fit_auto_in_one_task(
     found = record.pop("search")
     log_search(settings, found, 1.0)
     took = found["task_seconds"]
-    log.info("automatic λ in one task: %.2f s indexing, %.2f s searching (%.2f s of it the rank step), %.2f s fitting",
-             took["input"], took["search"], found.get("rank_seconds", 0.0), took["fit"])  # fmt: skip
+    log.info("%s in one task: %.2f s indexing, %.2f s searching (%.2f s of it the rank step), %.2f s fitting",
+             "λ fixed" if found.get("fixed") else "automatic λ", took["input"], took["search"],
+             found.get("rank_seconds", 0.0), took["fit"])  # fmt: skip
     reg, kept = found["reg"], found.get("rank", settings.rank)
     chosen = settings.carry(regParam=reg).replace(rank=kept)  # the model's shape, not a Param it carries
     chosen = chosen.carry(biasReg=found["bias_reg"]) if "bias_reg" in found else chosen
@@ -132,7 +135,7 @@ def fit_auto_in_one_task(
                            began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
     kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds", "bias_reg",
-                 "bias_reg_before")
+                 "bias_reg_before", "fixed")
     search = {k: found[k] for k in kept_keys if k in found}
     fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": 1.0}
     if settings.regUnits == "spread":

@@ -3,7 +3,8 @@
 data both in one job), one task (small data), or blockwise. Under a fixed λ and biasReg =
 "auto" (mse), the search's task fits that λ alone first (beside the blockwise setup), λ_b
 comes from what its factors leave, as under automatic λ (fit/reg_search.py), and the fit
-starts from those factors, as it does from the search's.
+starts from those factors, as it does from the search's; on small data both in one job, as
+automatic λ's search and fit.
 
 Under regUnits = "spread" (mse), λ is converted to ALS's units first, with the spread of
 the training targets (fit/targets.py's target_spread), so every path below fits in them."""
@@ -123,8 +124,17 @@ def _fit_ratings(
         if settings.meanPrior == AUTO:
             log.info("automatic m: the item means shrunk by %.4g pseudo-ratings", stats.mean_prior)
         settings = settings.replace(meanPrior=stats.mean_prior)
-        if settings.regParam == AUTO and searches_in_one_task(settings, num_ratings):
-            return fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)
+        # λ or λ_b automatic on small data: the search (a fixed λ fitted alone for λ_b) and the fit
+        # from its factors in one job. A caller's settle is the blockwise fit's. A fixed λ is taken
+        # in ALS's units first, as on the other paths, so that its path says the model's λ.
+        searched = settings.regParam == AUTO or (settings.biasReg == AUTO and settle is None)
+        if searched and searches_in_one_task(settings, num_ratings):
+            fixed = settings.regParam != AUTO and spread is not None
+            record = fit_auto_in_one_task(settings.in_als_units(spread) if fixed else settings, train_ratings, stats,
+                                          began=began, on_iteration=on_iteration)  # fmt: skip
+            if spread is not None:
+                record.summary["spread"] = spread
+            return record
         if spread is not None and settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
     if settings.regParam == AUTO:

@@ -502,7 +502,8 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
     """mapInArrow body: the search, then the fit of every row (fit part and validation fold)
     at the chosen λ and rank, started from the params the search ended with there. The fit
     stops when an iteration moves the predictions by at most SETTLED of the chosen λ's
-    validation RMSE (which bounds that iteration's change of any RMSE), or at max_iter."""
+    validation RMSE (which bounds that iteration's change of any RMSE), or at max_iter. A λ
+    the caller fixed (plan.fixed, fitted alone for λ_b) keeps the caller's stop, plan.tol."""
     rank = user_cfg.rank
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -535,7 +536,8 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
         # The chosen λ's last point at the kept rank: its validation RMSE bounds the fit's settle move.
         chosen = [p for p in found["path"] if math.isclose(p["reg"], found["reg"], rel_tol=1e-9) and p["rank"] == kept]
-        settle = SETTLED * chosen[-1]["rmse"] if chosen and plan.tol > 0 else None  # tol = 0: every iteration
+        # tol = 0: every iteration; a fixed λ: tol alone, as any fit at a λ the caller chose.
+        settle = SETTLED * chosen[-1]["rmse"] if chosen and plan.tol > 0 and not plan.fixed else None
         W, X, history, stop = fit_arrays(
             user_code, item_code, rating - means[item_code], None, weight, keys[USER], keys[ITEM], ucfg, icfg,
             max_iter=max_iter, tol=plan.tol, start=start, settle=settle, still=SETTLED,
