@@ -58,7 +58,7 @@ def _score(relevant: DataFrame, recs: DataFrame) -> dict:
     return ranking_metrics(recs.select(USER, ITEM, RANK), relevant, k=K)
 
 
-def run_size(spark: SparkSession, millions: int) -> dict:
+def run_size(spark: SparkSession, millions: int, blocks: int = 0) -> dict:
     counts = counts_frame(spark, millions)
     rows = counts.select(USER, ITEM, F.lit(1.0).alias(RATING), F.col(COUNT).cast("double").alias(COUNT))
     train, test = split_ratings(rows, test_fraction=0.2, seed=42)
@@ -81,7 +81,8 @@ def run_size(spark: SparkSession, millions: int) -> dict:
     out["implicit_als"] = {"fit_seconds": seconds, "regParam": 0.1, "alpha": 1.0, **_score(relevant, recs)}
     print(f"{millions}M implicit ALS: {out['implicit_als']}", flush=True)
 
-    cf = CollaborativeFilter(userCol=USER, itemCol=ITEM, ratingCol=RATING, weightCol=COUNT, loss="bce", rank=10)
+    cf = CollaborativeFilter(userCol=USER, itemCol=ITEM, ratingCol=RATING, weightCol=COUNT, loss="bce", rank=10,
+                             numUserBlocks=blocks, numItemBlocks=blocks)  # fmt: skip
     model, seconds = _timed(lambda: cf.fit(train))
     recs = model.recommendForUserSubset(sample, K)
     summary = model.summary
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5], choices=sorted(SHAPES),
                         help="millions of labels (default: %(default)s)")  # fmt: skip
     parser.add_argument("--out", default="", help="a JSON file for the results (default: none)")
+    parser.add_argument("--blocks", type=int, default=0, help="cfspark's blocks per side (default: 0: from the data)")
     args = parser.parse_args(argv)
     spark = (
         SparkSession.builder.appName("cfspark-implicit-scale-bench")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ALS(rank=10, maxIter=2, implicitPrefs=True, userCol=USER, itemCol=ITEM, ratingCol=COUNT).fit(warm)
     results = {}
     for size in args.sizes:
-        results[size] = run_size(spark, size)
+        results[size] = run_size(spark, size, args.blocks)
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1)
