@@ -138,8 +138,8 @@ def test_checkpoints_in_a_users_folder_go_to_a_subfolder_of_their_own(spark, tmp
     ck = Checkpointer(spark, str(folder), 1, "fp")
     assert ck.directory == str(folder / "cfspark-checkpoints") == checkpoint_folder(str(folder))
     for iteration in (1, 2):  # the second save drops the first's iter-*: its own only
-        ck.save(iteration, df, df, [])
-    assert ck.load().iteration == 2
+        ck.save(iteration, df, df, [], (1, 1))
+    assert ck.load((1, 1)).iteration == 2
     for keep in (True, False):  # after a successful run: kept, then removed
         keys = {"checkpoint__keep": str(keep).lower(), "checkpoint__interval": 1}
         remove_checkpoints(cfg_of(tmp_path, **keys, **({"checkpoint__dir": str(folder)} if explicit else {})))

@@ -634,7 +634,8 @@ def test_prepare_takes_the_item_means_from_the_sums_target_stats_kept_and_a_fit_
     real_stats, real_prepare = paths.target_stats, one_task.prepare
     monkeypatch.setattr(paths, "target_stats", lambda *a, **k: seen.append(real_stats(*a, **k)) or seen[-1])
     monkeypatch.setattr(one_task, "prepare", lambda *a: given.append(a[3]) or real_prepare(*a))
-    CollaborativeFilter(meanPrior=4.0, regParam=0.1, maxIter=2).fit(df)
+    # λ_b fixed: with it automatic, the fit would take the item means in the search's own task.
+    CollaborativeFilter(meanPrior=4.0, regParam=0.1, biasReg=5.0, maxIter=2).fit(df)
     assert len(seen) == 1 and len(given) == 1 and given[0] is seen[0].item_sums is not None
     assert seen[0].item_sums.storageLevel.useMemory is False  # released as the fit returned
     df.unpersist()

@@ -210,14 +210,18 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         among them) are not needed."""
         return df.select(*self._ids(df, sides))
 
+    def _sides(self) -> dict[str, tuple[DataFrame, str]]:
+        """Each side's factor table, whose id column holds the model's id type, and the
+        caller's name for that id column."""
+        return {USER: (self.user_factors, self.getUserCol()), ITEM: (self.item_factors, self.getItemCol())}
+
     def _ids(self, df: DataFrame, sides: tuple[str, ...]) -> list[Column]:
         """The caller's id columns of these sides, refused by name if missing, each as the
         model's id type under cfspark's name (ml/ids.py): null where an id cannot be one."""
-        theirs = {USER: self.getUserCol(), ITEM: self.getItemCol()}
-        require_columns(df, tuple(theirs[side] for side in sides))
-        tables = {USER: self.user_factors, ITEM: self.item_factors}
-        typed = {s: (df.schema[theirs[s]].dataType, tables[s].schema[s].dataType) for s in sides}
-        return [as_model_ids(column(theirs[s]), *typed[s], theirs[s]).alias(s) for s in sides]
+        known = self._sides()
+        require_columns(df, tuple(known[side][1] for side in sides))
+        typed = {s: (df.schema[known[s][1]].dataType, known[s][0].schema[s].dataType) for s in sides}
+        return [as_model_ids(column(known[s][1]), *typed[s], known[s][1]).alias(s) for s in sides]
 
     def _named(self, df: DataFrame) -> DataFrame:
         return renamed(df, {USER: self.getUserCol(), ITEM: self.getItemCol()})
@@ -409,10 +413,7 @@ class CFModel(Model, _CFModelParams, MLWritable, MLReadable):
         them (ml/ids.py): a fold-in's users become rows of its user table, so an int model
         stays int. An id that has no value of the model's type (beyond an int model's range,
         a string that is no integer for an integer model) is refused, with an example."""
-        for side, table, name in (
-            (USER, self.user_factors, self.getUserCol()),
-            (ITEM, self.item_factors, self.getItemCol()),
-        ):
+        for side, (table, name) in self._sides().items():
             want, got = table.schema[side].dataType, ratings.schema[side].dataType
             if want == got:
                 continue
