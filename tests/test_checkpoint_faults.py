@@ -105,7 +105,7 @@ def test_a_checkpoint_of_other_block_counts_is_skipped_and_its_counts_are_read(s
     with caplog.at_level(logging.WARNING, logger="cfspark"):
         assert Checkpointer(spark, str(root), 2, "fp").load((4, 3)) is None
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert "its state is in 3 + 3 blocks, this fit's in 4 + 3" in warning and "training starts afresh" in warning
+    assert "laid out for 3 + 3 blocks asked for, this fit asks for 4 + 3" in warning and "starts afresh" in warning
     assert Checkpointer(spark, str(root), 2, "fp").load(SHAPE).iteration == 2
 
 

@@ -112,6 +112,10 @@ class Blocks:
     # The cached table both sides' InBlocks are read from (build's _pack), as packed: not
     # partitioned by block. None when users and items are cached in place themselves.
     packed: DataFrame | None = field(default=None, repr=False)
+    # The (user, item) block counts setup was asked for. With the data and the settings they
+    # decide which block each entity lands in (a side over maxBlockRatings gets more than
+    # asked), so a checkpoint's state rows fit these blocks only under the same request.
+    requested: tuple[int, int] = (0, 0)
     _in_place: dict[str, DataFrame] = field(default_factory=dict, repr=False)
 
     @property
@@ -412,4 +416,5 @@ def build_blocks(
             packed.unpersist()
             packed = None
             totals = label_totals(items)
-    return Blocks(users, items, user_side, item_side, label_totals=totals, packed=packed)
+    return Blocks(users, items, user_side, item_side, label_totals=totals, packed=packed,
+                  requested=(num_user_blocks, num_item_blocks))  # fmt: skip

@@ -57,8 +57,8 @@ class Checkpointer:
     def save(
         self, iteration: int, user_out: DataFrame, item_out: DataFrame, history: list[dict], blocks: tuple[int, int]
     ) -> Resumed:
-        """Write the state tables, then the marker; blocks, the fit's (user, item) block counts,
-        which its state rows are laid out by."""
+        """Write the state tables, then the marker; blocks, the (user, item) block counts the
+        fit's setup was asked for, which with the fingerprint lay out its state rows."""
         name = f"iter-{iteration:06d}"
         path = f"{self.directory}/{name}"
         if is_local(self.directory):
@@ -89,7 +89,8 @@ class Checkpointer:
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
     def load(self, blocks: tuple[int, int]) -> Resumed | None:
-        """The latest checkpoint of this fingerprint and these (user, item) block counts, or None.
+        """The latest checkpoint of this fingerprint and these requested (user, item) block
+        counts (save's blocks), or None.
 
         A checkpoint that cannot be used (latest.json unreadable, its folder or a file gone
         or truncated, a table that does not decode, state rows of other block counts) is
@@ -109,8 +110,9 @@ class Checkpointer:
             return None
         written = tuple(marker.get("blocks", blocks))
         if written != tuple(blocks):
-            return self._skip(f"the checkpoint at iteration {iteration}: its state is in {written[0]} + {written[1]} "
-                              f"blocks, this fit's in {blocks[0]} + {blocks[1]}")  # fmt: skip
+            why = f"its state is laid out for {written[0]} + {written[1]} blocks asked for"
+            asked = f"this fit asks for {blocks[0]} + {blocks[1]}"
+            return self._skip(f"the checkpoint at iteration {iteration}: {why}, {asked}")
         if "://" not in path and not os.path.isabs(path):
             path = f"{self.directory}/{path}"
         problem = _missing_or_truncated(local_path(path), marker.get("files"))
@@ -134,10 +136,10 @@ class Checkpointer:
 
 
 def checkpointed_blocks(directory: str) -> tuple[int, int] | None:
-    """The (user, item) block counts of the latest checkpoint under a configured checkpoint
-    directory, whatever its fingerprint; None if it has none that says. A fit whose block
-    counts are left to the data takes them, so that a rerun resumes its checkpoint on a
-    cluster of another size (blocks_for sizes blocks to the task slots)."""
+    """The requested (user, item) block counts of the latest checkpoint under a configured
+    checkpoint directory, whatever its fingerprint; None if it has none that says. A fit whose
+    block counts are left to the data asks for them, so that a rerun resumes its checkpoint on
+    a cluster of another size (blocks_for sizes blocks to the task slots)."""
     folder = checkpoint_folder(directory.rstrip("/"))
     if not is_local(folder):
         return None

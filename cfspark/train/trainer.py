@@ -233,7 +233,7 @@ def train(
     if settle_at is not None:
         user_cfg, item_cfg = replace(user_cfg, track_moves=True), replace(item_cfg, track_moves=True)
     with phase(spark, "init"):
-        shape = (blocks.num_user_blocks, blocks.num_item_blocks)
+        shape = blocks.requested  # with the fingerprint, what lays out a checkpoint's state rows
         resumed = checkpointer.load(shape) if checkpointer else None
         if resumed and resumed.iteration <= max_iter:  # a stopped run resumes, warm-started or not
             user_out, item_out, history, start = resumed.user_out, resumed.item_out, resumed.history, resumed.iteration
