@@ -107,6 +107,14 @@ def test_a_checkpoint_of_other_block_counts_is_skipped_and_its_counts_are_read(s
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "laid out for 3 + 3 blocks asked for, this fit asks for 4 + 3" in warning and "starts afresh" in warning
     assert Checkpointer(spark, str(root), 2, "fp").load(SHAPE).iteration == 2
+    # A marker without block counts (an earlier cfspark's, which chose them otherwise) is not resumed.
+    marker = json.loads((root / MARKER).read_text())
+    del marker["blocks"]
+    (root / MARKER).write_text(json.dumps(marker))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cfspark"):
+        assert Checkpointer(spark, str(root), 2, "fp").load(SHAPE) is None
+    assert "does not say which blocks" in caplog.records[-1].getMessage()
 
 
 @pytest.mark.slow

@@ -108,9 +108,10 @@ class Checkpointer:
             return self._skip(f"{self._marker()} cannot be read ({type(e).__name__}: {e})")
         if fingerprint != self.fingerprint:
             return None
-        written = tuple(marker.get("blocks", blocks))
-        if written != tuple(blocks):
-            why = f"its state is laid out for {written[0]} + {written[1]} blocks asked for"
+        written = tuple(marker.get("blocks", ()))
+        if written != tuple(blocks):  # a marker without them is an earlier cfspark's, of blocks it chose otherwise
+            why = (f"its state is laid out for {written[0]} + {written[1]} blocks asked for" if written
+                   else "it does not say which blocks its state is laid out for")  # fmt: skip
             asked = f"this fit asks for {blocks[0]} + {blocks[1]}"
             return self._skip(f"the checkpoint at iteration {iteration}: {why}, {asked}")
         if "://" not in path and not os.path.isabs(path):
