@@ -26,8 +26,9 @@ from cfspark.train.sampled import with_totals
 from cfspark.train.trainer import TrainResult, checkpoint_level, train
 
 # The fewest ratings a block the fit chooses holds, where the cluster has more task slots than
-# that would fill: about half a second of a half-step's kernels, against a task's fixed cost
-# of about a tenth (the JVM's and Arrow's), so that more blocks still mean less time.
+# that would fill: about 0.16 task-seconds of a half-step's work (at 27.6M, 22M ratings took
+# 3.5 task-seconds a half-step), several times a task's fixed cost, so that more blocks still
+# mean less time.
 MIN_BLOCK_RATINGS = 1_000_000
 # The block counts a fit chooses by itself span these; maxBlockRatings may split further,
 # up to blocks/placement.py's MAX_SPLIT_BLOCKS.
