@@ -138,8 +138,6 @@ def fit_auto_in_one_task(
                  "bias_reg_before", "fixed")
     search = {k: found[k] for k in kept_keys if k in found}
     fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": 1.0}
-    if settings.regUnits == "spread":
-        fitted.summary["spread"] = stats.spread
     fitted.summary["mean_prior"] = settings.meanPrior
     return fitted
 

@@ -126,7 +126,8 @@ def _fit_ratings(
         settings = settings.replace(meanPrior=stats.mean_prior)
         # λ or λ_b automatic on small data: the search (a fixed λ fitted alone for λ_b) and the fit
         # from its factors in one job. A caller's settle is the blockwise fit's. A fixed λ is taken
-        # in ALS's units first, as on the other paths, so that its path says the model's λ.
+        # in ALS's units first, as on the other paths, so that its path says the model's λ; the
+        # spread is recorded here, as on the other paths.
         searched = settings.regParam == AUTO or (settings.biasReg == AUTO and settle is None)
         if searched and searches_in_one_task(settings, num_ratings):
             fixed = settings.regParam != AUTO and spread is not None
