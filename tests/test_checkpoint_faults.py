@@ -57,6 +57,11 @@ def garble_the_marker(root):
     (root / MARKER).write_text('{"iteration": 2, "fingerp')
 
 
+def marker_with_one_block_count(root):
+    marker = json.loads((root / MARKER).read_text())
+    (root / MARKER).write_text(json.dumps({**marker, "blocks": [3]}))
+
+
 def marker_without_keys(root):
     (root / MARKER).write_text('{"fingerprint": "fp"}')
 
@@ -73,6 +78,7 @@ FAULTS = {
     "folder_deleted": (delete_the_folder, "its folder is missing"),
     "marker_garbled": (garble_the_marker, "cannot be read (JSONDecodeError"),
     "marker_incomplete": (marker_without_keys, "cannot be read (KeyError"),
+    "marker_one_block_count": (marker_with_one_block_count, "laid out for 3 blocks asked for"),
     "corrupt_parquet_same_size": (corrupt_a_part_keeping_its_size, "cannot be read ("),
 }
 

@@ -110,7 +110,8 @@ class Checkpointer:
             return None
         written = tuple(marker.get("blocks", ()))
         if written != tuple(blocks):  # a marker without them is an earlier cfspark's, of blocks it chose otherwise
-            why = (f"its state is laid out for {written[0]} + {written[1]} blocks asked for" if written
+            # Joined, not indexed: a damaged marker's counts are skipped like any other, never a crash.
+            why = (f"its state is laid out for {' + '.join(map(str, written))} blocks asked for" if written
                    else "it does not say which blocks its state is laid out for")  # fmt: skip
             asked = f"this fit asks for {blocks[0]} + {blocks[1]}"
             return self._skip(f"the checkpoint at iteration {iteration}: {why}, {asked}")
