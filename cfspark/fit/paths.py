@@ -124,20 +124,17 @@ def _fit_ratings(
         if settings.meanPrior == AUTO:
             log.info("automatic m: the item means shrunk by %.4g pseudo-ratings", stats.mean_prior)
         settings = settings.replace(meanPrior=stats.mean_prior)
-        # λ or λ_b automatic on small data: the search (a fixed λ fitted alone for λ_b) and the fit
-        # from its factors in one job. A caller's settle is the blockwise fit's. A fixed λ is taken
-        # in ALS's units first, as on the other paths, so that its path says the model's λ; the
-        # spread is recorded here, as on the other paths.
+        if spread is not None and settings.regParam != AUTO:
+            settings = settings.in_als_units(spread)
+        # λ or λ_b automatic on small data: the search (a fixed λ, in ALS's units as on every path,
+        # fitted alone for λ_b) and the fit from its factors in one job. A caller's settle is the
+        # blockwise fit's. The spread is recorded here, as on the other paths.
         searched = settings.regParam == AUTO or (settings.biasReg == AUTO and settle is None)
         if searched and searches_in_one_task(settings, num_ratings):
-            fixed = settings.regParam != AUTO and spread is not None
-            record = fit_auto_in_one_task(settings.in_als_units(spread) if fixed else settings, train_ratings, stats,
-                                          began=began, on_iteration=on_iteration)  # fmt: skip
+            record = fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)
             if spread is not None:
                 record.summary["spread"] = spread
             return record
-        if spread is not None and settings.regParam != AUTO:
-            settings = settings.in_als_units(spread)
     if settings.regParam == AUTO:
         if num_ratings is None:
             num_ratings = train_ratings.count()
