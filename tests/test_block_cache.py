@@ -29,7 +29,12 @@ def _arrays(n: int) -> cache.Arrays:
 
 def test_a_block_file_maps_back_the_arrays_written_and_a_damaged_one_reads_as_a_miss(tmp_path, monkeypatch):
     monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
-    arrays = _arrays(37) | {"y": np.linspace(-1, 1, 37), "weight": np.full(37, 0.5)}
+    # Written from each array's own buffer: a strided view, an empty array and a read-only
+    # view of Arrow's memory (what a decoded InBlock holds) come back as they were.
+    every_other = np.arange(74, dtype=np.int32)[::2]
+    arrow_view = np.frombuffer(np.arange(38, dtype=np.int64).tobytes(), dtype=np.int64)[1:]
+    arrays = _arrays(37) | {"y": np.linspace(-1, 1, 37), "weight": np.full(37, 0.5), "cols": every_other,
+                            "out_idx": np.empty(0, np.int32), "keys": arrow_view}  # fmt: skip
     where = files.write("k", "item", 3, arrays)
     assert where == str(tmp_path / files.DIR_NAME / "k" / "item-3.blk")
     got = files.read("k", "item", 3)

@@ -89,7 +89,7 @@ def write(blocks: str, side: str, block: int, arrays: Arrays, kind: str = BLOCK,
             for name, a in arrays.items():
                 if a is not None:
                     f.seek(start + header[name][1])
-                    f.write(np.ascontiguousarray(a).tobytes())
+                    _write_array(f, a)
             f.truncate(start + at)
         os.replace(temp, target)
     except OSError:  # a full disk, or the directory removed by a release: the caller keeps a copy
@@ -97,6 +97,13 @@ def write(blocks: str, side: str, block: int, arrays: Arrays, kind: str = BLOCK,
             os.remove(temp)
         return None
     return target
+
+
+def _write_array(f, a: np.ndarray) -> None:
+    """Write an array's bytes from its own buffer. tobytes() would copy them first, and a copy
+    over glibc's largest mmap threshold (32 MiB) is fresh pages, faulted in one by one: 0.14 to
+    0.7 s for 175 MiB, against 0.04 s written from the buffer (a block's tiling at 27.6M)."""
+    f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
 
 
 def read(blocks: str, side: str, block: int, kind: str = BLOCK) -> Arrays | None:
