@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cfspark.blocks.codec import blob, matrix
+from cfspark.blocks.codec import arrow_rows, binary_column, matrix
 from cfspark.blocks.inblock import pack_arrays
 from cfspark.kernels import newton, topn
 from cfspark.kernels.block import TILE, BlockProblem, Tiling, padded_length
@@ -623,20 +623,20 @@ def test_float32_training_matches_float64_on_a_planted_model(loss):
 
 def test_a_float32_half_step_body_sends_float64_params_close_to_float64s():
     """arrow_bodies.step_blocks, Spark-free: StepConfig.float32 reaches the kernels, and the state and
-    messages it emits are float64 blobs either way."""
+    messages it emits are float64 cells either way."""
     (train, _), n_users, n_items = _planted_split(np.random.default_rng(13), "mse")
     users, items, y = train
     packed = pack_arrays(users, np.zeros_like(items), items, y, users.astype(np.int64), offset=np.full(len(y), 3.0))
     inblock = pa.table(
         {"block": pa.array([0], pa.int32()), "n": pa.array([packed.pop("n")], pa.int32())}
-        | {name: pa.array([blob(a)], pa.binary()) for name, a in packed.items()}
+        | {name: binary_column([a]) for name, a in packed.items()}
         | {"col_labels": pa.array([None], pa.binary())}  # set only for sampled exposure fits
     )
     w = initial_params(np.arange(n_users, dtype=np.int64), 4, scale=0.1, side="user")
     x = initial_params(np.arange(n_items, dtype=np.int64), 4, scale=0.1, side="item")
     state = arrow_bodies._rows(0, w, None, (0.0, 0.0), [])
     sent = arrow_bodies._rows(0, x, None, (0.0, 0.0), [(0, x[np.unique(items)])])[1:]  # block 0: its items, by id
-    incoming = pa.Table.from_pylist(state + sent, schema=arrow_bodies._ARROW_SCHEMA)
+    incoming = arrow_rows(state + sent, arrow_bodies._ARROW_SCHEMA)
     out = {}
     for single in (False, True):
         cfg = StepConfig(
@@ -646,7 +646,7 @@ def test_a_float32_half_step_body_sends_float64_params_close_to_float64s():
         table = arrow_bodies.step_blocks(cfg)(inblock, incoming)
         src = table.column("src").to_pylist()
         assert src == [arrow_bodies.STATE, 0]
-        assert len(table.column("params")[0].as_py()) == n_users * 6 * 8  # float64 blob, as before
+        assert len(table.column("params")[0].as_py()) == n_users * 6 * 8  # float64 cells, as before
         out[single] = matrix(table, "params", 0, 6), table.column("data_loss")[0].as_py()
     (p64, loss64), (p32, loss32) = out[False], out[True]
     assert not np.array_equal(p32, p64)  # the float32 path ran

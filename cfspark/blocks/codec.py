@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,8 +22,45 @@ def matrix(batch: pa.RecordBatch | pa.Table, name: str, row: int, width: int) ->
     return None if flat is None else flat.reshape(-1, width)
 
 
-def blob(arr: np.ndarray | None) -> bytes | None:
-    return None if arr is None else np.ascontiguousarray(arr).tobytes()
+# A binary column's offsets are int32: its cells hold at most this many bytes in all.
+MAX_BINARY_BYTES = 2**31 - 1
+
+
+def binary_column(values: Sequence[np.ndarray | bytes | None]) -> pa.Array:
+    """Arrays as a binary column, one cell each (None: a null cell), for cell() to read back.
+
+    One array is the column's data buffer as it lies, several are copied once into one. The
+    way round Python bytes (tobytes, then pa.array) copies each twice, and a copy of more
+    than glibc's largest mmap threshold (32 MiB) is fresh pages faulted in one by one: three
+    44 MB cells took 0.13–1.2 s that way against 0.04–0.2 s here, Arrow's stream write included."""
+    raw = [None if v is None else np.frombuffer(v, np.uint8) if isinstance(v, bytes)
+           else np.ascontiguousarray(v).reshape(-1).view(np.uint8) for v in values]  # fmt: skip
+    sizes = np.array([0 if a is None else a.nbytes for a in raw], dtype=np.int64)
+    if sizes.sum() > MAX_BINARY_BYTES:
+        raise ValueError(f"{sizes.sum()} bytes do not fit one binary column (at most {MAX_BINARY_BYTES})")
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    filled = [a for a in raw if a is not None]
+    data = filled[0] if len(filled) == 1 else np.concatenate(filled) if filled else np.empty(0, np.uint8)
+    nulls = len(raw) - len(filled)
+    valid = None
+    if nulls:
+        valid = pa.py_buffer(np.packbits(np.array([a is not None for a in raw]), bitorder="little"))
+    buffers = [valid, pa.py_buffer(offsets), pa.py_buffer(data)]
+    return pa.Array.from_buffers(pa.binary(), len(raw), buffers, null_count=nulls)
+
+
+def arrow_rows(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
+    """pa.Table.from_pylist(rows, schema=schema) for rows whose binary fields hold numpy arrays
+    (or bytes, or None), each binary column made by binary_column (and widened where the
+    schema's is large_binary, as Spark may hand an input's binary cells in)."""
+
+    def column(field: pa.Field) -> pa.Array:
+        values = [r[field.name] for r in rows]
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            return binary_column(values).cast(field.type)
+        return pa.array(values, field.type)
+
+    return pa.Table.from_arrays([column(f) for f in schema], schema=schema)
 
 
 def list_rows(values: np.ndarray) -> pa.ListArray:

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cfspark.blocks.codec import blob, cell
+from cfspark.blocks.codec import arrow_rows, binary_column, cell
 from cfspark.blocks.hashing import hashed_blocks, xxhash64
 from cfspark.blocks.placement import route_blocks
 
@@ -266,13 +266,13 @@ def _chunk_row(side: int, block: int, slices: list[dict], rule: ChunkSide, carri
         "side": side,
         "block": block,
         **chunk_sizes(own_idx, len(ids)),
-        "ids": blob(ids),
-        "key": blob(own_keys),
-        "own": blob(own_idx),
-        "other_ids": blob(others),
-        "other_block": blob(where),
-        "other": blob(other_idx),
-        **{n: blob(joined[n]) if carried.get(n, True) and n in joined else None for n in ("y", *EXTRAS)},
+        "ids": ids,
+        "key": own_keys,
+        "own": own_idx,
+        "other_ids": others,
+        "other_block": where,
+        "other": other_idx,
+        **{n: joined[n] if carried.get(n, True) and n in joined else None for n in ("y", *EXTRAS)},
     }
 
 
@@ -303,8 +303,9 @@ def chunk_ratings(
         _cut_slice(pa.Table.from_batches(pending), sides, parts, carried)
     if not parts:  # an empty partition
         return
-    cut = [_chunk_row(side, block, parts.pop((side, block)), sides[side], carried) for side, block in sorted(parts)]
-    yield pa.RecordBatch.from_pylist(cut, schema=_CHUNK_ARROW)
+    for side, block in sorted(parts):  # a batch per chunk: a partition's cells may pass a column's 2 GiB
+        row = _chunk_row(side, block, parts.pop((side, block)), sides[side], carried)
+        yield from arrow_rows([row], _CHUNK_ARROW).to_batches()
 
 
 def _merged(table: pa.Table, values: str, index: str, per_value: str, dtype) -> tuple:
@@ -345,12 +346,13 @@ def pack_chunks(table: pa.Table, other_route: tuple[np.ndarray, np.ndarray] = _N
         "block": pa.array([table.column("block")[0].as_py()], pa.int32()),
         "n": pa.array([arrays.pop("n")], pa.int32()),
     }
-    row.update({name: pa.array([blob(a)], pa.binary()) for name, a in arrays.items()})
+    row.update({name: binary_column([a]) for name, a in arrays.items()})
     row["col_labels"] = pa.array([None], pa.binary())
     return pa.table(row)
 
 
 LABELS_SCHEMA = "dest int, src int, labels binary"
+_LABELS_ARROW = pa.schema([("dest", pa.int32()), ("src", pa.int32()), ("labels", pa.binary())])
 
 
 def label_messages(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -364,12 +366,10 @@ def label_messages(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
             dest, ptr = cell(batch, "out_dest", r, np.int32), cell(batch, "out_ptr", r, np.int64)
             idx = cell(batch, "out_idx", r, np.int32)
             rows += [
-                {"dest": int(d), "src": block, "labels": blob(labels[idx[ptr[j] : ptr[j + 1]]])}
+                {"dest": int(d), "src": block, "labels": labels[idx[ptr[j] : ptr[j + 1]]]}
                 for j, d in enumerate(dest)
             ]
-        yield pa.RecordBatch.from_pylist(
-            rows, schema=pa.schema([("dest", pa.int32()), ("src", pa.int32()), ("labels", pa.binary())])
-        )
+        yield from arrow_rows(rows, _LABELS_ARROW).to_batches()
 
 
 def with_col_labels(inblock: pa.Table, messages: pa.Table) -> pa.Table:
@@ -388,7 +388,7 @@ def with_col_labels(inblock: pa.Table, messages: pa.Table) -> pa.Table:
         raise RuntimeError("label counts do not match the block's cols")
     names = [n.split()[0] for n in INBLOCK_SCHEMA.split(", ")]
     columns = {n: inblock.column(n) for n in names if n != "col_labels"}
-    return pa.table({**columns, "col_labels": pa.array([blob(labels)], pa.binary())})
+    return pa.table({**columns, "col_labels": binary_column([labels])})
 
 
 INDEX_SCHEMA = "value long, block int, local int"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from cfspark.blocks.codec import blob, cell
+from cfspark.blocks.codec import arrow_rows, cell
 from cfspark.blocks.inblock import _CHUNK_ARROW, EXTRAS, _distinct, chunk_sizes
 from cfspark.blocks.placement import route_blocks
 
@@ -52,13 +52,13 @@ def _sub_chunk(batch: pa.RecordBatch, r: int, block: int, keep: np.ndarray) -> d
         "side": batch.column("side")[r].as_py(),
         "block": block,
         **chunk_sizes(kept_own, int(keep.sum())),
-        "ids": blob(ids[keep]),
-        "key": blob(key[keep]),
-        "own": blob(kept_own),
-        "other_ids": blob(cell(batch, "other_ids", r, np.int64)[used]),
-        "other_block": blob(cell(batch, "other_block", r, np.int32)[used]),
-        "other": blob(other),
-        **{name: None if v is None else blob(v[rows]) for name, v in per_rating.items()},
+        "ids": ids[keep],
+        "key": key[keep],
+        "own": kept_own,
+        "other_ids": cell(batch, "other_ids", r, np.int64)[used],
+        "other_block": cell(batch, "other_block", r, np.int32)[used],
+        "other": other,
+        **{name: None if v is None else v[rows] for name, v in per_rating.items()},
     }
 
 
@@ -81,5 +81,5 @@ def reroute_chunks(batches: Iterator[pa.RecordBatch], route: Route) -> Iterator[
             kept = batch.take(pa.array(keep, pa.int32()))
             columns = [kept.column(f.name).cast(f.type) for f in _CHUNK_ARROW]
             yield pa.RecordBatch.from_arrays(columns, schema=_CHUNK_ARROW)
-        if rows:
-            yield pa.RecordBatch.from_pylist(rows, schema=_CHUNK_ARROW)
+        for row in rows:  # a batch per chunk, as chunk_ratings makes them
+            yield from arrow_rows([row], _CHUNK_ARROW).to_batches()

@@ -41,7 +41,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from cfspark.blocks.codec import blob, list_matrix, matrix
+from cfspark.blocks.codec import binary_column, list_matrix, matrix
 from cfspark.core.schema import RANK, SCORE, column
 from cfspark.kernels.losses import sigmoid
 from cfspark.kernels.topn import score_pair, top_within_groups
@@ -79,7 +79,7 @@ def _pack_vectors(id_type: T.DataType, prefix: str):
                 f"{prefix}b": pa.array([table.column("block")[0].as_py()], pa.int32()),
                 f"{prefix}_ids": ids,
                 f"{prefix}_width": pa.array([width], pa.int32()),
-                f"{prefix}_vecs": pa.array([blob(values.reshape(-1, width))], pa.binary()),
+                f"{prefix}_vecs": binary_column([values]),
             }
         )
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 
-from cfspark.blocks.codec import blob, matrix
+from cfspark.blocks.codec import arrow_rows, matrix
 from cfspark.kernels.implicit import gram
 
 GRAM = -3  # src of a Gramian part (arrow_bodies.py: −1 is a state row, −2 a miss); t holds its source block
@@ -30,14 +30,14 @@ def gram_parts(width: int, num_blocks: int):
         for batch in batches:
             rows = []
             for r in range(batch.num_rows):
-                part = blob(gram(matrix(batch, "params", r, width)))
+                part = gram(matrix(batch, "params", r, width))
                 source = batch.column("dest")[r].as_py()
                 rows += [
                     {"dest": d, "src": GRAM, "params": part, "m": None, "v": None, "t": source, "data_loss": 0.0,
                      "reg_loss": 0.0, "kernel_seconds": 0.0, "codec_seconds": 0.0, "moved": 0.0}
                     for d in range(num_blocks)
                 ]  # fmt: skip
-            yield pa.RecordBatch.from_pylist(rows, schema=batch.schema)
+            yield from arrow_rows(rows, batch.schema).to_batches()
 
     return run
 

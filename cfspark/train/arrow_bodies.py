@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from cfspark.blocks import cache
 from cfspark.blocks.cache import Arrays, CacheKey
-from cfspark.blocks.codec import blob, cell, list_matrix, matrix
+from cfspark.blocks.codec import arrow_rows, cell, list_matrix, matrix
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.optimizers import AdamState
@@ -53,9 +53,9 @@ OUT_SCHEMA = ", ".join(f"{name} {ddl}" for name, _, ddl in _OUT_FIELDS)
 _ARROW_SCHEMA = pa.schema([(name, dtype) for name, dtype, _ in _OUT_FIELDS])
 
 
-def out_record(dest: int, src: int, params: bytes | None, **rest: object) -> dict:
-    """One OUT_SCHEMA row as a dict in field order; the fields not given are empty (None for
-    bytes, a zero of the field's type for numbers)."""
+def out_record(dest: int, src: int, params: np.ndarray | bytes | None, **rest: object) -> dict:
+    """One OUT_SCHEMA row as a dict in field order (arrow_rows' input: binary fields hold
+    arrays); the fields not given are empty (None for arrays, a zero of the field's type for numbers)."""
     empty = {"int": 0, "long": 0, "double": 0.0, "binary": None}
     record = {"dest": dest, "src": src, "params": params}
     for name, _, ddl in _OUT_FIELDS[3:]:
@@ -77,9 +77,9 @@ def _rows(
     state_row = out_record(
         block,
         STATE,
-        blob(params),
-        m=blob(state.m if state else None),
-        v=blob(state.v if state else None),
+        params,
+        m=state.m if state else None,
+        v=state.v if state else None,
         t=state.t if state else 0,
         data_loss=losses[0],
         reg_loss=losses[1],
@@ -87,7 +87,7 @@ def _rows(
         codec_seconds=seconds[1],
         moved=moved,
     )
-    return [state_row] + [out_record(int(d), block, blob(p)) for d, p in outbox]
+    return [state_row] + [out_record(int(d), block, p) for d, p in outbox]
 
 
 def _outbox(arrays: Arrays, params: np.ndarray, cfg: StepConfig) -> list[tuple[int, np.ndarray]]:
@@ -113,7 +113,7 @@ def init_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
                 block = batch.column("block")[r].as_py()
                 params = initial_params(cell(batch, "keys", r, np.int64), cfg.rank, scale=cfg.init_scale, side=cfg.side)
                 rows += _start_rows(cfg, block, params, functools.partial(cache.decode, batch, r), send=send, key=key)
-            yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
+            yield from arrow_rows(rows, _ARROW_SCHEMA).to_batches()
 
     return run
 
@@ -164,7 +164,7 @@ def _step(cfg: StepConfig, block: int, arrays: Arrays, incoming: pa.Table, began
     outbox = _outbox(arrays, params, cfg)
     # The encoding of the table itself is not timed: it is what the timings ride in.
     seconds = (solved - decoded, decoded - began + time.perf_counter() - solved)
-    return pa.Table.from_pylist(_rows(block, params, kept, losses, outbox, seconds, moved), schema=_ARROW_SCHEMA)
+    return arrow_rows(_rows(block, params, kept, losses, outbox, seconds, moved), _ARROW_SCHEMA)
 
 
 def moved_squares(row_ptr: np.ndarray, cols: np.ndarray, change: np.ndarray, other: np.ndarray,
@@ -223,7 +223,7 @@ def step_cached(cfg: StepConfig, key: CacheKey):
         if arrays is None:
             miss = _rows(block, np.empty((0, cfg.width)), None, (0.0, 0.0), [])
             miss[0]["src"] = MISS
-            return pa.Table.from_pylist(miss, schema=_ARROW_SCHEMA)
+            return arrow_rows(miss, _ARROW_SCHEMA)
         return _shared_step(cfg, key, block, arrays, incoming, began)
 
     return run
@@ -265,7 +265,7 @@ def warm_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
 
     def run(inblock: pa.Table, earlier: pa.Table) -> pa.Table:
         if inblock.num_rows == 0:  # earlier factors of a block with no ratings now: nothing to start
-            return pa.Table.from_pylist([], schema=_ARROW_SCHEMA)
+            return arrow_rows([], _ARROW_SCHEMA)
         block = inblock.column("block")[0].as_py()
         local, features, bias = np.empty(0, np.int64), None, None
         if earlier.num_rows:
@@ -273,7 +273,7 @@ def warm_blocks(cfg: StepConfig, *, send: bool, key: CacheKey | None = None):
             bias = earlier.column("bias").to_numpy(zero_copy_only=False)
         params = warm_params(cfg, cell(inblock, "keys", 0, np.int64), local, features, bias)
         rows = _start_rows(cfg, block, params, functools.partial(cache.decode, inblock), send=send, key=key)
-        return pa.Table.from_pylist(rows, schema=_ARROW_SCHEMA)
+        return arrow_rows(rows, _ARROW_SCHEMA)
 
     return run
 
@@ -296,6 +296,6 @@ def warm_inline(cfg: StepConfig, earlier: tuple[np.ndarray, np.ndarray, np.ndarr
                 local, at = np.flatnonzero(found), at[found]
                 params = warm_params(cfg, cell(batch, "keys", r, np.int64), local, features[at], bias[at])
                 rows += _start_rows(cfg, block, params, functools.partial(cache.decode, batch, r), send=send, key=key)
-            yield pa.RecordBatch.from_pylist(rows, schema=_ARROW_SCHEMA)
+            yield from arrow_rows(rows, _ARROW_SCHEMA).to_batches()
 
     return run
