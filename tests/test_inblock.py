@@ -284,3 +284,29 @@ def test_chunks_cut_by_hashed_block_then_rerouted_pack_as_chunks_cut_by_the_plac
                     assert table["ratings"][r].as_py() == len(own_idx) > 0
                     assert table["most"][r].as_py() == per_entity.max()
             assert pc.sum(a["ratings"]).as_py() == pc.sum(c["ratings"]).as_py()
+
+
+def test_binary_cells_from_the_arrays_buffers_equal_cells_of_their_bytes(monkeypatch):
+    """codec.binary_column and arrow_rows encode what Python bytes through pa.array did, cell
+    for cell: nulls, bytes, a strided view, an empty array, a matrix and a one-cell column
+    that views its array; Spark's large_binary is honoured; past the offsets' reach, a refusal."""
+    from cfspark.blocks import codec
+
+    rng = np.random.default_rng(3)
+    strided = np.arange(10, dtype=np.int32)[::3]
+    values = [rng.normal(size=5), None, strided, b"xyz", np.empty(0), rng.normal(size=(4, 3))]
+    as_bytes = [v if v is None or isinstance(v, bytes) else np.ascontiguousarray(v).tobytes() for v in values]
+    column = codec.binary_column(values)
+    column.validate(full=True)
+    assert column.equals(pa.array(as_bytes, pa.binary())) and column.null_count == 1
+    np.testing.assert_array_equal(cell(pa.table({"c": column}), "c", 2, np.int32), [0, 3, 6, 9])
+    big = rng.normal(size=1000)
+    one = codec.binary_column([big])
+    assert np.frombuffer(one.buffers()[2], np.float64).ctypes.data == big.ctypes.data  # no copy
+    schema = pa.schema([("n", pa.int32()), ("c", pa.binary()), ("w", pa.large_binary())])
+    rows = [{"n": j, "c": v, "w": v} for j, v in enumerate(values)]
+    expected = pa.Table.from_pylist([{"n": j, "c": b, "w": b} for j, b in enumerate(as_bytes)], schema=schema)
+    assert codec.arrow_rows(rows, schema).equals(expected)
+    monkeypatch.setattr(codec, "MAX_BINARY_BYTES", 40)
+    with pytest.raises(ValueError, match="do not fit one binary column"):
+        codec.binary_column([np.zeros(4), np.zeros(2)])
