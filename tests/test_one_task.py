@@ -216,3 +216,33 @@ def test_float32_in_one_task_fits_as_float64_does(planted):
     assert 0.3 < rmse64 < 0.6  # a real fit: the planted noise is 0.5
     assert abs(rmse32 - rmse64) <= 1e-4 * rmse64
     assert any(not np.array_equal(f32[k], f64[k]) for k in f64)  # the float32 path ran
+
+
+def test_the_tables_of_a_factor_tasks_output_are_stored_in_one_job(spark):
+    """kind_tables: every (kind, columns) table of a task's output, each holding its kind's
+    rows, filled in one Spark job and stored: after the output is released, as
+    run_factor_task releases it, they still read the values the task drew."""
+    from tests_support import jobs_of
+
+    from cfspark.train.trainer import checkpoint_level
+
+    def random_kinds(batches):  # nested, so that Spark's workers get it by value
+        """Each input row as a row of kind 1 or 2 (by parity) with a fresh random bias, so that
+        a table computed again would differ from the one stored."""
+        for batch in batches:
+            ids = batch.column("id").to_numpy()
+            kind, bias = (1 + ids % 2).astype(np.int32), np.random.default_rng().random(len(ids))
+            yield pa.RecordBatch.from_pydict({"kind": kind, "user": ids, "bias": bias})
+
+    level = checkpoint_level(spark)
+    out = spark.range(0, 40, 1, 3).mapInArrow(random_kinds, "kind int, user long, bias double")
+    out = out.localCheckpoint(eager=False, storageLevel=level)  # as factor_task_output keeps it
+    drawn = {r.user: r.bias for r in out.collect()}
+    kinds = [(1, ("user", "bias")), (2, ("user",)), (1, ("bias",))]
+    tables, jobs = jobs_of(spark, lambda: one_task.kind_tables(out, kinds, level))
+    assert jobs == 1
+    out.unpersist()
+    evens, odds, biases = (t.collect() for t in tables)  # kind 1 holds the even ids
+    assert {r.user: r.bias for r in evens} == {u: b for u, b in drawn.items() if u % 2 == 0}
+    assert sorted(r.user for r in odds) == list(range(1, 40, 2)) and odds[0].asDict().keys() == {"user"}
+    assert sorted(r.bias for r in biases) == sorted(r.bias for r in evens)

@@ -74,7 +74,7 @@ from cfspark.train.one_task import (
     factor_task_output,
     fit_arrays,
     keyed_rows,
-    kind_table,
+    kind_tables,
     refusal_batch,
     refused_pairs,
 )
@@ -302,13 +302,11 @@ def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tupl
         record["tasks"][EXPOSURE] = partition
         record["exposure"] = found["exposure"]
         record["task_seconds"] = {**found["task_seconds"], **record["task_seconds"]}
-    users = kind_table(out, USERS, (USER, FEATURES, BIAS), level)
     # The item factors and the item table share one checkpoint of the preference items' rows.
-    items = kind_table(out, ITEMS, (ITEM, FEATURES, BIAS, *ITEM_TABLE), level)
-    preference = users, items.select(ITEM, FEATURES, BIAS), items.select(ITEM, *ITEM_TABLE)
-    exposure = None
+    kinds = [(USERS, (USER, FEATURES, BIAS)), (ITEMS, (ITEM, FEATURES, BIAS, *ITEM_TABLE))]
     if exposed:
-        exposure = tuple(kind_table(out, kind, (key, FEATURES, BIAS), level)
-                         for kind, key in ((EXPOSURE_USERS, USER), (EXPOSURE_ITEMS, ITEM)))  # fmt: skip
+        kinds += [(EXPOSURE_USERS, (USER, FEATURES, BIAS)), (EXPOSURE_ITEMS, (ITEM, FEATURES, BIAS))]
+    users, items, *exposure = kind_tables(out, kinds, level)
+    preference = users, items.select(ITEM, FEATURES, BIAS), items.select(ITEM, *ITEM_TABLE)
     out.unpersist()
-    return preference, exposure, record
+    return preference, tuple(exposure) or None, record
