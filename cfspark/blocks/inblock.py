@@ -92,14 +92,15 @@ def _sort_order(*keys: np.ndarray) -> np.ndarray:
     low = max(n - 1, 0).bit_length()
     if sum(bits) + low > 63 or any(k.min(initial=0) < 0 for k in keys):
         return np.lexsort(keys[::-1])
-    packed = np.zeros(n, dtype=np.int64)
-    for k, b in zip(keys, bits, strict=True):
+    packed = keys[0].astype(np.int64)  # a copy: the shifts below work in place
+    for k, b in zip(keys[1:], bits[1:], strict=True):
         packed <<= b
         packed |= k
     packed <<= low
     packed |= np.arange(n, dtype=np.int64)
     packed.sort()
-    return packed & np.int64((1 << low) - 1)
+    packed &= np.int64((1 << low) - 1)
+    return packed
 
 
 def pack_arrays(
@@ -150,10 +151,12 @@ def _pack(
     # forwards (measured: ordering them by the other side's value instead solves a 1M-rating
     # block 3-7 % slower).
     order = _sort_order(own, cols)
-    own, cols, other, y = own[order], cols[order], other[order], y[order]
+    cols, y = cols[order], y[order]
     extras = {name: None if v is None else v[order].astype(np.float64) for name, v in extras.items()}
+    # A row's count, and which rows each other-side block needs, do not depend on the ratings'
+    # order: taken from them as they came, with no gather of own and other by order (two of a
+    # 5.5M-rating block's four, about 0.15 s).
     counts = np.bincount(own, minlength=n)
-
     needed = _distinct(other_blocks[other].astype(np.int64) * n + own)[0]
     out_dest, out_ptr = _groups(needed // n, len(needed))
     return {
