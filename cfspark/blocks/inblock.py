@@ -369,8 +369,7 @@ def label_messages(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
             dest, ptr = cell(batch, "out_dest", r, np.int32), cell(batch, "out_ptr", r, np.int64)
             idx = cell(batch, "out_idx", r, np.int32)
             rows += [
-                {"dest": int(d), "src": block, "labels": labels[idx[ptr[j] : ptr[j + 1]]]}
-                for j, d in enumerate(dest)
+                {"dest": int(d), "src": block, "labels": labels[idx[ptr[j] : ptr[j + 1]]]} for j, d in enumerate(dest)
             ]
         yield from arrow_rows(rows, _LABELS_ARROW).to_batches()
 
