@@ -87,7 +87,12 @@ def test_sort_order_equals_lexsort(high):
     # Narrow keys are packed into one int64 and argsorted; wide ones fall back to lexsort.
     rng = np.random.default_rng(int(np.log2(high)))
     keys = [rng.integers(0, h, 5_000) for h in (high, 7, high)]
+    given = [k.copy() for k in keys]
     np.testing.assert_array_equal(_sort_order(*keys), np.lexsort(keys[::-1]))
+    for k, g in zip(keys, given, strict=True):  # the keys are packed in a copy, never in place
+        np.testing.assert_array_equal(k, g)
+    empty = np.empty(0, np.int32)
+    assert _sort_order(empty, empty).tolist() == []
 
 
 def _ratings(rng, n: int) -> dict[str, np.ndarray]:
@@ -310,3 +315,11 @@ def test_binary_cells_from_the_arrays_buffers_equal_cells_of_their_bytes(monkeyp
     monkeypatch.setattr(codec, "MAX_BINARY_BYTES", 40)
     with pytest.raises(ValueError, match="do not fit one binary column"):
         codec.binary_column([np.zeros(4), np.zeros(2)])
+    # Rows whose cells pass a column's limit together come in chunks that each fit, as
+    # from_pylist chunks them: the same table, two 16-byte cells of c to a batch of at most 40.
+    wide = [{"n": j, "c": np.full(2, float(j)), "w": None if j % 2 else np.arange(1)} for j in range(7)]
+    chunked = codec.arrow_rows(wide, schema)
+    assert chunked.num_rows == 7 and [b.num_rows for b in chunked.to_batches()] == [2, 2, 2, 1]
+    as_bytes = [{k: v.tobytes() if isinstance(v, np.ndarray) else v for k, v in r.items()} for r in wide]
+    assert chunked.equals(pa.Table.from_pylist(as_bytes, schema=schema))
+    assert codec.arrow_rows([], schema).num_rows == 0

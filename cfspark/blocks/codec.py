@@ -49,18 +49,34 @@ def binary_column(values: Sequence[np.ndarray | bytes | None]) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(), len(raw), buffers, null_count=nulls)
 
 
+def _nbytes(value: np.ndarray | bytes | None) -> int:
+    return 0 if value is None else len(value) if isinstance(value, bytes) else value.nbytes
+
+
 def arrow_rows(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
     """pa.Table.from_pylist(rows, schema=schema) for rows whose binary fields hold numpy arrays
     (or bytes, or None), each binary column made by binary_column (and widened where the
-    schema's is large_binary, as Spark may hand an input's binary cells in)."""
+    schema's is large_binary, as Spark may hand an input's binary cells in). Rows whose cells
+    pass a column's MAX_BINARY_BYTES together go in chunks that each fit, as from_pylist
+    chunks them (a half-step's state and messages at a high rank)."""
+    binary = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    chunks, start, filled = [], 0, dict.fromkeys(binary, 0)
+    for j, row in enumerate(rows):
+        sizes = {name: _nbytes(row[name]) for name in binary}
+        if j > start and any(filled[n] + sizes[n] > MAX_BINARY_BYTES for n in binary):
+            chunks.append(rows[start:j])
+            start, filled = j, dict.fromkeys(binary, 0)
+        filled = {n: filled[n] + sizes[n] for n in binary}
+    chunks.append(rows[start:])
 
-    def column(field: pa.Field) -> pa.Array:
-        values = [r[field.name] for r in rows]
-        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+    def column(field: pa.Field, part: Sequence[dict]) -> pa.Array:
+        values = [r[field.name] for r in part]
+        if field.name in binary:
             return binary_column(values).cast(field.type)
         return pa.array(values, field.type)
 
-    return pa.Table.from_arrays([column(f) for f in schema], schema=schema)
+    batches = [pa.RecordBatch.from_arrays([column(f, part) for f in schema], schema=schema) for part in chunks]
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 def list_rows(values: np.ndarray) -> pa.ListArray:

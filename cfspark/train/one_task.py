@@ -378,7 +378,7 @@ def factor_task_output(
 def kind_tables(out: DataFrame, kinds: Sequence[tuple[int, tuple[str, ...]]], level: StorageLevel) -> list[DataFrame]:
     """The rows of each (kind, columns) of a factor task's output, with those columns, each in
     Spark's block store, filled in one job: a job's fixed cost on the driver is paid once, not
-    once a table (three of a small fit's thirteen jobs were a table each). Spark's "noop"
+    once a table (three of a small fit's twelve jobs were a table each). Spark's "noop"
     sink computes every partition of the union, so every table is stored, and writes nothing."""
     kept = [
         out.filter(F.col(KIND) == kind).select(*columns).localCheckpoint(eager=False, storageLevel=level)
