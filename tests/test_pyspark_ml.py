@@ -537,3 +537,17 @@ def test_automatic_lambda_with_a_prediction_column_of_its_own(spark, planted):
     scored = model.transform(test)
     assert scored.columns == [*test.columns, "stars_hat"] and scored.filter(F.isnan("stars_hat")).count() == 0
     model.unpersist()
+
+
+def test_a_models_unpersist_drops_the_cache_its_fit_made(spark):
+    """fit caches its validated copy of the input, which the model keeps as its training pairs
+    (what recommendFor* leave out); model.unpersist() drops it from Spark's cache, which keeps
+    a cached table until then (docs/python-api.md, "What a model holds in memory")."""
+    rows = planted_ratings(n_users=30, n_items=20, rank=2, density=0.4, noise=0.2, seed=4).rows()
+    model = CollaborativeFilter(rank=2, maxIter=2, regParam=0.1, biasReg=1.0).fit(
+        spark.createDataFrame(rows, "user long, item long, rating double")
+    )
+    pairs = model.training_pairs
+    assert pairs.storageLevel.useMemory and pairs.count() == len(rows)
+    model.unpersist()
+    assert not (pairs.storageLevel.useMemory or pairs.storageLevel.useDisk)
