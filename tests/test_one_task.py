@@ -244,3 +244,25 @@ def test_the_tables_of_a_factor_tasks_output_are_stored_in_one_job(spark):
     assert sorted(r.user for r in odds) == list(range(1, 40, 2)) and odds[0].asDict().keys() == {"user"}
     assert tables[0].collect() == evens and tables[2].collect() == biases  # stored, not drawn again
     assert len(biases) == 20 and biases[0].asDict().keys() == {"bias"}
+
+
+def test_carried_factors_bring_both_sides_to_the_driver_in_one_job(spark):
+    """carried_factors: each side's ids (of its own type: long users, string items), features
+    and biases, as its table holds them, collected in one Spark job; None past what a task carries."""
+    from tests_support import jobs_of
+
+    from cfspark.fit.settings import Earlier
+    from cfspark.train.warm import INLINE_BYTES
+
+    schema = "features array<double>, bias double"
+    users = spark.createDataFrame([(7, [0.5, -1.0], 0.25), (3, [2.0, 1.5], -0.5)], f"user long, {schema}")
+    items = spark.createDataFrame([("i-9", [1.0, 0.0], 0.75)], f"item string, {schema}")
+    earlier = Earlier("search", 2, users, items, rows=(2, 1))
+    (got_users, got_items), jobs = jobs_of(spark, lambda: fit_one_task.carried_factors(earlier))
+    assert jobs == 1
+    by_id = {i: (list(f), b) for i, f, b in zip(got_users[0].to_pylist(), got_users[1], got_users[2], strict=True)}
+    assert by_id == {7: ([0.5, -1.0], 0.25), 3: ([2.0, 1.5], -0.5)}
+    assert got_items[0].to_pylist() == ["i-9"]
+    assert got_items[1].tolist() == [[1.0, 0.0]] and got_items[2].tolist() == [0.75]
+    too_many = INLINE_BYTES // (2 + 2) // 8 + 1  # rows · (rank + 2) · 8 bytes past the bound
+    assert fit_one_task.carried_factors(Earlier("search", 2, users, items, rows=(too_many, 1))) is None
