@@ -12,9 +12,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import pyarrow as pa
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from cfspark.blocks.codec import list_matrix
 from cfspark.core.phases import phase
@@ -26,7 +24,7 @@ from cfspark.fit.targets import TargetStats, prepare
 from cfspark.train.history import diverged
 from cfspark.train.one_task import ONE_TASK_RATINGS, Carried, fit_one_task
 from cfspark.train.search_task import search_and_fit_one_task
-from cfspark.train.warm import fits_inline
+from cfspark.train.warm import collect_sides, fits_inline
 
 log = logging.getLogger("cfspark")
 
@@ -88,31 +86,16 @@ def fit_in_one_task(
                          prepared.global_baseline, record, began=began, on_iteration=on_iteration)  # fmt: skip
 
 
-_SIDE = "side"  # which side a row of carried_factors' one collected table is of
-
-
 def carried_factors(earlier: Earlier) -> tuple[Carried, Carried] | None:
     """Both sides of earlier factors (automatic λ's search's, their rows known) collected to
     be carried inside the one task, as (ids, features, bias); None when they are more than a
     warm start carries inline (train/warm.py's INLINE_BYTES): that fit then runs blockwise."""
     if earlier.rows is None or not fits_inline(sum(earlier.rows), earlier.rank):
         return None
-    tables = (earlier.user_factors, earlier.item_factors)
-    id_types = [table.schema[0].dataType for table in tables]
-
-    def tagged(side: int, table: DataFrame) -> DataFrame:
-        """A side's rows, its ids in a column of their own type, the other side's null."""
-        ids = [F.col(table.columns[0]) if k == side else F.lit(None).cast(id_types[k]) for k in (0, 1)]
-        return table.select(F.lit(side).alias(_SIDE), *(c.alias(f"id{k}") for k, c in enumerate(ids)), FEATURES, BIAS)
-
-    # Both sides come to the driver in one job: a job's fixed cost is paid once.
-    both = tagged(0, tables[0]).unionByName(tagged(1, tables[1])).toArrow()
-    which = both.column(_SIDE).to_numpy()
     carried = []
-    for side in (0, 1):
-        rows = both.filter(pa.array(which == side))
+    for rows in collect_sides([earlier.user_factors, earlier.item_factors]):  # both sides in one job
         features = list_matrix(rows.column(FEATURES), earlier.rank) if rows.num_rows else np.empty((0, earlier.rank))
-        ids = rows.column(f"id{side}").combine_chunks()
+        ids = rows.column(0).combine_chunks()
         carried.append((ids, features, rows.column(BIAS).to_numpy(zero_copy_only=False).astype(np.float64)))
     return carried[0], carried[1]
 

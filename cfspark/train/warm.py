@@ -15,6 +15,8 @@ says it is small. Both key the earlier ids by the values the blocks order their 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
@@ -36,7 +38,7 @@ from cfspark.train.trainer import cache_keys, settle_all
 # 349,525 rows at rank 10) go inside the start's body, pickled with its plan; over Spark
 # Connect the plan travels in one message, of at most 128 MiB.
 INLINE_BYTES = 32 << 20
-_SIDE = "side"  # which side a row of the one collected table of small earlier factors is of
+_SIDE = "side"  # which table a row of collect_sides' one collected table is of
 
 
 def fits_inline(rows: int, rank: int) -> bool:
@@ -62,13 +64,26 @@ def _inline_sides(
     small = [s for s in factors if fits_inline(factors[s].count() if rows.get(s) is None else rows[s], rank)]
     if not small:
         return dict.fromkeys(factors)
-    tagged = [blocks.side(s).with_values(factors[s], FEATURES, BIAS).withColumn(_SIDE, F.lit(j))
-              for j, s in enumerate(small)]  # fmt: skip
-    both = tagged[0] if len(tagged) == 1 else tagged[0].unionByName(tagged[1])
-    table = both.toArrow()
-    side = table.column(_SIDE).to_numpy()
-    carried = {s: _carried(table.filter(pa.array(side == j)), rank) for j, s in enumerate(small)}
+    tables = collect_sides([blocks.side(s).with_values(factors[s], FEATURES, BIAS) for s in small])
+    carried = {s: _carried(table, rank) for s, table in zip(small, tables, strict=True)}
     return {s: carried.get(s) for s in factors}
+
+
+def collect_sides(tables: list[DataFrame]) -> list[pa.Table]:
+    """Tables of (id, features, bias), whose ids may be of other types, each collected to the
+    driver as a table of those columns, all in one Spark job: a job's fixed cost is paid once.
+    Each row carries its table's ids in a column of their own type, null in the others'."""
+    names, types = [t.columns[0] for t in tables], [t.schema[0].dataType for t in tables]
+
+    def tagged(j: int, table: DataFrame) -> DataFrame:
+        ids = [F.col(names[j]) if k == j else F.lit(None).cast(types[k]) for k in range(len(tables))]
+        return table.select(F.lit(j).alias(_SIDE), *(c.alias(f"id{k}") for k, c in enumerate(ids)), FEATURES, BIAS)
+
+    both = functools.reduce(DataFrame.unionByName, [tagged(j, t) for j, t in enumerate(tables)]).toArrow()
+    which = both.column(_SIDE).to_numpy()
+    parts = [both.filter(pa.array(which == j)) for j in range(len(tables))]
+    return [pa.table({names[j]: p.column(f"id{j}"), FEATURES: p.column(FEATURES), BIAS: p.column(BIAS)})
+            for j, p in enumerate(parts)]  # fmt: skip
 
 
 def _side(
