@@ -17,7 +17,7 @@ from cfspark import CollaborativeFilter
 from cfspark.core.schema import P_EXPOSED
 from cfspark.fit import one_task as fit_one_task
 from cfspark.fit import reg_search
-from cfspark.fit.one_task import runs_in_one_task, searches_in_one_task
+from cfspark.fit.one_task import runs_in_one_task
 from cfspark.fit.paths import settle_of
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col, const_col
@@ -120,10 +120,6 @@ def test_the_one_task_limit_and_explicit_blocks_choose_the_path():
     bce = CollaborativeFilter(**{**PARAMS, "loss": "bce"}).fit_settings()
     limit = one_task.ONE_TASK_RATINGS
     assert runs_in_one_task(bce, limit) and not runs_in_one_task(bce, limit + 1)
-    # Automatic λ searches in the fit's own task only while the search takes every user.
-    searched = reg_search.SEARCH_RATINGS
-    assert searches_in_one_task(settings, searched) and not searches_in_one_task(settings, searched + 1)
-    assert runs_in_one_task(settings, searched + 1)
     assert not runs_in_one_task(cf.copy({cf.numUserBlocks: 1}).fit_settings(), 10)  # a block count set by hand
     assert not runs_in_one_task(cf.copy({cf.maxBlockRatings: 5}).fit_settings(), 10)
     assert not runs_in_one_task(cf.copy({cf.initialModel: "/some/model"}).fit_settings(), 10)  # a warm start
@@ -131,31 +127,41 @@ def test_the_one_task_limit_and_explicit_blocks_choose_the_path():
 
 @pytest.mark.parametrize("reg", ["auto", "fixed"])
 @pytest.mark.slow
-def test_past_the_search_limit_one_task_fits_from_the_samples_factors(planted, monkeypatch, reg):
-    """Past SEARCH_RATINGS and within the one-task limit, the search's task fits a sample of the
-    users (automatic λ: its search; a fixed λ: that λ alone, for λ_b), then one task fits every
-    rating from the factors it ended with, carried inside it: the model the blockwise fit
-    warm-started from the same factors gives (the path taken when they are too many to carry).
-    String ids: the carried factors are found by value."""
+def test_past_the_search_limit_one_task_searches_a_sample_and_fits_every_rating(planted, monkeypatch, reg):
+    """Past SEARCH_RATINGS and within the one-task limit, one task searches a hashed share of
+    the users (automatic λ: its search, carried over to every user; a fixed λ: that λ alone,
+    for λ_b), then fits every rating from the factors it ended with: the model the blockwise
+    fit gives from the same sample, searched in its own task, warm-started from its factors.
+    String ids; tol = 0, so both fits run maxIter iterations."""
     ratings = planted[1]
     monkeypatch.setattr(reg_search, "SEARCH_RATINGS", ratings.count() // 3)
     monkeypatch.setattr(fit_one_task, "SEARCH_RATINGS", ratings.count() // 3)
-    dropped = ("regParam", "regUnits", "tol") if reg == "auto" else ("tol",)  # tol's default: auto λ settles
+    dropped = ("regParam", "regUnits") if reg == "auto" else ()
     params = {k: v for k, v in PARAMS.items() if k not in dropped}
     one = CollaborativeFilter(**params).fit_validated(ratings)
     search = one.summary["reg_search"]
     assert one.summary["one_task"] and search["sample_fraction"] == reg_search.SEARCH_FRACTION
+    assert search["task_seconds"].keys() == {"input", "search", "fit"}  # the search and the fit in one task
+    users = len({r.user for r in ratings.select("user").collect()})
+    assert 0 < search["sample"]["users"] < users / 2 and search["sample"]["ratings"] < ratings.count() / 2
     if reg == "auto":
         assert search["reg"] == pytest.approx(search["sample_reg"] * search["transfer"], rel=1e-12)
+        assert search["transfer"] < 1  # the sample has more vectors per rating: it chose a larger λ
     else:  # the fixed λ itself, fitted on the sample for λ_b
         assert search["fixed"] and [p["reg"] for p in one.summary["reg_path"]] == [PARAMS["regParam"]]
         assert one.getRegParam() == PARAMS["regParam"] and one.getBiasReg() == search["bias_reg"]
 
-    monkeypatch.setattr(fit_one_task, "fits_inline", lambda rows, rank: False)
-    blocks = CollaborativeFilter(**params).fit_validated(ratings)
-    assert "one_task" not in blocks.summary and blocks.summary["reg_path"] == one.summary["reg_path"]
-    # The same start, λ, kernel and stopping rule (auto λ: the settle; a fixed λ: tol): the same
-    # iterations and factors.
+    blocks = CollaborativeFilter(numUserBlocks=3, numItemBlocks=2, **params).fit_validated(ratings)
+    assert "one_task" not in blocks.summary
+    apart = blocks.summary["reg_search"]
+    assert apart["bias_reg"] == pytest.approx(search["bias_reg"], rel=1e-9)
+    assert reg == "fixed" or apart["sample"] == search["sample"]  # the one task's sample is the search's own
+    assert [p["reg"] for p in blocks.summary["reg_path"]] == [p["reg"] for p in one.summary["reg_path"]]
+    assert [p["rmse"] for p in blocks.summary["reg_path"]] == pytest.approx(
+        [p["rmse"] for p in one.summary["reg_path"]], rel=1e-9
+    )
+    assert blocks.getRegParam() == pytest.approx(one.getRegParam(), rel=1e-12)
+    # The same sample, λ, λ_b and start: the same iterations and factors.
     np.testing.assert_allclose(
         [h["train_loss"] for h in one.history], [h["train_loss"] for h in blocks.history], rtol=1e-9
     )

@@ -6,6 +6,7 @@ only the final record, in the last history entry.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -18,7 +19,14 @@ from cfspark.blocks.codec import list_matrix
 from cfspark.core.phases import phase
 from cfspark.core.schema import BIAS, FEATURES
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
-from cfspark.fit.reg_search import SEARCH_RATINGS, log_search, search_plan, search_rows, search_settings
+from cfspark.fit.reg_search import (
+    SEARCH_RATINGS,
+    log_search,
+    search_fraction,
+    search_plan,
+    search_rows,
+    search_settings,
+)
 from cfspark.fit.settings import Earlier, FitSettings
 from cfspark.fit.targets import TargetStats, prepare
 from cfspark.train.history import diverged
@@ -54,12 +62,6 @@ def runs_in_one_task(settings: FitSettings, num_ratings: int | None, limit: int 
     return num_ratings is not None and num_ratings <= min(limit, settings.maxBlockRatings)
 
 
-def searches_in_one_task(settings: FitSettings, num_ratings: int | None) -> bool:
-    """Whether automatic λ searches and fits in the same task: a fit in one task whose search
-    takes every user (at most SEARCH_RATINGS ratings). A larger one searches a sample first."""
-    return runs_in_one_task(settings, num_ratings) and num_ratings <= SEARCH_RATINGS
-
-
 def fit_in_one_task(
     settings: FitSettings,
     train_ratings: DataFrame,
@@ -68,28 +70,27 @@ def fit_in_one_task(
     on_iteration: Callable[[FitRecord], dict] | None = None,
     global_mean: float | None = None,
     item_sums: DataFrame | None = None,
-    start: tuple[Carried, Carried] | None = None,
-    settle_at: float | None = None,
 ) -> FitRecord:
-    """The whole fit in one task; began is when the fit started, so setup is counted;
-    global_mean (mse), the ratings' weighted mean, and item_sums, their item sums, if already
-    known; start (carried_factors') and settle_at as train/one_task.fit_one_task takes them."""
+    """The whole fit in one task, from the hashed init; began is when the fit started, so setup
+    is counted; global_mean (mse), the ratings' weighted mean, and item_sums, their item sums,
+    if already known."""
     spark = train_ratings.sparkSession
     with phase(spark, "prepare"):
         prepared = prepare(settings, train_ratings, global_mean, item_sums)
     with phase(spark, "one-task"):
         user_factors, item_factors, record = fit_one_task(
             prepared.targets, settings.step_config("user"), settings.step_config("item"),
-            max_iter=settings.maxIter, tol=settings.tol, seed=settings.seed, start=start, settle_at=settle_at,
+            max_iter=settings.maxIter, tol=settings.tol, seed=settings.seed,
         )  # fmt: skip
     return finish_record(settings, train_ratings, user_factors, item_factors, prepared.item_stats,
                          prepared.global_baseline, record, began=began, on_iteration=on_iteration)  # fmt: skip
 
 
 def carried_factors(earlier: Earlier) -> tuple[Carried, Carried] | None:
-    """Both sides of earlier factors (automatic λ's search's, their rows known) collected to
-    be carried inside the one task, as (ids, features, bias); None when they are more than a
-    warm start carries inline (train/warm.py's INLINE_BYTES): that fit then runs blockwise."""
+    """Both sides of earlier factors (a search's in its own task, their rows known: the
+    positive-only fit's, fit/implicit.py) collected to be carried inside the one task, as (ids,
+    features, bias); None when they are more than a warm start carries inline (train/warm.py's
+    INLINE_BYTES): that fit then runs blockwise."""
     if earlier.rows is None or not fits_inline(sum(earlier.rows), earlier.rank):
         return None
     carried = []
@@ -108,20 +109,23 @@ def fit_auto_in_one_task(
     began: float,
     on_iteration: Callable[[FitRecord], dict] | None = None,
 ) -> FitRecord:
-    """regParam = "auto" on small mse data: the λ and rank search and the fit at its choice in
-    one Spark job (train/search_task.py), the fit started from the search's params there. A
-    fixed regParam with biasReg = "auto" takes the same job: its λ fitted alone for λ_b, then
-    the fit from those factors, stopped on tol."""
+    """regParam = "auto" on mse data one task fits: the λ and rank search and the fit at its
+    choice in one Spark job (train/search_task.py), the fit started from the search's params
+    there. Past SEARCH_RATINGS the search takes a hashed share of the users (search_fraction)
+    inside the same task, and its λ is carried over to all of them. A fixed regParam with
+    biasReg = "auto" takes the same job: its λ fitted alone for λ_b, then the fit from those
+    factors, stopped on tol."""
     unit = stats.spread if settings.regUnits == "spread" else 1.0
     at = search_settings(settings, unit)
-    plan = search_plan(settings, unit, stats.global_mean)
+    fraction = search_fraction(stats.count, SEARCH_RATINGS)
+    plan = dataclasses.replace(search_plan(settings, unit, stats.global_mean), sample=fraction)
     with phase(train_ratings.sparkSession, "one-task"):
         user_factors, item_factors, item_stats, record = search_and_fit_one_task(
-            search_rows(settings, train_ratings), at.step_config("user"), at.step_config("item"), plan,
-            seed=settings.seed, max_iter=settings.maxIter,
+            search_rows(settings, train_ratings, sample=fraction), at.step_config("user"), at.step_config("item"),
+            plan, seed=settings.seed, max_iter=settings.maxIter,
         )  # fmt: skip
     found = record.pop("search")
-    log_search(settings, found, 1.0)
+    log_search(settings, found, fraction)
     took = found["task_seconds"]
     log.info("%s in one task: %.2f s indexing, %.2f s searching (%.2f s of it the rank step), %.2f s fitting",
              "λ fixed" if found.get("fixed") else "automatic λ", took["input"], took["search"],
@@ -134,9 +138,9 @@ def fit_auto_in_one_task(
                            began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
     kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds", "bias_reg",
-                 "bias_reg_before", "fixed")
+                 "bias_reg_before", "fixed", "sample_reg", "transfer", "sample")
     search = {k: found[k] for k in kept_keys if k in found}
-    fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": 1.0}
+    fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": fraction}
     fitted.summary["mean_prior"] = settings.meanPrior
     return fitted
 

@@ -1,10 +1,11 @@
 """Which path a fit takes, in this order: bce with exposure (two fits), regParam = "auto"
-(the λ search, then a fit with its choice started from the search's factors there; on small
-data both in one job), one task (small data), or blockwise. Under a fixed λ and biasReg =
-"auto" (mse), the search's task fits that λ alone first (beside the blockwise setup), λ_b
-comes from what its factors leave, as under automatic λ (fit/reg_search.py), and the fit
-starts from those factors, as it does from the search's; on small data both in one job, as
-automatic λ's search and fit.
+(the λ search, then a fit with its choice started from the search's factors there; on data
+one task fits, both in one task, the search on a sample of the users past SEARCH_RATINGS),
+one task (small data), or blockwise. Under a fixed λ and biasReg = "auto" (mse), the
+search's task fits that λ alone first (beside the blockwise setup), λ_b comes from what its
+factors leave, as under automatic λ (fit/reg_search.py), and the fit starts from those
+factors, as it does from the search's; on data one task fits, both in one task, as automatic
+λ's search and fit.
 
 Under regUnits = "spread" (mse), λ is converted to ALS's units first, with the spread of
 the training targets (fit/targets.py's target_spread), so every path below fits in them."""
@@ -24,11 +25,9 @@ from cfspark.fit.blockwise import fit_blockwise
 from cfspark.fit.exposure import fit_with_exposure
 from cfspark.fit.exposure_task import fit_exposure_one_task
 from cfspark.fit.one_task import (
-    carried_factors,
     fit_auto_in_one_task,
     fit_in_one_task,
     runs_in_one_task,
-    searches_in_one_task,
 )
 from cfspark.fit.record import FitRecord
 from cfspark.fit.reg_search import choose_reg
@@ -71,30 +70,6 @@ def settle_of(search: dict, reg: float, tol: float) -> float | None:
     return SETTLED * at[-1]["rmse"] if at and tol > 0 else None
 
 
-def _from_the_search(
-    chosen: FitSettings,
-    settle: float | None,
-    train_ratings: DataFrame,
-    on_iteration: Callable[[FitRecord], dict] | None,
-    *,
-    began: float,
-    num_ratings: int | None,
-    global_mean: float | None,
-    item_sums: DataFrame | None,
-) -> FitRecord:
-    """chosen's fit in one task (runs_in_one_task held before its search, so an initialModel
-    of chosen's is that search's factors, not the caller's): started from those factors,
-    carried inside the task, and stopped at settle as the blockwise fit from them would be;
-    blockwise from them when they are more than a task carries (fit/one_task.py)."""
-    start = carried_factors(chosen.initialModel.load()) if chosen.initialModel else None
-    if chosen.initialModel and start is None:
-        return fit_blockwise(chosen, train_ratings, began=began, num_ratings=num_ratings, global_mean=global_mean,
-                             item_sums=item_sums, on_iteration=on_iteration, settle=settle)  # fmt: skip
-    return fit_in_one_task(chosen.replace(initialModel=None), train_ratings, began=began, on_iteration=on_iteration,
-                           global_mean=global_mean, item_sums=item_sums, start=start,
-                           settle_at=settle if start else None)  # fmt: skip
-
-
 def _fit_ratings(
     settings: FitSettings,
     train_ratings: DataFrame,
@@ -126,11 +101,12 @@ def _fit_ratings(
         settings = settings.replace(meanPrior=stats.mean_prior)
         if spread is not None and settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
-        # λ or λ_b automatic on small data: the search (a fixed λ, in ALS's units as on every path,
-        # fitted alone for λ_b) and the fit from its factors in one job. A caller's settle is the
-        # blockwise fit's. The spread is recorded here, as on the other paths.
-        searched = settings.regParam == AUTO or (settings.biasReg == AUTO and settle is None)
-        if searched and searches_in_one_task(settings, num_ratings):
+        # λ or λ_b automatic on data one task fits: the search (a fixed λ, in ALS's units as on
+        # every path, fitted alone for λ_b; past SEARCH_RATINGS on a sample of the users) and the
+        # fit from its factors in one job. A caller's settle is the blockwise fit's. The spread is
+        # recorded here, as on the other paths.
+        searched = settings.regParam == AUTO or settings.biasReg == AUTO
+        if searched and runs_in_one_task(settings, num_ratings):
             record = fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)
             if spread is not None:
                 record.summary["spread"] = spread
@@ -164,19 +140,13 @@ def _fit_ratings(
             return choose_reg(settings, train_ratings, spread or 1.0, num_ratings=num_ratings, global_mean=global_mean,
                               num_items=num_items, with_factors=with_factors)  # fmt: skip
 
-        if runs_in_one_task(settings, num_ratings):
-            # Past SEARCH_RATINGS (searches_in_one_task): a sample's search, then one task fits
-            # every rating from its factors, carried inside it; too many of them go blockwise.
-            record = _from_the_search(*chosen_settings(*run_search(True)), train_ratings, on_iteration, began=began,
-                                      num_ratings=num_ratings, global_mean=global_mean, item_sums=sums)  # fmt: skip
-        else:
-            # The search's one task leaves a core free, and the blocks do not depend on λ or
-            # the rank: the blockwise setup runs beside the search and waits for it once built.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                searching = pool.submit(run_search, settings.initialModel is None)
-                record = fit_blockwise(settings, train_ratings, began=time.perf_counter(), num_ratings=num_ratings,
-                                       global_mean=global_mean, item_sums=sums, on_iteration=on_iteration,
-                                       resolve=lambda: chosen_settings(*searching.result()))  # fmt: skip
+        # The search's one task leaves a core free, and the blocks do not depend on λ or the
+        # rank: the blockwise setup runs beside the search and waits for it once built.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            searching = pool.submit(run_search, settings.initialModel is None)
+            record = fit_blockwise(settings, train_ratings, began=time.perf_counter(), num_ratings=num_ratings,
+                                   global_mean=global_mean, item_sums=sums, on_iteration=on_iteration,
+                                   resolve=lambda: chosen_settings(*searching.result()))  # fmt: skip
         reg, search = found["reg"], found["search"]
         record.summary["reg_path"] = search.pop("path")
         record.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search}
@@ -205,12 +175,9 @@ def _fit_ratings(
             return chosen, settle
         return chosen.replace(initialModel=search_start(factors, settings.rank)), settle
 
-    if runs_in_one_task(settings, num_ratings):
-        # The λ_b fit (on a sample past SEARCH_RATINGS), then one task fits every rating from
-        # its factors, carried inside it.
-        chosen, settle = with_bias_reg() if bias_search else (settings, settle)
-        record = _from_the_search(chosen, settle, train_ratings, on_iteration, began=began, num_ratings=num_ratings,
-                                  global_mean=global_mean, item_sums=sums)  # fmt: skip
+    if runs_in_one_task(settings, num_ratings):  # no λ_b to estimate (mse's "auto" took the search's task)
+        record = fit_in_one_task(settings, train_ratings, began=began, on_iteration=on_iteration,
+                                 global_mean=global_mean, item_sums=sums)  # fmt: skip
     else:
         # The fit's blocks do not depend on λ_b: the search's task runs beside their setup.
         with ThreadPoolExecutor(max_workers=1) as pool:

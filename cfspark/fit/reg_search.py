@@ -27,7 +27,7 @@ import logging
 import math
 import time
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.core.schema import BASELINE, ITEM, OFFSET, RATING, TARGET, USER, WEIGHT
@@ -38,11 +38,13 @@ from cfspark.fit.targets import prepare, target_stats
 from cfspark.train.one_task import ONE_TASK_RATINGS
 from cfspark.train.search_task import (
     HELD,
+    OUTSIDE,
     SearchPlan,
     search_arrays,
     search_factors_one_task,
     search_one_task,
     search_record,
+    transfer_factor,
 )
 
 START = (0.3, 0.1, 0.03)  # in regUnits, strong to weak: warm starts go from simple to rich models
@@ -66,13 +68,17 @@ SAMPLE_SEED = 104729  # added to the model seed: which users the search samples
 log = logging.getLogger("cfspark")
 
 
+def _drawn(seed: int) -> Column:
+    """Each row's user hashed to [0, 1) under seed: a user is sampled at fraction f where it is below f."""
+    unit = 2**53
+    return F.pmod(F.xxhash64(F.col(USER), F.lit(seed)), F.lit(unit)).cast("double") / float(unit)
+
+
 def sampled_users(ratings: DataFrame, fraction: float, seed: int) -> DataFrame:
     """The ratings of a hashed fraction of the users (all of them at fraction ≥ 1)."""
     if fraction >= 1:
         return ratings
-    unit = 2**53
-    drawn = F.pmod(F.xxhash64(F.col(USER), F.lit(seed)), F.lit(unit)).cast("double") / float(unit)
-    return ratings.filter(drawn < F.lit(fraction))
+    return ratings.filter(_drawn(seed) < F.lit(fraction))
 
 
 def search_fraction(num_ratings: int, max_ratings: int) -> float:
@@ -82,23 +88,6 @@ def search_fraction(num_ratings: int, max_ratings: int) -> float:
     if num_ratings <= max_ratings:
         return 1.0
     return min(max_ratings / num_ratings, SEARCH_FRACTION)
-
-
-def transfer_factor(sample: dict, fraction: float, num_ratings: int, num_items: int) -> float:
-    """λ(all users) / λ(the sample), from the ratings per factor vector N / (U + I) in each.
-
-    Count scaling gives a vector with n ratings a penalty λ·n: λ·2N / (U + I) on average over
-    the U + I vectors. A user sample keeps each user's ratings but leaves each item fewer, so
-    the sample has more vectors per rating and chooses a larger λ; what carries over is the
-    average penalty per vector (measured: the sample's λ over all users' follows the ratio
-    of vectors per rating at fractions 1/2 to 1/8, docs/benchmarks.md). sample holds the
-    sample's ratings, users and items; the whole has num_ratings ratings, num_items items
-    and about users / fraction users (the sample is a hashed share of them)."""
-    if fraction >= 1:
-        return 1.0
-    per_sample = sample["ratings"] / (sample["users"] + sample["items"])
-    per_whole = num_ratings / (sample["users"] / fraction + num_items)
-    return per_sample / per_whole
 
 
 def search_plan(settings: FitSettings, unit: float, global_mean: float | None) -> SearchPlan:
@@ -114,11 +103,16 @@ def search_plan(settings: FitSettings, unit: float, global_mean: float | None) -
                       centre=centre, bias_prior=bias_prior, fixed=fixed)  # fmt: skip
 
 
-def search_rows(settings: FitSettings, ratings: DataFrame, fraction: float = VALIDATION_FRACTION) -> DataFrame:
+def search_rows(settings: FitSettings, ratings: DataFrame, fraction: float = VALIDATION_FRACTION, *,
+                sample: float = 1.0) -> DataFrame:  # fmt: skip
     """(user, item, y, offset, weight, held) of ratings: the hashed validation fold, a fraction
     of the rows (split_ratings' test part on its seed), is held; the rows carry the rating
-    itself as y (mse's search task centres them per fold)."""
+    itself as y (mse's search task centres them per fold). Under sample < 1 every rating is
+    kept and the users outside sampled_users' share are OUTSIDE: fitted after the search, not
+    searched on."""
     held = (hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(fraction)).cast("int")
+    if sample < 1:
+        held = F.when(_drawn(settings.seed + SAMPLE_SEED) < F.lit(sample), held).otherwise(F.lit(OUTSIDE))
     weight = given_weight(ratings)
     y, none = F.col(RATING).cast("double"), F.lit(None).cast("double")
     return ratings.select(USER, ITEM, y.alias(TARGET), none.alias(OFFSET), weight.alias(WEIGHT), held.alias(HELD))

@@ -37,11 +37,11 @@ from cfspark.core.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_RATINGS, O
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.repeats import repeats
-from cfspark.train.arrow_bodies import moved_squares, warm_params
+from cfspark.train.arrow_bodies import warm_params
 from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
 from cfspark.train.sampled import at_iteration, draws_ahead
 from cfspark.train.step import StepConfig, solve_rows
-from cfspark.train.trainer import checkpoint_level, settled
+from cfspark.train.trainer import checkpoint_level
 
 # At most this many training labels of a bce fit with 0 labels go to one task, and as many
 # ratings to an automatic λ search's task (the positive-only fit's limit is mse's). At 2M
@@ -94,7 +94,6 @@ def fit_arrays(
     start: tuple[np.ndarray, np.ndarray] | None = None,
     settle: float | None = None,
     still: float | None = None,
-    settle_at: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict], str]:
     """The alternating loop on dense local ids: (user params, item params, history, stop reason).
 
@@ -105,10 +104,7 @@ def fit_arrays(
     moves the predictions of the training rows by at most settle in root mean square,
     which bounds how much that iteration could change any RMSE over those rows; still, if
     given with settle, also stops it once an iteration (after the second) changes the
-    training rows' RMSE by at most that fraction. settle_at, if given instead, adds the
-    blockwise fit's settle rule to tol (train/trainer.py's settled): the loop also stops once
-    the two half-steps' moves of the training rows' predictions, each with the other side
-    held, sum to at most settle_at (RMS), so a fit from the same start stops where it would.
+    training rows' RMSE by at most that fraction.
     """
     n_users, n_items = len(user_keys), len(item_keys)
     by_user = csr_by_row(user_local, item_local, n_users, y, offset, weight)
@@ -131,20 +127,16 @@ def fit_arrays(
         for iteration in range(1, max_iter + 1):
             step_began = time.perf_counter()
             step, drawn = at_iteration(user_cfg, iteration), ahead.take(iteration, 0) if ahead else None
-            before = users.copy() if settle_at is not None else None  # the step may write into its params
             # The iteration's data loss is the item half-step's: the user half-step's is not computed.
             users, user_state, (_, user_reg) = solve_rows(step, *by_user, items, users, user_state, keys=user_keys,
                                                           data_loss=False, cache=tiled[0], drawn=drawn)  # fmt: skip
-            user_moved = 0.0 if before is None else moved_squares(by_user[0], by_user[1], users - before, items)
             half_way = time.perf_counter()
             step, drawn = at_iteration(item_cfg, iteration), ahead.take(iteration, 1) if ahead else None
-            before = items.copy() if settle_at is not None else None
             items, item_state, (data, item_reg) = solve_rows(step, *by_item, users, items, item_state, keys=item_keys,
                                                              cache=tiled[1], drawn=drawn)  # fmt: skip
-            item_moved = 0.0 if before is None else moved_squares(by_item[0], by_item[1], items - before, users)
             now = time.perf_counter()
-            user_step = HalfStep(0.0, user_reg, half_way - step_began, moved=user_moved)
-            item_step = HalfStep(data, item_reg, now - half_way, moved=item_moved)
+            user_step = HalfStep(0.0, user_reg, half_way - step_began)
+            item_step = HalfStep(data, item_reg, now - half_way)
             entry = history_entry(
                 iteration, user_step, item_step, seconds=now - step_began, elapsed=now - began,
                 user_seconds=half_way - step_began,
@@ -154,8 +146,7 @@ def fit_arrays(
                 stop_reason = f"diverged: the training loss is {entry['train_loss']} at iteration {iteration}"
                 break
             if settle is None:
-                at = settle_at and settled(entry, user_step, item_step, settle_at, len(y))
-                reason = at or converged(history, tol)
+                reason = converged(history, tol)
             else:
                 last, scores = scores, predictions(users, items, user_local, item_local)
                 moved = float(np.sqrt(np.mean((scores - last) ** 2)))
@@ -254,7 +245,7 @@ def started_params(cfg: StepConfig, keys: np.ndarray, ids: pa.Array, earlier: Ca
 
 
 def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: float,
-              start: tuple[Carried, Carried] | None, settle_at: float | None):  # fmt: skip
+              start: tuple[Carried, Carried] | None):  # fmt: skip
     """mapInArrow body over the one partition that holds every training rating."""
     rank = user_cfg.rank
 
@@ -284,7 +275,7 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
             user_local, item_local, table.column(TARGET).to_numpy().astype(np.float64),
             None if offset.null_count else offset.to_numpy().astype(np.float64),
             None if weight.null_count else weight.to_numpy().astype(np.float64),
-            user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol, start=begin, settle_at=settle_at,
+            user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol, start=begin,
         )  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X)}
         yield factor_batch(users.dictionary, items.dictionary, W, X, rank, record)
@@ -301,18 +292,17 @@ def fit_one_task(
     tol: float,
     seed: int,
     start: tuple[Carried, Carried] | None = None,
-    settle_at: float | None = None,
 ) -> tuple[DataFrame, DataFrame, dict]:
     """(user_factors, item_factors, record) from targets (user, item, y, offset, weight); the record
     holds the loss history, the stop reason and the numbers of users and items. start, if
     given, is each side's earlier factors to begin from (the hashed init for ids it lacks),
-    carried inside the task's body; settle_at, if given, adds the blockwise settle rule (fit_arrays).
+    carried inside the task's body.
 
     The factor tables are (id, features, bias) under the input's id types, materialised
     in Spark's block store (localCheckpoint), as a distributed fit's final tables are.
     """
     rows = keyed_rows(targets.select(USER, ITEM, TARGET, OFFSET, WEIGHT), seed)
-    users, items, _, record = run_factor_task(rows, _fit_body(user_cfg, item_cfg, max_iter, tol, start, settle_at))
+    users, items, _, record = run_factor_task(rows, _fit_body(user_cfg, item_cfg, max_iter, tol, start))
     return users, items, record
 
 

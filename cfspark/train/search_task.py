@@ -19,6 +19,10 @@ then from what the chosen point's factors leave, and λ is bracketed again at th
 (from a tol-wide start around the choice), as it is again at a rank the rank step cuts to.
 A λ the caller fixed (SearchPlan.fixed) is fitted as the one point, for λ_b's second
 estimate alone: the caller's fit runs at it, from its own start.
+
+The search and the fit at its choice share one task where the fit runs in one (mse): the task
+reads every training rating once, and past the search's size the users outside a hashed
+sample are OUTSIDE rows, fitted once the search is done but not searched on.
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ from cfspark.train.one_task import (
 from cfspark.train.saddle import collapsed, factor_scale, growing, keep_near_best, nearest
 from cfspark.train.step import StepConfig, solve_rows
 
-HELD = "held"  # 1 on a validation row, 0 on a training row
+HELD = "held"  # 1 on a validation row, 0 on a training row, OUTSIDE on a row the search does not see
+# A row of a user outside the search's sample: fitted once the search is done, not searched on.
+OUTSIDE = 2
 FACTOR_ROWS = "factor_rows"  # the factor tables' (users, items) rows: the fit's warm start need not count them
 # A point of the path stops once an iteration changes its validation score by less than this
 # fraction (either way), after at least MIN_ITER iterations: the first iteration from the last
@@ -86,12 +92,32 @@ class SearchPlan:
     centre: tuple[float | None, float] | None = None
     bias_prior: bool = False  # mse, biasReg = "auto": λ_b estimated from the fit part's users (kernels/priors.py)
     fixed: bool = False  # start is one λ the caller fixed: fitted for λ_b's estimates, not searched
+    # The share of the users whose rows are searched on (the rest are OUTSIDE): the choice is
+    # carried over to every row by transfer_factor.
+    sample: float = 1.0
 
 
 def _log_reg(reg: float) -> float:
     """The key of a λ among the points fitted: log λ, and −∞ for a λ fixed at 0 (no penalty),
     which is weaker than any other."""
     return math.log(reg) if reg > 0 else -math.inf
+
+
+def transfer_factor(sample: dict, fraction: float, num_ratings: int, num_items: int) -> float:
+    """λ(all users) / λ(the sample), from the ratings per factor vector N / (U + I) in each.
+
+    Count scaling gives a vector with n ratings a penalty λ·n: λ·2N / (U + I) on average over
+    the U + I vectors. A user sample keeps each user's ratings but leaves each item fewer, so
+    the sample has more vectors per rating and chooses a larger λ; what carries over is the
+    average penalty per vector (measured: the sample's λ over all users' follows the ratio
+    of vectors per rating at fractions 1/2 to 1/8, docs/benchmarks.md). sample holds the
+    sample's ratings, users and items; the whole has num_ratings ratings, num_items items
+    and about users / fraction users (the sample is a hashed share of them)."""
+    if fraction >= 1:
+        return 1.0
+    per_sample = sample["ratings"] / (sample["users"] + sample["items"])
+    per_whole = num_ratings / (sample["users"] / fraction + num_items)
+    return per_sample / per_whole
 
 
 def validation_score(loss: str, users: np.ndarray, items: np.ndarray, held: dict, rank: int) -> float:
@@ -361,8 +387,8 @@ def _search_input(table: pa.Table, plan: SearchPlan):
     fit row); y and weight are every row's, as read (None where the column is null), which
     the fit after the search reuses. Under plan.centre the rows' y is the rating, centred
     here on the fit part's item means."""
-    is_held = table.column(HELD).to_numpy() == 1
-    fit_rows = ~is_held
+    held_col = table.column(HELD).to_numpy()
+    is_held, fit_rows = held_col == 1, held_col == 0
     local, keys, codes = {}, {}, {}
     for side, key_col in ((USER, USER_KEY), (ITEM, ITEM_KEY)):
         encoded = table.column(side).combine_chunks().dictionary_encode()
@@ -499,8 +525,10 @@ def search_factors_one_task(
 
 
 def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, max_iter: int):
-    """mapInArrow body: the search, then the fit of every row (fit part and validation fold)
-    at the chosen λ and rank, started from the params the search ended with there. The fit
+    """mapInArrow body: the search (on plan.sample of the users, its λ carried over to every
+    row: _carry_over), then the fit of every row (fit part, validation fold and the users
+    outside the sample) at the chosen λ and rank, started from the params the search ended
+    with there (start_from_search: the hashed init for ids it did not fit). The fit
     stops when an iteration moves the predictions by at most SETTLED of the chosen λ's
     validation RMSE (which bounds that iteration's change of any RMSE), or at max_iter. A λ
     the caller fixed (plan.fixed, fitted alone for λ_b) keeps the caller's stop, plan.tol."""
@@ -519,6 +547,8 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
             return
         indexed = time.perf_counter()
         found, params = search_arrays(fit, held, user_keys, item_keys, user_cfg, item_cfg, plan, choose_rank=True)
+        if plan.sample < 1:
+            _carry_over(found, plan, table, codes)
         searched = time.perf_counter()
         kept = found.get("rank", rank)
         if params is not None and kept < rank:  # the fit runs at the kept rank, without the dropped columns
@@ -534,8 +564,10 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         if prior is None:  # as _search_input, over every row
             prior = prior_from_rows(item_code, rating, weight, len(keys[ITEM]))
         means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
-        # The chosen λ's last point at the kept rank: its validation RMSE bounds the fit's settle move.
-        chosen = [p for p in found["path"] if math.isclose(p["reg"], found["reg"], rel_tol=1e-9) and p["rank"] == kept]
+        # The chosen λ's last point at the kept rank (the sample's own λ, if carried over): its
+        # validation RMSE bounds the fit's settle move.
+        scored = found.get("sample_reg", found["reg"])
+        chosen = [p for p in found["path"] if math.isclose(p["reg"], scored, rel_tol=1e-9) and p["rank"] == kept]
         # tol = 0: every iteration; a fixed λ: tol alone, as any fit at a λ the caller chose.
         settle = SETTLED * chosen[-1]["rmse"] if chosen and plan.tol > 0 and not plan.fixed else None
         W, X, history, stop = fit_arrays(
@@ -550,6 +582,21 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, kept, record, stats)
 
     return run
+
+
+def _carry_over(found: dict, plan: SearchPlan, table: pa.Table, codes: dict) -> None:
+    """found (a search of plan.sample of the users in table) with its λ carried over to every
+    row by transfer_factor, within the plan's range; the sample's own choice is kept as
+    sample_reg, with the factor (transfer) and the sample's size (sample). A λ the caller
+    fixed is that λ in the sample too (count scaling: the same penalty per rating)."""
+    searched = table.column(HELD).to_numpy() != OUTSIDE
+    found["sample"] = {"ratings": int(searched.sum()),
+                       **{name: int(np.count_nonzero(np.bincount(codes[side][1][searched])))
+                          for name, side in (("users", USER), ("items", ITEM))}}  # fmt: skip
+    if plan.fixed or not found["path"]:
+        return
+    factor = transfer_factor(found["sample"], plan.sample, table.num_rows, len(codes[ITEM][0].dictionary))
+    found.update(sample_reg=found["reg"], transfer=factor, reg=min(plan.high, max(plan.low, found["reg"] * factor)))
 
 
 def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, search: Callable,
