@@ -13,6 +13,7 @@ from planted import planted_ratings
 
 from cfspark.kernels.baseline import shrunk_means
 from cfspark.kernels.bracket import bracket_search
+from cfspark.train import one_task
 from cfspark.train.one_task import fit_arrays, predictions
 from cfspark.train.step import StepConfig
 
@@ -133,6 +134,18 @@ def test_the_fit_at_the_choice_stops_once_an_iteration_cannot_move_an_rmse_by_mo
     assert np.sqrt(np.mean((after - before) ** 2)) == pytest.approx(moved[-1], rel=1e-9)
     rmse = [np.sqrt(np.mean((z - y) ** 2)) for z in (before, after)]
     assert abs(rmse[1] - rmse[0]) <= moved[-1]
+
+
+def test_predictions_score_every_row_across_the_chunks_they_are_taken_in():
+    """predictions scores SCORE_ROWS rows at a time: each row's w·x + b + c (the param rows'
+    dot product) for a count of rows that is not a multiple of the chunk, and none."""
+    rng = np.random.default_rng(3)
+    users, items = rng.normal(size=(50, 6)), rng.normal(size=(40, 6))
+    n = 2 * one_task.SCORE_ROWS + 17
+    u, i = rng.integers(0, 50, n), rng.integers(0, 40, n)
+    expected = np.array([users[a] @ items[b] for a, b in zip(u, i, strict=True)])
+    np.testing.assert_allclose(predictions(users, items, u, i), expected, rtol=1e-12, atol=1e-12)
+    assert predictions(users, items, u[:0], i[:0]).shape == (0,)
 
 
 @pytest.mark.parametrize(("best", "skew"), [(0.07, 0.3), (4.0, -0.5), (0.0012, 0.0)])

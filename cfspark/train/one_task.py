@@ -72,10 +72,21 @@ def csr_by_row(own: np.ndarray, other: np.ndarray, n: int, *values: np.ndarray |
     return (row_ptr, other[order].astype(np.int32), *(None if v is None else v[order] for v in values))
 
 
+# Rows scored at a time by predictions: their gathered param rows (about 1 MiB a side at rank
+# 10) stay in the CPU's cache, where gathering every row first allocates and faults in 0.4 GB
+# a side at 4.2M ratings.
+SCORE_ROWS = 8192
+
+
 def predictions(users: np.ndarray, items: np.ndarray, user_local: np.ndarray, item_local: np.ndarray) -> np.ndarray:
     """The model's score of each (user, item) row: w·x + b + c, from the full param rows."""
-    # take gathers rows several times faster than fancy indexing (0.04 s against 0.2 s at 1M rows).
-    return np.einsum("ij,ij->i", users.take(user_local, axis=0), items.take(item_local, axis=0))
+    scores = np.empty(len(user_local))
+    for lo in range(0, len(user_local), SCORE_ROWS):
+        hi = lo + SCORE_ROWS
+        # take gathers rows several times faster than fancy indexing (0.04 s against 0.2 s at 1M rows).
+        np.einsum("ij,ij->i", users.take(user_local[lo:hi], axis=0), items.take(item_local[lo:hi], axis=0),
+                  out=scores[lo:hi])  # fmt: skip
+    return scores
 
 
 def fit_arrays(
