@@ -14,7 +14,7 @@ from planted import planted_ratings
 from cfspark.kernels.baseline import shrunk_means
 from cfspark.kernels.bracket import bracket_search
 from cfspark.train import one_task
-from cfspark.train.one_task import fit_arrays, predictions
+from cfspark.train.one_task import csr_by_row, fit_arrays, predictions
 from cfspark.train.step import StepConfig
 
 START = (0.3, 0.1, 0.03)
@@ -134,6 +134,21 @@ def test_the_fit_at_the_choice_stops_once_an_iteration_cannot_move_an_rmse_by_mo
     assert np.sqrt(np.mean((after - before) ** 2)) == pytest.approx(moved[-1], rel=1e-9)
     rmse = [np.sqrt(np.mean((z - y) ** 2)) for z in (before, after)]
     assert abs(rmse[1] - rmse[0]) <= moved[-1]
+
+
+def test_csr_by_row_keeps_each_rows_ratings_in_input_order():
+    """csr_by_row: row r's ratings are rows[row_ptr[r]:row_ptr[r + 1]] of the CSR arrays, in
+    the order the input gave them, each value carried with its own rating; a row with no
+    ratings is empty."""
+    rng = np.random.default_rng(4)
+    own, other, y = rng.integers(0, 30, 500), rng.integers(0, 1000, 500), rng.normal(size=500)
+    own[own == 7] = 8  # row 7 has no ratings
+    row_ptr, cols, values, missing = csr_by_row(own, other, 31, y, None)
+    assert missing is None and row_ptr[0] == 0 and row_ptr[-1] == 500 and row_ptr[8] == row_ptr[7]
+    for r in range(31):
+        mine = np.flatnonzero(own == r)  # ascending: the input's order
+        np.testing.assert_array_equal(cols[row_ptr[r] : row_ptr[r + 1]], other[mine])
+        np.testing.assert_array_equal(values[row_ptr[r] : row_ptr[r + 1]], y[mine])
 
 
 def test_predictions_score_every_row_across_the_chunks_they_are_taken_in():

@@ -11,8 +11,9 @@ import pytest
 from cfspark.blocks import inblock
 from cfspark.blocks.codec import cell
 from cfspark.blocks.hashing import hashed_blocks, xxhash64
-from cfspark.blocks.inblock import ChunkSide, _sort_order, chunk_ratings, index_rows, pack_arrays, pack_chunks
+from cfspark.blocks.inblock import ChunkSide, chunk_ratings, index_rows, pack_arrays, pack_chunks
 from cfspark.blocks.reroute import chunk_counts, reroute_chunks
+from cfspark.kernels.order import stable_order
 
 
 def _entities(rng, n: int, blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,16 +84,16 @@ def test_each_rows_ratings_come_in_column_order():
 
 
 @pytest.mark.parametrize("high", [50, 2**40])
-def test_sort_order_equals_lexsort(high):
+def test_stable_order_equals_lexsort(high):
     # Narrow keys are packed into one int64 and argsorted; wide ones fall back to lexsort.
     rng = np.random.default_rng(int(np.log2(high)))
     keys = [rng.integers(0, h, 5_000) for h in (high, 7, high)]
     given = [k.copy() for k in keys]
-    np.testing.assert_array_equal(_sort_order(*keys), np.lexsort(keys[::-1]))
+    np.testing.assert_array_equal(stable_order(*keys), np.lexsort(keys[::-1]))
     for k, g in zip(keys, given, strict=True):  # the keys are packed in a copy, never in place
         np.testing.assert_array_equal(k, g)
     empty = np.empty(0, np.int32)
-    assert _sort_order(empty, empty).tolist() == []
+    assert stable_order(empty, empty).tolist() == []
 
 
 def _ratings(rng, n: int) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ from cfspark.core.plans import narrow_rows
 from cfspark.core.schema import BIAS, FEATURES, ITEM, ITEM_MEAN, ITEM_RATINGS, OFFSET, TARGET, USER, WEIGHT
 from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
+from cfspark.kernels.order import stable_order
 from cfspark.kernels.repeats import repeats
 from cfspark.train.arrow_bodies import warm_params
 from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
@@ -66,8 +67,9 @@ _SQL_TYPES = {np.dtype(np.float64): T.DoubleType(), np.dtype(np.int64): T.LongTy
 
 
 def csr_by_row(own: np.ndarray, other: np.ndarray, n: int, *values: np.ndarray | None):
-    """(row_ptr, cols, *values) of one side's ratings, rows in local order."""
-    order = np.argsort(own, kind="stable")
+    """(row_ptr, cols, *values) of one side's ratings, rows in local order (each row's ratings
+    in input order)."""
+    order = stable_order(own)
     row_ptr = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=n))]).astype(np.int64)
     return (row_ptr, other[order].astype(np.int32), *(None if v is None else v[order] for v in values))
 
