@@ -15,6 +15,7 @@ from tests_support import jobs_of
 from cfspark import CollaborativeFilter
 from cfspark.data.weights import REFERENCE_ALPHA
 from cfspark.fit import implicit
+from cfspark.fit.reg_search import SEARCH_FRACTION
 
 PARAMS = dict(loss="bce", rank=3, maxIter=4, tol=0.0, seed=7, exposureRegParam=0.05)
 
@@ -117,20 +118,28 @@ def test_the_one_task_search_and_its_fit_share_one_job(spark):
 
 
 @pytest.mark.slow
-def test_past_the_search_limit_one_task_fits_from_the_samples_factors(spark, monkeypatch):
-    """Past SEARCH_RATINGS and within the one-task limit, the search takes a sample of the users
-    in its own task, then one task fits every pair from the factors it ended with, carried
-    inside it: the blockwise fit from the same factors (the path taken when they are too many
-    to carry), iteration for iteration."""
+def test_past_the_search_limit_one_task_searches_a_sample_and_fits_every_pair(spark, monkeypatch):
+    """Past SEARCH_RATINGS and within the one-task limit, one task searches a hashed share of
+    the users, then fits every pair from the factors it ended with: the blockwise fit from the
+    same sample, searched in its own task beside the setup, iteration for iteration."""
     ratings = _positive_counts(spark, n_users=120, n_items=60).cache()
     monkeypatch.setattr(implicit, "SEARCH_RATINGS", ratings.count() // 3)
     auto = {**PARAMS, "regParam": "auto", "alpha": "auto", "maxIter": 6}
     auto.pop("exposureRegParam")
     one = CollaborativeFilter(**auto).fit_validated(ratings)
-    assert one.summary["one_task"] and one.summary["reg_search"]["sample_fraction"] < 1
-    monkeypatch.setattr(implicit, "carried_factors", lambda earlier: None)
-    blocks = CollaborativeFilter(**auto).fit_validated(ratings)
-    assert "one_task" not in blocks.summary and blocks.summary["reg_path"] == one.summary["reg_path"]
+    search = one.summary["reg_search"]
+    assert one.summary["one_task"] and search["sample_fraction"] == SEARCH_FRACTION
+    assert search["task_seconds"].keys() == {"input", "search", "fit"}  # the search and the fit in one task
+    users = ratings.select("user").distinct().count()
+    assert 0 < search["sample"]["users"] < users / 2 and search["sample"]["ratings"] < ratings.count() / 2
+    blocks = CollaborativeFilter(numUserBlocks=2, numItemBlocks=2, **auto).fit_validated(ratings)
+    assert "one_task" not in blocks.summary and blocks.summary["reg_search"]["sample"] == search["sample"]
+    assert [(p["reg"], p["alpha"]) for p in blocks.summary["reg_path"]] == [
+        (p["reg"], p["alpha"]) for p in one.summary["reg_path"]
+    ]
+    assert [p["ndcg"] for p in blocks.summary["reg_path"]] == pytest.approx(
+        [p["ndcg"] for p in one.summary["reg_path"]], rel=1e-9
+    )
     np.testing.assert_allclose(
         [h["train_loss"] for h in one.history], [h["train_loss"] for h in blocks.history], rtol=1e-9
     )

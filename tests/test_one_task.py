@@ -19,8 +19,6 @@ from cfspark.fit import one_task as fit_one_task
 from cfspark.fit import reg_search
 from cfspark.fit.one_task import runs_in_one_task
 from cfspark.fit.paths import settle_of
-from cfspark.kernels.init import initial_params
-from cfspark.kernels.layout import bias_col, const_col
 from cfspark.train import one_task
 from cfspark.train.search_task import SETTLED
 
@@ -189,22 +187,6 @@ def test_tol_zero_runs_max_iter_under_automatic_reg_too(planted):
     model.unpersist()
 
 
-@pytest.mark.parametrize("kind", ["int", "string"])
-def test_started_params_take_the_carried_factors_of_the_ids_they_hold(kind):
-    cfg = CollaborativeFilter(rank=2, itemBias=True, regParam=0.1, biasReg=1.0).fit_settings().step_config("item")
-    ids = [10, 11, 12, 13] if kind == "int" else ["a", "b", "c", "d"]
-    keys = np.array([5, 6, 7, 8], dtype=np.int64)
-    earlier_ids = pa.array([ids[3], ids[1], 99 if kind == "int" else "z"])  # one id the task does not have
-    features = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    bias = np.array([0.5, -0.5, 9.0])
-    params = one_task.started_params(cfg, keys, pa.array(ids), (earlier_ids, features, bias))
-    cold = initial_params(keys, 2, scale=cfg.init_scale, side="item")
-    np.testing.assert_array_equal(params[[0, 2]], cold[[0, 2]])  # not carried: the hashed init
-    for row, at in ((3, 0), (1, 1)):
-        np.testing.assert_array_equal(params[row, :2], features[at])
-        assert params[row, bias_col(2, "item")] == bias[at] and params[row, const_col(2, "item")] == 1.0
-
-
 def test_float32_in_one_task_fits_as_float64_does(planted):
     """The float32 Param reaches the one-task loop's half-steps: float32 gathers and products
     give other factors, and a training RMSE within 1e-4 relative of float64's."""
@@ -252,23 +234,3 @@ def test_the_tables_of_a_factor_tasks_output_are_stored_in_one_job(spark):
     assert len(biases) == 20 and biases[0].asDict().keys() == {"bias"}
 
 
-def test_carried_factors_bring_both_sides_to_the_driver_in_one_job(spark):
-    """carried_factors: each side's ids (of its own type: long users, string items), features
-    and biases, as its table holds them, collected in one Spark job; None past what a task carries."""
-    from tests_support import jobs_of
-
-    from cfspark.fit.settings import Earlier
-    from cfspark.train.warm import INLINE_BYTES
-
-    schema = "features array<double>, bias double"
-    users = spark.createDataFrame([(7, [0.5, -1.0], 0.25), (3, [2.0, 1.5], -0.5)], f"user long, {schema}")
-    items = spark.createDataFrame([("i-9", [1.0, 0.0], 0.75)], f"item string, {schema}")
-    earlier = Earlier("search", 2, users, items, rows=(2, 1))
-    (got_users, got_items), jobs = jobs_of(spark, lambda: fit_one_task.carried_factors(earlier))
-    assert jobs == 1
-    by_id = {i: (list(f), b) for i, f, b in zip(got_users[0].to_pylist(), got_users[1], got_users[2], strict=True)}
-    assert by_id == {7: ([0.5, -1.0], 0.25), 3: ([2.0, 1.5], -0.5)}
-    assert got_items[0].to_pylist() == ["i-9"]
-    assert got_items[1].tolist() == [[1.0, 0.0]] and got_items[2].tolist() == [0.75]
-    too_many = INLINE_BYTES // (2 + 2) // 8 + 1  # rows · (rank + 2) · 8 bytes past the bound
-    assert fit_one_task.carried_factors(Earlier("search", 2, users, items, rows=(too_many, 1))) is None

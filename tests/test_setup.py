@@ -209,6 +209,22 @@ def test_a_warm_start_caches_no_copy_in_place_when_the_workers_keep_the_blocks(s
     blocks.unpersist(), stats.unpersist(), earlier.unpersist(), df.unpersist()
 
 
+def test_collect_sides_brings_tables_of_other_id_types_to_the_driver_in_one_job(spark):
+    """train/warm.collect_sides: each table's ids (of its own type: long users, string items),
+    features and biases, as the table holds them, collected in one Spark job."""
+    from cfspark.train.warm import collect_sides
+
+    schema = "features array<double>, bias double"
+    users = spark.createDataFrame([(7, [0.5, -1.0], 0.25), (3, [2.0, 1.5], -0.5)], f"user long, {schema}")
+    items = spark.createDataFrame([("i-9", [1.0, 0.0], 0.75)], f"item string, {schema}")
+    (got_users, got_items), jobs = jobs_of(spark, lambda: collect_sides([users, items]))
+    assert jobs == 1
+    assert got_users.column_names == ["user", "features", "bias"] and got_users.schema.field("user").type == pa.int64()
+    by_id = {r["user"]: (r["features"], r["bias"]) for r in got_users.to_pylist()}
+    assert by_id == {7: ([0.5, -1.0], 0.25), 3: ([2.0, 1.5], -0.5)}
+    assert got_items.to_pylist() == [{"item": "i-9", "features": [1.0, 0.0], "bias": 0.75}]
+
+
 @pytest.mark.parametrize("ids", ["integer", "string"])
 @pytest.mark.slow
 def test_a_small_table_of_earlier_factors_starts_the_blocks_as_the_join_does(spark, planted, monkeypatch, ids):

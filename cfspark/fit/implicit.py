@@ -13,8 +13,8 @@ to 0.298 at 0.01, and on generated play counts fell from 0.0839 to 0.0829. Its s
 
 Small fits run in one task (fit/one_task.py's rule, up to MSE_ONE_TASK_RATINGS pairs), with the
 λ and α search in the same task and job, the pairs read into Python once
-(rank_search.choose_and_fit_ranking); past SEARCH_RATINGS the search takes a sample of the users
-in a task of its own first, and the one task starts from its factors. Larger ones, or fits
+(rank_search.choose_and_fit_ranking); past SEARCH_RATINGS the search there takes a sample of
+the users, and the fit every pair from its factors. Larger ones, or fits
 given block counts or a warm start, run blockwise, where each half-step also sums the other
 side's Gramian over its blocks (train/all_items.py), checkpointed and resumable as any
 blockwise fit. Both start from the same factors, the hashed init or, under automatic λ or α,
@@ -53,7 +53,7 @@ from cfspark.core.schema import (
 from cfspark.data.offsets import item_offsets
 from cfspark.data.weights import column_alpha
 from cfspark.fit.blockwise import block_counts, fingerprint, record_of
-from cfspark.fit.one_task import MSE_ONE_TASK_RATINGS, carried_factors, runs_in_one_task
+from cfspark.fit.one_task import MSE_ONE_TASK_RATINGS, runs_in_one_task
 from cfspark.fit.rank_search import AlphaPlan, choose_and_fit_ranking, choose_ranking
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.reg_search import SEARCH_RATINGS
@@ -141,28 +141,18 @@ def fit_all_items(
         )  # fmt: skip
         # The bce item table with every offset 0: a user or item unseen in training scores σ(c) or σ(0).
         stats = item_offsets(train_ratings.select(USER, ITEM, RATING), prior=1.0, rate=0.5, enabled=False).cache()
-    one_task, picked, start = runs_in_one_task(settings, num_ratings, MSE_ONE_TASK_RATINGS), None, None
-    if one_task and passes and num_ratings > SEARCH_RATINGS:
-        # The search takes a sample in its own task first, and the one task starts from its
-        # factors, carried inside it; too many of them to carry, and the fit runs blockwise.
-        picked = chosen(search())
-        start = carried_factors(picked.begin.load()) if picked.begin else None
-        one_task = start is not None or picked.begin is None
-    if one_task:
+    if runs_in_one_task(settings, num_ratings, MSE_ONE_TASK_RATINGS):
         with phase(spark, "one-task"):
-            if passes and picked is None:  # the search and the fit at its choice in one job, the pairs read once
+            if passes:  # the search (on a sample past SEARCH_RATINGS) and the fit at its choice in one job
                 *factors, record = choose_and_fit_ranking(settings, pairs, user_cfg, item_cfg, alpha=plan, tol=tol,
-                                                          fit_configs=at_choice)  # fmt: skip
+                                                          fit_configs=at_choice, num_ratings=num_ratings,
+                                                          max_ratings=SEARCH_RATINGS)  # fmt: skip
                 picked = chosen(record.pop("search"))
             else:
-                picked = picked or chosen(None)
+                picked = chosen(None)
                 *factors, record = fit_one_task(targets, *picked.configs, max_iter=settings.maxIter, tol=tol,
-                                                seed=settings.seed, start=start)  # fmt: skip
+                                                seed=settings.seed)  # fmt: skip
         fitted = _in_one_task(settings, picked.part, (*factors, record), stats, train_ratings, began, on_iteration)
-    elif picked is not None:  # searched already: the blockwise fit from its factors
-        searched = picked
-        picked, fitted = _blockwise(settings, targets, stats, train_ratings, num_ratings, began, on_iteration,
-                                    resolve=lambda: searched)  # fmt: skip
     else:
         with ThreadPoolExecutor(max_workers=1) as pool:
             searching = pool.submit(search)

@@ -12,12 +12,9 @@ import math
 import time
 from collections.abc import Callable
 
-import numpy as np
 from pyspark.sql import DataFrame
 
-from cfspark.blocks.codec import list_matrix
 from cfspark.core.phases import phase
-from cfspark.core.schema import BIAS, FEATURES
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.reg_search import (
     SEARCH_RATINGS,
@@ -27,12 +24,11 @@ from cfspark.fit.reg_search import (
     search_rows,
     search_settings,
 )
-from cfspark.fit.settings import Earlier, FitSettings
+from cfspark.fit.settings import FitSettings
 from cfspark.fit.targets import TargetStats, prepare
 from cfspark.train.history import diverged
-from cfspark.train.one_task import ONE_TASK_RATINGS, Carried, fit_one_task
+from cfspark.train.one_task import ONE_TASK_RATINGS, fit_one_task
 from cfspark.train.search_task import search_and_fit_one_task
-from cfspark.train.warm import collect_sides, fits_inline
 
 log = logging.getLogger("cfspark")
 
@@ -84,21 +80,6 @@ def fit_in_one_task(
         )  # fmt: skip
     return finish_record(settings, train_ratings, user_factors, item_factors, prepared.item_stats,
                          prepared.global_baseline, record, began=began, on_iteration=on_iteration)  # fmt: skip
-
-
-def carried_factors(earlier: Earlier) -> tuple[Carried, Carried] | None:
-    """Both sides of earlier factors (a search's in its own task, their rows known: the
-    positive-only fit's, fit/implicit.py) collected to be carried inside the one task, as (ids,
-    features, bias); None when they are more than a warm start carries inline (train/warm.py's
-    INLINE_BYTES): that fit then runs blockwise."""
-    if earlier.rows is None or not fits_inline(sum(earlier.rows), earlier.rank):
-        return None
-    carried = []
-    for rows in collect_sides([earlier.user_factors, earlier.item_factors]):  # both sides in one job
-        features = list_matrix(rows.column(FEATURES), earlier.rank) if rows.num_rows else np.empty((0, earlier.rank))
-        ids = rows.column(0).combine_chunks()
-        carried.append((ids, features, rows.column(BIAS).to_numpy(zero_copy_only=False).astype(np.float64)))
-    return carried[0], carried[1]
 
 
 def fit_auto_in_one_task(

@@ -274,18 +274,22 @@ def choose_ranking(
 
 def choose_and_fit_ranking(
     settings: FitSettings, confidences: DataFrame, user_cfg: StepConfig, item_cfg: StepConfig, *, alpha: AlphaPlan,
-    tol: float, fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]],
+    tol: float, fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]], num_ratings: int,
+    max_ratings: int = SEARCH_RATINGS,
 ) -> tuple[DataFrame, DataFrame, dict]:  # fmt: skip
-    """choose_ranking on every user (no sample: data that fits one task is under SEARCH_RATINGS),
-    then the fit of every pair from the search's factors with the half-steps fit_configs(record)
-    gives, at tol and settings.maxIter, in one Spark job: (user_factors, item_factors,
-    record), the record's "search" choose_ranking's (without its factors)."""
+    """choose_ranking (on the same user sample, inside the task: the other users' pairs are
+    fitted, not searched on), then the fit of every pair from the search's factors with the
+    half-steps fit_configs(record) gives, at tol and settings.maxIter, in one Spark job that
+    reads the pairs into Python once: (user_factors, item_factors, record), the record's
+    "search" choose_ranking's (without its factors)."""
+    fraction = search_fraction(num_ratings, max_ratings)
     search = functools.partial(search_ranking, alpha=alpha)
+    plan = dataclasses.replace(_plan(settings, tol), sample=fraction)
     users, items, record = search_then_fit_one_task(
-        search_rows(settings, confidences, VALIDATION_FRACTION), user_cfg, item_cfg, _plan(settings, tol),
+        search_rows(settings, confidences, VALIDATION_FRACTION, sample=fraction), user_cfg, item_cfg, plan,
         seed=settings.seed, search=search, fit_configs=fit_configs, max_iter=settings.maxIter,
     )  # fmt: skip
-    record["search"] = _reported(record["search"], alpha, 1.0)
+    record["search"] = _reported(record["search"], alpha, fraction)
     return users, items, record
 
 

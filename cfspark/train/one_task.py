@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -38,7 +37,6 @@ from cfspark.kernels.init import initial_params
 from cfspark.kernels.layout import bias_col
 from cfspark.kernels.order import stable_order
 from cfspark.kernels.repeats import repeats
-from cfspark.train.arrow_bodies import warm_params
 from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
 from cfspark.train.sampled import at_iteration, draws_ahead
 from cfspark.train.step import StepConfig, solve_rows
@@ -50,9 +48,6 @@ from cfspark.train.trainer import checkpoint_level
 # 24.4 s against 43.9 s, mse, synthetic, 18 iterations each; 8.7 s against 17.3 s, a
 # 1.93M-pair exposure fit, 10 each). mse's limit: fit/one_task.py.
 ONE_TASK_RATINGS = 2_500_000
-
-# One side's earlier factors, carried into a task: (ids as an Arrow array, features, bias).
-Carried = tuple[pa.Array, np.ndarray, np.ndarray]
 
 KIND = "kind"  # of an output row: 0 a user's factors, 1 an item's, 2 the fit's record
 USERS, ITEMS, RECORD = 0, 1, 2
@@ -247,18 +242,7 @@ def refused_pairs(
     return refusal_batch(user_ids, item_ids, {REPEATED: found}, item_columns)
 
 
-def started_params(cfg: StepConfig, keys: np.ndarray, ids: pa.Array, earlier: Carried) -> np.ndarray:
-    """One side's first params: the hashed init of keys, with the earlier factors of the ids
-    (the task's Arrow dictionary, in local order) that earlier has."""
-    earlier_ids, features, bias = earlier
-    # index_in needs one Arrow type on both sides; the carried ids came through the driver's collect.
-    at = pc.index_in(ids, value_set=earlier_ids.cast(ids.type)).fill_null(-1).to_numpy(zero_copy_only=False)
-    local = np.flatnonzero(at >= 0)
-    return warm_params(cfg, keys, local, features[at[local]], bias[at[local]])
-
-
-def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: float,
-              start: tuple[Carried, Carried] | None):  # fmt: skip
+def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: float):
     """mapInArrow body over the one partition that holds every training rating."""
     rank = user_cfg.rank
 
@@ -280,15 +264,11 @@ def _fit_body(user_cfg: StepConfig, item_cfg: StepConfig, max_iter: int, tol: fl
             yield refused
             return
         offset, weight = (table.column(name) for name in (OFFSET, WEIGHT))
-        begin = None
-        if start is not None:
-            begin = (started_params(user_cfg, user_keys, users.dictionary, start[0]),
-                     started_params(item_cfg, item_keys, items.dictionary, start[1]))  # fmt: skip
         W, X, history, stop = fit_arrays(
             user_local, item_local, table.column(TARGET).to_numpy().astype(np.float64),
             None if offset.null_count else offset.to_numpy().astype(np.float64),
             None if weight.null_count else weight.to_numpy().astype(np.float64),
-            user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol, start=begin,
+            user_keys, item_keys, user_cfg, item_cfg, max_iter=max_iter, tol=tol,
         )  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X)}
         yield factor_batch(users.dictionary, items.dictionary, W, X, rank, record)
@@ -304,18 +284,16 @@ def fit_one_task(
     max_iter: int,
     tol: float,
     seed: int,
-    start: tuple[Carried, Carried] | None = None,
 ) -> tuple[DataFrame, DataFrame, dict]:
-    """(user_factors, item_factors, record) from targets (user, item, y, offset, weight); the record
-    holds the loss history, the stop reason and the numbers of users and items. start, if
-    given, is each side's earlier factors to begin from (the hashed init for ids it lacks),
-    carried inside the task's body.
+    """(user_factors, item_factors, record) from targets (user, item, y, offset, weight), from
+    the hashed init; the record holds the loss history, the stop reason and the numbers of
+    users and items.
 
     The factor tables are (id, features, bias) under the input's id types, materialised
     in Spark's block store (localCheckpoint), as a distributed fit's final tables are.
     """
     rows = keyed_rows(targets.select(USER, ITEM, TARGET, OFFSET, WEIGHT), seed)
-    users, items, _, record = run_factor_task(rows, _fit_body(user_cfg, item_cfg, max_iter, tol, start))
+    users, items, _, record = run_factor_task(rows, _fit_body(user_cfg, item_cfg, max_iter, tol))
     return users, items, record
 
 

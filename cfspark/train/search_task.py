@@ -451,6 +451,15 @@ def _sizes(table: pa.Table, codes: dict) -> dict:
     return {"ratings": table.num_rows, "users": len(codes[USER][0].dictionary), "items": len(codes[ITEM][0].dictionary)}
 
 
+def _sample_sizes(table: pa.Table, codes: dict) -> dict:
+    """_sizes of the rows the search saw (validation fold included), where the table also holds
+    OUTSIDE rows: what _sizes gives a table of the sample's rows alone."""
+    searched = table.column(HELD).to_numpy() != OUTSIDE
+    return {"ratings": int(searched.sum()),
+            **{name: int(np.count_nonzero(np.bincount(codes[side][1][searched], minlength=1)))
+               for name, side in (("users", USER), ("items", ITEM))}}  # fmt: skip
+
+
 def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
     values = column.to_numpy().astype(np.float64)
     return None if np.isnan(values).any() else values
@@ -589,10 +598,7 @@ def _carry_over(found: dict, plan: SearchPlan, table: pa.Table, codes: dict) -> 
     row by transfer_factor, within the plan's range; the sample's own choice is kept as
     sample_reg, with the factor (transfer) and the sample's size (sample). A λ the caller
     fixed is that λ in the sample too (count scaling: the same penalty per rating)."""
-    searched = table.column(HELD).to_numpy() != OUTSIDE
-    found["sample"] = {"ratings": int(searched.sum()),
-                       **{name: int(np.count_nonzero(np.bincount(codes[side][1][searched])))
-                          for name, side in (("users", USER), ("items", ITEM))}}  # fmt: skip
+    found["sample"] = _sample_sizes(table, codes)
     if plan.fixed or not found["path"]:
         return
     factor = transfer_factor(found["sample"], plan.sample, table.num_rows, len(codes[ITEM][0].dictionary))
@@ -602,7 +608,8 @@ def _carry_over(found: dict, plan: SearchPlan, table: pa.Table, codes: dict) -> 
 def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, search: Callable,
                           fit_configs: Callable[[dict], tuple[StepConfig, StepConfig]], max_iter: int):  # fmt: skip
     """mapInArrow body: search over the fit part (returning (record, params) as search_arrays
-    does), then the fit of every row (fit part and validation fold) with the half-steps
+    does; on plan.sample of the users, its choice kept as it is), then the fit of every row
+    (fit part, validation fold and the users outside the sample) with the half-steps
     fit_configs(record) gives at the search's choice and plan.tol, started from the params
     (start_from_search): the blockwise fit at that choice, started from the same factors,
     without a second pass of the rows into Python."""
@@ -628,7 +635,7 @@ def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Sear
             codes[USER][1], codes[ITEM][1], y, offset, weight, keys[USER], keys[ITEM], *cfgs,
             max_iter=max_iter, tol=plan.tol, start=start,
         )  # fmt: skip
-        found["sample"] = _sizes(table, codes)
+        found["sample"] = _sample_sizes(table, codes) if plan.sample < 1 else _sizes(table, codes)
         found["task_seconds"] = {"input": round(indexed - began, 3), "search": round(searched - indexed, 3),
                                  "fit": round(time.perf_counter() - searched, 3)}  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
