@@ -170,6 +170,18 @@ def test_past_the_search_limit_one_task_searches_a_sample_and_fits_every_rating(
     cold = CollaborativeFilter(**{**params, **chosen}).fit_validated(ratings)
     assert cold.summary["one_task"] and cold.history[0]["train_loss"] > 1.5 * one.history[0]["train_loss"]
     assert one.history[-1]["train_loss"] < cold.history[-1]["train_loss"]  # and it is still ahead at maxIter
+    if reg == "auto":
+        # Under tol > 0 automatic λ's fit stops where its predictions settle, bounded at the
+        # sample's own λ (the carried λ has no point of the path): each iteration reports its move.
+        settled = CollaborativeFilter(**{k: v for k, v in params.items() if k != "tol"}).fit_validated(ratings)
+        bound = SETTLED * [p["rmse"] for p in settled.summary["reg_path"] if p["reg"] == search["sample_reg"]][-1]
+        moved, stop = [h["moved"] for h in settled.history], settled.summary["stop_reason"]
+        assert stop.startswith("settled") and len(moved) < PARAMS["maxIter"]
+        if "predictions moved" in stop:  # else the training RMSE stood still first
+            assert moved[-1] <= bound < min(moved[:-1])
+        else:
+            assert min(moved) > bound
+        settled.unpersist()
     one.unpersist(), blocks.unpersist(), cold.unpersist()
 
 

@@ -103,8 +103,9 @@ def _fit_ratings(
             settings = settings.in_als_units(spread)
         # λ or λ_b automatic on data one task fits: the search (a fixed λ, in ALS's units as on
         # every path, fitted alone for λ_b; past SEARCH_RATINGS on a sample of the users) and the
-        # fit from its factors in one job. A caller's settle is the blockwise fit's. The spread is
-        # recorded here, as on the other paths.
+        # fit from its factors in one job. A caller's settle is the blockwise fit's: a fit in
+        # one task stops on its own rule (train/search_task.py). The spread is recorded here,
+        # as on the other paths.
         searched = settings.regParam == AUTO or settings.biasReg == AUTO
         if searched and runs_in_one_task(settings, num_ratings):
             record = fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)

@@ -5,7 +5,7 @@ search (kernels/bracket.py) runs on the rest inside one Spark task (train/search
 each λ warm-started from the nearest one fitted, each stopped on the validation score. Large data
 is searched on a hashed SEARCH_FRACTION of its users (at most about SEARCH_RATINGS ratings),
 so that the search takes a fixed share of the blockwise setup it runs beside (or of the
-one-task fit it runs before). The sample
+one task it shares with the fit: the other users' rows are OUTSIDE there). The sample
 keeps every user's ratings but leaves each item fewer, and chooses a larger λ than all
 users would; the choice is carried over to the whole by the penalty per factor vector
 (transfer_factor), for both losses. Only the training ratings are read: a
