@@ -71,27 +71,29 @@ def factor_dof(user: np.ndarray, item: np.ndarray, weight: np.ndarray | None, us
     does) and bias_reg the item biases' λ_b."""
     a = np.ones(len(user)) if weight is None else np.asarray(weight, dtype=np.float64)
     # The users: the items' factors centred on each user's weighted mean of them.
-    dof = _side_dof(user, item_factors[item], a, len(user_factors), reg, count_scaled, centre=True)
+    dof = _side_dof(user, item, item_factors, a, len(user_factors), reg, count_scaled, centre=True)
     # The items: the users' factors, with a column of ones for cᵢ when the item bias is fitted.
-    seen = user_factors[user]
     if item_bias:
-        seen = np.concatenate([seen, np.ones((len(user), 1))], axis=1)
+        user_factors = np.concatenate([user_factors, np.ones((len(user_factors), 1))], axis=1)
     bias = float(bias_reg) if item_bias else None
-    return dof + _side_dof(item, seen, a, len(item_factors), reg, count_scaled, centre=False, bias_reg=bias)
+    return dof + _side_dof(item, user, user_factors, a, len(item_factors), reg, count_scaled, centre=False,
+                           bias_reg=bias)  # fmt: skip
 
 
-def _side_dof(group: np.ndarray, seen: np.ndarray, a: np.ndarray, groups: int, reg: float, count_scaled: bool, *,
-              centre: bool, bias_reg: float | None = None) -> float:  # fmt: skip
-    """Σ over one side's vectors of their hat traces; seen holds each rating's vector of the
-    other side (with a last column of ones when bias_reg is given, the bias's prior count)."""
+def _side_dof(group: np.ndarray, other: np.ndarray, other_factors: np.ndarray, a: np.ndarray, groups: int,
+              reg: float, count_scaled: bool, *, centre: bool, bias_reg: float | None = None) -> float:  # fmt: skip
+    """Σ over one side's vectors of their hat traces; each rating's vector of the other side is
+    other_factors[other] (with a last column of ones when bias_reg is given, the bias's prior
+    count), gathered only for the ratings of the vectors the sum is taken over."""
     scale = 1.0
     if groups > SAMPLE:
         chosen = np.zeros(groups, dtype=bool)
         chosen[np.random.default_rng(0).choice(groups, SAMPLE, replace=False)] = True
         rows = chosen[group]
         renumber = np.cumsum(chosen) - 1
-        group, seen, a = renumber[group[rows]], seen[rows], a[rows]
+        group, other, a = renumber[group[rows]], other[rows], a[rows]
         scale, groups = groups / SAMPLE, SAMPLE
+    seen = other_factors.take(other, axis=0)
     amount = np.bincount(group, a, minlength=groups)
     grams = _grams(group, seen, a, groups)
     if centre:
