@@ -92,8 +92,8 @@ class SearchPlan:
     centre: tuple[float | None, float] | None = None
     bias_prior: bool = False  # mse, biasReg = "auto": λ_b estimated from the fit part's users (kernels/priors.py)
     fixed: bool = False  # start is one λ the caller fixed: fitted for λ_b's estimates, not searched
-    # The share of the users whose rows are searched on (the rest are OUTSIDE): the choice is
-    # carried over to every row by transfer_factor.
+    # The share of the users whose rows are searched on (the rest are OUTSIDE): mse's choice is
+    # carried over to every row by transfer_factor (_carry_over); the ranking search keeps its own.
     sample: float = 1.0
 
 
