@@ -1,5 +1,6 @@
-"""λ chosen on a sample of the users, carried over to all of them (fit/reg_search.py's
-transfer_factor), against the search on every user, on planted data; and the search past
+"""λ chosen on a sample of the users, carried over to all of them (train/search_task.py's
+transfer_factor), against the search on every user, on planted data; the sample searched
+inside the task that fits every row; and the search past
 the zero-factor saddle, and bce's fit after it: numpy only, the search task's own body
 (train/search_task.py) on Arrow tables and bce's task (train/bce_task.py) on arrays, no Spark."""
 
@@ -20,7 +21,15 @@ from cfspark.fit.reg_search import SEARCH_FRACTION, search_plan, search_settings
 from cfspark.kernels.baseline import shrunk_means
 from cfspark.train.bce_task import BceTaskConfig, fit_both, search_offsets
 from cfspark.train.one_task import ITEM_KEY, RECORD_COL, USER_KEY, csr_by_row, fit_arrays
-from cfspark.train.search_task import HELD, _search_body, _search_input, search_record, validation_score
+from cfspark.train.search_task import (
+    HELD,
+    OUTSIDE,
+    _search_and_fit_body,
+    _search_body,
+    _search_input,
+    search_record,
+    validation_score,
+)
 from cfspark.train.step import solve_rows
 
 
@@ -95,6 +104,33 @@ def test_bce_on_a_quarter_of_the_users_chooses_within_one_and_a_half_times_all_u
     assert abs(math.log(part["reg"] / everyone["reg"])) > math.log(1.2)  # uncorrected, the sample is off
     carried = part["reg"] * factor
     assert abs(math.log(carried / everyone["reg"])) <= math.log(1.5), (part["reg"], factor, everyone["reg"])
+
+
+def test_the_search_and_fit_task_searches_its_sample_alone_and_fits_every_row():
+    """_search_and_fit_body on every row, the users outside a sample marked OUTSIDE: its search
+    is the search task's on the sample's rows alone (the same path, λ_b and sizes), its λ
+    that choice carried over by transfer_factor, and its fit covers every user and item."""
+    p = planted_ratings(n_users=400, n_items=150, rank=5, density=0.2, noise=0.5, seed=3, popularity_sd=1.0)
+    u, i, y = p.users.astype(np.int64), p.items.astype(np.int64), p.ratings
+    table, plan, cfg = _inputs(u, i, y, 1.0, float(y.mean()))
+    sampled = (u * 2654435761 % 1000) < 250  # a quarter of the users, by id
+    outside = np.where(sampled, table.column(HELD).to_numpy(), OUTSIDE).astype(np.int32)
+    whole = table.set_column(table.schema.get_field_index(HELD), HELD, pa.array(outside))
+    alone = _search_body(*cfg, plan, lambda *args: search_record(*args, choose_rank=True))
+    part = json.loads(list(alone(iter(table.filter(pa.array(sampled)).to_batches())))[0].column(RECORD_COL)[0].as_py())
+    body = _search_and_fit_body(*cfg, dataclasses.replace(plan, sample=SEARCH_FRACTION), max_iter=4)
+    out = list(body(iter(whole.to_batches(max_chunksize=5000))))[0]
+    record = json.loads([r for r in out.column(RECORD_COL).to_pylist() if r][0])
+    found = record["search"]
+    assert found["sample"] == part["sample"]
+    assert [q["reg"] for q in found["path"]] == pytest.approx([q["reg"] for q in part["path"]], rel=1e-9)
+    assert [q["rmse"] for q in found["path"]] == pytest.approx([q["rmse"] for q in part["path"]], rel=1e-9)
+    assert found["sample_reg"] == pytest.approx(part["reg"], rel=1e-9)
+    factor = transfer_factor(part["sample"], SEARCH_FRACTION, len(y), len(np.unique(i)))
+    assert found["transfer"] == pytest.approx(factor, rel=1e-12) and factor < 1
+    assert found["reg"] == pytest.approx(min(plan.high, max(plan.low, part["reg"] * factor)), rel=1e-9)
+    assert record["users"] == len(np.unique(u)) > found["sample"]["users"]
+    assert record["items"] == len(np.unique(i))
 
 
 def test_the_transfer_keeps_the_mean_penalty_per_factor_vector():
