@@ -447,13 +447,8 @@ def _every_key(table: pa.Table, codes: dict) -> dict:
 
 
 def _sizes(table: pa.Table, codes: dict) -> dict:
-    """The searched rows' ratings, users and items (validation fold included)."""
-    return {"ratings": table.num_rows, "users": len(codes[USER][0].dictionary), "items": len(codes[ITEM][0].dictionary)}
-
-
-def _sample_sizes(table: pa.Table, codes: dict) -> dict:
-    """_sizes of the rows the search saw (validation fold included), where the table also holds
-    OUTSIDE rows: what _sizes gives a table of the sample's rows alone."""
+    """The ratings, users and items of the rows the search saw (validation fold included; a
+    table's OUTSIDE rows left out)."""
     searched = table.column(HELD).to_numpy() != OUTSIDE
     return {"ratings": int(searched.sum()),
             **{name: int(np.count_nonzero(np.bincount(codes[side][1][searched], minlength=1)))
@@ -598,7 +593,7 @@ def _carry_over(found: dict, plan: SearchPlan, table: pa.Table, codes: dict) -> 
     row by transfer_factor, within the plan's range; the sample's own choice is kept as
     sample_reg, with the factor (transfer) and the sample's size (sample). A λ the caller
     fixed is that λ in the sample too (count scaling: the same penalty per rating)."""
-    found["sample"] = _sample_sizes(table, codes)
+    found["sample"] = _sizes(table, codes)
     if plan.fixed or not found["path"]:
         return
     factor = transfer_factor(found["sample"], plan.sample, table.num_rows, len(codes[ITEM][0].dictionary))
@@ -635,7 +630,7 @@ def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Sear
             codes[USER][1], codes[ITEM][1], y, offset, weight, keys[USER], keys[ITEM], *cfgs,
             max_iter=max_iter, tol=plan.tol, start=start,
         )  # fmt: skip
-        found["sample"] = _sample_sizes(table, codes) if plan.sample < 1 else _sizes(table, codes)
+        found["sample"] = _sizes(table, codes)
         found["task_seconds"] = {"input": round(indexed - began, 3), "search": round(searched - indexed, 3),
                                  "fit": round(time.perf_counter() - searched, 3)}  # fmt: skip
         record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
