@@ -12,6 +12,8 @@ from tests_support import assert_bracketed
 
 from cfspark import CollaborativeFilter
 from cfspark.data.priors import moments_of
+from cfspark.fit.targets import target_stats
+from cfspark.kernels.baseline import target_moments
 from cfspark.kernels.layout import bias_col, const_col
 from cfspark.kernels.priors import group_moments, prior_count, prior_from_rows
 from cfspark.train.one_task import fit_arrays
@@ -75,6 +77,33 @@ def test_the_spark_aggregation_equals_numpy(spark):
     assert got.groups == want.groups
     for name in ("weight", "total", "within", "mean_sq", "mean_sum", "inv_weight"):
         assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_tasks_target_statistics_equal_sparks(spark, weighted):
+    """target_moments (a one-task fit's g, m and s, from the rows it holds) against
+    target_stats' aggregation over the item sums in Spark, weighted as the loss is."""
+    rng = np.random.default_rng(8)
+    item = rng.integers(0, 40, 3000) ** 2  # sparse ids: the kernel takes dense ones
+    effect = rng.normal(0, 0.7, 1600)
+    y = 3.2 + effect[item] + rng.normal(0, 1.1, 3000)
+    a = rng.uniform(0.5, 3.0, 3000) if weighted else None
+    rows = [(k, int(item[k]), float(y[k]), float(a[k]) if weighted else None) for k in range(3000)]
+    df = spark.createDataFrame(rows, "user long, item long, rating double, weight double")
+    df = df if weighted else df.drop("weight")
+    stats = target_stats(CollaborativeFilter().fit_settings(), df)
+    dense = np.unique(item, return_inverse=True)[1]
+    g, m, spread = target_moments(dense, y, a, int(dense.max()) + 1, prior=None, global_mean=None)
+    assert 0 < m < 100 and spread > 1
+    assert (g, m) == (pytest.approx(stats.global_mean, rel=1e-12), stats.mean_prior)
+    assert spread == pytest.approx(stats.spread, rel=1e-11)
+    # Given, g and m are kept; at m = 0 the targets are y less each item's own weighted mean.
+    g2, m2, spread2 = target_moments(dense, y, a, int(dense.max()) + 1, prior=0.0, global_mean=0.0)
+    w = np.ones(3000) if a is None else a
+    own = np.bincount(dense, w * y) / np.bincount(dense, w)
+    assert (g2, m2) == (0.0, 0.0) and spread2 == pytest.approx(math.sqrt(np.average((y - own[dense]) ** 2, weights=w)))
+    # Constant ratings have no spread to scale by: 1.
+    assert target_moments(dense, np.full(3000, 4.0), a, int(dense.max()) + 1, prior=None, global_mean=None)[2] == 1.0
 
 
 def test_ratings_with_no_user_or_item_effect_are_predicted_by_the_global_mean(spark):

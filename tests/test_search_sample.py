@@ -19,6 +19,7 @@ from cfspark import CollaborativeFilter
 from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
 from cfspark.fit.reg_search import SEARCH_FRACTION, search_plan, search_settings, transfer_factor
 from cfspark.kernels.baseline import shrunk_means
+from cfspark.kernels.priors import prior_from_rows
 from cfspark.train.bce_task import BceTaskConfig, fit_both, search_offsets
 from cfspark.train.one_task import ITEM_KEY, RECORD_COL, USER_KEY, csr_by_row, fit_arrays
 from cfspark.train.search_task import (
@@ -113,6 +114,8 @@ def test_the_search_and_fit_task_searches_its_sample_alone_and_fits_every_row():
     p = planted_ratings(n_users=400, n_items=150, rank=5, density=0.2, noise=0.5, seed=3, popularity_sd=1.0)
     u, i, y = p.users.astype(np.int64), p.items.astype(np.int64), p.ratings
     table, plan, cfg = _inputs(u, i, y, 1.0, float(y.mean()))
+    # m taken over every row, as the search-and-fit task takes it, searched with by both.
+    plan = dataclasses.replace(plan, centre=(prior_from_rows(i, y, None, i.max() + 1), plan.centre[1]))
     sampled = (u * 2654435761 % 1000) < 250  # a quarter of the users, by id
     outside = np.where(sampled, table.column(HELD).to_numpy(), OUTSIDE).astype(np.int32)
     whole = table.set_column(table.schema.get_field_index(HELD), HELD, pa.array(outside))

@@ -3,6 +3,8 @@
 import os
 import uuid
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The JVMs the tests start compile with C1 only: they run many small, different jobs, and
 # C2's compiler threads took one of the machine's 2 cores (docs/testing.md). It changes no
@@ -35,6 +37,16 @@ def assert_bracketed(points: list[dict], reg: float, metric: str, resolution: fl
     else:
         inner = scores[1] if j == 0 else scores[-2]
         assert scores[j] < inner <= scores[j] * (1 + resolution), by_reg
+
+
+def assert_same_path(a: list[dict], b: list[dict], metric: str = "rmse") -> None:
+    """Two searches' paths walked alike: the same points (λ, iterations, rank, λ_b) and their
+    scores equal up to the order of float sums (a global mean taken from a task's rows or
+    from Spark's sums differs in its last bits)."""
+    assert [{k: v for k, v in p.items() if k != metric} for p in a] == [
+        {k: v for k, v in p.items() if k != metric} for p in b
+    ]
+    assert [p[metric] for p in a] == pytest.approx([p[metric] for p in b], rel=1e-12)
 
 
 def jobs_of(spark, run) -> tuple[object, int]:

@@ -24,8 +24,8 @@ from cfspark.fit.reg_search import (
     search_rows,
     search_settings,
 )
-from cfspark.fit.settings import FitSettings
-from cfspark.fit.targets import TargetStats, prepare
+from cfspark.fit.settings import AUTO, FitSettings
+from cfspark.fit.targets import prepare
 from cfspark.train.history import diverged
 from cfspark.train.one_task import ONE_TASK_RATINGS, fit_one_task
 from cfspark.train.search_task import search_and_fit_one_task
@@ -85,27 +85,42 @@ def fit_in_one_task(
 def fit_auto_in_one_task(
     settings: FitSettings,
     train_ratings: DataFrame,
-    stats: TargetStats,
+    num_ratings: int,
     *,
     began: float,
     on_iteration: Callable[[FitRecord], dict] | None = None,
+    global_mean: float | None = None,
+    spread: float | None = None,
 ) -> FitRecord:
     """regParam = "auto" on mse data one task fits: the λ and rank search and the fit at its
     choice in one Spark job (train/search_task.py), the fit started from the search's params
     there. Past SEARCH_RATINGS the search takes a hashed share of the users (search_fraction)
     inside the same task, and its λ is carried over to all of them. A fixed regParam with
     biasReg = "auto" takes the same job: its λ fitted alone for λ_b, then the fit from those
-    factors, stopped on tol."""
-    unit = stats.spread if settings.regUnits == "spread" else 1.0
-    at = search_settings(settings, unit)
-    fraction = search_fraction(stats.count, SEARCH_RATINGS)
-    plan = dataclasses.replace(search_plan(settings, unit, stats.global_mean), sample=fraction)
+    factors, stopped on tol.
+
+    What target_stats would take in Spark jobs the task takes from the rows it holds: the
+    weighted mean rating g unless global_mean gives it, m under meanPrior = "auto", and the
+    targets' spread s (regUnits = "spread") unless spread gives it."""
+    in_spread = settings.regUnits == "spread"
+    if spread is not None and settings.regParam != AUTO:  # a fixed λ in ALS's units, as on every path
+        settings = settings.in_als_units(spread)
+    unit = spread if settings.regUnits == "spread" else 1.0  # None: the task takes it (and scales the init)
+    at = search_settings(settings, 1.0 if unit is None else unit)
+    fraction = search_fraction(num_ratings, SEARCH_RATINGS)
+    plan = dataclasses.replace(search_plan(settings, unit, global_mean), sample=fraction)
     with phase(train_ratings.sparkSession, "one-task"):
         user_factors, item_factors, item_stats, record = search_and_fit_one_task(
             search_rows(settings, train_ratings, sample=fraction), at.step_config("user"), at.step_config("item"),
             plan, seed=settings.seed, max_iter=settings.maxIter,
         )  # fmt: skip
-    found = record.pop("search")
+    found, targets = record.pop("search"), record.pop("targets")
+    if settings.meanPrior == AUTO:
+        log.info("automatic m: the item means shrunk by %.4g pseudo-ratings", targets["mean_prior"])
+    spread = targets["spread"] if spread is None else spread
+    settings = settings.replace(meanPrior=targets["mean_prior"])
+    if settings.regParam != AUTO:  # the task fitted a fixed λ in ALS's units, as every path does
+        settings = settings.in_als_units(spread)
     log_search(settings, found, fraction)
     took = found["task_seconds"]
     log.info("%s in one task: %.2f s indexing, %.2f s searching (%.2f s of it the rank step), %.2f s fitting",
@@ -114,15 +129,17 @@ def fit_auto_in_one_task(
     reg, kept = found["reg"], found.get("rank", settings.rank)
     chosen = settings.carry(regParam=reg).replace(rank=kept)  # the model's shape, not a Param it carries
     chosen = chosen.carry(biasReg=found["bias_reg"]) if "bias_reg" in found else chosen
-    chosen = chosen.in_als_units(unit) if settings.regUnits == "spread" else chosen
-    fitted = finish_record(chosen, train_ratings, user_factors, item_factors, item_stats, stats.global_mean, record,
-                           began=began, on_iteration=on_iteration)  # fmt: skip
+    chosen = chosen.in_als_units(spread)
+    fitted = finish_record(chosen, train_ratings, user_factors, item_factors, item_stats, targets["global_mean"],
+                           record, began=began, on_iteration=on_iteration)  # fmt: skip
     fitted.summary["reg_path"] = found["path"]
     kept_keys = ("widened", "at_limit", "rank", "rank_path", "rank_seconds", "task_seconds", "bias_reg",
                  "bias_reg_before", "fixed", "sample_reg", "transfer", "sample")
     search = {k: found[k] for k in kept_keys if k in found}
     fitted.summary["reg_search"] = {"reg": reg, "units": settings.regUnits, **search, "sample_fraction": fraction}
     fitted.summary["mean_prior"] = settings.meanPrior
+    if in_spread:
+        fitted.summary["spread"] = spread
     return fitted
 
 

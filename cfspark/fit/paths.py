@@ -88,6 +88,15 @@ def _fit_ratings(
         return fit_with_exposure(settings, train_ratings, on_iteration, fit=fit_ratings)
     spread = num_items = sums = None
     began = time.perf_counter()
+    # λ or λ_b automatic on data one task fits: the search (a fixed λ, in ALS's units as on
+    # every path, fitted alone for λ_b; past SEARCH_RATINGS on a sample of the users) and the
+    # fit from its factors in one job, which takes the targets' statistics from the rows it
+    # holds. A caller's settle is the blockwise fit's: a fit in one task stops on its own rule
+    # (train/search_task.py).
+    searched = settings.loss == "mse" and AUTO in (settings.regParam, settings.biasReg)
+    if searched and runs_in_one_task(settings, num_ratings):
+        return fit_auto_in_one_task(settings, train_ratings, num_ratings, began=began, on_iteration=on_iteration,
+                                    global_mean=global_mean)  # fmt: skip
     estimated = AUTO in (settings.meanPrior, settings.biasReg)
     if settings.loss == "mse" and (settings.regUnits == "spread" or settings.regParam == AUTO or estimated):
         # One aggregation: s, the count and g (m, estimated, one more); its item sums stay for prepare().
@@ -99,19 +108,11 @@ def _fit_ratings(
         if settings.meanPrior == AUTO:
             log.info("automatic m: the item means shrunk by %.4g pseudo-ratings", stats.mean_prior)
         settings = settings.replace(meanPrior=stats.mean_prior)
+        if searched and runs_in_one_task(settings, num_ratings):  # the count was not known before
+            return fit_auto_in_one_task(settings, train_ratings, num_ratings, began=began, on_iteration=on_iteration,
+                                        global_mean=global_mean, spread=stats.spread)  # fmt: skip
         if spread is not None and settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
-        # λ or λ_b automatic on data one task fits: the search (a fixed λ, in ALS's units as on
-        # every path, fitted alone for λ_b; past SEARCH_RATINGS on a sample of the users) and the
-        # fit from its factors in one job. A caller's settle is the blockwise fit's: a fit in
-        # one task stops on its own rule (train/search_task.py). The spread is recorded here,
-        # as on the other paths.
-        searched = settings.regParam == AUTO or settings.biasReg == AUTO
-        if searched and runs_in_one_task(settings, num_ratings):
-            record = fit_auto_in_one_task(settings, train_ratings, stats, began=began, on_iteration=on_iteration)
-            if spread is not None:
-                record.summary["spread"] = spread
-            return record
     if settings.regParam == AUTO:
         if num_ratings is None:
             num_ratings = train_ratings.count()

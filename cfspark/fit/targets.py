@@ -32,6 +32,7 @@ from cfspark.data.offsets import global_rate, item_offsets
 from cfspark.data.priors import prior_of
 from cfspark.data.weights import given_weight, row_weight
 from cfspark.fit.settings import AUTO, BCE_BIAS_REG, FitSettings
+from cfspark.kernels.baseline import spread_of
 
 # An item table of at most this many rows (tens of bytes each) is broadcast to the ratings'
 # tasks when the targets are joined to it, so no rating is shuffled: planning it from its
@@ -117,14 +118,11 @@ def target_stats(settings: FitSettings, train_ratings: DataFrame, *, keep_sums: 
     if cached and not keep_sums:
         sums.unpersist()
     total, g = row[0], row[1] / row[0]
-    # To 12 significant digits: the item sums are cached when they feed more than one
-    # aggregation, and the total over a cached table's partitions adds them in the order a
-    # cluster fetches them, so its last bits vary between runs of one command. Through λ in
-    # ALS's units s enters a checkpoint's fingerprint, which a resumed run must match.
-    spread = float(f"{math.sqrt(max(0.0, (row[2] + g * row[3] + g * g * row[4]) / total)):.12g}")
-    # Constant ratings have no spread to scale by: 1.
+    # The item sums are cached when they feed more than one aggregation, and the total over a
+    # cached table's partitions adds them in the order a cluster fetches them: spread_of rounds.
+    spread = spread_of((row[2] + g * row[3] + g * g * row[4]) / total)
     kept = sums if keep_sums else None
-    return TargetStats(spread if spread > 0 else 1.0, int(row[5]), g, int(row[6]), float(m), item_sums=kept)
+    return TargetStats(spread, int(row[5]), g, int(row[6]), float(m), item_sums=kept)
 
 
 def _item_means(

@@ -328,7 +328,8 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
             ratings = ratings.withColumn(WEIGHT, self._confidence(F.col(WEIGHT)))
         ratings = cache_plain(ratings)
         try:
-            return self.fit_validated(ratings)
+            # Counting fills the cache on every core, and the fit's path (one task or blocks) is chosen by the count.
+            return self.fit_validated(ratings, num_ratings=ratings.count())
         except RepeatedPairsError as found:
             ratings.unpersist()
             raise repeated_pairs_error(found, self.columns) from None

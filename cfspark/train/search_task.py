@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cfspark.core.schema import ITEM, OFFSET, TARGET, USER, WEIGHT
-from cfspark.kernels.baseline import shrunk_means
+from cfspark.kernels.baseline import shrunk_means, target_moments
 from cfspark.kernels.bracket import Bracketed, bracket_search
 from cfspark.kernels.dof import factor_dof
 from cfspark.kernels.init import initial_params
@@ -80,7 +80,9 @@ class SearchPlan:
     """What the search walks: start grid and hard range in regUnits, λ = reg·unit in the kernel."""
 
     start: Sequence[float]
-    unit: float
+    # None: the spread of the mse targets over every row, taken in the search-and-fit task
+    # (_with_targets), which also scales the initial factors' spread by its root.
+    unit: float | None
     low: float
     high: float
     step: float
@@ -88,8 +90,9 @@ class SearchPlan:
     first_iter: int  # iterations at most for the first λ, which starts from the initial factors
     point_iter: int  # and for each later one, warm-started
     tol: float  # the final fit's training-loss tol where no validation score bounds it
-    # mse: (meanPrior, global mean): the task centres y on item means; meanPrior None: estimated there
-    centre: tuple[float | None, float] | None = None
+    # mse: (meanPrior, global mean): the task centres y on item means. A None is estimated there:
+    # meanPrior on the fit part's rows, both on every row in the search-and-fit task (_with_targets).
+    centre: tuple[float | None, float | None] | None = None
     bias_prior: bool = False  # mse, biasReg = "auto": λ_b estimated from the fit part's users (kernels/priors.py)
     fixed: bool = False  # start is one λ the caller fixed: fitted for λ_b's estimates, not searched
     # The share of the users whose rows are searched on (the rest are OUTSIDE): mse's choice is
@@ -423,16 +426,36 @@ def _search_input(table: pa.Table, plan: SearchPlan):
     return fit, held, keys[USER], keys[ITEM], codes, (rating, weight)
 
 
-def _checked_input(batches: list[pa.RecordBatch], plan: SearchPlan, *, item_stats: bool = False):
-    """(table, _search_input's tuple, refused) of a search-and-fit task's batches: refused is
+def _checked_input(table: pa.Table, plan: SearchPlan, *, item_stats: bool = False):
+    """(_search_input's tuple, refused) of a search-and-fit task's rows: refused is
     refused_pairs' batch when a (user, item) pair repeats, over every row (fit part and
     validation fold alike), else None; item_stats: the task's batches carry MSE_ITEM_COLUMNS."""
-    table = pa.Table.from_batches(batches)
     found = _search_input(table, plan)
     codes = found[4]
     ids = codes[USER][0].dictionary, codes[ITEM][0].dictionary
     columns = MSE_ITEM_COLUMNS if item_stats else None
-    return table, found, refused_pairs(*ids, codes[USER][1], codes[ITEM][1], item_columns=columns)
+    return found, refused_pairs(*ids, codes[USER][1], codes[ITEM][1], item_columns=columns)
+
+
+def _with_targets(table: pa.Table, plan: SearchPlan, cfgs: tuple[StepConfig, StepConfig]):
+    """(plan, cfgs, targets) with what plan leaves open taken from every row (mse): the global
+    mean g and the prior count m of centre, and the spread s where unit is None, which is then
+    the unit and scales the initial factors' spread by √s (fit/reg_search.py's search_settings);
+    a fixed λ is then λ·s at unit 1, in ALS's units as fit/settings.py's in_als_units makes it
+    on every path. targets holds (g, m, s) and the number of rows: the fit's record, without
+    the Spark jobs that would take them from the ratings."""
+    prior, glob = plan.centre
+    items = table.column(ITEM).combine_chunks().dictionary_encode()
+    code = items.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    rating, weight = _floats(table.column(TARGET)), _floats(table.column(WEIGHT))
+    g, m, s = target_moments(code, rating, weight, len(items.dictionary), prior=prior, global_mean=glob)
+    targets = {"global_mean": g, "mean_prior": m, "spread": s, "ratings": table.num_rows}
+    plan = dataclasses.replace(plan, centre=(m, g))
+    if plan.unit is None:
+        cfgs = tuple(dataclasses.replace(cfg, init_scale=cfg.init_scale * math.sqrt(s)) for cfg in cfgs)
+        fixed = {"start": tuple(reg * s for reg in plan.start), "unit": 1.0}
+        plan = dataclasses.replace(plan, **(fixed if plan.fixed else {"unit": s}))
+    return plan, cfgs, targets
 
 
 def _every_key(table: pa.Table, codes: dict) -> dict:
@@ -528,23 +551,26 @@ def search_factors_one_task(
     return users, items, tuple(record.pop(FACTOR_ROWS)), record
 
 
-def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: SearchPlan, max_iter: int):
-    """mapInArrow body: the search (on plan.sample of the users, its λ carried over to every
-    row: _carry_over), then the fit of every row (fit part, validation fold and the users
-    outside the sample) at the chosen λ and rank, started from the params the search ended
-    with there (start_from_search: the hashed init for ids it did not fit). The fit
-    stops when an iteration moves the predictions by at most SETTLED of the chosen λ's
-    validation RMSE (which bounds that iteration's change of any RMSE), or at max_iter. A λ
-    the caller fixed (plan.fixed, fitted alone for λ_b) keeps the caller's stop, plan.tol."""
-    rank = user_cfg.rank
+def _search_and_fit_body(given_user: StepConfig, given_item: StepConfig, given: SearchPlan, max_iter: int):
+    """mapInArrow body: what the plan leaves open taken from every row (_with_targets), the
+    search (on plan.sample of the users, its λ carried over to every row: _carry_over), then
+    the fit of every row (fit part, validation fold and the users outside the sample) at the
+    chosen λ and rank, started from the params the search ended with there (start_from_search:
+    the hashed init for ids it did not fit). The fit stops when an iteration moves the
+    predictions by at most SETTLED of the chosen λ's validation RMSE (which bounds that
+    iteration's change of any RMSE), or at max_iter. A λ the caller fixed (plan.fixed, fitted
+    alone for λ_b) keeps the caller's stop, plan.tol."""
+    rank = given_user.rank
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         batches = [b for b in batches if b.num_rows]
         if not batches:
             return
         began = time.perf_counter()
-        table, (fit, held, user_keys, item_keys, codes, (rating, weight)), refused = _checked_input(
-            batches, plan, item_stats=True
+        table = pa.Table.from_batches(batches)
+        plan, (user_cfg, item_cfg), targets = _with_targets(table, given, (given_user, given_item))
+        (fit, held, user_keys, item_keys, codes, (rating, weight)), refused = _checked_input(
+            table, plan, item_stats=True
         )
         if refused is not None:
             yield refused
@@ -565,8 +591,6 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         start = start_from_search(params, (codes[USER][2], codes[ITEM][2]), (keys[USER], keys[ITEM]), (ucfg, icfg))
         user_code, item_code = codes[USER][1], codes[ITEM][1]
         prior, glob = plan.centre
-        if prior is None:  # as _search_input, over every row
-            prior = prior_from_rows(item_code, rating, weight, len(keys[ITEM]))
         means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
         # The chosen λ's last point at the kept rank (the sample's own λ, if carried over): its
         # validation RMSE bounds the fit's settle move.
@@ -581,7 +605,8 @@ def _search_and_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Searc
         # Where the task's seconds went: the rank step's (and its second bracket's) are within the search's.
         found["task_seconds"] = {"input": round(indexed - began, 3), "search": round(searched - indexed, 3),
                                  "fit": round(time.perf_counter() - searched, 3)}  # fmt: skip
-        record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
+        record = {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found,
+                  "targets": targets}  # fmt: skip
         stats = dict(zip(MSE_ITEM_COLUMNS, (means, counts), strict=True))
         yield factor_batch(codes[USER][0].dictionary, codes[ITEM][0].dictionary, W, X, kept, record, stats)
 
@@ -615,7 +640,8 @@ def _search_then_fit_body(user_cfg: StepConfig, item_cfg: StepConfig, plan: Sear
         if not batches:
             return
         began = time.perf_counter()
-        table, (fit, held, user_keys, item_keys, codes, (y, weight)), refused = _checked_input(batches, plan)
+        table = pa.Table.from_batches(batches)
+        (fit, held, user_keys, item_keys, codes, (y, weight)), refused = _checked_input(table, plan)
         if refused is not None:
             yield refused
             return
