@@ -442,14 +442,14 @@ def _with_targets(table: pa.Table, plan: SearchPlan, cfgs: tuple[StepConfig, Ste
     mean g and the prior count m of centre, and the spread s where unit is None, which is then
     the unit and scales the initial factors' spread by √s (fit/reg_search.py's search_settings);
     a fixed λ is then λ·s at unit 1, in ALS's units as fit/settings.py's in_als_units makes it
-    on every path. targets holds (g, m, s) and the number of rows: the fit's record, without
-    the Spark jobs that would take them from the ratings."""
+    on every path. targets holds (g, m, s) for the fit's record, which then needs no Spark job
+    to take them from the ratings."""
     prior, glob = plan.centre
     items = table.column(ITEM).combine_chunks().dictionary_encode()
     code = items.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     rating, weight = _floats(table.column(TARGET)), _floats(table.column(WEIGHT))
     g, m, s = target_moments(code, rating, weight, len(items.dictionary), prior=prior, global_mean=glob)
-    targets = {"global_mean": g, "mean_prior": m, "spread": s, "ratings": table.num_rows}
+    targets = {"global_mean": g, "mean_prior": m, "spread": s}
     plan = dataclasses.replace(plan, centre=(m, g))
     if plan.unit is None:
         cfgs = tuple(dataclasses.replace(cfg, init_scale=cfg.init_scale * math.sqrt(s)) for cfg in cfgs)
