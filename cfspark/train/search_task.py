@@ -32,6 +32,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -384,12 +385,18 @@ def search_record(*args, choose_rank: bool = False) -> dict:
     return search_arrays(*args, choose_rank=choose_rank)[0]
 
 
-def _search_input(table: pa.Table, plan: SearchPlan):
-    """(fit, held, user_keys, item_keys, codes, (y, weight)) of the search's rows: codes maps
-    each side's Arrow dictionary code to its dense local id in the fit part (−1 if it has no
-    fit row); y and weight are every row's, as read (None where the column is null), which
-    the fit after the search reuses. Under plan.centre the rows' y is the rating, centred
-    here on the fit part's item means."""
+class _Rows(NamedTuple):
+    """A search task's rows as arrays (_read_rows), before any centring."""
+
+    is_held: np.ndarray
+    fit_rows: np.ndarray
+    local: dict  # per side, every row's dense local id in the fit part (−1: no fit row)
+    keys: dict  # per side, the init key of each local id
+    codes: dict  # per side, (Arrow dictionary encoding, every row's code, code → local id)
+    values: dict  # TARGET, OFFSET and WEIGHT as floats, None where the column is null
+
+
+def _read_rows(table: pa.Table) -> _Rows:
     held_col = table.column(HELD).to_numpy()
     is_held, fit_rows = held_col == 1, held_col == 0
     local, keys, codes = {}, {}, {}
@@ -404,6 +411,16 @@ def _search_input(table: pa.Table, plan: SearchPlan):
         side_keys[local[side][fit_rows]] = table.column(key_col).to_numpy()[fit_rows]
         keys[side] = side_keys
     values = {name: _floats(table.column(name)) for name in (TARGET, OFFSET, WEIGHT)}
+    return _Rows(is_held, fit_rows, local, keys, codes, values)
+
+
+def _search_input(table: pa.Table, plan: SearchPlan, rows: _Rows | None = None):
+    """(fit, held, user_keys, item_keys, codes, (y, weight)) of the search's rows: codes maps
+    each side's Arrow dictionary code to its dense local id in the fit part (−1 if it has no
+    fit row); y and weight are every row's, as read (None where the column is null), which
+    the fit after the search reuses. Under plan.centre the rows' y is the rating, centred
+    here on the fit part's item means. rows: the table's _read_rows, if already read."""
+    is_held, fit_rows, local, keys, codes, values = _read_rows(table) if rows is None else rows
     y = rating = values[TARGET]
     weight = values[WEIGHT]
     if plan.centre is not None:
@@ -426,18 +443,18 @@ def _search_input(table: pa.Table, plan: SearchPlan):
     return fit, held, keys[USER], keys[ITEM], codes, (rating, weight)
 
 
-def _checked_input(table: pa.Table, plan: SearchPlan, *, item_stats: bool = False):
+def _checked_input(table: pa.Table, plan: SearchPlan, *, item_stats: bool = False, rows: _Rows | None = None):
     """(_search_input's tuple, refused) of a search-and-fit task's rows: refused is
     refused_pairs' batch when a (user, item) pair repeats, over every row (fit part and
     validation fold alike), else None; item_stats: the task's batches carry MSE_ITEM_COLUMNS."""
-    found = _search_input(table, plan)
+    found = _search_input(table, plan, rows)
     codes = found[4]
     ids = codes[USER][0].dictionary, codes[ITEM][0].dictionary
     columns = MSE_ITEM_COLUMNS if item_stats else None
     return found, refused_pairs(*ids, codes[USER][1], codes[ITEM][1], item_columns=columns)
 
 
-def _with_targets(table: pa.Table, plan: SearchPlan, cfgs: tuple[StepConfig, StepConfig]):
+def _with_targets(rows: _Rows, plan: SearchPlan, cfgs: tuple[StepConfig, StepConfig]):
     """(plan, cfgs, targets) with what plan leaves open taken from every row (mse): the global
     mean g and the prior count m of centre, and the spread s where unit is None, which is then
     the unit and scales the initial factors' spread by √s (fit/reg_search.py's search_settings);
@@ -445,9 +462,8 @@ def _with_targets(table: pa.Table, plan: SearchPlan, cfgs: tuple[StepConfig, Ste
     on every path. targets holds (g, m, s) for the fit's record, which then needs no Spark job
     to take them from the ratings."""
     prior, glob = plan.centre
-    items = table.column(ITEM).combine_chunks().dictionary_encode()
-    code = items.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    rating, weight = _floats(table.column(TARGET)), _floats(table.column(WEIGHT))
+    items, code, _ = rows.codes[ITEM]
+    rating, weight = rows.values[TARGET], rows.values[WEIGHT]
     g, m, s = target_moments(code, rating, weight, len(items.dictionary), prior=prior, global_mean=glob)
     targets = {"global_mean": g, "mean_prior": m, "spread": s}
     plan = dataclasses.replace(plan, centre=(m, g))
@@ -568,9 +584,10 @@ def _search_and_fit_body(given_user: StepConfig, given_item: StepConfig, given: 
             return
         began = time.perf_counter()
         table = pa.Table.from_batches(batches)
-        plan, (user_cfg, item_cfg), targets = _with_targets(table, given, (given_user, given_item))
+        rows = _read_rows(table)
+        plan, (user_cfg, item_cfg), targets = _with_targets(rows, given, (given_user, given_item))
         (fit, held, user_keys, item_keys, codes, (rating, weight)), refused = _checked_input(
-            table, plan, item_stats=True
+            table, plan, item_stats=True, rows=rows
         )
         if refused is not None:
             yield refused
