@@ -8,7 +8,8 @@ factors, as it does from the search's; on data one task fits, both in one task, 
 λ's search and fit.
 
 Under regUnits = "spread" (mse), λ is converted to ALS's units first, with the spread of
-the training targets (fit/targets.py's target_spread), so every path below fits in them."""
+the training targets (fit/targets.py's target_stats), so every path below fits in them; the
+task that searches and fits in one takes the spread from its rows and converts λ there."""
 
 from __future__ import annotations
 
