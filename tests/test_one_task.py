@@ -188,33 +188,32 @@ def test_past_the_search_limit_one_task_searches_a_sample_and_fits_every_rating(
 
 
 @pytest.mark.parametrize("reg", ["auto", 0.3])
-def test_the_task_takes_the_targets_statistics_and_fits_as_from_sparks(planted, reg):
-    """Given the count, the one-task search and fit take g, m and the spread from their rows
-    (regUnits = "spread": a fixed λ fitted as λ·s in ALS's units, the init scaled by √s);
-    without it, target_stats takes them in Spark first. The same model either way."""
+def test_the_one_task_takes_the_targets_statistics_from_its_rows(planted, reg):
+    """The one-task search and fit take g, m and the spread from their rows, with no
+    target_stats job (regUnits = "spread": a fixed λ fitted as λ·s in ALS's units, the init
+    scaled by √s): Spark's statistics, and the same model as with Spark's g given, to 1e-8."""
     ints, _ = planted
     df = ints.withColumn("weight", 1.0 + (F.col("user") % 3).cast("double"))
     settings = CollaborativeFilter(rank=3, maxIter=6, seed=5, regParam=reg).fit_settings()
+    stats = paths.target_stats(settings, df)
     calls = []
-    real = paths.target_stats
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(paths, "target_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
-        in_task = fit_ratings(settings, df, num_ratings=df.count())
-        assert not calls  # no Spark job took them
-        from_spark = fit_ratings(settings, df)
-        assert calls
-    stats = real(settings.replace(meanPrior="auto"), df)
-    for record in (in_task, from_spark):
+        patch.setattr(paths, "target_stats", lambda *a, **k: calls.append(1))
+        in_task = fit_ratings(settings, df)  # the count unknown: counted, and the path is one task
+        given = fit_ratings(settings, df, num_ratings=df.count(), global_mean=stats.global_mean)
+    assert not calls
+    for record in (in_task, given):
         assert record.summary["one_task"] and record.summary["spread"] == pytest.approx(stats.spread, rel=1e-11)
         assert record.summary["mean_prior"] == stats.mean_prior
         assert record.global_baseline == pytest.approx(stats.global_mean, rel=1e-12)
-    assert in_task.params["regParam"] == pytest.approx(from_spark.params["regParam"], rel=1e-9)
+    assert given.global_baseline == stats.global_mean
+    assert in_task.params["regParam"] == pytest.approx(given.params["regParam"], rel=1e-9)
     if reg != "auto":
         assert in_task.params["regParam"] == pytest.approx(reg * stats.spread, rel=1e-11)
         assert in_task.summary["reg_path"][0]["reg"] == in_task.params["regParam"]
-    assert_same_path(in_task.summary["reg_path"], from_spark.summary["reg_path"])
+    assert_same_path(in_task.summary["reg_path"], given.summary["reg_path"])
     for side in ("user_factors", "item_factors"):
-        a, b = ({r[0]: np.r_[r.features, r.bias] for r in getattr(x, side).collect()} for x in (in_task, from_spark))
+        a, b = ({r[0]: np.r_[r.features, r.bias] for r in getattr(x, side).collect()} for x in (in_task, given))
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_allclose(a[key], b[key], rtol=1e-8, atol=1e-8)

@@ -90,7 +90,6 @@ def fit_auto_in_one_task(
     began: float,
     on_iteration: Callable[[FitRecord], dict] | None = None,
     global_mean: float | None = None,
-    spread: float | None = None,
 ) -> FitRecord:
     """regParam = "auto" on mse data one task fits: the λ and rank search and the fit at its
     choice in one Spark job (train/search_task.py), the fit started from the search's params
@@ -101,12 +100,11 @@ def fit_auto_in_one_task(
 
     What target_stats would take in Spark jobs the task takes from the rows it holds: the
     weighted mean rating g unless global_mean gives it, m under meanPrior = "auto", and the
-    targets' spread s (regUnits = "spread") unless spread gives it."""
+    targets' spread s, which under regUnits = "spread" is the search's unit (a fixed λ is
+    converted to ALS's units with it there, and the initial factors scaled)."""
     in_spread = settings.regUnits == "spread"
-    if spread is not None and settings.regParam != AUTO:  # a fixed λ in ALS's units, as on every path
-        settings = settings.in_als_units(spread)
-    unit = spread if settings.regUnits == "spread" else 1.0  # None: the task takes it (and scales the init)
-    at = search_settings(settings, 1.0 if unit is None else unit)
+    unit = None if in_spread else 1.0  # None: the task's s
+    at = search_settings(settings, 1.0)
     fraction = search_fraction(num_ratings, SEARCH_RATINGS)
     plan = dataclasses.replace(search_plan(settings, unit, global_mean), sample=fraction)
     with phase(train_ratings.sparkSession, "one-task"):
@@ -117,7 +115,7 @@ def fit_auto_in_one_task(
     found, targets = record.pop("search"), record.pop("targets")
     if settings.meanPrior == AUTO:
         log.info("automatic m: the item means shrunk by %.4g pseudo-ratings", targets["mean_prior"])
-    spread = targets["spread"] if spread is None else spread
+    spread = targets["spread"]
     settings = settings.replace(meanPrior=targets["mean_prior"])
     if settings.regParam != AUTO:  # the task fitted a fixed λ in ALS's units, as every path does
         settings = settings.in_als_units(spread)

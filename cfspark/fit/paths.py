@@ -95,6 +95,8 @@ def _fit_ratings(
     # holds. A caller's settle is the blockwise fit's: a fit in one task stops on its own rule
     # (train/search_task.py).
     searched = settings.loss == "mse" and AUTO in (settings.regParam, settings.biasReg)
+    if searched and num_ratings is None:  # the count chooses the path
+        num_ratings = train_ratings.count()
     if searched and runs_in_one_task(settings, num_ratings):
         return fit_auto_in_one_task(settings, train_ratings, num_ratings, began=began, on_iteration=on_iteration,
                                     global_mean=global_mean)  # fmt: skip
@@ -109,9 +111,6 @@ def _fit_ratings(
         if settings.meanPrior == AUTO:
             log.info("automatic m: the item means shrunk by %.4g pseudo-ratings", stats.mean_prior)
         settings = settings.replace(meanPrior=stats.mean_prior)
-        if searched and runs_in_one_task(settings, num_ratings):  # the count was not known before
-            return fit_auto_in_one_task(settings, train_ratings, num_ratings, began=began, on_iteration=on_iteration,
-                                        global_mean=global_mean, spread=stats.spread)  # fmt: skip
         if spread is not None and settings.regParam != AUTO:
             settings = settings.in_als_units(spread)
     if settings.regParam == AUTO:
