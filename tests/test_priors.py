@@ -93,12 +93,12 @@ def test_the_tasks_target_statistics_equal_sparks(spark, weighted):
     df = df if weighted else df.drop("weight")
     stats = target_stats(CollaborativeFilter().fit_settings(), df)
     dense = np.unique(item, return_inverse=True)[1]
-    g, m, spread = target_moments(dense, y, a, int(dense.max()) + 1, prior=None, global_mean=None)
+    g, m, spread, *_ = target_moments(dense, y, a, int(dense.max()) + 1, prior=None, global_mean=None)
     assert 0 < m < 100 and spread > 1
     assert (g, m) == (pytest.approx(stats.global_mean, rel=1e-12), stats.mean_prior)
     assert spread == pytest.approx(stats.spread, rel=1e-11)
     # Given, g and m are kept; at m = 0 the targets are y less each item's own weighted mean.
-    g2, m2, spread2 = target_moments(dense, y, a, int(dense.max()) + 1, prior=0.0, global_mean=0.0)
+    g2, m2, spread2, *_ = target_moments(dense, y, a, int(dense.max()) + 1, prior=0.0, global_mean=0.0)
     w = np.ones(3000) if a is None else a
     own = np.bincount(dense, w * y) / np.bincount(dense, w)
     assert (g2, m2) == (0.0, 0.0) and spread2 == pytest.approx(math.sqrt(np.average((y - own[dense]) ** 2, weights=w)))

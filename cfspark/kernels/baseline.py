@@ -8,6 +8,7 @@ spent on a fold's aggregation.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,18 +39,27 @@ def spread_of(mean_square: float) -> float:
     return s if s > 0 else 1.0
 
 
+class TargetMoments(NamedTuple):
+    global_mean: float  # g
+    prior: float  # m
+    spread: float  # s
+    means: np.ndarray  # μ_i per local item
+    counts: np.ndarray  # the rows per local item
+
+
 def target_moments(
     item: np.ndarray, rating: np.ndarray, weight: np.ndarray | None, n_items: int, *,
     prior: float | None, global_mean: float | None,
-) -> tuple[float, float, float]:  # fmt: skip
-    """(g, m, s) of every row, as fit/targets.py's target_stats takes them in Spark: the
+) -> TargetMoments:  # fmt: skip
+    """g, m and s of every row, as fit/targets.py's target_stats takes them in Spark: the
     weighted mean rating g and the item means' prior count m (kernels/priors.py) where not
-    given, and the spread s of the targets y − μ_i (spread_of), μ_i shrunk by m towards g.
-    A one-task fit takes them from the rows it holds, saving the Spark jobs that would."""
+    given, and the spread s of the targets y − μ_i (spread_of), μ_i shrunk by m towards g;
+    with those μ_i and counts (shrunk_means'), which the fit's targets are. A one-task fit
+    takes them from the rows it holds, saving the Spark jobs that would."""
     a = np.ones(len(rating)) if weight is None else weight
     mass = float(a.sum())
     g = float(np.dot(a, rating) / mass) if global_mean is None else global_mean
     m = prior_from_rows(item, rating, weight, n_items) if prior is None else prior
-    means, _ = shrunk_means(item, rating, weight, n_items, prior=m, global_mean=g)
+    means, counts = shrunk_means(item, rating, weight, n_items, prior=m, global_mean=g)
     centred = rating - means[item]
-    return g, m, spread_of(float(np.dot(a * centred, centred) / mass))
+    return TargetMoments(g, m, spread_of(float(np.dot(a * centred, centred) / mass)), means, counts)

@@ -455,23 +455,24 @@ def _checked_input(table: pa.Table, plan: SearchPlan, *, item_stats: bool = Fals
 
 
 def _with_targets(rows: _Rows, plan: SearchPlan, cfgs: tuple[StepConfig, StepConfig]):
-    """(plan, cfgs, targets) with what plan leaves open taken from every row (mse): the global
+    """(plan, cfgs, targets, item means) with what plan leaves open taken from every row (mse): the global
     mean g and the prior count m of centre, and the spread s where unit is None, which is then
     the unit and scales the initial factors' spread by √s (fit/reg_search.py's search_settings);
     a fixed λ is then λ·s at unit 1, in ALS's units as fit/settings.py's in_als_units makes it
     on every path. targets holds (g, m, s) for the fit's record, which then needs no Spark job
-    to take them from the ratings."""
+    to take them from the ratings; the item means are every row's (means, counts) at (m, g), by
+    Arrow dictionary code: the fit's baseline."""
     prior, glob = plan.centre
     items, code, _ = rows.codes[ITEM]
     rating, weight = rows.values[TARGET], rows.values[WEIGHT]
-    g, m, s = target_moments(code, rating, weight, len(items.dictionary), prior=prior, global_mean=glob)
+    g, m, s, *item_means = target_moments(code, rating, weight, len(items.dictionary), prior=prior, global_mean=glob)
     targets = {"global_mean": g, "mean_prior": m, "spread": s}
     plan = dataclasses.replace(plan, centre=(m, g))
     if plan.unit is None:
         cfgs = tuple(dataclasses.replace(cfg, init_scale=cfg.init_scale * math.sqrt(s)) for cfg in cfgs)
         fixed = {"start": tuple(reg * s for reg in plan.start), "unit": 1.0}
         plan = dataclasses.replace(plan, **(fixed if plan.fixed else {"unit": s}))
-    return plan, cfgs, targets
+    return plan, cfgs, targets, item_means
 
 
 def _every_key(table: pa.Table, codes: dict) -> dict:
@@ -585,7 +586,7 @@ def _search_and_fit_body(given_user: StepConfig, given_item: StepConfig, given: 
         began = time.perf_counter()
         table = pa.Table.from_batches(batches)
         rows = _read_rows(table)
-        plan, (user_cfg, item_cfg), targets = _with_targets(rows, given, (given_user, given_item))
+        plan, (user_cfg, item_cfg), targets, (means, counts) = _with_targets(rows, given, (given_user, given_item))
         (fit, held, user_keys, item_keys, codes, (rating, weight)), refused = _checked_input(
             table, plan, item_stats=True, rows=rows
         )
@@ -607,8 +608,6 @@ def _search_and_fit_body(given_user: StepConfig, given_item: StepConfig, given: 
         keys = _every_key(table, codes)
         start = start_from_search(params, (codes[USER][2], codes[ITEM][2]), (keys[USER], keys[ITEM]), (ucfg, icfg))
         user_code, item_code = codes[USER][1], codes[ITEM][1]
-        prior, glob = plan.centre
-        means, counts = shrunk_means(item_code, rating, weight, len(keys[ITEM]), prior=prior, global_mean=glob)
         # The chosen λ's last point at the kept rank (the sample's own λ, if carried over): its
         # validation RMSE bounds the fit's settle move.
         scored = found.get("sample_reg", found["reg"])
