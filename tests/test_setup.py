@@ -700,6 +700,28 @@ def test_users_none_of_whom_can_be_heavy_are_hashed_without_counting_and_heavy_o
     blocks.unpersist(), stats.unpersist(), heavy.unpersist()
 
 
+def test_the_chunking_job_fills_its_cache_and_sums_the_chunks_sizes(spark, planted):
+    """The one job that cuts the ratings into chunks and caches them also returns each (side,
+    block)'s summed ratings and bound, which placing the users by hashing reads: the sums of
+    the cached chunks' own cells, and every rating counted once on each side."""
+    from cfspark.blocks import build
+
+    df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
+    prepared = prepare(CollaborativeFilter(**PARAMS).fit_settings(), df)
+    targets = prepared.targets.cache()  # the item means' broadcast is a job of its own: taken here
+    targets.count()
+    dtypes = {name: targets.schema[name].dataType for name in ("user", "item")}
+    rules = {"user": (3, 7, None), "item": (2, 8, None)}
+    (chunks, sizes), jobs = jobs_of(spark, lambda: build._chunk(targets, dtypes, rules, prepared.carries))
+    assert jobs == 1 and chunks.is_cached
+    got = {(r["side"], r["block"]): (r["load"], r["bound"]) for r in sizes}
+    cells = chunks.groupBy("side", "block").agg(F.sum("ratings"), F.sum("most")).collect()
+    assert got == {(r[0], r[1]): (r[2], r[3]) for r in cells}
+    assert {s: sum(v[0] for k, v in got.items() if k[0] == s) for s in (0, 1)} == {0: df.count(), 1: df.count()}
+    assert {k[1] for k in got if k[0] == 0} <= {0, 1, 2} and {k[1] for k in got if k[0] == 1} <= {0, 1}
+    chunks.unpersist(), targets.unpersist(), prepared.item_stats.unpersist()
+
+
 def test_hashed_placement_stands_only_where_no_entity_can_be_heavy_and_no_block_is_over_the_limit():
     # 8M ratings in 4 blocks: heavy means over 0.1 % of a mean block's 2M, 2,000 ratings.
     loads, total = np.array([2_000_000, 2_100_000, 1_900_000, 2_000_000]), 8_000_000
