@@ -78,15 +78,16 @@ def test_the_als_comparison_ships_als_own_block_count():
 def test_block_counts_follow_the_data_size():
     from cfspark.fit.blockwise import blocks_for
 
-    cap = 10_000_000  # maxBlockRatings' default
+    cap = 16_000_000  # maxBlockRatings' default
+    assert CollaborativeFilter().getMaxBlockRatings() == load_defaults()["model"]["max_block_ratings"] == cap
     # 2 slots (local[2]): the fewest even count whose blocks hold at most the cap.
-    sizes = (0, 1_000, 6_000_001, 20_000_000, 20_000_001, 22_080_000)
-    assert [blocks_for(n, 2, cap) for n in sizes] == [2, 2, 2, 2, 4, 4]
+    sizes = (0, 1_000, 6_000_001, 22_080_000, 32_000_000, 32_000_001)
+    assert [blocks_for(n, 2, cap) for n in sizes] == [2, 2, 2, 2, 2, 4]
     # More slots than the data fills at MIN_BLOCK_RATINGS a block: one block per million ratings.
-    assert [blocks_for(n, 16, cap) for n in (5_500_000, 16_000_000, 22_080_000, 170_000_000)] == [5, 16, 16, 32]
-    assert blocks_for(35_000_000, 3, cap) == 6  # 4 would hold them: the next multiple of 3
+    assert [blocks_for(n, 16, cap) for n in (5_500_000, 16_000_000, 22_080_000, 300_000_000)] == [5, 16, 16, 32]
+    assert blocks_for(49_000_000, 3, cap) == 6  # 4 would hold them: the next multiple of 3
     # At most 64: past that, placement splits a side's blocks for maxBlockRatings itself.
-    assert blocks_for(10**9, 3, cap) == 64 and blocks_for(10**9, 2, 10**9) == 2
+    assert blocks_for(2 * 10**9, 3, cap) == 64 and blocks_for(10**9, 2, 10**9) == 2
     assert load_defaults()["model"]["num_user_blocks"] == 0  # 0 = derived from the data
 
 

@@ -330,7 +330,7 @@ def build_blocks(
     num_user_blocks: int,
     num_item_blocks: int,
     seed: int,
-    max_block_ratings: int = 10_000_000,
+    max_block_ratings: int = 16_000_000,
     num_ratings: int | None = None,
     label_counts: bool = False,
     carries: tuple[str, ...] = (OFFSET, WEIGHT),

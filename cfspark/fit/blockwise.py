@@ -43,9 +43,10 @@ def blocks_for(num_ratings: int, slots: int, max_block_ratings: int) -> int:
     most max_block_ratings, so that every wave of a half-step's tasks fills the cores and no
     more blocks than memory needs send each factor vector to more of them; but no block below
     MIN_BLOCK_RATINGS where the slots outnumber those (a task's fixed cost would outweigh its
-    work). On 2 cores an iteration of 4 + 4 blocks took about 0.9 × the time of 8 + 8 at 22M
-    training ratings, and one of 2 + 2 0.42 × that of 16 + 16 at 4M (docs/benchmarks.md
-    "Blocks sized to the task slots", "Scaling at 1M, 5M and 27.6M ratings, quiet")."""
+    work). On 2 cores an iteration at 22M training ratings took about 0.85 × the time with 2 + 2
+    blocks as with 4 + 4, and 0.9 × with 4 + 4 as with 8 + 8; at 4M one of 2 + 2 took 0.42 × that
+    of 16 + 16 (docs/benchmarks.md "One wave of blocks at 27.6M", "Blocks sized to the task
+    slots", "Scaling at 1M, 5M and 27.6M ratings, quiet")."""
     memory = math.ceil(num_ratings / max_block_ratings)  # the fewest blocks that hold every rating
     waves = slots * math.ceil(memory / slots)
     return min(MAX_AUTO_BLOCKS, max(MIN_AUTO_BLOCKS, memory, min(waves, num_ratings // MIN_BLOCK_RATINGS)))
