@@ -701,9 +701,9 @@ def test_users_none_of_whom_can_be_heavy_are_hashed_without_counting_and_heavy_o
 
 
 def test_the_chunking_job_fills_its_cache_and_sums_the_chunks_sizes(spark, planted):
-    """The one job that cuts the ratings into chunks and caches them also returns each (side,
-    block)'s summed ratings and bound, which placing the users by hashing reads: the sums of
-    the cached chunks' own cells, and every rating counted once on each side."""
+    """The one job that cuts the ratings into chunks and caches them also returns every chunk's
+    sizes, which placing the users by hashing sums per block: the cached chunks' own, and
+    every rating counted once on each side."""
     from cfspark.blocks import build
 
     df = spark.createDataFrame(planted.rows(), "user long, item long, rating double")
@@ -714,11 +714,17 @@ def test_the_chunking_job_fills_its_cache_and_sums_the_chunks_sizes(spark, plant
     rules = {"user": (3, 7, None), "item": (2, 8, None)}
     (chunks, sizes), jobs = jobs_of(spark, lambda: build._chunk(targets, dtypes, rules, prepared.carries))
     assert jobs == 1 and chunks.is_cached
-    got = {(r["side"], r["block"]): (r["load"], r["bound"]) for r in sizes}
-    cells = chunks.groupBy("side", "block").agg(F.sum("ratings"), F.sum("most")).collect()
-    assert got == {(r[0], r[1]): (r[2], r[3]) for r in cells}
-    assert {s: sum(v[0] for k, v in got.items() if k[0] == s) for s in (0, 1)} == {0: df.count(), 1: df.count()}
-    assert {k[1] for k in got if k[0] == 0} <= {0, 1, 2} and {k[1] for k in got if k[0] == 1} <= {0, 1}
+    cells = chunks.select("side", "block", "ratings", "most").collect()
+    assert sorted(zip(*sizes.to_pydict().values(), strict=True)) == sorted(map(tuple, cells))
+    for side, blocks in ((0, 3), (1, 2)):
+        # A total this large puts the heavy threshold above any bound: hashing places them all.
+        placed = build._placed_by_hashing(sizes, side, "user", blocks, 10**10, 10**9)
+        mine = [r for r in cells if r.side == side]
+        loads = [sum(r.ratings for r in mine if r.block == b) for b in range(blocks)]
+        np.testing.assert_array_equal(placed.loads, loads)
+        assert sum(loads) == df.count() and placed.heaviest == max(
+            sum(r.most for r in mine if r.block == b) for b in range(blocks)
+        )
     chunks.unpersist(), targets.unpersist(), prepared.item_stats.unpersist()
 
 
