@@ -465,14 +465,15 @@ def _with_targets(rows: _Rows, plan: SearchPlan, cfgs: tuple[StepConfig, StepCon
     prior, glob = plan.centre
     items, code, _ = rows.codes[ITEM]
     rating, weight = rows.values[TARGET], rows.values[WEIGHT]
-    g, m, s, *item_means = target_moments(code, rating, weight, len(items.dictionary), prior=prior, global_mean=glob)
+    moments = target_moments(code, rating, weight, len(items.dictionary), prior=prior, global_mean=glob)
+    g, m, s = moments.global_mean, moments.prior, moments.spread
     targets = {"global_mean": g, "mean_prior": m, "spread": s}
     plan = dataclasses.replace(plan, centre=(m, g))
     if plan.unit is None:
         cfgs = tuple(dataclasses.replace(cfg, init_scale=cfg.init_scale * math.sqrt(s)) for cfg in cfgs)
         fixed = {"start": tuple(reg * s for reg in plan.start), "unit": 1.0}
         plan = dataclasses.replace(plan, **(fixed if plan.fixed else {"unit": s}))
-    return plan, cfgs, targets, item_means
+    return plan, cfgs, targets, (moments.means, moments.counts)
 
 
 def _every_key(table: pa.Table, codes: dict) -> dict:
