@@ -54,11 +54,14 @@ def exposure_settings(settings: FitSettings) -> FitSettings:
 
 def fresh_draws(part: FitSettings, settings: FitSettings) -> FitSettings:
     """The exposure part with K = exposureNegatives fresh 0-labels per labelled pair in each
-    half-step. Its item term is the learnt item bias c_i: an offset from the items' rates
-    would need the 0-labels counted before the fit, which are never materialised."""
+    half-step, fewer in its first exposureCoarseIterations from the hashed init (a warm start
+    begins near its optimum: none there). Its item term is the learnt item bias c_i: an offset
+    from the items' rates would need the 0-labels counted before the fit, which are never
+    materialised."""
+    coarse = settings.exposureCoarseIterations if part.initialModel is None else 0
     draws = Draws(
         per_label=settings.exposureNegatives, weight=settings.negativeWeight, sampling=settings.negativeSampling,
-        seed=settings.seed,
+        seed=settings.seed, coarse=coarse,
     )  # fmt: skip
     return part.replace(draws=draws, itemOffset=False, itemBias=True)
 

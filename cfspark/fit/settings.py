@@ -83,6 +83,7 @@ class FitSettings:
     exposure: bool
     exposureRegParam: float
     exposureNegatives: int
+    exposureCoarseIterations: int
     negativeWeight: float
     negativeSampling: str
     implicit: str

@@ -112,6 +112,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         exposure: bool = DEFAULTS["exposure"],
         exposureRegParam: float = DEFAULTS["exposureRegParam"],
         exposureNegatives: int = DEFAULTS["exposureNegatives"],
+        exposureCoarseIterations: int = DEFAULTS["exposureCoarseIterations"],
         negativeWeight: float = DEFAULTS["negativeWeight"],
         negativeSampling: str = DEFAULTS["negativeSampling"],
         outputStyle: str = DEFAULTS["outputStyle"],
@@ -239,6 +240,9 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
 
     def setExposureNegatives(self, value: int) -> CollaborativeFilter:
         return self._set(exposureNegatives=value)
+
+    def setExposureCoarseIterations(self, value: int) -> CollaborativeFilter:
+        return self._set(exposureCoarseIterations=value)
 
     def setNegativeWeight(self, value: float) -> CollaborativeFilter:
         return self._set(negativeWeight=value)

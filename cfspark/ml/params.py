@@ -162,6 +162,7 @@ DEFAULTS: dict[str, Any] = dict(
     exposure=True,
     exposureRegParam=0.01,
     exposureNegatives=32,
+    exposureCoarseIterations=2,
     negativeWeight=0.5,
     negativeSampling="sqrt",
     outputStyle="cfspark",
@@ -336,6 +337,11 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
         "exposureNegatives",
         "exposure: unlabelled items sampled per labelled pair, as not exposed",
         _number(1, integer=True),
+    )
+    exposureCoarseIterations = _param(
+        "exposureCoarseIterations",
+        "exposure: first iterations from the hashed init that draw a quarter of exposureNegatives, each 4 × weighted",
+        _number(0, integer=True),
     )
     negativeWeight = _param(
         "negativeWeight",

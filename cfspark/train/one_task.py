@@ -38,7 +38,7 @@ from cfspark.kernels.layout import bias_col
 from cfspark.kernels.order import stable_order
 from cfspark.kernels.repeats import repeats
 from cfspark.train.history import HalfStep, converged, history_entry, reached_max_iter
-from cfspark.train.sampled import at_iteration, draws_ahead
+from cfspark.train.sampled import at_iteration, coarse_iterations, draws_ahead
 from cfspark.train.step import StepConfig, solve_rows
 from cfspark.train.trainer import checkpoint_level
 
@@ -130,6 +130,7 @@ def fit_arrays(
     tiled: tuple[dict, dict] = ({}, {})  # each side's ratings, tiled once for every half-step (step.solve_rows)
     history: list[dict] = []
     stop_reason = reached_max_iter(max_iter)
+    coarse = coarse_iterations(user_cfg, item_cfg)
     began = time.perf_counter()
     try:
         for iteration in range(1, max_iter + 1):
@@ -154,7 +155,7 @@ def fit_arrays(
                 stop_reason = f"diverged: the training loss is {entry['train_loss']} at iteration {iteration}"
                 break
             if settle is None:
-                reason = converged(history, tol)
+                reason = converged(history[coarse:], tol)
             else:
                 last, scores = scores, predictions(users, items, user_local, item_local)
                 moved = float(np.sqrt(np.mean((scores - last) ** 2)))

@@ -48,7 +48,7 @@ from cfspark.train.all_items import gram_messages
 from cfspark.train.arrow_bodies import MISS, OUT_SCHEMA, STATE, init_blocks, step_blocks, step_cached
 from cfspark.train.checkpoint import Checkpointer
 from cfspark.train.history import HalfStep, converged, diverged, history_entry, reached_max_iter
-from cfspark.train.sampled import at_iteration
+from cfspark.train.sampled import at_iteration, coarse_iterations
 from cfspark.train.step import StepConfig
 
 log = logging.getLogger("cfspark")
@@ -250,6 +250,7 @@ def train(
     setup = time.perf_counter() - began
 
     stop_reason = reached_max_iter(max_iter)
+    coarse = coarse_iterations(user_cfg, item_cfg)
     for iteration in range(start + 1, max_iter + 1):
         step_began = time.perf_counter()
         with phase(spark, "user-steps"):
@@ -279,7 +280,7 @@ def train(
             raise diverged(entry["train_loss"], iteration)
         # The settle bound adds up both half-steps' moves, which overstates the iteration's move
         # while the factors drift along W → WA, X → XA⁻ᵀ; tol still ends such a fit.
-        reason = (settle_at and settled(entry, users, items, *settle_at)) or converged(history, tol)
+        reason = (settle_at and settled(entry, users, items, *settle_at)) or converged(history[coarse:], tol)
         if reason:
             stop_reason = reason
         if reason or iteration == max_iter:
