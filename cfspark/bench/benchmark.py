@@ -163,30 +163,34 @@ def run_benchmark(spark: SparkSession, cfg: Config, *, als_curve_iters: list[int
 
 
 def ratio_table(record: dict) -> str:
-    """The Markdown table of one benchmark record: cfspark beside ALS, and their ratio."""
+    """The Markdown table of one benchmark record: cfspark beside ALS, and their ratio; for
+    bce beside explicit ALS on the labels and implicit ALS on the positives, each with its ratio."""
     loss, c = record["loss"], record["cfspark"]
-    als = record["als"] if loss == "mse" else record["als"]["explicit"]
+    if loss == "mse":
+        sides = [("Spark ALS", record["als"])]
+    else:
+        sides = [(f"Spark ALS {kind}", record["als"][kind]) for kind in ("explicit", "implicit") if record["als"][kind]]
     rows = (
         [("rmse", "test RMSE"), ("mae", "test MAE")]
         if loss == "mse"
         else [("logloss", "test logloss"), ("auc", "test AUC")]
     )
     rows += [("precision_at_k", "P@10"), ("ndcg_at_k", "NDCG@10"), ("map_at_k", "MAP@10")]
-    lines = ["| metric | cfspark | Spark ALS | cfspark / ALS |", "| --- | --- | --- | --- |"]
+    rows += [("fit_seconds", "fit seconds"), ("recommend_all_seconds", "top-10 for all users, seconds")]
+    header = "| metric | cfspark |" + "".join(f" {name} | cfspark / {name[len('Spark '):]} |" for name, _ in sides)
+    lines = [header, "|" + " --- |" * (2 + 2 * len(sides))]
 
-    def fmt(x):
-        return "n/a" if x is None else f"{x:.4f}"
+    def fmt(x, digits):
+        return "n/a" if x is None else f"{x:.{digits}f}"
 
     for key, label in rows:
-        a, b = c["test"].get(key), als["test"].get(key)
-        ratio = "n/a" if a is None or not b else f"{a / b:.3f}"
-        lines.append(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio} |")
-    for key, label, als_key in [
-        ("fit_seconds", "fit seconds", "fit_seconds"),
-        ("recommend_all_seconds", "top-10 for all users, seconds", "recommend_all_seconds"),
-    ]:
-        a, b = c[key], als.get(als_key)
-        lines.append(f"| {label} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+        seconds = key.endswith("seconds")
+        a = c[key] if seconds else c["test"].get(key)
+        cells = [fmt(a, 1 if seconds else 4)]
+        for _, side in sides:
+            b = side.get(key) if seconds else side["test"].get(key)
+            cells += [fmt(b, 1 if seconds else 4), "n/a" if a is None or not b else f"{a / b:.{2 if seconds else 3}f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

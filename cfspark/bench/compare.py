@@ -76,7 +76,8 @@ def compare_als(
 ) -> dict:
     """mse: ALS over reg_grid, the best on test RMSE. bce: explicit ALS on the labels over
     reg_grid, the best on test AUC, and implicit ALS on the positives over reg_grid × alpha_grid,
-    the best on test NDCG@k (on test AUC when relevant is None).
+    the best on test NDCG@k (on test AUC when relevant is None); an empty alpha_grid leaves
+    implicit ALS out (its entry None).
     relevant None skips the ranking metrics; time_recommend times ALS's own
     recommendForAllUsers(k) for the best explicit model (which does not exclude anything).
     num_blocks is ALS's numUserBlocks and numItemBlocks (None: ALS's own default, which the
@@ -147,6 +148,8 @@ def compare_als(
             explicit["recommend_all_seconds"] = round(time.perf_counter() - began, 3)
         if loss == "mse":
             return explicit
+        if not alpha_grid:
+            return {"explicit": explicit, "implicit": None}
 
         positives = train_ids.filter(F.col(RATING) == 1.0)
         implicit_runs, implicit_models = [], {}
