@@ -39,6 +39,21 @@ def test_a_coarse_iteration_draws_a_quarter_of_the_zeros_at_the_same_total_weigh
         np.testing.assert_allclose(per_row_weight, per_label * 0.5 * counts, rtol=1e-14)
 
 
+def test_a_row_short_of_unlabelled_items_takes_them_all_at_its_iterations_weight():
+    """20 items named in the block; the row of 5 labels would draw 40 (coarse) or 160 (after),
+    and takes its 15 unlabelled items either way, at 4w in a coarse iteration and at w after."""
+    row_ptr = np.array([0, 5, 25])
+    cols = np.r_[np.arange(5), np.arange(20)]  # row 1 names all 20 items: none left for it to draw
+    cfg = StepConfig(side="user", rank=2, loss="bce", reg=0.1,
+                     draws=Draws(per_label=32, weight=0.5, sampling="uniform", seed=2, coarse=1))  # fmt: skip
+    for iteration, weight in ((1, 2.0), (2, 0.5)):
+        ptr, drawn_cols, y, _, w = with_negatives(at_iteration(cfg, iteration).draws, row_ptr, cols,
+                                                  np.ones(25), None, None, np.array([11, 12]), 20, "user")  # fmt: skip
+        zeros = np.flatnonzero(y == 0)
+        assert sorted(drawn_cols[zeros].tolist()) == list(range(5, 20)) and ptr[-1] == 25 + 15
+        np.testing.assert_array_equal(w[zeros], weight)
+
+
 def test_without_coarse_iterations_every_iteration_draws_k():
     cfg = StepConfig(side="item", rank=2, loss="bce", reg=0.1, draws=Draws(per_label=32, weight=0.5,
                                                                             sampling="sqrt", seed=2))  # fmt: skip

@@ -51,7 +51,9 @@ class Draws:
     # replacement and dropping repeats, which leaves a heavy row far fewer (docs/binary-labels.md).
     replace: bool = False
     # The loop's first `coarse` iterations draw COARSE_SHARE times fewer 0-labels, each weighing as
-    # many times more (at_iteration): the 0-labels still weigh K·w per labelled pair in all.
+    # many times more (at_iteration): a row's 0-labels still weigh K·w per labelled pair in all,
+    # except a row with fewer unlabelled items than it would draw, which takes them all at the
+    # heavier weight (at w in the later iterations). Those iterations only start the fit.
     coarse: int = 0
 
 
@@ -164,8 +166,8 @@ def with_negatives(
 
 def at_iteration(cfg: StepConfigLike, iteration: int) -> StepConfigLike:
     """cfg for one iteration's half-step (1 the first): its draws, if it has any, for that
-    iteration; within the first draws.coarse, K // COARSE_SHARE draws (at least one) whose
-    weight keeps K·w, the draws' total weight per labelled pair."""
+    iteration; within the first draws.coarse, K // COARSE_SHARE draws per labelled pair (at
+    least one) at the weight that keeps their total K·w."""
     draws = getattr(cfg, "draws", None)
     if draws is None:
         return cfg
