@@ -167,9 +167,9 @@ def ratio_table(record: dict) -> str:
     bce beside explicit ALS on the labels and implicit ALS on the positives, each with its ratio."""
     loss, c = record["loss"], record["cfspark"]
     if loss == "mse":
-        sides = [("Spark ALS", record["als"])]
+        sides = [("ALS", record["als"])]
     else:
-        sides = [(f"Spark ALS {kind}", record["als"][kind]) for kind in ("explicit", "implicit") if record["als"][kind]]
+        sides = [(f"ALS {kind}", record["als"][kind]) for kind in ("explicit", "implicit") if record["als"][kind]]
     rows = (
         [("rmse", "test RMSE"), ("mae", "test MAE")]
         if loss == "mse"
@@ -177,7 +177,7 @@ def ratio_table(record: dict) -> str:
     )
     rows += [("precision_at_k", "P@10"), ("ndcg_at_k", "NDCG@10"), ("map_at_k", "MAP@10")]
     rows += [("fit_seconds", "fit seconds"), ("recommend_all_seconds", "top-10 for all users, seconds")]
-    header = "| metric | cfspark |" + "".join(f" {name} | cfspark / {name[len('Spark '):]} |" for name, _ in sides)
+    header = "| metric | cfspark |" + "".join(f" Spark {name} | cfspark / {name} |" for name, _ in sides)
     lines = [header, "|" + " --- |" * (2 + 2 * len(sides))]
 
     def fmt(x, digits):
