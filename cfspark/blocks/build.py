@@ -245,6 +245,9 @@ def _with_labels(inblocks: DataFrame, other: DataFrame, num_blocks: int) -> Data
 
 
 _TOTALS_SCHEMA = "labels double, sqrt_labels double, entities double"
+# The most training ratings a block holds unless one entity has more (the maxBlockRatings Param's
+# default, which the shipped defaults document).
+MAX_BLOCK_RATINGS = 16_000_000
 
 
 def _totals(batches):
@@ -334,7 +337,7 @@ def build_blocks(
     num_user_blocks: int,
     num_item_blocks: int,
     seed: int,
-    max_block_ratings: int = 16_000_000,
+    max_block_ratings: int = MAX_BLOCK_RATINGS,
     num_ratings: int | None = None,
     label_counts: bool = False,
     carries: tuple[str, ...] = (OFFSET, WEIGHT),

@@ -31,6 +31,7 @@ from pyspark.ml.param.shared import (
     HasTol,
 )
 
+from cfspark.blocks.build import MAX_BLOCK_RATINGS
 from cfspark.data.weights import WEIGHT_MAPPINGS
 from cfspark.fit.settings import AUTO
 from cfspark.kernels.losses import LOSSES
@@ -142,7 +143,7 @@ DEFAULTS: dict[str, Any] = dict(
     innerSteps=1,
     numUserBlocks=0,
     numItemBlocks=0,
-    maxBlockRatings=16_000_000,
+    maxBlockRatings=MAX_BLOCK_RATINGS,
     float32=False,
     seed=7,
     initScale=0.1,
