@@ -5,19 +5,25 @@ when a fit ends."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from planted import planted_ratings
 from pyspark.sql import functions as F
 
 from cfspark import CollaborativeFilter
 from cfspark.blocks import cache, files
-from cfspark.blocks.cache import CacheKey, release_workers
+from cfspark.blocks.cache import START_COLUMNS, CacheKey, release_workers
+from cfspark.blocks.partitioning import PART
+from cfspark.fit.blockwise import setup
 from cfspark.kernels.block import SMALL_GEMM, TILE, TiledRatings, Tiling
 from cfspark.kernels.layout import width
+from cfspark.train.arrow_bodies import OUT_SCHEMA, init_blocks
 from cfspark.train.step import StepConfig, solve_rows
+from cfspark.train.trainer import cache_keys, start_of, train
 
 PARAMS = dict(rank=3, maxIter=3, tol=0.0, seed=11, regParam=0.05, numUserBlocks=3, numItemBlocks=2)
 HALF_STEP_TASKS = (3 + 2) * 3  # one per block of each side and iteration
@@ -371,3 +377,122 @@ def test_a_key_folder_removed_by_another_worker_meanwhile_is_not_an_error(tmp_pa
     monkeypatch.undo()
     monkeypatch.setenv("CFSPARK_BLOCK_DIR", str(tmp_path))
     assert files.remove("k") == 1 and files.usage("k") == (0, 0)
+
+
+def _block_files(spark, key: str) -> set[tuple[int, int]]:
+    """(files, bytes) of one Blocks key's block files, as each of a few small tasks finds them
+    (local mode: one executor, so one directory, whichever worker runs the task)."""
+
+    def body(batches):
+        for _ in batches:
+            pass
+        found, size = files.usage(key)
+        yield pa.RecordBatch.from_pylist([{"files": found, "bytes": size}])
+
+    return {(r.files, r.bytes) for r in spark.range(0, 4, 1, 4).mapInArrow(body, "files long, bytes long").collect()}
+
+
+@pytest.fixture(scope="module")
+def planted_df(spark):
+    p = planted_ratings(n_users=200, n_items=120, rank=3, density=0.2, noise=0.5, seed=2)
+    df = spark.createDataFrame(p.rows(), "user long, item long, rating double").cache()
+    yield df
+    df.unpersist()
+
+
+def _states(tables) -> list:
+    return [sorted((r.dest, r.src, bytes(r.params)) for r in t.select("dest", "src", "params").collect())
+            for t in tables]  # fmt: skip
+
+
+def test_setup_keeps_every_block_it_packs_and_a_start_reads_only_their_ids_keys_and_outblocks(spark, planted_df):
+    """The pack job's workers keep the blocks they pack (a file each, before any start), so the
+    start reads the InBlocks' small columns, never their ratings, and starts the same rows from
+    the same values as a start over the whole InBlocks; the files go with the blocks."""
+    settings = CollaborativeFilter(biasReg=5.0, **PARAMS).fit_settings()
+    blocks, stats, _ = setup(settings, planted_df)
+    keys = cache_keys(blocks)
+    assert blocks.kept == keys and keys["user"].mode == "on"
+    ((count, size),) = _block_files(spark, blocks.key)
+    assert count == 3 + 2 and size > 0  # every block of both sides, before anything reads them
+    view = blocks.kept_view("item", keys["item"])
+    assert view.columns == [*START_COLUMNS, PART] and "cols" not in view.columns and "y" not in view.columns
+    assert blocks.kept_view("item", None) is None  # a cache off since setup: the whole InBlocks
+    cfgs = {s: settings.step_config(s) for s in ("user", "item")}
+    slim = _states([start_of(blocks, s, cfgs[s], keys) for s in ("user", "item")])
+    whole = _states([blocks.inblocks(s).mapInArrow(init_blocks(cfgs[s], send=s == "item"), OUT_SCHEMA)
+                     for s in ("user", "item")])  # fmt: skip
+    assert slim == whole and len(slim[0]) == 3 and len(slim[1]) > 2  # the items' messages too
+    blocks.unpersist(), stats.unpersist()
+    assert _block_files(spark, blocks.key) == {(0, 0)}
+
+
+@pytest.mark.slow
+def test_blocks_whose_files_are_gone_after_setup_fall_back_to_their_inblocks_and_the_same_factors(spark, planted_df):
+    """Setup keeps the blocks, but a worker may be new or its files lost before the first
+    half-step: those blocks come from their InBlocks, once, and the factors are the same."""
+    settings = CollaborativeFilter(biasReg=5.0, **PARAMS).fit_settings()
+    cfgs = settings.step_config("user"), settings.step_config("item")
+
+    def fit(lose: bool):
+        blocks, stats, _ = setup(settings, planted_df)
+        if lose:  # every worker reached drops its kept blocks, and the executor's files go
+            release_workers(spark, blocks.key, tasks=16)
+            assert _block_files(spark, blocks.key) == {(0, 0)}
+        result = train(blocks, *cfgs, max_iter=2, tol=0.0)
+        states = result.user_state(), result.item_state()
+        factors = [{r.dest: np.frombuffer(r.params) for r in t.collect()} for t in states]
+        misses = [h["cache_misses"] for h in result.history]
+        blocks.unpersist(), stats.unpersist()
+        return factors, misses
+
+    (kept, kept_misses), (lost, lost_misses) = fit(False), fit(True)
+    assert kept_misses == [0, 0] and lost_misses == [3 + 2, 0]  # the first half-steps keep them again
+    for k, lo in zip(kept, lost, strict=True):
+        assert sorted(k) == sorted(lo) and len(k) >= 2
+        for dest in k:
+            np.testing.assert_allclose(lo[dest], k[dest], rtol=0, atol=1e-9)
+
+
+def test_blocks_with_label_counts_are_kept_as_labelled_for_the_sampled_half_steps(spark):
+    """Fresh 0-labels need each InBlock's col_labels, added after the pack: the workers keep the
+    labelled blocks, so each kept file holds the InBlock's arrays, col_labels too."""
+    from cfspark.blocks.build import build_blocks
+
+    rng = np.random.default_rng(5)
+    u, i = np.nonzero(rng.random((40, 30)) < 0.3)
+    targets = spark.createDataFrame(
+        [(int(a), int(b), 1.0) for a, b in zip(u, i, strict=True)], "user long, item long, y double"
+    ).selectExpr("*", "cast(null as double) as offset", "cast(null as double) as weight")
+    counts = np.bincount(i, minlength=30)
+    baseline = spark.createDataFrame([(b, 0.0, int(n)) for b, n in enumerate(counts) if n],
+                                     "item long, baseline double, ratings long")  # fmt: skip
+    blocks = build_blocks(targets, baseline, num_user_blocks=2, num_item_blocks=3, seed=1, label_counts=True)
+    assert blocks.kept is not None and blocks.kept == cache_keys(blocks)
+    key = blocks.key
+
+    def _digest(arrays: cache.Arrays) -> str:  # local: the workers unpickle it by value
+        """One string for a block's arrays, by name: equal for equal dtypes and bytes."""
+        parts = [f"{n}:-" if a is None else f"{n}:{a.dtype.str}:{a.tobytes().hex()}" for n, a in sorted(arrays.items())]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    schema = pa.schema([("block", pa.int32()), ("digest", pa.string())])
+
+    def body(batches):
+        for batch in batches:
+            for r in range(batch.num_rows):
+                side, block = batch.column("side")[r].as_py(), batch.column("block")[r].as_py()
+                kept = files.read(key, side, block)
+                row = {"block": block, "digest": kept and _digest(kept)}
+                yield pa.RecordBatch.from_pylist([row], schema=schema)
+
+    for side, inblocks in (("user", blocks.users), ("item", blocks.items)):
+        table = inblocks.toArrow()
+        want = {table.column("block")[r].as_py(): _digest(cache.decode(table, r)) for r in range(table.num_rows)}
+        assert len(want) == (2 if side == "user" else 3)
+        assert all(cache.decode(table, r)["col_labels"] is not None for r in range(table.num_rows))
+        asked = spark.createDataFrame([(side, b) for b in want], "side string, block int").repartition(1)
+        got = {r.block: r.digest for r in asked.mapInArrow(body, "block int, digest string").collect()}
+        assert got == want
+    blocks.unpersist()
+    assert _block_files(spark, key) == {(0, 0)}

@@ -6,8 +6,10 @@ local indices itself, while it is packed (inblock.py). Nor is an index of ids bu
 tables and warm starts meet the blocks' own ids (Side maps those values to ids and back).
 
 Both sides' InBlocks are packed in one exchange and cached where they were packed. The
-half-steps run on the blocks the Python workers keep (blocks/cache.py), so only factor
-messages move; what cogroups against every block takes it with block b in partition b
+worker that packs a block also keeps its arrays (blocks/cache.py: a file of its executor,
+memory-mapped), so the half-steps run on blocks that never cross from the JVM into Python
+again and only factor messages move; the cached InBlocks are the fallback wherever a worker
+finds no file. What cogroups against every block takes it with block b in partition b
 (Blocks.in_place): cached once for a fit with the workers' cache off, moved in its own job
 for a warm start.
 """
@@ -27,12 +29,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cfspark.blocks.cache import release_workers
+from cfspark.blocks import cache
+from cfspark.blocks.cache import START_COLUMNS, CacheKey, release_workers
 from cfspark.blocks.codec import cell
 from cfspark.blocks.inblock import (
     CHUNK_SCHEMA,
     INBLOCK_SCHEMA,
     LABELS_SCHEMA,
+    SIDES,
     ChunkSide,
     chunk_ratings,
     label_messages,
@@ -106,6 +110,10 @@ class Blocks:
     item_side: Side
     # Names these blocks in the Python workers' caches of decoded InBlocks (blocks/cache.py).
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Per side, the key the workers that packed (or labelled) the blocks kept them under, or None
+    # where setup kept none (the cache off or not "on"). A start then reads the InBlocks'
+    # START_COLUMNS only (kept_view).
+    kept: dict[str, CacheKey | None] | None = None
     # With label counts (build_blocks' label_counts): the number of ratings and, over every item,
     # Σ √(its ratings) and the number of items, the sums sampled 0-labels are drawn against.
     label_totals: dict[str, float] | None = None
@@ -132,6 +140,15 @@ class Blocks:
 
     def num_blocks(self, side: str) -> int:
         return self.num_user_blocks if side == "user" else self.num_item_blocks
+
+    def kept_view(self, side: str, key: CacheKey | None) -> DataFrame | None:
+        """One side's InBlocks as a start reads them where the workers kept its blocks at setup
+        under key, the key its half-steps look them up by: START_COLUMNS and part, not the
+        ratings, which need not cross into Python again. None where setup kept them not, or
+        under another key (the cache's mode changed since)."""
+        if key is None or self.kept is None or self.kept[side] != key:
+            return None
+        return self.inblocks(side).select(*START_COLUMNS, PART)
 
     def side(self, side: str) -> Side:
         """One side's ("user" or "item") ids and placement."""
@@ -163,8 +180,13 @@ class Blocks:
         for df in (*tables, *self._in_place.values(), *counts):
             df.unpersist()
         self._in_place.clear()
-        tasks = max(8, 2 * (self.num_user_blocks + self.num_item_blocks))
-        release_workers(self.users.sparkSession, self.key, tasks=tasks)
+        _release(self.users.sparkSession, self.key, self.num_user_blocks + self.num_item_blocks)
+
+
+def _release(spark, key: str, num_blocks: int) -> None:
+    """Ask the Python workers to drop the blocks they keep of one Blocks key, and their files,
+    by a job of twice as many small tasks as there are blocks, at least 8 (release_workers)."""
+    release_workers(spark, key, tasks=max(8, 2 * num_blocks))
 
 
 # The packed InBlocks of both sides in one table: INBLOCK_SCHEMA, the block's partition key among
@@ -174,11 +196,13 @@ PACKED_SCHEMA = f"{INBLOCK_SCHEMA}, {PART} int, side int, {REPEATS_SCHEMA}"
 
 
 def _packer(
-    routes: tuple[tuple, tuple], num_blocks: tuple[int, int]
+    routes: tuple[tuple, tuple], num_blocks: tuple[int, int], kept: dict[str, CacheKey | None] | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """A mapInArrow body over the shuffled chunks: pack_chunks over each block of either side
     in its partition, with the other side's placed blocks; each row also gets its block's
-    partition key and its side.
+    partition key and its side. With kept (per side, a key or None), the worker keeps each
+    block it packs for the half-steps (cache.keep): the arrays are in Python already, so the
+    start and the first half-step need not bring them from the JVM again.
 
     The shuffle puts one block in each partition, so a mapInArrow task sees whole blocks, as
     a grouped applyInArrow would, without the sort by block that the JVM does first for a
@@ -194,6 +218,9 @@ def _packer(
         for slot in np.unique(slots):  # over the partition's blocks (one), never over ratings
             side, block = int(slot >> 32), int(slot & 0xFFFFFFFF)
             packed = pack_chunks(table.take(np.flatnonzero(slots == slot)), routes[1 - side])
+            key = kept and kept[SIDES[side]]
+            if key:
+                cache.keep(key, block, cache.decode(packed))
             keyed = packed.append_column(PART, pa.array([partition_keys(num_blocks[side])[block]], pa.int32()))
             keyed = keyed.append_column("side", pa.array([side], pa.int32()))
             yield from with_repeats(keyed, users=side == 0).to_batches()
@@ -201,9 +228,15 @@ def _packer(
     return pack
 
 
-def _pack(chunks: DataFrame, placements: tuple[Placement, Placement], cut_placed: tuple[bool, bool]) -> DataFrame:
+def _pack(
+    chunks: DataFrame,
+    placements: tuple[Placement, Placement],
+    cut_placed: tuple[bool, bool],
+    kept: dict[str, CacheKey | None] | None = None,
+) -> DataFrame:
     """Both sides' InBlocks from the chunks in one exchange, cached, with each side's placed
-    entities moved to their blocks first unless the chunks were cut with them there (cut_placed).
+    entities moved to their blocks first unless the chunks were cut with them there (cut_placed);
+    with kept, the workers that pack the blocks keep them (_packer).
 
     One shuffle of the chunks sends every block of either side to a task of its own (user
     block b to partition b, item block b to partition users + b), which packs it: the cached
@@ -223,7 +256,7 @@ def _pack(chunks: DataFrame, placements: tuple[Placement, Placement], cut_placed
     slot = F.when(F.col("side") == 0, F.col(BLOCK)).otherwise(F.col(BLOCK) + F.lit(users))
     keyed = both.withColumn(PART, partition_key(slot, total)).repartition(total, PART)
     routes = tuple((p.heavy, p.heavy_blocks) for p in placements)
-    body = _packer(routes, (users, placements[1].num_blocks))
+    body = _packer(routes, (users, placements[1].num_blocks), kept)
     return keyed.mapInArrow(body, PACKED_SCHEMA).cache()
 
 
@@ -232,16 +265,25 @@ def _side_view(packed: DataFrame, side: int) -> DataFrame:
     return packed.filter(F.col("side") == side).drop("side", *REPEATS)
 
 
-def _with_labels(inblocks: DataFrame, other: DataFrame, num_blocks: int) -> DataFrame:
+def _with_labels(inblocks: DataFrame, other: DataFrame, num_blocks: int, key: CacheKey | None = None) -> DataFrame:
     """inblocks with col_labels: the other side's blocks send the label counts of the rows each
-    block receives (one small message per pair of blocks, once), cogrouped in place."""
+    block receives (one small message per pair of blocks, once), cogrouped in place. With a
+    key, the worker that labels a block keeps it, as the pack job keeps blocks without labels."""
     outboxes = other.select(BLOCK, "row_ptr", "out_dest", "out_ptr", "out_idx")
     messages = outboxes.mapInArrow(label_messages, LABELS_SCHEMA)
     messages = messages.withColumn(PART, partition_key(F.col("dest"), num_blocks))
     grouped = inblocks.groupBy(PART).cogroup(messages.groupBy(PART))
-    labelled = grouped.applyInArrow(with_col_labels, INBLOCK_SCHEMA)
+    labelled = grouped.applyInArrow(functools.partial(_labelled, key=key), INBLOCK_SCHEMA)
     keyed = labelled.withColumn(PART, partition_key(F.col(BLOCK), num_blocks))
     return keyed.repartition(num_blocks, PART).cache()
+
+
+def _labelled(inblock: pa.Table, messages: pa.Table, *, key: CacheKey | None) -> pa.Table:
+    """with_col_labels, and with a key, the labelled block kept by this worker (cache.keep)."""
+    out = with_col_labels(inblock, messages)
+    if key is not None:
+        cache.keep(key, out.column(BLOCK)[0].as_py(), cache.decode(out))
+    return out
 
 
 _TOTALS_SCHEMA = "labels double, sqrt_labels double, entities double"
@@ -408,8 +450,13 @@ def build_blocks(
             cut_placed = (True, True)
         # One job packs and caches both sides: its one shuffle has a partition per block, and
         # it brings back each user block's repeated pairs, the estimator's duplicate check.
+        # Its workers keep the blocks they pack, unless label counts change them after it: then
+        # the workers that add those keep them.
+        key = uuid.uuid4().hex
+        keys = cache.side_keys(spark, key)
+        kept = None if any(k is None or k.mode != "on" for k in keys.values()) else keys
         with one_job(spark):
-            packed = _pack(chunks, (users_at, items_at), cut_placed)
+            packed = _pack(chunks, (users_at, items_at), cut_placed, None if label_counts else kept)
             repeats = packed.select(*REPEATS).collect()
         chunks.unpersist()
         try:
@@ -417,15 +464,18 @@ def build_blocks(
         except RepeatedPairsError:
             for df in (packed, *[s.entities for s in (user_side, item_side) if s.entities is not None]):
                 df.unpersist()
+            if kept:
+                _release(spark, key, users_at.num_blocks + items_at.num_blocks)
             raise
         users, items = _side_view(packed, 0), _side_view(packed, 1)
         totals = None
         if label_counts:
-            labelled = _with_labels(users, items, users_at.num_blocks), _with_labels(items, users, items_at.num_blocks)
+            labelled = (_with_labels(users, items, users_at.num_blocks, kept and kept["user"]),
+                        _with_labels(items, users, items_at.num_blocks, kept and kept["item"]))  # fmt: skip
             users, items = labelled
             users.select(BLOCK).unionByName(items.select(BLOCK)).count()
             packed.unpersist()
             packed = None
             totals = label_totals(items)
-    return Blocks(users, items, user_side, item_side, label_totals=totals, packed=packed,
+    return Blocks(users, items, user_side, item_side, key=key, kept=kept, label_totals=totals, packed=packed,
                   requested=(num_user_blocks, num_item_blocks))  # fmt: skip

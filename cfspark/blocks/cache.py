@@ -7,9 +7,10 @@ module-level dict outlives the task that filled it: a worker that has decoded a 
 keeps its arrays here, keyed by (the Blocks' key, side, block), and later half-steps that
 land on that worker need only the block's messages.
 
-A worker that has not seen a block yet looks for its file (files.py), which the first
-worker of the executor to decode the block wrote and every other one memory-maps: a miss costs
-one decode per executor, not per worker, and the executor holds one copy of the block's pages.
+A worker that has not seen a block yet looks for its file (files.py), which the worker that
+packed the block at setup wrote (blocks/build.py), or else the first worker of the executor
+to decode it, and which every other one memory-maps: a miss costs one decode per executor,
+not per worker, and the executor holds one copy of the block's pages.
 What the Newton kernel derives from a block's ratings alone (its tiling, kept in the block's
 scratch) is shared the same way: the first worker of the executor that builds it writes it
 beside the block's file (share), and every worker that then takes the block maps it (scratch).
@@ -32,6 +33,7 @@ import pyarrow as pa
 
 from cfspark.blocks import files
 from cfspark.blocks.codec import cell
+from cfspark.core.errors import ConfigError
 from cfspark.kernels.block import TiledRatings, Tiling
 
 # The InBlock columns a half-step reads, and their dtypes (inblock.py's INBLOCK_SCHEMA).
@@ -49,6 +51,11 @@ STEP_COLUMNS = {
     "out_idx": np.int32,
     "col_labels": np.float64,  # the cols' label counts over all blocks, or None (train/sampled.py)
 }
+
+# What a start (the first state and messages, train/arrow_bodies.py) reads of a block whose
+# arrays the workers kept at setup: its ids, keys and OutBlock, not its ratings.
+OUTBOX_COLUMNS = ("out_dest", "out_ptr", "out_idx")
+START_COLUMNS = ("block", "ids", "keys", *OUTBOX_COLUMNS)
 
 Arrays = dict[str, np.ndarray | None]
 
@@ -70,6 +77,25 @@ class CacheKey:
 
 MODES = ("on", "cold", "off")
 
+
+def side_keys(spark, blocks: str) -> dict[str, CacheKey | None]:
+    """Per side ("user", "item"), how the Python workers keep the blocks of one Blocks key
+    (None: not at all), from CFSPARK_BLOCK_CACHE (on, cold, off) and CFSPARK_BLOCK_CACHE_MB,
+    read on the driver. The cache needs Python workers that outlive a task; with
+    spark.python.worker.reuse off, every half-step cogroups against the InBlocks, as in mode "off"."""
+    mode = os.environ.get("CFSPARK_BLOCK_CACHE", "on").strip().lower() or "on"
+    if mode not in MODES:
+        raise ConfigError(f"CFSPARK_BLOCK_CACHE must be one of {', '.join(MODES)}, not {mode!r}")
+    try:
+        reuse = spark.conf.get("spark.python.worker.reuse", "true")
+    except Exception:  # a Connect server that hides it: Spark's default
+        reuse = "true"
+    if mode == "off" or reuse.strip().lower() == "false":
+        return {"user": None, "item": None}
+    budget = int(float(os.environ.get("CFSPARK_BLOCK_CACHE_MB", "4096")) * 2**20)
+    return {side: CacheKey(blocks, side, mode, budget) for side in ("user", "item")}
+
+
 _cache: dict[tuple[str, str, int], Arrays] = {}
 # Per kept block, what its half-steps derive from its ratings alone (the kernel's tiling):
 # the next half-step of the block on this worker reuses it. Dropped with the block.
@@ -79,9 +105,13 @@ _shared: set[tuple[str, str, int]] = set()
 _seen: set[str] = set()  # every Blocks key this worker kept a block of: the files it may have left
 
 
-def decode(inblock: pa.Table | pa.RecordBatch, row: int = 0, *, copy: bool = False) -> Arrays:
-    """The arrays one InBlock row's half-step reads (views into Arrow buffers unless copy)."""
-    arrays = {name: cell(inblock, name, row, dtype) for name, dtype in STEP_COLUMNS.items()}
+def decode(
+    inblock: pa.Table | pa.RecordBatch, row: int = 0, *, copy: bool = False, names: tuple[str, ...] | None = None
+) -> Arrays:
+    """The arrays one InBlock row's half-step reads (views into Arrow buffers unless copy);
+    names, only those of them (a start's OUTBOX_COLUMNS)."""
+    names = tuple(STEP_COLUMNS) if names is None else names
+    arrays = {name: cell(inblock, name, row, STEP_COLUMNS[name]) for name in names}
     return {k: (v.copy() if copy and v is not None else v) for k, v in arrays.items()}
 
 

@@ -241,14 +241,16 @@ def warm_params(cfg: StepConfig, keys: np.ndarray, local: np.ndarray, features: 
     return params
 
 
-def _start_rows(cfg: StepConfig, block: int, params: np.ndarray, decode: Callable[[], Arrays], *, send: bool,
+def _start_rows(cfg: StepConfig, block: int, params: np.ndarray, decode: Callable[..., Arrays], *, send: bool,
                 key: CacheKey | None) -> list[dict]:  # fmt: skip
     """A block's first rows, cold or warm: its state, and its messages when send is True; with
     a key, the worker keeps the decoded block for the half-steps. The block is decoded only
-    for one of those two: a start that does neither needs its keys alone."""
+    for one of those two, and only its OutBlock for the messages alone: a start that does
+    neither needs its keys alone, and one over blocks the workers kept at setup reads the
+    InBlocks' START_COLUMNS (blocks/cache.py) and keeps nothing."""
     if not send and key is None:
         return _rows(block, params, None, (0.0, 0.0), [])
-    arrays = decode()
+    arrays = decode() if key is not None else decode(names=cache.OUTBOX_COLUMNS)
     if key is not None:
         cache.keep(key, block, arrays)
     return _rows(block, params, None, (0.0, 0.0), _outbox(arrays, params, cfg) if send else [])

@@ -12,10 +12,11 @@ has no lineage to recompute it from, so on a cluster it is kept on two executors
 interval the two live tables are also written to storage, from which a stopped run
 resumes.
 
-The InBlocks cross from the JVM into Python once, not at every half-step: the worker that
-decodes a block first writes it to a file of its executor, which every Python worker there
-memory-maps (blocks/cache.py, blocks/files.py), and a half-step first runs on the state and
-messages alone (step_cached). Blocks that an executor has no file of (a new executor, a lost
+The InBlocks do not cross from the JVM into Python at every half-step: the worker that packs
+a block at setup (or else the one that decodes it first) writes it to a file of its executor,
+which every Python worker there memory-maps (blocks/cache.py, blocks/files.py), the start reads
+only the small columns of blocks kept at setup (start_of), and a half-step first runs on the
+state and messages alone (step_cached). Blocks that an executor has no file of (a new executor, a lost
 file) come back as MISS rows and run again in a second job, cogrouped with their InBlocks
 as before (step_blocks), which also writes their files there. CFSPARK_BLOCK_CACHE (on, cold,
 off) and CFSPARK_BLOCK_CACHE_MB, read on the driver, set the mode and a worker's budget.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, field, replace
@@ -38,9 +38,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cfspark.blocks.build import Blocks
-from cfspark.blocks.cache import MODES, CacheKey
+from cfspark.blocks.cache import CacheKey, side_keys
 from cfspark.blocks.partitioning import PART, partition_key
-from cfspark.core.errors import ConfigError
 from cfspark.core.phases import phase
 from cfspark.core.plans import one_job
 from cfspark.core.schema import BLOCK
@@ -83,21 +82,18 @@ def checkpoint_level(spark) -> StorageLevel:
 
 
 def cache_keys(blocks: Blocks) -> dict[str, CacheKey | None]:
-    """Per side, how its half-steps use the workers' block cache (None: not at all).
+    """Per side, how its half-steps use the workers' block cache (None: not at all), as the
+    environment says now (blocks/cache.py's side_keys)."""
+    return side_keys(blocks.users.sparkSession, blocks.key)
 
-    The cache needs Python workers that outlive a task; with spark.python.worker.reuse
-    off, every half-step cogroups against the InBlocks, as in mode "off"."""
-    mode = os.environ.get("CFSPARK_BLOCK_CACHE", "on").strip().lower() or "on"
-    if mode not in MODES:
-        raise ConfigError(f"CFSPARK_BLOCK_CACHE must be one of {', '.join(MODES)}, not {mode!r}")
-    try:
-        reuse = blocks.users.sparkSession.conf.get("spark.python.worker.reuse", "true")
-    except Exception:  # a Connect server that hides it: Spark's default
-        reuse = "true"
-    if mode == "off" or reuse.strip().lower() == "false":
-        return {"user": None, "item": None}
-    budget = int(float(os.environ.get("CFSPARK_BLOCK_CACHE_MB", "4096")) * 2**20)
-    return {side: CacheKey(blocks.key, side, mode, budget) for side in ("user", "item")}
+
+def start_of(blocks: Blocks, side: str, cfg: StepConfig, keys: dict[str, CacheKey | None]) -> DataFrame:
+    """One side's first state table from the hashed init (the items' with their messages),
+    planned: over the InBlocks' small columns where setup kept the blocks, else over the
+    InBlocks, whose workers then keep them."""
+    kept = blocks.kept_view(side, keys[side])
+    body = init_blocks(cfg, send=side == "item", key=keys[side] if kept is None else None)
+    return (blocks.inblocks(side) if kept is None else kept).mapInArrow(body, OUT_SCHEMA)
 
 
 def inblocks(blocks: Blocks, side: str, keys: dict[str, CacheKey | None]) -> DataFrame:
@@ -241,11 +237,8 @@ def train(
         elif start_from is not None:
             (user_out, item_out), history, start = (start_from() if callable(start_from) else start_from), [], 0
         else:
-            init_users = init_blocks(user_cfg, send=False, key=keys["user"])
-            init_items = init_blocks(item_cfg, send=True, key=keys["item"])
-            user_out, item_out = settle_all(
-                blocks.users.mapInArrow(init_users, OUT_SCHEMA), blocks.items.mapInArrow(init_items, OUT_SCHEMA)
-            )
+            user_out, item_out = settle_all(*(start_of(blocks, side, cfg, keys) for side, cfg in
+                                             (("user", user_cfg), ("item", item_cfg))))  # fmt: skip
             history, start = [], 0
     setup = time.perf_counter() - began
 

@@ -91,16 +91,19 @@ def _side(
 ) -> DataFrame:
     """One side's first state table (with the items' messages to the user blocks), from its
     earlier factors carried inline if given, else joined to the blocks; planned, not computed."""
+    kept = blocks.kept_view(side, key)  # the workers kept the blocks at setup: the start keeps none
+    key = key if kept is None else None
     if inline is not None:  # as the cold start's init pass, with the earlier factors in its body
         body = warm_inline(cfg, inline, send=side == "item", key=key)
-        return blocks.inblocks(side).mapInArrow(body, OUT_SCHEMA)
+        return (blocks.inblocks(side) if kept is None else kept).mapInArrow(body, OUT_SCHEMA)
     num_blocks = blocks.num_blocks(side)
     placed = blocks.inblocks(side).select(BLOCK, "ids").mapInArrow(index_rows, INDEX_SCHEMA)  # (value, block, local)
     earlier = placed.join(blocks.side(side).with_values(factors, FEATURES, BIAS), VALUE)
     rows = earlier.select(BLOCK, LOCAL, FEATURES, BIAS, partition_key(F.col(BLOCK), num_blocks).alias(PART))
     rows = rows.repartition(num_blocks, PART)  # as the InBlocks are: the cogroup adds no shuffle
-    # Workers that keep the blocks read them only here: no cached copy in place.
-    inblocks = blocks.in_place(side, keep=key is None)
+    # Workers that keep the blocks read them only here (no cached copy in place), or read only
+    # their small columns, where setup kept them.
+    inblocks = blocks.in_place(side, keep=key is None) if kept is None else kept.repartition(num_blocks, PART)
     body = warm_blocks(cfg, send=side == "item", key=key)
     return inblocks.groupBy(PART).cogroup(rows.groupBy(PART)).applyInArrow(body, OUT_SCHEMA)
 
