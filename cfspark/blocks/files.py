@@ -3,9 +3,10 @@
 A worker's in-memory cache (cache.py) fills only as tasks land on it, and Spark hands
 tasks to idle workers first in, first out: with more workers than cores, a half-step and
 its fallback land on different workers, so a block can miss for many iterations. A file
-per block, written once by whichever worker decodes the block first and mapped read-only
-by the others, turns that into one miss per executor, and the pages are shared: one copy of a
-block in memory per executor, not one per worker.
+per block, written once by the worker that packs it at setup (or else whichever worker
+decodes it first) and mapped read-only by the others, turns that into at most one miss per
+executor, and the pages are shared: one copy of a block in memory per executor, not one per
+worker.
 
 Files live in a directory per Blocks key under the executor's local directory (root()),
 else the system's temporary directory; CFSPARK_BLOCK_DIR overrides it.

@@ -16,8 +16,8 @@ The InBlocks do not cross from the JVM into Python at every half-step: the worke
 a block at setup (or else the one that decodes it first) writes it to a file of its executor,
 which every Python worker there memory-maps (blocks/cache.py, blocks/files.py), the start reads
 only the small columns of blocks kept at setup (start_of), and a half-step first runs on the
-state and messages alone (step_cached). Blocks that an executor has no file of (a new executor, a lost
-file) come back as MISS rows and run again in a second job, cogrouped with their InBlocks
+state and messages alone (step_cached). Blocks that an executor has no file of (a new
+executor, a lost file) come back as MISS rows and run again in a second job, cogrouped with their InBlocks
 as before (step_blocks), which also writes their files there. CFSPARK_BLOCK_CACHE (on, cold,
 off) and CFSPARK_BLOCK_CACHE_MB, read on the driver, set the mode and a worker's budget.
 Under StepConfig.float32 (the float32 Param) both sides' half-steps gather and multiply in
