@@ -144,8 +144,8 @@ class Blocks:
     def kept_view(self, side: str, key: CacheKey | None) -> DataFrame | None:
         """One side's InBlocks as a start reads them where the workers kept its blocks at setup
         under key, the key its half-steps look them up by: START_COLUMNS and part, not the
-        ratings, which need not cross into Python again. None where setup kept them not, or
-        under another key (the cache's mode changed since)."""
+        ratings, which need not cross into Python again. None where setup did not keep them,
+        or kept them under another key (the cache's mode or budget changed since)."""
         if key is None or self.kept is None or self.kept[side] != key:
             return None
         return self.inblocks(side).select(*START_COLUMNS, PART)
