@@ -107,6 +107,6 @@ def test_the_param_reaches_the_exposure_fits_stop_rule_on_both_paths(spark, bloc
     extra = {} if blocks is None else {"numUserBlocks": blocks, "numItemBlocks": blocks}
     for coarse in (0, 2) if blocks is None else (2,):
         cf = CollaborativeFilter(loss="bce", rank=2, regParam=0.1, maxIter=8, tol=1.0, exposureNegatives=4,
-                                 exposureCoarseIterations=coarse, **extra)  # fmt: skip
+                                 exposureCoarseIterations=coarse, exposureRegParam=0.01, **extra)  # fmt: skip
         model = cf.fit(labels)
         assert len(model.summary["exposure"]["history"]) == coarse + 2

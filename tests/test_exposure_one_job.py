@@ -66,7 +66,7 @@ def _features(table, key):
 def test_one_job_fits_the_models_the_three_fits_give(spark, labels, monkeypatch, reg):
     from cfspark.fit import exposure
 
-    cf = CollaborativeFilter(loss="bce", rank=2, maxIter=4, exposureNegatives=3, regParam=reg)
+    cf = CollaborativeFilter(loss="bce", rank=2, maxIter=4, exposureNegatives=3, regParam=reg, exposureRegParam=0.01)
     one = cf.fit_validated(labels)
     assert "one_job" in one.summary
     monkeypatch.setattr(exposure, "runs_in_one_task", lambda *args: False)  # the three fits, one job each

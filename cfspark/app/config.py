@@ -95,6 +95,7 @@ _WORDS = {
     ("model", "bias_reg"): ("auto",),
     ("model", "mean_prior"): ("auto",),
     ("input", "weight_alpha"): ("auto",),
+    ("model", "exposure_reg"): ("auto",),
 }
 
 

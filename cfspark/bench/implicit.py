@@ -114,8 +114,9 @@ def compare(name: str, counts: DataFrame, *, sampled: bool = False) -> dict:
     out = {"data": name, "train_rows": train.count(), "relevant_pairs": relevant.count()}
     out["all_counts"] = _ours(train, relevant, implicit="all", weightCol=COUNT)
     out["all_labels_only"] = _ours(train.drop(COUNT), relevant, implicit="all")
-    # A number in regParam keeps the all-items λ at exposureRegParam (0.01); alpha 1 is the fixed α.
-    out["all_counts_fixed"] = _ours(train, relevant, implicit="all", weightCol=COUNT, regParam=0.1, alpha=1.0)
+    # Numbers in regParam and exposureRegParam keep the all-items λ at the latter; alpha 1 is the fixed α.
+    out["all_counts_fixed"] = _ours(train, relevant, implicit="all", weightCol=COUNT, regParam=0.1,
+                                    exposureRegParam=0.01, alpha=1.0)  # fmt: skip
     if sampled:
         out["sampled_counts"] = _ours(train, relevant, implicit="sampled", weightCol=COUNT)
     grid = [_als(train, relevant, reg, alpha) for reg in ALS_REGS for alpha in ALS_ALPHAS]

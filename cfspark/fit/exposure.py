@@ -25,11 +25,12 @@ from pyspark.sql import functions as F
 from cfspark.core.ownership import checkpoint_folder
 from cfspark.core.schema import P_EXPOSED, RATING
 from cfspark.data.exposure import exposure_labels
+from cfspark.fit.exposure_search import REFERENCE, choose_exposure
 from cfspark.fit.exposure_task import fit_exposure_one_task
 from cfspark.fit.implicit import fit_all_items
 from cfspark.fit.one_task import runs_in_one_task
-from cfspark.fit.record import FitRecord, training_pairs
-from cfspark.fit.settings import FitSettings, InitialModel
+from cfspark.fit.record import FitRecord, exposure_summary, training_pairs
+from cfspark.fit.settings import AUTO, FitSettings, InitialModel
 from cfspark.train.sampled import Draws
 
 log = logging.getLogger("cfspark")
@@ -38,10 +39,12 @@ Fit = Callable[[FitSettings, DataFrame, Callable[[FitRecord], dict] | None], Fit
 
 
 def exposure_settings(settings: FitSettings) -> FitSettings:
-    """The exposure part's fit: its own λ and prediction column, warm-started from the
-    earlier model's exposure part (if it has one), checkpointed in a folder of its own."""
+    """The exposure part's fit: its own λ (under "auto", the search's reference until it
+    chooses, fit/exposure_search.py) and prediction column, warm-started from the earlier
+    model's exposure part (if it has one), checkpointed in a folder of its own."""
     part = settings.replace(exposure=False, initialModel=None)
-    part = part.carry(regParam=settings.exposureRegParam, predictionCol=P_EXPOSED)
+    reg = REFERENCE if settings.exposureRegParam == AUTO else settings.exposureRegParam
+    part = part.carry(regParam=reg, predictionCol=P_EXPOSED)
     earlier = settings.initialModel.load() if settings.initialModel is not None else None
     if earlier is not None and earlier.exposure is not None:
         start = earlier.exposure
@@ -79,17 +82,26 @@ def fit_with_exposure(
     if positive_only and settings.implicit == "all":
         return fit_all_items(settings, train_ratings, on_iteration, num_ratings=count)
     if not positive_only and runs_in_one_task(settings, count):  # the three fits in one Spark job
-        return fit_exposure_one_task(settings, fresh_draws(part, settings), train_ratings, on_iteration, began=began)
+        return fit_exposure_one_task(settings, fresh_draws(part, settings), train_ratings, on_iteration, began=began,
+                                     num_labels=count)  # fmt: skip
     # The labelled pairs alone: each half-step draws its own unlabelled 0s (train/sampled.py).
     exposed = exposure_labels(train_ratings).cache()
-    exposure = fit(fresh_draws(part, settings), exposed, on_iteration if positive_only else None)
+    part, found = fresh_draws(part, settings), None
+    if settings.exposureRegParam == AUTO:  # λ chosen in one task on a sample, then the fit from its factors
+        part, found = choose_exposure(settings, part, exposed, count)
+        part = fresh_draws(part, settings)
+    exposure = fit(part, exposed, on_iteration if positive_only else None)
     exposure.training_pairs = None  # the preference model's pairs are the ones to exclude (below)
     exposed.unpersist()
+    if found is not None:
+        exposure.summary["reg_search"] = {k: v for k, v in found.items() if k != "path"}
+        exposure.summary["reg_path"] = found["path"]
     if positive_only:
         exposure.summary["positive_only"] = True
         exposure.training_pairs = training_pairs(train_ratings)
         return exposure
     preference = fit(settings.replace(exposure=False), train_ratings, on_iteration)
     preference.exposure = exposure
-    preference.summary["exposure"] = {k: exposure.summary.get(k) for k in ("reg", "history", "stop_reason")}
+    preference.summary["exposure"] = exposure_summary(exposure)
     return preference
+

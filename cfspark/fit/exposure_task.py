@@ -18,11 +18,19 @@ from cfspark.data.exposure import exposure_labels
 from cfspark.data.offsets import item_offsets
 from cfspark.data.split import hashed_fraction
 from cfspark.data.weights import given_weight
+from cfspark.fit.exposure_search import exposure_fraction, exposure_plan, log_exposure_search, search_exposure
 from cfspark.fit.one_task import finish_record
-from cfspark.fit.record import FitRecord
-from cfspark.fit.reg_search import VALIDATION_FRACTION, VALIDATION_SEED, log_search, search_plan, search_settings
+from cfspark.fit.record import FitRecord, exposure_summary
+from cfspark.fit.reg_search import (
+    VALIDATION_FRACTION,
+    VALIDATION_SEED,
+    held_column,
+    log_search,
+    search_plan,
+    search_settings,
+)
 from cfspark.fit.settings import AUTO, FitSettings
-from cfspark.train.bce_task import BceTaskConfig, fit_both_one_task
+from cfspark.train.bce_task import EXPOSURE_HELD, BceTaskConfig, fit_both_one_task
 from cfspark.train.search_task import HELD
 
 
@@ -33,17 +41,24 @@ def fit_exposure_one_task(
     on_iteration: Callable[[FitRecord], dict] | None,
     *,
     began: float,
+    num_labels: int | None = None,
 ) -> FitRecord:
     """The preference record with its exposure part (fitted with part's settings), as
     fit_with_exposure's two fits give them, from one Spark job; without part, the preference
-    record alone, as fit/paths.py's automatic λ gives it. began is when the fit started."""
+    record alone, as fit/paths.py's automatic λ gives it. began is when the fit started;
+    num_labels, the training labels' count, sizes the exposure λ search's user sample."""
     spark = train_ratings.sparkSession
     auto = settings.regParam == AUTO
+    exposure_auto = part is not None and settings.exposureRegParam == AUTO
     # The search's validation fold is fit/reg_search.py's: the same hashed pairs. The item
     # offsets and the model's item table come from the task, which sums them over the labels.
     held = hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(VALIDATION_FRACTION) if auto else F.lit(False)
+    # The exposure λ search's fold: the same hashed pairs, within its share of the users.
+    sample = exposure_fraction(num_labels or 0)
+    fold = held_column(settings, VALIDATION_FRACTION, sample) if exposure_auto else F.lit(0)
     weight = given_weight(train_ratings)
-    rows = train_ratings.select(USER, ITEM, F.col(RATING).alias(TARGET), weight.alias(WEIGHT), held.alias(HELD))
+    rows = train_ratings.select(USER, ITEM, F.col(RATING).alias(TARGET), weight.alias(WEIGHT), held.alias(HELD),
+                                fold.alias(EXPOSURE_HELD))  # fmt: skip
     searching = search_settings(settings, 1.0) if auto else settings  # bce's λ has no units to scale by
     exposure_user, exposure_item = (part.step_config(side) if part else None for side in ("user", "item"))
     cfg = BceTaskConfig(
@@ -51,6 +66,8 @@ def fit_exposure_one_task(
         exposure_user=exposure_user, exposure_item=exposure_item,
         plan=search_plan(settings, 1.0, None) if auto else None, offset_prior=settings.offsetPrior,
         item_offset=settings.itemOffset, max_iter=settings.maxIter, tol=settings.tol,
+        exposure_plan=exposure_plan(settings.maxIter, settings.tol, sample) if exposure_auto else None,
+        exposure_search=search_exposure if exposure_auto else None,
     )  # fmt: skip
     with phase(spark, "one-task"):
         (users, items, item_table), exposed, record = fit_both_one_task(rows, cfg, seed=settings.seed)
@@ -77,9 +94,17 @@ def fit_exposure_one_task(
     fitted.summary["one_job"] = {"task_seconds": took, "tasks": tasks, "seconds": round(time.perf_counter() - began, 3)}
     # The exposure part's item table: its offsets are 0 (fit/exposure.py's fresh_draws), read when it predicts.
     exposure_stats = item_offsets(exposure_labels(train_ratings), prior=part.offsetPrior, rate=0.5, enabled=False)
+    exposure_found = exposure_record.pop("search", None)
+    if exposure_found is not None:
+        exposure_found["sample_fraction"] = sample
+        log_exposure_search(exposure_found)
+        part = part.carry(regParam=exposure_found["reg"])
     exposure = finish_record(part, train_ratings, *exposed, exposure_stats, 0.0, exposure_record, began=began,
                              on_iteration=None)  # fmt: skip
+    if exposure_found is not None:
+        exposure.summary["reg_path"] = exposure_found.pop("path")
+        exposure.summary["reg_search"] = exposure_found
     exposure.training_pairs = None  # the preference model's pairs are the ones to exclude
     fitted.exposure = exposure
-    fitted.summary["exposure"] = {k: exposure.summary.get(k) for k in ("reg", "history", "stop_reason")}
+    fitted.summary["exposure"] = exposure_summary(exposure)
     return fitted

@@ -54,7 +54,7 @@ from cfspark.data.offsets import item_offsets
 from cfspark.data.weights import column_alpha
 from cfspark.fit.blockwise import block_counts, fingerprint, record_of
 from cfspark.fit.one_task import MSE_ONE_TASK_RATINGS, runs_in_one_task
-from cfspark.fit.rank_search import AlphaPlan, choose_and_fit_ranking, choose_ranking
+from cfspark.fit.rank_search import REG_MIDDLE, AlphaPlan, choose_and_fit_ranking, choose_ranking
 from cfspark.fit.record import FitRecord, fit_summary, training_pairs
 from cfspark.fit.reg_search import SEARCH_RATINGS
 from cfspark.fit.settings import AUTO, FitSettings, InitialModel
@@ -97,7 +97,8 @@ def fit_all_items(
     the one-task size the blockwise setup runs beside it (its one task leaves a core free)."""
     began = time.perf_counter()
     spark = train_ratings.sparkSession
-    reg, reference = settings.exposureRegParam, column_alpha(settings.alpha)
+    reg = REG_MIDDLE if settings.exposureRegParam == AUTO else settings.exposureRegParam
+    reference = column_alpha(settings.alpha)
     if WEIGHT in train_ratings.columns:
         confidence = F.coalesce(F.col(WEIGHT), F.lit(single_count_weight(settings)))
     else:
@@ -108,7 +109,9 @@ def fit_all_items(
     )
     if num_ratings is None:  # the search's sample and the fit's path both read it
         num_ratings = train_ratings.count()
-    passes = tuple(name for name, value in (("reg", settings.regParam), ("alpha", settings.alpha)) if value == AUTO)
+    # λ is searched unless both regParam and exposureRegParam fix it (at exposureRegParam).
+    searched = AUTO if AUTO in (settings.regParam, settings.exposureRegParam) else reg
+    passes = tuple(name for name, value in (("reg", searched), ("alpha", settings.alpha)) if value == AUTO)
     # What the search reads: the pairs' confidences under α₀, and which of λ and α it searches.
     pairs = train_ratings.select(USER, ITEM, RATING, confidence.cast("double").alias(WEIGHT))
     plan, tol = AlphaPlan(reference=reference, passes=passes, reg=reg), settings.tol * TOL_SCALE

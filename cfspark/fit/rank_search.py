@@ -57,6 +57,7 @@ from cfspark.train.step import StepConfig, solve_rows
 
 K = 10  # NDCG@K is what the search maximises
 REG_START = (0.1, 0.03, 0.01)  # λ, count-scaled by a row's positives as implicit ALS's regParam
+REG_MIDDLE = REG_START[len(REG_START) // 2]  # the λ kept where nothing chooses one
 # λ → 0 stays well-posed here (the all-items Gramian is full rank), and on MovieLens as counts
 # the best λ lay at 1e-4: the range goes low enough for the bracket to close below it.
 REG_LOW, REG_HIGH = 1e-7, 10.0
@@ -81,7 +82,7 @@ class AlphaPlan:
 
     reference: float
     passes: tuple[str, ...]
-    reg: float = REG_START[len(REG_START) // 2]
+    reg: float = REG_MIDDLE
     k: int = K
 
 

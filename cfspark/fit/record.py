@@ -58,3 +58,10 @@ def training_pairs(train_ratings: DataFrame | None) -> DataFrame | None:
     if train_ratings is None or train_ratings.columns in ([USER, ITEM, RATING], [USER, ITEM, RATING, WEIGHT]):
         return train_ratings
     return train_ratings.select(USER, ITEM, RATING)
+
+
+def exposure_summary(exposure: FitRecord) -> dict:
+    """What the preference record's summary says of its exposure part: its λ, history and stop,
+    and the search that chose its λ, if one did."""
+    keys = ("reg", "history", "stop_reason", *(k for k in ("reg_search", "reg_path") if k in exposure.summary))
+    return {k: exposure.summary.get(k) for k in keys}

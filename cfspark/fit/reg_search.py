@@ -110,12 +110,19 @@ def search_rows(settings: FitSettings, ratings: DataFrame, fraction: float = VAL
     itself as y (mse's search task centres them per fold). Under sample < 1 every rating is
     kept and the users outside sampled_users' share are OUTSIDE: fitted after the search, not
     searched on."""
+    weight = given_weight(ratings)
+    y, none = F.col(RATING).cast("double"), F.lit(None).cast("double")
+    held = held_column(settings, fraction, sample)
+    return ratings.select(USER, ITEM, y.alias(TARGET), none.alias(OFFSET), weight.alias(WEIGHT), held.alias(HELD))
+
+
+def held_column(settings: FitSettings, fraction: float, sample: float = 1.0) -> Column:
+    """1 on the hashed validation fold (fraction of the pairs), 0 on the rest, and OUTSIDE on
+    every pair of a user outside a sample of that share of the users (sample < 1)."""
     held = (hashed_fraction(settings.seed + VALIDATION_SEED) < F.lit(fraction)).cast("int")
     if sample < 1:
         held = F.when(_drawn(settings.seed + SAMPLE_SEED) < F.lit(sample), held).otherwise(F.lit(OUTSIDE))
-    weight = given_weight(ratings)
-    y, none = F.col(RATING).cast("double"), F.lit(None).cast("double")
-    return ratings.select(USER, ITEM, y.alias(TARGET), none.alias(OFFSET), weight.alias(WEIGHT), held.alias(HELD))
+    return held
 
 
 def search_settings(settings: FitSettings, unit: float) -> FitSettings:

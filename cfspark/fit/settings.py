@@ -81,7 +81,7 @@ class FitSettings:
     weightMapping: str
     weightEpsilon: float
     exposure: bool
-    exposureRegParam: float
+    exposureRegParam: float | str
     exposureNegatives: int
     exposureCoarseIterations: int
     negativeWeight: float

@@ -110,7 +110,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
         weightMapping: str = DEFAULTS["weightMapping"],
         weightEpsilon: float = DEFAULTS["weightEpsilon"],
         exposure: bool = DEFAULTS["exposure"],
-        exposureRegParam: float = DEFAULTS["exposureRegParam"],
+        exposureRegParam: float | str = DEFAULTS["exposureRegParam"],
         exposureNegatives: int = DEFAULTS["exposureNegatives"],
         exposureCoarseIterations: int = DEFAULTS["exposureCoarseIterations"],
         negativeWeight: float = DEFAULTS["negativeWeight"],
@@ -235,7 +235,7 @@ class CollaborativeFilter(Estimator, _CFParams, DefaultParamsWritable, DefaultPa
     def setExposure(self, value: bool) -> CollaborativeFilter:
         return self._set(exposure=value)
 
-    def setExposureRegParam(self, value: float) -> CollaborativeFilter:
+    def setExposureRegParam(self, value: float | str) -> CollaborativeFilter:
         return self._set(exposureRegParam=value)
 
     def setExposureNegatives(self, value: int) -> CollaborativeFilter:

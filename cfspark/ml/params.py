@@ -161,7 +161,7 @@ DEFAULTS: dict[str, Any] = dict(
     weightMapping="log",
     weightEpsilon=1.0,
     exposure=True,
-    exposureRegParam=0.01,
+    exposureRegParam=AUTO,
     exposureNegatives=32,
     exposureCoarseIterations=2,
     negativeWeight=0.5,
@@ -331,8 +331,9 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     )
     exposureRegParam = _param(
         "exposureRegParam",
-        "exposure: λ of the exposure model (and of the all-items model), scaled as regParam",
-        _number(0.0),
+        'exposure: λ of the exposure model (and of the all-items model), scaled as regParam; "auto" (the '
+        "default) chooses it on NDCG@10 of a validation fold",
+        _number(0.0, words=(AUTO,)),
     )
     exposureNegatives = _param(
         "exposureNegatives",
@@ -448,7 +449,7 @@ class _CFParams(_CFModelParams, HasMaxIter, HasTol, HasSeed, HasCheckpointInterv
     def getExposure(self) -> bool:
         return self.getOrDefault(self.exposure)
 
-    def getExposureRegParam(self) -> float:
+    def getExposureRegParam(self) -> float | str:
         return self.getOrDefault(self.exposureRegParam)
 
     def getExposureNegatives(self) -> int:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -78,7 +78,8 @@ from cfspark.train.one_task import (
     refusal_batch,
     refused_pairs,
 )
-from cfspark.train.search_task import HELD, SearchPlan, search_arrays, start_from_search
+from cfspark.train.sampled import at_reg
+from cfspark.train.search_task import HELD, OUTSIDE, SearchPlan, carry_over, search_arrays, start_from_search
 from cfspark.train.step import StepConfig
 
 # The output's kinds beside one_task's USERS (0), ITEMS (1) and RECORD (2), which hold the
@@ -86,6 +87,9 @@ from cfspark.train.step import StepConfig
 EXPOSURE_USERS, EXPOSURE_ITEMS = 3, 4
 # The part a task fits, a column of its rows and a key of its record.
 PART = "part"
+# The exposure part's λ search (cfg.exposure_plan): 1 on its validation fold, 0 on its fit part,
+# search_task's OUTSIDE on a row of a user outside its sample; the preference search reads HELD.
+EXPOSURE_HELD = "exposure_held"
 EXPOSURE, PREFERENCE = "exposure", "preference"
 # The preference model's item table, by column and dtype, as data/offsets.py's item_offsets
 # gives it: the preference part's task sums it from the labels it holds, and sends it out
@@ -108,6 +112,10 @@ class BceTaskConfig:
     item_offset: bool
     max_iter: int
     tol: float
+    # The exposure part's λ search: its walk and the search itself (fit/exposure_search.py's
+    # search_exposure, search_arrays' signature), or None for the λ in exposure_user/item.
+    exposure_plan: SearchPlan | None = None
+    exposure_search: Callable[..., tuple[dict, tuple | None]] | None = None
 
 
 def search_offsets(item: np.ndarray, y: np.ndarray, weight: np.ndarray | None, fit_rows: np.ndarray,
@@ -166,15 +174,34 @@ def search_input(user: np.ndarray, item: np.ndarray, y: np.ndarray, weight: np.n
 
 
 def fit_exposure(user: np.ndarray, item: np.ndarray, weight: np.ndarray | None, user_keys: np.ndarray,
-                 item_keys: np.ndarray, cfg: BceTaskConfig) -> tuple[tuple[np.ndarray, np.ndarray], dict]:  # fmt: skip
+                 item_keys: np.ndarray, cfg: BceTaskConfig,
+                 fold: np.ndarray | None = None) -> tuple[tuple[np.ndarray, np.ndarray], dict]:  # fmt: skip
     """((W, X), record) of the exposure part on dense local ids over every training row: each
-    labelled pair a 1 with its label's weight, the 0-labels drawn in its half-steps."""
+    labelled pair a 1 with its label's weight, the 0-labels drawn in its half-steps. Under
+    cfg.exposure_plan, fold (EXPOSURE_HELD of each row) says which rows its λ search fits and
+    holds out; the fit at its choice starts from the factors the search ended with there."""
     ones = np.ones(len(user))
-    W, X, history, stop = fit_arrays(
-        user, item, ones, None, ones if weight is None else weight, user_keys, item_keys, cfg.exposure_user,
-        cfg.exposure_item, max_iter=cfg.max_iter, tol=cfg.tol,
-    )  # fmt: skip
-    return (W, X), {"history": history, "stop": stop, "users": len(W), "items": len(X)}
+    weight = ones if weight is None else weight
+    ucfg, icfg, found, start = cfg.exposure_user, cfg.exposure_item, None, None
+    if cfg.exposure_plan is not None and cfg.exposure_search is not None and fold is not None:
+        searched = fold != OUTSIDE
+        plain = dataclasses.replace(cfg, item_offset=False)  # the exposure part has no item offsets
+        arrays, dense = search_input(user[searched], item[searched], ones[searched], weight[searched],
+                                     fold[searched] == 1, user_keys, item_keys, plain)  # fmt: skip
+        plan = cfg.exposure_plan
+        found, params = cfg.exposure_search(*arrays, ucfg, icfg, plan)
+        found["sample"] = {"ratings": int(searched.sum()), "users": len(np.unique(user[searched])),
+                           "items": len(np.unique(item[searched]))}  # fmt: skip
+        if plan.sample < 1 and found["path"]:  # a share of the users chose: λ carried over to all
+            carry_over(found, plan, len(user), len(item_keys))
+        reg = found["reg"] * plan.unit
+        # From the search's factors the fit begins near its optimum: no coarse first draws.
+        coarse = 0 if params is not None else None
+        ucfg, icfg = at_reg(ucfg, reg, coarse), at_reg(icfg, reg, coarse)
+        start = start_from_search(params, dense, (user_keys, item_keys), (ucfg, icfg))
+    W, X, history, stop = fit_arrays(user, item, ones, None, weight, user_keys, item_keys, ucfg, icfg,
+                                     max_iter=cfg.max_iter, tol=cfg.tol, start=start)  # fmt: skip
+    return (W, X), {"history": history, "stop": stop, "users": len(W), "items": len(X), "search": found}
 
 
 def fit_preference(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
@@ -204,14 +231,14 @@ def fit_preference(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np
 
 def fit_both(user: np.ndarray, item: np.ndarray, y: np.ndarray, offset: np.ndarray | None,
              weight: np.ndarray | None, held: np.ndarray, user_keys: np.ndarray, item_keys: np.ndarray,
-             cfg: BceTaskConfig) -> tuple[tuple, tuple | None, dict]:  # fmt: skip
+             cfg: BceTaskConfig, fold: np.ndarray | None = None) -> tuple[tuple, tuple | None, dict]:  # fmt: skip
     """((W, X), (exposure W, X) or None, record) on dense local ids over every training row,
     one part after the other; offset is each row's o_i over all of them (None without item
-    offsets), held the validation fold."""
+    offsets), held the validation fold, fold the exposure search's (fit_exposure)."""
     began = time.perf_counter()
     exposure = None
     if cfg.exposure_user is not None and cfg.exposure_item is not None:
-        exposure = fit_exposure(user, item, weight, user_keys, item_keys, cfg)
+        exposure = fit_exposure(user, item, weight, user_keys, item_keys, cfg, fold)
     exposed = time.perf_counter()
     preference, record = fit_preference(user, item, y, offset, weight, held, user_keys, item_keys, cfg)
     record["exposure"] = exposure[1] if exposure else None
@@ -254,7 +281,8 @@ def _fit_part(cfg: BceTaskConfig, part: str, table: pa.Table) -> pa.RecordBatch:
     weight = _floats(table.column(WEIGHT))
     if part == EXPOSURE:
         began = time.perf_counter()
-        (W, X), fitted = fit_exposure(local[USER], local[ITEM], weight, keys[USER], keys[ITEM], cfg)
+        fold = table.column(EXPOSURE_HELD).to_numpy() if cfg.exposure_plan is not None else None
+        (W, X), fitted = fit_exposure(local[USER], local[ITEM], weight, keys[USER], keys[ITEM], cfg, fold)
         took = {"exposure": round(time.perf_counter() - began, 3)}
         record = {PART: EXPOSURE, "exposure": fitted, "task_seconds": took}
         # ITEM_TABLE's columns by dtype alone, null: every part's batches have one schema.
@@ -285,8 +313,10 @@ def fit_both_one_task(rows: DataFrame, cfg: BceTaskConfig, *, seed: int) -> tupl
     tables are (id, features, bias) under the input's id types and the item table is the
     preference model's (item, ITEM_TABLE's columns), materialised in Spark's block store
     (localCheckpoint). Labels that global_rate refuses raise its InputError."""
+    fold = F.col(EXPOSURE_HELD) if EXPOSURE_HELD in rows.columns else F.lit(0)
     keyed = keyed_rows(rows.select(USER, ITEM, TARGET, F.col(WEIGHT).cast("double").alias(WEIGHT),
-                                   F.col(HELD).cast("int").alias(HELD)), seed)  # fmt: skip
+                                   F.col(HELD).cast("int").alias(HELD), fold.cast("int").alias(EXPOSURE_HELD)),
+                       seed)  # fmt: skip
     exposed = cfg.exposure_user is not None and cfg.exposure_item is not None
     parts = [keyed.withColumn(PART, F.lit(part)) for part in ((EXPOSURE,) if exposed else ()) + (PREFERENCE,)]
     # Each part's input is the one partition of every row, in the same order, with no shuffle:

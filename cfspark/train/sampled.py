@@ -99,6 +99,15 @@ def draw_plan(draws: Draws, labels: np.ndarray, other_labels: np.ndarray, side: 
     return np.rint(expected).astype(np.int64), other_labels.astype(np.float64)
 
 
+def at_reg(cfg: StepConfigLike, reg: float, coarse: int | None = None) -> StepConfigLike:
+    """cfg at λ = reg, its draws (if any) drawing coarsely in their first coarse iterations
+    (unchanged for None): a fit warm-started near its optimum takes none (fit/exposure.py)."""
+    draws = getattr(cfg, "draws", None)
+    if draws is not None and coarse is not None:
+        draws = dataclasses.replace(draws, coarse=coarse)
+    return dataclasses.replace(cfg, reg=reg, draws=draws)
+
+
 def with_totals(cfg: StepConfigLike, totals: dict[str, float] | None) -> StepConfigLike:
     """cfg whose draws, if any, use the label totals over all blocks (blocks/build.py's
     label_totals: labels, sqrt_labels, entities), so a block draws at one task's rates."""

@@ -638,7 +638,14 @@ def _carry_over(found: dict, plan: SearchPlan, table: pa.Table, codes: dict) -> 
     found["sample"] = _sizes(table, codes)
     if plan.fixed or not found["path"]:
         return
-    factor = transfer_factor(found["sample"], plan.sample, table.num_rows, len(codes[ITEM][0].dictionary))
+    carry_over(found, plan, table.num_rows, len(codes[ITEM][0].dictionary))
+
+
+def carry_over(found: dict, plan: SearchPlan, num_ratings: int, num_items: int) -> None:
+    """found's λ, chosen on plan.sample of the users (found["sample"] their sizes), carried over
+    to num_ratings ratings of num_items items by transfer_factor, within the plan's range; the
+    sample's own choice is kept as sample_reg, the factor as transfer."""
+    factor = transfer_factor(found["sample"], plan.sample, num_ratings, num_items)
     found.update(sample_reg=found["reg"], transfer=factor, reg=min(plan.high, max(plan.low, found["reg"] * factor)))
 
 
