@@ -234,6 +234,10 @@ def test_bce_job_on_the_course_binary_table(spark, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= m["test"]["score_auc"] <= 1.0
     assert m["loss"] == "bce"
+    # The exposure part's λ (model.exposure_reg = "auto"): the best point of the path that chose it.
+    exposure = m["model"]["exposure"]
+    assert exposure["reg"] == exposure["reg_search"]["reg"]
+    assert exposure["reg_search"]["ndcg"] == max(p["ndcg"] for p in exposure["reg_path"])
     pointwise = {"logloss", "auc"}
     ranking = {"precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"}
     assert pointwise <= m["train"].keys() and pointwise | ranking <= m["test"].keys()

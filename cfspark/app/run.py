@@ -84,9 +84,14 @@ def failure_is(cls: type[CfsparkError], what: str):
 
 def fitted_summary(model) -> dict:
     """What the fit decided by itself: λ (and, for reg = "auto", the path that chose it), the
-    prior counts λ_b and m (mse), α where positive-only data chose it, and why it stopped."""
+    prior counts λ_b and m (mse), α where positive-only data chose it, why it stopped, and
+    the exposure part's λ, path and stop (bce with exposure)."""
     decided = {k: model.summary.get(k) for k in ("reg", "reg_path", "reg_search", "alpha", "spread", "stop_reason")}
-    return {**decided, "bias_reg": model.getBiasReg(), "mean_prior": model.summary.get("mean_prior")}
+    found = {"bias_reg": model.getBiasReg(), "mean_prior": model.summary.get("mean_prior")}
+    exposure = model.summary.get("exposure")
+    if exposure:
+        found["exposure"] = {k: v for k, v in exposure.items() if k != "history"}
+    return {**decided, **found}
 
 
 def load_ratings(spark: SparkSession, cfg: Config) -> tuple[DataFrame, Columns]:
