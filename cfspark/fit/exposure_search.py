@@ -18,8 +18,13 @@ is scored by NDCG@k of P(exposed) with the held pairs relevant and the user's fi
 excluded, which tracked the product's NDCG@10 on test within 0.0003 at every λ on the generated
 set. The fit at the choice starts from the factors the chosen point ended with.
 
-Each point is a fit of the exposure part, so the search costs a few of them; its points draw
-every 0-label (coarse draws shift the optimum: on MovieLens they chose 0.03, not 0.01).
+Each point is a fit of the exposure part, so the search costs a few of them: a warm-started
+point runs at most POINT_ITER iterations, and the bracket is not narrowed below the start
+grid's step. Its points draw every 0-label: coarse draws throughout shifted the optimum (on
+MovieLens they chose 0.03, not 0.01). On MovieLens ≥ 4 it chose 0.01 on each of four splits
+(NDCG@10 of the score level with λ fixed at 0.01 on their mean) and the bce fit took about
+1.8 × as long; on the generated set it chose 0.07 from a share of the users, NDCG@10 0.0360
+against 0.0132, in 0.92–1.06 × the time (docs/benchmarks.md, "The exposure model's λ chosen on NDCG").
 """
 
 from __future__ import annotations
