@@ -164,6 +164,7 @@ def test_one_job_and_the_separate_fits_search_the_same_exposure_lambda(spark, po
     assert chosen[0] == chosen[1] == one.summary["exposure"]["reg_search"]["reg"]
     assert chosen[0] > REFERENCE  # popularity alone: a stronger λ than the reference
     assert one.exposure_model.getRegParam() == chosen[0]
+    assert separate.exposure_model.getRegParam() == chosen[0]
     # Both fits start from the search's factors at its choice: the one job's in its task, the
     # separate one blockwise (a warm start), whose 0-labels are drawn per block; their losses
     # agree to the draws' noise from the first iteration on.
