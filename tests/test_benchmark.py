@@ -57,7 +57,7 @@ def bce_record(spark, tmp_path_factory):
     cfg = load_config(None, [
         f"input.path={data / 'ratings'}", "input.format=parquet", "input.user_col=user", "input.item_col=item",
         "model.loss=bce", "model.rank=4", "compare.als_reg_grid=[0.1]", "compare.als_alpha_grid=[1.0,3.0]",
-        "compare.als_num_blocks=2",
+        "compare.als_num_blocks=2", "model.exposure_reg=0.01",  # the exposure λ search is tested elsewhere
     ])  # fmt: skip
     return run_benchmark(spark, cfg, als_curve_iters=[2])
 
