@@ -22,8 +22,8 @@ Each point is a fit of the exposure part, so the search costs a few of them: a w
 point runs at most POINT_ITER iterations, and the bracket is not narrowed below the start
 grid's step. Its points draw every 0-label: coarse draws throughout shifted the optimum (on
 MovieLens they chose 0.03, not 0.01). On MovieLens ≥ 4 it chose 0.01 on each of four splits
-(NDCG@10 of the score level with λ fixed at 0.01 on their mean) and the bce fit took about
-1.8 × as long; on the generated set it chose 0.07 from a share of the users, NDCG@10 0.0360
+(NDCG@10 of the score level with λ fixed at 0.01 on their mean) and the bce fit took
+1.7–2.0 × as long; on the generated set it chose 0.07 from a share of the users, NDCG@10 0.0360
 against 0.0132, in 0.92–1.06 × the time (docs/benchmarks.md, "The exposure model's λ chosen on NDCG").
 """
 
@@ -102,8 +102,8 @@ def search_exposure(fit: tuple, held: dict, user_keys: np.ndarray, item_keys: np
     held_csr = csr_by_row(held["user"][known], held["item"][known], n_users)[:2]
     rows = np.flatnonzero(held_csr[0][1:] > held_csr[0][:-1])
     rows = rows[np.argsort(user_keys[rows], kind="stable")[:MAX_USERS]]
-    if not len(rows):  # too few pairs for a fold: the start grid's middle, from the init
-        return {"reg": REG_START[len(REG_START) // 2], "ndcg": None, "path": [], "widened": "", "at_limit": False}, None
+    if not len(rows):  # too few pairs for a fold: the reference λ, from the init
+        return {"reg": REFERENCE, "ndcg": None, "path": [], "widened": "", "at_limit": False}, None
     init = (initial_params(user_keys, user_cfg.rank, scale=user_cfg.init_scale, side="user"),
             initial_params(item_keys, item_cfg.rank, scale=item_cfg.init_scale, side="item"))  # fmt: skip
     path: list[dict] = []
@@ -142,7 +142,7 @@ def search_exposure(fit: tuple, held: dict, user_keys: np.ndarray, item_keys: np
 def choose_exposure(settings: FitSettings, part: FitSettings, exposed: DataFrame, num_labels: int) -> tuple:
     """(part at the chosen λ, the search's record) for the exposure part's fit over exposed (its
     1s, user, item, rating, weight; num_labels of them), searched in one Spark task on a hashed
-    share of the users (search_fraction past SEARCH_LABELS); part carries its draws. Unless the
+    share of the users (exposure_fraction); part carries its draws. Unless the
     caller warm-starts, the fit starts from the factors the search ended with at its choice."""
     fraction = exposure_fraction(num_labels)
     rows = search_rows(settings, sampled_users(exposed, fraction, settings.seed + SAMPLE_SEED), VALIDATION_FRACTION)

@@ -101,7 +101,8 @@ def draw_plan(draws: Draws, labels: np.ndarray, other_labels: np.ndarray, side: 
 
 def at_reg(cfg: StepConfigLike, reg: float, coarse: int | None = None) -> StepConfigLike:
     """cfg at λ = reg, its draws (if any) drawing coarsely in their first coarse iterations
-    (unchanged for None): a fit warm-started near its optimum takes none (fit/exposure.py)."""
+    (unchanged for None): a fit warm-started near its optimum takes none (the exposure λ search's
+    points and the fit from its factors)."""
     draws = getattr(cfg, "draws", None)
     if draws is not None and coarse is not None:
         draws = dataclasses.replace(draws, coarse=coarse)
